@@ -1,0 +1,220 @@
+//! Who a request acts as, and whether it may act at all.
+//!
+//! Two independent checks, as envd does them: the sandbox's access token (`X-Access-Token`,
+//! or a signed URL for `/files`), and the user a call runs as (`Authorization: Basic
+//! base64("name:")`, else the sandbox's default user).
+
+use axum::{
+    extract::{Request, State},
+    http::{HeaderMap, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use base64::Engine as _;
+use cove_proto::connect::{Code, RpcError};
+use sha2::{Digest, Sha256};
+
+use crate::{AgentState, rest::RestError, users::User};
+
+/// The user a call acts as.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user: User,
+}
+
+/// The user named by `Authorization: Basic base64("name:")`, if the header is there.
+pub fn basic_user(headers: &HeaderMap) -> Result<Option<String>, RpcError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let bad = || {
+        RpcError::new(
+            Code::Unauthenticated,
+            "malformed Authorization header: expected Basic base64(\"user:\")",
+        )
+    };
+    let value = value.to_str().map_err(|_| bad())?;
+    let (scheme, encoded) = value.trim().split_once(' ').ok_or_else(bad)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(bad());
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| bad())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+    let name = decoded.split(':').next().unwrap_or_default();
+    Ok((!name.is_empty()).then(|| name.to_owned()))
+}
+
+/// Paths that never need the access token.
+fn is_public(path: &str) -> bool {
+    path == "/health"
+}
+
+/// Middleware: when the sandbox has an access token, every request but `/health` must carry
+/// it; `/files` may carry a valid signature instead (checked by the files handler).
+pub async fn require_access_token(
+    State(state): State<AgentState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    let Some(expected) = state.access_token() else {
+        return next.run(request).await;
+    };
+    if is_public(path) {
+        return next.run(request).await;
+    }
+    match request.headers().get("x-access-token") {
+        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => {
+            next.run(request).await
+        }
+        Some(_) => unauthorized(path, "the access token is invalid"),
+        // Signed links carry no header; the files handler checks their signature.
+        None if path == "/files" => next.run(request).await,
+        None => unauthorized(
+            path,
+            "the access token is missing: send it in X-Access-Token",
+        ),
+    }
+}
+
+fn unauthorized(path: &str, message: &str) -> Response {
+    // Connect clients expect a Connect error body; everyone else gets the REST shape.
+    if path.starts_with("/filesystem.") || path.starts_with("/process.") {
+        crate::rpc::unary_error(&RpcError::new(Code::Unauthenticated, message))
+    } else {
+        RestError::new(StatusCode::UNAUTHORIZED, message).into_response()
+    }
+}
+
+/// Whether a request to `/files` carries a usable signature (or the sandbox needs none).
+pub fn check_signature(
+    state: &AgentState,
+    headers: &HeaderMap,
+    signed: &SignedQuery<'_>,
+    operation: Operation,
+) -> Result<(), RestError> {
+    let Some(token) = state.access_token() else {
+        return Ok(());
+    };
+    if headers.contains_key("x-access-token") {
+        // Already compared by the middleware.
+        return Ok(());
+    }
+    let Some(signature) = signed.signature else {
+        return Err(RestError::new(
+            StatusCode::UNAUTHORIZED,
+            "the access token is missing: send X-Access-Token or a signed URL",
+        ));
+    };
+    if let Some(expiration) = signed.expiration {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        if expiration < now {
+            return Err(RestError::new(
+                StatusCode::UNAUTHORIZED,
+                "the signature has expired",
+            ));
+        }
+    }
+    let expected = sign(
+        signed.path,
+        operation,
+        signed.username,
+        &token,
+        signed.expiration,
+    );
+    if constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
+        Ok(())
+    } else {
+        Err(RestError::new(
+            StatusCode::UNAUTHORIZED,
+            "the signature is invalid",
+        ))
+    }
+}
+
+/// The parts of a `/files` query a signature covers.
+#[derive(Debug)]
+pub struct SignedQuery<'a> {
+    pub path: &'a str,
+    pub username: &'a str,
+    pub signature: Option<&'a str>,
+    pub expiration: Option<i64>,
+}
+
+/// What a signed URL allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Read,
+    Write,
+}
+
+impl Operation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Operation::Read => "read",
+            Operation::Write => "write",
+        }
+    }
+}
+
+/// The signature of a file URL as the E2B SDKs compute it:
+/// `v1_` + unpadded base64 of sha256(`path:operation:user:token[:expiration]`).
+pub fn sign(
+    path: &str,
+    operation: Operation,
+    user: &str,
+    token: &str,
+    expiration: Option<i64>,
+) -> String {
+    let mut raw = format!("{path}:{}:{user}:{token}", operation.as_str());
+    if let Some(expiration) = expiration {
+        raw.push_str(&format!(":{expiration}"));
+    }
+    let digest = Sha256::digest(raw.as_bytes());
+    format!(
+        "v1_{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+    )
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_basic_user() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(basic_user(&headers).unwrap(), None);
+        headers.insert(header::AUTHORIZATION, "Basic cm9vdDo=".parse().unwrap());
+        assert_eq!(basic_user(&headers).unwrap().as_deref(), Some("root"));
+        headers.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
+        assert_eq!(
+            basic_user(&headers).unwrap_err().code,
+            Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn signature_matches_the_sdk_format() {
+        let sig = sign("/home/user/a.txt", Operation::Read, "", "tok", None);
+        assert!(sig.starts_with("v1_"));
+        assert!(!sig.ends_with('='));
+        assert_ne!(
+            sig,
+            sign("/home/user/a.txt", Operation::Write, "", "tok", None)
+        );
+        assert_ne!(
+            sig,
+            sign("/home/user/a.txt", Operation::Read, "", "tok", Some(1))
+        );
+    }
+}

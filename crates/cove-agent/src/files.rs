@@ -1,0 +1,511 @@
+//! `GET /files` (download) and `POST /files` (upload: multipart or a raw body), streamed
+//! both ways so file size never turns into memory use.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    io,
+    path::{Path, PathBuf},
+};
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use futures::{Stream, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use crate::{
+    AgentState,
+    auth::{self, Operation, SignedQuery},
+    filesystem::{self, entry::METADATA_XATTR_PREFIX},
+    paths,
+    rest::RestError,
+    users::User,
+};
+
+/// Largest total size of a file's metadata (keys with prefix, plus values).
+const MAX_METADATA_BYTES: usize = 4096;
+/// Longest metadata key: the VFS xattr name limit minus our prefix.
+const MAX_METADATA_KEY: usize = 255 - METADATA_XATTR_PREFIX.len();
+
+/// Query of both `/files` methods.
+#[derive(Debug, Default, Deserialize)]
+pub struct FilesQuery {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    signature: Option<String>,
+    #[serde(default)]
+    signature_expiration: Option<i64>,
+}
+
+impl FilesQuery {
+    fn signed(&self) -> SignedQuery<'_> {
+        SignedQuery {
+            path: self.path.as_deref().unwrap_or(""),
+            username: self.username.as_deref().unwrap_or(""),
+            signature: self.signature.as_deref(),
+            expiration: self.signature_expiration,
+        }
+    }
+
+    /// The user the request acts as (401 when it does not exist, as envd answers).
+    fn user(&self, state: &AgentState) -> Result<User, RestError> {
+        state
+            .user(self.username.as_deref().filter(|u| !u.is_empty()))
+            .map_err(|err| RestError::new(StatusCode::UNAUTHORIZED, err.to_string()))
+    }
+
+    fn resolve(
+        &self,
+        state: &AgentState,
+        user: &User,
+        path: Option<&str>,
+    ) -> Result<PathBuf, RestError> {
+        let workdir = state.defaults().workdir();
+        paths::resolve(path.unwrap_or(""), user, workdir.as_deref())
+            .map_err(|err| RestError::bad_request(err.to_string()))
+    }
+}
+
+/// `GET /files?path=…`: the file's bytes, gzip-compressed when the client accepts it.
+pub async fn download(
+    State(state): State<AgentState>,
+    Query(query): Query<FilesQuery>,
+    headers: HeaderMap,
+) -> Result<Response, RestError> {
+    auth::check_signature(&state, &headers, &query.signed(), Operation::Read)?;
+    let user = query.user(&state)?;
+    let path = query.resolve(&state, &user, query.path.as_deref())?;
+    let meta = tokio::fs::metadata(&path)
+        .await
+        .map_err(|err| match err.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => RestError::new(
+                StatusCode::NOT_FOUND,
+                format!("path '{}' does not exist", path.display()),
+            ),
+            io::ErrorKind::PermissionDenied => RestError::new(
+                StatusCode::FORBIDDEN,
+                format!("cannot read '{}': {err}", path.display()),
+            ),
+            _ => RestError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot stat '{}': {err}", path.display()),
+            ),
+        })?;
+    if meta.is_dir() {
+        return Err(RestError::bad_request(format!(
+            "path '{}' is a directory",
+            path.display()
+        )));
+    }
+    let file = tokio::fs::File::open(&path).await.map_err(|err| {
+        RestError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot open '{}': {err}", path.display()),
+        )
+    })?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut response_headers = HeaderMap::new();
+    response_headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    response_headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(&path)),
+    );
+    if let Ok(value) = HeaderValue::from_str(&content_disposition(&name)) {
+        response_headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    let body = if accepts_gzip(&headers) {
+        response_headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
+        let encoder = async_compression::tokio::bufread::GzipEncoder::with_quality(
+            reader,
+            async_compression::Level::Fastest,
+        );
+        Body::from_stream(ReaderStream::with_capacity(encoder, 256 * 1024))
+    } else {
+        response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
+        Body::from_stream(ReaderStream::with_capacity(file, 256 * 1024))
+    };
+    Ok((StatusCode::OK, response_headers, body).into_response())
+}
+
+/// Whether `Accept-Encoding` allows gzip (a `q=0` refuses it).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or("");
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
+}
+
+fn content_disposition(name: &str) -> String {
+    if name
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        format!("inline; filename=\"{name}\"")
+    } else {
+        let encoded: String = name
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        format!("inline; filename*=utf-8''{encoded}")
+    }
+}
+
+/// A content type from the file's extension.
+fn content_type(path: &Path) -> &'static str {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    match ext.as_str() {
+        "txt" | "log" | "md" | "py" | "rs" | "sh" => "text/plain; charset=utf-8",
+        "csv" => "text/csv; charset=utf-8",
+        "html" | "htm" => "text/html; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "json" => "application/json",
+        "xml" => "text/xml; charset=utf-8",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "svg" => "image/svg+xml",
+        "webp" => "image/webp",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "gz" => "application/gzip",
+        "tar" => "application/x-tar",
+        "wasm" => "application/wasm",
+        _ => "application/octet-stream",
+    }
+}
+
+/// What an upload reports per written file.
+#[derive(Debug, Serialize)]
+pub struct WrittenEntry {
+    path: String,
+    name: String,
+    r#type: &'static str,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    metadata: BTreeMap<String, String>,
+}
+
+/// `POST /files`: writes one file from a raw body (`?path=` required) or any number from a
+/// multipart form (field `file`; the part's filename is its path unless `?path=` is given).
+pub async fn upload(
+    State(state): State<AgentState>,
+    Query(query): Query<FilesQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Vec<WrittenEntry>>, RestError> {
+    auth::check_signature(&state, &headers, &query.signed(), Operation::Write)?;
+    let user = query.user(&state)?;
+    let metadata = parse_metadata(&headers)?;
+    let gzipped = match headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
+        None | Some("identity") | Some("") => false,
+        Some(v) if v.eq_ignore_ascii_case("gzip") => true,
+        Some(other) => {
+            return Err(RestError::bad_request(format!(
+                "unsupported Content-Encoding {other:?}: use gzip or identity"
+            )));
+        }
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let stream = body.into_data_stream().map_err(io::Error::other);
+    let stream: std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>> = if gzipped {
+        let decoder =
+            async_compression::tokio::bufread::GzipDecoder::new(StreamReader::new(stream));
+        Box::pin(ReaderStream::new(decoder))
+    } else {
+        Box::pin(stream)
+    };
+
+    let mut written = Vec::new();
+    if essence == "application/octet-stream" {
+        let Some(target) = query.path.as_deref().filter(|p| !p.is_empty()) else {
+            return Err(RestError::bad_request(
+                "the path query parameter is required for a raw body upload",
+            ));
+        };
+        let path = query.resolve(&state, &user, Some(target))?;
+        write_file(&path, &user, StreamReader::new(stream)).await?;
+        written.push(finish_file(&path, &metadata)?);
+    } else if essence.starts_with("multipart/") {
+        let boundary = multer::parse_boundary(&content_type).map_err(|err| {
+            RestError::bad_request(format!("invalid multipart content type: {err}"))
+        })?;
+        let mut multipart = multer::Multipart::new(stream, boundary);
+        let mut seen = HashSet::new();
+        loop {
+            let field = multipart
+                .next_field()
+                .await
+                .map_err(|err| RestError::bad_request(format!("invalid multipart body: {err}")))?;
+            let Some(field) = field else { break };
+            if field.name() != Some("file") {
+                continue;
+            }
+            let target = query
+                .path
+                .clone()
+                .filter(|p| !p.is_empty())
+                .or_else(|| field.file_name().map(str::to_owned))
+                .ok_or_else(|| {
+                    RestError::bad_request(
+                        "a file part has no filename and no path query parameter was given",
+                    )
+                })?;
+            let path = query.resolve(&state, &user, Some(&target))?;
+            if !seen.insert(path.clone()) {
+                return Err(RestError::bad_request(format!(
+                    "cannot upload several files to the same path '{}' in one request",
+                    path.display()
+                )));
+            }
+            let reader = StreamReader::new(field.map_err(io::Error::other));
+            write_file(&path, &user, reader).await?;
+            written.push(finish_file(&path, &metadata)?);
+        }
+    } else {
+        return Err(RestError::bad_request(format!(
+            "unsupported content type {content_type:?}: use multipart/form-data or application/octet-stream"
+        )));
+    }
+    Ok(Json(written))
+}
+
+/// Streams `reader` into `path`, creating parents owned by `user`; the file ends up theirs.
+async fn write_file(
+    path: &Path,
+    user: &User,
+    mut reader: impl AsyncRead + Unpin,
+) -> Result<(), RestError> {
+    let internal = |what: &str, err: &io::Error| {
+        if is_disk_full(err) {
+            RestError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!(
+                    "not enough disk space available to write '{}'",
+                    path.display()
+                ),
+            )
+        } else {
+            RestError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot {what} '{}': {err}", path.display()),
+            )
+        }
+    };
+    if let Some(parent) = path.parent() {
+        filesystem::ensure_dirs(parent, user).map_err(|err| match err.kind() {
+            io::ErrorKind::NotADirectory => {
+                RestError::bad_request(format!("cannot create '{}': {err}", parent.display()))
+            }
+            _ => internal("create the parent directories of", &err),
+        })?;
+    }
+    if tokio::fs::metadata(path)
+        .await
+        .map(|m| m.is_dir())
+        .unwrap_or(false)
+    {
+        return Err(RestError::bad_request(format!(
+            "path '{}' is a directory",
+            path.display()
+        )));
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(path)
+        .await
+        .map_err(|err| internal("open", &err))?;
+    filesystem::chown(path, user).map_err(|err| internal("chown", &err))?;
+    tokio::io::copy(&mut reader, &mut file)
+        .await
+        .map_err(|err| internal("write", &err))?;
+    file.flush().await.map_err(|err| internal("write", &err))?;
+    Ok(())
+}
+
+fn is_disk_full(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// Replaces the file's user metadata with `metadata` and describes the result.
+fn finish_file(
+    path: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> Result<WrittenEntry, RestError> {
+    if let Err(err) = replace_metadata(path, metadata) {
+        if is_disk_full(&err) {
+            return Err(RestError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "not enough disk space available to store the file's metadata",
+            ));
+        }
+        // Filesystems without user xattrs simply keep no metadata.
+        tracing::warn!(?err, path = %path.display(), "cannot store file metadata");
+    }
+    Ok(WrittenEntry {
+        path: path.to_string_lossy().into_owned(),
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        r#type: "file",
+        metadata: filesystem::entry::read_metadata(path).into_iter().collect(),
+    })
+}
+
+fn replace_metadata(path: &Path, metadata: &BTreeMap<String, String>) -> io::Result<()> {
+    let names = match xattr::list_deref(path) {
+        Ok(names) => names,
+        // Nothing to store and nothing readable to clear.
+        Err(_) if metadata.is_empty() => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    for name in names {
+        let stale = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(METADATA_XATTR_PREFIX))
+            .is_some_and(|key| !metadata.contains_key(key));
+        if stale {
+            xattr::remove_deref(path, &name)?;
+        }
+    }
+    for (key, value) in metadata {
+        xattr::set_deref(
+            path,
+            format!("{METADATA_XATTR_PREFIX}{key}"),
+            value.as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+/// `X-Metadata-<key>: <value>` headers: keys lowercased, printable ASCII, size-limited.
+fn parse_metadata(headers: &HeaderMap) -> Result<BTreeMap<String, String>, RestError> {
+    let mut metadata = BTreeMap::new();
+    let mut total = 0;
+    for (name, value) in headers {
+        let Some(key) = name.as_str().strip_prefix("x-metadata-") else {
+            continue;
+        };
+        if metadata.contains_key(key) {
+            continue;
+        }
+        let printable = |s: &[u8]| s.iter().all(|b| (0x20..=0x7e).contains(b));
+        if key.is_empty() || !printable(key.as_bytes()) || !printable(value.as_bytes()) {
+            return Err(RestError::bad_request(format!(
+                "invalid metadata {key:?}: keys and values must be printable ASCII"
+            )));
+        }
+        if key.len() > MAX_METADATA_KEY {
+            return Err(RestError::bad_request(format!(
+                "invalid metadata: key {key:?} is longer than {MAX_METADATA_KEY} bytes"
+            )));
+        }
+        total += METADATA_XATTR_PREFIX.len() + key.len() + value.len();
+        if total > MAX_METADATA_BYTES {
+            return Err(RestError::bad_request(format!(
+                "invalid metadata: more than {MAX_METADATA_BYTES} bytes in total"
+            )));
+        }
+        let value = value.to_str().unwrap_or_default().to_owned();
+        metadata.insert(key.to_owned(), value);
+    }
+    Ok(metadata)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_negotiation() {
+        let mut headers = HeaderMap::new();
+        assert!(!accepts_gzip(&headers));
+        headers.insert(header::ACCEPT_ENCODING, "gzip, deflate".parse().unwrap());
+        assert!(accepts_gzip(&headers));
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            "identity, gzip;q=0".parse().unwrap(),
+        );
+        assert!(!accepts_gzip(&headers));
+    }
+
+    #[test]
+    fn metadata_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-metadata-Owner", "alice".parse().unwrap());
+        headers.insert("x-other", "ignored".parse().unwrap());
+        let parsed = parse_metadata(&headers).unwrap();
+        assert_eq!(
+            parsed.into_iter().collect::<Vec<_>>(),
+            vec![("owner".to_owned(), "alice".to_owned())]
+        );
+        headers.insert("x-metadata-big", "x".repeat(5000).parse().unwrap());
+        assert_eq!(
+            parse_metadata(&headers).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn disposition_quotes_names() {
+        assert_eq!(content_disposition("a.txt"), "inline; filename=\"a.txt\"");
+        assert_eq!(
+            content_disposition("a b.txt"),
+            "inline; filename*=utf-8''a%20b.txt"
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! The Cove agent: the daemon inside every sandbox. It serves the sandbox's files and
+//! processes over E2B envd's wire protocol (Connect RPC + a few REST endpoints), so the
+//! official E2B SDKs can drive it unchanged.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod defaults;
+pub mod files;
+pub mod filesystem;
+pub mod listener;
+pub mod metrics;
+pub mod paths;
+pub mod process;
+pub mod reaper;
+pub mod rest;
+pub mod rpc;
+pub mod users;
+
+use std::{path::PathBuf, sync::Arc};
+
+use axum::{
+    Router,
+    http::HeaderMap,
+    routing::{get, post},
+};
+use cove_proto::connect::{Code, RpcError};
+
+pub use crate::listener::ListenAddr;
+use crate::{
+    auth::Caller,
+    defaults::Defaults,
+    filesystem::watch::Watchers,
+    process::ProcessTable,
+    reaper::Reaper,
+    users::{AccountFiles, User},
+};
+
+/// The version reported to clients. E2B SDKs switch features off below 0.6.4.
+pub const ENVD_VERSION: &str = "0.6.5";
+
+/// Start-up configuration of the agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Where to listen (Unix sockets and/or TCP addresses).
+    pub listen: Vec<ListenAddr>,
+    /// Access token every request must carry (until `/init` sets another).
+    pub access_token: Option<String>,
+    /// User calls run as when they name none.
+    pub default_user: String,
+    /// Working directory of processes that name none (else the user's home).
+    pub default_workdir: Option<PathBuf>,
+    /// Where the sandbox's account database lives (its root, normally `/`).
+    pub accounts: AccountFiles,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            access_token: None,
+            default_user: "user".to_owned(),
+            default_workdir: None,
+            accounts: AccountFiles::default(),
+        }
+    }
+}
+
+/// Everything the request handlers share.
+#[derive(Clone)]
+pub struct AgentState(Arc<Inner>);
+
+struct Inner {
+    accounts: AccountFiles,
+    defaults: Defaults,
+    processes: ProcessTable,
+    watchers: Watchers,
+    started: std::time::Instant,
+}
+
+impl std::fmt::Debug for AgentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentState").finish_non_exhaustive()
+    }
+}
+
+impl AgentState {
+    /// Builds the state; starts the child reaper, so call it inside a tokio runtime.
+    pub fn new(config: &AgentConfig) -> std::io::Result<Self> {
+        let reaper = Reaper::start()?;
+        Ok(Self(Arc::new(Inner {
+            accounts: config.accounts.clone(),
+            defaults: Defaults::new(
+                config.default_user.clone(),
+                config.default_workdir.clone(),
+                config.access_token.clone(),
+            ),
+            processes: ProcessTable::new(reaper),
+            watchers: Watchers::default(),
+            started: std::time::Instant::now(),
+        })))
+    }
+
+    pub fn accounts(&self) -> &AccountFiles {
+        &self.0.accounts
+    }
+
+    pub fn defaults(&self) -> &Defaults {
+        &self.0.defaults
+    }
+
+    pub fn processes(&self) -> &ProcessTable {
+        &self.0.processes
+    }
+
+    pub fn watchers(&self) -> &Watchers {
+        &self.0.watchers
+    }
+
+    pub fn uptime(&self) -> std::time::Duration {
+        self.0.started.elapsed()
+    }
+
+    pub fn access_token(&self) -> Option<String> {
+        self.0.defaults.access_token()
+    }
+
+    /// The user named, or the default user, looked up in the sandbox's accounts.
+    pub fn user(&self, name: Option<&str>) -> Result<User, users::UserError> {
+        let default = self.0.defaults.user();
+        self.0.accounts.user(name.unwrap_or(&default))
+    }
+
+    /// The caller of an RPC, from its `Authorization` header.
+    pub fn caller(&self, headers: &HeaderMap) -> Result<Caller, RpcError> {
+        let name = auth::basic_user(headers)?;
+        let user = self.user(name.as_deref()).map_err(|err| match err {
+            users::UserError::Unknown(_) => RpcError::new(Code::Unauthenticated, err.to_string()),
+            users::UserError::Database { .. } => RpcError::internal(err.to_string()),
+        })?;
+        Ok(Caller { user })
+    }
+}
+
+/// The agent's HTTP application: Connect services, `/files`, and the REST endpoints.
+pub fn router(state: AgentState) -> Router {
+    Router::new()
+        .merge(filesystem::routes())
+        .merge(process::routes())
+        .route("/files", get(files::download).post(files::upload))
+        .route("/health", get(rest::health))
+        .route("/envs", get(rest::envs))
+        .route("/init", post(rest::init))
+        .route("/metrics", get(metrics::metrics))
+        .fallback(rest::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_access_token,
+        ))
+        .with_state(state)
+}
+
+/// Runs the agent until it is told to stop (SIGTERM / SIGINT).
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let state = AgentState::new(&config).map_err(AgentError::Start)?;
+    listener::serve_all(&config.listen, router(state)).await
+}
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot start the agent")]
+    Start(#[source] std::io::Error),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no listen address given")]
+    NoListener,
+}

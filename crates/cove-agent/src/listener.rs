@@ -1,0 +1,114 @@
+//! Where the agent listens: Unix sockets (how `cove serve` reaches it) and TCP (the port
+//! E2B clients expect, 49983). Each listener speaks HTTP/1.1 and h2c.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
+
+use axum::Router;
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::AgentError;
+
+/// One address to listen on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path".to_owned());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse()
+            .map(ListenAddr::Tcp)
+            .map_err(|_| format!("{s:?} is neither unix:/path nor host:port"))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// Binds every address first (so a bad one fails fast), then serves until SIGTERM/SIGINT.
+pub async fn serve_all(addrs: &[ListenAddr], app: Router) -> Result<(), AgentError> {
+    if addrs.is_empty() {
+        return Err(AgentError::NoListener);
+    }
+    let mut servers = tokio::task::JoinSet::new();
+    for addr in addrs {
+        let listen_err = |source| AgentError::Listen {
+            addr: addr.to_string(),
+            source,
+        };
+        match addr {
+            ListenAddr::Unix(path) => {
+                // A socket left by an earlier agent would make bind fail.
+                if path.exists() {
+                    std::fs::remove_file(path).map_err(listen_err)?;
+                }
+                let listener = UnixListener::bind(path).map_err(listen_err)?;
+                let app = app.clone();
+                servers.spawn(async move { axum::serve(listener, app).await });
+            }
+            ListenAddr::Tcp(socket) => {
+                let listener = TcpListener::bind(socket).await.map_err(listen_err)?;
+                let app = app.clone();
+                servers.spawn(async move { axum::serve(listener, app).await });
+            }
+        }
+        tracing::info!(%addr, "agent listening");
+    }
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("agent stopping"),
+        Some(result) = servers.join_next() => {
+            if let Ok(Err(err)) = result {
+                tracing::error!(?err, "listener failed");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_addresses() {
+        assert_eq!(
+            "unix:/run/a.sock".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Unix("/run/a.sock".into())
+        );
+        assert_eq!(
+            "127.0.0.1:49983".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Tcp("127.0.0.1:49983".parse().unwrap())
+        );
+        assert!("unix:".parse::<ListenAddr>().is_err());
+        assert!("nonsense".parse::<ListenAddr>().is_err());
+    }
+}

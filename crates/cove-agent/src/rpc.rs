@@ -1,0 +1,421 @@
+//! Connect RPC on top of axum: turns typed async handlers into routes that speak the JSON and
+//! protobuf codecs, unary and streaming, the way connect-go (and so envd) does.
+
+use std::{future::Future, time::Duration};
+
+use axum::{
+    body::Body,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{MethodRouter, post},
+};
+use bytes::Bytes;
+use cove_proto::connect::{
+    self, Code, ContentType, FrameDecoder, MAX_MESSAGE_BYTES, RpcError, Wire,
+};
+use futures::{Stream, StreamExt, stream::BoxStream};
+use http_body_util::BodyExt;
+
+use crate::{AgentState, auth::Caller};
+
+/// What a handler learns about its call besides the message.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// The user the call acts as (from `Authorization: Basic`, else the default user).
+    pub caller: Caller,
+    /// `Connect-Timeout-Ms`: the client's deadline for the whole call.
+    pub timeout: Option<Duration>,
+    /// How often an idle stream should send a keepalive (`Keepalive-Ping-Interval`, seconds).
+    pub keepalive: Duration,
+}
+
+/// Default keepalive period for streams when the client does not ask for one.
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(50);
+
+impl Call {
+    fn from_headers(state: &AgentState, headers: &HeaderMap) -> Result<Self, RpcError> {
+        let caller = state.caller(headers)?;
+        let timeout = match headers.get("connect-timeout-ms") {
+            None => None,
+            Some(value) => {
+                let millis: u64 = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| {
+                        RpcError::invalid_argument("invalid Connect-Timeout-Ms header")
+                    })?;
+                Some(Duration::from_millis(millis))
+            }
+        };
+        let keepalive = headers
+            .get("keepalive-ping-interval")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|secs| *secs > 0)
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_KEEPALIVE);
+        Ok(Self {
+            caller,
+            timeout,
+            keepalive,
+        })
+    }
+}
+
+/// A stream of response messages; an `Err` item ends the stream with that error.
+pub type MessageStream<T> = BoxStream<'static, Result<T, RpcError>>;
+
+/// A unary method.
+pub fn unary<Req, Resp, F, Fut>(handler: F) -> MethodRouter<AgentState>
+where
+    Req: Wire,
+    Resp: Wire,
+    F: Fn(AgentState, Call, Req) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
+{
+    post(
+        move |State(state): State<AgentState>, headers: HeaderMap, body: Body| async move {
+            let content_type = match request_content_type(&headers, false) {
+                Ok(ct) => ct,
+                Err(rejection) => return rejection.into_response(),
+            };
+            let result = async {
+                let call = Call::from_headers(&state, &headers)?;
+                let bytes = read_limited(body).await?;
+                let request: Req = content_type.codec.decode(&bytes)?;
+                let timeout = call.timeout;
+                let work = handler(state, call, request);
+                match timeout {
+                    Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+                        Err(RpcError::new(
+                            Code::DeadlineExceeded,
+                            "the call's deadline was exceeded",
+                        ))
+                    }),
+                    None => work.await,
+                }
+            }
+            .await;
+            match result {
+                Ok(response) => (
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static(content_type.as_str()),
+                    )],
+                    content_type.codec.encode(&response),
+                )
+                    .into_response(),
+                Err(err) => unary_error(&err),
+            }
+        },
+    )
+}
+
+/// A server-streaming method. The handler returns the stream of responses; failing before
+/// the first message is reported in the end-of-stream message, as Connect requires.
+pub fn server_stream<Req, Resp, F, Fut>(handler: F) -> MethodRouter<AgentState>
+where
+    Req: Wire,
+    Resp: Wire,
+    F: Fn(AgentState, Call, Req) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<MessageStream<Resp>, RpcError>> + Send + 'static,
+{
+    post(
+        move |State(state): State<AgentState>, headers: HeaderMap, body: Body| async move {
+            let content_type = match request_content_type(&headers, true) {
+                Ok(ct) => ct,
+                Err(rejection) => return rejection.into_response(),
+            };
+            let codec = content_type.codec;
+            let opened: Result<MessageStream<Resp>, RpcError> = async {
+                let call = Call::from_headers(&state, &headers)?;
+                let bytes = read_limited(body).await?;
+                let mut decoder = FrameDecoder::default();
+                decoder.push(&bytes);
+                let frame = decoder
+                    .next_frame()?
+                    .ok_or_else(|| RpcError::invalid_argument("the request message is missing"))?;
+                if decoder.has_partial() || decoder.next_frame()?.is_some() {
+                    return Err(RpcError::invalid_argument(
+                        "a server-streaming call takes exactly one request message",
+                    ));
+                }
+                let request: Req = codec.decode(&frame.payload)?;
+                handler(state, call, request).await
+            }
+            .await;
+            stream_response(content_type, opened)
+        },
+    )
+}
+
+/// A client-streaming method: the request body carries enveloped messages as they come.
+pub fn client_stream<Req, Resp, F, Fut>(handler: F) -> MethodRouter<AgentState>
+where
+    Req: Wire,
+    Resp: Wire,
+    F: Fn(AgentState, Call, MessageStream<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, RpcError>> + Send + 'static,
+{
+    post(
+        move |State(state): State<AgentState>, headers: HeaderMap, body: Body| async move {
+            let content_type = match request_content_type(&headers, true) {
+                Ok(ct) => ct,
+                Err(rejection) => return rejection.into_response(),
+            };
+            let codec = content_type.codec;
+            let result: Result<Resp, RpcError> = async {
+                let call = Call::from_headers(&state, &headers)?;
+                handler(state, call, decode_request_stream::<Req>(codec, body)).await
+            }
+            .await;
+            let single: MessageStream<Resp> = futures::stream::once(async { result }).boxed();
+            stream_response(content_type, Ok(single))
+        },
+    )
+}
+
+/// Decodes the enveloped messages of a streaming request body one by one.
+fn decode_request_stream<Req: Wire>(codec: connect::Codec, body: Body) -> MessageStream<Req> {
+    let state = (body.into_data_stream(), FrameDecoder::default(), false);
+    futures::stream::unfold(state, move |(mut body, mut decoder, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            match decoder.next_frame() {
+                Err(err) => return Some((Err(err), (body, decoder, true))),
+                Ok(Some(frame)) if frame.is_end_stream() => return None,
+                Ok(Some(frame)) => {
+                    let item = codec.decode::<Req>(&frame.payload);
+                    return Some((item, (body, decoder, false)));
+                }
+                Ok(None) => {}
+            }
+            match body.next().await {
+                Some(Ok(chunk)) => decoder.push(&chunk),
+                Some(Err(err)) => {
+                    let err =
+                        RpcError::new(Code::Canceled, format!("reading the request failed: {err}"));
+                    return Some((Err(err), (body, decoder, true)));
+                }
+                None if decoder.has_partial() => {
+                    let err =
+                        RpcError::invalid_argument("the request stream ended inside a message");
+                    return Some((Err(err), (body, decoder, true)));
+                }
+                None => return None,
+            }
+        }
+    })
+    .boxed()
+}
+
+fn stream_response<Resp: Wire>(
+    content_type: ContentType,
+    opened: Result<MessageStream<Resp>, RpcError>,
+) -> Response {
+    let codec = content_type.codec;
+    let frames: BoxStream<'static, Result<Bytes, std::convert::Infallible>> = match opened {
+        Err(err) => {
+            futures::stream::once(async move { Ok(connect::end_stream(Some(&err))) }).boxed()
+        }
+        Ok(messages) => {
+            let state = (messages, false);
+            futures::stream::unfold(state, move |(mut messages, finished)| async move {
+                if finished {
+                    return None;
+                }
+                match messages.next().await {
+                    Some(Ok(message)) => {
+                        let frame = connect::envelope(0, &codec.encode(&message));
+                        Some((Ok(frame), (messages, false)))
+                    }
+                    Some(Err(err)) => Some((Ok(connect::end_stream(Some(&err))), (messages, true))),
+                    None => Some((Ok(connect::end_stream(None)), (messages, true))),
+                }
+            })
+            .boxed()
+        }
+    };
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(content_type.as_str()),
+        )],
+        Body::from_stream(frames),
+    )
+        .into_response()
+}
+
+/// Why a request was refused before its handler ran.
+enum Rejection {
+    /// The content type does not fit the method (unary vs streaming) or is not Connect's.
+    MediaType { given: String, streaming: bool },
+    /// The body is compressed with something other than identity.
+    Compression { encoding: String, streaming: bool },
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        match self {
+            Rejection::MediaType { given, streaming } => {
+                let accepted = if streaming {
+                    "application/connect+json, application/connect+proto"
+                } else {
+                    "application/json, application/proto"
+                };
+                (
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    [(
+                        header::HeaderName::from_static("accept-post"),
+                        HeaderValue::from_static(accepted),
+                    )],
+                    format!("unsupported content type {given:?}: expected {accepted}"),
+                )
+                    .into_response()
+            }
+            Rejection::Compression {
+                encoding,
+                streaming,
+            } => {
+                let err = RpcError::new(
+                    Code::Unimplemented,
+                    format!("unsupported compression {encoding:?}: only identity is accepted"),
+                );
+                if streaming {
+                    let json = ContentType {
+                        codec: connect::Codec::Json,
+                        streaming: true,
+                    };
+                    stream_response::<cove_proto::process::ListResponse>(json, Err(err))
+                } else {
+                    unary_error(&err)
+                }
+            }
+        }
+    }
+}
+
+/// Checks the content type against the kind of method, and refuses compressed bodies.
+fn request_content_type(headers: &HeaderMap, streaming: bool) -> Result<ContentType, Rejection> {
+    let given = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let content_type = ContentType::parse(given)
+        .filter(|ct| ct.streaming == streaming)
+        .ok_or_else(|| Rejection::MediaType {
+            given: given.to_owned(),
+            streaming,
+        })?;
+    let encoding_header = if streaming {
+        "connect-content-encoding"
+    } else {
+        "content-encoding"
+    };
+    match headers.get(encoding_header).and_then(|v| v.to_str().ok()) {
+        None | Some("identity") | Some("") => Ok(content_type),
+        Some(other) => Err(Rejection::Compression {
+            encoding: other.to_owned(),
+            streaming,
+        }),
+    }
+}
+
+/// Reads a whole body, refusing more than one message's worth of bytes.
+async fn read_limited(body: Body) -> Result<Bytes, RpcError> {
+    let limited = http_body_util::Limited::new(body, MAX_MESSAGE_BYTES + 5);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(RpcError::new(
+            Code::ResourceExhausted,
+            format!("request is over the limit of {MAX_MESSAGE_BYTES} bytes"),
+        )),
+        Err(err) => Err(RpcError::new(
+            Code::Canceled,
+            format!("reading the request failed: {err}"),
+        )),
+    }
+}
+
+/// A unary error: the code's HTTP status and a JSON `{code, message}` body.
+pub fn unary_error(err: &RpcError) -> Response {
+    let status =
+        StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        err.to_json(),
+    )
+        .into_response()
+}
+
+/// Merges a message stream with keepalive messages sent whenever it is idle for `period`.
+pub fn with_keepalive<T: Send + 'static>(
+    messages: MessageStream<T>,
+    period: Duration,
+    keepalive: impl Fn() -> T + Send + 'static,
+) -> MessageStream<T> {
+    let ticks = tokio_stream::wrappers::IntervalStream::new({
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
+    // The keepalive side must stop when the messages end, so race them explicitly.
+    let state = (messages, ticks, keepalive);
+    futures::stream::unfold(state, |(mut messages, mut ticks, keepalive)| async move {
+        tokio::select! {
+            biased;
+            next = messages.next() => next.map(|item| (item, (messages, ticks, keepalive))),
+            _ = ticks.next() => {
+                let ping = keepalive();
+                Some((Ok(ping), (messages, ticks, keepalive)))
+            }
+        }
+    })
+    .boxed()
+}
+
+/// Runs a future to completion with a deadline, for streams bounded by `Connect-Timeout-Ms`.
+pub fn with_deadline<T: Send + 'static>(
+    messages: MessageStream<T>,
+    timeout: Option<Duration>,
+) -> MessageStream<T> {
+    let Some(timeout) = timeout else {
+        return messages;
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let state = (messages, false);
+    futures::stream::unfold(state, move |(mut messages, done)| async move {
+        if done {
+            return None;
+        }
+        match tokio::time::timeout_at(deadline, messages.next()).await {
+            Ok(Some(item)) => Some((item, (messages, false))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(RpcError::new(
+                    Code::DeadlineExceeded,
+                    "the call's deadline was exceeded",
+                )),
+                (messages, true),
+            )),
+        }
+    })
+    .boxed()
+}
+
+/// Adapts any stream into a [`MessageStream`].
+pub fn boxed<T, S>(stream: S) -> MessageStream<T>
+where
+    S: Stream<Item = Result<T, RpcError>> + Send + 'static,
+{
+    stream.boxed()
+}

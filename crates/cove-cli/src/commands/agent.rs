@@ -1,0 +1,41 @@
+//! `cove agent`: the daemon inside a sandbox.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cove_agent::{AgentConfig, ListenAddr};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where to listen: `unix:/path/to.sock` or `host:port` (repeatable).
+    #[arg(long = "listen", required = true, value_name = "ADDR")]
+    listen: Vec<ListenAddr>,
+    /// Access token every request must carry in `X-Access-Token`.
+    #[arg(long, env = "COVE_ACCESS_TOKEN", hide_env_values = true)]
+    access_token: Option<String>,
+    /// User that calls run as when they name none.
+    #[arg(long, default_value = "user")]
+    default_user: String,
+    /// Working directory of processes that name none (default: the user's home).
+    #[arg(long)]
+    default_workdir: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    let config = AgentConfig {
+        listen: args.listen,
+        access_token: args.access_token.filter(|t| !t.is_empty()),
+        default_user: args.default_user,
+        default_workdir: args.default_workdir,
+        ..AgentConfig::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime
+        .block_on(cove_agent::run(config))
+        .context("the agent failed")?;
+    Ok(std::process::ExitCode::SUCCESS)
+}

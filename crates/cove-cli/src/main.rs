@@ -1,0 +1,37 @@
+//! `cove`: one binary for the server, the in-sandbox agent and the client commands.
+#![forbid(unsafe_code)]
+
+mod commands;
+mod logging;
+
+use clap::{Parser, Subcommand};
+
+/// Cove: self-hosted sandboxes for untrusted code, speaking E2B's API.
+#[derive(Debug, Parser)]
+#[command(name = "cove", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the in-sandbox agent (started by `cove serve` inside each sandbox).
+    #[command(hide = true)]
+    Agent(commands::agent::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    logging::init();
+    let result = match cli.command {
+        Command::Agent(args) => commands::agent::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("cove: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
