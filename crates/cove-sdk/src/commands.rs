@@ -1,0 +1,408 @@
+//! A sandbox's processes: run to completion, or spawn and drive (stdin, signals, terminal).
+
+use std::{collections::HashMap, time::Duration};
+
+use bytes::Bytes;
+use cove_proto::process::{
+    self as wire, CloseStdinRequest, CloseStdinResponse, ConnectRequest, ConnectResponse,
+    ListRequest, ListResponse, ProcessConfig, ProcessInput, ProcessSelector, SendInputRequest,
+    SendInputResponse, SendSignalRequest, SendSignalResponse, StartRequest, StartResponse,
+    UpdateRequest, UpdateResponse,
+    process_event::{Event, data_event},
+    process_input, process_selector,
+};
+use futures::{StreamExt, stream::BoxStream};
+
+use crate::{
+    agent::AgentClient,
+    error::{CommandExit, Error, Result},
+};
+
+const SERVICE: &str = "process.Process";
+
+/// A process to start.
+#[derive(Clone, Debug, Default)]
+pub struct Command {
+    cmd: String,
+    args: Vec<String>,
+    envs: HashMap<String, String>,
+    cwd: Option<String>,
+    stdin: bool,
+    pty: Option<(u32, u32)>,
+    tag: Option<String>,
+    timeout: Option<Duration>,
+}
+
+impl Command {
+    /// Runs `program` with no arguments yet.
+    pub fn new(program: impl Into<String>) -> Self {
+        Self {
+            cmd: program.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Runs `line` in a bash login shell, as the E2B SDKs do.
+    pub fn shell(line: impl Into<String>) -> Self {
+        Self::new("/bin/bash").args(["-l", "-c"]).arg(line)
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.envs.insert(key.into(), value.into());
+        self
+    }
+
+    /// Working directory (default: the sandbox's workdir, else the user's home).
+    pub fn cwd(mut self, cwd: impl Into<String>) -> Self {
+        self.cwd = Some(cwd.into());
+        self
+    }
+
+    /// Keeps stdin open for [`Commands::send_stdin`].
+    pub fn stdin(mut self, open: bool) -> Self {
+        self.stdin = open;
+        self
+    }
+
+    /// Runs on a pseudo-terminal of this size; output then arrives as [`Output::Pty`].
+    pub fn pty(mut self, cols: u32, rows: u32) -> Self {
+        self.pty = Some((cols, rows));
+        self
+    }
+
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = Some(tag.into());
+        self
+    }
+
+    /// Kills the process when this much time has passed (none: it may run for ever).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// Output of a process, as it arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Stdout(Bytes),
+    Stderr(Bytes),
+    Pty(Bytes),
+}
+
+/// What a finished command left.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandOutput {
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// `exit status N` / `signal: killed` for an unsuccessful end.
+    pub error: Option<String>,
+}
+
+/// A process the agent knows about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub tag: Option<String>,
+    pub cmd: String,
+    pub args: Vec<String>,
+    pub envs: HashMap<String, String>,
+    pub cwd: Option<String>,
+}
+
+/// A running (or just ended) process whose events this handle receives.
+pub struct CommandHandle {
+    pid: u32,
+    events: BoxStream<'static, Result<Option<Event>>>,
+    end: Option<wire::process_event::EndEvent>,
+}
+
+impl std::fmt::Debug for CommandHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandHandle")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CommandHandle {
+    async fn open(events: BoxStream<'static, Result<Option<Event>>>) -> Result<Self> {
+        let mut handle = Self {
+            pid: 0,
+            events,
+            end: None,
+        };
+        match handle.events.next().await {
+            Some(Ok(Some(Event::Start(start)))) => handle.pid = start.pid,
+            Some(Err(err)) => return Err(err),
+            _ => {
+                return Err(Error::Protocol(
+                    "the process stream did not begin with a start event".to_owned(),
+                ));
+            }
+        }
+        Ok(handle)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The next piece of output; `None` once the process has ended.
+    pub async fn next_output(&mut self) -> Result<Option<Output>> {
+        if self.end.is_some() {
+            return Ok(None);
+        }
+        while let Some(event) = self.events.next().await {
+            match event? {
+                Some(Event::Data(data)) => match data.output {
+                    Some(data_event::Output::Stdout(b)) => return Ok(Some(Output::Stdout(b))),
+                    Some(data_event::Output::Stderr(b)) => return Ok(Some(Output::Stderr(b))),
+                    Some(data_event::Output::Pty(b)) => return Ok(Some(Output::Pty(b))),
+                    None => {}
+                },
+                Some(Event::End(end)) => {
+                    self.end = Some(end);
+                    return Ok(None);
+                }
+                _ => {}
+            }
+        }
+        Err(Error::Protocol(
+            "the process stream ended without an end event".to_owned(),
+        ))
+    }
+
+    /// Waits for the end, collecting output. A non-zero exit is [`Error::CommandExit`].
+    pub async fn wait(mut self) -> Result<CommandOutput> {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(output) = self.next_output().await? {
+            match output {
+                Output::Stdout(b) | Output::Pty(b) => stdout.extend_from_slice(&b),
+                Output::Stderr(b) => stderr.extend_from_slice(&b),
+            }
+        }
+        let end = self.end.unwrap_or_default();
+        let output = CommandOutput {
+            exit_code: end.exit_code,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            error: end.error,
+        };
+        if output.exit_code == 0 {
+            Ok(output)
+        } else {
+            Err(Error::CommandExit(Box::new(CommandExit {
+                exit_code: output.exit_code,
+                error: output.error,
+                stdout: output.stdout,
+                stderr: output.stderr,
+            })))
+        }
+    }
+}
+
+/// The processes API of one sandbox.
+#[derive(Debug)]
+pub struct Commands<'a> {
+    agent: &'a AgentClient,
+}
+
+fn pid_selector(pid: u32) -> Option<ProcessSelector> {
+    Some(ProcessSelector {
+        selector: Some(process_selector::Selector::Pid(pid)),
+    })
+}
+
+impl<'a> Commands<'a> {
+    pub(crate) fn new(agent: &'a AgentClient) -> Self {
+        Self { agent }
+    }
+
+    async fn call<Req: cove_proto::connect::Wire, Resp: cove_proto::connect::Wire>(
+        &self,
+        method: &str,
+        request: Req,
+    ) -> Result<Resp> {
+        self.agent
+            .channel
+            .unary(
+                &format!("{SERVICE}/{method}"),
+                &request,
+                Some(self.agent.request_timeout),
+            )
+            .await
+    }
+
+    /// Runs a shell command line to completion (60 s limit, as the E2B SDKs).
+    pub async fn run(&self, line: &str) -> Result<CommandOutput> {
+        self.spawn(Command::shell(line).timeout(Duration::from_secs(60)))
+            .await?
+            .wait()
+            .await
+    }
+
+    /// Starts a process and returns once the agent reports its pid.
+    pub async fn spawn(&self, command: Command) -> Result<CommandHandle> {
+        let request = StartRequest {
+            process: Some(ProcessConfig {
+                cmd: command.cmd,
+                args: command.args,
+                envs: command.envs,
+                cwd: command.cwd,
+            }),
+            pty: command.pty.map(|(cols, rows)| wire::Pty {
+                size: Some(wire::pty::Size { cols, rows }),
+            }),
+            tag: command.tag,
+            stdin: Some(command.stdin),
+        };
+        let stream = self
+            .agent
+            .channel
+            .server_stream::<_, StartResponse>(
+                &format!("{SERVICE}/Start"),
+                &request,
+                command.timeout,
+            )
+            .await?;
+        CommandHandle::open(
+            stream
+                .map(|m| m.map(|m| m.event.and_then(|e| e.event)))
+                .boxed(),
+        )
+        .await
+    }
+
+    /// Re-attaches to a running (or recently ended) process.
+    pub async fn connect(&self, pid: u32) -> Result<CommandHandle> {
+        let request = ConnectRequest {
+            process: pid_selector(pid),
+        };
+        let stream = self
+            .agent
+            .channel
+            .server_stream::<_, ConnectResponse>(&format!("{SERVICE}/Connect"), &request, None)
+            .await?;
+        CommandHandle::open(
+            stream
+                .map(|m| m.map(|m| m.event.and_then(|e| e.event)))
+                .boxed(),
+        )
+        .await
+    }
+
+    /// Running processes.
+    pub async fn list(&self) -> Result<Vec<ProcessInfo>> {
+        let response: ListResponse = self.call("List", ListRequest {}).await?;
+        Ok(response
+            .processes
+            .into_iter()
+            .map(|p| {
+                let config = p.config.unwrap_or_default();
+                ProcessInfo {
+                    pid: p.pid,
+                    tag: p.tag,
+                    cmd: config.cmd,
+                    args: config.args,
+                    envs: config.envs,
+                    cwd: config.cwd,
+                }
+            })
+            .collect())
+    }
+
+    async fn send_input(&self, pid: u32, input: process_input::Input) -> Result<()> {
+        let _: SendInputResponse = self
+            .call(
+                "SendInput",
+                SendInputRequest {
+                    process: pid_selector(pid),
+                    input: Some(ProcessInput { input: Some(input) }),
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Writes to a process's stdin (it must have been started with `stdin(true)`).
+    pub async fn send_stdin(&self, pid: u32, data: impl Into<Bytes>) -> Result<()> {
+        self.send_input(pid, process_input::Input::Stdin(data.into()))
+            .await
+    }
+
+    /// Types into a process's terminal.
+    pub async fn send_pty(&self, pid: u32, data: impl Into<Bytes>) -> Result<()> {
+        self.send_input(pid, process_input::Input::Pty(data.into()))
+            .await
+    }
+
+    /// Closes a process's stdin (end of input).
+    pub async fn close_stdin(&self, pid: u32) -> Result<()> {
+        let _: CloseStdinResponse = self
+            .call(
+                "CloseStdin",
+                CloseStdinRequest {
+                    process: pid_selector(pid),
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Sends SIGKILL; `false` when there is no such process.
+    pub async fn kill(&self, pid: u32) -> Result<bool> {
+        match self.signal(pid, wire::Signal::Sigkill).await {
+            Ok(()) => Ok(true),
+            Err(Error::NotFound(_)) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Sends SIGTERM or SIGKILL.
+    pub async fn signal(&self, pid: u32, signal: wire::Signal) -> Result<()> {
+        let _: SendSignalResponse = self
+            .call(
+                "SendSignal",
+                SendSignalRequest {
+                    process: pid_selector(pid),
+                    signal: signal as i32,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Resizes a process's terminal.
+    pub async fn resize(&self, pid: u32, cols: u32, rows: u32) -> Result<()> {
+        let _: UpdateResponse = self
+            .call(
+                "Update",
+                UpdateRequest {
+                    process: pid_selector(pid),
+                    pty: Some(wire::Pty {
+                        size: Some(wire::pty::Size { cols, rows }),
+                    }),
+                },
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+pub use wire::Signal;

@@ -1,0 +1,19 @@
+//! Test support: start real Cove processes on free ports and wait for things with deadlines.
+#![forbid(unsafe_code)]
+
+mod agent;
+mod wait;
+
+pub use crate::{
+    agent::{AgentOptions, TestAgent},
+    wait::{free_port, wait_until},
+};
+
+/// The repository's root (for scripts under `tests/support`).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("the test-util crate lives two levels below the repository root")
+        .to_owned()
+}
