@@ -6,7 +6,14 @@ http://localhost:49983, where one `cove agent` per test session listens, started
 fresh PID and mount namespaces by `tests/support/agent-in-namespace.sh`. Suites against the
 full `cove serve` can live beside them under their own marker.
 
-The agent binary is `$COVE_BIN`, by default `<repo>/target/debug/cove` (`cargo build`).
+Run (as root, which the namespaces need), from the repository root:
+
+    cargo build
+    python -m venv /tmp/e2bvenv && /tmp/e2bvenv/bin/pip install -r tests/compat/requirements.txt
+    npm ci --prefix tests/compat/js        # for the JS SDK check; skipped without it
+    /tmp/e2bvenv/bin/python -m pytest tests/compat          # or: -m debug_agent
+
+The agent binary is `$COVE_BIN`, by default `<repo>/target/debug/cove`.
 Set `COVE_AGENT_LOG=/some/file` to keep the agent's log after the run.
 """
 
@@ -136,12 +143,14 @@ def debug_agent() -> Agent:
         wait_until(healthy, "the agent to answer GET /health with 204", AGENT_START_TIMEOUT)
         yield Agent(url=AGENT_URL, pid=proc.pid, log=log_path)
     finally:
-        # unshare ignores SIGTERM; SIGKILL to it takes the whole namespace down with it.
-        if proc is not None:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            # unshare ignores SIGTERM; SIGKILL to it takes the whole namespace down with it.
+            if proc is not None:
+                if proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture
@@ -160,10 +169,10 @@ def _debug_agent_for_marked_tests(request: pytest.FixtureRequest) -> None:
 
 
 def _require_debug_agent(request: pytest.FixtureRequest) -> None:
+    """The sandbox fixtures serve debug_agent tests only until a server suite exists."""
     if request.node.get_closest_marker("debug_agent") is None:
-        raise pytest.UsageError(
-            f"{request.fixturename} needs a test marked debug_agent (no server suite yet)"
-        )
+        raise pytest.UsageError(f"{request.fixturename} needs a test marked debug_agent")
+    request.getfixturevalue("debug_env")
 
 
 @pytest.fixture
@@ -248,7 +257,10 @@ class PtyReader:
     def wait_for(self, pattern: bytes, timeout: float = 10.0) -> bytes:
         """Waits until the output matches the regex `pattern`; returns the whole output."""
         regex = re.compile(pattern)
-        wait_until(lambda: regex.search(self.output), f"{pattern!r} on the PTY", timeout)
+        try:
+            wait_until(lambda: regex.search(self.output), f"{pattern!r} on the PTY", timeout)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; the PTY printed {self.output!r}") from None
         return self.output
 
     def finish(self, timeout: float = 10.0):

@@ -4,7 +4,13 @@ import time
 import uuid
 
 import pytest
-from e2b import CommandExitException, NotFoundException, TimeoutException
+from e2b import (
+    AuthenticationException,
+    CommandExitException,
+    InvalidArgumentException,
+    NotFoundException,
+    TimeoutException,
+)
 
 from conftest import USER_HOME, ensure_killed, live_pids, wait_until, wait_until_gone
 
@@ -48,15 +54,14 @@ def test_send_stdin(sandbox, background):
 
 
 def test_send_stdin_through_handle_and_close_stdin(sandbox, background):
-    handle = background("cat; echo '<eof>'", stdin=True)
+    handle = background("od -An -tx1 -v", stdin=True)  # hex dump of stdin, ends at EOF
 
     handle.send_stdin("abc ")
-    handle.send_stdin(b"\x01\xff def")
+    handle.send_stdin(b"\x00\x01\xff def")
     sandbox.commands.close_stdin(handle.pid)
 
     result = handle.wait()
-    assert result.stdout.encode("utf-8", "surrogateescape").startswith(b"abc \x01")
-    assert result.stdout.endswith(" def<eof>\n")
+    assert bytes.fromhex(result.stdout) == b"abc \x00\x01\xff def"
 
 
 def test_stdin_is_closed_unless_requested(sandbox):
@@ -113,9 +118,32 @@ def test_connect_reattaches_to_background_process(sandbox, background):
     assert exited.value.stderr == "bye\n"
 
 
+def test_connect_shortly_after_exit_returns_the_end(sandbox, background):
+    handle = background("echo done; exit 4")
+    with pytest.raises(CommandExitException):
+        handle.wait()
+
+    # envd keeps the end of an exited process for 30 s for late re-attachment.
+    with pytest.raises(CommandExitException) as exited:
+        sandbox.commands.connect(handle.pid).wait()
+    assert exited.value.exit_code == 4
+
+
 def test_connect_unknown_pid_raises_not_found(sandbox):
     with pytest.raises(NotFoundException):
         sandbox.commands.connect(UNKNOWN_PID)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="agent deviation (notes/agent-bugs.md #2): the end event does not wait for "
+    "children that still hold stdout/stderr open, so their output is lost",
+)
+def test_output_of_background_children_is_waited_for(sandbox):
+    # envd ends a command when its output pipes close, not when the shell exits.
+    result = sandbox.commands.run("(sleep 0.5; echo late) & echo early")
+
+    assert result.stdout == "early\nlate\n"
 
 
 def test_nonzero_exit_raises_command_exit_exception(sandbox):
@@ -166,6 +194,11 @@ def test_default_user_and_root(sandbox):
     assert sandbox.commands.run("echo $HOME", user="root").stdout == "/root\n"
 
 
+def test_unknown_user_is_rejected(sandbox):
+    with pytest.raises(AuthenticationException):
+        sandbox.commands.run("id", user="no-such-user")
+
+
 def test_default_cwd_is_home(sandbox):
     assert sandbox.commands.run("pwd").stdout == f"{USER_HOME}\n"
 
@@ -177,7 +210,7 @@ def test_relative_cwd_resolves_against_home(sandbox, workdir):
 
 
 def test_missing_cwd_is_an_error(sandbox, workdir):
-    with pytest.raises(Exception) as raised:
+    with pytest.raises(InvalidArgumentException) as raised:
         sandbox.commands.run("pwd", cwd=f"{workdir}/missing")
 
     assert "does not exist" in str(raised.value)
@@ -195,9 +228,13 @@ def test_envs(sandbox):
 def test_base_environment(sandbox):
     result = sandbox.commands.run('printf "%s|%s|%s" "$HOME" "$USER" "$LOGNAME"')
 
-    assert result.stdout == "/home/user|user|user"
+    assert result.stdout == f"{USER_HOME}|user|user"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="agent bug (notes/agent-bugs.md #1): E2B_SANDBOX=true missing from process env",
+)
 def test_e2b_sandbox_variable_is_set(sandbox):
     # envd puts E2B_SANDBOX=true in every process's environment; code checks it to know it
     # runs in a sandbox.
@@ -219,3 +256,29 @@ def test_large_stderr_arrives_complete(sandbox):
 
     assert result.stderr == "e" * 3_000_000
     assert result.stdout == ""
+
+
+@pytest.mark.asyncio
+async def test_async_run_streams_output_while_running(async_sandbox):
+    arrivals = []
+
+    result = await async_sandbox.commands.run(
+        "for i in 1 2 3; do echo tick $i; sleep 0.4; done",
+        on_stdout=lambda data: arrivals.append((time.monotonic(), data)),
+    )
+    ended = time.monotonic()
+
+    assert result.stdout == "tick 1\ntick 2\ntick 3\n"
+    assert "".join(data for _, data in arrivals) == result.stdout
+    assert arrivals[0][0] < ended - 0.6  # the first line came while the loop still ran
+
+
+@pytest.mark.asyncio
+async def test_async_background_kill(async_sandbox):
+    handle = await async_sandbox.commands.run("sleep 30", background=True)
+
+    assert await async_sandbox.commands.kill(handle.pid) is True
+    with pytest.raises(CommandExitException) as exited:
+        await handle.wait()
+    assert exited.value.exit_code == -1
+    assert await async_sandbox.commands.kill(handle.pid) is False

@@ -7,8 +7,10 @@ import os
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import httpx
 import pytest
 from e2b import (
+    AuthenticationException,
     FileNotFoundException,
     FileType,
     InvalidArgumentException,
@@ -44,7 +46,11 @@ def test_rename(sandbox, workdir):
 
     info = sandbox.files.rename(f"{workdir}/old.txt", f"{workdir}/new/place/new.txt")
 
-    assert (info.name, info.path, info.type) == ("new.txt", f"{workdir}/new/place/new.txt", FileType.FILE)
+    assert (info.name, info.path, info.type) == (
+        "new.txt",
+        f"{workdir}/new/place/new.txt",
+        FileType.FILE,
+    )
     assert sandbox.files.exists(f"{workdir}/old.txt") is False
     assert sandbox.files.read(f"{workdir}/new/place/new.txt") == "moving content"
     assert owner_of(sandbox, f"{workdir}/new/place") == "user:user"
@@ -280,3 +286,46 @@ def test_overwrite_replaces_content(sandbox, workdir):
 
     assert sandbox.files.read(path) == "short"
     assert sandbox.files.get_info(path).size == 5
+
+
+def test_tilde_expands_to_home(sandbox, workdir):
+    relative = workdir.removeprefix(f"{USER_HOME}/")
+    sandbox.files.write(f"~/{relative}/tilde.txt", "home")
+
+    assert sandbox.files.get_info(f"~/{relative}/tilde.txt").path == f"{workdir}/tilde.txt"
+    assert sandbox.files.read(f"{workdir}/tilde.txt") == "home"
+
+
+def test_names_with_spaces_and_non_ascii(sandbox, workdir):
+    path = f"{workdir}/dir with space/ü ñ €.txt"
+
+    written = sandbox.files.write(path, "unicode")
+
+    assert (written.name, written.path) == ("ü ñ €.txt", path)
+    assert [(e.name, e.path) for e in sandbox.files.list(f"{workdir}/dir with space")] == [
+        ("ü ñ €.txt", path)
+    ]
+    assert sandbox.files.read(path) == "unicode"
+
+
+def test_download_and_upload_urls(sandbox, workdir):
+    sandbox.files.write(f"{workdir}/down.txt", "fetched by url")
+
+    downloaded = httpx.get(sandbox.download_url(f"{workdir}/down.txt"))
+    uploaded = httpx.post(
+        sandbox.upload_url(f"{workdir}/up.txt"), files={"file": ("up.txt", b"posted by url")}
+    )
+
+    assert (downloaded.status_code, downloaded.text) == (200, "fetched by url")
+    assert uploaded.status_code == 200
+    assert uploaded.json() == [{"name": "up.txt", "path": f"{workdir}/up.txt", "type": "file"}]
+    assert sandbox.files.read(f"{workdir}/up.txt") == "posted by url"
+
+
+def test_unknown_user_is_rejected(sandbox, workdir):
+    sandbox.files.write(f"{workdir}/x.txt", "x")
+
+    with pytest.raises(AuthenticationException):
+        sandbox.files.read(f"{workdir}/x.txt", user="no-such-user")
+    with pytest.raises(AuthenticationException):
+        sandbox.files.list(workdir, user="no-such-user")

@@ -18,14 +18,15 @@ def terminal(sandbox):
 
 
 def type_line(sandbox, reader, line):
+    # The terminal echoes what is typed: each test's command prints something its own
+    # text does not contain, so a match in the output is the command's answer.
     sandbox.pty.send_stdin(reader.handle.pid, f"{line}\n".encode())
 
 
 def test_pty_runs_an_interactive_shell(sandbox, terminal):
     type_line(sandbox, terminal, "echo $((6 * 7)) $TERM; tty; pwd; id -u")
 
-    output = terminal.wait_for(rb"42 xterm-256color\r\n/dev/pts/\d+\r\n/home/user\r\n1000\r\n")
-    assert USER_HOME.encode() in output
+    terminal.wait_for(rf"42 xterm-256color\r\n/dev/pts/\d+\r\n{USER_HOME}\r\n1000\r\n".encode())
     assert terminal.handle.pid in live_pids(sandbox)
 
     type_line(sandbox, terminal, "exit 5")
@@ -37,17 +38,17 @@ def test_pty_runs_an_interactive_shell(sandbox, terminal):
 
 def test_pty_resize(sandbox, terminal):
     type_line(sandbox, terminal, "stty size")
-    terminal.wait_for(rb"\r\n24 80\r\n")
+    terminal.wait_for(rb"24 80\r\n")
 
     sandbox.pty.resize(terminal.handle.pid, PtySize(rows=30, cols=100))
     type_line(sandbox, terminal, "stty size")
 
-    terminal.wait_for(rb"\r\n30 100\r\n")
+    terminal.wait_for(rb"30 100\r\n")
 
 
 def test_pty_kill(sandbox, terminal):
-    type_line(sandbox, terminal, "echo ready")
-    terminal.wait_for(rb"\r\nready\r\n")
+    type_line(sandbox, terminal, "echo $((2 + 3))-ready")
+    terminal.wait_for(rb"5-ready\r\n")
 
     assert sandbox.pty.kill(terminal.handle.pid) is True
 
@@ -66,7 +67,7 @@ def test_pty_as_root_with_cwd_and_envs(sandbox, workdir):
     try:
         type_line(sandbox, reader, 'echo "[$(id -u)|$PWD|$GREETING]"; exit')
 
-        reader.wait_for(rf"\r\n\[0\|{workdir}\|hi\]\r\n".encode())
+        reader.wait_for(rf"\[0\|{workdir}\|hi\]\r\n".encode())
         assert reader.finish().exit_code == 0
     finally:
         ensure_killed(sandbox, handle.pid)

@@ -222,6 +222,8 @@ def test_workflow_runs_pytest(sandbox, calculator_project):
             "sandbox is not possible in this environment"
         )
 
-    result = sandbox.commands.run("python3 -m pytest test_calculator.py -v", cwd=calculator_project)
+    result = sandbox.commands.run(
+        "python3 -m pytest test_calculator.py -v", cwd=calculator_project
+    )
     assert result.exit_code == 0
     assert "3 passed" in result.stdout

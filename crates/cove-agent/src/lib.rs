@@ -161,8 +161,16 @@ pub fn router(state: AgentState) -> Router {
 
 /// Runs the agent until it is told to stop (SIGTERM / SIGINT).
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    run_with_readiness(config, || {}).await
+}
+
+/// Runs the agent; `ready` is called once every listener is bound.
+pub async fn run_with_readiness(
+    config: AgentConfig,
+    ready: impl FnOnce(),
+) -> Result<(), AgentError> {
     let state = AgentState::new(&config).map_err(AgentError::Start)?;
-    listener::serve_all(&config.listen, router(state)).await
+    listener::serve_all(&config.listen, router(state), ready).await
 }
 
 /// Why the agent could not run.

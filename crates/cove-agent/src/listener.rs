@@ -41,7 +41,11 @@ impl fmt::Display for ListenAddr {
 }
 
 /// Binds every address first (so a bad one fails fast), then serves until SIGTERM/SIGINT.
-pub async fn serve_all(addrs: &[ListenAddr], app: Router) -> Result<(), AgentError> {
+pub async fn serve_all(
+    addrs: &[ListenAddr],
+    app: Router,
+    ready: impl FnOnce(),
+) -> Result<(), AgentError> {
     if addrs.is_empty() {
         return Err(AgentError::NoListener);
     }
@@ -69,6 +73,7 @@ pub async fn serve_all(addrs: &[ListenAddr], app: Router) -> Result<(), AgentErr
         }
         tracing::info!(%addr, "agent listening");
     }
+    ready();
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("agent stopping"),
         Some(result) = servers.join_next() => {

@@ -19,6 +19,9 @@ enum Command {
     /// Run the in-sandbox agent (started by `cove serve` inside each sandbox).
     #[command(hide = true)]
     Agent(commands::agent::Args),
+    /// Build a sandbox (run by `cove serve`, never by hand).
+    #[command(name = "__sandbox-init", hide = true)]
+    SandboxInit(commands::sandbox_init::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -26,6 +29,7 @@ fn main() -> std::process::ExitCode {
     logging::init();
     let result = match cli.command {
         Command::Agent(args) => commands::agent::run(args),
+        Command::SandboxInit(args) => commands::sandbox_init::run(args),
     };
     match result {
         Ok(code) => code,

@@ -22,6 +22,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    run_with_readiness(args, || {})
+}
+
+/// Runs the agent and calls `ready` once it listens (a sandbox's PID 1 reports it).
+pub fn run_with_readiness(
+    args: Args,
+    ready: impl FnOnce(),
+) -> anyhow::Result<std::process::ExitCode> {
     let config = AgentConfig {
         listen: args.listen,
         access_token: args.access_token.filter(|t| !t.is_empty()),
@@ -35,7 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime
-        .block_on(cove_agent::run(config))
+        .block_on(cove_agent::run_with_readiness(config, ready))
         .context("the agent failed")?;
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -1,3 +1,4 @@
 //! One module per subcommand: each parses its arguments and calls a library.
 
 pub mod agent;
+pub mod sandbox_init;

@@ -1,0 +1,57 @@
+//! `cove __sandbox-init`: the stages that build a sandbox (see `cove_runtime::namespace::init`).
+//! The last stage becomes the sandbox's PID 1 and runs the agent.
+
+use anyhow::Context;
+use clap::Parser;
+use cove_runtime::namespace::init;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only create a user namespace and keep it until stdin closes.
+    #[arg(long = "hold-userns")]
+    hold_userns: bool,
+    /// Run as the sandbox's PID 1.
+    #[arg(long)]
+    pid1: bool,
+}
+
+/// `cove agent`'s arguments, parsed from the spec's `agent_args`.
+#[derive(Debug, Parser)]
+struct AgentArgs {
+    #[command(flatten)]
+    agent: super::agent::Args,
+}
+
+pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    if args.hold_userns {
+        init::hold_userns()?;
+    } else if args.pid1 {
+        if let Err(err) = pid1() {
+            init::report_failure(&format!("{err:#}"));
+            return Err(err);
+        }
+    } else {
+        let exe = std::env::current_exe().context("cannot find the cove binary")?;
+        let report = init::setup(&exe).unwrap_or_else(|err| init::Report::Failed {
+            error: format!("{:#}", anyhow::Error::from(err)),
+        });
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("cannot encode the report")?
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn pid1() -> anyhow::Result<()> {
+    let spec = init::read_spec()?;
+    init::enter_sandbox(&spec)?;
+    let argv = std::iter::once("agent".to_owned()).chain(spec.agent_args.iter().cloned());
+    let agent = AgentArgs::try_parse_from(argv).context("invalid agent arguments")?;
+    super::agent::run_with_readiness(agent.agent, || {
+        if let Err(err) = init::report_ready() {
+            tracing::error!(?err, "cannot report readiness");
+        }
+    })?;
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! Isolation backends for Cove sandboxes. The namespace backend builds each sandbox from
+//! Linux namespaces, an overlay root over idmapped template layers, and runs the agent as
+//! its PID 1. This is the only crate of Cove that uses `unsafe` (for syscalls without safe
+//! wrappers); each use says why it is sound.
+
+pub mod idmap;
+pub mod mounts;
+pub mod namespace;
+pub mod net;
+pub mod process;
+pub mod template;
+pub mod userns;
+
+use std::path::{Path, PathBuf};
+
+pub use crate::{
+    namespace::NamespaceRuntime,
+    template::{Layer, Template},
+};
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct SandboxSpec {
+    pub id: String,
+    /// The sandbox's own directory on the host (created if missing).
+    pub dir: PathBuf,
+    pub template: Template,
+    /// Host uid/gid that is root inside; the sandbox owns the next 65536 ids.
+    pub uid_base: u32,
+    pub hostname: String,
+    /// Arguments for the agent (as for `cove agent`).
+    pub agent_args: Vec<String>,
+}
+
+/// A started sandbox: its PID 1 on the host (with start time, against pid reuse) and the
+/// agent's socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunningSandbox {
+    pub pid: u32,
+    pub start_time: u64,
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot {what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sandbox {id} did not start: {reason}")]
+    Start { id: String, reason: String },
+}
+
+/// An isolation backend. Calls block; async callers run them on a blocking thread.
+pub trait Runtime: Send + Sync + 'static {
+    /// Starts a sandbox and returns once its agent listens.
+    fn create(&self, spec: &SandboxSpec) -> Result<RunningSandbox, RuntimeError>;
+    /// Whether the sandbox's PID 1 still runs.
+    fn is_alive(&self, sandbox: &RunningSandbox) -> bool;
+    /// Kills every process of the sandbox and waits for them to be gone.
+    fn kill(&self, sandbox: &RunningSandbox) -> Result<(), RuntimeError>;
+    /// Deletes a dead sandbox's directory (its writable layer).
+    fn remove(&self, dir: &Path) -> Result<(), RuntimeError>;
+}

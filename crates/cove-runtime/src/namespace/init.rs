@@ -1,0 +1,353 @@
+//! The processes that build a sandbox. They run from the `cove` binary itself (hidden
+//! subcommands), each a fresh single-threaded process, which namespace changes require:
+//!
+//! 1. **setup** (host root): private mount namespace; idmapped template layers, overlays,
+//!    `/dev`; then it becomes root of the sandbox's user namespace, unshares the other
+//!    namespaces and starts…
+//! 2. **pid1**: PID 1 of the new PID namespace. It mounts `/proc`, `/sys` and devpts,
+//!    brings loopback up, pivots into the new root, and then runs the agent.
+//!
+//! A third, **hold-userns**, only creates the user namespace so that setup can map its ids
+//! and use it for idmapped mounts before anything runs inside it.
+
+use std::{
+    fs,
+    io::{self, BufRead, BufReader, Read, Write},
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::{
+            fs::{DirBuilderExt, PermissionsExt},
+            process::CommandExt,
+        },
+    },
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use rustix::thread::UnshareFlags;
+use serde::{Deserialize, Serialize};
+
+use crate::{idmap, mounts, net, template::Template, userns};
+
+/// The hidden `cove` subcommand the stages run as.
+pub const SUBCOMMAND: &str = "__sandbox-init";
+/// Its flag for the user-namespace holder stage.
+pub const HOLD_USERNS_FLAG: &str = "--hold-userns";
+/// Its flag for the PID 1 stage.
+pub const PID1_FLAG: &str = "--pid1";
+
+/// `PATH` of the sandbox's PID 1, inherited by everything the agent starts.
+pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Everything the stages need, passed on stdin as JSON.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InitSpec {
+    pub id: String,
+    /// The sandbox's directory on the host (writable layers, socket, log).
+    pub dir: PathBuf,
+    pub template: Template,
+    /// Host uid/gid that is root inside.
+    pub uid_base: u32,
+    pub hostname: String,
+    /// Arguments for the agent PID 1 runs (`cove agent …` without `agent`).
+    pub agent_args: Vec<String>,
+}
+
+/// What setup reports on stdout when the sandbox's agent is up.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Report {
+    Started { pid: u32 },
+    Failed { error: String },
+}
+
+/// Paths inside a sandbox's host directory.
+#[derive(Clone, Debug)]
+pub struct SandboxDirs {
+    pub root: PathBuf,
+}
+
+impl SandboxDirs {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    /// Where the sandbox's root filesystem is assembled (inside its mount namespace only).
+    pub fn rootfs(&self) -> PathBuf {
+        self.root.join("rootfs")
+    }
+    /// The writable layer of the `i`-th mount point ("/" is 0).
+    pub fn upper(&self, i: usize) -> PathBuf {
+        self.root.join("upper").join(i.to_string())
+    }
+    fn work(&self, i: usize) -> PathBuf {
+        self.root.join("work").join(i.to_string())
+    }
+    fn lower(&self, n: usize) -> PathBuf {
+        self.root.join("lower").join(n.to_string())
+    }
+    /// Shared with the sandbox as `/.cove/run`: the agent's socket lives here.
+    pub fn run(&self) -> PathBuf {
+        self.root.join("run")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.run().join("agent.sock")
+    }
+    /// The agent's log (stderr of the sandbox's PID 1).
+    pub fn log(&self) -> PathBuf {
+        self.root.join("sandbox.log")
+    }
+}
+
+/// Path of the agent's socket as the agent sees it.
+pub const AGENT_SOCKET_INSIDE: &str = "/.cove/run/agent.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("cannot read the sandbox spec")]
+    Spec(#[source] io::Error),
+    #[error("{step}")]
+    Step {
+        step: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the sandbox's PID 1 failed before its agent was up: {0}")]
+    Pid1(String),
+}
+
+fn step(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> InitError {
+    move |source| InitError::Step {
+        step: what(),
+        source,
+    }
+}
+
+/// Reads the spec a stage gets on stdin.
+pub fn read_spec() -> Result<InitSpec, InitError> {
+    let mut raw = String::new();
+    io::stdin()
+        .read_to_string(&mut raw)
+        .map_err(InitError::Spec)?;
+    serde_json::from_str(&raw)
+        .map_err(|err| InitError::Spec(io::Error::new(io::ErrorKind::InvalidData, err)))
+}
+
+/// The holder stage: creates a user namespace, says so, and keeps it alive until stdin
+/// closes.
+pub fn hold_userns() -> Result<(), InitError> {
+    unshare(UnshareFlags::NEWUSER).map_err(step(|| "cannot create a user namespace".into()))?;
+    let mut out = io::stdout();
+    writeln!(out, "ready")
+        .and_then(|()| out.flush())
+        .map_err(step(|| "cannot report readiness".into()))?;
+    let mut rest = Vec::new();
+    let _ = io::stdin().read_to_end(&mut rest);
+    Ok(())
+}
+
+/// The setup stage, run as host root. Prints a [`Report`] on stdout.
+pub fn setup(exe: &Path) -> Result<Report, InitError> {
+    let spec = read_spec()?;
+    let dirs = SandboxDirs::new(&spec.dir);
+
+    unshare(UnshareFlags::NEWNS).map_err(step(|| "cannot create a mount namespace".into()))?;
+    mounts::make_private().map_err(step(|| "cannot make mounts private".into()))?;
+
+    let (holder, userns) = create_userns(exe, spec.uid_base)?;
+    build_rootfs(&spec, &dirs, userns.as_fd())?;
+
+    userns::enter_as_root(userns.as_fd()).map_err(step(|| {
+        "cannot become root of the sandbox's user namespace".into()
+    }))?;
+    drop(userns);
+    release_holder(holder);
+
+    let flags = UnshareFlags::NEWNS
+        | UnshareFlags::NEWPID
+        | UnshareFlags::NEWIPC
+        | UnshareFlags::NEWUTS
+        | UnshareFlags::NEWNET
+        | UnshareFlags::NEWCGROUP;
+    unshare(flags).map_err(step(|| "cannot create the sandbox's namespaces".into()))?;
+
+    start_pid1(exe, &spec)
+}
+
+/// `unshare(2)` of namespaces only.
+fn unshare(flags: UnshareFlags) -> io::Result<()> {
+    debug_assert!(!flags.contains(UnshareFlags::FILES));
+    // SAFETY: the stages are single-threaded and never unshare the file table, so no
+    // thread can observe descriptors from a table it does not share.
+    unsafe { rustix::thread::unshare_unsafe(flags) }?;
+    Ok(())
+}
+
+fn create_userns(exe: &Path, uid_base: u32) -> Result<(std::process::Child, OwnedFd), InitError> {
+    let mut holder = Command::new(exe)
+        .args([SUBCOMMAND, HOLD_USERNS_FLAG])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .env_clear()
+        .spawn()
+        .map_err(step(|| "cannot start the user namespace holder".into()))?;
+    let mut line = String::new();
+    let stdout = holder
+        .stdout
+        .take()
+        .ok_or_else(|| InitError::Pid1("holder has no stdout".into()))?;
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(step(|| "cannot hear from the user namespace holder".into()))?;
+    if line.trim() != "ready" {
+        release_holder(holder);
+        return Err(InitError::Step {
+            step: "the user namespace holder failed".into(),
+            source: io::Error::other(line),
+        });
+    }
+    let pid = holder.id();
+    let maps = userns::write_id_maps(pid, uid_base)
+        .map_err(step(|| format!("cannot map ids from {uid_base}")));
+    let ns = maps.and_then(|()| {
+        fs::File::open(format!("/proc/{pid}/ns/user"))
+            .map(OwnedFd::from)
+            .map_err(step(|| "cannot open the user namespace".into()))
+    });
+    match ns {
+        Ok(ns) => Ok((holder, ns)),
+        Err(err) => {
+            release_holder(holder);
+            Err(err)
+        }
+    }
+}
+
+fn release_holder(mut holder: std::process::Child) {
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+}
+
+fn build_rootfs(
+    spec: &InitSpec,
+    dirs: &SandboxDirs,
+    userns: std::os::fd::BorrowedFd<'_>,
+) -> Result<(), InitError> {
+    let base = spec.uid_base;
+    let mkdir = |path: &Path, mode: u32, owner: Option<u32>| -> Result<(), InitError> {
+        let what = || format!("cannot create {}", path.display());
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+            .map_err(step(what))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(step(what))?;
+        if let Some(owner) = owner {
+            std::os::unix::fs::chown(path, Some(owner), Some(owner)).map_err(step(what))?;
+        }
+        Ok(())
+    };
+    let rootfs = dirs.rootfs();
+    mkdir(&rootfs, 0o755, None)?;
+    mkdir(&dirs.run(), 0o700, Some(base))?;
+
+    for (n, layer) in spec.template.layers.iter().enumerate() {
+        let lower = dirs.lower(n);
+        mkdir(&lower, 0o755, None)?;
+        idmap::mount_idmapped(&layer.path, &lower, userns).map_err(step(|| {
+            format!("cannot map template layer {}", layer.path.display())
+        }))?;
+    }
+    for (i, at) in spec.template.mount_points().iter().enumerate() {
+        let lowers: Vec<PathBuf> = spec
+            .template
+            .layers
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| &l.at == at)
+            .map(|(n, _)| dirs.lower(n))
+            .collect();
+        let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+        let (upper, work) = (dirs.upper(i), dirs.work(i));
+        // An existing writable layer (a restarted sandbox) keeps its owner and content.
+        if !upper.exists() {
+            mkdir(&upper, 0o755, Some(base))?;
+        }
+        mkdir(&work, 0o755, None)?;
+        let target = rootfs.join(at.strip_prefix("/").unwrap_or(at));
+        mounts::mount_overlay(&target, &lowers, &upper, &work).map_err(step(|| {
+            format!("cannot mount the overlay at {}", at.display())
+        }))?;
+    }
+    mounts::populate_dev(&rootfs.join("dev")).map_err(step(|| "cannot populate /dev".into()))?;
+    mounts::bind(&dirs.run(), &rootfs.join(".cove/run"))
+        .map_err(step(|| "cannot share the agent's socket directory".into()))?;
+    Ok(())
+}
+
+/// Starts PID 1, hands it the spec, and waits until its agent is listening.
+fn start_pid1(exe: &Path, spec: &InitSpec) -> Result<Report, InitError> {
+    let mut child = Command::new(exe)
+        .arg0("cove-agent")
+        .args([SUBCOMMAND, PID1_FLAG])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .env_clear()
+        .env("PATH", SANDBOX_PATH)
+        .spawn()
+        .map_err(step(|| "cannot start the sandbox's PID 1".into()))?;
+    let pid = child.id();
+    let spec_json = serde_json::to_vec(spec).map_err(|e| InitError::Spec(io::Error::other(e)))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A PID 1 that died early closes the pipe; its stdout tells why.
+        let _ = stdin.write_all(&spec_json);
+    }
+    let mut line = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        let _ = BufReader::new(stdout).read_line(&mut line);
+    }
+    if line.trim() != "ready" {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(InitError::Pid1(if line.trim().is_empty() {
+            "no readiness report (see the sandbox log)".into()
+        } else {
+            line.trim().to_owned()
+        }));
+    }
+    Ok(Report::Started { pid })
+}
+
+/// The PID 1 stage before its agent runs: kernel filesystems, host name, loopback, and the
+/// switch into the sandbox's root.
+pub fn enter_sandbox(spec: &InitSpec) -> Result<(), InitError> {
+    let rootfs = SandboxDirs::new(&spec.dir).rootfs();
+    mounts::rebind_root(&rootfs).map_err(step(|| {
+        "cannot prepare the sandbox's root for pivot_root".into()
+    }))?;
+    mounts::mount_kernel_filesystems(&rootfs)
+        .map_err(step(|| "cannot mount /proc, /sys and /dev/pts".into()))?;
+    rustix::system::sethostname(spec.hostname.as_bytes()).map_err(|e| InitError::Step {
+        step: "cannot set the host name".into(),
+        source: e.into(),
+    })?;
+    net::loopback_up().map_err(step(|| "cannot bring the loopback interface up".into()))?;
+    mounts::pivot_into(&rootfs).map_err(step(|| "cannot switch to the sandbox's root".into()))?;
+    Ok(())
+}
+
+/// Tells setup the agent is up, then points stdout at `/dev/null` (nobody reads it anymore).
+pub fn report_ready() -> io::Result<()> {
+    let mut out = io::stdout();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    let null = fs::OpenOptions::new().write(true).open("/dev/null")?;
+    rustix::stdio::dup2_stdout(&null)?;
+    Ok(())
+}
+
+/// Tells setup that PID 1 failed (it forwards the line to the server).
+pub fn report_failure(err: &dyn std::fmt::Display) {
+    let mut out = io::stdout();
+    let _ = writeln!(out, "{}", err.to_string().replace('\n', " "));
+    let _ = out.flush();
+}
