@@ -134,11 +134,6 @@ def test_connect_unknown_pid_raises_not_found(sandbox):
         sandbox.commands.connect(UNKNOWN_PID)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent deviation (notes/agent-bugs.md #2): the end event does not wait for "
-    "children that still hold stdout/stderr open, so their output is lost",
-)
 def test_output_of_background_children_is_waited_for(sandbox):
     # envd ends a command when its output pipes close, not when the shell exits.
     result = sandbox.commands.run("(sleep 0.5; echo late) & echo early")
@@ -231,10 +226,6 @@ def test_base_environment(sandbox):
     assert result.stdout == f"{USER_HOME}|user|user"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent bug (notes/agent-bugs.md #1): E2B_SANDBOX=true missing from process env",
-)
 def test_e2b_sandbox_variable_is_set(sandbox):
     # envd puts E2B_SANDBOX=true in every process's environment; code checks it to know it
     # runs in a sandbox.

@@ -16,7 +16,7 @@ pub mod rest;
 pub mod rpc;
 pub mod users;
 
-use std::{path::PathBuf, sync::Arc};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use axum::{
     Router,
@@ -51,6 +51,8 @@ pub struct AgentConfig {
     pub default_workdir: Option<PathBuf>,
     /// Where the sandbox's account database lives (its root, normally `/`).
     pub accounts: AccountFiles,
+    /// Environment variables of every process (besides `E2B_SANDBOX=true`).
+    pub env: BTreeMap<String, String>,
 }
 
 impl Default for AgentConfig {
@@ -61,6 +63,7 @@ impl Default for AgentConfig {
             default_user: "user".to_owned(),
             default_workdir: None,
             accounts: AccountFiles::default(),
+            env: BTreeMap::new(),
         }
     }
 }
@@ -89,11 +92,17 @@ impl AgentState {
         let reaper = Reaper::start()?;
         Ok(Self(Arc::new(Inner {
             accounts: config.accounts.clone(),
-            defaults: Defaults::new(
-                config.default_user.clone(),
-                config.default_workdir.clone(),
-                config.access_token.clone(),
-            ),
+            defaults: {
+                let defaults = Defaults::new(
+                    config.default_user.clone(),
+                    config.default_workdir.clone(),
+                    config.access_token.clone(),
+                );
+                // What envd tells every process: it runs in a sandbox.
+                defaults.extend_env([("E2B_SANDBOX".to_owned(), "true".to_owned())]);
+                defaults.extend_env(config.env.clone());
+                defaults
+            },
             processes: ProcessTable::new(reaper),
             watchers: Watchers::default(),
             started: std::time::Instant::now(),

@@ -147,6 +147,8 @@ pub struct Process {
     pub tag: Option<String>,
     input: spawn::Input,
     hub: Mutex<Hub>,
+    /// Set by SIGKILL/SIGTERM from a client: stop waiting for the output to close.
+    stop: tokio::sync::Notify,
 }
 
 /// The clients attached to a process's output.
@@ -204,6 +206,36 @@ impl Process {
         for tx in subscribers {
             let _ = tx.send(Event::End(end.clone())).await;
         }
+    }
+
+    pub(crate) fn new(
+        pid: u32,
+        config: ProcessConfig,
+        tag: Option<String>,
+        input: spawn::Input,
+    ) -> Self {
+        Self {
+            pid,
+            config,
+            tag,
+            input,
+            hub: Mutex::default(),
+            stop: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Resolves once a client has killed or terminated the process.
+    async fn stop_requested(&self) {
+        self.stop.notified().await;
+    }
+
+    /// Kills or terminates the process on a client's request; its end is then reported
+    /// without waiting for children that hold its output open.
+    pub fn stop(&self, signal: rustix::process::Signal) -> Result<(), RpcError> {
+        self.signal(signal)?;
+        // A stored permit: the output task sees it even if it is busy right now.
+        self.stop.notify_one();
+        Ok(())
     }
 
     /// Sends a signal to the process's whole process group (the process leads it), so a

@@ -13,7 +13,10 @@ use crate::{AgentState, reaper::Exit};
 const PIPE_CHUNK: usize = 32 * 1024;
 const PTY_CHUNK: usize = 16 * 1024;
 
-/// Follows `process` until it ends. A `lifetime` kills its process group when reached.
+/// Follows `process` until it ends. As envd does, the end is reported once the process has
+/// exited *and* its output is closed (children that inherited stdout keep it open), unless
+/// the process was killed or stopped: then only what is already buffered is forwarded. A
+/// `lifetime` kills its process group when reached.
 pub async fn follow(
     state: AgentState,
     process: Arc<Process>,
@@ -22,72 +25,74 @@ pub async fn follow(
     lifetime: Option<Duration>,
 ) {
     let deadline = lifetime.map(|d| tokio::time::Instant::now() + d);
-    let mut killed_for_deadline = false;
-    let status = match output {
+    let mut status: Option<Option<Exit>> = None;
+    let mut stopping = false;
+    let mut out_buf = vec![0u8; PIPE_CHUNK];
+    let mut err_buf = vec![0u8; PIPE_CHUNK];
+    match output {
         Output::Pipes { stdout, stderr } => {
             let mut stdout = Some(stdout);
             let mut stderr = Some(stderr);
-            let mut out_buf = vec![0u8; PIPE_CHUNK];
-            let mut err_buf = vec![0u8; PIPE_CHUNK];
-            loop {
+            while status.is_none() || stdout.is_some() || stderr.is_some() {
+                if stopping && status.is_some() {
+                    for (pipe, buf, event) in [
+                        (&stdout, &mut out_buf, stdout_event as fn(Bytes) -> Event),
+                        (&stderr, &mut err_buf, stderr_event),
+                    ] {
+                        if let Some(pipe) = pipe {
+                            drain_pipe(pipe, buf, &process, event).await;
+                        }
+                    }
+                    break;
+                }
                 tokio::select! {
-                    read = read_pipe(stdout.as_ref(), &mut out_buf), if stdout.is_some() => {
-                        match read {
-                            Some(data) => process.publish(stdout_event(data)).await,
-                            None => stdout = None,
-                        }
-                    }
-                    read = read_pipe(stderr.as_ref(), &mut err_buf), if stderr.is_some() => {
-                        match read {
-                            Some(data) => process.publish(stderr_event(data)).await,
-                            None => stderr = None,
-                        }
-                    }
-                    status = &mut exit => {
-                        // Everything the process wrote before exiting is in the pipes now.
-                        // Children that keep them open do not hold the end back.
-                        if let Some(pipe) = &stdout {
-                            drain_pipe(pipe, &mut out_buf, &process, stdout_event).await;
-                        }
-                        if let Some(pipe) = &stderr {
-                            drain_pipe(pipe, &mut err_buf, &process, stderr_event).await;
-                        }
-                        break status.ok();
-                    }
-                    _ = sleep_until(deadline), if !killed_for_deadline => {
-                        killed_for_deadline = true;
+                    read = read_pipe(stdout.as_ref(), &mut out_buf), if stdout.is_some() => match read {
+                        Some(data) => process.publish(stdout_event(data)).await,
+                        None => stdout = None,
+                    },
+                    read = read_pipe(stderr.as_ref(), &mut err_buf), if stderr.is_some() => match read {
+                        Some(data) => process.publish(stderr_event(data)).await,
+                        None => stderr = None,
+                    },
+                    exited = &mut exit, if status.is_none() => status = Some(exited.ok()),
+                    _ = process.stop_requested(), if !stopping => stopping = true,
+                    _ = sleep_until(deadline), if !stopping => {
+                        stopping = true;
                         let _ = process.signal(rustix::process::Signal::KILL);
                     }
                 }
             }
         }
         Output::Pty(pty) => {
-            let mut buf = vec![0u8; PTY_CHUNK];
             let mut open = true;
-            loop {
+            while status.is_none() || open {
+                if stopping && status.is_some() {
+                    while let Some(Ok(n)) = pty.try_read(&mut out_buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        process
+                            .publish(pty_event(Bytes::copy_from_slice(&out_buf[..n])))
+                            .await;
+                    }
+                    break;
+                }
                 tokio::select! {
-                    read = pty.read(&mut buf), if open => match read {
-                        Ok(n) if n > 0 => process.publish(pty_event(Bytes::copy_from_slice(&buf[..n]))).await,
+                    read = pty.read(&mut out_buf[..PTY_CHUNK]), if open => match read {
+                        Ok(n) if n > 0 => process.publish(pty_event(Bytes::copy_from_slice(&out_buf[..n]))).await,
                         _ => open = false,
                     },
-                    status = &mut exit => {
-                        while let Some(Ok(n)) = pty.try_read(&mut buf) {
-                            if n == 0 {
-                                break;
-                            }
-                            process.publish(pty_event(Bytes::copy_from_slice(&buf[..n]))).await;
-                        }
-                        break status.ok();
-                    }
-                    _ = sleep_until(deadline), if !killed_for_deadline => {
-                        killed_for_deadline = true;
+                    exited = &mut exit, if status.is_none() => status = Some(exited.ok()),
+                    _ = process.stop_requested(), if !stopping => stopping = true,
+                    _ = sleep_until(deadline), if !stopping => {
+                        stopping = true;
                         let _ = process.signal(rustix::process::Signal::KILL);
                     }
                 }
             }
         }
-    };
-    let end = end_event(status);
+    }
+    let end = end_event(status.flatten());
     tracing::debug!(pid = process.pid, status = %end.status, "process ended");
     state.processes().finish(&process, end.clone());
     process.publish_end(end).await;

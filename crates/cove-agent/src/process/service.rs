@@ -81,13 +81,12 @@ async fn start(
     };
     let table = state.processes();
     let started = spec.spawn(&table.reaper)?;
-    let process = Arc::new(Process {
-        pid: started.pid,
+    let process = Arc::new(Process::new(
+        started.pid,
         config,
-        tag: request.tag,
-        input: started.input,
-        hub: Default::default(),
-    });
+        request.tag,
+        started.input,
+    ));
     // Attach before the output task runs, so the caller sees every byte.
     let attachment = process.attach();
     table.insert(process.clone());
@@ -278,7 +277,7 @@ async fn send_signal(
             )));
         }
     };
-    process.signal(signal)?;
+    process.stop(signal)?;
     Ok(SendSignalResponse {})
 }
 

@@ -19,6 +19,16 @@ pub struct Args {
     /// Working directory of processes that name none (default: the user's home).
     #[arg(long)]
     default_workdir: Option<PathBuf>,
+    /// An environment variable every process gets (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+}
+
+fn parse_env(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{raw:?} is not KEY=VALUE")),
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
@@ -35,6 +45,7 @@ pub fn run_with_readiness(
         access_token: args.access_token.filter(|t| !t.is_empty()),
         default_user: args.default_user,
         default_workdir: args.default_workdir,
+        env: args.env.into_iter().collect(),
         ..AgentConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
