@@ -11,8 +11,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::Engine as _;
-use cove_proto::connect::{Code, RpcError};
-use sha2::{Digest, Sha256};
+pub use cove_proto::signing::Operation;
+use cove_proto::{
+    connect::{Code, RpcError},
+    signing::{constant_time_eq, sign},
+};
 
 use crate::{AgentState, rest::RestError, users::User};
 
@@ -144,46 +147,6 @@ pub struct SignedQuery<'a> {
     pub username: &'a str,
     pub signature: Option<&'a str>,
     pub expiration: Option<i64>,
-}
-
-/// What a signed URL allows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operation {
-    Read,
-    Write,
-}
-
-impl Operation {
-    fn as_str(self) -> &'static str {
-        match self {
-            Operation::Read => "read",
-            Operation::Write => "write",
-        }
-    }
-}
-
-/// The signature of a file URL as the E2B SDKs compute it:
-/// `v1_` + unpadded base64 of sha256(`path:operation:user:token[:expiration]`).
-pub fn sign(
-    path: &str,
-    operation: Operation,
-    user: &str,
-    token: &str,
-    expiration: Option<i64>,
-) -> String {
-    let mut raw = format!("{path}:{}:{user}:{token}", operation.as_str());
-    if let Some(expiration) = expiration {
-        raw.push_str(&format!(":{expiration}"));
-    }
-    let digest = Sha256::digest(raw.as_bytes());
-    format!(
-        "v1_{}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
-    )
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod process;
 pub mod reaper;
 pub mod rest;
 pub mod rpc;
+pub mod tunnel;
 pub mod users;
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
@@ -160,6 +161,7 @@ pub fn router(state: AgentState) -> Router {
         .route("/envs", get(rest::envs))
         .route("/init", post(rest::init))
         .route("/metrics", get(metrics::metrics))
+        .route("/_cove/tunnel/{port}", get(tunnel::tunnel))
         .fallback(rest::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

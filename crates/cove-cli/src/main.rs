@@ -16,6 +16,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the server: E2B-compatible API, sandbox proxy and sandboxes.
+    Serve(commands::serve::Args),
+    /// Manage API keys.
+    Keys(commands::keys::Args),
     /// Run the in-sandbox agent (started by `cove serve` inside each sandbox).
     #[command(hide = true)]
     Agent(commands::agent::Args),
@@ -28,6 +32,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init();
     let result = match cli.command {
+        Command::Serve(args) => commands::serve::run(args),
+        Command::Keys(args) => commands::keys::run(args),
         Command::Agent(args) => commands::agent::run(args),
         Command::SandboxInit(args) => commands::sandbox_init::run(args),
     };

@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod connect;
+pub mod rest;
+pub mod signing;
 
 /// `filesystem.Filesystem` messages.
 #[allow(clippy::all, missing_docs)]

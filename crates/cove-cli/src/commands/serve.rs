@@ -1,0 +1,90 @@
+//! `cove serve`: the control plane, proxy and sandboxes on one port.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context;
+use cove_server::{Server, ServerConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "COVE_LISTEN", default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    state: StateDir,
+    /// Domain of sandbox hosts, `{port}-{sandboxID}.{domain}` (default: localhost:<port>).
+    #[arg(long, env = "COVE_DOMAIN")]
+    domain: Option<String>,
+    /// An API key to accept (for scripts and tests); repeatable.
+    #[arg(
+        long = "api-key",
+        env = "COVE_API_KEY",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    api_keys: Vec<String>,
+    /// Kill all sandboxes when the server stops (default: they keep running).
+    #[arg(long)]
+    kill_on_exit: bool,
+    /// Most sandboxes this server runs at once.
+    #[arg(long, env = "COVE_MAX_SANDBOXES", default_value_t = 1000)]
+    max_sandboxes: usize,
+}
+
+/// `--state-dir`, shared by the commands that use the server's state.
+#[derive(Debug, clap::Args)]
+pub struct StateDir {
+    /// Where state lives: the SQLite database, templates, sandboxes' writable layers.
+    #[arg(long = "state-dir", env = "COVE_STATE_DIR")]
+    path: Option<PathBuf>,
+}
+
+impl StateDir {
+    /// The given directory, else `$XDG_DATA_HOME/cove`, else `~/.local/share/cove`.
+    pub fn resolve(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = &self.path {
+            return Ok(path.clone());
+        }
+        if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+            return Ok(PathBuf::from(data).join("cove"));
+        }
+        let home = std::env::var_os("HOME").context("no --state-dir given and $HOME is not set")?;
+        Ok(PathBuf::from(home).join(".local/share/cove"))
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    let config = ServerConfig {
+        listen: args.listen,
+        state_dir: args.state.resolve()?,
+        domain: args.domain,
+        api_keys: args
+            .api_keys
+            .into_iter()
+            .filter(|k| !k.is_empty())
+            .collect(),
+        kill_on_exit: args.kill_on_exit,
+        max_sandboxes: args.max_sandboxes,
+        exe: std::env::current_exe().context("cannot find the cove binary")?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let server = Server::bind(config)
+            .await
+            .context("cannot start the server")?;
+        let addr = server
+            .local_addr()
+            .context("cannot read the listen address")?;
+        if let Some(key) = &server.created_key {
+            println!("Created the first API key (shown only now; `cove keys create` makes more):");
+            println!("  E2B_API_KEY={key}");
+        }
+        println!("Cove listening on http://{addr}");
+        println!("  export E2B_API_URL=http://{addr} E2B_SANDBOX_URL=http://{addr}");
+        server.run().await.context("the server failed")
+    })?;
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,170 @@
+//! The E2B-compatible REST control plane.
+
+mod sandboxes;
+
+use axum::{
+    Json, Router,
+    extract::FromRequestParts,
+    http::{HeaderValue, StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+};
+use cove_proto::rest;
+
+use crate::{AppState, lifecycle::LifecycleError};
+
+/// The API's routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi))
+        .route(
+            "/v2/sandboxes",
+            post(sandboxes::create_v2).get(sandboxes::list_v2),
+        )
+        .route(
+            "/sandboxes",
+            post(sandboxes::create_v1).get(sandboxes::list_v1),
+        )
+        .route("/v2/sandboxes/{id}/connect", post(sandboxes::connect))
+        .route("/sandboxes/{id}/connect", post(sandboxes::connect))
+        .route("/sandboxes/{id}", get(sandboxes::info))
+        .route("/sandboxes/{id}", delete(sandboxes::kill))
+        .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
+        .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
+        .route("/sandboxes/{id}/logs", get(sandboxes::logs))
+        .route("/templates", get(sandboxes::templates))
+        .fallback(not_found)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// The OpenAPI document of this API.
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+        .into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {}", uri.path()),
+    )
+}
+
+/// An error of the REST API: `{"code": status, "message": …}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = rest::ApiError {
+            code: self.status.as_u16(),
+            message: self.message,
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        // The E2B SDKs retry 429 and 5xx answers unless told not to; ours are not transient.
+        if self.status.is_server_error() || self.status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert("should-retry", HeaderValue::from_static("false"));
+        }
+        response
+    }
+}
+
+impl From<LifecycleError> for ApiError {
+    fn from(err: LifecycleError) -> Self {
+        let status = match &err {
+            LifecycleError::NotFound(_) | LifecycleError::TemplateNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            LifecycleError::BadTimeout(_) => StatusCode::BAD_REQUEST,
+            LifecycleError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            LifecycleError::Start { .. }
+            | LifecycleError::Kill { .. }
+            | LifecycleError::Store(_) => {
+                tracing::error!(err = %format!("{:#}", ErrorChain(&err)), "request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let message = match &err {
+            // The cause chain helps whoever runs the server; it names no secrets.
+            LifecycleError::Start { .. } => format!("{}", ErrorChain(&err)),
+            _ => err.to_string(),
+        };
+        ApiError::new(status, message)
+    }
+}
+
+/// Displays an error with its causes, `a: b: c`.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}
+
+/// The team of the caller, from its `X-API-KEY`.
+#[derive(Clone, Debug)]
+pub struct Team(pub String);
+
+impl FromRequestParts<AppState> for Team {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(key) = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing API key: send it in the X-API-KEY header",
+            ));
+        };
+        match state.store().team_for_key(key.trim()) {
+            Ok(Some(team)) => Ok(Team(team)),
+            Ok(None) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid API key")),
+            Err(err) => {
+                tracing::error!(?err, "cannot check an API key");
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot check the API key",
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! `cove serve`: E2B's REST control plane, the proxy to sandboxes, and their lifecycle, on
+//! one listener. State lives in an embedded SQLite file under the state directory.
+#![forbid(unsafe_code)]
+
+pub mod api;
+mod clock;
+pub mod lifecycle;
+pub mod proxy;
+mod query;
+pub mod secrets;
+pub mod store;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use axum::Router;
+use cove_runtime::{NamespaceRuntime, Runtime};
+
+use crate::{
+    lifecycle::{Lifecycle, LifecycleConfig, Templates},
+    store::Store,
+};
+
+/// How often expired and dead sandboxes are looked for.
+const REAP_PERIOD: Duration = Duration::from_millis(500);
+
+/// The team keys created by the server itself belong to.
+pub const DEFAULT_TEAM: &str = "default";
+
+/// Start-up configuration of `cove serve`.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    /// The domain sandbox hosts are built from (`{port}-{id}.{domain}`); default
+    /// `localhost:<port>`.
+    pub domain: Option<String>,
+    /// Keys to accept (registered for the default team at start).
+    pub api_keys: Vec<String>,
+    /// Kill every sandbox on SIGTERM/SIGINT instead of leaving them running.
+    pub kill_on_exit: bool,
+    pub max_sandboxes: usize,
+    /// The `cove` binary sandboxes are built with.
+    pub exe: PathBuf,
+}
+
+/// Everything handlers share.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    store: Arc<Store>,
+    lifecycle: Arc<Lifecycle>,
+    domain: String,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("domain", &self.0.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    pub fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.0.lifecycle
+    }
+
+    /// The domain sandbox hosts are built from.
+    pub fn domain(&self) -> &str {
+        &self.0.domain
+    }
+}
+
+/// The whole HTTP application: the proxy in front of the API.
+pub fn router(state: AppState) -> Router {
+    api::routes()
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            proxy::intercept,
+        ))
+        .with_state(state)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot use the state directory {path}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Template(#[from] cove_runtime::template::TemplateError),
+    #[error(transparent)]
+    Lifecycle(#[from] lifecycle::LifecycleError),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Opens the state directory's database.
+pub fn open_store(state_dir: &std::path::Path) -> Result<Store, ServerError> {
+    std::fs::create_dir_all(state_dir).map_err(|source| ServerError::StateDir {
+        path: state_dir.to_owned(),
+        source,
+    })?;
+    Ok(Store::open(&state_dir.join("state.db"))?)
+}
+
+/// A server ready to serve: state opened, keys registered, sandboxes re-adopted, bound.
+pub struct Server {
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    kill_on_exit: bool,
+    /// A key created because the store had none; shown once to whoever started the server.
+    pub created_key: Option<String>,
+}
+
+impl Server {
+    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        let store = Arc::new(open_store(&config.state_dir)?);
+        for key in &config.api_keys {
+            store.add_key(DEFAULT_TEAM, "from --api-key", key)?;
+        }
+        let created_key = if store.has_keys()? {
+            None
+        } else {
+            Some(store.create_key(DEFAULT_TEAM, "first key")?.1)
+        };
+        let templates = Templates::load(&config.state_dir.join("templates"))?;
+        let runtime: Arc<dyn Runtime> = Arc::new(NamespaceRuntime::new(&config.exe));
+        let lifecycle = Arc::new(Lifecycle::new(
+            runtime,
+            store.clone(),
+            templates,
+            LifecycleConfig {
+                state_dir: config.state_dir.clone(),
+                max_sandboxes: config.max_sandboxes,
+            },
+        ));
+        let adopted = lifecycle.adopt().await?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let domain = config
+            .domain
+            .clone()
+            .unwrap_or_else(|| format!("localhost:{}", addr.port()));
+        tracing::info!(%addr, %domain, adopted, state_dir = %config.state_dir.display(), "cove serve ready");
+        Ok(Self {
+            state: AppState(Arc::new(Inner {
+                store,
+                lifecycle,
+                domain,
+            })),
+            listener,
+            kill_on_exit: config.kill_on_exit,
+            created_key,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until SIGTERM/SIGINT. Sandboxes keep running unless `kill_on_exit`.
+    pub async fn run(self) -> Result<(), ServerError> {
+        let lifecycle = self.state.lifecycle().clone();
+        let reaper = tokio::spawn(lifecycle.clone().run_reaper(REAP_PERIOD));
+        let app = router(self.state.clone());
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await;
+        reaper.abort();
+        if self.kill_on_exit {
+            tracing::info!("killing every sandbox before exiting");
+            lifecycle.kill_all().await;
+        }
+        served.map_err(|source| ServerError::Listen {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,276 @@
+//! Sandbox traffic: requests that name a sandbox (by `E2b-Sandbox-Id`/`E2b-Sandbox-Port`
+//! headers, a `{port}-{id}.{domain}` host, or a signed `/files` URL) are streamed to that
+//! sandbox's agent over its Unix socket; other ports go through an agent tunnel to the
+//! server listening inside the sandbox.
+
+mod route;
+
+use std::sync::Arc;
+
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::net::UnixStream;
+
+pub use self::route::Route;
+use crate::{AppState, lifecycle::Live};
+
+/// The agent's port: envd's API.
+pub const AGENT_PORT: u16 = 49983;
+
+/// Middleware in front of the API: sandbox traffic is proxied, everything else goes on.
+pub async fn intercept(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match route::classify(&request, state.domain()) {
+        None => next.run(request).await,
+        Some(Err(message)) => (StatusCode::BAD_REQUEST, message).into_response(),
+        Some(Ok(Route::Sandbox { id, port })) => match state.lifecycle().route(&id) {
+            None => sandbox_not_found(&id),
+            Some(live) => forward(&live, port, request).await,
+        },
+        Some(Ok(Route::Signed(signed))) => {
+            let found = state
+                .lifecycle()
+                .all()
+                .into_iter()
+                .find(|live| signed.is_signed_by(&live.access_token()));
+            match found {
+                Some(live) => forward(&live, AGENT_PORT, request).await,
+                None => json_error(
+                    StatusCode::UNAUTHORIZED,
+                    serde_json::json!({"code": 401, "message": "the signature matches no running sandbox"}),
+                ),
+            }
+        }
+    }
+}
+
+/// E2B's answer for a sandbox that does not exist (any more).
+fn sandbox_not_found(id: &str) -> Response {
+    json_error(
+        StatusCode::BAD_GATEWAY,
+        serde_json::json!({"sandboxId": id, "message": "The sandbox was not found", "code": 502}),
+    )
+}
+
+fn port_not_open(id: &str, port: u16) -> Response {
+    json_error(
+        StatusCode::BAD_GATEWAY,
+        serde_json::json!({
+            "sandboxId": id,
+            "message": "The sandbox is running but port is not open",
+            "port": port,
+            "code": 502,
+        }),
+    )
+}
+
+fn json_error(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    // 502s are retried by the E2B SDKs unless told otherwise; a missing sandbox stays missing.
+    response.headers_mut().insert(
+        HeaderName::from_static("should-retry"),
+        HeaderValue::from_static("false"),
+    );
+    response
+}
+
+/// Connection-level headers that must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// The request as it goes to the sandbox: origin-form URI, a Host header, no hop-by-hop
+/// headers (but an upgrade is passed on).
+fn outbound(mut request: Request) -> Request {
+    let upgrade = request.headers().contains_key(header::UPGRADE);
+    let authority = request
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    if let (false, Some(authority)) = (request.headers().contains_key(header::HOST), authority) {
+        request.headers_mut().insert(header::HOST, authority);
+    }
+    strip_hop_by_hop(request.headers_mut(), upgrade);
+    if upgrade {
+        request
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    *request.uri_mut() = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+    *request.version_mut() = http::Version::HTTP_11;
+    request
+}
+
+async fn forward(live: &Arc<Live>, port: u16, request: Request) -> Response {
+    let id = live.id();
+    let result = if port == AGENT_PORT {
+        to_agent(live, request).await
+    } else {
+        to_port(live, port, request).await
+    };
+    match result {
+        Ok(response) => response,
+        Err(ProxyError::PortClosed) => port_not_open(&id, port),
+        Err(err) => {
+            tracing::warn!(?err, sandbox_id = %id, port, "cannot reach the sandbox");
+            sandbox_not_found(&id)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ProxyError {
+    #[error("cannot connect to the agent")]
+    Connect(#[source] std::io::Error),
+    #[error("HTTP exchange with the sandbox failed")]
+    Http(#[from] hyper::Error),
+    #[error("the agent refused the tunnel: {0}")]
+    Tunnel(StatusCode),
+    #[error("nothing listens on the port")]
+    PortClosed,
+}
+
+/// An HTTP/1.1 connection to the sandbox's agent.
+async fn agent_connection(
+    live: &Live,
+) -> Result<hyper::client::conn::http1::SendRequest<Body>, ProxyError> {
+    let stream = UnixStream::connect(live.socket())
+        .await
+        .map_err(ProxyError::Connect)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.with_upgrades().await {
+            tracing::debug!(?err, "agent connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// Streams the request to the agent and its answer back.
+async fn to_agent(live: &Live, request: Request) -> Result<Response, ProxyError> {
+    let mut sender = agent_connection(live).await?;
+    let response = sender.send_request(outbound(request)).await?;
+    Ok(response_back(response))
+}
+
+fn response_back(response: hyper::Response<hyper::body::Incoming>) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// Opens a tunnel through the agent to `127.0.0.1:port` inside the sandbox and sends the
+/// request over it; an upgrade (WebSocket, …) is relayed both ways afterwards.
+async fn to_port(live: &Live, port: u16, mut request: Request) -> Result<Response, ProxyError> {
+    let mut sender = agent_connection(live).await?;
+    let token = HeaderValue::from_str(&live.access_token())
+        .map_err(|_| ProxyError::Tunnel(StatusCode::INTERNAL_SERVER_ERROR))?;
+    let open = http::Request::get(format!("/_cove/tunnel/{port}"))
+        .header(header::HOST, "agent")
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "cove-tunnel")
+        .header("x-access-token", token)
+        .body(Body::empty())
+        .map_err(|_| ProxyError::Tunnel(StatusCode::INTERNAL_SERVER_ERROR))?;
+    let opened = sender.send_request(open).await?;
+    match opened.status() {
+        StatusCode::SWITCHING_PROTOCOLS => {}
+        StatusCode::BAD_GATEWAY => return Err(ProxyError::PortClosed),
+        other => return Err(ProxyError::Tunnel(other)),
+    }
+    let stream = hyper::upgrade::on(opened).await?;
+    let (mut inner, connection) = hyper::client::conn::http1::handshake(stream).await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.with_upgrades().await {
+            tracing::debug!(?err, "tunnelled connection ended with an error");
+        }
+    });
+
+    let client_upgrade = request
+        .headers()
+        .contains_key(header::UPGRADE)
+        .then(|| hyper::upgrade::on(&mut request));
+    let mut response = inner.send_request(outbound(request)).await?;
+    if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) =
+        (response.status(), client_upgrade)
+    {
+        let server_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            if let (Ok(client), Ok(server)) = (client_upgrade.await, server_upgrade.await) {
+                let _ = tokio::io::copy_bidirectional(
+                    &mut TokioIo::new(client),
+                    &mut TokioIo::new(server),
+                )
+                .await;
+            }
+        });
+    }
+    Ok(response_back(response))
+}
+
+/// What the agent's `/metrics` reports.
+#[derive(Debug, Deserialize)]
+pub struct AgentMetrics {
+    pub cpu_count: u32,
+    pub cpu_used_pct: f64,
+    pub mem_total: u64,
+    pub mem_used: u64,
+    pub mem_cache: u64,
+    pub disk_used: u64,
+    pub disk_total: u64,
+}
+
+/// Asks a sandbox's agent for its resource use.
+pub async fn agent_metrics(live: &Live) -> Result<AgentMetrics, String> {
+    let mut sender = agent_connection(live).await.map_err(|e| e.to_string())?;
+    let request = http::Request::get("/metrics")
+        .header(header::HOST, "agent")
+        .header("x-access-token", live.access_token())
+        .body(Body::empty())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("the agent answered {}", response.status()));
+    }
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| e.to_string())
+}

@@ -1,0 +1,302 @@
+//! The server's state in an embedded SQLite file: API keys (hashed) and sandboxes, so a
+//! restarted server finds its running sandboxes again.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::secrets;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS api_keys (
+    id          TEXT PRIMARY KEY,
+    team        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    hash        TEXT NOT NULL UNIQUE,
+    prefix      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id          TEXT PRIMARY KEY,
+    team        TEXT NOT NULL,
+    record      TEXT NOT NULL
+);
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state database query failed")]
+    Query(#[from] rusqlite::Error),
+    #[error("a stored sandbox record is unreadable")]
+    Record(#[from] serde_json::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// An API key as listed (never the secret itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub team: String,
+    pub name: String,
+    /// The first characters of the secret, to recognise it.
+    pub prefix: String,
+    pub created_at: i64,
+    pub revoked: bool,
+}
+
+/// Everything the server remembers about a sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub team: String,
+    pub template_id: String,
+    pub alias: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub envd_access_token: String,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    pub end_at: i64,
+    pub cpu_count: u32,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    pub allow_internet_access: bool,
+    /// Which uid range the sandbox owns.
+    pub slot: u32,
+    pub dir: PathBuf,
+    /// Host pid and start time of its PID 1 (none while it is being created).
+    pub pid: Option<u32>,
+    pub pid_start_time: Option<u64>,
+}
+
+/// The state database.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether any key (revoked or not) was ever stored.
+    pub fn has_keys(&self) -> Result<bool> {
+        let count: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM api_keys", [], |r| r.get(0))?;
+        Ok(count > 0)
+    }
+
+    /// Stores `secret` as a key of `team` (again a no-op when it is already there).
+    pub fn add_key(&self, team: &str, name: &str, secret: &str) -> Result<KeyInfo> {
+        let hash = secrets::hash_key(secret);
+        let conn = self.conn();
+        let existing = conn
+            .query_row(
+                "SELECT id, team, name, prefix, created_at, revoked_at IS NOT NULL FROM api_keys WHERE hash = ?1",
+                params![hash],
+                key_info,
+            )
+            .optional()?;
+        if let Some(info) = existing {
+            return Ok(info);
+        }
+        let info = KeyInfo {
+            id: secrets::random_id(12),
+            team: team.to_owned(),
+            name: name.to_owned(),
+            prefix: secret.chars().take(12).collect(),
+            created_at: crate::clock::now_ms(),
+            revoked: false,
+        };
+        conn.execute(
+            "INSERT INTO api_keys (id, team, name, hash, prefix, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![info.id, info.team, info.name, hash, info.prefix, info.created_at],
+        )?;
+        Ok(info)
+    }
+
+    /// Creates a new random key for `team`; the secret is returned once and never stored.
+    pub fn create_key(&self, team: &str, name: &str) -> Result<(KeyInfo, String)> {
+        let secret = secrets::new_api_key();
+        let info = self.add_key(team, name, &secret)?;
+        Ok((info, secret))
+    }
+
+    pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT id, team, name, prefix, created_at, revoked_at IS NOT NULL FROM api_keys ORDER BY created_at",
+        )?;
+        let keys = statement
+            .query_map([], key_info)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(keys)
+    }
+
+    /// Revokes a key by id; `false` when there is no such (unrevoked) key.
+    pub fn revoke_key(&self, id: &str) -> Result<bool> {
+        let changed = self.conn().execute(
+            "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, crate::clock::now_ms()],
+        )?;
+        Ok(changed > 0)
+    }
+
+    /// The team a (non-revoked) key belongs to.
+    pub fn team_for_key(&self, secret: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT team FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL",
+                params![secrets::hash_key(secret)],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Inserts or replaces a sandbox's record.
+    pub fn put_sandbox(&self, record: &SandboxRecord) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO sandboxes (id, team, record) VALUES (?1, ?2, ?3)",
+            params![record.id, record.team, serde_json::to_string(record)?],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_sandbox(&self, id: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM sandboxes WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    pub fn sandboxes(&self) -> Result<Vec<SandboxRecord>> {
+        let conn = self.conn();
+        let mut statement = conn.prepare("SELECT record FROM sandboxes")?;
+        let raw = statement
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(raw
+            .iter()
+            .map(|json| serde_json::from_str(json))
+            .collect::<serde_json::Result<Vec<_>>>()?)
+    }
+}
+
+fn key_info(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyInfo> {
+    Ok(KeyInfo {
+        id: row.get(0)?,
+        team: row.get(1)?,
+        name: row.get(2)?,
+        prefix: row.get(3)?,
+        created_at: row.get(4)?,
+        revoked: row.get(5)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> SandboxRecord {
+        SandboxRecord {
+            id: id.into(),
+            team: "t".into(),
+            template_id: "base".into(),
+            alias: None,
+            metadata: BTreeMap::from([("k".into(), "v".into())]),
+            env_vars: BTreeMap::new(),
+            envd_access_token: "tok".into(),
+            started_at: 1,
+            end_at: 2,
+            cpu_count: 2,
+            memory_mb: 512,
+            disk_mb: 1024,
+            allow_internet_access: true,
+            slot: 3,
+            dir: "/tmp/x".into(),
+            pid: Some(42),
+            pid_start_time: Some(7),
+        }
+    }
+
+    #[test]
+    fn keys_are_stored_hashed_and_can_be_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        assert!(!store.has_keys().unwrap());
+        let (info, secret) = store.create_key("team-a", "first").unwrap();
+        assert!(secret.starts_with("cove_"));
+        assert_eq!(
+            store.team_for_key(&secret).unwrap().as_deref(),
+            Some("team-a")
+        );
+        assert_eq!(store.team_for_key("cove_wrong").unwrap(), None);
+        // The same secret added again is the same key.
+        assert_eq!(
+            store.add_key("team-a", "again", &secret).unwrap().id,
+            info.id
+        );
+        let raw: String = store
+            .conn()
+            .query_row("SELECT hash FROM api_keys", [], |r| r.get(0))
+            .unwrap();
+        assert!(!raw.contains(&secret[5..]));
+        assert!(store.revoke_key(&info.id).unwrap());
+        assert!(!store.revoke_key(&info.id).unwrap());
+        assert_eq!(store.team_for_key(&secret).unwrap(), None);
+        assert!(store.list_keys().unwrap()[0].revoked);
+    }
+
+    #[test]
+    fn sandboxes_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        Store::open(&path)
+            .unwrap()
+            .put_sandbox(&record("a"))
+            .unwrap();
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.sandboxes().unwrap(), vec![record("a")]);
+        store.delete_sandbox("a").unwrap();
+        assert!(store.sandboxes().unwrap().is_empty());
+    }
+}
