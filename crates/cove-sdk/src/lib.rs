@@ -1,17 +1,23 @@
 //! Async Rust client for Cove: sandboxes, their files, processes and code.
 //!
-//! [`AgentClient`] talks to one sandbox's agent, directly or through `cove serve`.
+//! [`Sandbox`] creates and drives sandboxes through `cove serve` (or any E2B-compatible
+//! control plane); [`AgentClient`] talks to one sandbox's agent directly.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod commands;
+pub mod config;
 pub mod error;
 pub mod files;
 mod rpc;
+pub mod sandbox;
 
 pub use crate::{
     agent::AgentClient,
     commands::{Command, CommandHandle, CommandOutput, Output, ProcessInfo, Signal},
+    config::ConnectionConfig,
     error::{CommandExit, Error, Result},
     files::{Entry, FileKind, FsEvent, FsEventKind, Written},
+    sandbox::{CreateOptions, Sandbox},
 };
+pub use cove_proto::rest;

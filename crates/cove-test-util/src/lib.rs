@@ -2,10 +2,12 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod server;
 mod wait;
 
 pub use crate::{
     agent::{AgentOptions, TestAgent},
+    server::TestServer,
     wait::{free_port, wait_until},
 };
 

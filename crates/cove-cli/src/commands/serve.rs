@@ -35,7 +35,7 @@ pub struct Args {
 #[derive(Debug, clap::Args)]
 pub struct StateDir {
     /// Where state lives: the SQLite database, templates, sandboxes' writable layers.
-    #[arg(long = "state-dir", env = "COVE_STATE_DIR")]
+    #[arg(long = "state-dir", env = "COVE_STATE_DIR", global = true)]
     path: Option<PathBuf>,
 }
 

@@ -1,0 +1,211 @@
+//! Sandboxes through the control plane: create, connect, list, kill, extend, inspect.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use cove_proto::rest::{
+    self, ConnectSandbox, ListedSandbox, NewSandbox, SandboxDetail, SandboxMetric, SetTimeout,
+};
+use http::StatusCode;
+
+use crate::{
+    agent::AgentClient,
+    commands::Commands,
+    config::ConnectionConfig,
+    error::{Error, Result},
+    files::Files,
+};
+
+/// The agent's port inside every sandbox.
+pub const AGENT_PORT: u16 = 49983;
+
+/// What to create.
+#[derive(Clone, Debug, Default)]
+pub struct CreateOptions {
+    /// Template id or alias (default `base`).
+    pub template: Option<String>,
+    /// Lifetime (default 300 s); the sandbox is killed when it ends.
+    pub timeout: Option<Duration>,
+    pub metadata: BTreeMap<String, String>,
+    /// Environment variables of every process in the sandbox.
+    pub envs: BTreeMap<String, String>,
+    /// Egress to the internet (default on).
+    pub allow_internet_access: Option<bool>,
+}
+
+/// A running sandbox.
+#[derive(Clone, Debug)]
+pub struct Sandbox {
+    info: rest::Sandbox,
+    config: ConnectionConfig,
+    agent: AgentClient,
+}
+
+impl Sandbox {
+    /// Creates a sandbox and returns once it can run commands.
+    pub async fn create(config: &ConnectionConfig, options: CreateOptions) -> Result<Self> {
+        let body = NewSandbox {
+            template_id: Some(options.template.unwrap_or_else(|| "base".to_owned())),
+            timeout: options
+                .timeout
+                .map(|t| t.as_secs().try_into().unwrap_or(i64::MAX)),
+            metadata: Some(options.metadata),
+            env_vars: Some(options.envs),
+            allow_internet_access: options.allow_internet_access,
+            ..NewSandbox::default()
+        };
+        let info: rest::Sandbox = config
+            .api(http::Method::POST, "/v2/sandboxes")
+            .json(&body)
+            .send_json()
+            .await?;
+        Self::from_info(config, info)
+    }
+
+    /// Attaches to a running sandbox (extending its life to at least `timeout` from now).
+    pub async fn connect(
+        config: &ConnectionConfig,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Self> {
+        let body = ConnectSandbox {
+            timeout: timeout.map(|t| t.as_secs().try_into().unwrap_or(i64::MAX)),
+        };
+        let info: rest::Sandbox = config
+            .api(http::Method::POST, &format!("/v2/sandboxes/{id}/connect"))
+            .json(&body)
+            .send_json()
+            .await?;
+        Self::from_info(config, info)
+    }
+
+    fn from_info(config: &ConnectionConfig, info: rest::Sandbox) -> Result<Self> {
+        let mut agent =
+            AgentClient::with_http(config.http.clone(), config.sandbox_url().to_owned())
+                .with_request_timeout(config.request_timeout)
+                .with_header("e2b-sandbox-id", &info.sandbox_id)?
+                .with_header("e2b-sandbox-port", &AGENT_PORT.to_string())?;
+        if let Some(token) = &info.envd_access_token {
+            agent = agent.with_access_token(token)?;
+        }
+        Ok(Self {
+            info,
+            config: config.clone(),
+            agent,
+        })
+    }
+
+    /// Every running sandbox the key can see (all pages).
+    pub async fn list(config: &ConnectionConfig) -> Result<Vec<ListedSandbox>> {
+        let mut all = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let mut request = config.api(http::Method::GET, "/v2/sandboxes");
+            if let Some(token) = &next {
+                request = request.query(&[("nextToken", token)]);
+            }
+            let (page, headers): (Vec<ListedSandbox>, _) = request.send_json_with_headers().await?;
+            all.extend(page);
+            next = headers
+                .get("x-next-token")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned);
+            if next.is_none() {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Kills a sandbox by id; `false` when there is no such sandbox.
+    pub async fn kill_by_id(config: &ConnectionConfig, id: &str) -> Result<bool> {
+        match config
+            .api(http::Method::DELETE, &format!("/sandboxes/{id}"))
+            .send_empty()
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(Error::NotFound(_)) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.info.sandbox_id
+    }
+
+    pub fn template_id(&self) -> &str {
+        &self.info.template_id
+    }
+
+    /// Kills this sandbox; `false` when it was already gone.
+    pub async fn kill(&self) -> Result<bool> {
+        Self::kill_by_id(&self.config, self.id()).await
+    }
+
+    /// Sets the sandbox to end `timeout` from now.
+    pub async fn set_timeout(&self, timeout: Duration) -> Result<()> {
+        let body = SetTimeout {
+            timeout: timeout.as_secs().try_into().unwrap_or(i64::MAX),
+        };
+        self.config
+            .api(
+                http::Method::POST,
+                &format!("/sandboxes/{}/timeout", self.id()),
+            )
+            .json(&body)
+            .send_empty()
+            .await
+    }
+
+    pub async fn info(&self) -> Result<SandboxDetail> {
+        self.config
+            .api(http::Method::GET, &format!("/sandboxes/{}", self.id()))
+            .send_json()
+            .await
+    }
+
+    pub async fn metrics(&self) -> Result<Vec<SandboxMetric>> {
+        self.config
+            .api(
+                http::Method::GET,
+                &format!("/sandboxes/{}/metrics", self.id()),
+            )
+            .send_json()
+            .await
+    }
+
+    /// Whether the sandbox still answers.
+    pub async fn is_running(&self) -> Result<bool> {
+        match self.agent.health().await {
+            Ok(()) => Ok(true),
+            Err(Error::SandboxGone(_)) => Ok(false),
+            Err(Error::Api { status, .. }) if status == StatusCode::BAD_GATEWAY.as_u16() => {
+                Ok(false)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The sandbox's agent (files and processes).
+    pub fn agent(&self) -> &AgentClient {
+        &self.agent
+    }
+
+    pub fn files(&self) -> Files<'_> {
+        self.agent.files()
+    }
+
+    pub fn commands(&self) -> Commands<'_> {
+        self.agent.commands()
+    }
+
+    /// `host:port` under which a server on `port` inside the sandbox is reachable.
+    pub fn host(&self, port: u16) -> String {
+        let domain = self
+            .info
+            .domain
+            .clone()
+            .unwrap_or_else(|| self.config.domain());
+        format!("{port}-{}.{domain}", self.id())
+    }
+}

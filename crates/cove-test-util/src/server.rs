@@ -1,0 +1,127 @@
+//! A real `cove serve` on a free port with its own state directory.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use cove_sdk::ConnectionConfig;
+
+use crate::{free_port, wait_until};
+
+/// A running server; on drop it is stopped with SIGTERM and `--kill-on-exit`, so its
+/// sandboxes go with it, and its state directory is removed.
+pub struct TestServer {
+    child: Option<Child>,
+    cove: PathBuf,
+    state: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub api_key: String,
+}
+
+impl TestServer {
+    /// Starts `cove serve` from the binary at `cove`.
+    pub async fn start(cove: &Path) -> Self {
+        let state = tempfile::Builder::new()
+            .prefix("cove-server-test-")
+            .tempdir()
+            .expect("a temporary state directory");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let api_key = format!("cove_test_{}", addr.port());
+        let mut server = Self {
+            child: None,
+            cove: cove.to_owned(),
+            state,
+            addr,
+            api_key,
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(&self.cove)
+            .args(["serve", "--kill-on-exit", "--listen"])
+            .arg(self.addr.to_string())
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .arg("--api-key")
+            .arg(&self.api_key)
+            .env(
+                "COVE_LOG",
+                std::env::var("COVE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("cove serve starts");
+        self.child = Some(child);
+        let url = format!("http://{}/health", self.addr);
+        let http = reqwest::Client::new();
+        wait_until(
+            "cove serve to answer /health",
+            Duration::from_secs(30),
+            || {
+                let (http, url) = (http.clone(), url.clone());
+                async move {
+                    http.get(&url)
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Kills the server with SIGKILL (its sandboxes keep running) and starts it again on
+    /// the same port and state directory.
+    pub async fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn().await;
+    }
+
+    /// A configuration for the SDK pointing at this server.
+    pub fn config(&self) -> ConnectionConfig {
+        ConnectionConfig::new(&self.url(), &self.api_key).expect("a valid configuration")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// Stops the server the way an operator would (SIGTERM), waiting for it to exit.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
