@@ -1,27 +1,38 @@
 """Shared fixtures and helpers for the official-SDK compatibility suites.
 
-Suites marked `debug_agent` (the `test_agent_*.py` files) run the official E2B SDKs in debug
-mode (`E2B_DEBUG=true`): with no control plane, the SDKs send all sandbox traffic to
-http://localhost:49983, where one `cove agent` per test session listens, started as PID 1 of
-fresh PID and mount namespaces by `tests/support/agent-in-namespace.sh`. Suites against the
-full `cove serve` can live beside them under their own marker.
+Two kinds of suite live here, chosen by marker:
+
+- `debug_agent` (the `test_agent_*.py` files) runs the official E2B SDKs in debug mode
+  (`E2B_DEBUG=true`): with no control plane, the SDKs send all sandbox traffic to
+  http://localhost:49983, where one `cove agent` per test session listens, started as PID 1 of
+  fresh PID and mount namespaces by `tests/support/agent-in-namespace.sh`.
+- `cove_server` (the `test_server_*.py` files) runs them as a user would against E2B: one
+  `cove serve` per test session (free port, temporary state dir, random API key) and, per
+  test, `E2B_API_URL` / `E2B_SANDBOX_URL` / `E2B_API_KEY` pointing at it. Every sandbox is
+  real; the session ends by killing leftovers, stopping the server with SIGTERM and checking
+  that no sandbox outlived it.
 
 Run (as root, which the namespaces need), from the repository root:
 
     cargo build
     python -m venv /tmp/e2bvenv && /tmp/e2bvenv/bin/pip install -r tests/compat/requirements.txt
-    npm ci --prefix tests/compat/js        # for the JS SDK check; skipped without it
-    /tmp/e2bvenv/bin/python -m pytest tests/compat          # or: -m debug_agent
+    npm ci --prefix tests/compat/js        # for the JS SDK checks; skipped without it
+    /tmp/e2bvenv/bin/python -m pytest tests/compat   # or: -m debug_agent / -m cove_server
 
-The agent binary is `$COVE_BIN`, by default `<repo>/target/debug/cove`.
-Set `COVE_AGENT_LOG=/some/file` to keep the agent's log after the run.
+The binary is `$COVE_BIN`, by default `<repo>/target/debug/cove`.
+Set `COVE_AGENT_LOG=/some/file` or `COVE_SERVER_LOG=/some/file` to keep the agent's or the
+server's log after the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
+import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -30,11 +41,12 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -46,6 +58,9 @@ AGENT_HOST, AGENT_PORT = "127.0.0.1", 49983
 AGENT_URL = f"http://{AGENT_HOST}:{AGENT_PORT}"
 USER_HOME = "/home/user"
 AGENT_START_TIMEOUT = 20.0
+SERVER_START_TIMEOUT = 30.0
+SERVER_STOP_TIMEOUT = 30.0
+JS_DIR = Path(__file__).parent / "js"
 
 T = TypeVar("T")
 
@@ -111,12 +126,17 @@ def _health_status(url: str) -> Optional[int]:
         return None
 
 
+def _cove_bin() -> Path:
+    cove = Path(os.environ.get("COVE_BIN", REPO / "target" / "debug" / "cove"))
+    if not os.access(cove, os.X_OK):
+        pytest.fail(f"no cove binary at {cove}: run `cargo build` or set COVE_BIN")
+    return cove
+
+
 @pytest.fixture(scope="session")
 def debug_agent() -> Agent:
     """Starts `cove agent --listen 127.0.0.1:49983` in fresh namespaces; kills it at the end."""
-    cove = Path(os.environ.get("COVE_BIN", REPO / "target" / "debug" / "cove"))
-    if not os.access(cove, os.X_OK):
-        pytest.fail(f"no agent binary at {cove}: run `cargo build` or set COVE_BIN")
+    cove = _cove_bin()
     if _port_is_open(AGENT_HOST, AGENT_PORT):
         pytest.fail(f"{AGENT_HOST}:{AGENT_PORT} is already in use; stop whatever listens there")
 
@@ -162,31 +182,292 @@ def debug_env(debug_agent: Agent, monkeypatch: pytest.MonkeyPatch) -> Agent:
     return debug_agent
 
 
+# --------------------------------------------------------------------------------------------
+# The server, once per session.
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class CoveServer:
+    """A running `cove serve`: its REST API and its sandbox proxy share `url`."""
+
+    url: str
+    port: int
+    api_key: str
+    state_dir: Path
+    log: Path
+    pid: int
+
+    @property
+    def domain(self) -> str:
+        """The sandbox domain the server reports (its default, `localhost:<port>`)."""
+        return f"localhost:{self.port}"
+
+    def request(
+        self,
+        method: str,
+        target: str,
+        *,
+        host: Optional[str] = None,
+        headers: Optional[dict[str, str]] = None,
+        body: Optional[bytes] = None,
+        timeout: float = 30.0,
+    ) -> Response:
+        """One raw HTTP/1.1 request to the server, optionally with another Host header.
+
+        `*.localhost` names do not resolve in Python, so a `get_host()` address is reached by
+        connecting here and sending it as Host, as a resolver that knows *.localhost would.
+        """
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            all_headers = dict(headers or {})
+            if host is not None:
+                all_headers["Host"] = host
+            conn.request(method, target, body=body, headers=all_headers)
+            response = conn.getresponse()
+            return Response(
+                status=response.status,
+                headers={k.lower(): v for k, v in response.getheaders()},
+                body=response.read(),
+            )
+        finally:
+            conn.close()
+
+    def api(self, method: str, path: str, api_key: Optional[str] = None) -> Response:
+        """A REST control-plane call with this server's API key (or `api_key`)."""
+        return self.request(method, path, headers={"X-API-KEY": api_key or self.api_key})
+
+    def sandbox_ids(self) -> set[str]:
+        """Every sandbox the server lists, running or paused, over all pages."""
+        ids: set[str] = set()
+        token = ""
+        while True:
+            response = self.api("GET", f"/v2/sandboxes?limit=100{token}")
+            assert response.status == 200, response
+            ids.update(item["sandboxID"] for item in response.json())
+            next_token = response.headers.get("x-next-token")
+            if not next_token:
+                return ids
+            token = f"&nextToken={urllib.parse.quote(next_token)}"
+
+    def kill_all(self) -> set[str]:
+        """Kills every sandbox the server lists; returns their ids."""
+        ids = self.sandbox_ids()
+        for sandbox_id in ids:
+            self.api("DELETE", f"/sandboxes/{sandbox_id}")
+        return ids
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _live_session_members(sid: int) -> set[int]:
+    """Pids of live (not zombie) processes in session `sid`: the server's sandboxes stay in
+    the session the server started, so after it exits any such process is a leak."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp session ...; comm may hold spaces and parentheses.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            members.add(int(entry.name))
+    return members
+
+
+def _stop_server(server: CoveServer, proc: subprocess.Popen) -> None:
+    """Stops the server as an operator would and checks that no sandbox outlived it."""
+    problems = []
+    if proc.poll() is None:
+        try:
+            killed = server.kill_all()
+            if killed:
+                problems.append(f"sandboxes still running at the end of the session: {killed}")
+        except (OSError, AssertionError) as err:
+            problems.append(f"could not list or kill the leftover sandboxes: {err!r}")
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=SERVER_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            problems.append(f"the server ignored SIGTERM for {SERVER_STOP_TIMEOUT}s: SIGKILL")
+            proc.kill()
+            proc.wait(timeout=10)
+    if proc.returncode not in (0, -signal.SIGTERM):
+        problems.append(f"the server exited with {proc.returncode}")
+
+    # The server started its own session, so whatever is left in it is a leaked sandbox.
+    try:
+        wait_until(lambda: not _live_session_members(proc.pid), "the sandboxes to die", 5)
+    except AssertionError:
+        leaked = _live_session_members(proc.pid)
+        problems.append(f"processes outlived the server (now killed): {sorted(leaked)}")
+        for pid in leaked:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    sandboxes_dir = server.state_dir / "sandboxes"
+    left = sorted(p.name for p in sandboxes_dir.iterdir()) if sandboxes_dir.is_dir() else []
+    if left:
+        problems.append(f"{sandboxes_dir} is not empty after the server stopped: {left}")
+    if problems:
+        raise AssertionError(
+            "cove serve did not shut down cleanly:\n  "
+            + "\n  ".join(problems)
+            + f"\nserver log ({server.log}):\n"
+            + server.log.read_text(errors="replace")[-4000:]
+        )
+
+
+@contextlib.contextmanager
+def running_cove_server(state_dir: Path, log_path: Path) -> Iterator[CoveServer]:
+    """Runs `cove serve --kill-on-exit` on a free port with a fresh API key until the block
+    ends, then stops it as an operator would (see `_stop_server`)."""
+    port = _free_port()
+    api_key = "e2b_" + secrets.token_hex(20)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [_cove_bin(), "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", state_dir,
+             "--kill-on-exit"],
+            # The key goes by environment so that it does not show in `ps`.
+            env={**os.environ, "COVE_API_KEY": api_key},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Its own session: Ctrl-C on pytest does not reach it (the teardown stops it),
+            # and its sandboxes can be told apart from every other process on the machine.
+            start_new_session=True,
+        )
+    server = CoveServer(
+        url=f"http://127.0.0.1:{port}",
+        port=port,
+        api_key=api_key,
+        state_dir=state_dir,
+        log=log_path,
+        pid=proc.pid,
+    )
+    try:
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"cove serve exited with {proc.returncode} before answering /health:\n"
+                    + log_path.read_text(errors="replace")
+                )
+            try:
+                response = server.request("GET", "/health", timeout=1)
+            except OSError:
+                return False
+            return response.status == 200 and response.json() == {"status": "ok"}
+
+        wait_until(healthy, "cove serve to answer GET /health", SERVER_START_TIMEOUT)
+        yield server
+    finally:
+        _stop_server(server, proc)
+
+
+@pytest.fixture(scope="session")
+def cove_server() -> CoveServer:
+    """One `cove serve` for the whole session, its state in a temporary directory."""
+    work = Path(tempfile.mkdtemp(prefix="cove-compat-server-"))
+    # mkdtemp makes the directory 0700, which sandboxes cannot start under
+    # (notes/server-bugs.md, test_state_dir_under_a_private_directory).
+    work.chmod(0o755)
+    try:
+        log_path = Path(os.environ.get("COVE_SERVER_LOG", work / "server.log"))
+        with running_cove_server(work / "state", log_path) as server:
+            yield server
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def server_env(cove_server: CoveServer, monkeypatch: pytest.MonkeyPatch) -> CoveServer:
+    """Points the SDKs at the server as a user would; fails a test that leaves sandboxes."""
+    monkeypatch.setenv("E2B_API_URL", cove_server.url)
+    monkeypatch.setenv("E2B_SANDBOX_URL", cove_server.url)
+    monkeypatch.setenv("E2B_API_KEY", cove_server.api_key)
+    for name in ("E2B_DEBUG", "E2B_DOMAIN", "E2B_ACCESS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    yield cove_server
+    leftovers = cove_server.kill_all()
+    assert not leftovers, f"the test left sandboxes running (now killed): {leftovers}"
+
+
 @pytest.fixture(autouse=True)
-def _debug_agent_for_marked_tests(request: pytest.FixtureRequest) -> None:
-    if request.node.get_closest_marker("debug_agent") is not None:
-        request.getfixturevalue("debug_env")
+def _environment_for_marked_tests(request: pytest.FixtureRequest) -> None:
+    _suite_of(request)
 
 
-def _require_debug_agent(request: pytest.FixtureRequest) -> None:
-    """The sandbox fixtures serve debug_agent tests only until a server suite exists."""
-    if request.node.get_closest_marker("debug_agent") is None:
-        raise pytest.UsageError(f"{request.fixturename} needs a test marked debug_agent")
-    request.getfixturevalue("debug_env")
+def _suite_of(request: pytest.FixtureRequest) -> Optional[str]:
+    """The suite marker of the requesting test ("debug_agent" / "cove_server"), with its
+    environment set up; None for an unmarked test."""
+    suites = [m for m in ("debug_agent", "cove_server") if request.node.get_closest_marker(m)]
+    if len(suites) > 1:
+        raise pytest.UsageError(f"{request.node.nodeid} has both markers {suites}")
+    if not suites:
+        return None
+    request.getfixturevalue("debug_env" if suites[0] == "debug_agent" else "server_env")
+    return suites[0]
+
+
+def _require_suite(request: pytest.FixtureRequest) -> str:
+    suite = _suite_of(request)
+    if suite is None:
+        raise pytest.UsageError(
+            f"{request.fixturename} needs a test marked debug_agent or cove_server"
+        )
+    return suite
+
+
+@pytest.fixture
+def new_sandbox(request: pytest.FixtureRequest) -> Callable[..., Sandbox]:
+    """Creates real sandboxes on the server (`Sandbox.create(**opts)`); kills them at the end."""
+    if _require_suite(request) != "cove_server":
+        raise pytest.UsageError("new_sandbox needs a test marked cove_server")
+    created: list[Sandbox] = []
+
+    def create(**opts: Any) -> Sandbox:
+        sbx = Sandbox.create(**opts)
+        created.append(sbx)
+        return sbx
+
+    yield create
+    for sbx in created:
+        sbx.kill()  # False if the test killed it already
 
 
 @pytest.fixture
 def sandbox(request: pytest.FixtureRequest) -> Sandbox:
-    """A sync SDK sandbox; in debug mode it is the agent itself (create and kill are no-ops)."""
-    _require_debug_agent(request)
+    """A sync SDK sandbox: the agent itself in debug mode (create and kill are no-ops), a
+    fresh sandbox on the server otherwise."""
+    if _require_suite(request) == "cove_server":
+        yield request.getfixturevalue("new_sandbox")()
+        return
     with Sandbox.create() as sbx:
         yield sbx
 
 
 @pytest_asyncio.fixture
 async def async_sandbox(request: pytest.FixtureRequest) -> AsyncSandbox:
-    """An async SDK sandbox on the same agent."""
-    _require_debug_agent(request)
+    """An async SDK sandbox, in the same way as `sandbox`."""
+    _require_suite(request)
     sbx = await AsyncSandbox.create()
     yield sbx
     await sbx.kill()
@@ -200,6 +481,17 @@ def workdir(request: pytest.FixtureRequest, sandbox: Sandbox) -> str:
     assert sandbox.files.make_dir(path)
     yield path
     sandbox.files.remove(path)
+
+
+@pytest.fixture
+def node() -> str:
+    """The `node` binary, with the JS SDK installed in js/ (skips the test otherwise)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    if not (JS_DIR / "node_modules" / "e2b").is_dir():
+        pytest.skip(f"JS SDK not installed: run `npm ci --prefix {JS_DIR}`")
+    return node
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,26 +4,14 @@ Needs `node` and the locked packages: `npm ci --prefix tests/compat/js`.
 """
 
 import json
-import shutil
 import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 
+from conftest import JS_DIR
+
 pytestmark = pytest.mark.debug_agent
-
-JS_DIR = Path(__file__).parent / "js"
-
-
-@pytest.fixture
-def node():
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
-    if not (JS_DIR / "node_modules" / "e2b").is_dir():
-        pytest.skip(f"JS SDK not installed: run `npm ci --prefix {JS_DIR}`")
-    return node
 
 
 def test_js_sdk_writes_reads_and_runs(node, sandbox, workdir):

@@ -29,6 +29,11 @@ use crate::{
     users::User,
 };
 
+/// Bytes read from the filesystem per chunk of a download.
+const READ_CHUNK: usize = 1 << 20;
+/// Bytes handed to the filesystem per write of an upload.
+const WRITE_CHUNK: usize = 1 << 20;
+
 /// Largest total size of a file's metadata (keys with prefix, plus values).
 const MAX_METADATA_BYTES: usize = 4096;
 /// Longest metadata key: the VFS xattr name limit minus our prefix.
@@ -128,15 +133,15 @@ pub async fn download(
     }
     let body = if accepts_gzip(&headers) {
         response_headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        let reader = tokio::io::BufReader::with_capacity(256 * 1024, file);
+        let reader = tokio::io::BufReader::with_capacity(READ_CHUNK, file);
         let encoder = async_compression::tokio::bufread::GzipEncoder::with_quality(
             reader,
             async_compression::Level::Fastest,
         );
-        Body::from_stream(ReaderStream::with_capacity(encoder, 256 * 1024))
+        Body::from_stream(ReaderStream::with_capacity(encoder, READ_CHUNK))
     } else {
         response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
-        Body::from_stream(ReaderStream::with_capacity(file, 256 * 1024))
+        Body::from_stream(ReaderStream::with_capacity(file, READ_CHUNK))
     };
     Ok((StatusCode::OK, response_headers, body).into_response())
 }
@@ -321,7 +326,7 @@ pub async fn upload(
 async fn write_file(
     path: &Path,
     user: &User,
-    mut reader: impl AsyncRead + Unpin,
+    reader: impl AsyncRead + Unpin,
 ) -> Result<(), RestError> {
     let internal = |what: &str, err: &io::Error| {
         if is_disk_full(err) {
@@ -366,7 +371,9 @@ async fn write_file(
         .await
         .map_err(|err| internal("open", &err))?;
     filesystem::chown(path, user).map_err(|err| internal("chown", &err))?;
-    tokio::io::copy(&mut reader, &mut file)
+    // Large writes: each one is a trip to a blocking thread.
+    let mut reader = tokio::io::BufReader::with_capacity(WRITE_CHUNK, reader);
+    tokio::io::copy_buf(&mut reader, &mut file)
         .await
         .map_err(|err| internal("write", &err))?;
     file.flush().await.map_err(|err| internal("write", &err))?;

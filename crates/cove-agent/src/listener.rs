@@ -3,7 +3,7 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
 
-use axum::Router;
+use axum::{Router, serve::ListenerExt};
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::AgentError;
@@ -66,7 +66,14 @@ pub async fn serve_all(
                 servers.spawn(async move { axum::serve(listener, app).await });
             }
             ListenAddr::Tcp(socket) => {
-                let listener = TcpListener::bind(socket).await.map_err(listen_err)?;
+                // Small frames must leave at once (see Nagle's algorithm).
+                let listener =
+                    TcpListener::bind(socket)
+                        .await
+                        .map_err(listen_err)?
+                        .tap_io(|stream| {
+                            let _ = stream.set_nodelay(true);
+                        });
                 let app = app.clone();
                 servers.spawn(async move { axum::serve(listener, app).await });
             }

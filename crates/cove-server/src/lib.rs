@@ -12,7 +12,7 @@ pub mod store;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use axum::Router;
+use axum::{Router, serve::ListenerExt};
 use cove_runtime::{NamespaceRuntime, Runtime};
 
 use crate::{
@@ -187,7 +187,14 @@ impl Server {
         let lifecycle = self.state.lifecycle().clone();
         let reaper = tokio::spawn(lifecycle.clone().run_reaper(REAP_PERIOD));
         let app = router(self.state.clone());
-        let served = axum::serve(self.listener, app)
+        // Streams write one small frame at a time: Nagle's algorithm would hold each back
+        // until the peer's delayed ACK, about 40 ms.
+        let listener = self.listener.tap_io(|stream| {
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(?err, "cannot set TCP_NODELAY");
+            }
+        });
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await;
         reaper.abort();

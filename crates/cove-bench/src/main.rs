@@ -1,0 +1,70 @@
+//! `cove-bench`: measures Cove beside baselines taken in the same run (the machines are
+//! shared and noisy, so only ratios mean much) and writes `docs/BENCHMARKS.md`.
+//!
+//!     cargo build --release && target/release/cove-bench --out docs/BENCHMARKS.md
+
+mod measure;
+mod report;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmarks Cove against same-run baselines")]
+struct Args {
+    /// The `cove` binary (default: next to this one, i.e. the same build profile).
+    #[arg(long)]
+    cove: Option<PathBuf>,
+    /// Write the Markdown report here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Sandboxes created for the create-latency figure.
+    #[arg(long, default_value_t = 200)]
+    sandboxes: usize,
+    /// Repetitions of each small operation.
+    #[arg(long, default_value_t = 500)]
+    iterations: usize,
+    /// Size of the transfer test, in MiB.
+    #[arg(long, default_value_t = 256)]
+    transfer_mib: usize,
+    /// Idle sandboxes kept for the memory figure.
+    #[arg(long, default_value_t = 20)]
+    idle: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cove = match args.cove {
+        Some(path) => path,
+        None => std::env::current_exe()
+            .context("cannot find this binary")?
+            .with_file_name("cove"),
+    };
+    anyhow::ensure!(
+        cove.exists(),
+        "no cove binary at {} (build it, or pass --cove)",
+        cove.display()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let settings = measure::Settings {
+        cove,
+        sandboxes: args.sandboxes,
+        iterations: args.iterations,
+        transfer_bytes: args.transfer_mib << 20,
+        idle: args.idle,
+    };
+    let results = runtime.block_on(measure::all(&settings))?;
+    let markdown = report::markdown(&settings, &results);
+    println!("{}", report::table(&results));
+    if let Some(out) = args.out {
+        std::fs::write(&out, markdown)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,317 @@
+//! The measurements, each with the baseline it is compared to.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use bytes::Bytes;
+use cove_sdk::{CreateOptions, Sandbox};
+use cove_test_util::{TestAgent, TestServer};
+use futures::StreamExt;
+
+#[derive(Debug)]
+pub struct Settings {
+    pub cove: PathBuf,
+    pub sandboxes: usize,
+    pub iterations: usize,
+    pub transfer_bytes: usize,
+    pub idle: usize,
+}
+
+/// One figure and its baseline.
+#[derive(Debug)]
+pub struct Result {
+    pub name: &'static str,
+    pub figure: Figure,
+    pub baseline_name: &'static str,
+    pub baseline: Figure,
+    /// The goal, in the figure's unit, and whether lower is better.
+    pub target: Option<Target>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Figure {
+    /// Latencies: p50 and p99.
+    Latency { p50: Duration, p99: Duration },
+    /// Bytes per second.
+    Throughput(f64),
+    /// Bytes per sandbox: resident and proportional (shared pages split).
+    Memory { rss: u64, pss: u64 },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    LatencyBelow(Duration),
+    ThroughputAbove(f64),
+    MemoryBelow(u64),
+}
+
+impl Target {
+    pub fn met(self, figure: Figure) -> bool {
+        match (self, figure) {
+            (Target::LatencyBelow(limit), Figure::Latency { p50, .. }) => p50 < limit,
+            (Target::ThroughputAbove(limit), Figure::Throughput(rate)) => rate > limit,
+            (Target::MemoryBelow(limit), Figure::Memory { pss, .. }) => pss < limit,
+            _ => false,
+        }
+    }
+}
+
+fn latency(mut samples: Vec<Duration>) -> Figure {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    Figure::Latency {
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+pub async fn all(settings: &Settings) -> anyhow::Result<Vec<Result>> {
+    let mut results = Vec::new();
+    eprintln!("agent: process round trip");
+    results.push(process_round_trip(settings).await?);
+    eprintln!("agent: transfers");
+    results.extend(transfers(settings).await?);
+    eprintln!("server: create → first output");
+    results.push(create_latency(settings).await?);
+    eprintln!("server: idle memory");
+    results.push(idle_memory(settings).await?);
+    Ok(results)
+}
+
+/// `Process/Start` of `true` to its end event over the agent's Unix socket, against
+/// fork+exec of `true` on the host.
+async fn process_round_trip(settings: &Settings) -> anyhow::Result<Result> {
+    let agent = TestAgent::start(&settings.cove).await;
+    let client = agent.client();
+    let commands = client.commands();
+    for _ in 0..20 {
+        commands
+            .spawn(cove_sdk::Command::new("true"))
+            .await?
+            .wait()
+            .await?;
+    }
+    let mut samples = Vec::with_capacity(settings.iterations);
+    for _ in 0..settings.iterations {
+        let started = Instant::now();
+        commands
+            .spawn(cove_sdk::Command::new("true"))
+            .await?
+            .wait()
+            .await?;
+        samples.push(started.elapsed());
+    }
+    let mut baseline = Vec::with_capacity(settings.iterations);
+    for _ in 0..settings.iterations {
+        let started = Instant::now();
+        Command::new("true").status().context("cannot run true")?;
+        baseline.push(started.elapsed());
+    }
+    Ok(Result {
+        name: "command round trip (`true`, agent socket)",
+        figure: latency(samples),
+        baseline_name: "fork+exec of `true` on the host",
+        baseline: latency(baseline),
+        target: Some(Target::LatencyBelow(Duration::from_millis(2))),
+    })
+}
+
+/// Upload and download of one large file over the agent's socket, against writing and
+/// `cat`-ing the same bytes locally. Both sides use tmpfs (`/dev/shm`), so the figures are
+/// about the transfer, not about this machine's disk.
+async fn transfers(settings: &Settings) -> anyhow::Result<Vec<Result>> {
+    let agent = TestAgent::start(&settings.cove).await;
+    let client = agent.client();
+    let files = client.files();
+    let data = Bytes::from(
+        (0..settings.transfer_bytes)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>(),
+    );
+    let size = data.len() as f64;
+
+    let started = Instant::now();
+    files.write(TRANSFER_FILE, data.clone()).await?;
+    let upload = size / started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let mut stream = Box::pin(files.read_stream(TRANSFER_FILE).await?);
+    let mut received = 0usize;
+    while let Some(chunk) = stream.next().await {
+        received += chunk?.len();
+    }
+    let download = size / started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        received == data.len(),
+        "downloaded {received} of {} bytes",
+        data.len()
+    );
+
+    files.remove(TRANSFER_FILE).await?;
+    let local = PathBuf::from(format!("/dev/shm/cove-bench-local-{}", std::process::id()));
+    let started = Instant::now();
+    std::fs::write(&local, &data)?;
+    let local_write = size / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let status = Command::new("cat")
+        .arg(&local)
+        .stdout(Stdio::null())
+        .status()?;
+    let local_read = size / started.elapsed().as_secs_f64();
+    anyhow::ensure!(status.success(), "cat failed");
+    let _ = std::fs::remove_file(&local);
+
+    let gib = 1024.0 * 1024.0 * 1024.0;
+    Ok(vec![
+        Result {
+            name: "upload (POST /files, octet-stream)",
+            figure: Figure::Throughput(upload),
+            baseline_name: "writing the bytes to a local file",
+            baseline: Figure::Throughput(local_write),
+            target: Some(Target::ThroughputAbove(gib)),
+        },
+        Result {
+            name: "download (GET /files)",
+            figure: Figure::Throughput(download),
+            baseline_name: "`cat` of the file to /dev/null",
+            baseline: Figure::Throughput(local_read),
+            target: Some(Target::ThroughputAbove(gib)),
+        },
+    ])
+}
+
+/// Where the transfer test writes inside the agent's view (the host's tmpfs).
+const TRANSFER_FILE: &str = "/dev/shm/cove-bench-transfer.bin";
+
+/// `POST /v2/sandboxes` until the first command's output arrives through the proxy,
+/// against `unshare` of the same namespaces running `true`.
+async fn create_latency(settings: &Settings) -> anyhow::Result<Result> {
+    let server = TestServer::start(&settings.cove).await;
+    let config = server.config();
+    let mut samples = Vec::with_capacity(settings.sandboxes);
+    for _ in 0..settings.sandboxes {
+        let started = Instant::now();
+        let sandbox = Sandbox::create(&config, CreateOptions::default()).await?;
+        let out = sandbox.commands().run("echo ready").await?;
+        samples.push(started.elapsed());
+        anyhow::ensure!(
+            out.stdout == "ready\n",
+            "unexpected output {:?}",
+            out.stdout
+        );
+        sandbox.kill().await?;
+    }
+    let mut baseline = Vec::with_capacity(settings.sandboxes);
+    for _ in 0..settings.sandboxes {
+        let started = Instant::now();
+        let status = Command::new("unshare")
+            .args([
+                "--user",
+                "--map-root-user",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--ipc",
+                "--uts",
+                "--net",
+                "--cgroup",
+                "true",
+            ])
+            .status()
+            .context("cannot run unshare")?;
+        baseline.push(started.elapsed());
+        anyhow::ensure!(status.success(), "unshare failed");
+    }
+    Ok(Result {
+        name: "create → first command output (REST + proxy)",
+        figure: latency(samples),
+        baseline_name: "`unshare` of the same namespaces running `true`",
+        baseline: latency(baseline),
+        target: Some(Target::LatencyBelow(Duration::from_millis(15))),
+    })
+}
+
+/// Memory of idle sandboxes: the resident and proportional set of their processes, against
+/// an idle `sleep` process on the host.
+async fn idle_memory(settings: &Settings) -> anyhow::Result<Result> {
+    let server = TestServer::start(&settings.cove).await;
+    let config = server.config();
+    let mut sandboxes = Vec::new();
+    for _ in 0..settings.idle {
+        let sandbox = Sandbox::create(&config, CreateOptions::default()).await?;
+        sandbox.commands().run("true").await?;
+        sandboxes.push(sandbox);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let agents = processes_named("cove-agent")?;
+    anyhow::ensure!(
+        agents.len() == settings.idle,
+        "found {} sandbox agents, expected {}",
+        agents.len(),
+        settings.idle
+    );
+    let (rss, pss) = agents
+        .iter()
+        .map(|pid| memory_of(*pid))
+        .fold((0, 0), |(r, p), (r2, p2)| (r + r2, p + p2));
+    let n = settings.idle as u64;
+
+    let mut sleeper = Command::new("sleep").arg("30").spawn()?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (base_rss, base_pss) = memory_of(sleeper.id());
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    for sandbox in sandboxes {
+        sandbox.kill().await?;
+    }
+    Ok(Result {
+        name: "memory per idle sandbox (its processes)",
+        figure: Figure::Memory {
+            rss: rss / n,
+            pss: pss / n,
+        },
+        baseline_name: "an idle `sleep` process",
+        baseline: Figure::Memory {
+            rss: base_rss,
+            pss: base_pss,
+        },
+        target: Some(Target::MemoryBelow(8 << 20)),
+    })
+}
+
+/// Host pids whose command line starts with `name`.
+fn processes_named(name: &str) -> anyhow::Result<Vec<u32>> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if cmdline.starts_with(name.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
+/// (RSS, PSS) in bytes, from `/proc/PID/smaps_rollup`.
+fn memory_of(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("Rss:"), field("Pss:"))
+}
