@@ -38,6 +38,7 @@ impl Fixture {
             uid_base: cove_runtime::userns::base_for_slot(slot),
             hostname: id.to_owned(),
             agent_args: vec!["--listen".into(), format!("unix:{AGENT_SOCKET_INSIDE}")],
+            network: false,
         };
         let started = std::time::Instant::now();
         let sandbox = self.runtime.create(&spec).unwrap();

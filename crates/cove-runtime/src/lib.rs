@@ -7,6 +7,7 @@ pub mod idmap;
 pub mod mounts;
 pub mod namespace;
 pub mod net;
+pub mod network;
 pub mod process;
 pub mod template;
 pub mod userns;
@@ -30,6 +31,8 @@ pub struct SandboxSpec {
     pub hostname: String,
     /// Arguments for the agent (as for `cove agent`).
     pub agent_args: Vec<String>,
+    /// Egress to the internet through user-mode networking; otherwise loopback only.
+    pub network: bool,
 }
 
 /// A started sandbox: its PID 1 on the host (with start time, against pid reuse) and the

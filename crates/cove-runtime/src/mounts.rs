@@ -27,6 +27,17 @@ fn mount_fs(
     Ok(())
 }
 
+/// A tmpfs at `target` with `options`.
+pub fn mount_tmpfs(target: &Path, options: &str) -> io::Result<()> {
+    mount_fs(
+        "tmpfs",
+        target,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        options,
+    )
+}
+
 /// Makes every mount below `/` private, so nothing we mount leaks back to the host and
 /// nothing the host mounts later shows up in the sandbox.
 pub fn make_private() -> io::Result<()> {

@@ -35,6 +35,8 @@ pub const SUBCOMMAND: &str = "__sandbox-init";
 pub const HOLD_USERNS_FLAG: &str = "--hold-userns";
 /// Its flag for the PID 1 stage.
 pub const PID1_FLAG: &str = "--pid1";
+/// Its flag for the network stage (followed by pasta's path, the pid and the uid base).
+pub const NETWORK_FLAG: &str = "--network";
 
 /// `PATH` of the sandbox's PID 1, inherited by everything the agent starts.
 pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -183,8 +185,12 @@ fn unshare(flags: UnshareFlags) -> io::Result<()> {
 }
 
 fn create_userns(exe: &Path, uid_base: u32) -> Result<(std::process::Child, OwnedFd), InitError> {
+    // Created by the sandbox's own host uid, so that uid owns the namespace and helpers
+    // running as it (the user-mode network stack) can join it without host privileges.
     let mut holder = Command::new(exe)
         .args([SUBCOMMAND, HOLD_USERNS_FLAG])
+        .uid(uid_base)
+        .gid(uid_base)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .env_clear()

@@ -21,11 +21,25 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct NamespaceRuntime {
     exe: PathBuf,
+    /// The user-mode network stack for sandboxes with egress, when installed.
+    pasta: Option<PathBuf>,
 }
 
 impl NamespaceRuntime {
     pub fn new(exe: impl Into<PathBuf>) -> Self {
-        Self { exe: exe.into() }
+        Self {
+            exe: exe.into(),
+            pasta: crate::network::find_pasta(),
+        }
+    }
+}
+
+impl NamespaceRuntime {
+    fn connect_network(&self, pid: u32, uid_base: u32) -> std::io::Result<()> {
+        let pasta = self.pasta.as_deref().ok_or_else(|| {
+            std::io::Error::other("internet access needs pasta (Debian package passt); install it or create the sandbox without internet access")
+        })?;
+        crate::network::connect(&self.exe, pasta, pid, uid_base)
     }
 }
 
@@ -78,11 +92,21 @@ impl Runtime for NamespaceRuntime {
                 // Read from the host's /proc: the setup stage no longer sees host pids.
                 let start_time = process::start_time(pid)
                     .map_err(io_err("read the start time of the sandbox's PID 1"))?;
-                Ok(RunningSandbox {
+                let sandbox = RunningSandbox {
                     pid,
                     start_time,
                     socket: dirs.socket(),
-                })
+                };
+                if spec.network {
+                    if let Err(err) = self.connect_network(pid, spec.uid_base) {
+                        let _ = process::kill_and_wait(pid, start_time, KILL_TIMEOUT);
+                        return Err(RuntimeError::Start {
+                            id: spec.id.clone(),
+                            reason: err.to_string(),
+                        });
+                    }
+                }
+                Ok(sandbox)
             }
             Ok(Report::Failed { error }) => Err(RuntimeError::Start {
                 id: spec.id.clone(),

@@ -260,6 +260,7 @@ impl Lifecycle {
             uid_base: userns::base_for_slot(record.slot),
             hostname: "sandbox".to_owned(),
             agent_args: agent_args(record),
+            network: record.allow_internet_access,
         };
         let runtime = self.runtime.clone();
         let running = tokio::task::spawn_blocking(move || runtime.create(&spec))
