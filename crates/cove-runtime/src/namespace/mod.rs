@@ -97,14 +97,17 @@ impl Runtime for NamespaceRuntime {
                     start_time,
                     socket: dirs.socket(),
                 };
-                if spec.network {
-                    if let Err(err) = self.connect_network(pid, spec.uid_base) {
-                        let _ = process::kill_and_wait(pid, start_time, KILL_TIMEOUT);
-                        return Err(RuntimeError::Start {
-                            id: spec.id.clone(),
-                            reason: err.to_string(),
-                        });
-                    }
+                let network = if spec.network {
+                    self.connect_network(pid, spec.uid_base)
+                } else {
+                    Ok(())
+                };
+                if let Err(err) = network {
+                    let _ = process::kill_and_wait(pid, start_time, KILL_TIMEOUT);
+                    return Err(RuntimeError::Start {
+                        id: spec.id.clone(),
+                        reason: err.to_string(),
+                    });
                 }
                 Ok(sandbox)
             }
