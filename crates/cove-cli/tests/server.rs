@@ -415,3 +415,108 @@ async fn the_host_stays_out_of_sight() {
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(upper).unwrap());
     assert!(uid >= cove_runtime::userns::FIRST_BASE, "host uid {uid}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_shutdown_leaves_sandboxes_running() {
+    let mut server = TestServer::start_with(cove(), false).await;
+    let sbx = sandbox(&server).await;
+    sbx.files()
+        .write("/home/user/kept.txt", "kept")
+        .await
+        .unwrap();
+    server.terminate_and_restart().await;
+    let again = Sandbox::connect(&server.config(), sbx.id(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        again
+            .files()
+            .read_to_string("/home/user/kept.txt")
+            .await
+            .unwrap(),
+        "kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_sandboxes_need_their_traffic_token() {
+    let server = TestServer::start(cove()).await;
+    let options = CreateOptions {
+        allow_public_traffic: Some(false),
+        ..CreateOptions::default()
+    };
+    let sbx = Sandbox::create(&server.config(), options).await.unwrap();
+    let token = sbx.traffic_access_token().unwrap().to_owned();
+    let _web = sbx
+        .commands()
+        .spawn(cove_sdk::Command::shell(
+            "python3 -m http.server 8080 --bind 127.0.0.1 --directory /etc",
+        ))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let get = |token: Option<&str>| {
+        let mut request = http
+            .get(format!("{}/hostname", server.url()))
+            .header("host", sbx.host(8080));
+        if let Some(token) = token {
+            request = request.header("e2b-traffic-access-token", token);
+        }
+        request.send()
+    };
+    let missing = get(None).await.unwrap();
+    assert_eq!(missing.status(), 403);
+    assert!(missing.text().await.unwrap().contains("is missing"));
+    assert_eq!(get(Some("wrong")).await.unwrap().status(), 403);
+    let page = wait_until("the private web server", Duration::from_secs(10), || {
+        let response = get(Some(&token));
+        async move { response.await.ok().filter(|r| r.status().is_success()) }
+    })
+    .await;
+    assert_eq!(page.text().await.unwrap(), "sandbox\n");
+    // The agent's own port is guarded by the access token, not the traffic token.
+    assert!(sbx.commands().run("true").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandboxes_reach_the_internet_only_when_allowed() {
+    let server = TestServer::start(cove()).await;
+    let online = sandbox(&server).await;
+    let offline = Sandbox::create(
+        &server.config(),
+        CreateOptions {
+            allow_internet_access: Some(false),
+            ..CreateOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let probe =
+        "curl -s -m 10 -o /dev/null -w '%{http_code}' https://pypi.org/simple/ || echo unreachable";
+    assert_eq!(online.commands().run(probe).await.unwrap().stdout, "200");
+    assert!(
+        offline
+            .commands()
+            .run(probe)
+            .await
+            .unwrap()
+            .stdout
+            .ends_with("unreachable\n")
+    );
+    let interfaces = offline
+        .commands()
+        .run("ls /sys/class/net")
+        .await
+        .unwrap()
+        .stdout;
+    assert_eq!(interfaces, "lo\n");
+    // The host's own services stay out of reach, the server's API included.
+    let api = format!(
+        "curl -s -m 3 http://127.0.0.1:{}/health || echo refused",
+        server.addr.port()
+    );
+    assert_eq!(
+        online.commands().run(&api).await.unwrap().stdout,
+        "refused\n"
+    );
+}

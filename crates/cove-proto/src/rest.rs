@@ -34,6 +34,18 @@ pub struct NewSandbox {
     /// Accepted for older clients; every sandbox is secured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<SandboxNetwork>,
+}
+
+/// Network options of a new sandbox.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxNetwork {
+    /// `false`: servers in the sandbox are reachable only with the sandbox's
+    /// `trafficAccessToken` in the `E2B-Traffic-Access-Token` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_public_traffic: Option<bool>,
 }
 
 /// Answer of create and connect.

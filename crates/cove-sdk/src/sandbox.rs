@@ -30,6 +30,9 @@ pub struct CreateOptions {
     pub envs: BTreeMap<String, String>,
     /// Egress to the internet (default on).
     pub allow_internet_access: Option<bool>,
+    /// `Some(false)`: servers in the sandbox answer only requests that carry the sandbox's
+    /// traffic token ([`Sandbox::traffic_access_token`]).
+    pub allow_public_traffic: Option<bool>,
 }
 
 /// A running sandbox.
@@ -51,6 +54,11 @@ impl Sandbox {
             metadata: Some(options.metadata),
             env_vars: Some(options.envs),
             allow_internet_access: options.allow_internet_access,
+            network: options
+                .allow_public_traffic
+                .map(|public| rest::SandboxNetwork {
+                    allow_public_traffic: Some(public),
+                }),
             ..NewSandbox::default()
         };
         let info: rest::Sandbox = config
@@ -135,6 +143,11 @@ impl Sandbox {
 
     pub fn template_id(&self) -> &str {
         &self.info.template_id
+    }
+
+    /// The token for `E2B-Traffic-Access-Token` when the sandbox is not public.
+    pub fn traffic_access_token(&self) -> Option<&str> {
+        self.info.traffic_access_token.as_deref()
     }
 
     /// Kills this sandbox; `false` when it was already gone.

@@ -67,6 +67,9 @@ pub struct SandboxRecord {
     pub metadata: BTreeMap<String, String>,
     pub env_vars: BTreeMap<String, String>,
     pub envd_access_token: String,
+    /// Required from clients of the sandbox's ports when it is not public.
+    #[serde(default)]
+    pub traffic_access_token: Option<String>,
     /// Unix milliseconds.
     pub started_at: i64,
     pub end_at: i64,
@@ -245,6 +248,7 @@ mod tests {
             metadata: BTreeMap::from([("k".into(), "v".into())]),
             env_vars: BTreeMap::new(),
             envd_access_token: "tok".into(),
+            traffic_access_token: None,
             started_at: 1,
             end_at: 2,
             cpu_count: 2,

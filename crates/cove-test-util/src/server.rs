@@ -15,6 +15,7 @@ use crate::{free_port, wait_until};
 /// sandboxes go with it, and its state directory is removed.
 pub struct TestServer {
     child: Option<Child>,
+    kill_on_exit: bool,
     cove: PathBuf,
     state: tempfile::TempDir,
     pub addr: SocketAddr,
@@ -24,6 +25,12 @@ pub struct TestServer {
 impl TestServer {
     /// Starts `cove serve` from the binary at `cove`.
     pub async fn start(cove: &Path) -> Self {
+        Self::start_with(cove, true).await
+    }
+
+    /// Starts `cove serve`; without `kill_on_exit` its sandboxes outlive a SIGTERM (the
+    /// harness still kills them all when it is dropped).
+    pub async fn start_with(cove: &Path, kill_on_exit: bool) -> Self {
         let state = tempfile::Builder::new()
             .prefix("cove-server-test-")
             .tempdir()
@@ -32,6 +39,7 @@ impl TestServer {
         let api_key = format!("cove_test_{}", addr.port());
         let mut server = Self {
             child: None,
+            kill_on_exit,
             cove: cove.to_owned(),
             state,
             addr,
@@ -42,22 +50,7 @@ impl TestServer {
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new(&self.cove)
-            .args(["serve", "--kill-on-exit", "--listen"])
-            .arg(self.addr.to_string())
-            .arg("--state-dir")
-            .arg(self.state.path())
-            .arg("--api-key")
-            .arg(&self.api_key)
-            .env(
-                "COVE_LOG",
-                std::env::var("COVE_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("cove serve starts");
-        self.child = Some(child);
+        self.spawn_process();
         let url = format!("http://{}/health", self.addr);
         let http = reqwest::Client::new();
         wait_until(
@@ -77,6 +70,30 @@ impl TestServer {
         .await;
     }
 
+    fn spawn_process(&mut self) {
+        let mut command = Command::new(&self.cove);
+        command
+            .args(["serve", "--listen"])
+            .arg(self.addr.to_string());
+        if self.kill_on_exit {
+            command.arg("--kill-on-exit");
+        }
+        let child = command
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .arg("--api-key")
+            .arg(&self.api_key)
+            .env(
+                "COVE_LOG",
+                std::env::var("COVE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("cove serve starts");
+        self.child = Some(child);
+    }
+
     /// Kills the server with SIGKILL (its sandboxes keep running) and starts it again on
     /// the same port and state directory.
     pub async fn crash_and_restart(&mut self) {
@@ -84,6 +101,12 @@ impl TestServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.spawn().await;
+    }
+
+    /// Stops the server with SIGTERM and starts it again on the same port and state.
+    pub async fn terminate_and_restart(&mut self) {
+        self.stop();
         self.spawn().await;
     }
 
@@ -122,6 +145,17 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        if !self.kill_on_exit && self.child.is_some() {
+            // Leave nothing behind: one last run that kills every sandbox on its way out. It
+            // listens only once it has re-adopted them.
+            self.stop();
+            self.kill_on_exit = true;
+            self.spawn_process();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::net::TcpStream::connect(self.addr).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         self.stop();
     }
 }

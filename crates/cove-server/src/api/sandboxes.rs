@@ -55,7 +55,7 @@ fn sandbox_answer(state: &AppState, live: &Live) -> Sandbox {
         client_id: CLIENT_ID.to_owned(),
         envd_version: ENVD_VERSION.to_owned(),
         envd_access_token: Some(record.envd_access_token),
-        traffic_access_token: None,
+        traffic_access_token: record.traffic_access_token,
         domain: Some(state.domain().to_owned()),
     }
 }

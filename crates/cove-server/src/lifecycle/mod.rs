@@ -85,6 +85,15 @@ impl Live {
             .clone()
     }
 
+    /// The token clients of its ports must show, when the sandbox is not public.
+    pub fn traffic_token(&self) -> Option<String> {
+        self.record
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .traffic_access_token
+            .clone()
+    }
+
     /// The agent's socket on the host.
     pub fn socket(&self) -> &std::path::Path {
         &self.running.socket
@@ -224,6 +233,12 @@ impl Lifecycle {
             metadata: request.metadata.unwrap_or_default(),
             env_vars: request.env_vars.unwrap_or_default(),
             envd_access_token: secrets::random_token(),
+            traffic_access_token: request
+                .network
+                .as_ref()
+                .and_then(|n| n.allow_public_traffic)
+                .is_some_and(|public| !public)
+                .then(secrets::random_token),
             started_at: now,
             end_at: now + timeout * 1000,
             cpu_count: CPU_COUNT,

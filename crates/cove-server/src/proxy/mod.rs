@@ -128,8 +128,40 @@ fn outbound(mut request: Request) -> Request {
     request
 }
 
+/// The header clients of a non-public sandbox's ports carry its traffic token in.
+const TRAFFIC_TOKEN_HEADER: &str = "e2b-traffic-access-token";
+
+/// E2B's answer when a non-public sandbox's port is called without the right token.
+fn traffic_token_refused(id: &str, given: bool) -> Response {
+    let message = if given {
+        format!(
+            "Sandbox is secured with traffic access token. Provided token in header '{TRAFFIC_TOKEN_HEADER}' is invalid"
+        )
+    } else {
+        format!(
+            "Sandbox is secured with traffic access token. Token header '{TRAFFIC_TOKEN_HEADER}' is missing"
+        )
+    };
+    json_error(
+        StatusCode::FORBIDDEN,
+        serde_json::json!({"sandboxId": id, "message": message, "code": 403}),
+    )
+}
+
 async fn forward(live: &Arc<Live>, port: u16, request: Request) -> Response {
     let id = live.id();
+    if let (false, Some(expected)) = (port == AGENT_PORT, live.traffic_token()) {
+        let given = request
+            .headers()
+            .get(TRAFFIC_TOKEN_HEADER)
+            .map(|v| v.as_bytes().to_vec());
+        let valid = given
+            .as_deref()
+            .is_some_and(|g| cove_proto::signing::constant_time_eq(g, expected.as_bytes()));
+        if !valid {
+            return traffic_token_refused(&id, given.is_some());
+        }
+    }
     let result = if port == AGENT_PORT {
         to_agent(live, request).await
     } else {
