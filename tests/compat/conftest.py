@@ -44,9 +44,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -259,6 +260,12 @@ class CoveServer:
                 return ids
             token = f"&nextToken={urllib.parse.quote(next_token)}"
 
+    def sandbox_pids(self) -> dict[str, int]:
+        """Host pid of every sandbox the server started (id → pid), from its log."""
+        text = re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text(errors="replace"))
+        found = re.finditer(r"sandbox started sandbox_id=(\w+) pid=(\d+)", text)
+        return {match[1]: int(match[2]) for match in found}
+
     def kill_all(self) -> set[str]:
         """Kills every sandbox the server lists; returns their ids."""
         ids = self.sandbox_ids()
@@ -273,7 +280,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _live_session_members(sid: int) -> set[int]:
+def _is_alive(pid: int) -> bool:
+    """Whether `pid` is a running process (a zombie is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def live_session_members(sid: int) -> set[int]:
     """Pids of live (not zombie) processes in session `sid`: the server's sandboxes stay in
     the session the server started, so after it exits any such process is a leak."""
     members = set()
@@ -291,16 +307,62 @@ def _live_session_members(sid: int) -> set[int]:
     return members
 
 
-def _stop_server(server: CoveServer, proc: subprocess.Popen) -> None:
-    """Stops the server as an operator would and checks that no sandbox outlived it."""
+def network_helpers(targets: Iterable[int]) -> dict[int, int]:
+    """Live `pasta` processes (pid → target pid) serving the sandboxes whose host pids are
+    `targets`. Each sandbox with egress has one; it runs in a session of its own."""
+    targets = set(targets)
+    helpers = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        argv = [arg.decode(errors="replace") for arg in argv if arg]
+        alive = stat[stat.rindex(")") + 2] != "Z"
+        if alive and argv and argv[0].endswith("pasta") and argv[-1].isdigit():
+            if int(argv[-1]) in targets:
+                helpers[int(entry.name)] = int(argv[-1])
+    return helpers
+
+
+# The network helpers of ended sandboxes outlive them (server-bugs.md #4, pinned by
+# test_server_operation.py::test_ending_a_sandbox_ends_its_network_helper). Until that is
+# fixed the suite ends them itself and warns; then set this to False to make a leak fail.
+HELPER_LEAK_IS_KNOWN = True
+_ended_helpers: dict[int, list[int]] = {}  # server pid → helpers the suite ended
+
+
+def end_leaked_helpers(server: CoveServer) -> list[int]:
+    """Ends (SIGKILL) the network helpers of the server's sandboxes that are gone; returns
+    their pids."""
+    gone = [pid for pid in server.sandbox_pids().values() if not _is_alive(pid)]
+    leaked = sorted(network_helpers(gone))
+    for pid in leaked:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _ended_helpers.setdefault(server.pid, []).extend(leaked)
+    return leaked
+
+
+def _stop_server(server: CoveServer, proc: subprocess.Popen, kill_leftovers: bool) -> None:
+    """Stops the server as an operator would and checks that no sandbox outlived it.
+
+    With `kill_leftovers`, sandboxes still listed are killed through the API first (and
+    reported: every test should end its own); otherwise `--kill-on-exit` has to end them."""
     problems = []
     if proc.poll() is None:
-        try:
-            killed = server.kill_all()
-            if killed:
-                problems.append(f"sandboxes still running at the end of the session: {killed}")
-        except (OSError, AssertionError) as err:
-            problems.append(f"could not list or kill the leftover sandboxes: {err!r}")
+        if kill_leftovers:
+            try:
+                killed = server.kill_all()
+                if killed:
+                    problems.append(f"sandboxes still running at the end: {killed}")
+            except (OSError, AssertionError) as err:
+                problems.append(f"could not list or kill the leftover sandboxes: {err!r}")
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=SERVER_STOP_TIMEOUT)
@@ -313,15 +375,24 @@ def _stop_server(server: CoveServer, proc: subprocess.Popen) -> None:
 
     # The server started its own session, so whatever is left in it is a leaked sandbox.
     try:
-        wait_until(lambda: not _live_session_members(proc.pid), "the sandboxes to die", 5)
+        wait_until(lambda: not live_session_members(proc.pid), "the sandboxes to die", 5)
     except AssertionError:
-        leaked = _live_session_members(proc.pid)
+        leaked = live_session_members(proc.pid)
         problems.append(f"processes outlived the server (now killed): {sorted(leaked)}")
         for pid in leaked:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    leaked = end_leaked_helpers(server)
+    if leaked and not HELPER_LEAK_IS_KNOWN:
+        problems.append(f"network helpers outlived their sandboxes (now killed): {leaked}")
+    ended = _ended_helpers.pop(server.pid, [])
+    if ended and HELPER_LEAK_IS_KNOWN:
+        warnings.warn(
+            f"{len(ended)} pasta processes outlived their sandboxes; the suite ended them "
+            "(known bug: server-bugs.md #4)"
+        )
     sandboxes_dir = server.state_dir / "sandboxes"
     left = sorted(p.name for p in sandboxes_dir.iterdir()) if sandboxes_dir.is_dir() else []
     if left:
@@ -336,7 +407,9 @@ def _stop_server(server: CoveServer, proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def running_cove_server(state_dir: Path, log_path: Path) -> Iterator[CoveServer]:
+def running_cove_server(
+    state_dir: Path, log_path: Path, *, kill_leftovers: bool = True
+) -> Iterator[CoveServer]:
     """Runs `cove serve --kill-on-exit` on a free port with a fresh API key until the block
     ends, then stops it as an operator would (see `_stop_server`)."""
     port = _free_port()
@@ -379,15 +452,15 @@ def running_cove_server(state_dir: Path, log_path: Path) -> Iterator[CoveServer]
         wait_until(healthy, "cove serve to answer GET /health", SERVER_START_TIMEOUT)
         yield server
     finally:
-        _stop_server(server, proc)
+        _stop_server(server, proc, kill_leftovers)
 
 
 @pytest.fixture(scope="session")
 def cove_server() -> CoveServer:
     """One `cove serve` for the whole session, its state in a temporary directory."""
     work = Path(tempfile.mkdtemp(prefix="cove-compat-server-"))
-    # mkdtemp makes the directory 0700, which sandboxes cannot start under
-    # (notes/server-bugs.md, test_state_dir_under_a_private_directory).
+    # mkdtemp makes the directory 0700, under which sandboxes cannot start (server-bugs.md
+    # #1, test_server_operation.py::test_state_dir_under_a_private_directory).
     work.chmod(0o755)
     try:
         log_path = Path(os.environ.get("COVE_SERVER_LOG", work / "server.log"))
@@ -397,17 +470,24 @@ def cove_server() -> CoveServer:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def point_sdks_at(server: CoveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment a user sets to use the official SDKs with a Cove server."""
+    monkeypatch.setenv("E2B_API_URL", server.url)
+    monkeypatch.setenv("E2B_SANDBOX_URL", server.url)
+    monkeypatch.setenv("E2B_API_KEY", server.api_key)
+    for name in ("E2B_DEBUG", "E2B_DOMAIN"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def server_env(cove_server: CoveServer, monkeypatch: pytest.MonkeyPatch) -> CoveServer:
     """Points the SDKs at the server as a user would; fails a test that leaves sandboxes."""
-    monkeypatch.setenv("E2B_API_URL", cove_server.url)
-    monkeypatch.setenv("E2B_SANDBOX_URL", cove_server.url)
-    monkeypatch.setenv("E2B_API_KEY", cove_server.api_key)
-    for name in ("E2B_DEBUG", "E2B_DOMAIN", "E2B_ACCESS_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
+    point_sdks_at(cove_server, monkeypatch)
     yield cove_server
     leftovers = cove_server.kill_all()
+    leaked = end_leaked_helpers(cove_server)
     assert not leftovers, f"the test left sandboxes running (now killed): {leftovers}"
+    assert HELPER_LEAK_IS_KNOWN or not leaked, f"network helpers outlived sandboxes: {leaked}"
 
 
 @pytest.fixture(autouse=True)
@@ -449,8 +529,12 @@ def new_sandbox(request: pytest.FixtureRequest) -> Callable[..., Sandbox]:
         return sbx
 
     yield create
+    # Killed through a connection of our own rather than the SDK's pool, which a test that
+    # talked to a dead sandbox may have left with a dropped connection (server-bugs.md #2).
+    server: CoveServer = request.getfixturevalue("cove_server")
     for sbx in created:
-        sbx.kill()  # False if the test killed it already
+        response = server.api("DELETE", f"/sandboxes/{sbx.sandbox_id}")
+        assert response.status in (204, 404), response  # 404: the test ended it already
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ printed output checked. Departures, all forced by SDK 2.63 or by this environmen
 - The background-server example polls the server with a deadline instead of `time.sleep(1)`.
 - The examples that need `run_code` (code interpreter, port 49999: reading a file it wrote,
   the pandas download, the watcher fed by it) are left out until Cove serves it.
-- `pip install pytest` needs egress, which sandboxes do not have yet: that test is an
-  expected failure until they do.
+- `pip install pytest` needs egress (sandboxes have it by default, as on E2B), so the
+  complete workflow needs this machine to reach PyPI.
 """
 
 import json
@@ -33,7 +33,7 @@ def test_bare_constructor_is_not_the_sdk_2_way(cove_server):
     assert cove_server.sandbox_ids() == set()
 
 
-def test_write_text_files(capsys):
+def test_write_text_files():
     with Sandbox.create() as sandbox:
         # Write a text file
         sandbox.files.write("/home/user/hello.txt", "Hello from E2B!")
@@ -283,7 +283,6 @@ def test_complete_workflow_project_structure():
     assert result.stdout == "5 12 5.0\n"
 
 
-@pytest.mark.xfail(strict=True, reason="no egress yet (issue 4)")
 def test_complete_workflow(capsys):
     with Sandbox.create() as sandbox:
         # 1. Create project structure

@@ -39,6 +39,11 @@ impl Fixture {
             hostname: id.to_owned(),
             agent_args: vec!["--listen".into(), format!("unix:{AGENT_SOCKET_INSIDE}")],
             network: false,
+            limits: cove_runtime::cgroup::Limits {
+                memory_bytes: 512 << 20,
+                cpus: 1,
+                pids: 256,
+            },
         };
         let started = std::time::Instant::now();
         let sandbox = self.runtime.create(&spec).unwrap();
@@ -98,6 +103,7 @@ async fn a_sandbox_runs_commands_as_its_own_users() {
         "hi"
     );
     fixture.stop("alpha", &sandbox);
+    fixture.runtime.shutdown();
     assert!(!Path::new(&fixture.state.path().join("sandboxes/alpha")).exists());
     let _ = Duration::from_secs(1);
 }

@@ -36,6 +36,12 @@ pub struct NewSandbox {
     pub secure: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<SandboxNetwork>,
+    /// CPUs the sandbox may use (Cove extension; E2B takes it from the template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_count: Option<u32>,
+    /// Memory limit in MiB (Cove extension).
+    #[serde(rename = "memoryMB", default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
 }
 
 /// Network options of a new sandbox.

@@ -3,6 +3,7 @@
 //! its PID 1. This is the only crate of Cove that uses `unsafe` (for syscalls without safe
 //! wrappers); each use says why it is sound.
 
+pub mod cgroup;
 pub mod idmap;
 pub mod mounts;
 pub mod namespace;
@@ -33,12 +34,15 @@ pub struct SandboxSpec {
     pub agent_args: Vec<String>,
     /// Egress to the internet through user-mode networking; otherwise loopback only.
     pub network: bool,
+    /// Memory, CPU and process limits.
+    pub limits: cgroup::Limits,
 }
 
 /// A started sandbox: its PID 1 on the host (with start time, against pid reuse) and the
 /// agent's socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunningSandbox {
+    pub id: String,
     pub pid: u32,
     pub start_time: u64,
     pub socket: PathBuf,
@@ -66,4 +70,8 @@ pub trait Runtime: Send + Sync + 'static {
     fn kill(&self, sandbox: &RunningSandbox) -> Result<(), RuntimeError>;
     /// Deletes a dead sandbox's directory (its writable layer).
     fn remove(&self, dir: &Path) -> Result<(), RuntimeError>;
+    /// What the sandbox uses now, when the backend can tell.
+    fn usage(&self, id: &str) -> Option<cgroup::Usage>;
+    /// Removes what the backend set up for sandboxes in general, if none is left.
+    fn shutdown(&self);
 }

@@ -19,8 +19,15 @@ pub fn find_pasta() -> Option<PathBuf> {
 
 /// Connects the network namespace of `pid` (owned by host uid `uid_base`) to the outside,
 /// through the `cove` binary at `exe`, which runs [`run_pasta`] as a separate process.
-/// Returns once the namespace is configured; pasta then keeps running in the background.
-pub fn connect(exe: &Path, pasta: &Path, pid: u32, uid_base: u32) -> io::Result<()> {
+/// Returns once the namespace is configured; pasta then keeps running in the background,
+/// inside the sandbox's cgroup (`cgroup_procs`), which is how it is stopped with it.
+pub fn connect(
+    exe: &Path,
+    pasta: &Path,
+    pid: u32,
+    uid_base: u32,
+    cgroup_procs: &[PathBuf],
+) -> io::Result<()> {
     let output = Command::new(exe)
         .args([
             crate::namespace::init::SUBCOMMAND,
@@ -29,6 +36,7 @@ pub fn connect(exe: &Path, pasta: &Path, pid: u32, uid_base: u32) -> io::Result<
         .arg(pasta)
         .arg(pid.to_string())
         .arg(uid_base.to_string())
+        .args(cgroup_procs)
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -47,13 +55,18 @@ pub fn connect(exe: &Path, pasta: &Path, pid: u32, uid_base: u32) -> io::Result<
     }
 }
 
-/// The network stage (host root): in a private mount namespace, gives the sandbox's uid a
-/// tun device node of its own (the host's may be root-only), then becomes pasta running as
-/// that uid. Only returns on failure.
-pub fn run_pasta(pasta: &Path, pid: u32, uid_base: u32) -> io::Error {
-    match prepare_tun(uid_base) {
-        Ok(()) => {}
-        Err(err) => return err,
+/// The network stage (host root): joins the sandbox's cgroup (`cgroup_procs` files), and
+/// in a private mount namespace gives the sandbox's uid a tun device node of its own (the
+/// host's may be root-only), then becomes pasta running as that uid. Only returns on
+/// failure.
+pub fn run_pasta(pasta: &Path, pid: u32, uid_base: u32, cgroup_procs: &[PathBuf]) -> io::Error {
+    for procs in cgroup_procs {
+        if let Err(err) = std::fs::write(procs, std::process::id().to_string()) {
+            return err;
+        }
+    }
+    if let Err(err) = prepare_tun(uid_base) {
+        return err;
     }
     std::os::unix::process::CommandExt::exec(
         Command::new(pasta)

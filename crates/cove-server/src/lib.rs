@@ -9,6 +9,7 @@ pub mod proxy;
 mod query;
 pub mod secrets;
 pub mod store;
+mod unread;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -83,6 +84,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             proxy::intercept,
         ))
+        .layer(axum::middleware::from_fn(unread::close_if_unread))
         .with_state(state)
 }
 
@@ -202,6 +204,7 @@ impl Server {
             tracing::info!("killing every sandbox before exiting");
             lifecycle.kill_all().await;
         }
+        lifecycle.shutdown();
         served.map_err(|source| ServerError::Listen {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source,

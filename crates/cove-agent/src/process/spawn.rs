@@ -114,6 +114,13 @@ impl Pty {
     }
 }
 
+/// Makes a process the first choice of the OOM killer, as envd does: the agent itself runs
+/// with the lowest score (set when the sandbox is built), which children would inherit.
+fn prefer_for_oom_kill(pid: u32) {
+    // Raising a score needs no privilege; a process that already exited has no file.
+    let _ = std::fs::write(format!("/proc/{pid}/oom_score_adj"), "100");
+}
+
 /// A started process, before it is registered.
 pub struct Started {
     pub pid: u32,
@@ -179,6 +186,7 @@ impl StartSpec {
                 let pty = Arc::new(Pty::new(OwnedFd::from(pty)).map_err(|err| {
                     RpcError::internal(format!("cannot watch the pseudo-terminal: {err}"))
                 })?);
+                prefer_for_oom_kill(child.id());
                 Ok(Started {
                     pid: child.id(),
                     input: Input::Pty(pty.clone()),
@@ -218,6 +226,7 @@ impl StartSpec {
                     .stderr
                     .take()
                     .ok_or_else(|| RpcError::internal("stderr pipe missing"))?;
+                prefer_for_oom_kill(child.id());
                 Ok(Started {
                     pid: child.id(),
                     input: Input::Pipe(Mutex::new(stdin)),

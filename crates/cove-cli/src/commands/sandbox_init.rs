@@ -13,8 +13,8 @@ pub struct Args {
     /// Run as the sandbox's PID 1.
     #[arg(long)]
     pid1: bool,
-    /// Connect a sandbox to the network: PASTA PID UID_BASE.
-    #[arg(long, num_args = 3, value_names = ["PASTA", "PID", "UID_BASE"])]
+    /// Connect a sandbox to the network: PASTA PID UID_BASE [CGROUP_PROCS...].
+    #[arg(long, num_args = 3.., value_names = ["PASTA", "PID", "UID_BASE"])]
     network: Option<Vec<String>>,
 }
 
@@ -27,11 +27,13 @@ struct AgentArgs {
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     if let Some(network) = args.network {
-        let [pasta, pid, base] = <[String; 3]>::try_from(network)
-            .map_err(|_| anyhow::anyhow!("--network takes three values"))?;
+        let [pasta, pid, base, procs @ ..] = network.as_slice() else {
+            anyhow::bail!("--network takes at least three values");
+        };
         let pid = pid.parse().context("invalid pid")?;
         let base = base.parse().context("invalid uid base")?;
-        let err = cove_runtime::network::run_pasta(std::path::Path::new(&pasta), pid, base);
+        let procs: Vec<std::path::PathBuf> = procs.iter().map(std::path::PathBuf::from).collect();
+        let err = cove_runtime::network::run_pasta(std::path::Path::new(pasta), pid, base, &procs);
         return Err(anyhow::Error::from(err).context("cannot start pasta"));
     }
     if args.hold_userns {

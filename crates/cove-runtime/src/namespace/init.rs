@@ -53,6 +53,8 @@ pub struct InitSpec {
     pub hostname: String,
     /// Arguments for the agent PID 1 runs (`cove agent …` without `agent`).
     pub agent_args: Vec<String>,
+    /// The cgroup hierarchy the sandbox's cgroup (named after its id) lives in.
+    pub cgroups: Option<crate::cgroup::Hierarchy>,
 }
 
 /// What setup reports on stdout when the sandbox's agent is up.
@@ -62,6 +64,9 @@ pub enum Report {
     Started { pid: u32 },
     Failed { error: String },
 }
+
+/// The sandbox's root filesystem, relative to its directory.
+const ROOTFS: &str = "rootfs";
 
 /// Paths inside a sandbox's host directory.
 #[derive(Clone, Debug)]
@@ -75,7 +80,7 @@ impl SandboxDirs {
     }
     /// Where the sandbox's root filesystem is assembled (inside its mount namespace only).
     pub fn rootfs(&self) -> PathBuf {
-        self.root.join("rootfs")
+        self.root.join(ROOTFS)
     }
     /// The writable layer of the `i`-th mount point ("/" is 0).
     pub fn upper(&self, i: usize) -> PathBuf {
@@ -152,11 +157,34 @@ pub fn setup(exe: &Path) -> Result<Report, InitError> {
     let spec = read_spec()?;
     let dirs = SandboxDirs::new(&spec.dir);
 
+    // Everything started from here on is limited and accounted as the sandbox.
+    if let Some(cgroups) = &spec.cgroups {
+        cgroups
+            .enter(&spec.id, std::process::id())
+            .map_err(|e| InitError::Step {
+                step: "cannot enter the sandbox's cgroup".into(),
+                source: io::Error::other(e),
+            })?;
+    }
+    // The agent (PID 1) should survive an out-of-memory kill inside the sandbox: it gives
+    // every process it starts a high score, and keeps the lowest itself when the host lets
+    // us set it (lowering needs CAP_SYS_RESOURCE, which some hosts withhold even from root).
+    if let Err(err) = fs::write("/proc/self/oom_score_adj", "-1000") {
+        tracing::debug!(%err, "cannot lower the agent's OOM score; children still rank above it");
+    }
+
     unshare(UnshareFlags::NEWNS).map_err(step(|| "cannot create a mount namespace".into()))?;
     mounts::make_private().map_err(step(|| "cannot make mounts private".into()))?;
 
     let (holder, userns) = create_userns(exe, spec.uid_base)?;
     build_rootfs(&spec, &dirs, userns.as_fd())?;
+    // From the sandbox's user namespace on, host paths may not be searchable (a state
+    // directory below a 0700 directory). The working directory survives the switch, so the
+    // later steps reach the sandbox's directory relative to it.
+    rustix::process::chdir(&dirs.root).map_err(|e| InitError::Step {
+        step: format!("cannot enter {}", dirs.root.display()),
+        source: e.into(),
+    })?;
 
     userns::enter_as_root(userns.as_fd()).map_err(step(|| {
         "cannot become root of the sandbox's user namespace".into()
@@ -172,7 +200,7 @@ pub fn setup(exe: &Path) -> Result<Report, InitError> {
         | UnshareFlags::NEWCGROUP;
     unshare(flags).map_err(step(|| "cannot create the sandbox's namespaces".into()))?;
 
-    start_pid1(exe, &spec)
+    start_pid1(&spec)
 }
 
 /// `unshare(2)` of namespaces only.
@@ -290,9 +318,10 @@ fn build_rootfs(
     Ok(())
 }
 
-/// Starts PID 1, hands it the spec, and waits until its agent is listening.
-fn start_pid1(exe: &Path, spec: &InitSpec) -> Result<Report, InitError> {
-    let mut child = Command::new(exe)
+/// Starts PID 1, hands it the spec, and waits until its agent is listening. The binary is
+/// reached through `/proc/self/exe`, which needs no search permission on its directories.
+fn start_pid1(spec: &InitSpec) -> Result<Report, InitError> {
+    let mut child = Command::new("/proc/self/exe")
         .arg0("cove-agent")
         .args([SUBCOMMAND, PID1_FLAG])
         .stdin(Stdio::piped())
@@ -326,18 +355,19 @@ fn start_pid1(exe: &Path, spec: &InitSpec) -> Result<Report, InitError> {
 /// The PID 1 stage before its agent runs: kernel filesystems, host name, loopback, and the
 /// switch into the sandbox's root.
 pub fn enter_sandbox(spec: &InitSpec) -> Result<(), InitError> {
-    let rootfs = SandboxDirs::new(&spec.dir).rootfs();
-    mounts::rebind_root(&rootfs).map_err(step(|| {
+    // Relative to the working directory inherited from setup: the sandbox's directory.
+    let rootfs = Path::new(ROOTFS);
+    mounts::rebind_root(rootfs).map_err(step(|| {
         "cannot prepare the sandbox's root for pivot_root".into()
     }))?;
-    mounts::mount_kernel_filesystems(&rootfs)
+    mounts::mount_kernel_filesystems(rootfs)
         .map_err(step(|| "cannot mount /proc, /sys and /dev/pts".into()))?;
     rustix::system::sethostname(spec.hostname.as_bytes()).map_err(|e| InitError::Step {
         step: "cannot set the host name".into(),
         source: e.into(),
     })?;
     net::loopback_up().map_err(step(|| "cannot bring the loopback interface up".into()))?;
-    mounts::pivot_into(&rootfs).map_err(step(|| "cannot switch to the sandbox's root".into()))?;
+    mounts::pivot_into(rootfs).map_err(step(|| "cannot switch to the sandbox's root".into()))?;
     Ok(())
 }
 

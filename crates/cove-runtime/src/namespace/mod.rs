@@ -12,7 +12,11 @@ use std::{
 };
 
 use self::init::{InitSpec, Report, SUBCOMMAND, SandboxDirs};
-use crate::{RunningSandbox, Runtime, RuntimeError, SandboxSpec, process};
+use crate::{
+    RunningSandbox, Runtime, RuntimeError, SandboxSpec,
+    cgroup::{Hierarchy, Usage},
+    process,
+};
 
 /// How long to wait for a killed sandbox's PID 1 to be gone.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,31 +27,46 @@ pub struct NamespaceRuntime {
     exe: PathBuf,
     /// The user-mode network stack for sandboxes with egress, when installed.
     pasta: Option<PathBuf>,
+    /// Where sandboxes' cgroups go; without one there are no resource limits.
+    cgroups: Option<Hierarchy>,
 }
 
 impl NamespaceRuntime {
     pub fn new(exe: impl Into<PathBuf>) -> Self {
+        let cgroups = match Hierarchy::detect(Path::new("/sys/fs/cgroup")) {
+            Ok(hierarchy) => Some(hierarchy),
+            Err(err) => {
+                tracing::warn!(%err, "sandboxes will run without resource limits");
+                None
+            }
+        };
         Self {
             exe: exe.into(),
             pasta: crate::network::find_pasta(),
+            cgroups,
         }
     }
 }
 
 impl NamespaceRuntime {
-    fn connect_network(&self, pid: u32, uid_base: u32) -> std::io::Result<()> {
+    fn connect_network(&self, id: &str, pid: u32, uid_base: u32) -> std::io::Result<()> {
         let pasta = self.pasta.as_deref().ok_or_else(|| {
             std::io::Error::other("internet access needs pasta (Debian package passt); install it or create the sandbox without internet access")
         })?;
-        crate::network::connect(&self.exe, pasta, pid, uid_base)
+        let procs = self
+            .cgroups
+            .as_ref()
+            .map(|c| c.procs_files(id))
+            .unwrap_or_default();
+        crate::network::connect(&self.exe, pasta, pid, uid_base, &procs)
     }
 }
 
-impl Runtime for NamespaceRuntime {
-    fn create(&self, spec: &SandboxSpec) -> Result<RunningSandbox, RuntimeError> {
+impl NamespaceRuntime {
+    /// Runs the setup stage and, when asked, connects the network.
+    fn start(&self, spec: &SandboxSpec) -> Result<RunningSandbox, RuntimeError> {
         let dirs = SandboxDirs::new(&spec.dir);
         let io_err = |what: &'static str| move |source| RuntimeError::Io { what, source };
-        fs::create_dir_all(&spec.dir).map_err(io_err("create the sandbox directory"))?;
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -60,6 +79,7 @@ impl Runtime for NamespaceRuntime {
             uid_base: spec.uid_base,
             hostname: spec.hostname.clone(),
             agent_args: spec.agent_args.clone(),
+            cgroups: self.cgroups.clone(),
         };
         let mut child = Command::new(&self.exe)
             .arg(SUBCOMMAND)
@@ -87,42 +107,80 @@ impl Runtime for NamespaceRuntime {
             let _ = stdout.read_to_string(&mut out);
         }
         let status = child.wait().map_err(io_err("wait for the sandbox setup"))?;
-        match serde_json::from_str::<Report>(out.trim()) {
-            Ok(Report::Started { pid }) => {
-                // Read from the host's /proc: the setup stage no longer sees host pids.
-                let start_time = process::start_time(pid)
-                    .map_err(io_err("read the start time of the sandbox's PID 1"))?;
-                let sandbox = RunningSandbox {
-                    pid,
-                    start_time,
-                    socket: dirs.socket(),
-                };
-                let network = if spec.network {
-                    self.connect_network(pid, spec.uid_base)
-                } else {
-                    Ok(())
-                };
-                if let Err(err) = network {
-                    let _ = process::kill_and_wait(pid, start_time, KILL_TIMEOUT);
-                    return Err(RuntimeError::Start {
-                        id: spec.id.clone(),
-                        reason: err.to_string(),
-                    });
-                }
-                Ok(sandbox)
+        let pid = match serde_json::from_str::<Report>(out.trim()) {
+            Ok(Report::Started { pid }) => pid,
+            Ok(Report::Failed { error }) => {
+                return Err(RuntimeError::Start {
+                    id: spec.id.clone(),
+                    reason: error,
+                });
             }
-            Ok(Report::Failed { error }) => Err(RuntimeError::Start {
+            Err(_) => {
+                return Err(RuntimeError::Start {
+                    id: spec.id.clone(),
+                    reason: format!(
+                        "the setup exited with {status} without a report (see {})",
+                        dirs.log().display()
+                    ),
+                });
+            }
+        };
+        // Read from the host's /proc: the setup stage no longer sees host pids.
+        let start_time = process::start_time(pid)
+            .map_err(io_err("read the start time of the sandbox's PID 1"))?;
+        let sandbox = RunningSandbox {
+            id: spec.id.clone(),
+            pid,
+            start_time,
+            socket: dirs.socket(),
+        };
+        let network = match spec.network {
+            true => self.connect_network(&spec.id, pid, spec.uid_base),
+            false => Ok(()),
+        };
+        if let Err(err) = network {
+            let _ = process::kill_and_wait(pid, start_time, KILL_TIMEOUT);
+            return Err(RuntimeError::Start {
                 id: spec.id.clone(),
-                reason: error,
-            }),
-            Err(_) => Err(RuntimeError::Start {
-                id: spec.id.clone(),
-                reason: format!(
-                    "the setup exited with {status} without a report (see {})",
-                    dirs.log().display()
-                ),
-            }),
+                reason: err.to_string(),
+            });
         }
+        Ok(sandbox)
+    }
+
+    fn destroy_cgroup(&self, id: &str) -> Result<(), RuntimeError> {
+        match &self.cgroups {
+            Some(cgroups) => cgroups
+                .destroy(id, KILL_TIMEOUT)
+                .map_err(|e| RuntimeError::Io {
+                    what: "remove the sandbox's cgroup",
+                    source: std::io::Error::other(e),
+                }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Runtime for NamespaceRuntime {
+    fn create(&self, spec: &SandboxSpec) -> Result<RunningSandbox, RuntimeError> {
+        fs::create_dir_all(&spec.dir).map_err(|source| RuntimeError::Io {
+            what: "create the sandbox directory",
+            source,
+        })?;
+        if let Some(cgroups) = &self.cgroups {
+            cgroups
+                .create(&spec.id, spec.limits)
+                .map_err(|e| RuntimeError::Io {
+                    what: "create the sandbox's cgroup",
+                    source: std::io::Error::other(e),
+                })?;
+        }
+        let started = self.start(spec);
+        if started.is_err() {
+            // Whatever got started is in the cgroup; take it all down.
+            let _ = self.destroy_cgroup(&spec.id);
+        }
+        started
     }
 
     fn is_alive(&self, sandbox: &RunningSandbox) -> bool {
@@ -130,12 +188,24 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn kill(&self, sandbox: &RunningSandbox) -> Result<(), RuntimeError> {
-        process::kill_and_wait(sandbox.pid, sandbox.start_time, KILL_TIMEOUT).map_err(|source| {
-            RuntimeError::Io {
+        process::kill_and_wait(sandbox.pid, sandbox.start_time, KILL_TIMEOUT).map_err(
+            |source| RuntimeError::Io {
                 what: "kill the sandbox",
                 source,
-            }
-        })
+            },
+        )?;
+        // The rest of the cgroup: the network stack, and anything that outlived PID 1.
+        self.destroy_cgroup(&sandbox.id)
+    }
+
+    fn shutdown(&self) {
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove_parents_if_empty();
+        }
+    }
+
+    fn usage(&self, id: &str) -> Option<Usage> {
+        self.cgroups.as_ref()?.usage(id).ok()
     }
 
     fn remove(&self, dir: &Path) -> Result<(), RuntimeError> {

@@ -105,7 +105,9 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::NotFound(_) | LifecycleError::TemplateNotFound(_) => {
                 StatusCode::NOT_FOUND
             }
-            LifecycleError::BadTimeout(_) => StatusCode::BAD_REQUEST,
+            LifecycleError::BadTimeout(_) | LifecycleError::BadResources(_) => {
+                StatusCode::BAD_REQUEST
+            }
             LifecycleError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             LifecycleError::Start { .. }
             | LifecycleError::Kill { .. }

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use super::{ApiError, Team};
 use crate::{
     AppState, clock,
-    lifecycle::{ApiVersion, Live},
+    lifecycle::{ApiVersion, LifecycleError, Live},
     query::percent_decode,
     store::SandboxRecord,
 };
@@ -303,23 +303,36 @@ pub async fn metrics(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<SandboxMetric>>, ApiError> {
     let live = state.lifecycle().get(&team.0, &id)?;
-    let sample = crate::proxy::agent_metrics(&live).await.map_err(|err| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot read the sandbox's metrics: {err}"),
-        )
-    })?;
+    // Disk use is what the sandbox itself sees; CPU and memory come from its cgroup.
+    let disk = match crate::proxy::agent_metrics(&live).await {
+        Ok(sample) => sample,
+        // Killed while we asked: as gone as it will be a moment later.
+        Err(_) if state.lifecycle().route(&id).is_none() => {
+            return Err(LifecycleError::NotFound(id).into());
+        }
+        Err(err) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read the sandbox's metrics: {err}"),
+            ));
+        }
+    };
+    let record = live.record();
+    let (mem_used, mem_cache, cpu_used_pct) = match state.lifecycle().usage(&live) {
+        Some((usage, cpu_pct)) => (usage.memory_bytes, usage.cache_bytes, cpu_pct),
+        None => (disk.mem_used, disk.mem_cache, disk.cpu_used_pct),
+    };
     let now = clock::now_ms();
     Ok(Json(vec![SandboxMetric {
         timestamp: clock::rfc3339(now),
         timestamp_unix: now / 1000,
-        cpu_count: sample.cpu_count,
-        cpu_used_pct: sample.cpu_used_pct,
-        mem_used: sample.mem_used,
-        mem_total: sample.mem_total,
-        mem_cache: sample.mem_cache,
-        disk_used: sample.disk_used,
-        disk_total: sample.disk_total,
+        cpu_count: record.cpu_count,
+        cpu_used_pct,
+        mem_used,
+        mem_total: record.memory_mb << 20,
+        mem_cache,
+        disk_used: disk.disk_used,
+        disk_total: disk.disk_total,
     }]))
 }
 

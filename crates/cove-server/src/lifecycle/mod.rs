@@ -14,6 +14,7 @@ use cove_proto::rest::NewSandbox;
 use cove_runtime::{
     RunningSandbox, Runtime, SandboxSpec, namespace::init::AGENT_SOCKET_INSIDE, userns,
 };
+use tokio_util::task::TaskTracker;
 
 pub use self::templates::Templates;
 use crate::{
@@ -23,10 +24,15 @@ use crate::{
 
 /// Longest lifetime a sandbox can be given (E2B's highest tier: 24 hours).
 pub const MAX_TIMEOUT_SECS: i64 = 24 * 60 * 60;
-/// Resources reported for sandboxes until limits are configurable.
+/// Resources of a sandbox whose request names none.
 const CPU_COUNT: u32 = 2;
 const MEMORY_MB: u64 = 1024;
 const DISK_MB: u64 = 4096;
+/// What a request may ask for.
+const CPU_RANGE: std::ops::RangeInclusive<u32> = 1..=64;
+const MEMORY_MB_RANGE: std::ops::RangeInclusive<u64> = 64..=256 * 1024;
+/// Processes and threads a sandbox may have at once (a fork bomb stops here).
+const PIDS_MAX: u32 = 2048;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -36,6 +42,8 @@ pub enum LifecycleError {
     TemplateNotFound(String),
     #[error("timeout must be between 0 and {MAX_TIMEOUT_SECS} seconds, got {0}")]
     BadTimeout(i64),
+    #[error("{0}")]
+    BadResources(String),
     #[error("the server runs its maximum of {0} sandboxes; kill some first")]
     TooMany(usize),
     #[error("sandbox {id} could not be started")]
@@ -59,9 +67,19 @@ pub enum LifecycleError {
 pub struct Live {
     record: RwLock<SandboxRecord>,
     pub running: RunningSandbox,
+    /// The last CPU time read, and when: CPU use is reported over the time since.
+    cpu_sample: std::sync::Mutex<Option<(std::time::Instant, Duration)>>,
 }
 
 impl Live {
+    fn new(record: SandboxRecord, running: RunningSandbox) -> Self {
+        Self {
+            record: RwLock::new(record),
+            running,
+            cpu_sample: std::sync::Mutex::new(None),
+        }
+    }
+
     pub fn record(&self) -> SandboxRecord {
         self.record
             .read()
@@ -121,6 +139,9 @@ pub struct Lifecycle {
     live: RwLock<HashMap<String, Arc<Live>>>,
     /// Slots of sandboxes being created (not yet in `live`).
     reserved: std::sync::Mutex<Vec<u32>>,
+    /// Kills under way. They run as tasks of their own, so that a caller that goes away
+    /// (a client hanging up, the reaper stopping) cannot leave one half done.
+    ending: TaskTracker,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -152,6 +173,7 @@ impl Lifecycle {
             config,
             live: RwLock::default(),
             reserved: std::sync::Mutex::default(),
+            ending: TaskTracker::new(),
         }
     }
 
@@ -173,6 +195,7 @@ impl Lifecycle {
         for record in self.store.sandboxes()? {
             let running = match (record.pid, record.pid_start_time) {
                 (Some(pid), Some(start_time)) => Some(RunningSandbox {
+                    id: record.id.clone(),
                     pid,
                     start_time,
                     socket: cove_runtime::namespace::init::SandboxDirs::new(&record.dir).socket(),
@@ -182,13 +205,8 @@ impl Lifecycle {
             match running {
                 Some(running) if self.runtime.is_alive(&running) => {
                     tracing::info!(sandbox_id = %record.id, pid = running.pid, "re-adopted running sandbox");
-                    self.live_map_mut().insert(
-                        record.id.clone(),
-                        Arc::new(Live {
-                            record: RwLock::new(record),
-                            running,
-                        }),
-                    );
+                    self.live_map_mut()
+                        .insert(record.id.clone(), Arc::new(Live::new(record, running)));
                     adopted += 1;
                 }
                 _ => {
@@ -222,6 +240,22 @@ impl Lifecycle {
         if !(0..=MAX_TIMEOUT_SECS).contains(&timeout) {
             return Err(LifecycleError::BadTimeout(timeout));
         }
+        let cpu_count = request.cpu_count.unwrap_or(CPU_COUNT);
+        if !CPU_RANGE.contains(&cpu_count) {
+            return Err(LifecycleError::BadResources(format!(
+                "cpuCount must be between {} and {}, got {cpu_count}",
+                CPU_RANGE.start(),
+                CPU_RANGE.end()
+            )));
+        }
+        let memory_mb = request.memory_mb.unwrap_or(MEMORY_MB);
+        if !MEMORY_MB_RANGE.contains(&memory_mb) {
+            return Err(LifecycleError::BadResources(format!(
+                "memoryMB must be between {} and {}, got {memory_mb}",
+                MEMORY_MB_RANGE.start(),
+                MEMORY_MB_RANGE.end()
+            )));
+        }
         let slot = self.reserve_slot()?;
         let id = secrets::random_id(20);
         let now = clock::now_ms();
@@ -241,8 +275,8 @@ impl Lifecycle {
                 .then(secrets::random_token),
             started_at: now,
             end_at: now + timeout * 1000,
-            cpu_count: CPU_COUNT,
-            memory_mb: MEMORY_MB,
+            cpu_count,
+            memory_mb,
             disk_mb: DISK_MB,
             allow_internet_access: request.allow_internet_access.unwrap_or(true),
             slot,
@@ -276,6 +310,11 @@ impl Lifecycle {
             hostname: "sandbox".to_owned(),
             agent_args: agent_args(record),
             network: record.allow_internet_access,
+            limits: cove_runtime::cgroup::Limits {
+                memory_bytes: record.memory_mb << 20,
+                cpus: record.cpu_count,
+                pids: PIDS_MAX,
+            },
         };
         let runtime = self.runtime.clone();
         let running = tokio::task::spawn_blocking(move || runtime.create(&spec))
@@ -293,10 +332,7 @@ impl Lifecycle {
             })?;
         record.pid = Some(running.pid);
         record.pid_start_time = Some(running.start_time);
-        let live = Arc::new(Live {
-            record: RwLock::new(record.clone()),
-            running,
-        });
+        let live = Arc::new(Live::new(record.clone(), running));
         if let Err(err) = self.store.put_sandbox(record) {
             let _ = self.runtime.kill(&live.running);
             return Err(err.into());
@@ -338,6 +374,28 @@ impl Lifecycle {
             .filter(|live| live.record().team == team)
             .cloned()
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
+    }
+
+    /// What a sandbox uses now, with its CPU use in percent of its CPUs since the last call
+    /// (or since it started).
+    pub fn usage(&self, live: &Live) -> Option<(cove_runtime::cgroup::Usage, f64)> {
+        let usage = self.runtime.usage(&live.running.id)?;
+        let now = std::time::Instant::now();
+        let record = live.record();
+        let mut last = live.cpu_sample.lock().unwrap_or_else(|e| e.into_inner());
+        let (since, cpu_then) = last.unwrap_or_else(|| {
+            let age = Duration::from_millis((clock::now_ms() - record.started_at).max(1) as u64);
+            (now.checked_sub(age).unwrap_or(now), Duration::ZERO)
+        });
+        *last = Some((now, usage.cpu_time));
+        let wall = now.duration_since(since).as_secs_f64() * f64::from(record.cpu_count.max(1));
+        let used = usage.cpu_time.saturating_sub(cpu_then).as_secs_f64();
+        let pct = if wall > 0.0 {
+            (used / wall * 100.0).min(100.0)
+        } else {
+            0.0
+        };
+        Some((usage, (pct * 100.0).round() / 100.0))
     }
 
     /// A running sandbox by id alone (for sandbox traffic, authenticated by its token).
@@ -406,12 +464,29 @@ impl Lifecycle {
     }
 
     /// Kills a sandbox of `team` and removes its files.
-    pub async fn kill(&self, team: &str, id: &str) -> Result<(), LifecycleError> {
+    pub async fn kill(self: &Arc<Self>, team: &str, id: &str) -> Result<(), LifecycleError> {
         let live = self.get(team, id)?;
         self.end(&live).await
     }
 
-    async fn end(&self, live: &Arc<Live>) -> Result<(), LifecycleError> {
+    async fn end(self: &Arc<Self>, live: &Arc<Live>) -> Result<(), LifecycleError> {
+        let (this, live) = (self.clone(), live.clone());
+        let id = live.id();
+        self.ending
+            .spawn(async move { this.end_now(&live).await })
+            .await
+            .unwrap_or_else(|join| {
+                Err(LifecycleError::Kill {
+                    id: id.clone(),
+                    source: cove_runtime::RuntimeError::Start {
+                        id,
+                        reason: join.to_string(),
+                    },
+                })
+            })
+    }
+
+    async fn end_now(&self, live: &Arc<Live>) -> Result<(), LifecycleError> {
         let record = live.record();
         // Gone from routing first: no new traffic reaches a dying sandbox.
         self.live_map_mut().remove(&record.id);
@@ -451,7 +526,7 @@ impl Lifecycle {
     }
 
     /// Ends every sandbox whose time is up, and forgets those whose PID 1 died.
-    pub async fn reap(&self) {
+    pub async fn reap(self: &Arc<Self>) {
         let now = clock::now_ms();
         let candidates: Vec<Arc<Live>> = self.live_map().values().cloned().collect();
         for live in candidates {
@@ -477,13 +552,21 @@ impl Lifecycle {
     }
 
     /// Kills every sandbox (shutdown with `--kill-on-exit`).
-    pub async fn kill_all(&self) {
+    pub async fn kill_all(self: &Arc<Self>) {
         let all: Vec<Arc<Live>> = self.live_map().values().cloned().collect();
         for live in all {
             if let Err(err) = self.end(&live).await {
                 tracing::warn!(?err, "cannot kill sandbox on exit");
             }
         }
+        // Kills that were already under way (the reaper's, a client's) finish too.
+        self.ending.close();
+        self.ending.wait().await;
+    }
+
+    /// Lets the backend tidy up after the last sandbox is gone (server shutdown).
+    pub fn shutdown(&self) {
+        self.runtime.shutdown();
     }
 }
 

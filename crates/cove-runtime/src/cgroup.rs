@@ -1,0 +1,322 @@
+//! Resource limits per sandbox with cgroups: memory (swap included), CPU quota and number
+//! of processes; their usage for metrics; and killing everything left in them. Works with
+//! cgroup v2 (`/sys/fs/cgroup/cgroup.controllers`) and v1 (a hierarchy per controller).
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+/// The directory, under each hierarchy, that holds Cove's sandboxes.
+const PARENT: &str = "cove";
+/// The CPU accounting period (CPU limits are quotas per period).
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// What a sandbox may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// Memory including swap, in bytes.
+    pub memory_bytes: u64,
+    /// CPUs' worth of time per period (2 = two full CPUs).
+    pub cpus: u32,
+    /// Processes and threads at once.
+    pub pids: u32,
+}
+
+/// What a sandbox uses now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub memory_bytes: u64,
+    /// Page cache part of `memory_bytes`.
+    pub cache_bytes: u64,
+    /// CPU time used since the sandbox started.
+    pub cpu_time: Duration,
+    pub pids: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error(
+        "no usable cgroup hierarchy under {0} (needs cgroup v2, or v1 memory, cpu, cpuacct and pids)"
+    )]
+    Unavailable(PathBuf),
+    #[error("cannot {what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
+    let path = path.to_owned();
+    move |source| CgroupError::Io { what, path, source }
+}
+
+/// Which cgroup version the host runs, and where.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Hierarchy {
+    V2(PathBuf),
+    /// Mount points of the memory, cpu, cpuacct and pids controllers.
+    V1 {
+        memory: PathBuf,
+        cpu: PathBuf,
+        cpuacct: PathBuf,
+        pids: PathBuf,
+    },
+}
+
+impl Hierarchy {
+    /// Finds the host's hierarchy under `root` (normally `/sys/fs/cgroup`).
+    pub fn detect(root: &Path) -> Result<Self, CgroupError> {
+        let controllers = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        if ["memory", "cpu", "pids"]
+            .iter()
+            .all(|c| controllers.split_whitespace().any(|x| x == *c))
+        {
+            return Ok(Hierarchy::V2(root.to_owned()));
+        }
+        let v1 = |name: &str| {
+            let path = root.join(name);
+            path.join("tasks").exists().then_some(path)
+        };
+        match (
+            v1("memory"),
+            v1("cpu"),
+            v1("cpuacct").or_else(|| v1("cpu,cpuacct")),
+            v1("pids"),
+        ) {
+            (Some(memory), Some(cpu), Some(cpuacct), Some(pids)) => Ok(Hierarchy::V1 {
+                memory,
+                cpu,
+                cpuacct,
+                pids,
+            }),
+            _ => Err(CgroupError::Unavailable(root.to_owned())),
+        }
+    }
+
+    /// The cgroup directories of sandbox `id` (one for v2; one per controller for v1).
+    fn dirs(&self, id: &str) -> Vec<PathBuf> {
+        match self {
+            Hierarchy::V2(root) => vec![root.join(PARENT).join(id)],
+            Hierarchy::V1 {
+                memory,
+                cpu,
+                cpuacct,
+                pids,
+            } => {
+                let mut dirs = vec![memory.join(PARENT).join(id), cpu.join(PARENT).join(id)];
+                // cpu and cpuacct may be one co-mounted hierarchy.
+                if cpuacct != cpu {
+                    dirs.push(cpuacct.join(PARENT).join(id));
+                }
+                dirs.push(pids.join(PARENT).join(id));
+                dirs
+            }
+        }
+    }
+
+    /// Creates sandbox `id`'s cgroup with `limits`.
+    pub fn create(&self, id: &str, limits: Limits) -> Result<(), CgroupError> {
+        if let Hierarchy::V2(root) = self {
+            let parent = root.join(PARENT);
+            fs::create_dir_all(&parent).map_err(io_err("create", &parent))?;
+            // Children of the parent may only use controllers it hands down.
+            let control = parent.join("cgroup.subtree_control");
+            write(&control, "+memory +cpu +pids")?;
+        }
+        for dir in self.dirs(id) {
+            // Another server's shutdown may remove the empty parent under our feet; once more.
+            fs::create_dir_all(&dir)
+                .or_else(|_| fs::create_dir_all(&dir))
+                .map_err(io_err("create", &dir))?;
+        }
+        let quota = u64::from(limits.cpus.max(1)) * CPU_PERIOD_US;
+        match self {
+            Hierarchy::V2(root) => {
+                let dir = root.join(PARENT).join(id);
+                write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
+                write(&dir.join("memory.swap.max"), "0")?;
+                write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+                write(&dir.join("pids.max"), &limits.pids.to_string())?;
+            }
+            Hierarchy::V1 {
+                memory, cpu, pids, ..
+            } => {
+                let mem = memory.join(PARENT).join(id);
+                write(
+                    &mem.join("memory.limit_in_bytes"),
+                    &limits.memory_bytes.to_string(),
+                )?;
+                // memsw (memory + swap) exists only with swap accounting; without it there is
+                // no swap to limit.
+                let memsw = mem.join("memory.memsw.limit_in_bytes");
+                if memsw.exists() {
+                    write(&memsw, &limits.memory_bytes.to_string())?;
+                }
+                let cpu = cpu.join(PARENT).join(id);
+                write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                write(
+                    &pids.join(PARENT).join(id).join("pids.max"),
+                    &limits.pids.to_string(),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The `cgroup.procs` files a process writes its pid to, to join sandbox `id`.
+    pub fn procs_files(&self, id: &str) -> Vec<PathBuf> {
+        self.dirs(id)
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
+    }
+
+    /// Moves process `pid` (and so its future children) into sandbox `id`'s cgroup.
+    pub fn enter(&self, id: &str, pid: u32) -> Result<(), CgroupError> {
+        for dir in self.dirs(id) {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// What sandbox `id` uses now.
+    pub fn usage(&self, id: &str) -> Result<Usage, CgroupError> {
+        let number = |path: PathBuf| -> Result<u64, CgroupError> {
+            let raw = fs::read_to_string(&path).map_err(io_err("read", &path))?;
+            Ok(raw.trim().parse().unwrap_or(0))
+        };
+        let stat_field = |path: PathBuf, key: &str| -> u64 {
+            fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        match self {
+            Hierarchy::V2(root) => {
+                let dir = root.join(PARENT).join(id);
+                Ok(Usage {
+                    memory_bytes: number(dir.join("memory.current"))?,
+                    cache_bytes: stat_field(dir.join("memory.stat"), "file "),
+                    cpu_time: Duration::from_micros(stat_field(
+                        dir.join("cpu.stat"),
+                        "usage_usec ",
+                    )),
+                    pids: number(dir.join("pids.current"))?,
+                })
+            }
+            Hierarchy::V1 {
+                memory,
+                cpuacct,
+                pids,
+                ..
+            } => {
+                let mem = memory.join(PARENT).join(id);
+                Ok(Usage {
+                    memory_bytes: number(mem.join("memory.usage_in_bytes"))?,
+                    cache_bytes: stat_field(mem.join("memory.stat"), "total_cache "),
+                    cpu_time: Duration::from_nanos(number(
+                        cpuacct.join(PARENT).join(id).join("cpuacct.usage"),
+                    )?),
+                    pids: number(pids.join(PARENT).join(id).join("pids.current"))?,
+                })
+            }
+        }
+    }
+
+    /// SIGKILLs whatever is still in sandbox `id`'s cgroup and removes it, waiting up to
+    /// `timeout` for the processes to be gone. A cgroup that does not exist is fine.
+    pub fn destroy(&self, id: &str, timeout: Duration) -> Result<(), CgroupError> {
+        let deadline = Instant::now() + timeout;
+        for dir in self.dirs(id) {
+            if !dir.exists() {
+                continue;
+            }
+            loop {
+                let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                let pids: Vec<i32> = procs
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect();
+                for pid in &pids {
+                    if let Some(pid) = rustix::process::Pid::from_raw(*pid) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                    }
+                }
+                match fs::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => break,
+                    Err(err) if Instant::now() >= deadline => {
+                        return Err(io_err("remove", &dir)(err));
+                    }
+                    // Busy until the last process is reaped.
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Hierarchy {
+    /// Removes Cove's parent cgroups when no sandbox is left in them.
+    pub fn remove_parents_if_empty(&self) {
+        let parents: Vec<PathBuf> = match self {
+            Hierarchy::V2(root) => vec![root.join(PARENT)],
+            Hierarchy::V1 {
+                memory,
+                cpu,
+                cpuacct,
+                pids,
+            } => [memory, cpu, cpuacct, pids]
+                .iter()
+                .map(|h| h.join(PARENT))
+                .collect(),
+        };
+        for parent in parents {
+            // Fails harmlessly while a sandbox's cgroup is still inside.
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(io_err("write", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_v1_and_v2_layouts() {
+        let v2 = tempfile::tempdir().unwrap();
+        fs::write(
+            v2.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        assert_eq!(
+            Hierarchy::detect(v2.path()).unwrap(),
+            Hierarchy::V2(v2.path().to_owned())
+        );
+
+        let v1 = tempfile::tempdir().unwrap();
+        for c in ["memory", "cpu", "cpuacct", "pids"] {
+            fs::create_dir(v1.path().join(c)).unwrap();
+            fs::write(v1.path().join(c).join("tasks"), "").unwrap();
+        }
+        let detected = Hierarchy::detect(v1.path()).unwrap();
+        assert!(matches!(detected, Hierarchy::V1 { .. }));
+        assert_eq!(detected.dirs("x").len(), 4);
+
+        let none = tempfile::tempdir().unwrap();
+        assert!(Hierarchy::detect(none.path()).is_err());
+    }
+}

@@ -1,0 +1,104 @@
+"""Two sandboxes on one server share nothing a user can see: files, processes, ports."""
+
+import pytest
+from e2b import CommandExitException, FileNotFoundException
+
+from conftest import wait_until
+
+pytestmark = pytest.mark.cove_server
+
+
+@pytest.fixture
+def pair(new_sandbox):
+    return new_sandbox(), new_sandbox()
+
+
+def test_files_written_in_one_are_not_in_the_other(pair):
+    a, b = pair
+
+    a.files.write("/home/user/secret.txt", "only in A")
+    a.files.write("/tmp/scratch/a.bin", b"\x00\x01")
+    a.commands.run("echo root-was-here > /etc/marker", user="root")
+
+    assert not b.files.exists("/home/user/secret.txt")
+    assert not b.files.exists("/tmp/scratch")
+    with pytest.raises(FileNotFoundException):
+        b.files.read("/home/user/secret.txt")
+    assert "secret.txt" not in {e.name for e in b.files.list("/home/user")}
+    assert b.commands.run("ls -A /tmp").stdout == ""
+    with pytest.raises(CommandExitException):
+        b.commands.run("cat /etc/marker")
+    assert a.files.read("/home/user/secret.txt") == "only in A"
+
+
+def test_same_path_holds_each_sandboxs_own_content(pair):
+    a, b = pair
+
+    a.files.write("/home/user/notes.txt", "A")
+    b.files.write("/home/user/notes.txt", "B")
+
+    assert a.files.read("/home/user/notes.txt") == "A"
+    assert b.files.read("/home/user/notes.txt") == "B"
+    a.files.remove("/home/user/notes.txt")
+    assert b.files.read("/home/user/notes.txt") == "B"
+
+
+def test_processes_of_one_are_not_in_the_other(pair):
+    a, b = pair
+    sleeper = a.commands.run("sleep 313", background=True)
+    try:
+        wait_until(
+            lambda: "sleep 313" in a.commands.run("ps -eo args").stdout,
+            "the sleep to show in A's ps",
+        )
+        assert sleeper.pid in {p.pid for p in a.commands.list()}
+
+        assert "sleep 313" not in b.commands.run("ps -eo args").stdout
+        assert all("sleep 313" not in " ".join([p.cmd, *p.args]) for p in b.commands.list())
+        # B cannot signal what it cannot see: pids are per sandbox.
+        assert b.commands.kill(sleeper.pid) is False
+        assert "sleep 313" in a.commands.run("ps -eo args").stdout
+    finally:
+        sleeper.kill()
+
+
+def test_each_sandbox_has_its_own_pid_1(pair):
+    a, b = pair
+
+    for sbx in (a, b):
+        # Its own pid namespace: PID 1 and this command (bash execs into ps), nothing else.
+        processes = sbx.commands.run("ps -eo pid=,args=").stdout.splitlines()
+        assert [line.split(None, 1)[1] for line in processes] == [
+            "cove-agent __sandbox-init --pid1",
+            "ps -eo pid=,args=",
+        ]
+
+
+def test_a_port_served_in_one_is_not_open_in_the_other(pair):
+    a, b = pair
+    server = a.commands.run("python3 -m http.server 8080", background=True, cwd="/home/user")
+    try:
+
+        def status(sbx):
+            probe = sbx.commands.run(
+                "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/ || true"
+            )
+            return probe.stdout
+
+        wait_until(lambda: status(a) == "200", "A's server to answer on port 8080")
+        assert status(b) == "000"  # connection refused: B has its own network namespace
+    finally:
+        server.kill()
+
+
+def test_internet_access_is_per_sandbox(new_sandbox):
+    # The default, as on E2B: the sandbox reaches the internet (here PyPI, which the seed's
+    # `pip install` needs). Without it: nothing beyond the sandbox.
+    online = new_sandbox()
+    offline = new_sandbox(allow_internet_access=False)
+    probe = "curl -s -o /dev/null -m 20 -w '%{http_code}' https://pypi.org/simple/pytest/ || true"
+
+    assert online.commands.run(probe).stdout == "200"
+    assert offline.commands.run(probe).stdout == "000"
+    assert online.get_info().allow_internet_access is True
+    assert offline.get_info().allow_internet_access is False
