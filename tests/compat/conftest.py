@@ -44,7 +44,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
@@ -328,16 +327,9 @@ def network_helpers(targets: Iterable[int]) -> dict[int, int]:
     return helpers
 
 
-# The network helpers of ended sandboxes outlive them (server-bugs.md #4, pinned by
-# test_server_operation.py::test_ending_a_sandbox_ends_its_network_helper). Until that is
-# fixed the suite ends them itself and warns; then set this to False to make a leak fail.
-HELPER_LEAK_IS_KNOWN = True
-_ended_helpers: dict[int, list[int]] = {}  # server pid → helpers the suite ended
-
-
 def end_leaked_helpers(server: CoveServer) -> list[int]:
-    """Ends (SIGKILL) the network helpers of the server's sandboxes that are gone; returns
-    their pids."""
+    """Ends (SIGKILL) any network helper that outlived its sandbox of this server, so that a
+    leak fails one test instead of piling up; returns their pids."""
     gone = [pid for pid in server.sandbox_pids().values() if not _is_alive(pid)]
     leaked = sorted(network_helpers(gone))
     for pid in leaked:
@@ -345,7 +337,6 @@ def end_leaked_helpers(server: CoveServer) -> list[int]:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    _ended_helpers.setdefault(server.pid, []).extend(leaked)
     return leaked
 
 
@@ -385,14 +376,8 @@ def _stop_server(server: CoveServer, proc: subprocess.Popen, kill_leftovers: boo
             except ProcessLookupError:
                 pass
     leaked = end_leaked_helpers(server)
-    if leaked and not HELPER_LEAK_IS_KNOWN:
+    if leaked:
         problems.append(f"network helpers outlived their sandboxes (now killed): {leaked}")
-    ended = _ended_helpers.pop(server.pid, [])
-    if ended and HELPER_LEAK_IS_KNOWN:
-        warnings.warn(
-            f"{len(ended)} pasta processes outlived their sandboxes; the suite ended them "
-            "(known bug: server-bugs.md #4)"
-        )
     sandboxes_dir = server.state_dir / "sandboxes"
     left = sorted(p.name for p in sandboxes_dir.iterdir()) if sandboxes_dir.is_dir() else []
     if left:
@@ -458,10 +443,7 @@ def running_cove_server(
 @pytest.fixture(scope="session")
 def cove_server() -> CoveServer:
     """One `cove serve` for the whole session, its state in a temporary directory."""
-    work = Path(tempfile.mkdtemp(prefix="cove-compat-server-"))
-    # mkdtemp makes the directory 0700, under which sandboxes cannot start (server-bugs.md
-    # #1, test_server_operation.py::test_state_dir_under_a_private_directory).
-    work.chmod(0o755)
+    work = Path(tempfile.mkdtemp(prefix="cove-compat-server-"))  # 0700, which Cove handles
     try:
         log_path = Path(os.environ.get("COVE_SERVER_LOG", work / "server.log"))
         with running_cove_server(work / "state", log_path) as server:
@@ -487,7 +469,7 @@ def server_env(cove_server: CoveServer, monkeypatch: pytest.MonkeyPatch) -> Cove
     leftovers = cove_server.kill_all()
     leaked = end_leaked_helpers(cove_server)
     assert not leftovers, f"the test left sandboxes running (now killed): {leftovers}"
-    assert HELPER_LEAK_IS_KNOWN or not leaked, f"network helpers outlived sandboxes: {leaked}"
+    assert not leaked, f"network helpers outlived their sandboxes (now killed): {leaked}"
 
 
 @pytest.fixture(autouse=True)
@@ -529,8 +511,7 @@ def new_sandbox(request: pytest.FixtureRequest) -> Callable[..., Sandbox]:
         return sbx
 
     yield create
-    # Killed through a connection of our own rather than the SDK's pool, which a test that
-    # talked to a dead sandbox may have left with a dropped connection (server-bugs.md #2).
+    # Through a connection of our own: teardown does not depend on the SDK's state.
     server: CoveServer = request.getfixturevalue("cove_server")
     for sbx in created:
         response = server.api("DELETE", f"/sandboxes/{sbx.sandbox_id}")

@@ -116,17 +116,14 @@ def test_set_timeout_ends_the_sandbox(new_sandbox, cove_server):
     sandbox.set_timeout(2)
 
     wait_until(lambda: not sandbox.is_running(), "the sandbox to reach its timeout", 20, 0.2)
-    # Its files go too; waiting for that also keeps the end of the session away from a reap
-    # still in progress (notes/server-bugs.md #3).
-    sandbox_dir = cove_server.state_dir / "sandboxes" / sandbox_id
-    wait_until(lambda: not sandbox_dir.exists(), "the sandbox's files to be removed")
+    with pytest.raises(SandboxNotRunningException):
+        sandbox.commands.run("true")
     assert sandbox_id not in listed_ids()
     with pytest.raises(SandboxNotFoundException):
         Sandbox.get_info(sandbox_id)
     assert Sandbox.kill(sandbox_id) is False
-    # Last: the SDK's next request could land on the connection this drops (server-bugs #2).
-    with pytest.raises(SandboxNotRunningException):
-        sandbox.commands.run("true")
+    sandbox_dir = cove_server.state_dir / "sandboxes" / sandbox_id
+    wait_until(lambda: not sandbox_dir.exists(), "the sandbox's files to be removed")
 
 
 def test_connect_by_id(new_sandbox):
@@ -263,17 +260,14 @@ def test_unknown_sandbox_is_not_running(cove_server):
     sandbox = ghost(cove_server)
 
     assert sandbox.is_running() is False
-    with pytest.raises(SandboxNotRunningException, match="was not found"):
-        sandbox.files.read("/home/user/anything")
-    # Requests with a body last: the SDK's next request could land on the connection the
-    # server drops after refusing them (notes/server-bugs.md #2).
+    # Refused before their bodies are read: the connection must stay fit for the next call.
     with pytest.raises(SandboxNotRunningException, match="was not found"):
         sandbox.commands.run("echo hi")
-
-
-def test_unknown_sandbox_refuses_writes(cove_server):
     with pytest.raises(SandboxNotRunningException, match="was not found"):
-        ghost(cove_server).files.write("/home/user/anything", "x")
+        sandbox.files.write("/home/user/anything", "x")
+    with pytest.raises(SandboxNotRunningException, match="was not found"):
+        sandbox.files.read("/home/user/anything")
+    assert sandbox.is_running() is False
 
 
 def test_unknown_sandbox_proxy_answer(cove_server):
@@ -299,12 +293,12 @@ def test_killed_sandbox_is_not_running(new_sandbox):
     sandbox.kill()
 
     assert sandbox.is_running() is False
+    with pytest.raises(SandboxNotRunningException):
+        sandbox.commands.run("echo hi")
     with pytest.raises(SandboxNotFoundException):
         sandbox.get_info()
     with pytest.raises(SandboxNotFoundException):
         sandbox.set_timeout(30)
-    with pytest.raises(SandboxNotRunningException):
-        sandbox.commands.run("echo hi")  # last: see test_unknown_sandbox_is_not_running
 
 
 # --------------------------------------------------------------------------------------------

@@ -334,11 +334,6 @@ def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
     return header_block, body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cove closes the connection after a 502 sent before the request body was read, "
-    "without `Connection: close` (notes/server-bugs.md #2)",
-)
 def test_connection_stays_usable_after_early_502(cove_server):
     """The SDK keeps one connection pool for the API and the sandboxes (same origin here), so
     a connection the server drops unannounced breaks whatever request reuses it next."""

@@ -39,6 +39,7 @@ impl Fixture {
             hostname: id.to_owned(),
             agent_args: vec!["--listen".into(), format!("unix:{AGENT_SOCKET_INSIDE}")],
             network: false,
+            no_new_privs: false,
             limits: cove_runtime::cgroup::Limits {
                 memory_bytes: 512 << 20,
                 cpus: 1,

@@ -4,12 +4,14 @@
 //! wrappers); each use says why it is sound.
 
 pub mod cgroup;
+pub mod confine;
 pub mod idmap;
 pub mod mounts;
 pub mod namespace;
 pub mod net;
 pub mod network;
 pub mod process;
+pub mod seccomp;
 pub mod template;
 pub mod userns;
 
@@ -36,6 +38,8 @@ pub struct SandboxSpec {
     pub network: bool,
     /// Memory, CPU and process limits.
     pub limits: cgroup::Limits,
+    /// no_new_privs for every process of the sandbox (breaks setuid programs like sudo).
+    pub no_new_privs: bool,
 }
 
 /// A started sandbox: its PID 1 on the host (with start time, against pid reuse) and the

@@ -38,6 +38,17 @@ pub fn mount_tmpfs(target: &Path, options: &str) -> io::Result<()> {
     )
 }
 
+/// An empty, read-only tmpfs at `target`: hides what is below.
+pub fn mount_tmpfs_read_only(target: &Path) -> io::Result<()> {
+    mount_fs(
+        "tmpfs",
+        target,
+        "tmpfs",
+        MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        "size=0",
+    )
+}
+
 /// Makes every mount below `/` private, so nothing we mount leaks back to the host and
 /// nothing the host mounts later shows up in the sandbox.
 pub fn make_private() -> io::Result<()> {

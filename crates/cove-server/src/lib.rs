@@ -40,6 +40,8 @@ pub struct ServerConfig {
     /// Kill every sandbox on SIGTERM/SIGINT instead of leaving them running.
     pub kill_on_exit: bool,
     pub max_sandboxes: usize,
+    /// Set no_new_privs in every sandbox (setuid programs such as `sudo` stop working).
+    pub no_new_privs: bool,
     /// The `cove` binary sandboxes are built with.
     pub exe: PathBuf,
 }
@@ -148,6 +150,7 @@ impl Server {
             LifecycleConfig {
                 state_dir: config.state_dir.clone(),
                 max_sandboxes: config.max_sandboxes,
+                no_new_privs: config.no_new_privs,
             },
         ));
         let adopted = lifecycle.adopt().await?;

@@ -29,6 +29,10 @@ pub struct Args {
     /// Most sandboxes this server runs at once.
     #[arg(long, env = "COVE_MAX_SANDBOXES", default_value_t = 1000)]
     max_sandboxes: usize,
+    /// Set no_new_privs in every sandbox: nothing gains privileges on exec, so setuid
+    /// programs such as `sudo` stop working (run commands as `root` directly instead).
+    #[arg(long, env = "COVE_NO_NEW_PRIVILEGES")]
+    no_new_privileges: bool,
 }
 
 /// `--state-dir`, shared by the commands that use the server's state.
@@ -65,6 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             .collect(),
         kill_on_exit: args.kill_on_exit,
         max_sandboxes: args.max_sandboxes,
+        no_new_privs: args.no_new_privileges,
         exe: std::env::current_exe().context("cannot find the cove binary")?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -27,7 +27,7 @@ use std::{
 use rustix::thread::UnshareFlags;
 use serde::{Deserialize, Serialize};
 
-use crate::{idmap, mounts, net, template::Template, userns};
+use crate::{confine, idmap, mounts, net, seccomp, template::Template, userns};
 
 /// The hidden `cove` subcommand the stages run as.
 pub const SUBCOMMAND: &str = "__sandbox-init";
@@ -55,6 +55,10 @@ pub struct InitSpec {
     pub agent_args: Vec<String>,
     /// The cgroup hierarchy the sandbox's cgroup (named after its id) lives in.
     pub cgroups: Option<crate::cgroup::Hierarchy>,
+    /// Set no_new_privs for every process of the sandbox (setuid programs like sudo stop
+    /// working).
+    #[serde(default)]
+    pub no_new_privs: bool,
 }
 
 /// What setup reports on stdout when the sandbox's agent is up.
@@ -367,7 +371,28 @@ pub fn enter_sandbox(spec: &InitSpec) -> Result<(), InitError> {
         source: e.into(),
     })?;
     net::loopback_up().map_err(step(|| "cannot bring the loopback interface up".into()))?;
+    confine::mask_kernel_interfaces(rootfs)
+        .map_err(step(|| "cannot mask /proc and /sys".into()))?;
     mounts::pivot_into(rootfs).map_err(step(|| "cannot switch to the sandbox's root".into()))?;
+    confine_self(spec)
+}
+
+/// No ptrace of PID 1, the system call filter, fewer capabilities, and no_new_privs when
+/// asked. The filter goes first: installing it needs the capabilities dropped after.
+fn confine_self(spec: &InitSpec) -> Result<(), InitError> {
+    confine::make_undumpable().map_err(step(|| "cannot make the agent undumpable".into()))?;
+    let filter = seccomp::compile().map_err(|e| InitError::Step {
+        step: "cannot build the system call filter".into(),
+        source: io::Error::other(e),
+    })?;
+    seccomp::install(&filter).map_err(|e| InitError::Step {
+        step: "cannot install the system call filter".into(),
+        source: io::Error::other(e),
+    })?;
+    confine::drop_capabilities().map_err(step(|| "cannot drop capabilities".into()))?;
+    if spec.no_new_privs {
+        confine::forbid_new_privileges().map_err(step(|| "cannot set no_new_privs".into()))?;
+    }
     Ok(())
 }
 

@@ -80,6 +80,7 @@ impl NamespaceRuntime {
             hostname: spec.hostname.clone(),
             agent_args: spec.agent_args.clone(),
             cgroups: self.cgroups.clone(),
+            no_new_privs: spec.no_new_privs,
         };
         let mut child = Command::new(&self.exe)
             .arg(SUBCOMMAND)

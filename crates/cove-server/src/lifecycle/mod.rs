@@ -128,6 +128,8 @@ impl Live {
 pub struct LifecycleConfig {
     pub state_dir: PathBuf,
     pub max_sandboxes: usize,
+    /// no_new_privs in every sandbox (at the price of `sudo`).
+    pub no_new_privs: bool,
 }
 
 /// All sandboxes of this server.
@@ -310,6 +312,7 @@ impl Lifecycle {
             hostname: "sandbox".to_owned(),
             agent_args: agent_args(record),
             network: record.allow_internet_access,
+            no_new_privs: self.config.no_new_privs,
             limits: cove_runtime::cgroup::Limits {
                 memory_bytes: record.memory_mb << 20,
                 cpus: record.cpu_count,

@@ -1,0 +1,137 @@
+//! The last steps of PID 1 before the agent runs: hide the kernel interfaces a sandbox has
+//! no business with, shrink the capability sets, and keep the agent itself out of reach of
+//! `ptrace`. Root inside a sandbox is already an unprivileged host uid; this takes away
+//! what root inside its own user namespace could still touch.
+
+use std::{io, path::Path};
+
+use rustix::{
+    mount::{MountFlags, MountPropagationFlags},
+    thread::{CapabilitySet, CapabilitySets},
+};
+
+/// What root in a sandbox keeps: Docker's default set, less `NET_RAW` (ping works through
+/// ICMP datagram sockets instead) and `SYS_CHROOT` (chroot is refused by seccomp).
+pub fn kept_capabilities() -> CapabilitySet {
+    CapabilitySet::CHOWN
+        | CapabilitySet::DAC_OVERRIDE
+        | CapabilitySet::FSETID
+        | CapabilitySet::FOWNER
+        | CapabilitySet::MKNOD
+        | CapabilitySet::SETGID
+        | CapabilitySet::SETUID
+        | CapabilitySet::SETFCAP
+        | CapabilitySet::SETPCAP
+        | CapabilitySet::NET_BIND_SERVICE
+        | CapabilitySet::KILL
+        | CapabilitySet::AUDIT_WRITE
+}
+
+/// `/proc` files that tell about or act on the host's kernel: covered with `/dev/null`.
+const MASKED_FILES: [&str; 8] = [
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/sysrq-trigger",
+    "proc/kallsyms",
+];
+/// Directories hidden under an empty read-only tmpfs.
+const MASKED_DIRS: [&str; 5] = [
+    "proc/acpi",
+    "proc/scsi",
+    "proc/asound",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+];
+/// `/proc` subtrees left readable but made read-only.
+const READ_ONLY: [&str; 5] = [
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+/// Masks `/proc` and `/sys` below `root` (before the switch of root, while mounting works).
+pub fn mask_kernel_interfaces(root: &Path) -> io::Result<()> {
+    // ICMP echo for everyone, as `ping` needs without CAP_NET_RAW; set before /proc/sys
+    // turns read-only. The setting is the sandbox's network namespace's own.
+    let _ = std::fs::write(
+        root.join("proc/sys/net/ipv4/ping_group_range"),
+        "0 2147483647",
+    );
+    for file in MASKED_FILES {
+        let target = root.join(file);
+        if target.exists() {
+            rustix::mount::mount_bind(root.join("dev/null"), &target)?;
+        }
+    }
+    for dir in MASKED_DIRS {
+        let target = root.join(dir);
+        if target.is_dir() {
+            crate::mounts::mount_tmpfs_read_only(&target)?;
+        }
+    }
+    for path in READ_ONLY {
+        let target = root.join(path);
+        if target.exists() {
+            rustix::mount::mount_bind(&target, &target)?;
+            rustix::mount::mount_change(&target, MountPropagationFlags::PRIVATE)?;
+            rustix::mount::mount_remount(
+                &target,
+                MountFlags::BIND
+                    | MountFlags::RDONLY
+                    | MountFlags::NOSUID
+                    | MountFlags::NODEV
+                    | MountFlags::NOEXEC,
+                "",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Shrinks the bounding set (for everything started from now on) and this process's own
+/// capabilities to [`kept_capabilities`].
+pub fn drop_capabilities() -> io::Result<()> {
+    let kept = kept_capabilities();
+    for bit in 0..64u32 {
+        let capability = CapabilitySet::from_bits_retain(1 << bit);
+        if kept.contains(capability) {
+            continue;
+        }
+        match rustix::thread::remove_capability_from_bounding_set(capability) {
+            Ok(()) => {}
+            // Past the last capability this kernel knows.
+            Err(rustix::io::Errno::INVAL) => break,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    rustix::thread::clear_ambient_capability_set()?;
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: kept,
+            permitted: kept,
+            inheritable: CapabilitySet::empty(),
+        },
+    )?;
+    Ok(())
+}
+
+/// Keeps the agent from being traced or read through `/proc/1/mem` by processes of the
+/// sandbox (which lack `CAP_SYS_PTRACE`).
+pub fn make_undumpable() -> io::Result<()> {
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
+    Ok(())
+}
+
+/// Sets no_new_privs: no program run in the sandbox gains privileges on exec (setuid
+/// binaries such as `sudo` stop working).
+pub fn forbid_new_privileges() -> io::Result<()> {
+    rustix::thread::set_no_new_privs(true)?;
+    Ok(())
+}
