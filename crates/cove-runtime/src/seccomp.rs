@@ -257,7 +257,7 @@ mod tests {
 
     /// Runs the program on one call, like the kernel would.
     fn run(program: &[Instruction], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
-        let mut data = vec![0u8; 64];
+        let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_le_bytes());
         data[4..8].copy_from_slice(&arch.to_le_bytes());
         for (i, arg) in args.iter().enumerate() {
@@ -331,7 +331,15 @@ mod tests {
             RET_ALLOW
         );
         // Other ABIs.
-        assert_eq!(run(&program, x86, X32_SYSCALL_BIT | 0, [0; 6]), eperm);
+        assert_eq!(
+            run(
+                &program,
+                x86,
+                X32_SYSCALL_BIT | libc::SYS_read as u32,
+                [0; 6]
+            ),
+            eperm
+        );
         assert_eq!(run(&program, 0x4000_0003, 0, [0; 6]), RET_KILL_PROCESS);
     }
 }
