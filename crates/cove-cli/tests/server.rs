@@ -405,15 +405,22 @@ async fn the_host_stays_out_of_sight() {
         .unwrap();
     assert!(pid1.stdout.starts_with("cove-agent"), "{}", pid1.stdout);
 
-    // Root inside is not root outside: the sandbox's files belong to its own uid range.
+    // Root inside is not root outside: the sandbox's files belong to its own uid range, as
+    // the host sees them through a process of the sandbox (found in its cgroup).
     a.files().write("/home/user/owned", "x").await.unwrap();
-    let upper = server
-        .state_dir()
-        .join("sandboxes")
-        .join(a.id())
-        .join("upper/0/home/user/owned");
-    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(upper).unwrap());
-    assert!(uid >= cove_runtime::userns::FIRST_BASE, "host uid {uid}");
+    let procs =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/pids/cove/{}/cgroup.procs", a.id()))
+            .or_else(|_| {
+                std::fs::read_to_string(format!("/sys/fs/cgroup/cove/{}/cgroup.procs", a.id()))
+            })
+            .unwrap();
+    let pid1 = procs.lines().next().unwrap();
+    let host_view = std::fs::metadata(format!("/proc/{pid1}/root/home/user/owned")).unwrap();
+    let uid = std::os::unix::fs::MetadataExt::uid(&host_view);
+    assert!(
+        uid >= cove_runtime::userns::FIRST_BASE + 1000,
+        "host uid {uid}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

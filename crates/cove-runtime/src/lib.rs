@@ -5,6 +5,7 @@
 
 pub mod cgroup;
 pub mod confine;
+pub mod disk;
 pub mod idmap;
 pub mod mounts;
 pub mod namespace;

@@ -42,6 +42,8 @@ pub struct ServerConfig {
     pub max_sandboxes: usize,
     /// Set no_new_privs in every sandbox (setuid programs such as `sudo` stop working).
     pub no_new_privs: bool,
+    /// Each sandbox's disk quota, in MiB.
+    pub disk_mb: u64,
     /// The `cove` binary sandboxes are built with.
     pub exe: PathBuf,
 }
@@ -142,7 +144,13 @@ impl Server {
             Some(store.create_key(DEFAULT_TEAM, "first key")?.1)
         };
         let templates = Templates::load(&config.state_dir.join("templates"))?;
-        let runtime: Arc<dyn Runtime> = Arc::new(NamespaceRuntime::new(&config.exe));
+        let runtime = NamespaceRuntime::new(&config.exe)
+            .with_disk_quota(config.state_dir.join("disk-pool"), config.disk_mb << 20)
+            .map_err(|source| ServerError::StateDir {
+                path: config.state_dir.join("disk-pool"),
+                source,
+            })?;
+        let runtime: Arc<dyn Runtime> = Arc::new(runtime);
         let lifecycle = Arc::new(Lifecycle::new(
             runtime,
             store.clone(),
@@ -151,6 +159,7 @@ impl Server {
                 state_dir: config.state_dir.clone(),
                 max_sandboxes: config.max_sandboxes,
                 no_new_privs: config.no_new_privs,
+                disk_mb: config.disk_mb,
             },
         ));
         let adopted = lifecycle.adopt().await?;

@@ -29,6 +29,9 @@ pub struct Args {
     /// Most sandboxes this server runs at once.
     #[arg(long, env = "COVE_MAX_SANDBOXES", default_value_t = 1000)]
     max_sandboxes: usize,
+    /// Each sandbox's disk quota (its writable layer), in MiB.
+    #[arg(long, env = "COVE_SANDBOX_DISK_MB", default_value_t = 4096)]
+    sandbox_disk_mb: u64,
     /// Set no_new_privs in every sandbox: nothing gains privileges on exec, so setuid
     /// programs such as `sudo` stop working (run commands as `root` directly instead).
     #[arg(long, env = "COVE_NO_NEW_PRIVILEGES")]
@@ -70,6 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         kill_on_exit: args.kill_on_exit,
         max_sandboxes: args.max_sandboxes,
         no_new_privs: args.no_new_privileges,
+        disk_mb: args.sandbox_disk_mb,
         exe: std::env::current_exe().context("cannot find the cove binary")?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

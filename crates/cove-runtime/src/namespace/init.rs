@@ -27,7 +27,7 @@ use std::{
 use rustix::thread::UnshareFlags;
 use serde::{Deserialize, Serialize};
 
-use crate::{confine, idmap, mounts, net, seccomp, template::Template, userns};
+use crate::{confine, disk, idmap, mounts, net, seccomp, template::Template, userns};
 
 /// The hidden `cove` subcommand the stages run as.
 pub const SUBCOMMAND: &str = "__sandbox-init";
@@ -86,12 +86,20 @@ impl SandboxDirs {
     pub fn rootfs(&self) -> PathBuf {
         self.root.join(ROOTFS)
     }
+    /// The sandbox's disk image (its quota), when it has one.
+    pub fn disk_image(&self) -> PathBuf {
+        self.root.join("disk.img")
+    }
+    /// Where the writable layers live: the disk image's filesystem when mounted there.
+    pub fn disk(&self) -> PathBuf {
+        self.root.join("disk")
+    }
     /// The writable layer of the `i`-th mount point ("/" is 0).
     pub fn upper(&self, i: usize) -> PathBuf {
-        self.root.join("upper").join(i.to_string())
+        self.disk().join("upper").join(i.to_string())
     }
     fn work(&self, i: usize) -> PathBuf {
-        self.root.join("work").join(i.to_string())
+        self.disk().join("work").join(i.to_string())
     }
     fn lower(&self, n: usize) -> PathBuf {
         self.root.join("lower").join(n.to_string())
@@ -287,6 +295,11 @@ fn build_rootfs(
     let rootfs = dirs.rootfs();
     mkdir(&rootfs, 0o755, None)?;
     mkdir(&dirs.run(), 0o700, Some(base))?;
+    mkdir(&dirs.disk(), 0o755, None)?;
+    if dirs.disk_image().exists() {
+        disk::mount_image(&dirs.disk_image(), &dirs.disk())
+            .map_err(step(|| "cannot mount the sandbox's disk".into()))?;
+    }
 
     for (n, layer) in spec.template.layers.iter().enumerate() {
         let lower = dirs.lower(n);

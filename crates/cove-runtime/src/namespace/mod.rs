@@ -15,6 +15,7 @@ use self::init::{InitSpec, Report, SUBCOMMAND, SandboxDirs};
 use crate::{
     RunningSandbox, Runtime, RuntimeError, SandboxSpec,
     cgroup::{Hierarchy, Usage},
+    disk::ImagePool,
     process,
 };
 
@@ -29,6 +30,9 @@ pub struct NamespaceRuntime {
     pasta: Option<PathBuf>,
     /// Where sandboxes' cgroups go; without one there are no resource limits.
     cgroups: Option<Hierarchy>,
+    /// Formatted disk images (the disk quota); without it the writable layer is a plain
+    /// directory on the host's disk.
+    disks: Option<ImagePool>,
 }
 
 impl NamespaceRuntime {
@@ -44,9 +48,19 @@ impl NamespaceRuntime {
             exe: exe.into(),
             pasta: crate::network::find_pasta(),
             cgroups,
+            disks: None,
         }
     }
+
+    /// Gives every sandbox a disk of `size` bytes, from images prepared under `pool_dir`.
+    pub fn with_disk_quota(mut self, pool_dir: PathBuf, size: u64) -> std::io::Result<Self> {
+        self.disks = Some(ImagePool::start(pool_dir, size, DISK_POOL_SIZE)?);
+        Ok(self)
+    }
 }
+
+/// Formatted disk images kept ready.
+const DISK_POOL_SIZE: usize = 4;
 
 impl NamespaceRuntime {
     fn connect_network(&self, id: &str, pid: u32, uid_base: u32) -> std::io::Result<()> {
@@ -202,6 +216,9 @@ impl Runtime for NamespaceRuntime {
     fn shutdown(&self) {
         if let Some(cgroups) = &self.cgroups {
             cgroups.remove_parents_if_empty();
+        }
+        if let Some(disks) = &self.disks {
+            disks.stop();
         }
     }
 

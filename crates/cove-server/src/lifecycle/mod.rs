@@ -27,7 +27,6 @@ pub const MAX_TIMEOUT_SECS: i64 = 24 * 60 * 60;
 /// Resources of a sandbox whose request names none.
 const CPU_COUNT: u32 = 2;
 const MEMORY_MB: u64 = 1024;
-const DISK_MB: u64 = 4096;
 /// What a request may ask for.
 const CPU_RANGE: std::ops::RangeInclusive<u32> = 1..=64;
 const MEMORY_MB_RANGE: std::ops::RangeInclusive<u64> = 64..=256 * 1024;
@@ -130,6 +129,8 @@ pub struct LifecycleConfig {
     pub max_sandboxes: usize,
     /// no_new_privs in every sandbox (at the price of `sudo`).
     pub no_new_privs: bool,
+    /// Each sandbox's disk quota, in MiB.
+    pub disk_mb: u64,
 }
 
 /// All sandboxes of this server.
@@ -279,7 +280,7 @@ impl Lifecycle {
             end_at: now + timeout * 1000,
             cpu_count,
             memory_mb,
-            disk_mb: DISK_MB,
+            disk_mb: self.config.disk_mb,
             allow_internet_access: request.allow_internet_access.unwrap_or(true),
             slot,
             dir: self.config.state_dir.join("sandboxes").join(&id),

@@ -1,0 +1,252 @@
+//! The disk quota: a sandbox's writable layer lives on its own ext4 filesystem in a sparse
+//! image file of the quota's size, mounted through a loop device. Filling it gives the
+//! writer ENOSPC; the host's disk only ever holds what was written. The device detaches by
+//! itself when the sandbox's last mount of it goes away.
+//!
+//! Formatting takes a few milliseconds, so [`ImagePool`] keeps some images ready.
+
+use std::{
+    fs, io,
+    os::fd::{AsRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Condvar, Mutex},
+};
+
+/// Formats a sparse ext4 image of `size` bytes at `path`. No journal: a sandbox's disk does
+/// not outlive a host crash anyway, and it keeps formatting and mounting fast.
+pub fn format_image(path: &Path, size: u64) -> io::Result<()> {
+    let file = fs::File::create(path)?;
+    file.set_len(size)?;
+    drop(file);
+    let output = Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-O",
+            "^has_journal",
+            "-E",
+            "lazy_itable_init=1",
+            "-m",
+            "0",
+        ])
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        let _ = fs::remove_file(path);
+        Err(io::Error::other(format!(
+            "mkfs.ext4 failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LO_FLAGS_DIRECT_IO: u32 = 16;
+
+/// `struct loop_info64`.
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+/// `struct loop_config`.
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// Attaches `image` to a free loop device and mounts its ext4 filesystem at `target`. The
+/// device is set to detach when unmounted, and to bypass the host's page cache (the
+/// sandbox's own cache is charged to its cgroup).
+pub fn mount_image(image: &Path, target: &Path) -> io::Result<()> {
+    let backing = fs::OpenOptions::new().read(true).write(true).open(image)?;
+    let control = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")?;
+    // Another process may take the device between "get free" and "configure": try again.
+    for _ in 0..16 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
+        let number = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
+        if number < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let device_path = PathBuf::from(format!("/dev/loop{number}"));
+        let device: OwnedFd = match fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&device_path)
+        {
+            Ok(file) => file.into(),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err),
+        };
+        // SAFETY: all-zero is a valid `loop_config` (plain integers and byte arrays).
+        let mut config: LoopConfig = unsafe { std::mem::zeroed() };
+        config.fd = u32::try_from(backing.as_raw_fd())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        config.info.lo_flags = LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO;
+        // SAFETY: `device` is an open loop device and `config` a valid `loop_config` that
+        // outlives the call; the kernel only reads it.
+        let rc = unsafe {
+            libc::ioctl(
+                device.as_raw_fd(),
+                LOOP_CONFIGURE,
+                &config as *const LoopConfig,
+            )
+        };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EBUSY) {
+                continue;
+            }
+            return Err(err);
+        }
+        let mounted = rustix::mount::mount(
+            &device_path,
+            target,
+            "ext4",
+            rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+            None,
+        );
+        // With autoclear set, closing our handle leaves the device to the mount (or, when
+        // the mount failed, detaches it right away).
+        drop(device);
+        return mounted.map_err(Into::into);
+    }
+    Err(io::Error::other("no free loop device"))
+}
+
+/// Formatted images waiting for sandboxes, refilled in the background.
+#[derive(Clone, Debug)]
+pub struct ImagePool {
+    inner: Arc<PoolInner>,
+}
+
+#[derive(Debug)]
+struct PoolInner {
+    dir: PathBuf,
+    size: u64,
+    target: usize,
+    state: Mutex<PoolState>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    ready: Vec<PathBuf>,
+    stopped: bool,
+    next: u64,
+}
+
+impl ImagePool {
+    /// A pool of `target` images of `size` bytes in `dir` (emptied first: images left by an
+    /// earlier run are formatted again rather than trusted).
+    pub fn start(dir: PathBuf, size: u64, target: usize) -> io::Result<Self> {
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let pool = Self {
+            inner: Arc::new(PoolInner {
+                dir,
+                size,
+                target,
+                state: Mutex::default(),
+                wake: Condvar::new(),
+            }),
+        };
+        let filler = pool.clone();
+        std::thread::Builder::new()
+            .name("cove-disk-pool".into())
+            .spawn(move || filler.fill())?;
+        Ok(pool)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fill(&self) {
+        loop {
+            let path = {
+                let mut state = self.state();
+                while !state.stopped && state.ready.len() >= self.inner.target {
+                    state = self
+                        .inner
+                        .wake
+                        .wait(state)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                if state.stopped {
+                    return;
+                }
+                state.next += 1;
+                self.inner.dir.join(format!("image-{}", state.next))
+            };
+            match format_image(&path, self.inner.size) {
+                Ok(()) => {
+                    let mut state = self.state();
+                    if state.stopped {
+                        let _ = fs::remove_file(&path);
+                        return;
+                    }
+                    state.ready.push(path);
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "cannot prepare a sandbox disk image");
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Moves a formatted image to `destination` (formatting one now if none is ready).
+    pub fn take(&self, destination: &Path) -> io::Result<()> {
+        let ready = {
+            let mut state = self.state();
+            let image = state.ready.pop();
+            self.inner.wake.notify_one();
+            image
+        };
+        match ready {
+            Some(image) => fs::rename(image, destination),
+            None => format_image(destination, self.inner.size),
+        }
+    }
+
+    /// Stops refilling and deletes the images still waiting.
+    pub fn stop(&self) {
+        let ready = {
+            let mut state = self.state();
+            state.stopped = true;
+            self.inner.wake.notify_all();
+            std::mem::take(&mut state.ready)
+        };
+        for image in ready {
+            let _ = fs::remove_file(image);
+        }
+        let _ = fs::remove_dir(&self.inner.dir);
+    }
+}
