@@ -341,7 +341,8 @@ def end_leaked_helpers(server: CoveServer) -> list[int]:
 
 
 def _stop_server(server: CoveServer, proc: subprocess.Popen, kill_leftovers: bool) -> None:
-    """Stops the server as an operator would and checks that no sandbox outlived it.
+    """Stops the server as an operator would and checks that nothing of its sandboxes
+    (processes, network helpers, mounts, loop devices, files) outlived it.
 
     With `kill_leftovers`, sandboxes still listed are killed through the API first (and
     reported: every test should end its own); otherwise `--kill-on-exit` has to end them."""
@@ -378,6 +379,17 @@ def _stop_server(server: CoveServer, proc: subprocess.Popen, kill_leftovers: boo
     leaked = end_leaked_helpers(server)
     if leaked:
         problems.append(f"network helpers outlived their sandboxes (now killed): {leaked}")
+    state = str(server.state_dir.resolve())
+    mounts = [m for m in Path("/proc/mounts").read_text().splitlines() if state in m]
+    if mounts:
+        problems.append(f"host mounts of the state dir outlived the server: {mounts}")
+    loops = [
+        backing.parent.parent.name
+        for backing in Path("/sys/block").glob("loop*/loop/backing_file")
+        if backing.read_text().startswith(state)
+    ]
+    if loops:
+        problems.append(f"loop devices on the state dir's files outlived the server: {loops}")
     sandboxes_dir = server.state_dir / "sandboxes"
     left = sorted(p.name for p in sandboxes_dir.iterdir()) if sandboxes_dir.is_dir() else []
     if left:

@@ -59,12 +59,14 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupEr
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Hierarchy {
     V2(PathBuf),
-    /// Mount points of the memory, cpu, cpuacct and pids controllers.
+    /// Mount points of the memory, cpu, cpuacct and pids controllers, and of the cgroup v2
+    /// hierarchy that hybrid hosts mount beside them (for eBPF programs on cgroups).
     V1 {
         memory: PathBuf,
         cpu: PathBuf,
         cpuacct: PathBuf,
         pids: PathBuf,
+        unified: Option<PathBuf>,
     },
 }
 
@@ -93,6 +95,8 @@ impl Hierarchy {
                 cpu,
                 cpuacct,
                 pids,
+                unified: Some(root.join("unified"))
+                    .filter(|u| u.join("cgroup.controllers").exists()),
             }),
             _ => Err(CgroupError::Unavailable(root.to_owned())),
         }
@@ -107,6 +111,7 @@ impl Hierarchy {
                 cpu,
                 cpuacct,
                 pids,
+                ..
             } => {
                 let mut dirs = vec![memory.join(PARENT).join(id), cpu.join(PARENT).join(id)];
                 // cpu and cpuacct may be one co-mounted hierarchy.
@@ -128,7 +133,7 @@ impl Hierarchy {
             let control = parent.join("cgroup.subtree_control");
             write(&control, "+memory +cpu +pids")?;
         }
-        for dir in self.dirs(id) {
+        for dir in self.dirs(id).into_iter().chain(self.egress_dir(id)) {
             // Another server's shutdown may remove the empty parent under our feet; once more.
             fs::create_dir_all(&dir)
                 .or_else(|_| fs::create_dir_all(&dir))
@@ -177,12 +182,73 @@ impl Hierarchy {
             .collect()
     }
 
+    /// The cgroup v2 hierarchy, where eBPF programs attach to cgroups.
+    fn v2_root(&self) -> Option<&Path> {
+        match self {
+            Hierarchy::V2(root) => Some(root),
+            Hierarchy::V1 { unified, .. } => unified.as_deref(),
+        }
+    }
+
+    /// The cgroup v2 directory of sandbox `id`'s network helper, whose egress is filtered.
+    pub fn egress_dir(&self, id: &str) -> Option<PathBuf> {
+        Some(self.v2_root()?.join(PARENT).join(id).join("egress"))
+    }
+
+    /// The `cgroup.procs` files the network helper joins: the sandbox's limits and, below
+    /// them where the host has cgroup v2, its egress filter.
+    pub fn helper_procs_files(&self, id: &str) -> Vec<PathBuf> {
+        let mut files = match self {
+            // On v2 the egress cgroup is inside the sandbox's own.
+            Hierarchy::V2(_) => Vec::new(),
+            Hierarchy::V1 { .. } => self.procs_files(id),
+        };
+        files.extend(self.egress_dir(id).map(|d| d.join("cgroup.procs")));
+        files
+    }
+
+    /// Every directory of sandbox `id`, innermost first.
+    fn teardown_dirs(&self, id: &str) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self.egress_dir(id).into_iter().collect();
+        if let Hierarchy::V1 {
+            unified: Some(unified),
+            ..
+        } = self
+        {
+            dirs.push(unified.join(PARENT).join(id));
+        }
+        dirs.extend(self.dirs(id));
+        dirs
+    }
+
     /// Moves process `pid` (and so its future children) into sandbox `id`'s cgroup.
     pub fn enter(&self, id: &str, pid: u32) -> Result<(), CgroupError> {
         for dir in self.dirs(id) {
             write(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
+    }
+
+    /// Removes the CPU and memory limits of sandbox `id` (on its way out).
+    fn lift_limits(&self, id: &str) {
+        let unlimited = [
+            ("cpu.max", "max"),
+            ("memory.max", "max"),
+            ("memory.swap.max", "max"),
+            ("cpu.cfs_quota_us", "-1"),
+            // memsw before memory: v1 refuses a memory limit above memsw's.
+            ("memory.memsw.limit_in_bytes", "-1"),
+            ("memory.limit_in_bytes", "-1"),
+            ("memory.memsw.limit_in_bytes", "-1"),
+        ];
+        for dir in self.dirs(id) {
+            for (file, value) in unlimited {
+                let path = dir.join(file);
+                if path.exists() {
+                    let _ = fs::write(path, value);
+                }
+            }
+        }
     }
 
     /// What sandbox `id` uses now.
@@ -234,10 +300,15 @@ impl Hierarchy {
     /// `timeout` for the processes to be gone. A cgroup that does not exist is fine.
     pub fn destroy(&self, id: &str, timeout: Duration) -> Result<(), CgroupError> {
         let deadline = Instant::now() + timeout;
-        for dir in self.dirs(id) {
+        // Dying takes CPU time and sometimes memory: a thousand processes throttled to one
+        // CPU, or stuck at the memory limit, would otherwise exit one slow tick at a time.
+        self.lift_limits(id);
+        for dir in self.teardown_dirs(id) {
             if !dir.exists() {
                 continue;
             }
+            // v2 kills the whole cgroup in the kernel, without pid races.
+            let _ = fs::write(dir.join("cgroup.kill"), "1");
             loop {
                 let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
                 let pids: Vec<i32> = procs
@@ -274,10 +345,18 @@ impl Hierarchy {
                 cpu,
                 cpuacct,
                 pids,
-            } => [memory, cpu, cpuacct, pids]
-                .iter()
-                .map(|h| h.join(PARENT))
-                .collect(),
+                unified,
+            } => [
+                Some(memory),
+                Some(cpu),
+                Some(cpuacct),
+                Some(pids),
+                unified.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|h| h.join(PARENT))
+            .collect(),
         };
         for parent in parents {
             // Fails harmlessly while a sandbox's cgroup is still inside.

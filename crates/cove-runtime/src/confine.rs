@@ -135,3 +135,24 @@ pub fn forbid_new_privileges() -> io::Result<()> {
     rustix::thread::set_no_new_privs(true)?;
     Ok(())
 }
+
+/// Marks every descriptor above stderr close-on-exec, so nothing this process inherited
+/// (from whoever started the server) reaches the programs a sandbox runs. Call it first
+/// thing, before this process opens anything of its own.
+pub fn close_inherited_fds() -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on descriptors; it
+    // closes nothing, so no descriptor this process still uses becomes invalid.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

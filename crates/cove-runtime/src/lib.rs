@@ -6,6 +6,7 @@
 pub mod cgroup;
 pub mod confine;
 pub mod disk;
+pub mod egress;
 pub mod idmap;
 pub mod mounts;
 pub mod namespace;

@@ -33,6 +33,10 @@ pub struct CreateOptions {
     /// `Some(false)`: servers in the sandbox answer only requests that carry the sandbox's
     /// traffic token ([`Sandbox::traffic_access_token`]).
     pub allow_public_traffic: Option<bool>,
+    /// CPUs the sandbox may use (default 2).
+    pub cpu_count: Option<u32>,
+    /// Memory limit in MiB (default 1024).
+    pub memory_mb: Option<u64>,
 }
 
 /// A running sandbox.
@@ -59,6 +63,8 @@ impl Sandbox {
                 .map(|public| rest::SandboxNetwork {
                     allow_public_traffic: Some(public),
                 }),
+            cpu_count: options.cpu_count,
+            memory_mb: options.memory_mb,
             ..NewSandbox::default()
         };
         let info: rest::Sandbox = config

@@ -16,6 +16,7 @@ use crate::{free_port, wait_until};
 pub struct TestServer {
     child: Option<Child>,
     kill_on_exit: bool,
+    extra_args: Vec<String>,
     cove: PathBuf,
     state: tempfile::TempDir,
     pub addr: SocketAddr,
@@ -31,6 +32,15 @@ impl TestServer {
     /// Starts `cove serve`; without `kill_on_exit` its sandboxes outlive a SIGTERM (the
     /// harness still kills them all when it is dropped).
     pub async fn start_with(cove: &Path, kill_on_exit: bool) -> Self {
+        Self::launch(cove, kill_on_exit, &[]).await
+    }
+
+    /// Starts `cove serve` with more arguments (`--sandbox-disk-mb 64`, …).
+    pub async fn start_with_args(cove: &Path, args: &[&str]) -> Self {
+        Self::launch(cove, true, args).await
+    }
+
+    async fn launch(cove: &Path, kill_on_exit: bool, args: &[&str]) -> Self {
         let state = tempfile::Builder::new()
             .prefix("cove-server-test-")
             .tempdir()
@@ -40,6 +50,7 @@ impl TestServer {
         let mut server = Self {
             child: None,
             kill_on_exit,
+            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
             cove: cove.to_owned(),
             state,
             addr,
@@ -78,6 +89,7 @@ impl TestServer {
         if self.kill_on_exit {
             command.arg("--kill-on-exit");
         }
+        command.args(&self.extra_args);
         let child = command
             .arg("--state-dir")
             .arg(self.state.path())

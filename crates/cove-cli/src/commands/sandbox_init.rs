@@ -26,6 +26,9 @@ struct AgentArgs {
 }
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    // Whatever the server inherited must not reach the sandbox.
+    cove_runtime::confine::close_inherited_fds()
+        .context("cannot mark inherited descriptors close-on-exec")?;
     if let Some(network) = args.network {
         let [pasta, pid, base, procs @ ..] = network.as_slice() else {
             anyhow::bail!("--network takes at least three values");

@@ -16,11 +16,12 @@ use crate::{
     RunningSandbox, Runtime, RuntimeError, SandboxSpec,
     cgroup::{Hierarchy, Usage},
     disk::ImagePool,
+    egress::{DenyList, EgressFilter},
     process,
 };
 
 /// How long to wait for a killed sandbox's PID 1 to be gone.
-const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+const KILL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs sandboxes in Linux namespaces, using the `cove` binary at `exe` for the stages.
 #[derive(Clone, Debug)]
@@ -33,6 +34,8 @@ pub struct NamespaceRuntime {
     /// Formatted disk images (the disk quota); without it the writable layer is a plain
     /// directory on the host's disk.
     disks: Option<ImagePool>,
+    /// What network helpers may not connect to; without cgroup v2 there is no filter.
+    egress: Option<std::sync::Arc<EgressFilter>>,
 }
 
 impl NamespaceRuntime {
@@ -44,11 +47,22 @@ impl NamespaceRuntime {
                 None
             }
         };
+        let egress = match cgroups.as_ref().and_then(|c| c.egress_dir("probe")) {
+            None => None,
+            Some(_) => match EgressFilter::load(&DenyList::for_this_host()) {
+                Ok(filter) => Some(std::sync::Arc::new(filter)),
+                Err(err) => {
+                    tracing::warn!(%err, "sandbox egress will not be filtered (needs eBPF on cgroup v2)");
+                    None
+                }
+            },
+        };
         Self {
             exe: exe.into(),
             pasta: crate::network::find_pasta(),
             cgroups,
             disks: None,
+            egress,
         }
     }
 
@@ -67,11 +81,19 @@ impl NamespaceRuntime {
         let pasta = self.pasta.as_deref().ok_or_else(|| {
             std::io::Error::other("internet access needs pasta (Debian package passt); install it or create the sandbox without internet access")
         })?;
+        // The helper joins the sandbox's cgroups (limits, and its end with the sandbox) and
+        // the egress cgroup, whose filter refuses the host and its surroundings.
         let procs = self
             .cgroups
             .as_ref()
-            .map(|c| c.procs_files(id))
+            .map(|c| c.helper_procs_files(id))
             .unwrap_or_default();
+        if let (Some(filter), Some(dir)) = (
+            &self.egress,
+            self.cgroups.as_ref().and_then(|c| c.egress_dir(id)),
+        ) {
+            filter.attach(&dir)?;
+        }
         crate::network::connect(&self.exe, pasta, pid, uid_base, &procs)
     }
 }
@@ -182,6 +204,15 @@ impl Runtime for NamespaceRuntime {
             what: "create the sandbox directory",
             source,
         })?;
+        if let Some(disks) = &self.disks {
+            let image = SandboxDirs::new(&spec.dir).disk_image();
+            if !image.exists() {
+                disks.take(&image).map_err(|source| RuntimeError::Io {
+                    what: "prepare the sandbox's disk",
+                    source,
+                })?;
+            }
+        }
         if let Some(cgroups) = &self.cgroups {
             cgroups
                 .create(&spec.id, spec.limits)
@@ -203,14 +234,15 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn kill(&self, sandbox: &RunningSandbox) -> Result<(), RuntimeError> {
-        process::kill_and_wait(sandbox.pid, sandbox.start_time, KILL_TIMEOUT).map_err(
-            |source| RuntimeError::Io {
+        // Killing the whole cgroup is faster than waiting for the PID namespace to empty
+        // under load (a fork bomb, memory pressure), and it takes the network helper too.
+        self.destroy_cgroup(&sandbox.id)?;
+        process::kill_and_wait(sandbox.pid, sandbox.start_time, KILL_TIMEOUT).map_err(|source| {
+            RuntimeError::Io {
                 what: "kill the sandbox",
                 source,
-            },
-        )?;
-        // The rest of the cgroup: the network stack, and anything that outlived PID 1.
-        self.destroy_cgroup(&sandbox.id)
+            }
+        })
     }
 
     fn shutdown(&self) {
