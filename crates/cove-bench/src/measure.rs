@@ -45,13 +45,19 @@ pub enum Figure {
 #[derive(Debug, Clone, Copy)]
 pub enum Target {
     LatencyBelow(Duration),
+    /// The figure's p50 within this many times the baseline's.
+    RatioBelow(f64),
     ThroughputAbove(f64),
     MemoryBelow(u64),
 }
 
 impl Target {
-    pub fn met(self, figure: Figure) -> bool {
+    pub fn met(self, figure: Figure, baseline: Figure) -> bool {
         match (self, figure) {
+            (Target::RatioBelow(limit), Figure::Latency { p50, .. }) => match baseline {
+                Figure::Latency { p50: base, .. } => p50.as_secs_f64() < limit * base.as_secs_f64(),
+                _ => false,
+            },
             (Target::LatencyBelow(limit), Figure::Latency { p50, .. }) => p50 < limit,
             (Target::ThroughputAbove(limit), Figure::Throughput(rate)) => rate > limit,
             (Target::MemoryBelow(limit), Figure::Memory { pss, .. }) => pss < limit,
@@ -76,7 +82,10 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Vec<Result>> {
     eprintln!("agent: transfers");
     results.extend(transfers(settings).await?);
     eprintln!("server: create → first output");
-    results.push(create_latency(settings).await?);
+    results.push(create_latency(settings, false).await?);
+    results.push(create_latency(settings, true).await?);
+    eprintln!("server: command latency beside a CPU hog");
+    results.push(latency_beside_a_hog(settings).await?);
     eprintln!("server: idle memory");
     results.push(idle_memory(settings).await?);
     Ok(results)
@@ -189,13 +198,17 @@ const TRANSFER_FILE: &str = "/dev/shm/cove-bench-transfer.bin";
 
 /// `POST /v2/sandboxes` until the first command's output arrives through the proxy,
 /// against `unshare` of the same namespaces running `true`.
-async fn create_latency(settings: &Settings) -> anyhow::Result<Result> {
+async fn create_latency(settings: &Settings, network: bool) -> anyhow::Result<Result> {
     let server = TestServer::start(&settings.cove).await;
     let config = server.config();
+    let options = CreateOptions {
+        allow_internet_access: Some(network),
+        ..CreateOptions::default()
+    };
     let mut samples = Vec::with_capacity(settings.sandboxes);
     for _ in 0..settings.sandboxes {
         let started = Instant::now();
-        let sandbox = Sandbox::create(&config, CreateOptions::default()).await?;
+        let sandbox = Sandbox::create(&config, options.clone()).await?;
         let out = sandbox.commands().run("echo ready").await?;
         samples.push(started.elapsed());
         anyhow::ensure!(
@@ -227,11 +240,70 @@ async fn create_latency(settings: &Settings) -> anyhow::Result<Result> {
         anyhow::ensure!(status.success(), "unshare failed");
     }
     Ok(Result {
-        name: "create → first command output (REST + proxy)",
+        name: if network {
+            "create → first command output, with internet access"
+        } else {
+            "create → first command output, no network"
+        },
         figure: latency(samples),
         baseline_name: "`unshare` of the same namespaces running `true`",
         baseline: latency(baseline),
-        target: Some(Target::LatencyBelow(Duration::from_millis(15))),
+        target: Some(Target::LatencyBelow(Duration::from_millis(if network {
+            40
+        } else {
+            15
+        }))),
+    })
+}
+
+/// A command's round trip through the proxy in one sandbox while another spins on more
+/// CPUs than it may use, against the same without the hog.
+async fn latency_beside_a_hog(settings: &Settings) -> anyhow::Result<Result> {
+    let server = TestServer::start(&settings.cove).await;
+    let config = server.config();
+    let quiet = Sandbox::create(&config, CreateOptions::default()).await?;
+    let round_trips = |n: usize| {
+        let quiet = quiet.clone();
+        async move {
+            let mut samples = Vec::with_capacity(n);
+            for _ in 0..n {
+                let started = Instant::now();
+                quiet
+                    .commands()
+                    .spawn(cove_sdk::Command::new("true"))
+                    .await?
+                    .wait()
+                    .await?;
+                samples.push(started.elapsed());
+            }
+            anyhow::Ok(latency(samples))
+        }
+    };
+    let n = settings.iterations.min(200);
+    let alone = round_trips(n).await?;
+    let hog = Sandbox::create(
+        &config,
+        CreateOptions {
+            cpu_count: Some(1),
+            ..CreateOptions::default()
+        },
+    )
+    .await?;
+    hog.commands()
+        .spawn(cove_sdk::Command::shell(
+            "for i in 1 2 3 4; do (while :; do :; done) & done; wait",
+        ))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let beside = round_trips(n).await?;
+    hog.kill().await?;
+    quiet.kill().await?;
+    Ok(Result {
+        name: "command round trip beside a CPU hog (4 spinners, 1-CPU quota)",
+        figure: beside,
+        baseline_name: "the same with no hog",
+        baseline: alone,
+        target: Some(Target::RatioBelow(2.0)),
     })
 }
 

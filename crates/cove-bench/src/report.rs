@@ -34,7 +34,7 @@ fn ratio(figure: Figure, baseline: Figure) -> String {
     format!("{r:.1}×")
 }
 
-fn target(target: Option<Target>, figure: Figure) -> String {
+fn target(target: Option<Target>, figure: Figure, baseline: Figure) -> String {
     let Some(t) = target else {
         return "–".to_owned();
     };
@@ -42,11 +42,10 @@ fn target(target: Option<Target>, figure: Figure) -> String {
         Target::LatencyBelow(d) => format!("p50 < {} ms", d.as_millis()),
         Target::ThroughputAbove(r) => format!("> {:.0} GiB/s", r / (1u64 << 30) as f64),
         Target::MemoryBelow(b) => format!("< {} MiB", b >> 20),
+        Target::RatioBelow(r) => format!("within {r}× of the baseline"),
     };
-    format!(
-        "{goal}: {}",
-        if t.met(figure) { "met" } else { "**missed**" }
-    )
+    let met = t.met(figure, baseline);
+    format!("{goal}: {}", if met { "met" } else { "**missed**" })
 }
 
 pub fn table(results: &[Result]) -> String {
@@ -60,7 +59,7 @@ pub fn table(results: &[Result]) -> String {
             r.baseline_name,
             show(r.baseline),
             ratio(r.figure, r.baseline),
-            target(r.target, r.figure)
+            target(r.target, r.figure, r.baseline)
         );
     }
     out
@@ -103,7 +102,7 @@ pub fn markdown(settings: &Settings, results: &[Result]) -> String {
             r.baseline_name,
             show(r.baseline),
             ratio(r.figure, r.baseline),
-            target(r.target, r.figure)
+            target(r.target, r.figure, r.baseline)
         );
     }
     out
