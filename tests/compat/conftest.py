@@ -307,7 +307,7 @@ def live_session_members(sid: int) -> set[int]:
 
 
 def network_helpers(targets: Iterable[int]) -> dict[int, int]:
-    """Live `pasta` processes (pid → target pid) serving the sandboxes whose host pids are
+    """Live `slirp4netns` processes (pid → target pid) serving the sandboxes whose host pids are
     `targets`. Each sandbox with egress has one; it runs in a session of its own."""
     targets = set(targets)
     helpers = {}
@@ -321,9 +321,10 @@ def network_helpers(targets: Iterable[int]) -> dict[int, int]:
             continue
         argv = [arg.decode(errors="replace") for arg in argv if arg]
         alive = stat[stat.rindex(")") + 2] != "Z"
-        if alive and argv and argv[0].endswith("pasta") and argv[-1].isdigit():
-            if int(argv[-1]) in targets:
-                helpers[int(entry.name)] = int(argv[-1])
+        # slirp4netns [options] PID tap0
+        if alive and len(argv) >= 3 and argv[0].endswith("slirp4netns") and argv[-2].isdigit():
+            if int(argv[-2]) in targets:
+                helpers[int(entry.name)] = int(argv[-2])
     return helpers
 
 

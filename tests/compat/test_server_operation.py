@@ -73,11 +73,11 @@ def test_ending_a_sandbox_ends_its_network_helper(cove_server, new_sandbox):
     sandbox = new_sandbox()  # internet access is the default
     pid = cove_server.sandbox_pids()[sandbox.sandbox_id]
     if not network_helpers([pid]):
-        pytest.skip("the sandbox has no network helper (is pasta installed?)")
+        pytest.fail("the sandbox has no network helper (is slirp4netns installed?)")
 
     assert sandbox.kill()
 
     try:
-        wait_until(lambda: not network_helpers([pid]), "the sandbox's pasta to exit", 10)
+        wait_until(lambda: not network_helpers([pid]), "the sandbox's network helper to exit", 10)
     finally:
         end_leaked_helpers(cove_server)  # a leak fails this test only

@@ -1,5 +1,5 @@
-//! What a sandbox's egress may not reach. Its traffic leaves through pasta, which makes
-//! ordinary connections from the host; eBPF programs on pasta's cgroup (cgroup v2
+//! What a sandbox's egress may not reach. Its traffic leaves through slirp4netns, which makes
+//! ordinary connections from the host; eBPF programs on its cgroup (cgroup v2
 //! `connect` and `sendmsg` hooks) refuse the destinations that would be the host itself or
 //! its surroundings: loopback, the host's own addresses, link-local (cloud metadata
 //! services), multicast and reserved ranges.

@@ -55,14 +55,14 @@ pub enum TemplateError {
 }
 
 /// Bumped whenever the base layer's recipe changes, so an old build is not reused.
-const BASE_VERSION: &str = "v1";
+const BASE_VERSION: &str = "v2";
 
 /// Host root entries a sandbox sees: the system directories (or their merged-usr links).
 const HOST_SYSTEM_DIRS: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 
 /// Host `/etc` entries never copied into a template: secrets of the host, and files the
 /// template writes itself.
-const ETC_EXCLUDED: [&str; 22] = [
+const ETC_EXCLUDED: [&str; 23] = [
     "shadow",
     "shadow-",
     "gshadow",
@@ -85,6 +85,7 @@ const ETC_EXCLUDED: [&str; 22] = [
     "ssl/private",
     "security/opasswd",
     ".pwd.lock",
+    "resolv.conf",
 ];
 
 /// The `base` template: the host's `/usr` (and merged-usr links) read-only, a filtered copy
@@ -288,7 +289,30 @@ fn write_accounts(etc: &Path, host_etc: &Path) -> io::Result<()> {
         0o644,
     )?;
     write("machine-id", String::new(), 0o444)?;
+    write("resolv.conf", resolv_conf(host_etc), 0o644)?;
     Ok(())
+}
+
+/// The host's name servers, except loopback ones (a systemd-resolved stub is the host's
+/// own and unreachable); the network helper's DNS relay when none is left.
+fn resolv_conf(host_etc: &Path) -> String {
+    let host = fs::read_to_string(host_etc.join("resolv.conf")).unwrap_or_default();
+    let mut out: Vec<String> = host
+        .lines()
+        .filter(|line| {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("nameserver"), Some(addr)) => !(addr.starts_with("127.") || addr == "::1"),
+                (Some("search" | "options" | "domain"), _) => true,
+                _ => false,
+            }
+        })
+        .map(str::to_owned)
+        .collect();
+    if !out.iter().any(|l| l.starts_with("nameserver")) {
+        out.push("nameserver 10.0.2.3".to_owned());
+    }
+    out.join("\n") + "\n"
 }
 
 /// Copies a directory tree with modes, owners and symlinks; skips `excluded` (relative

@@ -13,8 +13,8 @@ pub struct Args {
     /// Run as the sandbox's PID 1.
     #[arg(long)]
     pid1: bool,
-    /// Connect a sandbox to the network: PASTA PID UID_BASE [CGROUP_PROCS...].
-    #[arg(long, num_args = 3.., value_names = ["PASTA", "PID", "UID_BASE"])]
+    /// Connect a sandbox to the network: HELPER PID UID_BASE LOG [CGROUP_PROCS...].
+    #[arg(long, num_args = 4.., value_names = ["HELPER", "PID", "UID_BASE", "LOG"])]
     network: Option<Vec<String>>,
 }
 
@@ -30,14 +30,20 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     cove_runtime::confine::close_inherited_fds()
         .context("cannot mark inherited descriptors close-on-exec")?;
     if let Some(network) = args.network {
-        let [pasta, pid, base, procs @ ..] = network.as_slice() else {
-            anyhow::bail!("--network takes at least three values");
+        let [helper, pid, base, log, procs @ ..] = network.as_slice() else {
+            anyhow::bail!("--network takes at least four values");
         };
-        let pid = pid.parse().context("invalid pid")?;
-        let base = base.parse().context("invalid uid base")?;
         let procs: Vec<std::path::PathBuf> = procs.iter().map(std::path::PathBuf::from).collect();
-        let err = cove_runtime::network::run_pasta(std::path::Path::new(pasta), pid, base, &procs);
-        return Err(anyhow::Error::from(err).context("cannot start pasta"));
+        let connection = cove_runtime::network::Connection {
+            helper: std::path::Path::new(helper),
+            pid: pid.parse().context("invalid pid")?,
+            uid_base: base.parse().context("invalid uid base")?,
+            log: std::path::Path::new(log),
+            cgroup_procs: &procs,
+        };
+        cove_runtime::network::run_stage(&connection)
+            .context("cannot connect the sandbox to the network")?;
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     if args.hold_userns {
         init::hold_userns()?;

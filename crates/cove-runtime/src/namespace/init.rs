@@ -35,7 +35,7 @@ pub const SUBCOMMAND: &str = "__sandbox-init";
 pub const HOLD_USERNS_FLAG: &str = "--hold-userns";
 /// Its flag for the PID 1 stage.
 pub const PID1_FLAG: &str = "--pid1";
-/// Its flag for the network stage (followed by pasta's path, the pid and the uid base).
+/// Its flag for the network stage (see `crate::network::connect`).
 pub const NETWORK_FLAG: &str = "--network";
 
 /// `PATH` of the sandbox's PID 1, inherited by everything the agent starts.

@@ -28,7 +28,7 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct NamespaceRuntime {
     exe: PathBuf,
     /// The user-mode network stack for sandboxes with egress, when installed.
-    pasta: Option<PathBuf>,
+    network_helper: Option<PathBuf>,
     /// Where sandboxes' cgroups go; without one there are no resource limits.
     cgroups: Option<Hierarchy>,
     /// Formatted disk images (the disk quota); without it the writable layer is a plain
@@ -59,7 +59,7 @@ impl NamespaceRuntime {
         };
         Self {
             exe: exe.into(),
-            pasta: crate::network::find_pasta(),
+            network_helper: crate::network::find_helper(),
             cgroups,
             disks: None,
             egress,
@@ -77,9 +77,17 @@ impl NamespaceRuntime {
 const DISK_POOL_SIZE: usize = 4;
 
 impl NamespaceRuntime {
-    fn connect_network(&self, id: &str, pid: u32, uid_base: u32) -> std::io::Result<()> {
-        let pasta = self.pasta.as_deref().ok_or_else(|| {
-            std::io::Error::other("internet access needs pasta (Debian package passt); install it or create the sandbox without internet access")
+    fn connect_network(
+        &self,
+        id: &str,
+        dir: &Path,
+        pid: u32,
+        uid_base: u32,
+    ) -> std::io::Result<()> {
+        let helper = self.network_helper.as_deref().ok_or_else(|| {
+            std::io::Error::other(
+                "internet access needs slirp4netns (Debian package slirp4netns); install it or create the sandbox without internet access",
+            )
         })?;
         // The helper joins the sandbox's cgroups (limits, and its end with the sandbox) and
         // the egress cgroup, whose filter refuses the host and its surroundings.
@@ -94,7 +102,15 @@ impl NamespaceRuntime {
         ) {
             filter.attach(&dir)?;
         }
-        crate::network::connect(&self.exe, pasta, pid, uid_base, &procs)
+        let log = SandboxDirs::new(dir).log();
+        let connection = crate::network::Connection {
+            helper,
+            pid,
+            uid_base,
+            log: &log,
+            cgroup_procs: &procs,
+        };
+        crate::network::connect(&self.exe, &connection)
     }
 }
 
@@ -172,7 +188,7 @@ impl NamespaceRuntime {
             socket: dirs.socket(),
         };
         let network = match spec.network {
-            true => self.connect_network(&spec.id, pid, spec.uid_base),
+            true => self.connect_network(&spec.id, &spec.dir, pid, spec.uid_base),
             false => Ok(()),
         };
         if let Err(err) = network {
