@@ -38,8 +38,13 @@ pub enum Figure {
     Latency { p50: Duration, p99: Duration },
     /// Bytes per second.
     Throughput(f64),
-    /// Bytes per sandbox: resident and proportional (shared pages split).
-    Memory { rss: u64, pss: u64 },
+    /// Bytes per sandbox: resident and proportional (shared pages split) set of its
+    /// processes, and what its cgroup counts (page cache included).
+    Memory {
+        rss: u64,
+        pss: u64,
+        cgroup: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -307,8 +312,9 @@ async fn latency_beside_a_hog(settings: &Settings) -> anyhow::Result<Result> {
     })
 }
 
-/// Memory of idle sandboxes: the resident and proportional set of their processes, against
-/// an idle `sleep` process on the host.
+/// Memory of idle sandboxes with internet access (agent and network helper): the
+/// proportional and resident set of the processes in their cgroups, and the cgroups' own
+/// memory figure, against an idle `sleep` process on the host.
 async fn idle_memory(settings: &Settings) -> anyhow::Result<Result> {
     let server = TestServer::start(&settings.cove).await;
     let config = server.config();
@@ -319,17 +325,24 @@ async fn idle_memory(settings: &Settings) -> anyhow::Result<Result> {
         sandboxes.push(sandbox);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let agents = processes_named("cove-agent")?;
-    anyhow::ensure!(
-        agents.len() == settings.idle,
-        "found {} sandbox agents, expected {}",
-        agents.len(),
-        settings.idle
-    );
-    let (rss, pss) = agents
-        .iter()
-        .map(|pid| memory_of(*pid))
-        .fold((0, 0), |(r, p), (r2, p2)| (r + r2, p + p2));
+    let (mut rss, mut pss, mut cgroup) = (0, 0, 0);
+    for sandbox in &sandboxes {
+        let pids = cgroup_file(sandbox.id(), &["pids/cove", "cove"], "cgroup.procs")?;
+        anyhow::ensure!(
+            pids.lines().count() >= 2,
+            "sandbox {} runs {:?}",
+            sandbox.id(),
+            pids
+        );
+        for pid in pids.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+            let (r, p) = memory_of(pid);
+            rss += r;
+            pss += p;
+        }
+        let usage = cgroup_file(sandbox.id(), &["memory/cove"], "memory.usage_in_bytes")
+            .or_else(|_| cgroup_file(sandbox.id(), &["cove"], "memory.current"))?;
+        cgroup += usage.trim().parse::<u64>().unwrap_or(0);
+    }
     let n = settings.idle as u64;
 
     let mut sleeper = Command::new("sleep").arg("30").spawn()?;
@@ -341,38 +354,31 @@ async fn idle_memory(settings: &Settings) -> anyhow::Result<Result> {
         sandbox.kill().await?;
     }
     Ok(Result {
-        name: "memory per idle sandbox (its processes)",
+        name: "memory per idle sandbox with internet access (agent + network helper)",
         figure: Figure::Memory {
             rss: rss / n,
             pss: pss / n,
+            cgroup: Some(cgroup / n),
         },
         baseline_name: "an idle `sleep` process",
         baseline: Figure::Memory {
             rss: base_rss,
             pss: base_pss,
+            cgroup: None,
         },
         target: Some(Target::MemoryBelow(8 << 20)),
     })
 }
 
-/// Host pids whose command line starts with `name`.
-fn processes_named(name: &str) -> anyhow::Result<Vec<u32>> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc")? {
-        let entry = entry?;
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if cmdline.starts_with(name.as_bytes()) {
-            pids.push(pid);
-        }
-    }
-    Ok(pids)
+/// A file of sandbox `id`'s cgroup, under the first of `parents` (below /sys/fs/cgroup)
+/// that has it.
+fn cgroup_file(id: &str, parents: &[&str], file: &str) -> anyhow::Result<String> {
+    parents
+        .iter()
+        .find_map(|parent| {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/{parent}/{id}/{file}")).ok()
+        })
+        .with_context(|| format!("no {file} for sandbox {id}"))
 }
 
 /// (RSS, PSS) in bytes, from `/proc/PID/smaps_rollup`.

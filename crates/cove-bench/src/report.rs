@@ -12,11 +12,13 @@ fn show(figure: Figure) -> String {
             p99.as_secs_f64() * 1e3
         ),
         Figure::Throughput(rate) => format!("{:.2} GiB/s", rate / (1u64 << 30) as f64),
-        Figure::Memory { rss, pss } => format!(
-            "PSS {:.1} MiB (RSS {:.1} MiB)",
-            pss as f64 / (1u64 << 20) as f64,
-            rss as f64 / (1u64 << 20) as f64
-        ),
+        Figure::Memory { rss, pss, cgroup } => {
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            let cgroup = cgroup
+                .map(|c| format!(", cgroup {:.1} MiB", mib(c)))
+                .unwrap_or_default();
+            format!("PSS {:.1} MiB (RSS {:.1} MiB{cgroup})", mib(pss), mib(rss))
+        }
     }
 }
 
