@@ -15,7 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio_util::io::{ReaderStream, StreamReader};
@@ -260,7 +260,7 @@ pub async fn upload(
         .trim()
         .to_ascii_lowercase();
     let stream = body.into_data_stream().map_err(io::Error::other);
-    let stream: std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>> = if gzipped {
+    let mut stream: std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>> = if gzipped {
         let decoder =
             async_compression::tokio::bufread::GzipDecoder::new(StreamReader::new(stream));
         Box::pin(ReaderStream::new(decoder))
@@ -282,7 +282,7 @@ pub async fn upload(
         let boundary = multer::parse_boundary(&content_type).map_err(|err| {
             RestError::bad_request(format!("invalid multipart content type: {err}"))
         })?;
-        let mut multipart = multer::Multipart::new(stream, boundary);
+        let mut multipart = multer::Multipart::new(&mut stream, boundary);
         let mut seen = HashSet::new();
         loop {
             let field = multipart
@@ -314,12 +314,31 @@ pub async fn upload(
             write_file(&path, &user, reader).await?;
             written.push(finish_file(&path, &metadata)?);
         }
+        drop(multipart);
+        drain_epilogue(&mut stream).await;
     } else {
         return Err(RestError::bad_request(format!(
             "unsupported content type {content_type:?}: use multipart/form-data or application/octet-stream"
         )));
     }
     Ok(Json(written))
+}
+
+/// Most bytes read after a form's closing boundary before giving up on the connection.
+const EPILOGUE_LIMIT: usize = 64 << 10;
+
+/// Reads what follows a multipart form's closing boundary (an epilogue, the end of a chunked
+/// body). The parser stops at the boundary; answering before the body has ended would make
+/// the server close the connection under a client (or proxy) still sending it, which sees a
+/// broken pipe instead of the answer.
+async fn drain_epilogue(stream: &mut (impl Stream<Item = io::Result<Bytes>> + Unpin)) {
+    let mut read = 0;
+    while let Some(Ok(chunk)) = stream.next().await {
+        read += chunk.len();
+        if read > EPILOGUE_LIMIT {
+            break;
+        }
+    }
 }
 
 /// Streams `reader` into `path`, creating parents owned by `user`; the file ends up theirs.

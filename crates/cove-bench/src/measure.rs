@@ -87,8 +87,9 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Vec<Result>> {
     eprintln!("agent: transfers");
     results.extend(transfers(settings).await?);
     eprintln!("server: create → first output");
-    results.push(create_latency(settings, false).await?);
-    results.push(create_latency(settings, true).await?);
+    for case in &CREATE_CASES {
+        results.push(create_latency(settings, case).await?);
+    }
     eprintln!("server: command latency beside a CPU hog");
     results.push(latency_beside_a_hog(settings).await?);
     eprintln!("server: idle memory");
@@ -201,17 +202,55 @@ async fn transfers(settings: &Settings) -> anyhow::Result<Vec<Result>> {
 /// Where the transfer test writes inside the agent's view (the host's tmpfs).
 const TRANSFER_FILE: &str = "/dev/shm/cove-bench-transfer.bin";
 
+/// One way of creating sandboxes one after the other.
+struct CreateCase {
+    name: &'static str,
+    network: bool,
+    /// `cove serve` arguments.
+    server_args: &'static [&'static str],
+    /// Time between one sandbox's kill and the next create.
+    pause: Duration,
+    target: Option<Target>,
+}
+
+const CREATE_CASES: [CreateCase; 3] = [
+    CreateCase {
+        name: "create → first command output, no network",
+        network: false,
+        server_args: &[],
+        pause: Duration::from_millis(50),
+        target: Some(Target::LatencyBelow(Duration::from_millis(15))),
+    },
+    CreateCase {
+        name: "create → first command output, with internet access",
+        network: true,
+        server_args: &[],
+        pause: Duration::from_millis(50),
+        target: Some(Target::LatencyBelow(Duration::from_millis(40))),
+    },
+    CreateCase {
+        name: "create → first command output, no network, without warm sandboxes, back to back",
+        network: false,
+        server_args: &["--warm-pool", "0"],
+        pause: Duration::ZERO,
+        target: None,
+    },
+];
+
 /// `POST /v2/sandboxes` until the first command's output arrives through the proxy,
 /// against `unshare` of the same namespaces running `true`.
-async fn create_latency(settings: &Settings, network: bool) -> anyhow::Result<Result> {
-    let server = TestServer::start(&settings.cove).await;
+async fn create_latency(settings: &Settings, case: &CreateCase) -> anyhow::Result<Result> {
+    let server = TestServer::start_with_args(&settings.cove, case.server_args).await;
     let config = server.config();
     let options = CreateOptions {
-        allow_internet_access: Some(network),
+        allow_internet_access: Some(case.network),
         ..CreateOptions::default()
     };
+    // The warm sandboxes of a server that just started are still being made.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut samples = Vec::with_capacity(settings.sandboxes);
     for _ in 0..settings.sandboxes {
+        tokio::time::sleep(case.pause).await;
         let started = Instant::now();
         let sandbox = Sandbox::create(&config, options.clone()).await?;
         let out = sandbox.commands().run("echo ready").await?;
@@ -245,19 +284,11 @@ async fn create_latency(settings: &Settings, network: bool) -> anyhow::Result<Re
         anyhow::ensure!(status.success(), "unshare failed");
     }
     Ok(Result {
-        name: if network {
-            "create → first command output, with internet access"
-        } else {
-            "create → first command output, no network"
-        },
+        name: case.name,
         figure: latency(samples),
         baseline_name: "`unshare` of the same namespaces running `true`",
         baseline: latency(baseline),
-        target: Some(Target::LatencyBelow(Duration::from_millis(if network {
-            40
-        } else {
-            15
-        }))),
+        target: case.target,
     })
 }
 

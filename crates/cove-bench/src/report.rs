@@ -107,6 +107,15 @@ pub fn markdown(settings: &Settings, results: &[Result]) -> String {
             target(r.target, r.figure, r.baseline)
         );
     }
+    let _ = writeln!(
+        out,
+        "\nHow to read the create figures: `cove serve` keeps sandboxes started ahead of demand\n\
+         (`--warm-pool`, 2 of each kind by default), and a create takes one and hands it its\n\
+         token, environment and limits. The first two rows create one sandbox at a time, 50 ms\n\
+         apart, as an agent framework does; the third turns the pool off and creates back to\n\
+         back, which is what a burst larger than the pool costs per sandbox. The pool costs the\n\
+         idle memory above for each warm sandbox."
+    );
     out
 }
 

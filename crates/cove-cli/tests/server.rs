@@ -65,12 +65,7 @@ async fn create_list_info_kill() {
         Err(Error::SandboxGone(_))
     ));
     // Its writable layer is gone too.
-    assert_eq!(
-        std::fs::read_dir(server.state_dir().join("sandboxes"))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert!(!server.state_dir().join("sandboxes").join(sbx.id()).exists());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -341,7 +336,23 @@ async fn sandboxes_survive_a_server_crash() {
         .await
         .unwrap();
 
+    // The others are warm sandboxes, ready or still being made: the crash must not leak them.
+    let others: Vec<String> = sandbox_dirs(&server)
+        .into_iter()
+        .filter(|d| d != sbx.id())
+        .collect();
     server.crash_and_restart().await;
+    for id in &others {
+        let cgroup = |v1: &str| {
+            Path::new(&format!("/sys/fs/cgroup/{v1}/cove/{id}")).exists()
+                || Path::new(&format!("/sys/fs/cgroup/cove/{id}")).exists()
+        };
+        assert!(
+            !cgroup("pids") && !cgroup("memory"),
+            "sandbox {id} outlived the crash"
+        );
+        assert!(!server.state_dir().join("sandboxes").join(id).exists());
+    }
 
     let listed = Sandbox::list(&server.config()).await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -525,5 +536,157 @@ async fn sandboxes_reach_the_internet_only_when_allowed() {
     assert_eq!(
         online.commands().run(&api).await.unwrap().stdout,
         "refused\n"
+    );
+}
+
+/// The sandboxes under the server's state directory (running, warm or being made).
+fn sandbox_dirs(server: &TestServer) -> Vec<String> {
+    std::fs::read_dir(server.state_dir().join("sandboxes"))
+        .map(|dir| {
+            dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warm_sandboxes_are_handed_out_as_asked_and_never_outlive_the_server() {
+    let mut server = TestServer::launch(cove(), false, &["--warm-pool", "1"]).await;
+    // One warm sandbox of each kind.
+    let warm = wait_until("two warm sandboxes", Duration::from_secs(30), || async {
+        let dirs = sandbox_dirs(&server);
+        (dirs.len() == 2).then_some(dirs)
+    })
+    .await;
+
+    let options = CreateOptions {
+        envs: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
+        cpu_count: Some(1),
+        memory_mb: Some(256),
+        allow_internet_access: Some(false),
+        ..CreateOptions::default()
+    };
+    let sbx = Sandbox::create(&server.config(), options).await.unwrap();
+    assert!(
+        warm.iter().any(|w| w == sbx.id()),
+        "{} was not warm",
+        sbx.id()
+    );
+    let out = sbx
+        .commands()
+        .run("echo $GREETING $E2B_SANDBOX_ID")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, format!("hello {}\n", sbx.id()));
+    // Its limits are the ones asked for, not the warm sandbox's defaults.
+    let cgroup = |v1: &str, v2: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{v1}"))
+            .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/{v2}")))
+            .unwrap()
+    };
+    let memory = cgroup(
+        &format!("memory/cove/{}/memory.limit_in_bytes", sbx.id()),
+        &format!("cove/{}/memory.max", sbx.id()),
+    );
+    assert_eq!(memory.trim(), (256u64 << 20).to_string());
+    let quota = cgroup(
+        &format!("cpu/cove/{}/cpu.cfs_quota_us", sbx.id()),
+        &format!("cove/{}/cpu.max", sbx.id()),
+    );
+    assert!(quota.starts_with("100000"), "{quota}");
+    // Only its owner lists it, and its agent wants the token it was handed out with.
+    assert_eq!(Sandbox::list(&server.config()).await.unwrap().len(), 1);
+    let unauthorized = reqwest::Client::new()
+        .post(format!("{}/filesystem.Filesystem/ListDir", server.url()))
+        .header("e2b-sandbox-id", sbx.id())
+        .header("e2b-sandbox-port", "49983")
+        .header("content-type", "application/json")
+        .body(r#"{"path":"/"}"#)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(unauthorized, reqwest::StatusCode::UNAUTHORIZED);
+
+    // The pool refills; a stop ends the warm sandboxes but not the one handed out.
+    wait_until("the pool to refill", Duration::from_secs(30), || async {
+        (sandbox_dirs(&server).len() == 3).then_some(())
+    })
+    .await;
+    server.terminate_and_restart().await;
+    let dirs = sandbox_dirs(&server);
+    assert!(dirs.iter().any(|d| d == sbx.id()), "{dirs:?}");
+    assert!(
+        warm.iter().all(|w| w == sbx.id() || !dirs.contains(w)),
+        "{dirs:?}"
+    );
+    let again = Sandbox::connect(&server.config(), sbx.id(), None)
+        .await
+        .unwrap();
+    let out = again.commands().run("echo $GREETING").await.unwrap();
+    assert_eq!(out.stdout, "hello\n");
+}
+
+/// A multipart upload whose chunked body ends a moment after its closing boundary (as the
+/// JS SDK's fetch sends it) is answered, not cut off: the agent reads the body to its end
+/// before answering, so the proxy is never left writing into a closed connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_upload_that_ends_late_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = TestServer::start(cove()).await;
+    let created: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/sandboxes", server.url()))
+        .header("x-api-key", &server.api_key)
+        .json(&serde_json::json!({"templateID": "base"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, token) = (
+        created["sandboxID"].as_str().unwrap(),
+        created["envdAccessToken"].as_str().unwrap(),
+    );
+    let boundary = "cove-test-boundary";
+    let chunks = [
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"late.txt\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        ),
+        "written late".to_owned(),
+        "\r\n".to_owned(),
+        format!("--{boundary}--\r\n"),
+    ];
+    let mut stream = tokio::net::TcpStream::connect(server.url().trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /files?path=/home/user/late.txt HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: multipart/form-data; boundary={boundary}\r\n\
+         E2B-Sandbox-Id: {id}\r\nE2B-Sandbox-Port: 49983\r\nX-Access-Token: {token}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for chunk in chunks {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stream
+            .write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("/home/user/late.txt"), "{answer}");
+    let sbx = Sandbox::connect(&server.config(), id, None).await.unwrap();
+    assert_eq!(
+        sbx.files()
+            .read_to_string("/home/user/late.txt")
+            .await
+            .unwrap(),
+        "written late"
     );
 }

@@ -139,28 +139,38 @@ impl Hierarchy {
                 .or_else(|_| fs::create_dir_all(&dir))
                 .map_err(io_err("create", &dir))?;
         }
+        self.set_limits(id, limits)
+    }
+
+    /// Sets (or changes) the limits of sandbox `id`.
+    pub fn set_limits(&self, id: &str, limits: Limits) -> Result<(), CgroupError> {
         let quota = u64::from(limits.cpus.max(1)) * CPU_PERIOD_US;
+        let memory = limits.memory_bytes.to_string();
         match self {
             Hierarchy::V2(root) => {
                 let dir = root.join(PARENT).join(id);
-                write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
+                write(&dir.join("memory.max"), &memory)?;
                 write(&dir.join("memory.swap.max"), "0")?;
                 write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
                 write(&dir.join("pids.max"), &limits.pids.to_string())?;
             }
             Hierarchy::V1 {
-                memory, cpu, pids, ..
+                memory: mem_root,
+                cpu,
+                pids,
+                ..
             } => {
-                let mem = memory.join(PARENT).join(id);
-                write(
-                    &mem.join("memory.limit_in_bytes"),
-                    &limits.memory_bytes.to_string(),
-                )?;
-                // memsw (memory + swap) exists only with swap accounting; without it there is
-                // no swap to limit.
+                let mem = mem_root.join(PARENT).join(id);
+                // memsw (memory + swap) exists only with swap accounting, and must never be
+                // below the memory limit: open it first, set memory, then close it to match.
                 let memsw = mem.join("memory.memsw.limit_in_bytes");
-                if memsw.exists() {
-                    write(&memsw, &limits.memory_bytes.to_string())?;
+                let swap_accounting = memsw.exists();
+                if swap_accounting {
+                    write(&memsw, "-1")?;
+                }
+                write(&mem.join("memory.limit_in_bytes"), &memory)?;
+                if swap_accounting {
+                    write(&memsw, &memory)?;
                 }
                 let cpu = cpu.join(PARENT).join(id);
                 write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;

@@ -78,6 +78,11 @@ pub trait Runtime: Send + Sync + 'static {
     fn remove(&self, dir: &Path) -> Result<(), RuntimeError>;
     /// What the sandbox uses now, when the backend can tell.
     fn usage(&self, id: &str) -> Option<cgroup::Usage>;
+    /// Kills whatever still runs of sandbox `id` without knowing its PID 1: a sandbox whose
+    /// creation was cut short (the server died mid-create).
+    fn kill_leftovers(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Changes a running sandbox's limits.
+    fn set_limits(&self, id: &str, limits: cgroup::Limits) -> Result<(), RuntimeError>;
     /// Removes what the backend set up for sandboxes in general, if none is left.
     fn shutdown(&self);
 }

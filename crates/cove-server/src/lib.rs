@@ -2,6 +2,7 @@
 //! one listener. State lives in an embedded SQLite file under the state directory.
 #![forbid(unsafe_code)]
 
+mod agent_link;
 pub mod api;
 mod clock;
 pub mod lifecycle;
@@ -44,6 +45,8 @@ pub struct ServerConfig {
     pub no_new_privs: bool,
     /// Each sandbox's disk quota, in MiB.
     pub disk_mb: u64,
+    /// Warm sandboxes kept ready, of each kind (with and without internet access).
+    pub warm: usize,
     /// The `cove` binary sandboxes are built with.
     pub exe: PathBuf,
 }
@@ -106,6 +109,8 @@ pub enum ServerError {
     Template(#[from] cove_runtime::template::TemplateError),
     #[error(transparent)]
     Lifecycle(#[from] lifecycle::LifecycleError),
+    #[error("cannot catch SIGTERM and SIGINT")]
+    Signals(#[source] std::io::Error),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -128,12 +133,16 @@ pub struct Server {
     state: AppState,
     listener: tokio::net::TcpListener,
     kill_on_exit: bool,
+    shutdown: ShutdownSignal,
     /// A key created because the store had none; shown once to whoever started the server.
     pub created_key: Option<String>,
 }
 
 impl Server {
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        // First of all: a SIGTERM that arrives while sandboxes are being adopted or warmed
+        // must stop the server cleanly, not kill it with them half set up.
+        let shutdown = ShutdownSignal::install().map_err(ServerError::Signals)?;
         let store = Arc::new(open_store(&config.state_dir)?);
         for key in &config.api_keys {
             store.add_key(DEFAULT_TEAM, "from --api-key", key)?;
@@ -160,6 +169,7 @@ impl Server {
                 max_sandboxes: config.max_sandboxes,
                 no_new_privs: config.no_new_privs,
                 disk_mb: config.disk_mb,
+                warm: config.warm,
             },
         ));
         let adopted = lifecycle.adopt().await?;
@@ -188,6 +198,7 @@ impl Server {
             })),
             listener,
             kill_on_exit: config.kill_on_exit,
+            shutdown,
             created_key,
         })
     }
@@ -200,6 +211,7 @@ impl Server {
     pub async fn run(self) -> Result<(), ServerError> {
         let lifecycle = self.state.lifecycle().clone();
         let reaper = tokio::spawn(lifecycle.clone().run_reaper(REAP_PERIOD));
+        lifecycle.warm_up();
         let app = router(self.state.clone());
         // Streams write one small frame at a time: Nagle's algorithm would hold each back
         // until the peer's delayed ACK, about 40 ms.
@@ -209,9 +221,10 @@ impl Server {
             }
         });
         let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(self.shutdown.received())
             .await;
         reaper.abort();
+        lifecycle.drain_pool().await;
         if self.kill_on_exit {
             tracing::info!("killing every sandbox before exiting");
             lifecycle.kill_all().await;
@@ -224,17 +237,27 @@ impl Server {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment the server starts.
+struct ShutdownSignal {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    tracing::info!("shutting down");
+
+    /// Resolves on the first of them (also one that came before this is called).
+    async fn received(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        tracing::info!("shutting down");
+    }
 }

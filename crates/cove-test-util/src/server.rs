@@ -40,7 +40,8 @@ impl TestServer {
         Self::launch(cove, true, args).await
     }
 
-    async fn launch(cove: &Path, kill_on_exit: bool, args: &[&str]) -> Self {
+    /// Starts `cove serve` with more arguments, `--kill-on-exit` only if asked.
+    pub async fn launch(cove: &Path, kill_on_exit: bool, args: &[&str]) -> Self {
         let state = tempfile::Builder::new()
             .prefix("cove-server-test-")
             .tempdir()

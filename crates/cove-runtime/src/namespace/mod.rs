@@ -261,12 +261,28 @@ impl Runtime for NamespaceRuntime {
         })
     }
 
+    fn kill_leftovers(&self, id: &str) -> Result<(), RuntimeError> {
+        self.destroy_cgroup(id)
+    }
+
     fn shutdown(&self) {
         if let Some(cgroups) = &self.cgroups {
             cgroups.remove_parents_if_empty();
         }
         if let Some(disks) = &self.disks {
             disks.stop();
+        }
+    }
+
+    fn set_limits(&self, id: &str, limits: crate::cgroup::Limits) -> Result<(), RuntimeError> {
+        match &self.cgroups {
+            Some(cgroups) => cgroups
+                .set_limits(id, limits)
+                .map_err(|e| RuntimeError::Io {
+                    what: "change the sandbox's limits",
+                    source: std::io::Error::other(e),
+                }),
+            None => Ok(()),
         }
     }
 

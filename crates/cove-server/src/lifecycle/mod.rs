@@ -1,6 +1,8 @@
 //! Sandbox lifecycle: create, look up, extend, kill; the reaper that ends expired and dead
 //! sandboxes; and re-adoption of running sandboxes when the server restarts.
 
+mod pool;
+mod settings;
 mod templates;
 
 use std::{
@@ -16,22 +18,18 @@ use cove_runtime::{
 };
 use tokio_util::task::TaskTracker;
 
-pub use self::templates::Templates;
+use self::{
+    pool::{Taken, WARM_TEAM, Warm, WarmPool},
+    settings::{Settings, check_timeout, limits},
+};
+pub use self::{settings::MAX_TIMEOUT_SECS, templates::Templates};
 use crate::{
     clock, secrets,
     store::{SandboxRecord, Store, StoreError},
 };
 
-/// Longest lifetime a sandbox can be given (E2B's highest tier: 24 hours).
-pub const MAX_TIMEOUT_SECS: i64 = 24 * 60 * 60;
-/// Resources of a sandbox whose request names none.
-const CPU_COUNT: u32 = 2;
-const MEMORY_MB: u64 = 1024;
-/// What a request may ask for.
-const CPU_RANGE: std::ops::RangeInclusive<u32> = 1..=64;
-const MEMORY_MB_RANGE: std::ops::RangeInclusive<u64> = 64..=256 * 1024;
-/// Processes and threads a sandbox may have at once (a fork bomb stops here).
-const PIDS_MAX: u32 = 2048;
+/// The template warm sandboxes are made of.
+const WARM_TEMPLATE: &str = "base";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -131,6 +129,8 @@ pub struct LifecycleConfig {
     pub no_new_privs: bool,
     /// Each sandbox's disk quota, in MiB.
     pub disk_mb: u64,
+    /// Warm sandboxes kept ready, of each kind (with and without internet access).
+    pub warm: usize,
 }
 
 /// All sandboxes of this server.
@@ -145,6 +145,9 @@ pub struct Lifecycle {
     /// Kills under way. They run as tasks of their own, so that a caller that goes away
     /// (a client hanging up, the reaper stopping) cannot leave one half done.
     ending: TaskTracker,
+    pool: WarmPool,
+    /// Warm sandboxes being started; closed at shutdown.
+    warming: TaskTracker,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -173,10 +176,12 @@ impl Lifecycle {
             runtime,
             store,
             templates,
+            pool: WarmPool::new(config.warm),
             config,
             live: RwLock::default(),
             reserved: std::sync::Mutex::default(),
             ending: TaskTracker::new(),
+            warming: TaskTracker::new(),
         }
     }
 
@@ -206,104 +211,161 @@ impl Lifecycle {
                 _ => None,
             };
             match running {
+                Some(running) if record.team == WARM_TEAM => {
+                    tracing::info!(sandbox_id = %record.id, "ending a warm sandbox of the previous server");
+                    self.end_warm(Warm { record, running }).await;
+                }
                 Some(running) if self.runtime.is_alive(&running) => {
                     tracing::info!(sandbox_id = %record.id, pid = running.pid, "re-adopted running sandbox");
                     self.live_map_mut()
                         .insert(record.id.clone(), Arc::new(Live::new(record, running)));
                     adopted += 1;
                 }
-                _ => {
+                Some(_) => {
                     tracing::info!(sandbox_id = %record.id, "sandbox ended while the server was away; removing it");
                     self.discard(&record).await;
+                }
+                None => {
+                    tracing::info!(sandbox_id = %record.id, "sandbox was being created when the server stopped; removing it");
+                    let runtime = self.runtime.clone();
+                    let id = record.id.clone();
+                    match tokio::task::spawn_blocking(move || runtime.kill_leftovers(&id)).await {
+                        Ok(Ok(())) => self.discard(&record).await,
+                        Ok(Err(err)) => {
+                            tracing::warn!(?err, sandbox_id = %record.id, "cannot kill what is left of the sandbox")
+                        }
+                        Err(err) => {
+                            tracing::warn!(?err, sandbox_id = %record.id, "cannot kill what is left of the sandbox")
+                        }
+                    }
                 }
             }
         }
         Ok(adopted)
     }
 
-    /// Creates and starts a sandbox for `team`.
+    /// Creates and starts a sandbox for `team`: a warm one when the pool has one that fits,
+    /// else a new one.
     pub async fn create(
-        &self,
+        self: &Arc<Self>,
         team: &str,
         request: NewSandbox,
         version: ApiVersion,
     ) -> Result<Arc<Live>, LifecycleError> {
-        let template_name = request
-            .template_id
-            .clone()
-            .unwrap_or_else(|| "base".to_owned());
-        let template = self
-            .templates
-            .get(&template_name)
-            .ok_or_else(|| LifecycleError::TemplateNotFound(template_name.clone()))?;
-        let timeout = request.timeout.unwrap_or(match version {
-            ApiVersion::V1 => 15,
-            ApiVersion::V2 => 300,
-        });
-        if !(0..=MAX_TIMEOUT_SECS).contains(&timeout) {
-            return Err(LifecycleError::BadTimeout(timeout));
-        }
-        let cpu_count = request.cpu_count.unwrap_or(CPU_COUNT);
-        if !CPU_RANGE.contains(&cpu_count) {
-            return Err(LifecycleError::BadResources(format!(
-                "cpuCount must be between {} and {}, got {cpu_count}",
-                CPU_RANGE.start(),
-                CPU_RANGE.end()
-            )));
-        }
-        let memory_mb = request.memory_mb.unwrap_or(MEMORY_MB);
-        if !MEMORY_MB_RANGE.contains(&memory_mb) {
-            return Err(LifecycleError::BadResources(format!(
-                "memoryMB must be between {} and {}, got {memory_mb}",
-                MEMORY_MB_RANGE.start(),
-                MEMORY_MB_RANGE.end()
-            )));
+        let settings = Settings::from_request(&self.templates, team, request, version)?;
+        self.check_room()?;
+        if settings.template.id == WARM_TEMPLATE {
+            let taken = self.pool.take(settings.network);
+            self.refill(settings.network);
+            let warm = match taken {
+                Taken::Ready(warm) => Some(*warm),
+                Taken::Soon(promise) => promise.await.ok(),
+                Taken::None => None,
+            };
+            if let Some(warm) = warm {
+                match self.claim(warm, &settings).await {
+                    Ok(live) => return Ok(live),
+                    Err(err) => tracing::warn!(?err, "a warm sandbox failed; starting a new one"),
+                }
+            }
         }
         let slot = self.reserve_slot()?;
-        let id = secrets::random_id(20);
-        let now = clock::now_ms();
-        let mut record = SandboxRecord {
-            id: id.clone(),
-            team: team.to_owned(),
-            template_id: template.id.clone(),
-            alias: Some(template.alias.clone()),
-            metadata: request.metadata.unwrap_or_default(),
-            env_vars: request.env_vars.unwrap_or_default(),
-            envd_access_token: secrets::random_token(),
-            traffic_access_token: request
-                .network
-                .as_ref()
-                .and_then(|n| n.allow_public_traffic)
-                .is_some_and(|public| !public)
-                .then(secrets::random_token),
-            started_at: now,
-            end_at: now + timeout * 1000,
-            cpu_count,
-            memory_mb,
-            disk_mb: self.config.disk_mb,
-            allow_internet_access: request.allow_internet_access.unwrap_or(true),
-            slot,
-            dir: self.config.state_dir.join("sandboxes").join(&id),
-            pid: None,
-            pid_start_time: None,
-        };
+        let mut record = settings.record(&self.config, secrets::random_id(20), slot);
         // Recorded first, so a server that dies mid-create cleans up after itself.
-        let result = self.start(&mut record, template.template.clone()).await;
-        self.release_slot(slot);
-        match result {
-            Ok(live) => Ok(live),
+        let result = self
+            .start(&mut record, settings.template.template.clone())
+            .await;
+        let result = match result {
+            Ok(running) => Ok(self.go_live(record.clone(), running)),
             Err(err) => {
                 self.discard(&record).await;
                 Err(err)
             }
-        }
+        };
+        self.release_slot(slot);
+        result
     }
 
+    /// Hands a warm sandbox to its owner: its limits, environment and record become theirs.
+    async fn claim(&self, warm: Warm, settings: &Settings) -> Result<Arc<Live>, LifecycleError> {
+        let Warm {
+            record: warm_record,
+            running,
+        } = warm;
+        let slot = warm_record.slot;
+        let mut record = settings.record(&self.config, warm_record.id.clone(), slot);
+        record.envd_access_token = warm_record.envd_access_token.clone();
+        record.pid = warm_record.pid;
+        record.pid_start_time = warm_record.pid_start_time;
+        if let Err(err) = self.hand_over(&record, &warm_record, &running).await {
+            self.end_warm(Warm {
+                record: warm_record,
+                running,
+            })
+            .await;
+            return Err(err);
+        }
+        let live = self.go_live(record, running);
+        self.release_slot(slot);
+        Ok(live)
+    }
+
+    async fn hand_over(
+        &self,
+        record: &SandboxRecord,
+        warm: &SandboxRecord,
+        running: &RunningSandbox,
+    ) -> Result<(), LifecycleError> {
+        let failed = |reason: String| LifecycleError::Start {
+            id: record.id.clone(),
+            source: cove_runtime::RuntimeError::Start {
+                id: record.id.clone(),
+                reason,
+            },
+        };
+        if !self.runtime.is_alive(running) {
+            return Err(failed("the warm sandbox has died".to_owned()));
+        }
+        if (record.cpu_count, record.memory_mb) != (warm.cpu_count, warm.memory_mb) {
+            let (runtime, id, limits) = (self.runtime.clone(), record.id.clone(), limits(record));
+            tokio::task::spawn_blocking(move || runtime.set_limits(&id, limits))
+                .await
+                .map_err(|join| failed(join.to_string()))?
+                .map_err(|source| LifecycleError::Start {
+                    id: record.id.clone(),
+                    source,
+                })?;
+        }
+        if !record.env_vars.is_empty() {
+            let init = serde_json::json!({ "envVars": record.env_vars });
+            crate::agent_link::post_json(
+                &running.socket,
+                "/init",
+                Some(&record.envd_access_token),
+                &init,
+            )
+            .await
+            .map_err(|err| failed(format!("cannot set its environment: {err}")))?;
+        }
+        self.store.put_sandbox(record)?;
+        Ok(())
+    }
+
+    /// Makes a started sandbox reachable.
+    fn go_live(&self, record: SandboxRecord, running: RunningSandbox) -> Arc<Live> {
+        let id = record.id.clone();
+        let live = Arc::new(Live::new(record, running));
+        self.live_map_mut().insert(id.clone(), live.clone());
+        tracing::info!(sandbox_id = %id, pid = live.running.pid, "sandbox started");
+        live
+    }
+
+    /// Starts the sandbox `record` describes and records its PID 1.
     async fn start(
         &self,
         record: &mut SandboxRecord,
         template: cove_runtime::Template,
-    ) -> Result<Arc<Live>, LifecycleError> {
+    ) -> Result<RunningSandbox, LifecycleError> {
         self.store.put_sandbox(record)?;
         let spec = SandboxSpec {
             id: record.id.clone(),
@@ -314,11 +376,7 @@ impl Lifecycle {
             agent_args: agent_args(record),
             network: record.allow_internet_access,
             no_new_privs: self.config.no_new_privs,
-            limits: cove_runtime::cgroup::Limits {
-                memory_bytes: record.memory_mb << 20,
-                cpus: record.cpu_count,
-                pids: PIDS_MAX,
-            },
+            limits: limits(record),
         };
         let runtime = self.runtime.clone();
         let running = tokio::task::spawn_blocking(move || runtime.create(&spec))
@@ -336,21 +394,108 @@ impl Lifecycle {
             })?;
         record.pid = Some(running.pid);
         record.pid_start_time = Some(running.start_time);
-        let live = Arc::new(Live::new(record.clone(), running));
         if let Err(err) = self.store.put_sandbox(record) {
-            let _ = self.runtime.kill(&live.running);
+            let _ = self.runtime.kill(&running);
             return Err(err.into());
         }
-        self.live_map_mut().insert(record.id.clone(), live.clone());
-        tracing::info!(sandbox_id = %record.id, pid = live.running.pid, "sandbox started");
-        Ok(live)
+        Ok(running)
+    }
+
+    /// Tops the warm pool of this kind up again, one sandbox at a time, in the background.
+    pub fn refill(self: &Arc<Self>, network: bool) {
+        if self.warming.is_closed() || !self.pool.begin_start(network) {
+            return;
+        }
+        let this = self.clone();
+        self.warming.spawn(async move {
+            loop {
+                let warm = this.start_warm(network).await;
+                let started = warm.is_some();
+                this.pool.finish_start(network, warm);
+                // After a failure the next create tries again, not a busy loop.
+                if !started || this.warming.is_closed() || !this.pool.begin_start(network) {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Fills both warm pools (at startup).
+    pub fn warm_up(self: &Arc<Self>) {
+        self.refill(false);
+        self.refill(true);
+    }
+
+    async fn start_warm(&self, network: bool) -> Option<Warm> {
+        let template = self.templates.get(WARM_TEMPLATE)?.clone();
+        let settings = Settings::warm(template, network);
+        let slot = match self.reserve_warm_slot() {
+            Ok(slot) => slot,
+            Err(err) => {
+                tracing::warn!(?err, "no slot for a warm sandbox");
+                return None;
+            }
+        };
+        let mut record = settings.record(&self.config, secrets::random_id(20), slot);
+        match self
+            .start(&mut record, settings.template.template.clone())
+            .await
+        {
+            Ok(running) => {
+                tracing::debug!(sandbox_id = %record.id, network, "warm sandbox ready");
+                Some(Warm { record, running })
+            }
+            Err(err) => {
+                tracing::warn!(?err, "cannot start a warm sandbox");
+                self.discard(&record).await;
+                self.release_slot(slot);
+                None
+            }
+        }
+    }
+
+    /// Ends a warm sandbox nobody will take.
+    async fn end_warm(&self, warm: Warm) {
+        let runtime = self.runtime.clone();
+        let running = warm.running.clone();
+        let killed = tokio::task::spawn_blocking(move || runtime.kill(&running))
+            .await
+            .map_err(|join| join.to_string())
+            .and_then(|killed| killed.map_err(|err| err.to_string()));
+        match killed {
+            Err(err) if self.runtime.is_alive(&warm.running) => {
+                tracing::warn!(%err, sandbox_id = %warm.record.id, "cannot kill a warm sandbox");
+            }
+            _ => self.discard(&warm.record).await,
+        }
+        self.release_slot(warm.record.slot);
+    }
+
+    /// Stops refilling and ends every warm sandbox (at shutdown: they are not worth keeping).
+    pub async fn drain_pool(&self) {
+        self.warming.close();
+        self.warming.wait().await;
+        for warm in self.pool.drain() {
+            self.end_warm(warm).await;
+        }
+    }
+
+    /// Refuses a create when the server runs its maximum (warm sandboxes do not count).
+    fn check_room(&self) -> Result<(), LifecycleError> {
+        if self.live_map().len() >= self.config.max_sandboxes {
+            return Err(LifecycleError::TooMany(self.config.max_sandboxes));
+        }
+        Ok(())
     }
 
     fn reserve_slot(&self) -> Result<u32, LifecycleError> {
+        self.check_room()?;
+        self.reserve_warm_slot()
+    }
+
+    /// A free slot, whatever the number of sandboxes (warm sandboxes do not count).
+    fn reserve_warm_slot(&self) -> Result<u32, LifecycleError> {
         let live = self.live_map();
-        if live.len() >= self.config.max_sandboxes {
-            return Err(LifecycleError::TooMany(self.config.max_sandboxes));
-        }
         let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
         let used: Vec<u32> = live
             .values()
@@ -430,9 +575,7 @@ impl Lifecycle {
 
     /// Sets the sandbox to end `timeout` seconds from now (shorter or longer).
     pub fn set_timeout(&self, team: &str, id: &str, timeout: i64) -> Result<(), LifecycleError> {
-        if !(0..=MAX_TIMEOUT_SECS).contains(&timeout) {
-            return Err(LifecycleError::BadTimeout(timeout));
-        }
+        check_timeout(timeout)?;
         let live = self.get(team, id)?;
         self.update(&live, |r| r.end_at = clock::now_ms() + timeout * 1000)
     }
@@ -445,9 +588,7 @@ impl Lifecycle {
         timeout: Option<i64>,
     ) -> Result<Arc<Live>, LifecycleError> {
         let timeout = timeout.unwrap_or(300);
-        if !(0..=MAX_TIMEOUT_SECS).contains(&timeout) {
-            return Err(LifecycleError::BadTimeout(timeout));
-        }
+        check_timeout(timeout)?;
         let live = self.get(team, id)?;
         let end = clock::now_ms() + timeout * 1000;
         self.update(&live, |r| r.end_at = r.end_at.max(end))?;

@@ -16,10 +16,9 @@ use axum::{
 };
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::net::UnixStream;
 
 pub use self::route::Route;
-use crate::{AppState, lifecycle::Live};
+use crate::{AppState, agent_link, lifecycle::Live};
 
 /// The agent's port: envd's API.
 pub const AGENT_PORT: u16 = 49983;
@@ -179,8 +178,8 @@ async fn forward(live: &Arc<Live>, port: u16, request: Request) -> Response {
 
 #[derive(Debug, thiserror::Error)]
 enum ProxyError {
-    #[error("cannot connect to the agent")]
-    Connect(#[source] std::io::Error),
+    #[error(transparent)]
+    Link(#[from] agent_link::LinkError),
     #[error("HTTP exchange with the sandbox failed")]
     Http(#[from] hyper::Error),
     #[error("the agent refused the tunnel: {0}")]
@@ -193,16 +192,7 @@ enum ProxyError {
 async fn agent_connection(
     live: &Live,
 ) -> Result<hyper::client::conn::http1::SendRequest<Body>, ProxyError> {
-    let stream = UnixStream::connect(live.socket())
-        .await
-        .map_err(ProxyError::Connect)?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        if let Err(err) = connection.with_upgrades().await {
-            tracing::debug!(?err, "agent connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(agent_link::connect(live.socket()).await?)
 }
 
 /// Streams the request to the agent and its answer back.
@@ -286,23 +276,6 @@ pub struct AgentMetrics {
 }
 
 /// Asks a sandbox's agent for its resource use.
-pub async fn agent_metrics(live: &Live) -> Result<AgentMetrics, String> {
-    let mut sender = agent_connection(live).await.map_err(|e| e.to_string())?;
-    let request = http::Request::get("/metrics")
-        .header(header::HOST, "agent")
-        .header("x-access-token", live.access_token())
-        .body(Body::empty())
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        return Err(format!("the agent answered {}", response.status()));
-    }
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| e.to_string())
+pub async fn agent_metrics(live: &Live) -> Result<AgentMetrics, agent_link::LinkError> {
+    agent_link::get_json(live.socket(), "/metrics", Some(&live.access_token())).await
 }
