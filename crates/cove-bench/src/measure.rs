@@ -148,37 +148,42 @@ async fn transfers(settings: &Settings) -> anyhow::Result<Vec<Result>> {
             .collect::<Vec<_>>(),
     );
     let size = data.len() as f64;
-
-    let started = Instant::now();
-    files.write(TRANSFER_FILE, data.clone()).await?;
-    let upload = size / started.elapsed().as_secs_f64();
-
-    let started = Instant::now();
-    let mut stream = Box::pin(files.read_stream(TRANSFER_FILE).await?);
-    let mut received = 0usize;
-    while let Some(chunk) = stream.next().await {
-        received += chunk?.len();
-    }
-    let download = size / started.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        received == data.len(),
-        "downloaded {received} of {} bytes",
-        data.len()
-    );
-
-    files.remove(TRANSFER_FILE).await?;
     let local = PathBuf::from(format!("/dev/shm/cove-bench-local-{}", std::process::id()));
-    let started = Instant::now();
-    std::fs::write(&local, &data)?;
-    let local_write = size / started.elapsed().as_secs_f64();
-    let started = Instant::now();
-    let status = Command::new("cat")
-        .arg(&local)
-        .stdout(Stdio::null())
-        .status()?;
-    let local_read = size / started.elapsed().as_secs_f64();
-    anyhow::ensure!(status.success(), "cat failed");
-    let _ = std::fs::remove_file(&local);
+    let (mut upload, mut download, mut local_write, mut local_read) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..TRANSFER_RUNS {
+        let started = Instant::now();
+        files.write(TRANSFER_FILE, data.clone()).await?;
+        upload.push(size / started.elapsed().as_secs_f64());
+
+        let started = Instant::now();
+        let mut stream = Box::pin(files.read_stream(TRANSFER_FILE).await?);
+        let mut received = 0usize;
+        while let Some(chunk) = stream.next().await {
+            received += chunk?.len();
+        }
+        download.push(size / started.elapsed().as_secs_f64());
+        anyhow::ensure!(
+            received == data.len(),
+            "downloaded {received} of {} bytes",
+            data.len()
+        );
+        files.remove(TRANSFER_FILE).await?;
+
+        let started = Instant::now();
+        std::fs::write(&local, &data)?;
+        local_write.push(size / started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let status = Command::new("cat")
+            .arg(&local)
+            .stdout(Stdio::null())
+            .status()?;
+        local_read.push(size / started.elapsed().as_secs_f64());
+        anyhow::ensure!(status.success(), "cat failed");
+        std::fs::remove_file(&local)?;
+    }
+    let (upload, download) = (median(upload), median(download));
+    let (local_write, local_read) = (median(local_write), median(local_read));
 
     let gib = 1024.0 * 1024.0 * 1024.0;
     Ok(vec![
@@ -197,6 +202,14 @@ async fn transfers(settings: &Settings) -> anyhow::Result<Vec<Result>> {
             target: Some(Target::ThroughputAbove(gib)),
         },
     ])
+}
+
+/// Transfers of each kind; the median counts.
+pub const TRANSFER_RUNS: usize = 5;
+
+fn median(mut rates: Vec<f64>) -> f64 {
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
 }
 
 /// Where the transfer test writes inside the agent's view (the host's tmpfs).

@@ -84,9 +84,10 @@ pub fn markdown(settings: &Settings, results: &[Result]) -> String {
     let _ = writeln!(out, "- Date: {}", date());
     let _ = writeln!(
         out,
-        "- Runs: {} sandboxes for create latency, {} repetitions of small operations, {} MiB transfers, {} idle sandboxes\n",
+        "- Runs: {} sandboxes for create latency, {} repetitions of small operations, the median of {} transfers of {} MiB each way, {} idle sandboxes\n",
         settings.sandboxes,
         settings.iterations,
+        crate::measure::TRANSFER_RUNS,
         settings.transfer_bytes >> 20,
         settings.idle
     );

@@ -224,7 +224,7 @@ impl Server {
             .with_graceful_shutdown(self.shutdown.received())
             .await;
         reaper.abort();
-        lifecycle.drain_pool().await;
+        lifecycle.settle().await;
         if self.kill_on_exit {
             tracing::info!("killing every sandbox before exiting");
             lifecycle.kill_all().await;

@@ -17,7 +17,8 @@ enum KeysCommand {
     /// Create a key and print it (it is shown only once).
     Create {
         /// Team the key belongs to; a key sees only its team's sandboxes.
-        #[arg(long, default_value = cove_server::DEFAULT_TEAM)]
+        #[arg(long, default_value = cove_server::DEFAULT_TEAM,
+              value_parser = clap::builder::NonEmptyStringValueParser::new())]
         team: String,
         /// A note to recognise the key by.
         #[arg(long, default_value = "created with cove keys")]

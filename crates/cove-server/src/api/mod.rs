@@ -111,6 +111,7 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             LifecycleError::Start { .. }
             | LifecycleError::Kill { .. }
+            | LifecycleError::Crashed(_)
             | LifecycleError::Store(_) => {
                 tracing::error!(err = %format!("{:#}", ErrorChain(&err)), "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR

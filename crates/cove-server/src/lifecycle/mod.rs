@@ -57,6 +57,8 @@ pub enum LifecycleError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("creating the sandbox failed unexpectedly: {0}")]
+    Crashed(String),
 }
 
 /// A sandbox that runs now.
@@ -145,6 +147,8 @@ pub struct Lifecycle {
     /// Kills under way. They run as tasks of their own, so that a caller that goes away
     /// (a client hanging up, the reaper stopping) cannot leave one half done.
     ending: TaskTracker,
+    /// Creates under way (tasks of their own, like kills).
+    creating: TaskTracker,
     pool: WarmPool,
     /// Warm sandboxes being started; closed at shutdown.
     warming: TaskTracker,
@@ -181,6 +185,7 @@ impl Lifecycle {
             live: RwLock::default(),
             reserved: std::sync::Mutex::default(),
             ending: TaskTracker::new(),
+            creating: TaskTracker::new(),
             warming: TaskTracker::new(),
         }
     }
@@ -245,7 +250,8 @@ impl Lifecycle {
     }
 
     /// Creates and starts a sandbox for `team`: a warm one when the pool has one that fits,
-    /// else a new one.
+    /// else a new one. The work runs as a task of its own: a client that hangs up halfway
+    /// leaves a sandbox that runs out its timeout, never one half made or owned by nobody.
     pub async fn create(
         self: &Arc<Self>,
         team: &str,
@@ -254,6 +260,14 @@ impl Lifecycle {
     ) -> Result<Arc<Live>, LifecycleError> {
         let settings = Settings::from_request(&self.templates, team, request, version)?;
         self.check_room()?;
+        let this = self.clone();
+        self.creating
+            .spawn(async move { this.create_now(settings).await })
+            .await
+            .unwrap_or_else(|join| Err(LifecycleError::Crashed(join.to_string())))
+    }
+
+    async fn create_now(self: &Arc<Self>, settings: Settings) -> Result<Arc<Live>, LifecycleError> {
         if settings.template.id == WARM_TEMPLATE {
             let taken = self.pool.take(settings.network);
             self.refill(settings.network);
@@ -471,8 +485,11 @@ impl Lifecycle {
         self.release_slot(warm.record.slot);
     }
 
-    /// Stops refilling and ends every warm sandbox (at shutdown: they are not worth keeping).
-    pub async fn drain_pool(&self) {
+    /// At shutdown: lets creates under way finish, stops refilling the pool and ends every
+    /// warm sandbox (they are not worth keeping).
+    pub async fn settle(&self) {
+        self.creating.close();
+        self.creating.wait().await;
         self.warming.close();
         self.warming.wait().await;
         for warm in self.pool.drain() {

@@ -1,5 +1,5 @@
 //! Warm sandboxes: started ahead of demand with the default settings, so that a create takes
-//! one and only hands it its access token and environment (`/init`). Building a sandbox costs
+//! one and only gives it its owner, its environment (`/init`) and its limits. Building a sandbox costs
 //! tens of milliseconds when the kernel's cgroup machinery is cold; taking a warm one costs
 //! about one. A create that finds none ready waits for one being started, if no other create
 //! waits for it already: it was begun earlier than a new one would be, so it is ready sooner.
@@ -82,11 +82,12 @@ impl WarmPool {
         }
     }
 
-    /// Claims the right to start one more of this kind, when the pool is short of it.
+    /// Claims the right to start one more of this kind, when the pool is short of it and
+    /// none is being started (one at a time: the CPUs are for the sandboxes in use).
     pub fn begin_start(&self, network: bool) -> bool {
         let mut kinds = self.kinds();
         let kind = &mut kinds[index(network)];
-        let short = kind.ready.len() + kind.starting < self.target;
+        let short = kind.starting == 0 && kind.ready.len() < self.target;
         if short {
             kind.starting += 1;
         }
