@@ -16,6 +16,7 @@ from e2b import CommandExitException, FileType
 from e2b_code_interpreter import Sandbox
 
 from conftest import ensure_killed, wait_until, wait_until_gone
+from seed_project import CALCULATOR, TEST_CALCULATOR
 
 pytestmark = pytest.mark.debug_agent
 
@@ -159,38 +160,6 @@ print("Done!")
     assert len(stdout) >= 5 and len(stderr) >= 5
     assert stdout[0][0] < ended - 1.5
     assert stderr[0][0] < ended - 1.5
-
-
-CALCULATOR = """
-def add(a, b):
-    return a + b
-
-def multiply(a, b):
-    return a * b
-
-def divide(a, b):
-    if b == 0:
-        raise ValueError("Cannot divide by zero")
-    return a / b
-"""
-
-TEST_CALCULATOR = """
-import pytest
-from calculator import add, multiply, divide
-
-def test_add():
-    assert add(2, 3) == 5
-    assert add(-1, 1) == 0
-
-def test_multiply():
-    assert multiply(3, 4) == 12
-    assert multiply(0, 5) == 0
-
-def test_divide():
-    assert divide(10, 2) == 5.0
-    with pytest.raises(ValueError):
-        divide(1, 0)
-"""
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from e2b import FileType
 from e2b_code_interpreter import Sandbox
 
 from conftest import wait_until
+from seed_project import CALCULATOR, TEST_CALCULATOR
 
 pytestmark = pytest.mark.cove_server
 
@@ -233,38 +234,6 @@ print("Done!")
     assert len(arrivals) == 6
     assert arrivals[0] < ended - 3
     assert all(b - a > 0.5 for a, b in zip(arrivals, arrivals[1:]))
-
-
-CALCULATOR = """
-def add(a, b):
-    return a + b
-
-def multiply(a, b):
-    return a * b
-
-def divide(a, b):
-    if b == 0:
-        raise ValueError("Cannot divide by zero")
-    return a / b
-"""
-
-TEST_CALCULATOR = """
-import pytest
-from calculator import add, multiply, divide
-
-def test_add():
-    assert add(2, 3) == 5
-    assert add(-1, 1) == 0
-
-def test_multiply():
-    assert multiply(3, 4) == 12
-    assert multiply(0, 5) == 0
-
-def test_divide():
-    assert divide(10, 2) == 5.0
-    with pytest.raises(ValueError):
-        divide(1, 0)
-"""
 
 
 def test_complete_workflow_project_structure():

@@ -165,19 +165,4 @@ mod tests {
             Code::Unauthenticated
         );
     }
-
-    #[test]
-    fn signature_matches_the_sdk_format() {
-        let sig = sign("/home/user/a.txt", Operation::Read, "", "tok", None);
-        assert!(sig.starts_with("v1_"));
-        assert!(!sig.ends_with('='));
-        assert_ne!(
-            sig,
-            sign("/home/user/a.txt", Operation::Write, "", "tok", None)
-        );
-        assert_ne!(
-            sig,
-            sign("/home/user/a.txt", Operation::Read, "", "tok", Some(1))
-        );
-    }
 }

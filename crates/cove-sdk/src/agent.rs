@@ -99,6 +99,22 @@ impl AgentClient {
         Commands::new(self)
     }
 
+    /// A unary call of `service/method`, bounded by the request timeout.
+    pub(crate) async fn call<Req: cove_proto::connect::Wire, Resp: cove_proto::connect::Wire>(
+        &self,
+        service: &str,
+        method: &str,
+        request: Req,
+    ) -> Result<Resp> {
+        self.channel
+            .unary(
+                &format!("{service}/{method}"),
+                &request,
+                Some(self.request_timeout),
+            )
+            .await
+    }
+
     /// Whether the agent answers `GET /health`.
     pub async fn health(&self) -> Result<()> {
         let response = self

@@ -239,14 +239,7 @@ impl<'a> Commands<'a> {
         method: &str,
         request: Req,
     ) -> Result<Resp> {
-        self.agent
-            .channel
-            .unary(
-                &format!("{SERVICE}/{method}"),
-                &request,
-                Some(self.agent.request_timeout),
-            )
-            .await
+        self.agent.call(SERVICE, method, request).await
     }
 
     /// Runs a shell command line to completion (60 s limit, as the E2B SDKs).
@@ -272,20 +265,9 @@ impl<'a> Commands<'a> {
             tag: command.tag,
             stdin: Some(command.stdin),
         };
-        let stream = self
-            .agent
-            .channel
-            .server_stream::<_, StartResponse>(
-                &format!("{SERVICE}/Start"),
-                &request,
-                command.timeout,
-            )
-            .await?;
-        CommandHandle::open(
-            stream
-                .map(|m| m.map(|m| m.event.and_then(|e| e.event)))
-                .boxed(),
-        )
+        self.attach("Start", request, command.timeout, |m: StartResponse| {
+            m.event.and_then(|e| e.event)
+        })
         .await
     }
 
@@ -294,17 +276,27 @@ impl<'a> Commands<'a> {
         let request = ConnectRequest {
             process: pid_selector(pid),
         };
+        self.attach("Connect", request, None, |m: ConnectResponse| {
+            m.event.and_then(|e| e.event)
+        })
+        .await
+    }
+
+    /// Follows the event stream `method` answers (Start and Connect differ only in their
+    /// message's type).
+    async fn attach<Req: cove_proto::connect::Wire, Resp: cove_proto::connect::Wire>(
+        &self,
+        method: &str,
+        request: Req,
+        timeout: Option<Duration>,
+        event: fn(Resp) -> Option<Event>,
+    ) -> Result<CommandHandle> {
         let stream = self
             .agent
             .channel
-            .server_stream::<_, ConnectResponse>(&format!("{SERVICE}/Connect"), &request, None)
+            .server_stream::<_, Resp>(&format!("{SERVICE}/{method}"), &request, timeout)
             .await?;
-        CommandHandle::open(
-            stream
-                .map(|m| m.map(|m| m.event.and_then(|e| e.event)))
-                .boxed(),
-        )
-        .await
+        CommandHandle::open(stream.map(move |m| m.map(event)).boxed()).await
     }
 
     /// Running processes.

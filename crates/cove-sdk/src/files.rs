@@ -146,14 +146,7 @@ impl<'a> Files<'a> {
         method: &str,
         request: Req,
     ) -> Result<Resp> {
-        let channel = &self.agent.channel;
-        channel
-            .unary(
-                &format!("{SERVICE}/{method}"),
-                &request,
-                Some(self.agent.request_timeout),
-            )
-            .await
+        self.agent.call(SERVICE, method, request).await
     }
 
     /// What is at `path`.

@@ -202,13 +202,22 @@ impl NamespaceRuntime {
     }
 
     fn destroy_cgroup(&self, id: &str) -> Result<(), RuntimeError> {
+        self.on_cgroups("remove the sandbox's cgroup", |c| {
+            c.destroy(id, KILL_TIMEOUT)
+        })
+    }
+
+    /// Does `change` to the cgroups, when sandboxes have them.
+    fn on_cgroups(
+        &self,
+        what: &'static str,
+        change: impl FnOnce(&crate::cgroup::Hierarchy) -> Result<(), crate::cgroup::CgroupError>,
+    ) -> Result<(), RuntimeError> {
         match &self.cgroups {
-            Some(cgroups) => cgroups
-                .destroy(id, KILL_TIMEOUT)
-                .map_err(|e| RuntimeError::Io {
-                    what: "remove the sandbox's cgroup",
-                    source: std::io::Error::other(e),
-                }),
+            Some(cgroups) => change(cgroups).map_err(|e| RuntimeError::Io {
+                what,
+                source: std::io::Error::other(e),
+            }),
             None => Ok(()),
         }
     }
@@ -275,15 +284,7 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn set_limits(&self, id: &str, limits: crate::cgroup::Limits) -> Result<(), RuntimeError> {
-        match &self.cgroups {
-            Some(cgroups) => cgroups
-                .set_limits(id, limits)
-                .map_err(|e| RuntimeError::Io {
-                    what: "change the sandbox's limits",
-                    source: std::io::Error::other(e),
-                }),
-            None => Ok(()),
-        }
+        self.on_cgroups("change the sandbox's limits", |c| c.set_limits(id, limits))
     }
 
     fn usage(&self, id: &str) -> Option<Usage> {

@@ -57,7 +57,8 @@ pub enum LifecycleError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("creating the sandbox failed unexpectedly: {0}")]
+    /// A create's or kill's task panicked.
+    #[error("the operation failed unexpectedly: {0}")]
     Crashed(String),
 }
 
@@ -79,36 +80,26 @@ impl Live {
         }
     }
 
+    /// What `look` reads of the record (without copying the rest).
+    fn read<T>(&self, look: impl FnOnce(&SandboxRecord) -> T) -> T {
+        look(&self.record.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     pub fn record(&self) -> SandboxRecord {
-        self.record
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.read(SandboxRecord::clone)
     }
 
     pub fn id(&self) -> String {
-        self.record
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .id
-            .clone()
+        self.read(|r| r.id.clone())
     }
 
     pub fn access_token(&self) -> String {
-        self.record
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .envd_access_token
-            .clone()
+        self.read(|r| r.envd_access_token.clone())
     }
 
     /// The token clients of its ports must show, when the sandbox is not public.
     pub fn traffic_token(&self) -> Option<String> {
-        self.record
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .traffic_access_token
-            .clone()
+        self.read(|r| r.traffic_access_token.clone())
     }
 
     /// The agent's socket on the host.
@@ -118,7 +109,7 @@ impl Live {
 
     /// The sandbox's log file (setup and agent).
     pub fn log_path(&self) -> PathBuf {
-        cove_runtime::namespace::init::SandboxDirs::new(self.record().dir).log()
+        cove_runtime::namespace::init::SandboxDirs::new(self.read(|r| r.dir.clone())).log()
     }
 }
 
@@ -232,13 +223,9 @@ impl Lifecycle {
                 }
                 None => {
                     tracing::info!(sandbox_id = %record.id, "sandbox was being created when the server stopped; removing it");
-                    let runtime = self.runtime.clone();
                     let id = record.id.clone();
-                    match tokio::task::spawn_blocking(move || runtime.kill_leftovers(&id)).await {
-                        Ok(Ok(())) => self.discard(&record).await,
-                        Ok(Err(err)) => {
-                            tracing::warn!(?err, sandbox_id = %record.id, "cannot kill what is left of the sandbox")
-                        }
+                    match self.blocking(move |r| r.kill_leftovers(&id)).await {
+                        Ok(()) => self.discard(&record).await,
                         Err(err) => {
                             tracing::warn!(?err, sandbox_id = %record.id, "cannot kill what is left of the sandbox")
                         }
@@ -341,10 +328,9 @@ impl Lifecycle {
             return Err(failed("the warm sandbox has died".to_owned()));
         }
         if (record.cpu_count, record.memory_mb) != (warm.cpu_count, warm.memory_mb) {
-            let (runtime, id, limits) = (self.runtime.clone(), record.id.clone(), limits(record));
-            tokio::task::spawn_blocking(move || runtime.set_limits(&id, limits))
+            let (id, limits) = (record.id.clone(), limits(record));
+            self.blocking(move |r| r.set_limits(&id, limits))
                 .await
-                .map_err(|join| failed(join.to_string()))?
                 .map_err(|source| LifecycleError::Start {
                     id: record.id.clone(),
                     source,
@@ -392,16 +378,9 @@ impl Lifecycle {
             no_new_privs: self.config.no_new_privs,
             limits: limits(record),
         };
-        let runtime = self.runtime.clone();
-        let running = tokio::task::spawn_blocking(move || runtime.create(&spec))
+        let running = self
+            .blocking(move |r| r.create(&spec))
             .await
-            .map_err(|join| LifecycleError::Start {
-                id: record.id.clone(),
-                source: cove_runtime::RuntimeError::Start {
-                    id: record.id.clone(),
-                    reason: join.to_string(),
-                },
-            })?
             .map_err(|source| LifecycleError::Start {
                 id: record.id.clone(),
                 source,
@@ -470,15 +449,10 @@ impl Lifecycle {
 
     /// Ends a warm sandbox nobody will take.
     async fn end_warm(&self, warm: Warm) {
-        let runtime = self.runtime.clone();
         let running = warm.running.clone();
-        let killed = tokio::task::spawn_blocking(move || runtime.kill(&running))
-            .await
-            .map_err(|join| join.to_string())
-            .and_then(|killed| killed.map_err(|err| err.to_string()));
-        match killed {
+        match self.blocking(move |r| r.kill(&running)).await {
             Err(err) if self.runtime.is_alive(&warm.running) => {
-                tracing::warn!(%err, sandbox_id = %warm.record.id, "cannot kill a warm sandbox");
+                tracing::warn!(?err, sandbox_id = %warm.record.id, "cannot kill a warm sandbox");
             }
             _ => self.discard(&warm.record).await,
         }
@@ -516,7 +490,7 @@ impl Lifecycle {
         let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
         let used: Vec<u32> = live
             .values()
-            .map(|l| l.record().slot)
+            .map(|l| l.read(|r| r.slot))
             .chain(reserved.iter().copied())
             .collect();
         let slot = (0..userns::MAX_SLOTS)
@@ -537,7 +511,7 @@ impl Lifecycle {
     pub fn get(&self, team: &str, id: &str) -> Result<Arc<Live>, LifecycleError> {
         self.live_map()
             .get(id)
-            .filter(|live| live.record().team == team)
+            .filter(|live| live.read(|r| r.team == team))
             .cloned()
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
     }
@@ -579,8 +553,8 @@ impl Lifecycle {
         let mut records: Vec<SandboxRecord> = self
             .live_map()
             .values()
+            .filter(|l| l.read(|r| r.team == team))
             .map(|l| l.record())
-            .filter(|r| r.team == team)
             .collect();
         records.sort_by(|a, b| {
             b.started_at
@@ -633,36 +607,18 @@ impl Lifecycle {
 
     async fn end(self: &Arc<Self>, live: &Arc<Live>) -> Result<(), LifecycleError> {
         let (this, live) = (self.clone(), live.clone());
-        let id = live.id();
         self.ending
             .spawn(async move { this.end_now(&live).await })
             .await
-            .unwrap_or_else(|join| {
-                Err(LifecycleError::Kill {
-                    id: id.clone(),
-                    source: cove_runtime::RuntimeError::Start {
-                        id,
-                        reason: join.to_string(),
-                    },
-                })
-            })
+            .unwrap_or_else(|join| Err(LifecycleError::Crashed(join.to_string())))
     }
 
     async fn end_now(&self, live: &Arc<Live>) -> Result<(), LifecycleError> {
         let record = live.record();
         // Gone from routing first: no new traffic reaches a dying sandbox.
         self.live_map_mut().remove(&record.id);
-        let runtime = self.runtime.clone();
         let running = live.running.clone();
-        let killed = tokio::task::spawn_blocking(move || runtime.kill(&running))
-            .await
-            .unwrap_or_else(|join| {
-                Err(cove_runtime::RuntimeError::Start {
-                    id: record.id.clone(),
-                    reason: join.to_string(),
-                })
-            });
-        if let Err(source) = killed {
+        if let Err(source) = self.blocking(move |r| r.kill(&running)).await {
             // Keep it listed so the kill can be retried.
             self.live_map_mut().insert(record.id.clone(), live.clone());
             return Err(LifecycleError::Kill {
@@ -675,11 +631,27 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// Runs a call of the runtime (they block) on a blocking thread; a panic in it comes back
+    /// as an error of the call.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&dyn Runtime) -> Result<T, cove_runtime::RuntimeError> + Send + 'static,
+    ) -> Result<T, cove_runtime::RuntimeError> {
+        let runtime = self.runtime.clone();
+        tokio::task::spawn_blocking(move || call(runtime.as_ref()))
+            .await
+            .unwrap_or_else(|join| {
+                Err(cove_runtime::RuntimeError::Io {
+                    what: "finish a call of the runtime",
+                    source: std::io::Error::other(join),
+                })
+            })
+    }
+
     /// Removes a sandbox's files and record (its processes must be gone).
     async fn discard(&self, record: &SandboxRecord) {
-        let runtime = self.runtime.clone();
         let dir = record.dir.clone();
-        if let Ok(Err(err)) = tokio::task::spawn_blocking(move || runtime.remove(&dir)).await {
+        if let Err(err) = self.blocking(move |r| r.remove(&dir)).await {
             tracing::warn!(?err, sandbox_id = %record.id, "cannot remove the sandbox's files");
         }
         if let Err(err) = self.store.delete_sandbox(&record.id) {
@@ -692,7 +664,7 @@ impl Lifecycle {
         let now = clock::now_ms();
         let candidates: Vec<Arc<Live>> = self.live_map().values().cloned().collect();
         for live in candidates {
-            let expired = live.record().end_at <= now;
+            let expired = live.read(|r| r.end_at <= now);
             let dead = !self.runtime.is_alive(&live.running);
             if expired || dead {
                 tracing::info!(sandbox_id = %live.id(), expired, dead, "reaping sandbox");
