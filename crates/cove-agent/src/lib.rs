@@ -7,6 +7,7 @@ pub mod auth;
 pub mod defaults;
 pub mod files;
 pub mod filesystem;
+pub mod interpreter;
 pub mod listener;
 pub mod metrics;
 pub mod paths;
@@ -54,6 +55,8 @@ pub struct AgentConfig {
     pub accounts: AccountFiles,
     /// Environment variables of every process (besides `E2B_SANDBOX=true`).
     pub env: BTreeMap<String, String>,
+    /// Where the code interpreter listens (E2B's port 49999), if it runs.
+    pub code_interpreter: Option<std::net::SocketAddr>,
 }
 
 impl Default for AgentConfig {
@@ -65,6 +68,7 @@ impl Default for AgentConfig {
             default_workdir: None,
             accounts: AccountFiles::default(),
             env: BTreeMap::new(),
+            code_interpreter: None,
         }
     }
 }
@@ -181,7 +185,17 @@ pub async fn run_with_readiness(
     ready: impl FnOnce(),
 ) -> Result<(), AgentError> {
     let state = AgentState::new(&config).map_err(AgentError::Start)?;
-    listener::serve_all(&config.listen, router(state), ready).await
+    let app = router(state.clone());
+    let mut apps: Vec<(ListenAddr, Router)> = config
+        .listen
+        .iter()
+        .map(|addr| (addr.clone(), app.clone()))
+        .collect();
+    if let Some(addr) = config.code_interpreter {
+        let interpreter = interpreter::Interpreter::new(state);
+        apps.push((ListenAddr::Tcp(addr), interpreter::router(interpreter)));
+    }
+    listener::serve_all(&apps, ready).await
 }
 
 /// Why the agent could not run.

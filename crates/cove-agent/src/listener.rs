@@ -40,17 +40,17 @@ impl fmt::Display for ListenAddr {
     }
 }
 
-/// Binds every address first (so a bad one fails fast), then serves until SIGTERM/SIGINT.
+/// Binds every address first (so a bad one fails fast), then serves each one's app until
+/// SIGTERM/SIGINT.
 pub async fn serve_all(
-    addrs: &[ListenAddr],
-    app: Router,
+    apps: &[(ListenAddr, Router)],
     ready: impl FnOnce(),
 ) -> Result<(), AgentError> {
-    if addrs.is_empty() {
+    if apps.is_empty() {
         return Err(AgentError::NoListener);
     }
     let mut servers = tokio::task::JoinSet::new();
-    for addr in addrs {
+    for (addr, app) in apps {
         let listen_err = |source| AgentError::Listen {
             addr: addr.to_string(),
             source,

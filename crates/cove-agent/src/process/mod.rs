@@ -19,7 +19,10 @@ use cove_proto::{
 };
 use tokio::sync::mpsc;
 
-pub use self::{service::routes, spawn::StartSpec};
+pub use self::{
+    service::routes,
+    spawn::{Output, StartSpec},
+};
 use crate::reaper::Reaper;
 
 /// How long the end of a process stays available to `Connect` after it exited.
@@ -64,6 +67,11 @@ impl ProcessTable {
         let now = tokio::time::Instant::now();
         ended.retain(|_, e| now.duration_since(e.at) < RETAIN_ENDED);
         ended
+    }
+
+    /// The reaper that hands out the exit of every process the agent starts.
+    pub fn reaper(&self) -> &Reaper {
+        &self.reaper
     }
 
     /// Running processes, for `List`.

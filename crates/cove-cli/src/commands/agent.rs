@@ -19,6 +19,9 @@ pub struct Args {
     /// Working directory of processes that name none (default: the user's home).
     #[arg(long)]
     default_workdir: Option<PathBuf>,
+    /// Serve the code interpreter (Jupyter kernels, E2B's port 49999) on this address.
+    #[arg(long, value_name = "HOST:PORT")]
+    code_interpreter: Option<std::net::SocketAddr>,
     /// An environment variable every process gets (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -46,6 +49,7 @@ pub fn run_with_readiness(
         default_user: args.default_user,
         default_workdir: args.default_workdir,
         env: args.env.into_iter().collect(),
+        code_interpreter: args.code_interpreter,
         ..AgentConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

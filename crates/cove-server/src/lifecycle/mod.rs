@@ -704,6 +704,9 @@ impl Lifecycle {
     }
 }
 
+/// The port of the code interpreter inside a sandbox (E2B's Jupyter port).
+pub const CODE_INTERPRETER_PORT: u16 = 49999;
+
 /// The agent's command line for a sandbox (it reaches PID 1 on stdin, never in argv).
 fn agent_args(record: &SandboxRecord) -> Vec<String> {
     let mut args = vec![
@@ -715,6 +718,8 @@ fn agent_args(record: &SandboxRecord) -> Vec<String> {
         "user".to_owned(),
         "--default-workdir".to_owned(),
         "/home/user".to_owned(),
+        "--code-interpreter".to_owned(),
+        format!("127.0.0.1:{CODE_INTERPRETER_PORT}"),
     ];
     let builtin = BTreeMap::from([
         ("E2B_SANDBOX_ID".to_owned(), record.id.clone()),

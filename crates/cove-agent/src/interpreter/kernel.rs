@@ -1,0 +1,341 @@
+//! One running Jupyter kernel: its process (in a process group of its own, as the context's
+//! user), its connection file, and the ZeroMQ client that talks to it.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    net::Ipv4Addr,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use cove_jupyter::{ConnectionInfo, KernelClient};
+use rustix::process::{Pid, Signal};
+use tokio::sync::watch;
+
+use super::kernelspec::KernelSpec;
+use crate::{
+    process::{self, StartSpec},
+    reaper::{Exit, Reaper},
+    users::User,
+};
+
+/// How long a kernel gets to start and answer (IPython takes about a second).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How much of a kernel's stderr is kept to explain why it failed.
+const STDERR_TAIL: usize = 2048;
+
+/// Why a kernel could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("cannot write the kernel's connection file {path}")]
+    ConnectionFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the {name} kernel: {message}")]
+    Spawn { name: String, message: String },
+    #[error("the {name} kernel exited ({exit}) while starting{stderr}")]
+    Exited {
+        name: String,
+        exit: String,
+        stderr: String,
+    },
+    #[error("the {name} kernel did not answer within {timeout:?}")]
+    NoAnswer {
+        name: String,
+        timeout: Duration,
+        #[source]
+        source: Option<cove_jupyter::ClientError>,
+    },
+}
+
+/// What a kernel is started with.
+pub struct Launch<'a> {
+    pub spec: &'a KernelSpec,
+    pub user: User,
+    pub cwd: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub reaper: &'a Reaper,
+}
+
+/// A running kernel. Dropping it kills the kernel's process group.
+pub struct Kernel {
+    name: String,
+    pid: Pid,
+    interrupt_by_message: bool,
+    client: KernelClient,
+    exit: watch::Receiver<Option<Exit>>,
+    connection_file: PathBuf,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel")
+            .field("name", &self.name)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kernel {
+    /// Starts the kernel and waits until it answers.
+    pub async fn start(launch: Launch<'_>) -> Result<Self, KernelError> {
+        let spec = launch.spec;
+        let info =
+            ConnectionInfo::on_free_ports(Ipv4Addr::LOCALHOST, &spec.name).map_err(|err| {
+                KernelError::Spawn {
+                    name: spec.name.clone(),
+                    message: format!("no free ports: {err}"),
+                }
+            })?;
+        let connection_file = std::env::temp_dir().join(format!(
+            ".cove-kernel-{}.json",
+            uuid::Uuid::new_v4().simple()
+        ));
+        write_private(&connection_file, &info.to_json(), &launch.user).map_err(|source| {
+            KernelError::ConnectionFile {
+                path: connection_file.clone(),
+                source,
+            }
+        })?;
+        let file_arg = connection_file.to_string_lossy().into_owned();
+        let mut argv = spec
+            .argv
+            .iter()
+            .map(|a| a.replace("{connection_file}", &file_arg));
+        let cmd = argv.next().unwrap_or_default();
+        let mut args: Vec<String> = argv.collect();
+        if spec.is_ipykernel() {
+            // Tracebacks as plain text, as E2B's interpreter sends them.
+            args.push("--InteractiveShell.colors=NoColor".to_owned());
+        }
+        let mut env = launch.env;
+        env.extend(spec.env.clone());
+        // debugpy (in ipykernel) warns on every start about frozen modules.
+        env.entry("PYDEVD_DISABLE_FILE_VALIDATION".to_owned())
+            .or_insert_with(|| "1".to_owned());
+        let started = StartSpec {
+            cmd,
+            args,
+            user: launch.user,
+            cwd: launch.cwd,
+            env,
+            pty: None,
+            stdin: false,
+        }
+        .spawn(launch.reaper);
+        let started = match started {
+            Ok(started) => started,
+            Err(err) => {
+                let _ = std::fs::remove_file(&connection_file);
+                return Err(KernelError::Spawn {
+                    name: spec.name.clone(),
+                    message: err.message,
+                });
+            }
+        };
+        let pid = Pid::from_raw(started.pid as i32).expect("a started process has a pid");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let process::Output::Pipes {
+            stdout,
+            stderr: err,
+        } = started.output
+        {
+            tokio::spawn(drain(stdout, None));
+            tokio::spawn(drain(err, Some(stderr.clone())));
+        }
+        let (exit_tx, exit) = watch::channel(None);
+        let exit_rx = started.exit;
+        tokio::spawn(async move {
+            if let Ok(status) = exit_rx.await {
+                let _ = exit_tx.send(Some(status));
+            }
+        });
+
+        let mut kernel = Kernel {
+            name: spec.name.clone(),
+            pid,
+            interrupt_by_message: spec.interrupt_by_message,
+            client: match connect(&info, exit.clone(), &spec.name, &stderr).await {
+                Ok(client) => client,
+                Err(err) => {
+                    kill_group(pid, Signal::KILL);
+                    let _ = std::fs::remove_file(&connection_file);
+                    return Err(err);
+                }
+            },
+            exit,
+            connection_file,
+        };
+        kernel.exit.mark_unchanged();
+        Ok(kernel)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The kernel's pid, which leads its process group.
+    pub fn process_group(&self) -> Pid {
+        self.pid
+    }
+
+    pub fn client(&self) -> &KernelClient {
+        &self.client
+    }
+
+    /// How the kernel ended, once it has.
+    pub fn exited(&self) -> Option<Exit> {
+        *self.exit.borrow()
+    }
+
+    /// Resolves when the kernel process ends.
+    pub async fn wait_exit(&self) -> Exit {
+        let mut exit = self.exit.clone();
+        loop {
+            if let Some(status) = *exit.borrow_and_update() {
+                return status;
+            }
+            if exit.changed().await.is_err() {
+                // The reaper went away: the agent is ending.
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Interrupts what the kernel runs, as Jupyter does: SIGINT to its process group, or
+    /// an `interrupt_request` for kernels that ask for one.
+    pub async fn interrupt(&self) {
+        if self.interrupt_by_message {
+            let request = self
+                .client
+                .request(
+                    cove_jupyter::Channel::Control,
+                    "interrupt_request",
+                    serde_json::json!({}),
+                )
+                .await;
+            if let Err(err) = request {
+                tracing::warn!(?err, kernel = %self.name, "cannot interrupt the kernel");
+            }
+        } else {
+            kill_group(self.pid, Signal::INT);
+        }
+    }
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            kill_group(self.pid, Signal::KILL);
+        }
+        let _ = std::fs::remove_file(&self.connection_file);
+    }
+}
+
+/// Describes an exit for a message.
+pub fn describe(exit: Exit) -> String {
+    match exit {
+        Exit::Code(code) => format!("exit code {code}"),
+        Exit::Signal(signal) => format!("signal {signal}"),
+    }
+}
+
+fn kill_group(pid: Pid, signal: Signal) {
+    if rustix::process::kill_process_group(pid, signal).is_err() {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+/// Connects to the kernel and waits until it answers; fails early when it exits.
+async fn connect(
+    info: &ConnectionInfo,
+    mut exit: watch::Receiver<Option<Exit>>,
+    name: &str,
+    stderr: &Mutex<String>,
+) -> Result<KernelClient, KernelError> {
+    let ready = async {
+        let client = KernelClient::connect(info).await?;
+        client.wait_ready(START_TIMEOUT).await?;
+        Ok::<_, cove_jupyter::ClientError>(client)
+    };
+    let exited = async {
+        loop {
+            if let Some(status) = *exit.borrow_and_update() {
+                return status;
+            }
+            if exit.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    };
+    tokio::select! {
+        ready = tokio::time::timeout(START_TIMEOUT, ready) => match ready {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(source)) => Err(KernelError::NoAnswer {
+                name: name.to_owned(),
+                timeout: START_TIMEOUT,
+                source: Some(source),
+            }),
+            Err(_) => Err(KernelError::NoAnswer {
+                name: name.to_owned(),
+                timeout: START_TIMEOUT,
+                source: None,
+            }),
+        },
+        status = exited => {
+            // Let the last of its stderr arrive.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let tail = stderr.lock().unwrap_or_else(|e| e.into_inner()).trim().to_owned();
+            Err(KernelError::Exited {
+                name: name.to_owned(),
+                exit: describe(status),
+                stderr: if tail.is_empty() { String::new() } else { format!(": {tail}") },
+            })
+        }
+    }
+}
+
+/// Reads a kernel's output pipe to its end, keeping the last bytes when asked to.
+async fn drain(pipe: tokio::net::unix::pipe::Receiver, keep: Option<Arc<Mutex<String>>>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        if pipe.readable().await.is_err() {
+            return;
+        }
+        match pipe.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if let Some(keep) = &keep {
+                    let mut tail = keep.lock().unwrap_or_else(|e| e.into_inner());
+                    tail.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    if tail.len() > STDERR_TAIL {
+                        let mut cut = tail.len() - STDERR_TAIL;
+                        while !tail.is_char_boundary(cut) {
+                            cut += 1;
+                        }
+                        tail.drain(..cut);
+                    }
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Writes a file only `user` can read (the connection file holds the signing key).
+fn write_private(path: &Path, contents: &str, user: &User) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())?;
+    std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid))
+}

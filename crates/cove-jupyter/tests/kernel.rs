@@ -1,0 +1,143 @@
+//! Drives a real ipykernel (the host's `/usr/bin/python3`, as `scripts/setup` installs it)
+//! over ZeroMQ: readiness, an execution's broadcasts, an error, and an interrupt.
+#![allow(clippy::unwrap_used)]
+
+use std::{net::Ipv4Addr, process::Stdio, time::Duration};
+
+use cove_jupyter::{Channel, ConnectionInfo, Incoming, KernelClient, Replies};
+use serde_json::{Value, json};
+
+struct Kernel {
+    child: tokio::process::Child,
+    client: KernelClient,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn start() -> Kernel {
+    let dir = tempfile::tempdir().unwrap();
+    let info = ConnectionInfo::on_free_ports(Ipv4Addr::LOCALHOST, "python3").unwrap();
+    let file = dir.path().join("kernel.json");
+    std::fs::write(&file, info.to_json()).unwrap();
+    let child = tokio::process::Command::new("/usr/bin/python3")
+        .args(["-m", "ipykernel_launcher", "-f"])
+        .arg(&file)
+        .env("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 with ipykernel (scripts/setup installs it)");
+    let client = tokio::time::timeout(Duration::from_secs(30), KernelClient::connect(&info))
+        .await
+        .expect("kernel listens")
+        .unwrap();
+    client.wait_ready(Duration::from_secs(30)).await.unwrap();
+    Kernel {
+        child,
+        client,
+        _dir: dir,
+    }
+}
+
+async fn execute(client: &KernelClient, code: &str) -> Replies {
+    client
+        .request(
+            Channel::Shell,
+            "execute_request",
+            json!({"code": code, "silent": false, "store_history": true,
+                   "user_expressions": {}, "allow_stdin": false, "stop_on_error": true}),
+        )
+        .await
+        .unwrap()
+}
+
+/// Every IOPub message of the execution up to its `idle` status.
+async fn broadcasts(replies: &mut Replies) -> Vec<Incoming> {
+    let mut seen = Vec::new();
+    loop {
+        let incoming = tokio::time::timeout(Duration::from_secs(30), replies.next())
+            .await
+            .expect("the kernel goes idle")
+            .expect("the connection stays open");
+        if incoming.channel != Channel::IoPub {
+            continue;
+        }
+        let idle = incoming.message.msg_type() == "status"
+            && incoming.message.content["execution_state"] == "idle";
+        seen.push(incoming);
+        if idle {
+            return seen;
+        }
+    }
+}
+
+fn of_type<'a>(seen: &'a [Incoming], msg_type: &str) -> Vec<&'a Value> {
+    seen.iter()
+        .filter(|i| i.message.msg_type() == msg_type)
+        .map(|i| &i.message.content)
+        .collect()
+}
+
+#[tokio::test]
+async fn executes_code_and_keeps_state() {
+    let kernel = start().await;
+    let mut replies = execute(&kernel.client, "x = 40\nprint('hello')\nx + 2").await;
+    let seen = broadcasts(&mut replies).await;
+    assert_eq!(of_type(&seen, "stream")[0]["text"], "hello\n");
+    assert_eq!(
+        of_type(&seen, "execute_result")[0]["data"]["text/plain"],
+        "42"
+    );
+    assert_eq!(of_type(&seen, "execute_input").len(), 1);
+
+    let mut replies = execute(&kernel.client, "x * 2").await;
+    let seen = broadcasts(&mut replies).await;
+    assert_eq!(
+        of_type(&seen, "execute_result")[0]["data"]["text/plain"],
+        "80"
+    );
+}
+
+#[tokio::test]
+async fn reports_errors_and_can_be_interrupted() {
+    let mut kernel = start().await;
+    let mut replies = execute(&kernel.client, "1/0").await;
+    let seen = broadcasts(&mut replies).await;
+    assert_eq!(of_type(&seen, "error")[0]["ename"], "ZeroDivisionError");
+
+    let mut replies = execute(
+        &kernel.client,
+        "import time\nprint('start', flush=True)\ntime.sleep(60)",
+    )
+    .await;
+    // Interrupt once the code runs (its first line is out).
+    loop {
+        let incoming = replies.next().await.unwrap();
+        if incoming.message.msg_type() == "stream" {
+            break;
+        }
+    }
+    let pid = kernel.child.id().unwrap();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let seen = broadcasts(&mut replies).await;
+    assert_eq!(of_type(&seen, "error")[0]["ename"], "KeyboardInterrupt");
+    let mut replies = execute(&kernel.client, "'still here'").await;
+    let seen = broadcasts(&mut replies).await;
+    assert_eq!(
+        of_type(&seen, "execute_result")[0]["data"]["text/plain"],
+        "'still here'"
+    );
+    kernel.child.kill().await.unwrap();
+}
