@@ -3,6 +3,7 @@
 //!
 //!     cargo build --release && target/release/cove-bench --out docs/BENCHMARKS.md
 
+mod code;
 mod measure;
 mod report;
 
@@ -32,6 +33,9 @@ struct Args {
     /// Idle sandboxes kept for the memory figure.
     #[arg(long, default_value_t = 20)]
     idle: usize,
+    /// Run one group only (the report then holds only its figures).
+    #[arg(long, value_parser = ["commands", "transfers", "create", "hog", "code", "memory"])]
+    only: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         iterations: args.iterations,
         transfer_bytes: args.transfer_mib << 20,
         idle: args.idle,
+        only: args.only,
     };
     let results = runtime.block_on(measure::all(&settings))?;
     let markdown = report::markdown(&settings, &results);

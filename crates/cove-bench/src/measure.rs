@@ -19,6 +19,8 @@ pub struct Settings {
     pub iterations: usize,
     pub transfer_bytes: usize,
     pub idle: usize,
+    /// Run only this group of measurements.
+    pub only: Option<String>,
 }
 
 /// One figure and its baseline.
@@ -71,7 +73,7 @@ impl Target {
     }
 }
 
-fn latency(mut samples: Vec<Duration>) -> Figure {
+pub fn latency(mut samples: Vec<Duration>) -> Figure {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
     Figure::Latency {
@@ -82,18 +84,35 @@ fn latency(mut samples: Vec<Duration>) -> Figure {
 
 pub async fn all(settings: &Settings) -> anyhow::Result<Vec<Result>> {
     let mut results = Vec::new();
-    eprintln!("agent: process round trip");
-    results.push(process_round_trip(settings).await?);
-    eprintln!("agent: transfers");
-    results.extend(transfers(settings).await?);
-    eprintln!("server: create → first output");
-    for case in &CREATE_CASES {
-        results.push(create_latency(settings, case).await?);
+    let wanted = |group: &str| settings.only.as_deref().is_none_or(|only| group == only);
+    if wanted("commands") {
+        eprintln!("agent: process round trip");
+        results.push(process_round_trip(settings).await?);
     }
-    eprintln!("server: command latency beside a CPU hog");
-    results.push(latency_beside_a_hog(settings).await?);
-    eprintln!("server: idle memory");
-    results.push(idle_memory(settings).await?);
+    if wanted("transfers") {
+        eprintln!("agent: transfers");
+        results.extend(transfers(settings).await?);
+    }
+    if wanted("create") {
+        eprintln!("server: create → first output");
+        for case in &CREATE_CASES {
+            results.push(create_latency(settings, case).await?);
+        }
+    }
+    if wanted("hog") {
+        eprintln!("server: command latency beside a CPU hog");
+        results.push(latency_beside_a_hog(settings).await?);
+    }
+    if wanted("code") {
+        eprintln!("server: run_code round trip");
+        results.push(crate::code::run_code_round_trip(settings).await?);
+        eprintln!("server: create → first run_code result");
+        results.push(crate::code::create_to_first_result(settings).await?);
+    }
+    if wanted("memory") {
+        eprintln!("server: idle memory");
+        results.push(idle_memory(settings).await?);
+    }
     Ok(results)
 }
 

@@ -15,3 +15,11 @@ pub use crate::{
     connection::ConnectionInfo,
     message::{Header, Message, MessageError, Signer},
 };
+
+/// Options Cove starts IPython's kernel with: tracebacks in plain text (as E2B sends them),
+/// and history kept in memory. History on disk costs a SQLite write per execution, about a
+/// millisecond here, and a context's history does not outlive its kernel anyway.
+pub const IPYKERNEL_OPTIONS: &[&str] = &[
+    "--InteractiveShell.colors=NoColor",
+    "--HistoryManager.hist_file=:memory:",
+];

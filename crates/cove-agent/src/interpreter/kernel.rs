@@ -111,8 +111,11 @@ impl Kernel {
         let cmd = argv.next().unwrap_or_default();
         let mut args: Vec<String> = argv.collect();
         if spec.is_ipykernel() {
-            // Tracebacks as plain text, as E2B's interpreter sends them.
-            args.push("--InteractiveShell.colors=NoColor".to_owned());
+            args.extend(
+                cove_jupyter::IPYKERNEL_OPTIONS
+                    .iter()
+                    .map(|o| (*o).to_owned()),
+            );
         }
         let mut env = launch.env;
         env.extend(spec.env.clone());

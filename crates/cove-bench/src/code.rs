@@ -1,0 +1,190 @@
+//! The code interpreter's figures: `run_code("1+1")` on a warm context, and a new sandbox's
+//! first result, each beside a bare ipykernel driven over ZeroMQ from the host.
+
+use std::{
+    net::Ipv4Addr,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use cove_jupyter::{Channel, ConnectionInfo, KernelClient};
+use cove_sdk::{CreateOptions, Sandbox};
+use cove_test_util::TestServer;
+
+use crate::measure::{Result, Settings, Target, latency};
+
+/// Sandboxes (and bare kernels) started for the first-result figure: each takes a second.
+const FIRST_RESULT_SAMPLES: usize = 10;
+
+/// `run_code` through the proxy: the `/execute` request and its JSON lines to the end.
+struct Interpreter {
+    http: reqwest::Client,
+    url: String,
+    sandbox_id: String,
+}
+
+impl Interpreter {
+    fn new(server: &TestServer, sandbox: &Sandbox) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            url: format!("{}/execute", server.url()),
+            sandbox_id: sandbox.id().to_owned(),
+        }
+    }
+
+    /// Runs `code` and returns when its first result line arrived and when it ended.
+    async fn run(&self, code: &str) -> anyhow::Result<(Instant, String)> {
+        let mut response = self
+            .http
+            .post(&self.url)
+            .header("E2b-Sandbox-Id", &self.sandbox_id)
+            .header("E2b-Sandbox-Port", "49999")
+            .json(&serde_json::json!({"code": code}))
+            .send()
+            .await?
+            .error_for_status()?;
+        let mut body = String::new();
+        let mut first_result = None;
+        while let Some(chunk) = response.chunk().await? {
+            body.push_str(&String::from_utf8_lossy(&chunk));
+            if first_result.is_none() && body.contains(r#""type":"result""#) {
+                first_result = Some(Instant::now());
+            }
+        }
+        let first_result =
+            first_result.with_context(|| format!("no result in the answer to {code:?}: {body}"))?;
+        Ok((first_result, body))
+    }
+}
+
+/// A bare ipykernel on the host, with the options Cove gives it.
+struct BareKernel {
+    child: tokio::process::Child,
+    client: KernelClient,
+    _dir: tempfile::TempDir,
+}
+
+impl BareKernel {
+    async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let info = ConnectionInfo::on_free_ports(Ipv4Addr::LOCALHOST, "python3")?;
+        let file = dir.path().join("kernel.json");
+        std::fs::write(&file, info.to_json())?;
+        let child = tokio::process::Command::new("/usr/bin/python3")
+            .args(["-m", "ipykernel_launcher", "-f"])
+            .arg(&file)
+            .args(cove_jupyter::IPYKERNEL_OPTIONS)
+            .env("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start ipykernel (scripts/setup installs python3-ipykernel)")?;
+        let client = tokio::time::timeout(Duration::from_secs(60), KernelClient::connect(&info))
+            .await
+            .context("the kernel did not listen")??;
+        client.wait_ready(Duration::from_secs(60)).await?;
+        Ok(Self {
+            child,
+            client,
+            _dir: dir,
+        })
+    }
+
+    /// Executes `code`; returns when its result arrived (and waits for idle after).
+    async fn run(&self, code: &str) -> anyhow::Result<Instant> {
+        let mut replies = self
+            .client
+            .request(
+                Channel::Shell,
+                "execute_request",
+                serde_json::json!({"code": code, "silent": false, "store_history": true,
+                                   "user_expressions": {}, "allow_stdin": false}),
+            )
+            .await?;
+        let mut result = None;
+        while let Some(incoming) = replies.next().await {
+            let message = &incoming.message;
+            match message.msg_type() {
+                "execute_result" => result = Some(Instant::now()),
+                "status" if message.content["execution_state"] == "idle" => break,
+                _ => {}
+            }
+        }
+        result.context("the kernel sent no result")
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// `run_code("1+1")` on a warm context through the proxy, against an `execute_request` to a
+/// bare ipykernel over ZeroMQ on the host.
+pub async fn run_code_round_trip(settings: &Settings) -> anyhow::Result<Result> {
+    let server = TestServer::start(&settings.cove).await;
+    let sandbox = Sandbox::create(&server.config(), CreateOptions::default()).await?;
+    let interpreter = Interpreter::new(&server, &sandbox);
+    for _ in 0..20 {
+        interpreter.run("1+1").await?;
+    }
+    let mut samples = Vec::with_capacity(settings.iterations);
+    for _ in 0..settings.iterations {
+        let started = Instant::now();
+        let (_, body) = interpreter.run("1+1").await?;
+        samples.push(started.elapsed());
+        anyhow::ensure!(body.contains(r#""text":"2""#), "unexpected answer {body}");
+    }
+    sandbox.kill().await?;
+
+    let kernel = BareKernel::start().await?;
+    for _ in 0..20 {
+        kernel.run("1+1").await?;
+    }
+    let mut baseline = Vec::with_capacity(settings.iterations);
+    for _ in 0..settings.iterations {
+        let started = Instant::now();
+        kernel.run("1+1").await?;
+        baseline.push(started.elapsed());
+    }
+    kernel.stop().await;
+    Ok(Result {
+        name: "run_code(\"1+1\") on a warm context (HTTP through the proxy)",
+        figure: latency(samples),
+        baseline_name: "`execute_request` to a bare ipykernel over ZeroMQ",
+        baseline: latency(baseline),
+        target: Some(Target::LatencyBelow(Duration::from_millis(5))),
+    })
+}
+
+/// A new sandbox's first `run_code("1+1")` result (its kernel starts on that call), against
+/// starting a bare ipykernel on the host and executing the same.
+pub async fn create_to_first_result(settings: &Settings) -> anyhow::Result<Result> {
+    let server = TestServer::start(&settings.cove).await;
+    // The warm sandboxes of a server that just started are still being made.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut samples = Vec::with_capacity(FIRST_RESULT_SAMPLES);
+    for _ in 0..FIRST_RESULT_SAMPLES {
+        let started = Instant::now();
+        let sandbox = Sandbox::create(&server.config(), CreateOptions::default()).await?;
+        let (first_result, _) = Interpreter::new(&server, &sandbox).run("1+1").await?;
+        samples.push(first_result - started);
+        sandbox.kill().await?;
+    }
+    let mut baseline = Vec::with_capacity(FIRST_RESULT_SAMPLES);
+    for _ in 0..FIRST_RESULT_SAMPLES {
+        let started = Instant::now();
+        let kernel = BareKernel::start().await?;
+        let result = kernel.run("1+1").await?;
+        baseline.push(result - started);
+        kernel.stop().await;
+    }
+    Ok(Result {
+        name: "create → first run_code result (kernel started on first use)",
+        figure: latency(samples),
+        baseline_name: "start a bare ipykernel and execute on the host",
+        baseline: latency(baseline),
+        target: None,
+    })
+}
