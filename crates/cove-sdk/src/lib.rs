@@ -9,8 +9,10 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod pty;
 mod rpc;
 pub mod sandbox;
+pub mod templates;
 
 pub use crate::{
     agent::AgentClient,
@@ -18,6 +20,7 @@ pub use crate::{
     config::ConnectionConfig,
     error::{CommandExit, Error, Result},
     files::{Entry, FileKind, FsEvent, FsEventKind, Written},
+    pty::PtyOptions,
     sandbox::{CreateOptions, Sandbox},
 };
 pub use cove_proto::rest;
