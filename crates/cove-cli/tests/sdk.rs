@@ -568,3 +568,172 @@ async fn a_full_disk_is_not_enough_space() {
     );
     sbx.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn code_runs_in_contexts_with_state() {
+    use cove_sdk::{ExecutionEvent, RunCodeOptions};
+
+    let server = server().await;
+    let sbx = sandbox(&server).await;
+
+    // State lives on in the default context; print is output, the last value a result.
+    let first = sbx.run_code("import math\nx = 41").await.unwrap();
+    assert!(
+        first.error.is_none() && first.results.is_empty(),
+        "{first:?}"
+    );
+    let second = sbx.run_code("print('adding')\nx + 1").await.unwrap();
+    assert_eq!(second.text(), Some("42"));
+    assert_eq!(second.stdout, ["adding\n"]);
+    assert_eq!(second.execution_count, first.execution_count.map(|n| n + 1));
+    let html = sbx
+        .run_code("from IPython.display import HTML, display\ndisplay(HTML('<b>x</b>'))")
+        .await
+        .unwrap();
+    assert_eq!(html.results[0].html.as_deref(), Some("<b>x</b>"));
+    assert!(!html.results[0].is_main_result);
+
+    // An exception is the execution's error, not a failed call.
+    let failed = sbx
+        .run_code("import sys\nprint('before', file=sys.stderr)\n1 / 0")
+        .await
+        .unwrap();
+    let error = failed.error.unwrap();
+    assert_eq!(
+        (error.name.as_str(), error.value.as_str()),
+        ("ZeroDivisionError", "division by zero")
+    );
+    assert!(error.traceback.contains("1 / 0"), "{}", error.traceback);
+    assert_eq!(failed.stderr, ["before\n"]);
+
+    // Environment for one execution only.
+    let with_env = sbx
+        .run_code_with(
+            "import os\nos.environ.get('ONLY_NOW')",
+            RunCodeOptions {
+                envs: [("ONLY_NOW".to_owned(), "yes".to_owned())].into(),
+                ..RunCodeOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(with_env.text(), Some("yes"));
+    assert_eq!(
+        sbx.run_code("import os\nos.environ.get('ONLY_NOW')")
+            .await
+            .unwrap()
+            .text(),
+        None
+    );
+
+    // Contexts: separate state, own directory, listed, restarted, removed.
+    let code = sbx.code_interpreter();
+    let context = code
+        .create_context(Some("python"), Some("/tmp"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (context.language.as_str(), context.cwd.as_str()),
+        ("python", "/tmp")
+    );
+    let in_context = |line: &'static str| {
+        sbx.run_code_with(
+            line,
+            RunCodeOptions {
+                context: Some(context.id.clone()),
+                ..RunCodeOptions::default()
+            },
+        )
+    };
+    let isolated = in_context("import os\n(os.getcwd(), 'x' in globals())")
+        .await
+        .unwrap();
+    assert_eq!(isolated.text(), Some("('/tmp', False)"));
+    in_context("y = 5").await.unwrap();
+    assert!(
+        code.list_contexts()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.id == context.id)
+    );
+    code.restart_context(&context.id).await.unwrap();
+    let lost = in_context("y").await.unwrap();
+    assert_eq!(lost.error.unwrap().name, "NameError");
+    code.remove_context(&context.id).await.unwrap();
+    assert!(
+        !code
+            .list_contexts()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.id == context.id)
+    );
+    assert!(matches!(in_context("1").await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        code.remove_context(&context.id).await,
+        Err(Error::NotFound(_))
+    ));
+
+    // Other languages, and the ones the sandbox lacks.
+    let bash = sbx
+        .run_code_with(
+            "echo from-bash",
+            RunCodeOptions {
+                language: Some("bash".into()),
+                ..RunCodeOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(bash.stdout.concat(), "from-bash\n");
+    let cobol = sbx
+        .run_code_with(
+            "DISPLAY 'x'",
+            RunCodeOptions {
+                language: Some("cobol".into()),
+                ..RunCodeOptions::default()
+            },
+        )
+        .await;
+    assert!(matches!(cobol, Err(Error::InvalidArgument(_))), "{cobol:?}");
+
+    // Output streams while the code runs: the code waits for a file only this test writes,
+    // once it has seen the first line.
+    let mut events = code
+        .run_stream(
+            "import os, time\nprint('early', flush=True)\nwhile not os.path.exists('/tmp/go'):\n    time.sleep(0.02)\nprint('late')",
+            RunCodeOptions::default(),
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Some(event) = events.try_next().await.unwrap() {
+        if let ExecutionEvent::Stdout(text) = event {
+            if text == "early\n" {
+                sbx.files().write("/tmp/go", "").await.unwrap();
+            }
+            seen.push(text);
+        }
+    }
+    assert_eq!(seen, ["early\n", "late\n"]);
+
+    // A time limit interrupts the code and keeps the context's state.
+    let slow = sbx
+        .run_code_with(
+            "import time\ntime.sleep(60)",
+            RunCodeOptions {
+                timeout: Some(Duration::from_secs(1)),
+                ..RunCodeOptions::default()
+            },
+        )
+        .await;
+    assert!(matches!(slow, Err(Error::Timeout(_))), "{slow:?}");
+    assert_eq!(sbx.run_code("x").await.unwrap().text(), Some("41"));
+
+    sbx.kill().await.unwrap();
+    assert!(matches!(
+        sbx.run_code("1").await,
+        Err(Error::SandboxGone(_))
+    ));
+}

@@ -28,6 +28,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod interpreter;
 pub mod pty;
 mod rpc;
 pub mod sandbox;
@@ -39,6 +40,10 @@ pub use crate::{
     config::ConnectionConfig,
     error::{CommandExit, Error, Result},
     files::{Entry, FileKind, FsEvent, FsEventKind, Written},
+    interpreter::{
+        CodeContext, CodeInterpreter, CodeResult, Execution, ExecutionError, ExecutionEvent,
+        RunCodeOptions,
+    },
     pty::PtyOptions,
     sandbox::{CreateOptions, Sandbox},
 };

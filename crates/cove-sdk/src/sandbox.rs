@@ -14,6 +14,7 @@ use crate::{
     config::ConnectionConfig,
     error::{Error, Result},
     files::Files,
+    interpreter::{CODE_INTERPRETER_PORT, CodeInterpreter, Execution, RunCodeOptions},
     pty::Pty,
 };
 
@@ -78,6 +79,7 @@ pub struct Sandbox {
     info: rest::Sandbox,
     config: ConnectionConfig,
     agent: AgentClient,
+    interpreter: CodeInterpreter,
 }
 
 impl Sandbox {
@@ -151,10 +153,28 @@ impl Sandbox {
         if let Some(token) = &info.envd_access_token {
             agent = agent.with_access_token(token)?;
         }
+        let port = CODE_INTERPRETER_PORT.to_string();
+        let mut headers = vec![
+            ("e2b-sandbox-id", info.sandbox_id.as_str()),
+            ("e2b-sandbox-port", port.as_str()),
+        ];
+        if let Some(token) = &info.envd_access_token {
+            headers.push(("x-access-token", token));
+        }
+        if let Some(token) = &info.traffic_access_token {
+            headers.push(("e2b-traffic-access-token", token));
+        }
+        let interpreter = CodeInterpreter::new(
+            config.http.clone(),
+            config.sandbox_url().to_owned(),
+            &headers,
+            config.request_timeout,
+        )?;
         Ok(Self {
             info,
             config: config.clone(),
             agent,
+            interpreter,
         })
     }
 
@@ -294,6 +314,47 @@ impl Sandbox {
 
     pub fn commands(&self) -> Commands<'_> {
         self.agent.commands()
+    }
+
+    /// The code interpreter: contexts, and code with its output streamed.
+    pub fn code_interpreter(&self) -> &CodeInterpreter {
+        &self.interpreter
+    }
+
+    /// Runs Python code in the default context, where state lives on between calls. An
+    /// exception in the code is [`Execution::error`]; `Err` means it could not run.
+    ///
+    /// ```
+    /// # use cove_sdk::{CreateOptions, RunCodeOptions, Sandbox};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> cove_sdk::Result<()> {
+    /// # let server = cove_test_util::TestServer::for_doctest().await;
+    /// # let sandbox = Sandbox::create(&server.config(), CreateOptions::default()).await?;
+    /// sandbox.run_code("x = 41").await?;
+    /// let execution = sandbox.run_code("print('adding'); x + 1").await?;
+    /// assert_eq!(execution.text(), Some("42"));
+    /// assert_eq!(execution.stdout, ["adding\n"]);
+    ///
+    /// let failed = sandbox.run_code("1 / 0").await?;
+    /// assert_eq!(failed.error.expect("an exception").name, "ZeroDivisionError");
+    ///
+    /// // A context of its own: separate state, its own working directory.
+    /// let code = sandbox.code_interpreter();
+    /// let context = code.create_context(None, Some("/tmp")).await?;
+    /// let options = RunCodeOptions { context: Some(context.id.clone()), ..Default::default() };
+    /// let isolated = sandbox.run_code_with("import os; os.getcwd(), 'x' in globals()", options).await?;
+    /// assert_eq!(isolated.text(), Some("('/tmp', False)"));
+    /// code.remove_context(&context.id).await?;
+    /// # sandbox.kill().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn run_code(&self, code: &str) -> Result<Execution> {
+        self.interpreter.run(code, RunCodeOptions::default()).await
+    }
+
+    /// Runs code in a chosen context or language, with extra environment or a time limit.
+    pub async fn run_code_with(&self, code: &str, options: RunCodeOptions) -> Result<Execution> {
+        self.interpreter.run(code, options).await
     }
 
     /// Interactive terminals.
