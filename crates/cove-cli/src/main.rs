@@ -4,7 +4,7 @@
 mod commands;
 mod logging;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Cove: self-hosted sandboxes for untrusted code, speaking E2B's API.
 #[derive(Debug, Parser)]
@@ -20,6 +20,21 @@ enum Command {
     Serve(commands::serve::Args),
     /// Manage API keys.
     Keys(commands::keys::Args),
+    /// Create, list, inspect, extend and kill sandboxes.
+    #[command(alias = "sbx")]
+    Sandbox(commands::sandbox::Args),
+    /// Run a program in a sandbox, its output streamed live and its exit code returned.
+    Exec(commands::exec::Args),
+    /// Open an interactive shell in a sandbox.
+    Shell(commands::shell::Args),
+    /// Copy a file into or out of a sandbox.
+    Cp(commands::cp::Args),
+    /// Print a sandbox's log.
+    Logs(commands::logs::Args),
+    /// List templates.
+    Template(commands::template::Args),
+    /// Print a shell completion script.
+    Completions(commands::completions::Args),
     /// Run the in-sandbox agent (started by `cove serve` inside each sandbox).
     #[command(hide = true)]
     Agent(commands::agent::Args),
@@ -34,6 +49,13 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => commands::serve::run(args),
         Command::Keys(args) => commands::keys::run(args),
+        Command::Sandbox(args) => commands::sandbox::run(args),
+        Command::Exec(args) => commands::exec::run(args),
+        Command::Shell(args) => commands::shell::run(args),
+        Command::Cp(args) => commands::cp::run(args),
+        Command::Logs(args) => commands::logs::run(args),
+        Command::Template(args) => commands::template::run(args),
+        Command::Completions(args) => commands::completions::run(args, Cli::command()),
         Command::Agent(args) => commands::agent::run(args),
         Command::SandboxInit(args) => commands::sandbox_init::run(args),
     };

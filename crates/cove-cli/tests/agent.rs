@@ -135,8 +135,8 @@ async fn binary_upload_and_several_files_at_once() {
 
     let written = files
         .write_many(vec![
-            ("/tmp/many/a".into(), Bytes::from_static(b"1")),
-            ("many/b".into(), Bytes::from_static(b"2")),
+            ("/tmp/many/a", Bytes::from_static(b"1")),
+            ("many/b", Bytes::from_static(b"2")),
         ])
         .await
         .unwrap();

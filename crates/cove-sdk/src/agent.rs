@@ -10,6 +10,7 @@ use crate::{
     commands::Commands,
     error::{Error, Result},
     files::Files,
+    pty::Pty,
     rpc::Channel,
 };
 
@@ -97,6 +98,11 @@ impl AgentClient {
     /// The sandbox's processes.
     pub fn commands(&self) -> Commands<'_> {
         Commands::new(self)
+    }
+
+    /// The sandbox's interactive terminals.
+    pub fn pty(&self) -> Pty<'_> {
+        Pty::new(self)
     }
 
     /// A unary call of `service/method`, bounded by the request timeout.

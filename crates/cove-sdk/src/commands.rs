@@ -1,6 +1,11 @@
 //! A sandbox's processes: run to completion, or spawn and drive (stdin, signals, terminal).
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use cove_proto::process::{
@@ -11,7 +16,7 @@ use cove_proto::process::{
     process_event::{Event, data_event},
     process_input, process_selector,
 };
-use futures::{StreamExt, stream::BoxStream};
+use futures::{Stream, StreamExt, stream::BoxStream};
 
 use crate::{
     agent::AgentClient,
@@ -125,11 +130,37 @@ pub struct ProcessInfo {
     pub cwd: Option<String>,
 }
 
-/// A running (or just ended) process whose events this handle receives.
+/// A running (or just ended) process: a [`Stream`] of its [`Output`] that ends when the
+/// process does, and the calls that drive it (stdin, signals, terminal size).
+///
+/// ```
+/// # use cove_sdk::{Command, Output, Sandbox, CreateOptions};
+/// # use futures::StreamExt;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> cove_sdk::Result<()> {
+/// # let server = cove_test_util::TestServer::for_doctest().await;
+/// # let sandbox = Sandbox::create(&server.config(), CreateOptions::default()).await?;
+/// let mut handle = sandbox.commands().spawn(Command::new("cat").stdin(true)).await?;
+/// handle.send_stdin("typed in\n").await?;
+/// handle.close_stdin().await?;
+/// let mut echoed = Vec::new();
+/// while let Some(output) = handle.next().await {
+///     if let Output::Stdout(bytes) = output? {
+///         echoed.extend_from_slice(&bytes);
+///     }
+/// }
+/// assert_eq!(echoed, b"typed in\n");
+/// assert_eq!(handle.exit_code(), Some(0));
+/// # sandbox.kill().await?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct CommandHandle {
     pid: u32,
+    agent: AgentClient,
     events: BoxStream<'static, Result<Option<Event>>>,
     end: Option<wire::process_event::EndEvent>,
+    /// The event stream failed; it yields nothing more.
+    broken: bool,
 }
 
 impl std::fmt::Debug for CommandHandle {
@@ -141,11 +172,16 @@ impl std::fmt::Debug for CommandHandle {
 }
 
 impl CommandHandle {
-    async fn open(events: BoxStream<'static, Result<Option<Event>>>) -> Result<Self> {
+    async fn open(
+        agent: AgentClient,
+        events: BoxStream<'static, Result<Option<Event>>>,
+    ) -> Result<Self> {
         let mut handle = Self {
             pid: 0,
+            agent,
             events,
             end: None,
+            broken: false,
         };
         match handle.events.next().await {
             Some(Ok(Some(Event::Start(start)))) => handle.pid = start.pid,
@@ -163,36 +199,27 @@ impl CommandHandle {
         self.pid
     }
 
-    /// The next piece of output; `None` once the process has ended.
-    pub async fn next_output(&mut self) -> Result<Option<Output>> {
-        if self.end.is_some() {
-            return Ok(None);
-        }
-        while let Some(event) = self.events.next().await {
-            match event? {
-                Some(Event::Data(data)) => match data.output {
-                    Some(data_event::Output::Stdout(b)) => return Ok(Some(Output::Stdout(b))),
-                    Some(data_event::Output::Stderr(b)) => return Ok(Some(Output::Stderr(b))),
-                    Some(data_event::Output::Pty(b)) => return Ok(Some(Output::Pty(b))),
-                    None => {}
-                },
-                Some(Event::End(end)) => {
-                    self.end = Some(end);
-                    return Ok(None);
-                }
-                _ => {}
-            }
-        }
-        Err(Error::Protocol(
-            "the process stream ended without an end event".to_owned(),
-        ))
+    /// The exit code, once the stream has reported the end (`-1`: killed by a signal).
+    pub fn exit_code(&self) -> Option<i32> {
+        self.end.as_ref().map(|end| end.exit_code)
     }
 
-    /// Waits for the end, collecting output. A non-zero exit is [`Error::CommandExit`].
+    /// How the process ended when it did not succeed (`exit status 3`, `signal: killed`).
+    pub fn exit_error(&self) -> Option<&str> {
+        self.end.as_ref().and_then(|end| end.error.as_deref())
+    }
+
+    /// The next piece of output; `None` once the process has ended.
+    pub async fn next_output(&mut self) -> Result<Option<Output>> {
+        self.next().await.transpose()
+    }
+
+    /// Waits for the end, collecting the output not yet taken from the stream. A non-zero
+    /// exit is [`Error::CommandExit`], carrying the output and the code.
     pub async fn wait(mut self) -> Result<CommandOutput> {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        while let Some(output) = self.next_output().await? {
-            match output {
+        while let Some(output) = self.next().await {
+            match output? {
                 Output::Stdout(b) | Output::Pty(b) => stdout.extend_from_slice(&b),
                 Output::Stderr(b) => stderr.extend_from_slice(&b),
             }
@@ -213,6 +240,75 @@ impl CommandHandle {
                 stdout: output.stdout,
                 stderr: output.stderr,
             })))
+        }
+    }
+
+    /// Writes to the process's stdin (it must have been started with `stdin(true)`).
+    pub async fn send_stdin(&self, data: impl Into<Bytes>) -> Result<()> {
+        self.agent.commands().send_stdin(self.pid, data).await
+    }
+
+    /// Closes the process's stdin (end of input).
+    pub async fn close_stdin(&self) -> Result<()> {
+        self.agent.commands().close_stdin(self.pid).await
+    }
+
+    /// Sends SIGTERM or SIGKILL.
+    pub async fn signal(&self, signal: Signal) -> Result<()> {
+        self.agent.commands().signal(self.pid, signal).await
+    }
+
+    /// Sends SIGKILL; `false` when the process was already gone.
+    pub async fn kill(&self) -> Result<bool> {
+        self.agent.commands().kill(self.pid).await
+    }
+
+    /// Types into the process's terminal (it must have been started with a pty).
+    pub async fn send_pty(&self, data: impl Into<Bytes>) -> Result<()> {
+        self.agent.commands().send_pty(self.pid, data).await
+    }
+
+    /// Resizes the process's terminal.
+    pub async fn resize(&self, cols: u32, rows: u32) -> Result<()> {
+        self.agent.commands().resize(self.pid, cols, rows).await
+    }
+}
+
+impl Stream for CommandHandle {
+    type Item = Result<Output>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.end.is_some() || this.broken {
+            return Poll::Ready(None);
+        }
+        loop {
+            match ready!(this.events.poll_next_unpin(cx)) {
+                Some(Ok(Some(Event::Data(data)))) => {
+                    let output = match data.output {
+                        Some(data_event::Output::Stdout(b)) => Output::Stdout(b),
+                        Some(data_event::Output::Stderr(b)) => Output::Stderr(b),
+                        Some(data_event::Output::Pty(b)) => Output::Pty(b),
+                        None => continue,
+                    };
+                    return Poll::Ready(Some(Ok(output)));
+                }
+                Some(Ok(Some(Event::End(end)))) => {
+                    this.end = Some(end);
+                    return Poll::Ready(None);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(err)) => {
+                    this.broken = true;
+                    return Poll::Ready(Some(Err(err)));
+                }
+                None => {
+                    this.broken = true;
+                    return Poll::Ready(Some(Err(Error::Protocol(
+                        "the process stream ended without an end event".to_owned(),
+                    ))));
+                }
+            }
         }
     }
 }
@@ -242,12 +338,37 @@ impl<'a> Commands<'a> {
         self.agent.call(SERVICE, method, request).await
     }
 
-    /// Runs a shell command line to completion (60 s limit, as the E2B SDKs).
+    /// Runs a shell command line (`bash -l -c LINE`) to completion, with a 60 s limit as the
+    /// E2B SDKs. A non-zero exit is [`Error::CommandExit`], which carries the code and output.
+    ///
+    /// ```
+    /// # use cove_sdk::{CreateOptions, Error, Sandbox};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> cove_sdk::Result<()> {
+    /// # let server = cove_test_util::TestServer::for_doctest().await;
+    /// # let sandbox = Sandbox::create(&server.config(), CreateOptions::default()).await?;
+    /// let output = sandbox.commands().run("echo hello; echo oops >&2").await?;
+    /// assert_eq!((output.stdout.as_str(), output.stderr.as_str()), ("hello\n", "oops\n"));
+    ///
+    /// match sandbox.commands().run("echo partial; exit 3").await {
+    ///     Err(Error::CommandExit(exit)) => {
+    ///         assert_eq!((exit.exit_code, exit.stdout.as_str()), (3, "partial\n"));
+    ///     }
+    ///     other => panic!("expected a non-zero exit, got {other:?}"),
+    /// }
+    /// # sandbox.kill().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn run(&self, line: &str) -> Result<CommandOutput> {
         self.spawn(Command::shell(line).timeout(Duration::from_secs(60)))
             .await?
             .wait()
             .await
+    }
+
+    /// Runs `command` to completion (no time limit unless it sets one); errors as [`Commands::run`].
+    pub async fn run_command(&self, command: Command) -> Result<CommandOutput> {
+        self.spawn(command).await?.wait().await
     }
 
     /// Starts a process and returns once the agent reports its pid.
@@ -296,7 +417,11 @@ impl<'a> Commands<'a> {
             .channel
             .server_stream::<_, Resp>(&format!("{SERVICE}/{method}"), &request, timeout)
             .await?;
-        CommandHandle::open(stream.map(move |m| m.map(event)).boxed()).await
+        CommandHandle::open(
+            self.agent.clone(),
+            stream.map(move |m| m.map(event)).boxed(),
+        )
+        .await
     }
 
     /// Running processes.

@@ -37,12 +37,18 @@ impl ConnectionConfig {
 
     /// From the environment: `COVE_API_URL` or `E2B_API_URL` (default
     /// `http://127.0.0.1:3000`), `COVE_SANDBOX_URL` or `E2B_SANDBOX_URL` (default: the API
-    /// URL), `COVE_API_KEY` or `E2B_API_KEY` (required).
+    /// URL), `COVE_API_KEY` or `E2B_API_KEY` (required). A `COVE_*` variable wins over its
+    /// `E2B_*` twin; empty variables count as unset.
     pub fn from_env() -> Result<Self> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// As [`ConnectionConfig::from_env`], with the variables looked up by `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let var = |names: [&str; 2]| {
             names
                 .iter()
-                .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+                .find_map(|name| var(name).filter(|v| !v.is_empty()))
         };
         let api_url = var(["COVE_API_URL", "E2B_API_URL"])
             .unwrap_or_else(|| "http://127.0.0.1:3000".to_owned());
@@ -137,5 +143,55 @@ impl ApiRequest {
 
     pub async fn send_empty(self) -> Result<()> {
         self.send().await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn from(vars: &[(&str, &str)]) -> Result<ConnectionConfig> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        ConnectionConfig::from_vars(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn e2b_variables_are_read() {
+        let config = from(&[
+            ("E2B_API_URL", "http://api.example:3000/"),
+            ("E2B_SANDBOX_URL", "http://sbx.example:3000"),
+            ("E2B_API_KEY", "e2b_key"),
+        ])
+        .unwrap();
+        assert_eq!(config.api_url(), "http://api.example:3000");
+        assert_eq!(config.sandbox_url(), "http://sbx.example:3000");
+        assert_eq!(config.api_key, "e2b_key");
+        assert_eq!(config.domain(), "api.example:3000");
+    }
+
+    #[test]
+    fn cove_variables_win_and_empty_ones_do_not_count() {
+        let config = from(&[
+            ("E2B_API_URL", "http://e2b:1"),
+            ("COVE_API_URL", "http://cove:2"),
+            ("E2B_API_KEY", "e2b_key"),
+            ("COVE_API_KEY", ""),
+        ])
+        .unwrap();
+        assert_eq!(config.api_url(), "http://cove:2");
+        assert_eq!(config.sandbox_url(), "http://cove:2");
+        assert_eq!(config.api_key, "e2b_key");
+    }
+
+    #[test]
+    fn defaults_and_a_missing_key() {
+        let config = from(&[("COVE_API_KEY", "k")]).unwrap();
+        assert_eq!(config.api_url(), "http://127.0.0.1:3000");
+        assert!(matches!(from(&[]), Err(Error::Auth(_))));
     }
 }

@@ -60,12 +60,21 @@ impl From<RpcError> for Error {
             Code::NotFound => Error::NotFound(message),
             Code::DeadlineExceeded | Code::Canceled => Error::Timeout(message),
             Code::Unauthenticated => Error::Auth(message),
+            // The agent says ResourceExhausted for a full disk as well as for limits.
+            Code::ResourceExhausted if is_disk_full(&message) => Error::NotEnoughSpace(message),
             Code::ResourceExhausted => Error::RateLimit(message),
             Code::InvalidArgument => Error::InvalidArgument(message),
             Code::Unavailable if message.contains("was not found") => Error::SandboxGone(message),
             code => Error::Rpc { code, message },
         }
     }
+}
+
+fn is_disk_full(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["no space left", "quota exceeded", "disk space"]
+        .iter()
+        .any(|needle| message.contains(needle))
 }
 
 impl From<reqwest::Error> for Error {
@@ -107,10 +116,67 @@ impl Error {
             Error::NotFound(_) => Some(Code::NotFound),
             Error::Timeout(_) => Some(Code::DeadlineExceeded),
             Error::Auth(_) => Some(Code::Unauthenticated),
-            Error::RateLimit(_) => Some(Code::ResourceExhausted),
+            Error::RateLimit(_) | Error::NotEnoughSpace(_) => Some(Code::ResourceExhausted),
             Error::InvalidArgument(_) => Some(Code::InvalidArgument),
             Error::Rpc { code, .. } => Some(*code),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rest_statuses_map_to_categories() {
+        let body = br#"{"code": 404, "message": "sandbox abc not found"}"#;
+        assert!(
+            matches!(Error::from_http(404, body), Error::NotFound(m) if m == "sandbox abc not found")
+        );
+        assert!(matches!(Error::from_http(401, b"{}"), Error::Auth(_)));
+        assert!(
+            matches!(Error::from_http(429, b"slow down"), Error::RateLimit(m) if m == "slow down")
+        );
+        assert!(matches!(
+            Error::from_http(507, b"full"),
+            Error::NotEnoughSpace(_)
+        ));
+        assert!(matches!(Error::from_http(504, b""), Error::Timeout(_)));
+        let gone = br#"{"sandboxId": "x", "message": "The sandbox was not found", "code": 502}"#;
+        assert!(matches!(Error::from_http(502, gone), Error::SandboxGone(_)));
+        assert!(matches!(
+            Error::from_http(500, b"boom"),
+            Error::Api { status: 500, .. }
+        ));
+    }
+
+    #[test]
+    fn rpc_codes_map_to_categories() {
+        let rpc = |code, message: &str| Error::from(RpcError::new(code, message.to_owned()));
+        assert!(matches!(rpc(Code::NotFound, "x"), Error::NotFound(_)));
+        assert!(matches!(
+            rpc(Code::DeadlineExceeded, "x"),
+            Error::Timeout(_)
+        ));
+        assert!(matches!(rpc(Code::Unauthenticated, "x"), Error::Auth(_)));
+        assert!(matches!(
+            rpc(
+                Code::ResourceExhausted,
+                "cannot write '/f': No space left on device (os error 28)"
+            ),
+            Error::NotEnoughSpace(_)
+        ));
+        assert!(matches!(
+            rpc(Code::ResourceExhausted, "too many watchers"),
+            Error::RateLimit(_)
+        ));
+        assert!(matches!(
+            rpc(Code::Internal, "x"),
+            Error::Rpc {
+                code: Code::Internal,
+                ..
+            }
+        ));
     }
 }

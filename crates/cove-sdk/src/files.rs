@@ -129,6 +129,27 @@ pub struct Written {
 }
 
 /// The files API of one sandbox.
+///
+/// ```
+/// # use cove_sdk::{CreateOptions, Error, FileKind, Sandbox};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> cove_sdk::Result<()> {
+/// # let server = cove_test_util::TestServer::for_doctest().await;
+/// # let sandbox = Sandbox::create(&server.config(), CreateOptions::default()).await?;
+/// let files = sandbox.files();
+/// assert!(files.make_dir("/tmp/project/src").await?);
+/// files.write("/tmp/project/src/main.py", "print('hi')\n").await?;
+/// assert_eq!(files.stat("/tmp/project/src").await?.kind, FileKind::Dir);
+///
+/// let moved = files.rename("/tmp/project/src/main.py", "/tmp/project/app.py").await?;
+/// assert_eq!((moved.path.as_str(), moved.size), ("/tmp/project/app.py", 12));
+/// assert!(!files.exists("/tmp/project/src/main.py").await?);
+///
+/// files.remove("/tmp/project").await?;
+/// assert!(matches!(files.stat("/tmp/project").await, Err(Error::NotFound(_))));
+/// # sandbox.kill().await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Files<'a> {
     agent: &'a AgentClient,
@@ -275,7 +296,24 @@ impl<'a> Files<'a> {
             .map_err(|err| Error::InvalidArgument(format!("{path} is not UTF-8 text: {err}")))
     }
 
-    /// Writes (creates or replaces) one file, creating its parents.
+    /// Writes (creates or replaces) one file, creating its parents. `data` is anything a
+    /// request body can be made of: `Vec<u8>`, `String`, `&'static str`, [`Bytes`], a
+    /// [`tokio::fs::File`].
+    ///
+    /// ```
+    /// # use cove_sdk::{CreateOptions, Sandbox};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> cove_sdk::Result<()> {
+    /// # let server = cove_test_util::TestServer::for_doctest().await;
+    /// # let sandbox = Sandbox::create(&server.config(), CreateOptions::default()).await?;
+    /// let files = sandbox.files();
+    /// let written = files.write("/home/user/notes/hello.txt", "hello\n").await?;
+    /// assert_eq!(written.path, "/home/user/notes/hello.txt");
+    /// assert_eq!(files.read_to_string("/home/user/notes/hello.txt").await?, "hello\n");
+    /// assert_eq!(files.read("/home/user/notes/hello.txt").await?, &b"hello\n"[..]);
+    /// # sandbox.kill().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn write(&self, path: &str, data: impl Into<reqwest::Body>) -> Result<Written> {
         let response = self
             .files_request(reqwest::Method::POST, path)
@@ -289,13 +327,66 @@ impl<'a> Files<'a> {
             .ok_or_else(|| Error::Protocol("the upload reported no file".to_owned()))
     }
 
-    /// Writes several files in one request.
-    pub async fn write_many(&self, files: Vec<(String, Bytes)>) -> Result<Vec<Written>> {
+    /// Writes one file from a stream of chunks, without holding it in memory.
+    ///
+    /// ```
+    /// # use cove_sdk::{CreateOptions, Sandbox};
+    /// # use futures::{StreamExt, TryStreamExt};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> cove_sdk::Result<()> {
+    /// # let server = cove_test_util::TestServer::for_doctest().await;
+    /// # let sandbox = Sandbox::create(&server.config(), CreateOptions::default()).await?;
+    /// let chunks = futures::stream::iter((0..4).map(|i| {
+    ///     Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'a' + i; 1 << 20]))
+    /// }));
+    /// sandbox.files().write_stream("/tmp/big.bin", chunks).await?;
+    ///
+    /// let mut size = 0;
+    /// let mut stream = sandbox.files().read_stream("/tmp/big.bin").await?;
+    /// while let Some(chunk) = stream.try_next().await? {
+    ///     size += chunk.len();
+    /// }
+    /// assert_eq!(size, 4 << 20);
+    /// # sandbox.kill().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn write_stream<S, E>(&self, path: &str, chunks: S) -> Result<Written>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        self.write(path, reqwest::Body::wrap_stream(chunks)).await
+    }
+
+    /// Writes several files in one request, creating their parents.
+    ///
+    /// ```
+    /// # use cove_sdk::{CreateOptions, Sandbox};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> cove_sdk::Result<()> {
+    /// # let server = cove_test_util::TestServer::for_doctest().await;
+    /// # let sandbox = Sandbox::create(&server.config(), CreateOptions::default()).await?;
+    /// let written = sandbox
+    ///     .files()
+    ///     .write_many([("/tmp/a.txt", "first"), ("/tmp/sub/b.txt", "second")])
+    ///     .await?;
+    /// assert_eq!(written.len(), 2);
+    /// let names: Vec<_> = sandbox.files().list("/tmp", 2).await?.into_iter().map(|e| e.path).collect();
+    /// assert!(names.contains(&"/tmp/sub/b.txt".to_owned()), "{names:?}");
+    /// # sandbox.kill().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn write_many<I, P, D>(&self, files: I) -> Result<Vec<Written>>
+    where
+        I: IntoIterator<Item = (P, D)>,
+        P: Into<String>,
+        D: Into<Bytes>,
+    {
         let mut form = reqwest::multipart::Form::new();
         for (path, data) in files {
             form = form.part(
                 "file",
-                reqwest::multipart::Part::stream(data).file_name(path),
+                reqwest::multipart::Part::stream(data.into()).file_name(path.into()),
             );
         }
         let channel = &self.agent.channel;
@@ -310,7 +401,24 @@ impl<'a> Files<'a> {
         written(request.send().await?).await
     }
 
-    /// Streams changes below `path` until the stream is dropped.
+    /// Streams changes below `path` (and its subdirectories when `recursive`) until the
+    /// stream is dropped. The watch is in place when this returns.
+    ///
+    /// ```
+    /// # use cove_sdk::{CreateOptions, FsEventKind, Sandbox};
+    /// # use futures::TryStreamExt;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> cove_sdk::Result<()> {
+    /// # let server = cove_test_util::TestServer::for_doctest().await;
+    /// # let sandbox = Sandbox::create(&server.config(), CreateOptions::default()).await?;
+    /// sandbox.files().make_dir("/tmp/watched").await?;
+    /// let mut events = sandbox.files().watch("/tmp/watched", true).await?;
+    /// sandbox.files().write("/tmp/watched/new.txt", "x").await?;
+    /// let event = events.try_next().await?.expect("an event");
+    /// assert_eq!((event.name.as_str(), event.kind), ("new.txt", FsEventKind::Create));
+    /// # sandbox.kill().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn watch(
         &self,
         path: &str,

@@ -3,7 +3,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use cove_proto::rest::{
-    self, ConnectSandbox, ListedSandbox, NewSandbox, SandboxDetail, SandboxMetric, SetTimeout,
+    self, ConnectSandbox, ListedSandbox, NewSandbox, SandboxDetail, SandboxLogs, SandboxMetric,
+    SetTimeout,
 };
 use http::StatusCode;
 
@@ -13,6 +14,8 @@ use crate::{
     config::ConnectionConfig,
     error::{Error, Result},
     files::Files,
+    interpreter::{CODE_INTERPRETER_PORT, CodeInterpreter, Execution, RunCodeOptions},
+    pty::Pty,
 };
 
 /// The agent's port inside every sandbox.
@@ -40,11 +43,43 @@ pub struct CreateOptions {
 }
 
 /// A running sandbox.
+///
+/// ```
+/// # use std::time::Duration;
+/// use cove_sdk::{CreateOptions, Sandbox};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> cove_sdk::Result<()> {
+/// # let server = cove_test_util::TestServer::for_doctest().await;
+/// // `ConnectionConfig::from_env()` reads E2B_API_URL / E2B_API_KEY (or COVE_*).
+/// # let config = server.config();
+/// let sandbox = Sandbox::create(&config, CreateOptions {
+///     timeout: Some(Duration::from_secs(120)),
+///     ..CreateOptions::default()
+/// }).await?;
+///
+/// let listed = Sandbox::list(&config).await?;
+/// assert!(listed.iter().any(|s| s.sandbox_id == sandbox.id()));
+///
+/// // Another process can attach to it by id.
+/// let same = Sandbox::connect(&config, sandbox.id(), None).await?;
+/// assert_eq!(same.commands().run("echo attached").await?.stdout, "attached\n");
+///
+/// sandbox.set_timeout(Duration::from_secs(600)).await?;
+/// let info = sandbox.info().await?;
+/// assert_eq!(info.listed.template_id, "base");
+/// let metrics = sandbox.metrics().await?;
+/// assert!(metrics[0].mem_total > 0);
+///
+/// assert!(sandbox.kill().await?);
+/// assert!(!sandbox.kill().await?); // already gone
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Sandbox {
     info: rest::Sandbox,
     config: ConnectionConfig,
     agent: AgentClient,
+    interpreter: CodeInterpreter,
 }
 
 impl Sandbox {
@@ -92,6 +127,23 @@ impl Sandbox {
         Self::from_info(config, info)
     }
 
+    /// A handle on a running sandbox by id that leaves its timeout alone (unlike
+    /// [`Sandbox::connect`]). [`Sandbox::traffic_access_token`] is not known this way.
+    pub async fn get(config: &ConnectionConfig, id: &str) -> Result<Self> {
+        let detail = Self::info_by_id(config, id).await?;
+        let info = rest::Sandbox {
+            template_id: detail.listed.template_id,
+            sandbox_id: detail.listed.sandbox_id,
+            alias: detail.listed.alias,
+            client_id: detail.listed.client_id,
+            envd_version: detail.listed.envd_version,
+            envd_access_token: detail.envd_access_token,
+            traffic_access_token: None,
+            domain: detail.domain,
+        };
+        Self::from_info(config, info)
+    }
+
     fn from_info(config: &ConnectionConfig, info: rest::Sandbox) -> Result<Self> {
         let mut agent =
             AgentClient::with_http(config.http.clone(), config.sandbox_url().to_owned())
@@ -101,10 +153,28 @@ impl Sandbox {
         if let Some(token) = &info.envd_access_token {
             agent = agent.with_access_token(token)?;
         }
+        let port = CODE_INTERPRETER_PORT.to_string();
+        let mut headers = vec![
+            ("e2b-sandbox-id", info.sandbox_id.as_str()),
+            ("e2b-sandbox-port", port.as_str()),
+        ];
+        if let Some(token) = &info.envd_access_token {
+            headers.push(("x-access-token", token));
+        }
+        if let Some(token) = &info.traffic_access_token {
+            headers.push(("e2b-traffic-access-token", token));
+        }
+        let interpreter = CodeInterpreter::new(
+            config.http.clone(),
+            config.sandbox_url().to_owned(),
+            &headers,
+            config.request_timeout,
+        )?;
         Ok(Self {
             info,
             config: config.clone(),
             agent,
+            interpreter,
         })
     }
 
@@ -161,34 +231,62 @@ impl Sandbox {
         Self::kill_by_id(&self.config, self.id()).await
     }
 
-    /// Sets the sandbox to end `timeout` from now.
+    /// Sets the sandbox to end `timeout` from now (shorter or longer than before).
     pub async fn set_timeout(&self, timeout: Duration) -> Result<()> {
+        Self::set_timeout_by_id(&self.config, self.id(), timeout).await
+    }
+
+    /// What the control plane knows about this sandbox.
+    pub async fn info(&self) -> Result<SandboxDetail> {
+        Self::info_by_id(&self.config, self.id()).await
+    }
+
+    /// What the control plane knows about the sandbox `id`.
+    pub async fn info_by_id(config: &ConnectionConfig, id: &str) -> Result<SandboxDetail> {
+        config
+            .api(http::Method::GET, &format!("/sandboxes/{id}"))
+            .send_json()
+            .await
+    }
+
+    /// Sets the sandbox `id` to end `timeout` from now.
+    pub async fn set_timeout_by_id(
+        config: &ConnectionConfig,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<()> {
         let body = SetTimeout {
             timeout: timeout.as_secs().try_into().unwrap_or(i64::MAX),
         };
-        self.config
-            .api(
-                http::Method::POST,
-                &format!("/sandboxes/{}/timeout", self.id()),
-            )
+        config
+            .api(http::Method::POST, &format!("/sandboxes/{id}/timeout"))
             .json(&body)
             .send_empty()
             .await
     }
 
-    pub async fn info(&self) -> Result<SandboxDetail> {
-        self.config
-            .api(http::Method::GET, &format!("/sandboxes/{}", self.id()))
+    /// CPU, memory and disk use, measured now.
+    pub async fn metrics(&self) -> Result<Vec<SandboxMetric>> {
+        Self::metrics_by_id(&self.config, self.id()).await
+    }
+
+    /// CPU, memory and disk use of the sandbox `id`, measured now.
+    pub async fn metrics_by_id(config: &ConnectionConfig, id: &str) -> Result<Vec<SandboxMetric>> {
+        config
+            .api(http::Method::GET, &format!("/sandboxes/{id}/metrics"))
             .send_json()
             .await
     }
 
-    pub async fn metrics(&self) -> Result<Vec<SandboxMetric>> {
-        self.config
-            .api(
-                http::Method::GET,
-                &format!("/sandboxes/{}/metrics", self.id()),
-            )
+    /// The sandbox's own log (its setup and its agent).
+    pub async fn logs(&self) -> Result<SandboxLogs> {
+        Self::logs_by_id(&self.config, self.id()).await
+    }
+
+    /// The log of the sandbox `id`.
+    pub async fn logs_by_id(config: &ConnectionConfig, id: &str) -> Result<SandboxLogs> {
+        config
+            .api(http::Method::GET, &format!("/sandboxes/{id}/logs"))
             .send_json()
             .await
     }
@@ -218,7 +316,77 @@ impl Sandbox {
         self.agent.commands()
     }
 
+    /// The code interpreter: contexts, and code with its output streamed.
+    pub fn code_interpreter(&self) -> &CodeInterpreter {
+        &self.interpreter
+    }
+
+    /// Runs Python code in the default context, where state lives on between calls. An
+    /// exception in the code is [`Execution::error`]; `Err` means it could not run.
+    ///
+    /// ```
+    /// # use cove_sdk::{CreateOptions, RunCodeOptions, Sandbox};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> cove_sdk::Result<()> {
+    /// # let server = cove_test_util::TestServer::for_doctest().await;
+    /// # let sandbox = Sandbox::create(&server.config(), CreateOptions::default()).await?;
+    /// sandbox.run_code("x = 41").await?;
+    /// let execution = sandbox.run_code("print('adding'); x + 1").await?;
+    /// assert_eq!(execution.text(), Some("42"));
+    /// assert_eq!(execution.stdout, ["adding\n"]);
+    ///
+    /// let failed = sandbox.run_code("1 / 0").await?;
+    /// assert_eq!(failed.error.expect("an exception").name, "ZeroDivisionError");
+    ///
+    /// // A context of its own: separate state, its own working directory.
+    /// let code = sandbox.code_interpreter();
+    /// let context = code.create_context(None, Some("/tmp")).await?;
+    /// let options = RunCodeOptions { context: Some(context.id.clone()), ..Default::default() };
+    /// let isolated = sandbox.run_code_with("import os; os.getcwd(), 'x' in globals()", options).await?;
+    /// assert_eq!(isolated.text(), Some("('/tmp', False)"));
+    /// code.remove_context(&context.id).await?;
+    /// # sandbox.kill().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn run_code(&self, code: &str) -> Result<Execution> {
+        self.interpreter.run(code, RunCodeOptions::default()).await
+    }
+
+    /// Runs code in a chosen context or language, with extra environment or a time limit.
+    pub async fn run_code_with(&self, code: &str, options: RunCodeOptions) -> Result<Execution> {
+        self.interpreter.run(code, options).await
+    }
+
+    /// Interactive terminals.
+    pub fn pty(&self) -> Pty<'_> {
+        self.agent.pty()
+    }
+
     /// `host:port` under which a server on `port` inside the sandbox is reachable.
+    ///
+    /// ```
+    /// # use cove_sdk::{Command, CreateOptions, Sandbox};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> cove_sdk::Result<()> {
+    /// # let server = cove_test_util::TestServer::for_doctest().await;
+    /// # let config = server.config();
+    /// # let sandbox = Sandbox::create(&config, CreateOptions::default()).await?;
+    /// let server = sandbox
+    ///     .commands()
+    ///     .spawn(Command::shell("python3 -m http.server 8000 --directory /etc"))
+    ///     .await?;
+    /// let host = sandbox.host(8000); // "8000-<id>.localhost:3000"
+    /// # let (http, url) = (reqwest::Client::new(), format!("{}/hostname", config.api_url()));
+    /// # let page = cove_test_util::wait_until("the server", std::time::Duration::from_secs(10), || {
+    /// #     let request = http.get(&url).header("host", &host).send();
+    /// #     async move { request.await.ok().filter(|r| r.status().is_success()) }
+    /// # }).await;
+    /// // An HTTP client sends its requests to `http://{host}/`.
+    /// assert_eq!(page.text().await?, "sandbox\n");
+    /// server.kill().await?;
+    /// # sandbox.kill().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn host(&self, port: u16) -> String {
         let domain = self
             .info

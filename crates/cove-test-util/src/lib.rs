@@ -7,7 +7,7 @@ mod wait;
 
 pub use crate::{
     agent::{AgentOptions, TestAgent},
-    server::TestServer,
+    server::{TestServer, built_cove},
     wait::{free_port, wait_until},
 };
 

@@ -4,12 +4,12 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use cove_sdk::ConnectionConfig;
 
-use crate::{free_port, wait_until};
+use crate::{free_port, repo_root, wait_until};
 
 /// A running server; on drop it is stopped with SIGTERM and `--kill-on-exit`, so its
 /// sandboxes go with it, and its state directory is removed.
@@ -33,6 +33,12 @@ impl TestServer {
     /// harness still kills them all when it is dropped).
     pub async fn start_with(cove: &Path, kill_on_exit: bool) -> Self {
         Self::launch(cove, kill_on_exit, &[]).await
+    }
+
+    /// A server for documentation examples, from the `cove` binary the workspace built (see
+    /// [`built_cove`]), without a warm pool.
+    pub async fn for_doctest() -> Self {
+        Self::launch(&built_cove(), true, &["--warm-pool", "0"]).await
     }
 
     /// Starts `cove serve` with more arguments (`--sandbox-disk-mb 64`, …).
@@ -154,6 +160,73 @@ impl TestServer {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// The `cove` binary for tests that cannot name it with `CARGO_BIN_EXE_cove` (doc tests of
+/// other crates): `COVE_BIN`, else `$CARGO_TARGET_DIR/debug/cove`, else `target/debug/cove`.
+/// Panics when it is missing or older than the workspace's sources, so an example never runs
+/// against a stale server.
+pub fn built_cove() -> PathBuf {
+    let root = repo_root();
+    let cove = std::env::var_os("COVE_BIN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR").map(|dir| PathBuf::from(dir).join("debug/cove"))
+        })
+        .unwrap_or_else(|| root.join("target/debug/cove"));
+    let built = std::fs::metadata(&cove)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|err| {
+            panic!(
+                "no cove binary at {} ({err}): run `cargo build -p cove-cli` first, or set COVE_BIN",
+                cove.display()
+            )
+        });
+    if let Some(newer) = newest_source(&root.join("crates")).filter(|(at, _)| *at > built) {
+        panic!(
+            "{} is older than {}: run `cargo build -p cove-cli` first",
+            cove.display(),
+            newer.1.display()
+        );
+    }
+    cove
+}
+
+/// The most recently modified `.rs`, `.proto` or `Cargo.toml` below `dir`.
+fn newest_source(dir: &Path) -> Option<(SystemTime, PathBuf)> {
+    let mut newest: Option<(SystemTime, PathBuf)> = None;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                // Tests and benches are not part of the binary.
+                if !matches!(
+                    path.file_name().and_then(|n| n.to_str()),
+                    Some("tests" | "benches" | "target")
+                ) {
+                    pending.push(path);
+                }
+                continue;
+            }
+            let source = path
+                .extension()
+                .is_some_and(|ext| ext == "rs" || ext == "proto")
+                || path.file_name().is_some_and(|n| n == "Cargo.toml");
+            if let (true, Ok(at)) = (source, meta.modified())
+                && newest.as_ref().is_none_or(|(t, _)| at > *t)
+            {
+                newest = Some((at, path));
+            }
+        }
+    }
+    newest
 }
 
 impl Drop for TestServer {

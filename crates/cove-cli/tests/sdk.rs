@@ -1,0 +1,739 @@
+//! The Rust SDK against a real `cove serve`: every call of `Sandbox`, `files()`,
+//! `commands()` and `pty()`, and the error each category of failure comes back as.
+#![allow(clippy::unwrap_used)]
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use bytes::Bytes;
+use cove_sdk::{
+    Command, ConnectionConfig, CreateOptions, Error, FileKind, FsEventKind, Output, PtyOptions,
+    Sandbox, Signal,
+};
+use cove_test_util::{TestServer, wait_until};
+use futures::{StreamExt, TryStreamExt};
+
+fn cove() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cove"))
+}
+
+async fn server() -> TestServer {
+    TestServer::start_with_args(cove(), &["--warm-pool", "0"]).await
+}
+
+async fn sandbox(server: &TestServer) -> Sandbox {
+    Sandbox::create(&server.config(), CreateOptions::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandbox_lifecycle_by_handle_and_by_id() {
+    let server = server().await;
+    let config = server.config();
+    let sbx = Sandbox::create(
+        &config,
+        CreateOptions {
+            template: Some("base".into()),
+            timeout: Some(Duration::from_secs(60)),
+            metadata: BTreeMap::from([("owner".into(), "sdk-test".into())]),
+            envs: BTreeMap::from([("FROM_CREATE".into(), "yes".into())]),
+            ..CreateOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(sbx.template_id(), "base");
+    assert_eq!(
+        sbx.commands()
+            .run("echo $FROM_CREATE")
+            .await
+            .unwrap()
+            .stdout,
+        "yes\n"
+    );
+
+    // Listing and inspecting.
+    let listed = Sandbox::list(&config).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].metadata["owner"], "sdk-test");
+    let info = sbx.info().await.unwrap();
+    assert_eq!(info, Sandbox::info_by_id(&config, sbx.id()).await.unwrap());
+    assert_eq!(info.listed.sandbox_id, sbx.id());
+
+    // Timeouts: shorter and longer; `get` leaves it alone, `connect` extends it.
+    let end = |info: &cove_sdk::rest::SandboxDetail| {
+        humantime::parse_rfc3339(&info.listed.end_at).unwrap()
+    };
+    let started = humantime::parse_rfc3339(&info.listed.started_at).unwrap();
+    sbx.set_timeout(Duration::from_secs(30)).await.unwrap();
+    let short = end(&sbx.info().await.unwrap());
+    assert!(short < started + Duration::from_secs(60), "{short:?}");
+    let got = Sandbox::get(&config, sbx.id()).await.unwrap();
+    assert_eq!(end(&got.info().await.unwrap()), short);
+    assert_eq!(
+        got.commands().run("echo via get").await.unwrap().stdout,
+        "via get\n"
+    );
+    let connected = Sandbox::connect(&config, sbx.id(), Some(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let long = end(&connected.info().await.unwrap());
+    assert!(long > short + Duration::from_secs(500), "{long:?}");
+    Sandbox::set_timeout_by_id(&config, sbx.id(), Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(end(&sbx.info().await.unwrap()) < long);
+
+    // Metrics and logs.
+    let metrics = sbx.metrics().await.unwrap();
+    assert!(metrics[0].mem_total > 0 && metrics[0].disk_total > 0);
+    assert!(
+        !Sandbox::metrics_by_id(&config, sbx.id())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let logs = sbx.logs().await.unwrap();
+    assert!(
+        logs.log_entries
+            .iter()
+            .any(|e| e.message.contains("agent listening")),
+        "{logs:?}"
+    );
+    assert_eq!(logs.logs.len(), logs.log_entries.len());
+
+    // Templates.
+    let templates = cove_sdk::templates::list(&config).await.unwrap();
+    assert!(templates.iter().any(|t| t.template_id == "base"));
+
+    // Kill, then every path reports it gone.
+    assert!(connected.kill().await.unwrap());
+    assert!(!sbx.kill().await.unwrap());
+    assert!(!Sandbox::kill_by_id(&config, sbx.id()).await.unwrap());
+    assert!(matches!(sbx.info().await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        Sandbox::connect(&config, sbx.id(), None).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        Sandbox::get(&config, sbx.id()).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(sbx.metrics().await, Err(Error::NotFound(_))));
+    assert!(matches!(sbx.logs().await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        sbx.set_timeout(Duration::from_secs(10)).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        sbx.commands().run("true").await,
+        Err(Error::SandboxGone(_))
+    ));
+    assert!(matches!(
+        sbx.files().read("/etc/hostname").await,
+        Err(Error::SandboxGone(_))
+    ));
+    assert!(!sbx.is_running().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_plane_errors() {
+    let server = server().await;
+    let wrong = ConnectionConfig::new(&server.url(), "cove_not_a_key").unwrap();
+    assert!(matches!(Sandbox::list(&wrong).await, Err(Error::Auth(_))));
+    assert!(matches!(
+        Sandbox::create(&wrong, CreateOptions::default()).await,
+        Err(Error::Auth(_))
+    ));
+    assert!(matches!(
+        Sandbox::info_by_id(&wrong, "whatever").await,
+        Err(Error::Auth(_))
+    ));
+    assert!(matches!(
+        cove_sdk::templates::list(&wrong).await,
+        Err(Error::Auth(_))
+    ));
+
+    let config = server.config();
+    let unknown = Sandbox::create(
+        &config,
+        CreateOptions {
+            template: Some("no-such-template".into()),
+            ..CreateOptions::default()
+        },
+    )
+    .await;
+    assert!(matches!(unknown, Err(Error::NotFound(_))), "{unknown:?}");
+    assert!(matches!(
+        Sandbox::connect(&config, "nosuchsandbox", None).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        Sandbox::create(
+            &config,
+            CreateOptions {
+                timeout: Some(Duration::from_secs(10_000_000)),
+                ..CreateOptions::default()
+            }
+        )
+        .await,
+        Err(Error::InvalidArgument(_))
+    ));
+
+    // The E2B variables (and their COVE_ twins) configure the same thing.
+    let (url, key) = (server.url(), server.api_key.clone());
+    let from_env = ConnectionConfig::from_vars(|name| match name {
+        "E2B_API_URL" | "E2B_SANDBOX_URL" => Some(url.clone()),
+        "E2B_API_KEY" => Some(key.clone()),
+        _ => None,
+    })
+    .unwrap();
+    assert!(Sandbox::list(&from_env).await.unwrap().is_empty());
+
+    // Nothing listens: a transport error, not a category.
+    let nowhere = ConnectionConfig::new(
+        &format!("http://127.0.0.1:{}", cove_test_util::free_port()),
+        "k",
+    )
+    .unwrap();
+    assert!(matches!(
+        Sandbox::list(&nowhere).await,
+        Err(Error::Transport(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_every_call() {
+    let server = server().await;
+    let sbx = sandbox(&server).await;
+    let files = sbx.files();
+
+    // Writes: bytes, text, a stream, many at once; reads: bytes, text, a stream.
+    let binary: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    let written = files
+        .write("/home/user/data/bin", binary.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (written.path.as_str(), written.name.as_str()),
+        ("/home/user/data/bin", "bin")
+    );
+    assert_eq!(
+        files.read("/home/user/data/bin").await.unwrap(),
+        Bytes::from(binary.clone())
+    );
+    files.write("relative.txt", "text ✓").await.unwrap();
+    assert_eq!(
+        files
+            .read_to_string("/home/user/relative.txt")
+            .await
+            .unwrap(),
+        "text ✓"
+    );
+    let chunks = futures::stream::iter(
+        (0..8).map(|i| Ok::<_, std::io::Error>(Bytes::from(vec![i as u8; 65_536]))),
+    );
+    files.write_stream("/tmp/streamed", chunks).await.unwrap();
+    let mut streamed = Vec::new();
+    let mut reader = files.read_stream("/tmp/streamed").await.unwrap();
+    while let Some(chunk) = reader.try_next().await.unwrap() {
+        streamed.extend_from_slice(&chunk);
+    }
+    assert_eq!(streamed.len(), 8 * 65_536);
+    assert!(
+        streamed
+            .chunks(65_536)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|b| *b == i as u8))
+    );
+    let many = files
+        .write_many([
+            ("/tmp/many/one", "1".to_owned()),
+            ("/tmp/many/deeper/two", "22".to_owned()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(many.len(), 2);
+    assert!(matches!(
+        files.read_to_string("/home/user/data/bin").await,
+        Err(Error::InvalidArgument(_))
+    ));
+
+    // Listing by depth, stat, exists.
+    let paths = |entries: Vec<cove_sdk::Entry>| {
+        let mut paths: Vec<_> = entries.into_iter().map(|e| e.path).collect();
+        paths.sort();
+        paths
+    };
+    assert_eq!(
+        paths(files.list("/tmp/many", 1).await.unwrap()),
+        ["/tmp/many/deeper", "/tmp/many/one"]
+    );
+    assert_eq!(
+        paths(files.list("/tmp/many", 2).await.unwrap()),
+        ["/tmp/many/deeper", "/tmp/many/deeper/two", "/tmp/many/one"]
+    );
+    let two = files.stat("/tmp/many/deeper/two").await.unwrap();
+    assert_eq!(
+        (two.kind, two.size, two.owner.as_str()),
+        (FileKind::File, 2, "user")
+    );
+    assert_eq!(files.stat("/tmp/many").await.unwrap().kind, FileKind::Dir);
+    assert!(files.exists("/tmp/many/one").await.unwrap());
+    assert!(!files.exists("/tmp/many/none").await.unwrap());
+
+    // Directories, moves, removal.
+    assert!(files.make_dir("/tmp/made/a/b").await.unwrap());
+    assert!(!files.make_dir("/tmp/made/a/b").await.unwrap());
+    let moved = files
+        .rename("/tmp/many/one", "/tmp/made/a/b/one")
+        .await
+        .unwrap();
+    assert_eq!(moved.path, "/tmp/made/a/b/one");
+    assert!(!files.exists("/tmp/many/one").await.unwrap());
+    files.remove("/tmp/made").await.unwrap();
+    assert!(!files.exists("/tmp/made/a/b/one").await.unwrap());
+    files.remove("/tmp/made").await.unwrap();
+
+    // Missing paths are NotFound everywhere.
+    assert!(matches!(files.stat("/nope").await, Err(Error::NotFound(_))));
+    assert!(matches!(files.read("/nope").await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        files.list("/nope", 1).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        files.rename("/nope", "/tmp/x").await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        files.watch("/nope", false).await,
+        Err(Error::NotFound(_))
+    ));
+    // A user the sandbox does not have is an authentication failure, as envd answers.
+    let stranger = sbx.agent().clone().as_user("no-such-user");
+    assert!(matches!(
+        stranger.files().write("/tmp/x", "x").await,
+        Err(Error::Auth(_))
+    ));
+    assert!(matches!(
+        stranger.commands().run("true").await,
+        Err(Error::Auth(_))
+    ));
+    let root = sbx.agent().clone().as_user("root");
+    root.files().write("/root/mine", "x").await.unwrap();
+    assert_eq!(root.files().stat("/root/mine").await.unwrap().owner, "root");
+    sbx.kill().await.unwrap();
+}
+
+type Events = futures::stream::BoxStream<'static, cove_sdk::Result<cove_sdk::FsEvent>>;
+
+async fn next(stream: &mut Events) -> cove_sdk::FsEvent {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("an event within 10 s")
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watching_is_a_stream_recursive_or_not() {
+    let server = server().await;
+    let sbx = sandbox(&server).await;
+    let files = sbx.files();
+    files.make_dir("/tmp/w/sub").await.unwrap();
+
+    let mut recursive = files.watch("/tmp/w", true).await.unwrap();
+    let mut flat = files.watch("/tmp/w", false).await.unwrap();
+    files.write("/tmp/w/sub/deep.txt", "1").await.unwrap();
+    files.write("/tmp/w/top.txt", "2").await.unwrap();
+    files.remove("/tmp/w/top.txt").await.unwrap();
+
+    let first = next(&mut recursive).await;
+    assert_eq!(
+        (first.name.as_str(), first.kind),
+        ("sub/deep.txt", FsEventKind::Create)
+    );
+    // The flat watch does not see inside `sub`: its first event is the top-level file.
+    let first_flat = next(&mut flat).await;
+    assert_eq!(
+        (first_flat.name.as_str(), first_flat.kind),
+        ("top.txt", FsEventKind::Create)
+    );
+    let mut kinds = Vec::new();
+    while !kinds.contains(&(String::from("top.txt"), FsEventKind::Remove)) {
+        let event = next(&mut recursive).await;
+        kinds.push((event.name, event.kind));
+    }
+    assert!(
+        kinds.contains(&("top.txt".into(), FsEventKind::Create)),
+        "{kinds:?}"
+    );
+    sbx.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_run_spawn_and_drive() {
+    let server = server().await;
+    let sbx = sandbox(&server).await;
+    let commands = sbx.commands();
+
+    // run: output, and a non-zero exit as a typed error carrying both.
+    let out = commands.run("echo out; echo err >&2").await.unwrap();
+    assert_eq!(
+        (out.exit_code, out.stdout.as_str(), out.stderr.as_str()),
+        (0, "out\n", "err\n")
+    );
+    match commands.run("echo partial; echo why >&2; exit 42").await {
+        Err(Error::CommandExit(exit)) => {
+            assert_eq!(exit.exit_code, 42);
+            assert_eq!(
+                (exit.stdout.as_str(), exit.stderr.as_str()),
+                ("partial\n", "why\n")
+            );
+            assert_eq!(exit.error.as_deref(), Some("exit status 42"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let configured = commands
+        .run_command(
+            Command::shell("echo $A $(pwd) $(id -un)")
+                .env("A", "a")
+                .cwd("/tmp"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(configured.stdout, "a /tmp user\n");
+    assert!(matches!(
+        commands.spawn(Command::new("/no/such/program")).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        commands
+            .run_command(Command::shell("sleep 30").timeout(Duration::from_millis(300)))
+            .await,
+        Err(Error::Timeout(_))
+    ));
+
+    // spawn: a stream of output events, stdin, and the end.
+    let mut cat = commands
+        .spawn(Command::new("cat").stdin(true).tag("the-cat"))
+        .await
+        .unwrap();
+    let listed = commands.list().await.unwrap();
+    let entry = listed.iter().find(|p| p.pid == cat.pid()).unwrap();
+    assert_eq!(
+        (entry.cmd.as_str(), entry.tag.as_deref()),
+        ("cat", Some("the-cat"))
+    );
+    cat.send_stdin("ping\n").await.unwrap();
+    assert_eq!(
+        cat.next().await.unwrap().unwrap(),
+        Output::Stdout(Bytes::from_static(b"ping\n"))
+    );
+    // A second client attaches to the same process by pid and sees what follows.
+    let mut attached = commands.connect(cat.pid()).await.unwrap();
+    commands.send_stdin(cat.pid(), "pong\n").await.unwrap();
+    assert_eq!(
+        attached.next().await.unwrap().unwrap(),
+        Output::Stdout(Bytes::from_static(b"pong\n"))
+    );
+    cat.close_stdin().await.unwrap();
+    let rest = cat.wait().await.unwrap();
+    assert_eq!((rest.exit_code, rest.stdout.as_str()), (0, "pong\n"));
+    assert!(attached.next().await.is_none());
+    assert_eq!(attached.exit_code(), Some(0));
+
+    // Signals end a process with their name; kill twice is "already gone".
+    let sleeper = commands
+        .spawn(Command::new("sleep").arg("300"))
+        .await
+        .unwrap();
+    sleeper.signal(Signal::Sigterm).await.unwrap();
+    match sleeper.wait().await {
+        Err(Error::CommandExit(exit)) => {
+            assert_eq!(
+                (exit.exit_code, exit.error.as_deref()),
+                (-1, Some("signal: terminated"))
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let sleeper = commands
+        .spawn(Command::new("sleep").arg("300"))
+        .await
+        .unwrap();
+    let pid = sleeper.pid();
+    assert!(sleeper.kill().await.unwrap());
+    assert!(
+        matches!(sleeper.wait().await, Err(Error::CommandExit(e)) if e.error.as_deref() == Some("signal: killed"))
+    );
+    wait_until(
+        "the killed process to leave the list",
+        Duration::from_secs(5),
+        || async { (!commands.list().await.ok()?.iter().any(|p| p.pid == pid)).then_some(()) },
+    )
+    .await;
+    assert!(!commands.kill(pid).await.unwrap());
+    assert!(matches!(
+        commands.connect(999_999).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        commands.send_stdin(999_999, "x").await,
+        Err(Error::NotFound(_))
+    ));
+    sbx.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn terminals_type_resize_and_reattach() {
+    let server = server().await;
+    let sbx = sandbox(&server).await;
+    let pty = sbx.pty();
+    let mut terminal = pty
+        .create(PtyOptions {
+            cols: 90,
+            rows: 20,
+            cwd: Some("/tmp".into()),
+            envs: [("SHELL_GREETING".to_owned(), "hi".to_owned())].into(),
+        })
+        .await
+        .unwrap();
+    let pid = terminal.pid();
+
+    let screen = std::sync::Arc::new(tokio::sync::Mutex::new(String::new()));
+    let reader = tokio::spawn({
+        let screen = screen.clone();
+        async move {
+            while let Some(output) = terminal.next().await {
+                if let Output::Pty(bytes) = output.unwrap() {
+                    screen
+                        .lock()
+                        .await
+                        .push_str(&String::from_utf8_lossy(&bytes));
+                }
+            }
+            terminal.exit_code()
+        }
+    });
+    let shows = |text: &'static str| {
+        let screen = screen.clone();
+        async move {
+            wait_until(text, Duration::from_secs(10), || {
+                let screen = screen.clone();
+                async move { screen.lock().await.contains(text).then_some(()) }
+            })
+            .await
+        }
+    };
+    pty.send_input(pid, "echo $SHELL_GREETING-$TERM-$(pwd); stty size\n")
+        .await
+        .unwrap();
+    shows("hi-xterm-256color-/tmp").await;
+    shows("20 90").await;
+    pty.resize(pid, 132, 43).await.unwrap();
+    pty.send_input(pid, "stty size\n").await.unwrap();
+    shows("43 132").await;
+
+    // Another client follows the same terminal.
+    let mut follower = pty.connect(pid).await.unwrap();
+    pty.send_input(pid, "echo followed\n").await.unwrap();
+    let mut seen = String::new();
+    while !seen.contains("followed\r\n") {
+        if let Output::Pty(bytes) = follower.next().await.unwrap().unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+
+    // Ctrl-D ends the shell.
+    pty.send_input(pid, vec![4u8]).await.unwrap();
+    assert_eq!(reader.await.unwrap(), Some(0));
+    assert!(!pty.kill(pid).await.unwrap());
+    sbx.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_is_not_enough_space() {
+    let server =
+        TestServer::start_with_args(cove(), &["--warm-pool", "0", "--sandbox-disk-mb", "64"]).await;
+    let sbx = sandbox(&server).await;
+    let upload = sbx
+        .files()
+        .write("/home/user/big", vec![0u8; 100 << 20])
+        .await;
+    assert!(
+        matches!(upload, Err(Error::NotEnoughSpace(_))),
+        "{upload:?}"
+    );
+    sbx.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn code_runs_in_contexts_with_state() {
+    use cove_sdk::{ExecutionEvent, RunCodeOptions};
+
+    let server = server().await;
+    let sbx = sandbox(&server).await;
+
+    // State lives on in the default context; print is output, the last value a result.
+    let first = sbx.run_code("import math\nx = 41").await.unwrap();
+    assert!(
+        first.error.is_none() && first.results.is_empty(),
+        "{first:?}"
+    );
+    let second = sbx.run_code("print('adding')\nx + 1").await.unwrap();
+    assert_eq!(second.text(), Some("42"));
+    assert_eq!(second.stdout, ["adding\n"]);
+    assert_eq!(second.execution_count, first.execution_count.map(|n| n + 1));
+    let html = sbx
+        .run_code("from IPython.display import HTML, display\ndisplay(HTML('<b>x</b>'))")
+        .await
+        .unwrap();
+    assert_eq!(html.results[0].html.as_deref(), Some("<b>x</b>"));
+    assert!(!html.results[0].is_main_result);
+
+    // An exception is the execution's error, not a failed call.
+    let failed = sbx
+        .run_code("import sys\nprint('before', file=sys.stderr)\n1 / 0")
+        .await
+        .unwrap();
+    let error = failed.error.unwrap();
+    assert_eq!(
+        (error.name.as_str(), error.value.as_str()),
+        ("ZeroDivisionError", "division by zero")
+    );
+    assert!(error.traceback.contains("1 / 0"), "{}", error.traceback);
+    assert_eq!(failed.stderr, ["before\n"]);
+
+    // Environment for one execution only.
+    let with_env = sbx
+        .run_code_with(
+            "import os\nos.environ.get('ONLY_NOW')",
+            RunCodeOptions {
+                envs: [("ONLY_NOW".to_owned(), "yes".to_owned())].into(),
+                ..RunCodeOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(with_env.text(), Some("yes"));
+    assert_eq!(
+        sbx.run_code("import os\nos.environ.get('ONLY_NOW')")
+            .await
+            .unwrap()
+            .text(),
+        None
+    );
+
+    // Contexts: separate state, own directory, listed, restarted, removed.
+    let code = sbx.code_interpreter();
+    let context = code
+        .create_context(Some("python"), Some("/tmp"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (context.language.as_str(), context.cwd.as_str()),
+        ("python", "/tmp")
+    );
+    let in_context = |line: &'static str| {
+        sbx.run_code_with(
+            line,
+            RunCodeOptions {
+                context: Some(context.id.clone()),
+                ..RunCodeOptions::default()
+            },
+        )
+    };
+    let isolated = in_context("import os\n(os.getcwd(), 'x' in globals())")
+        .await
+        .unwrap();
+    assert_eq!(isolated.text(), Some("('/tmp', False)"));
+    in_context("y = 5").await.unwrap();
+    assert!(
+        code.list_contexts()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.id == context.id)
+    );
+    code.restart_context(&context.id).await.unwrap();
+    let lost = in_context("y").await.unwrap();
+    assert_eq!(lost.error.unwrap().name, "NameError");
+    code.remove_context(&context.id).await.unwrap();
+    assert!(
+        !code
+            .list_contexts()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.id == context.id)
+    );
+    assert!(matches!(in_context("1").await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        code.remove_context(&context.id).await,
+        Err(Error::NotFound(_))
+    ));
+
+    // Other languages, and the ones the sandbox lacks.
+    let bash = sbx
+        .run_code_with(
+            "echo from-bash",
+            RunCodeOptions {
+                language: Some("bash".into()),
+                ..RunCodeOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(bash.stdout.concat(), "from-bash\n");
+    let cobol = sbx
+        .run_code_with(
+            "DISPLAY 'x'",
+            RunCodeOptions {
+                language: Some("cobol".into()),
+                ..RunCodeOptions::default()
+            },
+        )
+        .await;
+    assert!(matches!(cobol, Err(Error::InvalidArgument(_))), "{cobol:?}");
+
+    // Output streams while the code runs: the code waits for a file only this test writes,
+    // once it has seen the first line.
+    let mut events = code
+        .run_stream(
+            "import os, time\nprint('early', flush=True)\nwhile not os.path.exists('/tmp/go'):\n    time.sleep(0.02)\nprint('late')",
+            RunCodeOptions::default(),
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Some(event) = events.try_next().await.unwrap() {
+        if let ExecutionEvent::Stdout(text) = event {
+            if text == "early\n" {
+                sbx.files().write("/tmp/go", "").await.unwrap();
+            }
+            seen.push(text);
+        }
+    }
+    assert_eq!(seen, ["early\n", "late\n"]);
+
+    // A time limit interrupts the code and keeps the context's state.
+    let slow = sbx
+        .run_code_with(
+            "import time\ntime.sleep(60)",
+            RunCodeOptions {
+                timeout: Some(Duration::from_secs(1)),
+                ..RunCodeOptions::default()
+            },
+        )
+        .await;
+    assert!(matches!(slow, Err(Error::Timeout(_))), "{slow:?}");
+    assert_eq!(sbx.run_code("x").await.unwrap().text(), Some("41"));
+
+    sbx.kill().await.unwrap();
+    assert!(matches!(
+        sbx.run_code("1").await,
+        Err(Error::SandboxGone(_))
+    ));
+}
