@@ -233,9 +233,26 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Vec<WrittenEntry>>, RestError> {
-    auth::check_signature(&state, &headers, &query.signed(), Operation::Write)?;
-    let user = query.user(&state)?;
-    let metadata = parse_metadata(&headers)?;
+    let mut body = body.into_data_stream().map_err(io::Error::other);
+    let result = accept(&state, &query, &headers, &mut body).await;
+    if result.is_err() {
+        // Answering while the client still sends would close the connection under it, and
+        // it (or the proxy) would see a broken pipe instead of the error.
+        drain(&mut body, ERROR_DRAIN_TIME).await;
+    }
+    result.map(Json)
+}
+
+/// Checks an upload and writes its files.
+async fn accept(
+    state: &AgentState,
+    query: &FilesQuery,
+    headers: &HeaderMap,
+    body: &mut (impl Stream<Item = io::Result<Bytes>> + Send + Unpin),
+) -> Result<Vec<WrittenEntry>, RestError> {
+    auth::check_signature(state, headers, &query.signed(), Operation::Write)?;
+    let user = query.user(state)?;
+    let metadata = parse_metadata(headers)?;
     let gzipped = match headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -251,23 +268,33 @@ pub async fn upload(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/octet-stream")
-        .to_owned();
+        .unwrap_or("application/octet-stream");
+    let mut stream: std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + '_>> =
+        if gzipped {
+            let decoder =
+                async_compression::tokio::bufread::GzipDecoder::new(StreamReader::new(body));
+            Box::pin(ReaderStream::new(decoder))
+        } else {
+            Box::pin(body)
+        };
+    receive(state, query, &user, &metadata, content_type, &mut stream).await
+}
+
+/// Writes the files of an upload body.
+async fn receive(
+    state: &AgentState,
+    query: &FilesQuery,
+    user: &User,
+    metadata: &BTreeMap<String, String>,
+    content_type: &str,
+    mut stream: &mut (impl Stream<Item = io::Result<Bytes>> + Send + Unpin),
+) -> Result<Vec<WrittenEntry>, RestError> {
     let essence = content_type
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let stream = body.into_data_stream().map_err(io::Error::other);
-    let mut stream: std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>> = if gzipped {
-        let decoder =
-            async_compression::tokio::bufread::GzipDecoder::new(StreamReader::new(stream));
-        Box::pin(ReaderStream::new(decoder))
-    } else {
-        Box::pin(stream)
-    };
-
     let mut written = Vec::new();
     if essence == "application/octet-stream" {
         let Some(target) = query.path.as_deref().filter(|p| !p.is_empty()) else {
@@ -275,11 +302,11 @@ pub async fn upload(
                 "the path query parameter is required for a raw body upload",
             ));
         };
-        let path = query.resolve(&state, &user, Some(target))?;
-        write_file(&path, &user, StreamReader::new(stream)).await?;
-        written.push(finish_file(&path, &metadata)?);
+        let path = query.resolve(state, user, Some(target))?;
+        write_file(&path, user, StreamReader::new(stream)).await?;
+        written.push(finish_file(&path, metadata)?);
     } else if essence.starts_with("multipart/") {
-        let boundary = multer::parse_boundary(&content_type).map_err(|err| {
+        let boundary = multer::parse_boundary(content_type).map_err(|err| {
             RestError::bad_request(format!("invalid multipart content type: {err}"))
         })?;
         let mut multipart = multer::Multipart::new(&mut stream, boundary);
@@ -303,7 +330,7 @@ pub async fn upload(
                         "a file part has no filename and no path query parameter was given",
                     )
                 })?;
-            let path = query.resolve(&state, &user, Some(&target))?;
+            let path = query.resolve(state, user, Some(&target))?;
             if !seen.insert(path.clone()) {
                 return Err(RestError::bad_request(format!(
                     "cannot upload several files to the same path '{}' in one request",
@@ -311,8 +338,8 @@ pub async fn upload(
                 )));
             }
             let reader = StreamReader::new(field.map_err(io::Error::other));
-            write_file(&path, &user, reader).await?;
-            written.push(finish_file(&path, &metadata)?);
+            write_file(&path, user, reader).await?;
+            written.push(finish_file(&path, metadata)?);
         }
         drop(multipart);
         drain_epilogue(&mut stream).await;
@@ -321,11 +348,25 @@ pub async fn upload(
             "unsupported content type {content_type:?}: use multipart/form-data or application/octet-stream"
         )));
     }
-    Ok(Json(written))
+    Ok(written)
 }
 
 /// Most bytes read after a form's closing boundary before giving up on the connection.
 const EPILOGUE_LIMIT: usize = 64 << 10;
+
+/// How long the rest of a refused upload is read (and thrown away) before the answer.
+const ERROR_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads and discards the rest of a body, for at most `limit`.
+async fn drain(
+    body: &mut (impl Stream<Item = io::Result<Bytes>> + Unpin),
+    limit: std::time::Duration,
+) {
+    let _ = tokio::time::timeout(limit, async {
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await;
+}
 
 /// Reads what follows a multipart form's closing boundary (an epilogue, the end of a chunked
 /// body). The parser stops at the boundary; answering before the body has ended would make

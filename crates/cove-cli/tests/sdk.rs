@@ -101,6 +101,17 @@ async fn sandbox_lifecycle_by_handle_and_by_id() {
         "{logs:?}"
     );
     assert_eq!(logs.logs.len(), logs.log_entries.len());
+    // Plain text with each line's own time: no colour codes from the agent's logger.
+    assert!(
+        logs.logs.iter().all(|l| !l.line.contains('\u{1b}')),
+        "{logs:?}"
+    );
+    let listening = logs
+        .log_entries
+        .iter()
+        .find(|e| e.message.contains("agent listening"))
+        .unwrap();
+    assert_eq!(listening.level, "info");
 
     // Templates.
     let templates = cove_sdk::templates::list(&config).await.unwrap();

@@ -225,9 +225,17 @@ impl Context {
         let mut replies = send(kernel, request).await?;
         let mut tracker = Tracker::default();
         let mut error = None;
+        let mut exited = None;
         let waited = tokio::time::timeout(SILENT_TIMEOUT, async {
             while !tracker.done {
-                let Some(incoming) = replies.next().await else {
+                let incoming = tokio::select! {
+                    incoming = replies.next() => incoming,
+                    exit = kernel.wait_exit() => {
+                        exited = Some(exit);
+                        None
+                    }
+                };
+                let Some(incoming) = incoming else {
                     return;
                 };
                 for line in tracker.on(&incoming) {
@@ -238,6 +246,10 @@ impl Context {
             }
         })
         .await;
+        if let Some(exit) = exited {
+            **slot = None;
+            return Err(self.died(exit, "while setting environment variables"));
+        }
         match (waited, error) {
             (Ok(()), None) if tracker.done => Ok(()),
             (_, Some(OutputLine::Error { name, value, .. })) => Err(OutputLine::error(

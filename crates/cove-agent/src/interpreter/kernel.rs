@@ -339,6 +339,7 @@ fn write_private(path: &Path, contents: &str, user: &User) -> std::io::Result<()
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    file.write_all(contents.as_bytes())?;
-    std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid))
+    // By descriptor: the path could be swapped once the file is the user's.
+    std::os::unix::fs::fchown(&file, Some(user.uid), Some(user.gid))?;
+    file.write_all(contents.as_bytes())
 }

@@ -358,6 +358,8 @@ pub async fn logs(
     let since = query.start.unwrap_or(0);
     let limit = query.limit.unwrap_or(1000).min(10_000);
     let mut logs = SandboxLogs::default();
+    // A line with no time of its own (a continuation) belongs to the one before.
+    let mut last = live.record().started_at;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let (timestamp, rest) = line.split_once(' ').unwrap_or(("", line));
         let at = humantime::parse_rfc3339_weak(timestamp.trim_end_matches('Z'))
@@ -367,9 +369,9 @@ pub async fn logs(
         if at.is_some_and(|at| at < since) {
             continue;
         }
-        let timestamp = at
-            .map(clock::rfc3339)
-            .unwrap_or_else(|| clock::rfc3339(live.record().started_at));
+        let at = at.unwrap_or(last);
+        last = at;
+        let timestamp = clock::rfc3339(at);
         let rest = rest.trim_start();
         let (level, message) = rest.split_once(' ').unwrap_or(("INFO", rest));
         logs.logs.push(SandboxLog {
