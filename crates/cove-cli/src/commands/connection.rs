@@ -4,7 +4,7 @@
 use std::{future::Future, process::ExitCode, time::Duration};
 
 use anyhow::Context;
-use cove_sdk::ConnectionConfig;
+use cove_sdk::{AgentClient, ConnectionConfig, Sandbox};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
@@ -35,6 +35,21 @@ impl Connection {
         })
         .context("no server to talk to: pass --api-key or set COVE_API_KEY / E2B_API_KEY")
     }
+}
+
+/// The agent of sandbox `id`, acting as `user` (or the sandbox's default user).
+pub async fn agent_of(
+    config: &ConnectionConfig,
+    id: &str,
+    user: Option<&str>,
+) -> anyhow::Result<AgentClient> {
+    let sandbox = Sandbox::get(config, id)
+        .await
+        .with_context(|| format!("cannot reach sandbox {id}"))?;
+    Ok(match user {
+        Some(user) => sandbox.agent().clone().as_user(user),
+        None => sandbox.agent().clone(),
+    })
 }
 
 /// Runs a client command on a runtime of its own. A terminal reader may still be blocked on

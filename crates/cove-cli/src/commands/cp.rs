@@ -8,12 +8,12 @@ use std::{
 };
 
 use anyhow::Context;
-use cove_sdk::{FileKind, Sandbox, files::Files};
+use cove_sdk::{FileKind, files::Files};
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::io::AsyncWriteExt;
 
-use super::connection::{Connection, block_on};
+use super::connection::{Connection, agent_of, block_on};
 
 /// Files smaller than this copy without a progress bar.
 const PROGRESS_FROM: u64 = 1 << 20;
@@ -75,13 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("both sides are in sandboxes: copy through a local file")
             }
         };
-        let sandbox = Sandbox::get(&config, &id)
-            .await
-            .with_context(|| format!("cannot reach sandbox {id}"))?;
-        let agent = match &args.user {
-            Some(user) => sandbox.agent().clone().as_user(user),
-            None => sandbox.agent().clone(),
-        };
+        let agent = agent_of(&config, &id, args.user.as_deref()).await?;
         let files = agent.files();
         let (local, remote, is_upload) = upload;
         if is_upload {

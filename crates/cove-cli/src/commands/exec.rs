@@ -4,11 +4,11 @@
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
 use anyhow::Context;
-use cove_sdk::{Command, Output, Sandbox};
+use cove_sdk::{Command, Output};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::connection::{Connection, block_on, duration, key_value};
+use super::connection::{Connection, agent_of, block_on, duration, key_value};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -36,13 +36,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     block_on(async move {
         let config = args.connection.config()?;
-        let sandbox = Sandbox::get(&config, &args.sandbox)
-            .await
-            .with_context(|| format!("cannot reach sandbox {}", args.sandbox))?;
-        let agent = match &args.user {
-            Some(user) => sandbox.agent().clone().as_user(user),
-            None => sandbox.agent().clone(),
-        };
+        let agent = agent_of(&config, &args.sandbox, args.user.as_deref()).await?;
         let (program, rest) = args.command.split_first().context("no program to run")?;
         // Piped input goes to the program; a terminal's does not (this is no terminal
         // session: `cove shell` is).

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::Context;
-use cove_sdk::{AgentClient, PtyOptions, Sandbox};
+use cove_sdk::{AgentClient, PtyOptions};
 use futures::StreamExt;
 use rustix::termios::{self, OptionalActions, Termios};
 use tokio::{
@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use super::{
-    connection::{Connection, block_on},
+    connection::{Connection, agent_of, block_on},
     exec::exit_code,
 };
 
@@ -44,13 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     block_on(async move {
         let config = args.connection.config()?;
-        let sandbox = Sandbox::get(&config, &args.sandbox)
-            .await
-            .with_context(|| format!("cannot reach sandbox {}", args.sandbox))?;
-        let agent = match &args.user {
-            Some(user) => sandbox.agent().clone().as_user(user),
-            None => sandbox.agent().clone(),
-        };
+        let agent = agent_of(&config, &args.sandbox, args.user.as_deref()).await?;
         let (cols, rows) = window_size(&stdin);
         let mut terminal = agent
             .pty()
