@@ -174,6 +174,7 @@ pub fn markdown(settings: &Settings, report: &Report, took: Duration) -> String 
         }
     }
     let _ = writeln!(out, "\n{}", include_str!("reading.md").trim_end());
+    let _ = writeln!(out, "\n{}", include_str!("findings.md").trim_end());
     out
 }
 
