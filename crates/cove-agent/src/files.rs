@@ -17,7 +17,7 @@ use axum::{
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::{
@@ -431,13 +431,38 @@ async fn write_file(
         .await
         .map_err(|err| internal("open", &err))?;
     filesystem::chown(path, user).map_err(|err| internal("chown", &err))?;
-    // Large writes: each one is a trip to a blocking thread.
-    let mut reader = tokio::io::BufReader::with_capacity(WRITE_CHUNK, reader);
-    tokio::io::copy_buf(&mut reader, &mut file)
+    copy_in_chunks(reader, &mut file)
         .await
         .map_err(|err| internal("write", &err))?;
     file.flush().await.map_err(|err| internal("write", &err))?;
     Ok(())
+}
+
+/// Copies `reader` into `file` in writes of [`WRITE_CHUNK`] bytes. Each write is a trip to
+/// a blocking thread, and a request body arrives in socket-sized pieces (64 KiB over the
+/// server's Unix socket): a `BufReader` hands those on one by one, however large its buffer,
+/// so here the pieces are gathered first. The file's write runs on its thread while the next
+/// chunk is read.
+async fn copy_in_chunks(
+    mut reader: impl AsyncRead + Unpin,
+    file: &mut tokio::fs::File,
+) -> io::Result<()> {
+    let mut chunk = Vec::with_capacity(WRITE_CHUNK);
+    loop {
+        chunk.clear();
+        let mut ended = false;
+        // `read_buf` fills the spare capacity, so the chunk never grows past WRITE_CHUNK.
+        while chunk.len() < WRITE_CHUNK {
+            if reader.read_buf(&mut chunk).await? == 0 {
+                ended = true;
+                break;
+            }
+        }
+        file.write_all(&chunk).await?;
+        if ended {
+            return Ok(());
+        }
+    }
 }
 
 fn is_disk_full(err: &io::Error) -> bool {

@@ -150,9 +150,9 @@ pub async fn run_code_round_trip(settings: &Settings) -> anyhow::Result<Result> 
     }
     kernel.stop().await;
     Ok(Result {
-        name: "run_code(\"1+1\") on a warm context (HTTP through the proxy)",
+        name: "run_code(\"1+1\") on a warm context (HTTP through the proxy)".into(),
         figure: latency(samples),
-        baseline_name: "`execute_request` to a bare ipykernel over ZeroMQ",
+        baseline_name: "`execute_request` to a bare ipykernel over ZeroMQ".into(),
         baseline: latency(baseline),
         target: Some(Target::LatencyBelow(Duration::from_millis(5))),
     })
@@ -181,9 +181,9 @@ pub async fn create_to_first_result(settings: &Settings) -> anyhow::Result<Resul
         kernel.stop().await;
     }
     Ok(Result {
-        name: "create → first run_code result (kernel started on first use)",
+        name: "create → first run_code result (kernel started on first use)".into(),
         figure: latency(samples),
-        baseline_name: "start a bare ipykernel and execute on the host",
+        baseline_name: "start a bare ipykernel and execute on the host".into(),
         baseline: latency(baseline),
         target: None,
     })

@@ -1,11 +1,18 @@
 //! `cove-bench`: measures Cove beside baselines taken in the same run (the machines are
 //! shared and noisy, so only ratios mean much) and writes `docs/BENCHMARKS.md`.
 //!
-//!     cargo build --release && target/release/cove-bench --out docs/BENCHMARKS.md
+//!     cargo build --release -p cove-bench -p cove-cli
+//!     target/release/cove-bench --out docs/BENCHMARKS.md
 
 mod code;
+mod commands;
+mod concurrency;
+mod create;
+mod density;
 mod measure;
+mod python;
 mod report;
+mod transfer;
 
 use std::path::PathBuf;
 
@@ -33,8 +40,20 @@ struct Args {
     /// Idle sandboxes kept for the memory figure.
     #[arg(long, default_value_t = 20)]
     idle: usize,
+    /// The most live sandboxes the density group tries to hold.
+    #[arg(long, default_value_t = 1000)]
+    max_live: usize,
+    /// Clients (each with its own sandbox) of the concurrency group.
+    #[arg(long, default_value_t = 50)]
+    clients: usize,
+    /// Create+run+kill cycles timed through each SDK in the python group.
+    #[arg(long, default_value_t = 50)]
+    sdk_cycles: usize,
+    /// A Python with the official `e2b` package (tests/compat/requirements.txt).
+    #[arg(long, default_value = ".venv/bin/python")]
+    python: PathBuf,
     /// Run one group only (the report then holds only its figures).
-    #[arg(long, value_parser = ["commands", "transfers", "create", "hog", "code", "memory"])]
+    #[arg(long, value_parser = measure::GROUPS)]
     only: Option<String>,
 }
 
@@ -61,10 +80,15 @@ fn main() -> anyhow::Result<()> {
         iterations: args.iterations,
         transfer_bytes: args.transfer_mib << 20,
         idle: args.idle,
+        max_live: args.max_live,
+        clients: args.clients,
+        sdk_cycles: args.sdk_cycles,
+        python: args.python,
         only: args.only,
     };
+    let started = std::time::Instant::now();
     let results = runtime.block_on(measure::all(&settings))?;
-    let markdown = report::markdown(&settings, &results);
+    let markdown = report::markdown(&settings, &results, started.elapsed());
     println!("{}", report::table(&results));
     if let Some(out) = args.out {
         std::fs::write(&out, markdown)

@@ -1,16 +1,7 @@
-//! The measurements, each with the baseline it is compared to.
+//! What every group of measurements shares: the settings, a figure beside its baseline, the
+//! goal it is held to, and the dispatcher that runs the groups asked for.
 
-use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
-
-use anyhow::Context;
-use bytes::Bytes;
-use cove_sdk::{CreateOptions, Sandbox};
-use cove_test_util::{TestAgent, TestServer};
-use futures::StreamExt;
+use std::{path::PathBuf, time::Duration};
 
 #[derive(Debug)]
 pub struct Settings {
@@ -19,19 +10,61 @@ pub struct Settings {
     pub iterations: usize,
     pub transfer_bytes: usize,
     pub idle: usize,
+    /// The most live sandboxes the density group tries to hold.
+    pub max_live: usize,
+    /// Clients (and sandboxes) of the concurrency group.
+    pub clients: usize,
+    /// Create+run+kill cycles timed through each SDK.
+    pub sdk_cycles: usize,
+    /// The Python with the official `e2b` SDK.
+    pub python: PathBuf,
     /// Run only this group of measurements.
     pub only: Option<String>,
 }
 
+/// The groups, in the order they run; `--only` takes one of these.
+pub const GROUPS: [&str; 9] = [
+    "commands",
+    "transfers",
+    "create",
+    "hog",
+    "code",
+    "memory",
+    "density",
+    "concurrency",
+    "python",
+];
+
 /// One figure and its baseline.
 #[derive(Debug)]
 pub struct Result {
-    pub name: &'static str,
+    pub name: String,
     pub figure: Figure,
-    pub baseline_name: &'static str,
+    pub baseline_name: String,
     pub baseline: Figure,
     /// The goal, in the figure's unit, and whether lower is better.
     pub target: Option<Target>,
+}
+
+/// Everything a run found: its figures, the measurements it had to skip (and why), and
+/// observations that belong beside the table.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub results: Vec<Result>,
+    pub skipped: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    pub fn skip(&mut self, why: String) {
+        eprintln!("skipped: {why}");
+        self.skipped.push(why);
+    }
+
+    pub fn note(&mut self, note: String) {
+        eprintln!("note: {note}");
+        self.notes.push(note);
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +73,8 @@ pub enum Figure {
     Latency { p50: Duration, p99: Duration },
     /// Bytes per second.
     Throughput(f64),
+    /// Operations per second, with the p99 latency of one operation.
+    Rate { per_second: f64, p99: Duration },
     /// Bytes per sandbox: resident and proportional (shared pages split) set of its
     /// processes, and what its cgroup counts (page cache included).
     Memory {
@@ -47,6 +82,18 @@ pub enum Figure {
         pss: u64,
         cgroup: Option<u64>,
     },
+    /// A number of things (live sandboxes).
+    Count(u64),
+}
+
+impl Figure {
+    /// The p99 of a latency or rate figure.
+    pub fn p99(self) -> Option<Duration> {
+        match self {
+            Figure::Latency { p99, .. } | Figure::Rate { p99, .. } => Some(p99),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +103,7 @@ pub enum Target {
     RatioBelow(f64),
     ThroughputAbove(f64),
     MemoryBelow(u64),
+    CountAtLeast(u64),
 }
 
 impl Target {
@@ -68,6 +116,7 @@ impl Target {
             (Target::LatencyBelow(limit), Figure::Latency { p50, .. }) => p50 < limit,
             (Target::ThroughputAbove(limit), Figure::Throughput(rate)) => rate > limit,
             (Target::MemoryBelow(limit), Figure::Memory { pss, .. }) => pss < limit,
+            (Target::CountAtLeast(limit), Figure::Count(n)) => n >= limit,
             _ => false,
         }
     }
@@ -82,377 +131,72 @@ pub fn latency(mut samples: Vec<Duration>) -> Figure {
     }
 }
 
-pub async fn all(settings: &Settings) -> anyhow::Result<Vec<Result>> {
-    let mut results = Vec::new();
-    let wanted = |group: &str| settings.only.as_deref().is_none_or(|only| group == only);
-    if wanted("commands") {
-        eprintln!("agent: process round trip");
-        results.push(process_round_trip(settings).await?);
-    }
-    if wanted("transfers") {
-        eprintln!("agent: transfers");
-        results.extend(transfers(settings).await?);
-    }
-    if wanted("create") {
-        eprintln!("server: create → first output");
-        for case in &CREATE_CASES {
-            results.push(create_latency(settings, case).await?);
-        }
-    }
-    if wanted("hog") {
-        eprintln!("server: command latency beside a CPU hog");
-        results.push(latency_beside_a_hog(settings).await?);
-    }
-    if wanted("code") {
-        eprintln!("server: run_code round trip");
-        results.push(crate::code::run_code_round_trip(settings).await?);
-        eprintln!("server: create → first run_code result");
-        results.push(crate::code::create_to_first_result(settings).await?);
-    }
-    if wanted("memory") {
-        eprintln!("server: idle memory");
-        results.push(idle_memory(settings).await?);
-    }
-    Ok(results)
-}
-
-/// `Process/Start` of `true` to its end event over the agent's Unix socket, against
-/// fork+exec of `true` on the host.
-async fn process_round_trip(settings: &Settings) -> anyhow::Result<Result> {
-    let agent = TestAgent::start(&settings.cove).await;
-    let client = agent.client();
-    let commands = client.commands();
-    for _ in 0..20 {
-        commands
-            .spawn(cove_sdk::Command::new("true"))
-            .await?
-            .wait()
-            .await?;
-    }
-    let mut samples = Vec::with_capacity(settings.iterations);
-    for _ in 0..settings.iterations {
-        let started = Instant::now();
-        commands
-            .spawn(cove_sdk::Command::new("true"))
-            .await?
-            .wait()
-            .await?;
-        samples.push(started.elapsed());
-    }
-    let mut baseline = Vec::with_capacity(settings.iterations);
-    for _ in 0..settings.iterations {
-        let started = Instant::now();
-        Command::new("true").status().context("cannot run true")?;
-        baseline.push(started.elapsed());
-    }
-    Ok(Result {
-        name: "command round trip (`true`, agent socket)",
-        figure: latency(samples),
-        baseline_name: "fork+exec of `true` on the host",
-        baseline: latency(baseline),
-        target: Some(Target::LatencyBelow(Duration::from_millis(2))),
-    })
-}
-
-/// Upload and download of one large file over the agent's socket, against writing and
-/// `cat`-ing the same bytes locally. Both sides use tmpfs (`/dev/shm`), so the figures are
-/// about the transfer, not about this machine's disk.
-async fn transfers(settings: &Settings) -> anyhow::Result<Vec<Result>> {
-    let agent = TestAgent::start(&settings.cove).await;
-    let client = agent.client();
-    let files = client.files();
-    let data = Bytes::from(
-        (0..settings.transfer_bytes)
-            .map(|i| (i % 251) as u8)
-            .collect::<Vec<_>>(),
-    );
-    let size = data.len() as f64;
-    let local = PathBuf::from(format!("/dev/shm/cove-bench-local-{}", std::process::id()));
-    let (mut upload, mut download, mut local_write, mut local_read) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..TRANSFER_RUNS {
-        let started = Instant::now();
-        files.write(TRANSFER_FILE, data.clone()).await?;
-        upload.push(size / started.elapsed().as_secs_f64());
-
-        let started = Instant::now();
-        let mut stream = Box::pin(files.read_stream(TRANSFER_FILE).await?);
-        let mut received = 0usize;
-        while let Some(chunk) = stream.next().await {
-            received += chunk?.len();
-        }
-        download.push(size / started.elapsed().as_secs_f64());
-        anyhow::ensure!(
-            received == data.len(),
-            "downloaded {received} of {} bytes",
-            data.len()
-        );
-        files.remove(TRANSFER_FILE).await?;
-
-        let started = Instant::now();
-        std::fs::write(&local, &data)?;
-        local_write.push(size / started.elapsed().as_secs_f64());
-        let started = Instant::now();
-        let status = Command::new("cat")
-            .arg(&local)
-            .stdout(Stdio::null())
-            .status()?;
-        local_read.push(size / started.elapsed().as_secs_f64());
-        anyhow::ensure!(status.success(), "cat failed");
-        std::fs::remove_file(&local)?;
-    }
-    let (upload, download) = (median(upload), median(download));
-    let (local_write, local_read) = (median(local_write), median(local_read));
-
-    let gib = 1024.0 * 1024.0 * 1024.0;
-    Ok(vec![
-        Result {
-            name: "upload (POST /files, octet-stream)",
-            figure: Figure::Throughput(upload),
-            baseline_name: "writing the bytes to a local file",
-            baseline: Figure::Throughput(local_write),
-            target: Some(Target::ThroughputAbove(gib)),
-        },
-        Result {
-            name: "download (GET /files)",
-            figure: Figure::Throughput(download),
-            baseline_name: "`cat` of the file to /dev/null",
-            baseline: Figure::Throughput(local_read),
-            target: Some(Target::ThroughputAbove(gib)),
-        },
-    ])
-}
-
-/// Transfers of each kind; the median counts.
-pub const TRANSFER_RUNS: usize = 5;
-
-fn median(mut rates: Vec<f64>) -> f64 {
+pub fn median(mut rates: Vec<f64>) -> f64 {
     rates.sort_by(f64::total_cmp);
     rates[rates.len() / 2]
 }
 
-/// Where the transfer test writes inside the agent's view (the host's tmpfs).
-const TRANSFER_FILE: &str = "/dev/shm/cove-bench-transfer.bin";
-
-/// One way of creating sandboxes one after the other.
-struct CreateCase {
-    name: &'static str,
-    network: bool,
-    /// `cove serve` arguments.
-    server_args: &'static [&'static str],
-    /// Time between one sandbox's kill and the next create.
-    pause: Duration,
-    target: Option<Target>,
-}
-
-const CREATE_CASES: [CreateCase; 3] = [
-    CreateCase {
-        name: "create → first command output, no network",
-        network: false,
-        server_args: &[],
-        pause: Duration::from_millis(50),
-        target: Some(Target::LatencyBelow(Duration::from_millis(15))),
-    },
-    CreateCase {
-        name: "create → first command output, with internet access",
-        network: true,
-        server_args: &[],
-        pause: Duration::from_millis(50),
-        target: Some(Target::LatencyBelow(Duration::from_millis(40))),
-    },
-    CreateCase {
-        name: "create → first command output, no network, without warm sandboxes, back to back",
-        network: false,
-        server_args: &["--warm-pool", "0"],
-        pause: Duration::ZERO,
-        target: None,
-    },
-];
-
-/// `POST /v2/sandboxes` until the first command's output arrives through the proxy,
-/// against `unshare` of the same namespaces running `true`.
-async fn create_latency(settings: &Settings, case: &CreateCase) -> anyhow::Result<Result> {
-    let server = TestServer::start_with_args(&settings.cove, case.server_args).await;
-    let config = server.config();
-    let options = CreateOptions {
-        allow_internet_access: Some(case.network),
-        ..CreateOptions::default()
-    };
-    // The warm sandboxes of a server that just started are still being made.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut samples = Vec::with_capacity(settings.sandboxes);
-    for _ in 0..settings.sandboxes {
-        tokio::time::sleep(case.pause).await;
-        let started = Instant::now();
-        let sandbox = Sandbox::create(&config, options.clone()).await?;
-        let out = sandbox.commands().run("echo ready").await?;
-        samples.push(started.elapsed());
-        anyhow::ensure!(
-            out.stdout == "ready\n",
-            "unexpected output {:?}",
-            out.stdout
-        );
-        sandbox.kill().await?;
+/// Runs the groups `settings` asks for, one server per measurement, in [`GROUPS`] order.
+pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    let wanted = |group: &str| settings.only.as_deref().is_none_or(|only| group == only);
+    if wanted("commands") {
+        eprintln!("commands: round trip through cove serve and over the agent socket");
+        report
+            .results
+            .push(crate::commands::proxy_round_trip(settings).await?);
+        report
+            .results
+            .push(crate::commands::agent_round_trip(settings).await?);
     }
-    let mut baseline = Vec::with_capacity(settings.sandboxes);
-    for _ in 0..settings.sandboxes {
-        let started = Instant::now();
-        let status = Command::new("unshare")
-            .args([
-                "--user",
-                "--map-root-user",
-                "--mount",
-                "--pid",
-                "--fork",
-                "--ipc",
-                "--uts",
-                "--net",
-                "--cgroup",
-                "true",
-            ])
-            .status()
-            .context("cannot run unshare")?;
-        baseline.push(started.elapsed());
-        anyhow::ensure!(status.success(), "unshare failed");
+    if wanted("transfers") {
+        eprintln!("transfers: 1 KiB files and one large file through cove serve");
+        report
+            .results
+            .extend(crate::transfer::small_files(settings).await?);
+        report
+            .results
+            .extend(crate::transfer::large_file(settings).await?);
     }
-    Ok(Result {
-        name: case.name,
-        figure: latency(samples),
-        baseline_name: "`unshare` of the same namespaces running `true`",
-        baseline: latency(baseline),
-        target: case.target,
-    })
-}
-
-/// A command's round trip through the proxy in one sandbox while another spins on more
-/// CPUs than it may use, against the same without the hog.
-async fn latency_beside_a_hog(settings: &Settings) -> anyhow::Result<Result> {
-    let server = TestServer::start(&settings.cove).await;
-    let config = server.config();
-    let quiet = Sandbox::create(&config, CreateOptions::default()).await?;
-    let round_trips = |n: usize| {
-        let quiet = quiet.clone();
-        async move {
-            let mut samples = Vec::with_capacity(n);
-            for _ in 0..n {
-                let started = Instant::now();
-                quiet
-                    .commands()
-                    .spawn(cove_sdk::Command::new("true"))
-                    .await?
-                    .wait()
-                    .await?;
-                samples.push(started.elapsed());
-            }
-            anyhow::Ok(latency(samples))
-        }
-    };
-    let n = settings.iterations.min(200);
-    let alone = round_trips(n).await?;
-    let hog = Sandbox::create(
-        &config,
-        CreateOptions {
-            cpu_count: Some(1),
-            ..CreateOptions::default()
-        },
-    )
-    .await?;
-    hog.commands()
-        .spawn(cove_sdk::Command::shell(
-            "for i in 1 2 3 4; do (while :; do :; done) & done; wait",
-        ))
-        .await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let beside = round_trips(n).await?;
-    hog.kill().await?;
-    quiet.kill().await?;
-    Ok(Result {
-        name: "command round trip beside a CPU hog (4 spinners, 1-CPU quota)",
-        figure: beside,
-        baseline_name: "the same with no hog",
-        baseline: alone,
-        target: Some(Target::RatioBelow(2.0)),
-    })
-}
-
-/// Memory of idle sandboxes with internet access (agent and network helper): the
-/// proportional and resident set of the processes in their cgroups, and the cgroups' own
-/// memory figure, against an idle `sleep` process on the host.
-async fn idle_memory(settings: &Settings) -> anyhow::Result<Result> {
-    let server = TestServer::start(&settings.cove).await;
-    let config = server.config();
-    let mut sandboxes = Vec::new();
-    for _ in 0..settings.idle {
-        let sandbox = Sandbox::create(&config, CreateOptions::default()).await?;
-        sandbox.commands().run("true").await?;
-        sandboxes.push(sandbox);
+    if wanted("create") {
+        eprintln!("create: create → first command output");
+        crate::create::all(settings, &mut report).await?;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let (mut rss, mut pss, mut cgroup) = (0, 0, 0);
-    for sandbox in &sandboxes {
-        let pids = cgroup_file(sandbox.id(), &["pids/cove", "cove"], "cgroup.procs")?;
-        anyhow::ensure!(
-            pids.lines().count() >= 2,
-            "sandbox {} runs {:?}",
-            sandbox.id(),
-            pids
-        );
-        for pid in pids.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-            let (r, p) = memory_of(pid);
-            rss += r;
-            pss += p;
-        }
-        let usage = cgroup_file(sandbox.id(), &["memory/cove"], "memory.usage_in_bytes")
-            .or_else(|_| cgroup_file(sandbox.id(), &["cove"], "memory.current"))?;
-        cgroup += usage.trim().parse::<u64>().unwrap_or(0);
+    if wanted("hog") {
+        eprintln!("hog: command latency beside a CPU hog");
+        report
+            .results
+            .push(crate::commands::latency_beside_a_hog(settings).await?);
     }
-    let n = settings.idle as u64;
-
-    let mut sleeper = Command::new("sleep").arg("30").spawn()?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (base_rss, base_pss) = memory_of(sleeper.id());
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
-    for sandbox in sandboxes {
-        sandbox.kill().await?;
+    if wanted("code") {
+        eprintln!("code: run_code round trip");
+        report
+            .results
+            .push(crate::code::run_code_round_trip(settings).await?);
+        eprintln!("code: create → first run_code result");
+        report
+            .results
+            .push(crate::code::create_to_first_result(settings).await?);
     }
-    Ok(Result {
-        name: "memory per idle sandbox with internet access (agent + network helper)",
-        figure: Figure::Memory {
-            rss: rss / n,
-            pss: pss / n,
-            cgroup: Some(cgroup / n),
-        },
-        baseline_name: "an idle `sleep` process",
-        baseline: Figure::Memory {
-            rss: base_rss,
-            pss: base_pss,
-            cgroup: None,
-        },
-        target: Some(Target::MemoryBelow(8 << 20)),
-    })
-}
-
-/// A file of sandbox `id`'s cgroup, under the first of `parents` (below /sys/fs/cgroup)
-/// that has it.
-fn cgroup_file(id: &str, parents: &[&str], file: &str) -> anyhow::Result<String> {
-    parents
-        .iter()
-        .find_map(|parent| {
-            std::fs::read_to_string(format!("/sys/fs/cgroup/{parent}/{id}/{file}")).ok()
-        })
-        .with_context(|| format!("no {file} for sandbox {id}"))
-}
-
-/// (RSS, PSS) in bytes, from `/proc/PID/smaps_rollup`.
-fn memory_of(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
-    (field("Rss:"), field("Pss:"))
+    if wanted("memory") {
+        eprintln!("memory: idle sandboxes");
+        report
+            .results
+            .push(crate::density::idle_memory(settings).await?);
+    }
+    if wanted("density") {
+        eprintln!("density: 1 → {} live sandboxes", settings.max_live);
+        crate::density::growth(settings, &mut report).await?;
+    }
+    if wanted("concurrency") {
+        eprintln!("concurrency: {} clients at once", settings.clients);
+        report
+            .results
+            .push(crate::concurrency::commands(settings).await?);
+    }
+    if wanted("python") {
+        eprintln!("python: the official e2b SDK against ours");
+        crate::python::sdk_overhead(settings, &mut report).await?;
+    }
+    Ok(report)
 }

@@ -1,17 +1,20 @@
 //! The results as a terminal table and as `docs/BENCHMARKS.md`.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, time::Duration};
 
-use crate::measure::{Figure, Result, Settings, Target};
+use crate::{
+    create::{PUBLISHED, READY},
+    measure::{Figure, Report, Settings, Target},
+};
 
-fn show(figure: Figure) -> String {
+pub fn show(figure: Figure) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     match figure {
-        Figure::Latency { p50, p99 } => format!(
-            "p50 {:.2} ms, p99 {:.2} ms",
-            p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3
-        ),
+        Figure::Latency { p50, p99 } => {
+            format!("p50 {} ms, p99 {} ms", fixed(ms(p50)), fixed(ms(p99)))
+        }
         Figure::Throughput(rate) => format!("{:.2} GiB/s", rate / (1u64 << 30) as f64),
+        Figure::Rate { per_second, p99 } => format!("{per_second:.0}/s, p99 {:.2} ms", ms(p99)),
         Figure::Memory { rss, pss, cgroup } => {
             let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
             let cgroup = cgroup
@@ -19,21 +22,28 @@ fn show(figure: Figure) -> String {
                 .unwrap_or_default();
             format!("PSS {:.1} MiB (RSS {:.1} MiB{cgroup})", mib(pss), mib(rss))
         }
+        Figure::Count(n) => n.to_string(),
     }
 }
 
-/// How many times the baseline the figure is (for throughput: baseline over figure, so that
-/// above 1 always means slower than the baseline).
+/// How many times the baseline the figure is (for throughput, rates and counts: baseline
+/// over figure, so that above 1 always means worse than the baseline).
 fn ratio(figure: Figure, baseline: Figure) -> String {
     let r = match (figure, baseline) {
         (Figure::Latency { p50, .. }, Figure::Latency { p50: b, .. }) => {
             p50.as_secs_f64() / b.as_secs_f64()
         }
         (Figure::Throughput(f), Figure::Throughput(b)) => b / f,
+        (Figure::Rate { per_second: f, .. }, Figure::Rate { per_second: b, .. }) => b / f,
         (Figure::Memory { pss, .. }, Figure::Memory { pss: b, .. }) => pss as f64 / b.max(1) as f64,
+        (Figure::Count(f), Figure::Count(b)) => b as f64 / f.max(1) as f64,
         _ => f64::NAN,
     };
-    format!("{r:.1}×")
+    if r < 0.1 {
+        format!("{r:.3}×")
+    } else {
+        format!("{r:.1}×")
+    }
 }
 
 fn target(target: Option<Target>, figure: Figure, baseline: Figure) -> String {
@@ -41,21 +51,40 @@ fn target(target: Option<Target>, figure: Figure, baseline: Figure) -> String {
         return "–".to_owned();
     };
     let goal = match t {
-        Target::LatencyBelow(d) => format!("p50 < {} ms", d.as_millis()),
-        Target::ThroughputAbove(r) => format!("> {:.0} GiB/s", r / (1u64 << 30) as f64),
-        Target::MemoryBelow(b) => format!("< {} MiB", b >> 20),
+        Target::LatencyBelow(d) => format!("p50 ≤ {} ms", d.as_millis()),
+        Target::ThroughputAbove(r) => format!("≥ {:.0} GiB/s", r / (1u64 << 30) as f64),
+        Target::MemoryBelow(b) => format!("≤ {} MiB", b >> 20),
         Target::RatioBelow(r) => format!("within {r}× of the baseline"),
+        Target::CountAtLeast(n) => format!("≥ {n}"),
     };
-    let met = t.met(figure, baseline);
-    format!("{goal}: {}", if met { "met" } else { "**missed**" })
+    if t.met(figure, baseline) {
+        return format!("{goal}: met");
+    }
+    let by = match (t, figure, baseline) {
+        (Target::LatencyBelow(d), Figure::Latency { p50, .. }, _) => {
+            format!("{:.1}×", p50.as_secs_f64() / d.as_secs_f64())
+        }
+        (Target::RatioBelow(r), Figure::Latency { p50, .. }, Figure::Latency { p50: b, .. }) => {
+            format!("{:.1}×", p50.as_secs_f64() / b.as_secs_f64() / r)
+        }
+        (Target::ThroughputAbove(r), Figure::Throughput(f), _) => format!("{:.1}×", r / f),
+        (Target::MemoryBelow(m), Figure::Memory { pss, .. }, _) => {
+            format!("{:.1}×", pss as f64 / m as f64)
+        }
+        (Target::CountAtLeast(n), Figure::Count(f), _) => {
+            format!("{:.1}×", n as f64 / f.max(1) as f64)
+        }
+        _ => "?".to_owned(),
+    };
+    format!("{goal}: **missed**, {by} off")
 }
 
-pub fn table(results: &[Result]) -> String {
+pub fn table(report: &Report) -> String {
     let mut out = String::new();
-    for r in results {
+    for r in &report.results {
         let _ = writeln!(
             out,
-            "{:<48} {:<34} | {:<44} {:<34} | {:>6} | {}",
+            "{:<60} {:<34} | {:<48} {:<34} | {:>6} | {}",
             r.name,
             show(r.figure),
             r.baseline_name,
@@ -64,39 +93,60 @@ pub fn table(results: &[Result]) -> String {
             target(r.target, r.figure, r.baseline)
         );
     }
+    for skipped in &report.skipped {
+        let _ = writeln!(out, "skipped: {skipped}");
+    }
+    for note in &report.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
     out
 }
 
-pub fn markdown(settings: &Settings, results: &[Result]) -> String {
+pub fn markdown(settings: &Settings, report: &Report, took: Duration) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
         out,
         "Each figure stands beside a baseline measured in the same run on the same machine; the\n\
-         ratio (figure ÷ baseline for times and memory, baseline ÷ figure for throughput) is what\n\
-         to compare between runs, because the machines are shared and noisy.\n"
+         ratio (figure ÷ baseline for times and memory, baseline ÷ figure for throughput, rates\n\
+         and counts, so above 1 is always worse than the baseline) is what to compare between\n\
+         runs, because the machines are shared and noisy.\n"
     );
     let _ = writeln!(
         out,
-        "Reproduce: `cargo build --release && target/release/cove-bench --out docs/BENCHMARKS.md`\n"
+        "Reproduce: `cargo build --release -p cove-bench -p cove-cli && target/release/cove-bench --out docs/BENCHMARKS.md`\n"
     );
-    let _ = writeln!(out, "- Machine: {}", machine());
+    let _ = writeln!(
+        out,
+        "- Machine: {} (shared with other work during the run)",
+        machine()
+    );
     let _ = writeln!(out, "- Date: {}", date());
+    let _ = writeln!(out, "- Whole run: {:.0} s", took.as_secs_f64());
     let _ = writeln!(
         out,
-        "- Runs: {} sandboxes for create latency, {} repetitions of small operations, the median of {} transfers of {} MiB each way, {} idle sandboxes\n",
+        "- Runs: {} sandboxes for create latency, {} repetitions of small operations, {} files of 1 KiB each way, the median of {} transfers of {} MiB each way, {} idle sandboxes, up to {} live sandboxes, {} concurrent clients, {} SDK cycles{}\n",
         settings.sandboxes,
         settings.iterations,
-        crate::measure::TRANSFER_RUNS,
+        crate::transfer::SMALL_FILES,
+        crate::transfer::TRANSFER_RUNS,
         settings.transfer_bytes >> 20,
-        settings.idle
+        settings.idle,
+        settings.max_live,
+        settings.clients,
+        settings.sdk_cycles,
+        settings
+            .only
+            .as_deref()
+            .map(|g| format!(" (only the `{g}` group)"))
+            .unwrap_or_default(),
     );
     let _ = writeln!(
         out,
         "| measurement | Cove | baseline | baseline figure | ratio | target |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|");
-    for r in results {
+    for r in &report.results {
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} |",
@@ -108,15 +158,54 @@ pub fn markdown(settings: &Settings, results: &[Result]) -> String {
             target(r.target, r.figure, r.baseline)
         );
     }
-    let _ = writeln!(
-        out,
-        "\nHow to read the create figures: `cove serve` keeps sandboxes started ahead of demand\n\
-         (`--warm-pool`, 2 of each kind by default), and a create takes one and hands it its\n\
-         token, environment and limits. The first two rows create one sandbox at a time, 50 ms\n\
-         apart, as an agent framework does; the third turns the pool off and creates back to\n\
-         back, which is what a burst larger than the pool costs per sandbox. The pool costs the\n\
-         idle memory above for each warm sandbox."
-    );
+    if !report.skipped.is_empty() {
+        let _ = writeln!(out, "\nSkipped in this run:\n");
+        for skipped in &report.skipped {
+            let _ = writeln!(out, "- {skipped}");
+        }
+    }
+    if !report.notes.is_empty() {
+        let _ = writeln!(out);
+        for note in &report.notes {
+            let _ = writeln!(out, "{note}\n");
+        }
+    }
+    if let Some(ready) = report.results.iter().find(|r| r.name == READY)
+        && let Figure::Latency { p50, .. } = ready.figure
+    {
+        let ours = p50.as_secs_f64() * 1e3;
+        let _ = writeln!(
+            out,
+            "\n## Published figures (quoted, not measured)\n\n\
+             There is no internet access on the bench machine, so these are quoted as the\n\
+             projects publish them; they come from other hardware and measure slightly\n\
+             different things. \"× ours\" is their figure over this run's create → first\n\
+             command output p50 ({ours:.2} ms)."
+        );
+        let e2b = PUBLISHED[0].millis / ours;
+        let _ = writeln!(
+            out,
+            "\nTarget: ten times faster than E2B's published figure: {} ({e2b:.1}×).\n",
+            if e2b >= 10.0 { "met" } else { "**missed**" }
+        );
+        let _ = writeln!(
+            out,
+            "| who | what | figure | × ours | source |\n|---|---|---|---|---|"
+        );
+        for p in &PUBLISHED {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} ms | {:.1}× | {} |",
+                p.who,
+                p.what,
+                p.millis,
+                p.millis / ours,
+                p.source
+            );
+        }
+    }
+    let _ = writeln!(out, "\n{}", include_str!("reading.md").trim_end());
+    let _ = writeln!(out, "\n{}", include_str!("findings.md").trim_end());
     out
 }
 
@@ -142,10 +231,23 @@ fn machine() -> String {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .unwrap_or(0);
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|o| {
+            o.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|n| n.trim_matches('"').to_owned())
+        })
+        .unwrap_or_default();
     format!(
-        "{cpus} × {model}, {} GiB, Linux {}",
+        "{cpus} × {model}, {} GiB, {os}, Linux {}, cgroups {}",
         mem_kib >> 20,
-        kernel.trim()
+        kernel.trim(),
+        if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            "v2"
+        } else {
+            "v1"
+        }
     )
 }
 
@@ -156,4 +258,13 @@ fn date() -> String {
     out.ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
+}
+
+/// Milliseconds with two decimals, or three below 0.1 ms (local file operations).
+fn fixed(ms: f64) -> String {
+    if ms < 0.1 {
+        format!("{ms:.3}")
+    } else {
+        format!("{ms:.2}")
+    }
 }

@@ -1,0 +1,87 @@
+//! Many clients at once: each drives its own sandbox with `true` after `true`, all through
+//! the one `cove serve`, beside as many host tasks each forking `true`.
+
+use std::time::{Duration, Instant};
+
+use cove_sdk::{CreateOptions, Sandbox};
+use cove_test_util::TestServer;
+
+use crate::{
+    commands::round_trip,
+    density::kill_all,
+    measure::{Figure, Result, Settings},
+};
+
+/// Commands each client runs, timed.
+fn per_client(settings: &Settings) -> usize {
+    (settings.iterations / 10).max(10)
+}
+
+pub async fn commands(settings: &Settings) -> anyhow::Result<Result> {
+    let server = TestServer::start(&settings.cove).await;
+    let config = server.config();
+    let mut sandboxes = Vec::with_capacity(settings.clients);
+    for _ in 0..settings.clients {
+        let sandbox = Sandbox::create(&config, CreateOptions::default()).await?;
+        round_trip(&sandbox).await?;
+        sandboxes.push(sandbox);
+    }
+    let n = per_client(settings);
+    let started = Instant::now();
+    let clients = sandboxes.iter().cloned().map(|sandbox| {
+        tokio::spawn(async move {
+            let mut samples = Vec::with_capacity(n);
+            for _ in 0..n {
+                samples.push(round_trip(&sandbox).await?);
+            }
+            anyhow::Ok(samples)
+        })
+    });
+    let mut samples = Vec::with_capacity(n * settings.clients);
+    for client in futures::future::join_all(clients).await {
+        samples.extend(client??);
+    }
+    let figure = rate(samples, started.elapsed());
+    kill_all(sandboxes).await?;
+
+    let started = Instant::now();
+    let tasks = (0..settings.clients).map(|_| {
+        tokio::spawn(async move {
+            let mut samples = Vec::with_capacity(n);
+            for _ in 0..n {
+                let started = Instant::now();
+                let status = tokio::process::Command::new("true").status().await?;
+                samples.push(started.elapsed());
+                anyhow::ensure!(status.success(), "true failed");
+            }
+            anyhow::Ok(samples)
+        })
+    });
+    let mut host = Vec::with_capacity(n * settings.clients);
+    for task in futures::future::join_all(tasks).await {
+        host.extend(task??);
+    }
+    let baseline = rate(host, started.elapsed());
+    Ok(Result {
+        name: format!(
+            "{} clients at once, each running `true` {n} times in its own sandbox",
+            settings.clients
+        ),
+        figure,
+        baseline_name: format!(
+            "{} host tasks at once, each fork+exec of `true` {n} times",
+            settings.clients
+        ),
+        baseline,
+        target: None,
+    })
+}
+
+fn rate(mut samples: Vec<Duration>, took: Duration) -> Figure {
+    samples.sort();
+    let p99 = samples[((samples.len() as f64 - 1.0) * 0.99).round() as usize];
+    Figure::Rate {
+        per_second: samples.len() as f64 / took.as_secs_f64(),
+        p99,
+    }
+}

@@ -1,0 +1,218 @@
+//! Create → ready: `POST /v2/sandboxes` until the first command's output arrives through the
+//! proxy, beside `unshare` of the same namespaces and gVisor's `runsc do` running `true`,
+//! and the published figures of hosted sandboxes (quoted in the report, not measured).
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use cove_sdk::{CreateOptions, Sandbox};
+use cove_test_util::TestServer;
+
+use crate::measure::{Figure, Report, Result, Settings, Target, latency};
+
+/// One way of creating sandboxes one after the other.
+struct CreateCase {
+    name: &'static str,
+    network: bool,
+    /// `cove serve` arguments.
+    server_args: &'static [&'static str],
+    /// Time between one sandbox's kill and the next create.
+    pause: Duration,
+    target: Option<Target>,
+}
+
+/// The row the published figures and gVisor are compared with.
+pub const READY: &str = "create → first command output, no network";
+
+const CREATE_CASES: [CreateCase; 3] = [
+    CreateCase {
+        name: READY,
+        network: false,
+        server_args: &[],
+        pause: Duration::from_millis(50),
+        target: Some(Target::LatencyBelow(Duration::from_millis(15))),
+    },
+    CreateCase {
+        name: "create → first command output, with internet access",
+        network: true,
+        server_args: &[],
+        pause: Duration::from_millis(50),
+        target: Some(Target::LatencyBelow(Duration::from_millis(40))),
+    },
+    CreateCase {
+        name: "create → first command output, no network, without warm sandboxes, back to back",
+        network: false,
+        server_args: &["--warm-pool", "0"],
+        pause: Duration::ZERO,
+        target: None,
+    },
+];
+
+/// `runsc do` starts a whole gVisor sandbox (about a tenth of a second each): fewer runs.
+const RUNSC_SAMPLES: usize = 50;
+
+/// A figure someone else published, quoted beside ours.
+pub struct Published {
+    pub who: &'static str,
+    pub what: &'static str,
+    pub millis: f64,
+    pub source: &'static str,
+}
+
+/// Quoted, not measured: there is no internet access here, so these are the figures as the
+/// projects publish them, with where they publish them.
+pub const PUBLISHED: [Published; 4] = [
+    Published {
+        who: "E2B",
+        what: "sandbox start (\"~150 ms\")",
+        millis: 150.0,
+        source: "E2B website and docs, https://e2b.dev and https://e2b.dev/docs",
+    },
+    Published {
+        who: "Daytona",
+        what: "sandbox creation (\"under 90 ms\")",
+        millis: 90.0,
+        source: "Daytona website, https://www.daytona.io",
+    },
+    Published {
+        who: "Firecracker",
+        what: "VMM process start up to its API socket (wall clock 6 to 60 ms, typically 12 ms): not a sandbox with a guest yet",
+        millis: 12.0,
+        source: "firecracker-microvm/firecracker SPECIFICATION.md, https://github.com/firecracker-microvm/firecracker/blob/main/SPECIFICATION.md",
+    },
+    Published {
+        who: "Firecracker",
+        what: "InstanceStart to the guest's /sbin/init (at most 125 ms)",
+        millis: 125.0,
+        source: "firecracker-microvm/firecracker SPECIFICATION.md (the README: user-space code in less than 150 ms)",
+    },
+];
+
+pub async fn all(settings: &Settings, report: &mut Report) -> anyhow::Result<()> {
+    let unshare = unshare_true(settings.sandboxes)?;
+    let runsc = match runsc_true(RUNSC_SAMPLES) {
+        Ok(figure) => Some(figure),
+        Err(why) => {
+            report.skip(format!("gVisor baseline (`runsc do true`): {why:#}"));
+            None
+        }
+    };
+    for case in &CREATE_CASES {
+        let figure = create_latency(settings, case).await?;
+        if case.name == READY
+            && let Some(runsc) = runsc
+        {
+            report.results.push(Result {
+                name: case.name.into(),
+                figure,
+                baseline_name: format!(
+                    "gVisor `runsc --platform=ptrace --network=none do true` ({RUNSC_SAMPLES} runs)"
+                ),
+                baseline: runsc,
+                target: None,
+            });
+        }
+        report.results.push(Result {
+            name: case.name.into(),
+            figure,
+            baseline_name: "`unshare` of the same namespaces running `true`".into(),
+            baseline: unshare,
+            target: case.target,
+        });
+        if case.name == READY {
+            report.results.push(Result {
+                name: format!("{READY}, against bare namespaces"),
+                figure,
+                baseline_name: "`unshare` of the same namespaces running `true`".into(),
+                baseline: unshare,
+                target: Some(Target::RatioBelow(5.0)),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `settings.sandboxes` creates, each timed until `echo ready` answered.
+async fn create_latency(settings: &Settings, case: &CreateCase) -> anyhow::Result<Figure> {
+    let server = TestServer::start_with_args(&settings.cove, case.server_args).await;
+    let config = server.config();
+    let options = CreateOptions {
+        allow_internet_access: Some(case.network),
+        ..CreateOptions::default()
+    };
+    // The warm sandboxes of a server that just started are still being made.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut samples = Vec::with_capacity(settings.sandboxes);
+    for _ in 0..settings.sandboxes {
+        tokio::time::sleep(case.pause).await;
+        let started = Instant::now();
+        let sandbox = Sandbox::create(&config, options.clone()).await?;
+        let out = sandbox.commands().run("echo ready").await?;
+        samples.push(started.elapsed());
+        anyhow::ensure!(
+            out.stdout == "ready\n",
+            "unexpected output {:?}",
+            out.stdout
+        );
+        sandbox.kill().await?;
+    }
+    Ok(latency(samples))
+}
+
+/// `unshare` of the namespaces a sandbox gets, running `true`, `n` times.
+fn unshare_true(n: usize) -> anyhow::Result<Figure> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let status = Command::new("unshare")
+            .args([
+                "--user",
+                "--map-root-user",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--ipc",
+                "--uts",
+                "--net",
+                "--cgroup",
+                "true",
+            ])
+            .status()
+            .context("cannot run unshare")?;
+        samples.push(started.elapsed());
+        anyhow::ensure!(status.success(), "unshare failed");
+    }
+    Ok(latency(samples))
+}
+
+/// gVisor's `runsc do true` with the ptrace platform (no KVM needed), `n` times.
+fn runsc_true(n: usize) -> anyhow::Result<Figure> {
+    let run = || {
+        Command::new("runsc")
+            .args(["--platform=ptrace", "--network=none", "do", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+    };
+    let first = run().context("runsc is not installed (apt-get install -y runsc)")?;
+    anyhow::ensure!(
+        first.status.success(),
+        "runsc failed: {}",
+        String::from_utf8_lossy(&first.stderr).trim()
+    );
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let out = run().context("cannot run runsc")?;
+        samples.push(started.elapsed());
+        anyhow::ensure!(
+            out.status.success(),
+            "runsc failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(latency(samples))
+}
