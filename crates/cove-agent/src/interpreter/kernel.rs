@@ -160,23 +160,22 @@ impl Kernel {
             }
         });
 
-        let mut kernel = Kernel {
+        let client = match connect(&info, exit.clone(), &spec.name, &stderr).await {
+            Ok(client) => client,
+            Err(err) => {
+                kill_group(pid, Signal::KILL);
+                let _ = std::fs::remove_file(&connection_file);
+                return Err(err);
+            }
+        };
+        Ok(Kernel {
             name: spec.name.clone(),
             pid,
             interrupt_by_message: spec.interrupt_by_message,
-            client: match connect(&info, exit.clone(), &spec.name, &stderr).await {
-                Ok(client) => client,
-                Err(err) => {
-                    kill_group(pid, Signal::KILL);
-                    let _ = std::fs::remove_file(&connection_file);
-                    return Err(err);
-                }
-            },
+            client,
             exit,
             connection_file,
-        };
-        kernel.exit.mark_unchanged();
-        Ok(kernel)
+        })
     }
 
     pub fn name(&self) -> &str {
