@@ -9,53 +9,33 @@ use std::{
 
 use anyhow::Context;
 use cove_jupyter::{Channel, ConnectionInfo, KernelClient};
-use cove_sdk::{CreateOptions, Sandbox};
+use cove_sdk::{CreateOptions, ExecutionEvent, RunCodeOptions, Sandbox};
 use cove_test_util::TestServer;
+use futures::TryStreamExt;
 
 use crate::measure::{Result, Settings, Target, latency};
 
 /// Sandboxes (and bare kernels) started for the first-result figure: each takes a second.
 const FIRST_RESULT_SAMPLES: usize = 10;
 
-/// `run_code` through the proxy: the `/execute` request and its JSON lines to the end.
-struct Interpreter {
-    http: reqwest::Client,
-    url: String,
-    sandbox_id: String,
-}
-
-impl Interpreter {
-    fn new(server: &TestServer, sandbox: &Sandbox) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            url: format!("{}/execute", server.url()),
-            sandbox_id: sandbox.id().to_owned(),
-        }
-    }
-
-    /// Runs `code` and returns when its first result line arrived and when it ended.
-    async fn run(&self, code: &str) -> anyhow::Result<(Instant, String)> {
-        let mut response = self
-            .http
-            .post(&self.url)
-            .header("E2b-Sandbox-Id", &self.sandbox_id)
-            .header("E2b-Sandbox-Port", "49999")
-            .json(&serde_json::json!({"code": code}))
-            .send()
-            .await?
-            .error_for_status()?;
-        let mut body = String::new();
-        let mut first_result = None;
-        while let Some(chunk) = response.chunk().await? {
-            body.push_str(&String::from_utf8_lossy(&chunk));
-            if first_result.is_none() && body.contains(r#""type":"result""#) {
-                first_result = Some(Instant::now());
+/// Runs `code` through the SDK (`/execute` on port 49999, through the proxy) and returns
+/// when its first result arrived, and that result's text.
+async fn first_result(sandbox: &Sandbox, code: &str) -> anyhow::Result<(Instant, String)> {
+    let mut events = sandbox
+        .code_interpreter()
+        .run_stream(code, RunCodeOptions::default())
+        .await?;
+    let mut first = None;
+    while let Some(event) = events.try_next().await? {
+        match event {
+            ExecutionEvent::Result(result) if first.is_none() => {
+                first = Some((Instant::now(), result.text.unwrap_or_default()));
             }
+            ExecutionEvent::Error(error) => anyhow::bail!("{code:?} failed: {error:?}"),
+            _ => {}
         }
-        let first_result =
-            first_result.with_context(|| format!("no result in the answer to {code:?}: {body}"))?;
-        Ok((first_result, body))
     }
+    first.with_context(|| format!("no result from {code:?}"))
 }
 
 /// A bare ipykernel on the host, with the options Cove gives it.
@@ -125,16 +105,15 @@ impl BareKernel {
 pub async fn run_code_round_trip(settings: &Settings) -> anyhow::Result<Result> {
     let server = TestServer::start(&settings.cove).await;
     let sandbox = Sandbox::create(&server.config(), CreateOptions::default()).await?;
-    let interpreter = Interpreter::new(&server, &sandbox);
     for _ in 0..20 {
-        interpreter.run("1+1").await?;
+        first_result(&sandbox, "1+1").await?;
     }
     let mut samples = Vec::with_capacity(settings.iterations);
     for _ in 0..settings.iterations {
         let started = Instant::now();
-        let (_, body) = interpreter.run("1+1").await?;
+        let (_, text) = first_result(&sandbox, "1+1").await?;
         samples.push(started.elapsed());
-        anyhow::ensure!(body.contains(r#""text":"2""#), "unexpected answer {body}");
+        anyhow::ensure!(text == "2", "unexpected answer {text:?}");
     }
     sandbox.kill().await?;
 
@@ -168,8 +147,8 @@ pub async fn create_to_first_result(settings: &Settings) -> anyhow::Result<Resul
     for _ in 0..FIRST_RESULT_SAMPLES {
         let started = Instant::now();
         let sandbox = Sandbox::create(&server.config(), CreateOptions::default()).await?;
-        let (first_result, _) = Interpreter::new(&server, &sandbox).run("1+1").await?;
-        samples.push(first_result - started);
+        let (arrived, _) = first_result(&sandbox, "1+1").await?;
+        samples.push(arrived - started);
         sandbox.kill().await?;
     }
     let mut baseline = Vec::with_capacity(FIRST_RESULT_SAMPLES);

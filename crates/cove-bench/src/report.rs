@@ -4,6 +4,7 @@ use std::{fmt::Write as _, time::Duration};
 
 use crate::{
     create::{PUBLISHED, READY},
+    measure,
     measure::{Figure, Report, Settings, Target},
 };
 
@@ -79,18 +80,25 @@ fn target(target: Option<Target>, figure: Figure, baseline: Figure) -> String {
     format!("{goal}: **missed**, {by} off")
 }
 
+/// A result's columns: name, figure, baseline's name and figure, ratio, target.
+fn cells(r: &measure::Result) -> [String; 6] {
+    [
+        r.name.to_string(),
+        show(r.figure),
+        r.baseline_name.to_string(),
+        show(r.baseline),
+        ratio(r.figure, r.baseline),
+        target(r.target, r.figure, r.baseline),
+    ]
+}
+
 pub fn table(report: &Report) -> String {
     let mut out = String::new();
     for r in &report.results {
+        let [name, figure, baseline_name, baseline, ratio, target] = cells(r);
         let _ = writeln!(
             out,
-            "{:<60} {:<34} | {:<48} {:<34} | {:>6} | {}",
-            r.name,
-            show(r.figure),
-            r.baseline_name,
-            show(r.baseline),
-            ratio(r.figure, r.baseline),
-            target(r.target, r.figure, r.baseline)
+            "{name:<60} {figure:<34} | {baseline_name:<48} {baseline:<34} | {ratio:>6} | {target}"
         );
     }
     for skipped in &report.skipped {
@@ -147,16 +155,7 @@ pub fn markdown(settings: &Settings, report: &Report, took: Duration) -> String 
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|");
     for r in &report.results {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} |",
-            r.name,
-            show(r.figure),
-            r.baseline_name,
-            show(r.baseline),
-            ratio(r.figure, r.baseline),
-            target(r.target, r.figure, r.baseline)
-        );
+        let _ = writeln!(out, "| {} |", cells(r).join(" | "));
     }
     if !report.skipped.is_empty() {
         let _ = writeln!(out, "\nSkipped in this run:\n");

@@ -198,16 +198,7 @@ impl Kernel {
 
     /// Resolves when the kernel process ends.
     pub async fn wait_exit(&self) -> Exit {
-        let mut exit = self.exit.clone();
-        loop {
-            if let Some(status) = *exit.borrow_and_update() {
-                return status;
-            }
-            if exit.changed().await.is_err() {
-                // The reaper went away: the agent is ending.
-                return std::future::pending().await;
-            }
-        }
+        exit_of(self.exit.clone()).await
     }
 
     /// Interrupts what the kernel runs, as Jupyter does: SIGINT to its process group, or
@@ -248,6 +239,19 @@ pub fn describe(exit: Exit) -> String {
     }
 }
 
+/// Resolves when the process behind `exit` ends.
+async fn exit_of(mut exit: watch::Receiver<Option<Exit>>) -> Exit {
+    loop {
+        if let Some(status) = *exit.borrow_and_update() {
+            return status;
+        }
+        if exit.changed().await.is_err() {
+            // The reaper went away: the agent is ending.
+            return std::future::pending().await;
+        }
+    }
+}
+
 fn kill_group(pid: Pid, signal: Signal) {
     if rustix::process::kill_process_group(pid, signal).is_err() {
         let _ = rustix::process::kill_process(pid, signal);
@@ -257,7 +261,7 @@ fn kill_group(pid: Pid, signal: Signal) {
 /// Connects to the kernel and waits until it answers; fails early when it exits.
 async fn connect(
     info: &ConnectionInfo,
-    mut exit: watch::Receiver<Option<Exit>>,
+    exit: watch::Receiver<Option<Exit>>,
     name: &str,
     stderr: &Mutex<String>,
 ) -> Result<KernelClient, KernelError> {
@@ -265,16 +269,6 @@ async fn connect(
         let client = KernelClient::connect(info).await?;
         client.wait_ready(START_TIMEOUT).await?;
         Ok::<_, cove_jupyter::ClientError>(client)
-    };
-    let exited = async {
-        loop {
-            if let Some(status) = *exit.borrow_and_update() {
-                return status;
-            }
-            if exit.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-        }
     };
     tokio::select! {
         ready = tokio::time::timeout(START_TIMEOUT, ready) => match ready {
@@ -290,7 +284,7 @@ async fn connect(
                 source: None,
             }),
         },
-        status = exited => {
+        status = exit_of(exit) => {
             // Let the last of its stderr arrive.
             tokio::time::sleep(Duration::from_millis(50)).await;
             let tail = stderr.lock().unwrap_or_else(|e| e.into_inner()).trim().to_owned();

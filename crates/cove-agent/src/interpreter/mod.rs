@@ -61,18 +61,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Interpreter {
-    /// The interpreter of a sandbox. Its default Python context exists from the start (when
-    /// the sandbox has a Python kernel); its kernel starts on first use or [`Self::prestart`].
+    /// The interpreter of a sandbox. Nothing is read or started here: the default Python
+    /// context is made when first used or listed, and its kernel on first use.
     pub fn new(agent: AgentState) -> Self {
-        let interpreter = Self(Arc::new(Inner {
+        Self(Arc::new(Inner {
             agent,
             contexts: Mutex::default(),
             defaults: Mutex::default(),
-        }));
-        if let Err(err) = interpreter.default_context("python") {
-            tracing::debug!(%err, "no default python context");
-        }
-        interpreter
+        }))
     }
 
     fn kernels(&self) -> BTreeMap<String, KernelSpec> {
@@ -151,7 +147,11 @@ impl Interpreter {
         lock(&self.0.contexts).iter().find(|c| c.id == id).cloned()
     }
 
+    /// Every context, the default Python one included (when the sandbox has a Python kernel).
     pub fn list(&self) -> Vec<Arc<Context>> {
+        if let Err(err) = self.default_context("python") {
+            tracing::debug!(%err, "no default python context");
+        }
         lock(&self.0.contexts).clone()
     }
 
@@ -214,20 +214,6 @@ impl Interpreter {
         tracing::info!(context = %context.id, kernel = %kernel.name(), pid = pid.as_raw_nonzero().get(), "kernel started");
         context.install(slot, kernel, pid);
         Ok(())
-    }
-
-    /// Starts the default Python kernel in the background, so the first run finds it ready.
-    pub fn prestart(&self) {
-        let interpreter = self.clone();
-        tokio::spawn(async move {
-            let started = match interpreter.default_context("python") {
-                Ok(context) => interpreter.ready(&context).await.map(drop),
-                Err(err) => Err(err),
-            };
-            if let Err(err) = started {
-                tracing::warn!(%err, "cannot start the default python kernel");
-            }
-        });
     }
 
     /// The sandbox-wide environment variables right now.
