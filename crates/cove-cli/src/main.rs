@@ -45,7 +45,8 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    logging::init();
+    // A sandbox's PID 1 logs to a file on the host that must stay bounded.
+    logging::init(matches!(&cli.command, Command::SandboxInit(args) if args.is_pid1()));
     let result = match cli.command {
         Command::Serve(args) => commands::serve::run(args),
         Command::Keys(args) => commands::keys::run(args),

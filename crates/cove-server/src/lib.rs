@@ -18,7 +18,7 @@ use axum::{Router, serve::ListenerExt};
 use cove_runtime::{NamespaceRuntime, Runtime};
 
 use crate::{
-    lifecycle::{Lifecycle, LifecycleConfig, Templates},
+    lifecycle::{AdmissionConfig, HostCaps, Lifecycle, LifecycleConfig, Templates},
     store::Store,
 };
 
@@ -41,6 +41,9 @@ pub struct ServerConfig {
     /// Kill every sandbox on SIGTERM/SIGINT instead of leaving them running.
     pub kill_on_exit: bool,
     pub max_sandboxes: usize,
+    /// The most memory (MiB) and CPUs one sandbox may ask for; default: the host's.
+    pub max_sandbox_memory_mb: Option<u64>,
+    pub max_sandbox_cpus: Option<u32>,
     /// Set no_new_privs in every sandbox (setuid programs such as `sudo` stop working).
     pub no_new_privs: bool,
     /// Each sandbox's disk quota, in MiB.
@@ -153,23 +156,29 @@ impl Server {
             Some(store.create_key(DEFAULT_TEAM, "first key")?.1)
         };
         let templates = Templates::load(&config.state_dir.join("templates"))?;
-        let runtime = NamespaceRuntime::new(&config.exe)
-            .with_disk_quota(config.state_dir.join("disk-pool"), config.disk_mb << 20)
-            .map_err(|source| ServerError::StateDir {
-                path: config.state_dir.join("disk-pool"),
-                source,
-            })?;
+        let runtime =
+            NamespaceRuntime::new(&config.exe, lifecycle::sandboxes_dir(&config.state_dir))
+                .with_no_new_privs(config.no_new_privs)
+                .with_disk_quota(config.state_dir.join("disk-pool"), config.disk_mb << 20)
+                .map_err(|source| ServerError::StateDir {
+                    path: config.state_dir.join("disk-pool"),
+                    source,
+                })?;
         let runtime: Arc<dyn Runtime> = Arc::new(runtime);
+        let host = HostCaps::of_this_host();
+        let caps = HostCaps {
+            memory_mb: config.max_sandbox_memory_mb.unwrap_or(host.memory_mb),
+            cpus: config.max_sandbox_cpus.unwrap_or(host.cpus),
+        };
         let lifecycle = Arc::new(Lifecycle::new(
             runtime,
             store.clone(),
             templates,
             LifecycleConfig {
-                state_dir: config.state_dir.clone(),
-                max_sandboxes: config.max_sandboxes,
-                no_new_privs: config.no_new_privs,
                 disk_mb: config.disk_mb,
                 warm: config.warm,
+                caps,
+                admission: AdmissionConfig::for_this_host(config.max_sandboxes),
             },
         ));
         let adopted = lifecycle.adopt().await?;

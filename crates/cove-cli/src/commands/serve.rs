@@ -29,6 +29,12 @@ pub struct Args {
     /// Most sandboxes this server runs at once.
     #[arg(long, env = "COVE_MAX_SANDBOXES", default_value_t = 1000)]
     max_sandboxes: usize,
+    /// The most memory one sandbox may ask for, in MiB (default: the host's memory).
+    #[arg(long, env = "COVE_MAX_SANDBOX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(64..))]
+    max_sandbox_memory_mb: Option<u64>,
+    /// The most CPUs one sandbox may ask for (default: the host's CPUs).
+    #[arg(long, env = "COVE_MAX_SANDBOX_CPUS", value_parser = clap::value_parser!(u32).range(1..))]
+    max_sandbox_cpus: Option<u32>,
     /// Each sandbox's disk quota (its writable layer), in MiB.
     #[arg(long, env = "COVE_SANDBOX_DISK_MB", default_value_t = 4096)]
     sandbox_disk_mb: u64,
@@ -76,6 +82,8 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             .collect(),
         kill_on_exit: args.kill_on_exit,
         max_sandboxes: args.max_sandboxes,
+        max_sandbox_memory_mb: args.max_sandbox_memory_mb,
+        max_sandbox_cpus: args.max_sandbox_cpus,
         no_new_privs: args.no_new_privileges,
         disk_mb: args.sandbox_disk_mb,
         warm: args.warm_pool,
