@@ -44,6 +44,10 @@ pub struct ServerConfig {
     /// The most memory (MiB) and CPUs one sandbox may ask for; default: the host's.
     pub max_sandbox_memory_mb: Option<u64>,
     pub max_sandbox_cpus: Option<u32>,
+    /// Sandboxes started at once, and creates that may wait for a turn (default: from the
+    /// host's CPUs; 1024).
+    pub max_starting: Option<usize>,
+    pub max_waiting: Option<usize>,
     /// Set no_new_privs in every sandbox (setuid programs such as `sudo` stop working).
     pub no_new_privs: bool,
     /// Each sandbox's disk quota, in MiB.
@@ -131,21 +135,16 @@ pub fn open_store(state_dir: &std::path::Path) -> Result<Store, ServerError> {
     Ok(Store::open(&state_dir.join("state.db"))?)
 }
 
-/// A server ready to serve: state opened, keys registered, sandboxes re-adopted, bound.
-pub struct Server {
-    state: AppState,
-    listener: tokio::net::TcpListener,
-    kill_on_exit: bool,
-    shutdown: ShutdownSignal,
-    /// A key created because the store had none; shown once to whoever started the server.
-    pub created_key: Option<String>,
-}
-
-impl Server {
-    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
-        // First of all: a SIGTERM that arrives while sandboxes are being adopted or warmed
-        // must stop the server cleanly, not kill it with them half set up.
-        let shutdown = ShutdownSignal::install().map_err(ServerError::Signals)?;
+impl AppState {
+    /// Opens the state directory and builds what handlers share over `runtime`: keys
+    /// registered (one created when there are none, returned to be shown once), templates
+    /// loaded, sandboxes a previous server left re-adopted. Tests call [`router`] on it
+    /// without a socket.
+    pub async fn open(
+        config: &ServerConfig,
+        runtime: Arc<dyn Runtime>,
+        domain: String,
+    ) -> Result<(Self, Option<String>), ServerError> {
         let store = Arc::new(open_store(&config.state_dir)?);
         for key in &config.api_keys {
             store.add_key(DEFAULT_TEAM, "from --api-key", key)?;
@@ -156,20 +155,14 @@ impl Server {
             Some(store.create_key(DEFAULT_TEAM, "first key")?.1)
         };
         let templates = Templates::load(&config.state_dir.join("templates"))?;
-        let runtime =
-            NamespaceRuntime::new(&config.exe, lifecycle::sandboxes_dir(&config.state_dir))
-                .with_no_new_privs(config.no_new_privs)
-                .with_disk_quota(config.state_dir.join("disk-pool"), config.disk_mb << 20)
-                .map_err(|source| ServerError::StateDir {
-                    path: config.state_dir.join("disk-pool"),
-                    source,
-                })?;
-        let runtime: Arc<dyn Runtime> = Arc::new(runtime);
         let host = HostCaps::of_this_host();
         let caps = HostCaps {
             memory_mb: config.max_sandbox_memory_mb.unwrap_or(host.memory_mb),
             cpus: config.max_sandbox_cpus.unwrap_or(host.cpus),
         };
+        let mut admission = AdmissionConfig::for_this_host(config.max_sandboxes);
+        admission.max_starting = config.max_starting.unwrap_or(admission.max_starting);
+        admission.max_waiting = config.max_waiting.unwrap_or(admission.max_waiting);
         let lifecycle = Arc::new(Lifecycle::new(
             runtime,
             store.clone(),
@@ -178,10 +171,59 @@ impl Server {
                 disk_mb: config.disk_mb,
                 warm: config.warm,
                 caps,
-                admission: AdmissionConfig::for_this_host(config.max_sandboxes),
+                admission,
             },
         ));
         let adopted = lifecycle.adopt().await?;
+        tracing::info!(adopted, state_dir = %config.state_dir.display(), "state opened");
+        Ok((
+            AppState(Arc::new(Inner {
+                store,
+                lifecycle,
+                domain,
+            })),
+            created_key,
+        ))
+    }
+}
+
+/// The namespace backend as `config` sets it up.
+fn namespace_runtime(config: &ServerConfig) -> Result<Arc<dyn Runtime>, ServerError> {
+    let runtime = NamespaceRuntime::new(&config.exe, lifecycle::sandboxes_dir(&config.state_dir))
+        .with_no_new_privs(config.no_new_privs)
+        .with_disk_quota(config.state_dir.join("disk-pool"), config.disk_mb << 20)
+        .map_err(|source| ServerError::StateDir {
+            path: config.state_dir.join("disk-pool"),
+            source,
+        })?;
+    Ok(Arc::new(runtime))
+}
+
+/// A server ready to serve: bound, state opened, keys registered, sandboxes re-adopted.
+pub struct Server {
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    kill_on_exit: bool,
+    shutdown: ShutdownSignal,
+    /// A key created because the store had none; shown once to whoever started the server.
+    pub created_key: Option<String>,
+}
+
+impl Server {
+    /// A server on the namespace backend.
+    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        // First of all: a SIGTERM that arrives while sandboxes are being adopted or warmed
+        // must stop the server cleanly, not kill it with them half set up.
+        let shutdown = ShutdownSignal::install().map_err(ServerError::Signals)?;
+        let runtime = namespace_runtime(&config)?;
+        Self::bind_with(config, runtime, shutdown).await
+    }
+
+    async fn bind_with(
+        config: ServerConfig,
+        runtime: Arc<dyn Runtime>,
+        shutdown: ShutdownSignal,
+    ) -> Result<Self, ServerError> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServerError::Listen {
@@ -198,13 +240,10 @@ impl Server {
             .domain
             .clone()
             .unwrap_or_else(|| format!("localhost:{}", addr.port()));
-        tracing::info!(%addr, %domain, adopted, state_dir = %config.state_dir.display(), "cove serve ready");
+        let (state, created_key) = AppState::open(&config, runtime, domain).await?;
+        tracing::info!(%addr, domain = %state.domain(), "cove serve ready");
         Ok(Self {
-            state: AppState(Arc::new(Inner {
-                store,
-                lifecycle,
-                domain,
-            })),
+            state,
             listener,
             kill_on_exit: config.kill_on_exit,
             shutdown,

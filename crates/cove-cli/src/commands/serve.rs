@@ -35,6 +35,13 @@ pub struct Args {
     /// The most CPUs one sandbox may ask for (default: the host's CPUs).
     #[arg(long, env = "COVE_MAX_SANDBOX_CPUS", value_parser = clap::value_parser!(u32).range(1..))]
     max_sandbox_cpus: Option<u32>,
+    /// Sandboxes started at once; more creates wait for a turn (default: twice the host's
+    /// CPUs, at least 4).
+    #[arg(long, env = "COVE_MAX_STARTING", value_parser = clap::value_parser!(u32).range(1..))]
+    max_starting: Option<u32>,
+    /// Creates that may wait for a turn; more are answered 503 with Retry-After.
+    #[arg(long, env = "COVE_MAX_WAITING_CREATES")]
+    max_waiting_creates: Option<u32>,
     /// Each sandbox's disk quota (its writable layer), in MiB.
     #[arg(long, env = "COVE_SANDBOX_DISK_MB", default_value_t = 4096)]
     sandbox_disk_mb: u64,
@@ -84,6 +91,8 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         max_sandboxes: args.max_sandboxes,
         max_sandbox_memory_mb: args.max_sandbox_memory_mb,
         max_sandbox_cpus: args.max_sandbox_cpus,
+        max_starting: args.max_starting.map(|n| n as usize),
+        max_waiting: args.max_waiting_creates.map(|n| n as usize),
         no_new_privs: args.no_new_privileges,
         disk_mb: args.sandbox_disk_mb,
         warm: args.warm_pool,
