@@ -24,7 +24,10 @@ impl Fixture {
             .unwrap();
         let template = template::base(&state.path().join("templates/base")).unwrap();
         Self {
-            runtime: NamespaceRuntime::new(env!("CARGO_BIN_EXE_cove")),
+            runtime: NamespaceRuntime::new(
+                env!("CARGO_BIN_EXE_cove"),
+                cove_runtime::egress::EgressConfig::default(),
+            ),
             state,
             template,
         }

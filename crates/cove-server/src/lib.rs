@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub warm: usize,
     /// The `cove` binary sandboxes are built with.
     pub exe: PathBuf,
+    /// What sandboxes with internet access may reach (`--allow-private-egress`).
+    pub egress: cove_runtime::egress::EgressConfig,
 }
 
 /// Everything handlers share.
@@ -153,7 +155,7 @@ impl Server {
             Some(store.create_key(DEFAULT_TEAM, "first key")?.1)
         };
         let templates = Templates::load(&config.state_dir.join("templates"))?;
-        let runtime = NamespaceRuntime::new(&config.exe)
+        let runtime = NamespaceRuntime::new(&config.exe, config.egress.clone())
             .with_disk_quota(config.state_dir.join("disk-pool"), config.disk_mb << 20)
             .map_err(|source| ServerError::StateDir {
                 path: config.state_dir.join("disk-pool"),

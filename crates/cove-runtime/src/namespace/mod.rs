@@ -16,7 +16,7 @@ use crate::{
     RunningSandbox, Runtime, RuntimeError, SandboxSpec,
     cgroup::{Hierarchy, Usage},
     disk::ImagePool,
-    egress::{DenyList, EgressFilter},
+    egress::{EgressConfig, EgressError, EgressFilter},
     process,
 };
 
@@ -34,12 +34,14 @@ pub struct NamespaceRuntime {
     /// Formatted disk images (the disk quota); without it the writable layer is a plain
     /// directory on the host's disk.
     disks: Option<ImagePool>,
-    /// What network helpers may not connect to; without cgroup v2 there is no filter.
-    egress: Option<std::sync::Arc<EgressFilter>>,
+    /// What network helpers may not connect to, or why there is no filter (then sandboxes
+    /// cannot have internet access).
+    egress: Result<std::sync::Arc<EgressFilter>, String>,
 }
 
 impl NamespaceRuntime {
-    pub fn new(exe: impl Into<PathBuf>) -> Self {
+    /// A runtime whose sandboxes with internet access are filtered as `egress` says.
+    pub fn new(exe: impl Into<PathBuf>, egress: EgressConfig) -> Self {
         let cgroups = match Hierarchy::detect(Path::new("/sys/fs/cgroup")) {
             Ok(hierarchy) => Some(hierarchy),
             Err(err) => {
@@ -48,15 +50,15 @@ impl NamespaceRuntime {
             }
         };
         let egress = match cgroups.as_ref().and_then(|c| c.egress_dir("probe")) {
-            None => None,
-            Some(_) => match EgressFilter::load(&DenyList::for_this_host()) {
-                Ok(filter) => Some(std::sync::Arc::new(filter)),
-                Err(err) => {
-                    tracing::warn!(%err, "sandbox egress will not be filtered (needs eBPF on cgroup v2)");
-                    None
-                }
-            },
-        };
+            None => Err(EgressError::NoCgroupV2),
+            Some(_) => EgressFilter::start(&egress),
+        }
+        .map(std::sync::Arc::new)
+        .map_err(|err| {
+            let reason = crate::egress::error_chain(&err);
+            tracing::error!(err = %reason, "sandboxes with internet access cannot be created: their egress filter (eBPF on cgroup v2) is unavailable");
+            reason
+        });
         Self {
             exe: exe.into(),
             network_helper: crate::network::find_helper(),
@@ -77,6 +79,13 @@ impl NamespaceRuntime {
 const DISK_POOL_SIZE: usize = 4;
 
 impl NamespaceRuntime {
+    /// The egress filter, or why sandboxes cannot have internet access on this host.
+    fn egress_filter(&self) -> Result<&EgressFilter, String> {
+        self.egress.as_deref().map_err(|reason| {
+            format!("internet access is unavailable on this host, because sandboxes would reach the host's network unfiltered ({reason}); create the sandbox without internet access")
+        })
+    }
+
     fn connect_network(
         &self,
         id: &str,
@@ -96,12 +105,15 @@ impl NamespaceRuntime {
             .as_ref()
             .map(|c| c.helper_procs_files(id))
             .unwrap_or_default();
-        if let (Some(filter), Some(dir)) = (
-            &self.egress,
-            self.cgroups.as_ref().and_then(|c| c.egress_dir(id)),
-        ) {
-            filter.attach(&dir)?;
-        }
+        let filter = self.egress_filter().map_err(std::io::Error::other)?;
+        let egress_dir = self
+            .cgroups
+            .as_ref()
+            .and_then(|c| c.egress_dir(id))
+            .ok_or_else(|| std::io::Error::other("the sandbox has no egress cgroup"))?;
+        filter
+            .attach(&egress_dir)
+            .map_err(|e| std::io::Error::other(crate::egress::error_chain(&e)))?;
         let log = SandboxDirs::new(dir).log();
         let connection = crate::network::Connection {
             helper,
@@ -225,6 +237,13 @@ impl NamespaceRuntime {
 
 impl Runtime for NamespaceRuntime {
     fn create(&self, spec: &SandboxSpec) -> Result<RunningSandbox, RuntimeError> {
+        if spec.network {
+            // Before anything starts: never a sandbox whose egress is unfiltered.
+            self.egress_filter().map_err(|reason| RuntimeError::Start {
+                id: spec.id.clone(),
+                reason,
+            })?;
+        }
         fs::create_dir_all(&spec.dir).map_err(|source| RuntimeError::Io {
             what: "create the sandbox directory",
             source,
