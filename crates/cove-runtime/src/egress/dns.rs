@@ -18,8 +18,11 @@ pub struct ResolvConf {
     path: PathBuf,
     /// Device, inode, size and modification time when last read (`None` inside: there was
     /// no file): a rewrite or a replacement changes one.
-    stamp: Option<Option<(u64, u64, u64, i64, i64)>>,
+    stamp: Option<Option<Stamp>>,
 }
+
+/// What tells one version of a file from another.
+type Stamp = (u64, u64, u64, i64, i64);
 
 impl ResolvConf {
     pub fn new(path: impl Into<PathBuf>) -> Self {
