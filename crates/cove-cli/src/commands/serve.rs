@@ -52,14 +52,17 @@ pub struct Args {
         value_delimiter = ',',
         value_parser = openable_range
     )]
-    allow_private_egress: Vec<Cidr>,
+    allow_private_egress: Vec<Option<Cidr>>,
 }
 
-/// A range `--allow-private-egress` may open.
-fn openable_range(text: &str) -> Result<Cidr, String> {
+/// A range `--allow-private-egress` may open (none for an empty value: an empty variable).
+fn openable_range(text: &str) -> Result<Option<Cidr>, String> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
     let cidr: Cidr = text.parse().map_err(|e: RulesError| e.to_string())?;
     Rules::new(&[cidr]).map_err(|e| e.to_string())?;
-    Ok(cidr)
+    Ok(Some(cidr))
 }
 
 /// `--state-dir`, shared by the commands that use the server's state.
@@ -101,7 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         warm: args.warm_pool,
         exe: std::env::current_exe().context("cannot find the cove binary")?,
         egress: EgressConfig {
-            allow_private: args.allow_private_egress,
+            allow_private: args.allow_private_egress.into_iter().flatten().collect(),
         },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

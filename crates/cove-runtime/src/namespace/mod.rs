@@ -321,3 +321,45 @@ impl Runtime for NamespaceRuntime {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_filter_sandboxes_with_internet_access_are_refused_before_anything_starts() {
+        let state = tempfile::tempdir().unwrap();
+        let runtime = NamespaceRuntime {
+            exe: PathBuf::from("/nonexistent/cove"),
+            network_helper: None,
+            cgroups: None,
+            disks: None,
+            egress: Err(EgressError::NoCgroupV2.to_string()),
+        };
+        let spec = SandboxSpec {
+            id: "egress-test".into(),
+            dir: state.path().join("sandbox"),
+            template: crate::Template {
+                name: "none".into(),
+                layers: Vec::new(),
+            },
+            uid_base: crate::userns::base_for_slot(0),
+            hostname: "sandbox".into(),
+            agent_args: Vec::new(),
+            network: true,
+            limits: crate::cgroup::Limits {
+                memory_bytes: 1 << 30,
+                cpus: 1,
+                pids: 64,
+            },
+            no_new_privs: false,
+        };
+        let err = runtime.create(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("internet access is unavailable on this host")
+                && err.contains("no cgroup v2 hierarchy"),
+            "{err}"
+        );
+        assert!(!spec.dir.exists());
+    }
+}
