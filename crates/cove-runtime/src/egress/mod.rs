@@ -208,6 +208,11 @@ impl EgressFilter {
     /// Loads the filter for `config`, fills its maps with the host's addresses and name
     /// servers as they are now, and starts following them.
     pub fn start(config: &EgressConfig) -> Result<Self, EgressError> {
+        Self::start_with(config, Path::new(dns::RESOLV_CONF))
+    }
+
+    /// [`EgressFilter::start`] with the name servers of the `resolv.conf` at `resolv_conf`.
+    fn start_with(config: &EgressConfig, resolv_conf: &Path) -> Result<Self, EgressError> {
         let rules = Rules::new(&config.allow_private)?;
         let maps = Maps::create()?;
         let mut programs = Vec::new();
@@ -233,7 +238,7 @@ impl EgressFilter {
         // Subscribe before listing, so no change falls between the two.
         let watch = netlink::Watch::subscribe().map_err(EgressError::Addresses)?;
         let addresses = netlink::dump().map_err(EgressError::Addresses)?;
-        let mut resolv = dns::ResolvConf::new(dns::RESOLV_CONF);
+        let mut resolv = dns::ResolvConf::new(resolv_conf);
         let name_servers = resolv.changed().unwrap_or_default();
         let mut state = State {
             addresses: addresses.into_iter().collect(),
@@ -398,6 +403,25 @@ mod tests {
         for server in dns::ResolvConf::new(dns::RESOLV_CONF).changed().unwrap() {
             assert!(filter.allows(server, 53).unwrap(), "{server}:53");
         }
+    }
+
+    #[test]
+    fn follows_the_name_servers_of_resolv_conf() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        fs::write(&path, "nameserver 10.9.9.9\n").unwrap();
+        let filter = EgressFilter::start_with(&EgressConfig::default(), &path).unwrap();
+        let (old, new) = (ip("10.9.9.9"), ip("10.9.9.10"));
+        assert!(filter.allows(old, 53).unwrap());
+        assert!(!filter.allows(old, 80).unwrap());
+        assert!(!filter.allows(new, 53).unwrap());
+        let next = dir.path().join("resolv.conf.new");
+        fs::write(&next, "nameserver 10.9.9.10\n").unwrap();
+        fs::rename(&next, &path).unwrap();
+        eventually("the new name server to be reachable", || {
+            filter.allows(new, 53).unwrap() && !filter.allows(old, 53).unwrap()
+        });
+        assert!(!filter.allows(new, 80).unwrap());
     }
 
     #[test]
