@@ -26,6 +26,7 @@ impl Fixture {
             runtime: NamespaceRuntime::new(
                 env!("CARGO_BIN_EXE_cove"),
                 state.path().join("sandboxes"),
+                cove_runtime::egress::EgressConfig::default(),
             ),
             state,
             template,

@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub warm: usize,
     /// The `cove` binary sandboxes are built with.
     pub exe: PathBuf,
+    /// What sandboxes with internet access may reach (`--allow-private-egress`).
+    pub egress: cove_runtime::egress::EgressConfig,
 }
 
 /// Everything handlers share.
@@ -189,13 +191,17 @@ impl AppState {
 
 /// The namespace backend as `config` sets it up.
 fn namespace_runtime(config: &ServerConfig) -> Result<Arc<dyn Runtime>, ServerError> {
-    let runtime = NamespaceRuntime::new(&config.exe, lifecycle::sandboxes_dir(&config.state_dir))
-        .with_no_new_privs(config.no_new_privs)
-        .with_disk_quota(config.state_dir.join("disk-pool"), config.disk_mb << 20)
-        .map_err(|source| ServerError::StateDir {
-            path: config.state_dir.join("disk-pool"),
-            source,
-        })?;
+    let runtime = NamespaceRuntime::new(
+        &config.exe,
+        lifecycle::sandboxes_dir(&config.state_dir),
+        config.egress.clone(),
+    )
+    .with_no_new_privs(config.no_new_privs)
+    .with_disk_quota(config.state_dir.join("disk-pool"), config.disk_mb << 20)
+    .map_err(|source| ServerError::StateDir {
+        path: config.state_dir.join("disk-pool"),
+        source,
+    })?;
     Ok(Arc::new(runtime))
 }
 

@@ -39,6 +39,7 @@ fn config(dir: &std::path::Path) -> ServerConfig {
         disk_mb: 1024,
         warm: 0,
         exe: "/nonexistent/cove".into(),
+        egress: Default::default(),
     }
 }
 

@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
+use cove_runtime::egress::{Cidr, EgressConfig, Rules, RulesError};
 use cove_server::{Server, ServerConfig};
 
 #[derive(Debug, clap::Args)]
@@ -53,6 +54,28 @@ pub struct Args {
     /// access): a create that finds one takes a few milliseconds less. 0 turns this off.
     #[arg(long, env = "COVE_WARM_POOL", default_value_t = 2)]
     warm_pool: usize,
+    /// Opens a private address range (CIDR, e.g. 10.20.0.0/16) to sandboxes with internet
+    /// access; repeatable. Private ranges (RFC 1918, CGNAT 100.64/10, link-local, IPv6
+    /// unique local) are closed by default. Loopback and the host's own addresses can never
+    /// be opened: they stay refused whatever is given here.
+    #[arg(
+        long = "allow-private-egress",
+        env = "COVE_ALLOW_PRIVATE_EGRESS",
+        value_name = "CIDR",
+        value_delimiter = ',',
+        value_parser = openable_range
+    )]
+    allow_private_egress: Vec<Option<Cidr>>,
+}
+
+/// A range `--allow-private-egress` may open (none for an empty value: an empty variable).
+fn openable_range(text: &str) -> Result<Option<Cidr>, String> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let cidr: Cidr = text.parse().map_err(|e: RulesError| e.to_string())?;
+    Rules::new(&[cidr]).map_err(|e| e.to_string())?;
+    Ok(Some(cidr))
 }
 
 /// `--state-dir`, shared by the commands that use the server's state.
@@ -97,6 +120,9 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         disk_mb: args.sandbox_disk_mb,
         warm: args.warm_pool,
         exe: std::env::current_exe().context("cannot find the cove binary")?,
+        egress: EgressConfig {
+            allow_private: args.allow_private_egress.into_iter().flatten().collect(),
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

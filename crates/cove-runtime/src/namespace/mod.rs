@@ -24,7 +24,7 @@ use crate::{
     Started,
     cgroup::{Hierarchy, Usage},
     disk::ImagePool,
-    egress::{DenyList, EgressFilter},
+    egress::{EgressConfig, EgressError, EgressFilter},
     process,
     uid_ranges::{LEASE_DIR, Slots},
     userns,
@@ -47,6 +47,9 @@ struct State {
     start_time: u64,
     /// The uid range (see [`userns::base_for_slot`]).
     slot: u32,
+    /// Whether it has internet access (its network helper's egress is filtered).
+    #[serde(default)]
+    network: bool,
 }
 
 /// Runs sandboxes in Linux namespaces, using the `cove` binary at `exe` for the stages.
@@ -63,15 +66,17 @@ pub struct NamespaceRuntime {
     /// Formatted disk images (the disk quota); without it the writable layer is a plain
     /// directory on the host's disk.
     disks: Option<ImagePool>,
-    /// What network helpers may not connect to; without cgroup v2 there is no filter.
-    egress: Option<Arc<EgressFilter>>,
+    /// What network helpers may not connect to, or why there is no filter (then sandboxes
+    /// cannot have internet access).
+    egress: Result<Arc<EgressFilter>, String>,
     /// no_new_privs for every process of every sandbox (breaks setuid programs like sudo).
     no_new_privs: bool,
 }
 
 impl NamespaceRuntime {
-    /// A runtime whose sandboxes live under `root`, built with the `cove` binary at `exe`.
-    pub fn new(exe: impl Into<PathBuf>, root: impl Into<PathBuf>) -> Self {
+    /// A runtime whose sandboxes live under `root`, built with the `cove` binary at `exe`,
+    /// and whose sandboxes with internet access are filtered as `egress` says.
+    pub fn new(exe: impl Into<PathBuf>, root: impl Into<PathBuf>, egress: EgressConfig) -> Self {
         let cgroups = match Hierarchy::detect(Path::new("/sys/fs/cgroup")) {
             Ok(hierarchy) => Some(hierarchy),
             Err(err) => {
@@ -80,15 +85,15 @@ impl NamespaceRuntime {
             }
         };
         let egress = match cgroups.as_ref().and_then(|c| c.egress_dir("probe")) {
-            None => None,
-            Some(_) => match EgressFilter::load(&DenyList::for_this_host()) {
-                Ok(filter) => Some(Arc::new(filter)),
-                Err(err) => {
-                    tracing::warn!(%err, "sandbox egress will not be filtered (needs eBPF on cgroup v2)");
-                    None
-                }
-            },
-        };
+            None => Err(EgressError::NoCgroupV2),
+            Some(_) => EgressFilter::start(&egress),
+        }
+        .map(Arc::new)
+        .map_err(|err| {
+            let reason = crate::egress::error_chain(&err);
+            tracing::error!(err = %reason, "sandboxes with internet access cannot be created: their egress filter (eBPF on cgroup v2) is unavailable");
+            reason
+        });
         Self {
             exe: exe.into(),
             root: root.into(),
@@ -144,6 +149,13 @@ impl NamespaceRuntime {
 const DISK_POOL_SIZE: usize = 4;
 
 impl NamespaceRuntime {
+    /// The egress filter, or why sandboxes cannot have internet access on this host.
+    fn egress_filter(&self) -> Result<&EgressFilter, String> {
+        self.egress.as_deref().map_err(|reason| {
+            format!("internet access is unavailable on this host, because sandboxes would reach the host's network unfiltered ({reason}); create the sandbox without internet access")
+        })
+    }
+
     fn connect_network(&self, id: &str, pid: u32, uid_base: u32) -> io::Result<()> {
         let helper = self.network_helper.as_deref().ok_or_else(|| {
             io::Error::other(
@@ -157,12 +169,15 @@ impl NamespaceRuntime {
             .as_ref()
             .map(|c| c.helper_procs_files(id))
             .unwrap_or_default();
-        if let (Some(filter), Some(dir)) = (
-            &self.egress,
-            self.cgroups.as_ref().and_then(|c| c.egress_dir(id)),
-        ) {
-            filter.attach(&dir)?;
-        }
+        let filter = self.egress_filter().map_err(io::Error::other)?;
+        let egress_dir = self
+            .cgroups
+            .as_ref()
+            .and_then(|c| c.egress_dir(id))
+            .ok_or_else(|| io::Error::other("the sandbox has no egress cgroup"))?;
+        filter
+            .attach(&egress_dir)
+            .map_err(|e| io::Error::other(crate::egress::error_chain(&e)))?;
         let log = self.dirs(id).log();
         let connection = crate::network::Connection {
             helper,
@@ -273,6 +288,7 @@ impl NamespaceRuntime {
                 pid,
                 start_time,
                 slot,
+                network: spec.network,
             },
         )))
     }
@@ -322,6 +338,13 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn create(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+        if spec.network {
+            // Before anything starts: never a sandbox whose egress is unfiltered.
+            self.egress_filter().map_err(|reason| RuntimeError::Start {
+                id: spec.id.clone(),
+                reason,
+            })?;
+        }
         let dirs = self.dirs(&spec.id);
         self.make_dir(&dirs)?;
         if let Some(disks) = &self.disks {
@@ -354,6 +377,17 @@ impl Runtime for NamespaceRuntime {
             .map_err(RuntimeError::io("look at the sandbox's PID 1"))?;
         if !alive {
             return Ok(None);
+        }
+        if state.network {
+            // The previous server's filter stays attached, but nobody keeps its maps
+            // current any more: this server's takes its place.
+            let dir = self.cgroups.as_ref().and_then(|c| c.egress_dir(&handle.id));
+            if let (Ok(filter), Some(dir)) = (self.egress_filter(), dir) {
+                filter.attach(&dir).map_err(|e| RuntimeError::Io {
+                    what: "filter the sandbox's egress again",
+                    source: io::Error::other(crate::egress::error_chain(&e)),
+                })?;
+            }
         }
         self.slots.adopt(state.slot);
         Ok(Some(self.started(&handle.id, state)))
@@ -463,5 +497,53 @@ impl Runtime for NamespaceRuntime {
         if let Some(disks) = &self.disks {
             disks.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_filter_sandboxes_with_internet_access_are_refused_before_anything_starts() {
+        let state = tempfile::tempdir().unwrap();
+        let runtime = NamespaceRuntime {
+            exe: PathBuf::from("/nonexistent/cove"),
+            root: state.path().join("sandboxes"),
+            slots: Arc::new(Slots::new(state.path().join("leases"), 4)),
+            network_helper: None,
+            cgroups: None,
+            disks: None,
+            egress: Err(EgressError::NoCgroupV2.to_string()),
+            no_new_privs: false,
+        };
+        let spec = SandboxSpec {
+            id: "egress-test".into(),
+            template: crate::Template {
+                name: "none".into(),
+                layers: Vec::new(),
+            },
+            hostname: "sandbox".into(),
+            agent: crate::AgentSettings {
+                access_token: String::new(),
+                default_user: "user".into(),
+                default_workdir: "/home/user".into(),
+                env: Default::default(),
+                code_interpreter_port: None,
+            },
+            network: true,
+            limits: Limits {
+                memory_bytes: 1 << 30,
+                cpus: 1,
+                pids: 64,
+            },
+        };
+        let err = runtime.create(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("internet access is unavailable on this host")
+                && err.contains("no cgroup v2 hierarchy"),
+            "{err}"
+        );
+        assert!(!state.path().join("sandboxes").exists());
     }
 }
