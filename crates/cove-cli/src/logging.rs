@@ -4,19 +4,18 @@
 use std::{
     io::{self, IsTerminal, Write},
     os::fd::{AsFd, BorrowedFd},
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use tracing_subscriber::{EnvFilter, fmt};
 
-/// The most a sandbox's agent writes to its log before dropping the older half. The log is
-/// a file on the host's disk, outside the sandbox's disk quota, and what the agent logs is
-/// partly up to the code in the sandbox (every process it starts, say), so it must not grow
-/// without end.
-const AGENT_LOG_CAP: u64 = 4 << 20;
-
 /// Installs the subscriber. `capped`: stderr is a sandbox's log file (read-write, append) to
-/// be kept under [`AGENT_LOG_CAP`].
+/// be kept under a size ([`cap_agent_log`]). The log is a file on the host's disk, outside
+/// the sandbox's disk quota, and some of what the agent logs is up to the code in the
+/// sandbox (failed requests, say), so it must not grow without end.
 pub fn init(capped: bool) {
     let filter = EnvFilter::try_from_env("COVE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("COVE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
@@ -31,17 +30,22 @@ pub fn init(capped: bool) {
     }
 }
 
+/// Sets the size the agent's log is kept under (from the sandbox's spec).
+pub fn cap_agent_log(bytes: u64) {
+    AGENT_LOG.cap.store(bytes, Ordering::Relaxed);
+}
+
 /// stderr, kept under a size: when a line would take the file past it, the newest half of
 /// the file moves to its start and the rest is dropped.
 #[derive(Debug)]
 struct CappedStderr {
-    cap: u64,
+    cap: AtomicU64,
     /// One writer at a time, so two never shrink the file at once.
     lock: Mutex<()>,
 }
 
 static AGENT_LOG: CappedStderr = CappedStderr {
-    cap: AGENT_LOG_CAP,
+    cap: AtomicU64::new(cove_runtime::namespace::init::DEFAULT_LOG_CAP),
     lock: Mutex::new(()),
 };
 
@@ -50,12 +54,13 @@ impl Write for &CappedStderr {
         let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let stderr = io::stderr();
         let mut stderr = stderr.lock();
+        let cap = self.cap.load(Ordering::Relaxed);
         if let Ok(stat) = rustix::fs::fstat(stderr.as_fd()) {
             let size = u64::try_from(stat.st_size).unwrap_or(0);
             let regular = rustix::fs::FileType::from_raw_mode(stat.st_mode).is_file();
-            if regular && size + buf.len() as u64 > self.cap {
+            if regular && size + buf.len() as u64 > cap {
                 // A log we cannot shrink is written on: losing lines would be worse.
-                let _ = keep_newest(stderr.as_fd(), size, self.cap / 2);
+                let _ = keep_newest(stderr.as_fd(), size, cap / 2);
             }
         }
         stderr.write(buf)

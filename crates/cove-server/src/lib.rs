@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub no_new_privs: bool,
     /// Each sandbox's disk quota, in MiB.
     pub disk_mb: u64,
+    /// The size each sandbox's log is kept under, in KiB.
+    pub log_kb: u64,
     /// Warm sandboxes kept ready, of each kind (with and without internet access).
     pub warm: usize,
     /// The `cove` binary sandboxes are built with.
@@ -129,11 +131,21 @@ pub enum ServerError {
 }
 
 /// Opens the state directory's database.
+/// Opens the state directory's database. The directory is host root's alone: it holds the
+/// sandboxes' tokens and the hashes of API keys.
 pub fn open_store(state_dir: &std::path::Path) -> Result<Store, ServerError> {
-    std::fs::create_dir_all(state_dir).map_err(|source| ServerError::StateDir {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let state_err = |source| ServerError::StateDir {
         path: state_dir.to_owned(),
         source,
-    })?;
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(state_err)?;
+    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(state_err)?;
     Ok(Store::open(&state_dir.join("state.db"))?)
 }
 
@@ -197,6 +209,7 @@ fn namespace_runtime(config: &ServerConfig) -> Result<Arc<dyn Runtime>, ServerEr
         config.egress.clone(),
     )
     .with_no_new_privs(config.no_new_privs)
+    .with_log_cap(config.log_kb << 10)
     .with_disk_quota(config.state_dir.join("disk-pool"), config.disk_mb << 20)
     .map_err(|source| ServerError::StateDir {
         path: config.state_dir.join("disk-pool"),

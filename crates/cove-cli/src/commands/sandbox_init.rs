@@ -70,6 +70,7 @@ fn pid1() -> anyhow::Result<()> {
     // Taken first, before anything could open a descriptor at its number.
     let listener = cove_runtime::inherited::agent_listener()
         .context("cannot take the agent's listening socket")?;
+    crate::logging::cap_agent_log(spec.log_cap);
     init::enter_sandbox(&spec)?;
     super::agent::serve(agent_config(spec.agent), vec![listener], || {
         if let Err(err) = init::report_ready() {

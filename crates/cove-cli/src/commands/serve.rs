@@ -46,6 +46,10 @@ pub struct Args {
     /// Each sandbox's disk quota (its writable layer), in MiB.
     #[arg(long, env = "COVE_SANDBOX_DISK_MB", default_value_t = 4096)]
     sandbox_disk_mb: u64,
+    /// The size each sandbox's log (what its agent writes) is kept under, in KiB: past it,
+    /// the older half is dropped.
+    #[arg(long, env = "COVE_SANDBOX_LOG_KB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(16..))]
+    sandbox_log_kb: u64,
     /// Set no_new_privs in every sandbox: nothing gains privileges on exec, so setuid
     /// programs such as `sudo` stop working (run commands as `root` directly instead).
     #[arg(long, env = "COVE_NO_NEW_PRIVILEGES")]
@@ -118,6 +122,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         max_waiting: args.max_waiting_creates.map(|n| n as usize),
         no_new_privs: args.no_new_privileges,
         disk_mb: args.sandbox_disk_mb,
+        log_kb: args.sandbox_log_kb,
         warm: args.warm_pool,
         exe: std::env::current_exe().context("cannot find the cove binary")?,
         egress: EgressConfig {

@@ -69,6 +69,16 @@ pub struct InitSpec {
     /// working).
     #[serde(default)]
     pub no_new_privs: bool,
+    /// The size the agent keeps its log under, in bytes.
+    #[serde(default = "default_log_cap")]
+    pub log_cap: u64,
+}
+
+/// The size a sandbox's agent keeps its log under unless told otherwise.
+pub const DEFAULT_LOG_CAP: u64 = 4 << 20;
+
+fn default_log_cap() -> u64 {
+    DEFAULT_LOG_CAP
 }
 
 /// What setup reports on stdout when the sandbox's agent is up.

@@ -71,6 +71,8 @@ pub struct NamespaceRuntime {
     egress: Result<Arc<EgressFilter>, String>,
     /// no_new_privs for every process of every sandbox (breaks setuid programs like sudo).
     no_new_privs: bool,
+    /// The size each sandbox's agent keeps its log under, in bytes.
+    log_cap: u64,
 }
 
 impl NamespaceRuntime {
@@ -103,6 +105,7 @@ impl NamespaceRuntime {
             disks: None,
             egress,
             no_new_privs: false,
+            log_cap: init::DEFAULT_LOG_CAP,
         }
     }
 
@@ -115,6 +118,12 @@ impl NamespaceRuntime {
     /// Sets no_new_privs in every sandbox (setuid programs such as `sudo` stop working).
     pub fn with_no_new_privs(mut self, on: bool) -> Self {
         self.no_new_privs = on;
+        self
+    }
+
+    /// Keeps each sandbox's log under `bytes` (its agent drops the older half when full).
+    pub fn with_log_cap(mut self, bytes: u64) -> Self {
+        self.log_cap = bytes;
         self
     }
 
@@ -228,6 +237,7 @@ impl NamespaceRuntime {
             agent: spec.agent.clone(),
             cgroups: self.cgroups.clone(),
             no_new_privs: self.no_new_privs,
+            log_cap: self.log_cap,
         };
         let mut child = Command::new(&self.exe)
             .arg(SUBCOMMAND)
@@ -516,6 +526,7 @@ mod tests {
             disks: None,
             egress: Err(EgressError::NoCgroupV2.to_string()),
             no_new_privs: false,
+            log_cap: init::DEFAULT_LOG_CAP,
         };
         let spec = SandboxSpec {
             id: "egress-test".into(),
