@@ -8,6 +8,7 @@ pub mod confine;
 pub mod disk;
 pub mod egress;
 pub mod idmap;
+pub mod masks;
 pub mod mounts;
 pub mod namespace;
 pub mod net;
