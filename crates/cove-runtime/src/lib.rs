@@ -14,6 +14,7 @@ pub mod disk;
 pub mod egress;
 pub mod idmap;
 pub mod inherited;
+pub mod masks;
 pub mod mounts;
 pub mod namespace;
 pub mod net;
