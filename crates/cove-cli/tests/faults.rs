@@ -190,7 +190,7 @@ impl SmallDisk {
     }
 
     fn free_bytes(&self) -> u64 {
-        let stat = rustix::fs::statvfs(&self.mount()).unwrap();
+        let stat = rustix::fs::statvfs(self.mount()).unwrap();
         stat.f_bavail * stat.f_frsize
     }
 }
