@@ -625,6 +625,12 @@ pub(crate) fn check_image(
         }
         .into());
     }
+    if !raw.rootfs.kind.is_empty() && raw.rootfs.kind != "layers" {
+        return Err(RegistryError::Invalid {
+            reference: reference.to_owned(),
+            message: format!("the config's rootfs type is {:?}, not \"layers\"", raw.rootfs.kind),
+        });
+    }
     if raw.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(RegistryError::Invalid {
             reference: reference.to_owned(),

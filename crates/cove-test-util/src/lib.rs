@@ -2,11 +2,14 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+pub mod image;
+mod registry;
 mod server;
 mod wait;
 
 pub use crate::{
     agent::{AgentOptions, TestAgent},
+    registry::TestRegistry,
     server::{TestServer, built_cove},
     wait::{free_port, wait_until},
 };
