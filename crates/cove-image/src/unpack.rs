@@ -267,8 +267,13 @@ impl Unpacker {
                     tar::EntryType::Fifo => "fifo",
                     _ => "unknown entry type",
                 };
-                tracing::warn!(path = %shown, kind, "skipping a layer entry sandboxes must not have");
-                self.report.skipped.push(SkippedEntry { path: shown, kind });
+                let path = components
+                    .iter()
+                    .map(|c| c.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                tracing::warn!(%path, kind, "skipping a layer entry sandboxes must not have");
+                self.report.skipped.push(SkippedEntry { path, kind });
                 return Ok(());
             }
         }
