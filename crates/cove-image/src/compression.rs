@@ -29,9 +29,9 @@ impl Compression {
             Self::None => Box::new(reader),
             // Some tools write a layer as several gzip members; all of them are the layer.
             Self::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
-            Self::Zstd => Box::new(
-                ruzstd::decoding::StreamingDecoder::new(reader).map_err(io::Error::other)?,
-            ),
+            Self::Zstd => {
+                Box::new(ruzstd::decoding::StreamingDecoder::new(reader).map_err(io::Error::other)?)
+            }
         })
     }
 }

@@ -126,10 +126,7 @@ mod tests {
         assert_eq!(config.cmd, Some(vec!["python3".to_owned()]));
         assert_eq!(config.entrypoint, None);
         assert_eq!(config.exposed_ports, vec!["8000/tcp".to_owned()]);
-        assert_eq!(
-            config.env_pairs()[2],
-            ("EMPTY".to_owned(), String::new())
-        );
+        assert_eq!(config.env_pairs()[2], ("EMPTY".to_owned(), String::new()));
         assert_eq!(raw.rootfs.diff_ids.len(), 1);
         assert_eq!(raw.rootfs.kind, "layers");
     }

@@ -33,7 +33,9 @@ pub enum ImportError {
         #[source]
         source: io::Error,
     },
-    #[error("{path} is neither an OCI image layout (index.json) nor a docker save archive (manifest.json)")]
+    #[error(
+        "{path} is neither an OCI image layout (index.json) nor a docker save archive (manifest.json)"
+    )]
     Format { path: PathBuf },
     #[error("{path} has no {what}")]
     Missing { path: PathBuf, what: String },
@@ -258,7 +260,11 @@ struct Importer<'a> {
 }
 
 impl Importer<'_> {
-    fn json<T: for<'de> Deserialize<'de>>(&self, bytes: &[u8], what: &str) -> Result<T, ImportError> {
+    fn json<T: for<'de> Deserialize<'de>>(
+        &self,
+        bytes: &[u8],
+        what: &str,
+    ) -> Result<T, ImportError> {
         serde_json::from_slice(bytes).map_err(|source| ImportError::Json {
             path: self.path.clone(),
             what: what.to_owned(),
@@ -266,7 +272,12 @@ impl Importer<'_> {
         })
     }
 
-    fn oci_layout(&self, store: &LayerStore, tag: Option<&str>, owner: &str) -> Result<Image, Error> {
+    fn oci_layout(
+        &self,
+        store: &LayerStore,
+        tag: Option<&str>,
+        owner: &str,
+    ) -> Result<Image, Error> {
         let index_bytes = self.source.document("index.json", "index.json")?;
         let Manifest::Index(index) =
             Manifest::parse(&index_bytes, None).map_err(|source| ImportError::Manifest {
@@ -285,7 +296,9 @@ impl Importer<'_> {
                 .manifests
                 .iter()
                 .find(|d| {
-                    named(d).is_some_and(|n| n == tag || n.rsplit_once(':').is_some_and(|(_, t)| t == tag))
+                    named(d).is_some_and(|n| {
+                        n == tag || n.rsplit_once(':').is_some_and(|(_, t)| t == tag)
+                    })
                 })
                 .ok_or_else(|| ImportError::Missing {
                     path: self.path.clone(),
@@ -338,18 +351,27 @@ impl Importer<'_> {
     }
 
     /// The image manifest at `digest`, through a platform index if it is one.
-    fn image_manifest(&self, digest: &Digest, name: &str) -> Result<(ImageManifest, Digest), Error> {
+    fn image_manifest(
+        &self,
+        digest: &Digest,
+        name: &str,
+    ) -> Result<(ImageManifest, Digest), Error> {
         let bytes = self.source.blob_document(digest, "manifest")?;
         let parse = |bytes: &[u8]| {
-            Manifest::parse(bytes, None).map_err(|source| crate::registry::RegistryError::Manifest {
-                reference: name.to_owned(),
-                source,
+            Manifest::parse(bytes, None).map_err(|source| {
+                crate::registry::RegistryError::Manifest {
+                    reference: name.to_owned(),
+                    source,
+                }
             })
         };
         match parse(&bytes)? {
             Manifest::Image(manifest) => Ok((manifest, digest.clone())),
             Manifest::Index(index) => {
-                let entry = self.platform.select(&index, name).map_err(crate::registry::RegistryError::from)?;
+                let entry = self
+                    .platform
+                    .select(&index, name)
+                    .map_err(crate::registry::RegistryError::from)?;
                 let bytes = self.source.blob_document(&entry.digest, "manifest")?;
                 match parse(&bytes)? {
                     Manifest::Image(manifest) => Ok((manifest, entry.digest.clone())),
@@ -362,7 +384,12 @@ impl Importer<'_> {
         }
     }
 
-    fn docker_archive(&self, store: &LayerStore, tag: Option<&str>, owner: &str) -> Result<Image, Error> {
+    fn docker_archive(
+        &self,
+        store: &LayerStore,
+        tag: Option<&str>,
+        owner: &str,
+    ) -> Result<Image, Error> {
         #[derive(Deserialize)]
         #[serde(rename_all = "PascalCase")]
         struct Entry {
@@ -444,14 +471,14 @@ impl Importer<'_> {
                 .platform
                 .matches(&raw.os, &raw.architecture, raw.variant.as_deref())
         {
-            return Err(crate::registry::RegistryError::Platform(
-                crate::platform::PlatformError {
+            return Err(
+                crate::registry::RegistryError::Platform(crate::platform::PlatformError {
                     reference: name,
                     wanted: self.platform.to_string(),
                     available: vec![format!("{}/{}", raw.os, raw.architecture)],
-                },
-            )
-            .into());
+                })
+                .into(),
+            );
         }
         // `docker save` layers are checked against the config's diff ids alone.
         let layers: Vec<(String, Expected)> = chosen
@@ -480,7 +507,12 @@ impl Importer<'_> {
     }
 
     /// Stores each layer not stored yet; on failure the references added are dropped.
-    fn install(&self, store: &LayerStore, layers: &[(String, Expected)], owner: &str) -> Result<(), Error> {
+    fn install(
+        &self,
+        store: &LayerStore,
+        layers: &[(String, Expected)],
+        owner: &str,
+    ) -> Result<(), Error> {
         let mut added = Vec::new();
         let result = (|| {
             for (name, expected) in layers {

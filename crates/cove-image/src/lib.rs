@@ -40,7 +40,9 @@ pub use crate::{
     config::ImageConfig,
     digest::{Digest, DigestError},
     import::{ImportError, import, import_blocking},
-    manifest::{Descriptor, ImageIndex, ImageManifest, Manifest, ManifestError, PlatformSpec, media_type},
+    manifest::{
+        Descriptor, ImageIndex, ImageManifest, Manifest, ManifestError, PlatformSpec, media_type,
+    },
     mirror::{Mirror, MirrorError},
     platform::{Platform, PlatformError},
     pull::{Image, PullEvent, pull},

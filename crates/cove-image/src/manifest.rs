@@ -91,7 +91,9 @@ pub enum Manifest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("Docker schema 1 manifests are not supported (the image must be pushed again with a current Docker)")]
+    #[error(
+        "Docker schema 1 manifests are not supported (the image must be pushed again with a current Docker)"
+    )]
     SchemaOne,
     #[error("unsupported manifest media type {0:?}")]
     MediaType(String),
@@ -175,7 +177,10 @@ mod tests {
             panic!("an index")
         };
         assert_eq!(
-            index.manifests[0].platform.as_ref().map(|p| p.variant.as_deref()),
+            index.manifests[0]
+                .platform
+                .as_ref()
+                .map(|p| p.variant.as_deref()),
             Some(Some("v8"))
         );
         let image = format!(

@@ -20,9 +20,13 @@ pub struct Mirror {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
-    #[error("registry mirror {0:?} is not of the form REGISTRY=URL (docker.io=http://127.0.0.1:5000)")]
+    #[error(
+        "registry mirror {0:?} is not of the form REGISTRY=URL (docker.io=http://127.0.0.1:5000)"
+    )]
     Form(String),
-    #[error("registry mirror {0:?} needs an http:// or https:// URL with a host and no path, query or credentials")]
+    #[error(
+        "registry mirror {0:?} needs an http:// or https:// URL with a host and no path, query or credentials"
+    )]
     Url(String),
 }
 
@@ -76,7 +80,9 @@ mod tests {
         assert_eq!(m.registry, "docker.io");
         assert_eq!(m.endpoint.as_str(), "http://127.0.0.1:5000/");
         assert_eq!(m.to_string(), "docker.io=http://127.0.0.1:5000");
-        let hub: Mirror = "index.docker.io=https://mirror.example/".parse().expect("valid");
+        let hub: Mirror = "index.docker.io=https://mirror.example/"
+            .parse()
+            .expect("valid");
         assert_eq!(hub.registry, "docker.io");
     }
 

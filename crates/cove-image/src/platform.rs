@@ -140,7 +140,9 @@ mod tests {
             manifests: index.manifests[..2].to_vec(),
             ..index
         };
-        let err = amd64.select(&only_arm, "docker.io/library/x:1").expect_err("no amd64");
+        let err = amd64
+            .select(&only_arm, "docker.io/library/x:1")
+            .expect_err("no amd64");
         assert_eq!(
             err.to_string(),
             "docker.io/library/x:1 has no linux/amd64 image; it has: linux/arm64/v8"

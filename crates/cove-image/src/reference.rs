@@ -210,9 +210,7 @@ fn split_registry(name: &str) -> (&str, &str) {
 /// The host part of `host[:port]` (IPv6 literals keep their brackets).
 fn host_of(registry: &str) -> &str {
     if registry.starts_with('[') {
-        return registry
-            .find(']')
-            .map_or(registry, |end| &registry[..=end]);
+        return registry.find(']').map_or(registry, |end| &registry[..=end]);
     }
     registry.split(':').next().unwrap_or(registry)
 }
@@ -221,9 +219,9 @@ fn valid_registry(registry: &str) -> bool {
     let host = host_of(registry);
     let port = &registry[host.len()..];
     let port_ok = port.is_empty()
-        || port
-            .strip_prefix(':')
-            .is_some_and(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+        || port.strip_prefix(':').is_some_and(|p| {
+            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+        });
     let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         inner.parse::<std::net::Ipv6Addr>().is_ok()
     } else {
@@ -232,7 +230,9 @@ fn valid_registry(registry: &str) -> bool {
                 !label.is_empty()
                     && !label.starts_with('-')
                     && !label.ends_with('-')
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             })
     };
     port_ok && host_ok
@@ -304,7 +304,10 @@ mod tests {
 
     #[test]
     fn no_tag_means_latest_and_user_repos_keep_their_namespace() {
-        assert_eq!(parsed("ubuntu").to_string(), "docker.io/library/ubuntu:latest");
+        assert_eq!(
+            parsed("ubuntu").to_string(),
+            "docker.io/library/ubuntu:latest"
+        );
         assert_eq!(
             parsed("e2bdev/code-interpreter").to_string(),
             "docker.io/e2bdev/code-interpreter:latest"

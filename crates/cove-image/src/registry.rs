@@ -16,7 +16,9 @@ use crate::{
     auth::{Challenge, Credentials},
     config::{ImageConfig, RawConfig},
     digest::Digest,
-    manifest::{Descriptor, ImageManifest, MAX_DOCUMENT_BYTES, Manifest, ManifestError, media_type},
+    manifest::{
+        Descriptor, ImageManifest, MAX_DOCUMENT_BYTES, Manifest, ManifestError, media_type,
+    },
     mirror::Mirror,
     platform::{Platform, PlatformError},
     reference::Reference,
@@ -323,12 +325,11 @@ impl RegistryClient {
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        let manifest = Manifest::parse(&bytes, content_type).map_err(|source| {
-            RegistryError::Manifest {
+        let manifest =
+            Manifest::parse(&bytes, content_type).map_err(|source| RegistryError::Manifest {
                 reference: shown,
                 source,
-            }
-        })?;
+            })?;
         Ok((manifest, actual))
     }
 
@@ -429,10 +430,7 @@ impl RegistryClient {
             .base
             .join(&format!("v2/{}/{path}", reference.repository()))
             .expect("repository names and digests are URL-safe");
-        let key = (
-            endpoint.base.to_string(),
-            reference.repository().to_owned(),
-        );
+        let key = (endpoint.base.to_string(), reference.repository().to_owned());
         let cached = self.tokens().get(&key).cloned();
         let response = self.send(&url, accept, cached.as_deref()).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
@@ -453,8 +451,8 @@ impl RegistryClient {
                 service,
                 scope,
             }) => {
-                let scope = scope
-                    .unwrap_or_else(|| format!("repository:{}:pull", reference.repository()));
+                let scope =
+                    scope.unwrap_or_else(|| format!("repository:{}:pull", reference.repository()));
                 self.token(&realm, service.as_deref(), &scope, credentials, reference)
                     .await?
             }
@@ -611,9 +609,7 @@ pub(crate) fn check_image(
     manifest: &ImageManifest,
     raw: &RawConfig,
 ) -> Result<(), RegistryError> {
-    if !raw.os.is_empty()
-        && !platform.matches(&raw.os, &raw.architecture, raw.variant.as_deref())
-    {
+    if !raw.os.is_empty() && !platform.matches(&raw.os, &raw.architecture, raw.variant.as_deref()) {
         let mut theirs = format!("{}/{}", raw.os, raw.architecture);
         if let Some(variant) = &raw.variant {
             theirs = format!("{theirs}/{variant}");
@@ -628,7 +624,10 @@ pub(crate) fn check_image(
     if !raw.rootfs.kind.is_empty() && raw.rootfs.kind != "layers" {
         return Err(RegistryError::Invalid {
             reference: reference.to_owned(),
-            message: format!("the config's rootfs type is {:?}, not \"layers\"", raw.rootfs.kind),
+            message: format!(
+                "the config's rootfs type is {:?}, not \"layers\"",
+                raw.rootfs.kind
+            ),
         });
     }
     if raw.rootfs.diff_ids.len() != manifest.layers.len() {

@@ -95,9 +95,7 @@ pub enum StoreError {
     Busy(PathBuf),
     #[error("layer {0} is not in the store")]
     UnknownLayer(Digest),
-    #[error(
-        "invalid layer owner {0:?} (1 to 200 of A-Z a-z 0-9 . _ - : @, not starting with .)"
-    )]
+    #[error("invalid layer owner {0:?} (1 to 200 of A-Z a-z 0-9 . _ - : @, not starting with .)")]
     Owner(String),
     #[error("layer {layer}: {what} digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch {
@@ -337,7 +335,11 @@ impl LayerStore {
     ) -> Result<(LayerInfo, bool), StoreError> {
         check_owner(owner)?;
         let id = &expected.diff_id;
-        let staging = self.inner.root.join("tmp").join(uuid::Uuid::new_v4().to_string());
+        let staging = self
+            .inner
+            .root
+            .join("tmp")
+            .join(uuid::Uuid::new_v4().to_string());
         let result = self.unpack_to(expected, reader, &staging);
         let info = match result {
             Ok(info) => info,
@@ -562,11 +564,11 @@ impl LayerStore {
 
     fn remove_layer(&self, layer: &Digest) -> Result<(), StoreError> {
         let dir = self.layer_dir(layer);
-        let doomed = self
-            .inner
-            .root
-            .join("tmp")
-            .join(format!("gc-{}-{}", layer.hex(), uuid::Uuid::new_v4()));
+        let doomed = self.inner.root.join("tmp").join(format!(
+            "gc-{}-{}",
+            layer.hex(),
+            uuid::Uuid::new_v4()
+        ));
         fs::rename(&dir, &doomed).map_err(|source| io_err("remove", &dir, source))?;
         remove_dir(&doomed);
         Ok(())
@@ -717,7 +719,10 @@ mod tests {
                 "test",
             )
             .expect_err("refused");
-        assert!(matches!(err, StoreError::DigestMismatch { what: "blob", .. }), "{err}");
+        assert!(
+            matches!(err, StoreError::DigestMismatch { what: "blob", .. }),
+            "{err}"
+        );
         let err = store
             .install_blocking(
                 &Expected {
@@ -767,17 +772,34 @@ mod tests {
             .install_blocking(&plain, tar.as_slice(), "sandbox:b")
             .expect("stored again");
         assert!(new);
-        assert_eq!(store.owners(&diff_id).expect("owners"), ["sandbox:b", "template:a"]);
-        assert!(!store.retain(&diff_id, "template:a").expect("retain"), "held already");
-        assert!(store.disk_usage(&[diff_id.clone(), diff_id.clone()]).expect("du") > 0);
+        assert_eq!(
+            store.owners(&diff_id).expect("owners"),
+            ["sandbox:b", "template:a"]
+        );
+        assert!(
+            !store.retain(&diff_id, "template:a").expect("retain"),
+            "held already"
+        );
+        assert!(
+            store
+                .disk_usage(&[diff_id.clone(), diff_id.clone()])
+                .expect("du")
+                > 0
+        );
 
         assert!(store.release(&diff_id, "template:a").expect("release"));
-        assert!(store.gc().expect("gc").removed.is_empty(), "sandbox:b still uses it");
+        assert!(
+            store.gc().expect("gc").removed.is_empty(),
+            "sandbox:b still uses it"
+        );
         assert_eq!(store.release_all("sandbox:b").expect("release all"), 1);
         let report = store.gc().expect("gc");
-        assert_eq!(report.removed, [diff_id.clone()]);
+        assert_eq!(report.removed, std::slice::from_ref(&diff_id));
         assert!(!store.contains(&diff_id));
-        assert!(!store.blob_path(&blob).exists(), "blob collected with its layer");
+        assert!(
+            !store.blob_path(&blob).exists(),
+            "blob collected with its layer"
+        );
         assert!(matches!(
             store.retain(&diff_id, "x"),
             Err(StoreError::UnknownLayer(_))

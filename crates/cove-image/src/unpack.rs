@@ -122,7 +122,7 @@ impl Unpacker {
                 let root = self
                     .root
                     .try_clone()
-                    .map_err(|e| io_err("open", &shown, e.into()))?;
+                    .map_err(|e| io_err("open", &shown, e))?;
                 self.apply_dir_meta(&root, &meta, &shown)?;
                 self.dir_times.push((Vec::new(), meta.times));
             }
@@ -310,7 +310,7 @@ impl Unpacker {
         {
             return fd
                 .try_clone()
-                .map_err(|e| io_err("open the parent of", shown, e.into()));
+                .map_err(|e| io_err("open the parent of", shown, e));
         }
         let fd = self.walk(parents, true).map_err(|err| match err {
             WalkError::Link => UnpackError::ThroughLink {
@@ -320,7 +320,7 @@ impl Unpacker {
         })?;
         let copy = fd
             .try_clone()
-            .map_err(|e| io_err("open the parent of", shown, e.into()))?;
+            .map_err(|e| io_err("open the parent of", shown, e))?;
         self.parent_cache = Some((parents.to_vec(), copy));
         Ok(fd)
     }
@@ -335,8 +335,11 @@ impl Unpacker {
             dir = match open_dir(&dir, component) {
                 Ok(next) => next,
                 Err(Errno::NOENT) if create => {
-                    match rustix::fs::mkdirat(&dir, component.as_os_str(), Mode::from_raw_mode(0o755))
-                    {
+                    match rustix::fs::mkdirat(
+                        &dir,
+                        component.as_os_str(),
+                        Mode::from_raw_mode(0o755),
+                    ) {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => return Err(WalkError::Io(e)),
                     }
@@ -628,10 +631,31 @@ pub(crate) mod tests {
         let archive = TarWriter::default()
             .entry("./", Directory, 0o755, (0, 0), None, b"")
             .entry("home/user/", Directory, 0o750, (1000, 1000), None, b"")
-            .entry("home/user/notes", Regular, 0o600, (1000, 1000), None, b"mine")
+            .entry(
+                "home/user/notes",
+                Regular,
+                0o600,
+                (1000, 1000),
+                None,
+                b"mine",
+            )
             .entry("usr/bin/su", Regular, 0o4755, (0, 0), None, b"#!/bin/sh\n")
-            .entry("usr/bin/again", Link, 0o4755, (0, 0), Some("usr/bin/su"), b"")
-            .entry("etc/os", Symlink, 0o777, (0, 0), Some("/usr/lib/os-release"), b"")
+            .entry(
+                "usr/bin/again",
+                Link,
+                0o4755,
+                (0, 0),
+                Some("usr/bin/su"),
+                b"",
+            )
+            .entry(
+                "etc/os",
+                Symlink,
+                0o777,
+                (0, 0),
+                Some("/usr/lib/os-release"),
+                b"",
+            )
             .entry("dev/sda", Block, 0o660, (0, 0), None, b"")
             .entry("dev/null", Char, 0o666, (0, 0), None, b"")
             .entry("run/pipe", Fifo, 0o600, (0, 0), None, b"")
@@ -643,9 +667,15 @@ pub(crate) mod tests {
         let root = dir.path().join("root");
 
         let home = std::fs::metadata(root.join("home/user")).expect("home");
-        assert_eq!((home.uid(), home.gid(), home.mode() & 0o7777), (1000, 1000, 0o750));
+        assert_eq!(
+            (home.uid(), home.gid(), home.mode() & 0o7777),
+            (1000, 1000, 0o750)
+        );
         let notes = std::fs::metadata(root.join("home/user/notes")).expect("notes");
-        assert_eq!((notes.uid(), notes.permissions().mode() & 0o7777), (1000, 0o600));
+        assert_eq!(
+            (notes.uid(), notes.permissions().mode() & 0o7777),
+            (1000, 0o600)
+        );
         assert_eq!(notes.mtime(), 1_700_000_000);
         let su = std::fs::metadata(root.join("usr/bin/su")).expect("su");
         assert_eq!(su.permissions().mode() & 0o7777, 0o4755, "setuid kept");
@@ -659,11 +689,7 @@ pub(crate) mod tests {
             assert!(!root.join(gone).exists(), "{gone} must be skipped");
         }
         assert_eq!(
-            report
-                .skipped
-                .iter()
-                .map(|s| s.kind)
-                .collect::<Vec<_>>(),
+            report.skipped.iter().map(|s| s.kind).collect::<Vec<_>>(),
             ["block device", "character device", "fifo"]
         );
         assert_eq!(
@@ -709,14 +735,24 @@ pub(crate) mod tests {
             .file("../../etc/passwd", b"root::0:0::/:/bin/sh\n")
             .finish();
         let (dir, result) = unpack_into(&archive);
-        assert!(matches!(result, Err(UnpackError::Escape { .. })), "{result:?}");
+        assert!(
+            matches!(result, Err(UnpackError::Escape { .. })),
+            "{result:?}"
+        );
         assert!(!dir.path().join("etc").exists());
-        assert_eq!(std::fs::read_dir(dir.path().join("root")).expect("ls").count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("root"))
+                .expect("ls")
+                .count(),
+            0
+        );
     }
 
     #[test]
     fn absolute_paths_stay_inside_the_root() {
-        let archive = TarWriter::default().file("/etc/passwd", b"inside\n").finish();
+        let archive = TarWriter::default()
+            .file("/etc/passwd", b"inside\n")
+            .finish();
         let (dir, result) = unpack_into(&archive);
         result.expect("unpacks");
         assert_eq!(
@@ -730,7 +766,14 @@ pub(crate) mod tests {
         let outside = tempfile::tempdir().expect("outside");
         for target in [outside.path().to_str().expect("utf-8"), "../.."] {
             let archive = TarWriter::default()
-                .entry("evil", tar::EntryType::Symlink, 0o777, (0, 0), Some(target), b"")
+                .entry(
+                    "evil",
+                    tar::EntryType::Symlink,
+                    0o777,
+                    (0, 0),
+                    Some(target),
+                    b"",
+                )
                 .file("evil/pwned", b"gotcha")
                 .finish();
             let (_dir, result) = unpack_into(&archive);
@@ -743,7 +786,14 @@ pub(crate) mod tests {
         // A directory entry through a symlink, and a hard link through one, too.
         let archive = TarWriter::default()
             .entry("up", tar::EntryType::Symlink, 0o777, (0, 0), Some("/"), b"")
-            .entry("up/tmp/x", tar::EntryType::Link, 0o644, (0, 0), Some("up/etc/passwd"), b"")
+            .entry(
+                "up/tmp/x",
+                tar::EntryType::Link,
+                0o644,
+                (0, 0),
+                Some("up/etc/passwd"),
+                b"",
+            )
             .finish();
         let (_dir, result) = unpack_into(&archive);
         assert!(result.is_err(), "{result:?}");
@@ -753,7 +803,14 @@ pub(crate) mod tests {
     fn hard_links_must_point_inside_the_layer() {
         for target in ["/etc/passwd", "../outside", "missing"] {
             let archive = TarWriter::default()
-                .entry("stolen", tar::EntryType::Link, 0o644, (0, 0), Some(target), b"")
+                .entry(
+                    "stolen",
+                    tar::EntryType::Link,
+                    0o644,
+                    (0, 0),
+                    Some(target),
+                    b"",
+                )
                 .finish();
             let (_dir, result) = unpack_into(&archive);
             assert!(
@@ -776,7 +833,13 @@ pub(crate) mod tests {
         let (dir, result) = unpack_into(&archive);
         result.expect("unpacks");
         let root = dir.path().join("root");
-        assert_eq!(std::fs::read(root.join("thing/inside")).expect("read"), b"then a directory");
-        assert_eq!(std::fs::read(root.join("other")).expect("read"), b"then a file");
+        assert_eq!(
+            std::fs::read(root.join("thing/inside")).expect("read"),
+            b"then a directory"
+        );
+        assert_eq!(
+            std::fs::read(root.join("other")).expect("read"),
+            b"then a file"
+        );
     }
 }

@@ -46,7 +46,11 @@ async fn a_debian_image_pulled_through_the_mirror_runs_python_on_overlayfs() {
     let store_dir = tempfile::tempdir().expect("store");
     let store = LayerStore::open(store_dir.path(), StoreOptions::default()).expect("store");
     let client = RegistryClient::new(ClientConfig {
-        mirrors: vec![format!("docker.io={}", registry.url()).parse().expect("mirror")],
+        mirrors: vec![
+            format!("docker.io={}", registry.url())
+                .parse()
+                .expect("mirror"),
+        ],
         ..ClientConfig::default()
     })
     .expect("client");
@@ -70,7 +74,10 @@ async fn a_debian_image_pulled_through_the_mirror_runs_python_on_overlayfs() {
     let pulled = started.elapsed();
     let unpacked = store.disk_usage(&image.layers).expect("du");
     assert_eq!(image.config.cmd, Some(vec!["python3".to_owned()]));
-    let base = store.layer(&image.layers[0]).expect("info").expect("stored");
+    let base = store
+        .layer(&image.layers[0])
+        .expect("info")
+        .expect("stored");
     assert!(
         base.skipped.iter().any(|s| s.starts_with("dev/null")),
         "mmdebstrap's device nodes are refused: {:?}",
@@ -141,8 +148,16 @@ test -e {m}/etc/os-release && echo os-release-kept",
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("Python 3.11"), "{stdout}");
-    for line in ["pip-ok", "hello from a layer", "motd-gone", "os-release-kept"] {
-        assert!(stdout.lines().any(|l| l == line), "{line} missing from {stdout}");
+    for line in [
+        "pip-ok",
+        "hello from a layer",
+        "motd-gone",
+        "os-release-kept",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "{line} missing from {stdout}"
+        );
     }
     assert!(
         stdout.lines().any(|l| l == "README.cove")

@@ -23,13 +23,48 @@ use tar::EntryType;
 fn tiny_layers() -> Vec<TestLayer> {
     let bottom = LayerBuilder::default()
         .dir("home/")
-        .entry("home/user/", EntryType::Directory, 0o750, (1000, 1000), None, b"")
-        .entry("home/user/.profile", EntryType::Regular, 0o644, (1000, 1000), None, b"export A=1\n")
+        .entry(
+            "home/user/",
+            EntryType::Directory,
+            0o750,
+            (1000, 1000),
+            None,
+            b"",
+        )
+        .entry(
+            "home/user/.profile",
+            EntryType::Regular,
+            0o644,
+            (1000, 1000),
+            None,
+            b"export A=1\n",
+        )
         .dir("usr/")
         .dir("usr/bin/")
-        .entry("usr/bin/tool", EntryType::Regular, 0o4755, (0, 0), None, b"#!/bin/sh\necho tool\n")
-        .entry("usr/bin/tool-again", EntryType::Link, 0o4755, (0, 0), Some("usr/bin/tool"), b"")
-        .entry("usr/bin/alias", EntryType::Symlink, 0o777, (0, 0), Some("tool"), b"")
+        .entry(
+            "usr/bin/tool",
+            EntryType::Regular,
+            0o4755,
+            (0, 0),
+            None,
+            b"#!/bin/sh\necho tool\n",
+        )
+        .entry(
+            "usr/bin/tool-again",
+            EntryType::Link,
+            0o4755,
+            (0, 0),
+            Some("usr/bin/tool"),
+            b"",
+        )
+        .entry(
+            "usr/bin/alias",
+            EntryType::Symlink,
+            0o777,
+            (0, 0),
+            Some("tool"),
+            b"",
+        )
         .dir("dev/")
         .entry("dev/null", EntryType::Char, 0o666, (0, 0), None, b"")
         .dir("etc/")
@@ -103,15 +138,25 @@ async fn pulls_by_tag_and_by_digest_with_every_kind_of_entry() {
     let events = Events::new();
 
     let by_tag = reference(&format!("{}/tiny/app:1", registry.host()));
-    let image = pull(&client, &store, &by_tag, &Credentials::Anonymous, "template:a", &events.record())
-        .await
-        .expect("pull by tag");
+    let image = pull(
+        &client,
+        &store,
+        &by_tag,
+        &Credentials::Anonymous,
+        "template:a",
+        &events.record(),
+    )
+    .await
+    .expect("pull by tag");
     assert_eq!(image.layers.len(), 2);
     assert_eq!(image.config.env, ["PATH=/usr/bin", "GREETING=hi"]);
     assert_eq!(image.config.working_dir.as_deref(), Some("/home/user"));
     assert_eq!(image.config.user.as_deref(), Some("1000"));
     assert_eq!(image.config.cmd, Some(vec!["/usr/bin/tool".to_owned()]));
-    assert_eq!((image.config.os.as_str(), image.config.architecture.as_str()), ("linux", "amd64"));
+    assert_eq!(
+        (image.config.os.as_str(), image.config.architecture.as_str()),
+        ("linux", "amd64")
+    );
     assert!(image.name.ends_with(&format!("@{}", image.manifest_digest)));
 
     let pulled = events.take();
@@ -119,30 +164,64 @@ async fn pulls_by_tag_and_by_digest_with_every_kind_of_entry() {
         panic!("first event is Resolved: {pulled:?}")
     };
     for (index, (_, size)) in layers.iter().enumerate() {
-        let last = pulled
-            .iter()
-            .filter_map(|e| match e {
-                PullEvent::LayerBytes { index: i, done, total, .. } if *i == index => Some((*done, *total)),
-                _ => None,
-            })
-            .last();
-        assert_eq!(last, Some((*size, *size)), "layer {index} reported to the end");
+        let last = pulled.iter().rev().find_map(|e| match e {
+            PullEvent::LayerBytes {
+                index: i,
+                done,
+                total,
+                ..
+            } if *i == index => Some((*done, *total)),
+            _ => None,
+        });
+        assert_eq!(
+            last,
+            Some((*size, *size)),
+            "layer {index} reported to the end"
+        );
     }
     assert_eq!(
-        pulled.iter().filter(|e| matches!(e, PullEvent::LayerStored { .. })).count(),
+        pulled
+            .iter()
+            .filter(|e| matches!(e, PullEvent::LayerStored { .. }))
+            .count(),
         2
     );
 
-    let [bottom, top] = [store.layer_path(&image.layers[0]), store.layer_path(&image.layers[1])];
+    let [bottom, top] = [
+        store.layer_path(&image.layers[0]),
+        store.layer_path(&image.layers[1]),
+    ];
     let home = std::fs::metadata(bottom.join("home/user")).expect("home");
-    assert_eq!((home.uid(), home.gid(), home.mode() & 0o7777), (1000, 1000, 0o750));
-    assert_eq!(std::fs::metadata(bottom.join("home/user/.profile")).expect("profile").uid(), 1000);
+    assert_eq!(
+        (home.uid(), home.gid(), home.mode() & 0o7777),
+        (1000, 1000, 0o750)
+    );
+    assert_eq!(
+        std::fs::metadata(bottom.join("home/user/.profile"))
+            .expect("profile")
+            .uid(),
+        1000
+    );
     let tool = std::fs::metadata(bottom.join("usr/bin/tool")).expect("tool");
     assert_eq!(tool.permissions().mode() & 0o7777, 0o4755);
-    assert_eq!(std::fs::metadata(bottom.join("usr/bin/tool-again")).expect("link").ino(), tool.ino());
-    assert_eq!(std::fs::read_link(bottom.join("usr/bin/alias")).expect("symlink"), Path::new("tool"));
-    assert!(!bottom.join("dev/null").exists(), "device nodes are refused");
-    let info = store.layer(&image.layers[0]).expect("info").expect("stored");
+    assert_eq!(
+        std::fs::metadata(bottom.join("usr/bin/tool-again"))
+            .expect("link")
+            .ino(),
+        tool.ino()
+    );
+    assert_eq!(
+        std::fs::read_link(bottom.join("usr/bin/alias")).expect("symlink"),
+        Path::new("tool")
+    );
+    assert!(
+        !bottom.join("dev/null").exists(),
+        "device nodes are refused"
+    );
+    let info = store
+        .layer(&image.layers[0])
+        .expect("info")
+        .expect("stored");
     assert_eq!(info.skipped, ["dev/null (character device)"]);
     assert_eq!(info.owners, ["template:a"]);
     let whiteout = std::fs::symlink_metadata(top.join("etc/old.conf")).expect("whiteout");
@@ -156,19 +235,40 @@ async fn pulls_by_tag_and_by_digest_with_every_kind_of_entry() {
     assert_eq!(paths, [top.clone(), bottom.clone()]);
 
     // By digest, for another owner: nothing is fetched again.
-    let by_digest = reference(&format!("{}/tiny/app@{}", registry.host(), image.manifest_digest));
-    let again = pull(&client, &store, &by_digest, &Credentials::Anonymous, "template:b", &events.record())
-        .await
-        .expect("pull by digest");
+    let by_digest = reference(&format!(
+        "{}/tiny/app@{}",
+        registry.host(),
+        image.manifest_digest
+    ));
+    let again = pull(
+        &client,
+        &store,
+        &by_digest,
+        &Credentials::Anonymous,
+        "template:b",
+        &events.record(),
+    )
+    .await
+    .expect("pull by digest");
     assert_eq!(again.layers, image.layers);
     let cached = events.take();
     assert_eq!(
-        cached.iter().filter(|e| matches!(e, PullEvent::LayerCached { .. })).count(),
+        cached
+            .iter()
+            .filter(|e| matches!(e, PullEvent::LayerCached { .. }))
+            .count(),
         2,
         "{cached:?}"
     );
-    assert!(!cached.iter().any(|e| matches!(e, PullEvent::LayerBytes { .. })));
-    assert_eq!(store.owners(&image.layers[1]).expect("owners"), ["template:a", "template:b"]);
+    assert!(
+        !cached
+            .iter()
+            .any(|e| matches!(e, PullEvent::LayerBytes { .. }))
+    );
+    assert_eq!(
+        store.owners(&image.layers[1]).expect("owners"),
+        ["template:a", "template:b"]
+    );
     assert!(store.disk_usage(&image.layers).expect("du") > 0);
 }
 
@@ -181,10 +281,21 @@ async fn pulls_docker_hub_names_through_a_mirror_and_falls_back_from_a_dead_one(
     let store = LayerStore::open(store_dir.path(), StoreOptions::default()).expect("store");
 
     let mirrored = client(&[format!("docker.io={}", registry.url())]);
-    let image = pull(&mirrored, &store, &reference("tiny:1"), &Credentials::Anonymous, "t", &|_| {})
-        .await
-        .expect("pull through the mirror");
-    assert!(image.name.starts_with("docker.io/library/tiny:1@sha256:"), "{}", image.name);
+    let image = pull(
+        &mirrored,
+        &store,
+        &reference("tiny:1"),
+        &Credentials::Anonymous,
+        "t",
+        &|_| {},
+    )
+    .await
+    .expect("pull through the mirror");
+    assert!(
+        image.name.starts_with("docker.io/library/tiny:1@sha256:"),
+        "{}",
+        image.name
+    );
 
     // A mirror that is down (nothing listens on its port): the registry itself answers.
     let dead = format!("{}=http://127.0.0.1:{}", registry.host(), free_port());
@@ -228,9 +339,16 @@ async fn private_registries_need_the_right_credentials() {
         assert!(err.to_string().contains("access to"), "{err}");
         assert!(err.is_user_error());
     }
-    let pulled = pull(&client, &store, &image, &Credentials::basic("builder", "s3cret-pass"), "t", &|_| {})
-        .await
-        .expect("pull with credentials");
+    let pulled = pull(
+        &client,
+        &store,
+        &image,
+        &Credentials::basic("builder", "s3cret-pass"),
+        "t",
+        &|_| {},
+    )
+    .await
+    .expect("pull with credentials");
     assert_eq!(pulled.layers.len(), 2);
 }
 
@@ -256,14 +374,27 @@ async fn an_index_without_our_platform_is_refused_naming_what_it_has() {
     })
     .expect("client");
     let name = format!("{}/multi/app:1", registry.host());
-    let err = pull(&amd64, &store, &reference(&name), &Credentials::Anonymous, "t", &|_| {})
-        .await
-        .expect_err("no amd64 image");
+    let err = pull(
+        &amd64,
+        &store,
+        &reference(&name),
+        &Credentials::Anonymous,
+        "t",
+        &|_| {},
+    )
+    .await
+    .expect_err("no amd64 image");
     assert_eq!(
         err.to_string(),
-        format!("{} has no linux/amd64 image; it has: linux/arm64", reference(&name))
+        format!(
+            "{} has no linux/amd64 image; it has: linux/arm64",
+            reference(&name)
+        )
     );
-    assert!(store.layers().expect("layers").is_empty(), "nothing was fetched");
+    assert!(
+        store.layers().expect("layers").is_empty(),
+        "nothing was fetched"
+    );
 }
 
 #[tokio::test]
@@ -276,10 +407,20 @@ async fn unknown_images_and_tags_are_not_found() {
     let client = client(&[]);
     for name in ["nope/nothing:1", "tiny/app:2"] {
         let name = format!("{}/{name}", registry.host());
-        let err = pull(&client, &store, &reference(&name), &Credentials::Anonymous, "t", &|_| {})
-            .await
-            .expect_err("not found");
-        assert!(matches!(err, Error::Registry(RegistryError::NotFound { .. })), "{err:?}");
+        let err = pull(
+            &client,
+            &store,
+            &reference(&name),
+            &Credentials::Anonymous,
+            "t",
+            &|_| {},
+        )
+        .await
+        .expect_err("not found");
+        assert!(
+            matches!(err, Error::Registry(RegistryError::NotFound { .. })),
+            "{err:?}"
+        );
         assert_eq!(err.to_string(), format!("image {name} not found"));
         assert!(err.is_user_error());
     }
@@ -307,7 +448,8 @@ async fn a_blob_changed_in_the_registry_is_refused_and_not_kept() {
     std::fs::write(&data, bytes).expect("corrupt");
 
     let store_dir = tempfile::tempdir().expect("store");
-    let store = LayerStore::open(store_dir.path(), StoreOptions { keep_blobs: true }).expect("store");
+    let store =
+        LayerStore::open(store_dir.path(), StoreOptions { keep_blobs: true }).expect("store");
     let err = pull(
         &client(&[]),
         &store,
@@ -320,17 +462,29 @@ async fn a_blob_changed_in_the_registry_is_refused_and_not_kept() {
     .expect_err("refused");
     let text = cove_image::error_chain(&err);
     assert!(
-        matches!(err, Error::Store(StoreError::DigestMismatch { .. } | StoreError::Unpack { .. })),
+        matches!(
+            err,
+            Error::Store(StoreError::DigestMismatch { .. } | StoreError::Unpack { .. })
+        ),
         "{text}"
     );
     let diff_id = diff_id.parse().expect("digest");
     assert!(!store.contains(&diff_id));
     assert!(!store.blob_path(&blob.parse().expect("digest")).exists());
     assert!(
-        store.layers().expect("layers").iter().all(|l| l.owners.is_empty()),
+        store
+            .layers()
+            .expect("layers")
+            .iter()
+            .all(|l| l.owners.is_empty()),
         "a failed pull keeps no references"
     );
-    assert_eq!(std::fs::read_dir(store_dir.path().join("tmp")).expect("tmp").count(), 0);
+    assert_eq!(
+        std::fs::read_dir(store_dir.path().join("tmp"))
+            .expect("tmp")
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -364,20 +518,38 @@ fn imports_oci_layouts_and_docker_save_archives_into_the_same_layers() {
         .file("manifest.json", &manifest)
         .file(&config_name, &config);
     for (i, layer) in layers.iter().enumerate() {
-        archive = archive.dir(&format!("l{i}/")).file(&format!("l{i}/layer.tar"), &layer.tar);
+        archive = archive
+            .dir(&format!("l{i}/"))
+            .file(&format!("l{i}/layer.tar"), &layer.tar);
     }
     let tarball = seed.path().join("saved.tar");
     std::fs::write(&tarball, archive.finish()).expect("write archive");
-    let saved = import_blocking(&store, &tarball, Some("docker.io/library/tiny:saved"), &platform, "import:b")
-        .expect("import the archive");
+    let saved = import_blocking(
+        &store,
+        &tarball,
+        Some("docker.io/library/tiny:saved"),
+        &platform,
+        "import:b",
+    )
+    .expect("import the archive");
     assert_eq!(saved.config.env, ["FROM=docker-save"]);
-    assert_eq!(saved.layers, from_layout.layers, "the same layers, stored once");
+    assert_eq!(
+        saved.layers, from_layout.layers,
+        "the same layers, stored once"
+    );
     assert_eq!(store.layers().expect("layers").len(), 2);
-    assert_eq!(store.owners(&saved.layers[0]).expect("owners"), ["import:a", "import:b"]);
+    assert_eq!(
+        store.owners(&saved.layers[0]).expect("owners"),
+        ["import:a", "import:b"]
+    );
 
     // Not an image at all.
-    let err = import_blocking(&store, store_dir.path(), None, &platform, "x").expect_err("not an image");
-    assert!(err.to_string().contains("neither an OCI image layout"), "{err}");
+    let err =
+        import_blocking(&store, store_dir.path(), None, &platform, "x").expect_err("not an image");
+    assert!(
+        err.to_string().contains("neither an OCI image layout"),
+        "{err}"
+    );
 }
 
 fn hex_of(bytes: &[u8]) -> String {
