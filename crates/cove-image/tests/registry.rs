@@ -556,3 +556,59 @@ fn hex_of(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+#[tokio::test]
+async fn token_auth_registries_are_answered_with_bearer_tokens() {
+    let registry = TestRegistry::start_with_token_auth("builder", "t0ken-pass").await;
+    let seed = tempfile::tempdir().expect("seed");
+    seed_tiny(&registry, seed.path(), "public/app:1");
+    registry.push_layout(seed.path(), "1", "private/app:1");
+    let store_dir = tempfile::tempdir().expect("store");
+    let store = LayerStore::open(store_dir.path(), StoreOptions::default()).expect("store");
+    let client = client(&[]);
+    let public = reference(&format!("{}/public/app:1", registry.host()));
+    let private = reference(&format!("{}/private/app:1", registry.host()));
+
+    // Anonymous tokens, as Docker Hub gives for public images.
+    pull(
+        &client,
+        &store,
+        &public,
+        &Credentials::Anonymous,
+        "t",
+        &|_| {},
+    )
+    .await
+    .expect("anonymous pull of a public image");
+    for (credentials, with_credentials) in [
+        (Credentials::Anonymous, false),
+        (Credentials::basic("builder", "wrong"), true),
+    ] {
+        let err = pull(&client, &store, &private, &credentials, "t", &|_| {})
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(err, Error::Registry(RegistryError::Denied { with_credentials: w, .. }) if w == with_credentials),
+            "{err:?}"
+        );
+    }
+    let image = pull(
+        &client,
+        &store,
+        &private,
+        &Credentials::basic("builder", "t0ken-pass"),
+        "t",
+        &|_| {},
+    )
+    .await
+    .expect("pull with credentials through the token service");
+    assert_eq!(image.layers.len(), 2);
+    assert!(
+        registry
+            .tokens_issued()
+            .iter()
+            .any(|scope| scope == "repository:private/app:pull"),
+        "{:?}",
+        registry.tokens_issued()
+    );
+}
