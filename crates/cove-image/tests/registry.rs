@@ -543,6 +543,23 @@ fn imports_oci_layouts_and_docker_save_archives_into_the_same_layers() {
         ["import:a", "import:b"]
     );
 
+    // Docker 25+ writes an OCI layout inside the `docker save` tarball.
+    let mut oci_archive = tar::Builder::new(Vec::new());
+    for name in ["oci-layout", "index.json"] {
+        oci_archive
+            .append_path_with_name(seed.path().join(name), name)
+            .expect("append");
+    }
+    oci_archive
+        .append_dir_all("blobs", seed.path().join("blobs"))
+        .expect("append blobs");
+    let oci_tarball = seed.path().join("oci-save.tar");
+    std::fs::write(&oci_tarball, oci_archive.into_inner().expect("tar")).expect("write");
+    let from_oci_tar = import_blocking(&store, &oci_tarball, None, &platform, "import:c")
+        .expect("import an OCI layout inside a tarball");
+    assert_eq!(from_oci_tar.layers, from_layout.layers);
+    assert_eq!(from_oci_tar.manifest_digest, from_layout.manifest_digest);
+
     // Not an image at all.
     let err =
         import_blocking(&store, store_dir.path(), None, &platform, "x").expect_err("not an image");
