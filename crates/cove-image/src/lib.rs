@@ -69,14 +69,18 @@ pub enum Error {
 
 impl Error {
     /// Whether the user caused it (a bad reference, an unknown or foreign image, refused
-    /// credentials, a broken archive) rather than this machine: a 4xx, not a 5xx.
+    /// credentials, a broken image or archive) rather than this machine or an unreachable or
+    /// failing registry: a 4xx, not a 5xx (502 for the registry's own failures).
     pub fn is_user_error(&self) -> bool {
         match self {
             Self::Reference(_) | Self::Mirror(_) | Self::Import(_) => true,
-            Self::Registry(err) => !matches!(
-                err,
-                RegistryError::Client(_) | RegistryError::Connect { .. }
-            ),
+            Self::Registry(err) => match err {
+                RegistryError::Status { status, .. } => *status < 500,
+                RegistryError::Client(_)
+                | RegistryError::Connect { .. }
+                | RegistryError::Token { .. } => false,
+                _ => true,
+            },
             Self::Store(err) => matches!(
                 err,
                 StoreError::DigestMismatch { .. }

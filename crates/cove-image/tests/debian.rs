@@ -1,5 +1,5 @@
-//! A real Debian image (bookworm, python3, pip; built by `mmdebstrap` and cached by the
-//! harness) pushed to a real registry, pulled as the mirror of docker.io, and its layers
+//! A real Debian image (bookworm, python3, pip, Node.js; built by `mmdebstrap` and cached by
+//! the harness) pushed to a real registry, pulled as the mirror of docker.io, and its layers
 //! stacked with overlayfs in a private mount namespace: python3 runs in it, and the top
 //! layer's whiteout and opaque directory show in the merged view. Also prints the pull +
 //! unpack throughput against GNU `tar -x` of the same layer blobs.
@@ -13,7 +13,7 @@ use std::{
 use cove_image::{
     ClientConfig, Credentials, LayerStore, Reference, RegistryClient, StoreOptions, pull,
 };
-use cove_test_util::{TestRegistry, image::debian_python_layout};
+use cove_test_util::{TestRegistry, image::debian_layout};
 
 fn layout_blobs(layout: &Path) -> Vec<PathBuf> {
     let index: serde_json::Value =
@@ -36,12 +36,12 @@ fn layout_blobs(layout: &Path) -> Vec<PathBuf> {
 }
 
 #[tokio::test]
-async fn a_debian_image_pulled_through_the_mirror_runs_python_on_overlayfs() {
-    let layout = tokio::task::spawn_blocking(debian_python_layout)
+async fn a_debian_image_pulled_through_the_mirror_runs_python_and_node_on_overlayfs() {
+    let layout = tokio::task::spawn_blocking(debian_layout)
         .await
         .expect("build the Debian image");
     let registry = TestRegistry::start().await;
-    registry.push_layout(&layout, "bookworm-python", "library/debian:bookworm-python");
+    registry.push_layout(&layout, "bookworm", "library/debian:bookworm");
 
     let store_dir = tempfile::tempdir().expect("store");
     let store = LayerStore::open(store_dir.path(), StoreOptions::default()).expect("store");
@@ -64,7 +64,7 @@ async fn a_debian_image_pulled_through_the_mirror_runs_python_on_overlayfs() {
     let image = pull(
         &client,
         &store,
-        &Reference::parse("debian:bookworm-python").expect("reference"),
+        &Reference::parse("debian:bookworm").expect("reference"),
         &Credentials::Anonymous,
         "test",
         &|_| {},
@@ -130,6 +130,7 @@ async fn a_debian_image_pulled_through_the_mirror_runs_python_on_overlayfs() {
 mount -t overlay overlay -o lowerdir={lowers},upperdir={w}/upper,workdir={w}/work {m}
 chroot {m} /usr/bin/python3 --version
 chroot {m} /usr/bin/python3 -m pip --version >/dev/null && echo pip-ok
+chroot {m} /usr/bin/node -p 1+1 >/dev/null && chroot {m} /usr/bin/node --version
 chroot {m} /usr/local/bin/cove-hello
 test ! -e {m}/etc/motd && echo motd-gone
 ls {m}/usr/share/doc
@@ -148,6 +149,7 @@ test -e {m}/etc/os-release && echo os-release-kept",
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("Python 3.11"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("v18.")), "{stdout}");
     for line in [
         "pip-ok",
         "hello from a layer",

@@ -1,6 +1,6 @@
 //! Test images made here, without a registry or Docker: OCI image layouts written from tar
-//! layers, and a real Debian image (`mmdebstrap` bookworm with python3 and pip) cached under
-//! the target directory.
+//! layers, and a real Debian image (`mmdebstrap` bookworm with python3, pip and Node.js)
+//! cached under the target directory.
 
 use std::{
     fs,
@@ -210,23 +210,24 @@ impl LayerBuilder {
 
 /// How the Debian test image is made; its hash names the cache entry, so changing the
 /// recipe rebuilds it.
-const DEBIAN_RECIPE: &str = "mmdebstrap --mode=root --variant=apt --include=python3,python3-pip \
-    --format=tar bookworm http://deb.debian.org/debian | layer 2: whiteout etc/motd, opaque \
-    usr/share/doc with README.cove, usr/local/bin/cove-hello | v1";
+const DEBIAN_RECIPE: &str = "mmdebstrap --mode=root --variant=apt \
+    --include=python3,python3-pip,nodejs --format=tar bookworm http://deb.debian.org/debian | \
+    layer 2: whiteout etc/motd, opaque usr/share/doc with README.cove, \
+    usr/local/bin/cove-hello | v2";
 
-/// The OCI layout of a two-layer Debian bookworm image with python3 and pip, tagged
-/// `bookworm-python`: layer 1 is the `mmdebstrap` rootfs, layer 2 (ours) deletes
+/// The OCI layout of a two-layer Debian bookworm image with python3, pip and Node.js,
+/// tagged `bookworm`: layer 1 is the `mmdebstrap` rootfs, layer 2 (ours) deletes
 /// `/etc/motd` (whiteout), replaces `/usr/share/doc` (opaque, only `README.cove` left) and
 /// adds `/usr/local/bin/cove-hello`. Built once (minutes: it downloads from the Debian
 /// mirror) and cached under `$CARGO_TARGET_DIR/test-images` (else `target/test-images`).
-pub fn debian_python_layout() -> PathBuf {
+pub fn debian_layout() -> PathBuf {
     let cache = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::repo_root().join("target"))
         .join("test-images");
     fs::create_dir_all(&cache).expect("test image cache");
     let key = &hex::encode(Sha256::digest(DEBIAN_RECIPE))[..16];
-    let layout = cache.join(format!("debian-python-{key}"));
+    let layout = cache.join(format!("debian-{key}"));
     // One builder at a time, across test processes.
     let lock = fs::File::create(cache.join(".lock")).expect("cache lock");
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).expect("flock");
@@ -234,7 +235,7 @@ pub fn debian_python_layout() -> PathBuf {
         return layout;
     }
     let work = tempfile::Builder::new()
-        .prefix("debian-python-")
+        .prefix("debian-")
         .tempdir_in(&cache)
         .expect("work dir");
     let rootfs_tar = work.path().join("rootfs.tar");
@@ -243,7 +244,7 @@ pub fn debian_python_layout() -> PathBuf {
             "--quiet",
             "--mode=root",
             "--variant=apt",
-            "--include=python3,python3-pip",
+            "--include=python3,python3-pip,nodejs",
             "--format=tar",
             "bookworm",
         ])
@@ -287,7 +288,7 @@ pub fn debian_python_layout() -> PathBuf {
         }),
     );
     let written = write_image(&staged, &image);
-    write_layout_index(&staged, &[("bookworm-python", &written)]);
+    write_layout_index(&staged, &[("bookworm", &written)]);
     fs::rename(&staged, &layout).expect("cache the layout");
     layout
 }
