@@ -453,6 +453,14 @@ impl RegistryClient {
             }) => {
                 let scope =
                     scope.unwrap_or_else(|| format!("repository:{}:pull", reference.repository()));
+                let credentials = if url.scheme() == "https" && realm.starts_with("http:") {
+                    // A registry reached over TLS naming a plain-HTTP token service: its
+                    // password would cross the network in clear, so ask anonymously.
+                    tracing::warn!(%realm, "plain-HTTP token service of an HTTPS registry: credentials withheld");
+                    &Credentials::Anonymous
+                } else {
+                    credentials
+                };
                 self.token(&realm, service.as_deref(), &scope, credentials, reference)
                     .await?
             }
