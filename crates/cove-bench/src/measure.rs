@@ -23,7 +23,7 @@ pub struct Settings {
 }
 
 /// The groups, in the order they run; `--only` takes one of these.
-pub const GROUPS: [&str; 9] = [
+pub const GROUPS: [&str; 10] = [
     "commands",
     "transfers",
     "create",
@@ -32,6 +32,7 @@ pub const GROUPS: [&str; 9] = [
     "memory",
     "density",
     "concurrency",
+    "burst",
     "python",
 ];
 
@@ -193,6 +194,17 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
         report
             .results
             .push(crate::concurrency::commands(settings).await?);
+    }
+    if wanted("burst") {
+        for network in [false, true] {
+            eprintln!(
+                "burst: {} clients creating at once (network {network})",
+                crate::concurrency::BURST_CLIENTS
+            );
+            report
+                .results
+                .push(crate::concurrency::creates(settings, network).await?);
+        }
     }
     if wanted("python") {
         eprintln!("python: the official e2b SDK against ours");
