@@ -5,6 +5,8 @@
 mod agent_link;
 pub mod api;
 mod clock;
+pub mod front;
+mod keyring;
 pub mod lifecycle;
 pub mod proxy;
 mod query;
@@ -14,7 +16,7 @@ mod unread;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use axum::{Router, serve::ListenerExt};
+use axum::Router;
 use cove_runtime::{NamespaceRuntime, Runtime};
 
 use crate::{
@@ -49,6 +51,8 @@ pub struct ServerConfig {
     pub warm: usize,
     /// The `cove` binary sandboxes are built with.
     pub exe: PathBuf,
+    /// Connection limits and timeouts of the HTTP front door.
+    pub front: front::FrontConfig,
 }
 
 /// Everything handlers share.
@@ -57,6 +61,7 @@ pub struct AppState(Arc<Inner>);
 
 struct Inner {
     store: Arc<Store>,
+    keys: keyring::KeyRing,
     lifecycle: Arc<Lifecycle>,
     domain: String,
 }
@@ -72,6 +77,11 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     pub fn store(&self) -> &Store {
         &self.0.store
+    }
+
+    /// The valid API keys, checked without a database query.
+    pub(crate) fn keys(&self) -> &keyring::KeyRing {
+        &self.0.keys
     }
 
     pub fn lifecycle(&self) -> &Arc<Lifecycle> {
@@ -125,13 +135,18 @@ pub fn open_store(state_dir: &std::path::Path) -> Result<Store, ServerError> {
         path: state_dir.to_owned(),
         source,
     })?;
-    Ok(Store::open(&state_dir.join("state.db"))?)
+    Ok(Store::open(&db_path(state_dir))?)
+}
+
+fn db_path(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("state.db")
 }
 
 /// A server ready to serve: state opened, keys registered, sandboxes re-adopted, bound.
 pub struct Server {
     state: AppState,
     listener: tokio::net::TcpListener,
+    front: front::Front,
     kill_on_exit: bool,
     shutdown: ShutdownSignal,
     /// A key created because the store had none; shown once to whoever started the server.
@@ -143,6 +158,7 @@ impl Server {
         // First of all: a SIGTERM that arrives while sandboxes are being adopted or warmed
         // must stop the server cleanly, not kill it with them half set up.
         let shutdown = ShutdownSignal::install().map_err(ServerError::Signals)?;
+        let front = front::Front::prepare(&config.front);
         let store = Arc::new(open_store(&config.state_dir)?);
         for key in &config.api_keys {
             store.add_key(DEFAULT_TEAM, "from --api-key", key)?;
@@ -152,6 +168,7 @@ impl Server {
         } else {
             Some(store.create_key(DEFAULT_TEAM, "first key")?.1)
         };
+        let keys = keyring::KeyRing::open(&db_path(&config.state_dir))?;
         let templates = Templates::load(&config.state_dir.join("templates"))?;
         let runtime = NamespaceRuntime::new(&config.exe)
             .with_disk_quota(config.state_dir.join("disk-pool"), config.disk_mb << 20)
@@ -173,12 +190,10 @@ impl Server {
             },
         ));
         let adopted = lifecycle.adopt().await?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let listener = front::listen(config.listen).map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         let addr = listener
             .local_addr()
             .map_err(|source| ServerError::Listen {
@@ -193,10 +208,12 @@ impl Server {
         Ok(Self {
             state: AppState(Arc::new(Inner {
                 store,
+                keys,
                 lifecycle,
                 domain,
             })),
             listener,
+            front,
             kill_on_exit: config.kill_on_exit,
             shutdown,
             created_key,
@@ -213,15 +230,8 @@ impl Server {
         let reaper = tokio::spawn(lifecycle.clone().run_reaper(REAP_PERIOD));
         lifecycle.warm_up();
         let app = router(self.state.clone());
-        // Streams write one small frame at a time: Nagle's algorithm would hold each back
-        // until the peer's delayed ACK, about 40 ms.
-        let listener = self.listener.tap_io(|stream| {
-            if let Err(err) = stream.set_nodelay(true) {
-                tracing::debug!(?err, "cannot set TCP_NODELAY");
-            }
-        });
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(self.shutdown.received())
+        self.front
+            .serve(self.listener, app, self.shutdown.received())
             .await;
         reaper.abort();
         lifecycle.settle().await;
@@ -230,10 +240,7 @@ impl Server {
             lifecycle.kill_all().await;
         }
         lifecycle.shutdown();
-        served.map_err(|source| ServerError::Listen {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source,
-        })
+        Ok(())
     }
 }
 

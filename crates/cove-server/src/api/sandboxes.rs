@@ -30,10 +30,21 @@ const CLIENT_ID: &str = "cove";
 /// Page size of `GET /v2/sandboxes` when the client names none (E2B's default and maximum).
 const MAX_PAGE: usize = 100;
 
-/// A JSON body, with E2B-shaped errors instead of axum's plain-text rejections.
+/// A JSON body, with E2B-shaped errors instead of axum's plain-text rejections: 413 for a
+/// body over the limit, 408 for one that stopped coming, 400 for the rest.
 fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     payload.map(|Json(value)| value).map_err(|rejection| {
-        ApiError::bad_request(format!("invalid request body: {}", rejection.body_text()))
+        let status = if crate::front::stalled(&rejection).is_some() {
+            StatusCode::REQUEST_TIMEOUT
+        } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(
+            status,
+            format!("invalid request body: {}", rejection.body_text()),
+        )
     })
 }
 
