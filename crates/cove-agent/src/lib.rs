@@ -37,9 +37,6 @@ use crate::{
     users::{AccountFiles, User},
 };
 
-/// The version reported to clients. E2B SDKs switch features off below 0.6.4.
-pub const ENVD_VERSION: &str = "0.6.5";
-
 /// Start-up configuration of the agent.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -176,26 +173,36 @@ pub fn router(state: AgentState) -> Router {
 
 /// Runs the agent until it is told to stop (SIGTERM / SIGINT).
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
-    run_with_readiness(config, || {}).await
+    serve(config, Vec::new(), || {}).await
 }
 
-/// Runs the agent; `ready` is called once every listener is bound.
-pub async fn run_with_readiness(
+/// Runs the agent on `config`'s addresses and on sockets already `listening`; `ready` is
+/// called once every listener is bound.
+pub async fn serve(
     config: AgentConfig,
+    listening: Vec<std::os::unix::net::UnixListener>,
     ready: impl FnOnce(),
 ) -> Result<(), AgentError> {
     let state = AgentState::new(&config).map_err(AgentError::Start)?;
     let app = router(state.clone());
-    let mut apps: Vec<(ListenAddr, Router)> = config
+    let mut apps: Vec<(listener::Listener, Router)> = config
         .listen
         .iter()
-        .map(|addr| (addr.clone(), app.clone()))
+        .map(|addr| (listener::Listener::Bind(addr.clone()), app.clone()))
+        .chain(
+            listening
+                .into_iter()
+                .map(|socket| (listener::Listener::Listening(socket), app.clone())),
+        )
         .collect();
     if let Some(addr) = config.code_interpreter {
         let interpreter = interpreter::Interpreter::new(state);
-        apps.push((ListenAddr::Tcp(addr), interpreter::router(interpreter)));
+        apps.push((
+            listener::Listener::Bind(ListenAddr::Tcp(addr)),
+            interpreter::router(interpreter),
+        ));
     }
-    listener::serve_all(&apps, ready).await
+    listener::serve_all(apps, ready).await
 }
 
 /// Why the agent could not run.

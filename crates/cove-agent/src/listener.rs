@@ -40,29 +40,49 @@ impl fmt::Display for ListenAddr {
     }
 }
 
+/// Where to serve: an address to bind, or a socket someone else made and handed over (a
+/// sandbox's PID 1 gets its listening socket from the host this way).
+#[derive(Debug)]
+pub enum Listener {
+    Bind(ListenAddr),
+    Listening(std::os::unix::net::UnixListener),
+}
+
 /// Binds every address first (so a bad one fails fast), then serves each one's app until
 /// SIGTERM/SIGINT.
 pub async fn serve_all(
-    apps: &[(ListenAddr, Router)],
+    apps: Vec<(Listener, Router)>,
     ready: impl FnOnce(),
 ) -> Result<(), AgentError> {
     if apps.is_empty() {
         return Err(AgentError::NoListener);
     }
     let mut servers = tokio::task::JoinSet::new();
-    for (addr, app) in apps {
+    for (listener, app) in apps {
+        let addr = match listener {
+            Listener::Bind(addr) => addr,
+            Listener::Listening(listening) => {
+                let listener =
+                    UnixListener::from_std(listening).map_err(|source| AgentError::Listen {
+                        addr: "the socket handed over".to_owned(),
+                        source,
+                    })?;
+                servers.spawn(async move { axum::serve(listener, app).await });
+                tracing::info!("agent listening on the socket handed over");
+                continue;
+            }
+        };
         let listen_err = |source| AgentError::Listen {
             addr: addr.to_string(),
             source,
         };
-        match addr {
+        match &addr {
             ListenAddr::Unix(path) => {
                 // A socket left by an earlier agent would make bind fail.
                 if path.exists() {
                     std::fs::remove_file(path).map_err(listen_err)?;
                 }
                 let listener = UnixListener::bind(path).map_err(listen_err)?;
-                let app = app.clone();
                 servers.spawn(async move { axum::serve(listener, app).await });
             }
             ListenAddr::Tcp(socket) => {
@@ -74,7 +94,6 @@ pub async fn serve_all(
                         .tap_io(|stream| {
                             let _ = stream.set_nodelay(true);
                         });
-                let app = app.clone();
                 servers.spawn(async move { axum::serve(listener, app).await });
             }
         }

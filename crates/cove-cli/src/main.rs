@@ -20,6 +20,8 @@ enum Command {
     Serve(commands::serve::Args),
     /// Manage API keys.
     Keys(commands::keys::Args),
+    /// Limit what each team's sandboxes may use together.
+    Teams(commands::teams::Args),
     /// Create, list, inspect, extend and kill sandboxes.
     #[command(alias = "sbx")]
     Sandbox(commands::sandbox::Args),
@@ -45,10 +47,12 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    logging::init();
+    // A sandbox's PID 1 logs to a file on the host that must stay bounded.
+    logging::init(matches!(&cli.command, Command::SandboxInit(args) if args.is_pid1()));
     let result = match cli.command {
         Command::Serve(args) => commands::serve::run(args),
         Command::Keys(args) => commands::keys::run(args),
+        Command::Teams(args) => commands::teams::run(args),
         Command::Sandbox(args) => commands::sandbox::run(args),
         Command::Exec(args) => commands::exec::run(args),
         Command::Shell(args) => commands::shell::run(args),

@@ -5,8 +5,7 @@
 use std::{path::Path, time::Duration};
 
 use cove_runtime::{
-    NamespaceRuntime, RunningSandbox, Runtime, SandboxSpec, namespace::init::AGENT_SOCKET_INSIDE,
-    template,
+    AgentEndpoint, AgentSettings, NamespaceRuntime, Runtime, SandboxSpec, Started, template,
 };
 use cove_sdk::AgentClient;
 
@@ -24,23 +23,30 @@ impl Fixture {
             .unwrap();
         let template = template::base(&state.path().join("templates/base")).unwrap();
         Self {
-            runtime: NamespaceRuntime::new(env!("CARGO_BIN_EXE_cove")),
+            runtime: NamespaceRuntime::new(
+                env!("CARGO_BIN_EXE_cove"),
+                state.path().join("sandboxes"),
+                cove_runtime::egress::EgressConfig::default(),
+            ),
             state,
             template,
         }
     }
 
-    fn start(&self, id: &str, slot: u32) -> (RunningSandbox, AgentClient) {
+    fn start(&self, id: &str) -> (Started, AgentClient) {
         let spec = SandboxSpec {
             id: id.to_owned(),
-            dir: self.state.path().join("sandboxes").join(id),
             template: self.template.clone(),
-            uid_base: cove_runtime::userns::base_for_slot(slot),
             hostname: id.to_owned(),
-            agent_args: vec!["--listen".into(), format!("unix:{AGENT_SOCKET_INSIDE}")],
+            agent: AgentSettings {
+                access_token: String::new(),
+                default_user: "user".into(),
+                default_workdir: "/home/user".into(),
+                env: Default::default(),
+                code_interpreter_port: None,
+            },
             network: false,
-            no_new_privs: false,
-            limits: cove_runtime::cgroup::Limits {
+            limits: cove_runtime::Limits {
                 memory_bytes: 512 << 20,
                 cpus: 1,
                 pids: 256,
@@ -49,23 +55,25 @@ impl Fixture {
         let started = std::time::Instant::now();
         let sandbox = self.runtime.create(&spec).unwrap();
         eprintln!("sandbox {id} up in {:?}", started.elapsed());
-        let client = AgentClient::unix(&sandbox.socket).unwrap();
+        let AgentEndpoint::Unix(socket) = &sandbox.agent;
+        let client = AgentClient::unix(socket).unwrap();
         (sandbox, client)
     }
 
-    fn stop(&self, id: &str, sandbox: &RunningSandbox) {
-        self.runtime.kill(sandbox).unwrap();
-        assert!(!self.runtime.is_alive(sandbox));
-        self.runtime
-            .remove(&self.state.path().join("sandboxes").join(id))
-            .unwrap();
+    fn stop(&self, id: &str, sandbox: &Started) {
+        self.runtime.kill(&sandbox.handle).unwrap();
+        assert!(matches!(
+            self.runtime.liveness(&sandbox.handle).unwrap(),
+            cove_runtime::Liveness::Ended(_)
+        ));
+        self.runtime.remove(id).unwrap();
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sandbox_runs_commands_as_its_own_users() {
     let fixture = Fixture::new();
-    let (sandbox, client) = fixture.start("alpha", 1);
+    let (sandbox, client) = fixture.start("alpha");
     let out = client
         .commands()
         .run("id; hostname; echo $HOME; ls /; cat /proc/1/cmdline | tr '\\0' ' '")

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod connect;
+pub mod envd;
 pub mod rest;
 pub mod signing;
 

@@ -306,6 +306,19 @@ impl Hierarchy {
         }
     }
 
+    /// How many of sandbox `id`'s processes the kernel killed for want of memory.
+    pub fn oom_kills(&self, id: &str) -> Result<u64, CgroupError> {
+        let path = match self {
+            Hierarchy::V2(root) => root.join(PARENT).join(id).join("memory.events"),
+            Hierarchy::V1 { memory, .. } => memory.join(PARENT).join(id).join("memory.oom_control"),
+        };
+        let raw = fs::read_to_string(&path).map_err(io_err("read", &path))?;
+        Ok(raw
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
     /// SIGKILLs whatever is still in sandbox `id`'s cgroup and removes it, waiting up to
     /// `timeout` for the processes to be gone. A cgroup that does not exist is fine.
     pub fn destroy(&self, id: &str, timeout: Duration) -> Result<(), CgroupError> {

@@ -9,7 +9,10 @@
 
 use std::{
     fs, io,
-    os::fd::{AsRawFd, OwnedFd},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::fs::{DirBuilderExt, OpenOptionsExt},
+    },
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{Arc, Condvar, Mutex},
@@ -80,6 +83,31 @@ struct LoopConfig {
     reserved: [u64; 8],
 }
 
+/// Serialises Cove's loop device allocations host-wide. "Get a free device" and "configure
+/// it" are two calls: setups racing between them all got the same device, and a burst of
+/// creates ran out of retries.
+const LOOP_LOCK: &str = "/run/cove/loop.lock";
+
+/// Holds [`LOOP_LOCK`] while alive.
+fn lock_loop_allocation() -> io::Result<fs::File> {
+    let path = Path::new(LOOP_LOCK);
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)?;
+    Ok(lock)
+}
+
 /// Attaches `image` to a free loop device and mounts its ext4 filesystem at `target`. The
 /// device is set to detach when unmounted, and to bypass the host's page cache (the
 /// sandbox's own cache is charged to its cgroup).
@@ -89,7 +117,9 @@ pub fn mount_image(image: &Path, target: &Path) -> io::Result<()> {
         .read(true)
         .write(true)
         .open("/dev/loop-control")?;
-    // Another process may take the device between "get free" and "configure": try again.
+    let allocating = lock_loop_allocation()?;
+    // Programs other than Cove may still take the device between "get free" and
+    // "configure": then try again.
     for _ in 0..16 {
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
         let number = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
@@ -127,6 +157,8 @@ pub fn mount_image(image: &Path, target: &Path) -> io::Result<()> {
             }
             return Err(err);
         }
+        // Configured: nobody else gets this device now.
+        drop(allocating);
         let mounted = rustix::mount::mount(
             &device_path,
             target,

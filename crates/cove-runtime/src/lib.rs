@@ -1,13 +1,19 @@
-//! Isolation backends for Cove sandboxes. The namespace backend builds each sandbox from
-//! Linux namespaces, an overlay root over idmapped template layers, and runs the agent as
-//! its PID 1. This is the only crate of Cove that uses `unsafe` (for syscalls without safe
-//! wrappers); each use says why it is sound.
+//! Isolation backends for Cove sandboxes, behind one trait ([`Runtime`]). The namespace
+//! backend builds each sandbox from Linux namespaces, an overlay root over idmapped template
+//! layers, and runs the agent as its PID 1. This is the only crate of Cove that uses
+//! `unsafe` (for syscalls without safe wrappers); each use says why it is sound.
+//!
+//! What the server knows of a sandbox is backend-neutral: the [`SandboxSpec`] it asks for, the
+//! opaque [`Handle`] it stores (and hands back after a restart), the [`AgentEndpoint`] it
+//! connects to, and [`Limits`] / [`Usage`]. Everything else — directories, uid ranges,
+//! processes, sockets — belongs to the backend.
 
 pub mod cgroup;
 pub mod confine;
 pub mod disk;
 pub mod egress;
 pub mod idmap;
+pub mod inherited;
 pub mod mounts;
 pub mod namespace;
 pub mod net;
@@ -15,43 +21,96 @@ pub mod network;
 pub mod process;
 pub mod seccomp;
 pub mod template;
+pub mod uid_ranges;
 pub mod userns;
 
-use std::path::{Path, PathBuf};
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 pub use crate::{
+    cgroup::{Limits, Usage},
     namespace::NamespaceRuntime,
     template::{Layer, Template},
 };
+
+/// What the agent inside a sandbox is told at start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSettings {
+    /// The token every request to the agent must carry.
+    pub access_token: String,
+    /// The user calls run as when they name none.
+    pub default_user: String,
+    /// The working directory of processes that name none.
+    pub default_workdir: PathBuf,
+    /// Environment variables of every process the agent starts.
+    pub env: BTreeMap<String, String>,
+    /// The loopback port the code interpreter listens on, if it runs.
+    pub code_interpreter_port: Option<u16>,
+}
 
 /// What to start.
 #[derive(Clone, Debug)]
 pub struct SandboxSpec {
     pub id: String,
-    /// The sandbox's own directory on the host (created if missing).
-    pub dir: PathBuf,
     pub template: Template,
-    /// Host uid/gid that is root inside; the sandbox owns the next 65536 ids.
-    pub uid_base: u32,
     pub hostname: String,
-    /// Arguments for the agent (as for `cove agent`).
-    pub agent_args: Vec<String>,
+    pub agent: AgentSettings,
     /// Egress to the internet through user-mode networking; otherwise loopback only.
     pub network: bool,
     /// Memory, CPU and process limits.
-    pub limits: cgroup::Limits,
-    /// no_new_privs for every process of the sandbox (breaks setuid programs like sudo).
-    pub no_new_privs: bool,
+    pub limits: Limits,
 }
 
-/// A started sandbox: its PID 1 on the host (with start time, against pid reuse) and the
-/// agent's socket.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunningSandbox {
+/// What a backend needs to find a sandbox again, stored by the server as it is (JSON) and
+/// handed back after a restart. Only the backend that made it reads what is inside.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handle {
     pub id: String,
-    pub pid: u32,
-    pub start_time: u64,
-    pub socket: PathBuf,
+    /// The backend that made it.
+    pub backend: String,
+    pub state: serde_json::Value,
+}
+
+/// How the server reaches a sandbox's agent. The endpoint always lies where nothing inside
+/// the sandbox can change it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentEndpoint {
+    /// A Unix socket in a directory only host root can write.
+    Unix(PathBuf),
+}
+
+/// A sandbox that runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Started {
+    pub handle: Handle,
+    pub agent: AgentEndpoint,
+}
+
+/// What a look at a sandbox found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Running,
+    /// Its processes are gone; why, when the backend can tell.
+    Ended(EndReason),
+}
+
+/// Why a sandbox ended without being killed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// Its memory limit was reached and the kernel killed its agent.
+    OutOfMemory,
+    /// Its agent (PID 1) exited or was killed from inside.
+    AgentExited,
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EndReason::OutOfMemory => "it ran out of memory and its agent was killed",
+            EndReason::AgentExited => "its agent exited",
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,25 +123,42 @@ pub enum RuntimeError {
     },
     #[error("sandbox {id} did not start: {reason}")]
     Start { id: String, reason: String },
+    #[error("every uid range is in use")]
+    NoUidRange,
+    #[error("sandbox {id} belongs to another backend ({backend})")]
+    ForeignHandle { id: String, backend: String },
+}
+
+impl RuntimeError {
+    fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        move |source| RuntimeError::Io { what, source }
+    }
 }
 
 /// An isolation backend. Calls block; async callers run them on a blocking thread.
 pub trait Runtime: Send + Sync + 'static {
+    /// The backend's name, recorded in every [`Handle`] it makes.
+    fn name(&self) -> &'static str;
     /// Starts a sandbox and returns once its agent listens.
-    fn create(&self, spec: &SandboxSpec) -> Result<RunningSandbox, RuntimeError>;
-    /// Whether the sandbox's PID 1 still runs.
-    fn is_alive(&self, sandbox: &RunningSandbox) -> bool;
+    fn create(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError>;
+    /// After a server restart: the sandbox `handle` names, if it still runs.
+    fn recover(&self, handle: &Handle) -> Result<Option<Started>, RuntimeError>;
+    /// Whether the sandbox still runs. An error means it could not be looked at, which
+    /// says nothing about whether it runs.
+    fn liveness(&self, handle: &Handle) -> Result<Liveness, RuntimeError>;
     /// Kills every process of the sandbox and waits for them to be gone.
-    fn kill(&self, sandbox: &RunningSandbox) -> Result<(), RuntimeError>;
-    /// Deletes a dead sandbox's directory (its writable layer).
-    fn remove(&self, dir: &Path) -> Result<(), RuntimeError>;
-    /// What the sandbox uses now, when the backend can tell.
-    fn usage(&self, id: &str) -> Option<cgroup::Usage>;
-    /// Kills whatever still runs of sandbox `id` without knowing its PID 1: a sandbox whose
-    /// creation was cut short (the server died mid-create).
+    fn kill(&self, handle: &Handle) -> Result<(), RuntimeError>;
+    /// Kills whatever still runs of sandbox `id` without a handle: a sandbox whose creation
+    /// was cut short (the server died mid-create).
     fn kill_leftovers(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Deletes a dead sandbox's files (its writable layer, its log).
+    fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// What the sandbox uses now.
+    fn usage(&self, handle: &Handle) -> Result<Usage, RuntimeError>;
     /// Changes a running sandbox's limits.
-    fn set_limits(&self, id: &str, limits: cgroup::Limits) -> Result<(), RuntimeError>;
+    fn set_limits(&self, handle: &Handle, limits: Limits) -> Result<(), RuntimeError>;
+    /// The sandbox's log (what its setup and agent wrote), oldest first.
+    fn log(&self, id: &str) -> Result<String, RuntimeError>;
     /// Removes what the backend set up for sandboxes in general, if none is left.
     fn shutdown(&self);
 }

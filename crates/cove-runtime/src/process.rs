@@ -5,31 +5,43 @@ use std::{io, time::Duration};
 
 use rustix::process::{Pid, PidfdFlags, Signal};
 
-/// The start time of `pid` (clock ticks since boot, field 22 of `/proc/PID/stat`).
-pub fn start_time(pid: u32) -> io::Result<u64> {
+/// What `/proc/PID/stat` says: the state letter and the start time (clock ticks since boot,
+/// field 22).
+fn stat(pid: u32) -> io::Result<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let malformed = || io::Error::new(io::ErrorKind::InvalidData, "malformed /proc stat");
     // The command name may contain spaces and parentheses; fields resume after the last ')'.
-    let after_name = stat
+    let mut fields = stat
         .rfind(')')
-        .map(|i| &stat[i + 1..])
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc stat"))?;
-    after_name
-        .split_whitespace()
-        .nth(19)
+        .map(|i| stat[i + 1..].split_whitespace())
+        .ok_or_else(malformed)?;
+    let state = fields
+        .next()
+        .and_then(|s| s.chars().next())
+        .ok_or_else(malformed)?;
+    let start_time = fields
+        .nth(18)
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc stat"))
+        .ok_or_else(malformed)?;
+    Ok((state, start_time))
 }
 
-/// Whether the process that started at `started` still runs as `pid` (zombies count as gone).
-pub fn is_alive(pid: u32, started: u64) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let zombie = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next())
-        == Some("Z");
-    !zombie && start_time(pid).is_ok_and(|t| t == started)
+/// The start time of `pid` (clock ticks since boot).
+pub fn start_time(pid: u32) -> io::Result<u64> {
+    stat(pid).map(|(_, start_time)| start_time)
+}
+
+/// Whether the process that started at `started` still runs as `pid` (a zombie has ended).
+/// An error means it could not be looked at — too many open files, say — which says
+/// nothing about whether it runs.
+pub fn is_alive(pid: u32, started: u64) -> io::Result<bool> {
+    match stat(pid) {
+        Ok((state, start_time)) => Ok(state != 'Z' && start_time == started),
+        // No such process, or it went away while we read.
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(err) if err.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+        Err(err) => Err(err),
+    }
 }
 
 /// SIGKILLs `pid` (if it is still the process that started at `started`) and waits up to
@@ -45,7 +57,7 @@ pub fn kill_and_wait(pid: u32, started: u64, timeout: Duration) -> io::Result<()
         Err(err) => return Err(err.into()),
     };
     // Checked after opening the pidfd: from here on the pid cannot be reused under us.
-    if !is_alive(pid, started) {
+    if !is_alive(pid, started)? {
         return Ok(());
     }
     rustix::process::pidfd_send_signal(&pidfd, Signal::KILL)?;
@@ -75,8 +87,9 @@ mod tests {
     fn own_process_is_alive_with_its_start_time() {
         let me = std::process::id();
         let started = start_time(me).unwrap();
-        assert!(is_alive(me, started));
-        assert!(!is_alive(me, started + 1));
+        assert!(is_alive(me, started).unwrap());
+        assert!(!is_alive(me, started + 1).unwrap());
+        assert!(!is_alive(u32::MAX >> 1, started).unwrap(), "no such pid");
     }
 
     #[test]

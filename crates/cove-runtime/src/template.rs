@@ -55,7 +55,7 @@ pub enum TemplateError {
 }
 
 /// Bumped whenever the base layer's recipe changes, so an old build is not reused.
-const BASE_VERSION: &str = "v2";
+const BASE_VERSION: &str = "v3";
 
 /// Host root entries a sandbox sees: the system directories (or their merged-usr links).
 const HOST_SYSTEM_DIRS: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
@@ -173,7 +173,6 @@ fn build_base_layers(staging: &Path, host: &Path) -> io::Result<()> {
         ("var/cache", 0o755),
         ("var/lib", 0o755),
         ("var/spool", 0o755),
-        (".cove/run", 0o700),
         ("home", 0o755),
         ("home/user", 0o755),
     ] {

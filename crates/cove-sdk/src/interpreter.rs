@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 
 /// The code interpreter's port inside every sandbox.
-pub const CODE_INTERPRETER_PORT: u16 = 49999;
+pub const CODE_INTERPRETER_PORT: u16 = cove_proto::envd::CODE_INTERPRETER_PORT;
 
 /// How long an execution may take when the caller sets no timeout (as the E2B SDKs).
 pub const DEFAULT_EXECUTION_TIMEOUT: Duration = Duration::from_secs(300);

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// The agent's port inside every sandbox.
-pub const AGENT_PORT: u16 = 49983;
+pub const AGENT_PORT: u16 = cove_proto::envd::PORT;
 
 /// What to create.
 #[derive(Clone, Debug, Default)]

@@ -1,9 +1,13 @@
-//! Talking to a sandbox's agent over its Unix socket: connections for the proxy, and the
-//! few calls the server makes itself (`/init` when a sandbox is handed out, `/metrics`).
-
-use std::path::Path;
+//! Talking to a sandbox's agent at the endpoint its runtime gave: connections for the proxy,
+//! and the few calls the server makes itself (`/init` when a sandbox is handed out,
+//! `/metrics`).
+//!
+//! The endpoint lies where nothing inside a sandbox can change it (see the runtime), and the
+//! server checks whom it reached: the socket must have been made by the server's own user
+//! (host root), as every sandbox's is, so a socket put there by anyone else is refused.
 
 use axum::body::Body;
+use cove_runtime::AgentEndpoint;
 use http::{StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::client::conn::http1::SendRequest;
@@ -15,6 +19,8 @@ use tokio::net::UnixStream;
 pub enum LinkError {
     #[error("cannot connect to the agent")]
     Connect(#[source] std::io::Error),
+    #[error("the agent's socket was made by uid {0}, not by the server's user; refusing it")]
+    Impostor(u32),
     #[error("HTTP exchange with the agent failed")]
     Http(#[from] hyper::Error),
     #[error("the agent answered {0}")]
@@ -23,11 +29,18 @@ pub enum LinkError {
     Body(String),
 }
 
-/// An HTTP/1.1 connection to the agent listening on `socket` (upgrades allowed).
-pub async fn connect(socket: &Path) -> Result<SendRequest<Body>, LinkError> {
+/// An HTTP/1.1 connection to the agent at `endpoint` (upgrades allowed).
+pub async fn connect(endpoint: &AgentEndpoint) -> Result<SendRequest<Body>, LinkError> {
+    let AgentEndpoint::Unix(socket) = endpoint;
     let stream = UnixStream::connect(socket)
         .await
         .map_err(LinkError::Connect)?;
+    // The credentials of whoever made the listening socket: the runtime, as this server's
+    // own user.
+    let peer = stream.peer_cred().map_err(LinkError::Connect)?;
+    if peer.uid() != rustix::process::geteuid().as_raw() {
+        return Err(LinkError::Impostor(peer.uid()));
+    }
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         if let Err(err) = connection.with_upgrades().await {
@@ -37,8 +50,11 @@ pub async fn connect(socket: &Path) -> Result<SendRequest<Body>, LinkError> {
     Ok(sender)
 }
 
-async fn call(socket: &Path, request: http::Request<Body>) -> Result<bytes::Bytes, LinkError> {
-    let mut sender = connect(socket).await?;
+async fn call(
+    endpoint: &AgentEndpoint,
+    request: http::Request<Body>,
+) -> Result<bytes::Bytes, LinkError> {
+    let mut sender = connect(endpoint).await?;
     let response = sender.send_request(request).await?;
     let status = response.status();
     let body = response
@@ -75,12 +91,12 @@ fn request(
 
 /// `GET path` with the sandbox's token, answer decoded from JSON.
 pub async fn get_json<T: DeserializeOwned>(
-    socket: &Path,
+    endpoint: &AgentEndpoint,
     path: &str,
     token: Option<&str>,
 ) -> Result<T, LinkError> {
     let body = call(
-        socket,
+        endpoint,
         request(http::Method::GET, path, token, Body::empty())?,
     )
     .await?;
@@ -89,14 +105,14 @@ pub async fn get_json<T: DeserializeOwned>(
 
 /// `POST path` with a JSON body.
 pub async fn post_json<T: Serialize>(
-    socket: &Path,
+    endpoint: &AgentEndpoint,
     path: &str,
     token: Option<&str>,
     body: &T,
 ) -> Result<(), LinkError> {
     let body = serde_json::to_vec(body).map_err(|e| LinkError::Body(e.to_string()))?;
     call(
-        socket,
+        endpoint,
         request(http::Method::POST, path, token, Body::from(body))?,
     )
     .await

@@ -20,7 +20,7 @@ use axum::Router;
 use cove_runtime::{NamespaceRuntime, Runtime};
 
 use crate::{
-    lifecycle::{Lifecycle, LifecycleConfig, Templates},
+    lifecycle::{AdmissionConfig, HostCaps, Lifecycle, LifecycleConfig, Templates},
     store::Store,
 };
 
@@ -43,14 +43,25 @@ pub struct ServerConfig {
     /// Kill every sandbox on SIGTERM/SIGINT instead of leaving them running.
     pub kill_on_exit: bool,
     pub max_sandboxes: usize,
+    /// The most memory (MiB) and CPUs one sandbox may ask for; default: the host's.
+    pub max_sandbox_memory_mb: Option<u64>,
+    pub max_sandbox_cpus: Option<u32>,
+    /// Sandboxes started at once, and creates that may wait for a turn (default: from the
+    /// host's CPUs; 1024).
+    pub max_starting: Option<usize>,
+    pub max_waiting: Option<usize>,
     /// Set no_new_privs in every sandbox (setuid programs such as `sudo` stop working).
     pub no_new_privs: bool,
     /// Each sandbox's disk quota, in MiB.
     pub disk_mb: u64,
+    /// The size each sandbox's log is kept under, in KiB.
+    pub log_kb: u64,
     /// Warm sandboxes kept ready, of each kind (with and without internet access).
     pub warm: usize,
     /// The `cove` binary sandboxes are built with.
     pub exe: PathBuf,
+    /// What sandboxes with internet access may reach (`--allow-private-egress`).
+    pub egress: cove_runtime::egress::EgressConfig,
     /// Connection limits and timeouts of the HTTP front door.
     pub front: front::FrontConfig,
 }
@@ -130,11 +141,21 @@ pub enum ServerError {
 }
 
 /// Opens the state directory's database.
+/// Opens the state directory's database. The directory is host root's alone: it holds the
+/// sandboxes' tokens and the hashes of API keys.
 pub fn open_store(state_dir: &std::path::Path) -> Result<Store, ServerError> {
-    std::fs::create_dir_all(state_dir).map_err(|source| ServerError::StateDir {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let state_err = |source| ServerError::StateDir {
         path: state_dir.to_owned(),
         source,
-    })?;
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(state_err)?;
+    std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(state_err)?;
     Ok(Store::open(&db_path(state_dir))?)
 }
 
@@ -142,23 +163,16 @@ fn db_path(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("state.db")
 }
 
-/// A server ready to serve: state opened, keys registered, sandboxes re-adopted, bound.
-pub struct Server {
-    state: AppState,
-    listener: tokio::net::TcpListener,
-    front: front::Front,
-    kill_on_exit: bool,
-    shutdown: ShutdownSignal,
-    /// A key created because the store had none; shown once to whoever started the server.
-    pub created_key: Option<String>,
-}
-
-impl Server {
-    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
-        // First of all: a SIGTERM that arrives while sandboxes are being adopted or warmed
-        // must stop the server cleanly, not kill it with them half set up.
-        let shutdown = ShutdownSignal::install().map_err(ServerError::Signals)?;
-        let front = front::Front::prepare(&config.front);
+impl AppState {
+    /// Opens the state directory and builds what handlers share over `runtime`: keys
+    /// registered (one created when there are none, returned to be shown once), templates
+    /// loaded, sandboxes a previous server left re-adopted. Tests call [`router`] on it
+    /// without a socket.
+    pub async fn open(
+        config: &ServerConfig,
+        runtime: Arc<dyn Runtime>,
+        domain: String,
+    ) -> Result<(Self, Option<String>), ServerError> {
         let store = Arc::new(open_store(&config.state_dir)?);
         for key in &config.api_keys {
             store.add_key(DEFAULT_TEAM, "from --api-key", key)?;
@@ -170,26 +184,84 @@ impl Server {
         };
         let keys = keyring::KeyRing::open(&db_path(&config.state_dir))?;
         let templates = Templates::load(&config.state_dir.join("templates"))?;
-        let runtime = NamespaceRuntime::new(&config.exe)
-            .with_disk_quota(config.state_dir.join("disk-pool"), config.disk_mb << 20)
-            .map_err(|source| ServerError::StateDir {
-                path: config.state_dir.join("disk-pool"),
-                source,
-            })?;
-        let runtime: Arc<dyn Runtime> = Arc::new(runtime);
+        let host = HostCaps::of_this_host();
+        let caps = HostCaps {
+            memory_mb: config.max_sandbox_memory_mb.unwrap_or(host.memory_mb),
+            cpus: config.max_sandbox_cpus.unwrap_or(host.cpus),
+        };
+        let mut admission = AdmissionConfig::for_this_host(config.max_sandboxes);
+        admission.max_starting = config.max_starting.unwrap_or(admission.max_starting);
+        admission.max_waiting = config.max_waiting.unwrap_or(admission.max_waiting);
         let lifecycle = Arc::new(Lifecycle::new(
             runtime,
             store.clone(),
             templates,
             LifecycleConfig {
-                state_dir: config.state_dir.clone(),
-                max_sandboxes: config.max_sandboxes,
-                no_new_privs: config.no_new_privs,
                 disk_mb: config.disk_mb,
                 warm: config.warm,
+                caps,
+                admission,
             },
         ));
         let adopted = lifecycle.adopt().await?;
+        tracing::info!(adopted, state_dir = %config.state_dir.display(), "state opened");
+        Ok((
+            AppState(Arc::new(Inner {
+                store,
+                keys,
+                lifecycle,
+                domain,
+            })),
+            created_key,
+        ))
+    }
+}
+
+/// The namespace backend as `config` sets it up.
+fn namespace_runtime(config: &ServerConfig) -> Result<Arc<dyn Runtime>, ServerError> {
+    let runtime = NamespaceRuntime::new(
+        &config.exe,
+        lifecycle::sandboxes_dir(&config.state_dir),
+        config.egress.clone(),
+    )
+    .with_no_new_privs(config.no_new_privs)
+    .with_log_cap(config.log_kb << 10)
+    .with_disk_quota(config.state_dir.join("disk-pool"), config.disk_mb << 20)
+    .map_err(|source| ServerError::StateDir {
+        path: config.state_dir.join("disk-pool"),
+        source,
+    })?;
+    Ok(Arc::new(runtime))
+}
+
+/// A server ready to serve: bound, state opened, keys registered, sandboxes re-adopted.
+pub struct Server {
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    front: front::Front,
+    kill_on_exit: bool,
+    shutdown: ShutdownSignal,
+    /// A key created because the store had none; shown once to whoever started the server.
+    pub created_key: Option<String>,
+}
+
+impl Server {
+    /// A server on the namespace backend.
+    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        // First of all: a SIGTERM that arrives while sandboxes are being adopted or warmed
+        // must stop the server cleanly, not kill it with them half set up.
+        let shutdown = ShutdownSignal::install().map_err(ServerError::Signals)?;
+        let front = front::Front::prepare(&config.front);
+        let runtime = namespace_runtime(&config)?;
+        Self::bind_with(config, runtime, front, shutdown).await
+    }
+
+    async fn bind_with(
+        config: ServerConfig,
+        runtime: Arc<dyn Runtime>,
+        front: front::Front,
+        shutdown: ShutdownSignal,
+    ) -> Result<Self, ServerError> {
         let listener = front::listen(config.listen).map_err(|source| ServerError::Listen {
             addr: config.listen,
             source,
@@ -204,14 +276,10 @@ impl Server {
             .domain
             .clone()
             .unwrap_or_else(|| format!("localhost:{}", addr.port()));
-        tracing::info!(%addr, %domain, adopted, state_dir = %config.state_dir.display(), "cove serve ready");
+        let (state, created_key) = AppState::open(&config, runtime, domain).await?;
+        tracing::info!(%addr, domain = %state.domain(), "cove serve ready");
         Ok(Self {
-            state: AppState(Arc::new(Inner {
-                store,
-                keys,
-                lifecycle,
-                domain,
-            })),
+            state,
             listener,
             front,
             kill_on_exit: config.kill_on_exit,

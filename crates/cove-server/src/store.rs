@@ -22,6 +22,12 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at  INTEGER NOT NULL,
     revoked_at  INTEGER
 );
+CREATE TABLE IF NOT EXISTS teams (
+    name           TEXT PRIMARY KEY,
+    max_sandboxes  INTEGER,
+    max_memory_mb  INTEGER,
+    max_cpus       INTEGER
+);
 CREATE TABLE IF NOT EXISTS sandboxes (
     id          TEXT PRIMARY KEY,
     team        TEXT NOT NULL,
@@ -57,6 +63,14 @@ pub struct KeyInfo {
     pub revoked: bool,
 }
 
+/// What a team's sandboxes may use together at once; `None` is no limit of that kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TeamLimits {
+    pub max_sandboxes: Option<u32>,
+    pub max_memory_mb: Option<u64>,
+    pub max_cpus: Option<u32>,
+}
+
 /// Everything the server remembers about a sandbox.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxRecord {
@@ -77,12 +91,9 @@ pub struct SandboxRecord {
     pub memory_mb: u64,
     pub disk_mb: u64,
     pub allow_internet_access: bool,
-    /// Which uid range the sandbox owns.
-    pub slot: u32,
-    pub dir: PathBuf,
-    /// Host pid and start time of its PID 1 (none while it is being created).
-    pub pid: Option<u32>,
-    pub pid_start_time: Option<u64>,
+    /// What the runtime needs to find the sandbox again (none while it is being created).
+    #[serde(default)]
+    pub handle: Option<cove_runtime::Handle>,
 }
 
 /// The state database.
@@ -214,6 +225,47 @@ impl Store {
             .query_row("PRAGMA data_version", [], |r| r.get(0))?)
     }
 
+    /// What `team` may use (no limits unless some were set).
+    pub fn team_limits(&self, team: &str) -> Result<TeamLimits> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT max_sandboxes, max_memory_mb, max_cpus FROM teams WHERE name = ?1",
+                params![team],
+                team_limits,
+            )
+            .optional()?
+            .unwrap_or_default())
+    }
+
+    /// Sets what `team` may use (replacing what was set before).
+    pub fn set_team_limits(&self, team: &str, limits: TeamLimits) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO teams (name, max_sandboxes, max_memory_mb, max_cpus) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                team,
+                limits.max_sandboxes,
+                limits.max_memory_mb.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+                limits.max_cpus
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every team that has keys or limits, with its limits, by name.
+    pub fn teams(&self) -> Result<Vec<(String, TeamLimits)>> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT names.name, t.max_sandboxes, t.max_memory_mb, t.max_cpus
+             FROM (SELECT team AS name FROM api_keys UNION SELECT name FROM teams) AS names
+             LEFT JOIN teams AS t ON t.name = names.name ORDER BY names.name",
+        )?;
+        let teams = statement
+            .query_map([], |row| Ok((row.get(0)?, team_limits_at(row, 1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(teams)
+    }
+
     /// Inserts or replaces a sandbox's record.
     pub fn put_sandbox(&self, record: &SandboxRecord) -> Result<()> {
         self.conn().execute(
@@ -240,6 +292,20 @@ impl Store {
             .map(|json| serde_json::from_str(json))
             .collect::<serde_json::Result<Vec<_>>>()?)
     }
+}
+
+fn team_limits(row: &rusqlite::Row<'_>) -> rusqlite::Result<TeamLimits> {
+    team_limits_at(row, 0)
+}
+
+fn team_limits_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<TeamLimits> {
+    Ok(TeamLimits {
+        max_sandboxes: row.get(first)?,
+        max_memory_mb: row
+            .get::<_, Option<i64>>(first + 1)?
+            .map(|m| u64::try_from(m).unwrap_or(0)),
+        max_cpus: row.get(first + 2)?,
+    })
 }
 
 fn key_info(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyInfo> {
@@ -273,10 +339,11 @@ mod tests {
             memory_mb: 512,
             disk_mb: 1024,
             allow_internet_access: true,
-            slot: 3,
-            dir: "/tmp/x".into(),
-            pid: Some(42),
-            pid_start_time: Some(7),
+            handle: Some(cove_runtime::Handle {
+                id: id.into(),
+                backend: "namespace".into(),
+                state: serde_json::json!({"pid": 42}),
+            }),
         }
     }
 
@@ -306,6 +373,28 @@ mod tests {
         assert!(!store.revoke_key(&info.id).unwrap());
         assert_eq!(store.team_for_key(&secret).unwrap(), None);
         assert!(store.list_keys().unwrap()[0].revoked);
+    }
+
+    #[test]
+    fn team_limits_are_kept_per_team() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        store.create_key("with-key", "k").unwrap();
+        assert_eq!(store.team_limits("a").unwrap(), TeamLimits::default());
+        let limits = TeamLimits {
+            max_sandboxes: Some(3),
+            max_memory_mb: None,
+            max_cpus: Some(4),
+        };
+        store.set_team_limits("a", limits).unwrap();
+        assert_eq!(store.team_limits("a").unwrap(), limits);
+        assert_eq!(
+            store.teams().unwrap(),
+            vec![
+                ("a".to_owned(), limits),
+                ("with-key".to_owned(), TeamLimits::default())
+            ]
+        );
     }
 
     #[test]

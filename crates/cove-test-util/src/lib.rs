@@ -1,12 +1,15 @@
-//! Test support: start real Cove processes on free ports and wait for things with deadlines.
+//! Test support: start real Cove processes on free ports and wait for things with deadlines;
+//! a fake runtime for unit tests of the server's own logic.
 #![forbid(unsafe_code)]
 
 mod agent;
+mod fake_runtime;
 mod server;
 mod wait;
 
 pub use crate::{
     agent::{AgentOptions, TestAgent},
+    fake_runtime::{FakeRuntime, FakeSandbox},
     server::{TestServer, built_cove},
     wait::{free_port, wait_until},
 };

@@ -35,14 +35,6 @@ fn parse_env(raw: &str) -> Result<(String, String), String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
-    run_with_readiness(args, || {})
-}
-
-/// Runs the agent and calls `ready` once it listens (a sandbox's PID 1 reports it).
-pub fn run_with_readiness(
-    args: Args,
-    ready: impl FnOnce(),
-) -> anyhow::Result<std::process::ExitCode> {
     let config = AgentConfig {
         listen: args.listen,
         access_token: args.access_token.filter(|t| !t.is_empty()),
@@ -52,13 +44,23 @@ pub fn run_with_readiness(
         code_interpreter: args.code_interpreter,
         ..AgentConfig::default()
     };
+    serve(config, Vec::new(), || {})
+}
+
+/// Runs the agent on `config` and on sockets already `listening`, and calls `ready` once it
+/// listens (a sandbox's PID 1 reports it).
+pub fn serve(
+    config: AgentConfig,
+    listening: Vec<std::os::unix::net::UnixListener>,
+    ready: impl FnOnce(),
+) -> anyhow::Result<std::process::ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime
-        .block_on(cove_agent::run_with_readiness(config, ready))
+        .block_on(cove_agent::serve(config, listening, ready))
         .context("the agent failed")?;
     Ok(std::process::ExitCode::SUCCESS)
 }

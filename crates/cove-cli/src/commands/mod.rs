@@ -11,4 +11,5 @@ pub mod sandbox;
 pub mod sandbox_init;
 pub mod serve;
 pub mod shell;
+pub mod teams;
 pub mod template;

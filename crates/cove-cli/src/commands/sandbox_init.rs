@@ -2,8 +2,8 @@
 //! The last stage becomes the sandbox's PID 1 and runs the agent.
 
 use anyhow::Context;
-use clap::Parser;
-use cove_runtime::namespace::init;
+use cove_agent::AgentConfig;
+use cove_runtime::{AgentSettings, namespace::init};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -18,11 +18,11 @@ pub struct Args {
     network: Option<Vec<String>>,
 }
 
-/// `cove agent`'s arguments, parsed from the spec's `agent_args`.
-#[derive(Debug, Parser)]
-struct AgentArgs {
-    #[command(flatten)]
-    agent: super::agent::Args,
+impl Args {
+    /// Whether this process is to be a sandbox's PID 1.
+    pub fn is_pid1(&self) -> bool {
+        self.pid1
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
@@ -67,13 +67,30 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
 
 fn pid1() -> anyhow::Result<()> {
     let spec = init::read_spec()?;
+    // Taken first, before anything could open a descriptor at its number.
+    let listener = cove_runtime::inherited::agent_listener()
+        .context("cannot take the agent's listening socket")?;
+    crate::logging::cap_agent_log(spec.log_cap);
     init::enter_sandbox(&spec)?;
-    let argv = std::iter::once("agent".to_owned()).chain(spec.agent_args.iter().cloned());
-    let agent = AgentArgs::try_parse_from(argv).context("invalid agent arguments")?;
-    super::agent::run_with_readiness(agent.agent, || {
+    super::agent::serve(agent_config(spec.agent), vec![listener], || {
         if let Err(err) = init::report_ready() {
             tracing::error!(?err, "cannot report readiness");
         }
     })?;
     Ok(())
+}
+
+/// The agent's configuration from what the runtime tells it.
+fn agent_config(settings: AgentSettings) -> AgentConfig {
+    AgentConfig {
+        listen: Vec::new(),
+        access_token: Some(settings.access_token).filter(|t| !t.is_empty()),
+        default_user: settings.default_user,
+        default_workdir: Some(settings.default_workdir),
+        env: settings.env,
+        code_interpreter: settings
+            .code_interpreter_port
+            .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+        ..AgentConfig::default()
+    }
 }

@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 
 use anyhow::Context;
+use cove_runtime::egress::{Cidr, EgressConfig, Rules, RulesError};
 use cove_server::{
     Server, ServerConfig,
     front::{FrontConfig, Timeouts},
@@ -32,9 +33,26 @@ pub struct Args {
     /// Most sandboxes this server runs at once.
     #[arg(long, env = "COVE_MAX_SANDBOXES", default_value_t = 1000)]
     max_sandboxes: usize,
+    /// The most memory one sandbox may ask for, in MiB (default: the host's memory).
+    #[arg(long, env = "COVE_MAX_SANDBOX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(64..))]
+    max_sandbox_memory_mb: Option<u64>,
+    /// The most CPUs one sandbox may ask for (default: the host's CPUs).
+    #[arg(long, env = "COVE_MAX_SANDBOX_CPUS", value_parser = clap::value_parser!(u32).range(1..))]
+    max_sandbox_cpus: Option<u32>,
+    /// Sandboxes started at once; more creates wait for a turn (default: twice the host's
+    /// CPUs, at least 4).
+    #[arg(long, env = "COVE_MAX_STARTING", value_parser = clap::value_parser!(u32).range(1..))]
+    max_starting: Option<u32>,
+    /// Creates that may wait for a turn; more are answered 503 with Retry-After.
+    #[arg(long, env = "COVE_MAX_WAITING_CREATES")]
+    max_waiting_creates: Option<u32>,
     /// Each sandbox's disk quota (its writable layer), in MiB.
     #[arg(long, env = "COVE_SANDBOX_DISK_MB", default_value_t = 4096)]
     sandbox_disk_mb: u64,
+    /// The size each sandbox's log (what its agent writes) is kept under, in KiB: past it,
+    /// the older half is dropped.
+    #[arg(long, env = "COVE_SANDBOX_LOG_KB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(16..))]
+    sandbox_log_kb: u64,
     /// Set no_new_privs in every sandbox: nothing gains privileges on exec, so setuid
     /// programs such as `sudo` stop working (run commands as `root` directly instead).
     #[arg(long, env = "COVE_NO_NEW_PRIVILEGES")]
@@ -43,8 +61,30 @@ pub struct Args {
     /// access): a create that finds one takes a few milliseconds less. 0 turns this off.
     #[arg(long, env = "COVE_WARM_POOL", default_value_t = 2)]
     warm_pool: usize,
+    /// Opens a private address range (CIDR, e.g. 10.20.0.0/16) to sandboxes with internet
+    /// access; repeatable. Private ranges (RFC 1918, CGNAT 100.64/10, link-local, IPv6
+    /// unique local) are closed by default. Loopback and the host's own addresses can never
+    /// be opened: they stay refused whatever is given here.
+    #[arg(
+        long = "allow-private-egress",
+        env = "COVE_ALLOW_PRIVATE_EGRESS",
+        value_name = "CIDR",
+        value_delimiter = ',',
+        value_parser = openable_range
+    )]
+    allow_private_egress: Vec<Option<Cidr>>,
     #[command(flatten)]
     front: FrontArgs,
+}
+
+/// A range `--allow-private-egress` may open (none for an empty value: an empty variable).
+fn openable_range(text: &str) -> Result<Option<Cidr>, String> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let cidr: Cidr = text.parse().map_err(|e: RulesError| e.to_string())?;
+    Rules::new(&[cidr]).map_err(|e| e.to_string())?;
+    Ok(Some(cidr))
 }
 
 /// Connection limits and timeouts (docs/SECURITY.md, "Overload").
@@ -107,6 +147,76 @@ fn duration(raw: &str) -> Result<Duration, String> {
     Ok(parsed)
 }
 
+/// `--state-dir`, shared by the commands that use the server's state.
+#[derive(Debug, clap::Args)]
+pub struct StateDir {
+    /// Where state lives: the SQLite database, templates, sandboxes' writable layers.
+    #[arg(long = "state-dir", env = "COVE_STATE_DIR", global = true)]
+    path: Option<PathBuf>,
+}
+
+impl StateDir {
+    /// The given directory, else `$XDG_DATA_HOME/cove`, else `~/.local/share/cove`.
+    pub fn resolve(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = &self.path {
+            return Ok(path.clone());
+        }
+        if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+            return Ok(PathBuf::from(data).join("cove"));
+        }
+        let home = std::env::var_os("HOME").context("no --state-dir given and $HOME is not set")?;
+        Ok(PathBuf::from(home).join(".local/share/cove"))
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    let config = ServerConfig {
+        listen: args.listen,
+        state_dir: args.state.resolve()?,
+        domain: args.domain,
+        api_keys: args
+            .api_keys
+            .into_iter()
+            .filter(|k| !k.is_empty())
+            .collect(),
+        kill_on_exit: args.kill_on_exit,
+        max_sandboxes: args.max_sandboxes,
+        max_sandbox_memory_mb: args.max_sandbox_memory_mb,
+        max_sandbox_cpus: args.max_sandbox_cpus,
+        max_starting: args.max_starting.map(|n| n as usize),
+        max_waiting: args.max_waiting_creates.map(|n| n as usize),
+        no_new_privs: args.no_new_privileges,
+        disk_mb: args.sandbox_disk_mb,
+        log_kb: args.sandbox_log_kb,
+        warm: args.warm_pool,
+        exe: std::env::current_exe().context("cannot find the cove binary")?,
+        egress: EgressConfig {
+            allow_private: args.allow_private_egress.into_iter().flatten().collect(),
+        },
+        front: args.front.config(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let server = Server::bind(config)
+            .await
+            .context("cannot start the server")?;
+        let addr = server
+            .local_addr()
+            .context("cannot read the listen address")?;
+        if let Some(key) = &server.created_key {
+            println!("Created the first API key (shown only now; `cove keys create` makes more):");
+            println!("  E2B_API_KEY={key}");
+        }
+        println!("Cove listening on http://{addr}");
+        println!("  export E2B_API_URL=http://{addr} E2B_SANDBOX_URL=http://{addr}");
+        server.run().await.context("the server failed")
+    })?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -143,66 +253,4 @@ mod tests {
             .config();
         assert_eq!(parsed.timeouts.header_read, Duration::from_millis(1500));
     }
-}
-
-/// `--state-dir`, shared by the commands that use the server's state.
-#[derive(Debug, clap::Args)]
-pub struct StateDir {
-    /// Where state lives: the SQLite database, templates, sandboxes' writable layers.
-    #[arg(long = "state-dir", env = "COVE_STATE_DIR", global = true)]
-    path: Option<PathBuf>,
-}
-
-impl StateDir {
-    /// The given directory, else `$XDG_DATA_HOME/cove`, else `~/.local/share/cove`.
-    pub fn resolve(&self) -> anyhow::Result<PathBuf> {
-        if let Some(path) = &self.path {
-            return Ok(path.clone());
-        }
-        if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-            return Ok(PathBuf::from(data).join("cove"));
-        }
-        let home = std::env::var_os("HOME").context("no --state-dir given and $HOME is not set")?;
-        Ok(PathBuf::from(home).join(".local/share/cove"))
-    }
-}
-
-pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
-    let config = ServerConfig {
-        listen: args.listen,
-        state_dir: args.state.resolve()?,
-        domain: args.domain,
-        api_keys: args
-            .api_keys
-            .into_iter()
-            .filter(|k| !k.is_empty())
-            .collect(),
-        kill_on_exit: args.kill_on_exit,
-        max_sandboxes: args.max_sandboxes,
-        no_new_privs: args.no_new_privileges,
-        disk_mb: args.sandbox_disk_mb,
-        warm: args.warm_pool,
-        front: args.front.config(),
-        exe: std::env::current_exe().context("cannot find the cove binary")?,
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let server = Server::bind(config)
-            .await
-            .context("cannot start the server")?;
-        let addr = server
-            .local_addr()
-            .context("cannot read the listen address")?;
-        if let Some(key) = &server.created_key {
-            println!("Created the first API key (shown only now; `cove keys create` makes more):");
-            println!("  E2B_API_KEY={key}");
-        }
-        println!("Cove listening on http://{addr}");
-        println!("  export E2B_API_URL=http://{addr} E2B_SANDBOX_URL=http://{addr}");
-        server.run().await.context("the server failed")
-    })?;
-    Ok(std::process::ExitCode::SUCCESS)
 }

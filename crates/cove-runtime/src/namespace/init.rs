@@ -9,6 +9,10 @@
 //!
 //! A third, **hold-userns**, only creates the user namespace so that setup can map its ids
 //! and use it for idmapped mounts before anything runs inside it.
+//!
+//! Setup takes the lease on the sandbox's uid range and makes the agent's listening socket;
+//! PID 1 gets both as descriptors ([`crate::inherited`]) and holds them for the sandbox's
+//! life. No host path is shared with the sandbox.
 
 use std::{
     fs,
@@ -27,7 +31,10 @@ use std::{
 use rustix::thread::UnshareFlags;
 use serde::{Deserialize, Serialize};
 
-use crate::{confine, disk, idmap, mounts, net, seccomp, template::Template, userns};
+use crate::{
+    AgentSettings, confine, disk, idmap, inherited, mounts, net, seccomp, template::Template,
+    uid_ranges, userns,
+};
 
 /// The hidden `cove` subcommand the stages run as.
 pub const SUBCOMMAND: &str = "__sandbox-init";
@@ -45,29 +52,53 @@ pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InitSpec {
     pub id: String,
-    /// The sandbox's directory on the host (writable layers, socket, log).
+    /// The sandbox's directory on the host (disk image, socket, log): only host root may
+    /// write it, and nothing of it is shown inside the sandbox.
     pub dir: PathBuf,
     pub template: Template,
-    /// Host uid/gid that is root inside.
-    pub uid_base: u32,
+    /// The uid range the sandbox runs as (see [`userns::base_for_slot`]).
+    pub slot: u32,
+    /// Where the range's lease is taken ([`uid_ranges::LEASE_DIR`]).
+    pub lease_dir: PathBuf,
     pub hostname: String,
-    /// Arguments for the agent PID 1 runs (`cove agent …` without `agent`).
-    pub agent_args: Vec<String>,
+    /// What the agent PID 1 runs is told.
+    pub agent: AgentSettings,
     /// The cgroup hierarchy the sandbox's cgroup (named after its id) lives in.
     pub cgroups: Option<crate::cgroup::Hierarchy>,
     /// Set no_new_privs for every process of the sandbox (setuid programs like sudo stop
     /// working).
     #[serde(default)]
     pub no_new_privs: bool,
+    /// The size the agent keeps its log under, in bytes.
+    #[serde(default = "default_log_cap")]
+    pub log_cap: u64,
+}
+
+/// The size a sandbox's agent keeps its log under unless told otherwise.
+pub const DEFAULT_LOG_CAP: u64 = 4 << 20;
+
+fn default_log_cap() -> u64 {
+    DEFAULT_LOG_CAP
 }
 
 /// What setup reports on stdout when the sandbox's agent is up.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Report {
-    Started { pid: u32 },
-    Failed { error: String },
+    Started {
+        pid: u32,
+    },
+    /// Another server's sandbox holds the uid range: nothing was started.
+    SlotTaken,
+    Failed {
+        error: String,
+    },
 }
+
+/// Open files each process of a sandbox may have (soft and hard limit; lower where the
+/// server's own hard limit is lower). Set explicitly so a sandbox never inherits the limit
+/// the server raises for itself.
+const NOFILE_LIMIT: u64 = 65536;
 
 /// The sandbox's root filesystem, relative to its directory.
 const ROOTFS: &str = "rootfs";
@@ -104,21 +135,15 @@ impl SandboxDirs {
     fn lower(&self, n: usize) -> PathBuf {
         self.root.join("lower").join(n.to_string())
     }
-    /// Shared with the sandbox as `/.cove/run`: the agent's socket lives here.
-    pub fn run(&self) -> PathBuf {
-        self.root.join("run")
-    }
+    /// The agent's listening socket, made by setup and handed to PID 1 by descriptor.
     pub fn socket(&self) -> PathBuf {
-        self.run().join("agent.sock")
+        self.root.join("agent.sock")
     }
-    /// The agent's log (stderr of the sandbox's PID 1).
+    /// The sandbox's log: what setup and the agent (PID 1's stderr) write.
     pub fn log(&self) -> PathBuf {
         self.root.join("sandbox.log")
     }
 }
-
-/// Path of the agent's socket as the agent sees it.
-pub const AGENT_SOCKET_INSIDE: &str = "/.cove/run/agent.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -168,6 +193,8 @@ pub fn hold_userns() -> Result<(), InitError> {
 pub fn setup(exe: &Path) -> Result<Report, InitError> {
     let spec = read_spec()?;
     let dirs = SandboxDirs::new(&spec.dir);
+    // What setup creates (the agent's socket) is for host root only, from its first moment.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 
     // Everything started from here on is limited and accounted as the sandbox.
     if let Some(cgroups) = &spec.cgroups {
@@ -184,19 +211,36 @@ pub fn setup(exe: &Path) -> Result<Report, InitError> {
     if let Err(err) = fs::write("/proc/self/oom_score_adj", "-1000") {
         tracing::debug!(%err, "cannot lower the agent's OOM score; children still rank above it");
     }
+    let Some(lease) = uid_ranges::Lease::take(&spec.lease_dir, spec.slot)
+        .map_err(step(|| format!("cannot lease uid range {}", spec.slot)))?
+    else {
+        return Ok(Report::SlotTaken);
+    };
+    // Raising a hard limit needs CAP_SYS_RESOURCE, which some hosts withhold from root.
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .map_or(NOFILE_LIMIT, |hard| hard.min(NOFILE_LIMIT));
+    let nofile = rustix::process::Rlimit {
+        current: Some(hard),
+        maximum: Some(hard),
+    };
+    rustix::process::setrlimit(rustix::process::Resource::Nofile, nofile).map_err(|e| {
+        InitError::Step {
+            step: "cannot set the sandbox's open-file limit".into(),
+            source: e.into(),
+        }
+    })?;
+    let listener = listen(&dirs.socket())?;
 
     unshare(UnshareFlags::NEWNS).map_err(step(|| "cannot create a mount namespace".into()))?;
     mounts::make_private().map_err(step(|| "cannot make mounts private".into()))?;
 
-    let (holder, userns) = create_userns(exe, spec.uid_base)?;
+    let uid_base = userns::base_for_slot(spec.slot);
+    let (holder, userns) = create_userns(exe, uid_base)?;
+    // From the sandbox's user namespace on, host paths are not searchable (the state
+    // directory is host root's alone). The working directory, the sandbox's own directory
+    // entered by build_rootfs, survives the switch, so the later steps reach it relative to it.
     build_rootfs(&spec, &dirs, userns.as_fd())?;
-    // From the sandbox's user namespace on, host paths may not be searchable (a state
-    // directory below a 0700 directory). The working directory survives the switch, so the
-    // later steps reach the sandbox's directory relative to it.
-    rustix::process::chdir(&dirs.root).map_err(|e| InitError::Step {
-        step: format!("cannot enter {}", dirs.root.display()),
-        source: e.into(),
-    })?;
 
     userns::enter_as_root(userns.as_fd()).map_err(step(|| {
         "cannot become root of the sandbox's user namespace".into()
@@ -212,7 +256,25 @@ pub fn setup(exe: &Path) -> Result<Report, InitError> {
         | UnshareFlags::NEWCGROUP;
     unshare(flags).map_err(step(|| "cannot create the sandbox's namespaces".into()))?;
 
-    start_pid1(&spec)
+    start_pid1(
+        &spec,
+        vec![
+            (OwnedFd::from(listener), inherited::AGENT_LISTENER),
+            (lease.into_fd(), inherited::UID_LEASE),
+        ],
+    )
+}
+
+/// The agent's listening socket at `path` (replacing one a previous start of the same
+/// sandbox left).
+fn listen(path: &Path) -> Result<std::os::unix::net::UnixListener, InitError> {
+    let what = || format!("cannot listen on {}", path.display());
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(step(what)(err)),
+    }
+    std::os::unix::net::UnixListener::bind(path).map_err(step(what))
 }
 
 /// `unshare(2)` of namespaces only.
@@ -278,7 +340,7 @@ fn build_rootfs(
     dirs: &SandboxDirs,
     userns: std::os::fd::BorrowedFd<'_>,
 ) -> Result<(), InitError> {
-    let base = spec.uid_base;
+    let base = userns::base_for_slot(spec.slot);
     let mkdir = |path: &Path, mode: u32, owner: Option<u32>| -> Result<(), InitError> {
         let what = || format!("cannot create {}", path.display());
         fs::DirBuilder::new()
@@ -292,9 +354,14 @@ fn build_rootfs(
         }
         Ok(())
     };
+    // The overlays are given paths relative to the sandbox's directory, so that its
+    // `/proc/self/mountinfo` (which shows them) tells nothing of the host's directories.
+    rustix::process::chdir(&dirs.root).map_err(|e| InitError::Step {
+        step: format!("cannot enter {}", dirs.root.display()),
+        source: e.into(),
+    })?;
     let rootfs = dirs.rootfs();
     mkdir(&rootfs, 0o755, None)?;
-    mkdir(&dirs.run(), 0o700, Some(base))?;
     mkdir(&dirs.disk(), 0o755, None)?;
     if dirs.disk_image().exists() {
         disk::mount_image(&dirs.disk_image(), &dirs.disk())
@@ -308,6 +375,7 @@ fn build_rootfs(
             format!("cannot map template layer {}", layer.path.display())
         }))?;
     }
+    let relative = SandboxDirs::new("");
     for (i, at) in spec.template.mount_points().iter().enumerate() {
         let lowers: Vec<PathBuf> = spec
             .template
@@ -315,36 +383,39 @@ fn build_rootfs(
             .iter()
             .enumerate()
             .filter(|(_, l)| &l.at == at)
-            .map(|(n, _)| dirs.lower(n))
+            .map(|(n, _)| relative.lower(n))
             .collect();
         let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
-        let (upper, work) = (dirs.upper(i), dirs.work(i));
         // An existing writable layer (a restarted sandbox) keeps its owner and content.
-        if !upper.exists() {
-            mkdir(&upper, 0o755, Some(base))?;
+        if !dirs.upper(i).exists() {
+            mkdir(&dirs.upper(i), 0o755, Some(base))?;
         }
-        mkdir(&work, 0o755, None)?;
+        mkdir(&dirs.work(i), 0o755, None)?;
         let target = rootfs.join(at.strip_prefix("/").unwrap_or(at));
-        mounts::mount_overlay(&target, &lowers, &upper, &work).map_err(step(|| {
-            format!("cannot mount the overlay at {}", at.display())
-        }))?;
+        mounts::mount_overlay(&target, &lowers, &relative.upper(i), &relative.work(i)).map_err(
+            step(|| format!("cannot mount the overlay at {}", at.display())),
+        )?;
     }
     mounts::populate_dev(&rootfs.join("dev")).map_err(step(|| "cannot populate /dev".into()))?;
-    mounts::bind(&dirs.run(), &rootfs.join(".cove/run"))
-        .map_err(step(|| "cannot share the agent's socket directory".into()))?;
     Ok(())
 }
 
 /// Starts PID 1, hands it the spec, and waits until its agent is listening. The binary is
 /// reached through `/proc/self/exe`, which needs no search permission on its directories.
-fn start_pid1(spec: &InitSpec) -> Result<Report, InitError> {
-    let mut child = Command::new("/proc/self/exe")
+fn start_pid1(
+    spec: &InitSpec,
+    fds: Vec<(OwnedFd, std::os::fd::RawFd)>,
+) -> Result<Report, InitError> {
+    let mut command = Command::new("/proc/self/exe");
+    command
         .arg0("cove-agent")
         .args([SUBCOMMAND, PID1_FLAG])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .env_clear()
-        .env("PATH", SANDBOX_PATH)
+        .env("PATH", SANDBOX_PATH);
+    inherited::pass(&mut command, fds);
+    let mut child = command
         .spawn()
         .map_err(step(|| "cannot start the sandbox's PID 1".into()))?;
     let pid = child.id();

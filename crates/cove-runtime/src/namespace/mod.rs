@@ -1,32 +1,64 @@
 //! The namespace backend: each sandbox gets its own user, mount, PID, IPC, UTS, network and
 //! cgroup namespaces, an overlay root over idmapped template layers, and the agent as PID 1.
+//!
+//! Each sandbox has a directory `<root>/<id>` that only host root writes and that nothing
+//! inside the sandbox can see: its disk image, its log and the agent's listening socket.
 
 pub mod init;
 
 use std::{
     fs,
-    io::{Read, Write},
+    io::{self, Read, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::Arc,
     time::Duration,
 };
 
+use serde::{Deserialize, Serialize};
+
 use self::init::{InitSpec, Report, SUBCOMMAND, SandboxDirs};
 use crate::{
-    RunningSandbox, Runtime, RuntimeError, SandboxSpec,
+    AgentEndpoint, EndReason, Handle, Limits, Liveness, Runtime, RuntimeError, SandboxSpec,
+    Started,
     cgroup::{Hierarchy, Usage},
     disk::ImagePool,
-    egress::{DenyList, EgressFilter},
+    egress::{EgressConfig, EgressError, EgressFilter},
     process,
+    uid_ranges::{LEASE_DIR, Slots},
+    userns,
 };
 
 /// How long to wait for a killed sandbox's PID 1 to be gone.
 const KILL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The backend's name in handles.
+const NAME: &str = "namespace";
+/// How often a create tries another uid range when other servers hold the ones it picked.
+const SLOT_ATTEMPTS: usize = 16;
+/// The most of a sandbox's log that is read back (the agent keeps its part smaller).
+const LOG_READ_LIMIT: u64 = 16 << 20;
+
+/// What this backend keeps in a sandbox's [`Handle`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct State {
+    /// PID 1 on the host, with its start time (against pid reuse).
+    pid: u32,
+    start_time: u64,
+    /// The uid range (see [`userns::base_for_slot`]).
+    slot: u32,
+    /// Whether it has internet access (its network helper's egress is filtered).
+    #[serde(default)]
+    network: bool,
+}
 
 /// Runs sandboxes in Linux namespaces, using the `cove` binary at `exe` for the stages.
 #[derive(Clone, Debug)]
 pub struct NamespaceRuntime {
     exe: PathBuf,
+    /// Where sandboxes' directories live.
+    root: PathBuf,
+    slots: Arc<Slots>,
     /// The user-mode network stack for sandboxes with egress, when installed.
     network_helper: Option<PathBuf>,
     /// Where sandboxes' cgroups go; without one there are no resource limits.
@@ -34,12 +66,19 @@ pub struct NamespaceRuntime {
     /// Formatted disk images (the disk quota); without it the writable layer is a plain
     /// directory on the host's disk.
     disks: Option<ImagePool>,
-    /// What network helpers may not connect to; without cgroup v2 there is no filter.
-    egress: Option<std::sync::Arc<EgressFilter>>,
+    /// What network helpers may not connect to, or why there is no filter (then sandboxes
+    /// cannot have internet access).
+    egress: Result<Arc<EgressFilter>, String>,
+    /// no_new_privs for every process of every sandbox (breaks setuid programs like sudo).
+    no_new_privs: bool,
+    /// The size each sandbox's agent keeps its log under, in bytes.
+    log_cap: u64,
 }
 
 impl NamespaceRuntime {
-    pub fn new(exe: impl Into<PathBuf>) -> Self {
+    /// A runtime whose sandboxes live under `root`, built with the `cove` binary at `exe`,
+    /// and whose sandboxes with internet access are filtered as `egress` says.
+    pub fn new(exe: impl Into<PathBuf>, root: impl Into<PathBuf>, egress: EgressConfig) -> Self {
         let cgroups = match Hierarchy::detect(Path::new("/sys/fs/cgroup")) {
             Ok(hierarchy) => Some(hierarchy),
             Err(err) => {
@@ -48,28 +87,70 @@ impl NamespaceRuntime {
             }
         };
         let egress = match cgroups.as_ref().and_then(|c| c.egress_dir("probe")) {
-            None => None,
-            Some(_) => match EgressFilter::load(&DenyList::for_this_host()) {
-                Ok(filter) => Some(std::sync::Arc::new(filter)),
-                Err(err) => {
-                    tracing::warn!(%err, "sandbox egress will not be filtered (needs eBPF on cgroup v2)");
-                    None
-                }
-            },
-        };
+            None => Err(EgressError::NoCgroupV2),
+            Some(_) => EgressFilter::start(&egress),
+        }
+        .map(Arc::new)
+        .map_err(|err| {
+            let reason = crate::egress::error_chain(&err);
+            tracing::error!(err = %reason, "sandboxes with internet access cannot be created: their egress filter (eBPF on cgroup v2) is unavailable");
+            reason
+        });
         Self {
             exe: exe.into(),
+            root: root.into(),
+            slots: Arc::new(Slots::new(LEASE_DIR, userns::MAX_SLOTS)),
             network_helper: crate::network::find_helper(),
             cgroups,
             disks: None,
             egress,
+            no_new_privs: false,
+            log_cap: init::DEFAULT_LOG_CAP,
         }
     }
 
     /// Gives every sandbox a disk of `size` bytes, from images prepared under `pool_dir`.
-    pub fn with_disk_quota(mut self, pool_dir: PathBuf, size: u64) -> std::io::Result<Self> {
+    pub fn with_disk_quota(mut self, pool_dir: PathBuf, size: u64) -> io::Result<Self> {
         self.disks = Some(ImagePool::start(pool_dir, size, DISK_POOL_SIZE)?);
         Ok(self)
+    }
+
+    /// Sets no_new_privs in every sandbox (setuid programs such as `sudo` stop working).
+    pub fn with_no_new_privs(mut self, on: bool) -> Self {
+        self.no_new_privs = on;
+        self
+    }
+
+    /// Keeps each sandbox's log under `bytes` (its agent drops the older half when full).
+    pub fn with_log_cap(mut self, bytes: u64) -> Self {
+        self.log_cap = bytes;
+        self
+    }
+
+    fn dirs(&self, id: &str) -> SandboxDirs {
+        SandboxDirs::new(self.root.join(id))
+    }
+
+    fn state(&self, handle: &Handle) -> Result<State, RuntimeError> {
+        let foreign = || RuntimeError::ForeignHandle {
+            id: handle.id.clone(),
+            backend: handle.backend.clone(),
+        };
+        if handle.backend != NAME {
+            return Err(foreign());
+        }
+        serde_json::from_value(handle.state.clone()).map_err(|_| foreign())
+    }
+
+    fn started(&self, id: &str, state: State) -> Started {
+        Started {
+            handle: Handle {
+                id: id.to_owned(),
+                backend: NAME.to_owned(),
+                state: serde_json::to_value(state).expect("the state is plain numbers"),
+            },
+            agent: AgentEndpoint::Unix(self.dirs(id).socket()),
+        }
     }
 }
 
@@ -77,15 +158,16 @@ impl NamespaceRuntime {
 const DISK_POOL_SIZE: usize = 4;
 
 impl NamespaceRuntime {
-    fn connect_network(
-        &self,
-        id: &str,
-        dir: &Path,
-        pid: u32,
-        uid_base: u32,
-    ) -> std::io::Result<()> {
+    /// The egress filter, or why sandboxes cannot have internet access on this host.
+    fn egress_filter(&self) -> Result<&EgressFilter, String> {
+        self.egress.as_deref().map_err(|reason| {
+            format!("internet access is unavailable on this host, because sandboxes would reach the host's network unfiltered ({reason}); create the sandbox without internet access")
+        })
+    }
+
+    fn connect_network(&self, id: &str, pid: u32, uid_base: u32) -> io::Result<()> {
         let helper = self.network_helper.as_deref().ok_or_else(|| {
-            std::io::Error::other(
+            io::Error::other(
                 "internet access needs slirp4netns (Debian package slirp4netns); install it or create the sandbox without internet access",
             )
         })?;
@@ -96,13 +178,16 @@ impl NamespaceRuntime {
             .as_ref()
             .map(|c| c.helper_procs_files(id))
             .unwrap_or_default();
-        if let (Some(filter), Some(dir)) = (
-            &self.egress,
-            self.cgroups.as_ref().and_then(|c| c.egress_dir(id)),
-        ) {
-            filter.attach(&dir)?;
-        }
-        let log = SandboxDirs::new(dir).log();
+        let filter = self.egress_filter().map_err(io::Error::other)?;
+        let egress_dir = self
+            .cgroups
+            .as_ref()
+            .and_then(|c| c.egress_dir(id))
+            .ok_or_else(|| io::Error::other("the sandbox has no egress cgroup"))?;
+        filter
+            .attach(&egress_dir)
+            .map_err(|e| io::Error::other(crate::egress::error_chain(&e)))?;
+        let log = self.dirs(id).log();
         let connection = crate::network::Connection {
             helper,
             pid,
@@ -112,27 +197,47 @@ impl NamespaceRuntime {
         };
         crate::network::connect(&self.exe, &connection)
     }
-}
 
-impl NamespaceRuntime {
-    /// Runs the setup stage and, when asked, connects the network.
-    fn start(&self, spec: &SandboxSpec) -> Result<RunningSandbox, RuntimeError> {
-        let dirs = SandboxDirs::new(&spec.dir);
-        let io_err = |what: &'static str| move |source| RuntimeError::Io { what, source };
+    /// The sandbox's directory, for host root alone: `root` itself is closed to everyone
+    /// else, and the sandbox's own directory only searchable, since PID 1 (root of the
+    /// sandbox's user namespace, no one on the host) reaches its root filesystem through it.
+    fn make_dir(&self, dirs: &SandboxDirs) -> Result<(), RuntimeError> {
+        let make = |path: &Path, mode: u32| -> io::Result<()> {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(path)?;
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        };
+        make(&self.root, 0o700)
+            .and_then(|()| make(&dirs.root, 0o711))
+            .map_err(RuntimeError::io("create the sandbox directory"))
+    }
+
+    /// Runs the setup stage in uid range `slot` and, when asked, connects the network.
+    /// `None` when another server's sandbox holds the range (nothing was started).
+    fn start(&self, spec: &SandboxSpec, slot: u32) -> Result<Option<Started>, RuntimeError> {
+        let dirs = self.dirs(&spec.id);
+        // Read and written by host root only; the agent keeps its part bounded.
         let log = fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(dirs.log())
-            .map_err(io_err("open the sandbox log"))?;
+            .map_err(RuntimeError::io("open the sandbox log"))?;
         let init = InitSpec {
             id: spec.id.clone(),
-            dir: spec.dir.clone(),
+            dir: dirs.root.clone(),
             template: spec.template.clone(),
-            uid_base: spec.uid_base,
+            slot,
+            lease_dir: self.slots.dir().to_owned(),
             hostname: spec.hostname.clone(),
-            agent_args: spec.agent_args.clone(),
+            agent: spec.agent.clone(),
             cgroups: self.cgroups.clone(),
-            no_new_privs: spec.no_new_privs,
+            no_new_privs: self.no_new_privs,
+            log_cap: self.log_cap,
         };
         let mut child = Command::new(&self.exe)
             .arg(SUBCOMMAND)
@@ -145,60 +250,74 @@ impl NamespaceRuntime {
                 std::env::var("COVE_LOG").unwrap_or_else(|_| "info".into()),
             )
             .spawn()
-            .map_err(io_err("start the sandbox setup"))?;
+            .map_err(RuntimeError::io("start the sandbox setup"))?;
         let spec_json = serde_json::to_vec(&init).map_err(|e| RuntimeError::Io {
             what: "encode the sandbox spec",
-            source: std::io::Error::other(e),
+            source: io::Error::other(e),
         })?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin
                 .write_all(&spec_json)
-                .map_err(io_err("hand the spec to the sandbox setup"))?;
+                .map_err(RuntimeError::io("hand the spec to the sandbox setup"))?;
         }
         let mut out = String::new();
         if let Some(mut stdout) = child.stdout.take() {
             let _ = stdout.read_to_string(&mut out);
         }
-        let status = child.wait().map_err(io_err("wait for the sandbox setup"))?;
+        let status = child
+            .wait()
+            .map_err(RuntimeError::io("wait for the sandbox setup"))?;
+        let failed = |reason: String| RuntimeError::Start {
+            id: spec.id.clone(),
+            reason,
+        };
         let pid = match serde_json::from_str::<Report>(out.trim()) {
             Ok(Report::Started { pid }) => pid,
-            Ok(Report::Failed { error }) => {
-                return Err(RuntimeError::Start {
-                    id: spec.id.clone(),
-                    reason: error,
-                });
-            }
+            Ok(Report::SlotTaken) => return Ok(None),
+            Ok(Report::Failed { error }) => return Err(failed(error)),
             Err(_) => {
-                return Err(RuntimeError::Start {
-                    id: spec.id.clone(),
-                    reason: format!(
-                        "the setup exited with {status} without a report (see {})",
-                        dirs.log().display()
-                    ),
-                });
+                return Err(failed(format!(
+                    "the setup exited with {status} without a report (see {})",
+                    dirs.log().display()
+                )));
             }
         };
         // Read from the host's /proc: the setup stage no longer sees host pids.
-        let start_time = process::start_time(pid)
-            .map_err(io_err("read the start time of the sandbox's PID 1"))?;
-        let sandbox = RunningSandbox {
-            id: spec.id.clone(),
-            pid,
-            start_time,
-            socket: dirs.socket(),
-        };
-        let network = match spec.network {
-            true => self.connect_network(&spec.id, &spec.dir, pid, spec.uid_base),
-            false => Ok(()),
-        };
-        if let Err(err) = network {
+        let start_time = process::start_time(pid).map_err(RuntimeError::io(
+            "read the start time of the sandbox's PID 1",
+        ))?;
+        if spec.network
+            && let Err(err) = self.connect_network(&spec.id, pid, userns::base_for_slot(slot))
+        {
             let _ = process::kill_and_wait(pid, start_time, KILL_TIMEOUT);
-            return Err(RuntimeError::Start {
-                id: spec.id.clone(),
-                reason: err.to_string(),
-            });
+            return Err(failed(err.to_string()));
         }
-        Ok(sandbox)
+        Ok(Some(self.started(
+            &spec.id,
+            State {
+                pid,
+                start_time,
+                slot,
+                network: spec.network,
+            },
+        )))
+    }
+
+    /// Starts the sandbox in a free uid range, trying another when another server took the
+    /// one picked in the meantime.
+    fn start_in_free_range(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+        for _ in 0..SLOT_ATTEMPTS {
+            let slot = self.slots.reserve().ok_or(RuntimeError::NoUidRange)?;
+            match self.start(spec, slot) {
+                Ok(Some(started)) => return Ok(started),
+                Ok(None) => self.slots.lost(slot),
+                Err(err) => {
+                    self.slots.release(slot);
+                    return Err(err);
+                }
+            }
+        }
+        Err(RuntimeError::NoUidRange)
     }
 
     fn destroy_cgroup(&self, id: &str) -> Result<(), RuntimeError> {
@@ -211,12 +330,12 @@ impl NamespaceRuntime {
     fn on_cgroups(
         &self,
         what: &'static str,
-        change: impl FnOnce(&crate::cgroup::Hierarchy) -> Result<(), crate::cgroup::CgroupError>,
+        change: impl FnOnce(&Hierarchy) -> Result<(), crate::cgroup::CgroupError>,
     ) -> Result<(), RuntimeError> {
         match &self.cgroups {
             Some(cgroups) => change(cgroups).map_err(|e| RuntimeError::Io {
                 what,
-                source: std::io::Error::other(e),
+                source: io::Error::other(e),
             }),
             None => Ok(()),
         }
@@ -224,18 +343,26 @@ impl NamespaceRuntime {
 }
 
 impl Runtime for NamespaceRuntime {
-    fn create(&self, spec: &SandboxSpec) -> Result<RunningSandbox, RuntimeError> {
-        fs::create_dir_all(&spec.dir).map_err(|source| RuntimeError::Io {
-            what: "create the sandbox directory",
-            source,
-        })?;
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn create(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+        if spec.network {
+            // Before anything starts: never a sandbox whose egress is unfiltered.
+            self.egress_filter().map_err(|reason| RuntimeError::Start {
+                id: spec.id.clone(),
+                reason,
+            })?;
+        }
+        let dirs = self.dirs(&spec.id);
+        self.make_dir(&dirs)?;
         if let Some(disks) = &self.disks {
-            let image = SandboxDirs::new(&spec.dir).disk_image();
+            let image = dirs.disk_image();
             if !image.exists() {
-                disks.take(&image).map_err(|source| RuntimeError::Io {
-                    what: "prepare the sandbox's disk",
-                    source,
-                })?;
+                disks
+                    .take(&image)
+                    .map_err(RuntimeError::io("prepare the sandbox's disk"))?;
             }
         }
         if let Some(cgroups) = &self.cgroups {
@@ -243,10 +370,10 @@ impl Runtime for NamespaceRuntime {
                 .create(&spec.id, spec.limits)
                 .map_err(|e| RuntimeError::Io {
                     what: "create the sandbox's cgroup",
-                    source: std::io::Error::other(e),
+                    source: io::Error::other(e),
                 })?;
         }
-        let started = self.start(spec);
+        let started = self.start_in_free_range(spec);
         if started.is_err() {
             // Whatever got started is in the cgroup; take it all down.
             let _ = self.destroy_cgroup(&spec.id);
@@ -254,24 +381,123 @@ impl Runtime for NamespaceRuntime {
         started
     }
 
-    fn is_alive(&self, sandbox: &RunningSandbox) -> bool {
-        process::is_alive(sandbox.pid, sandbox.start_time)
+    fn recover(&self, handle: &Handle) -> Result<Option<Started>, RuntimeError> {
+        let state = self.state(handle)?;
+        let alive = process::is_alive(state.pid, state.start_time)
+            .map_err(RuntimeError::io("look at the sandbox's PID 1"))?;
+        if !alive {
+            return Ok(None);
+        }
+        if state.network {
+            // The previous server's filter stays attached, but nobody keeps its maps
+            // current any more: this server's takes its place.
+            let dir = self.cgroups.as_ref().and_then(|c| c.egress_dir(&handle.id));
+            if let (Ok(filter), Some(dir)) = (self.egress_filter(), dir) {
+                filter.attach(&dir).map_err(|e| RuntimeError::Io {
+                    what: "filter the sandbox's egress again",
+                    source: io::Error::other(crate::egress::error_chain(&e)),
+                })?;
+            }
+        }
+        self.slots.adopt(state.slot);
+        Ok(Some(self.started(&handle.id, state)))
     }
 
-    fn kill(&self, sandbox: &RunningSandbox) -> Result<(), RuntimeError> {
+    fn liveness(&self, handle: &Handle) -> Result<Liveness, RuntimeError> {
+        let state = self.state(handle)?;
+        let alive = process::is_alive(state.pid, state.start_time)
+            .map_err(RuntimeError::io("look at the sandbox's PID 1"))?;
+        if alive {
+            return Ok(Liveness::Running);
+        }
+        let out_of_memory = self
+            .cgroups
+            .as_ref()
+            .and_then(|c| c.oom_kills(&handle.id).ok())
+            .is_some_and(|kills| kills > 0);
+        Ok(Liveness::Ended(if out_of_memory {
+            EndReason::OutOfMemory
+        } else {
+            EndReason::AgentExited
+        }))
+    }
+
+    fn kill(&self, handle: &Handle) -> Result<(), RuntimeError> {
+        let state = self.state(handle)?;
         // Killing the whole cgroup is faster than waiting for the PID namespace to empty
         // under load (a fork bomb, memory pressure), and it takes the network helper too.
-        self.destroy_cgroup(&sandbox.id)?;
-        process::kill_and_wait(sandbox.pid, sandbox.start_time, KILL_TIMEOUT).map_err(|source| {
-            RuntimeError::Io {
-                what: "kill the sandbox",
-                source,
-            }
-        })
+        self.destroy_cgroup(&handle.id)?;
+        process::kill_and_wait(state.pid, state.start_time, KILL_TIMEOUT)
+            .map_err(RuntimeError::io("kill the sandbox"))?;
+        // PID 1 is gone, and its lease with it.
+        self.slots.release(state.slot);
+        Ok(())
     }
 
     fn kill_leftovers(&self, id: &str) -> Result<(), RuntimeError> {
         self.destroy_cgroup(id)
+    }
+
+    fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        // Everything in the directory is host root's: no link in it was made by a sandbox.
+        match fs::remove_dir_all(self.dirs(id).root) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(RuntimeError::Io {
+                what: "remove the sandbox's files",
+                source,
+            }),
+        }
+    }
+
+    fn usage(&self, handle: &Handle) -> Result<Usage, RuntimeError> {
+        let cgroups = self.cgroups.as_ref().ok_or_else(|| RuntimeError::Io {
+            what: "read the sandbox's usage",
+            source: io::Error::new(io::ErrorKind::Unsupported, "sandboxes have no cgroups"),
+        })?;
+        cgroups.usage(&handle.id).map_err(|e| RuntimeError::Io {
+            what: "read the sandbox's usage",
+            source: io::Error::other(e),
+        })
+    }
+
+    fn set_limits(&self, handle: &Handle, limits: Limits) -> Result<(), RuntimeError> {
+        self.on_cgroups("change the sandbox's limits", |c| {
+            c.set_limits(&handle.id, limits)
+        })
+    }
+
+    fn log(&self, id: &str) -> Result<String, RuntimeError> {
+        let file = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.dirs(id).log())
+        {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(String::new()),
+            Err(source) => {
+                return Err(RuntimeError::Io {
+                    what: "read the sandbox's log",
+                    source,
+                });
+            }
+        };
+        // Only the newest part of a log that grew past what is read back.
+        let len = file
+            .metadata()
+            .map_err(RuntimeError::io("read the sandbox's log"))?
+            .len();
+        let mut file = file;
+        std::io::Seek::seek(
+            &mut file,
+            io::SeekFrom::Start(len.saturating_sub(LOG_READ_LIMIT)),
+        )
+        .map_err(RuntimeError::io("read the sandbox's log"))?;
+        let mut raw = Vec::new();
+        file.take(LOG_READ_LIMIT)
+            .read_to_end(&mut raw)
+            .map_err(RuntimeError::io("read the sandbox's log"))?;
+        Ok(String::from_utf8_lossy(&raw).into_owned())
     }
 
     fn shutdown(&self) {
@@ -282,23 +508,53 @@ impl Runtime for NamespaceRuntime {
             disks.stop();
         }
     }
+}
 
-    fn set_limits(&self, id: &str, limits: crate::cgroup::Limits) -> Result<(), RuntimeError> {
-        self.on_cgroups("change the sandbox's limits", |c| c.set_limits(id, limits))
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn usage(&self, id: &str) -> Option<Usage> {
-        self.cgroups.as_ref()?.usage(id).ok()
-    }
-
-    fn remove(&self, dir: &Path) -> Result<(), RuntimeError> {
-        match fs::remove_dir_all(dir) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(RuntimeError::Io {
-                what: "remove the sandbox's files",
-                source,
-            }),
-        }
+    #[test]
+    fn without_a_filter_sandboxes_with_internet_access_are_refused_before_anything_starts() {
+        let state = tempfile::tempdir().unwrap();
+        let runtime = NamespaceRuntime {
+            exe: PathBuf::from("/nonexistent/cove"),
+            root: state.path().join("sandboxes"),
+            slots: Arc::new(Slots::new(state.path().join("leases"), 4)),
+            network_helper: None,
+            cgroups: None,
+            disks: None,
+            egress: Err(EgressError::NoCgroupV2.to_string()),
+            no_new_privs: false,
+            log_cap: init::DEFAULT_LOG_CAP,
+        };
+        let spec = SandboxSpec {
+            id: "egress-test".into(),
+            template: crate::Template {
+                name: "none".into(),
+                layers: Vec::new(),
+            },
+            hostname: "sandbox".into(),
+            agent: crate::AgentSettings {
+                access_token: String::new(),
+                default_user: "user".into(),
+                default_workdir: "/home/user".into(),
+                env: Default::default(),
+                code_interpreter_port: None,
+            },
+            network: true,
+            limits: Limits {
+                memory_bytes: 1 << 30,
+                cpus: 1,
+                pids: 64,
+            },
+        };
+        let err = runtime.create(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("internet access is unavailable on this host")
+                && err.contains("no cgroup v2 hierarchy"),
+            "{err}"
+        );
+        assert!(!state.path().join("sandboxes").exists());
     }
 }

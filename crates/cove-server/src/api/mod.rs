@@ -67,6 +67,8 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// Seconds after which trying again may work (`Retry-After`).
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -74,7 +76,14 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Says when trying again may work.
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -89,32 +98,55 @@ impl IntoResponse for ApiError {
             message: self.message,
         };
         let mut response = (self.status, Json(body)).into_response();
-        // The E2B SDKs retry 429 and 5xx answers unless told not to; ours are not transient.
-        if self.status.is_server_error() || self.status == StatusCode::TOO_MANY_REQUESTS {
-            response
-                .headers_mut()
-                .insert("should-retry", HeaderValue::from_static("false"));
+        match self.retry_after {
+            Some(seconds) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            // The E2B SDKs retry 429 and 5xx answers unless told not to; these are not
+            // transient.
+            None if self.status.is_server_error()
+                || self.status == StatusCode::TOO_MANY_REQUESTS =>
+            {
+                response
+                    .headers_mut()
+                    .insert("should-retry", HeaderValue::from_static("false"));
+            }
+            None => {}
         }
         response
     }
 }
 
+/// How long a client over a limit should wait before trying again, in seconds.
+const RETRY_LIMIT_SECS: u32 = 5;
+/// How long a client should wait when the server is busy starting sandboxes, in seconds.
+const RETRY_BUSY_SECS: u32 = 1;
+
 impl From<LifecycleError> for ApiError {
     fn from(err: LifecycleError) -> Self {
-        let status = match &err {
-            LifecycleError::NotFound(_) | LifecycleError::TemplateNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+        let (status, retry_after) = match &err {
+            LifecycleError::NotFound(_)
+            | LifecycleError::Ended { .. }
+            | LifecycleError::TemplateNotFound(_) => (StatusCode::NOT_FOUND, None),
             LifecycleError::BadTimeout(_) | LifecycleError::BadResources(_) => {
-                StatusCode::BAD_REQUEST
+                (StatusCode::BAD_REQUEST, None)
             }
-            LifecycleError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            LifecycleError::TooMany(_) | LifecycleError::TeamLimit(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, Some(RETRY_LIMIT_SECS))
+            }
+            LifecycleError::Busy
+            | LifecycleError::Start {
+                source: cove_runtime::RuntimeError::NoUidRange,
+                ..
+            } => (StatusCode::SERVICE_UNAVAILABLE, Some(RETRY_BUSY_SECS)),
             LifecycleError::Start { .. }
             | LifecycleError::Kill { .. }
             | LifecycleError::Crashed(_)
             | LifecycleError::Store(_) => {
                 tracing::error!(err = %format!("{:#}", ErrorChain(&err)), "request failed");
-                StatusCode::INTERNAL_SERVER_ERROR
+                (StatusCode::INTERNAL_SERVER_ERROR, None)
             }
         };
         let message = match &err {
@@ -122,7 +154,11 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Start { .. } => format!("{}", ErrorChain(&err)),
             _ => err.to_string(),
         };
-        ApiError::new(status, message)
+        let error = ApiError::new(status, message);
+        match retry_after {
+            Some(seconds) => error.retry_after(seconds),
+            None => error,
+        }
     }
 }
 

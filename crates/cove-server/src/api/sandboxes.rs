@@ -9,9 +9,12 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use base64::Engine as _;
-use cove_proto::rest::{
-    ConnectSandbox, ListedSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxLog, SandboxLogEntry,
-    SandboxLogs, SandboxMetric, SandboxState, SetTimeout, Template,
+use cove_proto::{
+    envd::VERSION as ENVD_VERSION,
+    rest::{
+        ConnectSandbox, ListedSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxLog,
+        SandboxLogEntry, SandboxLogs, SandboxMetric, SandboxState, SetTimeout, Template,
+    },
 };
 use serde::Deserialize;
 
@@ -23,8 +26,6 @@ use crate::{
     store::SandboxRecord,
 };
 
-/// The envd version Cove's agent is compatible with (the SDKs gate features on it).
-const ENVD_VERSION: &str = "0.6.5";
 /// `clientID` is required by the Python SDK; E2B puts a node id there.
 const CLIENT_ID: &str = "cove";
 /// Page size of `GET /v2/sandboxes` when the client names none (E2B's default and maximum).
@@ -329,7 +330,7 @@ pub async fn metrics(
         }
     };
     let record = live.record();
-    let (mem_used, mem_cache, cpu_used_pct) = match state.lifecycle().usage(&live) {
+    let (mem_used, mem_cache, cpu_used_pct) = match state.lifecycle().usage(&live).await {
         Some((usage, cpu_pct)) => (usage.memory_bytes, usage.cache_bytes, cpu_pct),
         None => (disk.mem_used, disk.mem_cache, disk.cpu_used_pct),
     };
@@ -363,9 +364,13 @@ pub async fn logs(
     Query(query): Query<LogsQuery>,
 ) -> Result<Json<SandboxLogs>, ApiError> {
     let live = state.lifecycle().get(&team.0, &id)?;
-    let text = tokio::fs::read_to_string(live.log_path())
-        .await
-        .unwrap_or_default();
+    let text = state.lifecycle().log(&live).await.map_err(|err| {
+        tracing::warn!(?err, sandbox_id = %id, "cannot read a sandbox's log");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot read the sandbox's log",
+        )
+    })?;
     let since = query.start.unwrap_or(0);
     let limit = query.limit.unwrap_or(1000).min(10_000);
     let mut logs = SandboxLogs::default();

@@ -8,7 +8,7 @@ use std::{collections::VecDeque, sync::Mutex};
 
 use tokio::sync::oneshot;
 
-use cove_runtime::RunningSandbox;
+use cove_runtime::Started;
 
 use crate::store::SandboxRecord;
 
@@ -20,7 +20,7 @@ pub const WARM_TEAM: &str = "";
 #[derive(Debug)]
 pub struct Warm {
     pub record: SandboxRecord,
-    pub running: RunningSandbox,
+    pub started: Started,
 }
 
 /// Warm sandboxes of one kind (with or without internet access).

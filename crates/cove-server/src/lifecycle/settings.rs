@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use cove_proto::rest::NewSandbox;
 
+use cove_runtime::AgentSettings;
+
 use super::{ApiVersion, LifecycleConfig, LifecycleError, templates::TemplateEntry};
 use crate::{clock, secrets, store::SandboxRecord};
 
@@ -12,11 +14,35 @@ pub const MAX_TIMEOUT_SECS: i64 = 24 * 60 * 60;
 /// Resources of a sandbox whose request names none.
 const CPU_COUNT: u32 = 2;
 const MEMORY_MB: u64 = 1024;
-/// What a request may ask for.
-const CPU_RANGE: std::ops::RangeInclusive<u32> = 1..=64;
-const MEMORY_MB_RANGE: std::ops::RangeInclusive<u64> = 64..=256 * 1024;
+/// The least memory a sandbox may ask for (the agent and a shell need some).
+const MEMORY_MB_MIN: u64 = 64;
 /// Processes and threads a sandbox may have at once (a fork bomb stops here).
 const PIDS_MAX: u32 = 2048;
+
+/// The most one sandbox may ask for: at most what the host has, unless the operator says
+/// otherwise (`--max-sandbox-memory-mb`, `--max-sandbox-cpus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostCaps {
+    pub memory_mb: u64,
+    pub cpus: u32,
+}
+
+impl HostCaps {
+    /// This host's memory and CPUs.
+    pub fn of_this_host() -> Self {
+        let memory_mb = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or(MEMORY_MB, |kib| kib >> 10);
+        let cpus = std::thread::available_parallelism()
+            .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
+        Self { memory_mb, cpus }
+    }
+}
 
 /// A sandbox's settings, checked.
 #[derive(Debug)]
@@ -37,6 +63,7 @@ pub struct Settings {
 impl Settings {
     pub fn from_request(
         templates: &super::Templates,
+        caps: HostCaps,
         team: &str,
         request: NewSandbox,
         version: ApiVersion,
@@ -51,20 +78,19 @@ impl Settings {
             ApiVersion::V2 => 300,
         });
         check_timeout(timeout_secs)?;
-        let cpu_count = request.cpu_count.unwrap_or(CPU_COUNT);
-        if !CPU_RANGE.contains(&cpu_count) {
+        // The defaults fit any host that can run a sandbox at all.
+        let cpu_count = request.cpu_count.unwrap_or(CPU_COUNT.min(caps.cpus));
+        if !(1..=caps.cpus).contains(&cpu_count) {
             return Err(LifecycleError::BadResources(format!(
-                "cpuCount must be between {} and {}, got {cpu_count}",
-                CPU_RANGE.start(),
-                CPU_RANGE.end()
+                "cpuCount must be between 1 and {} on this server, got {cpu_count}",
+                caps.cpus
             )));
         }
-        let memory_mb = request.memory_mb.unwrap_or(MEMORY_MB);
-        if !MEMORY_MB_RANGE.contains(&memory_mb) {
+        let memory_mb = request.memory_mb.unwrap_or(MEMORY_MB.min(caps.memory_mb));
+        if !(MEMORY_MB_MIN..=caps.memory_mb).contains(&memory_mb) {
             return Err(LifecycleError::BadResources(format!(
-                "memoryMB must be between {} and {}, got {memory_mb}",
-                MEMORY_MB_RANGE.start(),
-                MEMORY_MB_RANGE.end()
+                "memoryMB must be between {MEMORY_MB_MIN} and {} on this server, got {memory_mb}",
+                caps.memory_mb
             )));
         }
         Ok(Self {
@@ -84,13 +110,13 @@ impl Settings {
     }
 
     /// A warm sandbox's: default resources, nobody's team, no deadline of its own.
-    pub fn warm(template: TemplateEntry, network: bool) -> Self {
+    pub fn warm(template: TemplateEntry, caps: HostCaps, network: bool) -> Self {
         Self {
             team: super::pool::WARM_TEAM.to_owned(),
             template,
             timeout_secs: 0,
-            cpu_count: CPU_COUNT,
-            memory_mb: MEMORY_MB,
+            cpu_count: CPU_COUNT.min(caps.cpus),
+            memory_mb: MEMORY_MB.min(caps.memory_mb),
             metadata: BTreeMap::new(),
             env_vars: BTreeMap::new(),
             network,
@@ -99,7 +125,7 @@ impl Settings {
     }
 
     /// The record of sandbox `id` with these settings, starting now, not yet running.
-    pub fn record(&self, config: &LifecycleConfig, id: String, slot: u32) -> SandboxRecord {
+    pub fn record(&self, config: &LifecycleConfig, id: String) -> SandboxRecord {
         let now = clock::now_ms();
         SandboxRecord {
             team: self.team.clone(),
@@ -115,11 +141,8 @@ impl Settings {
             memory_mb: self.memory_mb,
             disk_mb: config.disk_mb,
             allow_internet_access: self.network,
-            slot,
-            dir: config.state_dir.join("sandboxes").join(&id),
             id,
-            pid: None,
-            pid_start_time: None,
+            handle: None,
         }
     }
 }
@@ -133,11 +156,28 @@ pub fn check_timeout(timeout_secs: i64) -> Result<(), LifecycleError> {
     }
 }
 
-/// The cgroup limits a record asks for.
-pub fn limits(record: &SandboxRecord) -> cove_runtime::cgroup::Limits {
-    cove_runtime::cgroup::Limits {
+/// The limits a record asks for.
+pub fn limits(record: &SandboxRecord) -> cove_runtime::Limits {
+    cove_runtime::Limits {
         memory_bytes: record.memory_mb << 20,
         cpus: record.cpu_count,
         pids: PIDS_MAX,
+    }
+}
+
+/// What a sandbox's agent is told at start: its token, E2B's defaults (user `user` in
+/// `/home/user`), the code interpreter's port, and the variables every process gets.
+pub fn agent_settings(record: &SandboxRecord) -> AgentSettings {
+    let mut env = BTreeMap::from([
+        ("E2B_SANDBOX_ID".to_owned(), record.id.clone()),
+        ("E2B_TEMPLATE_ID".to_owned(), record.template_id.clone()),
+    ]);
+    env.extend(record.env_vars.clone());
+    AgentSettings {
+        access_token: record.envd_access_token.clone(),
+        default_user: "user".to_owned(),
+        default_workdir: "/home/user".into(),
+        env,
+        code_interpreter_port: Some(cove_proto::envd::CODE_INTERPRETER_PORT),
     }
 }

@@ -14,14 +14,12 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use cove_proto::envd::PORT as AGENT_PORT;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
 pub use self::route::Route;
 use crate::{AppState, agent_link, lifecycle::Live};
-
-/// The agent's port: envd's API.
-pub const AGENT_PORT: u16 = 49983;
 
 /// Middleware in front of the API: sandbox traffic is proxied, everything else goes on.
 pub async fn intercept(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -202,7 +200,7 @@ enum ProxyError {
 async fn agent_connection(
     live: &Live,
 ) -> Result<hyper::client::conn::http1::SendRequest<Body>, ProxyError> {
-    Ok(agent_link::connect(live.socket()).await?)
+    Ok(agent_link::connect(live.agent()).await?)
 }
 
 /// Streams the request to the agent and its answer back.
@@ -287,5 +285,5 @@ pub struct AgentMetrics {
 
 /// Asks a sandbox's agent for its resource use.
 pub async fn agent_metrics(live: &Live) -> Result<AgentMetrics, agent_link::LinkError> {
-    agent_link::get_json(live.socket(), "/metrics", Some(&live.access_token())).await
+    agent_link::get_json(live.agent(), "/metrics", Some(&live.access_token())).await
 }

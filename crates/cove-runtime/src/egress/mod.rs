@@ -1,0 +1,457 @@
+//! What a sandbox's egress may not reach. Its traffic leaves through slirp4netns, which makes
+//! ordinary connections from the host; eBPF programs on the helper's cgroup (cgroup v2
+//! `connect4|6` and `sendmsg4|6` hooks) refuse the destinations that would be the host itself
+//! or its surroundings: loopback, the host's own addresses, the private ranges (RFC 1918,
+//! CGNAT, link-local, unique local), multicast and reserved ranges — see
+//! `resources/egress.json`, one reason per range. The operator opens private ranges with
+//! [`EgressConfig::allow_private`]; the host's name servers stay reachable on the DNS port.
+//!
+//! The programs look destinations up in longest-prefix-match maps ([`rules::Tables`]) that a
+//! thread of the runtime keeps current as the host gains and loses addresses (rtnetlink) and
+//! as its `resolv.conf` changes: nothing is loaded or attached again.
+
+mod bpf;
+mod dns;
+mod follow;
+mod netlink;
+mod program;
+mod rules;
+
+use std::{
+    collections::BTreeSet,
+    fs, io,
+    net::IpAddr,
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+pub use self::{
+    bpf::Hook as EgressHook,
+    rules::{Cidr, Rules, RulesError, Tables, Verdict},
+};
+use self::{
+    bpf::{Hook, LpmMap},
+    netlink::IfAddr,
+    program::Family,
+};
+
+/// Most ranges one map holds (the host's addresses are most of them).
+const MAX_ENTRIES: u32 = 16 * 1024;
+
+/// How the operator configured egress.
+#[derive(Clone, Debug, Default)]
+pub struct EgressConfig {
+    /// Private ranges opened to sandboxes with internet access (`--allow-private-egress`).
+    pub allow_private: Vec<Cidr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error("the host has no cgroup v2 hierarchy to attach the egress filter to")]
+    NoCgroupV2,
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+    #[error("cannot create the eBPF map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the kernel refused the egress program for {hook:?}{log}")]
+    Load {
+        hook: Hook,
+        /// The verifier's last words, when it said any.
+        log: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot list the host's addresses")]
+    Addresses(#[source] io::Error),
+    #[error("cannot set {cidr} in the eBPF map {name}")]
+    Update {
+        name: &'static str,
+        cidr: Cidr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot attach the egress filter to {path}")]
+    Attach {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the thread following the host's addresses")]
+    Thread(#[source] io::Error),
+}
+
+/// The four maps: for each family, what is always refused and the policy.
+#[derive(Debug)]
+struct Maps {
+    refused4: LpmMap,
+    policy4: LpmMap,
+    refused6: LpmMap,
+    policy6: LpmMap,
+}
+
+impl Maps {
+    fn create() -> Result<Self, EgressError> {
+        let map = |name: &'static str, family| {
+            LpmMap::create(name, family, MAX_ENTRIES)
+                .map_err(|source| EgressError::Map { name, source })
+        };
+        Ok(Self {
+            refused4: map("cove_refused4", Family::V4)?,
+            policy4: map("cove_policy4", Family::V4)?,
+            refused6: map("cove_refused6", Family::V6)?,
+            policy6: map("cove_policy6", Family::V6)?,
+        })
+    }
+
+    /// The map of `table` (refused or not) for `cidr`'s family, with its name.
+    fn of(&self, refused: bool, cidr: &Cidr) -> (&LpmMap, &'static str) {
+        match (refused, cidr.addr().is_ipv4()) {
+            (true, true) => (&self.refused4, "cove_refused4"),
+            (false, true) => (&self.policy4, "cove_policy4"),
+            (true, false) => (&self.refused6, "cove_refused6"),
+            (false, false) => (&self.policy6, "cove_policy6"),
+        }
+    }
+}
+
+/// What the tables are made of, and what the maps hold now.
+#[derive(Debug, Default)]
+struct State {
+    addresses: BTreeSet<IfAddr>,
+    name_servers: BTreeSet<IpAddr>,
+    installed: Tables,
+}
+
+/// What the following thread shares with the filter.
+#[derive(Debug)]
+struct Shared {
+    rules: Rules,
+    maps: Maps,
+    state: Mutex<State>,
+}
+
+impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Brings the maps in line with the state: new and changed entries first (refusing
+    /// early is the safe side), then the ones no longer wanted.
+    fn sync(&self, state: &mut State) -> Result<(), EgressError> {
+        let host: BTreeSet<IpAddr> = state.addresses.iter().map(|a| a.addr).collect();
+        let wanted = self.rules.tables(&host, &state.name_servers);
+        let mut first_error = None;
+        for refused in [true, false] {
+            let (want, have) = match refused {
+                true => (&wanted.refused, &mut state.installed.refused),
+                false => (&wanted.policy, &mut state.installed.policy),
+            };
+            for (cidr, verdict) in want {
+                if have.get(cidr) == Some(verdict) {
+                    continue;
+                }
+                let (map, name) = self.maps.of(refused, cidr);
+                match map.set(cidr, verdict.code()) {
+                    Ok(()) => {
+                        have.insert(*cidr, *verdict);
+                    }
+                    Err(source) => {
+                        first_error.get_or_insert(EgressError::Update {
+                            name,
+                            cidr: *cidr,
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        for refused in [true, false] {
+            let (want, have) = match refused {
+                true => (&wanted.refused, &mut state.installed.refused),
+                false => (&wanted.policy, &mut state.installed.policy),
+            };
+            let stale: Vec<Cidr> = have
+                .keys()
+                .filter(|c| !want.contains_key(c))
+                .copied()
+                .collect();
+            for cidr in stale {
+                let (map, name) = self.maps.of(refused, &cidr);
+                match map.remove(&cidr) {
+                    Ok(()) => {
+                        have.remove(&cidr);
+                    }
+                    Err(source) => {
+                        first_error.get_or_insert(EgressError::Update { name, cidr, source });
+                    }
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The loaded programs and their maps, kept current by a thread of their own; attached to
+/// the cgroups of network helpers.
+#[derive(Debug)]
+pub struct EgressFilter {
+    shared: Arc<Shared>,
+    programs: Vec<(OwnedFd, Hook)>,
+}
+
+impl EgressFilter {
+    /// Loads the filter for `config`, fills its maps with the host's addresses and name
+    /// servers as they are now, and starts following them.
+    pub fn start(config: &EgressConfig) -> Result<Self, EgressError> {
+        Self::start_with(config, Path::new(dns::RESOLV_CONF))
+    }
+
+    /// [`EgressFilter::start`] with the name servers of the `resolv.conf` at `resolv_conf`.
+    fn start_with(config: &EgressConfig, resolv_conf: &Path) -> Result<Self, EgressError> {
+        let rules = Rules::new(&config.allow_private)?;
+        let maps = Maps::create()?;
+        let mut programs = Vec::new();
+        for (hook, refused, policy) in [
+            (Hook::Connect4, &maps.refused4, &maps.policy4),
+            (Hook::Sendmsg4, &maps.refused4, &maps.policy4),
+            (Hook::Connect6, &maps.refused6, &maps.policy6),
+            (Hook::Sendmsg6, &maps.refused6, &maps.policy6),
+        ] {
+            let insns = program::program(
+                refused.family(),
+                refused.raw_fd(),
+                policy.raw_fd(),
+                rules.dns_port(),
+            );
+            let fd = bpf::load(&insns, hook).map_err(|e| EgressError::Load {
+                hook,
+                log: last_lines(&e.log),
+                source: e.source,
+            })?;
+            programs.push((fd, hook));
+        }
+        // Subscribe before listing, so no change falls between the two.
+        let watch = netlink::Watch::subscribe().map_err(EgressError::Addresses)?;
+        let addresses = netlink::dump().map_err(EgressError::Addresses)?;
+        let mut resolv = dns::ResolvConf::new(resolv_conf);
+        let name_servers = resolv.changed().unwrap_or_default();
+        let mut state = State {
+            addresses: addresses.into_iter().collect(),
+            name_servers,
+            installed: Tables::default(),
+        };
+        let shared = Arc::new(Shared {
+            rules,
+            maps,
+            state: Mutex::default(),
+        });
+        shared.sync(&mut state)?;
+        tracing::info!(
+            host_addresses = state.addresses.len(),
+            name_servers = ?state.name_servers,
+            opened = ?config.allow_private.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "egress filter loaded: private ranges and the host's own addresses are closed to sandboxes"
+        );
+        *shared.state() = state;
+        follow::spawn(Arc::downgrade(&shared), watch, resolv).map_err(EgressError::Thread)?;
+        Ok(Self { shared, programs })
+    }
+
+    /// Attaches the programs to the cgroup v2 directory `cgroup`: every process in it (and
+    /// below) is refused those destinations from then on.
+    pub fn attach(&self, cgroup: &Path) -> Result<(), EgressError> {
+        let failed = |source| EgressError::Attach {
+            path: cgroup.to_owned(),
+            source,
+        };
+        let dir = fs::File::open(cgroup).map_err(failed)?;
+        for (program, hook) in &self.programs {
+            bpf::attach(dir.as_fd(), program, *hook).map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the filter lets a connection to `addr`, `port` through, as the kernel's maps
+    /// say right now.
+    pub fn allows(&self, addr: IpAddr, port: u16) -> io::Result<bool> {
+        let host = Cidr::host(addr);
+        let (refused, _) = self.shared.maps.of(true, &host);
+        let (policy, _) = self.shared.maps.of(false, &host);
+        let code = match refused.lookup(addr)? {
+            Some(code) => Some(code),
+            None => policy.lookup(addr)?,
+        };
+        Ok(match code.and_then(Verdict::from_code) {
+            None | Some(Verdict::Allow) => true,
+            Some(Verdict::Refuse) => false,
+            Some(Verdict::DnsOnly) => port == self.shared.rules.dns_port(),
+        })
+    }
+}
+
+/// An error with its causes, `a: b: c`.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The end of a verifier log, where it says what it refused.
+fn last_lines(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    match lines.len() {
+        0 => String::new(),
+        n => format!(": {}", lines[n.saturating_sub(3)..].join(" / ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        process::Command,
+        time::{Duration, Instant},
+    };
+
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn ip_cmd(args: &[&str]) {
+        let status = Command::new("ip").args(args).status().unwrap();
+        assert!(status.success(), "ip {args:?}");
+    }
+
+    /// A pair of interfaces of the host (this kernel has no dummy ones), removed by name
+    /// when dropped.
+    struct Link(String);
+
+    impl Link {
+        fn add(name: String) -> Self {
+            ip_cmd(&[
+                "link",
+                "add",
+                &name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("{name}p"),
+            ]);
+            let link = Link(name);
+            ip_cmd(&["link", "set", &link.0, "up"]);
+            link
+        }
+    }
+
+    impl Drop for Link {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+        }
+    }
+
+    fn eventually(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn the_kernel_maps_decide_as_the_rules_say() {
+        let config = EgressConfig {
+            allow_private: vec!["192.168.77.0/24".parse().unwrap()],
+        };
+        let filter = EgressFilter::start(&config).unwrap();
+        for (addr, port, allowed) in [
+            ("127.0.0.1", 80, false),
+            ("10.1.2.3", 80, false),
+            ("172.16.0.1", 80, false),
+            ("192.168.1.1", 80, false),
+            ("192.168.77.2", 80, true),
+            ("100.64.0.1", 80, false),
+            ("169.254.169.254", 80, false),
+            ("203.0.113.80", 443, true),
+            ("::1", 80, false),
+            ("fc00::1", 80, false),
+            ("fe80::1", 80, false),
+            ("::ffff:8.8.8.8", 80, false),
+            ("2a04:4e42::223", 443, true),
+        ] {
+            assert_eq!(
+                filter.allows(ip(addr), port).unwrap(),
+                allowed,
+                "{addr}:{port}"
+            );
+        }
+        // The host's own addresses and its name servers, whatever they are here.
+        for addr in netlink::dump().unwrap() {
+            assert!(!filter.allows(addr.addr, 80).unwrap(), "{}", addr.addr);
+        }
+        for server in dns::ResolvConf::new(dns::RESOLV_CONF).changed().unwrap() {
+            assert!(filter.allows(server, 53).unwrap(), "{server}:53");
+        }
+    }
+
+    #[test]
+    fn follows_the_name_servers_of_resolv_conf() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        fs::write(&path, "nameserver 10.9.9.9\n").unwrap();
+        let filter = EgressFilter::start_with(&EgressConfig::default(), &path).unwrap();
+        let (old, new) = (ip("10.9.9.9"), ip("10.9.9.10"));
+        assert!(filter.allows(old, 53).unwrap());
+        assert!(!filter.allows(old, 80).unwrap());
+        assert!(!filter.allows(new, 53).unwrap());
+        let next = dir.path().join("resolv.conf.new");
+        fs::write(&next, "nameserver 10.9.9.10\n").unwrap();
+        fs::rename(&next, &path).unwrap();
+        eventually("the new name server to be reachable", || {
+            filter.allows(new, 53).unwrap() && !filter.allows(old, 53).unwrap()
+        });
+        assert!(!filter.allows(new, 80).unwrap());
+    }
+
+    #[test]
+    fn follows_the_addresses_the_host_gains_and_loses() {
+        let filter = EgressFilter::start(&EgressConfig::default()).unwrap();
+        let addr = ip("198.51.100.8");
+        let addr6 = ip("2001:db8:77::8");
+        assert!(filter.allows(addr, 80).unwrap());
+        assert!(filter.allows(addr6, 80).unwrap());
+        let dummy = Link::add(format!("cvd{}", std::process::id()));
+        ip_cmd(&["addr", "add", "198.51.100.8/32", "dev", &dummy.0]);
+        ip_cmd(&[
+            "addr",
+            "add",
+            "2001:db8:77::8/128",
+            "dev",
+            &dummy.0,
+            "nodad",
+        ]);
+        eventually("the new addresses to be refused", || {
+            !filter.allows(addr, 80).unwrap() && !filter.allows(addr6, 80).unwrap()
+        });
+        ip_cmd(&["addr", "del", "198.51.100.8/32", "dev", &dummy.0]);
+        eventually("the removed address to be open again", || {
+            filter.allows(addr, 80).unwrap()
+        });
+        assert!(!filter.allows(addr6, 80).unwrap());
+        drop(dummy);
+        eventually("the removed interface's address to be open again", || {
+            filter.allows(addr6, 80).unwrap()
+        });
+    }
+}

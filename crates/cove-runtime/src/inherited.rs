@@ -1,0 +1,66 @@
+//! Descriptors the setup stage hands to a sandbox's PID 1 at fixed numbers, so that PID 1
+//! needs no host path for them: the agent's listening socket (created by host root in a
+//! directory the sandbox never sees) and the lease on the sandbox's uid range.
+
+use std::{
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::{net::UnixListener, process::CommandExt},
+    },
+    process::Command,
+};
+
+/// The agent's listening Unix socket.
+pub const AGENT_LISTENER: RawFd = 3;
+/// The sandbox's uid-range lease ([`crate::uid_ranges::Lease`]); PID 1 only keeps it open.
+pub const UID_LEASE: RawFd = 4;
+
+/// Makes the child of `command` find `fds` at the given numbers (and nothing else of ours:
+/// everything this process opens is close-on-exec).
+pub fn pass(command: &mut Command, fds: Vec<(OwnedFd, RawFd)>) {
+    // SAFETY: the closure only calls dup2 and fcntl, which are async-signal-safe, on
+    // descriptors the `fds` vector keeps open until the child has exec'd; it allocates
+    // nothing. dup2 to a different number clears close-on-exec on the copy; when source and
+    // target are already the same number, the flag is cleared by hand.
+    unsafe {
+        command.pre_exec(move || {
+            for (fd, target) in &fds {
+                let source = fd.as_raw_fd();
+                if source == *target {
+                    if libc::fcntl(source, libc::F_SETFD, 0) == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::dup2(source, *target) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Takes the agent's listening socket in PID 1. Call it once, before anything else could
+/// have opened a descriptor at [`AGENT_LISTENER`].
+pub fn agent_listener() -> io::Result<UnixListener> {
+    // SAFETY: F_GETFD only reads the flags of whatever descriptor has this number (any
+    // number is a valid argument); -1 means none is open.
+    if unsafe { libc::fcntl(AGENT_LISTENER, libc::F_GETFD) } == -1 {
+        return Err(io::Error::other(format!(
+            "no descriptor {AGENT_LISTENER}: the agent's listening socket was not passed"
+        )));
+    }
+    // SAFETY: setup placed the listening socket at this number for this process alone, and
+    // this function is called once, so nothing else owns or closes the descriptor.
+    let owned = unsafe { OwnedFd::from_raw_fd(AGENT_LISTENER) };
+    // What sits at the number must be a listening socket.
+    if !rustix::net::sockopt::socket_acceptconn(&owned)? {
+        return Err(io::Error::other(format!(
+            "descriptor {AGENT_LISTENER} is not the agent's listening socket"
+        )));
+    }
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
+    let listener = UnixListener::from(owned);
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}

@@ -1,0 +1,174 @@
+//! Creating a sandbox: admitted, then a warm one handed over when one fits, else a new one
+//! started in its turn. The work runs as a task of its own: a client that hangs up halfway
+//! leaves a sandbox that runs out its timeout, never one half made or owned by nobody.
+
+use std::sync::Arc;
+
+use cove_proto::rest::NewSandbox;
+use cove_runtime::{Liveness, SandboxSpec, Started};
+
+use super::{
+    ApiVersion, Lifecycle, LifecycleError, Live,
+    admission::Ask,
+    pool::{Taken, Warm},
+    settings::{Settings, agent_settings, limits},
+    warm::WARM_TEMPLATE,
+};
+use crate::{secrets, store::SandboxRecord};
+
+impl Lifecycle {
+    /// Creates and starts a sandbox for `team`.
+    pub async fn create(
+        self: &Arc<Self>,
+        team: &str,
+        request: NewSandbox,
+        version: ApiVersion,
+    ) -> Result<Arc<Live>, LifecycleError> {
+        let settings =
+            Settings::from_request(&self.templates, self.config.caps, team, request, version)?;
+        let this = self.clone();
+        self.creating
+            .spawn(async move { this.create_now(settings).await })
+            .await
+            .unwrap_or_else(|join| Err(LifecycleError::Crashed(join.to_string())))
+    }
+
+    async fn create_now(self: &Arc<Self>, settings: Settings) -> Result<Arc<Live>, LifecycleError> {
+        let limits = self.store.team_limits(&settings.team)?;
+        // Held until the sandbox is counted among the running (or never will be).
+        let _admitted = self.admission.admit(
+            Ask {
+                team: &settings.team,
+                memory_mb: settings.memory_mb,
+                cpus: settings.cpu_count,
+            },
+            self.registry.len(),
+            &self.registry.records_of(&settings.team),
+            limits,
+        )?;
+        if settings.template.id == WARM_TEMPLATE {
+            let taken = self.pool.take(settings.network);
+            self.refill(settings.network);
+            let warm = match taken {
+                Taken::Ready(warm) => Some(*warm),
+                Taken::Soon(promise) => promise.await.ok(),
+                Taken::None => None,
+            };
+            if let Some(warm) = warm {
+                match self.claim(warm, &settings).await {
+                    Ok(live) => return Ok(live),
+                    Err(err) => tracing::warn!(?err, "a warm sandbox failed; starting a new one"),
+                }
+            }
+        }
+        let _turn = self.admission.turn().await?;
+        let mut record = settings.record(&self.config, secrets::random_id(20));
+        match self
+            .start(&mut record, settings.template.template.clone())
+            .await
+        {
+            Ok(started) => Ok(self.go_live(record, started)),
+            Err(err) => {
+                self.discard(&record).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Hands a warm sandbox to its owner: its limits, environment and record become theirs.
+    async fn claim(&self, warm: Warm, settings: &Settings) -> Result<Arc<Live>, LifecycleError> {
+        let mut record = settings.record(&self.config, warm.record.id.clone());
+        record.envd_access_token = warm.record.envd_access_token.clone();
+        record.handle = warm.record.handle.clone();
+        if let Err(err) = self.hand_over(&record, &warm).await {
+            self.end_warm(warm).await;
+            return Err(err);
+        }
+        Ok(self.go_live(record, warm.started))
+    }
+
+    async fn hand_over(&self, record: &SandboxRecord, warm: &Warm) -> Result<(), LifecycleError> {
+        let failed = |reason: String| LifecycleError::Start {
+            id: record.id.clone(),
+            source: cove_runtime::RuntimeError::Start {
+                id: record.id.clone(),
+                reason,
+            },
+        };
+        let handle = warm.started.handle.clone();
+        match self.blocking(move |r| r.liveness(&handle)).await {
+            Ok(Liveness::Running) => {}
+            Ok(Liveness::Ended(why)) => {
+                return Err(failed(format!("the warm sandbox ended: {why}")));
+            }
+            Err(err) => {
+                return Err(failed(format!(
+                    "the warm sandbox cannot be looked at: {err}"
+                )));
+            }
+        }
+        if (record.cpu_count, record.memory_mb) != (warm.record.cpu_count, warm.record.memory_mb) {
+            let (handle, limits) = (warm.started.handle.clone(), limits(record));
+            self.blocking(move |r| r.set_limits(&handle, limits))
+                .await
+                .map_err(|source| LifecycleError::Start {
+                    id: record.id.clone(),
+                    source,
+                })?;
+        }
+        if !record.env_vars.is_empty() {
+            let init = serde_json::json!({ "envVars": record.env_vars });
+            crate::agent_link::post_json(
+                &warm.started.agent,
+                "/init",
+                Some(&record.envd_access_token),
+                &init,
+            )
+            .await
+            .map_err(|err| failed(format!("cannot set its environment: {err}")))?;
+        }
+        self.store.put_sandbox(record)?;
+        Ok(())
+    }
+
+    /// Makes a started sandbox reachable.
+    fn go_live(&self, record: SandboxRecord, started: Started) -> Arc<Live> {
+        let id = record.id.clone();
+        let live = Arc::new(Live::new(record, started));
+        self.registry.insert(live.clone());
+        tracing::info!(sandbox_id = %id, "sandbox started");
+        live
+    }
+
+    /// Starts the sandbox `record` describes and records how to find it again. The record
+    /// is stored first, so a server that dies mid-create cleans up after itself.
+    pub(super) async fn start(
+        &self,
+        record: &mut SandboxRecord,
+        template: cove_runtime::Template,
+    ) -> Result<Started, LifecycleError> {
+        self.store.put_sandbox(record)?;
+        let spec = SandboxSpec {
+            id: record.id.clone(),
+            template,
+            hostname: "sandbox".to_owned(),
+            agent: agent_settings(record),
+            network: record.allow_internet_access,
+            limits: limits(record),
+        };
+        let started = self
+            .blocking(move |r| r.create(&spec))
+            .await
+            .map_err(|source| LifecycleError::Start {
+                id: record.id.clone(),
+                source,
+            })?;
+        record.handle = Some(started.handle.clone());
+        if let Err(err) = self.store.put_sandbox(record) {
+            let handle = started.handle.clone();
+            let _ = self.blocking(move |r| r.kill(&handle)).await;
+            return Err(err.into());
+        }
+        Ok(started)
+    }
+}

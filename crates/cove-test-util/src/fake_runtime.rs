@@ -1,0 +1,220 @@
+//! A runtime without sandboxes, for tests of the server's own logic (admission, the
+//! lifecycle's states, the reaper, adoption after a restart): it records what it is asked
+//! and answers as the test tells it. Integration tests use real sandboxes instead.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use cove_runtime::{
+    AgentEndpoint, EndReason, Handle, Limits, Liveness, Runtime, RuntimeError, SandboxSpec,
+    Started, Usage,
+};
+
+/// The backend name in the fake's handles.
+const NAME: &str = "fake";
+
+/// What the fake knows of one sandbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FakeSandbox {
+    pub spec_network: bool,
+    pub limits: Limits,
+    /// `None` while it runs.
+    pub ended: Option<EndReason>,
+    /// Looking at it fails (as reading `/proc` does when the server is out of descriptors).
+    pub unobservable: bool,
+    pub killed: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sandboxes: BTreeMap<String, FakeSandbox>,
+    failing_creates: usize,
+    create_delay: Option<Duration>,
+    shut_down: bool,
+}
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct FakeRuntime {
+    state: Mutex<State>,
+}
+
+impl FakeRuntime {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next `n` creates fail.
+    pub fn fail_next_creates(&self, n: usize) {
+        self.state().failing_creates = n;
+    }
+
+    /// Every create takes this long (blocking, as a real start does).
+    pub fn slow_creates(&self, delay: Duration) {
+        self.state().create_delay = Some(delay);
+    }
+
+    /// Sandbox `id` ends on its own, for `reason`.
+    pub fn end(&self, id: &str, reason: EndReason) {
+        if let Some(sandbox) = self.state().sandboxes.get_mut(id) {
+            sandbox.ended = Some(reason);
+        }
+    }
+
+    /// Looking at sandbox `id` fails (or works again).
+    pub fn make_unobservable(&self, id: &str, unobservable: bool) {
+        if let Some(sandbox) = self.state().sandboxes.get_mut(id) {
+            sandbox.unobservable = unobservable;
+        }
+    }
+
+    /// What the fake knows of sandbox `id`.
+    pub fn sandbox(&self, id: &str) -> Option<FakeSandbox> {
+        self.state().sandboxes.get(id).cloned()
+    }
+
+    /// Ids of the sandboxes that run.
+    pub fn running(&self) -> Vec<String> {
+        self.state()
+            .sandboxes
+            .iter()
+            .filter(|(_, s)| s.ended.is_none() && !s.killed)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Whether `shutdown` was called.
+    pub fn was_shut_down(&self) -> bool {
+        self.state().shut_down
+    }
+
+    fn handle(id: &str) -> Handle {
+        Handle {
+            id: id.to_owned(),
+            backend: NAME.to_owned(),
+            state: serde_json::Value::Null,
+        }
+    }
+
+    fn started(id: &str) -> Started {
+        Started {
+            handle: Self::handle(id),
+            agent: AgentEndpoint::Unix(format!("/nonexistent/cove-fake/{id}.sock").into()),
+        }
+    }
+
+    fn known(&self, handle: &Handle) -> Result<FakeSandbox, RuntimeError> {
+        if handle.backend != NAME {
+            return Err(RuntimeError::ForeignHandle {
+                id: handle.id.clone(),
+                backend: handle.backend.clone(),
+            });
+        }
+        self.sandbox(&handle.id).ok_or_else(|| RuntimeError::Io {
+            what: "find the sandbox",
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
+    }
+}
+
+impl Runtime for FakeRuntime {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn create(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+        let delay = self.state().create_delay;
+        if let Some(delay) = delay {
+            std::thread::sleep(delay);
+        }
+        let mut state = self.state();
+        if state.failing_creates > 0 {
+            state.failing_creates -= 1;
+            return Err(RuntimeError::Start {
+                id: spec.id.clone(),
+                reason: "the fake was told to fail".to_owned(),
+            });
+        }
+        state.sandboxes.insert(
+            spec.id.clone(),
+            FakeSandbox {
+                spec_network: spec.network,
+                limits: spec.limits,
+                ended: None,
+                unobservable: false,
+                killed: false,
+            },
+        );
+        Ok(Self::started(&spec.id))
+    }
+
+    fn recover(&self, handle: &Handle) -> Result<Option<Started>, RuntimeError> {
+        let sandbox = self.known(handle)?;
+        Ok((sandbox.ended.is_none() && !sandbox.killed).then(|| Self::started(&handle.id)))
+    }
+
+    fn liveness(&self, handle: &Handle) -> Result<Liveness, RuntimeError> {
+        let sandbox = self.known(handle)?;
+        if sandbox.unobservable {
+            return Err(RuntimeError::Io {
+                what: "look at the sandbox",
+                source: std::io::Error::from_raw_os_error(24), // EMFILE
+            });
+        }
+        Ok(match (sandbox.ended, sandbox.killed) {
+            (Some(reason), _) => Liveness::Ended(reason),
+            (None, true) => Liveness::Ended(EndReason::AgentExited),
+            (None, false) => Liveness::Running,
+        })
+    }
+
+    fn kill(&self, handle: &Handle) -> Result<(), RuntimeError> {
+        self.known(handle)?;
+        if let Some(sandbox) = self.state().sandboxes.get_mut(&handle.id) {
+            sandbox.killed = true;
+        }
+        Ok(())
+    }
+
+    fn kill_leftovers(&self, id: &str) -> Result<(), RuntimeError> {
+        if let Some(sandbox) = self.state().sandboxes.get_mut(id) {
+            sandbox.killed = true;
+        }
+        Ok(())
+    }
+
+    fn remove(&self, _id: &str) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    fn usage(&self, handle: &Handle) -> Result<Usage, RuntimeError> {
+        let sandbox = self.known(handle)?;
+        Ok(Usage {
+            memory_bytes: sandbox.limits.memory_bytes / 2,
+            ..Usage::default()
+        })
+    }
+
+    fn set_limits(&self, handle: &Handle, limits: Limits) -> Result<(), RuntimeError> {
+        self.known(handle)?;
+        if let Some(sandbox) = self.state().sandboxes.get_mut(&handle.id) {
+            sandbox.limits = limits;
+        }
+        Ok(())
+    }
+
+    fn log(&self, id: &str) -> Result<String, RuntimeError> {
+        Ok(format!("2026-01-01T00:00:00Z INFO fake sandbox {id}\n"))
+    }
+
+    fn shutdown(&self) {
+        self.state().shut_down = true;
+    }
+}
