@@ -352,7 +352,7 @@ async fn a_body_that_never_arrives_is_dropped() {
     let (id, token) = raw_sandbox(&server).await;
 
     let promise = "Content-Length: 10737418240\r\n\r\n";
-    // To the API, with a valid key: the body is read, stalls, and the request fails.
+    // To the API, with a valid key: the body is read, stalls, and the request fails (408).
     let mut api = connect_from(FLOOD, server.addr).await.unwrap();
     api.write_all(
         format!(
@@ -364,6 +364,17 @@ async fn a_body_that_never_arrives_is_dropped() {
     )
     .await
     .unwrap();
+    let mut connect = connect_from(FLOOD, server.addr).await.unwrap();
+    connect
+        .write_all(
+            format!(
+                "POST /sandboxes/{id}/connect HTTP/1.1\r\nHost: x\r\nX-API-KEY: {}\r\n{promise}{{",
+                server.api_key
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
     // Through the proxy to a sandbox's agent, as an upload.
     let mut upload = connect_from(FLOOD, server.addr).await.unwrap();
     upload
@@ -400,6 +411,11 @@ async fn a_body_that_never_arrives_is_dropped() {
         "{api_answer}"
     );
     assert!(api_answer.contains("connection: close"), "{api_answer}");
+    let connect_answer = until_closed(&mut connect, DEADLINE).await;
+    assert!(
+        connect_answer.starts_with("HTTP/1.1 408"),
+        "{connect_answer}"
+    );
     let upload_answer = until_closed(&mut upload, DEADLINE).await;
     assert!(upload_answer.starts_with("HTTP/1.1 408"), "{upload_answer}");
     assert!(
