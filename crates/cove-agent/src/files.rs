@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::{
-    AgentState,
+    AgentState, atomic,
     auth::{self, Operation, SignedQuery},
     filesystem::{self, entry::METADATA_XATTR_PREFIX},
     paths,
@@ -303,8 +303,8 @@ async fn receive(
             ));
         };
         let path = query.resolve(state, user, Some(target))?;
-        write_file(&path, user, StreamReader::new(stream)).await?;
-        written.push(finish_file(&path, metadata)?);
+        write_file(&path, user, metadata, StreamReader::new(stream)).await?;
+        written.push(describe(&path));
     } else if essence.starts_with("multipart/") {
         let boundary = multer::parse_boundary(content_type).map_err(|err| {
             RestError::bad_request(format!("invalid multipart content type: {err}"))
@@ -338,8 +338,8 @@ async fn receive(
                 )));
             }
             let reader = StreamReader::new(field.map_err(io::Error::other));
-            write_file(&path, user, reader).await?;
-            written.push(finish_file(&path, metadata)?);
+            write_file(&path, user, metadata, reader).await?;
+            written.push(describe(&path));
         }
         drop(multipart);
         drain_epilogue(&mut stream).await;
@@ -382,10 +382,13 @@ async fn drain_epilogue(stream: &mut (impl Stream<Item = io::Result<Bytes>> + Un
     }
 }
 
-/// Streams `reader` into `path`, creating parents owned by `user`; the file ends up theirs.
+/// Streams `reader` into `path`, creating parents owned by `user`; the file ends up theirs,
+/// with `metadata`. A regular file (or a new one) is replaced whole once the content is
+/// complete (see [`atomic`]); anything else (a FIFO, a device) is written in place.
 async fn write_file(
     path: &Path,
     user: &User,
+    metadata: &BTreeMap<String, String>,
     reader: impl AsyncRead + Unpin,
 ) -> Result<(), RestError> {
     let internal = |what: &str, err: &io::Error| {
@@ -412,29 +415,57 @@ async fn write_file(
             _ => internal("create the parent directories of", &err),
         })?;
     }
-    if tokio::fs::metadata(path)
-        .await
-        .map(|m| m.is_dir())
-        .unwrap_or(false)
-    {
+    let existing = tokio::fs::metadata(path).await.ok();
+    if existing.as_ref().is_some_and(|m| m.is_dir()) {
         return Err(RestError::bad_request(format!(
             "path '{}' is a directory",
             path.display()
         )));
     }
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(path)
+    if existing.as_ref().is_some_and(|m| !m.is_file()) {
+        return write_in_place(path, user, metadata, reader)
+            .await
+            .map_err(|(what, err)| internal(what, &err));
+    }
+    let mut staged = atomic::Staged::create(path, user)
         .await
-        .map_err(|err| internal("open", &err))?;
-    filesystem::chown(path, user).map_err(|err| internal("chown", &err))?;
-    copy_in_chunks(reader, &mut file)
+        .map_err(|err| internal("create", &err))?;
+    copy_in_chunks(reader, staged.file())
         .await
         .map_err(|err| internal("write", &err))?;
-    file.flush().await.map_err(|err| internal("write", &err))?;
+    staged
+        .file()
+        .flush()
+        .await
+        .map_err(|err| internal("write", &err))?;
+    store_metadata(staged.path(), metadata)?;
+    staged
+        .commit()
+        .await
+        .map_err(|err| internal("replace", &err))
+}
+
+/// Writes into what is at `path` as it is (for what a rename must not replace).
+async fn write_in_place(
+    path: &Path,
+    user: &User,
+    metadata: &BTreeMap<String, String>,
+    reader: impl AsyncRead + Unpin,
+) -> Result<(), (&'static str, io::Error)> {
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .await
+        .map_err(|err| ("open", err))?;
+    filesystem::fchown(&file, user).map_err(|err| ("chown", err))?;
+    copy_in_chunks(reader, &mut file)
+        .await
+        .map_err(|err| ("write", err))?;
+    file.flush().await.map_err(|err| ("write", err))?;
+    if let Err(err) = replace_metadata(path, metadata) {
+        tracing::debug!(?err, path = %path.display(), "no metadata on a special file");
+    }
     Ok(())
 }
 
@@ -472,11 +503,8 @@ fn is_disk_full(err: &io::Error) -> bool {
     )
 }
 
-/// Replaces the file's user metadata with `metadata` and describes the result.
-fn finish_file(
-    path: &Path,
-    metadata: &BTreeMap<String, String>,
-) -> Result<WrittenEntry, RestError> {
+/// Stores `metadata` on a file about to take its place (507 when the disk is full).
+fn store_metadata(path: &Path, metadata: &BTreeMap<String, String>) -> Result<(), RestError> {
     if let Err(err) = replace_metadata(path, metadata) {
         if is_disk_full(&err) {
             return Err(RestError::new(
@@ -487,7 +515,12 @@ fn finish_file(
         // Filesystems without user xattrs simply keep no metadata.
         tracing::warn!(?err, path = %path.display(), "cannot store file metadata");
     }
-    Ok(WrittenEntry {
+    Ok(())
+}
+
+/// What an upload reports for the file now at `path`.
+fn describe(path: &Path) -> WrittenEntry {
+    WrittenEntry {
         path: path.to_string_lossy().into_owned(),
         name: path
             .file_name()
@@ -495,7 +528,7 @@ fn finish_file(
             .unwrap_or_default(),
         r#type: "file",
         metadata: filesystem::entry::read_metadata(path).into_iter().collect(),
-    })
+    }
 }
 
 fn replace_metadata(path: &Path, metadata: &BTreeMap<String, String>) -> io::Result<()> {

@@ -3,6 +3,7 @@
 //! official E2B SDKs can drive it unchanged.
 #![forbid(unsafe_code)]
 
+pub mod atomic;
 pub mod auth;
 pub mod defaults;
 pub mod files;

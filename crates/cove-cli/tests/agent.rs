@@ -172,6 +172,114 @@ async fn symlinks_are_reported_as_symlinks() {
     );
 }
 
+/// Names of the agent's temporary upload files in the user's home.
+async fn temporary_files(client: &AgentClient) -> Vec<String> {
+    client
+        .files()
+        .list("/home/user", 1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|name| name.starts_with(".cove-upload-"))
+        .collect()
+}
+
+/// Opens a raw connection to the agent and sends half of a multipart upload of 1 MiB to
+/// `path`: the headers, the part's headers and the first 512 KiB of its content.
+async fn half_an_upload(agent: &TestAgent, path: &str) -> tokio::net::UnixStream {
+    use tokio::io::AsyncWriteExt as _;
+    let boundary = "cove-cut-off";
+    let preamble = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cut.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    );
+    let epilogue = format!("\r\n--{boundary}--\r\n");
+    let content = vec![b'x'; 1 << 20];
+    let length = preamble.len() + content.len() + epilogue.len();
+    let head = format!(
+        "POST /files?path={path} HTTP/1.1\r\nHost: agent\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {length}\r\n\r\n"
+    );
+    let mut stream = tokio::net::UnixStream::connect(&agent.socket)
+        .await
+        .unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(preamble.as_bytes()).await.unwrap();
+    stream
+        .write_all(&content[..content.len() / 2])
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_replace_files_whole() {
+    let agent = TestAgent::start(cove()).await;
+    let client = agent.client();
+    let files = client.files();
+    files.write("kept.txt", "the original").await.unwrap();
+
+    // Permissions, owner and a link in the way stay as a write in place kept them.
+    client
+        .commands()
+        .run("chmod 640 kept.txt && ln -s kept.txt link.txt")
+        .await
+        .unwrap();
+    files.write("link.txt", "second version").await.unwrap();
+    let kept = files.stat("kept.txt").await.unwrap();
+    assert_eq!(
+        (kept.mode, kept.owner.as_str(), kept.group.as_str()),
+        (0o640, "user", "user")
+    );
+    assert_eq!(
+        files.stat("link.txt").await.unwrap().kind,
+        FileKind::Symlink
+    );
+    assert_eq!(
+        files.read_to_string("kept.txt").await.unwrap(),
+        "second version"
+    );
+
+    // An upload cut off in the middle of its body: the file as it was, no temporary file.
+    for (path, before) in [
+        ("/home/user/kept.txt", Some("second version")),
+        ("/home/user/new.bin", None),
+    ] {
+        let connection = half_an_upload(&agent, path).await;
+        wait_until(
+            "the agent to start writing the upload",
+            Duration::from_secs(10),
+            || {
+                let client = client.clone();
+                async move { (!temporary_files(&client).await.is_empty()).then_some(()) }
+            },
+        )
+        .await;
+        // Mid-body the old content is still whole.
+        if let Some(before) = before {
+            assert_eq!(files.read_to_string(path).await.unwrap(), before);
+        }
+        drop(connection);
+        wait_until(
+            "the cut-off upload's temporary file to go",
+            Duration::from_secs(10),
+            || {
+                let client = client.clone();
+                async move { temporary_files(&client).await.is_empty().then_some(()) }
+            },
+        )
+        .await;
+        match before {
+            Some(before) => assert_eq!(files.read_to_string(path).await.unwrap(), before),
+            None => assert!(!files.exists(path).await.unwrap(), "{path} was created"),
+        }
+    }
+
+    files.write("kept.txt", "third").await.unwrap();
+    assert_eq!(files.read_to_string("kept.txt").await.unwrap(), "third");
+    assert!(temporary_files(&client).await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn commands_run_as_the_right_user_with_env_and_cwd() {
     let agent = TestAgent::start_with(

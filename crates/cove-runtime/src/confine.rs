@@ -5,10 +5,7 @@
 
 use std::{io, path::Path};
 
-use rustix::{
-    mount::{MountFlags, MountPropagationFlags},
-    thread::{CapabilitySet, CapabilitySets},
-};
+use rustix::thread::{CapabilitySet, CapabilitySets};
 
 /// What root in a sandbox keeps: Docker's default set, less `NET_RAW` (ping works through
 /// ICMP datagram sockets instead) and `SYS_CHROOT` (chroot is refused by seccomp).
@@ -27,35 +24,8 @@ pub fn kept_capabilities() -> CapabilitySet {
         | CapabilitySet::AUDIT_WRITE
 }
 
-/// `/proc` files that tell about or act on the host's kernel: covered with `/dev/null`.
-const MASKED_FILES: [&str; 8] = [
-    "proc/kcore",
-    "proc/keys",
-    "proc/latency_stats",
-    "proc/timer_list",
-    "proc/timer_stats",
-    "proc/sched_debug",
-    "proc/sysrq-trigger",
-    "proc/kallsyms",
-];
-/// Directories hidden under an empty read-only tmpfs.
-const MASKED_DIRS: [&str; 5] = [
-    "proc/acpi",
-    "proc/scsi",
-    "proc/asound",
-    "sys/firmware",
-    "sys/devices/virtual/powercap",
-];
-/// `/proc` subtrees left readable but made read-only.
-const READ_ONLY: [&str; 5] = [
-    "proc/bus",
-    "proc/fs",
-    "proc/irq",
-    "proc/sys",
-    "proc/sysrq-trigger",
-];
-
-/// Masks `/proc` and `/sys` below `root` (before the switch of root, while mounting works).
+/// Masks `/proc` and `/sys` below `root` (before the switch of root, while mounting works)
+/// as `resources/masks.json` says.
 pub fn mask_kernel_interfaces(root: &Path) -> io::Result<()> {
     // ICMP echo for everyone, as `ping` needs without CAP_NET_RAW; set before /proc/sys
     // turns read-only. The setting is the sandbox's network namespace's own.
@@ -63,35 +33,8 @@ pub fn mask_kernel_interfaces(root: &Path) -> io::Result<()> {
         root.join("proc/sys/net/ipv4/ping_group_range"),
         "0 2147483647",
     );
-    for file in MASKED_FILES {
-        let target = root.join(file);
-        if target.exists() {
-            rustix::mount::mount_bind(root.join("dev/null"), &target)?;
-        }
-    }
-    for dir in MASKED_DIRS {
-        let target = root.join(dir);
-        if target.is_dir() {
-            crate::mounts::mount_tmpfs_read_only(&target)?;
-        }
-    }
-    for path in READ_ONLY {
-        let target = root.join(path);
-        if target.exists() {
-            rustix::mount::mount_bind(&target, &target)?;
-            rustix::mount::mount_change(&target, MountPropagationFlags::PRIVATE)?;
-            rustix::mount::mount_remount(
-                &target,
-                MountFlags::BIND
-                    | MountFlags::RDONLY
-                    | MountFlags::NOSUID
-                    | MountFlags::NODEV
-                    | MountFlags::NOEXEC,
-                "",
-            )?;
-        }
-    }
-    Ok(())
+    // The caller (the PID 1 stage) takes an io::Error; the typed error travels inside it.
+    crate::masks::apply(root).map_err(io::Error::other)
 }
 
 /// Shrinks the bounding set (for everything started from now on) and this process's own

@@ -14,6 +14,7 @@ pub mod disk;
 pub mod egress;
 pub mod idmap;
 pub mod inherited;
+pub mod masks;
 pub mod mounts;
 pub mod namespace;
 pub mod net;
@@ -125,6 +126,8 @@ pub enum RuntimeError {
     Start { id: String, reason: String },
     #[error("every uid range is in use")]
     NoUidRange,
+    #[error("the server's disk is full ({} MiB free): no new sandbox until space returns", .free_bytes >> 20)]
+    HostDiskFull { free_bytes: u64 },
     #[error("sandbox {id} belongs to another backend ({backend})")]
     ForeignHandle { id: String, backend: String },
 }

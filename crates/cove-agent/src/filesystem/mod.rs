@@ -259,7 +259,23 @@ pub fn ensure_dirs(path: &Path, user: &User) -> io::Result<()> {
 
 /// Gives `path` to `user` (a no-op when the agent runs unprivileged as that user).
 pub fn chown(path: &Path, user: &User) -> io::Result<()> {
-    match std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)) {
+    unless_unprivileged_as(
+        user,
+        std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)),
+    )
+}
+
+/// Gives an open file to `user`, like [`chown`].
+pub fn fchown(file: &impl std::os::fd::AsFd, user: &User) -> io::Result<()> {
+    unless_unprivileged_as(
+        user,
+        std::os::unix::fs::fchown(file, Some(user.uid), Some(user.gid)),
+    )
+}
+
+/// A refused change of owner is fine when the agent runs as `user` itself.
+fn unless_unprivileged_as(user: &User, result: io::Result<()>) -> io::Result<()> {
+    match result {
         Err(err)
             if err.kind() == io::ErrorKind::PermissionDenied
                 && rustix::process::geteuid().as_raw() == user.uid =>

@@ -168,6 +168,15 @@ impl Watcher {
         if is_self_event && !dir.as_os_str().is_empty() {
             return Vec::new();
         }
+        // An upload's temporary file is an implementation detail: its file shows up as
+        // created and written when it takes its place.
+        if event
+            .name
+            .as_deref()
+            .is_some_and(crate::atomic::is_temporary)
+        {
+            return Vec::new();
+        }
         let relative = match &event.name {
             Some(name) => dir.join(name),
             None => dir.clone(),

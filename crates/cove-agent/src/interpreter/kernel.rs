@@ -325,7 +325,8 @@ async fn drain(pipe: tokio::net::unix::pipe::Receiver, keep: Option<Arc<Mutex<St
     }
 }
 
-/// Writes a file only `user` can read (the connection file holds the signing key).
+/// Writes a file only `user` can read (the connection file holds the signing key). A file
+/// that could not be written whole (a full disk) is removed again.
 fn write_private(path: &Path, contents: &str, user: &User) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -333,6 +334,10 @@ fn write_private(path: &Path, contents: &str, user: &User) -> std::io::Result<()
         .mode(0o600)
         .open(path)?;
     // By descriptor: the path could be swapped once the file is the user's.
-    std::os::unix::fs::fchown(&file, Some(user.uid), Some(user.gid))?;
-    file.write_all(contents.as_bytes())
+    let written = std::os::unix::fs::fchown(&file, Some(user.uid), Some(user.gid))
+        .and_then(|()| file.write_all(contents.as_bytes()));
+    if written.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    written
 }

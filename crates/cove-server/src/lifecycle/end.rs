@@ -28,12 +28,20 @@ impl Lifecycle {
 
     async fn end_now(&self, live: &Arc<Live>, reason: String) -> Result<(), LifecycleError> {
         let record = live.record();
-        // Gone from routing first: from now on its traffic is answered "not found".
-        self.registry.remove(&record.id);
+        // Gone from routing first: from now on its traffic is answered "not found", and
+        // asking after it tells why it is gone.
+        self.registry.retire(
+            &record.id,
+            Ended {
+                team: record.team.clone(),
+                reason: reason.clone(),
+                at: clock::now_ms(),
+            },
+        );
         let handle = live.handle().clone();
         if let Err(source) = self.blocking(move |r| r.kill(&handle)).await {
             // Keep it listed so the kill can be retried.
-            self.registry.insert(live.clone());
+            self.registry.restore(live.clone());
             return Err(LifecycleError::Kill {
                 id: record.id,
                 source,
@@ -41,14 +49,6 @@ impl Lifecycle {
         }
         self.discard(&record).await;
         tracing::info!(sandbox_id = %record.id, %reason, "sandbox ended");
-        self.registry.bury(
-            &record.id,
-            Ended {
-                team: record.team,
-                reason,
-                at: clock::now_ms(),
-            },
-        );
         Ok(())
     }
 
