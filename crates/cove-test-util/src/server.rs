@@ -166,6 +166,11 @@ impl TestServer {
         format!("http://{}", self.addr)
     }
 
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn state_dir(&self) -> &Path {
         self.state.path()
     }

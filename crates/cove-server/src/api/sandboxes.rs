@@ -4,7 +4,11 @@ use std::collections::BTreeMap;
 
 use axum::{
     Json,
-    extract::{Path, Query, State, rejection::JsonRejection},
+    body::Bytes,
+    extract::{
+        Path, Query, State,
+        rejection::{BytesRejection, JsonRejection},
+    },
     http::{HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -33,9 +37,30 @@ const MAX_PAGE: usize = 100;
 
 /// A JSON body, with E2B-shaped errors instead of axum's plain-text rejections.
 fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    payload.map(|Json(value)| value).map_err(|rejection| {
-        ApiError::bad_request(format!("invalid request body: {}", rejection.body_text()))
-    })
+    payload
+        .map(|Json(value)| value)
+        .map_err(|rejection| body_error(rejection.status(), &rejection, rejection.body_text()))
+}
+
+/// A raw body, its rejection E2B-shaped.
+fn raw_body(payload: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    payload.map_err(|rejection| body_error(rejection.status(), &rejection, rejection.body_text()))
+}
+
+/// 413 for a body over the limit, 408 for one that stopped coming, 400 for the rest.
+fn body_error(
+    status: StatusCode,
+    rejection: &(dyn std::error::Error + 'static),
+    text: String,
+) -> ApiError {
+    let status = if crate::front::stalled(rejection).is_some() {
+        StatusCode::REQUEST_TIMEOUT
+    } else if status == StatusCode::PAYLOAD_TOO_LARGE {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    ApiError::new(status, format!("invalid request body: {text}"))
 }
 
 /// An optional JSON body: an empty body is the default value.
@@ -108,9 +133,9 @@ pub async fn connect(
     State(state): State<AppState>,
     team: Team,
     Path(id): Path<String>,
-    raw: axum::body::Bytes,
+    raw: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Sandbox>, ApiError> {
-    let request: ConnectSandbox = optional_body(&raw)?;
+    let request: ConnectSandbox = optional_body(&raw_body(raw)?)?;
     let live = state.lifecycle().connect(&team.0, &id, request.timeout)?;
     Ok(Json(sandbox_answer(&state, &live)))
 }
