@@ -17,8 +17,8 @@ pub struct TestServer {
     child: Option<Child>,
     kill_on_exit: bool,
     extra_args: Vec<String>,
-    /// `COVE_LOG` of the server (and so of its sandboxes' agents).
-    log_filter: String,
+    /// What the sandboxes' agents log (`COVE_AGENT_LOG`), when not the default.
+    agent_log: Option<String>,
     cove: PathBuf,
     state: tempfile::TempDir,
     pub addr: SocketAddr,
@@ -50,32 +50,26 @@ impl TestServer {
 
     /// Starts `cove serve` with more arguments, `--kill-on-exit` only if asked.
     pub async fn launch(cove: &Path, kill_on_exit: bool, args: &[&str]) -> Self {
-        let filter = std::env::var("COVE_LOG").unwrap_or_else(|_| "warn".into());
-        Self::launch_logging(cove, kill_on_exit, args, &filter).await
+        Self::launch_full(cove, kill_on_exit, args, None, &std::env::temp_dir()).await
     }
 
-    /// Starts `cove serve` with `COVE_LOG=filter` (its sandboxes' agents log with it too).
-    pub async fn launch_logging(
-        cove: &Path,
-        kill_on_exit: bool,
-        args: &[&str],
-        filter: &str,
-    ) -> Self {
-        Self::launch_full(cove, kill_on_exit, args, filter, &std::env::temp_dir()).await
+    /// Starts `cove serve` (with `--kill-on-exit`) whose sandboxes' agents log as `filter`
+    /// says (`COVE_AGENT_LOG`).
+    pub async fn launch_with_agent_log(cove: &Path, args: &[&str], filter: &str) -> Self {
+        Self::launch_full(cove, true, args, Some(filter), &std::env::temp_dir()).await
     }
 
     /// Starts `cove serve` (with `--kill-on-exit`) whose state directory lies in `parent`
     /// (a filesystem of the test's own, say).
     pub async fn launch_in(cove: &Path, parent: &Path, args: &[&str]) -> Self {
-        let filter = std::env::var("COVE_LOG").unwrap_or_else(|_| "warn".into());
-        Self::launch_full(cove, true, args, &filter, parent).await
+        Self::launch_full(cove, true, args, None, parent).await
     }
 
     async fn launch_full(
         cove: &Path,
         kill_on_exit: bool,
         args: &[&str],
-        filter: &str,
+        agent_log: Option<&str>,
         parent: &Path,
     ) -> Self {
         let state = tempfile::Builder::new()
@@ -88,7 +82,7 @@ impl TestServer {
             child: None,
             kill_on_exit,
             extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
-            log_filter: filter.to_owned(),
+            agent_log: agent_log.map(str::to_owned),
             cove: cove.to_owned(),
             state,
             addr,
@@ -133,7 +127,15 @@ impl TestServer {
             .arg(self.state.path())
             .arg("--api-key")
             .arg(&self.api_key)
-            .env("COVE_LOG", &self.log_filter)
+            .env(
+                "COVE_LOG",
+                std::env::var("COVE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .envs(
+                self.agent_log
+                    .iter()
+                    .map(|filter| ("COVE_AGENT_LOG", filter)),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()

@@ -264,6 +264,7 @@ impl NamespaceRuntime {
                 "COVE_LOG",
                 std::env::var("COVE_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(std::env::var_os(init::AGENT_LOG_ENV).map(|v| (init::AGENT_LOG_ENV, v)))
             .spawn()
             .map_err(RuntimeError::io("start the sandbox setup"))?;
         let spec_json = serde_json::to_vec(&init).map_err(|e| RuntimeError::Io {
