@@ -35,6 +35,8 @@ enum Command {
     Logs(commands::logs::Args),
     /// List templates.
     Template(commands::template::Args),
+    /// Check this host for what sandboxes need, and say how to fix what is missing.
+    Doctor(commands::doctor::Args),
     /// Print a shell completion script.
     Completions(commands::completions::Args),
     /// Run the in-sandbox agent (started by `cove serve` inside each sandbox).
@@ -59,6 +61,7 @@ fn main() -> std::process::ExitCode {
         Command::Cp(args) => commands::cp::run(args),
         Command::Logs(args) => commands::logs::run(args),
         Command::Template(args) => commands::template::run(args),
+        Command::Doctor(args) => commands::doctor::run(args),
         Command::Completions(args) => commands::completions::run(args, Cli::command()),
         Command::Agent(args) => commands::agent::run(args),
         Command::SandboxInit(args) => commands::sandbox_init::run(args),

@@ -20,6 +20,7 @@ pub mod namespace;
 pub mod net;
 pub mod network;
 pub mod process;
+pub mod requirements;
 pub mod seccomp;
 pub mod template;
 pub mod uid_ranges;
