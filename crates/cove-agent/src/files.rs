@@ -433,7 +433,14 @@ async fn write_file(
     filesystem::chown(path, user).map_err(|err| internal("chown", &err))?;
     copy_in_chunks(reader, &mut file)
         .await
-        .map_err(|err| internal("write", &err))?;
+        .map_err(|err| match err {
+            // The body itself is broken (bad gzip or multipart, a client gone): their mistake.
+            CopyError::Read(err) => RestError::bad_request(format!(
+                "cannot read the upload for '{}': {err}",
+                path.display()
+            )),
+            CopyError::Write(err) => internal("write", &err),
+        })?;
     file.flush().await.map_err(|err| internal("write", &err))?;
     Ok(())
 }
@@ -446,23 +453,30 @@ async fn write_file(
 async fn copy_in_chunks(
     mut reader: impl AsyncRead + Unpin,
     file: &mut tokio::fs::File,
-) -> io::Result<()> {
+) -> Result<(), CopyError> {
     let mut chunk = Vec::with_capacity(WRITE_CHUNK);
     loop {
         chunk.clear();
         let mut ended = false;
         // `read_buf` fills the spare capacity, so the chunk never grows past WRITE_CHUNK.
         while chunk.len() < WRITE_CHUNK {
-            if reader.read_buf(&mut chunk).await? == 0 {
+            if reader.read_buf(&mut chunk).await.map_err(CopyError::Read)? == 0 {
                 ended = true;
                 break;
             }
         }
-        file.write_all(&chunk).await?;
+        file.write_all(&chunk).await.map_err(CopyError::Write)?;
         if ended {
             return Ok(());
         }
     }
+}
+
+/// Which side of a copy failed: the upload's body, or the file.
+#[derive(Debug)]
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
 }
 
 fn is_disk_full(err: &io::Error) -> bool {
@@ -590,6 +604,26 @@ mod tests {
             parse_metadata(&headers).unwrap_err().status,
             StatusCode::BAD_REQUEST
         );
+    }
+
+    /// Found by the `multipart_upload` fuzz target: a body that is not the gzip its
+    /// `Content-Encoding` says was answered 500, as if the disk had failed.
+    #[tokio::test]
+    async fn an_unreadable_upload_is_the_clients_mistake() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = User {
+            name: "user".into(),
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
+            home: dir.path().into(),
+            shell: "/bin/sh".into(),
+        };
+        let corrupt = async_compression::tokio::bufread::GzipDecoder::new(&b"not gzip at all"[..]);
+        let err = write_file(&dir.path().join("f"), &user, corrupt)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST, "{err:?}");
+        assert!(err.message.contains("cannot read the upload"), "{err:?}");
     }
 
     #[test]
