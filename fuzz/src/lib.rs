@@ -279,8 +279,7 @@ impl Agent {
         let home = root.join("home/user");
         std::fs::create_dir_all(&home).unwrap();
         std::fs::create_dir_all(root.join("etc")).unwrap();
-        let uid = process_ids().0;
-        let gid = process_ids().1;
+        let (uid, gid) = process_ids();
         std::fs::write(
             root.join("etc/passwd"),
             format!("user:x:{uid}:{gid}::{}:/bin/sh\n", home.display()),
