@@ -132,9 +132,9 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::NotFound(_)
             | LifecycleError::Ended { .. }
             | LifecycleError::TemplateNotFound(_) => (StatusCode::NOT_FOUND, None),
-            LifecycleError::BadTimeout(_) | LifecycleError::BadResources(_) => {
-                (StatusCode::BAD_REQUEST, None)
-            }
+            LifecycleError::BadTimeout(_)
+            | LifecycleError::BadResources(_)
+            | LifecycleError::BadEnvVar(_) => (StatusCode::BAD_REQUEST, None),
             LifecycleError::TooMany(_) | LifecycleError::TeamLimit(_) => {
                 (StatusCode::TOO_MANY_REQUESTS, Some(RETRY_LIMIT_SECS))
             }

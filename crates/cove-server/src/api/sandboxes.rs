@@ -7,7 +7,7 @@ use axum::{
     body::Bytes,
     extract::{
         Path, Query, State,
-        rejection::{BytesRejection, JsonRejection},
+        rejection::{BytesRejection, JsonRejection, QueryRejection},
     },
     http::{HeaderValue, StatusCode},
     response::{IntoResponse, Response},
@@ -61,6 +61,13 @@ fn body_error(
         StatusCode::BAD_REQUEST
     };
     ApiError::new(status, format!("invalid request body: {text}"))
+}
+
+/// A query string, with E2B-shaped errors instead of axum's plain-text rejections.
+fn parsed_query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query.map(|Query(value)| value).map_err(|rejection| {
+        ApiError::bad_request(format!("invalid query: {}", rejection.body_text()))
+    })
 }
 
 /// An optional JSON body: an empty body is the default value.
@@ -153,8 +160,9 @@ pub struct ListQuery {
 pub async fn list_v2(
     State(state): State<AppState>,
     team: Team,
-    Query(query): Query<ListQuery>,
+    raw: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let query = parsed_query(raw)?;
     let filter = MetadataFilter::parse(query.metadata.as_deref())?;
     let wants_running = match &query.state {
         None => true,
@@ -206,8 +214,9 @@ pub async fn list_v2(
 pub async fn list_v1(
     State(state): State<AppState>,
     team: Team,
-    Query(query): Query<ListQuery>,
+    raw: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<ListedSandbox>>, ApiError> {
+    let query = parsed_query(raw)?;
     let filter = MetadataFilter::parse(query.metadata.as_deref())?;
     Ok(Json(
         state
@@ -375,8 +384,9 @@ pub async fn logs(
     State(state): State<AppState>,
     team: Team,
     Path(id): Path<String>,
-    Query(query): Query<LogsQuery>,
+    raw: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Json<SandboxLogs>, ApiError> {
+    let query = parsed_query(raw)?;
     let live = state.lifecycle().get(&team.0, &id)?;
     let text = state.lifecycle().log(&live).await.map_err(|err| {
         tracing::warn!(?err, sandbox_id = %id, "cannot read a sandbox's log");
@@ -459,6 +469,31 @@ pub async fn templates(State(state): State<AppState>, _team: Team) -> Json<Vec<T
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `list_query` fuzz target: a query that does not parse (`limit=x`, a key
+    /// given twice) was answered with axum's plain-text 400, which the E2B SDKs cannot read.
+    #[test]
+    fn a_query_that_does_not_parse_is_an_e2b_error() {
+        for uri in [
+            "/v2/sandboxes?limit=1&limit=2",
+            "/v2/sandboxes?limit=x",
+            "/sandboxes/a/logs?start=-99999999999999999999",
+        ] {
+            let uri: axum::http::Uri = uri.parse().unwrap();
+            let err = match uri.path() {
+                "/v2/sandboxes" => parsed_query(Query::<ListQuery>::try_from_uri(&uri)).map(|_| ()),
+                _ => parsed_query(Query::<LogsQuery>::try_from_uri(&uri)).map(|_| ()),
+            }
+            .unwrap_err();
+            let response = err.into_response();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{uri}");
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/json",
+                "{uri}"
+            );
+        }
+    }
 
     #[test]
     fn metadata_filter_decodes_like_e2b() {

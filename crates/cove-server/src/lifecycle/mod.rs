@@ -42,6 +42,10 @@ pub enum LifecycleError {
     BadTimeout(i64),
     #[error("{0}")]
     BadResources(String),
+    #[error(
+        "invalid environment variable {0:?}: names must be non-empty without '=' or NUL, values without NUL"
+    )]
+    BadEnvVar(String),
     #[error("the server runs its maximum of {0} sandboxes; kill some first")]
     TooMany(usize),
     #[error("{0}")]

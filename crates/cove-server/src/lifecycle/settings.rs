@@ -78,6 +78,8 @@ impl Settings {
             ApiVersion::V2 => 300,
         });
         check_timeout(timeout_secs)?;
+        let env_vars = request.env_vars.unwrap_or_default();
+        check_env_vars(&env_vars)?;
         // The defaults fit any host that can run a sandbox at all.
         let cpu_count = request.cpu_count.unwrap_or(CPU_COUNT.min(caps.cpus));
         if !(1..=caps.cpus).contains(&cpu_count) {
@@ -100,7 +102,7 @@ impl Settings {
             cpu_count,
             memory_mb,
             metadata: request.metadata.unwrap_or_default(),
-            env_vars: request.env_vars.unwrap_or_default(),
+            env_vars,
             network: request.allow_internet_access.unwrap_or(true),
             private_ports: request
                 .network
@@ -147,6 +149,18 @@ impl Settings {
     }
 }
 
+/// Environment variables every process of the sandbox gets must be ones a process can have:
+/// a name that is not empty and holds no `=` or NUL, a value without NUL. (Accepted, they
+/// made every later command fail to start, or set another variable than the one named.)
+pub fn check_env_vars(env_vars: &BTreeMap<String, String>) -> Result<(), LifecycleError> {
+    for (name, value) in env_vars {
+        if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+            return Err(LifecycleError::BadEnvVar(name.clone()));
+        }
+    }
+    Ok(())
+}
+
 /// A sandbox's lifetime must be within 0 and [`MAX_TIMEOUT_SECS`].
 pub fn check_timeout(timeout_secs: i64) -> Result<(), LifecycleError> {
     if (0..=MAX_TIMEOUT_SECS).contains(&timeout_secs) {
@@ -179,5 +193,26 @@ pub fn agent_settings(record: &SandboxRecord) -> AgentSettings {
         default_workdir: "/home/user".into(),
         env,
         code_interpreter_port: Some(cove_proto::envd::CODE_INTERPRETER_PORT),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found while checking the inputs schemathesis sends to `cove serve`: `{"envVars":
+    /// {"A\u0000B": "x"}}` was a 201, after which every command failed to start ("nul byte
+    /// found in provided data"); `{"A=B": "x"}` set `A` to `B=x`.
+    #[test]
+    fn env_vars_a_process_cannot_have_are_refused() {
+        let env = |name: &str, value: &str| BTreeMap::from([(name.to_owned(), value.to_owned())]);
+        assert!(check_env_vars(&env("PATH_2", "a=b c")).is_ok());
+        assert!(check_env_vars(&BTreeMap::new()).is_ok());
+        for (name, value) in [("A\0B", "x"), ("A", "x\0y"), ("", "x"), ("A=B", "x")] {
+            assert!(
+                matches!(check_env_vars(&env(name, value)), Err(LifecycleError::BadEnvVar(n)) if n == name),
+                "{name:?}={value:?}"
+            );
+        }
     }
 }
