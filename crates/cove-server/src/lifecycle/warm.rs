@@ -36,7 +36,7 @@ impl Lifecycle {
     }
 
     async fn start_warm(&self, network: bool) -> Option<Warm> {
-        let template = self.templates.get(WARM_TEMPLATE)?.clone();
+        let template = self.templates.built_in(WARM_TEMPLATE)?;
         let settings = Settings::warm(template, self.config.caps, network);
         let mut record = settings.record(&self.config, secrets::random_id(20));
         match self
