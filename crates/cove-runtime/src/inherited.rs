@@ -16,28 +16,36 @@ pub const AGENT_LISTENER: RawFd = 3;
 /// The sandbox's uid-range lease ([`crate::uid_ranges::Lease`]); PID 1 only keeps it open.
 pub const UID_LEASE: RawFd = 4;
 
+/// Descriptors are first copied to numbers from here on, above every target, so that placing
+/// one never overwrites another still to be placed.
+const ABOVE_TARGETS: RawFd = 16;
+
 /// Makes the child of `command` find `fds` at the given numbers (and nothing else of ours:
 /// everything this process opens is close-on-exec).
-pub fn pass(command: &mut Command, fds: Vec<(OwnedFd, RawFd)>) {
-    // SAFETY: the closure only calls dup2 and fcntl, which are async-signal-safe, on
-    // descriptors the `fds` vector keeps open until the child has exec'd; it allocates
-    // nothing. dup2 to a different number clears close-on-exec on the copy; when source and
-    // target are already the same number, the flag is cleared by hand.
+pub fn pass(command: &mut Command, fds: Vec<(OwnedFd, RawFd)>) -> io::Result<()> {
+    debug_assert!(fds.iter().all(|(_, target)| *target < ABOVE_TARGETS));
+    let fds = fds
+        .into_iter()
+        .map(|(fd, target)| {
+            let copy = rustix::io::fcntl_dupfd_cloexec(&fd, ABOVE_TARGETS)?;
+            Ok((copy, target))
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    // SAFETY: the closure only calls dup2, which is async-signal-safe, on descriptors the
+    // `fds` vector keeps open until the child has exec'd; it allocates nothing. Every source
+    // is above every target, so no dup2 overwrites a source still to be placed, and the copy
+    // dup2 makes is not close-on-exec.
     unsafe {
         command.pre_exec(move || {
             for (fd, target) in &fds {
-                let source = fd.as_raw_fd();
-                if source == *target {
-                    if libc::fcntl(source, libc::F_SETFD, 0) == -1 {
-                        return Err(io::Error::last_os_error());
-                    }
-                } else if libc::dup2(source, *target) == -1 {
+                if libc::dup2(fd.as_raw_fd(), *target) == -1 {
                     return Err(io::Error::last_os_error());
                 }
             }
             Ok(())
         });
     }
+    Ok(())
 }
 
 /// Takes the agent's listening socket in PID 1. Call it once, before anything else could

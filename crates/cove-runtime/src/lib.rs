@@ -149,6 +149,8 @@ pub enum RuntimeError {
     Start { id: String, reason: String },
     #[error("every uid range is in use")]
     NoUidRange,
+    #[error("the server's disk is full ({} MiB free): no new sandbox until space returns", .free_bytes >> 20)]
+    HostDiskFull { free_bytes: u64 },
     #[error("sandbox {id} belongs to another backend ({backend})")]
     ForeignHandle { id: String, backend: String },
     /// The backend cannot do this (another backend may).

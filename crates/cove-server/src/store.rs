@@ -57,6 +57,17 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+impl StoreError {
+    /// Whether the database could not be written because its disk is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Query(rusqlite::Error::SqliteFailure(err, _))
+                if err.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+}
+
 /// An API key as listed (never the secret itself).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct KeyInfo {

@@ -17,6 +17,8 @@ pub struct TestServer {
     child: Option<Child>,
     kill_on_exit: bool,
     extra_args: Vec<String>,
+    /// `COVE_LOG` of the server (and so of its sandboxes' agents).
+    log_filter: String,
     cove: PathBuf,
     state: tempfile::TempDir,
     pub addr: SocketAddr,
@@ -48,9 +50,37 @@ impl TestServer {
 
     /// Starts `cove serve` with more arguments, `--kill-on-exit` only if asked.
     pub async fn launch(cove: &Path, kill_on_exit: bool, args: &[&str]) -> Self {
+        let filter = std::env::var("COVE_LOG").unwrap_or_else(|_| "warn".into());
+        Self::launch_logging(cove, kill_on_exit, args, &filter).await
+    }
+
+    /// Starts `cove serve` with `COVE_LOG=filter` (its sandboxes' agents log with it too).
+    pub async fn launch_logging(
+        cove: &Path,
+        kill_on_exit: bool,
+        args: &[&str],
+        filter: &str,
+    ) -> Self {
+        Self::launch_full(cove, kill_on_exit, args, filter, &std::env::temp_dir()).await
+    }
+
+    /// Starts `cove serve` (with `--kill-on-exit`) whose state directory lies in `parent`
+    /// (a filesystem of the test's own, say).
+    pub async fn launch_in(cove: &Path, parent: &Path, args: &[&str]) -> Self {
+        let filter = std::env::var("COVE_LOG").unwrap_or_else(|_| "warn".into());
+        Self::launch_full(cove, true, args, &filter, parent).await
+    }
+
+    async fn launch_full(
+        cove: &Path,
+        kill_on_exit: bool,
+        args: &[&str],
+        filter: &str,
+        parent: &Path,
+    ) -> Self {
         let state = tempfile::Builder::new()
             .prefix("cove-server-test-")
-            .tempdir()
+            .tempdir_in(parent)
             .expect("a temporary state directory");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let api_key = format!("cove_test_{}", addr.port());
@@ -58,6 +88,7 @@ impl TestServer {
             child: None,
             kill_on_exit,
             extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
+            log_filter: filter.to_owned(),
             cove: cove.to_owned(),
             state,
             addr,
@@ -102,10 +133,7 @@ impl TestServer {
             .arg(self.state.path())
             .arg("--api-key")
             .arg(&self.api_key)
-            .env(
-                "COVE_LOG",
-                std::env::var("COVE_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("COVE_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()

@@ -438,7 +438,13 @@ fn start_pid1(
         .stdout(Stdio::piped())
         .env_clear()
         .env("PATH", SANDBOX_PATH);
-    inherited::pass(&mut command, fds);
+    // The agent logs as the server does.
+    if let Some(filter) = std::env::var_os("COVE_LOG") {
+        command.env("COVE_LOG", filter);
+    }
+    inherited::pass(&mut command, fds).map_err(step(|| {
+        "cannot hand descriptors to the sandbox's PID 1".into()
+    }))?;
     let mut child = command
         .spawn()
         .map_err(step(|| "cannot start the sandbox's PID 1".into()))?;

@@ -44,6 +44,10 @@ const NAME: &str = "namespace";
 const SLOT_ATTEMPTS: usize = 16;
 /// The most of a sandbox's log that is read back (the agent keeps its part smaller).
 const LOG_READ_LIMIT: u64 = 16 << 20;
+/// Free space the sandboxes' filesystem must have for another sandbox: its disk image is
+/// sparse and takes space only as it is written, so this is no reservation, only a refusal
+/// to start sandboxes on a disk that is already full.
+const MIN_FREE_BYTES: u64 = 64 << 20;
 
 /// Runs sandboxes in Linux namespaces, using the `cove` binary at `exe` for the stages.
 #[derive(Clone, Debug)]
@@ -227,6 +231,17 @@ impl NamespaceRuntime {
             .map_err(RuntimeError::io("create the sandbox directory"))
     }
 
+    /// Refuses new sandboxes while the filesystem their disks live on is (nearly) full.
+    fn check_space(&self) -> Result<(), RuntimeError> {
+        let stat = rustix::fs::statvfs(&self.root)
+            .map_err(|e| RuntimeError::io("measure the free disk space")(e.into()))?;
+        let free_bytes = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free_bytes < MIN_FREE_BYTES {
+            return Err(RuntimeError::HostDiskFull { free_bytes });
+        }
+        Ok(())
+    }
+
     /// Runs the setup stage in uid range `slot` and, when asked, connects the network.
     /// `None` when another server's sandbox holds the range (nothing was started).
     fn start(&self, spec: &SandboxSpec, slot: u32) -> Result<Option<Started>, RuntimeError> {
@@ -367,6 +382,10 @@ impl Runtime for NamespaceRuntime {
         self.check_egress(spec)?;
         let dirs = self.dirs(&spec.id);
         self.make_dir(&dirs)?;
+        if let Err(err) = self.check_space() {
+            let _ = fs::remove_dir_all(&dirs.root);
+            return Err(err);
+        }
         if let Some(disks) = &self.disks {
             let image = dirs.disk_image();
             if !image.exists() {

@@ -144,6 +144,8 @@ impl IntoResponse for ApiError {
 const RETRY_LIMIT_SECS: u32 = 5;
 /// How long a client should wait when the server is busy starting sandboxes, in seconds.
 const RETRY_BUSY_SECS: u32 = 1;
+/// How long a client should wait when the server's disk is full, in seconds.
+const RETRY_DISK_SECS: u32 = 30;
 
 impl From<LifecycleError> for ApiError {
     fn from(err: LifecycleError) -> Self {
@@ -171,6 +173,13 @@ impl From<LifecycleError> for ApiError {
                 source: cove_runtime::RuntimeError::NoUidRange,
                 ..
             } => (StatusCode::SERVICE_UNAVAILABLE, Some(RETRY_BUSY_SECS)),
+            LifecycleError::Start {
+                source: cove_runtime::RuntimeError::HostDiskFull { .. },
+                ..
+            } => (StatusCode::INSUFFICIENT_STORAGE, Some(RETRY_DISK_SECS)),
+            LifecycleError::Store(store) if store.is_disk_full() => {
+                (StatusCode::INSUFFICIENT_STORAGE, Some(RETRY_DISK_SECS))
+            }
             LifecycleError::Start { .. }
             | LifecycleError::Kill { .. }
             | LifecycleError::Transition { .. }

@@ -245,7 +245,16 @@ mod tests {
             "{err:?}"
         );
         let _two = admission.admit(ask("a"), 0, &[], limits).unwrap();
-        let err = admission.admit(ask("a"), 0, &[], limits);
+        // Memory left for it, but no CPU.
+        let err = admission.admit(
+            Ask {
+                memory_mb: 0,
+                ..ask("a")
+            },
+            0,
+            &[],
+            limits,
+        );
         assert!(
             matches!(&err, Err(LifecycleError::TeamLimit(m)) if m.contains("CPUs")),
             "{err:?}"

@@ -31,12 +31,20 @@ impl Lifecycle {
         // After a transition under way (a pause, a snapshot): then it is killed as it is.
         let _turn = self.turn_of(live).await?;
         let record = live.record();
-        // Gone from routing first: from now on its traffic is answered "not found".
-        self.registry.remove(&record.id);
+        // Gone from routing first: from now on its traffic is answered "not found", and
+        // asking after it tells why it is gone.
+        self.registry.retire(
+            &record.id,
+            Ended {
+                team: record.team.clone(),
+                reason: reason.clone(),
+                at: clock::now_ms(),
+            },
+        );
         let handle = live.handle();
         if let Err(source) = self.blocking(move |r| r.kill(&handle)).await {
             // Keep it listed so the kill can be retried.
-            self.registry.insert(live.clone());
+            self.registry.restore(live.clone());
             return Err(LifecycleError::Kill {
                 id: record.id,
                 source,
@@ -44,14 +52,6 @@ impl Lifecycle {
         }
         self.discard(&record).await;
         tracing::info!(sandbox_id = %record.id, %reason, "sandbox ended");
-        self.registry.bury(
-            &record.id,
-            Ended {
-                team: record.team,
-                reason,
-                at: clock::now_ms(),
-            },
-        );
         Ok(())
     }
 

@@ -149,10 +149,6 @@ impl Registry {
         self.live_mut().insert(live.id(), live);
     }
 
-    pub fn remove(&self, id: &str) -> Option<Arc<Live>> {
-        self.live_mut().remove(id)
-    }
-
     pub fn all(&self) -> Vec<Arc<Live>> {
         self.live().values().cloned().collect()
     }
@@ -174,8 +170,28 @@ impl Registry {
             .count()
     }
 
+    /// Takes sandbox `id` out of the running and remembers why, in one step: from then on
+    /// it is reported gone with `ended`'s reason, never merely "not found".
+    pub fn retire(&self, id: &str, ended: Ended) {
+        let mut live = self.live_mut();
+        self.bury(id, ended);
+        live.remove(id);
+    }
+
+    /// Puts a sandbox whose end failed back among the running.
+    pub fn restore(&self, live: Arc<Live>) {
+        let id = live.id();
+        let mut running = self.live_mut();
+        self.ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_id
+            .remove(&id);
+        running.insert(id, live);
+    }
+
     /// Remembers that sandbox `id` ended.
-    pub fn bury(&self, id: &str, ended: Ended) {
+    fn bury(&self, id: &str, ended: Ended) {
         let mut tombstones = self.ended.lock().unwrap_or_else(|e| e.into_inner());
         if tombstones.by_id.insert(id.to_owned(), ended).is_none() {
             tombstones.order.push_back(id.to_owned());
