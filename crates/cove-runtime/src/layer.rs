@@ -49,7 +49,7 @@ pub struct CopySpec {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CopyReport {
-    /// The writable layers that were copied (the others do not exist).
+    /// The writable layers that were copied (the others do not exist or are empty).
     Copied(Vec<usize>),
     Failed(String),
 }
@@ -112,7 +112,8 @@ fn stage() -> io::Result<Vec<usize>> {
     let mut copied = Vec::new();
     for i in 0..spec.points {
         let upper = init::upper_in(&disk_dir, i);
-        if !upper.is_dir() {
+        // Nothing written there: no layer needed.
+        if !upper.is_dir() || fs::read_dir(&upper)?.next().is_none() {
             continue;
         }
         copy_tree(&upper, &spec.into.join(i.to_string()))?;

@@ -47,6 +47,8 @@ struct State {
     transition_delay: Option<Duration>,
     /// Pauses with memory are unsupported (a host without a cgroup freezer).
     no_memory_pause: bool,
+    /// Pauses, resumes and snapshots under way.
+    in_transition: usize,
     shut_down: bool,
 }
 
@@ -93,10 +95,20 @@ impl FakeRuntime {
     }
 
     fn delay_transition(&self) {
-        let delay = self.state().transition_delay;
+        let delay = {
+            let mut state = self.state();
+            state.in_transition += 1;
+            state.transition_delay
+        };
         if let Some(delay) = delay {
             std::thread::sleep(delay);
         }
+        self.state().in_transition -= 1;
+    }
+
+    /// How many pauses, resumes and snapshots are under way now.
+    pub fn transitions_under_way(&self) -> usize {
+        self.state().in_transition
     }
 
     /// Sandbox `id` ends on its own, for `reason`.
@@ -270,7 +282,10 @@ impl Runtime for FakeRuntime {
     }
 
     fn log(&self, id: &str) -> Result<String, RuntimeError> {
-        Ok(format!("2026-01-01T00:00:00Z INFO fake sandbox {id}\n"))
+        // As the real stages write it: one JSON object a line.
+        Ok(format!(
+            "{{\"timestamp\":\"2026-01-01T00:00:00Z\",\"level\":\"INFO\",\"fields\":{{\"message\":\"fake sandbox {id}\"}},\"target\":\"fake\"}}\n"
+        ))
     }
 
     fn shutdown(&self) {

@@ -410,6 +410,8 @@ fn build_rootfs(
         }
         mkdir(&dirs.work(i), 0o755)?;
         let target = rootfs.join(at.strip_prefix("/").unwrap_or(at));
+        let _as_root = userns::ActingAsSandboxRoot::begin(userns::base_for_slot(spec.slot))
+            .map_err(step(|| "cannot act as the sandbox's root".into()))?;
         mounts::mount_overlay(
             &target,
             &lowers,
