@@ -273,6 +273,9 @@ pub fn setup(exe: &Path) -> Result<Report, InitError> {
         | UnshareFlags::NEWCGROUP;
     unshare(flags).map_err(step(|| "cannot create the sandbox's namespaces".into()))?;
 
+    // The host-only umask was for what setup made; the sandbox's processes get the usual
+    // one (files 0644, as on E2B), not 0600.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     start_pid1(
         &spec,
         vec![

@@ -331,6 +331,8 @@ impl NamespaceRuntime {
             let _ = process::kill_and_wait(pid, start_time, KILL_TIMEOUT);
             return Err(err);
         }
+        // Its host pid, for whoever runs the server (and the tests that look for leftovers).
+        tracing::info!(sandbox_id = %spec.id, pid, "sandbox started");
         Ok(Some(self.started(&spec.id, state)))
     }
 
