@@ -404,3 +404,72 @@ async fn a_server_that_died_mid_transition_finds_one_clear_state() {
     assert!(fixture.runtime.recover(&resumed.handle).unwrap().is_none());
     assert!(loop_devices_under(fixture.state.path()).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_of_hostile_files_gives_the_host_nothing_to_follow() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let fixture = Fixture::new();
+    let id = "hostile";
+    let started = fixture.start(id, &fixture.template);
+    let root = client(&started).as_user("root");
+    // Links to host paths, a setuid-root program, a hard link to it, a FIFO, a sparse
+    // gigabyte.
+    sh(
+        &root,
+        "ln -s /etc/shadow /root/shadow; ln -s ../../../../../../../../etc /root/up; \
+         cp /usr/bin/id /root/suid; chmod 4755 /root/suid; ln /root/suid /root/hard; \
+         mkfifo /root/fifo; truncate -s 1G /root/sparse",
+    )
+    .await;
+    let into = fixture.state.path().join("snapshots/hostile");
+    std::fs::create_dir_all(into.parent().unwrap()).unwrap();
+    let snapshot = fixture
+        .runtime
+        .snapshot(&started.handle, &fixture.template, &into)
+        .unwrap();
+    let layer = into.join("0/root");
+
+    // Copied as they are, nothing followed; only host root reaches them.
+    for link in ["shadow", "up"] {
+        let meta = std::fs::symlink_metadata(layer.join(link)).unwrap();
+        assert!(
+            meta.file_type().is_symlink(),
+            "{link} is a link, not what it names"
+        );
+    }
+    let suid = std::fs::metadata(layer.join("suid")).unwrap();
+    assert_eq!((suid.uid(), suid.mode() & 0o7777), (0, 0o4755));
+    assert_eq!(
+        suid.ino(),
+        std::fs::metadata(layer.join("hard")).unwrap().ino()
+    );
+    assert!(
+        std::fs::symlink_metadata(layer.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    assert!(std::fs::metadata(layer.join("sparse")).unwrap().blocks() * 512 < 1 << 20);
+    // (The server keeps snapshots under its 0700 state directory, in a 0700 directory of
+    // their own: crates/cove-server/tests/pause.rs.)
+
+    // Inside a sandbox from the snapshot, they lead to the sandbox's own files.
+    let copy = fixture.start("hostile-copy", &snapshot);
+    let copied = client(&copy).as_user("root");
+    let shadow = sh(&copied, "head -c 7 /root/shadow; echo; ls /root/up/passwd").await;
+    assert_eq!(
+        shadow, "root:*:\n/root/up/passwd\n",
+        "the template's shadow, not the host's"
+    );
+    assert_eq!(
+        sh(&copied, "stat -c '%a %U' /root/suid").await,
+        "4755 root\n"
+    );
+
+    // Removing the layers follows no link either.
+    std::fs::remove_dir_all(&into).unwrap();
+    assert!(Path::new("/etc/shadow").exists() && Path::new("/etc/passwd").exists());
+    fixture.end("hostile-copy", &copy.handle);
+    fixture.end(id, &started.handle);
+    assert!(loop_devices_under(fixture.state.path()).is_empty());
+}

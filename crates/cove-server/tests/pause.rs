@@ -499,6 +499,13 @@ async fn snapshots_are_templates_of_their_team() {
         .await;
     assert_ne!(first, second);
 
+    // Snapshots are host root's alone, like the rest of the state directory.
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [app.dir.path().to_owned(), app.dir.path().join("snapshots")] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+    }
+
     // A sandbox from the snapshot starts on its layer; it outlives the snapshot's deletion.
     let copy = app.created(json!({"templateID": unnamed_id})).await;
     let layers = app.runtime.sandbox(&copy).unwrap().template.unwrap().layers;
