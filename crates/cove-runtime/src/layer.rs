@@ -29,6 +29,8 @@ use crate::{disk, mounts, namespace::init};
 
 /// The stage's flag.
 pub const COPY_FLAG: &str = "--copy-layers";
+/// `PATH` of the stage.
+const HOST_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What the copy stage is asked to do.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,6 +61,8 @@ pub fn copy(exe: &Path, spec: &CopySpec) -> io::Result<Vec<usize>> {
     let mut child = Command::new(exe)
         .args([init::SUBCOMMAND, COPY_FLAG])
         .env_clear()
+        // Where the stage finds `cp`: the host's system directories only.
+        .env("PATH", HOST_PATH)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -217,7 +217,7 @@ pub trait Runtime: Send + Sync + 'static {
         })
     }
 
-    /// Freezes the files of a running or paused sandboxes made from `template` into new
+    /// Freezes the files of a running or paused sandbox made from `template` into new
     /// read-only layers under `into` (a directory that does not exist yet), and returns the
     /// template a sandbox starts from to find them as they are now: `template` with them on
     /// top. Processes and memory are not part of it.

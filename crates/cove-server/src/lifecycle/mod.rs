@@ -255,7 +255,8 @@ impl Lifecycle {
         }
     }
 
-    /// Waits for `live`'s turn for a transition; `None` when it ended while waiting.
+    /// Waits for `live`'s turn for a transition; an error when it ended (or was replaced)
+    /// while waiting.
     async fn turn_of<'a>(
         &self,
         live: &'a Live,
