@@ -73,6 +73,28 @@ def test_pause_keeps_processes_and_connect_resumes_them(new_sandbox, cove_server
     assert sandbox.is_running() is True
 
 
+def test_a_command_running_through_a_pause_finishes_after_the_resume(new_sandbox):
+    sandbox = new_sandbox()
+    handle = sandbox.commands.run(
+        "while [ ! -e /tmp/go ]; do sleep 0.05; done; echo finished", background=True
+    )
+    assert sandbox.pause() is True
+    resumed = Sandbox.connect(sandbox.sandbox_id)
+    resumed.files.write("/tmp/go", "")
+    # The stream opened before the pause carries the output of after the resume.
+    result = handle.wait()
+    assert (result.exit_code, result.stdout) == (0, "finished\n")
+
+
+def test_a_pause_without_memory_ends_a_running_command_and_leaves_the_sandbox_paused(new_sandbox):
+    sandbox = new_sandbox()
+    handle = sandbox.commands.run("sleep 600", background=True)
+    assert sandbox.pause(keep_memory=False) is True
+    with pytest.raises(Exception):
+        handle.wait()
+    assert Sandbox.get_info(sandbox.sandbox_id).state == SandboxState.PAUSED
+
+
 def test_pause_without_memory_restarts_the_processes_on_the_same_files(new_sandbox, cove_server):
     sandbox = new_sandbox()
     sandbox.files.write("/home/user/kept.txt", "on disk")

@@ -95,7 +95,8 @@ pub async fn all(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     });
     sandbox.kill().await?;
 
-    report.results.push(snapshot(&server).await?);
+    report.results.push(snapshot(&server, 0).await?);
+    report.results.push(snapshot(&server, SNAPSHOT_MIB).await?);
     report.results.extend(forks(&server).await?);
     Ok(())
 }
@@ -160,17 +161,14 @@ async fn cold_creates(settings: &Settings, n: usize) -> anyhow::Result<Figure> {
     Ok(latency(samples))
 }
 
-/// A snapshot of a sandbox holding [`SNAPSHOT_MIB`] of new data, beside a copy of its disk
-/// image with `cp --reflink=auto --sparse=always` (what a snapshot of the whole image would
-/// cost).
-async fn snapshot(server: &TestServer) -> anyhow::Result<Result> {
+/// A snapshot of a sandbox holding `mib` of new data, beside a copy of its disk image with
+/// `cp --reflink=auto --sparse=always` (what a snapshot of the whole image would cost).
+async fn snapshot(server: &TestServer, mib: usize) -> anyhow::Result<Result> {
     let config = server.config();
     let sandbox = Sandbox::create(&config, CreateOptions::default()).await?;
     sandbox
         .commands()
-        .run(&format!(
-            "head -c {SNAPSHOT_MIB}M /dev/urandom > ~/data && sync"
-        ))
+        .run(&format!("head -c {mib}M /dev/urandom > ~/data && sync"))
         .await?;
     let (mut ours, mut copies) = (Vec::new(), Vec::new());
     let image = server
@@ -201,7 +199,7 @@ async fn snapshot(server: &TestServer) -> anyhow::Result<Result> {
     sandbox.kill().await?;
     Ok(Result {
         name: format!(
-            "snapshot of a sandbox holding {SNAPSHOT_MIB} MiB written (frozen, its writable layer copied)"
+            "snapshot of a sandbox holding {mib} MiB written (frozen, its writable layer copied)"
         ),
         figure: latency(ours),
         baseline_name: "`cp --reflink=auto --sparse=always` of the same sandbox's disk image"

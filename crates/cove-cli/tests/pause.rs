@@ -473,3 +473,82 @@ async fn a_snapshot_of_hostile_files_gives_the_host_nothing_to_follow() {
     fixture.end(id, &started.handle);
     assert!(loop_devices_under(fixture.state.path()).is_empty());
 }
+
+/// The same through `cove serve` and the Rust SDK.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdk_pauses_resumes_snapshots_and_forks() {
+    use cove_sdk::{CreateOptions, Error, Sandbox, snapshots::PauseMode as Mode};
+    let server = cove_test_util::TestServer::start(Path::new(env!("CARGO_BIN_EXE_cove"))).await;
+    let config = server.config();
+    let sandbox = Sandbox::create(&config, CreateOptions::default())
+        .await
+        .unwrap();
+    sandbox.files().write("kept.txt", "kept").await.unwrap();
+
+    assert!(sandbox.pause(Mode::Memory).await.unwrap());
+    assert!(
+        !sandbox.pause(Mode::Memory).await.unwrap(),
+        "already paused"
+    );
+    assert!(!sandbox.is_running().await.unwrap());
+    let info = sandbox.info().await.unwrap();
+    assert_eq!(info.pause_mode.as_deref(), Some("full"));
+    let resumed = Sandbox::connect(&config, sandbox.id(), None).await.unwrap();
+    assert_eq!(
+        resumed.files().read("kept.txt").await.unwrap(),
+        "kept".as_bytes()
+    );
+
+    assert!(sandbox.pause(Mode::Filesystem).await.unwrap());
+    assert_eq!(
+        sandbox.info().await.unwrap().pause_mode.as_deref(),
+        Some("filesystem")
+    );
+    let resumed = Sandbox::connect(&config, sandbox.id(), None).await.unwrap();
+    assert_eq!(
+        resumed.files().read("kept.txt").await.unwrap(),
+        "kept".as_bytes()
+    );
+
+    let snapshot = resumed.snapshot(Some("sdk-snap")).await.unwrap();
+    assert_eq!(snapshot.snapshot_id, "default/sdk-snap:default");
+    assert_eq!(snapshot.mode.as_deref(), Some("filesystem"));
+    let copy = Sandbox::create(
+        &config,
+        CreateOptions {
+            template: Some(snapshot.snapshot_id.clone()),
+            ..CreateOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        copy.files().read("kept.txt").await.unwrap(),
+        "kept".as_bytes()
+    );
+    assert!(
+        Sandbox::delete_snapshot(&config, &snapshot.snapshot_id)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !Sandbox::delete_snapshot(&config, &snapshot.snapshot_id)
+            .await
+            .unwrap()
+    );
+
+    let forks = resumed
+        .fork(2, Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let forks: Vec<Sandbox> = forks.into_iter().collect::<Result<_, Error>>().unwrap();
+    for fork in &forks {
+        assert_eq!(
+            fork.files().read("kept.txt").await.unwrap(),
+            "kept".as_bytes()
+        );
+        assert!(fork.kill().await.unwrap());
+    }
+    assert!(copy.kill().await.unwrap());
+    assert!(resumed.kill().await.unwrap());
+}

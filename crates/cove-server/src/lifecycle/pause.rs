@@ -195,6 +195,8 @@ impl Lifecycle {
             .blocking(move |r| r.resume(&handle, &spec))
             .await
             .map_err(|source| transition(&id, "resumed", source))?;
+        // A sandbox resumed from its files starts as after a create; a template's start
+        // command (templates have none yet) belongs here as it will after a create.
         let new_handle = started.handle.clone();
         live.set_started(started);
         let now = clock::now_ms();
