@@ -48,8 +48,13 @@ fn config(dir: &std::path::Path) -> ServerConfig {
 }
 
 async fn app() -> App {
+    app_with(|_| {}).await
+}
+
+async fn app_with(change: impl FnOnce(&mut ServerConfig)) -> App {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path());
+    let mut config = config(dir.path());
+    change(&mut config);
     let runtime = FakeRuntime::new();
     let (state, _) = AppState::open(&config, runtime.clone(), "localhost:3000".into())
         .await
@@ -753,4 +758,26 @@ async fn logs_are_json_lines_for_e2b_clients() {
         .call(Method::GET, &format!("/v2/sandboxes/{id}/logs"), None)
         .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claimed_warm_sandbox_pauses_and_resumes_like_any_other() {
+    let app = app_with(|c| c.warm = 1).await;
+    app.state.lifecycle().warm_up();
+    cove_test_util::wait_until("a warm sandbox", Duration::from_secs(5), || async {
+        (app.runtime.running().len() == 2).then_some(())
+    })
+    .await;
+    let warm: Vec<String> = app.runtime.running();
+    // (No environment: the fake has no agent to hand it to.)
+    let id = app.created(json!({})).await;
+    assert!(warm.contains(&id), "a warm sandbox was handed out");
+    let (status, _) = app.pause(&id, json!({"memory": false})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = app.connect(&id, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // Started again from the template it was made of.
+    let started = app.runtime.sandbox(&id).unwrap();
+    assert_eq!(started.starts, 2);
+    assert_eq!(started.template.unwrap().name, "base");
 }
