@@ -260,9 +260,10 @@ class CoveServer:
             token = f"&nextToken={urllib.parse.quote(next_token)}"
 
     def sandbox_pids(self) -> dict[str, int]:
-        """Host pid of every sandbox the server started (id → pid), from its log."""
+        """Host pid of every sandbox the server started (id → pid), from its log (the
+        namespace runtime's handle names its PID 1)."""
         text = re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text(errors="replace"))
-        found = re.finditer(r"sandbox started sandbox_id=(\w+) pid=(\d+)", text)
+        found = re.finditer(r'sandbox started sandbox_id=(\w+) handle=\{[^}]*"pid":(\d+)', text)
         return {match[1]: int(match[2]) for match in found}
 
     def kill_all(self) -> set[str]:

@@ -1,16 +1,101 @@
 //! Many clients at once: each drives its own sandbox with `true` after `true`, all through
-//! the one `cove serve`, beside as many host tasks each forking `true`.
+//! the one `cove serve`, beside as many host tasks each forking `true`; and bursts of
+//! creates from many clients, beside as many host tasks each unsharing the same namespaces.
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use cove_sdk::{CreateOptions, Sandbox};
 use cove_test_util::TestServer;
 
 use crate::{
     commands::round_trip,
+    create::UNSHARE_TRUE,
     density::kill_all,
     measure::{Figure, Result, Settings},
 };
+
+/// Clients creating at once in a burst.
+pub const BURST_CLIENTS: usize = 25;
+/// Creates each client of a burst makes.
+const BURST_PER_CLIENT: usize = 4;
+
+/// A burst: [`BURST_CLIENTS`] clients each creating [`BURST_PER_CLIENT`] sandboxes one after
+/// the other (create → first command output), with or without internet access; every
+/// create must succeed. Beside as many host tasks each running `unshare … true` as often.
+pub async fn creates(settings: &Settings, network: bool) -> anyhow::Result<Result> {
+    let server = TestServer::start(&settings.cove).await;
+    let config = server.config();
+    let started = Instant::now();
+    let clients = (0..BURST_CLIENTS).map(|_| {
+        let config = config.clone();
+        tokio::spawn(async move {
+            let mut made = Vec::with_capacity(BURST_PER_CLIENT);
+            for _ in 0..BURST_PER_CLIENT {
+                let began = Instant::now();
+                let options = CreateOptions {
+                    allow_internet_access: Some(network),
+                    ..CreateOptions::default()
+                };
+                let sandbox = Sandbox::create(&config, options)
+                    .await
+                    .context("a create of the burst failed")?;
+                sandbox.commands().run("echo ready").await?;
+                made.push((began.elapsed(), sandbox));
+            }
+            anyhow::Ok(made)
+        })
+    });
+    let mut samples = Vec::new();
+    let mut sandboxes = Vec::new();
+    for client in futures::future::join_all(clients).await {
+        for (took, sandbox) in client?? {
+            samples.push(took);
+            sandboxes.push(sandbox);
+        }
+    }
+    let figure = rate(samples, started.elapsed());
+    kill_all(sandboxes).await?;
+
+    let started = Instant::now();
+    let tasks = (0..BURST_CLIENTS).map(|_| {
+        tokio::spawn(async move {
+            let mut samples = Vec::with_capacity(BURST_PER_CLIENT);
+            for _ in 0..BURST_PER_CLIENT {
+                let began = Instant::now();
+                let status = tokio::process::Command::new("unshare")
+                    .args(UNSHARE_TRUE)
+                    .status()
+                    .await?;
+                anyhow::ensure!(status.success(), "unshare failed");
+                samples.push(began.elapsed());
+            }
+            anyhow::Ok(samples)
+        })
+    });
+    let mut host = Vec::new();
+    for task in futures::future::join_all(tasks).await {
+        host.extend(task??);
+    }
+    let baseline = rate(host, started.elapsed());
+    let kind = if network {
+        "with internet access"
+    } else {
+        "no network"
+    };
+    Ok(Result {
+        name: format!(
+            "burst: {BURST_CLIENTS} clients at once, {} creates ({kind}), create → first output, none failed",
+            BURST_CLIENTS * BURST_PER_CLIENT
+        ),
+        figure,
+        baseline_name: format!(
+            "{BURST_CLIENTS} host tasks at once, each `unshare` of the same namespaces running `true` {BURST_PER_CLIENT} times"
+        ),
+        baseline,
+        target: None,
+    })
+}
 
 /// Commands each client runs, timed.
 fn per_client(settings: &Settings) -> usize {

@@ -163,23 +163,26 @@ async fn create_latency(settings: &Settings, case: &CreateCase) -> anyhow::Resul
 }
 
 /// `unshare` of the namespaces a sandbox gets, running `true`, `n` times.
+/// The arguments of `unshare` for a sandbox's namespaces, running `true`.
+pub const UNSHARE_TRUE: [&str; 10] = [
+    "--user",
+    "--map-root-user",
+    "--mount",
+    "--pid",
+    "--fork",
+    "--ipc",
+    "--uts",
+    "--net",
+    "--cgroup",
+    "true",
+];
+
 fn unshare_true(n: usize) -> anyhow::Result<Figure> {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
         let status = Command::new("unshare")
-            .args([
-                "--user",
-                "--map-root-user",
-                "--mount",
-                "--pid",
-                "--fork",
-                "--ipc",
-                "--uts",
-                "--net",
-                "--cgroup",
-                "true",
-            ])
+            .args(UNSHARE_TRUE)
             .status()
             .context("cannot run unshare")?;
         samples.push(started.elapsed());

@@ -23,7 +23,7 @@ pub struct Settings {
 }
 
 /// The groups, in the order they run; `--only` takes one of these.
-pub const GROUPS: [&str; 10] = [
+pub const GROUPS: [&str; 11] = [
     "commands",
     "transfers",
     "create",
@@ -33,6 +33,7 @@ pub const GROUPS: [&str; 10] = [
     "memory",
     "density",
     "concurrency",
+    "burst",
     "python",
 ];
 
@@ -198,6 +199,17 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
         report
             .results
             .push(crate::concurrency::commands(settings).await?);
+    }
+    if wanted("burst") {
+        for network in [false, true] {
+            eprintln!(
+                "burst: {} clients creating at once (network {network})",
+                crate::concurrency::BURST_CLIENTS
+            );
+            report
+                .results
+                .push(crate::concurrency::creates(settings, network).await?);
+        }
     }
     if wanted("python") {
         eprintln!("python: the official e2b SDK against ours");

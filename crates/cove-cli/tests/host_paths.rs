@@ -161,13 +161,9 @@ async fn nothing_a_sandbox_stores_lands_outside_its_quota() {
 /// in the sandbox makes the agent log.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sandbox_log_stays_under_its_cap() {
-    let server = TestServer::launch_logging(
-        cove(),
-        true,
-        &["--sandbox-log-kb", "16"],
-        "warn,cove_agent=debug",
-    )
-    .await;
+    let server =
+        TestServer::launch_with_agent_log(cove(), &["--sandbox-log-kb", "16"], "cove_agent=debug")
+            .await;
     let sbx = sandbox(&server, CreateOptions::default()).await;
     let log = sandbox_dir(&server, sbx.id()).join("sandbox.log");
     for n in 0..300 {

@@ -72,6 +72,8 @@ impl Fixture {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sandbox_runs_commands_as_its_own_users() {
+    // A strict umask on the host side must not reach the sandbox.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let fixture = Fixture::new();
     let (sandbox, client) = fixture.start("alpha");
     let out = client
@@ -100,6 +102,16 @@ async fn a_sandbox_runs_commands_as_its_own_users() {
             .unwrap()
             .stdout,
         "root\nroot\n"
+    );
+    // The usual modes for what the sandbox makes, whatever the server's umask.
+    assert_eq!(
+        client
+            .commands()
+            .run("umask; touch ~/f; mkdir ~/d; stat -c %a ~/f ~/d")
+            .await
+            .unwrap()
+            .stdout,
+        "0022\n644\n755\n"
     );
     client.files().write("hello.txt", "hi").await.unwrap();
     assert_eq!(

@@ -5,6 +5,8 @@
 mod agent_link;
 pub mod api;
 mod clock;
+pub mod front;
+mod keyring;
 pub mod lifecycle;
 pub mod proxy;
 mod query;
@@ -14,7 +16,7 @@ mod unread;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use axum::{Router, serve::ListenerExt};
+use axum::Router;
 use cove_runtime::{NamespaceRuntime, Runtime};
 
 use crate::{
@@ -60,6 +62,8 @@ pub struct ServerConfig {
     pub exe: PathBuf,
     /// What sandboxes with internet access may reach (`--allow-private-egress`).
     pub egress: cove_runtime::egress::EgressConfig,
+    /// Connection limits and timeouts of the HTTP front door.
+    pub front: front::FrontConfig,
 }
 
 /// Everything handlers share.
@@ -68,6 +72,7 @@ pub struct AppState(Arc<Inner>);
 
 struct Inner {
     store: Arc<Store>,
+    keys: keyring::KeyRing,
     lifecycle: Arc<Lifecycle>,
     domain: String,
 }
@@ -83,6 +88,11 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     pub fn store(&self) -> &Store {
         &self.0.store
+    }
+
+    /// The valid API keys, checked without a database query.
+    pub(crate) fn keys(&self) -> &keyring::KeyRing {
+        &self.0.keys
     }
 
     pub fn lifecycle(&self) -> &Arc<Lifecycle> {
@@ -146,7 +156,11 @@ pub fn open_store(state_dir: &std::path::Path) -> Result<Store, ServerError> {
         .map_err(state_err)?;
     std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
         .map_err(state_err)?;
-    Ok(Store::open(&state_dir.join("state.db"))?)
+    Ok(Store::open(&db_path(state_dir))?)
+}
+
+fn db_path(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("state.db")
 }
 
 impl AppState {
@@ -168,6 +182,7 @@ impl AppState {
         } else {
             Some(store.create_key(DEFAULT_TEAM, "first key")?.1)
         };
+        let keys = keyring::KeyRing::open(&db_path(&config.state_dir))?;
         let templates = Templates::load(&config.state_dir.join("templates"))?;
         let host = HostCaps::of_this_host();
         let caps = HostCaps {
@@ -194,6 +209,7 @@ impl AppState {
         Ok((
             AppState(Arc::new(Inner {
                 store,
+                keys,
                 lifecycle,
                 domain,
             })),
@@ -223,6 +239,7 @@ fn namespace_runtime(config: &ServerConfig) -> Result<Arc<dyn Runtime>, ServerEr
 pub struct Server {
     state: AppState,
     listener: tokio::net::TcpListener,
+    front: front::Front,
     kill_on_exit: bool,
     shutdown: ShutdownSignal,
     /// A key created because the store had none; shown once to whoever started the server.
@@ -235,21 +252,21 @@ impl Server {
         // First of all: a SIGTERM that arrives while sandboxes are being adopted or warmed
         // must stop the server cleanly, not kill it with them half set up.
         let shutdown = ShutdownSignal::install().map_err(ServerError::Signals)?;
+        let front = front::Front::prepare(&config.front);
         let runtime = namespace_runtime(&config)?;
-        Self::bind_with(config, runtime, shutdown).await
+        Self::bind_with(config, runtime, front, shutdown).await
     }
 
     async fn bind_with(
         config: ServerConfig,
         runtime: Arc<dyn Runtime>,
+        front: front::Front,
         shutdown: ShutdownSignal,
     ) -> Result<Self, ServerError> {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let listener = front::listen(config.listen).map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         let addr = listener
             .local_addr()
             .map_err(|source| ServerError::Listen {
@@ -265,6 +282,7 @@ impl Server {
         Ok(Self {
             state,
             listener,
+            front,
             kill_on_exit: config.kill_on_exit,
             shutdown,
             created_key,
@@ -281,15 +299,8 @@ impl Server {
         let reaper = tokio::spawn(lifecycle.clone().run_reaper(REAP_PERIOD));
         lifecycle.warm_up();
         let app = router(self.state.clone());
-        // Streams write one small frame at a time: Nagle's algorithm would hold each back
-        // until the peer's delayed ACK, about 40 ms.
-        let listener = self.listener.tap_io(|stream| {
-            if let Err(err) = stream.set_nodelay(true) {
-                tracing::debug!(?err, "cannot set TCP_NODELAY");
-            }
-        });
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(self.shutdown.received())
+        self.front
+            .serve(self.listener, app, self.shutdown.received())
             .await;
         reaper.abort();
         lifecycle.settle().await;
@@ -298,10 +309,7 @@ impl Server {
             lifecycle.kill_all().await;
         }
         lifecycle.shutdown();
-        served.map_err(|source| ServerError::Listen {
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source,
-        })
+        Ok(())
     }
 }
 

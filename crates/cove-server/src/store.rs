@@ -3,7 +3,7 @@
 //! of snapshots.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -260,6 +260,24 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?)
+    }
+
+    /// Every valid (non-revoked) key's hash, with its team.
+    pub fn valid_keys(&self) -> Result<HashMap<String, String>> {
+        let conn = self.conn();
+        let mut statement =
+            conn.prepare("SELECT hash, team FROM api_keys WHERE revoked_at IS NULL")?;
+        let keys = statement
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<HashMap<_, _>>>()?;
+        Ok(keys)
+    }
+
+    /// SQLite's `PRAGMA data_version`: changes when another connection commits.
+    pub fn data_version(&self) -> Result<i64> {
+        Ok(self
+            .conn()
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
     }
 
     /// What `team` may use (no limits unless some were set).

@@ -41,6 +41,7 @@ fn config(dir: &std::path::Path) -> ServerConfig {
         warm: 0,
         exe: "/nonexistent/cove".into(),
         egress: Default::default(),
+        front: Default::default(),
     }
 }
 

@@ -4,12 +4,15 @@
 
 mod agent;
 mod fake_runtime;
+pub mod image;
+mod registry;
 mod server;
 mod wait;
 
 pub use crate::{
     agent::{AgentOptions, TestAgent},
     fake_runtime::{FakeRuntime, FakeSandbox},
+    registry::TestRegistry,
     server::{TestServer, built_cove},
     wait::{free_port, wait_until},
 };

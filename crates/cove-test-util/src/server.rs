@@ -17,8 +17,8 @@ pub struct TestServer {
     child: Option<Child>,
     kill_on_exit: bool,
     extra_args: Vec<String>,
-    /// `COVE_LOG` of the server (and so of its sandboxes' agents).
-    log_filter: String,
+    /// What the sandboxes' agents log (`COVE_AGENT_LOG`), when not the default.
+    agent_log: Option<String>,
     cove: PathBuf,
     state: tempfile::TempDir,
     pub addr: SocketAddr,
@@ -50,32 +50,26 @@ impl TestServer {
 
     /// Starts `cove serve` with more arguments, `--kill-on-exit` only if asked.
     pub async fn launch(cove: &Path, kill_on_exit: bool, args: &[&str]) -> Self {
-        let filter = std::env::var("COVE_LOG").unwrap_or_else(|_| "warn".into());
-        Self::launch_logging(cove, kill_on_exit, args, &filter).await
+        Self::launch_full(cove, kill_on_exit, args, None, &std::env::temp_dir()).await
     }
 
-    /// Starts `cove serve` with `COVE_LOG=filter` (its sandboxes' agents log with it too).
-    pub async fn launch_logging(
-        cove: &Path,
-        kill_on_exit: bool,
-        args: &[&str],
-        filter: &str,
-    ) -> Self {
-        Self::launch_full(cove, kill_on_exit, args, filter, &std::env::temp_dir()).await
+    /// Starts `cove serve` (with `--kill-on-exit`) whose sandboxes' agents log as `filter`
+    /// says (`COVE_AGENT_LOG`).
+    pub async fn launch_with_agent_log(cove: &Path, args: &[&str], filter: &str) -> Self {
+        Self::launch_full(cove, true, args, Some(filter), &std::env::temp_dir()).await
     }
 
     /// Starts `cove serve` (with `--kill-on-exit`) whose state directory lies in `parent`
     /// (a filesystem of the test's own, say).
     pub async fn launch_in(cove: &Path, parent: &Path, args: &[&str]) -> Self {
-        let filter = std::env::var("COVE_LOG").unwrap_or_else(|_| "warn".into());
-        Self::launch_full(cove, true, args, &filter, parent).await
+        Self::launch_full(cove, true, args, None, parent).await
     }
 
     async fn launch_full(
         cove: &Path,
         kill_on_exit: bool,
         args: &[&str],
-        filter: &str,
+        agent_log: Option<&str>,
         parent: &Path,
     ) -> Self {
         let state = tempfile::Builder::new()
@@ -88,7 +82,7 @@ impl TestServer {
             child: None,
             kill_on_exit,
             extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
-            log_filter: filter.to_owned(),
+            agent_log: agent_log.map(str::to_owned),
             cove: cove.to_owned(),
             state,
             addr,
@@ -133,7 +127,15 @@ impl TestServer {
             .arg(self.state.path())
             .arg("--api-key")
             .arg(&self.api_key)
-            .env("COVE_LOG", &self.log_filter)
+            .env(
+                "COVE_LOG",
+                std::env::var("COVE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .envs(
+                self.agent_log
+                    .iter()
+                    .map(|filter| ("COVE_AGENT_LOG", filter)),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -166,27 +168,20 @@ impl TestServer {
         format!("http://{}", self.addr)
     }
 
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn state_dir(&self) -> &Path {
         self.state.path()
     }
 
     /// Stops the server the way an operator would (SIGTERM), waiting for it to exit.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        if let Some(child) = self.child.take() {
+            crate::wait::terminate(child, Duration::from_secs(30));
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
@@ -210,7 +205,12 @@ pub fn built_cove() -> PathBuf {
                 cove.display()
             )
         });
-    if let Some(newer) = newest_source(&root.join("crates")).filter(|(at, _)| *at > built) {
+    let crates = root.join("crates");
+    let newest = binary_crates(&crates, "cove-cli")
+        .iter()
+        .filter_map(|name| newest_source(&crates.join(name)))
+        .max_by_key(|(at, _)| *at);
+    if let Some(newer) = newest.filter(|(at, _)| *at > built) {
         panic!(
             "{} is older than {}: run `cargo build -p cove-cli` first",
             cove.display(),
@@ -218,6 +218,29 @@ pub fn built_cove() -> PathBuf {
         );
     }
     cove
+}
+
+/// The workspace crates (by directory name under `crates`) the crate `root` is built from:
+/// itself and its `cove-*` dependencies, as their manifests' `[dependencies]` list them.
+fn binary_crates(crates: &Path, root: &str) -> Vec<String> {
+    let mut found = vec![root.to_owned()];
+    let mut pending = vec![root.to_owned()];
+    while let Some(name) = pending.pop() {
+        let manifest =
+            std::fs::read_to_string(crates.join(&name).join("Cargo.toml")).unwrap_or_default();
+        let dependencies = manifest
+            .split("\n[")
+            .find(|section| section.starts_with("dependencies]"))
+            .unwrap_or_default();
+        for line in dependencies.lines() {
+            let dependency = line.split(['.', ' ', '=']).next().unwrap_or_default();
+            if dependency.starts_with("cove-") && !found.iter().any(|f| f == dependency) {
+                found.push(dependency.to_owned());
+                pending.push(dependency.to_owned());
+            }
+        }
+    }
+    found
 }
 
 /// The most recently modified `.rs`, `.proto` or `Cargo.toml` below `dir`.
@@ -271,5 +294,33 @@ impl Drop for TestServer {
             }
         }
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_binary_is_built_from_its_dependencies_only() {
+        let crates = repo_root().join("crates");
+        let built = binary_crates(&crates, "cove-cli");
+        for name in [
+            "cove-cli",
+            "cove-server",
+            "cove-runtime",
+            "cove-agent",
+            "cove-proto",
+        ] {
+            assert!(
+                built.iter().any(|b| b == name),
+                "{name} missing from {built:?}"
+            );
+        }
+        assert!(
+            !built
+                .iter()
+                .any(|b| b == "cove-test-util" || b == "cove-bench")
+        );
     }
 }

@@ -1,10 +1,13 @@
 //! `cove serve`: the control plane, proxy and sandboxes on one port.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use cove_runtime::egress::{Cidr, EgressConfig, Rules, RulesError};
-use cove_server::{Server, ServerConfig};
+use cove_server::{
+    Server, ServerConfig,
+    front::{FrontConfig, Timeouts},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -70,6 +73,8 @@ pub struct Args {
         value_parser = openable_range
     )]
     allow_private_egress: Vec<Option<Cidr>>,
+    #[command(flatten)]
+    front: FrontArgs,
 }
 
 /// A range `--allow-private-egress` may open (none for an empty value: an empty variable).
@@ -80,6 +85,66 @@ fn openable_range(text: &str) -> Result<Option<Cidr>, String> {
     let cidr: Cidr = text.parse().map_err(|e: RulesError| e.to_string())?;
     Rules::new(&[cidr]).map_err(|e| e.to_string())?;
     Ok(Some(cidr))
+}
+
+/// Connection limits and timeouts (docs/SECURITY.md, "Overload").
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Connections")]
+struct FrontArgs {
+    /// Client connections open at once; more are refused with 503 [default: from the
+    /// open-files limit: half of what its reserve leaves, at most 16384]
+    #[arg(long, env = "COVE_MAX_CONNECTIONS")]
+    max_connections: Option<NonZeroUsize>,
+    /// Client connections open at once from one address (IPv6: one /64) [default: half of
+    /// --max-connections]
+    #[arg(long, env = "COVE_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<NonZeroUsize>,
+    /// The open-files limit (RLIMIT_NOFILE) the server sets for itself [default: its hard
+    /// limit, raised to 1048576 when running as root]
+    #[arg(long, env = "COVE_MAX_OPEN_FILES", value_parser = clap::value_parser!(u64).range(64..))]
+    max_open_files: Option<u64>,
+    /// A request's headers must arrive within this (from the connection's start, or from the
+    /// first byte of a next request)
+    #[arg(long, env = "COVE_HEADER_READ_TIMEOUT", value_parser = duration,
+          default_value = "20s")]
+    header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this
+    #[arg(long, env = "COVE_IDLE_TIMEOUT", value_parser = duration,
+          default_value = "2m")]
+    idle_timeout: Duration,
+    /// A request body that sends nothing for this long (while it is being read) is aborted
+    #[arg(long, env = "COVE_BODY_READ_TIMEOUT", value_parser = duration,
+          default_value = "1m")]
+    body_read_timeout: Duration,
+    /// An upgraded connection (WebSocket) that moves no byte either way for this long is closed
+    #[arg(long, env = "COVE_UPGRADE_IDLE_TIMEOUT", value_parser = duration,
+          default_value = "15m")]
+    upgrade_idle_timeout: Duration,
+}
+
+impl FrontArgs {
+    fn config(&self) -> FrontConfig {
+        FrontConfig {
+            max_connections: self.max_connections.map(NonZeroUsize::get),
+            max_connections_per_ip: self.max_connections_per_ip.map(NonZeroUsize::get),
+            max_open_files: self.max_open_files,
+            timeouts: Timeouts {
+                header_read: self.header_read_timeout,
+                idle: self.idle_timeout,
+                body_read: self.body_read_timeout,
+                upgrade_idle: self.upgrade_idle_timeout,
+            },
+        }
+    }
+}
+
+/// A timeout: `20s`, `2m`, `1h30m`; not zero.
+fn duration(raw: &str) -> Result<Duration, String> {
+    let parsed = humantime::parse_duration(raw).map_err(|err| err.to_string())?;
+    if parsed.is_zero() {
+        return Err("a timeout must be longer than zero".into());
+    }
+    Ok(parsed)
 }
 
 /// `--state-dir`, shared by the commands that use the server's state.
@@ -128,6 +193,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         egress: EgressConfig {
             allow_private: args.allow_private_egress.into_iter().flatten().collect(),
         },
+        front: args.front.config(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -149,4 +215,42 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         server.run().await.context("the server failed")
     })?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        front: FrontArgs,
+    }
+
+    #[test]
+    fn timeouts_default_to_the_servers_defaults() {
+        let parsed = Cli::try_parse_from(["serve"]).unwrap().front.config();
+        assert_eq!(parsed.timeouts, Timeouts::default());
+        assert_eq!(parsed.max_connections, None);
+        assert_eq!(parsed.max_connections_per_ip, None);
+    }
+
+    #[test]
+    fn zero_limits_and_timeouts_are_refused() {
+        for args in [
+            &["serve", "--idle-timeout", "0s"][..],
+            &["serve", "--max-connections", "0"],
+            &["serve", "--max-connections-per-ip", "0"],
+            &["serve", "--header-read-timeout", "soon"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+        let parsed = Cli::try_parse_from(["serve", "--header-read-timeout", "1500ms"])
+            .unwrap()
+            .front
+            .config();
+        assert_eq!(parsed.timeouts.header_read, Duration::from_millis(1500));
+    }
 }

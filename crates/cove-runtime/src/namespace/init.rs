@@ -45,6 +45,10 @@ pub const PID1_FLAG: &str = "--pid1";
 /// Its flag for the network stage (see `crate::network::connect`).
 pub const NETWORK_FLAG: &str = "--network";
 
+/// The variable of `cove serve`'s environment that sets what sandboxes' agents log
+/// (a `COVE_LOG` filter; default `info`).
+pub const AGENT_LOG_ENV: &str = "COVE_AGENT_LOG";
+
 /// `PATH` of the sandbox's PID 1, inherited by everything the agent starts.
 pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -94,6 +98,9 @@ pub enum Report {
         error: String,
     },
 }
+
+/// The umask a sandbox's processes start with (files 0644, directories 0755).
+const SANDBOX_UMASK: u32 = 0o022;
 
 /// Open files each process of a sandbox may have (soft and hard limit; lower where the
 /// server's own hard limit is lower). Set explicitly so a sandbox never inherits the limit
@@ -210,8 +217,6 @@ pub fn hold_userns() -> Result<(), InitError> {
 pub fn setup(exe: &Path) -> Result<Report, InitError> {
     let spec = read_spec()?;
     let dirs = SandboxDirs::new(&spec.dir);
-    // What setup creates (the agent's socket) is for host root only, from its first moment.
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 
     // Everything started from here on is limited and accounted as the sandbox.
     if let Some(cgroups) = &spec.cgroups {
@@ -248,6 +253,8 @@ pub fn setup(exe: &Path) -> Result<Report, InitError> {
         }
     })?;
     let listener = listen(&dirs.socket())?;
+    // Files the sandbox makes get the usual modes, whatever the server's umask.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(SANDBOX_UMASK));
 
     unshare(UnshareFlags::NEWNS).map_err(step(|| "cannot create a mount namespace".into()))?;
     mounts::make_private().map_err(step(|| "cannot make mounts private".into()))?;
@@ -273,9 +280,6 @@ pub fn setup(exe: &Path) -> Result<Report, InitError> {
         | UnshareFlags::NEWCGROUP;
     unshare(flags).map_err(step(|| "cannot create the sandbox's namespaces".into()))?;
 
-    // The host-only umask was for what setup made; the sandbox's processes get the usual
-    // one (files 0644, as on E2B), not 0600.
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     start_pid1(
         &spec,
         vec![
@@ -286,7 +290,7 @@ pub fn setup(exe: &Path) -> Result<Report, InitError> {
 }
 
 /// The agent's listening socket at `path` (replacing one a previous start of the same
-/// sandbox left).
+/// sandbox left), for host root only from its first moment.
 fn listen(path: &Path) -> Result<std::os::unix::net::UnixListener, InitError> {
     let what = || format!("cannot listen on {}", path.display());
     match fs::remove_file(path) {
@@ -294,7 +298,11 @@ fn listen(path: &Path) -> Result<std::os::unix::net::UnixListener, InitError> {
         Err(err) if err.kind() == io::ErrorKind::NotFound => {}
         Err(err) => return Err(step(what)(err)),
     }
-    std::os::unix::net::UnixListener::bind(path).map_err(step(what))
+    // Only for the bind: the sandbox inherits the umask of what comes after.
+    let umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    rustix::process::umask(umask);
+    bound.map_err(step(what))
 }
 
 /// `unshare(2)` of namespaces only, in a single-threaded stage.
@@ -443,10 +451,12 @@ fn start_pid1(
         .stdout(Stdio::piped())
         .env_clear()
         .env("PATH", SANDBOX_PATH);
-    // The agent logs as the server does.
-    if let Some(filter) = std::env::var_os("COVE_LOG") {
-        command.env("COVE_LOG", filter);
-    }
+    // The agent logs at info (its log is the sandbox's, which users read) unless the
+    // operator asks otherwise.
+    command.env(
+        "COVE_LOG",
+        std::env::var_os(AGENT_LOG_ENV).unwrap_or_else(|| "info".into()),
+    );
     inherited::pass(&mut command, fds).map_err(step(|| {
         "cannot hand descriptors to the sandbox's PID 1".into()
     }))?;

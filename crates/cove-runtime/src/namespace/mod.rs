@@ -277,6 +277,7 @@ impl NamespaceRuntime {
                 "COVE_LOG",
                 std::env::var("COVE_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(std::env::var_os(init::AGENT_LOG_ENV).map(|v| (init::AGENT_LOG_ENV, v)))
             .spawn()
             .map_err(RuntimeError::io("start the sandbox setup"))?;
         let spec_json = serde_json::to_vec(&init).map_err(|e| RuntimeError::Io {
@@ -331,8 +332,6 @@ impl NamespaceRuntime {
             let _ = process::kill_and_wait(pid, start_time, KILL_TIMEOUT);
             return Err(err);
         }
-        // Its host pid, for whoever runs the server (and the tests that look for leftovers).
-        tracing::info!(sandbox_id = %spec.id, pid, "sandbox started");
         Ok(Some(self.started(&spec.id, state)))
     }
 

@@ -236,7 +236,7 @@ impl FromRequestParts<AppState> for Team {
                 "missing API key: send it in the X-API-KEY header",
             ));
         };
-        match state.store().team_for_key(key.trim()) {
+        match state.keys().team_for_key(key.trim()) {
             Ok(Some(team)) => Ok(Team(team)),
             Ok(None) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid API key")),
             Err(err) => {

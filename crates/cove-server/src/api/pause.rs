@@ -4,7 +4,8 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
+    body::Bytes,
+    extract::{Path, State, rejection::BytesRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -13,7 +14,7 @@ use cove_runtime::PauseMode;
 
 use super::{
     ApiError, Team,
-    sandboxes::{optional_body, sandbox_answer},
+    sandboxes::{optional_body, raw_body, sandbox_answer},
 };
 use crate::{AppState, lifecycle::Connected};
 
@@ -21,9 +22,9 @@ pub async fn pause(
     State(state): State<AppState>,
     team: Team,
     Path(id): Path<String>,
-    raw: axum::body::Bytes,
+    raw: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let request: PauseSandbox = optional_body(&raw)?;
+    let request: PauseSandbox = optional_body(&raw_body(raw)?)?;
     let mode = if request.memory.unwrap_or(true) {
         PauseMode::Memory
     } else {
@@ -51,9 +52,9 @@ pub async fn connect(
     State(state): State<AppState>,
     team: Team,
     Path(id): Path<String>,
-    raw: axum::body::Bytes,
+    raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request: ConnectSandbox = optional_body(&raw)?;
+    let request: ConnectSandbox = optional_body(&raw_body(raw)?)?;
     let (status, live) = match state
         .lifecycle()
         .connect(&team.0, &id, request.timeout, request.memory)
@@ -70,9 +71,9 @@ pub async fn resume(
     State(state): State<AppState>,
     team: Team,
     Path(id): Path<String>,
-    raw: axum::body::Bytes,
+    raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request: ConnectSandbox = optional_body(&raw)?;
+    let request: ConnectSandbox = optional_body(&raw_body(raw)?)?;
     let live = state
         .lifecycle()
         .resume(&team.0, &id, request.timeout)

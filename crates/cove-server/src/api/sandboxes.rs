@@ -2,7 +2,11 @@
 
 use axum::{
     Json,
-    extract::{Path, State, rejection::JsonRejection},
+    body::Bytes,
+    extract::{
+        Path, State,
+        rejection::{BytesRejection, JsonRejection},
+    },
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -27,9 +31,30 @@ const CLIENT_ID: &str = "cove";
 
 /// A JSON body, with E2B-shaped errors instead of axum's plain-text rejections.
 pub(super) fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    payload.map(|Json(value)| value).map_err(|rejection| {
-        ApiError::bad_request(format!("invalid request body: {}", rejection.body_text()))
-    })
+    payload
+        .map(|Json(value)| value)
+        .map_err(|rejection| body_error(rejection.status(), &rejection, rejection.body_text()))
+}
+
+/// A raw body, its rejection E2B-shaped.
+pub(super) fn raw_body(payload: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    payload.map_err(|rejection| body_error(rejection.status(), &rejection, rejection.body_text()))
+}
+
+/// 413 for a body over the limit, 408 for one that stopped coming, 400 for the rest.
+fn body_error(
+    status: StatusCode,
+    rejection: &(dyn std::error::Error + 'static),
+    text: String,
+) -> ApiError {
+    let status = if crate::front::stalled(rejection).is_some() {
+        StatusCode::REQUEST_TIMEOUT
+    } else if status == StatusCode::PAYLOAD_TOO_LARGE {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    ApiError::new(status, format!("invalid request body: {text}"))
 }
 
 /// An optional JSON body: an empty body is the default value.

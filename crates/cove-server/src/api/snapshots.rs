@@ -4,7 +4,8 @@
 
 use axum::{
     Json,
-    extract::{Path, Query, State},
+    body::Bytes,
+    extract::{Path, Query, State, rejection::BytesRejection},
     http::{HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -14,7 +15,7 @@ use serde::Deserialize;
 
 use super::{
     ApiError, Team,
-    sandboxes::{optional_body, sandbox_answer},
+    sandboxes::{optional_body, raw_body, sandbox_answer},
 };
 use crate::{AppState, lifecycle::TemplateEntry};
 
@@ -35,9 +36,9 @@ pub async fn create(
     State(state): State<AppState>,
     team: Team,
     Path(id): Path<String>,
-    raw: axum::body::Bytes,
+    raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request: NewSnapshot = optional_body(&raw)?;
+    let request: NewSnapshot = optional_body(&raw_body(raw)?)?;
     let entry = state
         .lifecycle()
         .create_snapshot(&team.0, &id, request.name, request.memory)
@@ -112,9 +113,9 @@ pub async fn fork(
     State(state): State<AppState>,
     team: Team,
     Path(id): Path<String>,
-    raw: axum::body::Bytes,
+    raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let request: ForkSandbox = optional_body(&raw)?;
+    let request: ForkSandbox = optional_body(&raw_body(raw)?)?;
     let outcomes = state
         .lifecycle()
         .fork(&team.0, &id, request.timeout, request.count)

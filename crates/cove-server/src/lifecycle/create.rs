@@ -156,7 +156,7 @@ impl Lifecycle {
         let id = record.id.clone();
         let live = Arc::new(Live::new(record, started));
         self.registry.insert(live.clone());
-        tracing::info!(sandbox_id = %id, "sandbox is live");
+        tracing::info!(sandbox_id = %id, handle = %live.handle().state, "sandbox started");
         live
     }
 

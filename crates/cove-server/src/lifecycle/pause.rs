@@ -206,6 +206,10 @@ impl Lifecycle {
             r.end_at = now + timeout * 1000;
         });
         *live.cpu_sample.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if mode == Some(PauseMode::Filesystem) {
+            // A new PID 1, named as at a create.
+            tracing::info!(sandbox_id = %id, handle = %live.handle().state, "sandbox started");
+        }
         tracing::info!(sandbox_id = %id, ?mode, "sandbox resumed");
         Ok(())
     }

@@ -216,6 +216,16 @@ async fn forward(live: &Arc<Live>, port: u16, request: Request) -> Response {
         Ok(response) => response,
         Err(ProxyError::PortClosed) => port_not_open(&id, port),
         Err(err) => {
+            // The client's fault, not the sandbox's: its body stopped coming.
+            if let Some(limit) = crate::front::stalled(&err) {
+                return json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    serde_json::json!({
+                        "code": 408,
+                        "message": format!("the request body delivered nothing for {limit:?}"),
+                    }),
+                );
+            }
             tracing::warn!(?err, sandbox_id = %id, port, "cannot reach the sandbox");
             sandbox_not_found(&id)
         }
