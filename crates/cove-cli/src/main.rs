@@ -49,8 +49,12 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // A sandbox's PID 1 logs to a file on the host that must stay bounded.
-    logging::init(matches!(&cli.command, Command::SandboxInit(args) if args.is_pid1()));
+    // A sandbox's PID 1 logs to a file on the host that must stay bounded; every stage of a
+    // sandbox writes to that log.
+    logging::init(
+        matches!(&cli.command, Command::SandboxInit(args) if args.is_pid1()),
+        matches!(&cli.command, Command::SandboxInit(_)),
+    );
     let result = match cli.command {
         Command::Serve(args) => commands::serve::run(args),
         Command::Keys(args) => commands::keys::run(args),

@@ -4,10 +4,13 @@ use std::collections::BTreeMap;
 
 use cove_proto::rest::NewSandbox;
 
-use cove_runtime::AgentSettings;
+use cove_runtime::{AgentSettings, PauseMode};
 
 use super::{ApiVersion, LifecycleConfig, LifecycleError, templates::TemplateEntry};
-use crate::{clock, secrets, store::SandboxRecord};
+use crate::{
+    clock, secrets,
+    store::{LifecyclePolicy, SandboxRecord},
+};
 
 /// Longest lifetime a sandbox can be given (E2B's highest tier: 24 hours).
 pub const MAX_TIMEOUT_SECS: i64 = 24 * 60 * 60;
@@ -58,6 +61,8 @@ pub struct Settings {
     pub network: bool,
     /// Its ports answer only clients showing a traffic token.
     pub private_ports: bool,
+    /// Paused instead of killed when its time is up; resumed by traffic.
+    pub lifecycle: LifecyclePolicy,
 }
 
 impl Settings {
@@ -70,14 +75,14 @@ impl Settings {
     ) -> Result<Self, LifecycleError> {
         let template_name = request.template_id.as_deref().unwrap_or("base");
         let template = templates
-            .get(template_name)
-            .ok_or_else(|| LifecycleError::TemplateNotFound(template_name.to_owned()))?
-            .clone();
+            .get(team, template_name)
+            .ok_or_else(|| LifecycleError::TemplateNotFound(template_name.to_owned()))?;
         let timeout_secs = request.timeout.unwrap_or(match version {
             ApiVersion::V1 => 15,
             ApiVersion::V2 => 300,
         });
         check_timeout(timeout_secs)?;
+        let lifecycle = lifecycle_policy(&request, timeout_secs)?;
         let env_vars = request.env_vars.unwrap_or_default();
         check_env_vars(&env_vars)?;
         // The defaults fit any host that can run a sandbox at all.
@@ -108,7 +113,27 @@ impl Settings {
                 .network
                 .and_then(|n| n.allow_public_traffic)
                 .is_some_and(|public| !public),
+            lifecycle,
         })
+    }
+
+    /// A fork of the sandbox `source`: its settings, from `template`, for `timeout_secs`.
+    pub fn fork(source: &SandboxRecord, template: TemplateEntry, timeout_secs: i64) -> Self {
+        Self {
+            team: source.team.clone(),
+            template,
+            timeout_secs,
+            cpu_count: source.cpu_count,
+            memory_mb: source.memory_mb,
+            metadata: source.metadata.clone(),
+            env_vars: source.env_vars.clone(),
+            network: source.allow_internet_access,
+            private_ports: source.traffic_access_token.is_some(),
+            lifecycle: LifecyclePolicy {
+                timeout_secs,
+                ..source.lifecycle.clone()
+            },
+        }
     }
 
     /// A warm sandbox's: default resources, nobody's team, no deadline of its own.
@@ -123,6 +148,7 @@ impl Settings {
             env_vars: BTreeMap::new(),
             network,
             private_ports: false,
+            lifecycle: LifecyclePolicy::default(),
         }
     }
 
@@ -145,6 +171,9 @@ impl Settings {
             allow_internet_access: self.network,
             id,
             handle: None,
+            paused: None,
+            lifecycle: self.lifecycle.clone(),
+            template: Some(self.template.template.clone()),
         }
     }
 }
@@ -159,6 +188,36 @@ pub fn check_env_vars(env_vars: &BTreeMap<String, String>) -> Result<(), Lifecyc
         }
     }
     Ok(())
+}
+
+/// What a create asks for about pausing: E2B's `autoPause`, `autoPauseMemory` and
+/// `autoResume`, checked as E2B checks them.
+fn lifecycle_policy(
+    request: &NewSandbox,
+    timeout_secs: i64,
+) -> Result<LifecyclePolicy, LifecycleError> {
+    let auto_pause = request.auto_pause.unwrap_or(false).then(|| {
+        if request.auto_pause_memory.unwrap_or(true) {
+            PauseMode::Memory
+        } else {
+            PauseMode::Filesystem
+        }
+    });
+    let auto_resume = request.auto_resume.is_some_and(|a| a.enabled());
+    match auto_pause {
+        None if auto_resume => Err(LifecycleError::BadRequest(
+            "autoResume needs autoPause: a sandbox that is killed on timeout cannot be resumed"
+                .to_owned(),
+        )),
+        Some(PauseMode::Filesystem) if auto_resume => Err(LifecycleError::BadRequest(
+            "autoResume cannot be combined with autoPauseMemory=false: a sandbox paused without its memory starts again from its files, so it must be resumed with an explicit connect".to_owned(),
+        )),
+        _ => Ok(LifecyclePolicy {
+            auto_pause,
+            auto_resume,
+            timeout_secs,
+        }),
+    }
 }
 
 /// A sandbox's lifetime must be within 0 and [`MAX_TIMEOUT_SECS`].
