@@ -51,7 +51,7 @@ impl Lifecycle {
             });
         }
         self.discard(&record).await;
-        tracing::info!(sandbox_id = %record.id, %reason, "sandbox ended");
+        tracing::info!(sandbox_id = %record.id, team = %record.team, %reason, "sandbox ended");
         Ok(())
     }
 
@@ -59,10 +59,10 @@ impl Lifecycle {
     pub(super) async fn discard(&self, record: &SandboxRecord) {
         let id = record.id.clone();
         if let Err(err) = self.blocking(move |r| r.remove(&id)).await {
-            tracing::warn!(?err, sandbox_id = %record.id, "cannot remove the sandbox's files");
+            tracing::warn!(?err, sandbox_id = %record.id, team = %record.team, "cannot remove the sandbox's files");
         }
         if let Err(err) = self.store.delete_sandbox(&record.id) {
-            tracing::warn!(?err, sandbox_id = %record.id, "cannot forget the sandbox");
+            tracing::warn!(?err, sandbox_id = %record.id, team = %record.team, "cannot forget the sandbox");
         }
         // The last sandbox of a deleted snapshot takes its layers with it.
         if record
@@ -98,7 +98,7 @@ impl Lifecycle {
                     Ok(()) => continue,
                     Err(LifecycleError::NotFound(_) | LifecycleError::Ended { .. }) => continue,
                     Err(err) => {
-                        tracing::warn!(?err, sandbox_id = %live.id(), "cannot pause the sandbox whose time is up; ending it");
+                        tracing::warn!(?err, sandbox_id = %live.id(), team = %live.team(), "cannot pause the sandbox whose time is up; ending it");
                     }
                 }
             }
@@ -109,15 +109,15 @@ impl Lifecycle {
                     Ok(Liveness::Running) => None,
                     Ok(Liveness::Ended(why)) => Some(why.to_string()),
                     Err(err) => {
-                        tracing::warn!(?err, sandbox_id = %live.id(), "cannot look at the sandbox; leaving it be");
+                        tracing::warn!(?err, sandbox_id = %live.id(), team = %live.team(), "cannot look at the sandbox; leaving it be");
                         None
                     }
                 }
             };
             if let Some(reason) = reason {
-                tracing::info!(sandbox_id = %live.id(), %reason, "reaping sandbox");
+                tracing::info!(sandbox_id = %live.id(), team = %live.team(), %reason, "reaping sandbox");
                 if let Err(err) = self.end(live, reason).await {
-                    tracing::warn!(?err, "cannot reap sandbox");
+                    tracing::warn!(?err, sandbox_id = %live.id(), team = %live.team(), "cannot reap sandbox");
                 }
             }
         }
@@ -144,7 +144,7 @@ impl Lifecycle {
     pub async fn kill_all(self: &Arc<Self>) {
         for live in self.registry.all() {
             if let Err(err) = self.end(&live, "the server stopped".to_owned()).await {
-                tracing::warn!(?err, "cannot kill sandbox on exit");
+                tracing::warn!(?err, sandbox_id = %live.id(), team = %live.team(), "cannot kill sandbox on exit");
             }
         }
         // Kills that were already under way (the reaper's, a client's) finish too.
