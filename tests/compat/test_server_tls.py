@@ -62,7 +62,8 @@ def tls_server(monkeypatch):
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [_cove_bin(), "serve", "--listen", f"127.0.0.1:{port}", "--state-dir",
-                 work / "state", "--kill-on-exit", "--warm-pool", "0", "--tls", "self-signed"],
+                 work / "state", "--kill-on-exit", "--warm-pool", "0", "--tls", "self-signed",
+                 "--header-read-timeout", "2s"],
                 env={**os.environ, "COVE_API_KEY": key},
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -88,7 +89,7 @@ def tls_server(monkeypatch):
             monkeypatch.setenv("SSL_CERT_FILE", str(ca))
             for name in ("E2B_SANDBOX_URL", "E2B_DEBUG", "E2B_DOMAIN"):
                 monkeypatch.delenv(name, raising=False)
-            yield domain, ca, key
+            yield domain, ca, key, port
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -116,7 +117,7 @@ print(json.dumps({"id": sandbox.sandbox_id, "out": out, "host": sandbox.get_host
 
 
 def test_https_preview_url_and_the_sdk_over_tls(tls_server):
-    domain, ca, key = tls_server
+    domain, ca, key, _ = tls_server
     context = ssl.create_default_context(cafile=str(ca))
     api = httpx.Client(base_url=f"https://{domain}", verify=context, headers={"X-API-KEY": key})
     ran = subprocess.run(
@@ -147,3 +148,14 @@ def test_https_preview_url_and_the_sdk_over_tls(tls_server):
             httpx.get(f"https://{host}/", verify=public, timeout=5)
     finally:
         assert api.delete(f"/sandboxes/{made['id']}").status_code == 204
+
+
+def test_a_silent_tls_client_is_closed_by_the_header_timeout(tls_server):
+    """The handshake is bounded like a request's headers: a client that connects and sends
+    nothing (or stops halfway through its hello) does not hold the connection."""
+    _, _, _, port = tls_server
+    for first_bytes in (b"", b"\x16\x03\x01\x02\x00\x01"):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(first_bytes)
+            sock.settimeout(30)  # a deadline for the test, far above the 2 s it is given
+            assert sock.recv(1024) == b"", "the server kept a silent TLS client"
