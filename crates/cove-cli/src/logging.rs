@@ -1,5 +1,5 @@
-//! The tracing subscriber: `COVE_LOG` filter (default `info`), `COVE_LOG_FORMAT=json` for
-//! structured output. The stages that build a sandbox always write JSON lines: their stderr
+//! The tracing subscriber: `COVE_LOG` filter (default `info`), `--log-format json` (or
+//! `COVE_LOG_FORMAT=json`) for structured output, one JSON object a line. The stages that build a sandbox always write JSON lines: their stderr
 //! is the sandbox's log, which `cove serve` hands to clients entry by entry.
 
 use std::{
@@ -18,10 +18,9 @@ use tracing_subscriber::{EnvFilter, fmt};
 /// the sandbox's disk quota, and some of what the agent logs is up to the code in the
 /// sandbox (failed requests, say), so it must not grow without end. `sandbox_log`: stderr is
 /// a sandbox's log (JSON lines whatever `COVE_LOG_FORMAT` says).
-pub fn init(capped: bool, sandbox_log: bool) {
+pub fn init(capped: bool, sandbox_log: bool, format: Format) {
     let filter = EnvFilter::try_from_env("COVE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = sandbox_log
-        || std::env::var("COVE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let json = sandbox_log || format == Format::Json;
     // Colours only on a terminal: a sandbox's log file is parsed by `cove serve`.
     let ansi = std::io::stderr().is_terminal();
     let builder = fmt().with_env_filter(filter).with_ansi(ansi);
@@ -31,6 +30,16 @@ pub fn init(capped: bool, sandbox_log: bool) {
         (false, true) => builder.with_writer(|| &AGENT_LOG).init(),
         (false, false) => builder.with_writer(std::io::stderr).init(),
     }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// For people: one line per event, fields as `key=value`.
+    Text,
+    /// For log collectors: one JSON object per line with `timestamp`, `level`, `fields`
+    /// (the message and every field: `sandbox_id`, `team`, …) and `target`.
+    Json,
 }
 
 /// Sets the size the agent's log is kept under (from the sandbox's spec).

@@ -12,12 +12,15 @@ use clap::{CommandFactory, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written: `text`, or `json` (one object a line, with every field)
+    #[arg(long, global = true, env = "COVE_LOG_FORMAT", value_enum, ignore_case = true, default_value_t = logging::Format::Text)]
+    log_format: logging::Format,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server: E2B-compatible API, sandbox proxy and sandboxes.
-    Serve(commands::serve::Args),
+    Serve(Box<commands::serve::Args>),
     /// Manage API keys.
     Keys(commands::keys::Args),
     /// Limit what each team's sandboxes may use together.
@@ -54,9 +57,10 @@ fn main() -> std::process::ExitCode {
     logging::init(
         matches!(&cli.command, Command::SandboxInit(args) if args.is_pid1()),
         matches!(&cli.command, Command::SandboxInit(_)),
+        cli.log_format,
     );
     let result = match cli.command {
-        Command::Serve(args) => commands::serve::run(args),
+        Command::Serve(args) => commands::serve::run(*args),
         Command::Keys(args) => commands::keys::run(args),
         Command::Teams(args) => commands::teams::run(args),
         Command::Sandbox(args) => commands::sandbox::run(args),

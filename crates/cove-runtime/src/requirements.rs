@@ -289,20 +289,41 @@ fn preview_names() -> Check {
         .lines()
         .find(|l| l.trim_start().starts_with("hosts:"))
         .unwrap_or_default();
-    if hosts.split_whitespace().any(|s| s == "myhostname") {
+    let listed = hosts.split_whitespace().any(|s| s == "myhostname");
+    // The module named on the line must exist too: glibc skips a missing one silently.
+    let installed = NSS_LIBRARY_DIRS
+        .iter()
+        .any(|dir| Path::new(dir).join("libnss_myhostname.so.2").exists());
+    if listed && installed {
         Check::ok(
             "preview hosts",
             "*.localhost resolves for every program (nss myhostname)",
         )
     } else {
+        let found = if listed {
+            "myhostname is on the hosts: line but libnss_myhostname.so.2 is not installed"
+        } else {
+            "*.localhost resolves in browsers and curl, not in glibc programs (Python, Node)"
+        };
         Check::not(
             "preview hosts",
             Status::Warn,
-            "*.localhost resolves in browsers and curl, not in glibc programs (Python, Node)",
-            "apt-get install libnss-myhostname, or serve with --domain and a wildcard DNS record",
+            found,
+            "scripts/setup --system (installs libnss-myhostname, puts myhostname on the hosts: \
+             line of /etc/nsswitch.conf), or serve with --domain and a wildcard DNS record",
         )
     }
 }
+
+/// Where glibc's NSS modules live on Debian and other distributions.
+const NSS_LIBRARY_DIRS: [&str; 6] = [
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+];
 
 #[cfg(test)]
 mod tests {

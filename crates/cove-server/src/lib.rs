@@ -12,6 +12,9 @@ pub mod proxy;
 mod query;
 pub mod secrets;
 pub mod store;
+// Operating cove serve (issue 17): metrics and TLS.
+pub mod telemetry;
+pub mod tls;
 mod unread;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
@@ -64,6 +67,19 @@ pub struct ServerConfig {
     pub egress: cove_runtime::egress::EgressConfig,
     /// Connection limits and timeouts of the HTTP front door.
     pub front: front::FrontConfig,
+    /// Metrics and TLS.
+    pub operations: OperationsConfig,
+}
+
+/// How `cove serve` is operated: who reads its metrics, and TLS (docs/OPERATIONS.md).
+#[derive(Clone, Debug, Default)]
+pub struct OperationsConfig {
+    /// A listener of its own for `GET /metrics`, without authentication.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The bearer token that opens `GET /metrics` on the main port.
+    pub metrics_token: Option<String>,
+    /// Serve HTTPS with this certificate.
+    pub tls: Option<tls::TlsSource>,
 }
 
 /// Everything handlers share.
@@ -75,6 +91,7 @@ struct Inner {
     keys: keyring::KeyRing,
     lifecycle: Arc<Lifecycle>,
     domain: String,
+    metrics_token: Option<String>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -103,11 +120,21 @@ impl AppState {
     pub fn domain(&self) -> &str {
         &self.0.domain
     }
+
+    /// The token that opens `GET /metrics` on the main port, if any.
+    pub fn metrics_token(&self) -> Option<&str> {
+        self.0.metrics_token.as_deref()
+    }
 }
 
 /// The whole HTTP application: the proxy in front of the API.
 pub fn router(state: AppState) -> Router {
     api::routes()
+        .route("/metrics", axum::routing::get(telemetry::endpoint::scrape))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            telemetry::endpoint::count_refusals,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             proxy::intercept,
@@ -138,6 +165,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Opens the state directory's database.
@@ -212,6 +241,7 @@ impl AppState {
                 keys,
                 lifecycle,
                 domain,
+                metrics_token: config.operations.metrics_token.clone(),
             })),
             created_key,
         ))
@@ -240,6 +270,10 @@ pub struct Server {
     state: AppState,
     listener: tokio::net::TcpListener,
     front: front::Front,
+    /// The listener of `--metrics-listen`.
+    metrics_listener: Option<tokio::net::TcpListener>,
+    /// The local CA of `--tls self-signed`.
+    pub local_ca: Option<tls::LocalCa>,
     kill_on_exit: bool,
     shutdown: ShutdownSignal,
     /// A key created because the store had none; shown once to whoever started the server.
@@ -276,13 +310,37 @@ impl Server {
         let domain = config
             .domain
             .clone()
-            .unwrap_or_else(|| format!("localhost:{}", addr.port()));
+            .unwrap_or_else(|| default_domain(addr.port(), config.operations.tls.is_some()));
+        let metrics_listener = match config.operations.metrics_listen {
+            Some(at) => {
+                Some(front::listen(at).map_err(|source| ServerError::Listen { addr: at, source })?)
+            }
+            None => None,
+        };
+        let (front, local_ca) = match &config.operations.tls {
+            Some(source) => {
+                let host = domain.rsplit_once(':').map_or(domain.as_str(), |(h, _)| h);
+                if *source == tls::TlsSource::SelfSigned && !host.contains('.') {
+                    tracing::warn!(
+                        domain = %domain,
+                        "TLS clients refuse a certificate for *.{host}: preview URLs will not \
+                         verify; give a domain of two labels or more (--domain cove.{host})"
+                    );
+                }
+                let (acceptor, ca) = tls::acceptor(source, &config.state_dir, host)?;
+                (front.with_tls(acceptor), ca)
+            }
+            None => (front, None),
+        };
         let (state, created_key) = AppState::open(&config, runtime, domain).await?;
-        tracing::info!(%addr, domain = %state.domain(), "cove serve ready");
+        let front = front.count_refusals(state.lifecycle().metrics().connections_refused());
+        tracing::info!(%addr, domain = %state.domain(), tls = config.operations.tls.is_some(), "cove serve ready");
         Ok(Self {
             state,
             listener,
             front,
+            metrics_listener,
+            local_ca,
             kill_on_exit: config.kill_on_exit,
             shutdown,
             created_key,
@@ -293,16 +351,46 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// The address of `--metrics-listen`, when given.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The domain sandbox hosts are built from.
+    pub fn domain(&self) -> &str {
+        self.state.domain()
+    }
+
     /// Serves until SIGTERM/SIGINT. Sandboxes keep running unless `kill_on_exit`.
     pub async fn run(self) -> Result<(), ServerError> {
         let lifecycle = self.state.lifecycle().clone();
         let reaper = tokio::spawn(lifecycle.clone().run_reaper(REAP_PERIOD));
+        let hangups = tokio::spawn(say_nothing_to_reload());
         lifecycle.warm_up();
         let app = router(self.state.clone());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let metrics = self.metrics_listener.map(|listener| {
+            let app = telemetry::endpoint::router(self.state.clone());
+            tokio::spawn(
+                self.front
+                    .plain()
+                    .serve(listener, app, stop.clone().cancelled_owned()),
+            )
+        });
+        let shutdown = self.shutdown.received();
         self.front
-            .serve(self.listener, app, self.shutdown.received())
+            .serve(self.listener, app, async {
+                shutdown.await;
+                stop.cancel();
+            })
             .await;
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         reaper.abort();
+        hangups.abort();
         lifecycle.settle().await;
         if self.kill_on_exit {
             tracing::info!("killing every sandbox before exiting");
@@ -310,6 +398,35 @@ impl Server {
         }
         lifecycle.shutdown();
         Ok(())
+    }
+}
+
+/// The domain of sandbox hosts when none is given: `localhost:<port>`, or with TLS
+/// `cove.localhost:<port>` — TLS clients (OpenSSL, so Python) refuse a wildcard right under a
+/// top-level name such as `*.localhost`, and `*.cove.localhost` resolves the same way.
+fn default_domain(port: u16, tls: bool) -> String {
+    if tls {
+        format!("cove.localhost:{port}")
+    } else {
+        format!("localhost:{port}")
+    }
+}
+
+/// Answers SIGHUP, which by default would end the server (`systemctl reload`, `kill -HUP`
+/// out of habit): there is nothing to reload. API keys and team limits are read from the
+/// state database as they change (`cove keys`, `cove teams` work on a running server), and
+/// everything else is set at start.
+async fn say_nothing_to_reload() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot catch SIGHUP: one would stop the server");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!(
+            "SIGHUP: nothing to reload; keys and team limits take effect as they change, \
+             other settings need a restart"
+        );
     }
 }
 

@@ -45,6 +45,7 @@ fn config(dir: &std::path::Path) -> ServerConfig {
         exe: "/nonexistent/cove".into(),
         egress: Default::default(),
         front: Default::default(),
+        operations: Default::default(),
     }
 }
 

@@ -14,7 +14,7 @@ pub use crate::{
     fake_runtime::{FakeRuntime, FakeSandbox},
     registry::TestRegistry,
     server::{TestServer, built_cove},
-    wait::{free_port, wait_until},
+    wait::{free_port, terminate, wait_until},
 };
 
 /// The repository's root (for scripts under `tests/support`).

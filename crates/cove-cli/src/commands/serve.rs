@@ -5,8 +5,9 @@ use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 use anyhow::Context;
 use cove_runtime::egress::{Cidr, EgressConfig, Rules, RulesError};
 use cove_server::{
-    Server, ServerConfig,
+    OperationsConfig, Server, ServerConfig,
     front::{FrontConfig, Timeouts},
+    tls::TlsSource,
 };
 
 #[derive(Debug, clap::Args)]
@@ -75,6 +76,53 @@ pub struct Args {
     allow_private_egress: Vec<Option<Cidr>>,
     #[command(flatten)]
     front: FrontArgs,
+    #[command(flatten)]
+    operations: OperationsArgs,
+}
+
+/// Metrics and TLS (docs/OPERATIONS.md).
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Operations")]
+struct OperationsArgs {
+    /// Serve `GET /metrics` (Prometheus) on a listener of its own, without authentication:
+    /// give an address only the monitoring can reach (e.g. 127.0.0.1:9464)
+    #[arg(long, env = "COVE_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Serve `GET /metrics` on the main port to requests with `Authorization: Bearer TOKEN`
+    /// (without it or --metrics-listen, /metrics answers 404: the metrics name every team)
+    #[arg(
+        long,
+        env = "COVE_METRICS_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    metrics_token: Option<String>,
+    /// Serve HTTPS: `self-signed` makes a local CA once in the state directory (tls/ca.pem,
+    /// to be trusted by clients) and a certificate for the domain and every name under it
+    #[arg(long, env = "COVE_TLS", value_name = "MODE", value_parser = ["self-signed"],
+          conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key
+    #[arg(long, env = "COVE_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, env = "COVE_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl OperationsArgs {
+    fn config(self) -> OperationsConfig {
+        let tls = match (self.tls, self.tls_cert, self.tls_key) {
+            (Some(_), _, _) => Some(TlsSource::SelfSigned),
+            (None, Some(cert), Some(key)) => Some(TlsSource::Files { cert, key }),
+            _ => None,
+        };
+        OperationsConfig {
+            metrics_listen: self.metrics_listen,
+            metrics_token: self.metrics_token.filter(|t| !t.is_empty()),
+            tls,
+        }
+    }
 }
 
 /// A range `--allow-private-egress` may open (none for an empty value: an empty variable).
@@ -194,7 +242,9 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             allow_private: args.allow_private_egress.into_iter().flatten().collect(),
         },
         front: args.front.config(),
+        operations: args.operations.config(),
     };
+    let tls = config.operations.tls.is_some();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -210,11 +260,36 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             println!("Created the first API key (shown only now; `cove keys create` makes more):");
             println!("  E2B_API_KEY={key}");
         }
-        println!("Cove listening on http://{addr}");
-        println!("  export E2B_API_URL=http://{addr} E2B_SANDBOX_URL=http://{addr}");
+        let scheme = if tls { "https" } else { "http" };
+        println!("Cove listening on {scheme}://{addr}");
+        println!("  export E2B_API_URL={scheme}://{addr} E2B_SANDBOX_URL={scheme}://{addr}");
+        if let Some(metrics) = server.metrics_addr() {
+            println!("Metrics on http://{metrics}/metrics");
+        }
+        if let Some(ca) = &server.local_ca {
+            print_trust(ca, server.domain());
+        }
         server.run().await.context("the server failed")
     })?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Says where the local CA is and how clients come to trust it.
+fn print_trust(ca: &cove_server::tls::LocalCa, domain: &str) {
+    let path = ca.cert_path.display();
+    let made = if ca.created {
+        "Made a local CA"
+    } else {
+        "Using the local CA"
+    };
+    println!("{made} for https://*.{domain}: {path}");
+    println!("  trust it system-wide (curl, Python's ssl, most programs):");
+    println!(
+        "    cp {path} /usr/local/share/ca-certificates/cove-local-ca.crt && update-ca-certificates"
+    );
+    println!(
+        "  or per program: SSL_CERT_FILE={path} (Python httpx, the E2B SDK), NODE_EXTRA_CA_CERTS={path} (Node)"
+    );
 }
 
 #[cfg(test)]

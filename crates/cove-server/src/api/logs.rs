@@ -155,7 +155,7 @@ impl Entry {
 async fn entries(state: &AppState, team: &Team, id: &str) -> Result<Vec<Entry>, ApiError> {
     let live = state.lifecycle().get(&team.0, id)?;
     let text = state.lifecycle().log(&live).await.map_err(|err| {
-        tracing::warn!(?err, sandbox_id = %id, "cannot read a sandbox's log");
+        tracing::warn!(?err, sandbox_id = %id, team = %team.0, "cannot read a sandbox's log");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "cannot read the sandbox's log",

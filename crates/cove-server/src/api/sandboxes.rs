@@ -24,6 +24,7 @@ use crate::{
     AppState, clock,
     lifecycle::{ApiVersion, Live, TemplateKind},
     store::SandboxRecord,
+    telemetry::Outcome,
 };
 
 /// `clientID` is required by the Python SDK; E2B puts a node id there.
@@ -117,7 +118,14 @@ async fn create(
     request: NewSandbox,
     version: ApiVersion,
 ) -> Result<Response, ApiError> {
-    let live = state.lifecycle().create(&team.0, request, version).await?;
+    let created = state.lifecycle().create(&team.0, request, version).await;
+    let created = created.map_err(ApiError::from);
+    let status = created
+        .as_ref()
+        .map_or_else(ApiError::status, |_| StatusCode::CREATED);
+    let metrics = state.lifecycle().metrics();
+    metrics.created(&team.0, Outcome::of(status));
+    let live = created?;
     Ok((StatusCode::CREATED, Json(sandbox_answer(&state, &live))).into_response())
 }
 
@@ -170,8 +178,18 @@ pub async fn kill(
     team: Team,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.lifecycle().kill(&team.0, &id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let began = std::time::Instant::now();
+    let killed = state
+        .lifecycle()
+        .kill(&team.0, &id)
+        .await
+        .map_err(ApiError::from);
+    let status = killed
+        .as_ref()
+        .map_or_else(ApiError::status, |()| StatusCode::NO_CONTENT);
+    let metrics = state.lifecycle().metrics();
+    metrics.killed(&team.0, Outcome::of(status), began.elapsed());
+    killed.map(|()| StatusCode::NO_CONTENT)
 }
 
 pub async fn set_timeout(

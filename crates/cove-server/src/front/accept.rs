@@ -81,10 +81,18 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, limits: Limits, tra
                     shared.timeouts.upgrade_idle,
                     permit,
                 );
-                tracker.spawn(connection::serve(shared.clone(), io, activity, peer));
+                tracker.spawn(connection::serve_accepted(
+                    shared.clone(),
+                    io,
+                    activity,
+                    peer,
+                ));
             }
             Err(refusal) => {
                 refuse(stream, refusal);
+                if let Some(counter) = &shared.refused {
+                    counter.inc();
+                }
                 refused.add(refusal, peer, &admission);
             }
         }

@@ -53,11 +53,38 @@ pub struct Shared {
     pub builder: auto::Builder<TokioExecutor>,
     pub timeouts: Timeouts,
     pub shutdown: CancellationToken,
+    /// Set when connections speak TLS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Counts connections refused over the limits.
+    pub refused: Option<prometheus_client::metrics::counter::Counter>,
+}
+
+/// Serves a connection the accept loop admitted: over TLS when the server speaks it, the
+/// handshake bounded by the header read timeout (a client that stalls in it holds a
+/// connection no longer than one that stalls in its headers).
+pub async fn serve_accepted(
+    shared: Arc<Shared>,
+    io: Watched,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+) {
+    let Some(acceptor) = shared.tls.clone() else {
+        return serve(shared, io, activity, peer).await;
+    };
+    let handshake = tokio::time::timeout(shared.timeouts.header_read, acceptor.accept(io)).await;
+    match handshake {
+        Ok(Ok(tls)) => serve(shared, tls, activity, peer).await,
+        Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake did not finish in time; closed"),
+    }
 }
 
 /// Serves `io` until the connection ends, a timeout closes it, or the server stops (then
 /// the requests in flight are finished first).
-pub async fn serve(shared: Arc<Shared>, io: Watched, activity: Arc<Activity>, peer: SocketAddr) {
+async fn serve<I>(shared: Arc<Shared>, io: I, activity: Arc<Activity>, peer: SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let timeouts = shared.timeouts;
     let service = ConnectionService::new(shared.app.clone(), activity.clone(), timeouts.body_read);
     let mut connection = pin!(

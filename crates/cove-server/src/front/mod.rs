@@ -50,10 +50,24 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// The front door, set up: descriptor limit raised, limits derived.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Front {
     limits: Limits,
     timeouts: Timeouts,
+    /// Connections speak TLS (handshake within the header read timeout).
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Counts the connections refused over the limits (metrics).
+    refused: Option<prometheus_client::metrics::counter::Counter>,
+}
+
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Front")
+            .field("limits", &self.limits)
+            .field("timeouts", &self.timeouts)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Front {
@@ -76,7 +90,30 @@ impl Front {
         Self {
             limits,
             timeouts: config.timeouts,
+            tls: None,
+            refused: None,
         }
+    }
+
+    /// The same limits for another listener, in plain HTTP, its refusals not counted.
+    pub fn plain(&self) -> Self {
+        Self {
+            tls: None,
+            refused: None,
+            ..self.clone()
+        }
+    }
+
+    /// Serves TLS through `acceptor`.
+    pub fn with_tls(mut self, acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
+    /// Counts refused connections on `counter`.
+    pub fn count_refusals(mut self, counter: prometheus_client::metrics::counter::Counter) -> Self {
+        self.refused = Some(counter);
+        self
     }
 
     pub fn limits(&self) -> &Limits {
@@ -97,6 +134,8 @@ impl Front {
             builder: connection::builder(),
             timeouts: self.timeouts,
             shutdown: stop.clone(),
+            tls: self.tls,
+            refused: self.refused,
         });
         let tracker = TaskTracker::new();
         tokio::select! {

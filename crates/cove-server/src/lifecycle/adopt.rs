@@ -16,12 +16,12 @@ impl Lifecycle {
         for record in self.store.sandboxes()? {
             let Some(handle) = record.handle.clone() else {
                 // Cut short mid-create (or made by a Cove that kept no handle).
-                tracing::info!(sandbox_id = %record.id, "sandbox was being created when the server stopped; removing it");
+                tracing::info!(sandbox_id = %record.id, team = %record.team, "sandbox was being created when the server stopped; removing it");
                 let id = record.id.clone();
                 match self.blocking(move |r| r.kill_leftovers(&id)).await {
                     Ok(()) => self.discard(&record).await,
                     Err(err) => {
-                        tracing::warn!(?err, sandbox_id = %record.id, "cannot kill what is left of the sandbox")
+                        tracing::warn!(?err, sandbox_id = %record.id, team = %record.team, "cannot kill what is left of the sandbox")
                     }
                 }
                 continue;
@@ -34,21 +34,21 @@ impl Lifecycle {
                 Ok(Some(Recovered::Running(started) | Recovered::Paused(started, _)))
                     if record.team == WARM_TEAM =>
                 {
-                    tracing::info!(sandbox_id = %record.id, "ending a warm sandbox of the previous server");
+                    tracing::info!(sandbox_id = %record.id, team = %record.team, "ending a warm sandbox of the previous server");
                     self.end_warm(Warm { record, started }).await;
                 }
                 Ok(Some(Recovered::Running(started))) => {
-                    tracing::info!(sandbox_id = %record.id, "re-adopted running sandbox");
+                    tracing::info!(sandbox_id = %record.id, team = %record.team, "re-adopted running sandbox");
                     self.adopt_one(record, started, None);
                     adopted += 1;
                 }
                 Ok(Some(Recovered::Paused(started, mode))) => {
-                    tracing::info!(sandbox_id = %record.id, ?mode, "re-adopted paused sandbox");
+                    tracing::info!(sandbox_id = %record.id, team = %record.team, ?mode, "re-adopted paused sandbox");
                     self.adopt_one(record, started, Some(mode));
                     adopted += 1;
                 }
                 Ok(None) => {
-                    tracing::info!(sandbox_id = %record.id, "sandbox ended while the server was away; removing it");
+                    tracing::info!(sandbox_id = %record.id, team = %record.team, "sandbox ended while the server was away; removing it");
                     // Whatever outlived its PID 1 (a network helper) goes too.
                     let id = record.id.clone();
                     let _ = self.blocking(move |r| r.kill_leftovers(&id)).await;
@@ -56,7 +56,7 @@ impl Lifecycle {
                 }
                 Err(err) => {
                     // Left as it is: a later start may manage to look at it.
-                    tracing::error!(?err, sandbox_id = %record.id, "cannot take over the sandbox");
+                    tracing::error!(?err, sandbox_id = %record.id, team = %record.team, "cannot take over the sandbox");
                 }
             }
         }
@@ -73,7 +73,7 @@ impl Lifecycle {
         record.paused = paused;
         record.handle = Some(started.handle.clone());
         if let Err(err) = self.store.put_sandbox(&record) {
-            tracing::warn!(?err, sandbox_id = %record.id, "cannot save what the sandbox is now");
+            tracing::warn!(?err, sandbox_id = %record.id, team = %record.team, "cannot save what the sandbox is now");
         }
         self.registry
             .insert(std::sync::Arc::new(super::Live::new(record, started)));

@@ -14,7 +14,11 @@ use super::{
     settings::{Settings, agent_settings, limits},
     warm::WARM_TEMPLATE,
 };
-use crate::{secrets, store::SandboxRecord};
+use crate::{
+    secrets,
+    store::SandboxRecord,
+    telemetry::{AgentOp, CreateSource},
+};
 
 impl Lifecycle {
     /// Creates and starts a sandbox for `team`.
@@ -41,6 +45,7 @@ impl Lifecycle {
         // holds them).
         let _layers = self.layers_in_use.hold(&settings.template.template);
         let _admitted = self.admit(&settings.team, settings.memory_mb, settings.cpu_count)?;
+        let began = std::time::Instant::now();
         if settings.template.kind == TemplateKind::BuiltIn && settings.template.id == WARM_TEMPLATE
         {
             let taken = self.pool.take(settings.network);
@@ -52,18 +57,31 @@ impl Lifecycle {
             };
             if let Some(warm) = warm {
                 match self.claim(warm, &settings).await {
-                    Ok(live) => return Ok(live),
-                    Err(err) => tracing::warn!(?err, "a warm sandbox failed; starting a new one"),
+                    Ok(live) => {
+                        self.metrics.warm_pool(true);
+                        self.metrics
+                            .create_took(CreateSource::Warm, began.elapsed());
+                        return Ok(live);
+                    }
+                    Err(err) => {
+                        tracing::warn!(?err, team = %settings.team, "a warm sandbox failed; starting a new one")
+                    }
                 }
             }
+            self.metrics.warm_pool(false);
         }
         let _turn = self.admission.turn().await?;
+        let _starting = self.metrics.starting();
         let mut record = settings.record(&self.config, secrets::random_id(20));
         match self
             .start(&mut record, settings.template.template.clone())
             .await
         {
-            Ok(started) => Ok(self.go_live(record, started)),
+            Ok(started) => {
+                self.metrics
+                    .create_took(CreateSource::Cold, began.elapsed());
+                Ok(self.go_live(record, started))
+            }
             Err(err) => {
                 self.discard(&record).await;
                 Err(err)
@@ -145,7 +163,10 @@ impl Lifecycle {
                 &init,
             )
             .await
-            .map_err(|err| failed(format!("cannot set its environment: {err}")))?;
+            .map_err(|err| {
+                self.metrics.agent_error(AgentOp::Init);
+                failed(format!("cannot set its environment: {err}"))
+            })?;
         }
         self.store.put_sandbox(record)?;
         Ok(())
@@ -156,7 +177,7 @@ impl Lifecycle {
         let id = record.id.clone();
         let live = Arc::new(Live::new(record, started));
         self.registry.insert(live.clone());
-        tracing::info!(sandbox_id = %id, handle = %live.handle().state, "sandbox started");
+        tracing::info!(sandbox_id = %id, handle = %live.handle().state, team = %live.team(), "sandbox started");
         live
     }
 

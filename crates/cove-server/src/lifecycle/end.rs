@@ -48,7 +48,7 @@ impl Lifecycle {
         // After a transition under way (a pause, a snapshot): then it is killed as it is.
         let _turn = self.turn_of(live).await?;
         if !still(live) {
-            tracing::debug!(sandbox_id = %live.id(), %reason, "not ended: it changed meanwhile");
+            tracing::debug!(sandbox_id = %live.id(), team = %live.team(), %reason, "not ended: it changed meanwhile");
             return Ok(());
         }
         let record = live.record();
@@ -72,7 +72,7 @@ impl Lifecycle {
             });
         }
         self.discard(&record).await;
-        tracing::info!(sandbox_id = %record.id, %reason, "sandbox ended");
+        tracing::info!(sandbox_id = %record.id, team = %record.team, %reason, "sandbox ended");
         Ok(())
     }
 
@@ -80,10 +80,10 @@ impl Lifecycle {
     pub(super) async fn discard(&self, record: &SandboxRecord) {
         let id = record.id.clone();
         if let Err(err) = self.blocking(move |r| r.remove(&id)).await {
-            tracing::warn!(?err, sandbox_id = %record.id, "cannot remove the sandbox's files");
+            tracing::warn!(?err, sandbox_id = %record.id, team = %record.team, "cannot remove the sandbox's files");
         }
         if let Err(err) = self.store.delete_sandbox(&record.id) {
-            tracing::warn!(?err, sandbox_id = %record.id, "cannot forget the sandbox");
+            tracing::warn!(?err, sandbox_id = %record.id, team = %record.team, "cannot forget the sandbox");
         }
         // The last sandbox of a deleted snapshot takes its layers with it.
         if record
@@ -120,7 +120,7 @@ impl Lifecycle {
                     Ok(()) => continue,
                     Err(LifecycleError::NotFound(_) | LifecycleError::Ended { .. }) => continue,
                     Err(err) => {
-                        tracing::warn!(?err, sandbox_id = %live.id(), "cannot pause the sandbox whose time is up; ending it");
+                        tracing::warn!(?err, sandbox_id = %live.id(), team = %live.team(), "cannot pause the sandbox whose time is up; ending it");
                     }
                 }
             }
@@ -131,13 +131,13 @@ impl Lifecycle {
                     Ok(Liveness::Running) => None,
                     Ok(Liveness::Ended(why)) => Some(why.to_string()),
                     Err(err) => {
-                        tracing::warn!(?err, sandbox_id = %live.id(), "cannot look at the sandbox; leaving it be");
+                        tracing::warn!(?err, sandbox_id = %live.id(), team = %live.team(), "cannot look at the sandbox; leaving it be");
                         None
                     }
                 }
             };
             if let Some(reason) = reason {
-                tracing::info!(sandbox_id = %live.id(), %reason, "reaping sandbox");
+                tracing::info!(sandbox_id = %live.id(), team = %live.team(), %reason, "reaping sandbox");
                 // Only if it is still what was seen: not paused, not resumed on new processes
                 // since, and (when expired) not given more time by a connect.
                 let still = move |live: &Live| {
@@ -146,7 +146,7 @@ impl Lifecycle {
                         && (!expired || live.read(|r| r.end_at <= clock::now_ms()))
                 };
                 if let Err(err) = self.end_if(live, reason, still).await {
-                    tracing::warn!(?err, "cannot reap sandbox");
+                    tracing::warn!(?err, sandbox_id = %live.id(), team = %live.team(), "cannot reap sandbox");
                 }
             }
         }
@@ -173,7 +173,7 @@ impl Lifecycle {
     pub async fn kill_all(self: &Arc<Self>) {
         for live in self.registry.all() {
             if let Err(err) = self.end(&live, "the server stopped".to_owned()).await {
-                tracing::warn!(?err, "cannot kill sandbox on exit");
+                tracing::warn!(?err, sandbox_id = %live.id(), team = %live.team(), "cannot kill sandbox on exit");
             }
         }
         // Kills that were already under way (the reaper's, a client's) finish too.

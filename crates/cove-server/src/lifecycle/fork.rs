@@ -64,7 +64,7 @@ impl Lifecycle {
         // Each fork that started holds the layers now (its record names them).
         drop(made);
         self.collect_layers().await;
-        tracing::info!(sandbox_id = %id, count, started = outcomes.iter().filter(|o| o.is_ok()).count(), "sandbox forked");
+        tracing::info!(sandbox_id = %id, %team, count, started = outcomes.iter().filter(|o| o.is_ok()).count(), "sandbox forked");
         Ok(outcomes)
     }
 }

@@ -141,7 +141,8 @@ impl Lifecycle {
             if stale {
                 // The agent's answer brings the disk use along.
                 if let Err(err) = self.sample_now(&live).await {
-                    tracing::debug!(?err, sandbox_id = %live.id(), "cannot sample the sandbox");
+                    self.metrics.agent_error(crate::telemetry::AgentOp::Metrics);
+                    tracing::debug!(?err, sandbox_id = %live.id(), team = %live.team(), "cannot sample the sandbox");
                 }
                 continue;
             }

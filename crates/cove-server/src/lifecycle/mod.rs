@@ -8,6 +8,7 @@
 
 mod admission;
 mod adopt;
+mod census;
 mod create;
 mod end;
 mod fork;
@@ -140,6 +141,8 @@ pub struct Lifecycle {
     transitions: TaskTracker,
     /// Snapshot layers being made or used by creates not yet recorded.
     layers_in_use: LayersInUse,
+    /// What Prometheus is told (`GET /metrics`).
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -168,7 +171,13 @@ impl Lifecycle {
             warming: TaskTracker::new(),
             transitions: TaskTracker::new(),
             layers_in_use: LayersInUse::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<crate::telemetry::Metrics> {
+        &self.metrics
     }
 
     pub fn templates(&self) -> &Templates {
@@ -255,7 +264,7 @@ impl Lifecycle {
     fn commit(&self, live: &Live, change: impl FnOnce(&mut SandboxRecord)) {
         let record = live.set_record(change);
         if let Err(err) = self.store.put_sandbox(&record) {
-            tracing::error!(?err, sandbox_id = %record.id, "cannot save the sandbox's new state");
+            tracing::error!(?err, sandbox_id = %record.id, team = %record.team, "cannot save the sandbox's new state");
         }
     }
 

@@ -66,7 +66,7 @@ impl Lifecycle {
             r.handle = Some(paused);
         });
         *live.cpu_sample.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        tracing::info!(sandbox_id = %id, ?mode, "sandbox paused");
+        tracing::info!(sandbox_id = %id, team = %live.team(), ?mode, "sandbox paused");
         Ok(())
     }
 
@@ -208,9 +208,9 @@ impl Lifecycle {
         *live.cpu_sample.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if mode == Some(PauseMode::Filesystem) {
             // A new PID 1, named as at a create.
-            tracing::info!(sandbox_id = %id, handle = %live.handle().state, "sandbox started");
+            tracing::info!(sandbox_id = %id, handle = %live.handle().state, team = %live.team(), "sandbox started");
         }
-        tracing::info!(sandbox_id = %id, ?mode, "sandbox resumed");
+        tracing::info!(sandbox_id = %id, team = %live.team(), ?mode, "sandbox resumed");
         Ok(())
     }
 
@@ -229,7 +229,7 @@ impl Lifecycle {
                 if live.paused().is_some() || live.read(|r| r.end_at) > clock::now_ms() {
                     return Ok(());
                 }
-                tracing::info!(sandbox_id = %live.id(), ?mode, "its timeout ended: pausing it");
+                tracing::info!(sandbox_id = %live.id(), team = %live.team(), ?mode, "its timeout ended: pausing it");
                 this.pause_locked(&live, mode).await
             })
             .await,

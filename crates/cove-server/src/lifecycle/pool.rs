@@ -114,6 +114,11 @@ impl WarmPool {
         kind.ready.push(warm);
     }
 
+    /// How many are ready, of both kinds.
+    pub fn ready(&self) -> usize {
+        self.kinds().iter().map(|k| k.ready.len()).sum()
+    }
+
     /// Every warm sandbox, taking them out of the pool (at shutdown).
     pub fn drain(&self) -> Vec<Warm> {
         let mut kinds = self.kinds();

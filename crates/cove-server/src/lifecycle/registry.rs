@@ -68,6 +68,11 @@ impl Live {
         self.read(|r| r.id.clone())
     }
 
+    /// The team it belongs to.
+    pub fn team(&self) -> String {
+        self.read(|r| r.team.clone())
+    }
+
     pub fn access_token(&self) -> String {
         self.read(|r| r.envd_access_token.clone())
     }

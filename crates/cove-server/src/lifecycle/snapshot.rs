@@ -129,7 +129,7 @@ impl Lifecycle {
             // The layers the name had before, unless something else uses them.
             self.collect_layers().await;
         }
-        tracing::info!(sandbox_id = %id, snapshot = %entry.id, "snapshot taken");
+        tracing::info!(sandbox_id = %id, team = %team, snapshot = %entry.id, "snapshot taken");
         Ok(entry)
     }
 

@@ -44,7 +44,7 @@ impl Lifecycle {
             .await
         {
             Ok(started) => {
-                tracing::debug!(sandbox_id = %record.id, network, "warm sandbox ready");
+                tracing::debug!(sandbox_id = %record.id, team = %record.team, network, "warm sandbox ready");
                 Some(Warm { record, started })
             }
             Err(err) => {
@@ -61,7 +61,7 @@ impl Lifecycle {
         match self.blocking(move |r| r.kill(&handle)).await {
             Ok(()) => self.discard(&warm.record).await,
             Err(err) => {
-                tracing::warn!(?err, sandbox_id = %warm.record.id, "cannot kill a warm sandbox");
+                tracing::warn!(?err, sandbox_id = %warm.record.id, team = %warm.record.team, "cannot kill a warm sandbox");
             }
         }
     }

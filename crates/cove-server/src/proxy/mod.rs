@@ -22,6 +22,7 @@ pub use self::route::Route;
 use crate::{
     AppState, agent_link,
     lifecycle::{LifecycleError, Live},
+    telemetry::{AgentOp, Counted, Metrics, ProxyTarget},
 };
 
 /// Middleware in front of the API: sandbox traffic is proxied, everything else goes on.
@@ -36,13 +37,13 @@ pub async fn intercept(State(state): State<AppState>, request: Request, next: Ne
                     return sandbox_paused(&id);
                 }
                 match state.lifecycle().wake(&live).await {
-                    Ok(()) => forward(&live, port, request).await,
+                    Ok(()) => forward(&state, &live, port, request).await,
                     Err(LifecycleError::NotFound(_) | LifecycleError::Ended { .. }) => {
                         sandbox_not_found(&id)
                     }
                     Err(LifecycleError::Paused(_)) => sandbox_paused(&id),
                     Err(err) => {
-                        tracing::warn!(?err, sandbox_id = %id, "cannot resume the sandbox for a request");
+                        tracing::warn!(?err, sandbox_id = %id, team = %live.team(), "cannot resume the sandbox for a request");
                         json_error(
                             StatusCode::BAD_GATEWAY,
                             serde_json::json!({"sandboxId": id, "message": "The sandbox is paused and could not be resumed", "code": 502}),
@@ -50,7 +51,7 @@ pub async fn intercept(State(state): State<AppState>, request: Request, next: Ne
                     }
                 }
             }
-            Some(live) => forward(&live, port, request).await,
+            Some(live) => forward(&state, &live, port, request).await,
         },
         Some(Ok(Route::Signed(signed))) => {
             let found = state
@@ -59,7 +60,7 @@ pub async fn intercept(State(state): State<AppState>, request: Request, next: Ne
                 .into_iter()
                 .find(|live| signed.is_signed_by(&live.access_token()));
             match found {
-                Some(live) => forward(&live, AGENT_PORT, request).await,
+                Some(live) => forward(&state, &live, AGENT_PORT, request).await,
                 None => json_error(
                     StatusCode::UNAUTHORIZED,
                     serde_json::json!({"code": 401, "message": "the signature matches no running sandbox"}),
@@ -193,7 +194,28 @@ fn traffic_token_refused(id: &str, given: bool) -> Response {
     )
 }
 
-async fn forward(live: &Arc<Live>, port: u16, request: Request) -> Response {
+/// Forwards `request` to `live`'s `port`, its traffic counted in the server's metrics.
+async fn forward(state: &AppState, live: &Arc<Live>, port: u16, request: Request) -> Response {
+    let metrics = state.lifecycle().metrics();
+    let received = metrics.bytes_received();
+    let request = request.map(|body| Body::new(Counted::new(body, received)));
+    let response = forward_counted(metrics, live, port, request).await;
+    let target = if port == AGENT_PORT {
+        ProxyTarget::Agent
+    } else {
+        ProxyTarget::Port
+    };
+    metrics.proxied(target, response.status());
+    let sent = metrics.bytes_sent();
+    response.map(|body| Body::new(Counted::new(body, sent)))
+}
+
+async fn forward_counted(
+    metrics: &Metrics,
+    live: &Arc<Live>,
+    port: u16,
+    request: Request,
+) -> Response {
     let id = live.id();
     if let (false, Some(expected)) = (port == AGENT_PORT, live.traffic_token()) {
         let given = request
@@ -210,7 +232,7 @@ async fn forward(live: &Arc<Live>, port: u16, request: Request) -> Response {
     let result = if port == AGENT_PORT {
         to_agent(live, request).await
     } else {
-        to_port(live, port, request).await
+        to_port(metrics, live, port, request).await
     };
     match result {
         Ok(response) => response,
@@ -226,7 +248,8 @@ async fn forward(live: &Arc<Live>, port: u16, request: Request) -> Response {
                     }),
                 );
             }
-            tracing::warn!(?err, sandbox_id = %id, port, "cannot reach the sandbox");
+            metrics.agent_error(AgentOp::Proxy);
+            tracing::warn!(?err, sandbox_id = %id, team = %live.team(), port, "cannot reach the sandbox");
             sandbox_not_found(&id)
         }
     }
@@ -272,7 +295,12 @@ fn response_back(response: hyper::Response<hyper::body::Incoming>) -> Response {
 
 /// Opens a tunnel through the agent to `127.0.0.1:port` inside the sandbox and sends the
 /// request over it; an upgrade (WebSocket, …) is relayed both ways afterwards.
-async fn to_port(live: &Live, port: u16, mut request: Request) -> Result<Response, ProxyError> {
+async fn to_port(
+    metrics: &Metrics,
+    live: &Live,
+    port: u16,
+    mut request: Request,
+) -> Result<Response, ProxyError> {
     let mut sender = agent_connection(live).await?;
     let token = HeaderValue::from_str(&live.access_token())
         .map_err(|_| ProxyError::Tunnel(StatusCode::INTERNAL_SERVER_ERROR))?;
@@ -306,13 +334,18 @@ async fn to_port(live: &Live, port: u16, mut request: Request) -> Result<Respons
         (response.status(), client_upgrade)
     {
         let server_upgrade = hyper::upgrade::on(&mut response);
+        let (received, sent) = (metrics.bytes_received(), metrics.bytes_sent());
         tokio::spawn(async move {
             if let (Ok(client), Ok(server)) = (client_upgrade.await, server_upgrade.await) {
-                let _ = tokio::io::copy_bidirectional(
+                let copied = tokio::io::copy_bidirectional(
                     &mut TokioIo::new(client),
                     &mut TokioIo::new(server),
                 )
                 .await;
+                if let Ok((up, down)) = copied {
+                    received.inc_by(up);
+                    sent.inc_by(down);
+                }
             }
         });
     }
