@@ -20,6 +20,7 @@ import urllib.request
 
 import httpx
 import pytest
+import requests
 
 from conftest import wait_until
 
@@ -290,6 +291,66 @@ def test_tampered_signatures_are_refused(new_sandbox, cove_server):
     valid = signature("/home/user/secret.txt", "read", token, expiration=future)
     assert http_status(with_query(signature=valid, signature_expiration=str(future))) == 200
     assert sandbox.files.read("/home/user/secret.txt") == "do not leak"
+
+
+def refusal(response) -> dict:
+    assert response.status_code == 401, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    return response.json()
+
+
+def test_expired_signed_urls_answer_as_envd(new_sandbox):
+    sandbox = new_sandbox()
+    sandbox.files.write("/home/user/soon.txt", "gone soon")
+    download = sandbox.download_url("/home/user/soon.txt", use_signature_expiration=1)
+    upload = sandbox.upload_url("/home/user/soon.txt", use_signature_expiration=1)
+    expires = int(dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(download).query))["signature_expiration"])
+
+    wait_until(lambda: time.time() > expires + 1, "the links to expire", 10)
+
+    expired = {"code": 401, "message": "signature is already expired"}
+    assert refusal(requests.get(download, timeout=30)) == expired
+    assert refusal(requests.post(upload, files={"file": b"late"}, timeout=30)) == expired
+    assert sandbox.files.read("/home/user/soon.txt") == "gone soon"
+
+
+def test_signature_refusals_use_envds_words(new_sandbox, cove_server):
+    sandbox = new_sandbox()
+    sandbox.files.write("/home/user/secret.txt", "do not leak")
+    url = sandbox.download_url("/home/user/secret.txt", use_signature_expiration=60)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    base = url.split("?", 1)[0]
+    host = sandbox.get_host(49983)
+    # Routed by host, as E2B routes every link, so the agent's own answers show.
+    via_host = lambda **q: cove_server.request(
+        "GET", "/files?" + urllib.parse.urlencode(q), host=host
+    )
+
+    flipped = query["signature"][:-1] + ("A" if query["signature"][-1] != "A" else "B")
+    assert via_host(**{**query, "signature": flipped}).json() == {
+        "code": 401,
+        "message": "invalid signature",
+    }
+    # A later expiry than the one signed is a wrong signature, not a longer life.
+    later = str(int(query["signature_expiration"]) + 3600)
+    assert via_host(**{**query, "signature_expiration": later}).json()["message"] == "invalid signature"
+    assert via_host(path=query["path"]).json() == {
+        "code": 401,
+        "message": "missing signature query parameter",
+    }
+    wrong_token = cove_server.request(
+        "GET",
+        "/files?" + urllib.parse.urlencode({"path": query["path"]}),
+        host=host,
+        headers={"X-Access-Token": "not-the-token"},
+    )
+    assert wrong_token.status == 401
+    assert wrong_token.json()["message"] == "access token present in header but does not match"
+    # Not routed by host, a signature no sandbox made gets the same words.
+    assert refusal(requests.get(base + "?" + urllib.parse.urlencode({**query, "signature": flipped}), timeout=30)) == {
+        "code": 401,
+        "message": "invalid signature",
+    }
 
 
 def test_signed_url_routed_by_host(new_sandbox, cove_server):

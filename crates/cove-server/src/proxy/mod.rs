@@ -38,9 +38,11 @@ pub async fn intercept(State(state): State<AppState>, request: Request, next: Ne
                 .find(|live| signed.is_signed_by(&live.access_token()));
             match found {
                 Some(live) => forward(&live, AGENT_PORT, request).await,
+                // E2B routes such a link by its host, and envd refuses a signature its
+                // sandbox did not make in these words.
                 None => json_error(
                     StatusCode::UNAUTHORIZED,
-                    serde_json::json!({"code": 401, "message": "the signature matches no running sandbox"}),
+                    serde_json::json!({"code": 401, "message": "invalid signature"}),
                 ),
             }
         }
