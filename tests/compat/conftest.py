@@ -407,16 +407,16 @@ def _stop_server(server: CoveServer, proc: subprocess.Popen, kill_leftovers: boo
 
 @contextlib.contextmanager
 def running_cove_server(
-    state_dir: Path, log_path: Path, *, kill_leftovers: bool = True
+    state_dir: Path, log_path: Path, *, kill_leftovers: bool = True, extra_args: Iterable[str] = ()
 ) -> Iterator[CoveServer]:
-    """Runs `cove serve --kill-on-exit` on a free port with a fresh API key until the block
-    ends, then stops it as an operator would (see `_stop_server`)."""
+    """Runs `cove serve --kill-on-exit [extra_args]` on a free port with a fresh API key until
+    the block ends, then stops it as an operator would (see `_stop_server`)."""
     port = _free_port()
     api_key = "e2b_" + secrets.token_hex(20)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [_cove_bin(), "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", state_dir,
-             "--kill-on-exit"],
+             "--kill-on-exit", *extra_args],
             # The key goes by environment so that it does not show in `ps`.
             env={**os.environ, "COVE_API_KEY": api_key},
             stdin=subprocess.DEVNULL,

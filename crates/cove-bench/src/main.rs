@@ -11,6 +11,7 @@ mod concurrency;
 mod create;
 mod density;
 mod measure;
+mod pause;
 mod plain;
 mod python;
 mod report;

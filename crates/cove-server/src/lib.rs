@@ -201,6 +201,7 @@ impl AppState {
                 warm: config.warm,
                 caps,
                 admission,
+                snapshots_dir: config.state_dir.join("snapshots"),
             },
         ));
         let adopted = lifecycle.adopt().await?;

@@ -8,7 +8,7 @@ use cove_proto::rest::NewSandbox;
 use cove_runtime::{Liveness, SandboxSpec, Started};
 
 use super::{
-    ApiVersion, Lifecycle, LifecycleError, Live,
+    ApiVersion, Lifecycle, LifecycleError, Live, TemplateKind,
     admission::Ask,
     pool::{Taken, Warm},
     settings::{Settings, agent_settings, limits},
@@ -33,20 +33,16 @@ impl Lifecycle {
             .unwrap_or_else(|join| Err(LifecycleError::Crashed(join.to_string())))
     }
 
-    async fn create_now(self: &Arc<Self>, settings: Settings) -> Result<Arc<Live>, LifecycleError> {
-        let limits = self.store.team_limits(&settings.team)?;
-        // Held until the sandbox is counted among the running (or never will be).
-        let _admitted = self.admission.admit(
-            Ask {
-                team: &settings.team,
-                memory_mb: settings.memory_mb,
-                cpus: settings.cpu_count,
-            },
-            self.registry.len(),
-            &self.registry.records_of(&settings.team),
-            limits,
-        )?;
-        if settings.template.id == WARM_TEMPLATE {
+    pub(super) async fn create_now(
+        self: &Arc<Self>,
+        settings: Settings,
+    ) -> Result<Arc<Live>, LifecycleError> {
+        // A snapshot's layers stay while the sandbox is made from them (then its record
+        // holds them).
+        let _layers = self.layers_in_use.hold(&settings.template.template);
+        let _admitted = self.admit(&settings.team, settings.memory_mb, settings.cpu_count)?;
+        if settings.template.kind == TemplateKind::BuiltIn && settings.template.id == WARM_TEMPLATE
+        {
             let taken = self.pool.take(settings.network);
             self.refill(settings.network);
             let warm = match taken {
@@ -73,6 +69,30 @@ impl Lifecycle {
                 Err(err)
             }
         }
+    }
+
+    /// Admits a sandbox of `team` that will hold `memory_mb` and `cpus` (held until it is
+    /// counted among the running, or never will be). Sandboxes paused without memory hold
+    /// neither.
+    pub(super) fn admit(
+        &self,
+        team: &str,
+        memory_mb: u64,
+        cpus: u32,
+    ) -> Result<super::admission::Ticket<'_>, LifecycleError> {
+        let limits = self.store.team_limits(team)?;
+        let mut holding = self.registry.records_of(team);
+        holding.retain(|r| r.paused != Some(cove_runtime::PauseMode::Filesystem));
+        self.admission.admit(
+            Ask {
+                team,
+                memory_mb,
+                cpus,
+            },
+            self.registry.holding_memory(),
+            &holding,
+            limits,
+        )
     }
 
     /// Hands a warm sandbox to its owner: its limits, environment and record become theirs.

@@ -36,7 +36,7 @@ impl Lifecycle {
     }
 
     async fn start_warm(&self, network: bool) -> Option<Warm> {
-        let template = self.templates.get(WARM_TEMPLATE)?.clone();
+        let template = self.templates.built_in(WARM_TEMPLATE)?;
         let settings = Settings::warm(template, self.config.caps, network);
         let mut record = settings.record(&self.config, secrets::random_id(20));
         match self
@@ -66,11 +66,14 @@ impl Lifecycle {
         }
     }
 
-    /// At shutdown: lets creates under way finish, stops refilling the pool and ends every
-    /// warm sandbox.
+    /// At shutdown: lets creates and transitions under way finish, stops refilling the pool
+    /// and ends every warm sandbox.
     pub async fn settle(&self) {
         self.creating.close();
         self.creating.wait().await;
+        // Pauses, resumes and snapshots under way finish too.
+        self.transitions.close();
+        self.transitions.wait().await;
         self.warming.close();
         self.warming.wait().await;
         for warm in self.pool.drain() {
