@@ -21,6 +21,7 @@ import urllib.request
 import httpx
 import pytest
 import requests
+from e2b import Sandbox, SandboxState
 
 from conftest import wait_until
 
@@ -426,3 +427,29 @@ def test_connection_stays_usable_after_early_502(cove_server):
         sock.sendall(body + b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         following, _ = read_response(sock)
         assert following.startswith(b"HTTP/1.1 200"), following
+
+
+def test_signed_urls_of_a_paused_sandbox(new_sandbox):
+    """A link routed by its signature reaches a paused sandbox as its headers would: 502
+    "paused" unless it asked for autoResume, which the link's signature (made with the
+    access token) may trigger."""
+    asleep = new_sandbox()
+    asleep.files.write("/home/user/a.txt", "asleep")
+    url = asleep.download_url("/home/user/a.txt", use_signature_expiration=120)
+    asleep.pause()
+
+    refused = requests.get(url, timeout=30)
+
+    assert refused.status_code == 502
+    assert refused.json()["message"] == "The sandbox is paused"
+    assert Sandbox.get_info(asleep.sandbox_id).state == SandboxState.PAUSED
+
+    waking = new_sandbox(lifecycle={"on_timeout": "pause", "auto_resume": True})
+    waking.files.write("/home/user/b.txt", "woken")
+    url = waking.download_url("/home/user/b.txt", use_signature_expiration=120)
+    waking.pause()
+
+    woken = requests.get(url, timeout=30)
+
+    assert (woken.status_code, woken.text) == (200, "woken")
+    assert Sandbox.get_info(waking.sandbox_id).state == SandboxState.RUNNING
