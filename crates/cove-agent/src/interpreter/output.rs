@@ -282,7 +282,8 @@ mod tests {
             [OutputLine::Error {
                 name: "ValueError".into(),
                 value: "bad".into(),
-                traceback: "Traceback\nValueError: bad".into()
+                // Joined with nothing between the pieces, as E2B's interpreter joins them.
+                traceback: "TracebackValueError: bad".into()
             }]
         );
         // The reply repeats the error; it is sent once.
