@@ -19,6 +19,7 @@ import tempfile
 import zlib
 from collections import Counter
 from pathlib import Path
+from urllib.parse import quote
 
 import hypothesis
 import pytest
@@ -108,8 +109,25 @@ def _check(case, server: CoveServer, kept: KeptSandbox, seen: Counter) -> None:
         case.validate_response(response, checks=CHECKS)
     finally:
         if case.method.upper() == "POST" and response.status_code == 201:
-            killed = server.api("DELETE", f"/sandboxes/{response.json()['sandboxID']}")
-            assert killed.status == 204, killed
+            _end_what_was_made(server, response.json())
+
+
+def _end_what_was_made(server: CoveServer, made) -> None:
+    """Kills the sandboxes a 201 made (a create's sandbox, a fork's list of them) and deletes
+    a snapshot it took."""
+    if isinstance(made, list):  # a fork: `{sandbox}` or `{error}` per fork
+        for entry in made:
+            if "sandbox" in entry:
+                _end_what_was_made(server, entry["sandbox"])
+    elif "sandboxID" in made:
+        killed = server.api("DELETE", f"/sandboxes/{made['sandboxID']}")
+        assert killed.status == 204, killed
+    elif "snapshotID" in made:
+        # A named snapshot's id holds `/` and `:` (`team/name:tag`, as E2B's).
+        deleted = server.api("DELETE", f"/templates/{quote(made['snapshotID'], safe='')}")
+        assert deleted.status == 204, deleted
+    else:
+        raise AssertionError(f"a 201 this test does not know how to undo: {made}")
 
 
 def test_every_operation_answers_as_documented(

@@ -1,11 +1,12 @@
-//! Concurrency is normal load: bursts of creates and kills, with and without internet
-//! access, past the warm pool, each answered as asked and nothing left behind.
+//! Concurrency is normal load: bursts of creates, pauses, resumes and kills, with and
+//! without internet access, past the warm pool, each answered as asked and nothing left
+//! behind.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::{cove, loop_devices_under};
-use cove_sdk::{CreateOptions, Sandbox};
+use cove_sdk::{CreateOptions, Sandbox, snapshots::PauseMode};
 use cove_test_util::TestServer;
 use futures::{StreamExt, stream};
 
@@ -53,22 +54,84 @@ async fn a_burst_of_creates_then_kills_never_fails() {
         assert!(result.unwrap_or_else(|err| panic!("a kill failed: {err}")));
     }
     assert!(Sandbox::list(&config).await.unwrap().is_empty());
-    // Nothing is left: disks, cgroups, directories.
-    assert!(
-        loop_devices_under(server.state_dir()).is_empty(),
-        "{:?}",
-        loop_devices_under(server.state_dir())
-    );
-    for id in &ids {
-        for hierarchy in ["memory", "pids", "unified"] {
-            let cgroup = format!("/sys/fs/cgroup/{hierarchy}/cove/{id}");
-            assert!(!std::path::Path::new(&cgroup).exists(), "{cgroup} is left");
-        }
-    }
+    assert_nothing_left(&server, &ids);
+    // No warm pool: nothing at all is left.
+    let disks = loop_devices_under(server.state_dir());
+    assert!(disks.is_empty(), "{disks:?}");
     let left: Vec<_> = std::fs::read_dir(server.state_dir().join("sandboxes"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
         .collect();
     assert!(left.is_empty(), "sandbox directories left: {left:?}");
+}
+
+/// Clients create, pause (with memory or without), resume and kill all at once; a quarter
+/// kill their sandbox while it is paused. Every call succeeds and the files survive.
+#[tokio::test(flavor = "multi_thread")]
+async fn creates_pauses_resumes_and_kills_at_once_never_fail() {
+    const CLIENTS: usize = 40;
+    let server =
+        TestServer::start_with_args(cove(), &["--warm-pool", "2", "--sandbox-disk-mb", "256"])
+            .await;
+    let config = server.config();
+    let runs: Vec<_> = stream::iter(0..CLIENTS)
+        .map(|n| {
+            let config = config.clone();
+            async move {
+                let options = CreateOptions {
+                    allow_internet_access: Some(n % 2 == 0),
+                    ..CreateOptions::default()
+                };
+                let sbx = Sandbox::create(&config, options).await?;
+                let id = sbx.id().to_owned();
+                sbx.files().write("mine.txt", format!("{n}")).await?;
+                let mode = if n % 3 == 0 {
+                    PauseMode::Filesystem
+                } else {
+                    PauseMode::Memory
+                };
+                assert!(sbx.pause(mode).await?, "{id} was not running");
+                if n % 4 == 0 {
+                    assert!(sbx.kill().await?, "{id}: the kill of a paused sandbox");
+                    return Ok::<_, cove_sdk::Error>(id);
+                }
+                let resumed = Sandbox::connect(&config, &id, None).await?;
+                let kept = resumed.files().read("mine.txt").await?;
+                assert_eq!(kept, format!("{n}").as_bytes(), "{id}");
+                assert_eq!(resumed.commands().run("echo up").await?.stdout, "up\n");
+                assert!(resumed.kill().await?, "{id}");
+                Ok(id)
+            }
+        })
+        .buffer_unordered(AT_ONCE)
+        .collect()
+        .await;
+    let ids: Vec<String> = runs
+        .into_iter()
+        .map(|run| run.unwrap_or_else(|err| panic!("a call failed: {err}")))
+        .collect();
+    assert_eq!(ids.len(), CLIENTS);
+    let listed = Sandbox::list(&config).await.unwrap();
+    // Only the warm pool's own sandboxes are left, and they are not listed.
+    assert!(listed.is_empty(), "{listed:?}");
+    assert_nothing_left(&server, &ids);
+}
+
+/// Nothing of sandboxes `ids` is left: disks, cgroups, directories (warm sandboxes aside).
+fn assert_nothing_left(server: &TestServer, ids: &[String]) {
+    for id in ids {
+        assert!(
+            !loop_devices_under(server.state_dir())
+                .iter()
+                .any(|backing| backing.contains(id.as_str())),
+            "{id}'s disk is left"
+        );
+        for hierarchy in ["memory", "pids", "unified", "freezer"] {
+            let cgroup = format!("/sys/fs/cgroup/{hierarchy}/cove/{id}");
+            assert!(!std::path::Path::new(&cgroup).exists(), "{cgroup} is left");
+        }
+        let dir = server.state_dir().join("sandboxes").join(id);
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
 }

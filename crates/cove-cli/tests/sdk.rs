@@ -740,7 +740,8 @@ async fn code_runs_in_contexts_with_state() {
         )
         .await;
     assert!(matches!(slow, Err(Error::Timeout(_))), "{slow:?}");
-    assert_eq!(sbx.run_code("x").await.unwrap().text(), Some("41"));
+    let after = sbx.run_code("x").await.unwrap();
+    assert_eq!(after.text(), Some("41"), "{after:?}");
 
     sbx.kill().await.unwrap();
     assert!(matches!(

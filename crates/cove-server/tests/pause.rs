@@ -349,6 +349,30 @@ async fn traffic_resumes_only_what_asked_for_it_and_only_for_its_own_clients() {
     assert_eq!(app.info(&auto).await["state"], "paused");
 }
 
+/// The reaper looks at every running sandbox at once, then acts on what it saw: a sandbox
+/// paused without its memory in between (its processes ended by the pause) was ended as
+/// "its agent exited" (a CI run caught it with the Rust SDK's pause test).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reaper_does_not_end_what_was_paused_while_it_looked() {
+    let app = app().await;
+    let id = app.created(json!({})).await;
+    app.runtime.slow_liveness(Duration::from_millis(500));
+    let lifecycle = app.state.lifecycle().clone();
+    let reaping = tokio::spawn(async move { lifecycle.reap().await });
+    cove_test_util::wait_until("the reaper to look", Duration::from_secs(5), || async {
+        (app.runtime.looks_under_way() > 0).then_some(())
+    })
+    .await;
+    let (status, body) = app.pause(&id, json!({"memory": false})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    reaping.await.unwrap();
+
+    assert_eq!(app.info(&id).await["state"], "paused");
+    let (status, _) = app.connect(&id, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(app.runtime.running(), vec![id]);
+}
+
 /// Waits until the runtime is in the middle of a pause, resume or snapshot.
 async fn under_way(app: &App) {
     cove_test_util::wait_until(

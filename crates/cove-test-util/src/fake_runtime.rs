@@ -47,6 +47,10 @@ struct State {
     transition_delay: Option<Duration>,
     /// Pauses with memory are unsupported (a host without a cgroup freezer).
     no_memory_pause: bool,
+    /// Looking at sandboxes takes this long (blocking, as reading `/proc` under load does).
+    liveness_delay: Option<Duration>,
+    /// Looks at sandboxes under way.
+    looking: usize,
     /// Pauses, resumes and snapshots under way.
     in_transition: usize,
     shut_down: bool,
@@ -80,6 +84,16 @@ impl FakeRuntime {
     /// Every pause, resume and snapshot takes this long (blocking, as a real one does).
     pub fn slow_transitions(&self, delay: Duration) {
         self.state().transition_delay = Some(delay);
+    }
+
+    /// Every look at a sandbox takes this long.
+    pub fn slow_liveness(&self, delay: Duration) {
+        self.state().liveness_delay = Some(delay);
+    }
+
+    /// How many looks at sandboxes are under way now.
+    pub fn looks_under_way(&self) -> usize {
+        self.state().looking
     }
 
     /// Pauses that keep memory are unsupported from now on.
@@ -232,6 +246,15 @@ impl Runtime for FakeRuntime {
     }
 
     fn liveness(&self, handle: &Handle) -> Result<Liveness, RuntimeError> {
+        let delay = {
+            let mut state = self.state();
+            state.looking += 1;
+            state.liveness_delay
+        };
+        if let Some(delay) = delay {
+            std::thread::sleep(delay);
+        }
+        self.state().looking -= 1;
         let sandbox = self.known(handle)?;
         if sandbox.unobservable {
             return Err(RuntimeError::Io {
@@ -239,10 +262,13 @@ impl Runtime for FakeRuntime {
                 source: std::io::Error::from_raw_os_error(24), // EMFILE
             });
         }
-        Ok(match (sandbox.ended, sandbox.killed) {
-            (Some(reason), _) => Liveness::Ended(reason),
-            (None, true) => Liveness::Ended(EndReason::AgentExited),
-            (None, false) => Liveness::Running,
+        Ok(match (sandbox.ended, sandbox.killed, sandbox.paused) {
+            (Some(reason), _, _) => Liveness::Ended(reason),
+            // Paused without its memory, nothing of it runs.
+            (None, true, _) | (None, false, Some(PauseMode::Filesystem)) => {
+                Liveness::Ended(EndReason::AgentExited)
+            }
+            (None, false, _) => Liveness::Running,
         })
     }
 

@@ -25,6 +25,9 @@ use crate::{
 /// How long a kernel gets to start and answer (IPython takes about a second).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long to wait before connecting again to a kernel that is not listening yet.
+const CONNECT_RETRY: Duration = Duration::from_millis(200);
+
 /// How much of a kernel's stderr is kept to explain why it failed.
 const STDERR_TAIL: usize = 2048;
 
@@ -45,13 +48,32 @@ pub enum KernelError {
         exit: String,
         stderr: String,
     },
-    #[error("the {name} kernel did not answer within {timeout:?}")]
+    #[error(
+        "the {name} kernel did not answer within {timeout:?}{}",
+        because(source)
+    )]
     NoAnswer {
         name: String,
         timeout: Duration,
         #[source]
         source: Option<cove_jupyter::ClientError>,
     },
+}
+
+/// ": why" for a message, when there is a why.
+fn because(source: &Option<cove_jupyter::ClientError>) -> String {
+    match source {
+        Some(source) => {
+            let mut text = format!(": {source}");
+            let mut cause = std::error::Error::source(source);
+            while let Some(err) = cause {
+                text.push_str(&format!(": {err}"));
+                cause = err.source();
+            }
+            text
+        }
+        None => String::new(),
+    }
 }
 
 /// What a kernel is started with.
@@ -265,9 +287,23 @@ async fn connect(
     name: &str,
     stderr: &Mutex<String>,
 ) -> Result<KernelClient, KernelError> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     let ready = async {
-        let client = KernelClient::connect(info).await?;
-        client.wait_ready(START_TIMEOUT).await?;
+        // A kernel slow to listen (a loaded host) outlasts one connect's own patience.
+        let client = loop {
+            match KernelClient::connect(info).await {
+                Ok(client) => break client,
+                Err(cove_jupyter::ClientError::Connect { .. })
+                    if tokio::time::Instant::now() + CONNECT_RETRY < deadline =>
+                {
+                    tokio::time::sleep(CONNECT_RETRY).await;
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        client
+            .wait_ready(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await?;
         Ok::<_, cove_jupyter::ClientError>(client)
     };
     tokio::select! {

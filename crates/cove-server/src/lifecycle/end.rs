@@ -20,16 +20,37 @@ impl Lifecycle {
 
     /// Ends `live` for `reason` in a task of its own.
     async fn end(self: &Arc<Self>, live: &Arc<Live>, reason: String) -> Result<(), LifecycleError> {
+        self.end_if(live, reason, |_| true).await
+    }
+
+    /// Ends `live` for `reason` if, once the transitions under way have finished, `still`
+    /// holds: what the reaper saw (dead, expired) may no longer be true after a pause, a
+    /// resume or a connect that ran meanwhile.
+    async fn end_if(
+        self: &Arc<Self>,
+        live: &Arc<Live>,
+        reason: String,
+        still: impl FnOnce(&Live) -> bool + Send + 'static,
+    ) -> Result<(), LifecycleError> {
         let (this, live) = (self.clone(), live.clone());
         self.ending
-            .spawn(async move { this.end_now(&live, reason).await })
+            .spawn(async move { this.end_now(&live, reason, still).await })
             .await
             .unwrap_or_else(|join| Err(LifecycleError::Crashed(join.to_string())))
     }
 
-    async fn end_now(&self, live: &Arc<Live>, reason: String) -> Result<(), LifecycleError> {
+    async fn end_now(
+        &self,
+        live: &Arc<Live>,
+        reason: String,
+        still: impl FnOnce(&Live) -> bool,
+    ) -> Result<(), LifecycleError> {
         // After a transition under way (a pause, a snapshot): then it is killed as it is.
         let _turn = self.turn_of(live).await?;
+        if !still(live) {
+            tracing::debug!(sandbox_id = %live.id(), %reason, "not ended: it changed meanwhile");
+            return Ok(());
+        }
         let record = live.record();
         // Gone from routing first: from now on its traffic is answered "not found", and
         // asking after it tells why it is gone.
@@ -82,12 +103,13 @@ impl Lifecycle {
         // Paused ones have no timeout, and nothing runs to be seen dying.
         candidates.retain(|l| l.paused().is_none());
         let handles: Vec<_> = candidates.iter().map(|l| l.handle()).collect();
+        let seen = handles.clone();
         // One blocking call for all of them: thousands of sandboxes, one thread.
         let looks = self
             .blocking(move |r| Ok(handles.iter().map(|h| r.liveness(h)).collect::<Vec<_>>()))
             .await
             .unwrap_or_default();
-        for (live, look) in candidates.iter().zip(looks) {
+        for ((live, look), seen) in candidates.iter().zip(looks).zip(seen) {
             if live.transition.try_lock().is_err() {
                 // A transition under way decides what it is next.
                 continue;
@@ -116,7 +138,14 @@ impl Lifecycle {
             };
             if let Some(reason) = reason {
                 tracing::info!(sandbox_id = %live.id(), %reason, "reaping sandbox");
-                if let Err(err) = self.end(live, reason).await {
+                // Only if it is still what was seen: not paused, not resumed on new processes
+                // since, and (when expired) not given more time by a connect.
+                let still = move |live: &Live| {
+                    live.paused().is_none()
+                        && live.handle() == seen
+                        && (!expired || live.read(|r| r.end_at <= clock::now_ms()))
+                };
+                if let Err(err) = self.end_if(live, reason, still).await {
                     tracing::warn!(?err, "cannot reap sandbox");
                 }
             }
