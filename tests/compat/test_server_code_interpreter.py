@@ -6,6 +6,8 @@ the kernel without losing the context, and contexts are independent of each othe
 """
 
 import base64
+import os
+import re
 import time
 
 import httpx
@@ -56,6 +58,8 @@ def test_an_exception_comes_back_with_its_traceback(sbx):
     assert execution.error.value == "bad value"
     assert "Traceback" in execution.error.traceback or "ValueError" in execution.error.traceback
     assert "f()" in execution.error.traceback
+    # The kernel's pieces joined with nothing between them, as E2B's interpreter joins them.
+    assert re.search(r"-{20}ValueError", execution.error.traceback), execution.error.traceback
     # No colour codes: the traceback reads as plain text.
     assert "\x1b[" not in execution.error.traceback
     assert execution.results == []
@@ -173,16 +177,66 @@ def test_timeout_interrupts_the_kernel_and_the_context_survives(sbx):
     assert execution.text == "2"
 
 
-def test_a_dead_kernel_is_reported_and_restarted(sbx):
+def test_a_dead_kernel_is_reported_as_e2b_does_and_restarted(sbx):
     sbx.run_code("before = 1")
     execution = sbx.run_code("import os\nos._exit(3)")
     assert execution.error is not None
-    assert execution.error.name == "KernelDied"
-    assert "exit code 3" in execution.error.value
+    # E2B's Jupyter restarts a dead kernel and its interpreter reports it restarting.
+    error = execution.error
+    assert (error.name, error.value, error.traceback) == (
+        "ContextRestarting",
+        "Context was restarted",
+        "",
+    )
     # The next run gets a fresh kernel.
     execution = sbx.run_code("'before' in dir()")
     assert execution.error is None, execution.error
     assert execution.text == "False"
+
+
+def test_a_kernel_that_dies_while_idle_is_replaced_before_the_next_run(sbx):
+    sbx.run_code("before = 1")
+    pid = sbx.run_code("import os; os.getpid()").text
+    sbx.run_code("import os, threading; threading.Timer(0.2, os._exit, (3,)).start()")
+    wait_until(
+        lambda: sbx.commands.run(f"test -e /proc/{pid} && echo alive || echo gone").stdout == "gone\n",
+        "the kernel to die",
+        30,
+        0.2,
+    )
+
+    # As on E2B, whose Jupyter restarted it at once: the code runs, on a fresh kernel.
+    execution = sbx.run_code("'before' in dir()")
+
+    assert execution.error is None, execution.error
+    assert execution.text == "False"
+
+
+def interpreter_request(sbx, method: str, path: str) -> httpx.Response:
+    """A raw request to the sandbox's code interpreter (port 49999) through cove serve."""
+    return httpx.request(
+        method,
+        os.environ["E2B_SANDBOX_URL"] + path,
+        headers={
+            "E2b-Sandbox-Id": sbx.sandbox_id,
+            "E2b-Sandbox-Port": "49999",
+            "X-Access-Token": sbx._envd_access_token,
+        },
+        timeout=60,
+    )
+
+
+def test_restart_and_remove_answer_200_null_as_e2b(sbx):
+    context = sbx.create_code_context()
+
+    restarted = interpreter_request(sbx, "POST", f"/contexts/{context.id}/restart")
+    removed = interpreter_request(sbx, "DELETE", f"/contexts/{context.id}")
+
+    for response in (restarted, removed):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/json")
+        assert response.content == b"null"
+    assert context.id not in {c.id for c in sbx.list_code_contexts()}
 
 
 def test_contexts_are_isolated_from_each_other(sbx):

@@ -77,3 +77,21 @@ def test_js_sdk_pauses_resumes_and_forks(node, cove_server):
         "afterWrites": ["from js", "fork 0", "fork 1"],
     }
     assert not {source, *forks} & cove_server.sandbox_ids()
+
+
+def test_js_sdk_kill_while_a_command_streams_names_the_kill(node, cove_server):
+    completed = subprocess.run(
+        [node, "server-kill-while-streaming.mjs"],
+        cwd=JS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout)
+    assert report["killed"] is True
+    error = report.get("error")
+    assert error is not None, report
+    assert error["name"] == "TimeoutError", error
+    assert "was killed or reached its end of life" in error["message"], error

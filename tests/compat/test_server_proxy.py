@@ -20,6 +20,8 @@ import urllib.request
 
 import httpx
 import pytest
+import requests
+from e2b import Sandbox, SandboxState
 
 from conftest import wait_until
 
@@ -292,6 +294,66 @@ def test_tampered_signatures_are_refused(new_sandbox, cove_server):
     assert sandbox.files.read("/home/user/secret.txt") == "do not leak"
 
 
+def refusal(response) -> dict:
+    assert response.status_code == 401, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    return response.json()
+
+
+def test_expired_signed_urls_answer_as_envd(new_sandbox):
+    sandbox = new_sandbox()
+    sandbox.files.write("/home/user/soon.txt", "gone soon")
+    download = sandbox.download_url("/home/user/soon.txt", use_signature_expiration=1)
+    upload = sandbox.upload_url("/home/user/soon.txt", use_signature_expiration=1)
+    expires = int(dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(download).query))["signature_expiration"])
+
+    wait_until(lambda: time.time() > expires + 1, "the links to expire", 10)
+
+    expired = {"code": 401, "message": "signature is already expired"}
+    assert refusal(requests.get(download, timeout=30)) == expired
+    assert refusal(requests.post(upload, files={"file": b"late"}, timeout=30)) == expired
+    assert sandbox.files.read("/home/user/soon.txt") == "gone soon"
+
+
+def test_signature_refusals_use_envds_words(new_sandbox, cove_server):
+    sandbox = new_sandbox()
+    sandbox.files.write("/home/user/secret.txt", "do not leak")
+    url = sandbox.download_url("/home/user/secret.txt", use_signature_expiration=60)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    base = url.split("?", 1)[0]
+    host = sandbox.get_host(49983)
+    # Routed by host, as E2B routes every link, so the agent's own answers show.
+    via_host = lambda **q: cove_server.request(
+        "GET", "/files?" + urllib.parse.urlencode(q), host=host
+    )
+
+    flipped = query["signature"][:-1] + ("A" if query["signature"][-1] != "A" else "B")
+    assert via_host(**{**query, "signature": flipped}).json() == {
+        "code": 401,
+        "message": "invalid signature",
+    }
+    # A later expiry than the one signed is a wrong signature, not a longer life.
+    later = str(int(query["signature_expiration"]) + 3600)
+    assert via_host(**{**query, "signature_expiration": later}).json()["message"] == "invalid signature"
+    assert via_host(path=query["path"]).json() == {
+        "code": 401,
+        "message": "missing signature query parameter",
+    }
+    wrong_token = cove_server.request(
+        "GET",
+        "/files?" + urllib.parse.urlencode({"path": query["path"]}),
+        host=host,
+        headers={"X-Access-Token": "not-the-token"},
+    )
+    assert wrong_token.status == 401
+    assert wrong_token.json()["message"] == "access token present in header but does not match"
+    # Not routed by host, a signature no sandbox made gets the same words.
+    assert refusal(requests.get(base + "?" + urllib.parse.urlencode({**query, "signature": flipped}), timeout=30)) == {
+        "code": 401,
+        "message": "invalid signature",
+    }
+
+
 def test_signed_url_routed_by_host(new_sandbox, cove_server):
     """Without E2B_SANDBOX_URL the SDK would build `https://49983-{id}.{domain}/files?...`;
     the same request over plain http is routed by its Host."""
@@ -365,3 +427,29 @@ def test_connection_stays_usable_after_early_502(cove_server):
         sock.sendall(body + b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         following, _ = read_response(sock)
         assert following.startswith(b"HTTP/1.1 200"), following
+
+
+def test_signed_urls_of_a_paused_sandbox(new_sandbox):
+    """A link routed by its signature reaches a paused sandbox as its headers would: 502
+    "paused" unless it asked for autoResume, which the link's signature (made with the
+    access token) may trigger."""
+    asleep = new_sandbox()
+    asleep.files.write("/home/user/a.txt", "asleep")
+    url = asleep.download_url("/home/user/a.txt", use_signature_expiration=120)
+    asleep.pause()
+
+    refused = requests.get(url, timeout=30)
+
+    assert refused.status_code == 502
+    assert refused.json()["message"] == "The sandbox is paused"
+    assert Sandbox.get_info(asleep.sandbox_id).state == SandboxState.PAUSED
+
+    waking = new_sandbox(lifecycle={"on_timeout": "pause", "auto_resume": True})
+    waking.files.write("/home/user/b.txt", "woken")
+    url = waking.download_url("/home/user/b.txt", use_signature_expiration=120)
+    waking.pause()
+
+    woken = requests.get(url, timeout=30)
+
+    assert (woken.status_code, woken.text) == (200, "woken")
+    assert Sandbox.get_info(waking.sandbox_id).state == SandboxState.RUNNING

@@ -72,15 +72,16 @@ pub async fn require_access_token(
         Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => {
             next.run(request).await
         }
-        Some(_) => unauthorized(path, "the access token is invalid"),
-        // Signed links carry no header; the files handler checks their signature.
-        None if path == "/files" => next.run(request).await,
-        None => unauthorized(
-            path,
-            "the access token is missing: send it in X-Access-Token",
-        ),
+        // Signed links carry no header, and a wrong header is refused by the files handler
+        // in envd's words (see `check_signature`).
+        _ if path == "/files" => next.run(request).await,
+        _ => unauthorized(path, UNAUTHORIZED),
     }
 }
+
+/// envd's answer to a request without the right access token (`WithAuthorization`).
+const UNAUTHORIZED: &str =
+    "unauthorized access, please provide a valid access token or method signing if supported";
 
 fn unauthorized(path: &str, message: &str) -> Response {
     // Connect clients expect a Connect error body; everyone else gets the REST shape.
@@ -101,28 +102,18 @@ pub fn check_signature(
     let Some(token) = state.access_token() else {
         return Ok(());
     };
-    if headers.contains_key("x-access-token") {
-        // Already compared by the middleware.
-        return Ok(());
+    // The messages and the order of the checks are envd's (`validateSigning`): clients show
+    // the message, and an expired link's is what tells its user to make a new one.
+    if let Some(given) = headers.get("x-access-token").filter(|v| !v.is_empty()) {
+        return if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(refused("access token present in header but does not match"))
+        };
     }
     let Some(signature) = signed.signature else {
-        return Err(RestError::new(
-            StatusCode::UNAUTHORIZED,
-            "the access token is missing: send X-Access-Token or a signed URL",
-        ));
+        return Err(refused("missing signature query parameter"));
     };
-    if let Some(expiration) = signed.expiration {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        if expiration < now {
-            return Err(RestError::new(
-                StatusCode::UNAUTHORIZED,
-                "the signature has expired",
-            ));
-        }
-    }
     let expected = sign(
         signed.path,
         operation,
@@ -130,14 +121,23 @@ pub fn check_signature(
         &token,
         signed.expiration,
     );
-    if constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
-        Ok(())
-    } else {
-        Err(RestError::new(
-            StatusCode::UNAUTHORIZED,
-            "the signature is invalid",
-        ))
+    if !constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
+        return Err(refused("invalid signature"));
     }
+    if let Some(expiration) = signed.expiration {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        if expiration < now {
+            return Err(refused("signature is already expired"));
+        }
+    }
+    Ok(())
+}
+
+fn refused(message: &str) -> RestError {
+    RestError::new(StatusCode::UNAUTHORIZED, message)
 }
 
 /// The parts of a `/files` query a signature covers.

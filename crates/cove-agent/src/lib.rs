@@ -6,6 +6,7 @@
 pub mod atomic;
 pub mod auth;
 pub mod defaults;
+pub mod encoding;
 pub mod files;
 pub mod filesystem;
 pub mod interpreter;

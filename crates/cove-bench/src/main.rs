@@ -4,6 +4,7 @@
 //!     cargo build --release -p cove-bench -p cove-cli
 //!     target/release/cove-bench --out docs/BENCHMARKS.md
 
+mod clients;
 mod code;
 mod commands;
 mod concurrency;
@@ -11,6 +12,7 @@ mod create;
 mod density;
 mod measure;
 mod pause;
+mod plain;
 mod python;
 mod report;
 mod transfer;
@@ -53,6 +55,9 @@ struct Args {
     /// A Python with the official `e2b` package (tests/compat/requirements.txt).
     #[arg(long, default_value = ".venv/bin/python")]
     python: PathBuf,
+    /// Where the official JavaScript SDK is installed (`npm ci` there puts it in node_modules).
+    #[arg(long, default_value = "tests/compat/js")]
+    js_dir: PathBuf,
     /// Run one group only (the report then holds only its figures).
     #[arg(long, value_parser = measure::GROUPS)]
     only: Option<String>,
@@ -85,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         clients: args.clients,
         sdk_cycles: args.sdk_cycles,
         python: args.python,
+        js_dir: args.js_dir,
         only: args.only,
     };
     let started = std::time::Instant::now();

@@ -18,14 +18,17 @@ pub struct Settings {
     pub sdk_cycles: usize,
     /// The Python with the official `e2b` SDK.
     pub python: PathBuf,
+    /// Where the official JavaScript SDK is installed (`node_modules/e2b`).
+    pub js_dir: PathBuf,
     /// Run only this group of measurements.
     pub only: Option<String>,
 }
 
 /// The groups, in the order they run; `--only` takes one of these.
-pub const GROUPS: [&str; 11] = [
+pub const GROUPS: [&str; 12] = [
     "commands",
     "transfers",
+    "clients",
     "create",
     "pause",
     "hog",
@@ -101,7 +104,8 @@ impl Figure {
 #[derive(Debug, Clone, Copy)]
 pub enum Target {
     LatencyBelow(Duration),
-    /// The figure's p50 within this many times the baseline's.
+    /// The figure within this many times the baseline: a latency's p50, or (baseline over
+    /// figure) a throughput.
     RatioBelow(f64),
     ThroughputAbove(f64),
     MemoryBelow(u64),
@@ -113,6 +117,10 @@ impl Target {
         match (self, figure) {
             (Target::RatioBelow(limit), Figure::Latency { p50, .. }) => match baseline {
                 Figure::Latency { p50: base, .. } => p50.as_secs_f64() < limit * base.as_secs_f64(),
+                _ => false,
+            },
+            (Target::RatioBelow(limit), Figure::Throughput(rate)) => match baseline {
+                Figure::Throughput(base) => base < limit * rate,
                 _ => false,
             },
             (Target::LatencyBelow(limit), Figure::Latency { p50, .. }) => p50 < limit,
@@ -159,6 +167,10 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
         report
             .results
             .extend(crate::transfer::large_file(settings).await?);
+    }
+    if wanted("clients") {
+        eprintln!("clients: transfers through the official SDKs, requests and curl");
+        crate::clients::all(settings, &mut report).await?;
     }
     if wanted("create") {
         eprintln!("create: create → first command output");

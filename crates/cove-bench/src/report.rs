@@ -68,6 +68,9 @@ fn target(target: Option<Target>, figure: Figure, baseline: Figure) -> String {
         (Target::RatioBelow(r), Figure::Latency { p50, .. }, Figure::Latency { p50: b, .. }) => {
             format!("{:.1}×", p50.as_secs_f64() / b.as_secs_f64() / r)
         }
+        (Target::RatioBelow(r), Figure::Throughput(f), Figure::Throughput(b)) => {
+            format!("{:.1}×", b / f / r)
+        }
         (Target::ThroughputAbove(r), Figure::Throughput(f), _) => format!("{:.1}×", r / f),
         (Target::MemoryBelow(m), Figure::Memory { pss, .. }, _) => {
             format!("{:.1}×", pss as f64 / m as f64)

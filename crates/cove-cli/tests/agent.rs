@@ -779,6 +779,12 @@ async fn access_token_and_signed_urls() {
     ])
     .await;
     assert_eq!(write_sig.status(), 401);
+    // envd's words for each refusal (`validateSigning`): the SDKs show them.
+    let refusal = |message: &str| serde_json::json!({"code": 401, "message": message});
+    assert_eq!(
+        write_sig.json::<serde_json::Value>().await.unwrap(),
+        refusal("invalid signature")
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -790,6 +796,21 @@ async fn access_token_and_signed_urls() {
     ])
     .await;
     assert_eq!(expired.status(), 401);
+    assert_eq!(
+        expired.json::<serde_json::Value>().await.unwrap(),
+        refusal("signature is already expired")
+    );
+    // A forged expiry is a wrong signature before it is an expired one.
+    let forged = get(vec![
+        ("path", path.clone()),
+        ("signature", sign(&path, "read", Some(now + 60))),
+        ("signature_expiration", (now - 10).to_string()),
+    ])
+    .await;
+    assert_eq!(
+        forged.json::<serde_json::Value>().await.unwrap(),
+        refusal("invalid signature")
+    );
     let fresh = get(vec![
         ("path", path.clone()),
         ("signature", sign(&path, "read", Some(now + 60))),
@@ -797,7 +818,23 @@ async fn access_token_and_signed_urls() {
     ])
     .await;
     assert_eq!(fresh.status(), 200);
-    assert_eq!(get(vec![("path", path.clone())]).await.status(), 401);
+    let unsigned = get(vec![("path", path.clone())]).await;
+    assert_eq!(unsigned.status(), 401);
+    assert_eq!(
+        unsigned.json::<serde_json::Value>().await.unwrap(),
+        refusal("missing signature query parameter")
+    );
+    let wrong_token = http
+        .get(format!("{BASE}/files"))
+        .query(&[("path", path.clone())])
+        .header("x-access-token", "not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        wrong_token.json::<serde_json::Value>().await.unwrap(),
+        refusal("access token present in header but does not match")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -285,19 +285,21 @@ impl Context {
         }
     }
 
+    /// What the execution reports when its kernel died: E2B's words, whether it was killed on
+    /// purpose (restart, removal) or died (E2B's Jupyter restarts a dead kernel and reports
+    /// it restarting). Here the fresh kernel starts on the next run; why it died goes to the
+    /// log.
     fn died(&self, exit: crate::reaper::Exit, when: &str) -> OutputLine {
         *self.pid.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        if self.restarting.load(Ordering::SeqCst) {
-            return OutputLine::error("ContextRestarting", "Context was restarted");
+        if !self.restarting.load(Ordering::SeqCst) {
+            tracing::warn!(
+                context = %self.id,
+                kernel = %self.spec.name,
+                exit = %describe(exit),
+                "the kernel died {when}; it starts again on the next run"
+            );
         }
-        OutputLine::error(
-            "KernelDied",
-            format!(
-                "the {} kernel exited ({}) {when}; its state is lost and it starts again on the next run",
-                self.spec.name,
-                describe(exit)
-            ),
-        )
+        OutputLine::error("ContextRestarting", "Context was restarted")
     }
 }
 

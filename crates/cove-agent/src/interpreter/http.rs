@@ -107,20 +107,21 @@ async fn list(State(interpreter): State<Interpreter>) -> Json<Vec<ContextView>> 
     )
 }
 
+/// E2B's interpreter answers both with 200 and a JSON `null` (its handlers return None).
 async fn remove(
     State(interpreter): State<Interpreter>,
     Path(id): Path<String>,
-) -> Result<StatusCode, InterpreterError> {
+) -> Result<Json<()>, InterpreterError> {
     interpreter.remove(&id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(()))
 }
 
 async fn restart(
     State(interpreter): State<Interpreter>,
     Path(id): Path<String>,
-) -> Result<StatusCode, InterpreterError> {
+) -> Result<Json<()>, InterpreterError> {
     interpreter.restart(&id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(()))
 }
 
 #[derive(Deserialize)]

@@ -185,8 +185,13 @@ impl Interpreter {
 
     /// Waits for the context to be free, with its kernel running.
     pub async fn ready(&self, context: &Context) -> Result<KernelSlot, InterpreterError> {
-        // A kernel that died while idle stays in the slot: the execution reports it.
         let mut slot = context.slot().await;
+        // A kernel that died while idle is replaced before the code runs, as E2B's Jupyter
+        // restarts a dead kernel at once: the code runs on a fresh kernel, unaware.
+        if let Some(exit) = slot.as_ref().and_then(|kernel| kernel.exited()) {
+            tracing::warn!(context = %context.id, exit = %kernel::describe(exit), "the kernel died while idle; starting a fresh one");
+            drop(slot.take());
+        }
         if slot.is_none() {
             self.start_in(context, &mut slot).await?;
         }

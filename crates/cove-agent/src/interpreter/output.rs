@@ -213,15 +213,11 @@ impl Tracker {
 }
 
 fn error_line(content: &Value) -> OutputLine {
+    // Joined with nothing between the kernel's pieces, as E2B's interpreter joins them: the
+    // SDKs hand this string to the user unchanged.
     let traceback = content["traceback"]
         .as_array()
-        .map(|lines| {
-            lines
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
+        .map(|lines| lines.iter().filter_map(Value::as_str).collect::<String>())
         .unwrap_or_default();
     OutputLine::Error {
         name: string(&content["ename"]),
@@ -286,7 +282,8 @@ mod tests {
             [OutputLine::Error {
                 name: "ValueError".into(),
                 value: "bad".into(),
-                traceback: "Traceback\nValueError: bad".into()
+                // Joined with nothing between the pieces, as E2B's interpreter joins them.
+                traceback: "TracebackValueError: bad".into()
             }]
         );
         // The reply repeats the error; it is sent once.

@@ -208,11 +208,10 @@ impl Lifecycle {
         self.registry.get(id)
     }
 
-    /// All running sandboxes (for routing signed URLs).
+    /// All sandboxes, running and paused (for routing signed URLs: the proxy answers for a
+    /// paused one as it does for a request naming it).
     pub fn all(&self) -> Vec<Arc<Live>> {
-        let mut all = self.registry.all();
-        all.retain(|live| live.paused().is_none());
-        all
+        self.registry.all()
     }
 
     /// The running and paused sandboxes of `team`, newest first.

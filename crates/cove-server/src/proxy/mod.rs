@@ -32,26 +32,10 @@ pub async fn intercept(State(state): State<AppState>, request: Request, next: Ne
         Some(Err(message)) => (StatusCode::BAD_REQUEST, message).into_response(),
         Some(Ok(Route::Sandbox { id, port })) => match state.lifecycle().route(&id) {
             None => sandbox_not_found(&id),
-            Some(live) if live.paused().is_some() => {
-                if !may_wake(&live, port, &request) {
-                    return sandbox_paused(&id);
-                }
-                match state.lifecycle().wake(&live).await {
-                    Ok(()) => forward(&state, &live, port, request).await,
-                    Err(LifecycleError::NotFound(_) | LifecycleError::Ended { .. }) => {
-                        sandbox_not_found(&id)
-                    }
-                    Err(LifecycleError::Paused(_)) => sandbox_paused(&id),
-                    Err(err) => {
-                        tracing::warn!(?err, sandbox_id = %id, team = %live.team(), "cannot resume the sandbox for a request");
-                        json_error(
-                            StatusCode::BAD_GATEWAY,
-                            serde_json::json!({"sandboxId": id, "message": "The sandbox is paused and could not be resumed", "code": 502}),
-                        )
-                    }
-                }
+            Some(live) => {
+                let may_wake = may_wake(&live, port, &request);
+                reach(&state, &live, port, may_wake, request).await
             }
-            Some(live) => forward(&state, &live, port, request).await,
         },
         Some(Ok(Route::Signed(signed))) => {
             let found = state
@@ -60,12 +44,50 @@ pub async fn intercept(State(state): State<AppState>, request: Request, next: Ne
                 .into_iter()
                 .find(|live| signed.is_signed_by(&live.access_token()));
             match found {
-                Some(live) => forward(&state, &live, AGENT_PORT, request).await,
+                // A signature made with the sandbox's access token shows the token as its
+                // header does, so the link may wake the sandbox (its agent still checks the
+                // expiry and the user).
+                Some(live) => reach(&state, &live, AGENT_PORT, true, request).await,
+                // E2B routes such a link by its host, and envd refuses a signature its
+                // sandbox did not make in these words.
                 None => json_error(
                     StatusCode::UNAUTHORIZED,
-                    serde_json::json!({"code": 401, "message": "the signature matches no running sandbox"}),
+                    serde_json::json!({"code": 401, "message": "invalid signature"}),
                 ),
             }
+        }
+    }
+}
+
+/// Forwards `request` to `live`; a paused sandbox is resumed first when `may_wake` and it
+/// asked for `autoResume`, and answers 502 "paused" otherwise. A sandbox whose end has begun
+/// is no longer routed at all (its kill or timeout takes it out of routing before its
+/// processes die), so from then on its traffic is 502 "not found", which the SDKs read as
+/// "killed or reached its end of life".
+async fn reach(
+    state: &AppState,
+    live: &Arc<Live>,
+    port: u16,
+    may_wake: bool,
+    request: Request,
+) -> Response {
+    if live.paused().is_none() {
+        return forward(state, live, port, request).await;
+    }
+    let id = live.id();
+    if !may_wake {
+        return sandbox_paused(&id);
+    }
+    match state.lifecycle().wake(live).await {
+        Ok(()) => forward(state, live, port, request).await,
+        Err(LifecycleError::NotFound(_) | LifecycleError::Ended { .. }) => sandbox_not_found(&id),
+        Err(LifecycleError::Paused(_)) => sandbox_paused(&id),
+        Err(err) => {
+            tracing::warn!(?err, sandbox_id = %id, team = %live.team(), "cannot resume the sandbox for a request");
+            json_error(
+                StatusCode::BAD_GATEWAY,
+                serde_json::json!({"sandboxId": id, "message": "The sandbox is paused and could not be resumed", "code": 502}),
+            )
         }
     }
 }
