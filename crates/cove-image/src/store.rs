@@ -28,6 +28,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
+mod tree;
+
 use crate::{
     compression::Compression,
     digest::{Digest, HashingReader},

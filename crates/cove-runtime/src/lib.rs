@@ -25,7 +25,10 @@ pub mod template;
 pub mod uid_ranges;
 pub mod userns;
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -130,6 +133,12 @@ pub enum RuntimeError {
     HostDiskFull { free_bytes: u64 },
     #[error("sandbox {id} belongs to another backend ({backend})")]
     ForeignHandle { id: String, backend: String },
+    /// The backend cannot do this (another backend may).
+    #[error("the {backend} backend cannot {what}")]
+    Unsupported {
+        backend: &'static str,
+        what: &'static str,
+    },
 }
 
 impl RuntimeError {
@@ -164,4 +173,21 @@ pub trait Runtime: Send + Sync + 'static {
     fn log(&self, id: &str) -> Result<String, RuntimeError>;
     /// Removes what the backend set up for sandboxes in general, if none is left.
     fn shutdown(&self);
+
+    /// Freezes the files of a sandbox made from `template` into new read-only layers under
+    /// `into` (a directory that does not exist yet), and returns the template a sandbox
+    /// starts from to find them as they are now: `template` with them on top. Processes and
+    /// memory are not part of it; a mount point nothing was written to gets no layer.
+    fn snapshot(
+        &self,
+        handle: &Handle,
+        template: &Template,
+        into: &Path,
+    ) -> Result<Template, RuntimeError> {
+        let _ = (handle, template, into);
+        Err(RuntimeError::Unsupported {
+            backend: self.name(),
+            what: "snapshot sandboxes",
+        })
+    }
 }

@@ -2,8 +2,11 @@
 //! one listener. State lives in an embedded SQLite file under the state directory.
 #![forbid(unsafe_code)]
 
+mod agent_exec;
 mod agent_link;
 pub mod api;
+pub mod build;
+pub mod catalog;
 mod clock;
 pub mod front;
 mod keyring;
@@ -12,7 +15,10 @@ pub mod proxy;
 mod query;
 pub mod secrets;
 pub mod store;
+mod templates_setup;
 mod unread;
+
+pub use templates_setup::TemplatesConfig;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -64,6 +70,8 @@ pub struct ServerConfig {
     pub egress: cove_runtime::egress::EgressConfig,
     /// Connection limits and timeouts of the HTTP front door.
     pub front: front::FrontConfig,
+    /// Template builds, registries, warm sandboxes of templates.
+    pub templates: TemplatesConfig,
 }
 
 /// Everything handlers share.
@@ -74,6 +82,8 @@ struct Inner {
     store: Arc<Store>,
     keys: keyring::KeyRing,
     lifecycle: Arc<Lifecycle>,
+    builder: Arc<build::Builder>,
+    catalog: Arc<catalog::Catalog>,
     domain: String,
 }
 
@@ -103,6 +113,16 @@ impl AppState {
     pub fn domain(&self) -> &str {
         &self.0.domain
     }
+
+    /// The template builder.
+    pub fn builder(&self) -> &Arc<build::Builder> {
+        &self.0.builder
+    }
+
+    /// The catalogue of built templates.
+    pub fn templates_catalog(&self) -> &Arc<catalog::Catalog> {
+        &self.0.catalog
+    }
 }
 
 /// The whole HTTP application: the proxy in front of the API.
@@ -130,6 +150,8 @@ pub enum ServerError {
     Template(#[from] cove_runtime::template::TemplateError),
     #[error(transparent)]
     Lifecycle(#[from] lifecycle::LifecycleError),
+    #[error(transparent)]
+    Templates(#[from] templates_setup::SetupError),
     #[error("cannot catch SIGTERM and SIGINT")]
     Signals(#[source] std::io::Error),
     #[error("cannot listen on {addr}")]
@@ -183,7 +205,16 @@ impl AppState {
             Some(store.create_key(DEFAULT_TEAM, "first key")?.1)
         };
         let keys = keyring::KeyRing::open(&db_path(&config.state_dir))?;
-        let templates = Templates::load(&config.state_dir.join("templates"))?;
+        let layer_store = templates_setup::open_store(&config.state_dir)?;
+        let catalog = Arc::new(
+            catalog::Catalog::open(&db_path(&config.state_dir))
+                .map_err(templates_setup::SetupError::from)?,
+        );
+        let templates = Templates::load(
+            &config.state_dir.join("templates"),
+            catalog.clone(),
+            layer_store.clone(),
+        )?;
         let host = HostCaps::of_this_host();
         let caps = HostCaps {
             memory_mb: config.max_sandbox_memory_mb.unwrap_or(host.memory_mb),
@@ -199,17 +230,28 @@ impl AppState {
             LifecycleConfig {
                 disk_mb: config.disk_mb,
                 warm: config.warm,
+                warm_total: config.templates.warm_total.max(2 * config.warm),
                 caps,
                 admission,
             },
         ));
         let adopted = lifecycle.adopt().await?;
+        lifecycle.release_layers_of_gone_sandboxes();
+        let builder = templates_setup::builder(
+            &config.state_dir,
+            &config.templates,
+            catalog.clone(),
+            layer_store,
+            lifecycle.clone(),
+        )?;
         tracing::info!(adopted, state_dir = %config.state_dir.display(), "state opened");
         Ok((
             AppState(Arc::new(Inner {
                 store,
                 keys,
                 lifecycle,
+                builder,
+                catalog,
                 domain,
             })),
             created_key,

@@ -105,6 +105,21 @@ pub struct SandboxRecord {
     /// What the runtime needs to find the sandbox again (none while it is being created).
     #[serde(default)]
     pub handle: Option<cove_runtime::Handle>,
+    /// The layers it was made from: a sandbox keeps them (it may start again from them after
+    /// a pause) when its template is deleted.
+    #[serde(default)]
+    pub template: Option<cove_runtime::Template>,
+    /// What its template sets for its processes; none: E2B's defaults (`user`, `/home/user`).
+    #[serde(default)]
+    pub defaults: Option<SandboxDefaults>,
+}
+
+/// A template's settings for the processes of its sandboxes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxDefaults {
+    pub user: String,
+    pub workdir: String,
+    pub env: BTreeMap<String, String>,
 }
 
 /// The state database.
@@ -355,6 +370,8 @@ mod tests {
                 backend: "namespace".into(),
                 state: serde_json::json!({"pid": 42}),
             }),
+            template: None,
+            defaults: None,
         }
     }
 

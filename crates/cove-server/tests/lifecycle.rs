@@ -42,6 +42,7 @@ fn config(dir: &std::path::Path) -> ServerConfig {
         exe: "/nonexistent/cove".into(),
         egress: Default::default(),
         front: Default::default(),
+        templates: Default::default(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! Each sandbox has a directory `<root>/<id>` that only host root writes and that nothing
 //! inside the sandbox can see: its disk image, its log and the agent's listening socket.
 
+mod freeze;
 pub mod init;
 
 use std::{
@@ -518,6 +519,15 @@ impl Runtime for NamespaceRuntime {
             .read_to_end(&mut raw)
             .map_err(RuntimeError::io("read the sandbox's log"))?;
         Ok(String::from_utf8_lossy(&raw).into_owned())
+    }
+
+    fn snapshot(
+        &self,
+        handle: &Handle,
+        template: &crate::Template,
+        into: &Path,
+    ) -> Result<crate::Template, RuntimeError> {
+        self.snapshot_sandbox(handle, template, into)
     }
 
     fn shutdown(&self) {

@@ -1,6 +1,8 @@
 //! The E2B-compatible REST control plane.
 
+mod cove_templates;
 mod sandboxes;
+mod templates;
 
 use axum::{
     Json, Router,
@@ -33,7 +35,31 @@ pub fn routes() -> Router<AppState> {
         .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
         .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
         .route("/sandboxes/{id}/logs", get(sandboxes::logs))
-        .route("/templates", get(sandboxes::templates))
+        // Templates (api/templates.rs, api/cove_templates.rs).
+        .route("/templates", get(templates::list))
+        .route("/v3/templates", post(templates::request_build))
+        .route(
+            "/templates/{id}/files/{hash}",
+            get(templates::file_upload_link).put(templates::upload_files),
+        )
+        .route(
+            "/v2/templates/{id}/builds/{build}",
+            post(templates::start_build),
+        )
+        .route(
+            "/templates/{id}/builds/{build}/status",
+            get(templates::build_status),
+        )
+        .route("/templates/aliases/{alias}", get(templates::alias))
+        .route("/templates/{id}", delete(templates::delete))
+        .route(
+            "/templates/tags",
+            post(templates::assign_tags).delete(templates::delete_tags),
+        )
+        .route("/templates/{id}/tags", get(templates::tags))
+        .route("/cove/templates/import", post(cove_templates::import))
+        .route("/cove/templates/usage", get(cove_templates::usage))
+        .route("/cove/templates/gc", post(cove_templates::collect))
         .fallback(not_found)
 }
 
@@ -131,7 +157,8 @@ impl From<LifecycleError> for ApiError {
         let (status, retry_after) = match &err {
             LifecycleError::NotFound(_)
             | LifecycleError::Ended { .. }
-            | LifecycleError::TemplateNotFound(_) => (StatusCode::NOT_FOUND, None),
+            | LifecycleError::TemplateNotFound(_)
+            | LifecycleError::TemplateNotReady(_) => (StatusCode::NOT_FOUND, None),
             LifecycleError::BadTimeout(_) | LifecycleError::BadResources(_) => {
                 (StatusCode::BAD_REQUEST, None)
             }
@@ -150,9 +177,14 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Store(store) if store.is_disk_full() => {
                 (StatusCode::INSUFFICIENT_STORAGE, Some(RETRY_DISK_SECS))
             }
+            LifecycleError::Catalog(catalog) if catalog.is_disk_full() => {
+                (StatusCode::INSUFFICIENT_STORAGE, Some(RETRY_DISK_SECS))
+            }
             LifecycleError::Start { .. }
             | LifecycleError::Kill { .. }
             | LifecycleError::Crashed(_)
+            | LifecycleError::StartCommand(_)
+            | LifecycleError::Catalog(_)
             | LifecycleError::Store(_) => {
                 tracing::error!(err = %format!("{:#}", ErrorChain(&err)), "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, None)
@@ -160,7 +192,9 @@ impl From<LifecycleError> for ApiError {
         };
         let message = match &err {
             // The cause chain helps whoever runs the server; it names no secrets.
-            LifecycleError::Start { .. } => format!("{}", ErrorChain(&err)),
+            LifecycleError::Start { .. } | LifecycleError::StartCommand(_) => {
+                format!("{}", ErrorChain(&err))
+            }
             _ => err.to_string(),
         };
         let error = ApiError::new(status, message);

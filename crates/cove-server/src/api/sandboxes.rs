@@ -17,7 +17,7 @@ use cove_proto::{
     envd::VERSION as ENVD_VERSION,
     rest::{
         ConnectSandbox, ListedSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxLog,
-        SandboxLogEntry, SandboxLogs, SandboxMetric, SandboxState, SetTimeout, Template,
+        SandboxLogEntry, SandboxLogs, SandboxMetric, SandboxState, SetTimeout,
     },
 };
 use serde::Deserialize;
@@ -425,35 +425,6 @@ pub async fn logs(
         }
     }
     Ok(Json(logs))
-}
-
-pub async fn templates(State(state): State<AppState>, _team: Team) -> Json<Vec<Template>> {
-    Json(
-        state
-            .lifecycle()
-            .templates()
-            .all()
-            .iter()
-            .map(|t| Template {
-                template_id: t.id.clone(),
-                build_id: format!("{}-build", t.id),
-                cpu_count: 2,
-                memory_mb: 1024,
-                disk_size_mb: 4096,
-                public: true,
-                aliases: vec![t.alias.clone()],
-                names: t.names.clone(),
-                created_at: clock::rfc3339(t.created_at),
-                updated_at: clock::rfc3339(t.created_at),
-                created_by: None,
-                last_spawned_at: None,
-                spawn_count: 0,
-                build_count: 1,
-                envd_version: ENVD_VERSION.to_owned(),
-                build_status: "ready".to_owned(),
-            })
-            .collect(),
-    )
 }
 
 #[cfg(test)]

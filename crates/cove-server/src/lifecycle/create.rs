@@ -12,7 +12,7 @@ use super::{
     admission::Ask,
     pool::{Taken, Warm},
     settings::{Settings, agent_settings, limits},
-    warm::WARM_TEMPLATE,
+    templates::TemplateKind,
 };
 use crate::{secrets, store::SandboxRecord};
 
@@ -46,9 +46,16 @@ impl Lifecycle {
             &self.registry.records_of(&settings.team),
             limits,
         )?;
-        if settings.template.id == WARM_TEMPLATE {
-            let taken = self.pool.take(settings.network);
-            self.refill(settings.network);
+        if let TemplateKind::Built { .. } = settings.template.kind
+            && let Err(err) = self.templates.catalog().note_spawn(&settings.template.id)
+        {
+            tracing::warn!(?err, template = %settings.template.id, "cannot count a spawn");
+        }
+        {
+            let taken = self
+                .pool
+                .take(&settings.template.warm_key(), settings.network);
+            self.refill(&settings.template, settings.network);
             let warm = match taken {
                 Taken::Ready(warm) => Some(*warm),
                 Taken::Soon(promise) => promise.await.ok(),
@@ -63,16 +70,22 @@ impl Lifecycle {
         }
         let _turn = self.admission.turn().await?;
         let mut record = settings.record(&self.config, secrets::random_id(20));
-        match self
+        let started = match self
             .start(&mut record, settings.template.template.clone())
             .await
         {
-            Ok(started) => Ok(self.go_live(record, started)),
+            Ok(started) => started,
             Err(err) => {
                 self.discard(&record).await;
-                Err(err)
+                return Err(err);
             }
+        };
+        let warm = Warm { record, started };
+        if let Err(reason) = self.bring_up(&warm, &settings.template).await {
+            self.end_warm(warm).await;
+            return Err(LifecycleError::StartCommand(reason));
         }
+        Ok(self.go_live(warm.record, warm.started))
     }
 
     /// Hands a warm sandbox to its owner: its limits, environment and record become theirs.
@@ -148,6 +161,12 @@ impl Lifecycle {
         template: cove_runtime::Template,
     ) -> Result<Started, LifecycleError> {
         self.store.put_sandbox(record)?;
+        self.retain_layers(record).map_err(|err| {
+            LifecycleError::TemplateNotReady(format!(
+                "a layer of template {:?} is gone ({err}); build it again",
+                record.template_id
+            ))
+        })?;
         let spec = SandboxSpec {
             id: record.id.clone(),
             template,

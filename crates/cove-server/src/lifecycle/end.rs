@@ -58,6 +58,7 @@ impl Lifecycle {
         if let Err(err) = self.blocking(move |r| r.remove(&id)).await {
             tracing::warn!(?err, sandbox_id = %record.id, "cannot remove the sandbox's files");
         }
+        self.release_layers(record);
         if let Err(err) = self.store.delete_sandbox(&record.id) {
             tracing::warn!(?err, sandbox_id = %record.id, "cannot forget the sandbox");
         }
@@ -102,6 +103,7 @@ impl Lifecycle {
         loop {
             interval.tick().await;
             self.reap().await;
+            self.expire_warm().await;
         }
     }
 

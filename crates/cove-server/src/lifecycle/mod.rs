@@ -8,11 +8,14 @@ mod admission;
 mod adopt;
 mod create;
 mod end;
+pub mod layers;
 mod lifetime;
 mod pool;
+mod private;
 mod registry;
 mod settings;
-mod templates;
+pub mod start_cmd;
+pub mod templates;
 mod usage;
 mod warm;
 
@@ -24,9 +27,10 @@ use tokio_util::task::TaskTracker;
 use self::{admission::Admission, pool::WarmPool, registry::Registry};
 pub use self::{
     admission::AdmissionConfig,
+    private::{PrivateSandbox, PrivateSpec},
     registry::{Ended, Live},
     settings::{HostCaps, MAX_TIMEOUT_SECS},
-    templates::Templates,
+    templates::{StartCommand, TemplateEntry, TemplateKind, Templates},
 };
 use crate::store::{SandboxRecord, Store, StoreError};
 
@@ -38,6 +42,10 @@ pub enum LifecycleError {
     Ended { id: String, ended: Ended },
     #[error("template {0:?} not found")]
     TemplateNotFound(String),
+    #[error("{0}")]
+    TemplateNotReady(String),
+    #[error("the template's start command failed: {0}")]
+    StartCommand(String),
     #[error("timeout must be between 0 and {MAX_TIMEOUT_SECS} seconds, got {0}")]
     BadTimeout(i64),
     #[error("{0}")]
@@ -62,6 +70,8 @@ pub enum LifecycleError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
     /// A create's or kill's task panicked.
     #[error("the operation failed unexpectedly: {0}")]
     Crashed(String),
@@ -72,8 +82,11 @@ pub enum LifecycleError {
 pub struct LifecycleConfig {
     /// Each sandbox's disk quota, in MiB (as listed; the runtime enforces it).
     pub disk_mb: u64,
-    /// Warm sandboxes kept ready, of each kind (with and without internet access).
+    /// Warm sandboxes kept ready, of each kind (with and without internet access), per
+    /// template used lately.
     pub warm: usize,
+    /// Warm sandboxes kept ready in all (every template and kind together).
+    pub warm_total: usize,
     /// What one sandbox may ask for.
     pub caps: HostCaps,
     pub admission: AdmissionConfig,
@@ -104,6 +117,8 @@ pub struct Lifecycle {
     pool: WarmPool,
     /// Warm sandboxes being started; closed at shutdown.
     warming: TaskTracker,
+    /// The server's own sandboxes running now (ended at shutdown).
+    private: private::Running,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -124,17 +139,23 @@ impl Lifecycle {
             admission: Admission::new(config.admission.clone()),
             store,
             templates,
-            pool: WarmPool::new(config.warm),
+            pool: WarmPool::new(config.warm, config.warm_total),
             config,
             registry: Registry::default(),
             ending: TaskTracker::new(),
             creating: TaskTracker::new(),
             warming: TaskTracker::new(),
+            private: private::Running::default(),
         }
     }
 
     pub fn templates(&self) -> &Templates {
         &self.templates
+    }
+
+    /// What one sandbox may ask for.
+    pub fn caps(&self) -> HostCaps {
+        self.config.caps
     }
 
     /// A running sandbox of `team`; for one that ended lately, why.
