@@ -239,6 +239,7 @@ impl AppState {
         lifecycle.release_layers_of_gone_sandboxes();
         let builder = templates_setup::builder(
             &config.state_dir,
+            config.disk_mb,
             &config.templates,
             catalog.clone(),
             layer_store,

@@ -106,6 +106,7 @@ pub fn open_store(state_dir: &Path) -> Result<LayerStore, SetupError> {
 /// The builder, and what the previous server left half built marked failed.
 pub fn builder(
     state_dir: &Path,
+    disk_mb: u64,
     config: &TemplatesConfig,
     catalog: Arc<Catalog>,
     store: LayerStore,
@@ -132,6 +133,7 @@ pub fn builder(
                 Some(path) if path.exists() => read_certificates(path)?,
                 _ => String::new(),
             },
+            max_layer_bytes: disk_mb << 20,
         },
     ));
     let interrupted = builder.fail_interrupted()?;

@@ -8,6 +8,10 @@
 //! running sandbox (a second mount of one block device shares its filesystem), or the image
 //! of one whose processes are gone.
 //!
+//! Only a sandbox whose processes are gone is copied (killed, not yet removed): nothing in it
+//! can change the tree while the host walks it, so no entry can turn into a link to the
+//! host's files between the look and the copy.
+//!
 //! The copy keeps what overlayfs needs to read it as a lower layer — modes (setuid too),
 //! whiteouts (character devices 0/0), opaque directories (`trusted.overlay.opaque`), hard
 //! links, symbolic links, modification times, user xattrs — and stores owners as the sandbox
@@ -38,6 +42,8 @@ const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const CAPABILITY_XATTR: &str = "security.capability";
 /// Ids outside the sandbox's range (none should be there) are stored as `nobody`.
 const OVERFLOW_ID: u32 = 65534;
+/// How long a killed sandbox's disk may take to be released.
+const DETACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl NamespaceRuntime {
     /// See [`crate::Runtime::snapshot`].
@@ -48,6 +54,14 @@ impl NamespaceRuntime {
         into: &Path,
     ) -> Result<Template, RuntimeError> {
         let state = self.state(handle)?;
+        let alive = crate::process::is_alive(state.pid, state.start_time)
+            .map_err(RuntimeError::io("look at the sandbox's PID 1"))?;
+        if alive {
+            return Err(RuntimeError::Io {
+                what: "freeze the files of a sandbox that still runs (kill it first)",
+                source: io::Error::from(io::ErrorKind::ResourceBusy),
+            });
+        }
         let dirs = self.dirs(&handle.id);
         let points = template.mount_points();
         let job = Job {
@@ -116,6 +130,13 @@ impl Job {
                     }
                 })?;
             let image = self.dirs.disk_image();
+            // The killed sandbox's mounts go away with its last process, and its loop
+            // device with them, a moment later: a fresh mount of the image waits for that.
+            let deadline = std::time::Instant::now() + DETACH_TIMEOUT;
+            while attached_loop_device(&image)?.is_some() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            // Still attached: that device's filesystem is the sandbox's, mounted once more.
             match attached_loop_device(&image)? {
                 Some(device) => rustix::mount::mount(
                     &device,

@@ -32,6 +32,8 @@ pub enum CopyError {
     Unpack(#[from] cove_image::UnpackError),
     #[error("the uploaded files hold nothing to copy")]
     Empty,
+    #[error("the uploaded files are larger than {0} MiB unpacked (a sandbox's disk)")]
+    TooLarge(u64),
     #[error("no user or group {0:?} in the template")]
     UnknownOwner(String),
     #[error("invalid mode {0:?}: give it in octal, like 0755")]
@@ -62,12 +64,13 @@ pub struct Copy {
 }
 
 impl Copy {
-    /// Unpacks `archive` into `tree` (a new layer over `below`), relative paths of the
-    /// destination taken from `workdir`. `scratch` is an empty directory on the tree's
-    /// filesystem.
+    /// Unpacks `archive` (at most `max_bytes` of it, unpacked) into `tree` (a new layer over
+    /// `below`), relative paths of the destination taken from `workdir`. `scratch` is an
+    /// empty directory on the tree's filesystem.
     pub fn apply(
         &self,
         archive: &Path,
+        max_bytes: u64,
         below: &Stack,
         tree: &LayerTree<'_>,
         workdir: &Path,
@@ -97,7 +100,15 @@ impl Copy {
         let compression =
             cove_image::Compression::detect(&mut reader).map_err(CopyError::Context)?;
         let decoder = compression.decoder(reader).map_err(CopyError::Context)?;
-        cove_image::unpack(decoder, scratch)?;
+        let mut limited = Limited {
+            inner: decoder,
+            left: max_bytes,
+        };
+        match cove_image::unpack(&mut limited, scratch) {
+            Ok(_) => {}
+            Err(_) if limited.left == 0 => return Err(CopyError::TooLarge(max_bytes >> 20)),
+            Err(err) => return Err(err.into()),
+        }
         set_owner_and_mode(scratch, owner, mode).map_err(|source| CopyError::Io {
             path: scratch.to_owned(),
             source,
@@ -141,6 +152,26 @@ impl Copy {
             }
         }
         Ok(())
+    }
+}
+
+/// A reader that fails once `left` bytes were read.
+struct Limited<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: io::Read> io::Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::other("the archive is larger than allowed"));
+        }
+        let cap = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..cap])?;
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 

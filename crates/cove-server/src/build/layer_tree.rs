@@ -62,8 +62,22 @@ impl<'a> LayerTree<'a> {
         for part in path.components().skip(1) {
             sandbox_path.push(part);
             let host = self.host_path(&sandbox_path);
-            if host.is_dir() {
-                continue;
+            match fs::symlink_metadata(&host) {
+                Ok(meta) if meta.is_dir() => continue,
+                // Something the layer holds already (a file or link it copied) is in the way.
+                Ok(_) => {
+                    return Err(TreeError::Io {
+                        path: sandbox_path,
+                        source: io::Error::from(io::ErrorKind::NotADirectory),
+                    });
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(TreeError::Io {
+                        path: sandbox_path,
+                        source,
+                    });
+                }
             }
             fs::DirBuilder::new()
                 .mode(0o700)

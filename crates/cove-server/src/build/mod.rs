@@ -48,6 +48,8 @@ pub struct BuilderConfig {
     pub resolv_conf: String,
     /// PEM certificates templates trust besides their image's own (an egress proxy's).
     pub extra_ca_certs: String,
+    /// The most a layer made on the host (COPY) may hold: a sandbox's disk, as for RUN.
+    pub max_layer_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -138,13 +138,14 @@ impl Builder {
                         ));
                     }
                     let (copy, workdir) = (copy.clone(), PathBuf::from(&state.workdir));
+                    let max = self.config.max_layer_bytes;
                     self.host_layer(
                         &state,
                         &key,
                         &build.id,
                         &owner,
                         move |stack, tree, scratch| {
-                            copy.apply(&archive, stack, tree, &workdir, scratch)
+                            copy.apply(&archive, max, stack, tree, &workdir, scratch)
                                 .map_err(|e| e.to_string())
                         },
                     )
@@ -503,12 +504,17 @@ impl Builder {
             self.lifecycle.end_private(sandbox).await;
             return Err(fail(format!("the command failed ({})", exit.status)));
         }
-        let staging = self.store.staging_dir().map_err(|e| fail(e.to_string()))?;
+        let staging = match self.store.staging_dir() {
+            Ok(staging) => staging,
+            Err(err) => {
+                self.lifecycle.end_private(sandbox).await;
+                return Err(fail(err.to_string()));
+            }
+        };
         let frozen = self
             .lifecycle
-            .snapshot_private(&sandbox, staging.join("layers"))
+            .freeze_private(sandbox, staging.join("layers"))
             .await;
-        self.lifecycle.end_private(sandbox).await;
         let result = match frozen {
             Err(err) => Err(fail(format!("cannot keep what it wrote: {}", chain(&err)))),
             Ok(frozen) => {

@@ -80,24 +80,32 @@ impl Lifecycle {
         }
     }
 
-    /// Freezes a private sandbox's files into layers under `into` (see
-    /// [`cove_runtime::Runtime::snapshot`]); returns its template with them on top.
-    pub async fn snapshot_private(
+    /// Ends a private sandbox's processes, freezes its files into layers under `into` (see
+    /// [`cove_runtime::Runtime::snapshot`]), and removes it; returns its template with the
+    /// new layers on top. Nothing runs in it while its files are copied.
+    pub async fn freeze_private(
         &self,
-        sandbox: &PrivateSandbox,
+        sandbox: PrivateSandbox,
         into: PathBuf,
     ) -> Result<Template, LifecycleError> {
+        self.private.lock().remove(&sandbox.record.id);
+        let id = sandbox.record.id.clone();
+        let handle = sandbox.started.handle.clone();
+        if let Err(source) = self.blocking(move |r| r.kill(&handle)).await {
+            tracing::warn!(?source, sandbox_id = %id, "cannot kill a build sandbox");
+            return Err(LifecycleError::Kill { id, source });
+        }
         let handle = sandbox.started.handle.clone();
         let template = sandbox.record.template.clone().unwrap_or(Template {
             name: String::new(),
             layers: Vec::new(),
         });
-        self.blocking(move |r| r.snapshot(&handle, &template, &into))
+        let frozen = self
+            .blocking(move |r| r.snapshot(&handle, &template, &into))
             .await
-            .map_err(|source| LifecycleError::Start {
-                id: sandbox.record.id.clone(),
-                source,
-            })
+            .map_err(|source| LifecycleError::Start { id, source });
+        self.discard(&sandbox.record).await;
+        frozen
     }
 
     /// Ends a private sandbox and removes its files.
