@@ -260,9 +260,10 @@ class CoveServer:
             token = f"&nextToken={urllib.parse.quote(next_token)}"
 
     def sandbox_pids(self) -> dict[str, int]:
-        """Host pid of every sandbox the server started (id → pid), from its log."""
+        """Host pid of every sandbox the server started (id → pid), from its log (the
+        namespace runtime's handle names its PID 1)."""
         text = re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text(errors="replace"))
-        found = re.finditer(r"sandbox started sandbox_id=(\w+) pid=(\d+)", text)
+        found = re.finditer(r'sandbox started sandbox_id=(\w+) handle=\{[^}]*"pid":(\d+)', text)
         return {match[1]: int(match[2]) for match in found}
 
     def kill_all(self) -> set[str]:
@@ -406,14 +407,10 @@ def _stop_server(server: CoveServer, proc: subprocess.Popen, kill_leftovers: boo
 
 @contextlib.contextmanager
 def running_cove_server(
-    state_dir: Path,
-    log_path: Path,
-    *,
-    kill_leftovers: bool = True,
-    extra_args: Iterable[str] = (),
+    state_dir: Path, log_path: Path, *, kill_leftovers: bool = True, extra_args: Iterable[str] = ()
 ) -> Iterator[CoveServer]:
-    """Runs `cove serve --kill-on-exit` on a free port with a fresh API key until the block
-    ends, then stops it as an operator would (see `_stop_server`)."""
+    """Runs `cove serve --kill-on-exit [extra_args]` on a free port with a fresh API key until
+    the block ends, then stops it as an operator would (see `_stop_server`)."""
     port = _free_port()
     api_key = "e2b_" + secrets.token_hex(20)
     with open(log_path, "wb") as log:

@@ -49,3 +49,31 @@ def test_js_sdk_creates_writes_reads_runs_and_kills(node, cove_server):
     # The Python SDK sees the same server: the sandbox is gone for it too.
     assert sandbox_id not in cove_server.sandbox_ids()
     assert Sandbox.kill(sandbox_id) is False
+
+
+def test_js_sdk_pauses_resumes_and_forks(node, cove_server):
+    completed = subprocess.run(
+        [node, "server-pause-fork.mjs"],
+        cwd=JS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout)
+    source = report.pop("sandboxId")
+    forks = report.pop("forkIds")
+    assert len(set(forks) | {source}) == 3
+    assert report == {
+        "paused": True,
+        "pausedAgain": False,
+        "whilePaused": "paused",
+        "listedPaused": True,
+        "readAfterResume": "from js",
+        "afterResume": "running",
+        "forkErrors": [],
+        "forkReads": ["from js", "from js"],
+        "afterWrites": ["from js", "fork 0", "fork 1"],
+    }
+    assert not {source, *forks} & cove_server.sandbox_ids()

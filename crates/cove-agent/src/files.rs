@@ -391,22 +391,7 @@ async fn write_file(
     metadata: &BTreeMap<String, String>,
     reader: impl AsyncRead + Unpin,
 ) -> Result<(), RestError> {
-    let internal = |what: &str, err: &io::Error| {
-        if is_disk_full(err) {
-            RestError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                format!(
-                    "not enough disk space available to write '{}'",
-                    path.display()
-                ),
-            )
-        } else {
-            RestError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot {what} '{}': {err}", path.display()),
-            )
-        }
-    };
+    let internal = |what: &str, err: &io::Error| write_failed(path, what, err);
     if let Some(parent) = path.parent() {
         filesystem::ensure_dirs(parent, user).map_err(|err| match err.kind() {
             io::ErrorKind::NotADirectory => {
@@ -423,16 +408,14 @@ async fn write_file(
         )));
     }
     if existing.as_ref().is_some_and(|m| !m.is_file()) {
-        return write_in_place(path, user, metadata, reader)
-            .await
-            .map_err(|(what, err)| internal(what, &err));
+        return write_in_place(path, user, metadata, reader).await;
     }
     let mut staged = atomic::Staged::create(path, user)
         .await
         .map_err(|err| internal("create", &err))?;
     copy_in_chunks(reader, staged.file())
         .await
-        .map_err(|err| internal("write", &err))?;
+        .map_err(|err| copy_failed(path, err))?;
     staged
         .file()
         .flush()
@@ -445,24 +428,43 @@ async fn write_file(
         .map_err(|err| internal("replace", &err))
 }
 
+/// The answer to a write of `path` that failed doing `what`: 507 when the disk is full.
+fn write_failed(path: &Path, what: &str, err: &io::Error) -> RestError {
+    if is_disk_full(err) {
+        RestError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "not enough disk space available to write '{}'",
+                path.display()
+            ),
+        )
+    } else {
+        RestError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot {what} '{}': {err}", path.display()),
+        )
+    }
+}
+
 /// Writes into what is at `path` as it is (for what a rename must not replace).
 async fn write_in_place(
     path: &Path,
     user: &User,
     metadata: &BTreeMap<String, String>,
     reader: impl AsyncRead + Unpin,
-) -> Result<(), (&'static str, io::Error)> {
+) -> Result<(), RestError> {
+    let internal = |what: &str, err: &io::Error| write_failed(path, what, err);
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(path)
         .await
-        .map_err(|err| ("open", err))?;
-    filesystem::fchown(&file, user).map_err(|err| ("chown", err))?;
+        .map_err(|err| internal("open", &err))?;
+    filesystem::fchown(&file, user).map_err(|err| internal("chown", &err))?;
     copy_in_chunks(reader, &mut file)
         .await
-        .map_err(|err| ("write", err))?;
-    file.flush().await.map_err(|err| ("write", err))?;
+        .map_err(|err| copy_failed(path, err))?;
+    file.flush().await.map_err(|err| internal("write", &err))?;
     if let Err(err) = replace_metadata(path, metadata) {
         tracing::debug!(?err, path = %path.display(), "no metadata on a special file");
     }
@@ -477,22 +479,41 @@ async fn write_in_place(
 async fn copy_in_chunks(
     mut reader: impl AsyncRead + Unpin,
     file: &mut tokio::fs::File,
-) -> io::Result<()> {
+) -> Result<(), CopyError> {
     let mut chunk = Vec::with_capacity(WRITE_CHUNK);
     loop {
         chunk.clear();
         let mut ended = false;
         // `read_buf` fills the spare capacity, so the chunk never grows past WRITE_CHUNK.
         while chunk.len() < WRITE_CHUNK {
-            if reader.read_buf(&mut chunk).await? == 0 {
+            if reader.read_buf(&mut chunk).await.map_err(CopyError::Read)? == 0 {
                 ended = true;
                 break;
             }
         }
-        file.write_all(&chunk).await?;
+        file.write_all(&chunk).await.map_err(CopyError::Write)?;
         if ended {
             return Ok(());
         }
+    }
+}
+
+/// Which side of a copy failed: the upload's body, or the file.
+#[derive(Debug)]
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// The answer to a copy that failed: a broken body (bad gzip or multipart, a client gone)
+/// is the client's mistake; a file that cannot be written is ours.
+fn copy_failed(path: &Path, err: CopyError) -> RestError {
+    match err {
+        CopyError::Read(err) => RestError::bad_request(format!(
+            "cannot read the upload for '{}': {err}",
+            path.display()
+        )),
+        CopyError::Write(err) => write_failed(path, "write", &err),
     }
 }
 
@@ -623,6 +644,26 @@ mod tests {
             parse_metadata(&headers).unwrap_err().status,
             StatusCode::BAD_REQUEST
         );
+    }
+
+    /// Found by the `multipart_upload` fuzz target: a body that is not the gzip its
+    /// `Content-Encoding` says was answered 500, as if the disk had failed.
+    #[tokio::test]
+    async fn an_unreadable_upload_is_the_clients_mistake() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = User {
+            name: "user".into(),
+            uid: rustix::process::getuid().as_raw(),
+            gid: rustix::process::getgid().as_raw(),
+            home: dir.path().into(),
+            shell: "/bin/sh".into(),
+        };
+        let corrupt = async_compression::tokio::bufread::GzipDecoder::new(&b"not gzip at all"[..]);
+        let err = write_file(&dir.path().join("f"), &user, &BTreeMap::new(), corrupt)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST, "{err:?}");
+        assert!(err.message.contains("cannot read the upload"), "{err:?}");
     }
 
     #[test]

@@ -35,33 +35,52 @@ const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(50);
 
 impl Call {
     fn from_headers(state: &AgentState, headers: &HeaderMap) -> Result<Self, RpcError> {
-        let caller = state.caller(headers)?;
-        let timeout = match headers.get("connect-timeout-ms") {
-            None => None,
-            Some(value) => {
-                let millis: u64 = value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok())
-                    .ok_or_else(|| {
-                        RpcError::invalid_argument("invalid Connect-Timeout-Ms header")
-                    })?;
-                Some(Duration::from_millis(millis))
-            }
-        };
-        let keepalive = headers
-            .get("keepalive-ping-interval")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|secs| *secs > 0)
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_KEEPALIVE);
         Ok(Self {
-            caller,
-            timeout,
-            keepalive,
+            caller: state.caller(headers)?,
+            timeout: timeout(headers)?,
+            keepalive: keepalive(headers),
         })
     }
+}
+
+/// Most digits Connect allows in `Connect-Timeout-Ms` (about 317 years): the deadline of any
+/// allowed value is a time the clock can hold, where `u64::MAX` ms would overflow it.
+const MAX_TIMEOUT_DIGITS: usize = 10;
+
+/// Longest keepalive period a client may ask for; longer ones are cut to it.
+const MAX_KEEPALIVE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// `Connect-Timeout-Ms`: the client's deadline for the whole call.
+fn timeout(headers: &HeaderMap) -> Result<Option<Duration>, RpcError> {
+    let Some(value) = headers.get("connect-timeout-ms") else {
+        return Ok(None);
+    };
+    let invalid = || {
+        RpcError::invalid_argument(format!(
+            "invalid Connect-Timeout-Ms header: expected at most {MAX_TIMEOUT_DIGITS} digits"
+        ))
+    };
+    let digits = value.to_str().map_err(|_| invalid())?.trim();
+    if digits.is_empty()
+        || digits.len() > MAX_TIMEOUT_DIGITS
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(invalid());
+    }
+    let millis: u64 = digits.parse().map_err(|_| invalid())?;
+    Ok(Some(Duration::from_millis(millis)))
+}
+
+/// `Keepalive-Ping-Interval` (seconds): how often an idle stream sends a keepalive.
+fn keepalive(headers: &HeaderMap) -> Duration {
+    headers
+        .get("keepalive-ping-interval")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|secs| *secs > 0)
+        .map_or(DEFAULT_KEEPALIVE, |secs| {
+            Duration::from_secs(secs).min(MAX_KEEPALIVE)
+        })
 }
 
 /// A stream of response messages; an `Err` item ends the stream with that error.
@@ -418,4 +437,49 @@ where
     S: Stream<Item = Result<T, RpcError>> + Send + 'static,
 {
     stream.boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(name: &'static str, value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(name, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    /// `Connect-Timeout-Ms: 18446744073709551615` (or an interval of as many seconds) used to
+    /// overflow `Instant + Duration`: a panic in the call, and on `Process/Start` in the task
+    /// that follows the process's output. The `connect_rpc` fuzz target's seeds send both.
+    #[test]
+    fn timeouts_and_intervals_stay_within_the_clock() {
+        assert_eq!(timeout(&HeaderMap::new()).unwrap(), None);
+        assert_eq!(
+            timeout(&headers("connect-timeout-ms", " 1500 ")).unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        let longest = timeout(&headers("connect-timeout-ms", "9999999999"))
+            .unwrap()
+            .unwrap();
+        assert!(tokio::time::Instant::now().checked_add(longest).is_some());
+        for refused in ["18446744073709551615", "10000000000", "-1", "+5", "", "1e3"] {
+            let err = timeout(&headers("connect-timeout-ms", refused)).unwrap_err();
+            assert_eq!(err.code, Code::InvalidArgument, "{refused:?}");
+        }
+
+        assert_eq!(keepalive(&HeaderMap::new()), DEFAULT_KEEPALIVE);
+        assert_eq!(
+            keepalive(&headers("keepalive-ping-interval", "5")),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            keepalive(&headers("keepalive-ping-interval", "18446744073709551615")),
+            MAX_KEEPALIVE
+        );
+        assert_eq!(
+            keepalive(&headers("keepalive-ping-interval", "0")),
+            DEFAULT_KEEPALIVE
+        );
+    }
 }

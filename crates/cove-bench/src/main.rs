@@ -10,6 +10,7 @@ mod concurrency;
 mod create;
 mod density;
 mod measure;
+mod pause;
 mod python;
 mod report;
 mod transfer;

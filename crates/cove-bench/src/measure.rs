@@ -23,10 +23,11 @@ pub struct Settings {
 }
 
 /// The groups, in the order they run; `--only` takes one of these.
-pub const GROUPS: [&str; 10] = [
+pub const GROUPS: [&str; 11] = [
     "commands",
     "transfers",
     "create",
+    "pause",
     "hog",
     "code",
     "memory",
@@ -162,6 +163,10 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
     if wanted("create") {
         eprintln!("create: create → first command output");
         crate::create::all(settings, &mut report).await?;
+    }
+    if wanted("pause") {
+        eprintln!("pause: pause and resume per mode, snapshots, forks");
+        crate::pause::all(settings, &mut report).await?;
     }
     if wanted("hog") {
         eprintln!("hog: command latency beside a CPU hog");

@@ -1,5 +1,6 @@
 //! The tracing subscriber: `COVE_LOG` filter (default `info`), `COVE_LOG_FORMAT=json` for
-//! structured output.
+//! structured output. The stages that build a sandbox always write JSON lines: their stderr
+//! is the sandbox's log, which `cove serve` hands to clients entry by entry.
 
 use std::{
     io::{self, IsTerminal, Write},
@@ -15,10 +16,12 @@ use tracing_subscriber::{EnvFilter, fmt};
 /// Installs the subscriber. `capped`: stderr is a sandbox's log file (read-write, append) to
 /// be kept under a size ([`cap_agent_log`]). The log is a file on the host's disk, outside
 /// the sandbox's disk quota, and some of what the agent logs is up to the code in the
-/// sandbox (failed requests, say), so it must not grow without end.
-pub fn init(capped: bool) {
+/// sandbox (failed requests, say), so it must not grow without end. `sandbox_log`: stderr is
+/// a sandbox's log (JSON lines whatever `COVE_LOG_FORMAT` says).
+pub fn init(capped: bool, sandbox_log: bool) {
     let filter = EnvFilter::try_from_env("COVE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("COVE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let json = sandbox_log
+        || std::env::var("COVE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     // Colours only on a terminal: a sandbox's log file is parsed by `cove serve`.
     let ansi = std::io::stderr().is_terminal();
     let builder = fmt().with_env_filter(filter).with_ansi(ansi);

@@ -35,6 +35,8 @@ enum Command {
     Logs(commands::logs::Args),
     /// List templates.
     Template(commands::template::Args),
+    /// Check this host for what sandboxes need, and say how to fix what is missing.
+    Doctor(commands::doctor::Args),
     /// Print a shell completion script.
     Completions(commands::completions::Args),
     /// Run the in-sandbox agent (started by `cove serve` inside each sandbox).
@@ -47,8 +49,12 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // A sandbox's PID 1 logs to a file on the host that must stay bounded.
-    logging::init(matches!(&cli.command, Command::SandboxInit(args) if args.is_pid1()));
+    // A sandbox's PID 1 logs to a file on the host that must stay bounded; every stage of a
+    // sandbox writes to that log.
+    logging::init(
+        matches!(&cli.command, Command::SandboxInit(args) if args.is_pid1()),
+        matches!(&cli.command, Command::SandboxInit(_)),
+    );
     let result = match cli.command {
         Command::Serve(args) => commands::serve::run(args),
         Command::Keys(args) => commands::keys::run(args),
@@ -59,6 +65,7 @@ fn main() -> std::process::ExitCode {
         Command::Cp(args) => commands::cp::run(args),
         Command::Logs(args) => commands::logs::run(args),
         Command::Template(args) => commands::template::run(args),
+        Command::Doctor(args) => commands::doctor::run(args),
         Command::Completions(args) => commands::completions::run(args, Cli::command()),
         Command::Agent(args) => commands::agent::run(args),
         Command::SandboxInit(args) => commands::sandbox_init::run(args),

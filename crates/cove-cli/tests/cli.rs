@@ -524,3 +524,43 @@ async fn shell_in_a_real_terminal() {
     assert!(!listed.lines().any(|l| l == "sleep"), "{listed}");
     ok(&server, &["sandbox", "kill", &id]);
 }
+
+#[test]
+fn doctor_checks_the_host_and_says_how_to_fix_what_is_missing() {
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(cove_bin())
+        .args(["doctor", "--json", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .unwrap();
+    // This machine runs sandboxes: nothing fails (warnings may be).
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    for name in [
+        "kernel",
+        "cgroups",
+        "loop devices",
+        "slirp4netns",
+        "disk space",
+    ] {
+        assert!(checks.iter().any(|c| c["name"] == name), "no {name} check");
+    }
+    for check in &checks {
+        assert_ne!(check["status"], "fail", "{check}");
+        assert_eq!(
+            check["status"] == "ok",
+            check.get("fix").is_none(),
+            "{check}"
+        );
+    }
+    let text = Command::new(cove_bin())
+        .args(["doctor", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("ok    kernel"));
+}

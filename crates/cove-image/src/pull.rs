@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -99,6 +99,10 @@ pub async fn pull(
                 .push(layer.clone());
         }
     };
+    // Set by the first layer that fails: layers not yet begun are then skipped. Layers under
+    // way are let finish rather than dropped, since a dropped one would go on unpacking on
+    // its blocking thread and add a reference after this pull gave its references back.
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let jobs = image
         .manifest
         .layers
@@ -108,50 +112,61 @@ pub async fn pull(
         .map(|(index, (descriptor, diff_id))| {
             let image = &image;
             let note_added = &note_added;
+            let failed = &failed;
             async move {
-                if let Some(new) = store.retain_if_present(diff_id, owner)? {
-                    note_added(diff_id, new);
-                    progress(PullEvent::LayerCached {
-                        index,
-                        layer: diff_id.clone(),
-                    });
-                    return Ok::<_, Error>(());
+                if failed.load(std::sync::atomic::Ordering::Acquire) {
+                    return Ok(());
                 }
-                let chunks = client.blob(image, descriptor).await?;
-                let total = descriptor.size;
-                let blob = descriptor.digest.clone();
-                let (info, new) = store
-                    .install_stream(
-                        Expected {
-                            diff_id: diff_id.clone(),
-                            blob: Some((descriptor.digest.clone(), Some(total))),
-                        },
-                        chunks,
-                        owner,
-                        |done| {
-                            progress(PullEvent::LayerBytes {
-                                index,
-                                blob: blob.clone(),
-                                done,
-                                total,
-                            })
-                        },
-                    )
-                    .await?;
-                note_added(diff_id, new);
-                progress(PullEvent::LayerStored {
-                    index,
-                    layer: info.id,
-                    disk_bytes: info.disk_bytes,
-                });
-                Ok(())
+                let done = async {
+                    if let Some(new) = store.retain_if_present(diff_id, owner)? {
+                        note_added(diff_id, new);
+                        progress(PullEvent::LayerCached {
+                            index,
+                            layer: diff_id.clone(),
+                        });
+                        return Ok::<_, Error>(());
+                    }
+                    let chunks = client.blob(image, descriptor).await?;
+                    let total = descriptor.size;
+                    let blob = descriptor.digest.clone();
+                    let (info, new) = store
+                        .install_stream(
+                            Expected {
+                                diff_id: diff_id.clone(),
+                                blob: Some((descriptor.digest.clone(), Some(total))),
+                            },
+                            chunks,
+                            owner,
+                            |done| {
+                                progress(PullEvent::LayerBytes {
+                                    index,
+                                    blob: blob.clone(),
+                                    done,
+                                    total,
+                                })
+                            },
+                        )
+                        .await?;
+                    note_added(diff_id, new);
+                    progress(PullEvent::LayerStored {
+                        index,
+                        layer: info.id,
+                        disk_bytes: info.disk_bytes,
+                    });
+                    Ok(())
+                }
+                .await;
+                if done.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::Release);
+                }
+                done
             }
         });
-    let result: Result<Vec<()>, Error> = futures::stream::iter(jobs)
+    let results: Vec<Result<(), Error>> = futures::stream::iter(jobs)
         .buffer_unordered(CONCURRENT_LAYERS)
-        .try_collect()
+        .collect()
         .await;
-    if let Err(err) = result {
+    if let Some(err) = results.into_iter().find_map(Result::err) {
         for layer in added.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             if let Err(release) = store.release(layer, owner) {
                 tracing::warn!(error = %crate::error_chain(&release), %layer, "cannot drop a reference after a failed pull");

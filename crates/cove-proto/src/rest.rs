@@ -29,8 +29,15 @@ pub struct NewSandbox {
         skip_serializing_if = "Option::is_none"
     )]
     pub allow_internet_access: Option<bool>,
+    /// Pause instead of ending when the timeout is up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_pause: Option<bool>,
+    /// With `autoPause`: keep memory (`true`, the default) or only the files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_pause_memory: Option<bool>,
+    /// A request to a paused sandbox's ports resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_resume: Option<AutoResume>,
     /// Accepted for older clients; every sandbox is secured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure: Option<bool>,
@@ -42,6 +49,22 @@ pub struct NewSandbox {
     /// Memory limit in MiB (Cove extension).
     #[serde(rename = "memoryMB", default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u64>,
+}
+
+/// `autoResume` of a new sandbox: `{"enabled": true}` (a bare boolean is taken too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AutoResume {
+    Config { enabled: bool },
+    Flag(bool),
+}
+
+impl AutoResume {
+    pub fn enabled(self) -> bool {
+        match self {
+            AutoResume::Config { enabled } | AutoResume::Flag(enabled) => enabled,
+        }
+    }
 }
 
 /// Network options of a new sandbox.
@@ -75,11 +98,71 @@ pub struct Sandbox {
     pub domain: Option<String>,
 }
 
-/// Body of `POST /v2/sandboxes/{id}/connect`.
+/// Body of `POST /v2/sandboxes/{id}/connect` (and of the older `/resume`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectSandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<i64>,
+    /// `false`: a paused sandbox starts again from its files, whatever memory it kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<bool>,
+}
+
+/// Body of `POST /sandboxes/{id}/pause`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseSandbox {
+    /// Keep the memory (`true`, the default) or only the files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<bool>,
+    /// Refuse to pause when the sandbox's agent does not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_healthy_guest: Option<bool>,
+}
+
+/// Body of `POST /sandboxes/{id}/snapshots`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewSnapshot {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Keep the memory too (not every backend can).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<bool>,
+}
+
+/// A snapshot, as created and listed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// What `Sandbox.create` takes to start from it, with its tag.
+    #[serde(rename = "snapshotID")]
+    pub snapshot_id: String,
+    pub names: Vec<String>,
+    /// What it keeps: `filesystem` (files only) or `full` (memory too). Cove's own field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+/// Body of `POST /sandboxes/{id}/fork`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkSandbox {
+    /// Lifetime of each fork, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
+}
+
+/// One fork's outcome: the sandbox, or why it did not start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkResult {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Sandbox>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+    /// What was copied from the source: `filesystem` (its processes were not). Cove's own
+    /// field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 /// Body of `POST /sandboxes/{id}/timeout`.
@@ -134,6 +217,20 @@ pub struct SandboxDetail {
     pub domain: Option<String>,
     #[serde(default)]
     pub allow_internet_access: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<SandboxLifecycle>,
+    /// While paused: what the pause kept, `full` (memory too) or `filesystem`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_mode: Option<String>,
+}
+
+/// What happens to a sandbox when its time is up, as `GET /sandboxes/{id}` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxLifecycle {
+    pub auto_resume: bool,
+    /// `kill` or `pause`.
+    pub on_timeout: String,
 }
 
 /// One sample of `GET /sandboxes/{id}/metrics`.
@@ -149,6 +246,18 @@ pub struct SandboxMetric {
     pub mem_cache: u64,
     pub disk_used: u64,
     pub disk_total: u64,
+}
+
+/// `GET /sandboxes/metrics`: the latest sample of each sandbox asked for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SandboxesWithMetrics {
+    pub sandboxes: BTreeMap<String, SandboxMetric>,
+}
+
+/// `GET /v2/sandboxes/{id}/logs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxLogsV2 {
+    pub logs: Vec<SandboxLogEntry>,
 }
 
 /// `GET /sandboxes/{id}/logs`.
@@ -221,6 +330,14 @@ mod tests {
         assert_eq!(body.timeout, Some(120));
         assert_eq!(body.env_vars.unwrap()["A"], "1");
         assert_eq!(body.allow_internet_access, Some(false));
+        assert_eq!(body.auto_resume.map(AutoResume::enabled), Some(true));
+        let body: NewSandbox = serde_json::from_str(
+            r#"{"autoPause":true,"autoPauseMemory":false,"autoResume":false}"#,
+        )
+        .unwrap();
+        assert_eq!(body.auto_pause, Some(true));
+        assert_eq!(body.auto_pause_memory, Some(false));
+        assert_eq!(body.auto_resume, Some(AutoResume::Flag(false)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Resource limits per sandbox with cgroups: memory (swap included), CPU quota and number
-//! of processes; their usage for metrics; and killing everything left in them. Works with
-//! cgroup v2 (`/sys/fs/cgroup/cgroup.controllers`) and v1 (a hierarchy per controller).
+//! of processes; their usage for metrics; freezing and thawing them (a pause that keeps
+//! memory); and killing everything left in them. Works with cgroup v2
+//! (`/sys/fs/cgroup/cgroup.controllers`) and v1 (a hierarchy per controller).
 
 use std::{
     fs, io,
@@ -59,13 +60,16 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupEr
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Hierarchy {
     V2(PathBuf),
-    /// Mount points of the memory, cpu, cpuacct and pids controllers, and of the cgroup v2
-    /// hierarchy that hybrid hosts mount beside them (for eBPF programs on cgroups).
+    /// Mount points of the memory, cpu, cpuacct and pids controllers, of the freezer (for
+    /// pauses that keep memory) when the host has it, and of the cgroup v2 hierarchy that
+    /// hybrid hosts mount beside them (for eBPF programs on cgroups).
     V1 {
         memory: PathBuf,
         cpu: PathBuf,
         cpuacct: PathBuf,
         pids: PathBuf,
+        #[serde(default)]
+        freezer: Option<PathBuf>,
         unified: Option<PathBuf>,
     },
 }
@@ -95,6 +99,7 @@ impl Hierarchy {
                 cpu,
                 cpuacct,
                 pids,
+                freezer: v1("freezer"),
                 unified: Some(root.join("unified"))
                     .filter(|u| u.join("cgroup.controllers").exists()),
             }),
@@ -111,6 +116,7 @@ impl Hierarchy {
                 cpu,
                 cpuacct,
                 pids,
+                freezer,
                 ..
             } => {
                 let mut dirs = vec![memory.join(PARENT).join(id), cpu.join(PARENT).join(id)];
@@ -119,6 +125,7 @@ impl Hierarchy {
                     dirs.push(cpuacct.join(PARENT).join(id));
                 }
                 dirs.push(pids.join(PARENT).join(id));
+                dirs.extend(freezer.as_ref().map(|f| f.join(PARENT).join(id)));
                 dirs
             }
         }
@@ -326,6 +333,14 @@ impl Hierarchy {
         // Dying takes CPU time and sometimes memory: a thousand processes throttled to one
         // CPU, or stuck at the memory limit, would otherwise exit one slow tick at a time.
         self.lift_limits(id);
+        // A frozen process only dies once thawed (cgroup v1): the kill is sent first, so
+        // that none of them runs a single instruction of its own again.
+        if self.freeze_state(id) != Some(false) {
+            for dir in self.teardown_dirs(id) {
+                kill_all_in(&dir);
+            }
+            let _ = self.thaw(id, timeout);
+        }
         for dir in self.teardown_dirs(id) {
             if !dir.exists() {
                 continue;
@@ -336,16 +351,7 @@ impl Hierarchy {
             // first, then back off (a fixed 5 ms made every kill wait 20-30 ms).
             let mut pause = Duration::from_micros(200);
             loop {
-                let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                let pids: Vec<i32> = procs
-                    .lines()
-                    .filter_map(|l| l.trim().parse().ok())
-                    .collect();
-                for pid in &pids {
-                    if let Some(pid) = rustix::process::Pid::from_raw(*pid) {
-                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                    }
-                }
+                kill_all_in(&dir);
                 match fs::remove_dir(&dir) {
                     Ok(()) => break,
                     Err(err) if err.kind() == io::ErrorKind::NotFound => break,
@@ -364,7 +370,111 @@ impl Hierarchy {
     }
 }
 
+/// SIGKILLs every process in the cgroup `dir`.
+fn kill_all_in(dir: &Path) {
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|l| l.trim().parse().ok()) {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// How often a freeze or thaw in progress is looked at, at first (then less often).
+const FREEZE_POLL: Duration = Duration::from_micros(100);
+
 impl Hierarchy {
+    /// The file that freezes sandbox `id`'s cgroup, and the values for frozen and thawed;
+    /// `None` when the host's cgroups cannot freeze.
+    fn freezer(&self, id: &str) -> Option<(PathBuf, &'static str, &'static str)> {
+        match self {
+            Hierarchy::V2(root) => {
+                Some((root.join(PARENT).join(id).join("cgroup.freeze"), "1", "0"))
+            }
+            Hierarchy::V1 { freezer, .. } => Some((
+                freezer
+                    .as_ref()?
+                    .join(PARENT)
+                    .join(id)
+                    .join("freezer.state"),
+                "FROZEN",
+                "THAWED",
+            )),
+        }
+    }
+
+    /// Whether the host's cgroups can freeze sandboxes.
+    pub fn can_freeze(&self) -> bool {
+        match self {
+            Hierarchy::V2(_) => true,
+            Hierarchy::V1 { freezer, .. } => freezer.is_some(),
+        }
+    }
+
+    /// Whether sandbox `id` is frozen (`None`: it has no freezer, or no cgroup).
+    pub fn freeze_state(&self, id: &str) -> Option<bool> {
+        let (file, _, _) = self.freezer(id)?;
+        match self {
+            Hierarchy::V2(root) => {
+                let events =
+                    fs::read_to_string(root.join(PARENT).join(id).join("cgroup.events")).ok()?;
+                events
+                    .lines()
+                    .find_map(|l| l.strip_prefix("frozen "))
+                    .map(|v| v.trim() == "1")
+            }
+            // FREEZING (on its way) counts as frozen: a thaw is what it needs either way.
+            Hierarchy::V1 { .. } => Some(fs::read_to_string(file).ok()?.trim() != "THAWED"),
+        }
+    }
+
+    /// Stops every process of sandbox `id` where it is (their memory stays), and waits up
+    /// to `timeout` until all are stopped.
+    pub fn freeze(&self, id: &str, timeout: Duration) -> Result<(), CgroupError> {
+        self.set_frozen(id, true, timeout)
+    }
+
+    /// Lets the processes of a frozen sandbox `id` run again.
+    pub fn thaw(&self, id: &str, timeout: Duration) -> Result<(), CgroupError> {
+        self.set_frozen(id, false, timeout)
+    }
+
+    fn set_frozen(&self, id: &str, frozen: bool, timeout: Duration) -> Result<(), CgroupError> {
+        let (file, on, off) = self.freezer(id).ok_or_else(|| CgroupError::Io {
+            what: "freeze",
+            path: PathBuf::from(id),
+            source: io::Error::new(io::ErrorKind::Unsupported, "the host has no cgroup freezer"),
+        })?;
+        write(&file, if frozen { on } else { off })?;
+        let deadline = Instant::now() + timeout;
+        let mut pause = FREEZE_POLL;
+        loop {
+            let done = match self {
+                Hierarchy::V1 { .. } => {
+                    let state = fs::read_to_string(&file).map_err(io_err("read", &file))?;
+                    state.trim() == if frozen { "FROZEN" } else { "THAWED" }
+                }
+                Hierarchy::V2(_) => self.freeze_state(id) == Some(frozen),
+            };
+            if done {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(CgroupError::Io {
+                    what: if frozen {
+                        "finish freezing"
+                    } else {
+                        "finish thawing"
+                    },
+                    path: file,
+                    source: io::Error::from(io::ErrorKind::TimedOut),
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
     /// Removes Cove's parent cgroups when no sandbox is left in them.
     pub fn remove_parents_if_empty(&self) {
         let parents: Vec<PathBuf> = match self {
@@ -374,12 +484,14 @@ impl Hierarchy {
                 cpu,
                 cpuacct,
                 pids,
+                freezer,
                 unified,
             } => [
                 Some(memory),
                 Some(cpu),
                 Some(cpuacct),
                 Some(pids),
+                freezer.as_ref(),
                 unified.as_ref(),
             ]
             .into_iter()
@@ -423,6 +535,12 @@ mod tests {
         let detected = Hierarchy::detect(v1.path()).unwrap();
         assert!(matches!(detected, Hierarchy::V1 { .. }));
         assert_eq!(detected.dirs("x").len(), 4);
+        assert!(!detected.can_freeze());
+        fs::create_dir(v1.path().join("freezer")).unwrap();
+        fs::write(v1.path().join("freezer/tasks"), "").unwrap();
+        let detected = Hierarchy::detect(v1.path()).unwrap();
+        assert_eq!(detected.dirs("x").len(), 5);
+        assert!(detected.can_freeze());
 
         let none = tempfile::tempdir().unwrap();
         assert!(Hierarchy::detect(none.path()).is_err());

@@ -52,6 +52,7 @@ pub fn format_image(path: &Path, size: u64) -> io::Result<()> {
 }
 
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LO_FLAGS_DIRECT_IO: u32 = 16;
@@ -159,19 +160,75 @@ pub fn mount_image(image: &Path, target: &Path) -> io::Result<()> {
         }
         // Configured: nobody else gets this device now.
         drop(allocating);
-        let mounted = rustix::mount::mount(
-            &device_path,
-            target,
-            "ext4",
-            rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
-            None,
-        );
+        let mounted = mount_device(&device_path, target);
         // With autoclear set, closing our handle leaves the device to the mount (or, when
         // the mount failed, detaches it right away).
         drop(device);
-        return mounted.map_err(Into::into);
+        return mounted;
     }
     Err(io::Error::other("no free loop device"))
+}
+
+/// Mounts the ext4 filesystem on `device` at `target` (no setuid programs, no device files).
+/// Mounting a device that is mounted elsewhere already shares that mount's filesystem: both
+/// see the same files and caches.
+pub fn mount_device(device: &Path, target: &Path) -> io::Result<()> {
+    rustix::mount::mount(
+        device,
+        target,
+        "ext4",
+        rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+        None,
+    )?;
+    Ok(())
+}
+
+/// The loop device `image` is attached to, if any. A second device on the same image would
+/// be a second filesystem over the same blocks, and two of them writing it corrupt it: so a
+/// device is recognised by the image's inode, not by its name.
+pub fn attached_device(image: &Path) -> io::Result<Option<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(image)?;
+    let named = fs::canonicalize(image)?;
+    let mut attached = Vec::new();
+    for entry in fs::read_dir("/sys/block")? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        // Only attached devices have a backing file.
+        let Ok(backing) = fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")) else {
+            continue;
+        };
+        // The device whose backing file has the image's name first: usually the one.
+        if Path::new(backing.trim_end_matches('\n')) == named {
+            attached.insert(0, name);
+        } else {
+            attached.push(name);
+        }
+    }
+    for name in attached {
+        let device = PathBuf::from(format!("/dev/{name}"));
+        let Ok(file) = fs::File::open(&device) else {
+            continue;
+        };
+        // SAFETY: all-zero is a valid `loop_info64` (plain integers and byte arrays).
+        let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+        // SAFETY: `file` is an open loop device and `info` a writable `loop_info64` that
+        // outlives the call; the kernel fills it in.
+        let rc = unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                LOOP_GET_STATUS64,
+                &mut info as *mut LoopInfo64,
+            )
+        };
+        // ENXIO: detached in the meantime.
+        if rc == 0 && info.lo_inode == meta.ino() && info.lo_device == meta.dev() {
+            return Ok(Some(device));
+        }
+    }
+    Ok(None)
 }
 
 /// Copies the sparse file `from` to `to`, moving only its data (the holes stay holes).

@@ -1,6 +1,9 @@
 //! Idmapped mounts: a view of a host directory whose file owners are shifted into a
 //! sandbox's uid range, so host-root-owned template files look root-owned inside the
-//! sandbox without mapping host uid 0 into it.
+//! sandbox without mapping host uid 0 into it. The sandbox's writable layer is seen through
+//! one too (a writable one): what the sandbox writes as its uid N is stored as N, whatever
+//! range it runs in, so the layer can be started again in another range or become a
+//! template layer itself.
 
 use std::{
     io,
@@ -25,6 +28,25 @@ const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 /// Mounts a recursive, read-only clone of `source` at `target`, with owners mapped through
 /// the user namespace `userns` (on-disk uid N appears as what N maps to in `userns`).
 pub fn mount_idmapped(source: &Path, target: &Path, userns: BorrowedFd<'_>) -> io::Result<()> {
+    clone_idmapped(source, target, userns, MOUNT_ATTR_RDONLY)
+}
+
+/// Like [`mount_idmapped`], but writable: files created through it by host uid M are stored
+/// as the uid that maps to M in `userns`.
+pub fn mount_idmapped_writable(
+    source: &Path,
+    target: &Path,
+    userns: BorrowedFd<'_>,
+) -> io::Result<()> {
+    clone_idmapped(source, target, userns, 0)
+}
+
+fn clone_idmapped(
+    source: &Path,
+    target: &Path,
+    userns: BorrowedFd<'_>,
+    extra: u64,
+) -> io::Result<()> {
     let tree = rustix::mount::open_tree(
         rustix::fs::CWD,
         source,
@@ -33,7 +55,7 @@ pub fn mount_idmapped(source: &Path, target: &Path, userns: BorrowedFd<'_>) -> i
             | OpenTreeFlags::AT_RECURSIVE,
     )?;
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY,
+        attr_set: MOUNT_ATTR_IDMAP | extra,
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns.as_raw_fd() as u64,

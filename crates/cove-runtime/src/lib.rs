@@ -14,12 +14,14 @@ pub mod disk;
 pub mod egress;
 pub mod idmap;
 pub mod inherited;
+pub mod layer;
 pub mod masks;
 pub mod mounts;
 pub mod namespace;
 pub mod net;
 pub mod network;
 pub mod process;
+pub mod requirements;
 pub mod seccomp;
 pub mod template;
 pub mod uid_ranges;
@@ -91,6 +93,25 @@ pub struct Started {
     pub agent: AgentEndpoint,
 }
 
+/// What a paused sandbox kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PauseMode {
+    /// Its processes are stopped where they are, their memory kept: resuming continues them.
+    Memory,
+    /// Its processes ended and its memory was freed; only its files are kept: resuming
+    /// starts it again on them.
+    Filesystem,
+}
+
+/// A sandbox found again after a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recovered {
+    Running(Started),
+    /// Paused, keeping what `PauseMode` says.
+    Paused(Started, PauseMode),
+}
+
 /// What a look at a sandbox found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Liveness {
@@ -139,6 +160,8 @@ pub enum RuntimeError {
         backend: &'static str,
         what: &'static str,
     },
+    #[error("sandbox {id} is {state}")]
+    WrongState { id: String, state: &'static str },
 }
 
 impl RuntimeError {
@@ -153,8 +176,10 @@ pub trait Runtime: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Starts a sandbox and returns once its agent listens.
     fn create(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError>;
-    /// After a server restart: the sandbox `handle` names, if it still runs.
-    fn recover(&self, handle: &Handle) -> Result<Option<Started>, RuntimeError>;
+    /// After a server restart: the sandbox `handle` names, running or paused, if it is
+    /// still there. A transition the previous server left half done is finished or undone
+    /// here, so the sandbox is in one clear state.
+    fn recover(&self, handle: &Handle) -> Result<Option<Recovered>, RuntimeError>;
     /// Whether the sandbox still runs. An error means it could not be looked at, which
     /// says nothing about whether it runs.
     fn liveness(&self, handle: &Handle) -> Result<Liveness, RuntimeError>;
@@ -174,10 +199,29 @@ pub trait Runtime: Send + Sync + 'static {
     /// Removes what the backend set up for sandboxes in general, if none is left.
     fn shutdown(&self);
 
-    /// Freezes the files of a sandbox made from `template` into new read-only layers under
-    /// `into` (a directory that does not exist yet), and returns the template a sandbox
-    /// starts from to find them as they are now: `template` with them on top. Processes and
-    /// memory are not part of it; a mount point nothing was written to gets no layer.
+    /// Pauses a running sandbox, keeping what `mode` says; returns its handle while paused.
+    fn pause(&self, handle: &Handle, mode: PauseMode) -> Result<Handle, RuntimeError> {
+        let _ = (handle, mode);
+        Err(RuntimeError::Unsupported {
+            backend: self.name(),
+            what: "pause sandboxes",
+        })
+    }
+
+    /// Resumes a paused sandbox. `spec` is what it was created with (its limits and agent
+    /// settings as they are now); a sandbox paused without memory starts again from it.
+    fn resume(&self, handle: &Handle, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+        let _ = (handle, spec);
+        Err(RuntimeError::Unsupported {
+            backend: self.name(),
+            what: "resume sandboxes",
+        })
+    }
+
+    /// Freezes the files of a running or paused sandbox made from `template` into new
+    /// read-only layers under `into` (a directory that does not exist yet), and returns the
+    /// template a sandbox starts from to find them as they are now: `template` with them on
+    /// top. Processes and memory are not part of it.
     fn snapshot(
         &self,
         handle: &Handle,

@@ -32,6 +32,7 @@ pub mod interpreter;
 pub mod pty;
 mod rpc;
 pub mod sandbox;
+pub mod snapshots;
 pub mod templates;
 
 pub use crate::{

@@ -110,7 +110,8 @@ impl Sandbox {
         Self::from_info(config, info)
     }
 
-    /// Attaches to a running sandbox (extending its life to at least `timeout` from now).
+    /// Attaches to a sandbox: a running one lives at least `timeout` more from now, a paused
+    /// one is resumed (see [`Sandbox::pause`]).
     pub async fn connect(
         config: &ConnectionConfig,
         id: &str,
@@ -118,6 +119,7 @@ impl Sandbox {
     ) -> Result<Self> {
         let body = ConnectSandbox {
             timeout: timeout.map(|t| t.as_secs().try_into().unwrap_or(i64::MAX)),
+            memory: None,
         };
         let info: rest::Sandbox = config
             .api(http::Method::POST, &format!("/v2/sandboxes/{id}/connect"))
@@ -144,7 +146,7 @@ impl Sandbox {
         Self::from_info(config, info)
     }
 
-    fn from_info(config: &ConnectionConfig, info: rest::Sandbox) -> Result<Self> {
+    pub(crate) fn from_info(config: &ConnectionConfig, info: rest::Sandbox) -> Result<Self> {
         let mut agent =
             AgentClient::with_http(config.http.clone(), config.sandbox_url().to_owned())
                 .with_request_timeout(config.request_timeout)
@@ -215,6 +217,10 @@ impl Sandbox {
 
     pub fn id(&self) -> &str {
         &self.info.sandbox_id
+    }
+
+    pub(crate) fn config(&self) -> &ConnectionConfig {
+        &self.config
     }
 
     pub fn template_id(&self) -> &str {

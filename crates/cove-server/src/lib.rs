@@ -233,6 +233,7 @@ impl AppState {
                 warm_total: config.templates.warm_total.max(2 * config.warm),
                 caps,
                 admission,
+                snapshots_dir: config.state_dir.join("snapshots"),
             },
         ));
         let adopted = lifecycle.adopt().await?;

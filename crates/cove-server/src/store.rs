@@ -1,5 +1,6 @@
-//! The server's state in an embedded SQLite file: API keys (hashed) and sandboxes, so a
-//! restarted server finds its running sandboxes again.
+//! The server's state in an embedded SQLite file: API keys (hashed), sandboxes (so a
+//! restarted server finds its running and paused sandboxes again) and the templates made
+//! of snapshots.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -32,6 +33,11 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     id          TEXT PRIMARY KEY,
     team        TEXT NOT NULL,
     record      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS templates (
+    id          TEXT PRIMARY KEY,
+    team        TEXT NOT NULL,
+    entry       TEXT NOT NULL
 );
 ";
 
@@ -105,6 +111,12 @@ pub struct SandboxRecord {
     /// What the runtime needs to find the sandbox again (none while it is being created).
     #[serde(default)]
     pub handle: Option<cove_runtime::Handle>,
+    /// Set while it is paused: what the pause kept.
+    #[serde(default)]
+    pub paused: Option<cove_runtime::PauseMode>,
+    /// What happens when its time is up, and to traffic while it is paused.
+    #[serde(default)]
+    pub lifecycle: LifecyclePolicy,
     /// The layers it was made from: a sandbox keeps them (it may start again from them after
     /// a pause) when its template is deleted.
     #[serde(default)]
@@ -112,6 +124,34 @@ pub struct SandboxRecord {
     /// What its template sets for its processes; none: E2B's defaults (`user`, `/home/user`).
     #[serde(default)]
     pub defaults: Option<SandboxDefaults>,
+}
+
+/// What a sandbox asked for at create about its lifecycle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecyclePolicy {
+    /// Paused (keeping this) instead of killed when its time is up.
+    #[serde(default)]
+    pub auto_pause: Option<cove_runtime::PauseMode>,
+    /// Traffic to its ports resumes it while it is paused.
+    #[serde(default)]
+    pub auto_resume: bool,
+    /// The lifetime it was created with, in seconds (given again when traffic resumes it).
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: i64,
+}
+
+fn default_timeout_secs() -> i64 {
+    300
+}
+
+impl Default for LifecyclePolicy {
+    fn default() -> Self {
+        Self {
+            auto_pause: None,
+            auto_resume: false,
+            timeout_secs: default_timeout_secs(),
+        }
+    }
 }
 
 /// A template's settings for the processes of its sandboxes.
@@ -307,6 +347,34 @@ impl Store {
         Ok(())
     }
 
+    /// Inserts or replaces a template of `team` (a snapshot), stored as JSON.
+    pub fn put_template<T: Serialize>(&self, id: &str, team: &str, entry: &T) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO templates (id, team, entry) VALUES (?1, ?2, ?3)",
+            params![id, team, serde_json::to_string(entry)?],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_template(&self, id: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM templates WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// Every stored template.
+    pub fn templates<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>> {
+        let conn = self.conn();
+        let mut statement = conn.prepare("SELECT entry FROM templates")?;
+        let raw = statement
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(raw
+            .iter()
+            .map(|json| serde_json::from_str(json))
+            .collect::<serde_json::Result<Vec<_>>>()?)
+    }
+
     pub fn sandboxes(&self) -> Result<Vec<SandboxRecord>> {
         let conn = self.conn();
         let mut statement = conn.prepare("SELECT record FROM sandboxes")?;
@@ -370,6 +438,8 @@ mod tests {
                 backend: "namespace".into(),
                 state: serde_json::json!({"pid": 42}),
             }),
+            paused: Some(cove_runtime::PauseMode::Memory),
+            lifecycle: LifecyclePolicy::default(),
             template: None,
             defaults: None,
         }
@@ -437,5 +507,27 @@ mod tests {
         assert_eq!(store.sandboxes().unwrap(), vec![record("a")]);
         store.delete_sandbox("a").unwrap();
         assert!(store.sandboxes().unwrap().is_empty());
+        // A record written before pauses existed still reads.
+        let old: SandboxRecord = serde_json::from_str(
+            r#"{"id":"o","team":"t","template_id":"base","alias":null,"metadata":{},"env_vars":{},"envd_access_token":"x","started_at":1,"end_at":2,"cpu_count":1,"memory_mb":64,"disk_mb":1,"allow_internet_access":false}"#,
+        )
+        .unwrap();
+        assert_eq!(old.paused, None);
+        assert_eq!(old.lifecycle, LifecyclePolicy::default());
+    }
+
+    #[test]
+    fn templates_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path).unwrap();
+        store
+            .put_template("s1", "t", &serde_json::json!({"id": "s1"}))
+            .unwrap();
+        let store = Store::open(&path).unwrap();
+        let all: Vec<serde_json::Value> = store.templates().unwrap();
+        assert_eq!(all, vec![serde_json::json!({"id": "s1"})]);
+        store.delete_template("s1").unwrap();
+        assert!(store.templates::<serde_json::Value>().unwrap().is_empty());
     }
 }

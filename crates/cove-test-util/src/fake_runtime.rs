@@ -1,16 +1,18 @@
 //! A runtime without sandboxes, for tests of the server's own logic (admission, the
-//! lifecycle's states, the reaper, adoption after a restart): it records what it is asked
-//! and answers as the test tells it. Integration tests use real sandboxes instead.
+//! lifecycle's states, the reaper, pauses and resumes, snapshots, adoption after a
+//! restart): it records what it is asked and answers as the test tells it. Integration
+//! tests use real sandboxes instead.
 
 use std::{
     collections::BTreeMap,
+    path::Path,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use cove_runtime::{
-    AgentEndpoint, EndReason, Handle, Limits, Liveness, Runtime, RuntimeError, SandboxSpec,
-    Started, Usage,
+    AgentEndpoint, EndReason, Handle, Layer, Limits, Liveness, PauseMode, Recovered, Runtime,
+    RuntimeError, SandboxSpec, Started, Template, Usage,
 };
 
 /// The backend name in the fake's handles.
@@ -26,6 +28,14 @@ pub struct FakeSandbox {
     /// Looking at it fails (as reading `/proc` does when the server is out of descriptors).
     pub unobservable: bool,
     pub killed: bool,
+    /// Set while it is paused.
+    pub paused: Option<PauseMode>,
+    /// How often it was started (create, and resumes from its files).
+    pub starts: u32,
+    /// How often it was snapshotted.
+    pub snapshots: u32,
+    /// The template it last started from.
+    pub template: Option<Template>,
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +43,12 @@ struct State {
     sandboxes: BTreeMap<String, FakeSandbox>,
     failing_creates: usize,
     create_delay: Option<Duration>,
+    /// Pauses, resumes and snapshots take this long.
+    transition_delay: Option<Duration>,
+    /// Pauses with memory are unsupported (a host without a cgroup freezer).
+    no_memory_pause: bool,
+    /// Pauses, resumes and snapshots under way.
+    in_transition: usize,
     shut_down: bool,
 }
 
@@ -61,6 +77,40 @@ impl FakeRuntime {
         self.state().create_delay = Some(delay);
     }
 
+    /// Every pause, resume and snapshot takes this long (blocking, as a real one does).
+    pub fn slow_transitions(&self, delay: Duration) {
+        self.state().transition_delay = Some(delay);
+    }
+
+    /// Pauses that keep memory are unsupported from now on.
+    pub fn refuse_memory_pauses(&self) {
+        self.state().no_memory_pause = true;
+    }
+
+    /// Sandbox `id` is found paused (as a server killed mid-pause leaves it).
+    pub fn set_paused(&self, id: &str, paused: Option<PauseMode>) {
+        if let Some(sandbox) = self.state().sandboxes.get_mut(id) {
+            sandbox.paused = paused;
+        }
+    }
+
+    fn delay_transition(&self) {
+        let delay = {
+            let mut state = self.state();
+            state.in_transition += 1;
+            state.transition_delay
+        };
+        if let Some(delay) = delay {
+            std::thread::sleep(delay);
+        }
+        self.state().in_transition -= 1;
+    }
+
+    /// How many pauses, resumes and snapshots are under way now.
+    pub fn transitions_under_way(&self) -> usize {
+        self.state().in_transition
+    }
+
     /// Sandbox `id` ends on its own, for `reason`.
     pub fn end(&self, id: &str, reason: EndReason) {
         if let Some(sandbox) = self.state().sandboxes.get_mut(id) {
@@ -80,12 +130,22 @@ impl FakeRuntime {
         self.state().sandboxes.get(id).cloned()
     }
 
-    /// Ids of the sandboxes that run.
+    /// Ids of the sandboxes that run (not paused).
     pub fn running(&self) -> Vec<String> {
         self.state()
             .sandboxes
             .iter()
-            .filter(|(_, s)| s.ended.is_none() && !s.killed)
+            .filter(|(_, s)| s.ended.is_none() && !s.killed && s.paused.is_none())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Ids of the sandboxes that are paused.
+    pub fn paused(&self) -> Vec<String> {
+        self.state()
+            .sandboxes
+            .iter()
+            .filter(|(_, s)| s.ended.is_none() && !s.killed && s.paused.is_some())
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -150,14 +210,25 @@ impl Runtime for FakeRuntime {
                 ended: None,
                 unobservable: false,
                 killed: false,
+                paused: None,
+                starts: 1,
+                snapshots: 0,
+                template: Some(spec.template.clone()),
             },
         );
         Ok(Self::started(&spec.id))
     }
 
-    fn recover(&self, handle: &Handle) -> Result<Option<Started>, RuntimeError> {
+    fn recover(&self, handle: &Handle) -> Result<Option<Recovered>, RuntimeError> {
         let sandbox = self.known(handle)?;
-        Ok((sandbox.ended.is_none() && !sandbox.killed).then(|| Self::started(&handle.id)))
+        if sandbox.ended.is_some() || sandbox.killed {
+            return Ok(None);
+        }
+        let started = Self::started(&handle.id);
+        Ok(Some(match sandbox.paused {
+            None => Recovered::Running(started),
+            Some(mode) => Recovered::Paused(started, mode),
+        }))
     }
 
     fn liveness(&self, handle: &Handle) -> Result<Liveness, RuntimeError> {
@@ -211,10 +282,85 @@ impl Runtime for FakeRuntime {
     }
 
     fn log(&self, id: &str) -> Result<String, RuntimeError> {
-        Ok(format!("2026-01-01T00:00:00Z INFO fake sandbox {id}\n"))
+        // As the real stages write it: one JSON object a line.
+        Ok(format!(
+            "{{\"timestamp\":\"2026-01-01T00:00:00Z\",\"level\":\"INFO\",\"fields\":{{\"message\":\"fake sandbox {id}\"}},\"target\":\"fake\"}}\n"
+        ))
     }
 
     fn shutdown(&self) {
         self.state().shut_down = true;
+    }
+
+    fn pause(&self, handle: &Handle, mode: PauseMode) -> Result<Handle, RuntimeError> {
+        self.known(handle)?;
+        self.delay_transition();
+        let mut state = self.state();
+        if mode == PauseMode::Memory && state.no_memory_pause {
+            return Err(RuntimeError::Unsupported {
+                backend: NAME,
+                what: "pause sandboxes with their memory",
+            });
+        }
+        let sandbox = state.sandboxes.get_mut(&handle.id).expect("known above");
+        match (sandbox.paused, mode) {
+            (None, _) | (Some(PauseMode::Memory), PauseMode::Filesystem) => {
+                sandbox.paused = Some(mode);
+                Ok(Self::handle(&handle.id))
+            }
+            (Some(_), _) => Err(RuntimeError::WrongState {
+                id: handle.id.clone(),
+                state: "paused already",
+            }),
+        }
+    }
+
+    fn resume(&self, handle: &Handle, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+        self.known(handle)?;
+        self.delay_transition();
+        let mut state = self.state();
+        let sandbox = state.sandboxes.get_mut(&handle.id).expect("known above");
+        match sandbox.paused.take() {
+            None => Err(RuntimeError::WrongState {
+                id: handle.id.clone(),
+                state: "running",
+            }),
+            Some(mode) => {
+                if mode == PauseMode::Filesystem {
+                    sandbox.starts += 1;
+                    sandbox.limits = spec.limits;
+                    sandbox.template = Some(spec.template.clone());
+                }
+                Ok(Self::started(&handle.id))
+            }
+        }
+    }
+
+    /// Makes `into/0` (an empty layer) and puts it on top of `template`.
+    fn snapshot(
+        &self,
+        handle: &Handle,
+        template: &Template,
+        into: &Path,
+    ) -> Result<Template, RuntimeError> {
+        self.known(handle)?;
+        self.delay_transition();
+        let layer = into.join("0");
+        std::fs::create_dir_all(&layer).map_err(|source| RuntimeError::Io {
+            what: "make the snapshot's layer",
+            source,
+        })?;
+        if let Some(sandbox) = self.state().sandboxes.get_mut(&handle.id) {
+            sandbox.snapshots += 1;
+        }
+        let mut layers = vec![Layer {
+            path: layer,
+            at: "/".into(),
+        }];
+        layers.extend(template.layers.iter().cloned());
+        Ok(Template {
+            name: template.name.clone(),
+            layers,
+        })
     }
 }

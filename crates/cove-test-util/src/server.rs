@@ -179,21 +179,9 @@ impl TestServer {
 
     /// Stops the server the way an operator would (SIGTERM), waiting for it to exit.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        if let Some(child) = self.child.take() {
+            crate::wait::terminate(child, Duration::from_secs(30));
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
@@ -217,7 +205,12 @@ pub fn built_cove() -> PathBuf {
                 cove.display()
             )
         });
-    if let Some(newer) = newest_source(&root.join("crates")).filter(|(at, _)| *at > built) {
+    let crates = root.join("crates");
+    let newest = binary_crates(&crates, "cove-cli")
+        .iter()
+        .filter_map(|name| newest_source(&crates.join(name)))
+        .max_by_key(|(at, _)| *at);
+    if let Some(newer) = newest.filter(|(at, _)| *at > built) {
         panic!(
             "{} is older than {}: run `cargo build -p cove-cli` first",
             cove.display(),
@@ -225,6 +218,29 @@ pub fn built_cove() -> PathBuf {
         );
     }
     cove
+}
+
+/// The workspace crates (by directory name under `crates`) the crate `root` is built from:
+/// itself and its `cove-*` dependencies, as their manifests' `[dependencies]` list them.
+fn binary_crates(crates: &Path, root: &str) -> Vec<String> {
+    let mut found = vec![root.to_owned()];
+    let mut pending = vec![root.to_owned()];
+    while let Some(name) = pending.pop() {
+        let manifest =
+            std::fs::read_to_string(crates.join(&name).join("Cargo.toml")).unwrap_or_default();
+        let dependencies = manifest
+            .split("\n[")
+            .find(|section| section.starts_with("dependencies]"))
+            .unwrap_or_default();
+        for line in dependencies.lines() {
+            let dependency = line.split(['.', ' ', '=']).next().unwrap_or_default();
+            if dependency.starts_with("cove-") && !found.iter().any(|f| f == dependency) {
+                found.push(dependency.to_owned());
+                pending.push(dependency.to_owned());
+            }
+        }
+    }
+    found
 }
 
 /// The most recently modified `.rs`, `.proto` or `Cargo.toml` below `dir`.
@@ -278,5 +294,33 @@ impl Drop for TestServer {
             }
         }
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_binary_is_built_from_its_dependencies_only() {
+        let crates = repo_root().join("crates");
+        let built = binary_crates(&crates, "cove-cli");
+        for name in [
+            "cove-cli",
+            "cove-server",
+            "cove-runtime",
+            "cove-agent",
+            "cove-proto",
+        ] {
+            assert!(
+                built.iter().any(|b| b == name),
+                "{name} missing from {built:?}"
+            );
+        }
+        assert!(
+            !built
+                .iter()
+                .any(|b| b == "cove-test-util" || b == "cove-bench")
+        );
     }
 }

@@ -34,3 +34,20 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("the loopback interface has free ports")
 }
+
+/// Stops `child` as an operator would (SIGTERM), waits up to `grace` for it to exit, and
+/// SIGKILLs it after that.
+pub fn terminate(mut child: std::process::Child, grace: Duration) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -15,6 +15,28 @@ use cove_proto::{
 
 use crate::users::Accounts;
 
+/// The range of times proto3's JSON mapping can write (0001-01-01 to 9999-12-31, UTC).
+const FIRST_SECOND: i64 = -62_135_596_800;
+const LAST_SECOND: i64 = 253_402_300_799;
+
+/// A file's modification time as a `Timestamp` JSON clients can read: tmpfs keeps times far
+/// outside years 1–9999 (`touch -d @300000000000`), which would be written as `+11476-…`, a
+/// date no RFC 3339 parser (the SDKs' included) accepts. Such times are clamped to the range.
+fn modified_time(seconds: i64, nanos: i64) -> Timestamp {
+    let nanos = i32::try_from(nanos.clamp(0, 999_999_999)).unwrap_or(0);
+    match seconds {
+        s if s < FIRST_SECOND => Timestamp {
+            seconds: FIRST_SECOND,
+            nanos: 0,
+        },
+        s if s > LAST_SECOND => Timestamp {
+            seconds: LAST_SECOND,
+            nanos: 999_999_999,
+        },
+        seconds => Timestamp { seconds, nanos },
+    }
+}
+
 /// Extended attributes under this prefix are the user metadata of a file.
 pub const METADATA_XATTR_PREFIX: &str = "user.e2b.";
 
@@ -50,10 +72,7 @@ pub fn entry_info(path: &Path, shown_path: &Path, accounts: &Accounts) -> io::Re
         permissions: permissions_string(meta.mode()),
         owner: accounts.user_name(meta.uid()),
         group: accounts.group_name(meta.gid()),
-        modified_time: Some(Timestamp {
-            seconds: meta.mtime(),
-            nanos: meta.mtime_nsec() as i32,
-        }),
+        modified_time: Some(modified_time(meta.mtime(), meta.mtime_nsec())),
         symlink_target,
         metadata: read_metadata(path),
         is_symlink,
@@ -141,6 +160,28 @@ mod libc_mode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `connect_proto` fuzz target: a timestamp past year 9999 encodes to JSON
+    /// that does not decode again; files on tmpfs can carry such times.
+    #[test]
+    fn times_outside_years_1_to_9999_are_clamped() {
+        use cove_proto::connect::Codec;
+        for (seconds, expected) in [
+            (300_000_000_000, LAST_SECOND),
+            (-70_000_000_000, FIRST_SECOND),
+            (1_700_000_000, 1_700_000_000),
+        ] {
+            let time = modified_time(seconds, 5);
+            assert_eq!(time.seconds, expected);
+            let entry = EntryInfo {
+                modified_time: Some(time),
+                ..Default::default()
+            };
+            let json = Codec::Json.encode(&entry);
+            let back: EntryInfo = Codec::Json.decode(&json).unwrap();
+            assert_eq!(back, entry, "{}", String::from_utf8_lossy(&json));
+        }
+    }
 
     #[test]
     fn permissions_read_like_go() {

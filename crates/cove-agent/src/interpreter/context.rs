@@ -29,6 +29,12 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 /// How long an interrupted execution gets to stop before its kernel is killed.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
 
+/// How often an interrupt is sent again while the code has not stopped.
+const INTERRUPT_REPEAT: Duration = Duration::from_secs(1);
+
+/// How often an execution the kernel has not begun yet is checked before interrupting it.
+const INTERRUPT_POLL: Duration = Duration::from_millis(50);
+
 /// How long the silent bookkeeping runs (environment variables) may take.
 const SILENT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -175,14 +181,14 @@ impl Context {
         let mut tracker = Tracker::default();
         let mut keepalive =
             tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+        // Once the client has gone: when the kernel is killed if it has not stopped, and when
+        // to interrupt it (again). A kernel ignores SIGINT until it has begun the execution,
+        // so the interrupt waits for that and repeats until the code has been stopped.
         let mut grace: Option<tokio::time::Instant> = None;
+        let mut interrupt_at: Option<tokio::time::Instant> = None;
         while !tracker.done {
-            let deadline = async {
-                match grace {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let deadline = at(grace);
+            let interrupt_due = at(interrupt_at);
             tokio::select! {
                 incoming = replies.next() => {
                     let Some(incoming) = incoming else {
@@ -198,6 +204,18 @@ impl Context {
                     return Err(self.died(exit, "while running this code"));
                 }
                 _ = keepalive.tick() => client.send(OutputLine::Keepalive).await,
+                _ = interrupt_due => {
+                    let now = tokio::time::Instant::now();
+                    interrupt_at = if tracker.errored() {
+                        None
+                    } else if tracker.started || grace.is_some_and(|g| g - now < INTERRUPT_GRACE / 2) {
+                        // (A kernel that never reports the start is interrupted all the same.)
+                        kernel.interrupt().await;
+                        Some(now + INTERRUPT_REPEAT)
+                    } else {
+                        Some(now + INTERRUPT_POLL)
+                    };
+                }
                 _ = deadline => {
                     tracing::warn!(context = %self.id, "the kernel ignored an interrupt; killing it");
                     **slot = None;
@@ -206,8 +224,9 @@ impl Context {
             }
             if client.gone && grace.is_none() {
                 tracing::info!(context = %self.id, "client went away; interrupting the kernel");
-                kernel.interrupt().await;
-                grace = Some(tokio::time::Instant::now() + INTERRUPT_GRACE);
+                let now = tokio::time::Instant::now();
+                grace = Some(now + INTERRUPT_GRACE);
+                interrupt_at = Some(now);
             }
         }
         Ok(())
@@ -288,6 +307,14 @@ async fn send(kernel: &Kernel, request: Message) -> Result<Replies, OutputLine> 
         .send(Channel::Shell, request)
         .await
         .map_err(|err| OutputLine::error("KernelError", format!("cannot reach the kernel: {err}")))
+}
+
+/// Resolves at `when`, or never.
+async fn at(when: Option<tokio::time::Instant>) {
+    match when {
+        Some(when) => tokio::time::sleep_until(when).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Where output goes; notices when the client has gone.

@@ -141,11 +141,18 @@ fn string(value: &Value) -> String {
 #[derive(Debug, Default)]
 pub struct Tracker {
     errored: bool,
+    /// Set once the kernel has begun the execution (and so reacts to an interrupt).
+    pub started: bool,
     /// Set once the kernel went idle or refused the request.
     pub done: bool,
 }
 
 impl Tracker {
+    /// Whether the execution has reported an error (an interrupt's included).
+    pub fn errored(&self) -> bool {
+        self.errored
+    }
+
     /// The lines `incoming` becomes (often none).
     pub fn on(&mut self, incoming: &Incoming) -> Vec<OutputLine> {
         let message = &incoming.message;
@@ -153,6 +160,7 @@ impl Tracker {
         let mut lines = Vec::new();
         match (incoming.channel, message.msg_type()) {
             (Channel::IoPub, "execute_input") => {
+                self.started = true;
                 if let Some(count) = content["execution_count"].as_i64() {
                     lines.push(OutputLine::NumberOfExecutions {
                         execution_count: count,

@@ -13,6 +13,9 @@ pub struct Args {
     /// Run as the sandbox's PID 1.
     #[arg(long)]
     pid1: bool,
+    /// Copy a sandbox's writable layers (a snapshot); the spec comes on stdin.
+    #[arg(long = "copy-layers")]
+    copy_layers: bool,
     /// Connect a sandbox to the network: HELPER PID UID_BASE LOG [CGROUP_PROCS...].
     #[arg(long, num_args = 4.., value_names = ["HELPER", "PID", "UID_BASE", "LOG"])]
     network: Option<Vec<String>>,
@@ -43,6 +46,14 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         };
         cove_runtime::network::run_stage(&connection)
             .context("cannot connect the sandbox to the network")?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if args.copy_layers {
+        let report = cove_runtime::layer::run_stage();
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("cannot encode the report")?
+        );
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if args.hold_userns {

@@ -128,16 +128,28 @@ impl SandboxDirs {
     pub fn disk_image(&self) -> PathBuf {
         self.root.join("disk.img")
     }
-    /// Where the writable layers live: the disk image's filesystem when mounted there.
+    /// Where the writable layers live: the disk image's filesystem when mounted there (in
+    /// the sandbox's mount namespace only), owners stored as the sandbox sees them.
     pub fn disk(&self) -> PathBuf {
         self.root.join("disk")
     }
-    /// The writable layer of the `i`-th mount point ("/" is 0).
+    /// The writable layer of the `i`-th mount point ("/" is 0), on the disk as stored.
     pub fn upper(&self, i: usize) -> PathBuf {
-        self.disk().join("upper").join(i.to_string())
+        upper_in(&self.disk(), i)
     }
     fn work(&self, i: usize) -> PathBuf {
         self.disk().join("work").join(i.to_string())
+    }
+    /// The disk seen through the sandbox's idmapping (owners shifted into its uid range),
+    /// which the overlays write through.
+    fn mapped(&self) -> PathBuf {
+        self.root.join("mapped")
+    }
+    fn mapped_upper(&self, i: usize) -> PathBuf {
+        upper_in(&self.mapped(), i)
+    }
+    fn mapped_work(&self, i: usize) -> PathBuf {
+        self.mapped().join("work").join(i.to_string())
     }
     fn lower(&self, n: usize) -> PathBuf {
         self.root.join("lower").join(n.to_string())
@@ -150,6 +162,11 @@ impl SandboxDirs {
     pub fn log(&self) -> PathBuf {
         self.root.join("sandbox.log")
     }
+}
+
+/// The writable layer of the `i`-th mount point on the sandbox's disk mounted at `disk`.
+pub fn upper_in(disk: &Path, i: usize) -> PathBuf {
+    disk.join("upper").join(i.to_string())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -288,8 +305,8 @@ fn listen(path: &Path) -> Result<std::os::unix::net::UnixListener, InitError> {
     bound.map_err(step(what))
 }
 
-/// `unshare(2)` of namespaces only.
-fn unshare(flags: UnshareFlags) -> io::Result<()> {
+/// `unshare(2)` of namespaces only, in a single-threaded stage.
+pub(crate) fn unshare(flags: UnshareFlags) -> io::Result<()> {
     debug_assert!(!flags.contains(UnshareFlags::FILES));
     // SAFETY: the stages are single-threaded and never unshare the file table, so no
     // thread can observe descriptors from a table it does not share.
@@ -351,19 +368,14 @@ fn build_rootfs(
     dirs: &SandboxDirs,
     userns: std::os::fd::BorrowedFd<'_>,
 ) -> Result<(), InitError> {
-    let base = userns::base_for_slot(spec.slot);
-    let mkdir = |path: &Path, mode: u32, owner: Option<u32>| -> Result<(), InitError> {
+    let mkdir = |path: &Path, mode: u32| -> Result<(), InitError> {
         let what = || format!("cannot create {}", path.display());
         fs::DirBuilder::new()
             .recursive(true)
             .mode(mode)
             .create(path)
             .map_err(step(what))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(step(what))?;
-        if let Some(owner) = owner {
-            std::os::unix::fs::chown(path, Some(owner), Some(owner)).map_err(step(what))?;
-        }
-        Ok(())
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(step(what))
     };
     // The overlays are given paths relative to the sandbox's directory, so that its
     // `/proc/self/mountinfo` (which shows them) tells nothing of the host's directories.
@@ -372,16 +384,21 @@ fn build_rootfs(
         source: e.into(),
     })?;
     let rootfs = dirs.rootfs();
-    mkdir(&rootfs, 0o755, None)?;
-    mkdir(&dirs.disk(), 0o755, None)?;
+    mkdir(&rootfs, 0o755)?;
+    mkdir(&dirs.disk(), 0o755)?;
+    mkdir(&dirs.mapped(), 0o755)?;
     if dirs.disk_image().exists() {
         disk::mount_image(&dirs.disk_image(), &dirs.disk())
             .map_err(step(|| "cannot mount the sandbox's disk".into()))?;
     }
+    // Owners on the disk are the sandbox's own (uid 0 is its root): the same layer works in
+    // any uid range, after a resume or as a snapshot's template layer.
+    idmap::mount_idmapped_writable(&dirs.disk(), &dirs.mapped(), userns)
+        .map_err(step(|| "cannot map the sandbox's writable layer".into()))?;
 
     for (n, layer) in spec.template.layers.iter().enumerate() {
         let lower = dirs.lower(n);
-        mkdir(&lower, 0o755, None)?;
+        mkdir(&lower, 0o755)?;
         idmap::mount_idmapped(&layer.path, &lower, userns).map_err(step(|| {
             format!("cannot map template layer {}", layer.path.display())
         }))?;
@@ -397,15 +414,24 @@ fn build_rootfs(
             .map(|(n, _)| relative.lower(n))
             .collect();
         let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
-        // An existing writable layer (a restarted sandbox) keeps its owner and content.
+        // Made by host root on the disk as stored, so owned by the sandbox's root; an
+        // existing writable layer (a resumed sandbox) keeps its owner and content.
         if !dirs.upper(i).exists() {
-            mkdir(&dirs.upper(i), 0o755, Some(base))?;
+            mkdir(&dirs.upper(i), 0o755)?;
         }
-        mkdir(&dirs.work(i), 0o755, None)?;
+        mkdir(&dirs.work(i), 0o755)?;
         let target = rootfs.join(at.strip_prefix("/").unwrap_or(at));
-        mounts::mount_overlay(&target, &lowers, &relative.upper(i), &relative.work(i)).map_err(
-            step(|| format!("cannot mount the overlay at {}", at.display())),
-        )?;
+        let _as_root = userns::ActingAsSandboxRoot::begin(userns::base_for_slot(spec.slot))
+            .map_err(step(|| "cannot act as the sandbox's root".into()))?;
+        mounts::mount_overlay(
+            &target,
+            &lowers,
+            &relative.mapped_upper(i),
+            &relative.mapped_work(i),
+        )
+        .map_err(step(|| {
+            format!("cannot mount the overlay at {}", at.display())
+        }))?;
     }
     mounts::populate_dev(&rootfs.join("dev")).map_err(step(|| "cannot populate /dev".into()))?;
     Ok(())

@@ -2,10 +2,14 @@
 //! cgroup namespaces, an overlay root over idmapped template layers, and the agent as PID 1.
 //!
 //! Each sandbox has a directory `<root>/<id>` that only host root writes and that nothing
-//! inside the sandbox can see: its disk image, its log and the agent's listening socket.
+//! inside the sandbox can see: its disk image, its log, the agent's listening socket and
+//! the backend's own record of it ([`state`]). Pausing, resuming and snapshots are in
+//! [`pause`] and [`snapshot`].
 
-mod freeze;
 pub mod init;
+mod pause;
+mod snapshot;
+mod state;
 
 use std::{
     fs,
@@ -17,12 +21,13 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
-
-use self::init::{InitSpec, Report, SUBCOMMAND, SandboxDirs};
+use self::{
+    init::{InitSpec, Report, SUBCOMMAND, SandboxDirs},
+    state::State,
+};
 use crate::{
-    AgentEndpoint, EndReason, Handle, Limits, Liveness, Runtime, RuntimeError, SandboxSpec,
-    Started,
+    AgentEndpoint, EndReason, Handle, Limits, Liveness, PauseMode, Recovered, Runtime,
+    RuntimeError, SandboxSpec, Started, Template,
     cgroup::{Hierarchy, Usage},
     disk::ImagePool,
     egress::{EgressConfig, EgressError, EgressFilter},
@@ -43,19 +48,6 @@ const LOG_READ_LIMIT: u64 = 16 << 20;
 /// sparse and takes space only as it is written, so this is no reservation, only a refusal
 /// to start sandboxes on a disk that is already full.
 const MIN_FREE_BYTES: u64 = 64 << 20;
-
-/// What this backend keeps in a sandbox's [`Handle`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct State {
-    /// PID 1 on the host, with its start time (against pid reuse).
-    pid: u32,
-    start_time: u64,
-    /// The uid range (see [`userns::base_for_slot`]).
-    slot: u32,
-    /// Whether it has internet access (its network helper's egress is filtered).
-    #[serde(default)]
-    network: bool,
-}
 
 /// Runs sandboxes in Linux namespaces, using the `cove` binary at `exe` for the stages.
 #[derive(Clone, Debug)]
@@ -136,6 +128,7 @@ impl NamespaceRuntime {
         SandboxDirs::new(self.root.join(id))
     }
 
+    /// What the handle says of its sandbox.
     fn state(&self, handle: &Handle) -> Result<State, RuntimeError> {
         let foreign = || RuntimeError::ForeignHandle {
             id: handle.id.clone(),
@@ -147,13 +140,32 @@ impl NamespaceRuntime {
         serde_json::from_value(handle.state.clone()).map_err(|_| foreign())
     }
 
+    /// What the sandbox's directory says of it, which is newer than a handle stored before
+    /// a transition (or the handle's word, for a sandbox that keeps no file).
+    fn current(&self, handle: &Handle) -> Result<State, RuntimeError> {
+        let from_handle = self.state(handle)?;
+        Ok(state::load(&self.dirs(&handle.id).root)
+            .map_err(RuntimeError::io("read the sandbox's state"))?
+            .unwrap_or(from_handle))
+    }
+
+    /// Records `state` in the sandbox's directory.
+    fn save(&self, id: &str, state: &State) -> Result<(), RuntimeError> {
+        state::save(&self.dirs(id).root, state)
+            .map_err(RuntimeError::io("save the sandbox's state"))
+    }
+
+    fn handle(&self, id: &str, state: State) -> Handle {
+        Handle {
+            id: id.to_owned(),
+            backend: NAME.to_owned(),
+            state: serde_json::to_value(state).expect("the state is plain numbers"),
+        }
+    }
+
     fn started(&self, id: &str, state: State) -> Started {
         Started {
-            handle: Handle {
-                id: id.to_owned(),
-                backend: NAME.to_owned(),
-                state: serde_json::to_value(state).expect("the state is plain numbers"),
-            },
+            handle: self.handle(id, state),
             agent: AgentEndpoint::Unix(self.dirs(id).socket()),
         }
     }
@@ -309,15 +321,18 @@ impl NamespaceRuntime {
             let _ = process::kill_and_wait(pid, start_time, KILL_TIMEOUT);
             return Err(failed(err.to_string()));
         }
-        Ok(Some(self.started(
-            &spec.id,
-            State {
-                pid,
-                start_time,
-                slot,
-                network: spec.network,
-            },
-        )))
+        let state = State {
+            pid,
+            start_time,
+            slot,
+            network: spec.network,
+            paused: None,
+        };
+        if let Err(err) = self.save(&spec.id, &state) {
+            let _ = process::kill_and_wait(pid, start_time, KILL_TIMEOUT);
+            return Err(err);
+        }
+        Ok(Some(self.started(&spec.id, state)))
     }
 
     /// Starts the sandbox in a free uid range, trying another when another server took the
@@ -365,13 +380,7 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn create(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
-        if spec.network {
-            // Before anything starts: never a sandbox whose egress is unfiltered.
-            self.egress_filter().map_err(|reason| RuntimeError::Start {
-                id: spec.id.clone(),
-                reason,
-            })?;
-        }
+        self.check_egress(spec)?;
         let dirs = self.dirs(&spec.id);
         self.make_dir(&dirs)?;
         if let Err(err) = self.check_space() {
@@ -386,46 +395,23 @@ impl Runtime for NamespaceRuntime {
                     .map_err(RuntimeError::io("prepare the sandbox's disk"))?;
             }
         }
-        if let Some(cgroups) = &self.cgroups {
-            cgroups
-                .create(&spec.id, spec.limits)
-                .map_err(|e| RuntimeError::Io {
-                    what: "create the sandbox's cgroup",
-                    source: io::Error::other(e),
-                })?;
-        }
-        let started = self.start_in_free_range(spec);
-        if started.is_err() {
-            // Whatever got started is in the cgroup; take it all down.
-            let _ = self.destroy_cgroup(&spec.id);
-        }
-        started
+        self.launch(spec)
     }
 
-    fn recover(&self, handle: &Handle) -> Result<Option<Started>, RuntimeError> {
-        let state = self.state(handle)?;
-        let alive = process::is_alive(state.pid, state.start_time)
-            .map_err(RuntimeError::io("look at the sandbox's PID 1"))?;
-        if !alive {
-            return Ok(None);
-        }
-        if state.network {
-            // The previous server's filter stays attached, but nobody keeps its maps
-            // current any more: this server's takes its place.
-            let dir = self.cgroups.as_ref().and_then(|c| c.egress_dir(&handle.id));
-            if let (Ok(filter), Some(dir)) = (self.egress_filter(), dir) {
-                filter.attach(&dir).map_err(|e| RuntimeError::Io {
-                    what: "filter the sandbox's egress again",
-                    source: io::Error::other(crate::egress::error_chain(&e)),
-                })?;
-            }
-        }
-        self.slots.adopt(state.slot);
-        Ok(Some(self.started(&handle.id, state)))
+    fn recover(&self, handle: &Handle) -> Result<Option<Recovered>, RuntimeError> {
+        self.recover_state(handle)
     }
 
     fn liveness(&self, handle: &Handle) -> Result<Liveness, RuntimeError> {
         let state = self.state(handle)?;
+        if state.paused == Some(PauseMode::Filesystem) {
+            // Nothing runs; it lives on as long as its files.
+            return Ok(if self.dirs(&handle.id).root.is_dir() {
+                Liveness::Running
+            } else {
+                Liveness::Ended(EndReason::AgentExited)
+            });
+        }
         let alive = process::is_alive(state.pid, state.start_time)
             .map_err(RuntimeError::io("look at the sandbox's PID 1"))?;
         if alive {
@@ -444,14 +430,14 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn kill(&self, handle: &Handle) -> Result<(), RuntimeError> {
-        let state = self.state(handle)?;
+        let state = self.current(handle)?;
         // Killing the whole cgroup is faster than waiting for the PID namespace to empty
-        // under load (a fork bomb, memory pressure), and it takes the network helper too.
+        // under load (a fork bomb, memory pressure), and it takes the network helper too
+        // (frozen or not).
         self.destroy_cgroup(&handle.id)?;
-        process::kill_and_wait(state.pid, state.start_time, KILL_TIMEOUT)
-            .map_err(RuntimeError::io("kill the sandbox"))?;
-        // PID 1 is gone, and its lease with it.
-        self.slots.release(state.slot);
+        if state.paused != Some(PauseMode::Filesystem) {
+            self.stop_pid1(&state)?;
+        }
         Ok(())
     }
 
@@ -521,15 +507,6 @@ impl Runtime for NamespaceRuntime {
         Ok(String::from_utf8_lossy(&raw).into_owned())
     }
 
-    fn snapshot(
-        &self,
-        handle: &Handle,
-        template: &crate::Template,
-        into: &Path,
-    ) -> Result<crate::Template, RuntimeError> {
-        self.snapshot_sandbox(handle, template, into)
-    }
-
     fn shutdown(&self) {
         if let Some(cgroups) = &self.cgroups {
             cgroups.remove_parents_if_empty();
@@ -537,6 +514,77 @@ impl Runtime for NamespaceRuntime {
         if let Some(disks) = &self.disks {
             disks.stop();
         }
+    }
+
+    fn pause(&self, handle: &Handle, mode: PauseMode) -> Result<Handle, RuntimeError> {
+        self.pause_sandbox(handle, mode)
+    }
+
+    fn resume(&self, handle: &Handle, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+        self.resume_sandbox(handle, spec)
+    }
+
+    fn snapshot(
+        &self,
+        handle: &Handle,
+        template: &Template,
+        into: &Path,
+    ) -> Result<Template, RuntimeError> {
+        self.snapshot_sandbox(handle, template, into)
+    }
+}
+
+impl NamespaceRuntime {
+    /// Before anything starts: never a sandbox whose egress is unfiltered.
+    fn check_egress(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        if spec.network {
+            self.egress_filter().map_err(|reason| RuntimeError::Start {
+                id: spec.id.clone(),
+                reason,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Starts the sandbox `spec` describes in its directory (made already, its disk with
+    /// it), in a cgroup of its own.
+    fn launch(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+        if let Some(cgroups) = &self.cgroups {
+            cgroups
+                .create(&spec.id, spec.limits)
+                .map_err(|e| RuntimeError::Io {
+                    what: "create the sandbox's cgroup",
+                    source: io::Error::other(e),
+                })?;
+        }
+        let started = self.start_in_free_range(spec);
+        if started.is_err() {
+            // Whatever got started is in the cgroup; take it all down.
+            let _ = self.destroy_cgroup(&spec.id);
+        }
+        started
+    }
+
+    /// Kills the sandbox's PID 1 (if it still is the one `state` names) and gives its uid
+    /// range back once it is gone (its lease goes with it).
+    fn stop_pid1(&self, state: &State) -> Result<(), RuntimeError> {
+        process::kill_and_wait(state.pid, state.start_time, KILL_TIMEOUT)
+            .map_err(RuntimeError::io("kill the sandbox"))?;
+        self.slots.release(state.slot);
+        Ok(())
+    }
+
+    /// Points the egress filter of this server at a sandbox a previous server filtered: its
+    /// filter stays attached, but nobody keeps its maps current any more.
+    fn filter_again(&self, id: &str) -> Result<(), RuntimeError> {
+        let dir = self.cgroups.as_ref().and_then(|c| c.egress_dir(id));
+        if let (Ok(filter), Some(dir)) = (self.egress_filter(), dir) {
+            filter.attach(&dir).map_err(|e| RuntimeError::Io {
+                what: "filter the sandbox's egress again",
+                source: io::Error::other(crate::egress::error_chain(&e)),
+            })?;
+        }
+        Ok(())
     }
 }
 

@@ -5,14 +5,14 @@
 use axum::{
     Json,
     body::Body,
-    extract::{Query, State},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
 use cove_proto::templates::{CollectedLayers, TemplateRequested, TemplateUsage};
 use serde::Deserialize;
 
-use super::{ApiError, Team, templates::prepare};
+use super::{ApiError, ApiQuery, Team, templates::prepare};
 use crate::{AppState, build::storage::StorageError};
 
 impl From<StorageError> for ApiError {
@@ -41,7 +41,7 @@ pub struct ImportQuery {
 pub async fn import(
     State(state): State<AppState>,
     team: Team,
-    Query(query): Query<ImportQuery>,
+    ApiQuery(query): ApiQuery<ImportQuery>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let name = query

@@ -1,7 +1,12 @@
 //! The E2B-compatible REST control plane.
 
 mod cove_templates;
+mod listing;
+mod logs;
+mod metrics;
+mod pause;
 mod sandboxes;
+mod snapshots;
 mod templates;
 
 use axum::{
@@ -22,19 +27,26 @@ pub fn routes() -> Router<AppState> {
         .route("/openapi.json", get(openapi))
         .route(
             "/v2/sandboxes",
-            post(sandboxes::create_v2).get(sandboxes::list_v2),
+            post(sandboxes::create_v2).get(listing::list_v2),
         )
         .route(
             "/sandboxes",
-            post(sandboxes::create_v1).get(sandboxes::list_v1),
+            post(sandboxes::create_v1).get(listing::list_v1),
         )
-        .route("/v2/sandboxes/{id}/connect", post(sandboxes::connect))
-        .route("/sandboxes/{id}/connect", post(sandboxes::connect))
+        .route("/v2/sandboxes/{id}/connect", post(pause::connect))
+        .route("/sandboxes/{id}/connect", post(pause::connect))
+        .route("/sandboxes/{id}/pause", post(pause::pause))
+        .route("/sandboxes/{id}/resume", post(pause::resume))
         .route("/sandboxes/{id}", get(sandboxes::info))
         .route("/sandboxes/{id}", delete(sandboxes::kill))
         .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
-        .route("/sandboxes/{id}/metrics", get(sandboxes::metrics))
-        .route("/sandboxes/{id}/logs", get(sandboxes::logs))
+        .route("/sandboxes/metrics", get(metrics::latest))
+        .route("/sandboxes/{id}/metrics", get(metrics::metrics))
+        .route("/sandboxes/{id}/logs", get(logs::logs))
+        .route("/v2/sandboxes/{id}/logs", get(logs::logs_v2))
+        .route("/sandboxes/{id}/snapshots", post(snapshots::create))
+        .route("/sandboxes/{id}/fork", post(snapshots::fork))
+        .route("/snapshots", get(snapshots::list))
         // Templates (api/templates.rs, api/cove_templates.rs).
         .route("/templates", get(templates::list))
         .route("/v3/templates", post(templates::request_build))
@@ -115,6 +127,14 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -158,10 +178,20 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::NotFound(_)
             | LifecycleError::Ended { .. }
             | LifecycleError::TemplateNotFound(_)
+            | LifecycleError::SnapshotNotFound(_)
             | LifecycleError::TemplateNotReady(_) => (StatusCode::NOT_FOUND, None),
-            LifecycleError::BadTimeout(_) | LifecycleError::BadResources(_) => {
-                (StatusCode::BAD_REQUEST, None)
-            }
+            LifecycleError::BadTimeout(_)
+            | LifecycleError::BadResources(_)
+            | LifecycleError::BadRequest(_)
+            | LifecycleError::BadEnvVar(_)
+            | LifecycleError::Transition {
+                source: cove_runtime::RuntimeError::Unsupported { .. },
+                ..
+            } => (StatusCode::BAD_REQUEST, None),
+            LifecycleError::AlreadyPaused(_)
+            | LifecycleError::AlreadyRunning(_)
+            | LifecycleError::NameTaken(_) => (StatusCode::CONFLICT, None),
+            LifecycleError::Paused(_) => (StatusCode::CONFLICT, None),
             LifecycleError::TooMany(_) | LifecycleError::TeamLimit(_) => {
                 (StatusCode::TOO_MANY_REQUESTS, Some(RETRY_LIMIT_SECS))
             }
@@ -182,6 +212,7 @@ impl From<LifecycleError> for ApiError {
             }
             LifecycleError::Start { .. }
             | LifecycleError::Kill { .. }
+            | LifecycleError::Transition { .. }
             | LifecycleError::Crashed(_)
             | LifecycleError::StartCommand(_)
             | LifecycleError::Catalog(_)
@@ -192,7 +223,9 @@ impl From<LifecycleError> for ApiError {
         };
         let message = match &err {
             // The cause chain helps whoever runs the server; it names no secrets.
-            LifecycleError::Start { .. } | LifecycleError::StartCommand(_) => {
+            LifecycleError::Start { .. }
+            | LifecycleError::Transition { .. }
+            | LifecycleError::StartCommand(_) => {
                 format!("{}", ErrorChain(&err))
             }
             _ => err.to_string(),
@@ -217,6 +250,24 @@ impl std::fmt::Display for ErrorChain<'_> {
             source = err.source();
         }
         Ok(())
+    }
+}
+
+/// A query string, with E2B-shaped errors instead of axum's plain-text rejections (a query
+/// that does not parse, such as `limit=x` or a key given twice, is a JSON 400 the SDKs read).
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(|rejection| {
+                ApiError::bad_request(format!("invalid query: {}", rejection.body_text()))
+            })
     }
 }
 

@@ -5,7 +5,7 @@
 use axum::{
     Json,
     body::Body,
-    extract::{Path, Query, State, rejection::JsonRejection},
+    extract::{Path, State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -19,7 +19,7 @@ use cove_proto::{
 };
 use serde::Deserialize;
 
-use super::{ApiError, Team};
+use super::{ApiError, ApiQuery, Team};
 use crate::{
     AppState,
     build::{BuildError, Plan, plan::valid_files_hash},
@@ -177,6 +177,14 @@ pub fn prepare(
     if tags.is_empty() {
         tags.push(catalog::DEFAULT_TAG.to_owned());
     }
+    if state.lifecycle().snapshot_named(team, &name).is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "the template name {name:?} is a snapshot's of the team: choose another, or delete the snapshot"
+            ),
+        ));
+    }
     let caps = state.lifecycle().caps();
     let (cpus, memory) = check_resources(caps, cpu_count, memory_mb)?;
     let catalog = state.templates_catalog();
@@ -276,7 +284,7 @@ pub struct UploadQuery {
 pub async fn upload_files(
     State(state): State<AppState>,
     Path((id, hash)): Path<(String, String)>,
-    Query(query): Query<UploadQuery>,
+    ApiQuery(query): ApiQuery<UploadQuery>,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let contexts = state.builder().contexts();
@@ -411,6 +419,11 @@ async fn check_base(state: &AppState, team: &str, plan: &Plan) -> Result<(), Api
                         "cannot build on {name:?}: it is built into the server from the host's own files; start from an image instead (fromImage, e.g. debian:bookworm)"
                     )))
                 }
+                Ok(entry) if matches!(entry.kind, TemplateKind::Snapshot { .. }) => {
+                    Err(ApiError::bad_request(format!(
+                        "cannot build on {name:?}: it is a snapshot, and builds start from an image or a built template"
+                    )))
+                }
                 Ok(_) => Ok(()),
                 Err(LifecycleError::TemplateNotFound(_)) => Err(ApiError::bad_request(format!(
                     "fromTemplate: template {name:?} not found"
@@ -438,7 +451,7 @@ pub async fn build_status(
     State(state): State<AppState>,
     team: Team,
     Path((id, build_id)): Path<(String, String)>,
-    Query(query): Query<StatusQuery>,
+    ApiQuery(query): ApiQuery<StatusQuery>,
 ) -> Result<Json<BuildInfo>, ApiError> {
     let offset = query.logs_offset.unwrap_or(0);
     if offset < 0 {
@@ -476,7 +489,7 @@ pub async fn build_status(
     }))
 }
 
-/// `GET /templates`: the built-in `base` and the caller's templates.
+/// `GET /templates`: the built-in `base`, the caller's built templates and its snapshots.
 pub async fn list(
     State(state): State<AppState>,
     team: Team,
@@ -530,6 +543,26 @@ pub async fn list(
                 .to_owned(),
         });
     }
+    for snapshot in state.lifecycle().snapshots(&team.0, None, None) {
+        listed.push(Template {
+            template_id: snapshot.id.clone(),
+            build_id: format!("{}-snapshot", snapshot.id),
+            cpu_count: snapshot.cpu_count.unwrap_or(CPU_COUNT),
+            memory_mb: snapshot.memory_mb.unwrap_or(MEMORY_MB),
+            disk_size_mb: LISTED_DISK_MB,
+            public: false,
+            aliases: vec![snapshot.alias.clone()],
+            names: snapshot.names.clone(),
+            created_at: clock::rfc3339(snapshot.created_at),
+            updated_at: clock::rfc3339(snapshot.created_at),
+            created_by: None,
+            last_spawned_at: None,
+            spawn_count: 0,
+            build_count: 1,
+            envd_version: ENVD_VERSION.to_owned(),
+            build_status: "ready".to_owned(),
+        });
+    }
     Ok(Json(listed))
 }
 
@@ -540,6 +573,12 @@ pub async fn alias(
     team: Team,
     Path(alias): Path<String>,
 ) -> Result<Json<AliasInfo>, ApiError> {
+    if let Some(snapshot) = state.lifecycle().snapshot_named(&team.0, &alias) {
+        return Ok(Json(AliasInfo {
+            template_id: snapshot.id,
+            public: false,
+        }));
+    }
     match state.templates_catalog().name_owner(&team.0, &alias)? {
         Owner::Team(row) => Ok(Json(AliasInfo {
             template_id: row.id,
@@ -560,13 +599,18 @@ pub async fn alias(
     }
 }
 
-/// `DELETE /templates/{id}` (by id or name): the template, its names, builds and tags; its
-/// layers stay while other templates or running sandboxes use them.
+/// `DELETE /templates/{id}` (by id or name): a built template, its names, builds and tags, or
+/// a snapshot; layers stay while other templates or sandboxes use them.
 pub async fn delete(
     State(state): State<AppState>,
     team: Team,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    // A snapshot is a template too (E2B deletes both here).
+    if let Some(snapshot) = state.lifecycle().snapshot_named(&team.0, &id) {
+        state.lifecycle().delete_snapshot(&snapshot).await?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     let template = own_template(&state, &team.0, &id)?;
     let catalog = state.templates_catalog();
     if catalog

@@ -252,6 +252,14 @@ impl Builder {
                     .map_err(|err| {
                         Failure::at(BASE_STEP, format!("cannot build on {name:?}: {err}"))
                     })?;
+                if let TemplateKind::Snapshot { .. } = &entry.kind {
+                    return Err(Failure::at(
+                        BASE_STEP,
+                        format!(
+                            "cannot build on {name:?}: it is a snapshot, and builds start from an image or a built template"
+                        ),
+                    ));
+                }
                 let TemplateKind::Built { build, .. } = &entry.kind else {
                     return Err(Failure::at(
                         BASE_STEP,

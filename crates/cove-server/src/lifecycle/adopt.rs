@@ -1,13 +1,17 @@
-//! Taking over, after a restart, the sandboxes a previous server left running; forgetting
-//! and removing the rest.
+//! Taking over, after a restart, the sandboxes a previous server left running or paused;
+//! forgetting and removing the rest. The runtime says what each sandbox is now (it finishes
+//! or undoes a transition the previous server left halfway), and the record follows.
 
-use cove_runtime::Started;
+use cove_runtime::{PauseMode, Recovered, Started};
 
 use super::{Lifecycle, LifecycleError, pool::WARM_TEAM, pool::Warm};
+use crate::{clock, store::SandboxRecord};
 
 impl Lifecycle {
-    /// Re-adopts what still runs; returns how many.
+    /// Re-adopts what still runs or is paused; returns how many. Snapshots come back too,
+    /// and layers nothing uses any more go.
     pub async fn adopt(&self) -> Result<usize, LifecycleError> {
+        self.load_snapshots()?;
         let mut adopted = 0;
         for record in self.store.sandboxes()? {
             let Some(handle) = record.handle.clone() else {
@@ -27,13 +31,20 @@ impl Lifecycle {
                 self.blocking(move |r| r.recover(&handle)).await
             };
             match recovered {
-                Ok(Some(started)) if record.team == WARM_TEAM => {
+                Ok(Some(Recovered::Running(started) | Recovered::Paused(started, _)))
+                    if record.team == WARM_TEAM =>
+                {
                     tracing::info!(sandbox_id = %record.id, "ending a warm sandbox of the previous server");
                     self.end_warm(Warm { record, started }).await;
                 }
-                Ok(Some(started)) => {
+                Ok(Some(Recovered::Running(started))) => {
                     tracing::info!(sandbox_id = %record.id, "re-adopted running sandbox");
-                    self.adopt_one(record, started);
+                    self.adopt_one(record, started, None);
+                    adopted += 1;
+                }
+                Ok(Some(Recovered::Paused(started, mode))) => {
+                    tracing::info!(sandbox_id = %record.id, ?mode, "re-adopted paused sandbox");
+                    self.adopt_one(record, started, Some(mode));
                     adopted += 1;
                 }
                 Ok(None) => {
@@ -49,10 +60,21 @@ impl Lifecycle {
                 }
             }
         }
+        self.collect_layers().await;
         Ok(adopted)
     }
 
-    fn adopt_one(&self, record: crate::store::SandboxRecord, started: Started) {
+    /// Takes over a sandbox as the runtime found it: running, or paused keeping `paused`.
+    fn adopt_one(&self, mut record: SandboxRecord, started: Started, paused: Option<PauseMode>) {
+        if record.paused.is_some() && paused.is_none() {
+            // A resume finished as the previous server died: it runs from now on.
+            record.end_at = clock::now_ms() + record.lifecycle.timeout_secs * 1000;
+        }
+        record.paused = paused;
+        record.handle = Some(started.handle.clone());
+        if let Err(err) = self.store.put_sandbox(&record) {
+            tracing::warn!(?err, sandbox_id = %record.id, "cannot save what the sandbox is now");
+        }
         self.registry
             .insert(std::sync::Arc::new(super::Live::new(record, started)));
     }

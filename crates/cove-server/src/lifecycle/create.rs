@@ -33,25 +33,21 @@ impl Lifecycle {
             .unwrap_or_else(|join| Err(LifecycleError::Crashed(join.to_string())))
     }
 
-    async fn create_now(self: &Arc<Self>, settings: Settings) -> Result<Arc<Live>, LifecycleError> {
-        let limits = self.store.team_limits(&settings.team)?;
-        // Held until the sandbox is counted among the running (or never will be).
-        let _admitted = self.admission.admit(
-            Ask {
-                team: &settings.team,
-                memory_mb: settings.memory_mb,
-                cpus: settings.cpu_count,
-            },
-            self.registry.len(),
-            &self.registry.records_of(&settings.team),
-            limits,
-        )?;
+    pub(super) async fn create_now(
+        self: &Arc<Self>,
+        settings: Settings,
+    ) -> Result<Arc<Live>, LifecycleError> {
+        // A snapshot's layers stay while the sandbox is made from them (then its record
+        // holds them).
+        let _layers = self.layers_in_use.hold(&settings.template.template);
+        let _admitted = self.admit(&settings.team, settings.memory_mb, settings.cpu_count)?;
         if let TemplateKind::Built { .. } = settings.template.kind
             && let Err(err) = self.templates.catalog().note_spawn(&settings.template.id)
         {
             tracing::warn!(?err, template = %settings.template.id, "cannot count a spawn");
         }
-        {
+        // Snapshots get no warm pool: their layers are held by records and creates only.
+        if !matches!(settings.template.kind, TemplateKind::Snapshot { .. }) {
             let taken = self
                 .pool
                 .take(&settings.template.warm_key(), settings.network);
@@ -86,6 +82,30 @@ impl Lifecycle {
             return Err(LifecycleError::StartCommand(reason));
         }
         Ok(self.go_live(warm.record, warm.started))
+    }
+
+    /// Admits a sandbox of `team` that will hold `memory_mb` and `cpus` (held until it is
+    /// counted among the running, or never will be). Sandboxes paused without memory hold
+    /// neither.
+    pub(super) fn admit(
+        &self,
+        team: &str,
+        memory_mb: u64,
+        cpus: u32,
+    ) -> Result<super::admission::Ticket<'_>, LifecycleError> {
+        let limits = self.store.team_limits(team)?;
+        let mut holding = self.registry.records_of(team);
+        holding.retain(|r| r.paused != Some(cove_runtime::PauseMode::Filesystem));
+        self.admission.admit(
+            Ask {
+                team,
+                memory_mb,
+                cpus,
+            },
+            self.registry.holding_memory(),
+            &holding,
+            limits,
+        )
     }
 
     /// Hands a warm sandbox to its owner: its limits, environment and record become theirs.
@@ -149,7 +169,7 @@ impl Lifecycle {
         let id = record.id.clone();
         let live = Arc::new(Live::new(record, started));
         self.registry.insert(live.clone());
-        tracing::info!(sandbox_id = %id, "sandbox started");
+        tracing::info!(sandbox_id = %id, handle = %live.handle().state, "sandbox started");
         live
     }
 

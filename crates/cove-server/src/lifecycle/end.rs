@@ -1,13 +1,14 @@
-//! Ending sandboxes: kills asked for, the reaper that ends expired and dead ones, and the
-//! end of everything at shutdown. A sandbox is ended only when it was asked for, its time
-//! is up, or it was positively seen to have died: one that cannot be looked at (too many
-//! open files, say) is left alone.
+//! Ending sandboxes: kills asked for, the reaper that ends expired and dead ones (or pauses
+//! those that asked for it, see [`super::pause`]), and the end of everything at shutdown. A
+//! sandbox is ended only when it was asked for, its time is up, or it was positively seen
+//! to have died: one that cannot be looked at (too many open files, say) is left alone. A
+//! paused sandbox has no timeout.
 
 use std::{sync::Arc, time::Duration};
 
 use cove_runtime::Liveness;
 
-use super::{Ended, Lifecycle, LifecycleError, Live};
+use super::{Ended, Lifecycle, LifecycleError, Live, metrics_history::SAMPLE_PERIOD};
 use crate::{clock, store::SandboxRecord};
 
 impl Lifecycle {
@@ -27,6 +28,8 @@ impl Lifecycle {
     }
 
     async fn end_now(&self, live: &Arc<Live>, reason: String) -> Result<(), LifecycleError> {
+        // After a transition under way (a pause, a snapshot): then it is killed as it is.
+        let _turn = self.turn_of(live).await?;
         let record = live.record();
         // Gone from routing first: from now on its traffic is answered "not found", and
         // asking after it tells why it is gone.
@@ -38,7 +41,7 @@ impl Lifecycle {
                 at: clock::now_ms(),
             },
         );
-        let handle = live.handle().clone();
+        let handle = live.handle();
         if let Err(source) = self.blocking(move |r| r.kill(&handle)).await {
             // Keep it listed so the kill can be retried.
             self.registry.restore(live.clone());
@@ -62,20 +65,45 @@ impl Lifecycle {
         if let Err(err) = self.store.delete_sandbox(&record.id) {
             tracing::warn!(?err, sandbox_id = %record.id, "cannot forget the sandbox");
         }
+        // The last sandbox of a deleted snapshot takes its layers with it.
+        if record
+            .template
+            .as_ref()
+            .is_some_and(|t| self.has_snapshot_layers(t))
+        {
+            self.collect_layers().await;
+        }
     }
 
-    /// Ends every sandbox whose time is up or that was seen to have died.
+    /// Ends every sandbox whose time is up or that was seen to have died; pauses instead
+    /// those that asked for it.
     pub async fn reap(self: &Arc<Self>) {
         let now = clock::now_ms();
-        let candidates = self.registry.all();
-        let handles: Vec<_> = candidates.iter().map(|l| l.handle().clone()).collect();
+        let mut candidates = self.registry.all();
+        // Paused ones have no timeout, and nothing runs to be seen dying.
+        candidates.retain(|l| l.paused().is_none());
+        let handles: Vec<_> = candidates.iter().map(|l| l.handle()).collect();
         // One blocking call for all of them: thousands of sandboxes, one thread.
         let looks = self
             .blocking(move |r| Ok(handles.iter().map(|h| r.liveness(h)).collect::<Vec<_>>()))
             .await
             .unwrap_or_default();
         for (live, look) in candidates.iter().zip(looks) {
-            let reason = if live.read(|r| r.end_at <= now) {
+            if live.transition.try_lock().is_err() {
+                // A transition under way decides what it is next.
+                continue;
+            }
+            let expired = live.read(|r| r.end_at <= now);
+            if expired && let Some(paused) = self.pause_on_timeout(live).await {
+                match paused {
+                    Ok(()) => continue,
+                    Err(LifecycleError::NotFound(_) | LifecycleError::Ended { .. }) => continue,
+                    Err(err) => {
+                        tracing::warn!(?err, sandbox_id = %live.id(), "cannot pause the sandbox whose time is up; ending it");
+                    }
+                }
+            }
+            let reason = if expired {
                 Some("its timeout ended".to_owned())
             } else {
                 match look {
@@ -96,14 +124,21 @@ impl Lifecycle {
         }
     }
 
-    /// Runs [`Lifecycle::reap`] every `period`, for ever.
+    /// Runs [`Lifecycle::reap`] every `period`, for ever, and samples the running
+    /// sandboxes' use for their metrics history every [`SAMPLE_PERIOD`] or so.
     pub async fn run_reaper(self: Arc<Self>, period: Duration) {
         let mut interval = tokio::time::interval(period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let sample_every = (SAMPLE_PERIOD.as_millis() / period.as_millis().max(1)).max(1);
+        let mut tick: u128 = 0;
         loop {
             interval.tick().await;
             self.reap().await;
             self.expire_warm().await;
+            if tick.is_multiple_of(sample_every) {
+                self.sample_all().await;
+            }
+            tick += 1;
         }
     }
 

@@ -1,8 +1,6 @@
-//! A running sandbox's lifetime: set, or extended by a connect.
+//! A sandbox's lifetime: set (a connect extends it too, see [`super::pause`]).
 
-use std::sync::Arc;
-
-use super::{Lifecycle, LifecycleError, Live, settings::check_timeout};
+use super::{Lifecycle, LifecycleError, settings::check_timeout};
 use crate::clock;
 
 impl Lifecycle {
@@ -11,20 +9,5 @@ impl Lifecycle {
         check_timeout(timeout)?;
         let live = self.get(team, id)?;
         self.update(&live, |r| r.end_at = clock::now_ms() + timeout * 1000)
-    }
-
-    /// Connecting to a running sandbox extends its life to `timeout` from now, never shortens.
-    pub fn connect(
-        &self,
-        team: &str,
-        id: &str,
-        timeout: Option<i64>,
-    ) -> Result<Arc<Live>, LifecycleError> {
-        let timeout = timeout.unwrap_or(300);
-        check_timeout(timeout)?;
-        let live = self.get(team, id)?;
-        let end = clock::now_ms() + timeout * 1000;
-        self.update(&live, |r| r.end_at = r.end_at.max(end))?;
-        Ok(live)
     }
 }

@@ -1,19 +1,25 @@
 //! Sandbox lifecycle, one concept per file: what a create asks for ([`settings`]), whether
 //! there is room for it ([`admission`]), starting it or handing out a warm one ([`create`],
-//! [`warm`], [`pool`]), the running and recently ended sandboxes ([`registry`]), their
-//! lifetime ([`lifetime`]), their use ([`usage`]), ending them and the reaper ([`end`]), and
-//! taking them over after a restart ([`adopt`]).
+//! [`warm`], [`pool`]), the running, paused and recently ended sandboxes ([`registry`]),
+//! their lifetime ([`lifetime`]), pausing and resuming them ([`pause`]), snapshots of them
+//! ([`snapshot`]) and forks ([`fork`]), their use now and over time ([`usage`],
+//! [`metrics_history`]), ending them and the reaper ([`end`]), and taking them over after a
+//! restart ([`adopt`]).
 
 mod admission;
 mod adopt;
 mod create;
 mod end;
+mod fork;
 pub mod layers;
 mod lifetime;
+pub mod metrics_history;
+mod pause;
 mod pool;
 mod private;
 mod registry;
 mod settings;
+mod snapshot;
 pub mod start_cmd;
 pub mod templates;
 mod usage;
@@ -24,9 +30,11 @@ use std::{path::PathBuf, sync::Arc};
 use cove_runtime::{Runtime, RuntimeError};
 use tokio_util::task::TaskTracker;
 
-use self::{admission::Admission, pool::WarmPool, registry::Registry};
+use self::{admission::Admission, pool::WarmPool, registry::Registry, snapshot::LayersInUse};
 pub use self::{
     admission::AdmissionConfig,
+    fork::MAX_FORKS,
+    pause::Connected,
     private::{PrivateSandbox, PrivateSpec},
     registry::{Ended, Live},
     settings::{HostCaps, MAX_TIMEOUT_SECS},
@@ -50,6 +58,10 @@ pub enum LifecycleError {
     BadTimeout(i64),
     #[error("{0}")]
     BadResources(String),
+    #[error(
+        "invalid environment variable {0:?}: names must be non-empty without '=' or NUL, values without NUL"
+    )]
+    BadEnvVar(String),
     #[error("the server runs its maximum of {0} sandboxes; kill some first")]
     TooMany(usize),
     #[error("{0}")]
@@ -68,6 +80,28 @@ pub enum LifecycleError {
         #[source]
         source: RuntimeError,
     },
+    #[error("sandbox {0} is already paused")]
+    AlreadyPaused(String),
+    #[error("sandbox {0} is already running")]
+    AlreadyRunning(String),
+    /// Traffic to a paused sandbox that does not resume by itself.
+    #[error("sandbox {0} is paused")]
+    Paused(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("sandbox {id} could not be {what}")]
+    Transition {
+        id: String,
+        what: &'static str,
+        #[source]
+        source: RuntimeError,
+    },
+    #[error("snapshot {0:?} not found")]
+    SnapshotNotFound(String),
+    /// A template of the team has this name already (a snapshot's and a built template's
+    /// names are one namespace).
+    #[error("the template name {0:?} is taken by another template of the team: choose another")]
+    NameTaken(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -90,6 +124,8 @@ pub struct LifecycleConfig {
     /// What one sandbox may ask for.
     pub caps: HostCaps,
     pub admission: AdmissionConfig,
+    /// Where snapshots' layers are kept.
+    pub snapshots_dir: PathBuf,
 }
 
 /// How a create request's lifetime defaults.
@@ -119,6 +155,10 @@ pub struct Lifecycle {
     warming: TaskTracker,
     /// The server's own sandboxes running now (ended at shutdown).
     private: private::Running,
+    /// Pauses, resumes and snapshots under way (tasks of their own, like kills).
+    transitions: TaskTracker,
+    /// Snapshot layers being made or used by creates not yet recorded.
+    layers_in_use: LayersInUse,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -146,6 +186,8 @@ impl Lifecycle {
             creating: TaskTracker::new(),
             warming: TaskTracker::new(),
             private: private::Running::default(),
+            transitions: TaskTracker::new(),
+            layers_in_use: LayersInUse::default(),
         }
     }
 
@@ -158,7 +200,7 @@ impl Lifecycle {
         self.config.caps
     }
 
-    /// A running sandbox of `team`; for one that ended lately, why.
+    /// A running or paused sandbox of `team`; for one that ended lately, why.
     pub fn get(&self, team: &str, id: &str) -> Result<Arc<Live>, LifecycleError> {
         if let Some(live) = self
             .registry
@@ -176,17 +218,20 @@ impl Lifecycle {
         }
     }
 
-    /// A running sandbox by id alone (for sandbox traffic, authenticated by its token).
+    /// A running or paused sandbox by id alone (for sandbox traffic, authenticated by its
+    /// token).
     pub fn route(&self, id: &str) -> Option<Arc<Live>> {
         self.registry.get(id)
     }
 
     /// All running sandboxes (for routing signed URLs).
     pub fn all(&self) -> Vec<Arc<Live>> {
-        self.registry.all()
+        let mut all = self.registry.all();
+        all.retain(|live| live.paused().is_none());
+        all
     }
 
-    /// The running sandboxes of `team`, newest first.
+    /// The running and paused sandboxes of `team`, newest first.
     pub fn list(&self, team: &str) -> Vec<SandboxRecord> {
         let mut records = self.registry.records_of(team);
         records.sort_by(|a, b| {
@@ -228,6 +273,44 @@ impl Lifecycle {
     ) -> Result<(), LifecycleError> {
         live.update(change, |record| self.store.put_sandbox(record))?;
         Ok(())
+    }
+
+    /// Records what a transition made of a sandbox: in memory whatever happens, then in the
+    /// store (a restarted server asks the runtime what became of it anyway).
+    fn commit(&self, live: &Live, change: impl FnOnce(&mut SandboxRecord)) {
+        let record = live.set_record(change);
+        if let Err(err) = self.store.put_sandbox(&record) {
+            tracing::error!(?err, sandbox_id = %record.id, "cannot save the sandbox's new state");
+        }
+    }
+
+    /// Waits for `live`'s turn for a transition; an error when it ended (or was replaced)
+    /// while waiting.
+    async fn turn_of<'a>(
+        &self,
+        live: &'a Live,
+    ) -> Result<tokio::sync::MutexGuard<'a, ()>, LifecycleError> {
+        let turn = live.transition.lock().await;
+        let id = live.id();
+        match self.registry.get(&id) {
+            Some(now) if std::ptr::eq(Arc::as_ptr(&now), live) => Ok(turn),
+            _ => Err(match self.registry.ended(&id) {
+                Some(ended) => LifecycleError::Ended { id, ended },
+                None => LifecycleError::NotFound(id),
+            }),
+        }
+    }
+
+    /// Runs a transition as a task of its own: a client that hangs up cannot leave one half
+    /// done.
+    async fn in_own_task<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, LifecycleError>> + Send + 'static,
+    ) -> Result<T, LifecycleError> {
+        self.transitions
+            .spawn(work)
+            .await
+            .unwrap_or_else(|join| Err(LifecycleError::Crashed(join.to_string())))
     }
 }
 

@@ -62,6 +62,8 @@ impl Lifecycle {
             disk_mb: self.config.disk_mb,
             allow_internet_access: spec.network,
             handle: None,
+            paused: None,
+            lifecycle: Default::default(),
             template: Some(spec.template.clone()),
             defaults: Some(spec.defaults),
         };
@@ -80,9 +82,11 @@ impl Lifecycle {
         }
     }
 
-    /// Ends a private sandbox's processes, freezes its files into layers under `into` (see
-    /// [`cove_runtime::Runtime::snapshot`]), and removes it; returns its template with the
-    /// new layers on top. Nothing runs in it while its files are copied.
+    /// Ends a private sandbox's processes (a pause that keeps only its files), copies its
+    /// writable layer into read-only layers under `into` with the runtime's one mechanism
+    /// for that (the one snapshots use, [`cove_runtime::Runtime::snapshot`]), and removes
+    /// it; returns its template with the new layers on top. Nothing runs in it while its
+    /// files are copied, so nothing can change the tree under the copy.
     pub async fn freeze_private(
         &self,
         sandbox: PrivateSandbox,
@@ -91,20 +95,23 @@ impl Lifecycle {
         self.private.lock().remove(&sandbox.record.id);
         let id = sandbox.record.id.clone();
         let handle = sandbox.started.handle.clone();
-        if let Err(source) = self.blocking(move |r| r.kill(&handle)).await {
-            tracing::warn!(?source, sandbox_id = %id, "cannot kill a build sandbox");
-            return Err(LifecycleError::Kill { id, source });
-        }
-        let handle = sandbox.started.handle.clone();
         let template = sandbox.record.template.clone().unwrap_or(Template {
             name: String::new(),
             layers: Vec::new(),
         });
         let frozen = self
-            .blocking(move |r| r.snapshot(&handle, &template, &into))
+            .blocking(move |r| {
+                let paused = r.pause(&handle, cove_runtime::PauseMode::Filesystem)?;
+                r.snapshot(&paused, &template, &into)
+            })
             .await
-            .map_err(|source| LifecycleError::Start { id, source });
-        self.discard(&sandbox.record).await;
+            .map_err(|source| LifecycleError::Transition {
+                id,
+                what: "frozen into layers",
+                source,
+            });
+        self.end_private_now(sandbox.started.handle, sandbox.record)
+            .await;
         frozen
     }
 

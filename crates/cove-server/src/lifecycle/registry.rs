@@ -1,5 +1,5 @@
-//! The sandboxes that run now, by id, and a short memory of those that ended (so a client
-//! asking after one learns why it is gone).
+//! The sandboxes that run or are paused now, by id, and a short memory of those that ended
+//! (so a client asking after one learns why it is gone).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -7,30 +7,37 @@ use std::{
     time::Duration,
 };
 
-use cove_runtime::{AgentEndpoint, Handle, Started};
+use cove_runtime::{AgentEndpoint, Handle, PauseMode, Started};
 
+use super::metrics_history::History;
 use crate::store::SandboxRecord;
 
 /// How many ended sandboxes are remembered.
 const REMEMBERED: usize = 10_000;
 
-/// A sandbox that runs now.
+/// A sandbox that runs or is paused now.
 #[derive(Debug)]
 pub struct Live {
     record: RwLock<SandboxRecord>,
-    handle: Handle,
-    agent: AgentEndpoint,
+    /// How the runtime and the server reach it (both change when it starts again).
+    started: RwLock<Started>,
+    /// One transition at a time: pause, resume, snapshot, kill. Whoever waited for it looks
+    /// again at what the sandbox is now.
+    pub(super) transition: tokio::sync::Mutex<()>,
     /// The last CPU time read, and when: CPU use is reported over the time since.
     pub(super) cpu_sample: Mutex<Option<(std::time::Instant, Duration)>>,
+    /// Its resource use over time, sampled while it runs.
+    pub(super) history: Mutex<History>,
 }
 
 impl Live {
     pub(super) fn new(record: SandboxRecord, started: Started) -> Self {
         Self {
             record: RwLock::new(record),
-            handle: started.handle,
-            agent: started.agent,
+            started: RwLock::new(started),
+            transition: tokio::sync::Mutex::new(()),
             cpu_sample: Mutex::new(None),
+            history: Mutex::new(History::default()),
         }
     }
 
@@ -71,12 +78,34 @@ impl Live {
     }
 
     /// How the server reaches its agent.
-    pub fn agent(&self) -> &AgentEndpoint {
-        &self.agent
+    pub fn agent(&self) -> AgentEndpoint {
+        self.started().agent.clone()
     }
 
-    pub fn handle(&self) -> &Handle {
-        &self.handle
+    pub fn handle(&self) -> Handle {
+        self.started().handle.clone()
+    }
+
+    fn started(&self) -> std::sync::RwLockReadGuard<'_, Started> {
+        self.started.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After a transition: how the runtime and the server reach it now.
+    pub(super) fn set_started(&self, started: Started) {
+        *self.started.write().unwrap_or_else(|e| e.into_inner()) = started;
+    }
+
+    /// What its pause kept, while it is paused.
+    pub fn paused(&self) -> Option<PauseMode> {
+        self.read(|r| r.paused)
+    }
+
+    /// Changes the record in memory whatever the store says: after a transition the record
+    /// must say what the sandbox is (a restarted server asks the runtime again anyway).
+    pub(super) fn set_record(&self, change: impl FnOnce(&mut SandboxRecord)) -> SandboxRecord {
+        let mut record = self.record.write().unwrap_or_else(|e| e.into_inner());
+        change(&mut record);
+        record.clone()
     }
 }
 
@@ -124,17 +153,21 @@ impl Registry {
         self.live().values().cloned().collect()
     }
 
-    pub fn len(&self) -> usize {
-        self.live().len()
-    }
-
-    /// The records of `team`'s running sandboxes.
+    /// The records of `team`'s sandboxes, running and paused.
     pub fn records_of(&self, team: &str) -> Vec<SandboxRecord> {
         self.live()
             .values()
             .filter(|l| l.read(|r| r.team == team))
             .map(|l| l.record())
             .collect()
+    }
+
+    /// How many sandboxes hold memory (running, or paused with their memory).
+    pub fn holding_memory(&self) -> usize {
+        self.live()
+            .values()
+            .filter(|l| l.paused() != Some(PauseMode::Filesystem))
+            .count()
     }
 
     /// Takes sandbox `id` out of the running and remembers why, in one step: from then on

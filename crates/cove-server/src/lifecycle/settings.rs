@@ -4,10 +4,13 @@ use std::collections::BTreeMap;
 
 use cove_proto::rest::NewSandbox;
 
-use cove_runtime::AgentSettings;
+use cove_runtime::{AgentSettings, PauseMode};
 
 use super::{ApiVersion, LifecycleConfig, LifecycleError, templates::TemplateEntry};
-use crate::{clock, secrets, store::SandboxRecord};
+use crate::{
+    clock, secrets,
+    store::{LifecyclePolicy, SandboxRecord},
+};
 
 /// Longest lifetime a sandbox can be given (E2B's highest tier: 24 hours).
 pub const MAX_TIMEOUT_SECS: i64 = 24 * 60 * 60;
@@ -58,6 +61,8 @@ pub struct Settings {
     pub network: bool,
     /// Its ports answer only clients showing a traffic token.
     pub private_ports: bool,
+    /// Paused instead of killed when its time is up; resumed by traffic.
+    pub lifecycle: LifecyclePolicy,
 }
 
 impl Settings {
@@ -75,6 +80,9 @@ impl Settings {
             ApiVersion::V2 => 300,
         });
         check_timeout(timeout_secs)?;
+        let lifecycle = lifecycle_policy(&request, timeout_secs)?;
+        let env_vars = request.env_vars.unwrap_or_default();
+        check_env_vars(&env_vars)?;
         // The defaults fit any host that can run a sandbox at all.
         let cpu_count = request
             .cpu_count
@@ -113,13 +121,33 @@ impl Settings {
             cpu_count,
             memory_mb,
             metadata: request.metadata.unwrap_or_default(),
-            env_vars: request.env_vars.unwrap_or_default(),
+            env_vars,
             network: request.allow_internet_access.unwrap_or(true),
             private_ports: request
                 .network
                 .and_then(|n| n.allow_public_traffic)
                 .is_some_and(|public| !public),
+            lifecycle,
         })
+    }
+
+    /// A fork of the sandbox `source`: its settings, from `template`, for `timeout_secs`.
+    pub fn fork(source: &SandboxRecord, template: TemplateEntry, timeout_secs: i64) -> Self {
+        Self {
+            team: source.team.clone(),
+            template,
+            timeout_secs,
+            cpu_count: source.cpu_count,
+            memory_mb: source.memory_mb,
+            metadata: source.metadata.clone(),
+            env_vars: source.env_vars.clone(),
+            network: source.allow_internet_access,
+            private_ports: source.traffic_access_token.is_some(),
+            lifecycle: LifecyclePolicy {
+                timeout_secs,
+                ..source.lifecycle.clone()
+            },
+        }
     }
 
     /// A warm sandbox's: default resources, nobody's team, no deadline of its own.
@@ -134,6 +162,7 @@ impl Settings {
             env_vars: BTreeMap::new(),
             network,
             private_ports: false,
+            lifecycle: LifecyclePolicy::default(),
         }
     }
 
@@ -156,9 +185,53 @@ impl Settings {
             allow_internet_access: self.network,
             id,
             handle: None,
+            paused: None,
+            lifecycle: self.lifecycle.clone(),
             template: Some(self.template.template.clone()),
             defaults: self.template.defaults.clone(),
         }
+    }
+}
+
+/// Environment variables every process of the sandbox gets must be ones a process can have:
+/// a name that is not empty and holds no `=` or NUL, a value without NUL. (Accepted, they
+/// made every later command fail to start, or set another variable than the one named.)
+pub fn check_env_vars(env_vars: &BTreeMap<String, String>) -> Result<(), LifecycleError> {
+    for (name, value) in env_vars {
+        if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+            return Err(LifecycleError::BadEnvVar(name.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// What a create asks for about pausing: E2B's `autoPause`, `autoPauseMemory` and
+/// `autoResume`, checked as E2B checks them.
+fn lifecycle_policy(
+    request: &NewSandbox,
+    timeout_secs: i64,
+) -> Result<LifecyclePolicy, LifecycleError> {
+    let auto_pause = request.auto_pause.unwrap_or(false).then(|| {
+        if request.auto_pause_memory.unwrap_or(true) {
+            PauseMode::Memory
+        } else {
+            PauseMode::Filesystem
+        }
+    });
+    let auto_resume = request.auto_resume.is_some_and(|a| a.enabled());
+    match auto_pause {
+        None if auto_resume => Err(LifecycleError::BadRequest(
+            "autoResume needs autoPause: a sandbox that is killed on timeout cannot be resumed"
+                .to_owned(),
+        )),
+        Some(PauseMode::Filesystem) if auto_resume => Err(LifecycleError::BadRequest(
+            "autoResume cannot be combined with autoPauseMemory=false: a sandbox paused without its memory starts again from its files, so it must be resumed with an explicit connect".to_owned(),
+        )),
+        _ => Ok(LifecyclePolicy {
+            auto_pause,
+            auto_resume,
+            timeout_secs,
+        }),
     }
 }
 
@@ -204,5 +277,26 @@ pub fn agent_settings(record: &SandboxRecord) -> AgentSettings {
         default_workdir: workdir.into(),
         env,
         code_interpreter_port: Some(cove_proto::envd::CODE_INTERPRETER_PORT),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found while checking the inputs schemathesis sends to `cove serve`: `{"envVars":
+    /// {"A\u0000B": "x"}}` was a 201, after which every command failed to start ("nul byte
+    /// found in provided data"); `{"A=B": "x"}` set `A` to `B=x`.
+    #[test]
+    fn env_vars_a_process_cannot_have_are_refused() {
+        let env = |name: &str, value: &str| BTreeMap::from([(name.to_owned(), value.to_owned())]);
+        assert!(check_env_vars(&env("PATH_2", "a=b c")).is_ok());
+        assert!(check_env_vars(&BTreeMap::new()).is_ok());
+        for (name, value) in [("A\0B", "x"), ("A", "x\0y"), ("", "x"), ("A=B", "x")] {
+            assert!(
+                matches!(check_env_vars(&env(name, value)), Err(LifecycleError::BadEnvVar(n)) if n == name),
+                "{name:?}={value:?}"
+            );
+        }
     }
 }

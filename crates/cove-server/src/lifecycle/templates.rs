@@ -1,11 +1,18 @@
-//! The templates sandboxes can be created from, by id or name (`name:tag` for a tagged
-//! build): the embedded `base` (every team's), and the templates each team built, whose
-//! builds the catalogue keeps and whose layers the layer store holds.
+//! The one catalogue of templates sandboxes are created from, by id or name (`name:tag` for
+//! a tagged build): the embedded `base` (every team's), the templates each team built (whose
+//! builds the catalogue database keeps and whose layers the layer store holds), and each
+//! team's snapshots (see [`super::snapshot`]), which are templates too, as on E2B: stored,
+//! back after a restart, listed and deleted like built ones.
 
-use std::{path::Path, sync::Arc};
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
 
 use cove_image::{Digest, LayerStore};
 use cove_runtime::{Layer, Template, template::TemplateError};
+use serde::{Deserialize, Serialize};
 
 use super::LifecycleError;
 use crate::{
@@ -14,23 +21,26 @@ use crate::{
 };
 
 /// What a template's sandboxes run when they start, and how to tell they are ready.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StartCommand {
     pub start_cmd: Option<String>,
     pub ready_cmd: Option<String>,
 }
 
 /// Whose a template is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TemplateKind {
     /// Built into the server, for every team.
     BuiltIn,
     /// Built by `team` (build `build`).
     Built { team: String, build: String },
+    /// A snapshot of `sandbox`, for `team` alone.
+    Snapshot { team: String, sandbox: String },
 }
 
 /// A template as the API knows it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TemplateEntry {
     pub id: String,
     pub alias: String,
@@ -38,16 +48,24 @@ pub struct TemplateEntry {
     pub names: Vec<String>,
     pub template: Template,
     pub created_at: i64,
+    /// What kind of template it is, and whose.
     pub kind: TemplateKind,
     /// Its user, working directory and variables (none: E2B's defaults).
+    #[serde(default)]
     pub defaults: Option<SandboxDefaults>,
+    #[serde(default)]
     pub start: Option<StartCommand>,
     /// What a create that names no resources gets.
+    #[serde(default)]
     pub cpu_count: Option<u32>,
+    #[serde(default)]
     pub memory_mb: Option<u64>,
-    /// Its layers in the layer store (kept while its sandboxes run).
+    /// Its layers in the layer store (kept while its sandboxes run); for a snapshot, found
+    /// again from its layers' paths.
+    #[serde(skip)]
     pub store_layers: Vec<Digest>,
     /// The shell its start and ready commands run in (none: `/bin/sh`).
+    #[serde(default)]
     pub shell: Option<String>,
 }
 
@@ -55,7 +73,7 @@ impl TemplateEntry {
     /// What warm sandboxes of it are kept under: a new build is another template to them.
     pub fn warm_key(&self) -> String {
         match &self.kind {
-            TemplateKind::BuiltIn => self.id.clone(),
+            TemplateKind::BuiltIn | TemplateKind::Snapshot { .. } => self.id.clone(),
             TemplateKind::Built { build, .. } => format!("{}@{build}", self.id),
         }
     }
@@ -64,8 +82,20 @@ impl TemplateEntry {
     pub fn visible_to(&self, team: &str) -> bool {
         match &self.kind {
             TemplateKind::BuiltIn => true,
-            TemplateKind::Built { team: owner, .. } => owner == team,
+            TemplateKind::Built { team: owner, .. }
+            | TemplateKind::Snapshot { team: owner, .. } => owner == team,
         }
+    }
+
+    /// Whether `name` (`id`, a name or the alias, with or without a `:tag`) is this one.
+    pub fn answers_to(&self, name: &str) -> bool {
+        let name = name.split(':').next().unwrap_or(name);
+        self.id == name || self.alias == name || self.names.iter().any(|n| n == name)
+    }
+
+    /// The id clients use with its tag (E2B's `snapshotID`): its first name, or its id.
+    pub fn tagged_id(&self) -> String {
+        format!("{}:default", self.names.first().unwrap_or(&self.id))
     }
 }
 
@@ -75,6 +105,8 @@ pub struct Templates {
     base: Arc<TemplateEntry>,
     catalog: Arc<Catalog>,
     store: LayerStore,
+    /// Snapshots (shared: they come and go while the server runs; stored by the lifecycle).
+    snapshots: Arc<RwLock<Vec<TemplateEntry>>>,
 }
 
 impl Templates {
@@ -108,6 +140,7 @@ impl Templates {
             base: Arc::new(entry),
             catalog,
             store,
+            snapshots: Arc::default(),
         })
     }
 
@@ -125,8 +158,15 @@ impl Templates {
     }
 
     /// The template `team` means by `name` (`id`, `name` or either with `:tag`): the team's
-    /// own before the built-in ones.
+    /// own (snapshots, then built ones) before the built-in ones.
     pub fn get(&self, team: &str, name: &str) -> Result<TemplateEntry, LifecycleError> {
+        if let Some(snapshot) = self
+            .read()
+            .iter()
+            .find(|e| e.visible_to(team) && e.answers_to(name))
+        {
+            return Ok(snapshot.clone());
+        }
         let (bare, tag) = match name.split_once(':') {
             Some((bare, tag)) => (bare, Some(tag)),
             None => (name, None),
@@ -216,5 +256,51 @@ impl Templates {
             store_layers,
             shell: Some(built.shell.clone()),
         }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<TemplateEntry>> {
+        self.snapshots.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<TemplateEntry>> {
+        self.snapshots.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The built-in template named `name`.
+    pub fn built_in(&self, name: &str) -> Option<TemplateEntry> {
+        self.base
+            .answers_to(name)
+            .then(|| TemplateEntry::clone(&self.base))
+    }
+
+    /// `team`'s snapshots.
+    pub fn snapshots(&self, team: &str) -> Vec<TemplateEntry> {
+        self.read()
+            .iter()
+            .filter(|e| e.visible_to(team))
+            .cloned()
+            .collect()
+    }
+
+    /// Adds a snapshot, or replaces the one with its id.
+    pub fn put(&self, entry: TemplateEntry) {
+        let mut entries = self.write();
+        entries.retain(|e| e.id != entry.id);
+        entries.push(entry);
+    }
+
+    /// Takes the snapshot with this id out.
+    pub fn remove(&self, id: &str) -> Option<TemplateEntry> {
+        let mut entries = self.write();
+        let at = entries.iter().position(|e| e.id == id)?;
+        Some(entries.remove(at))
+    }
+
+    /// The directories of every layer a snapshot uses.
+    pub fn layer_paths(&self) -> HashSet<PathBuf> {
+        self.read()
+            .iter()
+            .flat_map(|e| e.template.layers.iter().map(|l| l.path.clone()))
+            .collect()
     }
 }

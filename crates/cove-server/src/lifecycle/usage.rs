@@ -10,7 +10,7 @@ impl Lifecycle {
     /// What a sandbox uses now, with its CPU use in percent of its CPUs since the last call
     /// (or since it started); `None` when the backend cannot tell.
     pub async fn usage(&self, live: &Live) -> Option<(cove_runtime::Usage, f64)> {
-        let handle = live.handle().clone();
+        let handle = live.handle();
         let usage = self.blocking(move |r| r.usage(&handle)).await.ok()?;
         let now = std::time::Instant::now();
         let (started_at, cpu_count) = live.read(|r| (r.started_at, r.cpu_count));

@@ -132,11 +132,14 @@ impl Lifecycle {
         }
     }
 
-    /// At shutdown: lets creates under way finish, stops refilling the pool and ends every
-    /// warm sandbox.
+    /// At shutdown: lets creates and transitions under way finish, stops refilling the pool
+    /// and ends every warm sandbox.
     pub async fn settle(&self) {
         self.creating.close();
         self.creating.wait().await;
+        // Pauses, resumes and snapshots under way finish too.
+        self.transitions.close();
+        self.transitions.wait().await;
         self.warming.close();
         self.warming.wait().await;
         for warm in self.pool.drain() {

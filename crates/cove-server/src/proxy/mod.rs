@@ -1,7 +1,8 @@
 //! Sandbox traffic: requests that name a sandbox (by `E2b-Sandbox-Id`/`E2b-Sandbox-Port`
 //! headers, a `{port}-{id}.{domain}` host, or a signed `/files` URL) are streamed to that
 //! sandbox's agent over its Unix socket; other ports go through an agent tunnel to the
-//! server listening inside the sandbox.
+//! server listening inside the sandbox. A request allowed to reach a paused sandbox that
+//! asked for `autoResume` resumes it first; other paused sandboxes answer 502 "paused".
 
 mod route;
 
@@ -16,10 +17,12 @@ use axum::{
 };
 use cove_proto::envd::PORT as AGENT_PORT;
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 
 pub use self::route::Route;
-use crate::{AppState, agent_link, lifecycle::Live};
+use crate::{
+    AppState, agent_link,
+    lifecycle::{LifecycleError, Live},
+};
 
 /// Middleware in front of the API: sandbox traffic is proxied, everything else goes on.
 pub async fn intercept(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -28,6 +31,25 @@ pub async fn intercept(State(state): State<AppState>, request: Request, next: Ne
         Some(Err(message)) => (StatusCode::BAD_REQUEST, message).into_response(),
         Some(Ok(Route::Sandbox { id, port })) => match state.lifecycle().route(&id) {
             None => sandbox_not_found(&id),
+            Some(live) if live.paused().is_some() => {
+                if !may_wake(&live, port, &request) {
+                    return sandbox_paused(&id);
+                }
+                match state.lifecycle().wake(&live).await {
+                    Ok(()) => forward(&live, port, request).await,
+                    Err(LifecycleError::NotFound(_) | LifecycleError::Ended { .. }) => {
+                        sandbox_not_found(&id)
+                    }
+                    Err(LifecycleError::Paused(_)) => sandbox_paused(&id),
+                    Err(err) => {
+                        tracing::warn!(?err, sandbox_id = %id, "cannot resume the sandbox for a request");
+                        json_error(
+                            StatusCode::BAD_GATEWAY,
+                            serde_json::json!({"sandboxId": id, "message": "The sandbox is paused and could not be resumed", "code": 502}),
+                        )
+                    }
+                }
+            }
             Some(live) => forward(&live, port, request).await,
         },
         Some(Ok(Route::Signed(signed))) => {
@@ -45,6 +67,32 @@ pub async fn intercept(State(state): State<AppState>, request: Request, next: Ne
             }
         }
     }
+}
+
+/// Whether `request` may resume a paused sandbox: it carries the sandbox's access token
+/// (its agent's port) or, for its other ports, the traffic token when it has one. Someone
+/// who only knows a sandbox's id cannot wake it.
+fn may_wake(live: &Live, port: u16, request: &Request) -> bool {
+    let shown = |header: &str, expected: &str| {
+        request.headers().get(header).is_some_and(|v| {
+            cove_proto::signing::constant_time_eq(v.as_bytes(), expected.as_bytes())
+        })
+    };
+    if port == AGENT_PORT {
+        return shown("x-access-token", &live.access_token());
+    }
+    match live.traffic_token() {
+        Some(token) => shown(TRAFFIC_TOKEN_HEADER, &token),
+        None => true,
+    }
+}
+
+/// The answer for a paused sandbox that does not resume by itself.
+fn sandbox_paused(id: &str) -> Response {
+    json_error(
+        StatusCode::BAD_GATEWAY,
+        serde_json::json!({"sandboxId": id, "message": "The sandbox is paused", "code": 502}),
+    )
 }
 
 /// E2B's answer for a sandbox that does not exist (any more).
@@ -200,7 +248,7 @@ enum ProxyError {
 async fn agent_connection(
     live: &Live,
 ) -> Result<hyper::client::conn::http1::SendRequest<Body>, ProxyError> {
-    Ok(agent_link::connect(live.agent()).await?)
+    Ok(agent_link::connect(&live.agent()).await?)
 }
 
 /// Streams the request to the agent and its answer back.
@@ -269,21 +317,4 @@ async fn to_port(live: &Live, port: u16, mut request: Request) -> Result<Respons
         });
     }
     Ok(response_back(response))
-}
-
-/// What the agent's `/metrics` reports.
-#[derive(Debug, Deserialize)]
-pub struct AgentMetrics {
-    pub cpu_count: u32,
-    pub cpu_used_pct: f64,
-    pub mem_total: u64,
-    pub mem_used: u64,
-    pub mem_cache: u64,
-    pub disk_used: u64,
-    pub disk_total: u64,
-}
-
-/// Asks a sandbox's agent for its resource use.
-pub async fn agent_metrics(live: &Live) -> Result<AgentMetrics, agent_link::LinkError> {
-    agent_link::get_json(live.agent(), "/metrics", Some(&live.access_token())).await
 }

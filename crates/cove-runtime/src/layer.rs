@@ -1,0 +1,157 @@
+//! Freezing a sandbox's writable layer into read-only template layers (a snapshot).
+//!
+//! Each mount point of a sandbox has a writable directory (its overlay's upper) on the
+//! sandbox's disk; a snapshot copies those into a directory on the host, where they become
+//! layers on top of the sandbox's template. The copy keeps everything overlayfs needs to read
+//! them as lower layers: owners (stored as the sandbox sees them, see [`crate::idmap`]),
+//! modes, extended attributes (opaque directories), whiteouts (character devices 0/0), hard
+//! links, holes. It is made with `cp -a --reflink=auto --sparse=always`: blocks are shared
+//! where source and copy are on one filesystem that can (no disk quota, on btrfs or XFS),
+//! else only the data is copied, holes stay holes.
+//!
+//! The sandbox's disk is mounted only inside its own mount namespace, so the copy runs in a
+//! stage of its own (`cove __sandbox-init --copy-layers`, host root) that mounts it in a
+//! private mount namespace: the loop device of a running (frozen) sandbox, which shares that
+//! sandbox's filesystem, or the image itself for a sandbox whose processes are gone. Nothing
+//! it mounts outlives it.
+
+use std::{
+    fs,
+    io::{self, Read, Write},
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{disk, mounts, namespace::init};
+
+/// The stage's flag.
+pub const COPY_FLAG: &str = "--copy-layers";
+/// `PATH` of the stage.
+const HOST_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What the copy stage is asked to do.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CopySpec {
+    /// The sandbox's directory.
+    pub dir: PathBuf,
+    /// Its disk image, when it has one; else the writable layers are in `<dir>/disk`.
+    pub image: Option<PathBuf>,
+    /// The disk's loop device must already exist (the sandbox runs): never attach a second.
+    pub attached: bool,
+    /// How many mount points the sandbox has (writable layers `0..points`).
+    pub points: usize,
+    /// Where the copies go (`<into>/<i>`); must not exist yet.
+    pub into: PathBuf,
+}
+
+/// What the copy stage reports on stdout.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyReport {
+    /// The writable layers that were copied (the others do not exist or are empty).
+    Copied(Vec<usize>),
+    Failed(String),
+}
+
+/// Copies the writable layers `spec` names, through the `cove` binary at `exe`.
+pub fn copy(exe: &Path, spec: &CopySpec) -> io::Result<Vec<usize>> {
+    let mut child = Command::new(exe)
+        .args([init::SUBCOMMAND, COPY_FLAG])
+        .env_clear()
+        // Where the stage finds `cp`: the host's system directories only.
+        .env("PATH", HOST_PATH)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let json = serde_json::to_vec(spec).map_err(io::Error::other)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&json)?;
+    }
+    let output = child.wait_with_output()?;
+    match serde_json::from_slice::<CopyReport>(&output.stdout) {
+        Ok(CopyReport::Copied(copied)) => Ok(copied),
+        Ok(CopyReport::Failed(error)) => Err(io::Error::other(error)),
+        Err(_) => Err(io::Error::other(format!(
+            "the layer copy exited with {} without a report: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))),
+    }
+}
+
+/// The copy stage (host root, its own process): reads a [`CopySpec`] on stdin.
+pub fn run_stage() -> CopyReport {
+    match stage() {
+        Ok(copied) => CopyReport::Copied(copied),
+        Err(err) => CopyReport::Failed(err.to_string()),
+    }
+}
+
+fn stage() -> io::Result<Vec<usize>> {
+    let mut raw = Vec::new();
+    io::stdin().read_to_end(&mut raw)?;
+    let spec: CopySpec = serde_json::from_slice(&raw).map_err(io::Error::other)?;
+    let disk_dir = spec.dir.join("disk");
+    // This stage is a fresh single-threaded process.
+    init::unshare(rustix::thread::UnshareFlags::NEWNS)?;
+    mounts::make_private()?;
+    if let Some(image) = &spec.image {
+        match disk::attached_device(image)? {
+            Some(device) => disk::mount_device(&device, &disk_dir)
+                .map_err(|e| context(e, "cannot mount the sandbox's disk"))?,
+            None if spec.attached => {
+                return Err(io::Error::other(
+                    "the running sandbox's disk is attached to no loop device",
+                ));
+            }
+            None => disk::mount_image(image, &disk_dir)
+                .map_err(|e| context(e, "cannot mount the sandbox's disk"))?,
+        }
+    }
+    fs::DirBuilder::new().mode(0o700).create(&spec.into)?;
+    let mut copied = Vec::new();
+    for i in 0..spec.points {
+        let upper = init::upper_in(&disk_dir, i);
+        // Nothing written there: no layer needed.
+        if !upper.is_dir() || fs::read_dir(&upper)?.next().is_none() {
+            continue;
+        }
+        copy_tree(&upper, &spec.into.join(i.to_string()))?;
+        copied.push(i);
+    }
+    Ok(copied)
+}
+
+fn context(err: io::Error, what: &str) -> io::Error {
+    io::Error::new(err.kind(), format!("{what}: {err}"))
+}
+
+/// Copies the directory `from` to `to` (which must not exist) as it is.
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    let output = Command::new("cp")
+        .args([
+            "-a",
+            "--reflink=auto",
+            "--sparse=always",
+            "--no-target-directory",
+        ])
+        .arg(from)
+        .arg(to)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "cannot copy the writable layer {}: {}",
+            from.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}

@@ -1,0 +1,321 @@
+//! What the host must have for sandboxes, checked one by one with what to do about each
+//! missing piece (`cove doctor`).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+/// How a check went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    /// Sandboxes run, but something is missing (internet access, run_code, …).
+    Warn,
+    /// Sandboxes cannot run.
+    Fail,
+}
+
+/// One requirement and what was found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    /// What was found.
+    pub found: String,
+    /// What to do, when it is not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(name: &'static str, found: impl Into<String>) -> Self {
+        Self {
+            name,
+            status: Status::Ok,
+            found: found.into(),
+            fix: None,
+        }
+    }
+
+    fn not(name: &'static str, status: Status, found: impl Into<String>, fix: &str) -> Self {
+        Self {
+            name,
+            status,
+            found: found.into(),
+            fix: Some(fix.to_owned()),
+        }
+    }
+}
+
+/// The oldest kernel with idmapped mounts under overlayfs (the template layers).
+const MIN_KERNEL: (u32, u32) = (5, 19);
+
+/// Checks this host for sandboxes whose state lives in `state_dir`.
+pub fn check(state_dir: &Path) -> Vec<Check> {
+    vec![
+        root(),
+        kernel(),
+        overlay(),
+        user_namespaces(),
+        cgroups(),
+        egress_filter(),
+        loop_devices(),
+        program(
+            "mkfs.ext4",
+            Status::Fail,
+            "the sandboxes' disks (their quota) are ext4 images",
+            "apt-get install e2fsprogs",
+        ),
+        program(
+            "slirp4netns",
+            Status::Warn,
+            "sandboxes with internet access need it",
+            "apt-get install slirp4netns",
+        ),
+        program(
+            "runsc",
+            Status::Warn,
+            "gVisor, the stronger isolation tier and the benchmark's baseline",
+            "apt-get install runsc",
+        ),
+        kernels(),
+        open_files(),
+        free_space(state_dir),
+        preview_names(),
+    ]
+}
+
+fn root() -> Check {
+    if rustix::process::geteuid().is_root() {
+        Check::ok("root", "running as root")
+    } else {
+        Check::not(
+            "root",
+            Status::Fail,
+            "not root",
+            "run cove serve as root: it makes namespaces, mounts and cgroups",
+        )
+    }
+}
+
+fn kernel() -> Check {
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    if version >= MIN_KERNEL {
+        Check::ok("kernel", format!("Linux {release}"))
+    } else {
+        Check::not(
+            "kernel",
+            Status::Fail,
+            format!("Linux {release}"),
+            "Linux 5.19 or newer is needed (idmapped mounts under overlayfs)",
+        )
+    }
+}
+
+fn overlay() -> Check {
+    let known = fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if known
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("overlay"))
+    {
+        Check::ok("overlayfs", "the kernel has overlay")
+    } else {
+        Check::not(
+            "overlayfs",
+            Status::Fail,
+            "the kernel has no overlay filesystem",
+            "modprobe overlay",
+        )
+    }
+}
+
+fn user_namespaces() -> Check {
+    let max = fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if max > 0 {
+        Check::ok("user namespaces", format!("up to {max}"))
+    } else {
+        Check::not(
+            "user namespaces",
+            Status::Fail,
+            "none allowed",
+            "sysctl -w user.max_user_namespaces=65536",
+        )
+    }
+}
+
+fn cgroups() -> Check {
+    match crate::cgroup::Hierarchy::detect(Path::new("/sys/fs/cgroup")) {
+        Ok(crate::cgroup::Hierarchy::V2(_)) => Check::ok("cgroups", "v2"),
+        Ok(crate::cgroup::Hierarchy::V1 { .. }) => Check::ok("cgroups", "v1 (hybrid)"),
+        Err(err) => Check::not(
+            "cgroups",
+            Status::Warn,
+            err.to_string(),
+            "mount cgroup v2, or v1 memory, cpu, cpuacct and pids: without them sandboxes have no resource limits",
+        ),
+    }
+}
+
+fn egress_filter() -> Check {
+    let v2 = [
+        "/sys/fs/cgroup/cgroup.controllers",
+        "/sys/fs/cgroup/unified/cgroup.controllers",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists());
+    if v2 {
+        Check::ok(
+            "egress filter",
+            "a cgroup v2 hierarchy for its eBPF programs",
+        )
+    } else {
+        Check::not(
+            "egress filter",
+            Status::Warn,
+            "no cgroup v2 hierarchy",
+            "mount the unified cgroup hierarchy: without it sandboxes cannot have internet access",
+        )
+    }
+}
+
+fn loop_devices() -> Check {
+    if Path::new("/dev/loop-control").exists() {
+        Check::ok("loop devices", "/dev/loop-control")
+    } else {
+        Check::not(
+            "loop devices",
+            Status::Fail,
+            "no /dev/loop-control",
+            "modprobe loop (the sandboxes' disks are loop-mounted images)",
+        )
+    }
+}
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+fn program(name: &'static str, missing: Status, why: &str, fix: &str) -> Check {
+    match find_program(name) {
+        Some(path) => Check::ok(name, path.display().to_string()),
+        None => Check::not(name, missing, format!("not installed ({why})"), fix),
+    }
+}
+
+fn kernels() -> Check {
+    let python = [
+        "/usr/share/jupyter/kernels",
+        "/usr/local/share/jupyter/kernels",
+    ]
+    .iter()
+    .any(|dir| Path::new(dir).join("python3/kernel.json").exists());
+    if python {
+        Check::ok("run_code", "a Python Jupyter kernel for the base template")
+    } else {
+        Check::not(
+            "run_code",
+            Status::Warn,
+            "no Python Jupyter kernel on the host, so the base template cannot run code",
+            "scripts/setup --system (Debian's python3-ipykernel)",
+        )
+    }
+}
+
+fn open_files() -> Check {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    if hard >= 65536 {
+        Check::ok("open files", format!("hard limit {hard}"))
+    } else {
+        Check::not(
+            "open files",
+            Status::Warn,
+            format!("hard limit {hard}"),
+            "raise it (ulimit -Hn, LimitNOFILE= in a systemd unit): it bounds the connections the server takes",
+        )
+    }
+}
+
+fn free_space(state_dir: &Path) -> Check {
+    // The state directory may not exist yet: its nearest existing ancestor holds it.
+    let existing = state_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    match rustix::fs::statvfs(existing) {
+        Ok(stat) => {
+            let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+            let found = format!("{} MiB free for {}", free >> 20, state_dir.display());
+            if free >= 1 << 30 {
+                Check::ok("disk space", found)
+            } else {
+                Check::not(
+                    "disk space",
+                    Status::Warn,
+                    found,
+                    "sandboxes' disks grow as they are written: give the state directory more room",
+                )
+            }
+        }
+        Err(err) => Check::not(
+            "disk space",
+            Status::Warn,
+            format!("cannot measure: {err}"),
+            "check the state directory",
+        ),
+    }
+}
+
+fn preview_names() -> Check {
+    let nsswitch = fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default();
+    let hosts = nsswitch
+        .lines()
+        .find(|l| l.trim_start().starts_with("hosts:"))
+        .unwrap_or_default();
+    if hosts.split_whitespace().any(|s| s == "myhostname") {
+        Check::ok(
+            "preview hosts",
+            "*.localhost resolves for every program (nss myhostname)",
+        )
+    } else {
+        Check::not(
+            "preview hosts",
+            Status::Warn,
+            "*.localhost resolves in browsers and curl, not in glibc programs (Python, Node)",
+            "apt-get install libnss-myhostname, or serve with --domain and a wildcard DNS record",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_check_says_what_to_do_when_not_ok() {
+        let checks = check(Path::new("/nonexistent/state"));
+        assert!(checks.len() >= 10);
+        for check in &checks {
+            assert_eq!(check.status == Status::Ok, check.fix.is_none(), "{check:?}");
+        }
+        let disk = checks.iter().find(|c| c.name == "disk space").unwrap();
+        assert!(disk.found.contains("/nonexistent/state"), "{disk:?}");
+    }
+}

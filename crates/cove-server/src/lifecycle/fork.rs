@@ -1,0 +1,79 @@
+//! Forks (`POST /sandboxes/{id}/fork`): a snapshot of the sandbox's files, and `count` new
+//! sandboxes started from it, each with its own id and token. The source keeps running as
+//! it was (frozen for the moment of the copy). Processes are not copied: a fork starts like
+//! a sandbox made from a template, on the source's files (`mode: filesystem` in the answer).
+//! The snapshot is no template of its own: its layers stay as long as a fork does.
+
+use std::sync::Arc;
+
+use super::{Lifecycle, LifecycleError, Live, TemplateEntry, settings::Settings};
+
+/// The most forks one request may ask for.
+pub const MAX_FORKS: i64 = 20;
+/// A fork's lifetime when the request names none (E2B's default for forks).
+const FORK_TIMEOUT_SECS: i64 = 15;
+
+impl Lifecycle {
+    /// Forks a sandbox of `team` `count` times; one outcome per fork.
+    pub async fn fork(
+        self: &Arc<Self>,
+        team: &str,
+        id: &str,
+        timeout: Option<i64>,
+        count: Option<i64>,
+    ) -> Result<Vec<Result<Arc<Live>, LifecycleError>>, LifecycleError> {
+        let count = count.unwrap_or(1);
+        if !(1..=MAX_FORKS).contains(&count) {
+            return Err(LifecycleError::BadRequest(format!(
+                "count must be between 1 and {MAX_FORKS}, got {count}"
+            )));
+        }
+        let timeout = timeout.unwrap_or(FORK_TIMEOUT_SECS);
+        super::settings::check_timeout(timeout)?;
+        let live = self.get(team, id)?;
+        let made = self.snapshot_of(&live).await?;
+        let source = live.record();
+        let template_of_source = self.templates.get(team, &source.template_id).ok();
+        let entry = TemplateEntry {
+            id: source.template_id.clone(),
+            alias: source
+                .alias
+                .clone()
+                .unwrap_or_else(|| source.template_id.clone()),
+            names: Vec::new(),
+            template: made.template.clone(),
+            created_at: source.started_at,
+            kind: super::TemplateKind::Snapshot {
+                team: team.to_owned(),
+                sandbox: id.to_owned(),
+            },
+            // What the source's template set for its processes, and its start command: a
+            // fork starts its server again as a sandbox of that template does.
+            defaults: source.defaults.clone(),
+            start: template_of_source.as_ref().and_then(|t| t.start.clone()),
+            cpu_count: Some(source.cpu_count),
+            memory_mb: Some(source.memory_mb),
+            store_layers: Vec::new(),
+            shell: template_of_source.and_then(|t| t.shell),
+        };
+        let forks = (0..count).map(|_| {
+            let (this, settings) = (
+                self.clone(),
+                Settings::fork(&source, entry.clone(), timeout),
+            );
+            async move {
+                let tracker = this.creating.clone();
+                tracker
+                    .spawn(async move { this.create_now(settings).await })
+                    .await
+                    .unwrap_or_else(|join| Err(LifecycleError::Crashed(join.to_string())))
+            }
+        });
+        let outcomes = futures::future::join_all(forks).await;
+        // Each fork that started holds the layers now (its record names them).
+        drop(made);
+        self.collect_layers().await;
+        tracing::info!(sandbox_id = %id, count, started = outcomes.iter().filter(|o| o.is_ok()).count(), "sandbox forked");
+        Ok(outcomes)
+    }
+}
