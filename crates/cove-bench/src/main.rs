@@ -13,6 +13,7 @@ mod measure;
 mod pause;
 mod python;
 mod report;
+mod templates;
 mod transfer;
 
 use std::path::PathBuf;
