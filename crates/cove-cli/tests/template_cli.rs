@@ -145,6 +145,64 @@ async fn a_dockerfile_builds_a_template_that_sandboxes_and_snapshots_start_from(
     assert_eq!(run(&from_snapshot, "cat /built.txt").await, "built");
     assert_eq!(run(&from_snapshot, "whoami").await, "user");
     from_snapshot.kill().await.unwrap();
+
+    // A snapshot is a base to build on (fromTemplate), as a built template is.
+    let requested = cove_sdk::templates::request_build(
+        &config,
+        &cove_proto::templates::NewTemplate {
+            name: Some("on-snap".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let start = cove_proto::templates::BuildStart {
+        from_template: Some(snapshot.snapshot_id.clone()),
+        steps: vec![cove_proto::templates::Step {
+            kind: "RUN".into(),
+            args: vec!["cat /home/user/later.txt > /home/user/seen.txt".into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    cove_sdk::templates::start_build(&config, &requested.template_id, &requested.build_id, &start)
+        .await
+        .unwrap();
+    let (id, build) = (requested.template_id.clone(), requested.build_id.clone());
+    let config2 = config.clone();
+    cove_test_util::wait_until(
+        "the build on a snapshot ends",
+        Duration::from_secs(300),
+        || {
+            let (config, id, build) = (config2.clone(), id.clone(), build.clone());
+            async move {
+                let info = cove_sdk::templates::build_status(&config, &id, &build, 0)
+                    .await
+                    .unwrap();
+                assert_ne!(
+                    info.status,
+                    cove_proto::templates::BuildStatus::Error,
+                    "{:?}",
+                    info.reason
+                );
+                (info.status == cove_proto::templates::BuildStatus::Ready).then_some(())
+            }
+        },
+    )
+    .await;
+    let on_snap = Sandbox::create(
+        &config,
+        CreateOptions {
+            template: Some("on-snap".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(run(&on_snap, "cat /home/user/seen.txt").await, "later");
+    assert_eq!(run(&on_snap, "cat /built.txt").await, "built");
+    on_snap.kill().await.unwrap();
+    ok(&server, &["template", "rm", "on-snap"]);
     ok(&server, &["template", "rm", "cli-snap"]);
     let table = ok(&server, &["template", "list"]);
     assert!(!table.contains("cli-snap"), "{table}");

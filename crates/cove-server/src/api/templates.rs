@@ -419,11 +419,6 @@ async fn check_base(state: &AppState, team: &str, plan: &Plan) -> Result<(), Api
                         "cannot build on {name:?}: it is built into the server from the host's own files; start from an image instead (fromImage, e.g. debian:bookworm)"
                     )))
                 }
-                Ok(entry) if matches!(entry.kind, TemplateKind::Snapshot { .. }) => {
-                    Err(ApiError::bad_request(format!(
-                        "cannot build on {name:?}: it is a snapshot, and builds start from an image or a built template"
-                    )))
-                }
                 Ok(_) => Ok(()),
                 Err(LifecycleError::TemplateNotFound(_)) => Err(ApiError::bad_request(format!(
                     "fromTemplate: template {name:?} not found"

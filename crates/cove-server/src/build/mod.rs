@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod cache;
 pub mod context;
 pub mod copy;
+mod from_snapshot;
 pub mod image;
 mod import;
 pub mod layer_tree;

@@ -253,12 +253,40 @@ impl Builder {
                         Failure::at(BASE_STEP, format!("cannot build on {name:?}: {err}"))
                     })?;
                 if let TemplateKind::Snapshot { .. } = &entry.kind {
-                    return Err(Failure::at(
-                        BASE_STEP,
-                        format!(
-                            "cannot build on {name:?}: it is a snapshot, and builds start from an image or a built template"
-                        ),
-                    ));
+                    let (store, template, holder) =
+                        (self.store.clone(), entry.template.clone(), owner.to_owned());
+                    let layers = tokio::task::spawn_blocking(move || {
+                        super::from_snapshot::store_layers(&store, &template, &holder)
+                    })
+                    .await
+                    .map_err(|e| Failure::at(BASE_STEP, e.to_string()))?
+                    .map_err(|e| {
+                        Failure::at(BASE_STEP, format!("cannot build on {name:?}: {e}"))
+                    })?;
+                    let defaults = entry.defaults.clone().unwrap_or_else(|| SandboxDefaults {
+                        user: accounts::USER.to_owned(),
+                        workdir: accounts::USER_HOME.to_owned(),
+                        env: BTreeMap::new(),
+                    });
+                    return Ok(State {
+                        layers,
+                        // Its layers' paths name its content (a reused snapshot name gets
+                        // new layers).
+                        key: cache::base_key(&format!(
+                            "snapshot:{}",
+                            entry
+                                .template
+                                .layers
+                                .iter()
+                                .map(|l| l.path.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(":")
+                        )),
+                        user: defaults.user,
+                        workdir: defaults.workdir,
+                        env: defaults.env,
+                        from: format!("snapshot {}", entry.alias),
+                    });
                 }
                 let TemplateKind::Built { build, .. } = &entry.kind else {
                     return Err(Failure::at(
