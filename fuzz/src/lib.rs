@@ -409,6 +409,8 @@ fn server_config(dir: &Path, max_sandboxes: usize) -> cove_server::ServerConfig 
         egress: Default::default(),
         log_kb: 4096,
         front: Default::default(),
+        templates: Default::default(),
+        operations: Default::default(),
     }
 }
 

@@ -466,6 +466,61 @@ def cove_server() -> CoveServer:
         shutil.rmtree(work, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------------------------
+# Template builds: a registry seeded as Docker Hub's mirror, and a server that pulls from it.
+
+
+@pytest.fixture(scope="session")
+def template_registry() -> str:
+    """`cove-test-registry` (crates/cove-test-util): Debian's docker-registry seeded with the
+    test image as python:3.12, debian:bookworm, node:20 … (see its MIRRORED). Yields its URL."""
+    binary = Path(
+        os.environ.get("COVE_TEST_REGISTRY_BIN", _cove_bin().parent / "cove-test-registry")
+    )
+    if not os.access(binary, os.X_OK):
+        pytest.fail(f"no cove-test-registry binary at {binary}: run `cargo build`")
+    proc = subprocess.Popen(
+        [binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        # The first run builds the Debian image (minutes); later ones reuse it.
+        line = proc.stdout.readline().decode().strip()
+        if not line.startswith("http://"):
+            raise RuntimeError(f"cove-test-registry did not start (exit {proc.poll()})")
+        yield line
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def templates_server(template_registry: str) -> CoveServer:
+    """A `cove serve` for template builds: docker.io is mirrored by `template_registry`."""
+    work = Path(tempfile.mkdtemp(prefix="cove-compat-templates-"))
+    try:
+        log_path = Path(os.environ.get("COVE_TEMPLATES_SERVER_LOG", work / "server.log"))
+        mirror = ["--registry-mirror", f"docker.io={template_registry}"]
+        with running_cove_server(work / "state", log_path, extra_args=mirror) as server:
+            yield server
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def templates_env(templates_server: CoveServer, monkeypatch: pytest.MonkeyPatch) -> CoveServer:
+    """Points the SDKs at the template server; fails a test that leaves sandboxes."""
+    point_sdks_at(templates_server, monkeypatch)
+    yield templates_server
+    leftovers = templates_server.kill_all()
+    leaked = end_leaked_helpers(templates_server)
+    assert not leftovers, f"the test left sandboxes running (now killed): {leftovers}"
+    assert not leaked, f"network helpers outlived their sandboxes (now killed): {leaked}"
+
+
 def point_sdks_at(server: CoveServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """The environment a user sets to use the official SDKs with a Cove server."""
     monkeypatch.setenv("E2B_API_URL", server.url)
@@ -494,12 +549,20 @@ def _environment_for_marked_tests(request: pytest.FixtureRequest) -> None:
 def _suite_of(request: pytest.FixtureRequest) -> Optional[str]:
     """The suite marker of the requesting test ("debug_agent" / "cove_server"), with its
     environment set up; None for an unmarked test."""
-    suites = [m for m in ("debug_agent", "cove_server") if request.node.get_closest_marker(m)]
+    suites = [
+        m
+        for m in ("debug_agent", "cove_server", "templates")
+        if request.node.get_closest_marker(m)
+    ]
     if len(suites) > 1:
-        raise pytest.UsageError(f"{request.node.nodeid} has both markers {suites}")
+        raise pytest.UsageError(f"{request.node.nodeid} has several suite markers {suites}")
     if not suites:
         return None
-    request.getfixturevalue("debug_env" if suites[0] == "debug_agent" else "server_env")
+    request.getfixturevalue(
+        {"debug_agent": "debug_env", "cove_server": "server_env", "templates": "templates_env"}[
+            suites[0]
+        ]
+    )
     return suites[0]
 
 
@@ -515,8 +578,9 @@ def _require_suite(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def new_sandbox(request: pytest.FixtureRequest) -> Callable[..., Sandbox]:
     """Creates real sandboxes on the server (`Sandbox.create(**opts)`); kills them at the end."""
-    if _require_suite(request) != "cove_server":
-        raise pytest.UsageError("new_sandbox needs a test marked cove_server")
+    suite = _require_suite(request)
+    if suite == "debug_agent":
+        raise pytest.UsageError("new_sandbox needs a test marked cove_server or templates")
     created: list[Sandbox] = []
 
     def create(**opts: Any) -> Sandbox:
@@ -526,7 +590,9 @@ def new_sandbox(request: pytest.FixtureRequest) -> Callable[..., Sandbox]:
 
     yield create
     # Through a connection of our own: teardown does not depend on the SDK's state.
-    server: CoveServer = request.getfixturevalue("cove_server")
+    server: CoveServer = request.getfixturevalue(
+        "templates_server" if suite == "templates" else "cove_server"
+    )
     for sbx in created:
         response = server.api("DELETE", f"/sandboxes/{sbx.sandbox_id}")
         assert response.status in (204, 404), response  # 404: the test ended it already

@@ -15,6 +15,7 @@ mod pause;
 mod plain;
 mod python;
 mod report;
+mod templates;
 mod transfer;
 
 use std::path::PathBuf;

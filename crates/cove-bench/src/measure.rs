@@ -25,7 +25,7 @@ pub struct Settings {
 }
 
 /// The groups, in the order they run; `--only` takes one of these.
-pub const GROUPS: [&str; 12] = [
+pub const GROUPS: [&str; 13] = [
     "commands",
     "transfers",
     "clients",
@@ -38,6 +38,7 @@ pub const GROUPS: [&str; 12] = [
     "concurrency",
     "burst",
     "python",
+    "templates",
 ];
 
 /// One figure and its baseline.
@@ -179,6 +180,10 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
     if wanted("pause") {
         eprintln!("pause: pause and resume per mode, snapshots, forks");
         crate::pause::all(settings, &mut report).await?;
+    }
+    if wanted("templates") {
+        eprintln!("templates: builds, the build cache, creates from built templates");
+        crate::templates::all(settings, &mut report).await?;
     }
     if wanted("hog") {
         eprintln!("hog: command latency beside a CPU hog");

@@ -36,7 +36,7 @@ enum Command {
     Cp(commands::cp::Args),
     /// Print a sandbox's log.
     Logs(commands::logs::Args),
-    /// List templates.
+    /// Templates: list, build (a Dockerfile), import, tags, rm, usage, gc.
     Template(commands::template::Args),
     /// Check this host for what sandboxes need, and say how to fix what is missing.
     Doctor(commands::doctor::Args),

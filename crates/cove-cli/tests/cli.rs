@@ -339,12 +339,19 @@ async fn templates_completions_and_errors() {
             .iter()
             .any(|t| t["templateID"] == "base")
     );
-    let (code, message) = fails(&server, &["template", "build", "--name", "mine"]);
-    assert_eq!(code, 1);
-    assert!(
-        message.contains("template builds are not available"),
-        "{message}"
+    let empty = tempfile::tempdir().unwrap();
+    let (code, message) = fails(
+        &server,
+        &[
+            "template",
+            "build",
+            empty.path().to_str().unwrap(),
+            "--name",
+            "mine",
+        ],
     );
+    assert_eq!(code, 1);
+    assert!(message.contains("holds no Dockerfile"), "{message}");
 
     for (shell, marker) in [
         ("bash", "complete -F"),

@@ -28,6 +28,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
+mod tree;
+
 use crate::{
     compression::Compression,
     digest::{Digest, HashingReader},
@@ -47,6 +49,10 @@ pub struct StoreOptions {
 pub struct LayerStore {
     inner: Arc<Inner>,
 }
+
+/// The stores this process has open, by their canonical root.
+static OPEN_HERE: Mutex<std::collections::BTreeMap<PathBuf, std::sync::Weak<Inner>>> =
+    Mutex::new(std::collections::BTreeMap::new());
 
 struct Inner {
     root: PathBuf,
@@ -146,6 +152,14 @@ impl LayerStore {
         }
         fs::set_permissions(&root, fs::Permissions::from_mode(0o700))
             .map_err(|source| io_err("restrict", &root, source))?;
+        // Opened again in this process (a server restarted in place, as tests do): the same
+        // store, whose lock this process holds already.
+        let key = fs::canonicalize(&root).map_err(|source| io_err("resolve", &root, source))?;
+        let mut open = OPEN_HERE.lock().unwrap_or_else(|e| e.into_inner());
+        open.retain(|_, weak| weak.strong_count() > 0);
+        if let Some(inner) = open.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(Self { inner });
+        }
         let lock_path = root.join("lock");
         let lock = fs::OpenOptions::new()
             .create(true)
@@ -168,6 +182,7 @@ impl LayerStore {
             }),
         };
         store.clear_tmp()?;
+        open.insert(key, Arc::downgrade(&store.inner));
         Ok(store)
     }
 
@@ -816,6 +831,14 @@ mod tests {
                 Err(StoreError::Owner(_))
             ));
         }
+        // This process opening it again gets the same store (one lock, one set of refs).
+        let again = LayerStore::open(dir.path(), StoreOptions::default()).expect("reopen");
+        assert!(Arc::ptr_eq(&store.inner, &again.inner));
+        drop((store, again));
+        // Whoever else holds its lock (another process) keeps it out.
+        let other = fs::File::open(dir.path().join("lock")).expect("lock file");
+        rustix::fs::flock(&other, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .expect("the lock is free once the store is dropped");
         assert!(matches!(
             LayerStore::open(dir.path(), StoreOptions::default()),
             Err(StoreError::Busy(_))

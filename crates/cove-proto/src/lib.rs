@@ -6,6 +6,7 @@ pub mod connect;
 pub mod envd;
 pub mod rest;
 pub mod signing;
+pub mod templates;
 
 /// `filesystem.Filesystem` messages.
 #[allow(clippy::all, missing_docs)]

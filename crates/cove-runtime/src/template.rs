@@ -294,7 +294,7 @@ fn write_accounts(etc: &Path, host_etc: &Path) -> io::Result<()> {
 
 /// The host's name servers, except loopback ones (a systemd-resolved stub is the host's
 /// own and unreachable); the network helper's DNS relay when none is left.
-fn resolv_conf(host_etc: &Path) -> String {
+pub fn resolv_conf(host_etc: &Path) -> String {
     let host = fs::read_to_string(host_etc.join("resolv.conf")).unwrap_or_default();
     let mut out: Vec<String> = host
         .lines()

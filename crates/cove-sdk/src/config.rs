@@ -93,6 +93,11 @@ impl ConnectionConfig {
             .to_owned()
     }
 
+    /// A request to a full URL the server gave (one that carries its own credential).
+    pub(crate) fn raw(&self, method: http::Method, url: &str) -> ApiRequest {
+        ApiRequest(self.http.request(method, url).timeout(self.request_timeout))
+    }
+
     pub(crate) fn api(&self, method: http::Method, path: &str) -> ApiRequest {
         ApiRequest(
             self.http
@@ -107,6 +112,10 @@ impl ConnectionConfig {
 pub(crate) struct ApiRequest(reqwest::RequestBuilder);
 
 impl ApiRequest {
+    pub fn body(self, body: impl Into<reqwest::Body>) -> Self {
+        Self(self.0.body(body))
+    }
+
     pub fn json<T: Serialize>(self, body: &T) -> Self {
         Self(self.0.json(body))
     }

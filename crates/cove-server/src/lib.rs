@@ -2,8 +2,11 @@
 //! one listener. State lives in an embedded SQLite file under the state directory.
 #![forbid(unsafe_code)]
 
+mod agent_exec;
 mod agent_link;
 pub mod api;
+pub mod build;
+pub mod catalog;
 mod clock;
 pub mod front;
 mod keyring;
@@ -14,8 +17,11 @@ pub mod secrets;
 pub mod store;
 // Operating cove serve (issue 17): metrics and TLS.
 pub mod telemetry;
+mod templates_setup;
 pub mod tls;
 mod unread;
+
+pub use templates_setup::TemplatesConfig;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -69,6 +75,8 @@ pub struct ServerConfig {
     pub front: front::FrontConfig,
     /// Metrics and TLS.
     pub operations: OperationsConfig,
+    /// Template builds, registries, warm sandboxes of templates.
+    pub templates: TemplatesConfig,
 }
 
 /// How `cove serve` is operated: who reads its metrics, and TLS (docs/OPERATIONS.md).
@@ -90,6 +98,8 @@ struct Inner {
     store: Arc<Store>,
     keys: keyring::KeyRing,
     lifecycle: Arc<Lifecycle>,
+    builder: Arc<build::Builder>,
+    catalog: Arc<catalog::Catalog>,
     domain: String,
     metrics_token: Option<String>,
 }
@@ -125,6 +135,16 @@ impl AppState {
     pub fn metrics_token(&self) -> Option<&str> {
         self.0.metrics_token.as_deref()
     }
+
+    /// The template builder.
+    pub fn builder(&self) -> &Arc<build::Builder> {
+        &self.0.builder
+    }
+
+    /// The catalogue of built templates.
+    pub fn templates_catalog(&self) -> &Arc<catalog::Catalog> {
+        &self.0.catalog
+    }
 }
 
 /// The whole HTTP application: the proxy in front of the API.
@@ -157,6 +177,8 @@ pub enum ServerError {
     Template(#[from] cove_runtime::template::TemplateError),
     #[error(transparent)]
     Lifecycle(#[from] lifecycle::LifecycleError),
+    #[error(transparent)]
+    Templates(#[from] templates_setup::SetupError),
     #[error("cannot catch SIGTERM and SIGINT")]
     Signals(#[source] std::io::Error),
     #[error("cannot listen on {addr}")]
@@ -212,7 +234,16 @@ impl AppState {
             Some(store.create_key(DEFAULT_TEAM, "first key")?.1)
         };
         let keys = keyring::KeyRing::open(&db_path(&config.state_dir))?;
-        let templates = Templates::load(&config.state_dir.join("templates"))?;
+        let layer_store = templates_setup::open_store(&config.state_dir)?;
+        let catalog = Arc::new(
+            catalog::Catalog::open(&db_path(&config.state_dir))
+                .map_err(templates_setup::SetupError::from)?,
+        );
+        let templates = Templates::load(
+            &config.state_dir.join("templates"),
+            catalog.clone(),
+            layer_store.clone(),
+        )?;
         let host = HostCaps::of_this_host();
         let caps = HostCaps {
             memory_mb: config.max_sandbox_memory_mb.unwrap_or(host.memory_mb),
@@ -228,18 +259,30 @@ impl AppState {
             LifecycleConfig {
                 disk_mb: config.disk_mb,
                 warm: config.warm,
+                warm_total: config.templates.warm_total.max(2 * config.warm),
                 caps,
                 admission,
                 snapshots_dir: config.state_dir.join("snapshots"),
             },
         ));
         let adopted = lifecycle.adopt().await?;
+        lifecycle.release_layers_of_gone_sandboxes();
+        let builder = templates_setup::builder(
+            &config.state_dir,
+            config.disk_mb,
+            &config.templates,
+            catalog.clone(),
+            layer_store,
+            lifecycle.clone(),
+        )?;
         tracing::info!(adopted, state_dir = %config.state_dir.display(), "state opened");
         Ok((
             AppState(Arc::new(Inner {
                 store,
                 keys,
                 lifecycle,
+                builder,
+                catalog,
                 domain,
                 metrics_token: config.operations.metrics_token.clone(),
             })),

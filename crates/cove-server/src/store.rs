@@ -121,6 +121,9 @@ pub struct SandboxRecord {
     /// a pause) when its template is deleted.
     #[serde(default)]
     pub template: Option<cove_runtime::Template>,
+    /// What its template sets for its processes; none: E2B's defaults (`user`, `/home/user`).
+    #[serde(default)]
+    pub defaults: Option<SandboxDefaults>,
 }
 
 /// What a sandbox asked for at create about its lifecycle.
@@ -149,6 +152,14 @@ impl Default for LifecyclePolicy {
             timeout_secs: default_timeout_secs(),
         }
     }
+}
+
+/// A template's settings for the processes of its sandboxes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxDefaults {
+    pub user: String,
+    pub workdir: String,
+    pub env: BTreeMap<String, String>,
 }
 
 /// The state database.
@@ -430,6 +441,7 @@ mod tests {
             paused: Some(cove_runtime::PauseMode::Memory),
             lifecycle: LifecyclePolicy::default(),
             template: None,
+            defaults: None,
         }
     }
 

@@ -43,6 +43,7 @@ fn config(dir: &std::path::Path) -> ServerConfig {
         egress: Default::default(),
         front: Default::default(),
         operations: Default::default(),
+        templates: Default::default(),
     }
 }
 

@@ -5,6 +5,7 @@
 mod agent;
 mod fake_runtime;
 pub mod image;
+mod mirror;
 mod registry;
 mod server;
 mod wait;
@@ -12,6 +13,7 @@ mod wait;
 pub use crate::{
     agent::{AgentOptions, TestAgent},
     fake_runtime::{FakeRuntime, FakeSandbox},
+    mirror::{MIRRORED, seeded_mirror},
     registry::TestRegistry,
     server::{TestServer, built_cove},
     wait::{free_port, terminate, wait_until},

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod completions;
 pub mod connection;
 pub mod cp;
+pub mod dockerfile;
 pub mod doctor;
 pub mod exec;
 pub mod keys;

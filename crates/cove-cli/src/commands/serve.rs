@@ -78,6 +78,8 @@ pub struct Args {
     front: FrontArgs,
     #[command(flatten)]
     operations: OperationsArgs,
+    #[command(flatten)]
+    templates: TemplateArgs,
 }
 
 /// Metrics and TLS (docs/OPERATIONS.md).
@@ -123,6 +125,42 @@ impl OperationsArgs {
             tls,
         }
     }
+}
+
+/// Template builds and the warm sandboxes of templates.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Templates")]
+struct TemplateArgs {
+    /// A mirror of a registry, tried before it when pulling the images templates are built
+    /// from, as Docker and containerd have them: `docker.io=http://127.0.0.1:5000`
+    /// (REGISTRY=URL); repeatable, tried in order
+    #[arg(
+        long = "registry-mirror",
+        env = "COVE_REGISTRY_MIRROR",
+        value_name = "REGISTRY=URL",
+        value_delimiter = ','
+    )]
+    registry_mirrors: Vec<cove_image::Mirror>,
+    /// Warm sandboxes kept in all, over every template (each template used lately keeps
+    /// --warm-pool of each kind, within this)
+    #[arg(long, env = "COVE_WARM_POOL_TOTAL", default_value_t = 8)]
+    warm_pool_total: usize,
+    /// Template builds that run at once; more wait for their turn
+    #[arg(long, env = "COVE_CONCURRENT_BUILDS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    concurrent_builds: u32,
+    /// The largest upload of build files or of an image archive, in MiB
+    #[arg(long, env = "COVE_MAX_UPLOAD_MB", default_value_t = 8192)]
+    max_upload_mb: u64,
+    /// Certificates built templates trust besides their image's own (a PEM file, or a
+    /// directory of *.crt files): the CA of a TLS-intercepting egress proxy, as the host trusts
+    /// it. Default: the host's locally added CAs (Debian's place for them); "" for none
+    #[arg(
+        long,
+        env = "COVE_TEMPLATE_CA_CERTS",
+        default_value = "/usr/local/share/ca-certificates"
+    )]
+    template_ca_certs: PathBuf,
 }
 
 /// A range `--allow-private-egress` may open (none for an empty value: an empty variable).
@@ -243,6 +281,13 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         },
         front: args.front.config(),
         operations: args.operations.config(),
+        templates: cove_server::TemplatesConfig {
+            registry_mirrors: args.templates.registry_mirrors,
+            warm_total: args.templates.warm_pool_total,
+            concurrent_builds: args.templates.concurrent_builds as usize,
+            max_upload_mb: args.templates.max_upload_mb,
+            ca_certs: Some(args.templates.template_ca_certs).filter(|p| !p.as_os_str().is_empty()),
+        },
     };
     let tls = config.operations.tls.is_some();
     let runtime = tokio::runtime::Builder::new_multi_thread()

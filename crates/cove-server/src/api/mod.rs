@@ -1,11 +1,13 @@
 //! The E2B-compatible REST control plane.
 
+mod cove_templates;
 mod listing;
 mod logs;
 mod metrics;
 mod pause;
 mod sandboxes;
 mod snapshots;
+mod templates;
 
 use axum::{
     Json, Router,
@@ -45,8 +47,31 @@ pub fn routes() -> Router<AppState> {
         .route("/sandboxes/{id}/snapshots", post(snapshots::create))
         .route("/sandboxes/{id}/fork", post(snapshots::fork))
         .route("/snapshots", get(snapshots::list))
-        .route("/templates", get(sandboxes::templates))
-        .route("/templates/{id}", delete(snapshots::delete_template))
+        // Templates (api/templates.rs, api/cove_templates.rs).
+        .route("/templates", get(templates::list))
+        .route("/v3/templates", post(templates::request_build))
+        .route(
+            "/templates/{id}/files/{hash}",
+            get(templates::file_upload_link).put(templates::upload_files),
+        )
+        .route(
+            "/v2/templates/{id}/builds/{build}",
+            post(templates::start_build),
+        )
+        .route(
+            "/templates/{id}/builds/{build}/status",
+            get(templates::build_status),
+        )
+        .route("/templates/aliases/{alias}", get(templates::alias))
+        .route("/templates/{id}", delete(templates::delete))
+        .route(
+            "/templates/tags",
+            post(templates::assign_tags).delete(templates::delete_tags),
+        )
+        .route("/templates/{id}/tags", get(templates::tags))
+        .route("/cove/templates/import", post(cove_templates::import))
+        .route("/cove/templates/usage", get(cove_templates::usage))
+        .route("/cove/templates/gc", post(cove_templates::collect))
         .fallback(not_found)
 }
 
@@ -153,7 +178,8 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::NotFound(_)
             | LifecycleError::Ended { .. }
             | LifecycleError::TemplateNotFound(_)
-            | LifecycleError::SnapshotNotFound(_) => (StatusCode::NOT_FOUND, None),
+            | LifecycleError::SnapshotNotFound(_)
+            | LifecycleError::TemplateNotReady(_) => (StatusCode::NOT_FOUND, None),
             LifecycleError::BadTimeout(_)
             | LifecycleError::BadResources(_)
             | LifecycleError::BadRequest(_)
@@ -162,9 +188,9 @@ impl From<LifecycleError> for ApiError {
                 source: cove_runtime::RuntimeError::Unsupported { .. },
                 ..
             } => (StatusCode::BAD_REQUEST, None),
-            LifecycleError::AlreadyPaused(_) | LifecycleError::AlreadyRunning(_) => {
-                (StatusCode::CONFLICT, None)
-            }
+            LifecycleError::AlreadyPaused(_)
+            | LifecycleError::AlreadyRunning(_)
+            | LifecycleError::NameTaken(_) => (StatusCode::CONFLICT, None),
             LifecycleError::Paused(_) => (StatusCode::CONFLICT, None),
             LifecycleError::TooMany(_) | LifecycleError::TeamLimit(_) => {
                 (StatusCode::TOO_MANY_REQUESTS, Some(RETRY_LIMIT_SECS))
@@ -181,10 +207,15 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Store(store) if store.is_disk_full() => {
                 (StatusCode::INSUFFICIENT_STORAGE, Some(RETRY_DISK_SECS))
             }
+            LifecycleError::Catalog(catalog) if catalog.is_disk_full() => {
+                (StatusCode::INSUFFICIENT_STORAGE, Some(RETRY_DISK_SECS))
+            }
             LifecycleError::Start { .. }
             | LifecycleError::Kill { .. }
             | LifecycleError::Transition { .. }
             | LifecycleError::Crashed(_)
+            | LifecycleError::StartCommand(_)
+            | LifecycleError::Catalog(_)
             | LifecycleError::Store(_) => {
                 tracing::error!(err = %format!("{:#}", ErrorChain(&err)), "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, None)
@@ -192,7 +223,9 @@ impl From<LifecycleError> for ApiError {
         };
         let message = match &err {
             // The cause chain helps whoever runs the server; it names no secrets.
-            LifecycleError::Start { .. } | LifecycleError::Transition { .. } => {
+            LifecycleError::Start { .. }
+            | LifecycleError::Transition { .. }
+            | LifecycleError::StartCommand(_) => {
                 format!("{}", ErrorChain(&err))
             }
             _ => err.to_string(),

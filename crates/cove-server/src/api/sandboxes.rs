@@ -14,7 +14,7 @@ use cove_proto::{
     envd::VERSION as ENVD_VERSION,
     rest::{
         ListedSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxLifecycle, SandboxState,
-        SetTimeout, Template,
+        SetTimeout,
     },
 };
 use cove_runtime::PauseMode;
@@ -22,7 +22,7 @@ use cove_runtime::PauseMode;
 use super::{ApiError, Team};
 use crate::{
     AppState, clock,
-    lifecycle::{ApiVersion, Live, TemplateKind},
+    lifecycle::{ApiVersion, Live},
     store::SandboxRecord,
     telemetry::Outcome,
 };
@@ -203,33 +203,4 @@ pub async fn set_timeout(
         .lifecycle()
         .set_timeout(&team.0, &id, request.timeout.max(0))?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-pub async fn templates(State(state): State<AppState>, team: Team) -> Json<Vec<Template>> {
-    Json(
-        state
-            .lifecycle()
-            .templates()
-            .all(&team.0)
-            .iter()
-            .map(|t| Template {
-                template_id: t.id.clone(),
-                build_id: format!("{}-build", t.id),
-                cpu_count: 2,
-                memory_mb: 1024,
-                disk_size_mb: 4096,
-                public: t.kind == TemplateKind::BuiltIn,
-                aliases: vec![t.alias.clone()],
-                names: t.names.clone(),
-                created_at: clock::rfc3339(t.created_at),
-                updated_at: clock::rfc3339(t.created_at),
-                created_by: None,
-                last_spawned_at: None,
-                spawn_count: 0,
-                build_count: 1,
-                envd_version: ENVD_VERSION.to_owned(),
-                build_status: "ready".to_owned(),
-            })
-            .collect(),
-    )
 }

@@ -1,5 +1,5 @@
 //! Snapshots and forks: `POST /sandboxes/{id}/snapshots` (201 `{snapshotID, names}`),
-//! `GET /snapshots`, `DELETE /templates/{id}`, and `POST /sandboxes/{id}/fork` (201, one
+//! `GET /snapshots` (deleted by `DELETE /templates/{id}`, see [`super::templates`]), and `POST /sandboxes/{id}/fork` (201, one
 //! `{sandbox}` or `{error}` per fork). Both keep files only: `mode: filesystem`.
 
 use axum::{
@@ -97,16 +97,6 @@ pub async fn list(
         response.headers_mut().insert("x-next-token", next);
     }
     Ok(response)
-}
-
-/// `DELETE /templates/{id}`: a snapshot (the built-in templates stay).
-pub async fn delete_template(
-    State(state): State<AppState>,
-    team: Team,
-    Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    state.lifecycle().delete_template(&team.0, &name).await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn fork(

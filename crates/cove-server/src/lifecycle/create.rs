@@ -8,11 +8,11 @@ use cove_proto::rest::NewSandbox;
 use cove_runtime::{Liveness, SandboxSpec, Started};
 
 use super::{
-    ApiVersion, Lifecycle, LifecycleError, Live, TemplateKind,
+    ApiVersion, Lifecycle, LifecycleError, Live,
     admission::Ask,
     pool::{Taken, Warm},
     settings::{Settings, agent_settings, limits},
-    warm::WARM_TEMPLATE,
+    templates::TemplateKind,
 };
 use crate::{
     secrets,
@@ -46,10 +46,17 @@ impl Lifecycle {
         let _layers = self.layers_in_use.hold(&settings.template.template);
         let _admitted = self.admit(&settings.team, settings.memory_mb, settings.cpu_count)?;
         let began = std::time::Instant::now();
-        if settings.template.kind == TemplateKind::BuiltIn && settings.template.id == WARM_TEMPLATE
+        if let TemplateKind::Built { .. } = settings.template.kind
+            && let Err(err) = self.templates.catalog().note_spawn(&settings.template.id)
         {
-            let taken = self.pool.take(settings.network);
-            self.refill(settings.network);
+            tracing::warn!(?err, template = %settings.template.id, "cannot count a spawn");
+        }
+        // Snapshots get no warm pool: their layers are held by records and creates only.
+        if !matches!(settings.template.kind, TemplateKind::Snapshot { .. }) {
+            let taken = self
+                .pool
+                .take(&settings.template.warm_key(), settings.network);
+            self.refill(&settings.template, settings.network);
             let warm = match taken {
                 Taken::Ready(warm) => Some(*warm),
                 Taken::Soon(promise) => promise.await.ok(),
@@ -73,20 +80,24 @@ impl Lifecycle {
         let _turn = self.admission.turn().await?;
         let _starting = self.metrics.starting();
         let mut record = settings.record(&self.config, secrets::random_id(20));
-        match self
+        let started = match self
             .start(&mut record, settings.template.template.clone())
             .await
         {
-            Ok(started) => {
-                self.metrics
-                    .create_took(CreateSource::Cold, began.elapsed());
-                Ok(self.go_live(record, started))
-            }
+            Ok(started) => started,
             Err(err) => {
                 self.discard(&record).await;
-                Err(err)
+                return Err(err);
             }
+        };
+        let warm = Warm { record, started };
+        if let Err(reason) = self.bring_up(&warm, &settings.template).await {
+            self.end_warm(warm).await;
+            return Err(LifecycleError::StartCommand(reason));
         }
+        self.metrics
+            .create_took(CreateSource::Cold, began.elapsed());
+        Ok(self.go_live(warm.record, warm.started))
     }
 
     /// Admits a sandbox of `team` that will hold `memory_mb` and `cpus` (held until it is
@@ -189,6 +200,12 @@ impl Lifecycle {
         template: cove_runtime::Template,
     ) -> Result<Started, LifecycleError> {
         self.store.put_sandbox(record)?;
+        self.retain_layers(record).map_err(|err| {
+            LifecycleError::TemplateNotReady(format!(
+                "a layer of template {:?} is gone ({err}); build it again",
+                record.template_id
+            ))
+        })?;
         let spec = SandboxSpec {
             id: record.id.clone(),
             template,

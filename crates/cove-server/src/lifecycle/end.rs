@@ -82,6 +82,7 @@ impl Lifecycle {
         if let Err(err) = self.blocking(move |r| r.remove(&id)).await {
             tracing::warn!(?err, sandbox_id = %record.id, team = %record.team, "cannot remove the sandbox's files");
         }
+        self.release_layers(record);
         if let Err(err) = self.store.delete_sandbox(&record.id) {
             tracing::warn!(?err, sandbox_id = %record.id, team = %record.team, "cannot forget the sandbox");
         }
@@ -162,6 +163,7 @@ impl Lifecycle {
         loop {
             interval.tick().await;
             self.reap().await;
+            self.expire_warm().await;
             if tick.is_multiple_of(sample_every) {
                 self.sample_all().await;
             }

@@ -33,6 +33,7 @@ impl Lifecycle {
         let live = self.get(team, id)?;
         let made = self.snapshot_of(&live).await?;
         let source = live.record();
+        let template_of_source = self.templates.get(team, &source.template_id).ok();
         let entry = TemplateEntry {
             id: source.template_id.clone(),
             alias: source
@@ -46,6 +47,14 @@ impl Lifecycle {
                 team: team.to_owned(),
                 sandbox: id.to_owned(),
             },
+            // What the source's template set for its processes, and its start command: a
+            // fork starts its server again as a sandbox of that template does.
+            defaults: source.defaults.clone(),
+            start: template_of_source.as_ref().and_then(|t| t.start.clone()),
+            cpu_count: Some(source.cpu_count),
+            memory_mb: Some(source.memory_mb),
+            store_layers: Vec::new(),
+            shell: template_of_source.and_then(|t| t.shell),
         };
         let forks = (0..count).map(|_| {
             let (this, settings) = (

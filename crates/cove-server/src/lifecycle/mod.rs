@@ -12,14 +12,17 @@ mod census;
 mod create;
 mod end;
 mod fork;
+pub mod layers;
 mod lifetime;
 pub mod metrics_history;
 mod pause;
 mod pool;
+mod private;
 mod registry;
 mod settings;
 mod snapshot;
-mod templates;
+pub mod start_cmd;
+pub mod templates;
 mod usage;
 mod warm;
 
@@ -33,9 +36,10 @@ pub use self::{
     admission::AdmissionConfig,
     fork::MAX_FORKS,
     pause::Connected,
+    private::{PrivateSandbox, PrivateSpec},
     registry::{Ended, Live},
     settings::{HostCaps, MAX_TIMEOUT_SECS},
-    templates::{TemplateEntry, TemplateKind, Templates},
+    templates::{StartCommand, TemplateEntry, TemplateKind, Templates},
 };
 use crate::store::{SandboxRecord, Store, StoreError};
 
@@ -47,6 +51,10 @@ pub enum LifecycleError {
     Ended { id: String, ended: Ended },
     #[error("template {0:?} not found")]
     TemplateNotFound(String),
+    #[error("{0}")]
+    TemplateNotReady(String),
+    #[error("the template's start command failed: {0}")]
+    StartCommand(String),
     #[error("timeout must be between 0 and {MAX_TIMEOUT_SECS} seconds, got {0}")]
     BadTimeout(i64),
     #[error("{0}")]
@@ -91,8 +99,14 @@ pub enum LifecycleError {
     },
     #[error("snapshot {0:?} not found")]
     SnapshotNotFound(String),
+    /// A template of the team has this name already (a snapshot's and a built template's
+    /// names are one namespace).
+    #[error("the template name {0:?} is taken by another template of the team: choose another")]
+    NameTaken(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
     /// A create's or kill's task panicked.
     #[error("the operation failed unexpectedly: {0}")]
     Crashed(String),
@@ -103,8 +117,11 @@ pub enum LifecycleError {
 pub struct LifecycleConfig {
     /// Each sandbox's disk quota, in MiB (as listed; the runtime enforces it).
     pub disk_mb: u64,
-    /// Warm sandboxes kept ready, of each kind (with and without internet access).
+    /// Warm sandboxes kept ready, of each kind (with and without internet access), per
+    /// template used lately.
     pub warm: usize,
+    /// Warm sandboxes kept ready in all (every template and kind together).
+    pub warm_total: usize,
     /// What one sandbox may ask for.
     pub caps: HostCaps,
     pub admission: AdmissionConfig,
@@ -137,6 +154,8 @@ pub struct Lifecycle {
     pool: WarmPool,
     /// Warm sandboxes being started; closed at shutdown.
     warming: TaskTracker,
+    /// The server's own sandboxes running now (ended at shutdown).
+    private: private::Running,
     /// Pauses, resumes and snapshots under way (tasks of their own, like kills).
     transitions: TaskTracker,
     /// Snapshot layers being made or used by creates not yet recorded.
@@ -163,12 +182,13 @@ impl Lifecycle {
             admission: Admission::new(config.admission.clone()),
             store,
             templates,
-            pool: WarmPool::new(config.warm),
+            pool: WarmPool::new(config.warm, config.warm_total),
             config,
             registry: Registry::default(),
             ending: TaskTracker::new(),
             creating: TaskTracker::new(),
             warming: TaskTracker::new(),
+            private: private::Running::default(),
             transitions: TaskTracker::new(),
             layers_in_use: LayersInUse::default(),
             metrics: Arc::default(),
@@ -182,6 +202,11 @@ impl Lifecycle {
 
     pub fn templates(&self) -> &Templates {
         &self.templates
+    }
+
+    /// What one sandbox may ask for.
+    pub fn caps(&self) -> HostCaps {
+        self.config.caps
     }
 
     /// A running or paused sandbox of `team`; for one that ended lately, why.

@@ -177,8 +177,7 @@ impl Lifecycle {
             Some(template) => template,
             None => {
                 self.templates
-                    .get(&record.team, &record.template_id)
-                    .ok_or_else(|| LifecycleError::TemplateNotFound(record.template_id.clone()))?
+                    .get(&record.team, &record.template_id)?
                     .template
             }
         };

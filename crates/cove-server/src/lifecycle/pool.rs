@@ -1,10 +1,20 @@
-//! Warm sandboxes: started ahead of demand with the default settings, so that a create takes
-//! one and only gives it its owner, its environment (`/init`) and its limits. Building a sandbox costs
+//! Warm sandboxes: started ahead of demand with a template's default settings (and, for a
+//! template with a start command, already started and ready), so that a create takes one and
+//! only gives it its owner, its environment (`/init`) and its limits. Building a sandbox costs
 //! tens of milliseconds when the kernel's cgroup machinery is cold; taking a warm one costs
 //! about one. A create that finds none ready waits for one being started, if no other create
 //! waits for it already: it was begun earlier than a new one would be, so it is ready sooner.
+//!
+//! Each template a create used lately has its own pool (`target` of each kind, with and
+//! without internet access); one nobody used for a while loses its warm sandboxes, and all
+//! pools together hold at most `total`: past it, a template's new warm sandbox takes the
+//! place of one of the template used longest ago.
 
-use std::{collections::VecDeque, sync::Mutex};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::oneshot;
 
@@ -23,7 +33,7 @@ pub struct Warm {
     pub started: Started,
 }
 
-/// Warm sandboxes of one kind (with or without internet access).
+/// Warm sandboxes of one template and kind.
 #[derive(Debug, Default)]
 struct Kind {
     ready: Vec<Warm>,
@@ -42,34 +52,57 @@ pub enum Taken {
     None,
 }
 
-/// Warm sandboxes, `target` of each kind.
+/// What [`WarmPool::begin_start`] decided.
+#[derive(Debug)]
+pub enum Begin {
+    /// Start one; end `evicted` (another template's, to stay within the total) first.
+    Go {
+        evicted: Option<Box<Warm>>,
+    },
+    No,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    kinds: HashMap<(String, bool), Kind>,
+    /// When a create last asked for each template.
+    used: HashMap<String, Instant>,
+}
+
+/// Warm sandboxes, `target` of each kind per template, `total` at most.
 #[derive(Debug)]
 pub struct WarmPool {
     target: usize,
-    kinds: Mutex<[Kind; 2]>,
-}
-
-fn index(network: bool) -> usize {
-    usize::from(network)
+    total: usize,
+    state: Mutex<State>,
 }
 
 impl WarmPool {
-    pub fn new(target: usize) -> Self {
+    pub fn new(target: usize, total: usize) -> Self {
         Self {
             target,
-            kinds: Mutex::default(),
+            total,
+            state: Mutex::default(),
         }
     }
 
-    fn kinds(&self) -> std::sync::MutexGuard<'_, [Kind; 2]> {
-        self.kinds.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A warm sandbox of this kind: a ready one, else one being started that no other
-    /// create waits for.
-    pub fn take(&self, network: bool) -> Taken {
-        let mut kinds = self.kinds();
-        let kind = &mut kinds[index(network)];
+    /// Notes that a create asked for template `key` now.
+    pub fn touch(&self, key: &str) {
+        self.state().used.insert(key.to_owned(), Instant::now());
+    }
+
+    /// A warm sandbox of this template and kind: a ready one, else one being started that no
+    /// other create waits for.
+    pub fn take(&self, key: &str, network: bool) -> Taken {
+        let mut state = self.state();
+        state.used.insert(key.to_owned(), Instant::now());
+        let Some(kind) = state.kinds.get_mut(&(key.to_owned(), network)) else {
+            return Taken::None;
+        };
         kind.waiting.retain(|w| !w.is_closed());
         if let Some(warm) = kind.ready.pop() {
             Taken::Ready(Box::new(warm))
@@ -82,23 +115,59 @@ impl WarmPool {
         }
     }
 
-    /// Claims the right to start one more of this kind, when the pool is short of it and
-    /// none is being started (one at a time: the CPUs are for the sandboxes in use).
-    pub fn begin_start(&self, network: bool) -> bool {
-        let mut kinds = self.kinds();
-        let kind = &mut kinds[index(network)];
-        let short = kind.starting == 0 && kind.ready.len() < self.target;
-        if short {
+    /// Claims the right to start one more of this template and kind, when its pool is short
+    /// of it and none is being started (one at a time: the CPUs are for the sandboxes in
+    /// use). At the total, the warm sandbox of the template used longest ago (if it was used
+    /// before this one) makes room.
+    pub fn begin_start(&self, key: &str, network: bool) -> Begin {
+        let mut state = self.state();
+        let short = {
+            let kind = state.kinds.entry((key.to_owned(), network)).or_default();
+            kind.starting == 0 && kind.ready.len() < self.target
+        };
+        if !short {
+            return Begin::No;
+        }
+        let held: usize = state
+            .kinds
+            .values()
+            .map(|k| k.ready.len() + k.starting)
+            .sum();
+        let mut evicted = None;
+        if held >= self.total {
+            let mine = state.used.get(key).copied();
+            let used = state.used.clone();
+            let victim = state
+                .kinds
+                .iter()
+                .filter(|((k, _), kind)| k != key && !kind.ready.is_empty())
+                .map(|((k, n), _)| (used.get(k).copied(), k.clone(), *n))
+                .filter(|(at, _, _)| match (at, mine) {
+                    (Some(at), Some(mine)) => *at < mine,
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                })
+                .min_by_key(|(at, _, _)| *at);
+            let Some((_, victim_key, victim_network)) = victim else {
+                return Begin::No;
+            };
+            evicted = state
+                .kinds
+                .get_mut(&(victim_key, victim_network))
+                .and_then(|k| k.ready.pop())
+                .map(Box::new);
+        }
+        if let Some(kind) = state.kinds.get_mut(&(key.to_owned(), network)) {
             kind.starting += 1;
         }
-        short
+        Begin::Go { evicted }
     }
 
     /// Ends a start claimed with [`WarmPool::begin_start`], with its sandbox if it worked:
     /// to the first create waiting, else into the pool.
-    pub fn finish_start(&self, network: bool, warm: Option<Warm>) {
-        let mut kinds = self.kinds();
-        let kind = &mut kinds[index(network)];
+    pub fn finish_start(&self, key: &str, network: bool, warm: Option<Warm>) {
+        let mut state = self.state();
+        let kind = state.kinds.entry((key.to_owned(), network)).or_default();
         kind.starting = kind.starting.saturating_sub(1);
         let Some(mut warm) = warm else {
             // A failed start breaks one promise: that create starts a sandbox of its own.
@@ -114,16 +183,43 @@ impl WarmPool {
         kind.ready.push(warm);
     }
 
-    /// How many are ready, of both kinds.
+    /// How many are ready, of every template and kind.
     pub fn ready(&self) -> usize {
-        self.kinds().iter().map(|k| k.ready.len()).sum()
+        self.state().kinds.values().map(|k| k.ready.len()).sum()
+    }
+
+    /// The warm sandboxes of templates no create asked for in `idle` (except `keep`'s),
+    /// taken out of the pool to be ended.
+    pub fn expire(&self, idle: Duration, keep: &str) -> Vec<Warm> {
+        let mut state = self.state();
+        let now = Instant::now();
+        let stale: Vec<String> = state
+            .used
+            .iter()
+            .filter(|(k, at)| k.as_str() != keep && now.duration_since(**at) >= idle)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut ended = Vec::new();
+        for key in stale {
+            state.used.remove(&key);
+            for network in [false, true] {
+                if let Some(kind) = state.kinds.get_mut(&(key.clone(), network)) {
+                    ended.append(&mut kind.ready);
+                    if kind.starting == 0 && kind.waiting.is_empty() {
+                        state.kinds.remove(&(key.clone(), network));
+                    }
+                }
+            }
+        }
+        ended
     }
 
     /// Every warm sandbox, taking them out of the pool (at shutdown).
     pub fn drain(&self) -> Vec<Warm> {
-        let mut kinds = self.kinds();
-        kinds
-            .iter_mut()
+        let mut state = self.state();
+        state
+            .kinds
+            .values_mut()
             .flat_map(|k| std::mem::take(&mut k.ready))
             .collect()
     }

@@ -74,9 +74,7 @@ impl Settings {
         version: ApiVersion,
     ) -> Result<Self, LifecycleError> {
         let template_name = request.template_id.as_deref().unwrap_or("base");
-        let template = templates
-            .get(team, template_name)
-            .ok_or_else(|| LifecycleError::TemplateNotFound(template_name.to_owned()))?;
+        let template = templates.get(team, template_name)?;
         let timeout_secs = request.timeout.unwrap_or(match version {
             ApiVersion::V1 => 15,
             ApiVersion::V2 => 300,
@@ -86,14 +84,30 @@ impl Settings {
         let env_vars = request.env_vars.unwrap_or_default();
         check_env_vars(&env_vars)?;
         // The defaults fit any host that can run a sandbox at all.
-        let cpu_count = request.cpu_count.unwrap_or(CPU_COUNT.min(caps.cpus));
+        let cpu_count = request
+            .cpu_count
+            .or(template.cpu_count)
+            .unwrap_or(CPU_COUNT)
+            .min(if request.cpu_count.is_some() {
+                u32::MAX
+            } else {
+                caps.cpus
+            });
         if !(1..=caps.cpus).contains(&cpu_count) {
             return Err(LifecycleError::BadResources(format!(
                 "cpuCount must be between 1 and {} on this server, got {cpu_count}",
                 caps.cpus
             )));
         }
-        let memory_mb = request.memory_mb.unwrap_or(MEMORY_MB.min(caps.memory_mb));
+        let memory_mb = request
+            .memory_mb
+            .or(template.memory_mb)
+            .unwrap_or(MEMORY_MB)
+            .min(if request.memory_mb.is_some() {
+                u64::MAX
+            } else {
+                caps.memory_mb
+            });
         if !(MEMORY_MB_MIN..=caps.memory_mb).contains(&memory_mb) {
             return Err(LifecycleError::BadResources(format!(
                 "memoryMB must be between {MEMORY_MB_MIN} and {} on this server, got {memory_mb}",
@@ -140,10 +154,10 @@ impl Settings {
     pub fn warm(template: TemplateEntry, caps: HostCaps, network: bool) -> Self {
         Self {
             team: super::pool::WARM_TEAM.to_owned(),
-            template,
             timeout_secs: 0,
-            cpu_count: CPU_COUNT.min(caps.cpus),
-            memory_mb: MEMORY_MB.min(caps.memory_mb),
+            cpu_count: template.cpu_count.unwrap_or(CPU_COUNT).min(caps.cpus),
+            memory_mb: template.memory_mb.unwrap_or(MEMORY_MB).min(caps.memory_mb),
+            template,
             metadata: BTreeMap::new(),
             env_vars: BTreeMap::new(),
             network,
@@ -174,6 +188,7 @@ impl Settings {
             paused: None,
             lifecycle: self.lifecycle.clone(),
             template: Some(self.template.template.clone()),
+            defaults: self.template.defaults.clone(),
         }
     }
 }
@@ -241,15 +256,25 @@ pub fn limits(record: &SandboxRecord) -> cove_runtime::Limits {
 /// What a sandbox's agent is told at start: its token, E2B's defaults (user `user` in
 /// `/home/user`), the code interpreter's port, and the variables every process gets.
 pub fn agent_settings(record: &SandboxRecord) -> AgentSettings {
-    let mut env = BTreeMap::from([
+    // The template's variables, then E2B's, then the create request's.
+    let mut env = record
+        .defaults
+        .as_ref()
+        .map(|d| d.env.clone())
+        .unwrap_or_default();
+    env.extend([
         ("E2B_SANDBOX_ID".to_owned(), record.id.clone()),
         ("E2B_TEMPLATE_ID".to_owned(), record.template_id.clone()),
     ]);
     env.extend(record.env_vars.clone());
+    let (user, workdir) = match &record.defaults {
+        Some(d) => (d.user.clone(), d.workdir.clone()),
+        None => ("user".to_owned(), "/home/user".to_owned()),
+    };
     AgentSettings {
         access_token: record.envd_access_token.clone(),
-        default_user: "user".to_owned(),
-        default_workdir: "/home/user".into(),
+        default_user: user,
+        default_workdir: workdir.into(),
         env,
         code_interpreter_port: Some(cove_proto::envd::CODE_INTERPRETER_PORT),
     }

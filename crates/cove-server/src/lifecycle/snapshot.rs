@@ -100,11 +100,34 @@ impl Lifecycle {
             check_name(name)?;
         }
         let live = self.get(team, id)?;
+        let existing = match &name {
+            Some(n) => match self.templates.get(team, n) {
+                Ok(e) if matches!(e.kind, TemplateKind::Snapshot { .. }) => Some(e),
+                // One catalogue: a name is one template's, a snapshot's or a built one's.
+                Ok(e) if matches!(e.kind, TemplateKind::Built { .. }) => {
+                    return Err(LifecycleError::NameTaken(n.clone()));
+                }
+                Ok(_) | Err(LifecycleError::TemplateNotFound(_)) => None,
+                Err(LifecycleError::TemplateNotReady(_)) => {
+                    return Err(LifecycleError::NameTaken(n.clone()));
+                }
+                Err(err) => return Err(err),
+            },
+            None => None,
+        };
+        if let Some(n) = &name
+            && existing.is_none()
+            && !matches!(
+                self.templates.catalog().name_owner(team, n)?,
+                crate::catalog::Owner::Nobody
+            )
+        {
+            return Err(LifecycleError::NameTaken(n.clone()));
+        }
         let made = self.snapshot_of(&live).await?;
-        let existing = name
-            .as_ref()
-            .and_then(|n| self.templates.get(team, n))
-            .filter(|e| matches!(e.kind, TemplateKind::Snapshot { .. }));
+        let record = live.record();
+        // What the sandbox's template set for its processes, it sets for the snapshot's.
+        let source = self.templates.get(team, &record.template_id).ok();
         let snapshot_id = existing
             .as_ref()
             .map_or_else(|| secrets::random_id(20), |e| e.id.clone());
@@ -121,8 +144,24 @@ impl Lifecycle {
                 team: team.to_owned(),
                 sandbox: id.to_owned(),
             },
+            defaults: record.defaults.clone(),
+            start: source.as_ref().and_then(|s| s.start.clone()),
+            cpu_count: Some(record.cpu_count),
+            memory_mb: Some(record.memory_mb),
+            store_layers: Vec::new(),
+            shell: source.and_then(|s| s.shell),
         };
-        self.store.put_template(&entry.id, team, &entry)?;
+        // The layer store's layers under it (a built template's) stay while it does.
+        self.retain_template_layers(&entry).map_err(|err| {
+            LifecycleError::BadRequest(format!(
+                "a layer of the sandbox's template {:?} is gone ({err}); it cannot be snapshotted",
+                record.template_id
+            ))
+        })?;
+        if let Err(err) = self.store.put_template(&entry.id, team, &entry) {
+            self.release_template_layers(&entry);
+            return Err(err.into());
+        }
         self.templates.put(entry.clone());
         drop(made);
         if existing.is_some() {
@@ -146,10 +185,7 @@ impl Lifecycle {
                 Some(template) => template,
                 None => {
                     this.templates
-                        .get(&record.team, &record.template_id)
-                        .ok_or_else(|| {
-                            LifecycleError::TemplateNotFound(record.template_id.clone())
-                        })?
+                        .get(&record.team, &record.template_id)?
                         .template
                 }
             };
@@ -198,7 +234,7 @@ impl Lifecycle {
     ) -> Vec<TemplateEntry> {
         let mut found: Vec<TemplateEntry> = self
             .templates
-            .all(team)
+            .snapshots(team)
             .into_iter()
             .filter(|e| match &e.kind {
                 TemplateKind::Snapshot { sandbox: of, .. } => {
@@ -206,28 +242,27 @@ impl Lifecycle {
                         && name
                             .is_none_or(|n| e.answers_to(n) || e.answers_to(&format!("{team}/{n}")))
                 }
-                TemplateKind::BuiltIn => false,
+                TemplateKind::BuiltIn | TemplateKind::Built { .. } => false,
             })
             .collect();
         found.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
         found
     }
 
-    /// Deletes a template of `team` (a snapshot). Sandboxes made from it keep running, and
-    /// its layers stay as long as they do.
-    pub async fn delete_template(&self, team: &str, name: &str) -> Result<(), LifecycleError> {
-        let entry = self
-            .templates
-            .get(team, name)
-            .ok_or_else(|| LifecycleError::TemplateNotFound(name.to_owned()))?;
-        if !matches!(entry.kind, TemplateKind::Snapshot { .. }) {
-            return Err(LifecycleError::BadRequest(format!(
-                "template {:?} is built into the server and cannot be deleted",
-                entry.id
-            )));
-        }
+    /// The snapshot of `team` that `name` names, if it names one.
+    pub fn snapshot_named(&self, team: &str, name: &str) -> Option<TemplateEntry> {
+        self.templates
+            .snapshots(team)
+            .into_iter()
+            .find(|e| e.answers_to(name))
+    }
+
+    /// Deletes a snapshot of `team`. Sandboxes made from it keep running, and its layers
+    /// stay as long as they do.
+    pub async fn delete_snapshot(&self, entry: &TemplateEntry) -> Result<(), LifecycleError> {
         self.store.delete_template(&entry.id)?;
         self.templates.remove(&entry.id);
+        self.release_template_layers(entry);
         tracing::info!(snapshot = %entry.id, "snapshot deleted");
         self.collect_layers().await;
         Ok(())

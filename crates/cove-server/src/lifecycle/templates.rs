@@ -1,6 +1,8 @@
-//! The templates sandboxes can be created from, by id or name: the embedded `base` (every
-//! team's), and each team's snapshots (see [`super::snapshot`]), which are stored and come
-//! back after a restart.
+//! The one catalogue of templates sandboxes are created from, by id or name (`name:tag` for
+//! a tagged build): the embedded `base` (every team's), the templates each team built (whose
+//! builds the catalogue database keeps and whose layers the layer store holds), and each
+//! team's snapshots (see [`super::snapshot`]), which are templates too, as on E2B: stored,
+//! back after a restart, listed and deleted like built ones.
 
 use std::{
     collections::HashSet,
@@ -8,8 +10,34 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use cove_runtime::{Template, template::TemplateError};
+use cove_image::{Digest, LayerStore};
+use cove_runtime::{Layer, Template, template::TemplateError};
 use serde::{Deserialize, Serialize};
+
+use super::LifecycleError;
+use crate::{
+    catalog::{self, BuildRow, Built, Catalog, Owner, TemplateRow},
+    store::SandboxDefaults,
+};
+
+/// What a template's sandboxes run when they start, and how to tell they are ready.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartCommand {
+    pub start_cmd: Option<String>,
+    pub ready_cmd: Option<String>,
+}
+
+/// Whose a template is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplateKind {
+    /// Built into the server, for every team.
+    BuiltIn,
+    /// Built by `team` (build `build`).
+    Built { team: String, build: String },
+    /// A snapshot of `sandbox`, for `team` alone.
+    Snapshot { team: String, sandbox: String },
+}
 
 /// A template as the API knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,23 +50,40 @@ pub struct TemplateEntry {
     pub created_at: i64,
     /// What kind of template it is, and whose.
     pub kind: TemplateKind,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TemplateKind {
-    /// Built into the server, for every team.
-    BuiltIn,
-    /// A snapshot of `sandbox`, for `team` alone.
-    Snapshot { team: String, sandbox: String },
+    /// Its user, working directory and variables (none: E2B's defaults).
+    #[serde(default)]
+    pub defaults: Option<SandboxDefaults>,
+    #[serde(default)]
+    pub start: Option<StartCommand>,
+    /// What a create that names no resources gets.
+    #[serde(default)]
+    pub cpu_count: Option<u32>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    /// Its layers in the layer store (kept while its sandboxes run); for a snapshot, found
+    /// again from its layers' paths.
+    #[serde(skip)]
+    pub store_layers: Vec<Digest>,
+    /// The shell its start and ready commands run in (none: `/bin/sh`).
+    #[serde(default)]
+    pub shell: Option<String>,
 }
 
 impl TemplateEntry {
+    /// What warm sandboxes of it are kept under: a new build is another template to them.
+    pub fn warm_key(&self) -> String {
+        match &self.kind {
+            TemplateKind::BuiltIn | TemplateKind::Snapshot { .. } => self.id.clone(),
+            TemplateKind::Built { build, .. } => format!("{}@{build}", self.id),
+        }
+    }
+
     /// Whether `team` may use it.
     pub fn visible_to(&self, team: &str) -> bool {
         match &self.kind {
             TemplateKind::BuiltIn => true,
-            TemplateKind::Snapshot { team: owner, .. } => owner == team,
+            TemplateKind::Built { team: owner, .. }
+            | TemplateKind::Snapshot { team: owner, .. } => owner == team,
         }
     }
 
@@ -54,15 +99,24 @@ impl TemplateEntry {
     }
 }
 
-/// The registry (shared: snapshots come and go while the server runs).
+/// The registry.
 #[derive(Clone, Debug)]
 pub struct Templates {
-    entries: Arc<RwLock<Vec<TemplateEntry>>>,
+    base: Arc<TemplateEntry>,
+    catalog: Arc<Catalog>,
+    store: LayerStore,
+    /// Snapshots (shared: they come and go while the server runs; stored by the lifecycle).
+    snapshots: Arc<RwLock<Vec<TemplateEntry>>>,
 }
 
 impl Templates {
-    /// Builds (or reuses) the base template under `dir`.
-    pub fn load(dir: &Path) -> Result<Self, TemplateError> {
+    /// Builds (or reuses) the base template under `dir`; built templates come from `catalog`
+    /// and their layers from `store`.
+    pub fn load(
+        dir: &Path,
+        catalog: Arc<Catalog>,
+        store: LayerStore,
+    ) -> Result<Self, TemplateError> {
         let base = cove_runtime::template::base(&dir.join("base"))?;
         let entry = TemplateEntry {
             id: "base".to_owned(),
@@ -75,40 +129,152 @@ impl Templates {
             template: base,
             created_at: crate::clock::now_ms(),
             kind: TemplateKind::BuiltIn,
+            defaults: None,
+            start: None,
+            cpu_count: None,
+            memory_mb: None,
+            store_layers: Vec::new(),
+            shell: None,
         };
         Ok(Self {
-            entries: Arc::new(RwLock::new(vec![entry])),
+            base: Arc::new(entry),
+            catalog,
+            store,
+            snapshots: Arc::default(),
         })
     }
 
+    /// The built-in `base` template.
+    pub fn base(&self) -> &TemplateEntry {
+        &self.base
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    pub fn store(&self) -> &LayerStore {
+        &self.store
+    }
+
+    /// The template `team` means by `name` (`id`, `name` or either with `:tag`): the team's
+    /// own (snapshots, then built ones) before the built-in ones.
+    pub fn get(&self, team: &str, name: &str) -> Result<TemplateEntry, LifecycleError> {
+        if let Some(snapshot) = self
+            .read()
+            .iter()
+            .find(|e| e.visible_to(team) && e.answers_to(name))
+        {
+            return Ok(snapshot.clone());
+        }
+        let (bare, tag) = match name.split_once(':') {
+            Some((bare, tag)) => (bare, Some(tag)),
+            None => (name, None),
+        };
+        let not_found = || LifecycleError::TemplateNotFound(name.to_owned());
+        match self.catalog.find(team, bare)? {
+            Owner::Team(row) => {
+                let build = self.build_for(&row, tag)?.ok_or_else(|| {
+                    LifecycleError::TemplateNotReady(match tag {
+                        Some(tag) => format!("template {bare:?} has no build tagged {tag:?}"),
+                        None => format!(
+                            "template {bare:?} has no finished build yet (see its build status)"
+                        ),
+                    })
+                })?;
+                self.entry(&row, &build).ok_or_else(not_found)
+            }
+            Owner::OtherTeam => Err(not_found()),
+            Owner::Nobody if self.base.names.iter().any(|n| n == bare) => {
+                Ok(TemplateEntry::clone(&self.base))
+            }
+            Owner::Nobody => Err(not_found()),
+        }
+    }
+
+    /// The build `tag` names (`default` when none: a bare name means the default tag, or the
+    /// newest ready build of a template that has no default tag).
+    fn build_for(&self, row: &TemplateRow, tag: Option<&str>) -> catalog::Result<Option<BuildRow>> {
+        let tagged = self
+            .catalog
+            .tagged_build(&row.id, tag.unwrap_or(catalog::DEFAULT_TAG))?;
+        if tagged.is_some() || tag.is_some() {
+            return Ok(tagged.filter(|b| b.result.is_some()));
+        }
+        Ok(self
+            .catalog
+            .builds_of(&row.id)?
+            .into_iter()
+            .find(|b| b.result.is_some()))
+    }
+
+    /// The entry of build `build` of template `row`.
+    pub fn entry(&self, row: &TemplateRow, build: &BuildRow) -> Option<TemplateEntry> {
+        let built = build.result.as_ref()?;
+        Some(self.entry_of(row, &build.id, built))
+    }
+
+    fn entry_of(&self, row: &TemplateRow, build: &str, built: &Built) -> TemplateEntry {
+        let store_layers: Vec<Digest> = std::iter::once(&built.accounts)
+            .chain(&built.layers)
+            .filter_map(|hex| Digest::from_hex(hex).ok())
+            .collect();
+        let layers = store_layers
+            .iter()
+            .map(|digest| Layer {
+                path: self.store.layer_path(digest),
+                at: "/".into(),
+            })
+            .collect();
+        let alias = row.names.first().cloned().unwrap_or_else(|| row.id.clone());
+        let start =
+            (built.start_cmd.is_some() || built.ready_cmd.is_some()).then(|| StartCommand {
+                start_cmd: built.start_cmd.clone(),
+                ready_cmd: built.ready_cmd.clone(),
+            });
+        TemplateEntry {
+            id: row.id.clone(),
+            alias: alias.clone(),
+            names: row.names.clone(),
+            template: Template {
+                name: alias,
+                layers,
+            },
+            created_at: row.created_at,
+            kind: TemplateKind::Built {
+                team: row.team.clone(),
+                build: build.to_owned(),
+            },
+            defaults: Some(SandboxDefaults {
+                user: built.user.clone(),
+                workdir: built.workdir.clone(),
+                env: built.env.clone(),
+            }),
+            start,
+            cpu_count: Some(row.cpu_count),
+            memory_mb: Some(row.memory_mb),
+            store_layers,
+            shell: Some(built.shell.clone()),
+        }
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<TemplateEntry>> {
-        self.entries.read().unwrap_or_else(|e| e.into_inner())
+        self.snapshots.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<TemplateEntry>> {
-        self.entries.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The template `team` means by `name` (its own before the built-in ones).
-    pub fn get(&self, team: &str, name: &str) -> Option<TemplateEntry> {
-        let entries = self.read();
-        entries
-            .iter()
-            .filter(|e| e.visible_to(team) && e.answers_to(name))
-            .min_by_key(|e| matches!(e.kind, TemplateKind::BuiltIn))
-            .cloned()
+        self.snapshots.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The built-in template named `name`.
     pub fn built_in(&self, name: &str) -> Option<TemplateEntry> {
-        self.read()
-            .iter()
-            .find(|e| matches!(e.kind, TemplateKind::BuiltIn) && e.answers_to(name))
-            .cloned()
+        self.base
+            .answers_to(name)
+            .then(|| TemplateEntry::clone(&self.base))
     }
 
-    /// Every template `team` may use.
-    pub fn all(&self, team: &str) -> Vec<TemplateEntry> {
+    /// `team`'s snapshots.
+    pub fn snapshots(&self, team: &str) -> Vec<TemplateEntry> {
         self.read()
             .iter()
             .filter(|e| e.visible_to(team))
@@ -116,72 +282,25 @@ impl Templates {
             .collect()
     }
 
-    /// Adds a template, or replaces the one with its id.
+    /// Adds a snapshot, or replaces the one with its id.
     pub fn put(&self, entry: TemplateEntry) {
         let mut entries = self.write();
         entries.retain(|e| e.id != entry.id);
         entries.push(entry);
     }
 
-    /// Takes the template with this id out.
+    /// Takes the snapshot with this id out.
     pub fn remove(&self, id: &str) -> Option<TemplateEntry> {
         let mut entries = self.write();
         let at = entries.iter().position(|e| e.id == id)?;
         Some(entries.remove(at))
     }
 
-    /// The directories of every layer a template uses.
+    /// The directories of every layer a snapshot uses.
     pub fn layer_paths(&self) -> HashSet<PathBuf> {
         self.read()
             .iter()
             .flat_map(|e| e.template.layers.iter().map(|l| l.path.clone()))
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(id: &str, names: &[&str], kind: TemplateKind) -> TemplateEntry {
-        TemplateEntry {
-            id: id.into(),
-            alias: id.into(),
-            names: names.iter().map(|n| (*n).to_owned()).collect(),
-            template: Template {
-                name: id.into(),
-                layers: Vec::new(),
-            },
-            created_at: 0,
-            kind,
-        }
-    }
-
-    #[test]
-    fn snapshots_are_their_teams_and_answer_to_their_names() {
-        let templates = Templates {
-            entries: Arc::new(RwLock::new(vec![entry(
-                "base",
-                &["base"],
-                TemplateKind::BuiltIn,
-            )])),
-        };
-        let snap = entry(
-            "abc",
-            &["team-a/mine"],
-            TemplateKind::Snapshot {
-                team: "team-a".into(),
-                sandbox: "s".into(),
-            },
-        );
-        assert_eq!(snap.tagged_id(), "team-a/mine:default");
-        templates.put(snap);
-        assert!(templates.get("team-a", "team-a/mine:default").is_some());
-        assert!(templates.get("team-a", "abc:default").is_some());
-        assert!(templates.get("team-b", "abc").is_none(), "another team's");
-        assert_eq!(templates.get("team-b", "base:v1").unwrap().id, "base");
-        assert_eq!(templates.all("team-b").len(), 1);
-        assert!(templates.remove("abc").is_some());
-        assert!(templates.get("team-a", "abc").is_none());
     }
 }

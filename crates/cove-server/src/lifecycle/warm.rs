@@ -1,58 +1,115 @@
-//! Keeping warm sandboxes: started ahead of demand, one at a time per kind, and ended at
-//! shutdown (they are not worth keeping).
+//! Keeping warm sandboxes: started ahead of demand, one at a time per template and kind, for
+//! `base` always and for the templates creates used lately, and ended when their template
+//! goes idle and at shutdown (they are not worth keeping).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use super::{Lifecycle, pool::Warm, settings::Settings};
+use super::{
+    Lifecycle,
+    pool::{Begin, Warm},
+    settings::Settings,
+    start_cmd,
+    templates::TemplateEntry,
+};
 use crate::secrets;
 
-/// The template warm sandboxes are made of.
-pub const WARM_TEMPLATE: &str = "base";
+/// A template no create asked for in this long loses its warm sandboxes.
+pub const WARM_IDLE: Duration = Duration::from_secs(600);
 
 impl Lifecycle {
-    /// Tops the warm pool of this kind up again, one sandbox at a time, in the background.
-    pub fn refill(self: &Arc<Self>, network: bool) {
-        if self.warming.is_closed() || !self.pool.begin_start(network) {
+    /// Tops the warm pool of this template and kind up again, one sandbox at a time, in the
+    /// background.
+    pub fn refill(self: &Arc<Self>, entry: &TemplateEntry, network: bool) {
+        if self.warming.is_closed() {
             return;
         }
+        let key = entry.warm_key();
+        let evicted = match self.pool.begin_start(&key, network) {
+            Begin::No => return,
+            Begin::Go { evicted } => evicted,
+        };
         let this = self.clone();
+        let entry = entry.clone();
         self.warming.spawn(async move {
+            if let Some(warm) = evicted {
+                this.end_warm(*warm).await;
+            }
             loop {
-                let warm = this.start_warm(network).await;
+                let warm = this.start_warm(&entry, network).await;
                 let started = warm.is_some();
-                this.pool.finish_start(network, warm);
+                this.pool.finish_start(&key, network, warm);
                 // After a failure the next create tries again, not a busy loop.
-                if !started || this.warming.is_closed() || !this.pool.begin_start(network) {
+                if !started || this.warming.is_closed() {
                     break;
+                }
+                match this.pool.begin_start(&key, network) {
+                    Begin::No => break,
+                    Begin::Go { evicted } => {
+                        if let Some(warm) = evicted {
+                            this.end_warm(*warm).await;
+                        }
+                    }
                 }
             }
         });
     }
 
-    /// Fills both warm pools (at startup).
+    /// Fills both warm pools of `base` (at startup).
     pub fn warm_up(self: &Arc<Self>) {
-        self.refill(false);
-        self.refill(true);
+        let base = self.templates.base().clone();
+        self.pool.touch(&base.warm_key());
+        self.refill(&base, false);
+        self.refill(&base, true);
     }
 
-    async fn start_warm(&self, network: bool) -> Option<Warm> {
-        let template = self.templates.built_in(WARM_TEMPLATE)?;
-        let settings = Settings::warm(template, self.config.caps, network);
+    /// Makes `entry` a template creates used lately, so its warm pool fills now (a template
+    /// just built: its first create is then as quick as the next ones).
+    pub fn prewarm(self: &Arc<Self>, entry: &TemplateEntry) {
+        self.pool.touch(&entry.warm_key());
+        self.refill(entry, true);
+    }
+
+    async fn start_warm(&self, entry: &TemplateEntry, network: bool) -> Option<Warm> {
+        let settings = Settings::warm(entry.clone(), self.config.caps, network);
         let mut record = settings.record(&self.config, secrets::random_id(20));
-        match self
+        let started = match self
             .start(&mut record, settings.template.template.clone())
             .await
         {
-            Ok(started) => {
-                tracing::debug!(sandbox_id = %record.id, team = %record.team, network, "warm sandbox ready");
-                Some(Warm { record, started })
-            }
+            Ok(started) => started,
             Err(err) => {
-                tracing::warn!(?err, "cannot start a warm sandbox");
+                tracing::warn!(?err, template = %entry.id, "cannot start a warm sandbox");
                 self.discard(&record).await;
-                None
+                return None;
             }
+        };
+        let warm = Warm { record, started };
+        if let Err(err) = self.bring_up(&warm, entry).await {
+            tracing::warn!(%err, template = %entry.id, "a warm sandbox did not become ready");
+            self.end_warm(warm).await;
+            return None;
         }
+        tracing::debug!(sandbox_id = %warm.record.id, team = %warm.record.team, template = %entry.id, network, "warm sandbox ready");
+        Some(warm)
+    }
+
+    /// Runs the template's start command in a sandbox just started, and waits until it is
+    /// ready.
+    pub(super) async fn bring_up(&self, warm: &Warm, entry: &TemplateEntry) -> Result<(), String> {
+        let (Some(start), Some(defaults)) = (&entry.start, &warm.record.defaults) else {
+            return Ok(());
+        };
+        let shell = entry.shell.as_deref().unwrap_or("/bin/sh");
+        start_cmd::start_and_wait(
+            &warm.started.agent,
+            &warm.record.envd_access_token,
+            defaults,
+            shell,
+            start,
+            start_cmd::READY_TIMEOUT,
+            &mut |_, line| tracing::debug!(template = %entry.id, line, "ready command"),
+        )
+        .await
     }
 
     /// Ends a warm sandbox nobody will take.
@@ -63,6 +120,15 @@ impl Lifecycle {
             Err(err) => {
                 tracing::warn!(?err, sandbox_id = %warm.record.id, team = %warm.record.team, "cannot kill a warm sandbox");
             }
+        }
+    }
+
+    /// Ends the warm sandboxes of templates no create asked for lately.
+    pub async fn expire_warm(&self) {
+        let base = self.templates.base().warm_key();
+        for warm in self.pool.expire(WARM_IDLE, &base) {
+            tracing::debug!(sandbox_id = %warm.record.id, "ending the warm sandbox of an idle template");
+            self.end_warm(warm).await;
         }
     }
 
@@ -79,5 +145,6 @@ impl Lifecycle {
         for warm in self.pool.drain() {
             self.end_warm(warm).await;
         }
+        self.end_all_private().await;
     }
 }
