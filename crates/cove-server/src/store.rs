@@ -162,6 +162,17 @@ pub struct SandboxDefaults {
     pub env: BTreeMap<String, String>,
 }
 
+/// A connection to the state database at `path` as every user of it opens one (WAL, a busy
+/// timeout for the other connections), with the tables of `schema` created.
+pub(crate) fn connect(path: &Path, schema: &str) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(schema)?;
+    Ok(conn)
+}
+
 /// The state database.
 pub struct Store {
     conn: Mutex<Connection>,
@@ -176,18 +187,10 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let open_err = |source| StoreError::Open {
+        let conn = connect(path, SCHEMA).map_err(|source| StoreError::Open {
             path: path.to_owned(),
             source,
-        };
-        let conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
-        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        })?;
         Ok(Self {
             conn: Mutex::new(conn),
         })

@@ -109,15 +109,21 @@ impl FakeRuntime {
     }
 
     fn delay_transition(&self) {
+        self.take_time(|s| (&mut s.in_transition, s.transition_delay));
+    }
+
+    /// Blocks for the delay `which` names, counted in its counter meanwhile.
+    fn take_time(&self, which: impl Fn(&mut State) -> (&mut usize, Option<Duration>)) {
         let delay = {
             let mut state = self.state();
-            state.in_transition += 1;
-            state.transition_delay
+            let (under_way, delay) = which(&mut state);
+            *under_way += 1;
+            delay
         };
         if let Some(delay) = delay {
             std::thread::sleep(delay);
         }
-        self.state().in_transition -= 1;
+        *which(&mut self.state()).0 -= 1;
     }
 
     /// How many pauses, resumes and snapshots are under way now.
@@ -246,15 +252,7 @@ impl Runtime for FakeRuntime {
     }
 
     fn liveness(&self, handle: &Handle) -> Result<Liveness, RuntimeError> {
-        let delay = {
-            let mut state = self.state();
-            state.looking += 1;
-            state.liveness_delay
-        };
-        if let Some(delay) = delay {
-            std::thread::sleep(delay);
-        }
-        self.state().looking -= 1;
+        self.take_time(|s| (&mut s.looking, s.liveness_delay));
         let sandbox = self.known(handle)?;
         if sandbox.unobservable {
             return Err(RuntimeError::Io {

@@ -74,18 +74,11 @@ impl std::fmt::Debug for Catalog {
 impl Catalog {
     /// Opens the catalogue in the database at `path` (creating its tables).
     pub fn open(path: &Path) -> Result<Self> {
-        let open_err = |source| CatalogError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
-        conn.execute_batch(schema::SCHEMA).map_err(open_err)?;
+        let conn =
+            crate::store::connect(path, schema::SCHEMA).map_err(|source| CatalogError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
