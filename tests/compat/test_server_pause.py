@@ -29,7 +29,12 @@ from conftest import (
 
 pytestmark = pytest.mark.cove_server
 
-COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done"
+# Each value is written beside the file and renamed over it, so a reader (or a pause) never
+# meets the file truncated and still empty.
+COUNTER = (
+    "i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; "
+    "sleep 0.05; done"
+)
 
 
 def count(sandbox) -> int:

@@ -140,7 +140,9 @@ async fn a_memory_pause_freezes_the_sandbox_and_a_resume_continues_it() {
     let counter = agent
         .commands()
         .spawn(Command::shell(
-            "i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done",
+            // Renamed into place, so the file is never seen truncated (nor frozen so).
+            "i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; \
+             mv /tmp/count.new /tmp/count; sleep 0.05; done",
         ))
         .await
         .unwrap();
