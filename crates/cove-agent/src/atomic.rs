@@ -6,7 +6,7 @@
 use std::{
     ffi::OsStr,
     io,
-    os::unix::fs::{MetadataExt, PermissionsExt},
+    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -24,36 +24,65 @@ pub fn is_temporary(name: &OsStr) -> bool {
         .is_some_and(|name| name.starts_with(TEMPORARY_PREFIX))
 }
 
-/// A file being written to replace (or create) its target. Dropped before
-/// [`Staged::commit`] — an error, a cancelled request — it is removed.
+/// A file being written to replace (or create) its target: `F` is the open temporary file,
+/// a blocking `std::fs::File` or a `tokio::fs::File`. Dropped before it is committed — an
+/// error, a cancelled request — the temporary file is removed.
 #[derive(Debug)]
-pub struct Staged {
-    path: PathBuf,
+pub struct Staged<F> {
+    temporary: Temporary,
     target: PathBuf,
-    file: tokio::fs::File,
-    committed: bool,
+    file: F,
 }
 
-impl Staged {
+/// The temporary file's path, removed when dropped unless it was moved into place.
+#[derive(Debug)]
+struct Temporary {
+    path: PathBuf,
+    moved: bool,
+}
+
+impl Drop for Temporary {
+    fn drop(&mut self) {
+        if self.moved {
+            return;
+        }
+        if let Err(err) = std::fs::remove_file(&self.path) {
+            tracing::warn!(?err, path = %self.path.display(), "cannot remove an unfinished upload");
+        }
+    }
+}
+
+impl<F> Staged<F> {
+    /// The temporary file, to write the content to.
+    pub fn file(&mut self) -> &mut F {
+        &mut self.file
+    }
+
+    /// The temporary file's path, to set attributes on before it takes its place.
+    pub fn path(&self) -> &Path {
+        &self.temporary.path
+    }
+}
+
+impl Staged<std::fs::File> {
     /// Starts a replacement of `path` (of the file a symbolic link there names, as a write
-    /// through the link would). The new file is `user`'s, with the permission bits, ACL and
-    /// extended attributes of the file it replaces (metadata set through the API aside), or
-    /// 0644 less the umask when there is none.
-    pub async fn create(path: &Path, user: &User) -> io::Result<Self> {
+    /// through the link would), blocking. The new file is `user`'s, with the permission
+    /// bits, ACL and extended attributes of the file it replaces (metadata set through the
+    /// API aside), or 0644 less the umask when there is none.
+    pub fn create_blocking(path: &Path, user: &User) -> io::Result<Self> {
         let target = follow_links(path)?;
         let dir = target.parent().unwrap_or(Path::new("/"));
         let existing = std::fs::metadata(&target).ok();
-        let (temporary, file) = loop {
+        let (path, file) = loop {
             let candidate = dir.join(format!(
                 "{TEMPORARY_PREFIX}{}",
                 uuid::Uuid::new_v4().simple()
             ));
-            match tokio::fs::OpenOptions::new()
+            match std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o644)
                 .open(&candidate)
-                .await
             {
                 Ok(file) => break (candidate, file),
                 Err(err) if err.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -61,58 +90,74 @@ impl Staged {
             }
         };
         let staged = Self {
-            path: temporary,
+            temporary: Temporary { path, moved: false },
             target,
             file,
-            committed: false,
         };
         filesystem::fchown(&staged.file, user)?;
         if let Some(existing) = existing {
             let mode = existing.mode() & 0o777;
             staged
                 .file
-                .set_permissions(std::fs::Permissions::from_mode(mode))
-                .await?;
-            carry_over_attributes(&staged.target, &staged.path);
+                .set_permissions(std::fs::Permissions::from_mode(mode))?;
+            carry_over_attributes(&staged.target, staged.path());
         }
         Ok(staged)
     }
 
-    /// The temporary file, to write the content to.
-    pub fn file(&mut self) -> &mut tokio::fs::File {
-        &mut self.file
-    }
-
-    /// The temporary file's path, to set attributes on before it takes its place.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Moves the finished file into place.
-    pub async fn commit(mut self) -> io::Result<()> {
-        tokio::fs::rename(&self.path, &self.target).await?;
-        self.committed = true;
-        // A rename reports the file as created, not written. Watchers of the directory
-        // (the E2B SDKs' `watch_dir` users wait for a write) get their modify event from a
-        // truncation to the size it already has, which changes nothing else.
-        let touched = match self.file.metadata().await {
-            Ok(meta) => self.file.set_len(meta.len()).await,
-            Err(err) => Err(err),
-        };
-        if let Err(err) = touched {
-            tracing::debug!(?err, path = %self.target.display(), "no modify event for an upload");
-        }
+    /// Moves the finished file into place, blocking.
+    pub fn commit_blocking(mut self) -> io::Result<()> {
+        std::fs::rename(&self.temporary.path, &self.target)?;
+        self.temporary.moved = true;
+        let touched = self
+            .file
+            .metadata()
+            .and_then(|meta| self.file.set_len(meta.len()));
+        self.report_untouched(touched);
         Ok(())
     }
 }
 
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if self.committed {
-            return;
-        }
-        if let Err(err) = std::fs::remove_file(&self.path) {
-            tracing::warn!(?err, path = %self.path.display(), "cannot remove an unfinished upload");
+impl Staged<tokio::fs::File> {
+    /// [`Staged::create_blocking`] on a blocking thread (one trip for all its calls).
+    pub async fn create(path: &Path, user: &User) -> io::Result<Self> {
+        let (path, user) = (path.to_path_buf(), user.clone());
+        let staged = tokio::task::spawn_blocking(move || Staged::create_blocking(&path, &user))
+            .await
+            .map_err(io::Error::other)??;
+        let Staged {
+            temporary,
+            target,
+            file,
+        } = staged;
+        Ok(Staged {
+            temporary,
+            target,
+            file: tokio::fs::File::from_std(file),
+        })
+    }
+
+    /// Moves the finished file into place.
+    pub async fn commit(mut self) -> io::Result<()> {
+        tokio::fs::rename(&self.temporary.path, &self.target).await?;
+        self.temporary.moved = true;
+        let touched = match self.file.metadata().await {
+            Ok(meta) => self.file.set_len(meta.len()).await,
+            Err(err) => Err(err),
+        };
+        self.report_untouched(touched);
+        Ok(())
+    }
+}
+
+impl<F> Staged<F> {
+    /// A rename reports the file as created, not written. Watchers of the directory (the
+    /// E2B SDKs' `watch_dir` users wait for a write) get their modify event from a
+    /// truncation to the size it already has, which changes nothing else; `touched` is how
+    /// that went.
+    fn report_untouched(&self, touched: io::Result<()>) {
+        if let Err(err) = touched {
+            tracing::debug!(?err, path = %self.target.display(), "no modify event for an upload");
         }
     }
 }

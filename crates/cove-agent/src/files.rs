@@ -319,7 +319,6 @@ async fn receive(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let mut written = Vec::new();
     if essence == "application/octet-stream" {
         let Some(target) = query.path.as_deref().filter(|p| !p.is_empty()) else {
             return Err(RestError::bad_request(
@@ -328,51 +327,177 @@ async fn receive(
         };
         let path = query.resolve(state, user, Some(target))?;
         write_file(&path, user, metadata, StreamReader::new(stream)).await?;
-        written.push(describe(&path));
+        Ok(vec![describe(&path)])
     } else if essence.starts_with("multipart/") {
         let boundary = multer::parse_boundary(content_type).map_err(|err| {
             RestError::bad_request(format!("invalid multipart content type: {err}"))
         })?;
         let mut multipart = multer::Multipart::new(&mut stream, boundary);
-        let mut seen = HashSet::new();
-        loop {
-            let field = multipart
-                .next_field()
-                .await
-                .map_err(|err| RestError::bad_request(format!("invalid multipart body: {err}")))?;
-            let Some(field) = field else { break };
-            if field.name() != Some("file") {
-                continue;
-            }
-            let target = query
-                .path
-                .clone()
-                .filter(|p| !p.is_empty())
-                .or_else(|| field.file_name().map(str::to_owned))
-                .ok_or_else(|| {
-                    RestError::bad_request(
-                        "a file part has no filename and no path query parameter was given",
-                    )
-                })?;
-            let path = query.resolve(state, user, Some(&target))?;
-            if !seen.insert(path.clone()) {
-                return Err(RestError::bad_request(format!(
-                    "cannot upload several files to the same path '{}' in one request",
-                    path.display()
-                )));
-            }
-            let reader = StreamReader::new(field.map_err(io::Error::other));
-            write_file(&path, user, metadata, reader).await?;
-            written.push(describe(&path));
-        }
+        let mut parts = SmallWrites::new(user, metadata);
+        let read = read_parts(state, query, user, metadata, &mut multipart, &mut parts).await;
+        // Whatever happened, the small parts already received are written before the answer.
+        let written = parts.finish().await;
+        read?;
+        let written = written?;
         drop(multipart);
         drain_epilogue(&mut stream).await;
+        Ok(written)
     } else {
-        return Err(RestError::bad_request(format!(
+        Err(RestError::bad_request(format!(
             "unsupported content type {content_type:?}: use multipart/form-data or application/octet-stream"
-        )));
+        )))
     }
-    Ok(written)
+}
+
+/// Parts of a form up to this size are read whole and written on a blocking thread in one
+/// trip, several at once (`write_files` of many small files); larger ones stream.
+const SMALL_PART: usize = 256 << 10;
+/// Most small parts written at once.
+const PARALLEL_WRITES: usize = 8;
+
+/// Reads the `file` parts of a form: small ones go to `parts`, large ones are streamed to
+/// their files here (their place in the answer kept in `parts` too).
+async fn read_parts(
+    state: &AgentState,
+    query: &FilesQuery,
+    user: &User,
+    metadata: &BTreeMap<String, String>,
+    multipart: &mut multer::Multipart<'_>,
+    parts: &mut SmallWrites,
+) -> Result<(), RestError> {
+    let mut seen = HashSet::new();
+    // A part already refused ends the upload: the parts after it are not written.
+    while !parts.failed() {
+        let field = multipart
+            .next_field()
+            .await
+            .map_err(|err| RestError::bad_request(format!("invalid multipart body: {err}")))?;
+        let Some(mut field) = field else {
+            return Ok(());
+        };
+        if field.name() != Some("file") {
+            continue;
+        }
+        let target = query
+            .path
+            .clone()
+            .filter(|p| !p.is_empty())
+            .or_else(|| field.file_name().map(str::to_owned))
+            .ok_or_else(|| {
+                RestError::bad_request(
+                    "a file part has no filename and no path query parameter was given",
+                )
+            })?;
+        let path = query.resolve(state, user, Some(&target))?;
+        if !seen.insert(path.clone()) {
+            return Err(RestError::bad_request(format!(
+                "cannot upload several files to the same path '{}' in one request",
+                path.display()
+            )));
+        }
+        let unreadable = |err: multer::Error| {
+            RestError::bad_request(format!(
+                "cannot read the upload for '{}': {err}",
+                path.display()
+            ))
+        };
+        let mut head = bytes::BytesMut::new();
+        let mut ended = false;
+        while head.len() <= SMALL_PART {
+            match field.chunk().await.map_err(unreadable)? {
+                Some(chunk) => head.extend_from_slice(&chunk),
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if ended {
+            parts.write(path, head.freeze()).await;
+        } else {
+            let head = futures::stream::iter([Ok(head.freeze())]);
+            let reader = StreamReader::new(head.chain(field.map_err(io::Error::other)));
+            write_file(&path, user, metadata, reader).await?;
+            parts.written(describe(&path));
+        }
+    }
+    Ok(())
+}
+
+/// The files of one form in the order of its parts: small ones written on blocking threads,
+/// at most [`PARALLEL_WRITES`] at once, large ones as they were streamed.
+struct SmallWrites {
+    user: User,
+    metadata: std::sync::Arc<BTreeMap<String, String>>,
+    entries: Vec<Option<Result<WrittenEntry, RestError>>>,
+    running: tokio::task::JoinSet<(usize, Result<WrittenEntry, RestError>)>,
+    failed: bool,
+}
+
+impl SmallWrites {
+    fn new(user: &User, metadata: &BTreeMap<String, String>) -> Self {
+        Self {
+            user: user.clone(),
+            metadata: std::sync::Arc::new(metadata.clone()),
+            entries: Vec::new(),
+            running: tokio::task::JoinSet::new(),
+            failed: false,
+        }
+    }
+
+    /// Whether a part already finished has failed.
+    fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Records a file already written, in its place among the parts.
+    fn written(&mut self, entry: WrittenEntry) {
+        self.entries.push(Some(Ok(entry)));
+    }
+
+    /// Starts writing `content` to `path`, once fewer than [`PARALLEL_WRITES`] run.
+    async fn write(&mut self, path: PathBuf, content: Bytes) {
+        while self.running.len() >= PARALLEL_WRITES {
+            self.settle_one().await;
+        }
+        let index = self.entries.len();
+        self.entries.push(None);
+        let (user, metadata) = (self.user.clone(), self.metadata.clone());
+        self.running
+            .spawn_blocking(move || (index, write_whole(&path, &user, &metadata, &content)));
+    }
+
+    async fn settle_one(&mut self) {
+        match self.running.join_next().await {
+            Some(Ok((index, outcome))) => {
+                self.failed |= outcome.is_err();
+                self.entries[index] = Some(outcome);
+            }
+            Some(Err(join)) => {
+                self.failed = true;
+                tracing::error!(%join, "a file write crashed");
+            }
+            None => {}
+        }
+    }
+
+    /// Waits for every write; the entries in order, or the first part's error.
+    async fn finish(mut self) -> Result<Vec<WrittenEntry>, RestError> {
+        while !self.running.is_empty() {
+            self.settle_one().await;
+        }
+        self.entries
+            .into_iter()
+            .map(|entry| {
+                entry.unwrap_or_else(|| {
+                    Err(RestError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "a file write crashed",
+                    ))
+                })
+            })
+            .collect()
+    }
 }
 
 /// Most bytes read after a form's closing boundary before giving up on the connection.
@@ -416,22 +541,7 @@ async fn write_file(
     reader: impl AsyncRead + Unpin,
 ) -> Result<(), RestError> {
     let internal = |what: &str, err: &io::Error| write_failed(path, what, err);
-    if let Some(parent) = path.parent() {
-        filesystem::ensure_dirs(parent, user).map_err(|err| match err.kind() {
-            io::ErrorKind::NotADirectory => {
-                RestError::bad_request(format!("cannot create '{}': {err}", parent.display()))
-            }
-            _ => internal("create the parent directories of", &err),
-        })?;
-    }
-    let existing = tokio::fs::metadata(path).await.ok();
-    if existing.as_ref().is_some_and(|m| m.is_dir()) {
-        return Err(RestError::bad_request(format!(
-            "path '{}' is a directory",
-            path.display()
-        )));
-    }
-    if existing.as_ref().is_some_and(|m| !m.is_file()) {
+    if !make_way(path, user)? {
         return write_in_place(path, user, metadata, reader).await;
     }
     let mut staged = atomic::Staged::create(path, user)
@@ -450,6 +560,66 @@ async fn write_file(
         .commit()
         .await
         .map_err(|err| internal("replace", &err))
+}
+
+/// [`write_file`] of content already received, blocking: one trip to a blocking thread for
+/// a small file instead of one per call. What the upload reports for it.
+fn write_whole(
+    path: &Path,
+    user: &User,
+    metadata: &BTreeMap<String, String>,
+    content: &[u8],
+) -> Result<WrittenEntry, RestError> {
+    use std::io::Write;
+    let internal = |what: &str, err: &io::Error| write_failed(path, what, err);
+    if make_way(path, user)? {
+        let mut staged =
+            atomic::Staged::create_blocking(path, user).map_err(|err| internal("create", &err))?;
+        staged
+            .file()
+            .write_all(content)
+            .map_err(|err| internal("write", &err))?;
+        store_metadata(staged.path(), metadata)?;
+        staged
+            .commit_blocking()
+            .map_err(|err| internal("replace", &err))?;
+    } else {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|err| internal("open", &err))?;
+        filesystem::fchown(&file, user).map_err(|err| internal("chown", &err))?;
+        file.write_all(content)
+            .map_err(|err| internal("write", &err))?;
+        if let Err(err) = replace_metadata(path, metadata) {
+            tracing::debug!(?err, path = %path.display(), "no metadata on a special file");
+        }
+    }
+    Ok(describe(path))
+}
+
+/// Gets `path` ready to be written: its parent directories made (owned by `user`), and
+/// refused when it is a directory. Whether it is to be replaced whole (a regular file or
+/// nothing yet) rather than written in place (a FIFO, a device: what a rename must not
+/// replace).
+fn make_way(path: &Path, user: &User) -> Result<bool, RestError> {
+    if let Some(parent) = path.parent() {
+        filesystem::ensure_dirs(parent, user).map_err(|err| match err.kind() {
+            io::ErrorKind::NotADirectory => {
+                RestError::bad_request(format!("cannot create '{}': {err}", parent.display()))
+            }
+            _ => write_failed(path, "create the parent directories of", &err),
+        })?;
+    }
+    match std::fs::metadata(path) {
+        Ok(existing) if existing.is_dir() => Err(RestError::bad_request(format!(
+            "path '{}' is a directory",
+            path.display()
+        ))),
+        Ok(existing) => Ok(existing.is_file()),
+        Err(_) => Ok(true),
+    }
 }
 
 /// The answer to a write of `path` that failed doing `what`: 507 when the disk is full.

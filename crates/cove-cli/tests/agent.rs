@@ -143,6 +143,56 @@ async fn binary_upload_and_several_files_at_once() {
     let paths: Vec<_> = written.iter().map(|w| w.path.as_str()).collect();
     assert_eq!(paths, ["/tmp/many/a", "/home/user/many/b"]);
     assert_eq!(files.read_to_string("/tmp/many/a").await.unwrap(), "1");
+
+    // Small parts are written several at once, large ones streamed: the answer keeps the
+    // order of the parts, and every file has its own content.
+    let large: Bytes = (0..=250u8).cycle().take(3 << 20).collect::<Vec<_>>().into();
+    let mut parts: Vec<(String, Bytes)> = (0..200)
+        .map(|i| {
+            (
+                format!("/tmp/mixed/{i}.txt"),
+                Bytes::from(format!("part {i}")),
+            )
+        })
+        .collect();
+    parts.insert(100, ("/tmp/mixed/large.bin".into(), large.clone()));
+    let written = files.write_many(parts.clone()).await.unwrap();
+    let paths: Vec<_> = written.iter().map(|w| w.path.clone()).collect();
+    let expected: Vec<_> = parts.iter().map(|(path, _)| path.clone()).collect();
+    assert_eq!(paths, expected);
+    assert_eq!(files.read("/tmp/mixed/large.bin").await.unwrap(), large);
+    for i in [0, 99, 199] {
+        assert_eq!(
+            files
+                .read_to_string(&format!("/tmp/mixed/{i}.txt"))
+                .await
+                .unwrap(),
+            format!("part {i}")
+        );
+    }
+
+    // A part that cannot be written fails the upload with its own error; the parts before
+    // it are written, and no temporary file is left anywhere.
+    files
+        .write("/tmp/blocked/dir/keep", "a directory in the way")
+        .await
+        .unwrap();
+    let mut parts: Vec<(String, Bytes)> = (0..20)
+        .map(|i| (format!("/tmp/blocked/{i}"), Bytes::from_static(b"x")))
+        .collect();
+    parts.insert(10, ("/tmp/blocked/dir".into(), Bytes::from_static(b"y")));
+    let refused = files.write_many(parts).await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::InvalidArgument(m) if m.contains("/tmp/blocked/dir") && m.contains("is a directory")),
+        "{refused:?}"
+    );
+    assert_eq!(files.read_to_string("/tmp/blocked/9").await.unwrap(), "x");
+    let left = client
+        .commands()
+        .run("find /tmp/blocked /tmp/mixed -name '.cove-upload-*' | wc -l")
+        .await
+        .unwrap();
+    assert_eq!(left.stdout.trim(), "0");
 }
 
 #[tokio::test(flavor = "multi_thread")]
