@@ -70,9 +70,12 @@ impl Lifecycle {
             }
         });
         let outcomes = futures::future::join_all(forks).await;
-        // Each fork that started holds the layers now (its record names them).
+        // Each fork that started holds the layers now (its record names them); when none
+        // did, nothing does, and they go (not on the way of a fork that started).
         drop(made);
-        self.collect_layers().await;
+        if outcomes.iter().all(Result::is_err) {
+            self.collect_layers().await;
+        }
         tracing::info!(sandbox_id = %id, %team, count, started = outcomes.iter().filter(|o| o.is_ok()).count(), "sandbox forked");
         Ok(outcomes)
     }
