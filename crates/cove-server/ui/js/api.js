@@ -57,8 +57,11 @@ export async function get(path) {
   return (await call(path)).data;
 }
 
-/** Every running and paused sandbox of the team, following the pages. */
-export async function listSandboxes() {
+/**
+ * Every running and paused sandbox of the team, following the pages; `onPage` sees the list
+ * so far after each page (so a first view can show rows while the rest comes).
+ */
+export async function listSandboxes(onPage) {
   const all = [];
   let token = null;
   do {
@@ -67,6 +70,7 @@ export async function listSandboxes() {
     const { data, headers } = await call(`/v2/sandboxes?${query}`);
     all.push(...data);
     token = headers.get('X-Next-Token');
+    if (token && onPage) onPage(all);
   } while (token);
   return all;
 }

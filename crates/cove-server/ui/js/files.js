@@ -39,7 +39,7 @@ export function render(container, sandbox) {
   let target = HOME;
   const where = h('span', { class: 'mono', id: 'upload-target' }, target);
   const picker = h('input', { type: 'file', id: 'upload-input', multiple: true, hidden: true });
-  const tree = h('ul', { class: 'tree root', role: 'tree', 'aria-label': 'Files' });
+  const tree = h('ul', { class: 'tree root', 'aria-label': 'Files' });
   const drop = h('div', { class: 'drop', id: 'file-drop' }, tree);
 
   async function send(files) {
@@ -79,13 +79,13 @@ export function render(container, sandbox) {
   function item(entry) {
     const isDir = entry.type === 'FILE_TYPE_DIRECTORY';
     if (!isDir) {
-      return h('li', { role: 'treeitem', dataset: { path: entry.path } },
+      return h('li', { dataset: { path: entry.path } },
         h('button', { type: 'button', class: 'link', 'aria-label': `Download ${entry.path}`, onclick: () => download(sandbox, entry.path, entry.name).catch((err) => say(`Download failed: ${err.message}`)) }, entry.name),
         h('span', { class: 'size' }, bytes(Number(entry.size))));
     }
-    const children = h('ul', { class: 'tree', role: 'group', hidden: true });
+    const children = h('ul', { class: 'tree', hidden: true });
     const toggle = h('button', { type: 'button', class: 'link', 'aria-expanded': 'false' }, `${entry.name}/`);
-    const li = h('li', { role: 'treeitem', dataset: { dir: entry.path, path: entry.path } }, toggle, children);
+    const li = h('li', { dataset: { dir: entry.path, path: entry.path } }, toggle, children);
     toggle.addEventListener('click', async () => {
       const open = toggle.getAttribute('aria-expanded') === 'true';
       choose(entry.path);

@@ -5,7 +5,6 @@ import { call, get } from './api.js';
 import { lineChart } from './chart.js';
 import { bytes, duration, fill, h, percent, say } from './dom.js';
 import * as files from './files.js';
-import * as terminal from './terminal.js';
 
 const DETAILS_MS = 2000;
 const METRICS_MS = 5000;
@@ -146,13 +145,16 @@ export function render(main, id) {
     }
   }
 
-  termButton.addEventListener('click', () => {
+  termButton.addEventListener('click', async () => {
     if (closeTerminal) {
       closeTerminal();
       closeTerminal = null;
       termButton.textContent = 'Open terminal';
       return;
     }
+    // xterm.js is loaded when a terminal is first opened, not with every page.
+    const terminal = await import('./terminal.js');
+    if (stopped || closeTerminal) return;
     closeTerminal = terminal.open(termBox, id);
     termButton.textContent = 'Close terminal';
   });

@@ -155,10 +155,18 @@ export function render(main) {
     }
   }
 
+  let first = true;
   async function refresh() {
     try {
-      sandboxes = await listSandboxes();
+      // The first time, rows show page by page; later a partial list would hide rows.
+      const onPage = first ? (sofar) => { sandboxes = sofar; draw(); } : undefined;
+      sandboxes = await listSandboxes(onPage);
       draw();
+      if (first) {
+        first = false;
+        // Metrics are asked for once the list is there (they cost the server more).
+        metricsTimer = setTimeout(refreshMetrics, 0);
+      }
     } catch (err) {
       say(`Cannot list sandboxes: ${err.message}`);
     }
@@ -209,7 +217,6 @@ export function render(main) {
   }
 
   refresh();
-  metricsTimer = setTimeout(refreshMetrics, 300);
   return () => {
     stopped = true;
     clearTimeout(timer);
