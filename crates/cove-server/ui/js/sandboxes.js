@@ -158,9 +158,7 @@ export function render(main) {
   let first = true;
   async function refresh() {
     try {
-      // The first time, rows show page by page; later a partial list would hide rows.
-      const onPage = first ? (sofar) => { sandboxes = sofar; draw(); } : undefined;
-      sandboxes = await listSandboxes(onPage);
+      sandboxes = await listSandboxes();
       draw();
       if (first) {
         first = false;
