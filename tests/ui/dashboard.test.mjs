@@ -10,6 +10,7 @@ import { join, resolve } from 'node:path';
 import { after, before, test } from 'node:test';
 
 import { launch } from './browser.mjs';
+import { tinyLayoutTar } from './oci.mjs';
 import { startServer, waitUntil } from './server.mjs';
 
 const REPO = resolve(import.meta.dirname, '../..');
@@ -177,15 +178,39 @@ test('a file dropped on the tree is uploaded, listed and downloads again', async
   await shot('sandbox');
 });
 
-test('the templates page lists the templates', async () => {
-  const listed = await server.api('GET', '/templates');
-  assert.equal(listed.status, 200);
+test('a template build shows on the templates page with its log', async () => {
+  // A base to build on, imported from an OCI layout made here (no registry needed).
+  const imported = await fetch(`${server.url}/cove/templates/import?name=ui-demo-base`, {
+    method: 'POST', headers: { 'X-API-KEY': server.apiKey }, body: tinyLayoutTar('dashboard demo\n'),
+  });
+  const importedText = await imported.text();
+  assert.equal(imported.status, 201, importedText);
+  const base = JSON.parse(importedText);
+  const requested = await server.api('POST', '/v3/templates', { name: 'ui-demo', cpuCount: 1, memoryMB: 512 });
+  assert.equal(requested.status, 202, JSON.stringify(requested.body));
+  const { templateID, buildID } = requested.body;
+  const started = await server.api('POST', `/v2/templates/${templateID}/builds/${buildID}`, {
+    fromTemplate: 'ui-demo-base',
+    steps: [{ type: 'ENV', args: ['GREETING', 'from the dashboard'] }, { type: 'WORKDIR', args: ['/app'] }],
+  });
+  assert.equal(started.status, 202, JSON.stringify(started.body));
   await page.getByRole('link', { name: 'Templates', exact: true }).click();
   await page.getByRole('heading', { name: 'Templates' }).waitFor();
-  for (const template of listed.body) {
+  for (const template of (await server.api('GET', '/templates')).body) {
     await page.locator(`tr[data-id="${template.templateID}"]`).waitFor();
   }
+  await page.locator(`tr[data-id="${templateID}"]`).waitFor();
   await shot('templates');
+  await page.getByRole('link', { name: buildID }).click();
+  const log = page.locator('#build-log');
+  await waitUntil(async () => /ENV GREETING=from the dashboard/.test(await log.innerText()), 'the ENV step in the log', SLOW_MS);
+  await waitUntil(async () => (await page.locator('#build-status').innerText()) === 'ready', 'the build to be ready', SLOW_MS);
+  assert.match(await log.innerText(), /WORKDIR \/app/);
+  await shot('build');
+  await page.getByRole('link', { name: '← All templates' }).click();
+  for (const id of [templateID, base.templateID]) {
+    assert.equal((await server.api('DELETE', `/templates/${id}`)).status, 204);
+  }
 });
 
 test('a sandbox killed from the list goes away', async () => {

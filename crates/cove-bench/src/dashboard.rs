@@ -88,8 +88,8 @@ pub async fn list_render(settings: &Settings, report: &mut Report) -> anyhow::Re
         "tests/ui/bench.mjs failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let found: BTreeMap<String, Vec<f64>> = serde_json::from_slice(&output.stdout)
-        .context("tests/ui/bench.mjs printed no figures")?;
+    let found: BTreeMap<String, Vec<f64>> =
+        serde_json::from_slice(&output.stdout).context("tests/ui/bench.mjs printed no figures")?;
     let millis = |name: &str| -> Vec<Duration> {
         found
             .get(name)

@@ -234,7 +234,10 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
         crate::python::sdk_overhead(settings, &mut report).await?;
     }
     if wanted("dashboard") {
-        eprintln!("dashboard: the sandbox list with {} live in Chromium", settings.max_live);
+        eprintln!(
+            "dashboard: the sandbox list with {} live in Chromium",
+            settings.max_live
+        );
         crate::dashboard::list_render(settings, &mut report).await?;
     }
     Ok(report)

@@ -28,9 +28,10 @@ export function render(main) {
       fill(body, ...templates.map((t) => h('tr', { dataset: { id: t.templateID } },
         h('td', { class: 'mono' }, t.templateID),
         h('td', {}, [...new Set([...(t.names || []), ...(t.aliases || [])])].map((n) => h('span', { class: 'meta' }, n))),
-        h('td', {}, t.buildID
+        // `base` is built into the server from the host's files: it has no build to show.
+        h('td', {}, t.buildID && t.templateID !== 'base'
           ? h('a', { class: 'mono', href: `#/templates/${encodeURIComponent(t.templateID)}/builds/${encodeURIComponent(t.buildID)}` }, t.buildID)
-          : '–'),
+          : (t.buildID || '–')),
         h('td', {}, h('span', { class: `pill ${t.buildStatus}` }, t.buildStatus)),
         h('td', { class: 'num' }, `${t.cpuCount} CPU, ${t.memoryMB} MiB`),
         h('td', { class: 'num' }, String(t.buildCount)),
