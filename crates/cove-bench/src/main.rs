@@ -9,6 +9,7 @@ mod code;
 mod commands;
 mod concurrency;
 mod create;
+mod dashboard;
 mod density;
 mod measure;
 mod pause;

@@ -25,7 +25,7 @@ pub struct Settings {
 }
 
 /// The groups, in the order they run; `--only` takes one of these.
-pub const GROUPS: [&str; 13] = [
+pub const GROUPS: [&str; 14] = [
     "commands",
     "transfers",
     "clients",
@@ -39,6 +39,7 @@ pub const GROUPS: [&str; 13] = [
     "burst",
     "python",
     "templates",
+    "dashboard",
 ];
 
 /// One figure and its baseline.
@@ -231,6 +232,13 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
     if wanted("python") {
         eprintln!("python: the official e2b SDK against ours");
         crate::python::sdk_overhead(settings, &mut report).await?;
+    }
+    if wanted("dashboard") {
+        eprintln!(
+            "dashboard: the sandbox list with {} live in Chromium",
+            settings.max_live
+        );
+        crate::dashboard::list_render(settings, &mut report).await?;
     }
     Ok(report)
 }

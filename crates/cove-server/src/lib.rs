@@ -19,6 +19,8 @@ pub mod store;
 pub mod telemetry;
 mod templates_setup;
 pub mod tls;
+// The web dashboard at /ui (issue 17).
+pub mod ui;
 mod unread;
 
 pub use templates_setup::TemplatesConfig;

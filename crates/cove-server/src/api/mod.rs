@@ -72,6 +72,8 @@ pub fn routes() -> Router<AppState> {
         .route("/cove/templates/import", post(cove_templates::import))
         .route("/cove/templates/usage", get(cove_templates::usage))
         .route("/cove/templates/gc", post(cove_templates::collect))
+        // The web dashboard and its terminal (ui/).
+        .merge(crate::ui::routes())
         .fallback(not_found)
 }
 
@@ -288,16 +290,21 @@ impl FromRequestParts<AppState> for Team {
                 "missing API key: send it in the X-API-KEY header",
             ));
         };
-        match state.keys().team_for_key(key.trim()) {
-            Ok(Some(team)) => Ok(Team(team)),
-            Ok(None) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid API key")),
-            Err(err) => {
-                tracing::error!(?err, "cannot check an API key");
-                Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "cannot check the API key",
-                ))
-            }
+        team_of_key(state, key.trim())
+    }
+}
+
+/// The team of the API key `key` (also for routes that get the key another way).
+pub(crate) fn team_of_key(state: &AppState, key: &str) -> Result<Team, ApiError> {
+    match state.keys().team_for_key(key) {
+        Ok(Some(team)) => Ok(Team(team)),
+        Ok(None) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid API key")),
+        Err(err) => {
+            tracing::error!(?err, "cannot check an API key");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot check the API key",
+            ))
         }
     }
 }
