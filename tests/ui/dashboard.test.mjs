@@ -89,13 +89,15 @@ test('a wrong key is refused and the right one logs in', async () => {
 
 let sandboxId;
 
-test('a sandbox created through the API appears in the list within a second', async () => {
+// The list refreshes every 0.5 s, so a new sandbox shows within a second on a quiet machine;
+// the wait allows for a loaded CI machine (speed is the benchmark's, never a test's).
+test('a sandbox created through the API appears in the list', async () => {
   const created = await server.api('POST', '/v2/sandboxes', {
     templateID: 'base', timeout: 600, metadata: { purpose: 'ui-test', owner: 'playwright' },
   });
   assert.equal(created.status, 201, JSON.stringify(created.body));
   sandboxId = created.body.sandboxID;
-  await page.locator(`tr[data-id="${sandboxId}"]`).waitFor({ timeout: 1000 });
+  await page.locator(`tr[data-id="${sandboxId}"]`).waitFor({ timeout: SLOW_MS });
   const row = page.locator(`tr[data-id="${sandboxId}"]`);
   assert.match(await row.innerText(), /base/);
   assert.match(await row.innerText(), /purpose=ui-test/);
