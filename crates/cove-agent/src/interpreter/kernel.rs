@@ -15,7 +15,7 @@ use cove_jupyter::{ConnectionInfo, KernelClient};
 use rustix::process::{Pid, Signal};
 use tokio::sync::watch;
 
-use super::kernelspec::KernelSpec;
+use super::kernelspec::{self, KernelSpec};
 use crate::{
     process::{self, StartSpec},
     reaper::{Exit, Reaper},
@@ -126,12 +126,16 @@ impl Kernel {
             }
         })?;
         let file_arg = connection_file.to_string_lossy().into_owned();
-        let mut argv = spec
+        let cmd = spec
+            .program(&kernelspec::search_path(&launch.env))
+            .to_string_lossy()
+            .into_owned();
+        let mut args: Vec<String> = spec
             .argv
             .iter()
-            .map(|a| a.replace("{connection_file}", &file_arg));
-        let cmd = argv.next().unwrap_or_default();
-        let mut args: Vec<String> = argv.collect();
+            .skip(1)
+            .map(|a| a.replace("{connection_file}", &file_arg))
+            .collect();
         if spec.is_ipykernel() {
             args.extend(
                 cove_jupyter::IPYKERNEL_OPTIONS

@@ -1,5 +1,6 @@
-//! Finding the Jupyter kernels a sandbox has: `kernel.json` files under the standard
-//! `share/jupyter/kernels` directories, as `jupyter kernelspec list` finds them.
+//! Finding the Jupyter kernels a sandbox has: `kernel.json` files under the directories
+//! `jupyter kernelspec list` searches (`$JUPYTER_PATH`, the user's, each environment's on
+//! `PATH`, the system's), and the program each one starts.
 
 use std::{
     collections::BTreeMap,
@@ -8,13 +9,67 @@ use std::{
 
 use serde::Deserialize;
 
-/// Where kernels are installed, most specific first (the user's own, then the system's).
-fn search_dirs(home: &Path) -> [PathBuf; 3] {
-    [
-        home.join(".local/share/jupyter/kernels"),
-        PathBuf::from("/usr/local/share/jupyter/kernels"),
-        PathBuf::from("/usr/share/jupyter/kernels"),
-    ]
+/// `PATH` when neither the sandbox's variables nor the agent name one.
+const FALLBACK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where kernels are installed, most specific first, as Jupyter orders them: `$JUPYTER_PATH`,
+/// the user's own, the environments whose `bin` is on `PATH` (a virtualenv, conda, an
+/// image's `/usr/local`: `pip install ipykernel` puts its spec under the prefix it installs
+/// into), then the system's.
+fn search_dirs(home: &Path, env: &BTreeMap<String, String>) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut add = |dir: PathBuf| {
+        if dir.is_absolute() && !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    };
+    if let Some(jupyter_path) = env.get("JUPYTER_PATH") {
+        for dir in std::env::split_paths(jupyter_path) {
+            add(dir.join("kernels"));
+        }
+    }
+    add(home.join(".local/share/jupyter/kernels"));
+    for bin in std::env::split_paths(&search_path(env)) {
+        if bin.file_name().is_some_and(|name| name == "bin")
+            && let Some(prefix) = bin.parent()
+        {
+            add(prefix.join("share/jupyter/kernels"));
+        }
+    }
+    add(PathBuf::from("/usr/local/share/jupyter/kernels"));
+    add(PathBuf::from("/usr/share/jupyter/kernels"));
+    dirs
+}
+
+/// The `PATH` kernels start with: the sandbox's, else the agent's own.
+pub fn search_path(env: &BTreeMap<String, String>) -> String {
+    env.get("PATH")
+        .cloned()
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_else(|| FALLBACK_PATH.to_owned())
+}
+
+/// Whether `name` is a Python interpreter named the way kernel specs name one (`python`,
+/// `python3`, `python3.12`).
+fn is_bare_python(name: &str) -> bool {
+    name.strip_prefix("python").is_some_and(|version| {
+        version.is_empty()
+            || version
+                .split('.')
+                .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// `program` found on `path`, if it is there.
+fn on_path(program: &str, path: &str) -> Option<PathBuf> {
+    std::env::split_paths(path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
 }
 
 /// One installed kernel.
@@ -29,6 +84,8 @@ pub struct KernelSpec {
     /// Whether an interrupt is a message on the control channel (else SIGINT).
     pub interrupt_by_message: bool,
     pub env: BTreeMap<String, String>,
+    /// The directory its `kernel.json` is in.
+    pub dir: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -58,7 +115,40 @@ impl KernelSpec {
             language: json.language.to_lowercase(),
             interrupt_by_message: json.interrupt_mode.as_deref() == Some("message"),
             env: json.env,
+            dir: dir.to_owned(),
         })
+    }
+
+    /// The program to start, looked up on `path` when needed. A spec that names Python
+    /// bare means the interpreter it was installed with, as Jupyter reads it: ipykernel's
+    /// own spec says `python`, which Debian and many images lack (they have `python3`), so
+    /// the interpreter of the prefix the spec lies in (`<prefix>/share/jupyter/kernels/…`)
+    /// comes first, then the name on `path`, then `python3` on `path`.
+    pub fn program(&self, path: &str) -> PathBuf {
+        let named = self.argv.first().map(String::as_str).unwrap_or_default();
+        if !is_bare_python(named) {
+            return PathBuf::from(named);
+        }
+        let prefix_bin = self
+            .dir
+            .ancestors()
+            .nth(4)
+            .filter(|_| {
+                self.dir
+                    .parent()
+                    .is_some_and(|p| p.ends_with("share/jupyter/kernels"))
+            })
+            .map(|prefix| prefix.join("bin"));
+        let in_prefix = prefix_bin.iter().flat_map(|bin| {
+            [named, "python3"]
+                .into_iter()
+                .map(move |program| bin.join(program))
+        });
+        in_prefix
+            .chain(on_path(named, path))
+            .chain(on_path("python3", path))
+            .find(|candidate| is_executable(candidate))
+            .unwrap_or_else(|| PathBuf::from(named))
     }
 
     /// Whether this is IPython's kernel (which takes IPython's options).
@@ -69,10 +159,11 @@ impl KernelSpec {
     }
 }
 
-/// Every kernel installed, by name; a user's kernel hides a system one of the same name.
-pub fn installed(home: &Path) -> BTreeMap<String, KernelSpec> {
+/// Every kernel installed, by name, for a sandbox whose variables are `env`; a kernel found
+/// earlier in the search hides a later one of the same name (a user's hides the system's).
+pub fn installed(home: &Path, env: &BTreeMap<String, String>) -> BTreeMap<String, KernelSpec> {
     let mut found = BTreeMap::new();
-    for dir in search_dirs(home) {
+    for dir in search_dirs(home, env) {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
@@ -146,7 +237,7 @@ mod tests {
                 "language": "Python", "interrupt_mode": "message"}"#,
         );
         write_spec(home.path(), "broken", "not json");
-        let kernels = installed(home.path());
+        let kernels = installed(home.path(), &BTreeMap::new());
         assert!(!kernels.contains_key("broken"));
         assert_eq!(for_language(&kernels, "bash").unwrap().name, "bash");
         let python = for_language(&kernels, "python").unwrap();
@@ -156,6 +247,77 @@ mod tests {
         assert!(mine.is_ipykernel() && mine.interrupt_by_message);
         assert_eq!(mine.language, "python");
         assert!(for_language(&kernels, "r").is_none());
+    }
+
+    fn executable(path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// What `pip install ipykernel` leaves in an environment with only `python3`: its spec
+    /// says `python`, which is found as the environment's `python3`.
+    #[test]
+    fn a_pip_installed_spec_in_an_environment_on_path_starts_its_python() {
+        let root = tempfile::tempdir().unwrap();
+        let venv = root.path().join("venv");
+        let spec_dir = venv.join("share/jupyter/kernels/python3");
+        std::fs::create_dir_all(&spec_dir).unwrap();
+        std::fs::write(
+            spec_dir.join("kernel.json"),
+            r#"{"argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"], "language": "python"}"#,
+        )
+        .unwrap();
+        executable(&venv.join("bin/python3"));
+        let env = BTreeMap::from([(
+            "PATH".to_owned(),
+            format!("{}:/nonexistent/bin", venv.join("bin").display()),
+        )]);
+        let home = root.path().join("home");
+        let kernels = installed(&home, &env);
+        let python = for_language(&kernels, "python").unwrap();
+        assert_eq!(python.dir, spec_dir);
+        assert_eq!(python.program("/nonexistent/bin"), venv.join("bin/python3"));
+        // Without the environment's own interpreter: python3 on PATH.
+        std::fs::remove_file(venv.join("bin/python3")).unwrap();
+        let elsewhere = root.path().join("elsewhere");
+        executable(&elsewhere.join("python3"));
+        assert_eq!(
+            python.program(elsewhere.to_str().unwrap()),
+            elsewhere.join("python3")
+        );
+        // Programs that are not a bare Python are left as they are.
+        let spec = KernelSpec {
+            argv: vec!["/opt/r/bin/R".to_owned()],
+            ..python.clone()
+        };
+        assert_eq!(spec.program("/usr/bin"), PathBuf::from("/opt/r/bin/R"));
+    }
+
+    #[test]
+    fn jupyter_path_comes_first() {
+        let root = tempfile::tempdir().unwrap();
+        let env = BTreeMap::from([
+            (
+                "JUPYTER_PATH".to_owned(),
+                root.path().join("j").display().to_string(),
+            ),
+            ("PATH".to_owned(), "/opt/conda/bin:/usr/bin".to_owned()),
+        ]);
+        let dirs = search_dirs(Path::new("/home/user"), &env);
+        assert_eq!(
+            dirs,
+            [
+                root.path().join("j/kernels"),
+                PathBuf::from("/home/user/.local/share/jupyter/kernels"),
+                PathBuf::from("/opt/conda/share/jupyter/kernels"),
+                PathBuf::from("/usr/share/jupyter/kernels"),
+                PathBuf::from("/usr/local/share/jupyter/kernels"),
+            ]
+        );
+        assert!(is_bare_python("python3.12") && is_bare_python("python"));
+        assert!(!is_bare_python("python3-") && !is_bare_python("pythonista"));
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl Interpreter {
     }
 
     fn kernels(&self) -> BTreeMap<String, KernelSpec> {
-        kernelspec::installed(&self.home())
+        kernelspec::installed(&self.home(), &self.0.agent.defaults().env())
     }
 
     fn home(&self) -> PathBuf {
