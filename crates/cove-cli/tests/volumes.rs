@@ -201,3 +201,55 @@ async fn another_teams_volume_is_not_there() {
     assert!(Volume::destroy(&other, theirs.id()).await.unwrap());
     assert!(Volume::destroy(&config, volume.id()).await.unwrap());
 }
+
+/// `cove volume ARGS…` against `server`: its exit status, stdout and stderr.
+fn cli(server: &TestServer, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(cove())
+        .arg("volume")
+        .args(args)
+        .env("COVE_API_URL", server.url())
+        .env("COVE_API_KEY", &server.api_key)
+        .env_remove("E2B_API_URL")
+        .env_remove("E2B_API_KEY")
+        .env("COVE_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_creates_copies_lists_and_removes_volumes() {
+    let server = TestServer::start(cove()).await;
+    let (ok, id, err) = cli(&server, &["create", "clivol", "--size-mb", "16"]);
+    assert!(ok && id.trim().starts_with("vol_"), "{err}");
+    let work = tempfile::tempdir().unwrap();
+    let local = work.path().join("in.txt");
+    std::fs::write(&local, "from the cli").unwrap();
+    let (ok, _, err) = cli(&server, &["cp", local.to_str().unwrap(), "clivol:/dir/f.txt"]);
+    assert!(ok, "{err}");
+    let (ok, listed, _) = cli(&server, &["ls"]);
+    assert!(ok && listed.contains(id.trim()) && listed.contains("clivol"), "{listed}");
+    let (_, json, _) = cli(&server, &["ls", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json[0]["name"], "clivol");
+    let out = work.path().join("out.txt");
+    let (ok, _, err) = cli(&server, &["cp", "clivol:/dir/f.txt", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "from the cli");
+
+    let sbx = sandbox(&server, mounting("clivol", "/v")).await;
+    assert_eq!(sh(&sbx.agent().clone(), "cat /v/dir/f.txt").await, "from the cli");
+    let (ok, _, err) = cli(&server, &["rm", "clivol"]);
+    assert!(!ok && err.contains("kill them before deleting it"), "{err}");
+    sbx.kill().await.unwrap();
+    let (ok, _, err) = cli(&server, &["rm", id.trim()]);
+    assert!(ok, "{err}");
+    let (_, listed, _) = cli(&server, &["ls"]);
+    assert!(!listed.contains("clivol"), "{listed}");
+    let (ok, _, err) = cli(&server, &["cp", "clivol:/dir/f.txt", out.to_str().unwrap()]);
+    assert!(!ok && err.contains("cannot find volume clivol"), "{err}");
+}
