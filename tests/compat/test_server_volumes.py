@@ -157,6 +157,28 @@ def test_two_sandboxes_share_a_volume_with_the_right_owners(volumes_env, server_
     third.kill()
 
 
+def test_a_volume_stays_mounted_across_pause_and_resume(volumes_env, server_env, new_sandbox):
+    volume = create_volume(volumes_env, server_env, unique("paused"))
+    sandbox = new_sandbox(volume_mounts={"/data": volume})
+    sandbox.commands.run("echo before > /data/f.txt")
+    for keep_memory in (True, False):
+        sandbox.pause(keep_memory=keep_memory)
+        # Paused is still mounted: not deleted.
+        with pytest.raises(VolumeException, match="409"):
+            Volume.destroy(volume.volume_id)
+        sandbox = Sandbox.connect(sandbox.sandbox_id)
+        sandbox.commands.run(f"echo {keep_memory} >> /data/f.txt")
+    assert volume.read_file("/f.txt") == "before\nTrue\nFalse\n"
+    # A fork mounts the same volume.
+    [fork] = sandbox.fork(count=1, timeout=120)
+    assert isinstance(fork, Sandbox), fork
+    try:
+        fork.commands.run("echo fork >> /data/f.txt")
+        assert sandbox.files.read("/data/f.txt") == "before\nTrue\nFalse\nfork\n"
+    finally:
+        fork.kill()
+
+
 def test_an_unknown_volume_in_volume_mounts_is_refused(volumes_env, server_env):
     with pytest.raises(SandboxException, match="400.*volume nope-.* not found"):
         Sandbox.create(volume_mounts={"/data": unique("nope")})
