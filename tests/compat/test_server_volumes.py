@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from e2b import Sandbox, Volume
+from e2b import AsyncSandbox, AsyncVolume, Sandbox, Volume
 from e2b.exceptions import (
     SandboxException,
     VolumeException,
@@ -177,6 +177,25 @@ def test_a_volume_stays_mounted_across_pause_and_resume(volumes_env, server_env,
         assert sandbox.files.read("/data/f.txt") == "before\nTrue\nFalse\nfork\n"
     finally:
         fork.kill()
+
+
+@pytest.mark.asyncio
+async def test_async_volumes(volumes_env, server_env):
+    name = unique("async")
+    volume = await AsyncVolume.create(name)
+    volumes_env.append(volume.volume_id)
+    await volume.write_file("/a/b.txt", "async", force=True)
+    assert await volume.read_file("/a/b.txt") == "async"
+    assert [e.name for e in await volume.list("/a")] == ["b.txt"]
+    sandbox = await AsyncSandbox.create(volume_mounts={"/av": volume})
+    try:
+        assert (await sandbox.commands.run("cat /av/a/b.txt")).stdout == "async"
+    finally:
+        await sandbox.kill()
+    await volume.remove("/a")
+    assert name in [v.name for v in await AsyncVolume.list()]
+    assert await AsyncVolume.destroy(volume.volume_id) is True
+    volumes_env.remove(volume.volume_id)
 
 
 def test_an_unknown_volume_in_volume_mounts_is_refused(volumes_env, server_env):

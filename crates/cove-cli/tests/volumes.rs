@@ -112,6 +112,53 @@ async fn links_planted_in_a_volume_keep_the_host_inside_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_mount_path_through_planted_links_stays_in_the_sandbox() {
+    let server = TestServer::start(cove()).await;
+    let config = server.config();
+    let volume = Volume::create(&config, "target", Some(16)).await.unwrap();
+    // Links planted in a sandbox's files, which a snapshot carries into the next sandbox,
+    // whose volume is mounted through them while its root is built on the host.
+    let planter = sandbox(&server, CreateOptions::default()).await;
+    let planted = sh(
+        &root(&planter),
+        "ln -s /etc /home/user/etc && ln -s ../../../../../../../../tmp /home/user/up && echo ok",
+    )
+    .await;
+    assert_eq!(planted.trim(), "ok", "{planted}");
+    let snapshot = planter.snapshot(None).await.unwrap();
+    planter.kill().await.unwrap();
+    let name = format!("cove-volume-target-{}", volume.id());
+    let options = CreateOptions {
+        template: Some(snapshot.snapshot_id.clone()),
+        volume_mounts: vec![("target".to_owned(), format!("/home/user/etc/{name}"))],
+        ..CreateOptions::default()
+    };
+    let sbx = sandbox(&server, options).await;
+    assert!(!std::path::Path::new("/etc").join(&name).exists());
+    sh(&sbx.agent().clone(), &format!("echo in > /etc/{name}/f")).await;
+    assert_eq!(volume.read("f").await.unwrap(), "in\n");
+    sbx.kill().await.unwrap();
+    let options = CreateOptions {
+        template: Some(snapshot.snapshot_id.clone()),
+        volume_mounts: vec![("target".to_owned(), format!("/home/user/up/{name}"))],
+        ..CreateOptions::default()
+    };
+    let sbx = sandbox(&server, options).await;
+    assert!(!std::path::Path::new("/tmp").join(&name).exists());
+    assert_eq!(
+        sh(&sbx.agent().clone(), &format!("cat /tmp/{name}/f")).await,
+        "in\n"
+    );
+    sbx.kill().await.unwrap();
+    assert!(
+        Sandbox::delete_snapshot(&config, &snapshot.snapshot_id)
+            .await
+            .unwrap()
+    );
+    assert!(Volume::destroy(&config, volume.id()).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_mounted_volume_is_not_deleted_and_one_deleted_leaves_nothing() {
     let server = TestServer::start(cove()).await;
     let config = server.config();
@@ -229,10 +276,16 @@ async fn the_cli_creates_copies_lists_and_removes_volumes() {
     let work = tempfile::tempdir().unwrap();
     let local = work.path().join("in.txt");
     std::fs::write(&local, "from the cli").unwrap();
-    let (ok, _, err) = cli(&server, &["cp", local.to_str().unwrap(), "clivol:/dir/f.txt"]);
+    let (ok, _, err) = cli(
+        &server,
+        &["cp", local.to_str().unwrap(), "clivol:/dir/f.txt"],
+    );
     assert!(ok, "{err}");
     let (ok, listed, _) = cli(&server, &["ls"]);
-    assert!(ok && listed.contains(id.trim()) && listed.contains("clivol"), "{listed}");
+    assert!(
+        ok && listed.contains(id.trim()) && listed.contains("clivol"),
+        "{listed}"
+    );
     let (_, json, _) = cli(&server, &["ls", "--json"]);
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(json[0]["name"], "clivol");
@@ -242,7 +295,10 @@ async fn the_cli_creates_copies_lists_and_removes_volumes() {
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "from the cli");
 
     let sbx = sandbox(&server, mounting("clivol", "/v")).await;
-    assert_eq!(sh(&sbx.agent().clone(), "cat /v/dir/f.txt").await, "from the cli");
+    assert_eq!(
+        sh(&sbx.agent().clone(), "cat /v/dir/f.txt").await,
+        "from the cli"
+    );
     let (ok, _, err) = cli(&server, &["rm", "clivol"]);
     assert!(!ok && err.contains("kill them before deleting it"), "{err}");
     sbx.kill().await.unwrap();
