@@ -58,6 +58,8 @@ async fn links_planted_in_a_volume_keep_the_host_inside_it() {
     // A FIFO is refused at once instead of holding the server.
     let fifo = volume.read("fifo").await;
     assert!(matches!(fifo, Err(Error::InvalidArgument(_))), "{fifo:?}");
+    let fifo = volume.write("fifo", "x").await;
+    assert!(matches!(fifo, Err(Error::InvalidArgument(_))), "{fifo:?}");
     // Listing through the link to / lists the volume's root, not the host's.
     let listed = volume.list_dir("hostroot").await.unwrap();
     let names: Vec<&str> = listed.iter().map(|e| e.name.as_str()).collect();

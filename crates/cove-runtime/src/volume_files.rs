@@ -57,6 +57,8 @@ impl VolumeFileError {
             Errno::NOTDIR => VolumeFileError::NotADirectory(path),
             Errno::ISDIR => VolumeFileError::IsADirectory(path),
             Errno::EXIST => VolumeFileError::Exists(path),
+            // A FIFO without a reader, or a socket, planted where a file was expected.
+            Errno::NXIO | Errno::OPNOTSUPP => VolumeFileError::NotAFile(path),
             Errno::NOSPC | Errno::DQUOT => VolumeFileError::NoSpace,
             other => VolumeFileError::Io {
                 what,
