@@ -76,12 +76,38 @@ impl Volumes {
             .mode(0o700)
             .create(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        Ok(Self {
+        let volumes = Self {
             store,
             dir,
             default_size_mb,
             mounted: Mutex::default(),
-        })
+        };
+        volumes.adopt_mounts();
+        Ok(volumes)
+    }
+
+    /// Takes over the host mounts a server that died left, so that they are unmounted at
+    /// shutdown even when nothing uses them meanwhile.
+    fn adopt_mounts(&self) {
+        let known = match self.store.volumes() {
+            Ok(known) => known,
+            Err(err) => {
+                tracing::warn!(?err, "cannot list volumes to take over their mounts");
+                return;
+            }
+        };
+        let mut mounted = self.turn();
+        for volume in known {
+            match cove_runtime::volume::is_mount_point(&self.mountpoint(&volume.id)) {
+                Ok(true) => {
+                    mounted.insert(volume.id);
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(?err, volume_id = %volume.id, "cannot look at a volume's mount")
+                }
+            }
+        }
     }
 
     fn image(&self, id: &str) -> PathBuf {
