@@ -404,6 +404,7 @@ fn server_config(dir: &Path, max_sandboxes: usize) -> cove_server::ServerConfig 
         max_waiting: None,
         no_new_privs: false,
         disk_mb: 1024,
+        volume_mb: 64,
         warm: 0,
         exe: "/nonexistent/cove".into(),
         egress: Default::default(),

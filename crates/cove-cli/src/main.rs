@@ -38,6 +38,8 @@ enum Command {
     Logs(commands::logs::Args),
     /// Templates: list, build (a Dockerfile), import, tags, rm, usage, gc.
     Template(commands::template::Args),
+    /// Volumes that outlive sandboxes: create, ls, rm, cp.
+    Volume(commands::volume::Args),
     /// Check this host for what sandboxes need, and say how to fix what is missing.
     Doctor(commands::doctor::Args),
     /// Print a shell completion script.
@@ -69,6 +71,7 @@ fn main() -> std::process::ExitCode {
         Command::Cp(args) => commands::cp::run(args),
         Command::Logs(args) => commands::logs::run(args),
         Command::Template(args) => commands::template::run(args),
+        Command::Volume(args) => commands::volume::run(args),
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Completions(args) => commands::completions::run(args, Cli::command()),
         Command::Agent(args) => commands::agent::run(args),

@@ -64,6 +64,7 @@ impl Fixture {
                 cpus: 1,
                 pids: 256,
             },
+            volumes: Vec::new(),
         }
     }
 

@@ -51,6 +51,7 @@ impl Fixture {
                 cpus: 1,
                 pids: 256,
             },
+            volumes: Vec::new(),
         };
         let started = std::time::Instant::now();
         let sandbox = self.runtime.create(&spec).unwrap();

@@ -49,6 +49,76 @@ pub struct NewSandbox {
     /// Memory limit in MiB (Cove extension).
     #[serde(rename = "memoryMB", default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u64>,
+    /// Volumes of the team mounted into the sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mounts: Option<Vec<SandboxVolumeMount>>,
+}
+
+/// A volume mounted into a new sandbox: the team's volume `name` at `path`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxVolumeMount {
+    pub name: String,
+    pub path: String,
+}
+
+/// Body of `POST /volumes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewVolume {
+    pub name: String,
+    /// The volume's quota in MiB (Cove extension; the server's default when absent).
+    #[serde(rename = "sizeMB", default, skip_serializing_if = "Option::is_none")]
+    pub size_mb: Option<u64>,
+}
+
+/// A volume as listed (`GET /volumes`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    #[serde(rename = "volumeID")]
+    pub volume_id: String,
+    pub name: String,
+}
+
+/// A volume with the token of its content API (`POST /volumes`, `GET /volumes/{id}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeAndToken {
+    #[serde(rename = "volumeID")]
+    pub volume_id: String,
+    pub name: String,
+    pub token: String,
+    /// Its quota in MiB (Cove extension).
+    #[serde(rename = "sizeMB", default, skip_serializing_if = "Option::is_none")]
+    pub size_mb: Option<u64>,
+}
+
+/// An entry of a volume (the content API).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeEntryStat {
+    pub name: String,
+    /// `file`, `directory`, `symlink` or `unknown`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub path: String,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// RFC 3339.
+    pub atime: String,
+    pub mtime: String,
+    pub ctime: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// Body of `PATCH /volumecontent/{id}/path`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMetadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
 }
 
 /// `autoResume` of a new sandbox: `{"enabled": true}` (a bare boolean is taken too).

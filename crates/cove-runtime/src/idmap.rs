@@ -41,19 +41,60 @@ pub fn mount_idmapped_writable(
     clone_idmapped(source, target, userns, 0)
 }
 
+const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+
+/// Mounts a writable, idmapped clone of `source` (not of what is mounted below it) on the
+/// directory `target` is an open descriptor of, without setuid programs or device files:
+/// a volume seen by a sandbox. Owners are stored as the sandbox sees them (its root as 0,
+/// its user as 1000), so every sandbox that mounts it sees the same owners.
+pub fn mount_volume(
+    source: &Path,
+    target: BorrowedFd<'_>,
+    userns: BorrowedFd<'_>,
+) -> io::Result<()> {
+    let tree = idmapped_tree(source, userns, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, false)?;
+    rustix::mount::move_mount(
+        tree.as_fd(),
+        "",
+        target,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )?;
+    Ok(())
+}
+
 fn clone_idmapped(
     source: &Path,
     target: &Path,
     userns: BorrowedFd<'_>,
     extra: u64,
 ) -> io::Result<()> {
-    let tree = rustix::mount::open_tree(
+    let tree = idmapped_tree(source, userns, extra, true)?;
+    rustix::mount::move_mount(
+        tree.as_fd(),
+        "",
         rustix::fs::CWD,
-        source,
-        OpenTreeFlags::OPEN_TREE_CLONE
-            | OpenTreeFlags::OPEN_TREE_CLOEXEC
-            | OpenTreeFlags::AT_RECURSIVE,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )?;
+    Ok(())
+}
+
+/// A detached clone of `source` with owners mapped through `userns` and `extra` attributes.
+fn idmapped_tree(
+    source: &Path,
+    userns: BorrowedFd<'_>,
+    extra: u64,
+    recursive: bool,
+) -> io::Result<std::os::fd::OwnedFd> {
+    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    let mut setattr_flags = libc::AT_EMPTY_PATH;
+    if recursive {
+        flags |= OpenTreeFlags::AT_RECURSIVE;
+        setattr_flags |= libc::AT_RECURSIVE;
+    }
+    let tree = rustix::mount::open_tree(rustix::fs::CWD, source, flags)?;
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_IDMAP | extra,
         attr_clr: 0,
@@ -68,7 +109,7 @@ fn clone_idmapped(
             libc::SYS_mount_setattr,
             tree.as_fd().as_raw_fd(),
             c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            setattr_flags,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
@@ -76,12 +117,5 @@ fn clone_idmapped(
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    rustix::mount::move_mount(
-        tree.as_fd(),
-        "",
-        rustix::fs::CWD,
-        target,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )?;
-    Ok(())
+    Ok(tree)
 }

@@ -26,6 +26,8 @@ pub mod seccomp;
 pub mod template;
 pub mod uid_ranges;
 pub mod userns;
+pub mod volume;
+pub mod volume_files;
 
 use std::{
     collections::BTreeMap,
@@ -66,6 +68,8 @@ pub struct SandboxSpec {
     pub network: bool,
     /// Memory, CPU and process limits.
     pub limits: Limits,
+    /// Volumes mounted into it.
+    pub volumes: Vec<volume::VolumeMount>,
 }
 
 /// What a backend needs to find a sandbox again, stored by the server as it is (JSON) and

@@ -124,6 +124,14 @@ impl ApiRequest {
         Self(self.0.query(query))
     }
 
+    pub fn bearer(self, token: &str) -> Self {
+        Self(self.0.bearer_auth(token))
+    }
+
+    pub async fn send_bytes(self) -> Result<bytes::Bytes> {
+        Ok(self.send().await?.bytes().await?)
+    }
+
     async fn send(self) -> Result<reqwest::Response> {
         let response = self.0.send().await?;
         let status = response.status().as_u16();

@@ -34,6 +34,7 @@ mod rpc;
 pub mod sandbox;
 pub mod snapshots;
 pub mod templates;
+pub mod volumes;
 
 pub use crate::{
     agent::AgentClient,

@@ -40,6 +40,8 @@ pub struct CreateOptions {
     pub cpu_count: Option<u32>,
     /// Memory limit in MiB (default 1024).
     pub memory_mb: Option<u64>,
+    /// Volumes of the team mounted into the sandbox: (volume name, path inside).
+    pub volume_mounts: Vec<(String, String)>,
 }
 
 /// A running sandbox.
@@ -100,6 +102,13 @@ impl Sandbox {
                 }),
             cpu_count: options.cpu_count,
             memory_mb: options.memory_mb,
+            volume_mounts: (!options.volume_mounts.is_empty()).then(|| {
+                options
+                    .volume_mounts
+                    .into_iter()
+                    .map(|(name, path)| rest::SandboxVolumeMount { name, path })
+                    .collect()
+            }),
             ..NewSandbox::default()
         };
         let info: rest::Sandbox = config

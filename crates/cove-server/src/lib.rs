@@ -22,6 +22,7 @@ pub mod tls;
 // The web dashboard at /ui (issue 17).
 pub mod ui;
 mod unread;
+pub mod volumes;
 
 pub use templates_setup::TemplatesConfig;
 
@@ -65,6 +66,8 @@ pub struct ServerConfig {
     pub no_new_privs: bool,
     /// Each sandbox's disk quota, in MiB.
     pub disk_mb: u64,
+    /// The quota of a new volume that names none, in MiB.
+    pub volume_mb: u64,
     /// The size each sandbox's log is kept under, in KiB.
     pub log_kb: u64,
     /// Warm sandboxes kept ready, of each kind (with and without internet access).
@@ -254,6 +257,14 @@ impl AppState {
         let mut admission = AdmissionConfig::for_this_host(config.max_sandboxes);
         admission.max_starting = config.max_starting.unwrap_or(admission.max_starting);
         admission.max_waiting = config.max_waiting.unwrap_or(admission.max_waiting);
+        let volumes = Arc::new(
+            volumes::Volumes::open(store.clone(), &config.state_dir, config.volume_mb).map_err(
+                |source| ServerError::StateDir {
+                    path: config.state_dir.join("volumes"),
+                    source,
+                },
+            )?,
+        );
         let lifecycle = Arc::new(Lifecycle::new(
             runtime,
             store.clone(),
@@ -266,6 +277,7 @@ impl AppState {
                 admission,
                 snapshots_dir: config.state_dir.join("snapshots"),
             },
+            volumes,
         ));
         let adopted = lifecycle.adopt().await?;
         lifecycle.release_layers_of_gone_sandboxes();
@@ -442,6 +454,7 @@ impl Server {
             lifecycle.kill_all().await;
         }
         lifecycle.shutdown();
+        lifecycle.volumes().shutdown();
         Ok(())
     }
 }

@@ -34,6 +34,13 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     team        TEXT NOT NULL,
     record      TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS volumes (
+    id          TEXT PRIMARY KEY,
+    team        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    record      TEXT NOT NULL,
+    UNIQUE (team, name)
+);
 CREATE TABLE IF NOT EXISTS templates (
     id          TEXT PRIMARY KEY,
     team        TEXT NOT NULL,
@@ -58,6 +65,15 @@ pub enum StoreError {
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 impl StoreError {
+    /// Whether a row like this one exists already (a unique column repeated).
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Query(rusqlite::Error::SqliteFailure(err, _))
+                if err.code == rusqlite::ErrorCode::ConstraintViolation
+        )
+    }
+
     /// Whether the database could not be written because its disk is full.
     pub fn is_disk_full(&self) -> bool {
         matches!(
@@ -124,6 +140,32 @@ pub struct SandboxRecord {
     /// What its template sets for its processes; none: E2B's defaults (`user`, `/home/user`).
     #[serde(default)]
     pub defaults: Option<SandboxDefaults>,
+    /// Volumes mounted into it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<MountedVolume>,
+}
+
+/// A volume mounted into a sandbox, as its record keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountedVolume {
+    pub volume_id: String,
+    pub name: String,
+    /// Where the sandbox sees it.
+    pub path: String,
+}
+
+/// A team's volume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub id: String,
+    pub team: String,
+    pub name: String,
+    /// What the content API asks for (`Authorization: Bearer`).
+    pub token: String,
+    /// Its quota.
+    pub size_mb: u64,
+    /// Unix milliseconds.
+    pub created_at: i64,
 }
 
 /// What a sandbox asked for at create about its lifecycle.
@@ -378,6 +420,40 @@ impl Store {
             .collect::<serde_json::Result<Vec<_>>>()?)
     }
 
+    /// Adds a volume; a conflict ([`StoreError::is_conflict`]) when its team has one of
+    /// that name.
+    pub fn insert_volume(&self, volume: &VolumeRecord) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO volumes (id, team, name, record) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                volume.id,
+                volume.team,
+                volume.name,
+                serde_json::to_string(volume)?
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_volume(&self, id: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM volumes WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// Every volume, oldest first.
+    pub fn volumes(&self) -> Result<Vec<VolumeRecord>> {
+        let conn = self.conn();
+        let mut statement = conn.prepare("SELECT record FROM volumes ORDER BY rowid")?;
+        let raw = statement
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(raw
+            .iter()
+            .map(|json| serde_json::from_str(json))
+            .collect::<serde_json::Result<Vec<_>>>()?)
+    }
+
     pub fn sandboxes(&self) -> Result<Vec<SandboxRecord>> {
         let conn = self.conn();
         let mut statement = conn.prepare("SELECT record FROM sandboxes")?;
@@ -445,6 +521,7 @@ mod tests {
             lifecycle: LifecyclePolicy::default(),
             template: None,
             defaults: None,
+            volumes: Vec::new(),
         }
     }
 

@@ -37,6 +37,7 @@ fn config(dir: &std::path::Path) -> ServerConfig {
         max_waiting: None,
         no_new_privs: false,
         disk_mb: 1024,
+        volume_mb: 64,
         log_kb: 4096,
         warm: 0,
         exe: "/nonexistent/cove".into(),

@@ -15,3 +15,4 @@ pub mod serve;
 pub mod shell;
 pub mod teams;
 pub mod template;
+pub mod volume;

@@ -50,6 +50,9 @@ pub struct Args {
     /// Each sandbox's disk quota (its writable layer), in MiB.
     #[arg(long, env = "COVE_SANDBOX_DISK_MB", default_value_t = 4096)]
     sandbox_disk_mb: u64,
+    /// The quota of a new volume that names none, in MiB.
+    #[arg(long, env = "COVE_VOLUME_MB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(8..))]
+    volume_mb: u64,
     /// The size each sandbox's log (what its agent writes) is kept under, in KiB: past it,
     /// the older half is dropped.
     #[arg(long, env = "COVE_SANDBOX_LOG_KB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(16..))]
@@ -273,6 +276,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         max_waiting: args.max_waiting_creates.map(|n| n as usize),
         no_new_privs: args.no_new_privileges,
         disk_mb: args.sandbox_disk_mb,
+        volume_mb: args.volume_mb,
         log_kb: args.sandbox_log_kb,
         warm: args.warm_pool,
         exe: std::env::current_exe().context("cannot find the cove binary")?,

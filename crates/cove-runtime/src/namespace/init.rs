@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     AgentSettings, confine, disk, idmap, inherited, mounts, net, seccomp, template::Template,
-    uid_ranges, userns,
+    uid_ranges, userns, volume,
 };
 
 /// The hidden `cove` subcommand the stages run as.
@@ -76,6 +76,9 @@ pub struct InitSpec {
     /// The size the agent keeps its log under, in bytes.
     #[serde(default = "default_log_cap")]
     pub log_cap: u64,
+    /// Volumes mounted into the sandbox, in order.
+    #[serde(default)]
+    pub volumes: Vec<crate::volume::VolumeMount>,
 }
 
 /// The size a sandbox's agent keeps its log under unless told otherwise.
@@ -432,6 +435,11 @@ fn build_rootfs(
         .map_err(step(|| {
             format!("cannot mount the overlay at {}", at.display())
         }))?;
+    }
+    for volume in &spec.volumes {
+        volume::attach(&rootfs, volume, userns, userns::base_for_slot(spec.slot)).map_err(step(
+            || format!("cannot mount a volume at {}", volume.target.display()),
+        ))?;
     }
     mounts::populate_dev(&rootfs.join("dev")).map_err(step(|| "cannot populate /dev".into()))?;
     Ok(())

@@ -266,6 +266,7 @@ impl NamespaceRuntime {
             cgroups: self.cgroups.clone(),
             no_new_privs: self.no_new_privs,
             log_cap: self.log_cap,
+            volumes: spec.volumes.clone(),
         };
         let mut child = Command::new(&self.exe)
             .arg(SUBCOMMAND)
@@ -626,6 +627,7 @@ mod tests {
                 cpus: 1,
                 pids: 64,
             },
+            volumes: Vec::new(),
         };
         let err = runtime.create(&spec).unwrap_err().to_string();
         assert!(

@@ -8,6 +8,8 @@ mod pause;
 mod sandboxes;
 mod snapshots;
 mod templates;
+mod volume_content;
+mod volumes;
 
 use axum::{
     Json, Router,
@@ -72,6 +74,23 @@ pub fn routes() -> Router<AppState> {
         .route("/cove/templates/import", post(cove_templates::import))
         .route("/cove/templates/usage", get(cove_templates::usage))
         .route("/cove/templates/gc", post(cove_templates::collect))
+        // Volumes (api/volumes.rs) and their content (api/volume_content.rs).
+        .route("/volumes", post(volumes::create).get(volumes::list))
+        .route("/volumes/{id}", get(volumes::info).delete(volumes::delete))
+        .route(
+            "/volumecontent/{id}/path",
+            get(volume_content::stat)
+                .patch(volume_content::set_metadata)
+                .delete(volume_content::remove),
+        )
+        .route(
+            "/volumecontent/{id}/dir",
+            get(volume_content::list).post(volume_content::make_dir),
+        )
+        .route(
+            "/volumecontent/{id}/file",
+            get(volume_content::read).put(volume_content::write),
+        )
         // The web dashboard and its terminal (ui/).
         .merge(crate::ui::routes())
         .fallback(not_found)
@@ -209,6 +228,7 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Store(store) if store.is_disk_full() => {
                 (StatusCode::INSUFFICIENT_STORAGE, Some(RETRY_DISK_SECS))
             }
+            LifecycleError::Volume(err) => (volume_status(err), None),
             LifecycleError::Catalog(catalog) if catalog.is_disk_full() => {
                 (StatusCode::INSUFFICIENT_STORAGE, Some(RETRY_DISK_SECS))
             }
@@ -236,6 +256,24 @@ impl From<LifecycleError> for ApiError {
         match retry_after {
             Some(seconds) => error.retry_after(seconds),
             None => error,
+        }
+    }
+}
+
+/// The status of a volume error: at a create, a volume that is not the team's is a bad
+/// request (as E2B answers it); the server's own failures are 500.
+fn volume_status(err: &crate::volumes::VolumeError) -> StatusCode {
+    use crate::volumes::VolumeError;
+    match err {
+        VolumeError::BadName(_)
+        | VolumeError::BadMount(_)
+        | VolumeError::BadSize(_)
+        | VolumeError::NotFound(_) => StatusCode::BAD_REQUEST,
+        VolumeError::NameTaken(_) | VolumeError::InUse { .. } => StatusCode::CONFLICT,
+        VolumeError::Store(store) if store.is_disk_full() => StatusCode::INSUFFICIENT_STORAGE,
+        VolumeError::Store(_) | VolumeError::Io { .. } => {
+            tracing::error!(err = %format!("{:#}", ErrorChain(err)), "volume request failed");
+            StatusCode::INTERNAL_SERVER_ERROR
         }
     }
 }

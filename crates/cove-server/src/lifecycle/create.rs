@@ -28,8 +28,15 @@ impl Lifecycle {
         request: NewSandbox,
         version: ApiVersion,
     ) -> Result<Arc<Live>, LifecycleError> {
-        let settings =
+        let asked: Vec<(String, String)> = request
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.clone(), m.path.clone()))
+            .collect();
+        let mut settings =
             Settings::from_request(&self.templates, self.config.caps, team, request, version)?;
+        settings.volumes = self.volumes.resolve(team, &asked)?;
         let this = self.clone();
         self.creating
             .spawn(async move { this.create_now(settings).await })
@@ -52,7 +59,10 @@ impl Lifecycle {
             tracing::warn!(?err, template = %settings.template.id, "cannot count a spawn");
         }
         // Snapshots get no warm pool: their layers are held by records and creates only.
-        if !matches!(settings.template.kind, TemplateKind::Snapshot { .. }) {
+        // Volumes are mounted as a sandbox starts, so a sandbox with some is started anew.
+        if !matches!(settings.template.kind, TemplateKind::Snapshot { .. })
+            && settings.volumes.is_empty()
+        {
             let taken = self
                 .pool
                 .take(&settings.template.warm_key(), settings.network);
@@ -206,16 +216,26 @@ impl Lifecycle {
                 record.template_id
             ))
         })?;
-        let spec = SandboxSpec {
+        let mut spec = SandboxSpec {
             id: record.id.clone(),
             template,
             hostname: "sandbox".to_owned(),
             agent: agent_settings(record),
             network: record.allow_internet_access,
             limits: limits(record),
+            volumes: Vec::new(),
         };
+        let (volumes, mounts) = (self.volumes.clone(), record.volumes.clone());
         let started = self
-            .blocking(move |r| r.create(&spec))
+            .blocking(move |r| {
+                spec.volumes = volumes.for_runtime(&mounts).map_err(|err| {
+                    cove_runtime::RuntimeError::Start {
+                        id: spec.id.clone(),
+                        reason: err.to_string(),
+                    }
+                })?;
+                r.create(&spec)
+            })
             .await
             .map_err(|source| LifecycleError::Start {
                 id: record.id.clone(),

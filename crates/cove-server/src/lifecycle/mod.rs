@@ -107,6 +107,8 @@ pub enum LifecycleError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Catalog(#[from] crate::catalog::CatalogError),
+    #[error(transparent)]
+    Volume(#[from] crate::volumes::VolumeError),
     /// A create's or kill's task panicked.
     #[error("the operation failed unexpectedly: {0}")]
     Crashed(String),
@@ -162,6 +164,8 @@ pub struct Lifecycle {
     layers_in_use: LayersInUse,
     /// What Prometheus is told (`GET /metrics`).
     metrics: Arc<crate::telemetry::Metrics>,
+    /// The volumes sandboxes mount.
+    volumes: Arc<crate::volumes::Volumes>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -176,8 +180,10 @@ impl Lifecycle {
         store: Arc<Store>,
         templates: Templates,
         config: LifecycleConfig,
+        volumes: Arc<crate::volumes::Volumes>,
     ) -> Self {
         Self {
+            volumes,
             runtime,
             admission: Admission::new(config.admission.clone()),
             store,
@@ -198,6 +204,11 @@ impl Lifecycle {
     /// The server's metrics.
     pub fn metrics(&self) -> &Arc<crate::telemetry::Metrics> {
         &self.metrics
+    }
+
+    /// The volumes sandboxes mount.
+    pub fn volumes(&self) -> &Arc<crate::volumes::Volumes> {
+        &self.volumes
     }
 
     pub fn templates(&self) -> &Templates {

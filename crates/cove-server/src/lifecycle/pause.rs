@@ -181,17 +181,27 @@ impl Lifecycle {
                     .template
             }
         };
-        let spec = SandboxSpec {
+        let mut spec = SandboxSpec {
             id: id.clone(),
             template,
             hostname: "sandbox".to_owned(),
             agent: agent_settings(&record),
             network: record.allow_internet_access,
             limits: limits(&record),
+            volumes: Vec::new(),
         };
         let handle = live.handle();
+        let (volumes, mounts) = (self.volumes.clone(), record.volumes.clone());
         let started = self
-            .blocking(move |r| r.resume(&handle, &spec))
+            .blocking(move |r| {
+                spec.volumes = volumes.for_runtime(&mounts).map_err(|err| {
+                    cove_runtime::RuntimeError::Start {
+                        id: spec.id.clone(),
+                        reason: err.to_string(),
+                    }
+                })?;
+                r.resume(&handle, &spec)
+            })
             .await
             .map_err(|source| transition(&id, "resumed", source))?;
         // A sandbox resumed from its files starts as after a create; a template's start

@@ -66,6 +66,7 @@ impl Lifecycle {
             lifecycle: Default::default(),
             template: Some(spec.template.clone()),
             defaults: Some(spec.defaults),
+            volumes: Vec::new(),
         };
         let _turn = self.admission.turn().await?;
         match self.start(&mut record, spec.template).await {

@@ -63,6 +63,8 @@ pub struct Settings {
     pub private_ports: bool,
     /// Paused instead of killed when its time is up; resumed by traffic.
     pub lifecycle: LifecyclePolicy,
+    /// Volumes mounted into it (resolved after the request is read).
+    pub volumes: Vec<crate::store::MountedVolume>,
 }
 
 impl Settings {
@@ -128,6 +130,7 @@ impl Settings {
                 .and_then(|n| n.allow_public_traffic)
                 .is_some_and(|public| !public),
             lifecycle,
+            volumes: Vec::new(),
         })
     }
 
@@ -147,6 +150,7 @@ impl Settings {
                 timeout_secs,
                 ..source.lifecycle.clone()
             },
+            volumes: source.volumes.clone(),
         }
     }
 
@@ -163,6 +167,7 @@ impl Settings {
             network,
             private_ports: false,
             lifecycle: LifecyclePolicy::default(),
+            volumes: Vec::new(),
         }
     }
 
@@ -189,6 +194,7 @@ impl Settings {
             lifecycle: self.lifecycle.clone(),
             template: Some(self.template.template.clone()),
             defaults: self.template.defaults.clone(),
+            volumes: self.volumes.clone(),
         }
     }
 }
