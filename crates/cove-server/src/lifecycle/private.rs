@@ -68,7 +68,7 @@ impl Lifecycle {
             defaults: Some(spec.defaults),
         };
         let _turn = self.admission.turn().await?;
-        match self.start(&mut record, spec.template).await {
+        match self.start(&mut record, spec.template, false).await {
             Ok(started) => {
                 self.private
                     .lock()
