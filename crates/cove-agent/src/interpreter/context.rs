@@ -271,11 +271,27 @@ impl Context {
 
     /// Runs bookkeeping code that neither counts nor shows.
     pub(super) async fn silent(&self, slot: &mut KernelSlot, code: &str) -> Result<(), OutputLine> {
+        self.unseen(slot, code, true).await
+    }
+
+    /// Takes a kernel through one whole execution nobody sees (not silent, so the display
+    /// hook runs too; kept out of the history, so it does not count): what a kernel does
+    /// the first time costs more than later, and a warm kernel pays it before it is used.
+    pub(super) async fn prime(&self, slot: &mut KernelSlot) -> Result<(), OutputLine> {
+        self.unseen(slot, "None", false).await
+    }
+
+    async fn unseen(
+        &self,
+        slot: &mut KernelSlot,
+        code: &str,
+        silent: bool,
+    ) -> Result<(), OutputLine> {
         let kernel = slot.as_ref().expect("checked by the caller");
         let request = Message::request(
             kernel.client().session(),
             "execute_request",
-            json!({"code": code, "silent": true, "store_history": false,
+            json!({"code": code, "silent": silent, "store_history": false,
                    "user_expressions": {}, "allow_stdin": false, "stop_on_error": false}),
         );
         let mut replies = send(kernel, request).await?;

@@ -145,7 +145,14 @@ impl Interpreter {
             }
         };
         match self.ready(&context).await {
-            Ok(_) => tracing::info!(context = %context.id, "warm kernel ready"),
+            Ok(mut slot) => {
+                if slot.is_some()
+                    && let Err(line) = context.prime(&mut slot).await
+                {
+                    tracing::debug!(context = %context.id, ?line, "priming the kernel failed");
+                }
+                tracing::info!(context = %context.id, "warm kernel ready")
+            }
             Err(err) => {
                 tracing::warn!(%err, context = %context.id, "cannot start the kernel ahead of use; it starts on first use")
             }
