@@ -56,6 +56,9 @@ pub struct AgentConfig {
     pub env: BTreeMap<String, String>,
     /// Where the code interpreter listens (E2B's port 49999), if it runs.
     pub code_interpreter: Option<std::net::SocketAddr>,
+    /// Start the code interpreter's default Python kernel at once (a warm sandbox's), so
+    /// that the first `run_code` finds it running.
+    pub warm_kernel: bool,
 }
 
 impl Default for AgentConfig {
@@ -68,6 +71,7 @@ impl Default for AgentConfig {
             accounts: AccountFiles::default(),
             env: BTreeMap::new(),
             code_interpreter: None,
+            warm_kernel: false,
         }
     }
 }
@@ -199,6 +203,9 @@ pub async fn serve(
         .collect();
     if let Some(addr) = config.code_interpreter {
         let interpreter = interpreter::Interpreter::new(state);
+        if config.warm_kernel {
+            tokio::spawn(interpreter.clone().prewarm());
+        }
         apps.push((
             listener::Listener::Bind(ListenAddr::Tcp(addr)),
             interpreter::router(interpreter),

@@ -201,6 +201,10 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
         report
             .results
             .push(crate::code::create_to_first_result(settings).await?);
+        eprintln!("code: create → first run_code result from the warm pool");
+        report
+            .results
+            .push(crate::code::warm_create_to_first_result(settings).await?);
     }
     if wanted("memory") {
         eprintln!("memory: idle sandboxes");

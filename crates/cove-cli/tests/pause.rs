@@ -57,6 +57,7 @@ impl Fixture {
                 default_workdir: "/home/user".into(),
                 env: Default::default(),
                 code_interpreter_port: None,
+                warm_kernel: false,
             },
             network: false,
             limits: cove_runtime::Limits {

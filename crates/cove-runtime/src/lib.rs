@@ -55,6 +55,9 @@ pub struct AgentSettings {
     pub env: BTreeMap<String, String>,
     /// The loopback port the code interpreter listens on, if it runs.
     pub code_interpreter_port: Option<u16>,
+    /// Start the default Python kernel at once, before any code asks for it (warm sandboxes).
+    #[serde(default)]
+    pub warm_kernel: bool,
 }
 
 /// What to start.

@@ -135,6 +135,7 @@ impl Context {
             **slot = None;
             return Err(self.died(exit, "since the last run"));
         }
+        self.catch_up_env(slot, &run.sandbox_env).await?;
         if !run.env_vars.is_empty() {
             let set = env_code(&self.language, &run.env_vars, &[]);
             self.silent(slot, &set).await?;
@@ -232,13 +233,65 @@ impl Context {
         Ok(())
     }
 
+    /// Brings the kernel's environment up to the sandbox's: a kernel started before the
+    /// sandbox was handed out (a warm one) or before `/init` set more variables has not seen
+    /// them, and E2B's kernels see every sandbox-wide variable.
+    async fn catch_up_env(
+        &self,
+        slot: &mut KernelSlot,
+        sandbox_env: &BTreeMap<String, String>,
+    ) -> Result<(), OutputLine> {
+        let Some(kernel) = slot.as_ref() else {
+            return Ok(());
+        };
+        if kernel.sandbox_env() == sandbox_env {
+            return Ok(());
+        }
+        let takes = |key: &str| check_env_key(&self.language, key).is_ok();
+        let assign: BTreeMap<String, String> = sandbox_env
+            .iter()
+            .filter(|(k, v)| kernel.sandbox_env().get(*k) != Some(*v) && takes(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let remove: Vec<String> = kernel
+            .sandbox_env()
+            .keys()
+            .filter(|k| !sandbox_env.contains_key(*k) && takes(k))
+            .cloned()
+            .collect();
+        let code = env_code(&self.language, &assign, &remove);
+        if !code.is_empty() {
+            self.silent(slot, &code).await?;
+        }
+        if let Some(kernel) = slot.as_mut() {
+            kernel.set_sandbox_env(sandbox_env.clone());
+        }
+        Ok(())
+    }
+
     /// Runs bookkeeping code that neither counts nor shows.
-    async fn silent(&self, slot: &mut KernelSlot, code: &str) -> Result<(), OutputLine> {
+    pub(super) async fn silent(&self, slot: &mut KernelSlot, code: &str) -> Result<(), OutputLine> {
+        self.unseen(slot, code, true).await
+    }
+
+    /// Takes a kernel through one whole execution nobody sees (not silent, so the display
+    /// hook runs too; kept out of the history, so it does not count): what a kernel does
+    /// the first time costs more than later, and a warm kernel pays it before it is used.
+    pub(super) async fn prime(&self, slot: &mut KernelSlot) -> Result<(), OutputLine> {
+        self.unseen(slot, "None", false).await
+    }
+
+    async fn unseen(
+        &self,
+        slot: &mut KernelSlot,
+        code: &str,
+        silent: bool,
+    ) -> Result<(), OutputLine> {
         let kernel = slot.as_ref().expect("checked by the caller");
         let request = Message::request(
             kernel.client().session(),
             "execute_request",
-            json!({"code": code, "silent": true, "store_history": false,
+            json!({"code": code, "silent": silent, "store_history": false,
                    "user_expressions": {}, "allow_stdin": false, "stop_on_error": false}),
         );
         let mut replies = send(kernel, request).await?;

@@ -1,5 +1,6 @@
 //! One running Jupyter kernel: its process (in a process group of its own, as the context's
-//! user), its connection file, and the ZeroMQ client that talks to it.
+//! user) and the ZeroMQ client that talks to it. Its connection file (which holds the
+//! signing key) lives only until the kernel answers: the sandbox's `/tmp` is the user's.
 
 use std::{
     collections::BTreeMap,
@@ -92,7 +93,9 @@ pub struct Kernel {
     interrupt_by_message: bool,
     client: KernelClient,
     exit: watch::Receiver<Option<Exit>>,
-    connection_file: PathBuf,
+    /// The sandbox-wide variables the kernel's environment holds (it was started with them,
+    /// or was told them since).
+    sandbox_env: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -143,6 +146,7 @@ impl Kernel {
                     .map(|o| (*o).to_owned()),
             );
         }
+        let sandbox_env = launch.env.clone();
         let mut env = launch.env;
         env.extend(spec.env.clone());
         // debugpy (in ipykernel) warns on every start about frozen modules.
@@ -186,11 +190,13 @@ impl Kernel {
             }
         });
 
-        let client = match connect(&info, exit.clone(), &spec.name, &stderr).await {
+        let client = connect(&info, exit.clone(), &spec.name, &stderr).await;
+        // The kernel has read it (or never will).
+        let _ = std::fs::remove_file(&connection_file);
+        let client = match client {
             Ok(client) => client,
             Err(err) => {
                 kill_group(pid, Signal::KILL);
-                let _ = std::fs::remove_file(&connection_file);
                 return Err(err);
             }
         };
@@ -200,8 +206,18 @@ impl Kernel {
             interrupt_by_message: spec.interrupt_by_message,
             client,
             exit,
-            connection_file,
+            sandbox_env,
         })
+    }
+
+    /// The sandbox-wide variables the kernel's environment holds.
+    pub fn sandbox_env(&self) -> &BTreeMap<String, String> {
+        &self.sandbox_env
+    }
+
+    /// Notes that the kernel's environment now holds `env`.
+    pub fn set_sandbox_env(&mut self, env: BTreeMap<String, String>) {
+        self.sandbox_env = env;
     }
 
     pub fn name(&self) -> &str {
@@ -253,7 +269,6 @@ impl Drop for Kernel {
         if self.exited().is_none() {
             kill_group(self.pid, Signal::KILL);
         }
-        let _ = std::fs::remove_file(&self.connection_file);
     }
 }
 

@@ -6,6 +6,7 @@ mod http;
 mod kernel;
 pub mod kernelspec;
 pub mod output;
+mod startup;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -132,6 +133,32 @@ impl Interpreter {
         Ok(context)
     }
 
+    /// Starts the default Python context's kernel now, as a warm sandbox does while it waits
+    /// to be handed out: the first `run_code` then finds it running. A sandbox without a
+    /// Python kernel, or one whose kernel fails to start, starts it on first use as usual.
+    pub async fn prewarm(self) {
+        let context = match self.default_context("python") {
+            Ok(context) => context,
+            Err(err) => {
+                tracing::info!(%err, "no kernel to start ahead of use");
+                return;
+            }
+        };
+        match self.ready(&context).await {
+            Ok(mut slot) => {
+                if slot.is_some()
+                    && let Err(line) = context.prime(&mut slot).await
+                {
+                    tracing::debug!(context = %context.id, ?line, "priming the kernel failed");
+                }
+                tracing::info!(context = %context.id, "warm kernel ready")
+            }
+            Err(err) => {
+                tracing::warn!(%err, context = %context.id, "cannot start the kernel ahead of use; it starts on first use")
+            }
+        }
+    }
+
     /// The default context of `language`, made when first asked for.
     pub fn default_context(&self, language: &str) -> Result<Arc<Context>, InterpreterError> {
         let mut defaults = lock(&self.0.defaults);
@@ -218,6 +245,12 @@ impl Interpreter {
         let pid = kernel.process_group();
         tracing::info!(context = %context.id, kernel = %kernel.name(), pid = pid.as_raw_nonzero().get(), "kernel started");
         context.install(slot, kernel, pid);
+        if context.spec.is_ipykernel()
+            && let Err(line) = context.silent(slot, &startup::ipython_code()).await
+        {
+            // Only charts are missing then; the kernel itself works (or restarts on use).
+            tracing::warn!(context = %context.id, ?line, "the kernel's startup code failed");
+        }
         Ok(())
     }
 

@@ -102,6 +102,7 @@ fn agent_config(settings: AgentSettings) -> AgentConfig {
         code_interpreter: settings
             .code_interpreter_port
             .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+        warm_kernel: settings.warm_kernel,
         ..AgentConfig::default()
     }
 }

@@ -62,7 +62,8 @@ pub struct Args {
     #[arg(long, env = "COVE_NO_NEW_PRIVILEGES")]
     no_new_privileges: bool,
     /// Sandboxes kept started ahead of demand, of each kind (with and without internet
-    /// access): a create that finds one takes a few milliseconds less. 0 turns this off.
+    /// access): a create that finds one takes a few milliseconds less, and its first
+    /// `run_code` finds the Python kernel running. 0 turns this off.
     #[arg(long, env = "COVE_WARM_POOL", default_value_t = 2)]
     warm_pool: usize,
     /// Opens a private address range (CIDR, e.g. 10.20.0.0/16) to sandboxes with internet

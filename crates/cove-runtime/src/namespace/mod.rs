@@ -620,6 +620,7 @@ mod tests {
                 default_workdir: "/home/user".into(),
                 env: Default::default(),
                 code_interpreter_port: None,
+                warm_kernel: false,
             },
             network: true,
             limits: Limits {

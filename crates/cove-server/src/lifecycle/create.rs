@@ -91,7 +91,7 @@ impl Lifecycle {
         let _starting = self.metrics.starting();
         let mut record = settings.record(&self.config, secrets::random_id(20));
         let started = match self
-            .start(&mut record, settings.template.template.clone())
+            .start(&mut record, settings.template.template.clone(), false)
             .await
         {
             Ok(started) => started,
@@ -203,11 +203,13 @@ impl Lifecycle {
     }
 
     /// Starts the sandbox `record` describes and records how to find it again. The record
-    /// is stored first, so a server that dies mid-create cleans up after itself.
+    /// is stored first, so a server that dies mid-create cleans up after itself. A warm
+    /// sandbox's agent starts its Python kernel at once (`warm_kernel`).
     pub(super) async fn start(
         &self,
         record: &mut SandboxRecord,
         template: cove_runtime::Template,
+        warm_kernel: bool,
     ) -> Result<Started, LifecycleError> {
         self.store.put_sandbox(record)?;
         self.retain_layers(record).map_err(|err| {
@@ -220,7 +222,7 @@ impl Lifecycle {
             id: record.id.clone(),
             template,
             hostname: "sandbox".to_owned(),
-            agent: agent_settings(record),
+            agent: agent_settings(record, warm_kernel),
             network: record.allow_internet_access,
             limits: limits(record),
             volumes: Vec::new(),

@@ -185,7 +185,7 @@ impl Lifecycle {
             id: id.clone(),
             template,
             hostname: "sandbox".to_owned(),
-            agent: agent_settings(&record),
+            agent: agent_settings(&record, false),
             network: record.allow_internet_access,
             limits: limits(&record),
             volumes: Vec::new(),

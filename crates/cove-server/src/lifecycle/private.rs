@@ -69,7 +69,7 @@ impl Lifecycle {
             volumes: Vec::new(),
         };
         let _turn = self.admission.turn().await?;
-        match self.start(&mut record, spec.template).await {
+        match self.start(&mut record, spec.template, false).await {
             Ok(started) => {
                 self.private
                     .lock()

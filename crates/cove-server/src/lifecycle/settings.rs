@@ -260,8 +260,10 @@ pub fn limits(record: &SandboxRecord) -> cove_runtime::Limits {
 }
 
 /// What a sandbox's agent is told at start: its token, E2B's defaults (user `user` in
-/// `/home/user`), the code interpreter's port, and the variables every process gets.
-pub fn agent_settings(record: &SandboxRecord) -> AgentSettings {
+/// `/home/user`), the code interpreter's port, the variables every process gets, and whether
+/// to start its Python kernel at once (`warm_kernel`: a warm sandbox's, so the first
+/// `run_code` of whoever takes it finds the kernel running; others start it on first use).
+pub fn agent_settings(record: &SandboxRecord, warm_kernel: bool) -> AgentSettings {
     // The template's variables, then E2B's, then the create request's.
     let mut env = record
         .defaults
@@ -283,6 +285,7 @@ pub fn agent_settings(record: &SandboxRecord) -> AgentSettings {
         default_workdir: workdir.into(),
         env,
         code_interpreter_port: Some(cove_proto::envd::CODE_INTERPRETER_PORT),
+        warm_kernel,
     }
 }
 

@@ -73,7 +73,7 @@ impl Lifecycle {
         let settings = Settings::warm(entry.clone(), self.config.caps, network);
         let mut record = settings.record(&self.config, secrets::random_id(20));
         let started = match self
-            .start(&mut record, settings.template.template.clone())
+            .start(&mut record, settings.template.template.clone(), true)
             .await
         {
             Ok(started) => started,
