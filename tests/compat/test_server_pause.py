@@ -262,6 +262,7 @@ def test_paused_sandboxes_survive_a_server_restart(monkeypatch):
         state = work / "state"
         port, key = _free_port(), "e2b_" + secrets.token_hex(20)
         with open(work / "first.log", "wb") as log:
+            first_done = False
             first = subprocess.Popen(
                 [_cove_bin(), "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", state],
                 env={**os.environ, "COVE_API_KEY": key},
@@ -291,9 +292,15 @@ def test_paused_sandboxes_survive_a_server_restart(monkeypatch):
             stopped.files.write("/home/user/s.txt", "stopped")
             stopped.pause(keep_memory=False)
             running = Sandbox.create()
+            first_done = True
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
+            if not first_done:
+                # What the killed server left, a server on its state takes over and, run
+                # with --kill-on-exit, ends when it stops (as the one below does).
+                with running_cove_server(state, work / "cleanup.log"):
+                    pass
 
         with running_cove_server(state, work / "second.log") as server:
             point_sdks_at(server, monkeypatch)
