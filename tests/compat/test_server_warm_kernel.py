@@ -1,5 +1,5 @@
-"""A first `run_code` without waiting: a `cove serve` of this module's own (`--warm-pool 1`)
-keeps warm sandboxes whose agents start the default Python kernel while they wait to be
+"""A first `run_code` without waiting: a `cove serve` of this module's own (`--warm-pool 1
+--warm-kernels`) keeps warm sandboxes whose agents start the default Python kernel while they wait to be
 handed out. `e2b-code-interpreter` 2.11.5 then finds the kernel of the sandbox it created
 already running: its process started before the create was sent, the sandbox's own log says
 the kernel was ready, the warm-up counted no execution, and the variables the create set
@@ -47,7 +47,7 @@ def sandboxes_with_warm_kernels(state_dir: Path) -> set[str]:
 
 def test_a_sandbox_from_the_warm_pool_has_its_kernel_running_already(work_dir, monkeypatch):
     with running_cove_server(
-        work_dir / "state", work_dir / "server.log", extra_args=["--warm-pool", "1"]
+        work_dir / "state", work_dir / "server.log", extra_args=["--warm-pool", "1", "--warm-kernels"]
     ) as server:
         point_sdks_at(server, monkeypatch)
         # One warm sandbox of each kind (with and without internet access) for `base`.

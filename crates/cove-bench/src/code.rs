@@ -195,7 +195,8 @@ fn warm_kernels(state_dir: &std::path::Path) -> std::collections::BTreeSet<Strin
 /// kernel is already running, against the first `execute_request` to a bare ipykernel that
 /// is already running on the host (the floor: the same kernel work, no sandbox, no HTTP).
 pub async fn warm_create_to_first_result(settings: &Settings) -> anyhow::Result<Result> {
-    let server = TestServer::start_with_args(&settings.cove, &["--warm-pool", "1"]).await;
+    let server =
+        TestServer::start_with_args(&settings.cove, &["--warm-pool", "1", "--warm-kernels"]).await;
     let mut samples = Vec::with_capacity(WARM_FIRST_RESULT_SAMPLES);
     let mut taken = std::collections::BTreeSet::new();
     for _ in 0..WARM_FIRST_RESULT_SAMPLES {

@@ -273,6 +273,7 @@ impl AppState {
                 disk_mb: config.disk_mb,
                 warm: config.warm,
                 warm_total: config.templates.warm_total.max(2 * config.warm),
+                warm_kernels: config.templates.warm_kernels,
                 caps,
                 admission,
                 snapshots_dir: config.state_dir.join("snapshots"),

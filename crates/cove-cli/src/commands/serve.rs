@@ -149,6 +149,10 @@ struct TemplateArgs {
     /// --warm-pool of each kind, within this)
     #[arg(long, env = "COVE_WARM_POOL_TOTAL", default_value_t = 8)]
     warm_pool_total: usize,
+    /// Warm sandboxes start their Python kernel before they are handed out, so a first
+    /// run_code answers at once; each costs about 1 s of CPU to start and 60 MiB kept
+    #[arg(long, env = "COVE_WARM_KERNELS")]
+    warm_kernels: bool,
     /// Template builds that run at once; more wait for their turn
     #[arg(long, env = "COVE_CONCURRENT_BUILDS", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -289,6 +293,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         templates: cove_server::TemplatesConfig {
             registry_mirrors: args.templates.registry_mirrors,
             warm_total: args.templates.warm_pool_total,
+            warm_kernels: args.templates.warm_kernels,
             concurrent_builds: args.templates.concurrent_builds as usize,
             max_upload_mb: args.templates.max_upload_mb,
             ca_certs: Some(args.templates.template_ca_certs).filter(|p| !p.as_os_str().is_empty()),

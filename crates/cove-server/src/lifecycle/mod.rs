@@ -124,6 +124,8 @@ pub struct LifecycleConfig {
     pub warm: usize,
     /// Warm sandboxes kept ready in all (every template and kind together).
     pub warm_total: usize,
+    /// Whether warm sandboxes start their Python kernel ahead of use.
+    pub warm_kernels: bool,
     /// What one sandbox may ask for.
     pub caps: HostCaps,
     pub admission: AdmissionConfig,

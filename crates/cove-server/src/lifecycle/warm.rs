@@ -73,7 +73,11 @@ impl Lifecycle {
         let settings = Settings::warm(entry.clone(), self.config.caps, network);
         let mut record = settings.record(&self.config, secrets::random_id(20));
         let started = match self
-            .start(&mut record, settings.template.template.clone(), true)
+            .start(
+                &mut record,
+                settings.template.template.clone(),
+                self.config.warm_kernels,
+            )
             .await
         {
             Ok(started) => started,
