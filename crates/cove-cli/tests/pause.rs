@@ -230,13 +230,21 @@ async fn a_filesystem_pause_keeps_the_files_and_a_resume_starts_again_in_another
     let image = fixture.dir(id).join("disk.img");
     let stat = stat_on_image(&image, "/upper/0/home/user/note");
     assert!(stat.contains("User:  1000"), "{stat}");
-    // Its old uid range is someone else's now.
-    let taken = cove_runtime::uid_ranges::Lease::take(
-        Path::new(cove_runtime::uid_ranges::LEASE_DIR),
-        old_slot,
+    // Its old uid range is someone else's now. Tests run side by side, so another test's
+    // sandbox may lease the freed range first; it frees it when it ends, the paused sandbox
+    // never would.
+    let taken = wait_until(
+        "the paused sandbox to give its range back",
+        Duration::from_secs(60),
+        || async move {
+            cove_runtime::uid_ranges::Lease::take(
+                Path::new(cove_runtime::uid_ranges::LEASE_DIR),
+                old_slot,
+            )
+            .unwrap()
+        },
     )
-    .unwrap()
-    .expect("the paused sandbox gave its range back");
+    .await;
 
     let resumed = fixture
         .runtime

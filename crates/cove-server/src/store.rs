@@ -443,20 +443,17 @@ impl Store {
 
     /// Every volume, oldest first.
     pub fn volumes(&self) -> Result<Vec<VolumeRecord>> {
-        let conn = self.conn();
-        let mut statement = conn.prepare("SELECT record FROM volumes ORDER BY rowid")?;
-        let raw = statement
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(raw
-            .iter()
-            .map(|json| serde_json::from_str(json))
-            .collect::<serde_json::Result<Vec<_>>>()?)
+        self.records("SELECT record FROM volumes ORDER BY rowid")
     }
 
     pub fn sandboxes(&self) -> Result<Vec<SandboxRecord>> {
+        self.records("SELECT record FROM sandboxes")
+    }
+
+    /// The JSON records `query` selects (one column), read back.
+    fn records<T: serde::de::DeserializeOwned>(&self, query: &str) -> Result<Vec<T>> {
         let conn = self.conn();
-        let mut statement = conn.prepare("SELECT record FROM sandboxes")?;
+        let mut statement = conn.prepare(query)?;
         let raw = statement
             .query_map([], |r| r.get::<_, String>(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -285,7 +285,7 @@ impl Volumes {
 
     /// What the runtime mounts into a sandbox for `mounts` (blocks while they are mounted
     /// on the host).
-    pub fn for_runtime(&self, mounts: &[MountedVolume]) -> Result<Vec<VolumeMount>> {
+    fn for_runtime(&self, mounts: &[MountedVolume]) -> Result<Vec<VolumeMount>> {
         mounts
             .iter()
             .map(|m| {
@@ -295,6 +295,22 @@ impl Volumes {
                 })
             })
             .collect()
+    }
+
+    /// Sets the volumes `spec`'s sandbox mounts (blocks while they are mounted on the host);
+    /// a volume that cannot be mounted fails the sandbox's start.
+    pub fn attach(
+        &self,
+        spec: &mut cove_runtime::SandboxSpec,
+        mounts: &[MountedVolume],
+    ) -> std::result::Result<(), cove_runtime::RuntimeError> {
+        spec.volumes =
+            self.for_runtime(mounts)
+                .map_err(|err| cove_runtime::RuntimeError::Start {
+                    id: spec.id.clone(),
+                    reason: err.to_string(),
+                })?;
+        Ok(())
     }
 
     /// Unmounts every volume from the host (sandboxes keep their own mounts).

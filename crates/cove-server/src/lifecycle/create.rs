@@ -230,12 +230,7 @@ impl Lifecycle {
         let (volumes, mounts) = (self.volumes.clone(), record.volumes.clone());
         let started = self
             .blocking(move |r| {
-                spec.volumes = volumes.for_runtime(&mounts).map_err(|err| {
-                    cove_runtime::RuntimeError::Start {
-                        id: spec.id.clone(),
-                        reason: err.to_string(),
-                    }
-                })?;
+                volumes.attach(&mut spec, &mounts)?;
                 r.create(&spec)
             })
             .await
