@@ -366,7 +366,8 @@ async fn read_parts(
     parts: &mut SmallWrites,
 ) -> Result<(), RestError> {
     let mut seen = HashSet::new();
-    // A part already refused ends the upload: the parts after it are not written.
+    // Once a part is known to be refused, no further part is read (parts already handed to
+    // a blocking thread are still written).
     while !parts.failed() {
         let field = multipart
             .next_field()
