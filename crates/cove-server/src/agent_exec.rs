@@ -145,19 +145,23 @@ async fn start(
         .await
         .map_err(LinkError::from)?;
     if !response.status().is_success() {
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let message = connect::RpcError::from_json(&body)
-            .map(|e| e.message)
-            .unwrap_or_else(|| format!("HTTP {status}"));
-        return Err(ExecError::Refused(message));
+        return Err(ExecError::Refused(refusal_message(response).await));
     }
     Ok(response.into_body())
+}
+
+/// Why the agent refused an RPC: the message of its Connect error, else the HTTP status.
+pub async fn refusal_message(response: http::Response<hyper::body::Incoming>) -> String {
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    connect::RpcError::from_json(&body)
+        .map(|e| e.message)
+        .unwrap_or_else(|| format!("HTTP {status}"))
 }
 
 /// Runs `command` in the sandbox behind `agent` (token `token`), handing each complete line

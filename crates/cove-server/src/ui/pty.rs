@@ -290,15 +290,6 @@ fn rpc(
 
 /// The agent's reason for refusing a call.
 async fn refusal(call: &'static str, response: http::Response<hyper::body::Incoming>) -> PtyError {
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let message = connect::RpcError::from_json(&body)
-        .map(|e| e.message)
-        .unwrap_or_else(|| format!("HTTP {status}"));
+    let message = crate::agent_exec::refusal_message(response).await;
     PtyError::Refused { call, message }
 }
