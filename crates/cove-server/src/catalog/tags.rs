@@ -12,18 +12,23 @@ pub struct TagRow {
     pub created_at: i64,
 }
 
+/// The build `tag` of `template` names now, if it exists.
+fn tag_target(conn: &rusqlite::Connection, template: &str, tag: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT build FROM template_tags WHERE template = ?1 AND tag = ?2",
+            params![template, tag],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 impl Catalog {
     /// Points `tag` of `template` at `build`; returns the build it named before, if another.
     pub fn assign_tag(&self, template: &str, tag: &str, build: &str) -> Result<Option<String>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let before: Option<String> = tx
-            .query_row(
-                "SELECT build FROM template_tags WHERE template = ?1 AND tag = ?2",
-                params![template, tag],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let before = tag_target(&tx, template, tag)?;
         tx.execute(
             "INSERT OR REPLACE INTO template_tags (template, tag, build, created_at) VALUES (?1, ?2, ?3, ?4)",
             params![template, tag, build, crate::clock::now_ms()],
@@ -36,13 +41,7 @@ impl Catalog {
     pub fn remove_tag(&self, template: &str, tag: &str) -> Result<Option<String>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let before: Option<String> = tx
-            .query_row(
-                "SELECT build FROM template_tags WHERE template = ?1 AND tag = ?2",
-                params![template, tag],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let before = tag_target(&tx, template, tag)?;
         tx.execute(
             "DELETE FROM template_tags WHERE template = ?1 AND tag = ?2",
             params![template, tag],
@@ -81,14 +80,7 @@ impl Catalog {
 
     /// The build `tag` of `template` names.
     pub fn tagged_build(&self, template: &str, tag: &str) -> Result<Option<BuildRow>> {
-        let build: Option<String> = self
-            .conn()
-            .query_row(
-                "SELECT build FROM template_tags WHERE template = ?1 AND tag = ?2",
-                params![template, tag],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let build = tag_target(&self.conn(), template, tag)?;
         match build {
             Some(build) => self.build(template, &build),
             None => Ok(None),
