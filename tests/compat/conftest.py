@@ -405,6 +405,20 @@ def _stop_server(server: CoveServer, proc: subprocess.Popen, kill_leftovers: boo
         )
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failed test's report ends with the log of each server it used: the servers' state
+    dirs are gone by the time anyone reads a CI run."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    for name, value in getattr(item, "funcargs", {}).items():
+        if isinstance(value, CoveServer) and value.log.exists():
+            tail = value.log.read_text(errors="replace")[-8000:]
+            report.sections.append((f"log of the server {name} (its last 8000 characters)", tail))
+
+
 @contextlib.contextmanager
 def running_cove_server(
     state_dir: Path, log_path: Path, *, kill_leftovers: bool = True, extra_args: Iterable[str] = ()

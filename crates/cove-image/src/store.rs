@@ -305,37 +305,46 @@ impl LayerStore {
         Ok(owners)
     }
 
-    /// Removes every layer nobody retains, and kept blobs whose layer is gone.
+    /// Removes every layer nobody retains, and kept blobs whose layer is gone. Under the lock
+    /// the doomed layers are only moved aside (a rename each), so a collection never holds up
+    /// installs or retains while it deletes large trees.
     pub fn gc(&self) -> Result<GcReport, StoreError> {
-        let _guard = self.lock();
         let mut report = GcReport::default();
-        let mut kept_blobs = std::collections::BTreeSet::new();
-        for layer in self.layers()? {
-            if !layer.owners.is_empty() {
-                if let Some(blob) = layer.blob {
-                    kept_blobs.insert(blob);
+        let mut doomed = Vec::new();
+        {
+            let _guard = self.lock();
+            let mut kept_blobs = std::collections::BTreeSet::new();
+            for layer in self.layers()? {
+                if !layer.owners.is_empty() {
+                    if let Some(blob) = layer.blob {
+                        kept_blobs.insert(blob);
+                    }
+                    continue;
                 }
-                continue;
+                doomed.push(self.move_aside(&layer.id)?);
+                tracing::info!(layer = %layer.id, bytes = layer.disk_bytes, "collected an unused layer");
+                report.freed_bytes += layer.disk_bytes;
+                report.removed.push(layer.id);
             }
-            self.remove_layer(&layer.id)?;
-            tracing::info!(layer = %layer.id, bytes = layer.disk_bytes, "collected an unused layer");
-            report.freed_bytes += layer.disk_bytes;
-            report.removed.push(layer.id);
+            let blobs = self.inner.root.join("blobs/sha256");
+            for entry in fs::read_dir(&blobs).map_err(|source| io_err("list", &blobs, source))? {
+                let entry = entry.map_err(|source| io_err("list", &blobs, source))?;
+                let keep = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| Digest::from_hex(n).ok())
+                    .is_some_and(|d| kept_blobs.contains(&d));
+                if !keep {
+                    let path = entry.path();
+                    let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                    fs::remove_file(&path).map_err(|source| io_err("remove", &path, source))?;
+                    report.freed_bytes += size;
+                }
+            }
         }
-        let blobs = self.inner.root.join("blobs/sha256");
-        for entry in fs::read_dir(&blobs).map_err(|source| io_err("list", &blobs, source))? {
-            let entry = entry.map_err(|source| io_err("list", &blobs, source))?;
-            let keep = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| Digest::from_hex(n).ok())
-                .is_some_and(|d| kept_blobs.contains(&d));
-            if !keep {
-                let path = entry.path();
-                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                fs::remove_file(&path).map_err(|source| io_err("remove", &path, source))?;
-                report.freed_bytes += size;
-            }
+        // An interrupted removal is finished by the next open (`clear_tmp`).
+        for dir in doomed {
+            remove_dir(&dir);
         }
         Ok(report)
     }
@@ -577,7 +586,8 @@ impl LayerStore {
         }
     }
 
-    fn remove_layer(&self, layer: &Digest) -> Result<(), StoreError> {
+    /// Moves a layer out of `layers/` into `tmp/`, where nothing reads it, for removal.
+    fn move_aside(&self, layer: &Digest) -> Result<PathBuf, StoreError> {
         let dir = self.layer_dir(layer);
         let doomed = self.inner.root.join("tmp").join(format!(
             "gc-{}-{}",
@@ -585,8 +595,7 @@ impl LayerStore {
             uuid::Uuid::new_v4()
         ));
         fs::rename(&dir, &doomed).map_err(|source| io_err("remove", &dir, source))?;
-        remove_dir(&doomed);
-        Ok(())
+        Ok(doomed)
     }
 
     fn clear_tmp(&self) -> Result<(), StoreError> {

@@ -619,7 +619,7 @@ pub async fn delete(
         ));
     }
     let builds = catalog.delete_template(&template.id)?;
-    state.builder().forget(&builds).await;
+    state.builder().forget(&builds);
     tracing::info!(template = %template.id, "template deleted");
     Ok(StatusCode::NO_CONTENT)
 }

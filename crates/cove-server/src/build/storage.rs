@@ -3,7 +3,10 @@
 //! running sandbox, no build under way). Layers only the cache names go too: a step whose
 //! layer was collected simply runs again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use cove_image::Digest;
 use cove_proto::templates::{CollectedLayers, TemplateUsage};
@@ -35,16 +38,20 @@ impl Builder {
             .map(drop)
     }
 
-    /// Drops the layer references of deleted builds, then collects what nothing uses.
-    pub async fn forget(&self, builds: &[String]) {
+    /// Drops the layer references of deleted builds, then collects what nothing uses on a
+    /// background task: a delete answers at once, however large the layers and slow the disk.
+    pub fn forget(self: &Arc<Self>, builds: &[String]) {
         for build in builds {
             if let Err(err) = self.store.release_all(&owner(build)) {
                 tracing::warn!(?err, build_id = %build, "cannot release a deleted build's layers");
             }
         }
-        if let Err(err) = self.collect().await {
-            tracing::warn!(err = %cove_image::error_chain(&err), "cannot collect unused layers");
-        }
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            if let Err(err) = this.collect().await {
+                tracing::warn!(err = %cove_image::error_chain(&err), "cannot collect unused layers");
+            }
+        });
     }
 
     /// Removes every layer nothing retains, forgets the cache entries that named them, and
