@@ -149,7 +149,10 @@ impl Context {
                 "store_history": true,
                 "user_expressions": {},
                 "allow_stdin": false,
-                "stop_on_error": true,
+                // Executions of a context never queue in the kernel (one at a time), so
+                // this would only abort the next one when it comes right after an error,
+                // as after an interrupted run (ipykernel aborts what arrives meanwhile).
+                "stop_on_error": false,
             }),
         );
         let result = self.follow(slot, request, client).await;

@@ -143,8 +143,12 @@ pub struct Tracker {
     errored: bool,
     /// Set once the kernel has begun the execution (and so reacts to an interrupt).
     pub started: bool,
-    /// Set once the kernel went idle or refused the request.
+    /// Set once the kernel has both replied and gone idle (or refused the request).
     pub done: bool,
+    /// The two halves of the end, which come on different sockets in either order: an
+    /// execution that ended at the first could lose the other's news (an `aborted` reply).
+    replied: bool,
+    idle: bool,
 }
 
 impl Tracker {
@@ -191,23 +195,27 @@ impl Tracker {
                 lines.push(error_line(content));
             }
             (Channel::IoPub, "status") if content["execution_state"] == "idle" => {
-                self.done = true;
+                self.idle = true;
             }
-            (Channel::Shell, "execute_reply") => match content["status"].as_str() {
-                Some("error") if !std::mem::replace(&mut self.errored, true) => {
-                    lines.push(error_line(content));
+            (Channel::Shell, "execute_reply") => {
+                self.replied = true;
+                match content["status"].as_str() {
+                    Some("error") if !std::mem::replace(&mut self.errored, true) => {
+                        lines.push(error_line(content));
+                    }
+                    Some("aborted" | "abort") => {
+                        lines.push(OutputLine::error(
+                            "ExecutionAborted",
+                            "Execution was aborted",
+                        ));
+                        self.done = true;
+                    }
+                    _ => {}
                 }
-                Some("aborted" | "abort") => {
-                    lines.push(OutputLine::error(
-                        "ExecutionAborted",
-                        "Execution was aborted",
-                    ));
-                    self.done = true;
-                }
-                _ => {}
-            },
+            }
             _ => {}
         }
+        self.done |= self.replied && self.idle;
         lines
     }
 }
@@ -254,6 +262,41 @@ mod tests {
                    "json": {"a": 1}, "extra": {"application/vnd.custom": "x"},
                    "is_main_result": true})
         );
+    }
+
+    #[test]
+    fn an_execution_ends_when_both_the_reply_and_idle_have_come() {
+        // Idle (iopub) may come before the reply (shell): the reply still counts.
+        let mut tracker = Tracker::default();
+        tracker.on(&incoming(
+            Channel::IoPub,
+            "status",
+            json!({"execution_state": "idle"}),
+        ));
+        assert!(!tracker.done, "ended before the kernel's reply");
+        let lines = tracker.on(&incoming(
+            Channel::Shell,
+            "execute_reply",
+            json!({"status": "aborted"}),
+        ));
+        assert!(
+            matches!(&lines[..], [OutputLine::Error { name, .. }] if name == "ExecutionAborted")
+        );
+        assert!(tracker.done);
+
+        let mut tracker = Tracker::default();
+        tracker.on(&incoming(
+            Channel::Shell,
+            "execute_reply",
+            json!({"status": "ok"}),
+        ));
+        assert!(!tracker.done, "ended before the kernel went idle");
+        tracker.on(&incoming(
+            Channel::IoPub,
+            "status",
+            json!({"execution_state": "idle"}),
+        ));
+        assert!(tracker.done);
     }
 
     #[test]
