@@ -321,7 +321,9 @@ pub async fn all(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         anyhow::ensure!(out.exit_code == 0, "pip install failed: {}", out.stderr);
         took
     };
-    let pandas_steps = || vec![step("USER", &["root"]), step("RUN", &[PANDAS, "root"])];
+    // As the SDKs' `pip_install` makes it: the install as root, the template's commands as
+    // E2B's `user` (what `base` runs them as too).
+    let pandas_steps = || vec![step("RUN", &[PANDAS, "root"])];
     let cold = build(&config, "bench-pandas", pandas_steps(), None).await?;
     report.results.push(Result {
         name: "cold build: python:3.12 + `pip install pandas` (request → ready)".into(),

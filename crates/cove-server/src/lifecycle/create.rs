@@ -53,10 +53,17 @@ impl Lifecycle {
         let _layers = self.layers_in_use.hold(&settings.template.template);
         let _admitted = self.admit(&settings.team, settings.memory_mb, settings.cpu_count)?;
         let began = std::time::Instant::now();
-        if let TemplateKind::Built { .. } = settings.template.kind
-            && let Err(err) = self.templates.catalog().note_spawn(&settings.template.id)
-        {
-            tracing::warn!(?err, template = %settings.template.id, "cannot count a spawn");
+        if let TemplateKind::Built { .. } = settings.template.kind {
+            // A count for listings: off the create's path.
+            let (catalog, id) = (
+                self.templates.catalog().clone(),
+                settings.template.id.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                if let Err(err) = catalog.note_spawn(&id) {
+                    tracing::warn!(?err, template = %id, "cannot count a spawn");
+                }
+            });
         }
         // Snapshots get no warm pool: their layers are held by records and creates only.
         // Volumes are mounted as a sandbox starts, so a sandbox with some is started anew.
@@ -66,7 +73,16 @@ impl Lifecycle {
             let taken = self
                 .pool
                 .take(&settings.template.warm_key(), settings.network);
-            self.refill(&settings.template, settings.network);
+            let after = match taken {
+                Taken::Ready(_) => super::warm::REFILL_AFTER_CLAIM,
+                // No warm sandbox to hand out now: the pool is behind, and this create may
+                // be waiting for a refill that was waiting out a claim.
+                Taken::Soon(_) | Taken::None => {
+                    self.hurry_refills.notify_waiters();
+                    std::time::Duration::ZERO
+                }
+            };
+            self.refill(&settings.template, settings.network, after);
             let warm = match taken {
                 Taken::Ready(warm) => Some(*warm),
                 Taken::Soon(promise) => promise.await.ok(),

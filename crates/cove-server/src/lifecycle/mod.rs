@@ -158,6 +158,8 @@ pub struct Lifecycle {
     pool: WarmPool,
     /// Warm sandboxes being started; closed at shutdown.
     warming: TaskTracker,
+    /// Wakes refills waiting out [`warm::REFILL_AFTER_CLAIM`]: a create is waiting for them.
+    hurry_refills: tokio::sync::Notify,
     /// The server's own sandboxes running now (ended at shutdown).
     private: private::Running,
     /// Pauses, resumes and snapshots under way (tasks of their own, like kills).
@@ -196,6 +198,7 @@ impl Lifecycle {
             ending: TaskTracker::new(),
             creating: TaskTracker::new(),
             warming: TaskTracker::new(),
+            hurry_refills: tokio::sync::Notify::new(),
             private: private::Running::default(),
             transitions: TaskTracker::new(),
             layers_in_use: LayersInUse::default(),

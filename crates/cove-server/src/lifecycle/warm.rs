@@ -15,11 +15,17 @@ use crate::secrets;
 
 /// A template no create asked for in this long loses its warm sandboxes.
 pub const WARM_IDLE: Duration = Duration::from_secs(600);
+/// How long the refill after a claim waits: a sandbox's first command follows its create at
+/// once, and a refill starting a sandbox beside it (mounts, a new agent) would slow it
+/// (measured: create → first output 13.4 → 10.7 ms for `base`, 16.4 → 12.2 ms for a built
+/// template, in docs/BENCHMARKS.md's quiet run). Creates that come faster find the pool
+/// empty either way.
+pub const REFILL_AFTER_CLAIM: Duration = Duration::from_millis(100);
 
 impl Lifecycle {
     /// Tops the warm pool of this template and kind up again, one sandbox at a time, in the
-    /// background.
-    pub fn refill(self: &Arc<Self>, entry: &TemplateEntry, network: bool) {
+    /// background, beginning `after` from now.
+    pub fn refill(self: &Arc<Self>, entry: &TemplateEntry, network: bool, after: Duration) {
         if self.warming.is_closed() {
             return;
         }
@@ -31,6 +37,19 @@ impl Lifecycle {
         let this = self.clone();
         let entry = entry.clone();
         self.warming.spawn(async move {
+            if !after.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(after) => {}
+                    _ = this.hurry_refills.notified() => {}
+                }
+                if this.warming.is_closed() {
+                    this.pool.finish_start(&key, network, None);
+                    if let Some(warm) = evicted {
+                        this.end_warm(*warm).await;
+                    }
+                    return;
+                }
+            }
             if let Some(warm) = evicted {
                 this.end_warm(*warm).await;
             }
@@ -58,15 +77,15 @@ impl Lifecycle {
     pub fn warm_up(self: &Arc<Self>) {
         let base = self.templates.base().clone();
         self.pool.touch(&base.warm_key());
-        self.refill(&base, false);
-        self.refill(&base, true);
+        self.refill(&base, false, Duration::ZERO);
+        self.refill(&base, true, Duration::ZERO);
     }
 
     /// Makes `entry` a template creates used lately, so its warm pool fills now (a template
     /// just built: its first create is then as quick as the next ones).
     pub fn prewarm(self: &Arc<Self>, entry: &TemplateEntry) {
         self.pool.touch(&entry.warm_key());
-        self.refill(entry, true);
+        self.refill(entry, true, Duration::ZERO);
     }
 
     async fn start_warm(&self, entry: &TemplateEntry, network: bool) -> Option<Warm> {
