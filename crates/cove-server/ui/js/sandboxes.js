@@ -70,22 +70,40 @@ export function render(main) {
     return true;
   }
 
+  // Every row is a copy of this one (cloning is much cheaper than building 20 elements a
+  // row), and one listener on the table body serves every row's buttons.
+  const prototype = h('tr', {},
+    h('td', {}, h('a', { class: 'mono' })),
+    h('td'), h('td'), h('td', { class: 'num' }), h('td', { class: 'num' }), h('td'),
+    h('td', { class: 'num' }), h('td', { class: 'num' }),
+    h('td', { class: 'actions' },
+      h('button', { type: 'button', dataset: { action: 'extend' } }, '+5 min'),
+      h('button', { type: 'button', dataset: { action: 'pause' } }),
+      h('button', { type: 'button', class: 'danger', dataset: { action: 'kill' } }, 'Kill')));
+  body.addEventListener('click', (event) => {
+    const button = event.target.closest('button[data-action]');
+    const entry = button && rows.get(button.closest('tr').dataset.id);
+    if (!entry) return;
+    const action = { extend, pause: pauseOrResume, kill }[button.dataset.action];
+    action(entry.sandbox);
+  });
+
   function row(sandbox) {
     const id = sandbox.sandboxID;
     let entry = rows.get(id);
     if (entry) return entry;
+    const tr = prototype.cloneNode(true);
+    tr.dataset.id = id;
+    const [idCell, templateCell, metadataCell, age, left, stateCell, cpu, memory, actions] = tr.children;
+    const link = idCell.firstElementChild;
+    link.href = `#/sandboxes/${encodeURIComponent(id)}`;
+    link.textContent = id;
+    const [extendButton, pause, killButton] = actions.children;
+    extendButton.setAttribute('aria-label', `Extend ${id} by 5 minutes`);
+    killButton.setAttribute('aria-label', `Kill ${id}`);
     const cells = {
-      template: h('td'), metadata: h('td'), age: h('td', { class: 'num' }), left: h('td', { class: 'num' }),
-      state: h('td'), cpu: h('td', { class: 'num' }), memory: h('td', { class: 'num' }),
+      template: templateCell, metadata: metadataCell, age, left, state: stateCell, cpu, memory,
     };
-    const pause = h('button', { type: 'button', onclick: () => pauseOrResume(entry.sandbox) });
-    const tr = h('tr', { dataset: { id } },
-      h('td', {}, h('a', { href: `#/sandboxes/${encodeURIComponent(id)}`, class: 'mono' }, id)),
-      cells.template, cells.metadata, cells.age, cells.left, cells.state, cells.cpu, cells.memory,
-      h('td', { class: 'actions' },
-        h('button', { type: 'button', 'aria-label': `Extend ${id} by 5 minutes`, onclick: () => extend(entry.sandbox) }, '+5 min'),
-        pause,
-        h('button', { type: 'button', class: 'danger', 'aria-label': `Kill ${id}`, onclick: () => kill(entry.sandbox) }, 'Kill')));
     entry = { tr, cells, pause, shown: {} };
     rows.set(id, entry);
     return entry;
@@ -128,6 +146,12 @@ export function render(main) {
       const entry = row(sandbox);
       update(entry, sandbox, now);
       order.push(entry.tr);
+    }
+    if (!body.firstElementChild) {
+      // The first fill: every row in one insertion.
+      const all = document.createDocumentFragment();
+      all.append(...order);
+      body.append(all);
     }
     // Only rows out of place move: a button that has focus keeps it.
     let at = body.firstElementChild;
