@@ -484,11 +484,7 @@ impl<'a> Commands<'a> {
 
     /// Sends SIGKILL; `false` when there is no such process.
     pub async fn kill(&self, pid: u32) -> Result<bool> {
-        match self.signal(pid, wire::Signal::Sigkill).await {
-            Ok(()) => Ok(true),
-            Err(Error::NotFound(_)) => Ok(false),
-            Err(err) => Err(err),
-        }
+        crate::error::found(self.signal(pid, wire::Signal::Sigkill).await)
     }
 
     /// Sends SIGTERM or SIGKILL.

@@ -53,6 +53,15 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Whether what `result` asked about was there: `NotFound` is `false`, not an error.
+pub(crate) fn found<T>(result: Result<T>) -> Result<bool> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(Error::NotFound(_)) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
 impl From<RpcError> for Error {
     fn from(err: RpcError) -> Self {
         let message = err.message;

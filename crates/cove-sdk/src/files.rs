@@ -185,11 +185,7 @@ impl<'a> Files<'a> {
 
     /// Whether anything is at `path`.
     pub async fn exists(&self, path: &str) -> Result<bool> {
-        match self.stat(path).await {
-            Ok(_) => Ok(true),
-            Err(Error::NotFound(_)) => Ok(false),
-            Err(err) => Err(err),
-        }
+        crate::error::found(self.stat(path).await)
     }
 
     /// The entries below `path`, `depth` levels deep (1: direct children).

@@ -213,15 +213,12 @@ impl Sandbox {
 
     /// Kills a sandbox by id; `false` when there is no such sandbox.
     pub async fn kill_by_id(config: &ConnectionConfig, id: &str) -> Result<bool> {
-        match config
-            .api(http::Method::DELETE, &format!("/sandboxes/{id}"))
-            .send_empty()
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(Error::NotFound(_)) => Ok(false),
-            Err(err) => Err(err),
-        }
+        crate::error::found(
+            config
+                .api(http::Method::DELETE, &format!("/sandboxes/{id}"))
+                .send_empty()
+                .await,
+        )
     }
 
     pub fn id(&self) -> &str {

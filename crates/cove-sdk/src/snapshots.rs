@@ -64,11 +64,7 @@ impl Sandbox {
     /// Deletes a snapshot; `false` when there is no such snapshot.
     pub async fn delete_snapshot(config: &ConnectionConfig, snapshot_id: &str) -> Result<bool> {
         let path = format!("/templates/{}", urlencode(snapshot_id));
-        match config.api(http::Method::DELETE, &path).send_empty().await {
-            Ok(()) => Ok(true),
-            Err(Error::NotFound(_)) => Ok(false),
-            Err(err) => Err(err),
-        }
+        crate::error::found(config.api(http::Method::DELETE, &path).send_empty().await)
     }
 
     /// Starts `count` new sandboxes on a copy of this one's files, each living `timeout`;

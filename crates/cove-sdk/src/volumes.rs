@@ -68,15 +68,12 @@ impl Volume {
     /// Deletes the volume `id` and its files; `false` when there is none. A volume mounted
     /// in a sandbox is refused (HTTP 409).
     pub async fn destroy(config: &ConnectionConfig, id: &str) -> Result<bool> {
-        match config
-            .api(http::Method::DELETE, &format!("/volumes/{id}"))
-            .send_empty()
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(Error::NotFound(_)) => Ok(false),
-            Err(err) => Err(err),
-        }
+        crate::error::found(
+            config
+                .api(http::Method::DELETE, &format!("/volumes/{id}"))
+                .send_empty()
+                .await,
+        )
     }
 
     pub fn id(&self) -> &str {
