@@ -367,6 +367,108 @@ async fn a_snapshot_is_a_layer_other_sandboxes_start_from() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_reroot_gives_a_running_sandbox_the_snapshots_files_and_nothing_of_its_old_root() {
+    let fixture = Fixture::new();
+    let source = fixture.start("reroot-source", &fixture.template);
+    let agent = client(&source);
+    sh(&agent, "echo mine > ~/mine").await;
+    sh(
+        &agent.clone().as_user("root"),
+        "rm /etc/issue; rm -rf /etc/skel; mkdir /etc/skel; touch /etc/skel/only",
+    )
+    .await;
+    let into = fixture.state.path().join("snapshots/r1");
+    std::fs::create_dir_all(into.parent().unwrap()).unwrap();
+    let snapshot = fixture
+        .runtime
+        .snapshot(&source.handle, &fixture.template, &into)
+        .unwrap();
+
+    // A warm sandbox: its agent up, and (for this test) a file in its old root.
+    let id = "reroot-target";
+    let warm = fixture.start(id, &fixture.template);
+    let agent = client(&warm);
+    sh(&agent, "echo old > /tmp/old-root").await;
+    fixture.runtime.reroot(&warm.handle, &snapshot).unwrap();
+
+    // The same agent (PID 1 and handle kept) on the snapshot's files.
+    assert_eq!(sh(&agent, "cat ~/mine").await, "mine\n");
+    assert_eq!(
+        sh(&agent, "test -e /etc/issue || echo gone; ls -A /etc/skel").await,
+        "gone\nonly\n"
+    );
+    assert_eq!(
+        sh(&agent, "test -e /tmp/old-root || echo gone").await,
+        "gone\n"
+    );
+    // One root, with the kernel filesystems and their masks moved onto it.
+    assert_eq!(
+        sh(&agent, "awk '$5 == \"/\"' /proc/self/mountinfo | wc -l").await,
+        "1\n"
+    );
+    assert_eq!(
+        sh(
+            &agent,
+            "wc -c < /proc/kallsyms; test -e /dev/pts/ptmx && echo pts; ls /sys/class/net"
+        )
+        .await,
+        "0\npts\nlo\n"
+    );
+    assert_eq!(
+        sh(&agent, "echo shm > /dev/shm/x && cat /dev/shm/x").await,
+        "shm\n"
+    );
+    // Its writes are its own: neither the source nor the snapshot sees them.
+    sh(&agent, "echo fork > ~/mine; echo new > ~/new").await;
+    assert_eq!(sh(&client(&source), "cat ~/mine").await, "mine\n");
+    assert_eq!(
+        std::fs::read_to_string(into.join("0/home/user/mine")).unwrap(),
+        "mine\n"
+    );
+
+    // Paused without memory, its disk holds its writes and nothing of the old root.
+    let paused = fixture
+        .runtime
+        .pause(&warm.handle, PauseMode::Filesystem)
+        .unwrap();
+    let image = fixture.dir(id).join("disk.img");
+    assert!(stat_on_image(&image, "/upper/0/home/user/new").contains("User:  1000"));
+    for gone in ["/retired", "/upper/0/tmp/old-root"] {
+        let stat = stat_on_image(&image, gone);
+        assert!(!stat.contains("Inode:"), "{gone}: {stat}");
+    }
+    // And it starts again from the snapshot's layers and its own.
+    let resumed = fixture
+        .runtime
+        .resume(&paused, &fixture.spec(id, &snapshot))
+        .unwrap();
+    assert_eq!(
+        sh(&client(&resumed), "cat ~/mine ~/new; ls -A /etc/skel").await,
+        "fork\nnew\nonly\n"
+    );
+    // Nor is one where anything but the agent runs: it would go on in the old root.
+    let resumed_agent = client(&resumed);
+    sh(&resumed_agent, "sleep 600 >/dev/null 2>&1 &").await;
+    let refused = fixture
+        .runtime
+        .reroot(&resumed.handle, &fixture.template)
+        .unwrap_err();
+    let why = std::error::Error::source(&refused).unwrap().to_string();
+    assert!(why.contains("processes other than its agent"), "{why}");
+    assert_eq!(sh(&resumed_agent, "cat ~/new").await, "new\n");
+    // A paused sandbox is not rerooted.
+    let paused = fixture
+        .runtime
+        .pause(&resumed.handle, PauseMode::Memory)
+        .unwrap();
+    assert!(fixture.runtime.reroot(&paused, &snapshot).is_err());
+
+    fixture.end(id, &paused);
+    fixture.end("reroot-source", &source.handle);
+    assert!(loop_devices_under(fixture.state.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_server_that_died_mid_transition_finds_one_clear_state() {
     let fixture = Fixture::new();
     let id = "recovered";

@@ -160,6 +160,8 @@ pub fn mount_image(image: &Path, target: &Path) -> io::Result<()> {
         }
         // Configured: nobody else gets this device now.
         drop(allocating);
+        // Only a hint, checked before use: without it the device is searched for.
+        let _ = fs::write(device_hint(image), number.to_string());
         let mounted = mount_device(&device_path, target);
         // With autoclear set, closing our handle leaves the device to the mount (or, when
         // the mount failed, detaches it right away).
@@ -187,8 +189,18 @@ pub fn mount_device(device: &Path, target: &Path) -> io::Result<()> {
 /// be a second filesystem over the same blocks, and two of them writing it corrupt it: so a
 /// device is recognised by the image's inode, not by its name.
 pub fn attached_device(image: &Path) -> io::Result<Option<PathBuf>> {
-    use std::os::unix::fs::MetadataExt;
     let meta = fs::metadata(image)?;
+    // The device the image was last attached to, when that is still it: no search through
+    // every loop device of the host (there may be a thousand).
+    if let Some(number) = fs::read_to_string(device_hint(image))
+        .ok()
+        .and_then(|n| n.trim().parse::<u32>().ok())
+    {
+        let device = PathBuf::from(format!("/dev/loop{number}"));
+        if backs(&device, &meta) {
+            return Ok(Some(device));
+        }
+    }
     let named = fs::canonicalize(image)?;
     let mut attached = Vec::new();
     for entry in fs::read_dir("/sys/block")? {
@@ -209,26 +221,39 @@ pub fn attached_device(image: &Path) -> io::Result<Option<PathBuf>> {
     }
     for name in attached {
         let device = PathBuf::from(format!("/dev/{name}"));
-        let Ok(file) = fs::File::open(&device) else {
-            continue;
-        };
-        // SAFETY: all-zero is a valid `loop_info64` (plain integers and byte arrays).
-        let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
-        // SAFETY: `file` is an open loop device and `info` a writable `loop_info64` that
-        // outlives the call; the kernel fills it in.
-        let rc = unsafe {
-            libc::ioctl(
-                file.as_raw_fd(),
-                LOOP_GET_STATUS64,
-                &mut info as *mut LoopInfo64,
-            )
-        };
-        // ENXIO: detached in the meantime.
-        if rc == 0 && info.lo_inode == meta.ino() && info.lo_device == meta.dev() {
+        if backs(&device, &meta) {
             return Ok(Some(device));
         }
     }
     Ok(None)
+}
+
+/// Where [`mount_image`] notes the device it attached an image to.
+fn device_hint(image: &Path) -> PathBuf {
+    let mut name = image.as_os_str().to_owned();
+    name.push(".loop");
+    PathBuf::from(name)
+}
+
+/// Whether the loop device `device` is attached to the file `image` is.
+fn backs(device: &Path, image: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(file) = fs::File::open(device) else {
+        return false;
+    };
+    // SAFETY: all-zero is a valid `loop_info64` (plain integers and byte arrays).
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: `file` is an open loop device and `info` a writable `loop_info64` that
+    // outlives the call; the kernel fills it in.
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            LOOP_GET_STATUS64,
+            &mut info as *mut LoopInfo64,
+        )
+    };
+    // ENXIO: detached in the meantime.
+    rc == 0 && info.lo_inode == image.ino() && info.lo_device == image.dev()
 }
 
 /// Copies the sparse file `from` to `to`, moving only its data (the holes stay holes).

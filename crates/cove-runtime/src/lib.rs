@@ -241,4 +241,21 @@ pub trait Runtime: Send + Sync + 'static {
             what: "snapshot sandboxes",
         })
     }
+
+    /// Whether [`Runtime::reroot`] works here.
+    fn can_reroot(&self) -> bool {
+        false
+    }
+
+    /// Gives a running sandbox in which nothing but its agent ran (a warm one) a new root
+    /// filesystem made of `template`'s layers on a fresh writable layer, its processes,
+    /// namespaces and handle kept: a fork starts so from a warm sandbox of its source's
+    /// template. Whatever the old root held is gone.
+    fn reroot(&self, handle: &Handle, template: &Template) -> Result<(), RuntimeError> {
+        let _ = (handle, template);
+        Err(RuntimeError::Unsupported {
+            backend: self.name(),
+            what: "give sandboxes a new root",
+        })
+    }
 }

@@ -809,3 +809,65 @@ async fn a_claimed_warm_sandbox_pauses_and_resumes_like_any_other() {
     assert_eq!(started.starts, 2);
     assert_eq!(started.template.unwrap().name, "base");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fork_takes_a_warm_sandbox_of_its_source_template_and_gives_it_its_files() {
+    let app = app_with(|c| c.warm = 1).await;
+    app.state.lifecycle().warm_up();
+    let both_warm = || async { (app.runtime.running().len() == 2).then_some(()) };
+    cove_test_util::wait_until("the warm sandboxes", Duration::from_secs(5), both_warm).await;
+    let source = app.created(json!({})).await;
+    // The pool fills again behind the claim.
+    cove_test_util::wait_until("the pool refilled", Duration::from_secs(5), || async {
+        (app.runtime.running().len() == 3).then_some(())
+    })
+    .await;
+    let warm: Vec<String> = app
+        .runtime
+        .running()
+        .into_iter()
+        .filter(|id| *id != source)
+        .collect();
+    let (status, forks) = app
+        .call(
+            Method::POST,
+            &format!("/sandboxes/{source}/fork"),
+            Some(json!({"count": 2, "timeout": 60})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{forks}");
+    let ids: Vec<String> = forks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["sandbox"]["sandboxID"].as_str().unwrap().to_owned())
+        .collect();
+    // One fork had the warm sandbox of its kind; the other the one started behind it, or
+    // a sandbox of its own when none was under way yet.
+    let taken: Vec<&String> = ids.iter().filter(|id| warm.contains(id)).collect();
+    assert_eq!(taken.len(), 1, "{ids:?} against {warm:?}");
+    let rerooted = app.runtime.sandbox(taken[0]).unwrap();
+    assert_eq!((rerooted.reroots, rerooted.starts), (1, 1));
+    let other = app
+        .runtime
+        .sandbox(ids.iter().find(|id| *id != taken[0]).unwrap())
+        .unwrap();
+    assert_eq!(other.starts, 1);
+    // Both run on the snapshot's layer, over the template's.
+    assert_eq!(rerooted.template, other.template);
+    let under = app
+        .runtime
+        .sandbox(&source)
+        .unwrap()
+        .template
+        .unwrap()
+        .layers;
+    let layers = rerooted.template.unwrap().layers;
+    assert_eq!(layers.len(), under.len() + 1);
+    assert_eq!(layers[1..], under[..]);
+    for fork in &ids {
+        let info = app.info(fork).await;
+        assert_eq!(info["state"], "running");
+        assert_eq!(info["templateID"], "base");
+    }
+}

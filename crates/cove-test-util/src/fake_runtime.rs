@@ -34,8 +34,10 @@ pub struct FakeSandbox {
     pub starts: u32,
     /// How often it was snapshotted.
     pub snapshots: u32,
-    /// The template it last started from.
+    /// The template it last started from, or was rerooted onto.
     pub template: Option<Template>,
+    /// How often it was given a new root.
+    pub reroots: u32,
 }
 
 #[derive(Debug, Default)]
@@ -234,6 +236,7 @@ impl Runtime for FakeRuntime {
                 starts: 1,
                 snapshots: 0,
                 template: Some(spec.template.clone()),
+                reroots: 0,
             },
         );
         Ok(Self::started(&spec.id))
@@ -386,5 +389,24 @@ impl Runtime for FakeRuntime {
             name: template.name.clone(),
             layers,
         })
+    }
+
+    fn can_reroot(&self) -> bool {
+        true
+    }
+
+    fn reroot(&self, handle: &Handle, template: &Template) -> Result<(), RuntimeError> {
+        self.known(handle)?;
+        match self.state().sandboxes.get_mut(&handle.id) {
+            Some(sandbox) if sandbox.ended.is_none() && sandbox.paused.is_none() => {
+                sandbox.template = Some(template.clone());
+                sandbox.reroots += 1;
+                Ok(())
+            }
+            _ => Err(RuntimeError::WrongState {
+                id: handle.id.clone(),
+                state: "not running",
+            }),
+        }
     }
 }

@@ -16,6 +16,9 @@ pub struct Args {
     /// Copy a sandbox's writable layers (a snapshot); the spec comes on stdin.
     #[arg(long = "copy-layers")]
     copy_layers: bool,
+    /// Give a warm sandbox a new root (a fork); the spec comes on stdin.
+    #[arg(long)]
+    reroot: bool,
     /// Connect a sandbox to the network: HELPER PID UID_BASE LOG [CGROUP_PROCS...].
     #[arg(long, num_args = 4.., value_names = ["HELPER", "PID", "UID_BASE", "LOG"])]
     network: Option<Vec<String>>,
@@ -50,6 +53,14 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     }
     if args.copy_layers {
         let report = cove_runtime::layer::run_stage();
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("cannot encode the report")?
+        );
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if args.reroot {
+        let report = cove_runtime::namespace::reroot::run_stage();
         println!(
             "{}",
             serde_json::to_string(&report).context("cannot encode the report")?

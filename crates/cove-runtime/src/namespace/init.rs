@@ -267,7 +267,17 @@ pub fn setup(exe: &Path) -> Result<Report, InitError> {
     // From the sandbox's user namespace on, host paths are not searchable (the state
     // directory is host root's alone). The working directory, the sandbox's own directory
     // entered by build_rootfs, survives the switch, so the later steps reach it relative to it.
-    build_rootfs(&spec, &dirs, userns.as_fd())?;
+    enter_dir(&dirs)?;
+    if dirs.disk_image().exists() {
+        disk::mount_image(&dirs.disk_image(), &dirs.disk())
+            .map_err(step(|| "cannot mount the sandbox's disk".into()))?;
+    }
+    let root = RootSpec {
+        template: &spec.template,
+        slot: spec.slot,
+        volumes: &spec.volumes,
+    };
+    build_rootfs(&root, &dirs, userns.as_fd())?;
 
     userns::enter_as_root(userns.as_fd()).map_err(step(|| {
         "cannot become root of the sandbox's user namespace".into()
@@ -366,34 +376,48 @@ fn release_holder(mut holder: std::process::Child) {
     let _ = holder.wait();
 }
 
-fn build_rootfs(
-    spec: &InitSpec,
-    dirs: &SandboxDirs,
-    userns: std::os::fd::BorrowedFd<'_>,
-) -> Result<(), InitError> {
-    let mkdir = |path: &Path, mode: u32| -> Result<(), InitError> {
-        let what = || format!("cannot create {}", path.display());
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(mode)
-            .create(path)
-            .map_err(step(what))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(step(what))
-    };
+/// What a sandbox's root filesystem is made of.
+pub(super) struct RootSpec<'a> {
+    pub template: &'a Template,
+    /// The uid range the sandbox runs as.
+    pub slot: u32,
+    pub volumes: &'a [crate::volume::VolumeMount],
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<(), InitError> {
+    let what = || format!("cannot create {}", path.display());
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(step(what))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(step(what))
+}
+
+/// Enters the sandbox's directory and makes the mount points the root is assembled on
+/// (the disk's mounted at [`SandboxDirs::disk`] next, by the caller).
+pub(super) fn enter_dir(dirs: &SandboxDirs) -> Result<(), InitError> {
     // The overlays are given paths relative to the sandbox's directory, so that its
     // `/proc/self/mountinfo` (which shows them) tells nothing of the host's directories.
     rustix::process::chdir(&dirs.root).map_err(|e| InitError::Step {
         step: format!("cannot enter {}", dirs.root.display()),
         source: e.into(),
     })?;
-    let rootfs = dirs.rootfs();
-    mkdir(&rootfs, 0o755)?;
+    mkdir(&dirs.rootfs(), 0o755)?;
     mkdir(&dirs.disk(), 0o755)?;
-    mkdir(&dirs.mapped(), 0o755)?;
-    if dirs.disk_image().exists() {
-        disk::mount_image(&dirs.disk_image(), &dirs.disk())
-            .map_err(step(|| "cannot mount the sandbox's disk".into()))?;
-    }
+    mkdir(&dirs.mapped(), 0o755)
+}
+
+/// Assembles the sandbox's root at [`SandboxDirs::rootfs`] in this mount namespace, from
+/// its disk (mounted at [`SandboxDirs::disk`] already, or a plain directory there): the
+/// template's layers and the writable layers seen through the sandbox's idmapping, the
+/// overlays, volumes and `/dev`. Runs in the sandbox's directory ([`enter_dir`]).
+pub(super) fn build_rootfs(
+    spec: &RootSpec<'_>,
+    dirs: &SandboxDirs,
+    userns: std::os::fd::BorrowedFd<'_>,
+) -> Result<(), InitError> {
+    let rootfs = dirs.rootfs();
     // Owners on the disk are the sandbox's own (uid 0 is its root): the same layer works in
     // any uid range, after a resume or as a snapshot's template layer.
     idmap::mount_idmapped_writable(&dirs.disk(), &dirs.mapped(), userns)
@@ -436,7 +460,7 @@ fn build_rootfs(
             format!("cannot mount the overlay at {}", at.display())
         }))?;
     }
-    for volume in &spec.volumes {
+    for volume in spec.volumes {
         volume::attach(&rootfs, volume, userns, userns::base_for_slot(spec.slot)).map_err(step(
             || format!("cannot mount a volume at {}", volume.target.display()),
         ))?;
@@ -533,13 +557,14 @@ fn confine_self(spec: &InitSpec) -> Result<(), InitError> {
     Ok(())
 }
 
-/// Tells setup the agent is up, then points stdout at `/dev/null` (nobody reads it anymore).
+/// Tells setup the agent is up, then points stdout at stderr, the sandbox's log (nobody
+/// reads the pipe any more). Not at the sandbox's `/dev/null`: a descriptor into the root
+/// would keep that root mounted after a [`super::reroot`].
 pub fn report_ready() -> io::Result<()> {
     let mut out = io::stdout();
     writeln!(out, "ready")?;
     out.flush()?;
-    let null = fs::OpenOptions::new().write(true).open("/dev/null")?;
-    rustix::stdio::dup2_stdout(&null)?;
+    rustix::stdio::dup2_stdout(rustix::stdio::stderr())?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 
 pub mod init;
 mod pause;
+pub mod reroot;
 mod snapshot;
 mod state;
 
@@ -532,6 +533,31 @@ impl Runtime for NamespaceRuntime {
         into: &Path,
     ) -> Result<Template, RuntimeError> {
         self.snapshot_sandbox(handle, template, into)
+    }
+
+    fn can_reroot(&self) -> bool {
+        true
+    }
+
+    fn reroot(&self, handle: &Handle, template: &Template) -> Result<(), RuntimeError> {
+        let state = self.current(handle)?;
+        if state.paused.is_some() {
+            return Err(RuntimeError::WrongState {
+                id: handle.id.clone(),
+                state: "paused",
+            });
+        }
+        let spec = reroot::RerootSpec {
+            dir: self.dirs(&handle.id).root,
+            template: template.clone(),
+            slot: state.slot,
+            pid: state.pid,
+            start_time: state.start_time,
+        };
+        reroot::reroot(&self.exe, &spec).map_err(|source| RuntimeError::Io {
+            what: "give the sandbox its new root",
+            source,
+        })
     }
 }
 

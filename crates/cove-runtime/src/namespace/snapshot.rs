@@ -46,6 +46,10 @@ impl NamespaceRuntime {
                 source,
             }
         })?;
+        if copied.is_empty() {
+            // Nothing written: no layer, and no directory left for one.
+            let _ = fs::remove_dir(into);
+        }
         let mut layers: Vec<Layer> = copied
             .into_iter()
             .map(|i| Layer {

@@ -65,14 +65,17 @@ impl Lifecycle {
                 }
             });
         }
-        // Snapshots get no warm pool: their layers are held by records and creates only.
-        // Volumes are mounted as a sandbox starts, so a sandbox with some is started anew.
-        if !matches!(settings.template.kind, TemplateKind::Snapshot { .. })
-            && settings.volumes.is_empty()
-        {
-            let taken = self
-                .pool
-                .take(&settings.template.warm_key(), settings.network);
+        // Snapshots get no warm pool of their own: their layers are held by records and
+        // creates only. A fork takes a warm sandbox of its source's template and gives it
+        // its files (`fork_of`). Volumes are mounted as a sandbox starts, so a sandbox with
+        // some is started anew.
+        let warm_of = match settings.template.kind {
+            TemplateKind::Snapshot { .. } => settings.fork_of.as_ref(),
+            _ => Some(&settings.template),
+        }
+        .filter(|_| settings.volumes.is_empty());
+        if let Some(warm_of) = warm_of {
+            let taken = self.pool.take(&warm_of.warm_key(), settings.network);
             let after = match taken {
                 Taken::Ready(_) => super::warm::REFILL_AFTER_CLAIM,
                 // No warm sandbox to hand out now: the pool is behind, and this create may
@@ -82,7 +85,7 @@ impl Lifecycle {
                     std::time::Duration::ZERO
                 }
             };
-            self.refill(&settings.template, settings.network, after);
+            self.refill(warm_of, settings.network, after);
             let warm = match taken {
                 Taken::Ready(warm) => Some(*warm),
                 Taken::Soon(promise) => promise.await.ok(),
@@ -152,6 +155,19 @@ impl Lifecycle {
 
     /// Hands a warm sandbox to its owner: its limits, environment and record become theirs.
     async fn claim(&self, warm: Warm, settings: &Settings) -> Result<Arc<Live>, LifecycleError> {
+        if settings.fork_of.is_some() {
+            // A fork: the warm sandbox's root becomes the snapshot's files.
+            let (handle, template) = (
+                warm.started.handle.clone(),
+                settings.template.template.clone(),
+            );
+            let rerooted = self.blocking(move |r| r.reroot(&handle, &template)).await;
+            if let Err(source) = rerooted {
+                let id = warm.record.id.clone();
+                self.end_warm(warm).await;
+                return Err(LifecycleError::Start { id, source });
+            }
+        }
         let mut record = settings.record(&self.config, warm.record.id.clone());
         record.envd_access_token = warm.record.envd_access_token.clone();
         record.handle = warm.record.handle.clone();

@@ -54,13 +54,21 @@ impl Lifecycle {
             cpu_count: Some(source.cpu_count),
             memory_mb: Some(source.memory_mb),
             store_layers: Vec::new(),
-            shell: template_of_source.and_then(|t| t.shell),
+            shell: template_of_source.as_ref().and_then(|t| t.shell.clone()),
         };
+        // A warm sandbox of the source's template can take a fork's files, unless something
+        // of the template's already runs in it (a start command, a warm kernel) or it was
+        // started with other process settings (the template was rebuilt since).
+        let fork_of = template_of_source.filter(|t| {
+            self.runtime.can_reroot()
+                && t.start.is_none()
+                && !self.config.warm_kernels
+                && t.defaults == source.defaults
+        });
         let forks = (0..count).map(|_| {
-            let (this, settings) = (
-                self.clone(),
-                Settings::fork(&source, entry.clone(), timeout),
-            );
+            let mut settings = Settings::fork(&source, entry.clone(), timeout);
+            settings.fork_of = fork_of.clone();
+            let this = self.clone();
             async move {
                 let tracker = this.creating.clone();
                 tracker

@@ -65,6 +65,9 @@ pub struct Settings {
     pub lifecycle: LifecyclePolicy,
     /// Volumes mounted into it (resolved after the request is read).
     pub volumes: Vec<crate::store::MountedVolume>,
+    /// For a fork: its source's template, when a warm sandbox of that template can take the
+    /// fork's files as its new root ([`cove_runtime::Runtime::reroot`]).
+    pub fork_of: Option<TemplateEntry>,
 }
 
 impl Settings {
@@ -131,6 +134,7 @@ impl Settings {
                 .is_some_and(|public| !public),
             lifecycle,
             volumes: Vec::new(),
+            fork_of: None,
         })
     }
 
@@ -151,6 +155,7 @@ impl Settings {
                 ..source.lifecycle.clone()
             },
             volumes: source.volumes.clone(),
+            fork_of: None,
         }
     }
 
@@ -168,6 +173,7 @@ impl Settings {
             private_ports: false,
             lifecycle: LifecyclePolicy::default(),
             volumes: Vec::new(),
+            fork_of: None,
         }
     }
 

@@ -1,0 +1,300 @@
+//! Rerooting: a sandbox that runs takes a new root filesystem — other layers (a snapshot's,
+//! on top of the same template's) on a fresh writable layer — while its namespaces, cgroup,
+//! network and agent stay as they are. A fork starts so from a warm sandbox of its source's
+//! template: what a fork waits for is the copy of the source's files, not a sandbox's start.
+//!
+//! Only a sandbox in which nothing but its agent ran is rerooted (a warm one, before anybody
+//! has it): a process of anyone's with a working directory or an open file in the old root
+//! would keep writing there.
+//!
+//! The stage (`cove __sandbox-init --reroot`, host root, single-threaded):
+//! 1. in a private mount namespace, mounts the sandbox's disk from its loop device, moves
+//!    its writable layers aside and assembles the new root as setup does
+//!    ([`super::init::build_rootfs`]), then takes it as a detached copy;
+//! 2. joins the sandbox's mount namespace, attaches the copy over the old root, moves the
+//!    kernel filesystems PID 1 mounted (`/proc` with its masks, `/sys`, `/dev/pts`,
+//!    `/dev/shm`) onto it and pivots: every process whose root was the old one (the agent)
+//!    has the new one, and the old root is detached;
+//! 3. removes the writable layers it moved aside.
+
+use std::{
+    ffi::CStr,
+    fs,
+    io::{self, Read, Write},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use rustix::{
+    fs::{AtFlags, Mode, OFlags},
+    mount::{MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags},
+    thread::LinkNameSpaceType,
+};
+use serde::{Deserialize, Serialize};
+
+use super::init::{self, RootSpec, SandboxDirs};
+use crate::{Template, disk, mounts, process};
+
+/// The stage's flag.
+pub const REROOT_FLAG: &str = "--reroot";
+
+/// Where the old writable layers go on the disk until they are removed.
+const RETIRED: &str = "retired";
+
+/// The kernel filesystems PID 1 mounted in its root, moved onto the new one.
+const KERNEL_MOUNTS: [&str; 4] = ["proc", "sys", "dev/pts", "dev/shm"];
+
+/// What the stage is asked to do.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RerootSpec {
+    /// The sandbox's directory.
+    pub dir: PathBuf,
+    /// The layers of its new root.
+    pub template: Template,
+    /// Its uid range.
+    pub slot: u32,
+    /// Its PID 1 and when that started (against pid reuse).
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+/// What the stage reports on stdout.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RerootReport {
+    Done,
+    Failed(String),
+}
+
+/// Reroots the sandbox `spec` names, through the `cove` binary at `exe`.
+pub fn reroot(exe: &Path, spec: &RerootSpec) -> io::Result<()> {
+    let mut child = Command::new(exe)
+        .args([init::SUBCOMMAND, REROOT_FLAG])
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let json = serde_json::to_vec(spec).map_err(io::Error::other)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&json)?;
+    }
+    let output = child.wait_with_output()?;
+    match serde_json::from_slice::<RerootReport>(&output.stdout) {
+        Ok(RerootReport::Done) => Ok(()),
+        Ok(RerootReport::Failed(error)) => Err(io::Error::other(error)),
+        Err(_) => Err(io::Error::other(format!(
+            "the reroot exited with {} without a report: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))),
+    }
+}
+
+/// The stage (host root, its own process): reads a [`RerootSpec`] on stdin.
+pub fn run_stage() -> RerootReport {
+    match stage() {
+        Ok(()) => RerootReport::Done,
+        Err(err) => RerootReport::Failed(err.to_string()),
+    }
+}
+
+fn context(what: &'static str) -> impl FnOnce(io::Error) -> io::Error {
+    move |err| io::Error::new(err.kind(), format!("{what}: {err}"))
+}
+
+fn stage() -> io::Result<()> {
+    let mut raw = Vec::new();
+    io::stdin().read_to_end(&mut raw)?;
+    let spec: RerootSpec = serde_json::from_slice(&raw).map_err(io::Error::other)?;
+    let (userns, mntns) = namespaces_of(spec.pid, spec.start_time)?;
+    let dirs = SandboxDirs::new(&spec.dir);
+
+    // 1. The new root, in a mount namespace of this stage's own.
+    init::unshare(rustix::thread::UnshareFlags::NEWNS)?;
+    mounts::make_private()?;
+    init::enter_dir(&dirs).map_err(|e| io::Error::other(with_sources(&e)))?;
+    let image = dirs.disk_image();
+    if image.exists() {
+        let device = disk::attached_device(&image)?
+            .ok_or_else(|| io::Error::other("the sandbox's disk is attached to no loop device"))?;
+        disk::mount_device(&device, &dirs.disk()).map_err(context("cannot mount its disk"))?;
+    }
+    let retired = retire_writable_layers(&dirs.disk())?;
+    let root = RootSpec {
+        template: &spec.template,
+        slot: spec.slot,
+        volumes: &[],
+    };
+    init::build_rootfs(&root, &dirs, userns.as_fd())
+        .map_err(|e| io::Error::other(with_sources(&e)))?;
+    let tree = rustix::mount::open_tree(
+        rustix::fs::CWD,
+        dirs.rootfs(),
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::AT_RECURSIVE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(|e| context("cannot copy the new root")(e.into()))?;
+
+    // 2. Into the sandbox's mount namespace: the new root on top of the old one.
+    rustix::thread::move_into_link_name_space(mntns.as_fd(), Some(LinkNameSpaceType::Mount))
+        .map_err(|e| context("cannot join the sandbox's mount namespace")(e.into()))?;
+    let kernel: Vec<OwnedFd> = KERNEL_MOUNTS
+        .iter()
+        .map(|path| {
+            rustix::fs::open(
+                Path::new("/").join(path),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+            )
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| context("cannot find the sandbox's kernel filesystems")(e.into()))?;
+    rustix::mount::move_mount(
+        tree.as_fd(),
+        "",
+        rustix::fs::CWD,
+        "/",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| context("cannot attach the new root")(e.into()))?;
+    for (fd, path) in kernel.iter().zip(KERNEL_MOUNTS) {
+        rustix::mount::move_mount(
+            fd.as_fd(),
+            "",
+            tree.as_fd(),
+            path,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| io::Error::other(format!("cannot move /{path} to the new root: {e}")))?;
+    }
+    rustix::process::fchdir(&tree).map_err(|e| context("cannot enter the new root")(e.into()))?;
+    // With new_root == put_old the old root ends up on top of the new one, and every
+    // process whose root or working directory was the old root now has the new one.
+    rustix::process::pivot_root(".", ".")
+        .map_err(|e| context("cannot switch to the new root")(e.into()))?;
+    rustix::mount::mount_change(
+        ".",
+        MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
+    )?;
+    rustix::mount::unmount(".", UnmountFlags::DETACH)
+        .map_err(|e| context("cannot detach the old root")(e.into()))?;
+
+    // 3. What the old root wrote (nothing of anyone's: only its agent ran).
+    remove_retired(retired.as_fd()).map_err(context("cannot remove the old writable layers"))
+}
+
+/// Formats an init error with its sources.
+fn with_sources(err: &init::InitError) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The user and mount namespaces of PID 1 `pid`, if it is still the one that started at
+/// `start_time`.
+fn namespaces_of(pid: u32, start_time: u64) -> io::Result<(OwnedFd, OwnedFd)> {
+    let open = |name: &str| -> io::Result<OwnedFd> {
+        Ok(fs::File::open(format!("/proc/{pid}/ns/{name}"))?.into())
+    };
+    let namespaces = (open("user")?, open("mnt")?);
+    // Checked after opening: the descriptors are the sandbox's, not a later process's.
+    if !process::is_alive(pid, start_time)? {
+        return Err(io::Error::other("the sandbox's PID 1 is gone"));
+    }
+    // Its agent alone: a process of anyone's would go on in the old root (and is no
+    // process a warm sandbox has).
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let children = fs::read_to_string(task?.path().join("children"))?;
+        if !children.trim().is_empty() {
+            return Err(io::Error::other(
+                "processes other than its agent run in it: only a sandbox nobody used yet takes a new root",
+            ));
+        }
+    }
+    Ok(namespaces)
+}
+
+/// Moves the writable layers (`upper`, `work`) on the disk mounted at `disk` into a
+/// directory of their own, [`RETIRED`], and returns the disk opened (the stage removes them
+/// through it once it has left this mount namespace). The old root's overlay keeps using
+/// them (it holds them, not their names) until it is detached; the new one gets fresh ones.
+fn retire_writable_layers(disk: &Path) -> io::Result<OwnedFd> {
+    let retired = disk.join(RETIRED);
+    match fs::remove_dir_all(&retired) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    fs::create_dir(&retired)?;
+    for name in ["upper", "work"] {
+        match fs::rename(disk.join(name), retired.join(name)) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(rustix::fs::open(
+        disk,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?)
+}
+
+/// Removes [`RETIRED`] from the disk opened as `disk`.
+fn remove_retired(disk: BorrowedFd<'_>) -> io::Result<()> {
+    let retired = rustix::fs::openat(
+        disk,
+        RETIRED,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?;
+    remove_contents(retired.as_fd())?;
+    rustix::fs::unlinkat(disk, RETIRED, AtFlags::REMOVEDIR)?;
+    Ok(())
+}
+
+/// Removes everything below the directory `dir` (not following symbolic links).
+fn remove_contents(dir: BorrowedFd<'_>) -> io::Result<()> {
+    let mut names: Vec<(std::ffi::CString, bool)> = Vec::new();
+    {
+        let listing = rustix::fs::openat(
+            dir,
+            ".",
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut entries = rustix::fs::Dir::read_from(&listing)?;
+        while let Some(entry) = entries.read() {
+            let entry = entry?;
+            let name: &CStr = entry.file_name();
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
+                continue;
+            }
+            let is_dir = entry.file_type() == rustix::fs::FileType::Directory;
+            names.push((name.to_owned(), is_dir));
+        }
+    }
+    for (name, is_dir) in names {
+        if is_dir {
+            let child = rustix::fs::openat(
+                dir,
+                name.as_c_str(),
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+            )?;
+            remove_contents(child.as_fd())?;
+            rustix::fs::unlinkat(dir, name.as_c_str(), AtFlags::REMOVEDIR)?;
+        } else {
+            rustix::fs::unlinkat(dir, name.as_c_str(), AtFlags::empty())?;
+        }
+    }
+    Ok(())
+}
