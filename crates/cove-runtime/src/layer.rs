@@ -17,7 +17,7 @@
 
 use std::{
     fs,
-    io::{self, Read, Write},
+    io::{self, Read},
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -25,12 +25,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{disk, mounts, namespace::init};
+use crate::{disk, mounts, namespace::init, stage};
 
 /// The stage's flag.
 pub const COPY_FLAG: &str = "--copy-layers";
-/// `PATH` of the stage.
-const HOST_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What the copy stage is asked to do.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -58,37 +56,20 @@ pub enum CopyReport {
 
 /// Copies the writable layers `spec` names, through the `cove` binary at `exe`.
 pub fn copy(exe: &Path, spec: &CopySpec) -> io::Result<Vec<usize>> {
-    let mut child = Command::new(exe)
-        .args([init::SUBCOMMAND, COPY_FLAG])
-        .env_clear()
-        // Where the stage finds `cp`: the host's system directories only.
-        .env("PATH", HOST_PATH)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let json = serde_json::to_vec(spec).map_err(io::Error::other)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(&json)?;
-    }
-    let output = child.wait_with_output()?;
-    match serde_json::from_slice::<CopyReport>(&output.stdout) {
-        Ok(CopyReport::Copied(copied)) => Ok(copied),
-        Ok(CopyReport::Failed(error)) => Err(io::Error::other(error)),
-        Err(_) => Err(io::Error::other(format!(
-            "the layer copy exited with {} without a report: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))),
+    match stage::run(exe, COPY_FLAG, spec)? {
+        CopyReport::Copied(copied) => Ok(copied),
+        CopyReport::Failed(error) => Err(io::Error::other(error)),
     }
 }
 
-/// The copy stage (host root, its own process): reads a [`CopySpec`] on stdin.
-pub fn run_stage() -> CopyReport {
-    match stage() {
+/// The copy stage (host root, its own process): reads a [`CopySpec`] on stdin and answers
+/// with a [`CopyReport`].
+pub fn run_stage() -> io::Result<()> {
+    let report = match stage() {
         Ok(copied) => CopyReport::Copied(copied),
         Err(err) => CopyReport::Failed(err.to_string()),
-    }
+    };
+    stage::answer(&report)
 }
 
 fn stage() -> io::Result<Vec<usize>> {
@@ -122,6 +103,12 @@ fn stage() -> io::Result<Vec<usize>> {
         }
         copy_tree(&upper, &spec.into.join(i.to_string()))?;
         copied.push(i);
+    }
+    if spec.image.is_some() {
+        // Let go of the disk before answering: a loop device this stage attached (a paused
+        // sandbox's) detaches here, before anyone may attach the image again.
+        rustix::mount::unmount(&disk_dir, rustix::mount::UnmountFlags::empty())
+            .map_err(|e| context(e.into(), "cannot unmount the sandbox's disk"))?;
     }
     Ok(copied)
 }

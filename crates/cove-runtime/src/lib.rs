@@ -23,6 +23,7 @@ pub mod network;
 pub mod process;
 pub mod requirements;
 pub mod seccomp;
+pub mod stage;
 pub mod template;
 pub mod uid_ranges;
 pub mod userns;

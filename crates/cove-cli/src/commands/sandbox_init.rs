@@ -52,19 +52,11 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if args.copy_layers {
-        let report = cove_runtime::layer::run_stage();
-        println!(
-            "{}",
-            serde_json::to_string(&report).context("cannot encode the report")?
-        );
+        cove_runtime::layer::run_stage().context("the layer copy")?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if args.reroot {
-        let report = cove_runtime::namespace::reroot::run_stage();
-        println!(
-            "{}",
-            serde_json::to_string(&report).context("cannot encode the report")?
-        );
+        cove_runtime::namespace::reroot::run_stage().context("the reroot")?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if args.hold_userns {

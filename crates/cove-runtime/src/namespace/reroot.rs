@@ -15,15 +15,15 @@
 //!    kernel filesystems PID 1 mounted (`/proc` with its masks, `/sys`, `/dev/pts`,
 //!    `/dev/shm`) onto it and pivots: every process whose root was the old one (the agent)
 //!    has the new one, and the old root is detached;
-//! 3. removes the writable layers it moved aside.
+//! 3. answers, then removes the writable layers it moved aside (nothing of anyone's: only
+//!    the agent ran there).
 
 use std::{
     ffi::CStr,
     fs,
-    io::{self, Read, Write},
+    io::{self, Read},
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
 };
 
 use rustix::{
@@ -34,7 +34,7 @@ use rustix::{
 use serde::{Deserialize, Serialize};
 
 use super::init::{self, RootSpec, SandboxDirs};
-use crate::{Template, disk, mounts, process};
+use crate::{Template, disk, mounts, process, stage};
 
 /// The stage's flag.
 pub const REROOT_FLAG: &str = "--reroot";
@@ -69,34 +69,23 @@ pub enum RerootReport {
 
 /// Reroots the sandbox `spec` names, through the `cove` binary at `exe`.
 pub fn reroot(exe: &Path, spec: &RerootSpec) -> io::Result<()> {
-    let mut child = Command::new(exe)
-        .args([init::SUBCOMMAND, REROOT_FLAG])
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let json = serde_json::to_vec(spec).map_err(io::Error::other)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(&json)?;
-    }
-    let output = child.wait_with_output()?;
-    match serde_json::from_slice::<RerootReport>(&output.stdout) {
-        Ok(RerootReport::Done) => Ok(()),
-        Ok(RerootReport::Failed(error)) => Err(io::Error::other(error)),
-        Err(_) => Err(io::Error::other(format!(
-            "the reroot exited with {} without a report: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))),
+    match stage::run(exe, REROOT_FLAG, spec)? {
+        RerootReport::Done => Ok(()),
+        RerootReport::Failed(error) => Err(io::Error::other(error)),
     }
 }
 
-/// The stage (host root, its own process): reads a [`RerootSpec`] on stdin.
-pub fn run_stage() -> RerootReport {
+/// The stage (host root, its own process): reads a [`RerootSpec`] on stdin, answers with a
+/// [`RerootReport`] once the sandbox has its new root, then removes the old writable
+/// layers (what goes wrong there is only logged: the sandbox runs on either way).
+pub fn run_stage() -> io::Result<()> {
     match stage() {
-        Ok(()) => RerootReport::Done,
-        Err(err) => RerootReport::Failed(err.to_string()),
+        Ok(retired) => {
+            stage::answer(&RerootReport::Done)?;
+            remove_retired(retired.as_fd())
+                .map_err(context("cannot remove the old writable layers"))
+        }
+        Err(err) => stage::answer(&RerootReport::Failed(err.to_string())),
     }
 }
 
@@ -104,7 +93,9 @@ fn context(what: &'static str) -> impl FnOnce(io::Error) -> io::Error {
     move |err| io::Error::new(err.kind(), format!("{what}: {err}"))
 }
 
-fn stage() -> io::Result<()> {
+/// Everything up to the new root; returns the disk, where the old writable layers wait to
+/// be removed.
+fn stage() -> io::Result<OwnedFd> {
     let mut raw = Vec::new();
     io::stdin().read_to_end(&mut raw)?;
     let spec: RerootSpec = serde_json::from_slice(&raw).map_err(io::Error::other)?;
@@ -182,8 +173,7 @@ fn stage() -> io::Result<()> {
     rustix::mount::unmount(".", UnmountFlags::DETACH)
         .map_err(|e| context("cannot detach the old root")(e.into()))?;
 
-    // 3. What the old root wrote (nothing of anyone's: only its agent ran).
-    remove_retired(retired.as_fd()).map_err(context("cannot remove the old writable layers"))
+    Ok(retired)
 }
 
 /// Formats an init error with its sources.
