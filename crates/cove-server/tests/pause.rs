@@ -870,4 +870,38 @@ async fn a_fork_takes_a_warm_sandbox_of_its_source_template_and_gives_it_its_fil
         assert_eq!(info["state"], "running");
         assert_eq!(info["templateID"], "base");
     }
+    // A sandbox made from a snapshot forks anew: a snapshot's template has no warm pool.
+    let (_, snapshot) = app
+        .call(
+            Method::POST,
+            &format!("/sandboxes/{source}/snapshots"),
+            Some(json!({})),
+        )
+        .await;
+    let from_snapshot = app
+        .created(json!({"templateID": snapshot["snapshotID"]}))
+        .await;
+    let (status, forks) = app
+        .call(
+            Method::POST,
+            &format!("/sandboxes/{from_snapshot}/fork"),
+            Some(json!({"count": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{forks}");
+    let fork = app
+        .runtime
+        .sandbox(forks[0]["sandbox"]["sandboxID"].as_str().unwrap())
+        .unwrap();
+    assert_eq!((fork.reroots, fork.starts), (0, 1));
+    // And no warm sandbox of the snapshot was started for it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let layers = app.runtime.sandbox(&from_snapshot).unwrap().template;
+    let alike = app
+        .runtime
+        .running()
+        .iter()
+        .filter(|id| app.runtime.sandbox(id).unwrap().template == layers)
+        .count();
+    assert_eq!(alike, 1);
 }

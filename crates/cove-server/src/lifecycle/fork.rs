@@ -57,13 +57,20 @@ impl Lifecycle {
             shell: template_of_source.as_ref().and_then(|t| t.shell.clone()),
         };
         // A warm sandbox of the source's template can take a fork's files, unless something
-        // of the template's already runs in it (a start command, a warm kernel) or it was
-        // started with other process settings (the template was rebuilt since).
+        // of the template's already runs in it (a start command, a warm kernel), or it was
+        // started from other layers or process settings (the template was rebuilt since the
+        // source started: the layers it holds in the store would not be the fork's). A
+        // snapshot's template has no warm sandboxes.
         let fork_of = template_of_source.filter(|t| {
             self.runtime.can_reroot()
+                && !matches!(t.kind, super::TemplateKind::Snapshot { .. })
                 && t.start.is_none()
                 && !self.config.warm_kernels
                 && t.defaults == source.defaults
+                && source
+                    .template
+                    .as_ref()
+                    .is_some_and(|s| s.layers.ends_with(&t.template.layers))
         });
         let forks = (0..count).map(|_| {
             let mut settings = Settings::fork(&source, entry.clone(), timeout);
