@@ -116,7 +116,9 @@ async fn reports_errors_and_can_be_interrupted() {
         "import time\nprint('start', flush=True)\ntime.sleep(60)",
     )
     .await;
-    // Interrupt once the code runs (its first line is out).
+    // Interrupt once the code runs (its first line is out) and sleeps: a signal that lands
+    // while the kernel is still busy with the print's output may be taken by the kernel's
+    // own code, as it was on a loaded machine.
     loop {
         let incoming = replies.next().await.unwrap();
         if incoming.message.msg_type() == "stream" {
@@ -124,6 +126,7 @@ async fn reports_errors_and_can_be_interrupted() {
         }
     }
     let pid = kernel.child.id().unwrap();
+    until_asleep(pid).await;
     assert!(
         std::process::Command::new("kill")
             .args(["-INT", &pid.to_string()])
@@ -140,4 +143,23 @@ async fn reports_errors_and_can_be_interrupted() {
         "'still here'"
     );
     kernel.child.kill().await.unwrap();
+}
+
+/// Waits until the main thread of process `pid` sleeps in `clock_nanosleep` (Python's
+/// `time.sleep`), as `/proc/<pid>/task/<pid>/syscall` says.
+async fn until_asleep(pid: u32) {
+    // x86_64's number of clock_nanosleep; elsewhere, only the print is waited for.
+    const CLOCK_NANOSLEEP: &str = "230";
+    if !cfg!(target_arch = "x86_64") {
+        return;
+    }
+    let path = format!("/proc/{pid}/task/{pid}/syscall");
+    for _ in 0..3000 {
+        let now = std::fs::read_to_string(&path).unwrap_or_default();
+        if now.split_whitespace().next() == Some(CLOCK_NANOSLEEP) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the kernel's main thread never went to sleep: {path}");
 }
