@@ -93,22 +93,29 @@ fn stage() -> io::Result<Vec<usize>> {
                 .map_err(|e| context(e, "cannot mount the sandbox's disk"))?,
         }
     }
+    let copied = copy_layers(&disk_dir, &spec);
+    if spec.image.is_some() {
+        // Let go of the disk before answering, whatever the copy did: a loop device this
+        // stage attached (a paused sandbox's) detaches here, before anyone may attach the
+        // image again.
+        rustix::mount::unmount(&disk_dir, rustix::mount::UnmountFlags::empty())
+            .map_err(|e| context(e.into(), "cannot unmount the sandbox's disk"))?;
+    }
+    copied
+}
+
+/// Copies the writable layers of the disk mounted at `disk_dir` as `spec` says.
+fn copy_layers(disk_dir: &Path, spec: &CopySpec) -> io::Result<Vec<usize>> {
     fs::DirBuilder::new().mode(0o700).create(&spec.into)?;
     let mut copied = Vec::new();
     for i in 0..spec.points {
-        let upper = init::upper_in(&disk_dir, i);
+        let upper = init::upper_in(disk_dir, i);
         // Nothing written there: no layer needed.
         if !upper.is_dir() || fs::read_dir(&upper)?.next().is_none() {
             continue;
         }
         copy_tree(&upper, &spec.into.join(i.to_string()))?;
         copied.push(i);
-    }
-    if spec.image.is_some() {
-        // Let go of the disk before answering: a loop device this stage attached (a paused
-        // sandbox's) detaches here, before anyone may attach the image again.
-        rustix::mount::unmount(&disk_dir, rustix::mount::UnmountFlags::empty())
-            .map_err(|e| context(e.into(), "cannot unmount the sandbox's disk"))?;
     }
     Ok(copied)
 }

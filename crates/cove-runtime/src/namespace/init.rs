@@ -266,7 +266,7 @@ pub fn setup(exe: &Path) -> Result<Report, InitError> {
     let (holder, userns) = create_userns(exe, uid_base)?;
     // From the sandbox's user namespace on, host paths are not searchable (the state
     // directory is host root's alone). The working directory, the sandbox's own directory
-    // entered by build_rootfs, survives the switch, so the later steps reach it relative to it.
+    // entered by enter_dir, survives the switch, so the later steps reach it relative to it.
     enter_dir(&dirs)?;
     if dirs.disk_image().exists() {
         disk::mount_image(&dirs.disk_image(), &dirs.disk())
