@@ -185,6 +185,20 @@ pub fn mount_device(device: &Path, target: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Mounts the filesystem of `image` at `target` in a stage's own mount namespace: through
+/// the loop device it is attached to (a running sandbox's disk, whose filesystem this then
+/// shares), else — unless `attached` says it must be — by attaching it (a stopped one's).
+/// Never a second device on an attached image.
+pub fn mount_existing(image: &Path, target: &Path, attached: bool) -> io::Result<()> {
+    match attached_device(image)? {
+        Some(device) => mount_device(&device, target),
+        None if attached => Err(io::Error::other(
+            "the running sandbox's disk is attached to no loop device",
+        )),
+        None => mount_image(image, target),
+    }
+}
+
 /// The loop device `image` is attached to, if any. A second device on the same image would
 /// be a second filesystem over the same blocks, and two of them writing it corrupt it: so a
 /// device is recognised by the image's inode, not by its name.

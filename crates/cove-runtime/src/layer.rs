@@ -81,17 +81,8 @@ fn stage() -> io::Result<Vec<usize>> {
     init::unshare(rustix::thread::UnshareFlags::NEWNS)?;
     mounts::make_private()?;
     if let Some(image) = &spec.image {
-        match disk::attached_device(image)? {
-            Some(device) => disk::mount_device(&device, &disk_dir)
-                .map_err(|e| context(e, "cannot mount the sandbox's disk"))?,
-            None if spec.attached => {
-                return Err(io::Error::other(
-                    "the running sandbox's disk is attached to no loop device",
-                ));
-            }
-            None => disk::mount_image(image, &disk_dir)
-                .map_err(|e| context(e, "cannot mount the sandbox's disk"))?,
-        }
+        disk::mount_existing(image, &disk_dir, spec.attached)
+            .map_err(stage::context("cannot mount the sandbox's disk"))?;
     }
     let copied = copy_layers(&disk_dir, &spec);
     if spec.image.is_some() {
@@ -99,7 +90,7 @@ fn stage() -> io::Result<Vec<usize>> {
         // stage attached (a paused sandbox's) detaches here, before anyone may attach the
         // image again.
         rustix::mount::unmount(&disk_dir, rustix::mount::UnmountFlags::empty())
-            .map_err(|e| context(e.into(), "cannot unmount the sandbox's disk"))?;
+            .map_err(|e| stage::context("cannot unmount the sandbox's disk")(e.into()))?;
     }
     copied
 }
@@ -118,10 +109,6 @@ fn copy_layers(disk_dir: &Path, spec: &CopySpec) -> io::Result<Vec<usize>> {
         copied.push(i);
     }
     Ok(copied)
-}
-
-fn context(err: io::Error, what: &str) -> io::Error {
-    io::Error::new(err.kind(), format!("{what}: {err}"))
 }
 
 /// Copies the directory `from` to `to` (which must not exist) as it is.

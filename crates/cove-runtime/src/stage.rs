@@ -89,3 +89,8 @@ pub fn answer<R: Serialize>(report: &R) -> io::Result<()> {
     rustix::stdio::dup2_stdout(&null)?;
     Ok(())
 }
+
+/// Puts `what` in front of an error of a stage's step.
+pub fn context(what: &'static str) -> impl FnOnce(io::Error) -> io::Error {
+    move |err| io::Error::new(err.kind(), format!("{what}: {err}"))
+}

@@ -19,7 +19,6 @@
 //!    the agent ran there).
 
 use std::{
-    ffi::CStr,
     fs,
     io::{self, Read},
     os::fd::{AsFd, BorrowedFd, OwnedFd},
@@ -27,14 +26,19 @@ use std::{
 };
 
 use rustix::{
-    fs::{AtFlags, Mode, OFlags},
+    fs::{AtFlags, FileType, Mode, OFlags},
     mount::{MountPropagationFlags, MoveMountFlags, OpenTreeFlags, UnmountFlags},
     thread::LinkNameSpaceType,
 };
 use serde::{Deserialize, Serialize};
 
 use super::init::{self, RootSpec, SandboxDirs};
-use crate::{Template, disk, mounts, process, stage};
+use crate::{
+    Template, disk,
+    egress::error_chain,
+    mounts, process,
+    stage::{self, context},
+};
 
 /// The stage's flag.
 pub const REROOT_FLAG: &str = "--reroot";
@@ -80,17 +84,13 @@ pub fn reroot(exe: &Path, spec: &RerootSpec) -> io::Result<()> {
 /// layers (what goes wrong there is only logged: the sandbox runs on either way).
 pub fn run_stage() -> io::Result<()> {
     match stage() {
-        Ok(retired) => {
+        Ok(disk_dir) => {
             stage::answer(&RerootReport::Done)?;
-            remove_retired(retired.as_fd())
+            remove_tree(disk_dir.as_fd(), RETIRED)
                 .map_err(context("cannot remove the old writable layers"))
         }
         Err(err) => stage::answer(&RerootReport::Failed(err.to_string())),
     }
-}
-
-fn context(what: &'static str) -> impl FnOnce(io::Error) -> io::Error {
-    move |err| io::Error::new(err.kind(), format!("{what}: {err}"))
 }
 
 /// Everything up to the new root; returns the disk, where the old writable layers wait to
@@ -105,21 +105,20 @@ fn stage() -> io::Result<OwnedFd> {
     // 1. The new root, in a mount namespace of this stage's own.
     init::unshare(rustix::thread::UnshareFlags::NEWNS)?;
     mounts::make_private()?;
-    init::enter_dir(&dirs).map_err(|e| io::Error::other(with_sources(&e)))?;
+    init::enter_dir(&dirs).map_err(|e| io::Error::other(error_chain(&e)))?;
     let image = dirs.disk_image();
     if image.exists() {
-        let device = disk::attached_device(&image)?
-            .ok_or_else(|| io::Error::other("the sandbox's disk is attached to no loop device"))?;
-        disk::mount_device(&device, &dirs.disk()).map_err(context("cannot mount its disk"))?;
+        disk::mount_existing(&image, &dirs.disk(), true)
+            .map_err(context("cannot mount its disk"))?;
     }
-    let retired = retire_writable_layers(&dirs.disk())?;
+    let disk_dir = retire_writable_layers(&dirs.disk())?;
     let root = RootSpec {
         template: &spec.template,
         slot: spec.slot,
         volumes: &[],
     };
     init::build_rootfs(&root, &dirs, userns.as_fd())
-        .map_err(|e| io::Error::other(with_sources(&e)))?;
+        .map_err(|e| io::Error::other(error_chain(&e)))?;
     let tree = rustix::mount::open_tree(
         rustix::fs::CWD,
         dirs.rootfs(),
@@ -173,19 +172,7 @@ fn stage() -> io::Result<OwnedFd> {
     rustix::mount::unmount(".", UnmountFlags::DETACH)
         .map_err(|e| context("cannot detach the old root")(e.into()))?;
 
-    Ok(retired)
-}
-
-/// Formats an init error with its sources.
-fn with_sources(err: &init::InitError) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    Ok(disk_dir)
 }
 
 /// The user and mount namespaces of PID 1 `pid`, if it is still the one that started at
@@ -238,53 +225,30 @@ fn retire_writable_layers(disk: &Path) -> io::Result<OwnedFd> {
     )?)
 }
 
-/// Removes [`RETIRED`] from the disk opened as `disk`.
-fn remove_retired(disk: BorrowedFd<'_>) -> io::Result<()> {
-    let retired = rustix::fs::openat(
-        disk,
-        RETIRED,
+/// Removes the directory `name` below `parent` and all it holds, never following a link
+/// (the same walk as the layer store's `remove_tree` in `cove-image`).
+fn remove_tree(parent: BorrowedFd<'_>, name: impl rustix::path::Arg + Copy) -> io::Result<()> {
+    let dir = rustix::fs::openat(
+        parent,
+        name,
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::empty(),
     )?;
-    remove_contents(retired.as_fd())?;
-    rustix::fs::unlinkat(disk, RETIRED, AtFlags::REMOVEDIR)?;
-    Ok(())
-}
-
-/// Removes everything below the directory `dir` (not following symbolic links).
-fn remove_contents(dir: BorrowedFd<'_>) -> io::Result<()> {
-    let mut names: Vec<(std::ffi::CString, bool)> = Vec::new();
-    {
-        let listing = rustix::fs::openat(
-            dir,
-            ".",
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let mut entries = rustix::fs::Dir::read_from(&listing)?;
-        while let Some(entry) = entries.read() {
-            let entry = entry?;
-            let name: &CStr = entry.file_name();
-            if name.to_bytes() == b"." || name.to_bytes() == b".." {
-                continue;
-            }
-            let is_dir = entry.file_type() == rustix::fs::FileType::Directory;
-            names.push((name.to_owned(), is_dir));
+    let mut children = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&dir)? {
+        let entry = entry?;
+        let child = entry.file_name();
+        if child.to_bytes() != b"." && child.to_bytes() != b".." {
+            children.push((child.to_owned(), entry.file_type() == FileType::Directory));
         }
     }
-    for (name, is_dir) in names {
+    for (child, is_dir) in children {
         if is_dir {
-            let child = rustix::fs::openat(
-                dir,
-                name.as_c_str(),
-                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-                Mode::empty(),
-            )?;
-            remove_contents(child.as_fd())?;
-            rustix::fs::unlinkat(dir, name.as_c_str(), AtFlags::REMOVEDIR)?;
+            remove_tree(dir.as_fd(), child.as_c_str())?;
         } else {
-            rustix::fs::unlinkat(dir, name.as_c_str(), AtFlags::empty())?;
+            rustix::fs::unlinkat(&dir, child.as_c_str(), AtFlags::empty())?;
         }
     }
+    rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?;
     Ok(())
 }
