@@ -17,7 +17,7 @@ use axum::{
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::{
@@ -34,6 +34,9 @@ use crate::{
 const READ_CHUNK: usize = 1 << 20;
 /// Bytes handed to the filesystem per write of an upload.
 const WRITE_CHUNK: usize = 1 << 20;
+
+/// Bytes of a gzip-encoded upload decoded per piece.
+const GZIP_PIECE: usize = 256 << 10;
 
 /// Largest total size of a file's metadata (keys with prefix, plus values).
 const MAX_METADATA_BYTES: usize = 4096;
@@ -297,7 +300,7 @@ async fn accept(
         if gzipped {
             let decoder =
                 async_compression::tokio::bufread::GzipDecoder::new(StreamReader::new(body));
-            Box::pin(ReaderStream::new(decoder))
+            Box::pin(ReaderStream::with_capacity(decoder, GZIP_PIECE))
         } else {
             Box::pin(body)
         };
@@ -326,7 +329,7 @@ async fn receive(
             ));
         };
         let path = query.resolve(state, user, Some(target))?;
-        write_file(&path, user, metadata, StreamReader::new(stream)).await?;
+        write_file(&path, user, metadata, stream).await?;
         Ok(vec![describe(&path)])
     } else if essence.starts_with("multipart/") {
         let boundary = multer::parse_boundary(content_type).map_err(|err| {
@@ -417,8 +420,8 @@ async fn read_parts(
             parts.write(path, head.freeze()).await;
         } else {
             let head = futures::stream::iter([Ok(head.freeze())]);
-            let reader = StreamReader::new(head.chain(field.map_err(io::Error::other)));
-            write_file(&path, user, metadata, reader).await?;
+            let body = head.chain(field.map_err(io::Error::other));
+            write_file(&path, user, metadata, body).await?;
             parts.written(describe(&path));
         }
     }
@@ -539,23 +542,18 @@ async fn write_file(
     path: &Path,
     user: &User,
     metadata: &BTreeMap<String, String>,
-    reader: impl AsyncRead + Unpin,
+    body: impl Stream<Item = io::Result<Bytes>> + Unpin,
 ) -> Result<(), RestError> {
     let internal = |what: &str, err: &io::Error| write_failed(path, what, err);
     if !make_way(path, user)? {
-        return write_in_place(path, user, metadata, reader).await;
+        return write_in_place(path, user, metadata, body).await;
     }
     let mut staged = atomic::Staged::create(path, user)
         .await
         .map_err(|err| internal("create", &err))?;
-    copy_in_chunks(reader, staged.file())
+    copy_in_chunks(body, staged.file())
         .await
         .map_err(|err| copy_failed(path, err))?;
-    staged
-        .file()
-        .flush()
-        .await
-        .map_err(|err| internal("write", &err))?;
     store_metadata(staged.path(), metadata)?;
     staged
         .commit()
@@ -646,51 +644,101 @@ async fn write_in_place(
     path: &Path,
     user: &User,
     metadata: &BTreeMap<String, String>,
-    reader: impl AsyncRead + Unpin,
+    body: impl Stream<Item = io::Result<Bytes>> + Unpin,
 ) -> Result<(), RestError> {
     let internal = |what: &str, err: &io::Error| write_failed(path, what, err);
-    let mut file = tokio::fs::OpenOptions::new()
+    let file = tokio::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(path)
         .await
         .map_err(|err| internal("open", &err))?;
     filesystem::fchown(&file, user).map_err(|err| internal("chown", &err))?;
-    copy_in_chunks(reader, &mut file)
+    copy_in_chunks(body, &file)
         .await
         .map_err(|err| copy_failed(path, err))?;
-    file.flush().await.map_err(|err| internal("write", &err))?;
     if let Err(err) = replace_metadata(path, metadata) {
         tracing::debug!(?err, path = %path.display(), "no metadata on a special file");
     }
     Ok(())
 }
 
-/// Copies `reader` into `file` in writes of [`WRITE_CHUNK`] bytes. Each write is a trip to
-/// a blocking thread, and a request body arrives in socket-sized pieces (64 KiB over the
-/// server's Unix socket): a `BufReader` hands those on one by one, however large its buffer,
-/// so here the pieces are gathered first. The file's write runs on its thread while the next
-/// chunk is read.
+/// Copies `body` into `file` in writes of [`WRITE_CHUNK`] bytes, each on a blocking thread
+/// while the next is gathered. A request body arrives in socket-sized pieces (64 KiB over
+/// the server's Unix socket); they are copied into one of two buffers that take turns, so
+/// the memory stays the same from write to write. Handing the pieces on as they are would
+/// keep each piece's buffer alive until its write, and every read of the body would then
+/// fault in fresh pages (more CPU time than the copy saves, measured in docs/BENCHMARKS.md).
 async fn copy_in_chunks(
-    mut reader: impl AsyncRead + Unpin,
-    file: &mut tokio::fs::File,
+    mut body: impl Stream<Item = io::Result<Bytes>> + Unpin,
+    file: &tokio::fs::File,
 ) -> Result<(), CopyError> {
-    let mut chunk = Vec::with_capacity(WRITE_CHUNK);
+    let mut file = Some(
+        file.try_clone()
+            .await
+            .map_err(CopyError::Write)?
+            .into_std()
+            .await,
+    );
+    let mut spare = Vec::with_capacity(WRITE_CHUNK);
+    let mut carried = Bytes::new();
+    let mut writing = None;
     loop {
+        let mut chunk = std::mem::take(&mut spare);
         chunk.clear();
-        let mut ended = false;
-        // `read_buf` fills the spare capacity, so the chunk never grows past WRITE_CHUNK.
-        while chunk.len() < WRITE_CHUNK {
-            if reader.read_buf(&mut chunk).await.map_err(CopyError::Read)? == 0 {
-                ended = true;
-                break;
-            }
+        let ended = gather(&mut body, &mut carried, &mut chunk).await?;
+        if let Some(previous) = writing.take() {
+            let (done, buffer) = settle(previous).await?;
+            (file, spare) = (Some(done), buffer);
         }
-        file.write_all(&chunk).await.map_err(CopyError::Write)?;
+        let mut target = file
+            .take()
+            .expect("the file is back once its write is done");
+        writing = Some(tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let written = target.write_all(&chunk);
+            (target, chunk, written)
+        }));
         if ended {
+            let last = writing.take().expect("a write was just started");
+            settle(last).await?;
             return Ok(());
         }
     }
+}
+
+/// Fills `chunk` up to its capacity ([`WRITE_CHUNK`]) from `carried` and then `body`; what
+/// does not fit stays in `carried`. Whether the body has ended.
+async fn gather(
+    body: &mut (impl Stream<Item = io::Result<Bytes>> + Unpin),
+    carried: &mut Bytes,
+    chunk: &mut Vec<u8>,
+) -> Result<bool, CopyError> {
+    loop {
+        let room = WRITE_CHUNK - chunk.len();
+        let taken = carried.split_to(carried.len().min(room));
+        chunk.extend_from_slice(&taken);
+        if chunk.len() == WRITE_CHUNK {
+            return Ok(false);
+        }
+        match body.next().await {
+            Some(Ok(piece)) => *carried = piece,
+            Some(Err(err)) => return Err(CopyError::Read(err)),
+            None => return Ok(true),
+        }
+    }
+}
+
+/// A write of [`copy_in_chunks`] in flight: the file and the buffer come back with it.
+type Write = tokio::task::JoinHandle<(std::fs::File, Vec<u8>, io::Result<()>)>;
+
+/// Waits for one write of [`copy_in_chunks`]; the file and the buffer back.
+async fn settle(write: Write) -> Result<(std::fs::File, Vec<u8>), CopyError> {
+    let (file, buffer, written) = write
+        .await
+        .map_err(|err| CopyError::Write(io::Error::other(err)))?;
+    written.map_err(CopyError::Write)?;
+    Ok((file, buffer))
 }
 
 /// Which side of a copy failed: the upload's body, or the file.
@@ -840,12 +888,42 @@ mod tests {
             home: dir.path().into(),
             shell: "/bin/sh".into(),
         };
-        let corrupt = async_compression::tokio::bufread::GzipDecoder::new(&b"not gzip at all"[..]);
+        let corrupt = ReaderStream::new(async_compression::tokio::bufread::GzipDecoder::new(
+            &b"not gzip at all"[..],
+        ));
         let err = write_file(&dir.path().join("f"), &user, &BTreeMap::new(), corrupt)
             .await
             .unwrap_err();
         assert_eq!(err.status, StatusCode::BAD_REQUEST, "{err:?}");
         assert!(err.message.contains("cannot read the upload"), "{err:?}");
+    }
+
+    /// Pieces of every size, one larger than a whole write, end up in the file in order.
+    #[tokio::test]
+    async fn a_copy_keeps_every_byte_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..3 * WRITE_CHUNK + 12_345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut pieces = Vec::new();
+        let mut rest = &content[..];
+        for size in [0, 1, 65_536, WRITE_CHUNK + 7, 3, WRITE_CHUNK - 1]
+            .into_iter()
+            .cycle()
+        {
+            if rest.is_empty() {
+                break;
+            }
+            let (piece, after) = rest.split_at(size.min(rest.len()));
+            pieces.push(Ok(Bytes::copy_from_slice(piece)));
+            rest = after;
+        }
+        let path = dir.path().join("f");
+        let file = tokio::fs::File::create(&path).await.unwrap();
+        copy_in_chunks(futures::stream::iter(pieces), &file)
+            .await
+            .unwrap();
+        assert!(std::fs::read(&path).unwrap() == content);
     }
 
     #[test]

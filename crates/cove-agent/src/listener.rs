@@ -67,6 +67,7 @@ pub async fn serve_all(
                         addr: "the socket handed over".to_owned(),
                         source,
                     })?;
+                let listener = listener.tap_io(widen_send_buffer);
                 servers.spawn(async move { axum::serve(listener, app).await });
                 tracing::info!("agent listening on the socket handed over");
                 continue;
@@ -82,7 +83,9 @@ pub async fn serve_all(
                 if path.exists() {
                     std::fs::remove_file(path).map_err(listen_err)?;
                 }
-                let listener = UnixListener::bind(path).map_err(listen_err)?;
+                let listener = UnixListener::bind(path)
+                    .map_err(listen_err)?
+                    .tap_io(widen_send_buffer);
                 servers.spawn(async move { axum::serve(listener, app).await });
             }
             ListenAddr::Tcp(socket) => {
@@ -109,6 +112,18 @@ pub async fn serve_all(
         }
     }
     Ok(())
+}
+
+/// What the agent may have sent to `cove serve` that it has not read yet. A Unix stream
+/// socket holds only what its sender's buffer allows (212,992 bytes by default), so a
+/// download would move in steps of that size, each waiting for the server to be scheduled.
+/// Capped by the host's `net.core.wmem_max`; kernel memory, used only while the server lags.
+const SEND_BUFFER: usize = 4 << 20;
+
+fn widen_send_buffer(stream: &mut tokio::net::UnixStream) {
+    if let Err(err) = rustix::net::sockopt::set_socket_send_buffer_size(&*stream, SEND_BUFFER) {
+        tracing::debug!(?err, "a connection keeps its default send buffer");
+    }
 }
 
 async fn shutdown_signal() {

@@ -2,7 +2,8 @@
 //! and as a stream, `files.write`, `write_files`), `requests` and `curl` on signed URLs, the
 //! official JavaScript SDK — each beside the same client against a plain server on the
 //! loopback (`python3 -m http.server` for reads, an upload sink for writes) in the same run:
-//! that client's own ceiling on this machine.
+//! that client's own ceiling on this machine. Large transfers run by turns with their baseline
+//! (A B A B …), so that the machine's load over the run weighs on both alike.
 
 use std::{path::Path, process::Stdio, time::Duration};
 

@@ -22,15 +22,20 @@ function same(got, want, what) {
   }
 }
 
-async function rate(key, size, action, runs = RUNS) {
-  await action()
-  const samples = []
+// Times two transfers run by turns (A B A B …, each once untimed first), so that a change in
+// the machine's load or the process's heap over the run weighs on both alike.
+async function paired(size, [keyA, actionA], [keyB, actionB], runs = RUNS) {
+  await actionA()
+  await actionB()
+  const samples = { [keyA]: [], [keyB]: [] }
   for (let i = 0; i < runs; i++) {
-    const started = performance.now()
-    await action()
-    samples.push(size / ((performance.now() - started) / 1000))
+    for (const [key, action] of [[keyA, actionA], [keyB, actionB]]) {
+      const started = performance.now()
+      await action()
+      samples[key].push(size / ((performance.now() - started) / 1000))
+    }
   }
-  out[key] = samples
+  Object.assign(out, samples)
 }
 
 async function latencies(key, actions) {
@@ -66,21 +71,22 @@ try {
   const big = `${REMOTE}/random.bin`
   const paths = SMALL.map((_, i) => `${REMOTE}/small/${i}`)
 
-  await rate('sdk_write', RANDOM.length, () => sandbox.files.write(big, RANDOM))
-  await rate('sdk_read_bytes', RANDOM.length, async () =>
-    same(await sandbox.files.read(big, { format: 'bytes' }), RANDOM, 'read'))
-  await rate('sdk_read_stream', RANDOM.length, async () =>
-    same(await streamed(await sandbox.files.read(big, { format: 'stream' })), RANDOM, 'read stream'))
+  const plainRead = async () => ok(await fetch(`${cfg.plain_get}/random.bin`))
+  await paired(RANDOM.length,
+    ['sdk_write', () => sandbox.files.write(big, RANDOM)],
+    ['plain_write', async () =>
+      ok(await fetch(`${cfg.plain_post}/upload`, { method: 'POST', body: form([[big, RANDOM]]) }))])
+  await paired(RANDOM.length,
+    ['sdk_read_bytes', async () => same(await sandbox.files.read(big, { format: 'bytes' }), RANDOM, 'read')],
+    ['plain_read_bytes', async () =>
+      same(new Uint8Array(await (await plainRead()).arrayBuffer()), RANDOM, 'plain')])
+  await paired(RANDOM.length,
+    ['sdk_read_stream', async () =>
+      same(await streamed(await sandbox.files.read(big, { format: 'stream' })), RANDOM, 'read stream')],
+    ['plain_read_stream', async () => same(await streamed((await plainRead()).body), RANDOM, 'plain stream')])
   await latencies('sdk_small_write', paths.map((p, i) => () => sandbox.files.write(p, SMALL[i])))
   await latencies('sdk_small_read', paths.map((p, i) => async () =>
     same(await sandbox.files.read(p, { format: 'bytes' }), SMALL[i], 'small read')))
-
-  await rate('plain_write', RANDOM.length, async () =>
-    ok(await fetch(`${cfg.plain_post}/upload`, { method: 'POST', body: form([[big, RANDOM]]) })))
-  await rate('plain_read_bytes', RANDOM.length, async () =>
-    same(new Uint8Array(await (await ok(await fetch(`${cfg.plain_get}/random.bin`))).arrayBuffer()), RANDOM, 'plain'))
-  await rate('plain_read_stream', RANDOM.length, async () =>
-    same(await streamed((await ok(await fetch(`${cfg.plain_get}/random.bin`))).body), RANDOM, 'plain stream'))
   await latencies('plain_small_write', paths.map((p, i) => async () =>
     ok(await fetch(`${cfg.plain_post}/upload`, { method: 'POST', body: form([[p, SMALL[i]]]) }))))
   await latencies('plain_small_read', SMALL.map((data, i) => async () =>

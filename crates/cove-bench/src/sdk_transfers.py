@@ -11,7 +11,8 @@ Clients: the official SDK (`files.read` bytes and stream, `files.write` of bytes
 stream, `write_files`), `requests` on `download_url()` / `upload_url()`, and `curl` on the
 same signed URLs. Each baseline is the same client code against the plain servers: for the
 SDK, an httpx client on the SDK's own transport (`e2b.api.client_sync.get_envd_api`, which
-the SDK's file calls use)."""
+the SDK's file calls use). A large transfer and its baseline are timed by turns, so that the
+machine's load over the run weighs on both alike."""
 
 import io
 import json
@@ -53,6 +54,21 @@ def rate(key, size, action, runs=RUNS):
     out[key] = samples
 
 
+def paired(size, first, second, runs=RUNS):
+    """Times two transfers by turns (A B A B ..., each once untimed first), so that a change
+    in the machine's load over the run weighs on both alike; records bytes per second."""
+    pairs = (first, second)
+    for _, action in pairs:
+        action()
+    for key, _ in pairs:
+        out[key] = []
+    for _ in range(runs):
+        for key, action in pairs:
+            started = time.perf_counter()
+            action()
+            out[key].append(size / (time.perf_counter() - started))
+
+
 def latencies(key, actions):
     """Times each action (after warming up on the first); records seconds."""
     actions[0]()
@@ -80,9 +96,16 @@ def curl(*args):
     return float(done.stdout)
 
 
-def curl_rate(key, size, *args):
-    curl(*args)
-    out[key] = [size / curl(*args) for _ in range(RUNS)]
+def curl_paired(size, first, second):
+    """curl on two URLs by turns, as `paired` does; each of `first` and `second` is
+    (key, curl's arguments)."""
+    for _, args in (first, second):
+        curl(*args)
+    for key, _ in (first, second):
+        out[key] = []
+    for _ in range(RUNS):
+        for key, args in (first, second):
+            out[key].append(size / curl(*args))
 
 
 sandbox = Sandbox.create()
@@ -90,15 +113,58 @@ try:
     files = sandbox.files
     big, text = f"{REMOTE}/random.bin", f"{REMOTE}/text.txt"
 
-    # --- the official SDK against Cove
-    rate("sdk_write", len(RANDOM), lambda: files.write(big, RANDOM))
-    rate("sdk_write_stream", len(RANDOM), lambda: files.write(big, io.BytesIO(RANDOM)))
-    files.write(text, TEXT)
-    rate("sdk_read_bytes", len(RANDOM), lambda: check(files.read(big, format="bytes"), RANDOM, "read"))
-    rate(
-        "sdk_read_stream",
+    # The SDK's own HTTP client, for the plain servers: an httpx client on the SDK's
+    # transport, as the SDK's file calls make it.
+    config = ConnectionConfig()
+    plain = get_envd_api(config, PLAIN_GET, http_version=ENVD_API_FILE_DOWNLOAD_HTTP_VERSION)
+    plain_stream = get_envd_api(
+        config, PLAIN_GET, for_streaming=True, http_version=ENVD_API_FILE_DOWNLOAD_HTTP_VERSION
+    )
+    sink = get_envd_api(config, PLAIN_POST)
+
+    def plain_read_stream():
+        request = plain_stream.build_request("GET", "/random.bin")
+        response = plain_stream.send(request, stream=True)
+        try:
+            check(b"".join(response.iter_bytes()), RANDOM, "plain stream")
+        finally:
+            response.close()
+
+    def plain_post(**kwargs):
+        sink.post("/upload", **kwargs).raise_for_status()
+
+    # --- large files: the official SDK against Cove, by turns with its client and a plain server
+    paired(
         len(RANDOM),
-        lambda: check(b"".join(files.read(big, format="stream")), RANDOM, "read stream"),
+        ("sdk_write", lambda: files.write(big, RANDOM)),
+        ("plain_write", lambda: plain_post(files=[("file", (big, RANDOM))])),
+    )
+    paired(
+        len(RANDOM),
+        ("sdk_write_stream", lambda: files.write(big, io.BytesIO(RANDOM))),
+        (
+            "plain_write_stream",
+            lambda: plain_post(
+                content=io.BytesIO(RANDOM), headers={"Content-Type": "application/octet-stream"}
+            ),
+        ),
+    )
+    files.write(text, TEXT)
+    paired(
+        len(RANDOM),
+        ("sdk_read_bytes", lambda: check(files.read(big, format="bytes"), RANDOM, "read")),
+        (
+            "plain_read_bytes",
+            lambda: check(bytearray(plain.get("/random.bin").content), RANDOM, "plain"),
+        ),
+    )
+    paired(
+        len(RANDOM),
+        (
+            "sdk_read_stream",
+            lambda: check(b"".join(files.read(big, format="stream")), RANDOM, "read stream"),
+        ),
+        ("plain_read_stream", plain_read_stream),
     )
     rate(
         "sdk_read_gzip_text",
@@ -121,6 +187,8 @@ try:
         wire = sum(len(c) for c in response.raw.stream(1 << 20, decode_content=False))
         out[f"gzip_wire_{name}"] = wire / size
         out[f"gzip_encoding_{name}"] = response.headers.get("content-encoding", "identity")
+
+    # --- many small files
     small_paths = [f"{REMOTE}/small/{i}" for i in range(SMALL)]
     latencies(
         "sdk_small_write",
@@ -141,36 +209,6 @@ try:
         ),
         runs=3,
     )
-
-    # --- the SDK's own HTTP client against the plain servers
-    config = ConnectionConfig()
-    plain = get_envd_api(config, PLAIN_GET, http_version=ENVD_API_FILE_DOWNLOAD_HTTP_VERSION)
-    plain_stream = get_envd_api(
-        config, PLAIN_GET, for_streaming=True, http_version=ENVD_API_FILE_DOWNLOAD_HTTP_VERSION
-    )
-    sink = get_envd_api(config, PLAIN_POST)
-
-    def plain_read_stream():
-        request = plain_stream.build_request("GET", "/random.bin")
-        response = plain_stream.send(request, stream=True)
-        try:
-            check(b"".join(response.iter_bytes()), RANDOM, "plain stream")
-        finally:
-            response.close()
-
-    def plain_post(**kwargs):
-        sink.post("/upload", **kwargs).raise_for_status()
-
-    rate("plain_write", len(RANDOM), lambda: plain_post(files=[("file", (big, RANDOM))]))
-    rate(
-        "plain_write_stream",
-        len(RANDOM),
-        lambda: plain_post(
-            content=io.BytesIO(RANDOM), headers={"Content-Type": "application/octet-stream"}
-        ),
-    )
-    rate("plain_read_bytes", len(RANDOM), lambda: check(bytearray(plain.get("/random.bin").content), RANDOM, "plain"))
-    rate("plain_read_stream", len(RANDOM), plain_read_stream)
     latencies(
         "plain_small_write",
         [lambda i=i: plain_post(files=[("file", (small_paths[i], SMALL_DATA[i]))]) for i in range(SMALL)],
@@ -189,25 +227,35 @@ try:
         runs=3,
     )
 
-    # --- requests on the signed URLs, and on the plain servers
+    # --- requests on the signed URLs, by turns with the same calls to the plain servers
     session = requests.Session()
     download, upload = sandbox.download_url(big), sandbox.upload_url(big)
-    rate("requests_read", len(RANDOM), lambda: check(session.get(download).content, RANDOM, "requests"))
-    rate("requests_read_plain", len(RANDOM), lambda: check(session.get(f"{PLAIN_GET}/random.bin").content, RANDOM, "requests plain"))
-    rate("requests_write", len(RANDOM), lambda: session.post(upload, files={"file": RANDOM}).raise_for_status())
-    rate(
-        "requests_write_plain",
+    paired(
         len(RANDOM),
-        lambda: session.post(f"{PLAIN_POST}/upload", files={"file": RANDOM}).raise_for_status(),
+        ("requests_read", lambda: check(session.get(download).content, RANDOM, "requests")),
+        (
+            "requests_read_plain",
+            lambda: check(session.get(f"{PLAIN_GET}/random.bin").content, RANDOM, "requests plain"),
+        ),
+    )
+    paired(
+        len(RANDOM),
+        ("requests_write", lambda: session.post(upload, files={"file": RANDOM}).raise_for_status()),
+        (
+            "requests_write_plain",
+            lambda: session.post(f"{PLAIN_POST}/upload", files={"file": RANDOM}).raise_for_status(),
+        ),
     )
 
     # --- curl on the same URLs
     random_file = os.path.join(DIR, "random.bin")
-    curl_rate("curl_read", len(RANDOM), download)
-    curl_rate("curl_read_plain", len(RANDOM), f"{PLAIN_GET}/random.bin")
+    curl_paired(len(RANDOM), ("curl_read", [download]), ("curl_read_plain", [f"{PLAIN_GET}/random.bin"]))
     octet = ["-H", "Content-Type: application/octet-stream", "--data-binary", f"@{random_file}"]
-    curl_rate("curl_write", len(RANDOM), *octet, upload)
-    curl_rate("curl_write_plain", len(RANDOM), *octet, f"{PLAIN_POST}/upload")
+    curl_paired(
+        len(RANDOM),
+        ("curl_write", [*octet, upload]),
+        ("curl_write_plain", [*octet, f"{PLAIN_POST}/upload"]),
+    )
 finally:
     sandbox.kill()
 

@@ -41,6 +41,7 @@ pub async fn connect(endpoint: &AgentEndpoint) -> Result<SendRequest<Body>, Link
     if peer.uid() != rustix::process::geteuid().as_raw() {
         return Err(LinkError::Impostor(peer.uid()));
     }
+    widen_send_buffer(&stream);
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         if let Err(err) = connection.with_upgrades().await {
@@ -48,6 +49,24 @@ pub async fn connect(endpoint: &AgentEndpoint) -> Result<SendRequest<Body>, Link
         }
     });
     Ok(sender)
+}
+
+/// What the server may have sent to an agent that it has not read yet. A Unix stream socket
+/// holds only what its sender's buffer allows (212,992 bytes by default): an upload then
+/// moves in steps of that size, every one waiting for the agent to be scheduled. With 4 MiB
+/// the official Python SDK's 256 MiB upload went from 0.50 to 0.57–0.65 GiB/s
+/// (docs/BENCHMARKS.md). Kernel memory, used only while the agent lags behind.
+const AGENT_SEND_BUFFER: usize = 4 << 20;
+
+/// Gives `stream` a send buffer of [`AGENT_SEND_BUFFER`]: past the host's `wmem_max` where
+/// the server may (it runs as root), else as much as that allows.
+fn widen_send_buffer(stream: &UnixStream) {
+    use rustix::net::sockopt;
+    let widened = sockopt::set_socket_send_buffer_size_force(stream, AGENT_SEND_BUFFER)
+        .or_else(|_| sockopt::set_socket_send_buffer_size(stream, AGENT_SEND_BUFFER));
+    if let Err(err) = widened {
+        tracing::debug!(?err, "the agent link keeps its default send buffer");
+    }
 }
 
 async fn call(
