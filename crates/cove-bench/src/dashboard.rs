@@ -105,7 +105,7 @@ pub async fn list_render(settings: &Settings, report: &mut Report) -> anyhow::Re
     );
     report.results.push(Result {
         name: format!(
-            "dashboard sandbox list in Chromium with {live} live sandboxes, page load → every row shown"
+            "dashboard sandbox list in Chromium with {live} live sandboxes, page load → every row shown and laid out"
         ),
         figure: latency(dashboard),
         baseline_name: format!("the same Chromium showing a plain table of {live} such rows"),

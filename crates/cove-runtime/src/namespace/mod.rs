@@ -71,6 +71,8 @@ pub struct NamespaceRuntime {
     no_new_privs: bool,
     /// The size each sandbox's agent keeps its log under, in bytes.
     log_cap: u64,
+    /// Sandboxes' PID 1s, for [`Runtime::liveness`].
+    exits: Arc<process::ExitWatch>,
 }
 
 impl NamespaceRuntime {
@@ -104,6 +106,7 @@ impl NamespaceRuntime {
             egress,
             no_new_privs: false,
             log_cap: init::DEFAULT_LOG_CAP,
+            exits: Arc::default(),
         }
     }
 
@@ -408,13 +411,16 @@ impl Runtime for NamespaceRuntime {
         let state = self.state(handle)?;
         if state.paused == Some(PauseMode::Filesystem) {
             // Nothing runs; it lives on as long as its files.
+            self.exits.forget(&handle.id);
             return Ok(if self.dirs(&handle.id).root.is_dir() {
                 Liveness::Running
             } else {
                 Liveness::Ended(EndReason::AgentExited)
             });
         }
-        let alive = process::is_alive(state.pid, state.start_time)
+        let alive = self
+            .exits
+            .is_alive(&handle.id, state.pid, state.start_time)
             .map_err(RuntimeError::io("look at the sandbox's PID 1"))?;
         if alive {
             return Ok(Liveness::Running);
@@ -432,6 +438,7 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn kill(&self, handle: &Handle) -> Result<(), RuntimeError> {
+        self.exits.forget(&handle.id);
         let state = self.current(handle)?;
         // Killing the whole cgroup is faster than waiting for the PID namespace to empty
         // under load (a fork bomb, memory pressure), and it takes the network helper too
@@ -632,6 +639,7 @@ mod tests {
             egress: Err(EgressError::NoCgroupV2.to_string()),
             no_new_privs: false,
             log_cap: init::DEFAULT_LOG_CAP,
+            exits: Arc::default(),
         };
         let spec = SandboxSpec {
             id: "egress-test".into(),

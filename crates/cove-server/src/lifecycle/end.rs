@@ -103,20 +103,39 @@ impl Lifecycle {
         let mut candidates = self.registry.all();
         // Paused ones have no timeout, and nothing runs to be seen dying.
         candidates.retain(|l| l.paused().is_none());
-        let handles: Vec<_> = candidates.iter().map(|l| l.handle()).collect();
-        let seen = handles.clone();
-        // One blocking call for all of them: thousands of sandboxes, one thread.
-        let looks = self
-            .blocking(move |r| Ok(handles.iter().map(|h| r.liveness(h)).collect::<Vec<_>>()))
+        // One blocking call for all of them: thousands of sandboxes, one thread. A sandbox
+        // that runs and has time left is done with; the handle of any other is kept as it
+        // was seen, to tell later whether it is still that sandbox.
+        let Ok(looked) = self
+            .blocking(move |r| {
+                let looked: Vec<_> = candidates
+                    .into_iter()
+                    .map(|live| {
+                        let (look, seen) = live.with_handle(|handle| {
+                            let look = r.liveness(handle);
+                            let suspect = !matches!(look, Ok(Liveness::Running))
+                                || live.read(|record| record.end_at <= now);
+                            (look, suspect.then(|| handle.clone()))
+                        });
+                        (live, look, seen)
+                    })
+                    .collect();
+                Ok(looked)
+            })
             .await
-            .unwrap_or_default();
-        for ((live, look), seen) in candidates.iter().zip(looks).zip(seen) {
+        else {
+            return;
+        };
+        for (live, look, seen) in looked {
+            let Some(seen) = seen else {
+                continue;
+            };
             if live.transition.try_lock().is_err() {
                 // A transition under way decides what it is next.
                 continue;
             }
             let expired = live.read(|r| r.end_at <= now);
-            if expired && let Some(paused) = self.pause_on_timeout(live).await {
+            if expired && let Some(paused) = self.pause_on_timeout(&live).await {
                 match paused {
                     Ok(()) => continue,
                     Err(LifecycleError::NotFound(_) | LifecycleError::Ended { .. }) => continue,
@@ -146,7 +165,7 @@ impl Lifecycle {
                         && live.handle() == seen
                         && (!expired || live.read(|r| r.end_at <= clock::now_ms()))
                 };
-                if let Err(err) = self.end_if(live, reason, still).await {
+                if let Err(err) = self.end_if(&live, reason, still).await {
                     tracing::warn!(?err, sandbox_id = %live.id(), team = %live.team(), "cannot reap sandbox");
                 }
             }

@@ -91,6 +91,12 @@ impl Live {
         self.started().handle.clone()
     }
 
+    /// `f` of the runtime's handle, without a copy of it (the reaper looks at every sandbox
+    /// twice a second).
+    pub fn with_handle<R>(&self, f: impl FnOnce(&Handle) -> R) -> R {
+        f(&self.started().handle)
+    }
+
     fn started(&self) -> std::sync::RwLockReadGuard<'_, Started> {
         self.started.read().unwrap_or_else(|e| e.into_inner())
     }

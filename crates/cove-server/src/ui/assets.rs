@@ -45,6 +45,7 @@ const ASSETS: &[Asset] = &[
     asset!("favicon.svg", "image/svg+xml"),
     asset!("js/main.js", JS),
     asset!("js/api.js", JS),
+    asset!("js/early.js", JS),
     asset!("js/dom.js", JS),
     asset!("js/login.js", JS),
     asset!("js/sandboxes.js", JS),

@@ -3,6 +3,7 @@
 
 import { call, latestMetrics, listSandboxes } from './api.js';
 import { bytes, duration, fill, h, percent, say } from './dom.js';
+import { takeEarlyList } from './early.js';
 
 // A new sandbox shows within a second; past a few hundred the list is refreshed less often
 // (each refresh reads every page of it).
@@ -26,16 +27,19 @@ export function render(main) {
   const template = h('select', { id: 'filter-template' }, h('option', { value: '' }, 'any'));
   const metadata = h('input', { id: 'filter-metadata', type: 'text', placeholder: 'key=value' });
   const count = h('span', { class: 'count', 'aria-live': 'polite' });
-  const body = h('tbody', { id: 'sandbox-rows' });
-  const table = h('table', { 'aria-describedby': 'sandbox-count' },
-    h('caption', { class: 'visually-hidden' }, 'Running and paused sandboxes'),
-    h('thead', {}, h('tr', {},
-      h('th', { scope: 'col' }, 'ID'), h('th', { scope: 'col' }, 'Template'),
-      h('th', { scope: 'col' }, 'Metadata'), h('th', { scope: 'col', class: 'num' }, 'Age'),
-      h('th', { scope: 'col', class: 'num' }, 'Time left'), h('th', { scope: 'col' }, 'State'),
-      h('th', { scope: 'col', class: 'num' }, 'CPU'), h('th', { scope: 'col', class: 'num' }, 'Memory'),
-      h('th', { scope: 'col' }, 'Actions'))),
-    body);
+  const body = h('tbody', { id: 'sandbox-rows', role: 'rowgroup' });
+  const column = (label, numeric) => h('th', { scope: 'col', role: 'columnheader', class: numeric ? 'num' : undefined }, label);
+  const table = h('table', {
+    'aria-describedby': 'sandbox-count',
+    role: 'table',
+    class: 'rows sandbox-list',
+  },
+  h('caption', { class: 'visually-hidden' }, 'Running and paused sandboxes'),
+  h('thead', { role: 'rowgroup' }, h('tr', { role: 'row' },
+    column('ID'), column('Template'), column('Metadata'), column('Age', true),
+    column('Time left', true), column('State'), column('CPU', true), column('Memory', true),
+    column('Actions'))),
+  body);
   count.id = 'sandbox-count';
   for (const input of [search, state, template, metadata]) {
     input.addEventListener('input', () => draw());
@@ -72,11 +76,12 @@ export function render(main) {
 
   // Every row is a copy of this one (cloning is much cheaper than building 20 elements a
   // row), and one listener on the table body serves every row's buttons.
-  const prototype = h('tr', {},
-    h('td', {}, h('a', { class: 'mono' })),
-    h('td'), h('td'), h('td', { class: 'num' }), h('td', { class: 'num' }), h('td'),
-    h('td', { class: 'num' }), h('td', { class: 'num' }),
-    h('td', { class: 'actions' },
+  const cell = (attrs = {}, ...children) => h('td', { role: 'cell', ...attrs }, ...children);
+  const prototype = h('tr', { role: 'row' },
+    cell({}, h('a', { class: 'mono' })),
+    cell(), cell(), cell({ class: 'num' }), cell({ class: 'num' }), cell(),
+    cell({ class: 'num' }), cell({ class: 'num' }),
+    cell({ class: 'actions' },
       h('button', { type: 'button', dataset: { action: 'extend' } }, '+5 min'),
       h('button', { type: 'button', dataset: { action: 'pause' } }),
       h('button', { type: 'button', class: 'danger', dataset: { action: 'kill' } }, 'Kill')));
@@ -182,7 +187,7 @@ export function render(main) {
   let first = true;
   async function refresh() {
     try {
-      sandboxes = await listSandboxes();
+      sandboxes = (await takeEarlyList()) || (await listSandboxes());
       draw();
       if (first) {
         first = false;

@@ -10,6 +10,9 @@ import { h } from './dom.js';
 
 const PROTOCOL = 'cove.terminal.v1';
 
+// xterm.js's styles come with it, when a terminal is first opened, not with every page.
+document.head.append(h('link', { rel: 'stylesheet', href: 'vendor/xterm.css' }));
+
 function base64url(text) {
   const bytes = new TextEncoder().encode(text);
   let binary = '';
