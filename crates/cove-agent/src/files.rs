@@ -686,6 +686,8 @@ async fn copy_in_chunks(
     loop {
         let mut chunk = std::mem::take(&mut spare);
         chunk.clear();
+        // The second buffer is made on the first turn it takes.
+        chunk.reserve(WRITE_CHUNK);
         let ended = gather(&mut body, &mut carried, &mut chunk).await?;
         if let Some(previous) = writing.take() {
             let (done, buffer) = settle(previous).await?;
@@ -707,8 +709,8 @@ async fn copy_in_chunks(
     }
 }
 
-/// Fills `chunk` up to its capacity ([`WRITE_CHUNK`]) from `carried` and then `body`; what
-/// does not fit stays in `carried`. Whether the body has ended.
+/// Fills `chunk` to [`WRITE_CHUNK`] bytes from `carried` and then `body`; what does not fit
+/// stays in `carried`. Whether the body has ended.
 async fn gather(
     body: &mut (impl Stream<Item = io::Result<Bytes>> + Unpin),
     carried: &mut Bytes,
