@@ -67,22 +67,26 @@ pub fn kill_and_wait(pid: u32, started: u64, timeout: Duration) -> io::Result<()
         return Ok(());
     };
     rustix::process::pidfd_send_signal(&pidfd, Signal::KILL)?;
-    let mut fds = [rustix::event::PollFd::new(
-        &pidfd,
-        rustix::event::PollFlags::IN,
-    )];
-    let timeout = rustix::event::Timespec::try_from(timeout).unwrap_or(rustix::event::Timespec {
+    if exits_within(&pidfd, timeout)? {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("process {pid} did not exit"),
+        ))
+    }
+}
+
+/// Whether the process behind `pidfd` has exited, or does within `timeout` (a pidfd is
+/// readable from its exit on); a timeout too long to express waits 10 s.
+fn exits_within(pidfd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut polled = [PollFd::new(pidfd, PollFlags::IN)];
+    let timeout = Timespec::try_from(timeout).unwrap_or(Timespec {
         tv_sec: 10,
         tv_nsec: 0,
     });
-    match rustix::event::poll(&mut fds, Some(&timeout)) {
-        Ok(0) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("process {pid} did not exit"),
-        )),
-        Ok(_) => Ok(()),
-        Err(err) => Err(err.into()),
-    }
+    Ok(rustix::event::poll(&mut polled, Some(&timeout))? > 0)
 }
 
 /// Sandboxes' PID 1s, each watched through a pidfd opened the first time it is looked at:
@@ -102,7 +106,7 @@ impl ExitWatch {
         if let Some((known_pid, known_start, pidfd)) = watched.get(id)
             && (*known_pid, *known_start) == (pid, started)
         {
-            let alive = !has_exited(pidfd)?;
+            let alive = !exits_within(pidfd, Duration::ZERO)?;
             if !alive {
                 watched.remove(id);
             }
@@ -126,25 +130,10 @@ impl ExitWatch {
     }
 
     /// How many processes are watched (one descriptor each).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.watched.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Whether the process behind `pidfd` has exited (a pidfd is readable from then on).
-fn has_exited(pidfd: &OwnedFd) -> io::Result<bool> {
-    use rustix::event::{PollFd, PollFlags, Timespec};
-    let mut polled = [PollFd::new(pidfd, PollFlags::IN)];
-    let now = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    let ready = rustix::event::poll(&mut polled, Some(&now))?;
-    Ok(ready > 0)
 }
 
 #[cfg(test)]
@@ -200,10 +189,10 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(watch.is_empty(), "an ended process is not watched any more");
+        assert_eq!(watch.len(), 0, "an ended process is not watched any more");
         child.wait().unwrap();
         assert!(!watch.is_alive("a", pid, started).unwrap());
-        assert!(watch.is_empty());
+        assert_eq!(watch.len(), 0);
     }
 
     #[test]
@@ -212,6 +201,6 @@ mod tests {
         let me = std::process::id();
         assert!(watch.is_alive("me", me, start_time(me).unwrap()).unwrap());
         watch.forget("me");
-        assert!(watch.is_empty());
+        assert_eq!(watch.len(), 0);
     }
 }
