@@ -158,9 +158,18 @@ impl AgentState {
     }
 }
 
-/// The agent's HTTP application: Connect services, `/files`, and the REST endpoints.
-pub fn router(state: AgentState) -> Router {
-    Router::new()
+/// The agent's HTTP application: Connect services, `/files`, the REST endpoints, and the
+/// code interpreter (the routes of its port, 49999) under
+/// [`cove_proto::envd::INTERPRETER_PREFIX`] when the sandbox has one.
+pub fn router(state: AgentState, interpreter: Option<interpreter::Interpreter>) -> Router {
+    let routes = match interpreter {
+        Some(interpreter) => Router::new().nest(
+            cove_proto::envd::INTERPRETER_PREFIX,
+            interpreter::router(interpreter),
+        ),
+        None => Router::new(),
+    };
+    routes
         .merge(filesystem::routes())
         .merge(process::routes())
         .route("/files", get(files::download).post(files::upload))
@@ -190,7 +199,10 @@ pub async fn serve(
     ready: impl FnOnce(),
 ) -> Result<(), AgentError> {
     let state = AgentState::new(&config).map_err(AgentError::Start)?;
-    let app = router(state.clone());
+    let interpreter = config
+        .code_interpreter
+        .map(|addr| (addr, interpreter::Interpreter::new(state.clone())));
+    let app = router(state, interpreter.as_ref().map(|(_, i)| i.clone()));
     let mut apps: Vec<(listener::Listener, Router)> = config
         .listen
         .iter()
@@ -201,8 +213,7 @@ pub async fn serve(
                 .map(|socket| (listener::Listener::Listening(socket), app.clone())),
         )
         .collect();
-    if let Some(addr) = config.code_interpreter {
-        let interpreter = interpreter::Interpreter::new(state);
+    if let Some((addr, interpreter)) = interpreter {
         if config.warm_kernel {
             tokio::spawn(interpreter.clone().prewarm());
         }

@@ -492,6 +492,21 @@ async fn private_sandboxes_need_their_traffic_token() {
     })
     .await;
     assert_eq!(page.text().await.unwrap(), "sandbox\n");
+    // The code interpreter's port, which the server reaches without a tunnel, too.
+    let interpreter = |token: Option<&str>| {
+        let mut request = http
+            .get(format!("{}/health", server.url()))
+            .header("host", sbx.host(cove_proto::envd::CODE_INTERPRETER_PORT));
+        if let Some(token) = token {
+            request = request.header("e2b-traffic-access-token", token);
+        }
+        request.send()
+    };
+    assert_eq!(interpreter(None).await.unwrap().status(), 403);
+    assert_eq!(interpreter(Some("wrong")).await.unwrap().status(), 403);
+    let health = interpreter(Some(&token)).await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "\"OK\"");
     // The agent's own port is guarded by the access token, not the traffic token.
     assert!(sbx.commands().run("true").await.is_ok());
 }

@@ -9,3 +9,7 @@ pub const PORT: u16 = 49983;
 
 /// The code interpreter's port inside a sandbox (E2B's Jupyter port).
 pub const CODE_INTERPRETER_PORT: u16 = 49999;
+
+/// Where the agent also serves the code interpreter on its own socket, for `cove serve`:
+/// requests to [`CODE_INTERPRETER_PORT`] reach it there without a tunnel.
+pub const INTERPRETER_PREFIX: &str = "/_cove/interpreter";

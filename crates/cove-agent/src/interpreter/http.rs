@@ -21,7 +21,7 @@ use super::{Interpreter, InterpreterError, context, kernelspec::normalize_langua
 /// Output lines queued for a slow client before the execution waits for it.
 const OUTPUT_QUEUE: usize = 64;
 
-pub fn router(interpreter: Interpreter) -> Router {
+pub fn router<S: Clone + Send + Sync + 'static>(interpreter: Interpreter) -> Router<S> {
     Router::new()
         .route("/health", get(health))
         .route("/execute", post(execute))

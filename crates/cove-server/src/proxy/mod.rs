@@ -15,7 +15,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use cove_proto::envd::PORT as AGENT_PORT;
+use cove_proto::envd::{CODE_INTERPRETER_PORT, INTERPRETER_PREFIX, PORT as AGENT_PORT};
 use hyper_util::rt::TokioIo;
 
 pub use self::route::Route;
@@ -253,6 +253,8 @@ async fn forward_counted(
     }
     let result = if port == AGENT_PORT {
         to_agent(live, request).await
+    } else if port == CODE_INTERPRETER_PORT && !request.headers().contains_key(header::UPGRADE) {
+        to_interpreter(live, request).await
     } else {
         to_port(metrics, live, port, request).await
     };
@@ -300,6 +302,28 @@ async fn agent_connection(
 async fn to_agent(live: &Live, request: Request) -> Result<Response, ProxyError> {
     let mut sender = agent_connection(live).await?;
     let response = sender.send_request(outbound(request)).await?;
+    Ok(response_back(response))
+}
+
+/// Streams a request for the code interpreter's port to the agent, which serves the same
+/// routes on its own socket: one connection, where a tunnel would take two and a relay.
+async fn to_interpreter(live: &Live, request: Request) -> Result<Response, ProxyError> {
+    let mut request = outbound(request);
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    *request.uri_mut() = format!("{INTERPRETER_PREFIX}{path}")
+        .parse()
+        .map_err(|_| ProxyError::Tunnel(StatusCode::BAD_REQUEST))?;
+    // The agent's socket asks for its access token, which the server holds; whoever may
+    // reach this port (its traffic token, checked above) may reach the interpreter.
+    let token = HeaderValue::from_str(&live.access_token())
+        .map_err(|_| ProxyError::Tunnel(StatusCode::INTERNAL_SERVER_ERROR))?;
+    request.headers_mut().insert("x-access-token", token);
+    let mut sender = agent_connection(live).await?;
+    let response = sender.send_request(request).await?;
     Ok(response_back(response))
 }
 
