@@ -547,19 +547,42 @@ async fn terminals_type_resize_and_reattach() {
     pty.send_input(pid, "stty size\n").await.unwrap();
     shows("43 132").await;
 
-    // Another client follows the same terminal.
+    // Another client follows the same terminal. It waits for the command's output (the echo
+    // of the typed line holds only the sum) and the prompt after it: a Ctrl-D typed while
+    // a command runs meets the terminal in canonical mode, which keeps it as a NUL that
+    // readline then reads, and the shell would stay.
     let mut follower = pty.connect(pid).await.unwrap();
-    pty.send_input(pid, "echo followed\n").await.unwrap();
+    pty.send_input(pid, "echo followed-$((40 + 2))\n")
+        .await
+        .unwrap();
+    let at_prompt = |seen: &str| {
+        seen.split_once("followed-42\r\n")
+            .is_some_and(|(_, after)| after.ends_with("$ "))
+    };
     let mut seen = String::new();
-    while !seen.contains("followed\r\n") {
-        if let Output::Pty(bytes) = follower.next().await.unwrap().unwrap() {
-            seen.push_str(&String::from_utf8_lossy(&bytes));
+    let followed = tokio::time::timeout(Duration::from_secs(10), async {
+        while !at_prompt(&seen) {
+            if let Output::Pty(bytes) = follower.next().await.unwrap().unwrap() {
+                seen.push_str(&String::from_utf8_lossy(&bytes));
+            }
         }
-    }
+    })
+    .await;
+    assert!(
+        followed.is_ok(),
+        "the follower never saw the output and the next prompt: {seen:?}"
+    );
 
     // Ctrl-D ends the shell.
     pty.send_input(pid, vec![4u8]).await.unwrap();
-    assert_eq!(reader.await.unwrap(), Some(0));
+    let ended = tokio::time::timeout(Duration::from_secs(10), reader).await;
+    let ended = ended.unwrap_or_else(|_| {
+        panic!(
+            "the shell did not end on Ctrl-D; the screen: {:?}",
+            screen.try_lock().map(|s| s.clone())
+        )
+    });
+    assert_eq!(ended.unwrap(), Some(0));
     assert!(!pty.kill(pid).await.unwrap());
     sbx.kill().await.unwrap();
 }
