@@ -201,10 +201,12 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
         report
             .results
             .push(crate::code::create_to_first_result(settings).await?);
-        eprintln!("code: create → first run_code result from the warm pool");
-        report
-            .results
-            .push(crate::code::warm_create_to_first_result(settings).await?);
+        for settle in crate::code::WARM_KERNEL_SETTLE {
+            eprintln!("code: create → first run_code result from the warm pool ({settle:?} idle)");
+            report
+                .results
+                .push(crate::code::warm_create_to_first_result(settings, settle).await?);
+        }
     }
     if wanted("memory") {
         eprintln!("memory: idle sandboxes");
