@@ -402,7 +402,9 @@ async fn deny_all_with_an_allow_list_reaches_only_the_allowed_host() {
         "sent"
     );
     let raw = send_datagram(&sbx, &denied, "denied-raw", true).await;
-    assert!(raw == "raw sent" || raw == "raw socket refused", "{raw}");
+    // CAP_NET_RAW is not among a sandbox's capabilities; were it, the datagram still goes
+    // through the network helper, whose sockets the filter watches (asserted below).
+    assert_eq!(raw, "raw socket refused");
     assert_eq!(
         send_datagram(&sbx, &allowed, "allowed-udp", false).await,
         "sent"
