@@ -433,6 +433,19 @@ async fn deny_all_with_an_allow_list_reaches_only_the_allowed_host() {
     log_tells(&sbx, "the server's egress rules (the host, private ranges)").await;
     assert!(refused_metric(&server, "policy").await >= 2);
     assert!(refused_metric(&server, "server").await >= 1);
+
+    // A fork keeps its source's rules.
+    let fork = sbx
+        .fork(1, Some(Duration::from_secs(120)))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert_eq!(fetch(&fork, &allowed, PORT).await, MARKER);
+    assert_eq!(fetch(&fork, &denied, PORT).await, "refused");
+    let info = fork.info().await.unwrap().network.unwrap();
+    assert_eq!(info.deny_out.unwrap(), strings(&["0.0.0.0/0"]));
     drop(host);
 }
 

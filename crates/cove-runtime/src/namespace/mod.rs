@@ -457,6 +457,9 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn kill_leftovers(&self, id: &str) -> Result<(), RuntimeError> {
+        if let Ok(filter) = &self.egress {
+            filter.forget(id);
+        }
         self.destroy_cgroup(id)
     }
 
