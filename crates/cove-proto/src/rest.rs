@@ -137,7 +137,7 @@ impl AutoResume {
     }
 }
 
-/// Network options of a new sandbox.
+/// Network options of a new sandbox (and of `GET /sandboxes/{id}`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxNetwork {
@@ -145,6 +145,41 @@ pub struct SandboxNetwork {
     /// `trafficAccessToken` in the `E2B-Traffic-Access-Token` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_public_traffic: Option<bool>,
+    /// Destinations the sandbox may reach whatever `denyOut` says: IP addresses and CIDR
+    /// ranges (E2B also takes domain names; Cove does not yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_out: Option<Vec<String>>,
+    /// Destinations the sandbox may not reach: IP addresses and CIDR ranges;
+    /// `0.0.0.0/0` is every destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny_out: Option<Vec<String>>,
+}
+
+/// Body of `PUT /sandboxes/{id}/network`: replaces the sandbox's egress rules; an omitted
+/// field is cleared. Answered 204.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxNetworkUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_out: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny_out: Option<Vec<String>>,
+    /// `false` is `denyOut: ["0.0.0.0/0"]`. E2B spells this one in snake case.
+    #[serde(
+        rename = "allow_internet_access",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub allow_internet_access: Option<bool>,
+    /// Not supported by Cove yet (refused when not empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_servers: Option<Vec<String>>,
+    /// Not supported by Cove yet (refused when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_proxy: Option<serde_json::Value>,
+    /// Not supported by Cove yet (refused when not empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<serde_json::Value>,
 }
 
 /// Answer of create and connect.
@@ -292,6 +327,9 @@ pub struct SandboxDetail {
     /// While paused: what the pause kept, `full` (memory too) or `filesystem`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_mode: Option<String>,
+    /// Its network settings: public traffic, and its egress rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<SandboxNetwork>,
 }
 
 /// What happens to a sandbox when its time is up, as `GET /sandboxes/{id}` shows it.

@@ -243,6 +243,33 @@ pub trait Runtime: Send + Sync + 'static {
         })
     }
 
+    /// Gives sandbox `id` its own egress policy (`None` or an empty one: the server's rules
+    /// alone). Set before [`Runtime::create`], it holds from the sandbox's first connection;
+    /// set on a running sandbox, from its next one. It is kept through pause and resume
+    /// until the sandbox is killed; a restarted server sets it again.
+    fn set_egress_policy(
+        &self,
+        id: &str,
+        policy: Option<&egress::SandboxPolicy>,
+    ) -> Result<(), RuntimeError> {
+        let _ = id;
+        match policy.filter(|p| !p.is_empty()) {
+            None => Ok(()),
+            Some(_) => Err(RuntimeError::Unsupported {
+                backend: self.name(),
+                what: "apply egress policies",
+            }),
+        }
+    }
+
+    /// The connections of sandbox `id` its egress filter refused since the last call, by
+    /// what refused them, each also told in the sandbox's log (counted for sandboxes with a
+    /// policy of their own).
+    fn take_egress_refusals(&self, id: &str) -> Vec<(egress::Refusal, u64)> {
+        let _ = id;
+        Vec::new()
+    }
+
     /// Whether [`Runtime::reroot`] works here.
     fn can_reroot(&self) -> bool {
         false

@@ -42,6 +42,10 @@ pub struct CreateOptions {
     pub memory_mb: Option<u64>,
     /// Volumes of the team mounted into the sandbox: (volume name, path inside).
     pub volume_mounts: Vec<(String, String)>,
+    /// Destinations the sandbox may reach whatever `deny_out` says (IP addresses, CIDRs).
+    pub allow_out: Option<Vec<String>>,
+    /// Destinations the sandbox may not reach (IP addresses, CIDRs; `0.0.0.0/0`: all).
+    pub deny_out: Option<Vec<String>>,
 }
 
 /// A running sandbox.
@@ -95,11 +99,14 @@ impl Sandbox {
             metadata: Some(options.metadata),
             env_vars: Some(options.envs),
             allow_internet_access: options.allow_internet_access,
-            network: options
-                .allow_public_traffic
-                .map(|public| rest::SandboxNetwork {
-                    allow_public_traffic: Some(public),
-                }),
+            network: (options.allow_public_traffic.is_some()
+                || options.allow_out.is_some()
+                || options.deny_out.is_some())
+            .then_some(rest::SandboxNetwork {
+                allow_public_traffic: options.allow_public_traffic,
+                allow_out: options.allow_out,
+                deny_out: options.deny_out,
+            }),
             cpu_count: options.cpu_count,
             memory_mb: options.memory_mb,
             volume_mounts: (!options.volume_mounts.is_empty()).then(|| {
@@ -258,6 +265,19 @@ impl Sandbox {
         config
             .api(http::Method::GET, &format!("/sandboxes/{id}"))
             .send_json()
+            .await
+    }
+
+    /// Replaces this sandbox's egress rules (`allowOut`, `denyOut`; omitted ones are
+    /// cleared); its next connection is decided by them.
+    pub async fn update_network(&self, update: &rest::SandboxNetworkUpdate) -> Result<()> {
+        self.config
+            .api(
+                http::Method::PUT,
+                &format!("/sandboxes/{}/network", self.id()),
+            )
+            .json(update)
+            .send_empty()
             .await
     }
 

@@ -143,6 +143,18 @@ pub struct SandboxRecord {
     /// Volumes mounted into it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<MountedVolume>,
+    /// Its own egress rules (`allowOut`, `denyOut`), as the client wrote them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressRules>,
+}
+
+/// A sandbox's `allowOut` and `denyOut`, as its record keeps them (checked when set).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressRules {
+    #[serde(default)]
+    pub allow_out: Vec<String>,
+    #[serde(default)]
+    pub deny_out: Vec<String>,
 }
 
 /// A volume mounted into a sandbox, as its record keeps it.
@@ -519,6 +531,7 @@ mod tests {
             template: None,
             defaults: None,
             volumes: Vec::new(),
+            egress: None,
         }
     }
 

@@ -19,6 +19,7 @@ const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_ATTACH: libc::c_long = 8;
 
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
 /// Longest-prefix-match maps must allocate entries as they come.
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -218,6 +219,59 @@ impl LpmMap {
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(err) => Err(err),
         }
+    }
+}
+
+/// An array of `u64` counters, indexed from 0.
+#[derive(Debug)]
+pub struct CounterMap {
+    fd: OwnedFd,
+}
+
+impl CounterMap {
+    /// Creates a map named `label` of `len` counters, all zero.
+    pub fn create(label: &str, len: u32) -> io::Result<Self> {
+        let attr = MapCreateAttr {
+            map_type: BPF_MAP_TYPE_ARRAY,
+            key_size: 4,
+            value_size: 8,
+            max_entries: len,
+            map_name: name(label),
+            ..MapCreateAttr::default()
+        };
+        // SAFETY: a zero-padded `bpf_attr` for BPF_MAP_CREATE without pointers.
+        let fd = unsafe { bpf(BPF_MAP_CREATE, &attr) }?;
+        Ok(Self { fd: owned(fd)? })
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    fn attr(&self, key: &u32, value: &mut u64) -> MapElemAttr {
+        MapElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            key: key as *const u32 as u64,
+            value: value as *mut u64 as u64,
+            ..MapElemAttr::default()
+        }
+    }
+
+    /// The counter at `slot`.
+    pub fn get(&self, slot: u32) -> io::Result<u64> {
+        let mut value = 0u64;
+        let attr = self.attr(&slot, &mut value);
+        // SAFETY: the key (4 bytes) and value (8 bytes) buffers have the map's sizes and
+        // outlive the call; the kernel writes only the value.
+        unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &attr) }?;
+        Ok(value)
+    }
+
+    /// Sets the counter at `slot`.
+    pub fn set(&self, slot: u32, mut value: u64) -> io::Result<()> {
+        let attr = self.attr(&slot, &mut value);
+        // SAFETY: the key and value buffers have the map's sizes and outlive the call.
+        unsafe { bpf(BPF_MAP_UPDATE_ELEM, &attr) }.map(drop)
     }
 }
 

@@ -9,16 +9,23 @@
 //! The programs look destinations up in longest-prefix-match maps ([`rules::Tables`]) that a
 //! thread of the runtime keeps current as the host gains and loses addresses (rtnetlink) and
 //! as its `resolv.conf` changes: nothing is loaded or attached again.
+//!
+//! A sandbox with a policy of its own (E2B's `allowOut` / `denyOut`, [`SandboxPolicy`]) gets
+//! programs of its own, attached to its helper's cgroup instead of the shared ones: they ask
+//! the server's maps first (whose refusals no sandbox policy opens), then the sandbox's maps,
+//! and count what they refuse. Sandboxes without one keep the shared programs.
 
 mod bpf;
 mod dns;
 mod follow;
 mod netlink;
+mod policy;
 mod program;
 mod rules;
+mod sandbox;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     fs, io,
     net::IpAddr,
     os::fd::{AsFd, OwnedFd},
@@ -28,12 +35,14 @@ use std::{
 
 pub use self::{
     bpf::Hook as EgressHook,
+    policy::{ALL_TRAFFIC, MAX_POLICY_ENTRIES, PolicyEntry, PolicyError, Refusal, SandboxPolicy},
     rules::{Cidr, Rules, RulesError, Tables, Verdict},
 };
 use self::{
     bpf::{Hook, LpmMap},
     netlink::IfAddr,
     program::Family,
+    sandbox::SandboxFilter,
 };
 
 /// Most ranges one map holds (the host's addresses are most of them).
@@ -202,6 +211,8 @@ impl Shared {
 pub struct EgressFilter {
     shared: Arc<Shared>,
     programs: Vec<(OwnedFd, Hook)>,
+    /// The sandboxes with a policy of their own, by id.
+    sandboxes: Mutex<HashMap<String, SandboxFilter>>,
 }
 
 impl EgressFilter {
@@ -259,21 +270,94 @@ impl EgressFilter {
         );
         *shared.state() = state;
         follow::spawn(Arc::downgrade(&shared), watch, resolv).map_err(EgressError::Thread)?;
-        Ok(Self { shared, programs })
+        Ok(Self {
+            shared,
+            programs,
+            sandboxes: Mutex::default(),
+        })
     }
 
-    /// Attaches the programs to the cgroup v2 directory `cgroup`: every process in it (and
-    /// below) is refused those destinations from then on.
-    pub fn attach(&self, cgroup: &Path) -> Result<(), EgressError> {
+    fn sandboxes(&self) -> std::sync::MutexGuard<'_, HashMap<String, SandboxFilter>> {
+        self.sandboxes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives sandbox `id` its own policy (`None` or an empty one: the server's rules alone)
+    /// and, when its helper's cgroup is given, attaches the programs that apply it there.
+    /// A sandbox that has its programs already keeps them: only map entries change, and
+    /// its next connection is decided by the new policy.
+    pub fn set_policy(
+        &self,
+        id: &str,
+        policy: Option<&SandboxPolicy>,
+        cgroup: Option<&Path>,
+    ) -> Result<(), EgressError> {
+        let mut sandboxes = self.sandboxes();
+        match policy.filter(|p| !p.is_empty()) {
+            None => {
+                if let Some(dir) = cgroup {
+                    self.attach_programs(&self.programs, dir)?;
+                }
+                sandboxes.remove(id);
+            }
+            Some(policy) => {
+                if !sandboxes.contains_key(id) {
+                    let filter =
+                        SandboxFilter::create(&self.shared.maps, self.shared.rules.dns_port())?;
+                    sandboxes.insert(id.to_owned(), filter);
+                }
+                let filter = sandboxes.get_mut(id).expect("inserted above");
+                filter.apply(policy)?;
+                if let Some(dir) = cgroup {
+                    self.attach_programs(&filter.programs, dir)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets sandbox `id`'s own policy (it ended); its programs go with its cgroup.
+    pub fn forget(&self, id: &str) {
+        self.sandboxes().remove(id);
+    }
+
+    /// The connections of sandbox `id` refused since the last call, by what refused them
+    /// (counted for sandboxes with a policy of their own).
+    pub fn take_refusals(&self, id: &str) -> Vec<(Refusal, u64)> {
+        self.sandboxes()
+            .get_mut(id)
+            .map(SandboxFilter::take_refusals)
+            .unwrap_or_default()
+    }
+
+    fn attach_programs(
+        &self,
+        programs: &[(OwnedFd, Hook)],
+        cgroup: &Path,
+    ) -> Result<(), EgressError> {
         let failed = |source| EgressError::Attach {
             path: cgroup.to_owned(),
             source,
         };
         let dir = fs::File::open(cgroup).map_err(failed)?;
-        for (program, hook) in &self.programs {
+        for (program, hook) in programs {
             bpf::attach(dir.as_fd(), program, *hook).map_err(failed)?;
         }
         Ok(())
+    }
+
+    /// Attaches the programs to the cgroup v2 directory `cgroup`: every process in it (and
+    /// below) is refused those destinations from then on.
+    pub fn attach(&self, cgroup: &Path) -> Result<(), EgressError> {
+        self.attach_programs(&self.programs, cgroup)
+    }
+
+    /// Attaches sandbox `id`'s programs to its helper's cgroup: its own when it has a policy
+    /// ([`EgressFilter::set_policy`]), the shared ones otherwise.
+    pub fn attach_sandbox(&self, id: &str, cgroup: &Path) -> Result<(), EgressError> {
+        match self.sandboxes().get(id) {
+            Some(filter) => self.attach_programs(&filter.programs, cgroup),
+            None => self.attach(cgroup),
+        }
     }
 
     /// Whether the filter lets a connection to `addr`, `port` through, as the kernel's maps
@@ -287,7 +371,7 @@ impl EgressFilter {
             None => policy.lookup(addr)?,
         };
         Ok(match code.and_then(Verdict::from_code) {
-            None | Some(Verdict::Allow) => true,
+            None | Some(Verdict::Allow | Verdict::NameServer) => true,
             Some(Verdict::Refuse) => false,
             Some(Verdict::DnsOnly) => port == self.shared.rules.dns_port(),
         })
@@ -453,5 +537,114 @@ mod tests {
         eventually("the removed interface's address to be open again", || {
             filter.allows(addr6, 80).unwrap()
         });
+    }
+
+    /// A cgroup v2 directory of this test's own, removed when dropped.
+    struct Cgroup(PathBuf);
+
+    impl Cgroup {
+        fn new(tag: &str) -> Self {
+            let dir = PathBuf::from(format!(
+                "/sys/fs/cgroup/unified/cove-policy-test-{}-{tag}",
+                std::process::id()
+            ));
+            fs::create_dir(&dir).unwrap();
+            Cgroup(dir)
+        }
+
+        /// What a TCP connect and a UDP send from a process in this cgroup to `addr` get:
+        /// "refused" when the filter says no. Used only with destinations refused before
+        /// any packet leaves.
+        fn try_reach(&self, addr: &str) -> String {
+            let script = r#"
+import socket, sys
+addr = sys.argv[1]
+family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+out = []
+for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+    s = socket.socket(family, kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            s.connect((addr, 9))
+        else:
+            s.sendto(b"x", (addr, 9))
+        out.append("open")
+    except PermissionError:
+        out.append("refused")
+print(" ".join(out))
+"#;
+            let shell = format!(
+                "echo $$ > {}/cgroup.procs && exec /usr/bin/python3 -c \"$0\" \"$1\"",
+                self.0.display()
+            );
+            let out = Command::new("sh")
+                .args(["-c", &shell, script, addr])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        }
+    }
+
+    impl Drop for Cgroup {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_sandbox_policy_loads_refuses_and_counts_by_rule() {
+        let filter = EgressFilter::start(&EgressConfig::default()).unwrap();
+        let cgroup = Cgroup::new("a");
+        let id = "policy-test";
+        let policy = SandboxPolicy::new(
+            &strings(&["198.51.100.0/24"]),
+            &strings(&["198.51.100.7", "203.0.113.0/24", "2001:db8:77::/48"]),
+        )
+        .unwrap();
+        filter
+            .set_policy(id, Some(&policy), Some(&cgroup.0))
+            .unwrap();
+        // 203.0.113.9 and the IPv6 range: refused by their denyOut entries; the host's
+        // loopback by the server, although nothing in the policy names it.
+        assert_eq!(cgroup.try_reach("203.0.113.9"), "refused refused");
+        assert_eq!(cgroup.try_reach("2001:db8:77::1"), "refused refused");
+        assert_eq!(cgroup.try_reach("127.0.0.1"), "refused refused");
+        let mut refusals = filter.take_refusals(id);
+        refusals.sort();
+        assert_eq!(
+            refusals,
+            vec![
+                (Refusal::Server, 2),
+                (Refusal::Deny("2001:db8:77::/48".into()), 2),
+                (Refusal::Deny("203.0.113.0/24".into()), 2),
+            ]
+        );
+        assert_eq!(filter.take_refusals(id), vec![]);
+        // An update narrows at once: the next connection is refused, counted under the
+        // new rule; the rule it replaced told what it counted before.
+        let narrower = SandboxPolicy::new(&[], &strings(&["0.0.0.0/0"])).unwrap();
+        filter
+            .set_policy(id, Some(&narrower), Some(&cgroup.0))
+            .unwrap();
+        assert_eq!(cgroup.try_reach("198.51.100.9"), "refused refused");
+        assert_eq!(cgroup.try_reach("2001:db8:78::1"), "refused refused");
+        assert_eq!(
+            filter.take_refusals(id),
+            vec![(Refusal::Deny("0.0.0.0/0".into()), 4)]
+        );
+        // Back to the shared programs: the server's refusals only, not counted.
+        filter.set_policy(id, None, Some(&cgroup.0)).unwrap();
+        assert_eq!(cgroup.try_reach("127.0.0.1"), "refused refused");
+        assert_eq!(filter.take_refusals(id), vec![]);
+        drop(cgroup);
     }
 }

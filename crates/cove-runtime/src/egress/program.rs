@@ -30,6 +30,8 @@ pub const JA: u8 = 0x05;
 pub const JEQ_K: u8 = 0x15;
 pub const JNE_K: u8 = 0x55;
 pub const CALL: u8 = 0x85;
+/// `BPF_STX | BPF_DW | BPF_ATOMIC`; with `imm` `BPF_ADD` (0), `*(u64 *)(dst + off) += src`.
+pub const ATOMIC_DW: u8 = 0xdb;
 pub const EXIT: u8 = 0x95;
 
 /// `src` of a 64-bit immediate load whose value is a map descriptor.
@@ -43,6 +45,9 @@ pub const R2: u8 = 2;
 pub const R3: u8 = 3;
 pub const R6: u8 = 6;
 pub const R10: u8 = 10;
+
+/// Where the key of the refusal counter goes on the stack (below the longest address key).
+const COUNTER_KEY: i16 = -32;
 
 /// Offsets in `struct bpf_sock_addr`.
 pub const USER_IP4: i16 = 4;
@@ -167,6 +172,7 @@ pub fn program(family: Family, refused: i32, policy: i32, dns_port: u16) -> Vec<
     a.push(insn(LDX_MEM_W, R3, R0, 0, 0));
     a.bind(verdict);
     a.jump(JEQ_K, R3, Verdict::Allow.code() as i32, allow);
+    a.jump(JEQ_K, R3, Verdict::NameServer.code() as i32, allow);
     a.jump(JNE_K, R3, Verdict::DnsOnly.code() as i32, refuse);
     // The port is in network byte order in the low half of the field.
     a.push(insn(LDX_MEM_W, R3, R6, USER_PORT, 0));
@@ -181,18 +187,112 @@ pub fn program(family: Family, refused: i32, policy: i32, dns_port: u16) -> Vec<
     a.finish()
 }
 
+/// The maps of a sandbox with its own policy, by descriptor.
+#[derive(Clone, Copy, Debug)]
+pub struct SandboxMapFds {
+    /// The server's: always refused, and closed unless the operator opened them.
+    pub refused: i32,
+    pub policy: i32,
+    /// The sandbox's: ranges its `allowOut` lets through (any value), ranges its `denyOut`
+    /// refuses (the value is the counter slot of the entry).
+    pub allow: i32,
+    pub deny: i32,
+    /// Refusals counted per slot (`u64`); slot 0 counts the server's refusals.
+    pub counters: i32,
+}
+
+/// The program for a sandbox with its own policy: the server's refusals first (absolute),
+/// the DNS port of the host's name servers open whatever the sandbox says, then the
+/// sandbox's `allowOut` (wins) and `denyOut`. Every refusal adds one to its counter.
+pub fn sandbox_program(family: Family, maps: SandboxMapFds, dns_port: u16) -> Vec<Insn> {
+    let mut a = Asm::default();
+    let [
+        in_policy,
+        verdict,
+        sandbox,
+        name_server,
+        server_refuses,
+        count,
+        allow,
+        refuse,
+    ] = [(); 8].map(|()| a.label());
+    a.push(insn(MOV64_X, R6, R1, 0, 0));
+    let key = -(family.key_len() as i16);
+    a.push(insn(ST_MEM_W, R10, 0, key, 32 * i32::from(family.words())));
+    for word in 0..family.words() {
+        a.push(insn(LDX_MEM_W, R3, R6, family.user_ip() + 4 * word, 0));
+        a.push(insn(STX_MEM_W, R10, R3, key + 4 + 4 * word, 0));
+    }
+    // The server's tables, as the shared program reads them.
+    a.lookup(maps.refused, key);
+    a.jump(JEQ_K, R0, 0, in_policy);
+    a.push(insn(LDX_MEM_W, R3, R0, 0, 0));
+    a.jump(JA, 0, 0, verdict);
+    a.bind(in_policy);
+    a.lookup(maps.policy, key);
+    a.jump(JEQ_K, R0, 0, sandbox);
+    a.push(insn(LDX_MEM_W, R3, R0, 0, 0));
+    a.bind(verdict);
+    a.jump(JEQ_K, R3, Verdict::Allow.code() as i32, sandbox);
+    a.jump(JEQ_K, R3, Verdict::NameServer.code() as i32, name_server);
+    a.jump(JNE_K, R3, Verdict::DnsOnly.code() as i32, server_refuses);
+    a.push(insn(LDX_MEM_W, R3, R6, USER_PORT, 0));
+    let port = i32::from(u16::from_ne_bytes(dns_port.to_be_bytes()));
+    a.jump(JNE_K, R3, port, server_refuses);
+    a.jump(JA, 0, 0, allow);
+    a.bind(name_server);
+    a.push(insn(LDX_MEM_W, R3, R6, USER_PORT, 0));
+    a.jump(JEQ_K, R3, port, allow);
+    // The sandbox's policy: allowOut wins, then denyOut.
+    a.bind(sandbox);
+    a.lookup(maps.allow, key);
+    a.jump(JNE_K, R0, 0, allow);
+    a.lookup(maps.deny, key);
+    a.jump(JEQ_K, R0, 0, allow);
+    a.push(insn(LDX_MEM_W, R3, R0, 0, 0));
+    a.push(insn(STX_MEM_W, R10, R3, COUNTER_KEY, 0));
+    a.jump(JA, 0, 0, count);
+    a.bind(server_refuses);
+    a.push(insn(ST_MEM_W, R10, 0, COUNTER_KEY, 0));
+    a.bind(count);
+    a.lookup(maps.counters, COUNTER_KEY);
+    a.jump(JEQ_K, R0, 0, refuse);
+    a.push(insn(MOV64_K, R1, 0, 0, 1));
+    a.push(insn(ATOMIC_DW, R0, R1, 0, 0));
+    a.bind(refuse);
+    a.push(insn(MOV64_K, R0, 0, 0, 0));
+    a.push(insn(EXIT, 0, 0, 0, 0));
+    a.bind(allow);
+    a.push(insn(MOV64_K, R0, 0, 0, 1));
+    a.push(insn(EXIT, 0, 0, 0, 0));
+    a.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use std::{
-        collections::BTreeSet,
+        collections::{BTreeMap, BTreeSet},
         net::{IpAddr, Ipv4Addr, Ipv6Addr},
     };
 
     use super::*;
-    use crate::egress::rules::{self, Cidr, Rules, Tables};
+    use crate::egress::{
+        Refusal, SandboxPolicy,
+        rules::{self, Cidr, Rules, Tables},
+    };
 
     const REFUSED_FD: i32 = 7;
     const POLICY_FD: i32 = 8;
+    const ALLOW_FD: i32 = 9;
+    const DENY_FD: i32 = 10;
+    const COUNTERS_FD: i32 = 11;
+    const SANDBOX_FDS: SandboxMapFds = SandboxMapFds {
+        refused: REFUSED_FD,
+        policy: POLICY_FD,
+        allow: ALLOW_FD,
+        deny: DENY_FD,
+        counters: COUNTERS_FD,
+    };
 
     /// Where the interpreter puts the context, the stack and the map value it hands out.
     const CTX: u64 = 0x1_0000;
@@ -200,9 +300,53 @@ mod tests {
     const STACK_SIZE: u64 = 512;
     const VALUE: u64 = 0x3_0000;
 
+    /// The maps a program may ask, as the kernel would answer them.
+    #[derive(Default)]
+    struct Maps {
+        /// Longest-prefix-match maps by descriptor.
+        lpm: BTreeMap<i32, BTreeMap<Cidr, u32>>,
+        /// The counters array (`COUNTERS_FD`).
+        counters: Vec<u64>,
+    }
+
+    impl Maps {
+        fn server(tables: &Tables) -> Self {
+            let codes = |t: &BTreeMap<Cidr, rules::Verdict>| {
+                t.iter().map(|(c, v)| (*c, v.code())).collect()
+            };
+            let mut maps = Maps::default();
+            maps.lpm.insert(REFUSED_FD, codes(&tables.refused));
+            maps.lpm.insert(POLICY_FD, codes(&tables.policy));
+            maps
+        }
+
+        /// The server's tables and a sandbox's policy, its deny entries counted from slot
+        /// 1 on in order.
+        fn sandbox(tables: &Tables, policy: &SandboxPolicy) -> (Self, Vec<String>) {
+            let mut maps = Self::server(tables);
+            let allow = policy
+                .allow()
+                .iter()
+                .flat_map(|e| e.ranges.iter().map(|r| (*r, 1)))
+                .collect();
+            let mut labels = vec![String::new()];
+            let mut deny = BTreeMap::new();
+            for entry in policy.deny() {
+                for range in &entry.ranges {
+                    deny.insert(*range, labels.len() as u32);
+                    labels.push(entry.text.clone());
+                }
+            }
+            maps.lpm.insert(ALLOW_FD, allow);
+            maps.lpm.insert(DENY_FD, deny);
+            maps.counters = vec![0; labels.len()];
+            (maps, labels)
+        }
+    }
+
     /// Runs `code` like the kernel would, on a `struct bpf_sock_addr` for `dest`, with the
-    /// maps answered from `tables`.
-    fn run(code: &[Insn], tables: &Tables, dest: IpAddr, port: u16) -> u64 {
+    /// maps answered from `maps`.
+    fn run(code: &[Insn], maps: &mut Maps, dest: IpAddr, port: u16) -> u64 {
         let mut ctx = [0u8; 64];
         match dest {
             IpAddr::V4(a) => ctx[4..8].copy_from_slice(&a.octets()),
@@ -211,6 +355,8 @@ mod tests {
         ctx[24..26].copy_from_slice(&port.to_be_bytes());
         let mut stack = [0u8; STACK_SIZE as usize];
         let mut value = [0u8; 4];
+        // The counter VALUE points at, when the last lookup was of the counters.
+        let mut counter: Option<usize> = None;
         let mut reg = [0u64; 11];
         reg[1] = CTX;
         reg[10] = STACK + STACK_SIZE;
@@ -240,6 +386,10 @@ mod tests {
                 ALU64_ADD_K => reg[dst] = reg[dst].wrapping_add(i.imm as i64 as u64),
                 LDX_MEM_W => {
                     let addr = reg[src].wrapping_add(i.off as i64 as u64);
+                    assert!(
+                        addr != VALUE || counter.is_none(),
+                        "a counter read as a word"
+                    );
                     reg[dst] = u64::from(load(addr, &stack, &value));
                 }
                 ST_MEM_W | STX_MEM_W => {
@@ -256,6 +406,13 @@ mod tests {
                     let at = (addr - STACK) as usize;
                     stack[at..at + 4].copy_from_slice(&word.to_le_bytes());
                 }
+                ATOMIC_DW => {
+                    assert_eq!(i.imm, 0, "only BPF_ADD");
+                    let addr = reg[dst].wrapping_add(i.off as i64 as u64);
+                    assert_eq!(addr, VALUE, "atomic add outside a map value");
+                    let slot = counter.expect("an atomic add on a counter");
+                    maps.counters[slot] += reg[src];
+                }
                 LD_IMM64 => {
                     assert_eq!(src, PSEUDO_MAP_FD as usize);
                     reg[dst] = i.imm as u64;
@@ -263,30 +420,46 @@ mod tests {
                 }
                 CALL => {
                     assert_eq!(i.imm, HELPER_MAP_LOOKUP);
-                    let table = match reg[1] as i32 {
-                        REFUSED_FD => &tables.refused,
-                        POLICY_FD => &tables.policy,
-                        fd => panic!("no map {fd}"),
-                    };
                     let at = (reg[2] - STACK) as usize;
-                    let prefix = u32::from_le_bytes(stack[at..at + 4].try_into().unwrap());
-                    let addr = &stack[at + 4..];
-                    let addr = match dest {
-                        IpAddr::V4(_) => {
-                            assert_eq!(prefix, 32);
-                            IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&addr[..4]).unwrap()))
-                        }
-                        IpAddr::V6(_) => {
-                            assert_eq!(prefix, 128);
-                            IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&addr[..16]).unwrap()))
-                        }
-                    };
-                    reg[0] = match rules::lookup(table, addr) {
-                        Some(verdict) => {
-                            value = verdict.code().to_le_bytes();
+                    let word = u32::from_le_bytes(stack[at..at + 4].try_into().unwrap());
+                    counter = None;
+                    reg[0] = if reg[1] as i32 == COUNTERS_FD {
+                        let slot = word as usize;
+                        if slot < maps.counters.len() {
+                            counter = Some(slot);
                             VALUE
+                        } else {
+                            0
                         }
-                        None => 0,
+                    } else {
+                        let table = maps
+                            .lpm
+                            .get(&(reg[1] as i32))
+                            .unwrap_or_else(|| panic!("no map {}", reg[1]));
+                        let addr = &stack[at + 4..];
+                        let addr = match dest {
+                            IpAddr::V4(_) => {
+                                assert_eq!(word, 32);
+                                IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&addr[..4]).unwrap()))
+                            }
+                            IpAddr::V6(_) => {
+                                assert_eq!(word, 128);
+                                IpAddr::V6(Ipv6Addr::from(
+                                    <[u8; 16]>::try_from(&addr[..16]).unwrap(),
+                                ))
+                            }
+                        };
+                        let found = table
+                            .iter()
+                            .filter(|(cidr, _)| cidr.contains_addr(addr))
+                            .max_by_key(|(cidr, _)| cidr.prefix());
+                        match found {
+                            Some((_, code)) => {
+                                value = code.to_le_bytes();
+                                VALUE
+                            }
+                            None => 0,
+                        }
                     };
                     // The helper clobbers the argument registers.
                     reg[1..6].fill(0xdead);
@@ -317,6 +490,7 @@ mod tests {
             .map(|a| ip(a))
             .collect();
         let tables = rules.tables(&host, &name_servers);
+        let mut maps = Maps::server(&tables);
         let v4 = program(Family::V4, REFUSED_FD, POLICY_FD, 53);
         let v6 = program(Family::V6, REFUSED_FD, POLICY_FD, 53);
         let cases = [
@@ -351,7 +525,7 @@ mod tests {
             );
             let code = if dest.is_ipv4() { &v4 } else { &v6 };
             assert_eq!(
-                run(code, &tables, dest, port),
+                run(code, &mut maps, dest, port),
                 u64::from(allowed),
                 "program: {dest} port {port}"
             );
@@ -360,8 +534,13 @@ mod tests {
 
     #[test]
     fn jumps_land_inside_the_program() {
-        for family in [Family::V4, Family::V6] {
-            let code = program(family, REFUSED_FD, POLICY_FD, 53);
+        let programs = [Family::V4, Family::V6].into_iter().flat_map(|family| {
+            [
+                program(family, REFUSED_FD, POLICY_FD, 53),
+                sandbox_program(family, SANDBOX_FDS, 53),
+            ]
+        });
+        for code in programs {
             for (at, i) in code.iter().enumerate() {
                 if matches!(i.code, JA | JEQ_K | JNE_K) {
                     let target = at as isize + 1 + isize::from(i.off);
@@ -370,5 +549,98 @@ mod tests {
             }
             assert_eq!(code.last().map(|i| i.code), Some(EXIT));
         }
+    }
+
+    #[test]
+    fn sandbox_programs_decide_and_count_as_the_policy_says() {
+        let opened: Vec<Cidr> = vec!["10.203.0.0/16".parse().unwrap()];
+        let rules = Rules::new(&opened).unwrap();
+        let host: BTreeSet<IpAddr> = ["127.0.0.1", "192.0.2.2", "10.203.1.1", "::1"]
+            .iter()
+            .map(|a| ip(a))
+            .collect();
+        let name_servers: BTreeSet<IpAddr> = ["10.255.255.53", "203.0.113.53", "fd00::53"]
+            .iter()
+            .map(|a| ip(a))
+            .collect();
+        let tables = rules.tables(&host, &name_servers);
+        let strings = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let policy = SandboxPolicy::new(
+            // Asking for the host, loopback and a closed private range changes nothing.
+            &strings(&[
+                "10.203.1.2",
+                "2001:db8:7::/48",
+                "192.0.2.2",
+                "127.0.0.1",
+                "172.16.0.0/12",
+            ]),
+            &strings(&["0.0.0.0/0", "198.51.100.0/24"]),
+        )
+        .unwrap();
+        let (mut maps, labels) = Maps::sandbox(&tables, &policy);
+        let v4 = sandbox_program(Family::V4, SANDBOX_FDS, 53);
+        let v6 = sandbox_program(Family::V6, SANDBOX_FDS, 53);
+        let server = Some(Refusal::Server);
+        let deny = |rule: &str| Some(Refusal::Deny(rule.to_owned()));
+        let cases = [
+            ("10.203.1.2", 8000, None),
+            ("10.203.1.3", 8000, deny("0.0.0.0/0")),
+            ("10.203.1.1", 8000, server.clone()),
+            ("192.0.2.2", 22, server.clone()),
+            ("127.0.0.1", 3000, server.clone()),
+            ("172.16.0.1", 80, server.clone()),
+            ("203.0.113.80", 443, deny("0.0.0.0/0")),
+            ("198.51.100.7", 443, deny("198.51.100.0/24")),
+            // The host's name servers answer on the DNS port under deny-all, wherever
+            // they are, and only there.
+            ("10.255.255.53", 53, None),
+            ("10.255.255.53", 80, server.clone()),
+            ("203.0.113.53", 53, None),
+            ("203.0.113.53", 443, deny("0.0.0.0/0")),
+            ("2001:db8:7::1", 443, None),
+            ("2001:db8:8::1", 443, deny("0.0.0.0/0")),
+            ("fd00::53", 53, None),
+            ("fd00::53", 80, server.clone()),
+            ("::1", 80, server.clone()),
+            ("::ffff:10.203.1.2", 8000, server.clone()),
+        ];
+        let mut expected = vec![0u64; labels.len()];
+        for (dest, port, refusal) in cases {
+            let dest = ip(dest);
+            assert_eq!(
+                tables.refusal(&policy, dest, port, 53),
+                refusal,
+                "reference: {dest} port {port}"
+            );
+            let code = if dest.is_ipv4() { &v4 } else { &v6 };
+            assert_eq!(
+                run(code, &mut maps, dest, port),
+                u64::from(refusal.is_none()),
+                "program: {dest} port {port}"
+            );
+            match &refusal {
+                None => {}
+                Some(Refusal::Server) => expected[0] += 1,
+                Some(Refusal::Deny(rule)) => {
+                    // The slot of the range that matched: IPv4 or IPv6 of the same entry.
+                    let slot = policy
+                        .deny()
+                        .iter()
+                        .flat_map(|e| e.ranges.iter().map(move |r| (r, e)))
+                        .enumerate()
+                        .filter(|(_, (r, e))| &e.text == rule && r.contains_addr(dest))
+                        .map(|(at, _)| at + 1)
+                        .next()
+                        .unwrap();
+                    expected[slot] += 1;
+                }
+            }
+            assert_eq!(maps.counters, expected, "counters after {dest} port {port}");
+        }
+        // Without a policy entry, a sandbox program lets through what the server does.
+        let (mut open, _) = Maps::sandbox(&tables, &SandboxPolicy::default());
+        assert_eq!(run(&v4, &mut open, ip("203.0.113.80"), 443), 1);
+        assert_eq!(run(&v4, &mut open, ip("10.1.2.3"), 443), 0);
+        assert_eq!(open.counters, vec![1]);
     }
 }

@@ -112,8 +112,11 @@ impl fmt::Display for Cidr {
 pub enum Verdict {
     Refuse,
     Allow,
-    /// Only the DNS port: the host's name servers.
+    /// Only the DNS port: the host's name servers in ranges closed to sandboxes.
     DnsOnly,
+    /// Open: one of the host's name servers in an open range, whose DNS port a sandbox's
+    /// own policy (see [`super::SandboxPolicy`]) never closes.
+    NameServer,
 }
 
 impl Verdict {
@@ -123,13 +126,19 @@ impl Verdict {
             Verdict::Refuse => 1,
             Verdict::Allow => 2,
             Verdict::DnsOnly => 3,
+            Verdict::NameServer => 4,
         }
     }
 
     pub(super) fn from_code(code: u32) -> Option<Self> {
-        [Verdict::Refuse, Verdict::Allow, Verdict::DnsOnly]
-            .into_iter()
-            .find(|v| v.code() == code)
+        [
+            Verdict::Refuse,
+            Verdict::Allow,
+            Verdict::DnsOnly,
+            Verdict::NameServer,
+        ]
+        .into_iter()
+        .find(|v| v.code() == code)
     }
 }
 
@@ -248,6 +257,9 @@ impl Rules {
                 tables.refused.insert(host, Verdict::DnsOnly);
             } else if lookup(&tables.policy, *addr) == Some(Verdict::Refuse) {
                 tables.policy.insert(host, Verdict::DnsOnly);
+            } else {
+                // Open anyway; marked so that a sandbox's policy leaves its DNS port open.
+                tables.policy.insert(host, Verdict::NameServer);
             }
         }
         tables
@@ -260,9 +272,29 @@ impl Tables {
     pub fn allows(&self, addr: IpAddr, port: u16, dns_port: u16) -> bool {
         let verdict = lookup(&self.refused, addr).or_else(|| lookup(&self.policy, addr));
         match verdict {
-            None | Some(Verdict::Allow) => true,
+            None | Some(Verdict::Allow | Verdict::NameServer) => true,
             Some(Verdict::Refuse) => false,
             Some(Verdict::DnsOnly) => port == dns_port,
+        }
+    }
+
+    /// What the programs of a sandbox with its own policy decide: the server's refusals
+    /// first (absolute), the DNS port of the host's name servers always open, then the
+    /// sandbox's policy. `None` is allowed; `Some(rule)` names what refused it.
+    pub fn refusal(
+        &self,
+        policy: &super::SandboxPolicy,
+        addr: IpAddr,
+        port: u16,
+        dns_port: u16,
+    ) -> Option<super::Refusal> {
+        let verdict = lookup(&self.refused, addr).or_else(|| lookup(&self.policy, addr));
+        match verdict {
+            Some(Verdict::Refuse) => Some(super::Refusal::Server),
+            Some(Verdict::DnsOnly) if port == dns_port => None,
+            Some(Verdict::DnsOnly) => Some(super::Refusal::Server),
+            Some(Verdict::NameServer) if port == dns_port => None,
+            None | Some(Verdict::Allow | Verdict::NameServer) => policy.refusal(addr),
         }
     }
 }
@@ -384,8 +416,12 @@ mod tests {
             assert!(tables.allows(ip(server), 53, 53), "{server}:53");
             assert!(!tables.allows(ip(server), 80, 53), "{server}:80");
         }
-        // A public name server needs no entry of its own.
+        // A public name server is open on every port.
         assert!(tables.allows(ip("203.0.113.53"), 80, 53));
+        assert_eq!(
+            lookup(&tables.policy, ip("203.0.113.53")),
+            Some(Verdict::NameServer)
+        );
         assert!(!tables.allows(ip("10.255.255.54"), 53, 53));
         assert!(!tables.allows(ip("127.0.0.1"), 53, 53));
     }

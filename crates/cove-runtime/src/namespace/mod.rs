@@ -8,6 +8,7 @@
 
 pub mod init;
 mod pause;
+mod refusals;
 pub mod reroot;
 mod snapshot;
 mod state;
@@ -31,7 +32,7 @@ use crate::{
     RuntimeError, SandboxSpec, Started, Template,
     cgroup::{Hierarchy, Usage},
     disk::ImagePool,
-    egress::{EgressConfig, EgressError, EgressFilter},
+    egress::{EgressConfig, EgressError, EgressFilter, Refusal, SandboxPolicy},
     process,
     uid_ranges::{LEASE_DIR, Slots},
     userns,
@@ -206,7 +207,7 @@ impl NamespaceRuntime {
             .and_then(|c| c.egress_dir(id))
             .ok_or_else(|| io::Error::other("the sandbox has no egress cgroup"))?;
         filter
-            .attach(&egress_dir)
+            .attach_sandbox(id, &egress_dir)
             .map_err(|e| io::Error::other(crate::egress::error_chain(&e)))?;
         let log = self.dirs(id).log();
         let connection = crate::network::Connection {
@@ -439,6 +440,11 @@ impl Runtime for NamespaceRuntime {
 
     fn kill(&self, handle: &Handle) -> Result<(), RuntimeError> {
         self.exits.forget(&handle.id);
+        if let Ok(filter) = &self.egress {
+            // Refusals not yet told go to the log before the sandbox's counters go.
+            let _ = self.take_egress_refusals(&handle.id);
+            filter.forget(&handle.id);
+        }
         let state = self.current(handle)?;
         // Killing the whole cgroup is faster than waiting for the PID namespace to empty
         // under load (a fork bomb, memory pressure), and it takes the network helper too
@@ -451,6 +457,9 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn kill_leftovers(&self, id: &str) -> Result<(), RuntimeError> {
+        if let Ok(filter) = &self.egress {
+            filter.forget(id);
+        }
         self.destroy_cgroup(id)
     }
 
@@ -481,6 +490,41 @@ impl Runtime for NamespaceRuntime {
         self.on_cgroups("change the sandbox's limits", |c| {
             c.set_limits(&handle.id, limits)
         })
+    }
+
+    fn set_egress_policy(
+        &self,
+        id: &str,
+        policy: Option<&SandboxPolicy>,
+    ) -> Result<(), RuntimeError> {
+        // Without a filter no sandbox has internet access: nothing to narrow.
+        let Ok(filter) = &self.egress else {
+            return Ok(());
+        };
+        let dir = self
+            .cgroups
+            .as_ref()
+            .and_then(|c| c.egress_dir(id))
+            .filter(|d| d.is_dir());
+        filter
+            .set_policy(id, policy, dir.as_deref())
+            .map_err(|e| RuntimeError::Io {
+                what: "apply the sandbox's egress policy",
+                source: io::Error::other(crate::egress::error_chain(&e)),
+            })
+    }
+
+    fn take_egress_refusals(&self, id: &str) -> Vec<(Refusal, u64)> {
+        let Ok(filter) = &self.egress else {
+            return Vec::new();
+        };
+        let refusals = filter.take_refusals(id);
+        if !refusals.is_empty()
+            && let Err(err) = refusals::write(&self.dirs(id).log(), &refusals)
+        {
+            tracing::warn!(%err, sandbox_id = %id, "cannot write refused connections to the sandbox's log");
+        }
+        refusals
     }
 
     fn log(&self, id: &str) -> Result<String, RuntimeError> {
@@ -613,10 +657,12 @@ impl NamespaceRuntime {
     fn filter_again(&self, id: &str) -> Result<(), RuntimeError> {
         let dir = self.cgroups.as_ref().and_then(|c| c.egress_dir(id));
         if let (Ok(filter), Some(dir)) = (self.egress_filter(), dir) {
-            filter.attach(&dir).map_err(|e| RuntimeError::Io {
-                what: "filter the sandbox's egress again",
-                source: io::Error::other(crate::egress::error_chain(&e)),
-            })?;
+            filter
+                .attach_sandbox(id, &dir)
+                .map_err(|e| RuntimeError::Io {
+                    what: "filter the sandbox's egress again",
+                    source: io::Error::other(crate::egress::error_chain(&e)),
+                })?;
         }
         Ok(())
     }

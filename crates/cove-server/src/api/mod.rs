@@ -4,6 +4,7 @@ mod cove_templates;
 mod listing;
 mod logs;
 mod metrics;
+mod network;
 mod pause;
 mod sandboxes;
 mod snapshots;
@@ -16,7 +17,7 @@ use axum::{
     extract::FromRequestParts,
     http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
-    routing::{delete, get, post},
+    routing::{delete, get, post, put},
 };
 use cove_proto::rest;
 
@@ -42,6 +43,7 @@ pub fn routes() -> Router<AppState> {
         .route("/sandboxes/{id}", get(sandboxes::info))
         .route("/sandboxes/{id}", delete(sandboxes::kill))
         .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
+        .route("/sandboxes/{id}/network", put(network::update))
         .route("/sandboxes/metrics", get(metrics::latest))
         .route("/sandboxes/{id}/metrics", get(metrics::metrics))
         .route("/sandboxes/{id}/logs", get(logs::logs))
@@ -211,7 +213,8 @@ impl From<LifecycleError> for ApiError {
             } => (StatusCode::BAD_REQUEST, None),
             LifecycleError::AlreadyPaused(_)
             | LifecycleError::AlreadyRunning(_)
-            | LifecycleError::NameTaken(_) => (StatusCode::CONFLICT, None),
+            | LifecycleError::NameTaken(_)
+            | LifecycleError::Conflict(_) => (StatusCode::CONFLICT, None),
             LifecycleError::Paused(_) => (StatusCode::CONFLICT, None),
             LifecycleError::TooMany(_) | LifecycleError::TeamLimit(_) => {
                 (StatusCode::TOO_MANY_REQUESTS, Some(RETRY_LIMIT_SECS))

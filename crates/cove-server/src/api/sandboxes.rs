@@ -13,8 +13,8 @@ use axum::{
 use cove_proto::{
     envd::VERSION as ENVD_VERSION,
     rest::{
-        ListedSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxLifecycle, SandboxState,
-        SetTimeout,
+        ListedSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxLifecycle, SandboxNetwork,
+        SandboxState, SetTimeout,
     },
 };
 use cove_runtime::PauseMode;
@@ -163,6 +163,11 @@ pub async fn info(
         .to_owned(),
     };
     let pause_mode = record.paused.map(|m| pause_mode_name(m).to_owned());
+    let network = SandboxNetwork {
+        allow_public_traffic: Some(record.traffic_access_token.is_none()),
+        allow_out: record.egress.as_ref().map(|e| e.allow_out.clone()),
+        deny_out: record.egress.as_ref().map(|e| e.deny_out.clone()),
+    };
     Ok(Json(SandboxDetail {
         listed: listed(record),
         envd_access_token: Some(token),
@@ -170,6 +175,7 @@ pub async fn info(
         allow_internet_access: Some(allow_internet),
         lifecycle: Some(lifecycle),
         pause_mode,
+        network: Some(network),
     }))
 }
 

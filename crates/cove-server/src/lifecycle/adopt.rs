@@ -26,6 +26,12 @@ impl Lifecycle {
                 }
                 continue;
             };
+            // Its own egress rules first, so the runtime attaches them as it takes the
+            // sandbox over (the previous server's programs, with its rules, stay attached
+            // until then).
+            if let Err(err) = self.apply_egress(&record.id, record.egress.as_ref()).await {
+                tracing::error!(?err, sandbox_id = %record.id, team = %record.team, "cannot apply the sandbox's egress rules again");
+            }
             let recovered = {
                 let handle = handle.clone();
                 self.blocking(move |r| r.recover(&handle)).await

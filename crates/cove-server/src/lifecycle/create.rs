@@ -207,6 +207,13 @@ impl Lifecycle {
                     source,
                 })?;
         }
+        // Before its owner gets it: nothing of theirs ran in it yet.
+        self.apply_egress(&record.id, record.egress.as_ref())
+            .await
+            .map_err(|source| LifecycleError::Start {
+                id: record.id.clone(),
+                source,
+            })?;
         if !record.env_vars.is_empty() {
             let init = serde_json::json!({ "envVars": record.env_vars });
             crate::agent_link::post_json(
@@ -260,9 +267,14 @@ impl Lifecycle {
             volumes: Vec::new(),
         };
         let (volumes, mounts) = (self.volumes.clone(), record.volumes.clone());
+        // Given before it starts, its egress rules hold from its first connection.
+        let policy = super::egress::policy_of_record(record.egress.as_ref());
         let started = self
             .blocking(move |r| {
                 volumes.attach(&mut spec, &mounts)?;
+                if policy.is_some() {
+                    r.set_egress_policy(&spec.id, policy.as_ref())?;
+                }
                 r.create(&spec)
             })
             .await

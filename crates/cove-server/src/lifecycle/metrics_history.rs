@@ -132,6 +132,9 @@ impl Lifecycle {
         let mut running = self.registry.all();
         running.retain(|l| l.paused().is_none());
         for live in running {
+            if live.read(|r| r.egress.is_some()) {
+                self.count_egress_refusals(&live).await;
+            }
             let stale = live
                 .history
                 .lock()

@@ -10,6 +10,7 @@ mod admission;
 mod adopt;
 mod census;
 mod create;
+mod egress;
 mod end;
 mod fork;
 pub mod layers;
@@ -90,6 +91,8 @@ pub enum LifecycleError {
     Paused(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("sandbox {id} could not be {what}")]
     Transition {
         id: String,

@@ -192,9 +192,14 @@ impl Lifecycle {
         };
         let handle = live.handle();
         let (volumes, mounts) = (self.volumes.clone(), record.volumes.clone());
+        // Its egress rules hold from the first connection after it starts again.
+        let policy = super::egress::policy_of_record(record.egress.as_ref());
         let started = self
             .blocking(move |r| {
                 volumes.attach(&mut spec, &mounts)?;
+                if policy.is_some() {
+                    r.set_egress_policy(&spec.id, policy.as_ref())?;
+                }
                 r.resume(&handle, &spec)
             })
             .await

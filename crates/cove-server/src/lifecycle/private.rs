@@ -67,6 +67,7 @@ impl Lifecycle {
             template: Some(spec.template.clone()),
             defaults: Some(spec.defaults),
             volumes: Vec::new(),
+            egress: None,
         };
         let _turn = self.admission.turn().await?;
         match self.start(&mut record, spec.template, false).await {

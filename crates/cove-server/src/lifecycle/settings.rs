@@ -61,6 +61,8 @@ pub struct Settings {
     pub network: bool,
     /// Its ports answer only clients showing a traffic token.
     pub private_ports: bool,
+    /// Its own egress rules (`allowOut`, `denyOut`), checked.
+    pub egress: Option<crate::store::EgressRules>,
     /// Paused instead of killed when its time is up; resumed by traffic.
     pub lifecycle: LifecyclePolicy,
     /// Volumes mounted into it (resolved after the request is read).
@@ -88,6 +90,7 @@ impl Settings {
         let lifecycle = lifecycle_policy(&request, timeout_secs)?;
         let env_vars = request.env_vars.unwrap_or_default();
         check_env_vars(&env_vars)?;
+        let egress = super::egress::from_create(request.network.as_ref())?;
         // The defaults fit any host that can run a sandbox at all.
         let cpu_count = request
             .cpu_count
@@ -132,6 +135,7 @@ impl Settings {
                 .network
                 .and_then(|n| n.allow_public_traffic)
                 .is_some_and(|public| !public),
+            egress,
             lifecycle,
             volumes: Vec::new(),
             fork_of: None,
@@ -150,6 +154,7 @@ impl Settings {
             env_vars: source.env_vars.clone(),
             network: source.allow_internet_access,
             private_ports: source.traffic_access_token.is_some(),
+            egress: source.egress.clone(),
             lifecycle: LifecyclePolicy {
                 timeout_secs,
                 ..source.lifecycle.clone()
@@ -171,6 +176,7 @@ impl Settings {
             env_vars: BTreeMap::new(),
             network,
             private_ports: false,
+            egress: None,
             lifecycle: LifecyclePolicy::default(),
             volumes: Vec::new(),
             fork_of: None,
@@ -201,6 +207,7 @@ impl Settings {
             template: Some(self.template.template.clone()),
             defaults: self.template.defaults.clone(),
             volumes: self.volumes.clone(),
+            egress: self.egress.clone(),
         }
     }
 }

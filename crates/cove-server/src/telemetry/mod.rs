@@ -81,6 +81,11 @@ struct OpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EgressLabels {
+    by: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusalLabels {
     code: &'static str,
     by: &'static str,
@@ -168,6 +173,7 @@ pub struct Metrics {
     proxy_bytes: Family<DirectionLabels, Counter>,
     agent_errors: Family<OpLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
+    egress_refused: Family<EgressLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -263,7 +269,18 @@ impl Metrics {
              refused them (api: limits on sandboxes, connections: the front door)",
             refusals.clone(),
         );
+        let egress_refused = Family::<EgressLabels, Counter>::default();
+        registry.register(
+            "egress_refused_connections",
+            "Connections and datagrams of sandboxes with their own egress rules that the egress \
+             filter refused, by what refused them (server: the host and private ranges, which \
+             no sandbox opens; policy: the sandbox's denyOut)",
+            egress_refused.clone(),
+        );
         // Series a dashboard shows from the start, at zero until something happens.
+        for by in ["server", "policy"] {
+            drop(egress_refused.get_or_create(&EgressLabels { by }));
+        }
         for result in ["hit", "miss"] {
             drop(warm_pool.get_or_create(&ResultLabels { result }));
         }
@@ -288,7 +305,17 @@ impl Metrics {
             proxy_bytes,
             agent_errors,
             refusals,
+            egress_refused,
         }
+    }
+
+    /// Counts `count` connections of a sandbox refused by its egress filter: by the
+    /// server's rules (`server`) or by its own `denyOut` (`policy`).
+    pub fn egress_refused(&self, by_server: bool, count: u64) {
+        let by = if by_server { "server" } else { "policy" };
+        self.egress_refused
+            .get_or_create(&EgressLabels { by })
+            .inc_by(count);
     }
 
     /// Counts a create of `team` that ended as `outcome`.

@@ -1,0 +1,196 @@
+//! A sandbox's own egress rules (E2B's `allowOut` / `denyOut`): checked when a create or
+//! `PUT /sandboxes/{id}/network` gives them, kept with its record, handed to the runtime
+//! before it starts, again when a restarted server adopts it, and at once when they change.
+//! The server's own refusals (the host, private ranges) stay whatever a sandbox asks for.
+
+use cove_proto::rest::{SandboxNetwork, SandboxNetworkUpdate};
+use cove_runtime::egress::{ALL_TRAFFIC, Refusal, SandboxPolicy};
+
+use super::{Lifecycle, LifecycleError};
+use crate::store::EgressRules;
+
+/// The rules of a create's `network`, checked; `None` when it gives none.
+pub fn from_create(
+    network: Option<&SandboxNetwork>,
+) -> Result<Option<EgressRules>, LifecycleError> {
+    let Some(network) = network else {
+        return Ok(None);
+    };
+    checked(EgressRules {
+        allow_out: network.allow_out.clone().unwrap_or_default(),
+        deny_out: network.deny_out.clone().unwrap_or_default(),
+    })
+}
+
+/// The rules an update gives (replacing the old ones; omitted lists are empty), checked.
+pub fn from_update(update: &SandboxNetworkUpdate) -> Result<Option<EgressRules>, LifecycleError> {
+    let unsupported = |field: &str| {
+        LifecycleError::BadRequest(format!(
+            "network.{field} is not supported by Cove yet; only allowOut and denyOut with IP addresses and CIDR ranges are"
+        ))
+    };
+    if update.dns_servers.as_ref().is_some_and(|d| !d.is_empty()) {
+        return Err(unsupported("dnsServers"));
+    }
+    if update.egress_proxy.as_ref().is_some_and(|p| !p.is_null()) {
+        return Err(unsupported("egressProxy"));
+    }
+    if update
+        .rules
+        .as_ref()
+        .is_some_and(|r| !(r.is_null() || r.as_object().is_some_and(|o| o.is_empty())))
+    {
+        return Err(unsupported("rules"));
+    }
+    let mut deny_out = update.deny_out.clone().unwrap_or_default();
+    if update.allow_internet_access == Some(false) && !deny_out.iter().any(|d| d == ALL_TRAFFIC) {
+        deny_out.push(ALL_TRAFFIC.to_owned());
+    }
+    checked(EgressRules {
+        allow_out: update.allow_out.clone().unwrap_or_default(),
+        deny_out,
+    })
+}
+
+/// `rules` if they parse, `None` when both lists are empty.
+fn checked(rules: EgressRules) -> Result<Option<EgressRules>, LifecycleError> {
+    let policy = policy_of(&rules)?;
+    Ok((!policy.is_empty()).then_some(rules))
+}
+
+/// The runtime's policy for `rules`.
+pub fn policy_of(rules: &EgressRules) -> Result<SandboxPolicy, LifecycleError> {
+    SandboxPolicy::new(&rules.allow_out, &rules.deny_out).map_err(|err| {
+        LifecycleError::BadRequest(format!(
+            "{err} (rules of a sandbox narrow what the server allows; addresses the server refuses, such as the host and private ranges, stay refused whatever allowOut says)"
+        ))
+    })
+}
+
+/// The policy a record's rules stand for (`None`: the server's rules alone).
+pub fn policy_of_record(rules: Option<&EgressRules>) -> Option<SandboxPolicy> {
+    rules.and_then(|rules| match policy_of(rules) {
+        Ok(policy) => Some(policy),
+        Err(err) => {
+            // Checked when they were set; a record that no longer parses is refused all
+            // egress rather than given none of its rules.
+            tracing::error!(%err, "a sandbox's stored egress rules do not parse; refusing all its egress");
+            SandboxPolicy::new(&[], &[ALL_TRAFFIC.to_owned()]).ok()
+        }
+    })
+}
+
+impl Lifecycle {
+    /// `PUT /sandboxes/{id}/network`: replaces the egress rules of `team`'s sandbox `id`,
+    /// running or paused. Its next connection is decided by them.
+    pub async fn update_network(
+        &self,
+        team: &str,
+        id: &str,
+        update: SandboxNetworkUpdate,
+    ) -> Result<(), LifecycleError> {
+        let rules = from_update(&update)?;
+        let live = self.get(team, id)?;
+        if update.allow_internet_access == Some(true) && !live.read(|r| r.allow_internet_access) {
+            return Err(LifecycleError::Conflict(format!(
+                "sandbox {id} was created without internet access; it cannot be given some later"
+            )));
+        }
+        // One change at a time, and none while it is paused or resumed.
+        let _turn = self.turn_of(&live).await?;
+        let policy = policy_of_record(rules.as_ref());
+        let sandbox = id.to_owned();
+        self.blocking(move |r| r.set_egress_policy(&sandbox, policy.as_ref()))
+            .await
+            .map_err(|source| LifecycleError::Transition {
+                id: id.to_owned(),
+                what: "given its new network rules",
+                source,
+            })?;
+        self.update(&live, |r| r.egress = rules)?;
+        tracing::info!(sandbox_id = %id, team = %team, "sandbox's egress rules replaced");
+        Ok(())
+    }
+
+    /// Counts what the egress filter of `live` refused since the last look (the runtime
+    /// tells it in the sandbox's log, by rule).
+    pub(super) async fn count_egress_refusals(&self, live: &super::Live) {
+        let id = live.id();
+        let refusals = self
+            .blocking(move |r| Ok(r.take_egress_refusals(&id)))
+            .await
+            .unwrap_or_default();
+        for (rule, count) in refusals {
+            self.metrics
+                .egress_refused(matches!(rule, Refusal::Server), count);
+        }
+    }
+
+    /// Hands the runtime the egress rules of sandbox `id` (at create, adopt and resume).
+    pub(super) async fn apply_egress(
+        &self,
+        id: &str,
+        rules: Option<&EgressRules>,
+    ) -> Result<(), cove_runtime::RuntimeError> {
+        let policy = policy_of_record(rules);
+        if policy.is_none() {
+            return Ok(());
+        }
+        let id = id.to_owned();
+        self.blocking(move |r| r.set_egress_policy(&id, policy.as_ref()))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn updates_replace_and_name_what_they_refuse() {
+        let update = SandboxNetworkUpdate {
+            allow_out: Some(strings(&["10.203.0.2"])),
+            allow_internet_access: Some(false),
+            ..SandboxNetworkUpdate::default()
+        };
+        assert_eq!(
+            from_update(&update).unwrap(),
+            Some(EgressRules {
+                allow_out: strings(&["10.203.0.2"]),
+                deny_out: strings(&["0.0.0.0/0"]),
+            })
+        );
+        // Omitted lists are cleared.
+        assert_eq!(from_update(&SandboxNetworkUpdate::default()).unwrap(), None);
+        let domain = SandboxNetworkUpdate {
+            allow_out: Some(strings(&["*.github.com"])),
+            ..SandboxNetworkUpdate::default()
+        };
+        let err = from_update(&domain).unwrap_err().to_string();
+        assert!(
+            err.contains("*.github.com") && err.contains("not supported by Cove yet"),
+            "{err}"
+        );
+        let proxy = SandboxNetworkUpdate {
+            egress_proxy: Some(serde_json::json!({"address": "127.0.0.1:1080"})),
+            ..SandboxNetworkUpdate::default()
+        };
+        assert!(
+            from_update(&proxy)
+                .unwrap_err()
+                .to_string()
+                .contains("egressProxy")
+        );
+        let bad = SandboxNetwork {
+            deny_out: Some(strings(&["10.0.0.0/40"])),
+            ..SandboxNetwork::default()
+        };
+        let err = from_create(Some(&bad)).unwrap_err().to_string();
+        assert!(err.contains("`10.0.0.0/40`"), "{err}");
+        assert!(err.contains("stay refused whatever allowOut says"), "{err}");
+    }
+}

@@ -1,0 +1,212 @@
+"""A sandbox's own egress rules with the official Python SDK: `network={"allow_out": ...,
+"deny_out": ...}` at create and `update_network` on a live sandbox, against a `cove serve`
+of this module's own (started with `--allow-private-egress` for the test host's range).
+
+The test host is ours: a network namespace behind a veth pair with private addresses in
+10.203.51.0/29, serving HTTP and counting UDP datagrams, standing in for "the internet".
+Traffic goes only to addresses on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import pytest
+from e2b import Sandbox
+from e2b.exceptions import SandboxException
+from e2b.sandbox.network import ALL_TRAFFIC
+
+from conftest import point_sdks_at, running_cove_server, wait_until
+
+pytestmark = pytest.mark.cove_server
+
+N = 51
+NET = f"10.203.{N}.0/29"
+HOST_SIDE, ALLOWED, DENIED = f"10.203.{N}.1", f"10.203.{N}.2", f"10.203.{N}.3"
+PORT, UDP_PORT = 8000, 9999
+MARKER = "cove-network-policy-compat-host"
+
+UDP_LISTENER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[2])))
+with open(sys.argv[1], "a") as out:
+    while True:
+        data, _ = s.recvfrom(2048)
+        out.write(data.decode(errors="replace") + "\\n")
+        out.flush()
+"""
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def test_host():
+    """The test host: its namespace, link and servers, removed by name at the end (also when
+    a test fails)."""
+    tag = f"{os.getpid() % 100000}"
+    netns, link, peer = f"cove-npc-{tag}", f"npc{tag}h", f"npc{tag}n"
+    children: list[subprocess.Popen] = []
+    work = tempfile.TemporaryDirectory(prefix="cove-compat-policy-")
+    try:
+        ip("netns", "add", netns)
+        ip("link", "add", link, "type", "veth", "peer", "name", peer, "netns", netns)
+        ip("addr", "add", f"{HOST_SIDE}/29", "dev", link)
+        for addr in (ALLOWED, DENIED):
+            ip("-n", netns, "addr", "add", f"{addr}/29", "dev", peer)
+        ip("link", "set", link, "up")
+        ip("-n", netns, "link", "set", peer, "up")
+        ip("-n", netns, "link", "set", "lo", "up")
+        www = Path(work.name) / "www"
+        www.mkdir()
+        (www / "marker.txt").write_text(MARKER)
+        datagrams = Path(work.name) / "udp.txt"
+        datagrams.write_text("")
+        for argv in (
+            [sys.executable, "-m", "http.server", str(PORT), "--bind", "0.0.0.0",
+             "--directory", str(www)],
+            [sys.executable, "-c", UDP_LISTENER, str(datagrams), str(UDP_PORT)],
+        ):
+            children.append(
+                subprocess.Popen(
+                    ["ip", "netns", "exec", netns, *argv],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for addr in (ALLOWED, DENIED):
+            wait_until(lambda: host_reaches(addr), f"the test host to answer on {addr}", 20)
+        yield datagrams
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+        subprocess.run(["ip", "link", "del", link], capture_output=True)
+        work.cleanup()
+
+
+def host_reaches(addr: str) -> bool:
+    """This process (on the host, unfiltered) gets the marker: the test host is there."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://{addr}:{PORT}/marker.txt", timeout=2) as answer:
+            return answer.read().decode() == MARKER
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def policy_server(test_host):
+    with tempfile.TemporaryDirectory(prefix="cove-compat-policy-server-") as work:
+        args = ["--allow-private-egress", NET]
+        with running_cove_server(
+            Path(work) / "state", Path(work) / "server.log", extra_args=args
+        ) as server:
+            yield server
+
+
+@pytest.fixture
+def sdk_env(policy_server, monkeypatch):
+    point_sdks_at(policy_server, monkeypatch)
+    yield policy_server
+    policy_server.kill_all()
+
+
+def fetch(sandbox: Sandbox, addr: str) -> str:
+    """What curl in the sandbox gets from the test host: the marker, or "refused"."""
+    cmd = f"curl -s -m 5 http://{addr}:{PORT}/marker.txt || echo refused"
+    return sandbox.commands.run(cmd).stdout.strip()
+
+
+def send_datagram(sandbox: Sandbox, addr: str, tag: str) -> None:
+    script = (
+        "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+        f".sendto(b'{tag}', ('{addr}', {UDP_PORT}))"
+    )
+    sandbox.commands.run(f'python3 -c "{script}"')
+
+
+def test_deny_all_with_an_allow_list(sdk_env, test_host):
+    sandbox = Sandbox.create(network={"allow_out": [ALLOWED], "deny_out": [ALL_TRAFFIC]})
+    try:
+        assert fetch(sandbox, ALLOWED) == MARKER
+        assert fetch(sandbox, DENIED) == "refused"
+        # An IPv6 literal gets nowhere (the sandbox's network has no IPv6 at all).
+        assert fetch(sandbox, "[fc00:203:51::3]") == "refused"
+        # The denied datagram, sent first, never arrives; the allowed one after it does.
+        send_datagram(sandbox, DENIED, "denied-udp")
+        send_datagram(sandbox, ALLOWED, "allowed-udp")
+        wait_until(
+            lambda: "allowed-udp" in test_host.read_text().split(),
+            "the allowed datagram to arrive",
+            20,
+        )
+        assert "denied-udp" not in test_host.read_text().split()
+        # A raw socket is refused: sandboxes have no CAP_NET_RAW.
+        raw = sandbox.commands.run(
+            "python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, "
+            "socket.IPPROTO_UDP)' 2>&1 || true"
+        ).stdout
+        assert "PermissionError" in raw, raw
+        # Names still resolve under deny-all: the host's name servers stay open for DNS.
+        resolved = sandbox.commands.run("getent hosts pypi.org || echo unresolved").stdout
+        assert "pypi.org" in resolved, resolved
+        info = sandbox.get_info()
+        assert info.network is not None
+        assert info.network.get("allow_out") == [ALLOWED], info.network
+        # Refusals are told in the sandbox's log, by the rule that refused them.
+        wait_until(
+            lambda: logs_say(sdk_env, sandbox.sandbox_id, "refused by denyOut 0.0.0.0/0"),
+            "the sandbox's log to tell the refusals",
+            30,
+        )
+    finally:
+        sandbox.kill()
+
+
+def logs_say(server, sandbox_id: str, text: str) -> bool:
+    """Whether `GET /sandboxes/{id}/logs` has an entry whose message ends with `text`."""
+    answer = server.api("GET", f"/sandboxes/{sandbox_id}/logs")
+    return any(e["message"].endswith(text) for e in answer.json()["logEntries"])
+
+
+def test_update_network_narrows_and_widens_a_live_sandbox(sdk_env, test_host):
+    sandbox = Sandbox.create()
+    try:
+        assert fetch(sandbox, ALLOWED) == MARKER
+        sandbox.update_network({"deny_out": [ALLOWED]})
+        assert fetch(sandbox, ALLOWED) == "refused"
+        assert fetch(sandbox, DENIED) == MARKER
+        sandbox.update_network({"allow_out": [ALLOWED], "allow_internet_access": False})
+        assert fetch(sandbox, ALLOWED) == MARKER
+        assert fetch(sandbox, DENIED) == "refused"
+        # Omitted fields are cleared: everything open again.
+        sandbox.update_network({})
+        assert fetch(sandbox, DENIED) == MARKER
+        # The class-level form, by id.
+        Sandbox.update_network(sandbox.sandbox_id, {"deny_out": [ALL_TRAFFIC]})
+        assert fetch(sandbox, ALLOWED) == "refused"
+    finally:
+        sandbox.kill()
+
+
+def test_domains_and_bad_entries_are_refused_with_their_names(sdk_env):
+    domain = r"400: allowOut entry `\*\.github\.com` is a domain name: domain rules are not"
+    with pytest.raises(SandboxException, match=domain):
+        Sandbox.create(network={"allow_out": ["*.github.com"], "deny_out": [ALL_TRAFFIC]})
+    sandbox = Sandbox.create()
+    try:
+        bad = r"400: denyOut entry `10\.0\.0\.0/33` is not an IP address or range"
+        with pytest.raises(SandboxException, match=bad):
+            sandbox.update_network({"deny_out": ["10.0.0.0/33"]})
+    finally:
+        sandbox.kill()
