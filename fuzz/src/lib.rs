@@ -294,7 +294,7 @@ impl Agent {
         };
         let state =
             block_on(async { cove_agent::AgentState::new(&config) }).expect("the agent's state");
-        let app = cove_agent::router(state.clone());
+        let app = cove_agent::router(state.clone(), None);
         Self {
             state,
             app,

@@ -106,6 +106,7 @@ impl Sandbox {
                 allow_public_traffic: options.allow_public_traffic,
                 allow_out: options.allow_out,
                 deny_out: options.deny_out,
+                ..rest::SandboxNetwork::default()
             }),
             cpu_count: options.cpu_count,
             memory_mb: options.memory_mb,

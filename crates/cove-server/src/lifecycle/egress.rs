@@ -16,6 +16,18 @@ pub fn from_create(
     let Some(network) = network else {
         return Ok(None);
     };
+    refuse_unsupported(
+        network.dns_servers.as_deref(),
+        network.egress_proxy.as_ref(),
+        network.rules.as_ref(),
+    )?;
+    if network
+        .mask_request_host
+        .as_ref()
+        .is_some_and(|m| !m.is_empty())
+    {
+        return Err(unsupported("maskRequestHost"));
+    }
     checked(EgressRules {
         allow_out: network.allow_out.clone().unwrap_or_default(),
         deny_out: network.deny_out.clone().unwrap_or_default(),
@@ -24,24 +36,11 @@ pub fn from_create(
 
 /// The rules an update gives (replacing the old ones; omitted lists are empty), checked.
 pub fn from_update(update: &SandboxNetworkUpdate) -> Result<Option<EgressRules>, LifecycleError> {
-    let unsupported = |field: &str| {
-        LifecycleError::BadRequest(format!(
-            "network.{field} is not supported by Cove yet; only allowOut and denyOut with IP addresses and CIDR ranges are"
-        ))
-    };
-    if update.dns_servers.as_ref().is_some_and(|d| !d.is_empty()) {
-        return Err(unsupported("dnsServers"));
-    }
-    if update.egress_proxy.as_ref().is_some_and(|p| !p.is_null()) {
-        return Err(unsupported("egressProxy"));
-    }
-    if update
-        .rules
-        .as_ref()
-        .is_some_and(|r| !(r.is_null() || r.as_object().is_some_and(|o| o.is_empty())))
-    {
-        return Err(unsupported("rules"));
-    }
+    refuse_unsupported(
+        update.dns_servers.as_deref(),
+        update.egress_proxy.as_ref(),
+        update.rules.as_ref(),
+    )?;
     let mut deny_out = update.deny_out.clone().unwrap_or_default();
     if update.allow_internet_access == Some(false) && !deny_out.iter().any(|d| d == ALL_TRAFFIC) {
         deny_out.push(ALL_TRAFFIC.to_owned());
@@ -50,6 +49,30 @@ pub fn from_update(update: &SandboxNetworkUpdate) -> Result<Option<EgressRules>,
         allow_out: update.allow_out.clone().unwrap_or_default(),
         deny_out,
     })
+}
+
+fn unsupported(field: &str) -> LifecycleError {
+    LifecycleError::BadRequest(format!(
+        "network.{field} is not supported by Cove yet; only allowOut and denyOut with IP addresses and CIDR ranges are"
+    ))
+}
+
+/// Refuses E2B's network options Cove does not have yet, when they ask for anything.
+fn refuse_unsupported(
+    dns_servers: Option<&[String]>,
+    egress_proxy: Option<&serde_json::Value>,
+    rules: Option<&serde_json::Value>,
+) -> Result<(), LifecycleError> {
+    if dns_servers.is_some_and(|d| !d.is_empty()) {
+        return Err(unsupported("dnsServers"));
+    }
+    if egress_proxy.is_some_and(|p| !p.is_null()) {
+        return Err(unsupported("egressProxy"));
+    }
+    if rules.is_some_and(|r| !(r.is_null() || r.as_object().is_some_and(|o| o.is_empty()))) {
+        return Err(unsupported("rules"));
+    }
+    Ok(())
 }
 
 /// `rules` if they parse, `None` when both lists are empty.
@@ -192,5 +215,27 @@ mod tests {
         let err = from_create(Some(&bad)).unwrap_err().to_string();
         assert!(err.contains("`10.0.0.0/40`"), "{err}");
         assert!(err.contains("stay refused whatever allowOut says"), "{err}");
+        // A create asking for what Cove does not have yet is refused, as an update is.
+        let masked = SandboxNetwork {
+            mask_request_host: Some("${PORT}-app.example.com".to_owned()),
+            ..SandboxNetwork::default()
+        };
+        let err = from_create(Some(&masked)).unwrap_err().to_string();
+        assert!(err.contains("maskRequestHost"), "{err}");
+        let dns = SandboxNetwork {
+            dns_servers: Some(strings(&["10.0.0.53"])),
+            ..SandboxNetwork::default()
+        };
+        let err = from_create(Some(&dns)).unwrap_err().to_string();
+        assert!(err.contains("dnsServers"), "{err}");
+        assert!(
+            from_create(Some(&SandboxNetwork {
+                allow_public_traffic: Some(false),
+                dns_servers: Some(Vec::new()),
+                ..SandboxNetwork::default()
+            }))
+            .unwrap()
+            .is_none()
+        );
     }
 }
