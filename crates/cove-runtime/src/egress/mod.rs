@@ -239,12 +239,7 @@ impl EgressFilter {
                 policy.raw_fd(),
                 rules.dns_port(),
             );
-            let fd = bpf::load(&insns, hook).map_err(|e| EgressError::Load {
-                hook,
-                log: last_lines(&e.log),
-                source: e.source,
-            })?;
-            programs.push((fd, hook));
+            programs.push((load(&insns, hook)?, hook));
         }
         // Subscribe before listing, so no change falls between the two.
         let watch = netlink::Watch::subscribe().map_err(EgressError::Addresses)?;
@@ -388,6 +383,15 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Loads `insns` for `hook`; a refusal says what the verifier said last.
+fn load(insns: &[program::Insn], hook: Hook) -> Result<OwnedFd, EgressError> {
+    bpf::load(insns, hook).map_err(|e| EgressError::Load {
+        hook,
+        log: last_lines(&e.log),
+        source: e.source,
+    })
 }
 
 /// The end of a verifier log, where it says what it refused.

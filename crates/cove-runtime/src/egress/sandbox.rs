@@ -10,8 +10,8 @@ use std::{
 
 use super::{
     EgressError, MAX_ENTRIES, Maps, Refusal, SandboxPolicy,
-    bpf::{self, CounterMap, Hook, LpmMap},
-    last_lines,
+    bpf::{CounterMap, Hook, LpmMap},
+    load,
     policy::MAX_POLICY_ENTRIES,
     program::{self, Family, SandboxMapFds},
     rules::Cidr,
@@ -96,12 +96,7 @@ impl SandboxFilter {
                 counters: filter.counters.raw_fd(),
             };
             let insns = program::sandbox_program(family, fds, dns_port);
-            let fd = bpf::load(&insns, hook).map_err(|e| EgressError::Load {
-                hook,
-                log: last_lines(&e.log),
-                source: e.source,
-            })?;
-            programs.push((fd, hook));
+            programs.push((load(&insns, hook)?, hook));
         }
         Ok(Self { programs, ..filter })
     }
