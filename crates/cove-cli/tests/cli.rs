@@ -499,16 +499,26 @@ async fn shell_in_a_real_terminal() {
 
     tmux.run(&["resize-window", "-t", "cove", "-x", "120", "-y", "40"]);
     // The resize reaches the sandbox asynchronously (SIGWINCH, then an RPC): ask until it shows.
-    wait_until(
-        "the new size inside the sandbox",
-        Duration::from_secs(15),
-        || {
-            tmux.run(&["send-keys", "-t", "cove", "clear; stty size", "Enter"]);
-            let screen = tmux.screen();
-            async move { screen.contains("40 120").then_some(()) }
-        },
-    )
-    .await;
+    // One question at a time: each waits for its own answer, so a loaded machine does not
+    // find a queue of typed-ahead commands in front of the next step.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        tmux.run(&[
+            "send-keys",
+            "-t",
+            "cove",
+            // The answer reads `size3= 40 120`; the typed line `size$((0 + 3))=` never does.
+            &format!("clear; echo size$((0 + {attempt}))= $(stty size)"),
+            "Enter",
+        ]);
+        let screen = tmux.shows(&format!("size{attempt}= ")).await;
+        if screen.contains(&format!("size{attempt}= 40 120")) {
+            break;
+        }
+        assert!(attempt < 30, "the new size never reached the sandbox:\n{screen}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Keys the local terminal would act on go to the shell: Ctrl-C interrupts a remote sleep.
     tmux.run(&["send-keys", "-t", "cove", "clear; sleep 300", "Enter"]);
