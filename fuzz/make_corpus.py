@@ -477,6 +477,51 @@ def jupyter_message(_reqs) -> dict[str, bytes]:
     }
 
 
+def client_hello(name: bytes | None) -> bytes:
+    """A TLS 1.2/1.3 ClientHello record, with a server name extension when `name` is given."""
+    extensions = struct.pack("!HH", 0x000A, 4) + struct.pack("!HH", 2, 0x001D)  # groups
+    if name is not None:
+        entry = b"\x00" + struct.pack("!H", len(name)) + name
+        sni = struct.pack("!H", len(entry)) + entry
+        extensions += struct.pack("!HH", 0, len(sni)) + sni
+    body = (
+        b"\x03\x03" + bytes(range(32)) + b"\x20" + bytes(32)
+        + struct.pack("!H", 4) + b"\x13\x01\xc0\x2f" + b"\x01\x00"
+        + struct.pack("!H", len(extensions)) + extensions
+    )
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + struct.pack("!H", len(handshake)) + handshake
+
+
+def dns_reply(answers: list[tuple[bytes, int, bytes]], rcode: int = 0) -> bytes:
+    """A reply (id 0x2a2a) to an A question for www.allowed.test; answers are (owner, type,
+    rdata), the owner a name in wire form or a compression pointer."""
+    question = b"\x03www\x07allowed\x04test\x00" + struct.pack("!HH", 1, 1)
+    head = struct.pack("!HHHHHH", 0x2A2A, 0x8180 | rcode, 1, len(answers), 0, 0)
+    records = b"".join(
+        owner + struct.pack("!HHIH", rtype, 1, 60, len(rdata)) + rdata
+        for owner, rtype, rdata in answers
+    )
+    return head + question + records
+
+
+def egress_names(_reqs) -> dict[str, bytes]:
+    pointer = b"\xc0\x0c"
+    cdn = b"\x03cdn\x07example\x00"
+    return {
+        "tls-sni": b"\x00" + client_hello(b"www.allowed.test"),
+        "tls-no-sni": b"\x00" + client_hello(None),
+        "tls-split": b"\x00" + client_hello(b"pypi.org")[:40],
+        "http-host": b"\x01GET / HTTP/1.1\r\nHost: www.allowed.test:8080\r\nAccept: */*\r\n\r\n",
+        "http-v6": b"\x01GET http://x/ HTTP/1.0\r\nhost: [2001:db8::1]:80\r\n\r\n",
+        "http-two-hosts": b"\x01GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+        "dns-a": b"\x02" + dns_reply([(pointer, 1, bytes([10, 20, 30, 40]))]),
+        "dns-cname": b"\x02" + dns_reply([(pointer, 5, cdn), (cdn, 1, bytes([192, 0, 2, 9]))]),
+        "dns-nxdomain": b"\x02" + dns_reply([], rcode=3),
+        "dns-loop": b"\x02" + dns_reply([(b"\xc0\x2e", 1, bytes(4))]),
+    }
+
+
 TARGETS = {
     "connect_envelope": connect_envelope,
     "connect_json": connect_json,
@@ -489,6 +534,7 @@ TARGETS = {
     "agent_paths": agent_paths,
     "signed_url": signed_url,
     "jupyter_message": jupyter_message,
+    "egress_names": egress_names,
 }
 
 

@@ -516,7 +516,10 @@ async fn shell_in_a_real_terminal() {
         if screen.contains(&format!("size{attempt}= 40 120")) {
             break;
         }
-        assert!(attempt < 30, "the new size never reached the sandbox:\n{screen}");
+        assert!(
+            attempt < 30,
+            "the new size never reached the sandbox:\n{screen}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 

@@ -169,18 +169,20 @@ impl TestHost {
                 .spawn()
                 .unwrap()
         };
-        // `::` serves IPv4 too.
+        // `::` serves IPv4 too. Port 80 too, for domain rules.
         let www_dir = www.display().to_string();
-        cleanup.children.push(in_netns(&[
-            "/usr/bin/python3",
-            "-m",
-            "http.server",
-            &PORT.to_string(),
-            "--bind",
-            "::",
-            "--directory",
-            &www_dir,
-        ]));
+        for port in [PORT, 80] {
+            cleanup.children.push(in_netns(&[
+                "/usr/bin/python3",
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "::",
+                "--directory",
+                &www_dir,
+            ]));
+        }
         let received = dir.path().join("udp.txt");
         std::fs::write(&received, "").unwrap();
         cleanup.children.push(in_netns(&[
@@ -194,6 +196,7 @@ impl TestHost {
         for addr in [host.addr(2), host.addr(3), host.addr6(2)] {
             host_reaches(&url(&addr, PORT)).await;
         }
+        host_reaches(&url(&host.addr(2), 80)).await;
         host
     }
 
@@ -511,25 +514,88 @@ async fn updates_narrow_and_widen_a_live_sandbox_and_hold_across_pause_and_resta
     drop(host);
 }
 
+/// Domain rules through a crash of the server: the restarted one starts the sandbox's egress
+/// proxy again when it adopts it. The sandbox's own `/etc/hosts` points the name at an
+/// address deny-all refuses; the proxy goes where the name really is.
+#[tokio::test(flavor = "multi_thread")]
+async fn domain_rules_hold_across_a_server_crash() {
+    let host = TestHost::start(44).await;
+    let names = cove_test_util::name_server::NameServer::start([(
+        "www.allowed.test",
+        host.addr(2).parse().unwrap(),
+    )]);
+    let [v4, _] = host.opened();
+    let resolver = names.addr().to_string();
+    let mut server = TestServer::launch(
+        cove(),
+        false,
+        &[
+            "--allow-private-egress",
+            &v4,
+            "--egress-resolver",
+            &resolver,
+        ],
+    )
+    .await;
+    let sbx = Sandbox::create(
+        &server.config(),
+        CreateOptions {
+            allow_out: Some(strings(&["www.allowed.test"])),
+            deny_out: Some(strings(&["0.0.0.0/0"])),
+            ..CreateOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let lie = format!("echo '{} www.allowed.test' >> /etc/hosts", host.addr(3));
+    let root = sbx.agent().clone().as_user("root");
+    root.commands().run(&lie).await.unwrap();
+    let get = |path: &'static str| {
+        let sbx = &sbx;
+        async move {
+            let cmd = format!("curl -s -m 10 http://www.allowed.test{path} || echo failed");
+            sbx.commands()
+                .run(&cmd)
+                .await
+                .unwrap()
+                .stdout
+                .trim()
+                .to_owned()
+        }
+    };
+    assert_eq!(get("/marker.txt").await, MARKER);
+    // Port 8000 is decided by address: the sandbox's own (the lie) is refused.
+    assert_eq!(get(":8000/marker.txt").await, "failed");
+    server.crash_and_restart().await;
+    assert_eq!(get("/marker.txt").await, MARKER);
+    assert_eq!(
+        sbx.info().await.unwrap().network.unwrap().allow_out,
+        Some(strings(&["www.allowed.test"]))
+    );
+    assert!(names.queries() >= 1);
+    sbx.kill().await.unwrap();
+    drop(host);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_rules_are_refused_with_a_message_naming_them() {
     let server = TestServer::start(cove()).await;
     let config = server.config();
     for (allow, deny, says) in [
         (
-            strings(&["*.github.com"]),
+            strings(&["https://github.com"]),
             vec![],
-            "`*.github.com` is a domain name: domain rules are not supported by Cove yet",
+            "allowOut entry `https://github.com` is not an IP address, range or domain name",
         ),
         (
             vec![],
-            strings(&["example.com"]),
-            "`example.com` is a domain name",
+            strings(&["*.*.example.com"]),
+            "`*.*.example.com` is not an IP address, range or domain name",
         ),
         (
             vec![],
             strings(&["10.0.0.0/33"]),
-            "`10.0.0.0/33` is not an IP address or range",
+            "`10.0.0.0/33` is not an IP address, range or domain name",
         ),
     ] {
         let err = Sandbox::create(
@@ -632,6 +698,7 @@ async fn ipv6_rules_hold_on_a_cgroup_of_our_own() {
     let host = TestHost::start(43).await;
     let filter = EgressFilter::start(&EgressConfig {
         allow_private: host.opened().iter().map(|c| c.parse().unwrap()).collect(),
+        ..EgressConfig::default()
     })
     .unwrap();
     let cgroup = OwnCgroup(PathBuf::from(format!(

@@ -6,6 +6,7 @@ mod agent;
 mod fake_runtime;
 pub mod image;
 mod mirror;
+pub mod name_server;
 mod registry;
 mod server;
 mod wait;

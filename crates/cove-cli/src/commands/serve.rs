@@ -78,6 +78,16 @@ pub struct Args {
         value_parser = openable_range
     )]
     allow_private_egress: Vec<Option<Cidr>>,
+    /// The name server (IP:PORT) Cove's egress proxy asks for the addresses of names that
+    /// sandboxes with domain rules (`allowOut: ["pypi.org"]`) connect to; repeatable, tried
+    /// in order. By default the host's name servers, from /etc/resolv.conf.
+    #[arg(
+        long = "egress-resolver",
+        env = "COVE_EGRESS_RESOLVER",
+        value_name = "IP:PORT",
+        value_delimiter = ','
+    )]
+    egress_resolver: Vec<std::net::SocketAddr>,
     #[command(flatten)]
     front: FrontArgs,
     #[command(flatten)]
@@ -287,6 +297,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         exe: std::env::current_exe().context("cannot find the cove binary")?,
         egress: EgressConfig {
             allow_private: args.allow_private_egress.into_iter().flatten().collect(),
+            resolvers: args.egress_resolver,
         },
         front: args.front.config(),
         operations: args.operations.config(),

@@ -21,13 +21,14 @@ mod follow;
 mod netlink;
 mod policy;
 mod program;
+mod proxy;
 mod rules;
 mod sandbox;
 
 use std::{
     collections::{BTreeSet, HashMap},
     fs, io,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -35,9 +36,19 @@ use std::{
 
 pub use self::{
     bpf::Hook as EgressHook,
-    policy::{ALL_TRAFFIC, MAX_POLICY_ENTRIES, PolicyEntry, PolicyError, Refusal, SandboxPolicy},
+    policy::{
+        ALL_TRAFFIC, Domain, MAX_POLICY_ENTRIES, NameVerdict, PolicyEntry, PolicyError, Refusal,
+        SandboxPolicy,
+    },
     rules::{Cidr, Rules, RulesError, Tables, Verdict},
 };
+/// What the egress proxy reads from the wire (public for the fuzz targets).
+pub mod wire {
+    pub use super::proxy::{
+        peek::{MAX_PEEK, Peeked, http_host, tls_server_name},
+        resolve::read_reply,
+    };
+}
 use self::{
     bpf::{Hook, LpmMap},
     netlink::IfAddr,
@@ -53,7 +64,13 @@ const MAX_ENTRIES: u32 = 16 * 1024;
 pub struct EgressConfig {
     /// Private ranges opened to sandboxes with internet access (`--allow-private-egress`).
     pub allow_private: Vec<Cidr>,
+    /// The name servers the egress proxy asks for the addresses of the names sandboxes
+    /// connect to (`--egress-resolver`); empty: the host's, from `/etc/resolv.conf`.
+    pub resolvers: Vec<SocketAddr>,
 }
+
+/// How long the egress proxy waits for a name server's answer.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
@@ -92,6 +109,11 @@ pub enum EgressError {
     },
     #[error("cannot start the thread following the host's addresses")]
     Thread(#[source] io::Error),
+    #[error("cannot start the egress proxy for the sandbox's domain rules")]
+    Proxy {
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// The four maps: for each family, what is always refused and the policy.
@@ -213,6 +235,8 @@ pub struct EgressFilter {
     programs: Vec<(OwnedFd, Hook)>,
     /// The sandboxes with a policy of their own, by id.
     sandboxes: Mutex<HashMap<String, SandboxFilter>>,
+    /// What the egress proxies of sandboxes with domain rules share.
+    proxy_env: Arc<proxy::ProxyEnv>,
 }
 
 impl EgressFilter {
@@ -265,10 +289,12 @@ impl EgressFilter {
         );
         *shared.state() = state;
         follow::spawn(Arc::downgrade(&shared), watch, resolv).map_err(EgressError::Thread)?;
+        let proxy_env = Arc::new(proxy_env(&shared, config));
         Ok(Self {
             shared,
             programs,
             sandboxes: Mutex::default(),
+            proxy_env,
         })
     }
 
@@ -296,8 +322,12 @@ impl EgressFilter {
             }
             Some(policy) => {
                 if !sandboxes.contains_key(id) {
-                    let filter =
-                        SandboxFilter::create(&self.shared.maps, self.shared.rules.dns_port())?;
+                    let filter = SandboxFilter::create(
+                        id,
+                        &self.shared.maps,
+                        self.shared.rules.dns_port(),
+                        &self.proxy_env,
+                    )?;
                     sandboxes.insert(id.to_owned(), filter);
                 }
                 let filter = sandboxes.get_mut(id).expect("inserted above");
@@ -370,6 +400,42 @@ impl EgressFilter {
             Some(Verdict::Refuse) => false,
             Some(Verdict::DnsOnly) => port == self.shared.rules.dns_port(),
         })
+    }
+}
+
+/// How the proxies decide addresses (as the kernel's maps do, from the same tables) and
+/// where they resolve names.
+fn proxy_env(shared: &Arc<Shared>, config: &EgressConfig) -> proxy::ProxyEnv {
+    let tables = Arc::downgrade(shared);
+    let fixed = config.resolvers.clone();
+    let servers = Arc::downgrade(shared);
+    proxy::ProxyEnv {
+        decide: Box::new(move |addr, port, policy| {
+            let Some(shared) = tables.upgrade() else {
+                return Some(Refusal::Server);
+            };
+            let dns_port = shared.rules.dns_port();
+            shared
+                .state()
+                .installed
+                .refusal(policy, addr, port, dns_port)
+        }),
+        name_servers: Box::new(move || {
+            if !fixed.is_empty() {
+                return fixed.clone();
+            }
+            let Some(shared) = servers.upgrade() else {
+                return Vec::new();
+            };
+            let port = shared.rules.dns_port();
+            let state = shared.state();
+            state
+                .name_servers
+                .iter()
+                .map(|addr| SocketAddr::new(*addr, port))
+                .collect()
+        }),
+        resolver: proxy::resolve::Resolver::new(Vec::new(), RESOLVE_TIMEOUT),
     }
 }
 
@@ -461,6 +527,7 @@ mod tests {
     fn the_kernel_maps_decide_as_the_rules_say() {
         let config = EgressConfig {
             allow_private: vec!["192.168.77.0/24".parse().unwrap()],
+            ..EgressConfig::default()
         };
         let filter = EgressFilter::start(&config).unwrap();
         for (addr, port, allowed) in [
@@ -556,6 +623,25 @@ mod tests {
             Cgroup(dir)
         }
 
+        /// Runs the Python `script` with `args` in this cgroup; its output.
+        fn python(&self, script: &str, args: &[&str]) -> String {
+            let shell = format!(
+                "echo $$ > {}/cgroup.procs && exec /usr/bin/python3 -c \"$0\" \"$@\"",
+                self.0.display()
+            );
+            let out = Command::new("sh")
+                .args(["-c", &shell, script])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        }
+
         /// What a TCP connect and a UDP send from a process in this cgroup to `addr` get:
         /// "refused" when the filter says no. Used only with destinations refused before
         /// any packet leaves.
@@ -649,6 +735,90 @@ print(" ".join(out))
         filter.set_policy(id, None, Some(&cgroup.0)).unwrap();
         assert_eq!(cgroup.try_reach("127.0.0.1"), "refused refused");
         assert_eq!(filter.take_refusals(id), vec![]);
+        drop(cgroup);
+    }
+
+    #[test]
+    fn web_ports_of_a_sandbox_with_domain_rules_go_through_its_proxy() {
+        let names = cove_test_util::name_server::NameServer::start([(
+            "inside.test",
+            std::net::Ipv4Addr::new(10, 1, 2, 3),
+        )]);
+        let config = EgressConfig {
+            resolvers: vec![names.addr()],
+            ..EgressConfig::default()
+        };
+        let filter = EgressFilter::start(&config).unwrap();
+        let cgroup = Cgroup::new("proxy");
+        let id = "proxy-test";
+        let policy = SandboxPolicy::new(
+            &strings(&["inside.test", "*.allowed.test"]),
+            &strings(&["0.0.0.0/0"]),
+        )
+        .unwrap();
+        filter
+            .set_policy(id, Some(&policy), Some(&cgroup.0))
+            .unwrap();
+        // Requests to an address no packet may reach: without the proxy they are refused
+        // (EPERM) before anything leaves; with it, the proxy answers.
+        let script = r#"
+import socket, sys
+out = []
+for port, payload in ((80, b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % sys.argv[1].encode()),
+                      (80, b"GET / HTTP/1.1\r\nHost: inside.test\r\n\r\n"),
+                      (443, b"not a client hello\r\n\r\n")):
+    s = socket.socket()
+    s.settimeout(10)
+    try:
+        s.connect(("203.0.113.9", port))
+    except PermissionError:
+        out.append("refused")
+        continue
+    s.sendall(payload)
+    reply = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+    out.append(reply.split(b"\r\n")[0].decode() + "|" + reply.split(b"\r\n\r\n")[-1].decode().strip())
+print("\n".join(out))
+"#;
+        let out = cgroup.python(script, &["203.0.113.9"]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        // An address as the name: refused by its rule, named in the answer.
+        assert!(
+            lines[0].starts_with("HTTP/1.1 403") && lines[0].contains("denyOut 0.0.0.0/0"),
+            "{out}"
+        );
+        // An allowed name that resolves where the server refuses: refused all the same.
+        assert!(
+            lines[1].starts_with("HTTP/1.1 403") && lines[1].contains("the server's egress rules"),
+            "{out}"
+        );
+        // Not TLS on 443: nothing named, closed without an answer.
+        assert_eq!(lines[2], "|", "{out}");
+        let mut refusals = filter.take_refusals(id);
+        refusals.sort();
+        assert_eq!(
+            refusals,
+            vec![
+                (Refusal::Server, 1),
+                (Refusal::Deny("0.0.0.0/0".into()), 1),
+                (Refusal::NoName, 1),
+            ]
+        );
+        // Without domain rules the proxy goes: refused by address again.
+        let addresses = SandboxPolicy::new(&[], &strings(&["0.0.0.0/0"])).unwrap();
+        filter
+            .set_policy(id, Some(&addresses), Some(&cgroup.0))
+            .unwrap();
+        assert_eq!(
+            cgroup.python(script, &["203.0.113.9"]),
+            "refused\nrefused\nrefused"
+        );
+        filter.set_policy(id, None, Some(&cgroup.0)).unwrap();
         drop(cgroup);
     }
 }

@@ -1,8 +1,13 @@
-//! A sandbox's own egress policy: E2B's `allowOut` / `denyOut`, addresses and ranges. It
-//! narrows what the server's rules ([`super::Rules`]) let through and never widens it: a
-//! destination the server refuses stays refused whatever the sandbox's `allowOut` says. An
-//! entry of `allowOut` wins over every entry of `denyOut`; among `denyOut` entries the most
+//! A sandbox's own egress policy: E2B's `allowOut` / `denyOut`, addresses, ranges and domain
+//! names. It narrows what the server's rules ([`super::Rules`]) let through and never widens
+//! it: a destination the server refuses stays refused whatever the sandbox's `allowOut` says.
+//! An entry of `allowOut` wins over every entry of `denyOut`; among `denyOut` entries the most
 //! specific one is named as the rule that refused a connection.
+//!
+//! Addresses and ranges are decided by the kernel on every connection. Domain names
+//! (`pypi.org`, `*.github.com`) are decided on what a connection names — the TLS server name
+//! on port 443, the HTTP `Host` on port 80 — by the egress proxy ([`super::proxy`]), which
+//! resolves the name itself; other ports and protocols are decided by addresses alone.
 
 use std::{fmt, net::IpAddr};
 
@@ -17,11 +22,7 @@ pub const ALL_TRAFFIC: &str = "0.0.0.0/0";
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
     #[error(
-        "{list} entry `{entry}` is a domain name: domain rules are not supported by Cove yet; give IP addresses or ranges (CIDR, e.g. 203.0.113.0/24)"
-    )]
-    Domain { list: &'static str, entry: String },
-    #[error(
-        "{list} entry `{entry}` is not an IP address or range (expected ADDRESS or ADDRESS/PREFIX, e.g. 203.0.113.7 or 2001:db8::/32)"
+        "{list} entry `{entry}` is not an IP address, range or domain name (expected ADDRESS, ADDRESS/PREFIX, NAME or *.NAME, e.g. 203.0.113.7, 2001:db8::/32, pypi.org or *.github.com)"
     )]
     Bad { list: &'static str, entry: String },
     #[error("{list} has {count} entries; at most {max} are allowed")]
@@ -32,11 +33,55 @@ pub enum PolicyError {
     },
 }
 
-/// One entry of a list as the user wrote it, and the ranges it stands for.
+/// One entry of a list as the user wrote it, and the ranges or the names it stands for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyEntry {
     pub text: String,
+    /// The address ranges of an address or range entry; none for a domain entry.
     pub ranges: Vec<Cidr>,
+    /// The names of a domain entry.
+    pub domain: Option<Domain>,
+}
+
+/// The names a domain entry stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Domain {
+    /// `example.com`: that name only.
+    Exact(String),
+    /// `*.example.com`: every name below `example.com` (not `example.com` itself).
+    Below(String),
+}
+
+impl Domain {
+    /// Whether `name` (lowercase, no trailing dot) is one of these names.
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            Domain::Exact(exact) => name == exact,
+            Domain::Below(parent) => name
+                .strip_suffix(parent.as_str())
+                .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+        }
+    }
+
+    /// How narrow the entry is: the longer the name, the narrower; an exact name is
+    /// narrower than a wildcard of the same length.
+    fn narrowness(&self) -> (usize, bool) {
+        match self {
+            Domain::Exact(name) => (name.len(), true),
+            Domain::Below(name) => (name.len(), false),
+        }
+    }
+}
+
+/// What a sandbox's domain entries say of a name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NameVerdict {
+    /// An `allowOut` entry holds it: the proxy connects to what it resolves to.
+    Allowed,
+    /// A `denyOut` entry (the narrowest holding it), and no `allowOut` entry, holds it.
+    Denied(Refusal),
+    /// No domain entry names it: the addresses it resolves to are decided as any address.
+    Unnamed,
 }
 
 /// What refused a connection of a sandbox with its own policy.
@@ -46,6 +91,9 @@ pub enum Refusal {
     Server,
     /// The `denyOut` entry written so.
     Deny(String),
+    /// A connection to port 80 or 443 of a sandbox with domain rules that named no server
+    /// (TLS without a server name, HTTP without `Host`) or spoke neither protocol.
+    NoName,
 }
 
 impl fmt::Display for Refusal {
@@ -53,6 +101,9 @@ impl fmt::Display for Refusal {
         match self {
             Refusal::Server => f.write_str("the server's egress rules (the host, private ranges)"),
             Refusal::Deny(entry) => write!(f, "denyOut {entry}"),
+            Refusal::NoName => f.write_str(
+                "the domain rules: the connection named no server (TLS server name or HTTP Host) to check",
+            ),
         }
     }
 }
@@ -65,7 +116,8 @@ pub struct SandboxPolicy {
 }
 
 impl SandboxPolicy {
-    /// Parses the two lists; every entry is an IPv4 or IPv6 address or range.
+    /// Parses the two lists; every entry is an IPv4 or IPv6 address or range, or a domain
+    /// name (`example.com`, `*.example.com`).
     pub fn new(allow_out: &[String], deny_out: &[String]) -> Result<Self, PolicyError> {
         Ok(Self {
             allow: parse_list("allowOut", allow_out)?,
@@ -76,6 +128,30 @@ impl SandboxPolicy {
     /// No entry in either list: the sandbox is filtered by the server's rules alone.
     pub fn is_empty(&self) -> bool {
         self.allow.is_empty() && self.deny.is_empty()
+    }
+
+    /// Whether an entry is a domain name: connections to ports 80 and 443 then go through
+    /// the egress proxy, which decides by the name they ask for.
+    pub fn has_domains(&self) -> bool {
+        self.allow
+            .iter()
+            .chain(&self.deny)
+            .any(|e| e.domain.is_some())
+    }
+
+    /// What the domain entries say of `name` (lowercase, no trailing dot).
+    pub fn name_verdict(&self, name: &str) -> NameVerdict {
+        let holds = |e: &&PolicyEntry| e.domain.as_ref().is_some_and(|d| d.matches(name));
+        if self.allow.iter().any(|e| holds(&e)) {
+            return NameVerdict::Allowed;
+        }
+        self.deny
+            .iter()
+            .filter(holds)
+            .max_by_key(|e| e.domain.as_ref().map(Domain::narrowness))
+            .map_or(NameVerdict::Unnamed, |e| {
+                NameVerdict::Denied(Refusal::Deny(e.text.clone()))
+            })
     }
 
     pub fn allow(&self) -> &[PolicyEntry] {
@@ -124,17 +200,21 @@ fn parse_list(list: &'static str, entries: &[String]) -> Result<Vec<PolicyEntry>
     for entry in entries {
         let text = entry.trim();
         let Ok(cidr) = text.parse::<Cidr>() else {
-            return Err(if looks_like_a_name(text) {
-                PolicyError::Domain {
+            let Some(domain) = domain_of(text) else {
+                return Err(PolicyError::Bad {
                     list,
                     entry: entry.clone(),
-                }
-            } else {
-                PolicyError::Bad {
-                    list,
-                    entry: entry.clone(),
-                }
-            });
+                });
+            };
+            let text = text.trim_end_matches('.').to_ascii_lowercase();
+            if !parsed.iter().any(|p| p.text == text) {
+                parsed.push(PolicyEntry {
+                    text,
+                    ranges: Vec::new(),
+                    domain: Some(domain),
+                });
+            }
+            continue;
         };
         if parsed.iter().any(|p| p.text == text) {
             continue;
@@ -148,20 +228,34 @@ fn parse_list(list: &'static str, entries: &[String]) -> Result<Vec<PolicyEntry>
         parsed.push(PolicyEntry {
             text: text.to_owned(),
             ranges,
+            domain: None,
         });
     }
     Ok(parsed)
 }
 
-/// Whether `text` is written like a DNS name (`example.com`, `*.github.com`).
-fn looks_like_a_name(text: &str) -> bool {
-    let name = text.strip_prefix("*.").unwrap_or(text);
-    !name.is_empty()
+/// The names `text` stands for, when it is written like a DNS name with at least two labels
+/// (`example.com`, `*.github.com`; a trailing dot and upper case are allowed). Internationalised
+/// names are given in their ASCII form (`xn--…`), as DNS carries them.
+fn domain_of(text: &str) -> Option<Domain> {
+    let lower = text.trim_end_matches('.').to_ascii_lowercase();
+    let (name, below) = match lower.strip_prefix("*.") {
+        Some(rest) => (rest, true),
+        None => (lower.as_str(), false),
+    };
+    let valid = name.len() <= 253
         && name.contains('.')
         && name.chars().any(|c| c.is_ascii_alphabetic())
         && name.split('.').all(|label| {
-            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
+            (1..=63).contains(&label.len())
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    valid.then(|| match below {
+        true => Domain::Below(name.to_owned()),
+        false => Domain::Exact(name.to_owned()),
+    })
 }
 
 #[cfg(test)]
@@ -202,7 +296,48 @@ mod tests {
     }
 
     #[test]
-    fn bad_entries_and_domains_are_named() {
+    fn domains_match_names_and_allow_wins() {
+        let policy = SandboxPolicy::new(
+            &strings(&["PyPI.org.", "*.github.com", "198.51.100.7"]),
+            &strings(&["0.0.0.0/0", "*.example.com", "api.example.com"]),
+        )
+        .unwrap();
+        assert!(policy.has_domains());
+        assert_eq!(
+            policy.allow_out(),
+            ["pypi.org", "*.github.com", "198.51.100.7"]
+        );
+        assert_eq!(policy.name_verdict("pypi.org"), NameVerdict::Allowed);
+        assert_eq!(policy.name_verdict("api.github.com"), NameVerdict::Allowed);
+        assert_eq!(policy.name_verdict("a.b.github.com"), NameVerdict::Allowed);
+        // A wildcard stands for the names below it, not the name itself, nor look-alikes.
+        assert_eq!(policy.name_verdict("github.com"), NameVerdict::Unnamed);
+        assert_eq!(policy.name_verdict("evilgithub.com"), NameVerdict::Unnamed);
+        assert_eq!(policy.name_verdict("files.pypi.org"), NameVerdict::Unnamed);
+        let deny = |rule: &str| NameVerdict::Denied(Refusal::Deny(rule.to_owned()));
+        assert_eq!(
+            policy.name_verdict("api.example.com"),
+            deny("api.example.com")
+        );
+        assert_eq!(
+            policy.name_verdict("www.example.com"),
+            deny("*.example.com")
+        );
+        // Domain entries hold no addresses: the address rules are unchanged.
+        assert_eq!(policy.refusal(ip("198.51.100.7")), None);
+        assert_eq!(
+            policy.refusal(ip("198.51.100.8")),
+            Some(Refusal::Deny("0.0.0.0/0".into()))
+        );
+        assert!(
+            !SandboxPolicy::new(&strings(&["10.0.0.1"]), &[])
+                .unwrap()
+                .has_domains()
+        );
+    }
+
+    #[test]
+    fn bad_entries_are_named() {
         let err = SandboxPolicy::new(&strings(&["10.0.0.0/33"]), &[]).unwrap_err();
         assert_eq!(
             err,
@@ -212,15 +347,19 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("`10.0.0.0/33`"), "{err}");
-        for name in ["example.com", "*.github.com", "pypi.org"] {
-            let err = SandboxPolicy::new(&strings(&[name]), &[]).unwrap_err();
-            assert!(matches!(err, PolicyError::Domain { .. }), "{name}: {err}");
-            assert!(
-                err.to_string().contains("not supported by Cove yet"),
-                "{err}"
-            );
-        }
-        for bad in ["", "x", "1.2.3", "fe80::zz", "10.0.0.1/", "*"] {
+        for bad in [
+            "",
+            "x",
+            "1.2.3",
+            "fe80::zz",
+            "10.0.0.1/",
+            "*",
+            "*.com.",
+            "a..b",
+            "ex ample.com",
+            "*.*.example.com",
+            "http://example.com",
+        ] {
             let err = SandboxPolicy::new(&[], &strings(&[bad])).unwrap_err();
             assert!(
                 matches!(

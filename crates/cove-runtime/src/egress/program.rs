@@ -43,6 +43,7 @@ pub const R0: u8 = 0;
 pub const R1: u8 = 1;
 pub const R2: u8 = 2;
 pub const R3: u8 = 3;
+pub const R4: u8 = 4;
 pub const R6: u8 = 6;
 pub const R10: u8 = 10;
 
@@ -53,7 +54,21 @@ const COUNTER_KEY: i16 = -32;
 pub const USER_IP4: i16 = 4;
 pub const USER_IP6: i16 = 8;
 pub const USER_PORT: i16 = 24;
+pub const SOCK_TYPE: i16 = 32;
 
+/// `SOCK_STREAM`, the type of a TCP socket.
+const SOCK_STREAM: i32 = 1;
+
+/// A port as the context holds it: network byte order in the low half of a word.
+fn port_word(port: u16) -> i32 {
+    i32::from(u16::from_ne_bytes(port.to_be_bytes()))
+}
+
+/// The egress proxy's ports as its map holds them: the port for connections to port 80 in
+/// the low word, for port 443 in the high one, each as [`port_word`]; 0 is no proxy.
+pub fn proxy_ports(http: u16, tls: u16) -> u64 {
+    (port_word(tls) as u64) << 32 | port_word(http) as u64
+}
 /// Which programs: IPv4 or IPv6 destinations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -176,8 +191,7 @@ pub fn program(family: Family, refused: i32, policy: i32, dns_port: u16) -> Vec<
     a.jump(JNE_K, R3, Verdict::DnsOnly.code() as i32, refuse);
     // The port is in network byte order in the low half of the field.
     a.push(insn(LDX_MEM_W, R3, R6, USER_PORT, 0));
-    let port = i32::from(u16::from_ne_bytes(dns_port.to_be_bytes()));
-    a.jump(JNE_K, R3, port, refuse);
+    a.jump(JNE_K, R3, port_word(dns_port), refuse);
     a.bind(allow);
     a.push(insn(MOV64_K, R0, 0, 0, 1));
     a.push(insn(EXIT, 0, 0, 0, 0));
@@ -199,12 +213,24 @@ pub struct SandboxMapFds {
     pub deny: i32,
     /// Refusals counted per slot (`u64`); slot 0 counts the server's refusals.
     pub counters: i32,
+    /// One `u64`: the egress proxy's ports ([`proxy_ports`]), 0 while it has none.
+    pub proxy: i32,
 }
 
 /// The program for a sandbox with its own policy: the server's refusals first (absolute),
 /// the DNS port of the host's name servers open whatever the sandbox says, then the
 /// sandbox's `allowOut` (wins) and `denyOut`. Every refusal adds one to its counter.
-pub fn sandbox_program(family: Family, maps: SandboxMapFds, dns_port: u16) -> Vec<Insn> {
+///
+/// With `redirect` (the TCP connect hook of IPv4), a connection to port 80 or 443 that
+/// `allowOut` does not let through by address goes to the egress proxy while it has ports
+/// (the sandbox has domain rules): the destination becomes `127.0.0.1` and the proxy's port
+/// for it. The server's refusals come first, so nothing it refuses reaches the proxy.
+pub fn sandbox_program(
+    family: Family,
+    maps: SandboxMapFds,
+    dns_port: u16,
+    redirect: bool,
+) -> Vec<Insn> {
     let mut a = Asm::default();
     let [
         in_policy,
@@ -237,7 +263,7 @@ pub fn sandbox_program(family: Family, maps: SandboxMapFds, dns_port: u16) -> Ve
     a.jump(JEQ_K, R3, Verdict::NameServer.code() as i32, name_server);
     a.jump(JNE_K, R3, Verdict::DnsOnly.code() as i32, server_refuses);
     a.push(insn(LDX_MEM_W, R3, R6, USER_PORT, 0));
-    let port = i32::from(u16::from_ne_bytes(dns_port.to_be_bytes()));
+    let port = port_word(dns_port);
     a.jump(JNE_K, R3, port, server_refuses);
     a.jump(JA, 0, 0, allow);
     a.bind(name_server);
@@ -247,6 +273,29 @@ pub fn sandbox_program(family: Family, maps: SandboxMapFds, dns_port: u16) -> Ve
     a.bind(sandbox);
     a.lookup(maps.allow, key);
     a.jump(JNE_K, R0, 0, allow);
+    if redirect {
+        let [by_address, tls, to_proxy] = [(); 3].map(|()| a.label());
+        a.push(insn(LDX_MEM_W, R3, R6, SOCK_TYPE, 0));
+        a.jump(JNE_K, R3, SOCK_STREAM, by_address);
+        a.push(insn(ST_MEM_W, R10, 0, COUNTER_KEY, 0));
+        a.lookup(maps.proxy, COUNTER_KEY);
+        a.jump(JEQ_K, R0, 0, by_address);
+        a.push(insn(LDX_MEM_W, R3, R6, USER_PORT, 0));
+        a.jump(JEQ_K, R3, port_word(443), tls);
+        a.jump(JNE_K, R3, port_word(80), by_address);
+        a.push(insn(LDX_MEM_W, R4, R0, 0, 0));
+        a.jump(JA, 0, 0, to_proxy);
+        a.bind(tls);
+        a.push(insn(LDX_MEM_W, R4, R0, 4, 0));
+        a.bind(to_proxy);
+        a.jump(JEQ_K, R4, 0, by_address);
+        // The context takes stores from registers only.
+        a.push(insn(STX_MEM_W, R6, R4, USER_PORT, 0));
+        a.push(insn(MOV64_K, R3, 0, 0, i32::from_ne_bytes([127, 0, 0, 1])));
+        a.push(insn(STX_MEM_W, R6, R3, USER_IP4, 0));
+        a.jump(JA, 0, 0, allow);
+        a.bind(by_address);
+    }
     a.lookup(maps.deny, key);
     a.jump(JEQ_K, R0, 0, allow);
     a.push(insn(LDX_MEM_W, R3, R0, 0, 0));
@@ -286,12 +335,14 @@ mod tests {
     const ALLOW_FD: i32 = 9;
     const DENY_FD: i32 = 10;
     const COUNTERS_FD: i32 = 11;
+    const PROXY_FD: i32 = 12;
     const SANDBOX_FDS: SandboxMapFds = SandboxMapFds {
         refused: REFUSED_FD,
         policy: POLICY_FD,
         allow: ALLOW_FD,
         deny: DENY_FD,
         counters: COUNTERS_FD,
+        proxy: PROXY_FD,
     };
 
     /// Where the interpreter puts the context, the stack and the map value it hands out.
@@ -307,6 +358,8 @@ mod tests {
         lpm: BTreeMap<i32, BTreeMap<Cidr, u32>>,
         /// The counters array (`COUNTERS_FD`).
         counters: Vec<u64>,
+        /// The proxy's ports (`PROXY_FD`, one slot).
+        proxy: u64,
     }
 
     impl Maps {
@@ -347,25 +400,37 @@ mod tests {
     /// Runs `code` like the kernel would, on a `struct bpf_sock_addr` for `dest`, with the
     /// maps answered from `maps`.
     fn run(code: &[Insn], maps: &mut Maps, dest: IpAddr, port: u16) -> u64 {
+        run_socket(code, maps, dest, port, 2).0
+    }
+
+    /// [`run`] for a socket of type `sock_type`; also the context as the program left it.
+    fn run_socket(
+        code: &[Insn],
+        maps: &mut Maps,
+        dest: IpAddr,
+        port: u16,
+        sock_type: u32,
+    ) -> (u64, [u8; 64]) {
         let mut ctx = [0u8; 64];
+        ctx[32..36].copy_from_slice(&sock_type.to_le_bytes());
         match dest {
             IpAddr::V4(a) => ctx[4..8].copy_from_slice(&a.octets()),
             IpAddr::V6(a) => ctx[8..24].copy_from_slice(&a.octets()),
         }
         ctx[24..26].copy_from_slice(&port.to_be_bytes());
         let mut stack = [0u8; STACK_SIZE as usize];
-        let mut value = [0u8; 4];
+        let mut value = [0u8; 8];
         // The counter VALUE points at, when the last lookup was of the counters.
         let mut counter: Option<usize> = None;
         let mut reg = [0u64; 11];
         reg[1] = CTX;
         reg[10] = STACK + STACK_SIZE;
         let mut pc = 0usize;
-        let load = |addr: u64, stack: &[u8], value: &[u8]| -> u32 {
+        let load = |addr: u64, ctx: &[u8], stack: &[u8], value: &[u8]| -> u32 {
             let (mem, at): (&[u8], u64) = match addr {
-                a if (CTX..CTX + 64).contains(&a) => (&ctx, a - CTX),
+                a if (CTX..CTX + 64).contains(&a) => (ctx, a - CTX),
                 a if (STACK..STACK + STACK_SIZE).contains(&a) => (stack, a - STACK),
-                a if a == VALUE => (value, 0),
+                a if (VALUE..VALUE + 8).contains(&a) => (value, a - VALUE),
                 a => panic!("load from {a:#x}"),
             };
             let at = at as usize;
@@ -390,7 +455,17 @@ mod tests {
                         addr != VALUE || counter.is_none(),
                         "a counter read as a word"
                     );
-                    reg[dst] = u64::from(load(addr, &stack, &value));
+                    reg[dst] = u64::from(load(addr, &ctx, &stack, &value));
+                }
+                STX_MEM_W if reg[dst] == CTX => {
+                    // Only the destination may be rewritten, and only so.
+                    assert!(
+                        matches!(i.off, USER_IP4 | USER_PORT),
+                        "store to ctx+{}",
+                        i.off
+                    );
+                    let at = i.off as usize;
+                    ctx[at..at + 4].copy_from_slice(&(reg[src] as u32).to_le_bytes());
                 }
                 ST_MEM_W | STX_MEM_W => {
                     let addr = reg[dst].wrapping_add(i.off as i64 as u64);
@@ -423,7 +498,11 @@ mod tests {
                     let at = (reg[2] - STACK) as usize;
                     let word = u32::from_le_bytes(stack[at..at + 4].try_into().unwrap());
                     counter = None;
-                    reg[0] = if reg[1] as i32 == COUNTERS_FD {
+                    reg[0] = if reg[1] as i32 == PROXY_FD {
+                        assert_eq!(word, 0, "the proxy map has one slot");
+                        value = maps.proxy.to_le_bytes();
+                        VALUE
+                    } else if reg[1] as i32 == COUNTERS_FD {
                         let slot = word as usize;
                         if slot < maps.counters.len() {
                             counter = Some(slot);
@@ -455,7 +534,7 @@ mod tests {
                             .max_by_key(|(cidr, _)| cidr.prefix());
                         match found {
                             Some((_, code)) => {
-                                value = code.to_le_bytes();
+                                value[..4].copy_from_slice(&code.to_le_bytes());
                                 VALUE
                             }
                             None => 0,
@@ -467,7 +546,7 @@ mod tests {
                 JA => jump(true, &mut pc),
                 JEQ_K => jump(reg[dst] == i.imm as i64 as u64, &mut pc),
                 JNE_K => jump(reg[dst] != i.imm as i64 as u64, &mut pc),
-                EXIT => return reg[0],
+                EXIT => return (reg[0], ctx),
                 other => panic!("unexpected opcode {other:#x}"),
             }
         }
@@ -537,7 +616,8 @@ mod tests {
         let programs = [Family::V4, Family::V6].into_iter().flat_map(|family| {
             [
                 program(family, REFUSED_FD, POLICY_FD, 53),
-                sandbox_program(family, SANDBOX_FDS, 53),
+                sandbox_program(family, SANDBOX_FDS, 53, false),
+                sandbox_program(family, SANDBOX_FDS, 53, true),
             ]
         });
         for code in programs {
@@ -578,8 +658,8 @@ mod tests {
         )
         .unwrap();
         let (mut maps, labels) = Maps::sandbox(&tables, &policy);
-        let v4 = sandbox_program(Family::V4, SANDBOX_FDS, 53);
-        let v6 = sandbox_program(Family::V6, SANDBOX_FDS, 53);
+        let v4 = sandbox_program(Family::V4, SANDBOX_FDS, 53, false);
+        let v6 = sandbox_program(Family::V6, SANDBOX_FDS, 53, false);
         let server = Some(Refusal::Server);
         let deny = |rule: &str| Some(Refusal::Deny(rule.to_owned()));
         let cases = [
@@ -621,6 +701,7 @@ mod tests {
             match &refusal {
                 None => {}
                 Some(Refusal::Server) => expected[0] += 1,
+                Some(Refusal::NoName) => unreachable!("programs do not read names"),
                 Some(Refusal::Deny(rule)) => {
                     // The slot of the range that matched: IPv4 or IPv6 of the same entry.
                     let slot = policy
@@ -642,5 +723,62 @@ mod tests {
         assert_eq!(run(&v4, &mut open, ip("203.0.113.80"), 443), 1);
         assert_eq!(run(&v4, &mut open, ip("10.1.2.3"), 443), 0);
         assert_eq!(open.counters, vec![1]);
+    }
+
+    #[test]
+    fn tcp_to_web_ports_goes_to_the_proxy_unless_the_address_decides() {
+        let opened: Vec<Cidr> = vec!["10.203.0.0/16".parse().unwrap()];
+        let rules = Rules::new(&opened).unwrap();
+        let host: BTreeSet<IpAddr> = ["127.0.0.1", "10.203.1.1"].iter().map(|a| ip(a)).collect();
+        let tables = rules.tables(&host, &BTreeSet::new());
+        let strings = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let policy = SandboxPolicy::new(
+            &strings(&["10.203.1.2", "pypi.org"]),
+            &strings(&["0.0.0.0/0"]),
+        )
+        .unwrap();
+        let (mut maps, _) = Maps::sandbox(&tables, &policy);
+        let v4 = sandbox_program(Family::V4, SANDBOX_FDS, 53, true);
+        const TCP: u32 = 1;
+        const UDP: u32 = 2;
+        let dest_of = |ctx: &[u8; 64]| {
+            let addr = Ipv4Addr::from(<[u8; 4]>::try_from(&ctx[4..8]).unwrap());
+            let port = u16::from_be_bytes([ctx[24], ctx[25]]);
+            (addr.to_string(), port)
+        };
+        // No proxy yet: decided by address alone, nothing rewritten.
+        let (verdict, ctx) = run_socket(&v4, &mut maps, ip("203.0.113.9"), 443, TCP);
+        assert_eq!((verdict, dest_of(&ctx)), (0, ("203.0.113.9".into(), 443)));
+        maps.proxy = proxy_ports(41080, 41443);
+        for (dest, port, kind, expected) in [
+            // Web ports over TCP go to the proxy, whatever the address.
+            ("203.0.113.9", 443, TCP, Some(("127.0.0.1", 41443))),
+            ("203.0.113.9", 80, TCP, Some(("127.0.0.1", 41080))),
+            // allowOut by address goes straight there.
+            ("10.203.1.2", 443, TCP, Some(("10.203.1.2", 443))),
+            // Other ports and UDP: the address rules.
+            ("203.0.113.9", 22, TCP, None),
+            ("203.0.113.9", 443, UDP, None),
+            // What the server refuses never reaches the proxy.
+            ("127.0.0.1", 443, TCP, None),
+            ("10.203.1.1", 80, TCP, None),
+            ("10.1.2.3", 443, TCP, None),
+        ] {
+            let (verdict, ctx) = run_socket(&v4, &mut maps, ip(dest), port, kind);
+            match expected {
+                Some((addr, to)) => {
+                    assert_eq!(verdict, 1, "{dest}:{port}");
+                    assert_eq!(dest_of(&ctx), (addr.to_owned(), to), "{dest}:{port}");
+                }
+                None => {
+                    assert_eq!(verdict, 0, "{dest}:{port}/{kind}");
+                    assert_eq!(dest_of(&ctx), (dest.to_owned(), port), "{dest}:{port}");
+                }
+            }
+        }
+        // The programs of other hooks never rewrite.
+        let other = sandbox_program(Family::V4, SANDBOX_FDS, 53, false);
+        let (verdict, ctx) = run_socket(&other, &mut maps, ip("203.0.113.9"), 443, TCP);
+        assert_eq!((verdict, dest_of(&ctx)), (0, ("203.0.113.9".into(), 443)));
     }
 }

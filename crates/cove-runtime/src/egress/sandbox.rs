@@ -1,11 +1,14 @@
 //! The kernel side of one sandbox's own policy: its `allowOut` and `denyOut` maps (one of
 //! each per family), a counter per `denyOut` range, and programs of its own
 //! ([`program::sandbox_program`]) that read the server's maps first, then these. A change of
-//! policy changes map entries only; the programs stay attached.
+//! policy changes map entries only; the programs stay attached. While the policy has domain
+//! entries, the sandbox has an egress proxy ([`SandboxProxy`]) whose ports are in its
+//! `cove_proxy` map, and its TCP connect program sends connections to ports 80 and 443 there.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::fd::OwnedFd,
+    sync::Arc,
 };
 
 use super::{
@@ -14,6 +17,7 @@ use super::{
     load,
     policy::MAX_POLICY_ENTRIES,
     program::{self, Family, SandboxMapFds},
+    proxy::{ProxyEnv, SandboxProxy},
     rules::Cidr,
 };
 
@@ -30,6 +34,11 @@ pub(super) struct SandboxFilter {
     allow6: LpmMap,
     deny6: LpmMap,
     counters: CounterMap,
+    /// The proxy's ports ([`program::proxy_ports`]), 0 without a proxy.
+    proxy_map: CounterMap,
+    proxy: Option<SandboxProxy>,
+    proxy_env: Arc<ProxyEnv>,
+    id: String,
     pub(super) programs: Vec<(OwnedFd, Hook)>,
     /// What the maps hold: allowed ranges, and denied ranges with their slots.
     allowed: BTreeSet<Cidr>,
@@ -43,8 +52,13 @@ pub(super) struct SandboxFilter {
 }
 
 impl SandboxFilter {
-    /// Maps and programs for a sandbox, with an empty policy.
-    pub(super) fn create(server: &Maps, dns_port: u16) -> Result<Self, EgressError> {
+    /// Maps and programs for sandbox `id`, with an empty policy.
+    pub(super) fn create(
+        id: &str,
+        server: &Maps,
+        dns_port: u16,
+        proxy_env: &Arc<ProxyEnv>,
+    ) -> Result<Self, EgressError> {
         let map = |name: &'static str, family| {
             LpmMap::create(name, family, MAX_ENTRIES)
                 .map_err(|source| EgressError::Map { name, source })
@@ -54,12 +68,20 @@ impl SandboxFilter {
                 name: "cove_refusals",
                 source,
             })?;
+        let proxy_map = CounterMap::create("cove_proxy", 1).map_err(|source| EgressError::Map {
+            name: "cove_proxy",
+            source,
+        })?;
         let filter = Self {
             allow4: map("cove_allow4", Family::V4)?,
             deny4: map("cove_deny4", Family::V4)?,
             allow6: map("cove_allow6", Family::V6)?,
             deny6: map("cove_deny6", Family::V6)?,
             counters,
+            proxy_map,
+            proxy: None,
+            proxy_env: Arc::clone(proxy_env),
+            id: id.to_owned(),
             programs: Vec::new(),
             allowed: BTreeSet::new(),
             denied: BTreeMap::new(),
@@ -94,8 +116,9 @@ impl SandboxFilter {
                 allow: allow.raw_fd(),
                 deny: deny.raw_fd(),
                 counters: filter.counters.raw_fd(),
+                proxy: filter.proxy_map.raw_fd(),
             };
-            let insns = program::sandbox_program(family, fds, dns_port);
+            let insns = program::sandbox_program(family, fds, dns_port, hook == Hook::Connect4);
             programs.push((load(&insns, hook)?, hook));
         }
         Ok(Self { programs, ..filter })
@@ -119,6 +142,52 @@ impl SandboxFilter {
     /// what is no longer wanted goes (allowances before denials), so a change never opens
     /// more on the way than either policy does.
     pub(super) fn apply(&mut self, policy: &SandboxPolicy) -> Result<(), EgressError> {
+        self.apply_ranges(policy)?;
+        self.apply_names(policy)
+    }
+
+    /// Starts, changes or stops the proxy for the policy's domain entries. Its ports go in
+    /// the map once it listens, and out of it before it stops.
+    fn apply_names(&mut self, policy: &SandboxPolicy) -> Result<(), EgressError> {
+        let proxy_failed = |source| EgressError::Proxy { source };
+        if !policy.has_domains() {
+            if let Some(proxy) = self.proxy.take() {
+                self.proxy_map
+                    .set(0, 0)
+                    .map_err(|source| EgressError::Map {
+                        name: "cove_proxy",
+                        source,
+                    })?;
+                self.keep_refusals(proxy.take_refusals());
+            }
+            return Ok(());
+        }
+        match &self.proxy {
+            Some(proxy) => proxy.set_policy(policy.clone()),
+            None => {
+                let proxy =
+                    SandboxProxy::start(&self.id, policy.clone(), Arc::clone(&self.proxy_env))
+                        .map_err(proxy_failed)?;
+                let (http, tls) = proxy.ports();
+                self.proxy_map
+                    .set(0, program::proxy_ports(http, tls))
+                    .map_err(|source| EgressError::Map {
+                        name: "cove_proxy",
+                        source,
+                    })?;
+                self.proxy = Some(proxy);
+            }
+        }
+        Ok(())
+    }
+
+    fn keep_refusals(&mut self, refusals: BTreeMap<Refusal, u64>) {
+        for (refusal, count) in refusals {
+            *self.pending.entry(refusal).or_default() += count;
+        }
+    }
+
+    fn apply_ranges(&mut self, policy: &SandboxPolicy) -> Result<(), EgressError> {
         let update = |name: &'static str, cidr: Cidr| {
             move |source| EgressError::Update { name, cidr, source }
         };
@@ -185,6 +254,10 @@ impl SandboxFilter {
 
     /// The refusals counted since the last call, by what refused them.
     pub(super) fn take_refusals(&mut self) -> Vec<(Refusal, u64)> {
+        if let Some(proxy) = &self.proxy {
+            let refused = proxy.take_refusals();
+            self.keep_refusals(refused);
+        }
         let mut taken = std::mem::take(&mut self.pending);
         for (slot, label) in &self.labels {
             let Ok(count) = self.counters.get(*slot) else {

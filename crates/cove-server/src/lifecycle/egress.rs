@@ -53,7 +53,7 @@ pub fn from_update(update: &SandboxNetworkUpdate) -> Result<Option<EgressRules>,
 
 fn unsupported(field: &str) -> LifecycleError {
     LifecycleError::BadRequest(format!(
-        "network.{field} is not supported by Cove yet; only allowOut and denyOut with IP addresses and CIDR ranges are"
+        "network.{field} is not supported by Cove yet; only allowOut and denyOut (IP addresses, CIDR ranges and domain names) are"
     ))
 }
 
@@ -191,13 +191,22 @@ mod tests {
         assert_eq!(from_update(&SandboxNetworkUpdate::default()).unwrap(), None);
         let domain = SandboxNetworkUpdate {
             allow_out: Some(strings(&["*.github.com"])),
+            deny_out: Some(strings(&["0.0.0.0/0"])),
             ..SandboxNetworkUpdate::default()
         };
-        let err = from_update(&domain).unwrap_err().to_string();
-        assert!(
-            err.contains("*.github.com") && err.contains("not supported by Cove yet"),
-            "{err}"
+        assert_eq!(
+            from_update(&domain).unwrap(),
+            Some(EgressRules {
+                allow_out: strings(&["*.github.com"]),
+                deny_out: strings(&["0.0.0.0/0"]),
+            })
         );
+        let url = SandboxNetworkUpdate {
+            allow_out: Some(strings(&["https://github.com"])),
+            ..SandboxNetworkUpdate::default()
+        };
+        let err = from_update(&url).unwrap_err().to_string();
+        assert!(err.contains("`https://github.com`"), "{err}");
         let proxy = SandboxNetworkUpdate {
             egress_proxy: Some(serde_json::json!({"address": "127.0.0.1:1080"})),
             ..SandboxNetworkUpdate::default()

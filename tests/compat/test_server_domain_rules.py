@@ -1,0 +1,280 @@
+"""Domain rules with the official Python SDK: `network={"allow_out": ["*.allowed.test"],
+"deny_out": [ALL_TRAFFIC]}` lets a sandbox reach those names over HTTP (port 80, by `Host`) and
+HTTPS (port 443, by the TLS server name), and nothing else.
+
+"The internet" is ours: a network namespace behind a veth pair with two private addresses in
+10.203.52.0/29, each serving HTTP on port 80 and HTTPS on port 443 with a page naming the
+address it was reached on, and a name server of the test's own on the host's loopback
+(`cove serve --egress-resolver`) that knows the test's names. Inside the sandbox, `/etc/hosts`
+says the opposite of that name server, as an attacker with root inside would: the proxy must
+go where the name really is, never where the sandbox says. Traffic goes only to addresses on
+this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+from e2b import Sandbox
+from e2b.sandbox.network import ALL_TRAFFIC
+
+from conftest import point_sdks_at, running_cove_server, wait_until
+
+pytestmark = pytest.mark.cove_server
+
+N = 52
+NET = f"10.203.{N}.0/29"
+HOST_SIDE, ALLOWED, DENIED = f"10.203.{N}.1", f"10.203.{N}.2", f"10.203.{N}.3"
+# Outside every range the server opens: refused by the server's own rules.
+PRIVATE = "10.1.2.3"
+NAMES = {
+    "www.allowed.test": ALLOWED,
+    "denied.test": DENIED,
+    # A name in the allowed zone whose answer points inside the host's network, as a DNS
+    # rebinding attack would.
+    "rebind.allowed.test": PRIVATE,
+}
+
+SERVER = """
+import http.server, socketserver, ssl, sys
+addr, port, cert = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+class Page(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"reached {addr} for {self.headers.get('Host')}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = socketserver.ThreadingTCPServer((addr, port), Page)
+if port == 443:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert + ".crt", cert + ".key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+class NameServer:
+    """A UDP name server on 127.0.0.1 answering A questions for `NAMES`, NXDOMAIN otherwise."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.settimeout(0.2)
+        self.address = f"127.0.0.1:{self.socket.getsockname()[1]}"
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                query, peer = self.socket.recvfrom(512)
+            except OSError:
+                continue
+            reply = self.answer(query)
+            if reply:
+                self.socket.sendto(reply, peer)
+
+    @staticmethod
+    def answer(query: bytes) -> bytes | None:
+        if len(query) < 12:
+            return None
+        ident = query[:2]
+        labels, at = [], 12
+        while at < len(query) and query[at]:
+            labels.append(query[at + 1 : at + 1 + query[at]].decode(errors="replace"))
+            at += 1 + query[at]
+        question = query[12 : at + 5]
+        qtype = struct.unpack("!H", query[at + 1 : at + 3])[0] if at + 3 <= len(query) else 0
+        name = ".".join(labels).lower()
+        addr = NAMES.get(name)
+        if addr is None:
+            return ident + struct.pack("!HHHHH", 0x8183, 1, 0, 0, 0) + question
+        answers = b""
+        count = 0
+        if qtype == 1:
+            answers = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(addr)
+            count = 1
+        return ident + struct.pack("!HHHHH", 0x8180, 1, count, 0, 0) + question + answers
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.socket.close()
+
+
+@pytest.fixture(scope="module")
+def test_hosts():
+    """The two test hosts and the name server, removed by name at the end (also when a test
+    fails)."""
+    tag = f"{os.getpid() % 100000}"
+    netns, link, peer = f"cove-dom-{tag}", f"dom{tag}h", f"dom{tag}n"
+    children: list[subprocess.Popen] = []
+    work = tempfile.TemporaryDirectory(prefix="cove-compat-domains-")
+    names = NameServer()
+    try:
+        cert = Path(work.name) / "server"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=www.allowed.test", "-keyout", f"{cert}.key", "-out", f"{cert}.crt"],
+            check=True,
+            capture_output=True,
+        )
+        ip("netns", "add", netns)
+        ip("link", "add", link, "type", "veth", "peer", "name", peer, "netns", netns)
+        ip("addr", "add", f"{HOST_SIDE}/29", "dev", link)
+        for addr in (ALLOWED, DENIED):
+            ip("-n", netns, "addr", "add", f"{addr}/29", "dev", peer)
+        ip("link", "set", link, "up")
+        ip("-n", netns, "link", "set", peer, "up")
+        ip("-n", netns, "link", "set", "lo", "up")
+        for addr in (ALLOWED, DENIED):
+            for port in (80, 443):
+                children.append(
+                    subprocess.Popen(
+                        ["ip", "netns", "exec", netns, sys.executable, "-c", SERVER, addr,
+                         str(port), str(cert)],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+        for addr in (ALLOWED, DENIED):
+            wait_until(lambda: host_answers(addr), f"the test host to answer on {addr}", 20)
+        yield names
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+        names.stop()
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+        subprocess.run(["ip", "link", "del", link], capture_output=True)
+        work.cleanup()
+
+
+def host_answers(addr: str) -> bool:
+    """This process (on the host, unfiltered) is answered on both ports."""
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}),
+        urllib.request.HTTPSHandler(context=ssl._create_unverified_context()),
+    )
+    try:
+        for scheme in ("http", "https"):
+            with opener.open(f"{scheme}://{addr}/", timeout=2) as answer:
+                if not answer.read().decode().startswith(f"reached {addr}"):
+                    return False
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def domain_server(test_hosts):
+    with tempfile.TemporaryDirectory(prefix="cove-compat-domain-server-") as work:
+        args = ["--allow-private-egress", NET, "--egress-resolver", test_hosts.address]
+        with running_cove_server(
+            Path(work) / "state", Path(work) / "server.log", extra_args=args
+        ) as server:
+            yield server
+
+
+@pytest.fixture
+def sdk_env(domain_server, monkeypatch):
+    point_sdks_at(domain_server, monkeypatch)
+    yield domain_server
+    domain_server.kill_all()
+
+
+def lying_hosts_file(sandbox: Sandbox) -> None:
+    """What root inside makes of the names: each where the other really is."""
+    lines = f"{DENIED} www.allowed.test\n{ALLOWED} denied.test\n{ALLOWED} rebind.allowed.test\n"
+    sandbox.files.write("/tmp/hosts", lines)
+    sandbox.commands.run("cat /tmp/hosts >> /etc/hosts", user="root")
+
+
+def fetch(sandbox: Sandbox, url: str) -> str:
+    """What curl in the sandbox gets: the page, Cove's refusal, or "failed"."""
+    cmd = f"curl -sk -m 10 {url} || echo failed"
+    return sandbox.commands.run(cmd).stdout.strip()
+
+
+def test_allowed_names_are_reached_where_they_really_are(sdk_env, test_hosts):
+    sandbox = Sandbox.create(
+        network={"allow_out": ["*.allowed.test"], "deny_out": [ALL_TRAFFIC]}
+    )
+    try:
+        lying_hosts_file(sandbox)
+        # The sandbox connects to DENIED's address; the proxy goes to the name's own.
+        reached = f"reached {ALLOWED} for www.allowed.test"
+        assert fetch(sandbox, "http://www.allowed.test/") == reached
+        assert fetch(sandbox, "https://www.allowed.test/").startswith(f"reached {ALLOWED}")
+        # An allowed address's name that no rule allows: refused by deny-all, over HTTP with
+        # an answer naming the rule, over HTTPS by closing.
+        refused = fetch(sandbox, "http://denied.test/")
+        assert refused.startswith("Cove refused denied.test"), refused
+        assert "denyOut 0.0.0.0/0" in refused, refused
+        assert fetch(sandbox, "https://denied.test/") == "failed"
+        # Addresses themselves stay refused, on the web ports and elsewhere.
+        assert "denyOut 0.0.0.0/0" in fetch(sandbox, f"http://{ALLOWED}/")
+        assert fetch(sandbox, f"https://{ALLOWED}/") == "failed"
+        assert fetch(sandbox, f"http://www.allowed.test:8080/") == "failed"
+        # An allowed name whose answer points inside the host's network (DNS rebinding) is
+        # refused by the server's rules, which no allowOut opens.
+        rebound = fetch(sandbox, "http://rebind.allowed.test/")
+        assert "the server's egress rules" in rebound, rebound
+        # TLS whose server name is allowed, sent to a denied host's address by the
+        # sandbox's own choice: still goes to the allowed name.
+        sni = fetch(sandbox, f"--resolve www.allowed.test:443:{DENIED} https://www.allowed.test/")
+        assert sni.startswith(f"reached {ALLOWED}"), sni
+        info = sandbox.get_info()
+        assert info.network is not None
+        assert info.network.get("allow_out") == ["*.allowed.test"], info.network
+        wait_until(
+            lambda: logs_say(sdk_env, sandbox.sandbox_id, "refused by denyOut 0.0.0.0/0"),
+            "the sandbox's log to tell the refusals",
+            30,
+        )
+    finally:
+        sandbox.kill()
+
+
+def logs_say(server, sandbox_id: str, text: str) -> bool:
+    answer = server.api("GET", f"/sandboxes/{sandbox_id}/logs")
+    return any(e["message"].endswith(text) for e in answer.json()["logEntries"])
+
+
+def test_update_network_adds_and_removes_names_on_a_live_sandbox(sdk_env, test_hosts):
+    sandbox = Sandbox.create(network={"deny_out": [ALL_TRAFFIC]})
+    try:
+        lying_hosts_file(sandbox)
+        # Addresses only: the web ports are refused by address before any proxy.
+        assert fetch(sandbox, "http://denied.test/") == "failed"
+        sandbox.update_network({"allow_out": ["denied.test"], "deny_out": [ALL_TRAFFIC]})
+        assert fetch(sandbox, "http://denied.test/") == f"reached {DENIED} for denied.test"
+        # A denyOut name refuses even where everything else is open.
+        sandbox.update_network({"deny_out": ["*.allowed.test"]})
+        refused = fetch(sandbox, "http://www.allowed.test/")
+        assert "denyOut *.allowed.test" in refused, refused
+        assert fetch(sandbox, "http://denied.test/") == f"reached {DENIED} for denied.test"
+        # Omitted fields are cleared: no proxy, the sandbox's own address is used again.
+        sandbox.update_network({})
+        assert fetch(sandbox, "http://www.allowed.test/") == f"reached {DENIED} for www.allowed.test"
+    finally:
+        sandbox.kill()
