@@ -11,6 +11,7 @@ mod concurrency;
 mod create;
 mod dashboard;
 mod density;
+mod egress;
 mod measure;
 mod pause;
 mod plain;

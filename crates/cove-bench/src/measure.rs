@@ -25,9 +25,10 @@ pub struct Settings {
 }
 
 /// The groups, in the order they run; `--only` takes one of these.
-pub const GROUPS: [&str; 14] = [
+pub const GROUPS: [&str; 15] = [
     "commands",
     "transfers",
+    "egress",
     "clients",
     "create",
     "pause",
@@ -169,6 +170,10 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
         report
             .results
             .extend(crate::transfer::large_file(settings).await?);
+    }
+    if wanted("egress") {
+        eprintln!("egress: HTTP from sandboxes with and without rules to a test host");
+        crate::egress::all(settings, &mut report).await?;
     }
     if wanted("clients") {
         eprintln!("clients: transfers through the official SDKs, requests and curl");

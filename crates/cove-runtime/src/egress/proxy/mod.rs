@@ -370,9 +370,41 @@ fn relay(client: TcpStream, upstream: TcpStream) {
     }
 }
 
+/// Most bytes one splice moves (and the pipe between the two sockets holds).
+const SPLICE_CHUNK: usize = 1 << 20;
+
+/// Moves what `from` sends to `to` until `from` ends, then ends `to`'s sending half. The
+/// bytes go socket → pipe → socket inside the kernel (splice), never through this process;
+/// where splice is refused, through a buffer.
 fn pipe(mut from: TcpStream, mut to: TcpStream) {
-    let _ = io::copy(&mut from, &mut to);
+    match splice_all(&from, &to) {
+        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+            let _ = io::copy(&mut from, &mut to);
+        }
+        _ => {}
+    }
     let _ = to.shutdown(Shutdown::Write);
+}
+
+fn splice_all(from: &TcpStream, to: &TcpStream) -> io::Result<()> {
+    use rustix::pipe::{SpliceFlags, fcntl_setpipe_size, splice};
+    let (out, into) = rustix::pipe::pipe()?;
+    // A larger pipe moves more per call; the default (64 KiB) is kept if refused.
+    let _ = fcntl_setpipe_size(&into, SPLICE_CHUNK);
+    loop {
+        let moved = splice(from, None, &into, None, SPLICE_CHUNK, SpliceFlags::MOVE)?;
+        if moved == 0 {
+            return Ok(());
+        }
+        let mut left = moved;
+        while left > 0 {
+            let sent = splice(&out, None, to, None, left, SpliceFlags::MOVE)?;
+            if sent == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            left -= sent;
+        }
+    }
 }
 
 #[cfg(test)]
