@@ -134,6 +134,43 @@ HTTPServer(("127.0.0.1", 9000), Echo).serve_forever()
         server.kill()
 
 
+HOST_ECHO = """
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Echo(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = self.headers["Host"].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+HTTPServer(("127.0.0.1", 9001), Echo).serve_forever()
+"""
+
+
+def test_mask_request_host_is_the_host_the_sandbox_sees(new_sandbox, cove_server):
+    sandbox = new_sandbox(network={"mask_request_host": "localhost:${PORT}"})
+    assert sandbox.get_info().network.get("mask_request_host") == "localhost:${PORT}"
+    sandbox.files.write("/home/user/host_echo.py", HOST_ECHO)
+    server = sandbox.commands.run("python3 /home/user/host_echo.py", background=True)
+    try:
+        host = sandbox.get_host(9001)
+
+        def get():
+            response = cove_server.request("GET", "/", host=host)
+            return response if response.status != 502 else None
+
+        response = wait_until(get, "the echo server to answer", timeout=20)
+        assert response.status == 200
+        # What the client sent was the sandbox's preview host; the server inside sees the mask.
+        assert response.body == b"localhost:9001", response.body
+    finally:
+        server.kill()
+    with pytest.raises(Exception, match=r"400: network.maskRequestHost `http://x` is not HOST"):
+        new_sandbox(network={"mask_request_host": "http://x"})
+
+
 def test_closed_port_answers_502_json(new_sandbox, cove_server):
     sandbox = new_sandbox()
 

@@ -146,6 +146,10 @@ pub struct SandboxRecord {
     /// Its own egress rules (`allowOut`, `denyOut`), as the client wrote them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressRules>,
+    /// The `Host` requests to its ports carry instead of the one clients sent (E2B's
+    /// `maskRequestHost`; `${PORT}` stands for the port), checked when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_request_host: Option<String>,
 }
 
 /// A sandbox's `allowOut` and `denyOut`, as its record keeps them (checked when set).
@@ -532,6 +536,7 @@ mod tests {
             defaults: None,
             volumes: Vec::new(),
             egress: None,
+            mask_request_host: None,
         }
     }
 

@@ -167,6 +167,7 @@ pub async fn info(
         allow_public_traffic: Some(record.traffic_access_token.is_none()),
         allow_out: record.egress.as_ref().map(|e| e.allow_out.clone()),
         deny_out: record.egress.as_ref().map(|e| e.deny_out.clone()),
+        mask_request_host: record.mask_request_host.clone(),
         ..SandboxNetwork::default()
     };
     Ok(Json(SandboxDetail {

@@ -21,13 +21,6 @@ pub fn from_create(
         network.egress_proxy.as_ref(),
         network.rules.as_ref(),
     )?;
-    if network
-        .mask_request_host
-        .as_ref()
-        .is_some_and(|m| !m.is_empty())
-    {
-        return Err(unsupported("maskRequestHost"));
-    }
     checked(EgressRules {
         allow_out: network.allow_out.clone().unwrap_or_default(),
         deny_out: network.deny_out.clone().unwrap_or_default(),
@@ -225,12 +218,6 @@ mod tests {
         assert!(err.contains("`10.0.0.0/40`"), "{err}");
         assert!(err.contains("stay refused whatever allowOut says"), "{err}");
         // A create asking for what Cove does not have yet is refused, as an update is.
-        let masked = SandboxNetwork {
-            mask_request_host: Some("${PORT}-app.example.com".to_owned()),
-            ..SandboxNetwork::default()
-        };
-        let err = from_create(Some(&masked)).unwrap_err().to_string();
-        assert!(err.contains("maskRequestHost"), "{err}");
         let dns = SandboxNetwork {
             dns_servers: Some(strings(&["10.0.0.53"])),
             ..SandboxNetwork::default()

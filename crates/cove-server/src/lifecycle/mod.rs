@@ -15,6 +15,7 @@ mod end;
 mod fork;
 pub mod layers;
 mod lifetime;
+pub mod mask;
 pub mod metrics_history;
 mod pause;
 mod pool;

@@ -68,6 +68,7 @@ impl Lifecycle {
             defaults: Some(spec.defaults),
             volumes: Vec::new(),
             egress: None,
+            mask_request_host: None,
         };
         let _turn = self.admission.turn().await?;
         match self.start(&mut record, spec.template, false).await {

@@ -82,6 +82,11 @@ impl Live {
         self.read(|r| r.traffic_access_token.clone())
     }
 
+    /// The `Host` requests to its ports carry instead of the client's (`maskRequestHost`).
+    pub fn mask_request_host(&self) -> Option<String> {
+        self.read(|r| r.mask_request_host.clone())
+    }
+
     /// How the server reaches its agent.
     pub fn agent(&self) -> AgentEndpoint {
         self.started().agent.clone()

@@ -63,6 +63,8 @@ pub struct Settings {
     pub private_ports: bool,
     /// Its own egress rules (`allowOut`, `denyOut`), checked.
     pub egress: Option<crate::store::EgressRules>,
+    /// The `Host` requests to its ports carry (`maskRequestHost`), checked.
+    pub mask_request_host: Option<String>,
     /// Paused instead of killed when its time is up; resumed by traffic.
     pub lifecycle: LifecyclePolicy,
     /// Volumes mounted into it (resolved after the request is read).
@@ -91,6 +93,7 @@ impl Settings {
         let env_vars = request.env_vars.unwrap_or_default();
         check_env_vars(&env_vars)?;
         let egress = super::egress::from_create(request.network.as_ref())?;
+        let mask_request_host = super::mask::from_create(request.network.as_ref())?;
         // The defaults fit any host that can run a sandbox at all.
         let cpu_count = request
             .cpu_count
@@ -136,6 +139,7 @@ impl Settings {
                 .and_then(|n| n.allow_public_traffic)
                 .is_some_and(|public| !public),
             egress,
+            mask_request_host,
             lifecycle,
             volumes: Vec::new(),
             fork_of: None,
@@ -155,6 +159,7 @@ impl Settings {
             network: source.allow_internet_access,
             private_ports: source.traffic_access_token.is_some(),
             egress: source.egress.clone(),
+            mask_request_host: source.mask_request_host.clone(),
             lifecycle: LifecyclePolicy {
                 timeout_secs,
                 ..source.lifecycle.clone()
@@ -177,6 +182,7 @@ impl Settings {
             network,
             private_ports: false,
             egress: None,
+            mask_request_host: None,
             lifecycle: LifecyclePolicy::default(),
             volumes: Vec::new(),
             fork_of: None,
@@ -208,6 +214,7 @@ impl Settings {
             defaults: self.template.defaults.clone(),
             volumes: self.volumes.clone(),
             egress: self.egress.clone(),
+            mask_request_host: self.mask_request_host.clone(),
         }
     }
 }

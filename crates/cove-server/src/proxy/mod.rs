@@ -375,6 +375,13 @@ async fn to_port(
         .headers()
         .contains_key(header::UPGRADE)
         .then(|| hyper::upgrade::on(&mut request));
+    if let Some(mask) = live.mask_request_host() {
+        let host = crate::lifecycle::mask::host_for(&mask, port);
+        // Checked when the sandbox was created: always a valid header value.
+        if let Ok(value) = HeaderValue::from_str(&host) {
+            request.headers_mut().insert(header::HOST, value);
+        }
+    }
     let mut response = inner.send_request(outbound(request)).await?;
     if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_upgrade)) =
         (response.status(), client_upgrade)
