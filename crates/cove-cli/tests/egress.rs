@@ -236,6 +236,30 @@ async fn private_ranges_are_closed_to_sandboxes_and_names_still_resolve() {
     for addr in ["192.168.77.2", "10.77.0.2", "100.64.77.2"] {
         assert_eq!(fetch(&sbx, addr, PORT).await, "refused", "{addr}");
     }
+    // A sandbox without rules of its own has its refusals told too (the metrics sample,
+    // every 5 s, reads them; three may come in more than one line).
+    let rule = " refused by the server's egress rules (the host, private ranges)";
+    wait_until(
+        "the sandbox's log to tell the refusals",
+        Duration::from_secs(30),
+        || async {
+            let logs = sbx.logs().await.ok()?;
+            let told: u64 = logs
+                .log_entries
+                .iter()
+                .filter_map(|e| {
+                    e.message
+                        .strip_suffix(rule)?
+                        .split(' ')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum();
+            (told >= 3).then_some(())
+        },
+    )
+    .await;
     // Names resolve: through the sandbox's resolv.conf, and through slirp4netns's relay,
     // although the host's name server sits in a private range here.
     let resolved = sbx

@@ -19,6 +19,7 @@ const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_ATTACH: libc::c_long = 8;
 
+const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
 /// Longest-prefix-match maps must allocate entries as they come.
@@ -272,6 +273,67 @@ impl CounterMap {
         let attr = self.attr(&slot, &mut value);
         // SAFETY: the key and value buffers have the map's sizes and outlive the call.
         unsafe { bpf(BPF_MAP_UPDATE_ELEM, &attr) }.map(drop)
+    }
+}
+
+/// `u64` counters by `u64` key (a cgroup's id), which programs add as they meet new keys.
+#[derive(Debug)]
+pub struct KeyedCounterMap {
+    fd: OwnedFd,
+}
+
+impl KeyedCounterMap {
+    /// Creates a map named `label` of at most `len` counters.
+    pub fn create(label: &str, len: u32) -> io::Result<Self> {
+        let attr = MapCreateAttr {
+            map_type: BPF_MAP_TYPE_HASH,
+            key_size: 8,
+            value_size: 8,
+            max_entries: len,
+            map_flags: BPF_F_NO_PREALLOC,
+            map_name: name(label),
+            ..MapCreateAttr::default()
+        };
+        // SAFETY: a zero-padded `bpf_attr` for BPF_MAP_CREATE without pointers.
+        let fd = unsafe { bpf(BPF_MAP_CREATE, &attr) }?;
+        Ok(Self { fd: owned(fd)? })
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// The counter of `key`; 0 when it has none.
+    pub fn get(&self, key: u64) -> io::Result<u64> {
+        let mut value = 0u64;
+        let attr = MapElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            key: &key as *const u64 as u64,
+            value: &mut value as *mut u64 as u64,
+            ..MapElemAttr::default()
+        };
+        // SAFETY: the key and value buffers (8 bytes each, the map's sizes) outlive the
+        // call; the kernel writes only the value.
+        match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &attr) } {
+            Ok(_) => Ok(value),
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(0),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Forgets the counter of `key`.
+    pub fn remove(&self, key: u64) -> io::Result<()> {
+        let attr = MapElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            key: &key as *const u64 as u64,
+            ..MapElemAttr::default()
+        };
+        // SAFETY: the key buffer (8 bytes, the map's key size) outlives the call.
+        match unsafe { bpf(BPF_MAP_DELETE_ELEM, &attr) } {
+            Ok(_) => Ok(()),
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(err) => Err(err),
+        }
     }
 }
 

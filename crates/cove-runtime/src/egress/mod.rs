@@ -29,7 +29,10 @@ use std::{
     collections::{BTreeSet, HashMap},
     fs, io,
     net::{IpAddr, SocketAddr},
-    os::fd::{AsFd, OwnedFd},
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
@@ -50,7 +53,7 @@ pub mod wire {
     };
 }
 use self::{
-    bpf::{Hook, LpmMap},
+    bpf::{Hook, KeyedCounterMap, LpmMap},
     netlink::IfAddr,
     program::Family,
     sandbox::SandboxFilter,
@@ -58,6 +61,8 @@ use self::{
 
 /// Most ranges one map holds (the host's addresses are most of them).
 const MAX_ENTRIES: u32 = 16 * 1024;
+/// Most sandboxes whose refusals the shared programs count at once.
+const MAX_COUNTED_CGROUPS: u32 = 64 * 1024;
 
 /// How the operator configured egress.
 #[derive(Clone, Debug, Default)]
@@ -116,13 +121,15 @@ pub enum EgressError {
     },
 }
 
-/// The four maps: for each family, what is always refused and the policy.
+/// The four maps: for each family, what is always refused and the policy; and the shared
+/// programs' refusals by the cgroup of the helper refused.
 #[derive(Debug)]
 struct Maps {
     refused4: LpmMap,
     policy4: LpmMap,
     refused6: LpmMap,
     policy6: LpmMap,
+    by_cgroup: KeyedCounterMap,
 }
 
 impl Maps {
@@ -136,6 +143,12 @@ impl Maps {
             policy4: map("cove_policy4", Family::V4)?,
             refused6: map("cove_refused6", Family::V6)?,
             policy6: map("cove_policy6", Family::V6)?,
+            by_cgroup: KeyedCounterMap::create("cove_by_cgroup", MAX_COUNTED_CGROUPS).map_err(
+                |source| EgressError::Map {
+                    name: "cove_by_cgroup",
+                    source,
+                },
+            )?,
         })
     }
 
@@ -237,6 +250,21 @@ pub struct EgressFilter {
     sandboxes: Mutex<HashMap<String, SandboxFilter>>,
     /// What the egress proxies of sandboxes with domain rules share.
     proxy_env: Arc<proxy::ProxyEnv>,
+    /// Whether the shared programs count refusals by cgroup (the kernel lets them).
+    counting: bool,
+    /// The helper cgroups of sandboxes under the shared programs, by sandbox id.
+    counted: Mutex<HashMap<String, Counted>>,
+}
+
+/// A sandbox's counter in the shared programs' map.
+#[derive(Debug, Clone, Copy)]
+struct Counted {
+    /// Its helper cgroup's id (the directory's inode number).
+    cgroup: u64,
+    /// The counter when last read.
+    seen: u64,
+    /// Refusals read from a cgroup it had before, not yet taken.
+    carried: u64,
 }
 
 impl EgressFilter {
@@ -250,21 +278,13 @@ impl EgressFilter {
     fn start_with(config: &EgressConfig, resolv_conf: &Path) -> Result<Self, EgressError> {
         let rules = Rules::new(&config.allow_private)?;
         let maps = Maps::create()?;
-        let mut programs = Vec::new();
-        for (hook, refused, policy) in [
-            (Hook::Connect4, &maps.refused4, &maps.policy4),
-            (Hook::Sendmsg4, &maps.refused4, &maps.policy4),
-            (Hook::Connect6, &maps.refused6, &maps.policy6),
-            (Hook::Sendmsg6, &maps.refused6, &maps.policy6),
-        ] {
-            let insns = program::program(
-                refused.family(),
-                refused.raw_fd(),
-                policy.raw_fd(),
-                rules.dns_port(),
-            );
-            programs.push((load(&insns, hook)?, hook));
-        }
+        let (programs, counting) = match shared_programs(&maps, &rules, true) {
+            Ok(programs) => (programs, true),
+            Err(err) => {
+                tracing::warn!(err = %error_chain(&err), "this kernel refuses the egress programs that count refusals by sandbox; sandboxes without rules of their own are filtered, their refusals not counted");
+                (shared_programs(&maps, &rules, false)?, false)
+            }
+        };
         // Subscribe before listing, so no change falls between the two.
         let watch = netlink::Watch::subscribe().map_err(EgressError::Addresses)?;
         let addresses = netlink::dump().map_err(EgressError::Addresses)?;
@@ -295,7 +315,61 @@ impl EgressFilter {
             programs,
             sandboxes: Mutex::default(),
             proxy_env,
+            counting,
+            counted: Mutex::default(),
         })
+    }
+
+    fn counted(&self) -> std::sync::MutexGuard<'_, HashMap<String, Counted>> {
+        self.counted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Follows the refusals of sandbox `id`, whose helper is in `cgroup` under the shared
+    /// programs.
+    fn count_shared(&self, id: &str, cgroup: &Path) {
+        let Ok(meta) = fs::metadata(cgroup) else {
+            return;
+        };
+        let key = meta.ino();
+        let map = &self.shared.maps.by_cgroup;
+        let mut counted = self.counted();
+        let carried = match counted.get(id) {
+            Some(c) if c.cgroup == key => return,
+            // A new cgroup (it started again): what the old one counted is kept.
+            Some(old) => {
+                let last = map.get(old.cgroup).unwrap_or(old.seen);
+                let _ = map.remove(old.cgroup);
+                old.carried + last.saturating_sub(old.seen)
+            }
+            None => 0,
+        };
+        let seen = map.get(key).unwrap_or(0);
+        counted.insert(
+            id.to_owned(),
+            Counted {
+                cgroup: key,
+                seen,
+                carried,
+            },
+        );
+    }
+
+    /// The refusals the shared programs counted for sandbox `id` since the last call.
+    fn take_shared_refusals(&self, id: &str) -> u64 {
+        let mut counted = self.counted();
+        let Some(entry) = counted.get_mut(id) else {
+            return 0;
+        };
+        let now = self
+            .shared
+            .maps
+            .by_cgroup
+            .get(entry.cgroup)
+            .unwrap_or(entry.seen);
+        let taken = entry.carried + now.saturating_sub(entry.seen);
+        entry.seen = now.max(entry.seen);
+        entry.carried = 0;
+        taken
     }
 
     fn sandboxes(&self) -> std::sync::MutexGuard<'_, HashMap<String, SandboxFilter>> {
@@ -317,6 +391,7 @@ impl EgressFilter {
             None => {
                 if let Some(dir) = cgroup {
                     self.attach_programs(&self.programs, dir)?;
+                    self.count_shared(id, dir);
                 }
                 sandboxes.remove(id);
             }
@@ -340,18 +415,37 @@ impl EgressFilter {
         Ok(())
     }
 
-    /// Forgets sandbox `id`'s own policy (it ended); its programs go with its cgroup.
+    /// Forgets sandbox `id` (it ended): its own policy, and its counter in the shared
+    /// programs' map; its programs go with its cgroup.
     pub fn forget(&self, id: &str) {
         self.sandboxes().remove(id);
+        if let Some(counted) = self.counted().remove(id) {
+            let _ = self.shared.maps.by_cgroup.remove(counted.cgroup);
+        }
     }
 
-    /// The connections of sandbox `id` refused since the last call, by what refused them
-    /// (counted for sandboxes with a policy of their own).
+    /// The connections of sandbox `id` refused since the last call, by what refused them:
+    /// by its own programs' rules while it has a policy, by the server's rules while the
+    /// shared programs filter it (counted where the kernel lets them count).
     pub fn take_refusals(&self, id: &str) -> Vec<(Refusal, u64)> {
-        self.sandboxes()
+        let mut refusals = self
+            .sandboxes()
             .get_mut(id)
             .map(SandboxFilter::take_refusals)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let shared = self.take_shared_refusals(id);
+        if shared > 0 {
+            match refusals.iter_mut().find(|(r, _)| *r == Refusal::Server) {
+                Some((_, count)) => *count += shared,
+                None => refusals.push((Refusal::Server, shared)),
+            }
+        }
+        refusals
+    }
+
+    /// Whether refusals of sandboxes without rules of their own are counted here.
+    pub fn counts_every_sandbox(&self) -> bool {
+        self.counting
     }
 
     fn attach_programs(
@@ -381,7 +475,11 @@ impl EgressFilter {
     pub fn attach_sandbox(&self, id: &str, cgroup: &Path) -> Result<(), EgressError> {
         match self.sandboxes().get(id) {
             Some(filter) => self.attach_programs(&filter.programs, cgroup),
-            None => self.attach(cgroup),
+            None => {
+                self.attach(cgroup)?;
+                self.count_shared(id, cgroup);
+                Ok(())
+            }
         }
     }
 
@@ -401,6 +499,31 @@ impl EgressFilter {
             Some(Verdict::DnsOnly) => port == self.shared.rules.dns_port(),
         })
     }
+}
+
+/// The shared programs, counting refusals by cgroup or not.
+fn shared_programs(
+    maps: &Maps,
+    rules: &Rules,
+    counting: bool,
+) -> Result<Vec<(OwnedFd, Hook)>, EgressError> {
+    let mut programs = Vec::new();
+    for (hook, refused, policy) in [
+        (Hook::Connect4, &maps.refused4, &maps.policy4),
+        (Hook::Sendmsg4, &maps.refused4, &maps.policy4),
+        (Hook::Connect6, &maps.refused6, &maps.policy6),
+        (Hook::Sendmsg6, &maps.refused6, &maps.policy6),
+    ] {
+        let insns = program::program(
+            refused.family(),
+            refused.raw_fd(),
+            policy.raw_fd(),
+            rules.dns_port(),
+            counting.then(|| maps.by_cgroup.raw_fd()),
+        );
+        programs.push((load(&insns, hook)?, hook));
+    }
+    Ok(programs)
 }
 
 /// How the proxies decide addresses (as the kernel's maps do, from the same tables) and
@@ -731,11 +854,39 @@ print(" ".join(out))
             filter.take_refusals(id),
             vec![(Refusal::Deny("0.0.0.0/0".into()), 4)]
         );
-        // Back to the shared programs: the server's refusals only, not counted.
+        // Back to the shared programs: the server's refusals only, counted by cgroup.
         filter.set_policy(id, None, Some(&cgroup.0)).unwrap();
         assert_eq!(cgroup.try_reach("127.0.0.1"), "refused refused");
+        assert!(filter.counts_every_sandbox());
+        assert_eq!(filter.take_refusals(id), vec![(Refusal::Server, 2)]);
         assert_eq!(filter.take_refusals(id), vec![]);
+        filter.forget(id);
         drop(cgroup);
+    }
+
+    #[test]
+    fn the_shared_programs_count_refusals_by_sandbox() {
+        let filter = EgressFilter::start(&EgressConfig::default()).unwrap();
+        let (a, b) = (Cgroup::new("shared-a"), Cgroup::new("shared-b"));
+        filter.attach_sandbox("a", &a.0).unwrap();
+        filter.attach_sandbox("b", &b.0).unwrap();
+        assert_eq!(a.try_reach("10.1.2.3"), "refused refused");
+        assert_eq!(a.try_reach("127.0.0.1"), "refused refused");
+        assert_eq!(b.try_reach("192.168.1.1"), "refused refused");
+        assert_eq!(filter.take_refusals("a"), vec![(Refusal::Server, 4)]);
+        assert_eq!(filter.take_refusals("b"), vec![(Refusal::Server, 2)]);
+        assert_eq!(filter.take_refusals("a"), vec![]);
+        // Started again in a new cgroup (a resume): counted on, nothing lost.
+        assert_eq!(a.try_reach("10.1.2.3"), "refused refused");
+        let again = Cgroup::new("shared-a2");
+        filter.attach_sandbox("a", &again.0).unwrap();
+        assert_eq!(again.try_reach("10.1.2.3"), "refused refused");
+        assert_eq!(filter.take_refusals("a"), vec![(Refusal::Server, 4)]);
+        // A sandbox never attached has nothing.
+        assert_eq!(filter.take_refusals("c"), vec![]);
+        filter.forget("a");
+        filter.forget("b");
+        assert_eq!(filter.take_refusals("a"), vec![]);
     }
 
     #[test]

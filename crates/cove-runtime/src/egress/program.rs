@@ -22,6 +22,7 @@ pub struct Insn {
 pub const LDX_MEM_W: u8 = 0x61;
 pub const ST_MEM_W: u8 = 0x62;
 pub const STX_MEM_W: u8 = 0x63;
+pub const STX_MEM_DW: u8 = 0x7b;
 pub const ALU64_ADD_K: u8 = 0x07;
 pub const MOV64_K: u8 = 0xb7;
 pub const MOV64_X: u8 = 0xbf;
@@ -38,6 +39,11 @@ pub const EXIT: u8 = 0x95;
 pub const PSEUDO_MAP_FD: u8 = 1;
 /// The `bpf_map_lookup_elem` helper.
 pub const HELPER_MAP_LOOKUP: i32 = 1;
+/// `bpf_map_update_elem`, and its flag that refuses a key already there.
+pub const HELPER_MAP_UPDATE: i32 = 2;
+const BPF_NOEXIST: i32 = 1;
+/// `bpf_get_current_cgroup_id`: the cgroup v2 id of the task making the call.
+pub const HELPER_CURRENT_CGROUP_ID: i32 = 80;
 
 pub const R0: u8 = 0;
 pub const R1: u8 = 1;
@@ -49,6 +55,10 @@ pub const R10: u8 = 10;
 
 /// Where the key of the refusal counter goes on the stack (below the longest address key).
 const COUNTER_KEY: i16 = -32;
+/// Where the cgroup id (the key of the shared program's counters) and a counter's first
+/// value go on the stack (8-byte aligned, below the others).
+const CGROUP_KEY: i16 = -40;
+const FIRST_COUNT: i16 = -48;
 
 /// Offsets in `struct bpf_sock_addr`.
 pub const USER_IP4: i16 = 4;
@@ -165,7 +175,15 @@ impl Asm {
 
 /// The program for `family` over the maps `refused` and `policy` (descriptors), with the
 /// name servers' port `dns_port`. Answers 1 to let the call through, 0 to refuse it (EPERM).
-pub fn program(family: Family, refused: i32, policy: i32, dns_port: u16) -> Vec<Insn> {
+/// With `by_cgroup` (a hash map of `u64` counters by cgroup id), every refusal adds one to
+/// the counter of the cgroup of the task refused: the sandbox whose helper it is.
+pub fn program(
+    family: Family,
+    refused: i32,
+    policy: i32,
+    dns_port: u16,
+    by_cgroup: Option<i32>,
+) -> Vec<Insn> {
     let mut a = Asm::default();
     let (in_policy, verdict, allow, refuse) = (a.label(), a.label(), a.label(), a.label());
     a.push(insn(MOV64_X, R6, R1, 0, 0));
@@ -196,9 +214,42 @@ pub fn program(family: Family, refused: i32, policy: i32, dns_port: u16) -> Vec<
     a.push(insn(MOV64_K, R0, 0, 0, 1));
     a.push(insn(EXIT, 0, 0, 0, 0));
     a.bind(refuse);
+    if let Some(counters) = by_cgroup {
+        count_by_cgroup(&mut a, counters);
+    }
     a.push(insn(MOV64_K, R0, 0, 0, 0));
     a.push(insn(EXIT, 0, 0, 0, 0));
     a.finish()
+}
+
+/// Adds one to the counter of the calling task's cgroup in `counters`, making it (at 1)
+/// when it has none; when another CPU made it in between, adds to that one.
+fn count_by_cgroup(a: &mut Asm, counters: i32) {
+    let [insert, done] = [(); 2].map(|()| a.label());
+    a.push(insn(CALL, 0, 0, 0, HELPER_CURRENT_CGROUP_ID));
+    a.push(insn(STX_MEM_DW, R10, R0, CGROUP_KEY, 0));
+    a.lookup(counters, CGROUP_KEY);
+    a.jump(JEQ_K, R0, 0, insert);
+    a.push(insn(MOV64_K, R1, 0, 0, 1));
+    a.push(insn(ATOMIC_DW, R0, R1, 0, 0));
+    a.jump(JA, 0, 0, done);
+    a.bind(insert);
+    a.push(insn(MOV64_K, R1, 0, 0, 1));
+    a.push(insn(STX_MEM_DW, R10, R1, FIRST_COUNT, 0));
+    a.push(insn(LD_IMM64, R1, PSEUDO_MAP_FD, 0, counters));
+    a.push(insn(0, 0, 0, 0, 0));
+    a.push(insn(MOV64_X, R2, R10, 0, 0));
+    a.push(insn(ALU64_ADD_K, R2, 0, 0, i32::from(CGROUP_KEY)));
+    a.push(insn(MOV64_X, R3, R10, 0, 0));
+    a.push(insn(ALU64_ADD_K, R3, 0, 0, i32::from(FIRST_COUNT)));
+    a.push(insn(MOV64_K, R4, 0, 0, BPF_NOEXIST));
+    a.push(insn(CALL, 0, 0, 0, HELPER_MAP_UPDATE));
+    a.jump(JEQ_K, R0, 0, done);
+    a.lookup(counters, CGROUP_KEY);
+    a.jump(JEQ_K, R0, 0, done);
+    a.push(insn(MOV64_K, R1, 0, 0, 1));
+    a.push(insn(ATOMIC_DW, R0, R1, 0, 0));
+    a.bind(done);
 }
 
 /// The maps of a sandbox with its own policy, by descriptor.
@@ -336,6 +387,9 @@ mod tests {
     const DENY_FD: i32 = 10;
     const COUNTERS_FD: i32 = 11;
     const PROXY_FD: i32 = 12;
+    const BY_CGROUP_FD: i32 = 13;
+    /// The cgroup id the interpreter's task is in.
+    const CGROUP_ID: u64 = 0x1234_5678_9abc;
     const SANDBOX_FDS: SandboxMapFds = SandboxMapFds {
         refused: REFUSED_FD,
         policy: POLICY_FD,
@@ -360,6 +414,15 @@ mod tests {
         counters: Vec<u64>,
         /// The proxy's ports (`PROXY_FD`, one slot).
         proxy: u64,
+        /// The shared program's counters by cgroup id (`BY_CGROUP_FD`).
+        by_cgroup: BTreeMap<u64, u64>,
+    }
+
+    /// What a map value handed out is, for an atomic add on it.
+    #[derive(Clone, Copy)]
+    enum Counter {
+        Slot(usize),
+        Cgroup(u64),
     }
 
     impl Maps {
@@ -420,8 +483,8 @@ mod tests {
         ctx[24..26].copy_from_slice(&port.to_be_bytes());
         let mut stack = [0u8; STACK_SIZE as usize];
         let mut value = [0u8; 8];
-        // The counter VALUE points at, when the last lookup was of the counters.
-        let mut counter: Option<usize> = None;
+        // The counter VALUE points at, when the last lookup was of counters.
+        let mut counter: Option<Counter> = None;
         let mut reg = [0u64; 11];
         reg[1] = CTX;
         reg[10] = STACK + STACK_SIZE;
@@ -467,6 +530,15 @@ mod tests {
                     let at = i.off as usize;
                     ctx[at..at + 4].copy_from_slice(&(reg[src] as u32).to_le_bytes());
                 }
+                STX_MEM_DW => {
+                    let addr = reg[dst].wrapping_add(i.off as i64 as u64);
+                    assert!(
+                        (STACK..STACK + STACK_SIZE - 7).contains(&addr) && addr % 8 == 0,
+                        "a double word stored outside the stack or unaligned"
+                    );
+                    let at = (addr - STACK) as usize;
+                    stack[at..at + 8].copy_from_slice(&reg[src].to_le_bytes());
+                }
                 ST_MEM_W | STX_MEM_W => {
                     let addr = reg[dst].wrapping_add(i.off as i64 as u64);
                     assert!(
@@ -485,27 +557,64 @@ mod tests {
                     assert_eq!(i.imm, 0, "only BPF_ADD");
                     let addr = reg[dst].wrapping_add(i.off as i64 as u64);
                     assert_eq!(addr, VALUE, "atomic add outside a map value");
-                    let slot = counter.expect("an atomic add on a counter");
-                    maps.counters[slot] += reg[src];
+                    match counter.expect("an atomic add on a counter") {
+                        Counter::Slot(slot) => maps.counters[slot] += reg[src],
+                        Counter::Cgroup(id) => {
+                            *maps.by_cgroup.get_mut(&id).expect("looked up") += reg[src]
+                        }
+                    }
                 }
                 LD_IMM64 => {
                     assert_eq!(src, PSEUDO_MAP_FD as usize);
                     reg[dst] = i.imm as u64;
                     pc += 1;
                 }
+                CALL if i.imm == HELPER_CURRENT_CGROUP_ID => {
+                    reg[0] = CGROUP_ID;
+                    reg[1..6].fill(0xdead);
+                }
+                CALL if i.imm == HELPER_MAP_UPDATE => {
+                    assert_eq!(
+                        reg[1] as i32, BY_CGROUP_FD,
+                        "updates only the cgroup counters"
+                    );
+                    assert_eq!(reg[4], BPF_NOEXIST as u64);
+                    let read = |at: u64| {
+                        let at = (at - STACK) as usize;
+                        u64::from_le_bytes(stack[at..at + 8].try_into().unwrap())
+                    };
+                    let (key, first) = (read(reg[2]), read(reg[3]));
+                    reg[0] = match maps.by_cgroup.contains_key(&key) {
+                        true => (-libc::EEXIST) as i64 as u64,
+                        false => {
+                            maps.by_cgroup.insert(key, first);
+                            0
+                        }
+                    };
+                    reg[1..6].fill(0xdead);
+                }
                 CALL => {
                     assert_eq!(i.imm, HELPER_MAP_LOOKUP);
                     let at = (reg[2] - STACK) as usize;
                     let word = u32::from_le_bytes(stack[at..at + 4].try_into().unwrap());
                     counter = None;
-                    reg[0] = if reg[1] as i32 == PROXY_FD {
+                    reg[0] = if reg[1] as i32 == BY_CGROUP_FD {
+                        let key = u64::from_le_bytes(stack[at..at + 8].try_into().unwrap());
+                        match maps.by_cgroup.contains_key(&key) {
+                            true => {
+                                counter = Some(Counter::Cgroup(key));
+                                VALUE
+                            }
+                            false => 0,
+                        }
+                    } else if reg[1] as i32 == PROXY_FD {
                         assert_eq!(word, 0, "the proxy map has one slot");
                         value = maps.proxy.to_le_bytes();
                         VALUE
                     } else if reg[1] as i32 == COUNTERS_FD {
                         let slot = word as usize;
                         if slot < maps.counters.len() {
-                            counter = Some(slot);
+                            counter = Some(Counter::Slot(slot));
                             VALUE
                         } else {
                             0
@@ -570,8 +679,9 @@ mod tests {
             .collect();
         let tables = rules.tables(&host, &name_servers);
         let mut maps = Maps::server(&tables);
-        let v4 = program(Family::V4, REFUSED_FD, POLICY_FD, 53);
-        let v6 = program(Family::V6, REFUSED_FD, POLICY_FD, 53);
+        let v4 = program(Family::V4, REFUSED_FD, POLICY_FD, 53, Some(BY_CGROUP_FD));
+        let v6 = program(Family::V6, REFUSED_FD, POLICY_FD, 53, Some(BY_CGROUP_FD));
+        let mut refused = 0;
         let cases = [
             ("127.0.0.1", 80, false),
             ("192.0.2.2", 22, false),
@@ -608,14 +718,20 @@ mod tests {
                 u64::from(allowed),
                 "program: {dest} port {port}"
             );
+            // Every refusal is counted for the cgroup of the task refused.
+            refused += u64::from(!allowed);
+            let counted = maps.by_cgroup.get(&CGROUP_ID).copied().unwrap_or(0);
+            assert_eq!(counted, refused, "counted after {dest} port {port}");
         }
+        assert_eq!(maps.by_cgroup.len(), 1);
     }
 
     #[test]
     fn jumps_land_inside_the_program() {
         let programs = [Family::V4, Family::V6].into_iter().flat_map(|family| {
             [
-                program(family, REFUSED_FD, POLICY_FD, 53),
+                program(family, REFUSED_FD, POLICY_FD, 53, None),
+                program(family, REFUSED_FD, POLICY_FD, 53, Some(BY_CGROUP_FD)),
                 sandbox_program(family, SANDBOX_FDS, 53, false),
                 sandbox_program(family, SANDBOX_FDS, 53, true),
             ]

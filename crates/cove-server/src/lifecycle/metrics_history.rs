@@ -132,7 +132,7 @@ impl Lifecycle {
         let mut running = self.registry.all();
         running.retain(|l| l.paused().is_none());
         for live in running {
-            if live.read(|r| r.egress.is_some()) {
+            if live.read(|r| r.allow_internet_access) {
                 self.count_egress_refusals(&live).await;
             }
             let stale = live
