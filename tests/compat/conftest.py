@@ -419,6 +419,57 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
             report.sections.append((f"log of the server {name} (its last 8000 characters)", tail))
 
 
+def logs_say(server: "CoveServer", sandbox_id: str, text: str) -> bool:
+    """Whether `GET /sandboxes/{id}/logs` has an entry whose message ends with `text`."""
+    answer = server.api("GET", f"/sandboxes/{sandbox_id}/logs")
+    return any(e["message"].endswith(text) for e in answer.json()["logEntries"])
+
+
+class HostNetwork:
+    """A network namespace of a test's own behind a veth pair, standing in for "the internet":
+    the host's side has `host_side` (CIDR), the namespace `guests` (CIDRs). Processes started
+    in it with `spawn` are killed at the end; then the namespace and the link go, by name."""
+
+    def __init__(self, prefix: str, host_side: str, guests: Iterable[str]) -> None:
+        tag = f"{os.getpid() % 100000}"
+        self.netns, self.link, peer = f"cove-{prefix}-{tag}", f"{prefix}{tag}h", f"{prefix}{tag}n"
+        self.children: list[subprocess.Popen] = []
+        try:
+            _ip("netns", "add", self.netns)
+            _ip("link", "add", self.link, "type", "veth", "peer", "name", peer, "netns", self.netns)
+            _ip("addr", "add", host_side, "dev", self.link)
+            for guest in guests:
+                _ip("-n", self.netns, "addr", "add", guest, "dev", peer)
+            _ip("link", "set", self.link, "up")
+            _ip("-n", self.netns, "link", "set", peer, "up")
+            _ip("-n", self.netns, "link", "set", "lo", "up")
+        except BaseException:
+            self.close()
+            raise
+
+    def spawn(self, argv: list[str]) -> None:
+        """Starts `argv` inside the namespace, its output dropped."""
+        self.children.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", self.netns, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+
+    def close(self) -> None:
+        for child in self.children:
+            child.kill()
+            child.wait()
+        subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.link], capture_output=True)
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
 @contextlib.contextmanager
 def running_cove_server(
     state_dir: Path, log_path: Path, *, kill_leftovers: bool = True, extra_args: Iterable[str] = ()

@@ -13,7 +13,6 @@ this machine.
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 import struct
@@ -28,7 +27,7 @@ import pytest
 from e2b import Sandbox
 from e2b.sandbox.network import ALL_TRAFFIC
 
-from conftest import point_sdks_at, running_cove_server, wait_until
+from conftest import HostNetwork, logs_say, point_sdks_at, running_cove_server, wait_until
 
 pytestmark = pytest.mark.cove_server
 
@@ -64,10 +63,6 @@ if port == 443:
     server.socket = context.wrap_socket(server.socket, server_side=True)
 server.serve_forever()
 """
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
 class NameServer:
@@ -124,11 +119,9 @@ class NameServer:
 def test_hosts():
     """The two test hosts and the name server, removed by name at the end (also when a test
     fails)."""
-    tag = f"{os.getpid() % 100000}"
-    netns, link, peer = f"cove-dom-{tag}", f"dom{tag}h", f"dom{tag}n"
-    children: list[subprocess.Popen] = []
     work = tempfile.TemporaryDirectory(prefix="cove-compat-domains-")
     names = NameServer()
+    network = None
     try:
         cert = Path(work.name) / "server"
         subprocess.run(
@@ -137,35 +130,17 @@ def test_hosts():
             check=True,
             capture_output=True,
         )
-        ip("netns", "add", netns)
-        ip("link", "add", link, "type", "veth", "peer", "name", peer, "netns", netns)
-        ip("addr", "add", f"{HOST_SIDE}/29", "dev", link)
-        for addr in (ALLOWED, DENIED):
-            ip("-n", netns, "addr", "add", f"{addr}/29", "dev", peer)
-        ip("link", "set", link, "up")
-        ip("-n", netns, "link", "set", peer, "up")
-        ip("-n", netns, "link", "set", "lo", "up")
+        network = HostNetwork("dom", f"{HOST_SIDE}/29", [f"{ALLOWED}/29", f"{DENIED}/29"])
         for addr in (ALLOWED, DENIED):
             for port in (80, 443):
-                children.append(
-                    subprocess.Popen(
-                        ["ip", "netns", "exec", netns, sys.executable, "-c", SERVER, addr,
-                         str(port), str(cert)],
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
-                )
+                network.spawn([sys.executable, "-c", SERVER, addr, str(port), str(cert)])
         for addr in (ALLOWED, DENIED):
             wait_until(lambda: host_answers(addr), f"the test host to answer on {addr}", 20)
         yield names
     finally:
-        for child in children:
-            child.kill()
-            child.wait()
+        if network is not None:
+            network.close()
         names.stop()
-        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
-        subprocess.run(["ip", "link", "del", link], capture_output=True)
         work.cleanup()
 
 
@@ -253,11 +228,6 @@ def test_allowed_names_are_reached_where_they_really_are(sdk_env, test_hosts):
         )
     finally:
         sandbox.kill()
-
-
-def logs_say(server, sandbox_id: str, text: str) -> bool:
-    answer = server.api("GET", f"/sandboxes/{sandbox_id}/logs")
-    return any(e["message"].endswith(text) for e in answer.json()["logEntries"])
 
 
 def test_update_network_adds_and_removes_names_on_a_live_sandbox(sdk_env, test_hosts):

@@ -9,8 +9,6 @@ Traffic goes only to addresses on this machine.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -21,7 +19,7 @@ from e2b import Sandbox
 from e2b.exceptions import SandboxException
 from e2b.sandbox.network import ALL_TRAFFIC
 
-from conftest import point_sdks_at, running_cove_server, wait_until
+from conftest import HostNetwork, logs_say, point_sdks_at, running_cove_server, wait_until
 
 pytestmark = pytest.mark.cove_server
 
@@ -43,54 +41,26 @@ with open(sys.argv[1], "a") as out:
 """
 
 
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def test_host():
     """The test host: its namespace, link and servers, removed by name at the end (also when
     a test fails)."""
-    tag = f"{os.getpid() % 100000}"
-    netns, link, peer = f"cove-npc-{tag}", f"npc{tag}h", f"npc{tag}n"
-    children: list[subprocess.Popen] = []
     work = tempfile.TemporaryDirectory(prefix="cove-compat-policy-")
+    network = HostNetwork("npc", f"{HOST_SIDE}/29", [f"{ALLOWED}/29", f"{DENIED}/29"])
     try:
-        ip("netns", "add", netns)
-        ip("link", "add", link, "type", "veth", "peer", "name", peer, "netns", netns)
-        ip("addr", "add", f"{HOST_SIDE}/29", "dev", link)
-        for addr in (ALLOWED, DENIED):
-            ip("-n", netns, "addr", "add", f"{addr}/29", "dev", peer)
-        ip("link", "set", link, "up")
-        ip("-n", netns, "link", "set", peer, "up")
-        ip("-n", netns, "link", "set", "lo", "up")
         www = Path(work.name) / "www"
         www.mkdir()
         (www / "marker.txt").write_text(MARKER)
         datagrams = Path(work.name) / "udp.txt"
         datagrams.write_text("")
-        for argv in (
-            [sys.executable, "-m", "http.server", str(PORT), "--bind", "0.0.0.0",
-             "--directory", str(www)],
-            [sys.executable, "-c", UDP_LISTENER, str(datagrams), str(UDP_PORT)],
-        ):
-            children.append(
-                subprocess.Popen(
-                    ["ip", "netns", "exec", netns, *argv],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
+        network.spawn([sys.executable, "-m", "http.server", str(PORT), "--bind", "0.0.0.0",
+                       "--directory", str(www)])
+        network.spawn([sys.executable, "-c", UDP_LISTENER, str(datagrams), str(UDP_PORT)])
         for addr in (ALLOWED, DENIED):
             wait_until(lambda: host_reaches(addr), f"the test host to answer on {addr}", 20)
         yield datagrams
     finally:
-        for child in children:
-            child.kill()
-            child.wait()
-        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
-        subprocess.run(["ip", "link", "del", link], capture_output=True)
+        network.close()
         work.cleanup()
 
 
@@ -171,12 +141,6 @@ def test_deny_all_with_an_allow_list(sdk_env, test_host):
         )
     finally:
         sandbox.kill()
-
-
-def logs_say(server, sandbox_id: str, text: str) -> bool:
-    """Whether `GET /sandboxes/{id}/logs` has an entry whose message ends with `text`."""
-    answer = server.api("GET", f"/sandboxes/{sandbox_id}/logs")
-    return any(e["message"].endswith(text) for e in answer.json()["logEntries"])
 
 
 def test_update_network_narrows_and_widens_a_live_sandbox(sdk_env, test_host):

@@ -550,24 +550,12 @@ async fn domain_rules_hold_across_a_server_crash() {
     let lie = format!("echo '{} www.allowed.test' >> /etc/hosts", host.addr(3));
     let root = sbx.agent().clone().as_user("root");
     root.commands().run(&lie).await.unwrap();
-    let get = |path: &'static str| {
-        let sbx = &sbx;
-        async move {
-            let cmd = format!("curl -s -m 10 http://www.allowed.test{path} || echo failed");
-            sbx.commands()
-                .run(&cmd)
-                .await
-                .unwrap()
-                .stdout
-                .trim()
-                .to_owned()
-        }
-    };
-    assert_eq!(get("/marker.txt").await, MARKER);
+    let name = "www.allowed.test";
+    assert_eq!(fetch(&sbx, name, 80).await, MARKER);
     // Port 8000 is decided by address: the sandbox's own (the lie) is refused.
-    assert_eq!(get(":8000/marker.txt").await, "failed");
+    assert_eq!(fetch(&sbx, name, PORT).await, "refused");
     server.crash_and_restart().await;
-    assert_eq!(get("/marker.txt").await, MARKER);
+    assert_eq!(fetch(&sbx, name, 80).await, MARKER);
     assert_eq!(
         sbx.info().await.unwrap().network.unwrap().allow_out,
         Some(strings(&["www.allowed.test"]))

@@ -115,6 +115,28 @@ unsafe fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
     }
 }
 
+/// Creates a map of `map_type` named `label`.
+fn create_map(
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    label: &str,
+) -> io::Result<OwnedFd> {
+    let attr = MapCreateAttr {
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        map_flags,
+        map_name: name(label),
+        ..MapCreateAttr::default()
+    };
+    // SAFETY: a zero-padded `bpf_attr` for BPF_MAP_CREATE without pointers.
+    owned(unsafe { bpf(BPF_MAP_CREATE, &attr) }?)
+}
+
 /// Takes ownership of a descriptor the kernel just returned.
 fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
     let fd = i32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
@@ -140,19 +162,16 @@ pub struct LpmMap {
 impl LpmMap {
     /// Creates a map named `label` for up to `max_entries` ranges.
     pub fn create(label: &str, family: Family, max_entries: u32) -> io::Result<Self> {
-        let attr = MapCreateAttr {
-            map_type: BPF_MAP_TYPE_LPM_TRIE,
-            key_size: family.key_len() as u32,
-            value_size: 4,
-            max_entries,
-            map_flags: BPF_F_NO_PREALLOC,
-            map_name: name(label),
-            ..MapCreateAttr::default()
-        };
-        // SAFETY: a zero-padded `bpf_attr` for BPF_MAP_CREATE without pointers.
-        let fd = unsafe { bpf(BPF_MAP_CREATE, &attr) }?;
+        let key_size = family.key_len() as u32;
         Ok(Self {
-            fd: owned(fd)?,
+            fd: create_map(
+                BPF_MAP_TYPE_LPM_TRIE,
+                key_size,
+                4,
+                max_entries,
+                BPF_F_NO_PREALLOC,
+                label,
+            )?,
             family,
         })
     }
@@ -232,17 +251,9 @@ pub struct CounterMap {
 impl CounterMap {
     /// Creates a map named `label` of `len` counters, all zero.
     pub fn create(label: &str, len: u32) -> io::Result<Self> {
-        let attr = MapCreateAttr {
-            map_type: BPF_MAP_TYPE_ARRAY,
-            key_size: 4,
-            value_size: 8,
-            max_entries: len,
-            map_name: name(label),
-            ..MapCreateAttr::default()
-        };
-        // SAFETY: a zero-padded `bpf_attr` for BPF_MAP_CREATE without pointers.
-        let fd = unsafe { bpf(BPF_MAP_CREATE, &attr) }?;
-        Ok(Self { fd: owned(fd)? })
+        Ok(Self {
+            fd: create_map(BPF_MAP_TYPE_ARRAY, 4, 8, len, 0, label)?,
+        })
     }
 
     pub fn raw_fd(&self) -> i32 {
@@ -285,33 +296,28 @@ pub struct KeyedCounterMap {
 impl KeyedCounterMap {
     /// Creates a map named `label` of at most `len` counters.
     pub fn create(label: &str, len: u32) -> io::Result<Self> {
-        let attr = MapCreateAttr {
-            map_type: BPF_MAP_TYPE_HASH,
-            key_size: 8,
-            value_size: 8,
-            max_entries: len,
-            map_flags: BPF_F_NO_PREALLOC,
-            map_name: name(label),
-            ..MapCreateAttr::default()
-        };
-        // SAFETY: a zero-padded `bpf_attr` for BPF_MAP_CREATE without pointers.
-        let fd = unsafe { bpf(BPF_MAP_CREATE, &attr) }?;
-        Ok(Self { fd: owned(fd)? })
+        Ok(Self {
+            fd: create_map(BPF_MAP_TYPE_HASH, 8, 8, len, BPF_F_NO_PREALLOC, label)?,
+        })
     }
 
     pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
     }
 
+    fn attr(&self, key: &u64, value: Option<&mut u64>) -> MapElemAttr {
+        MapElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            key: key as *const u64 as u64,
+            value: value.map_or(0, |v| v as *mut u64 as u64),
+            ..MapElemAttr::default()
+        }
+    }
+
     /// The counter of `key`; 0 when it has none.
     pub fn get(&self, key: u64) -> io::Result<u64> {
         let mut value = 0u64;
-        let attr = MapElemAttr {
-            map_fd: self.fd.as_raw_fd() as u32,
-            key: &key as *const u64 as u64,
-            value: &mut value as *mut u64 as u64,
-            ..MapElemAttr::default()
-        };
+        let attr = self.attr(&key, Some(&mut value));
         // SAFETY: the key and value buffers (8 bytes each, the map's sizes) outlive the
         // call; the kernel writes only the value.
         match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &attr) } {
@@ -323,11 +329,7 @@ impl KeyedCounterMap {
 
     /// Forgets the counter of `key`.
     pub fn remove(&self, key: u64) -> io::Result<()> {
-        let attr = MapElemAttr {
-            map_fd: self.fd.as_raw_fd() as u32,
-            key: &key as *const u64 as u64,
-            ..MapElemAttr::default()
-        };
+        let attr = self.attr(&key, None);
         // SAFETY: the key buffer (8 bytes, the map's key size) outlives the call.
         match unsafe { bpf(BPF_MAP_DELETE_ELEM, &attr) } {
             Ok(_) => Ok(()),

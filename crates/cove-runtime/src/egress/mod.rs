@@ -786,20 +786,7 @@ for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         out.append("refused")
 print(" ".join(out))
 "#;
-            let shell = format!(
-                "echo $$ > {}/cgroup.procs && exec /usr/bin/python3 -c \"$0\" \"$1\"",
-                self.0.display()
-            );
-            let out = Command::new("sh")
-                .args(["-c", &shell, script, addr])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+            self.python(script, &[addr])
         }
     }
 
