@@ -14,8 +14,10 @@
 //! one (or faking it) gets nothing. A connection that names nothing is refused. The bytes
 //! read are sent on unchanged; nothing is decrypted.
 //!
-//! Blocking threads: one per listener, two per connection (one for each direction), at
-//! most [`MAX_CONNECTIONS`] connections per sandbox.
+//! Blocking threads with small stacks: one per listener, two per connection (one for each
+//! direction); at most [`MAX_CONNECTIONS`] connections per sandbox and [`MAX_ALL_CONNECTIONS`]
+//! for all sandboxes at once, so no sandbox can make the host spawn threads without end.
+//! Further connections are closed at once (the client sees a reset or an empty answer).
 
 pub mod peek;
 pub mod resolve;
@@ -40,7 +42,14 @@ use self::{
 use super::{Refusal, SandboxPolicy, policy::NameVerdict};
 
 /// Most connections of one sandbox open through its proxy at once; more are closed.
-pub const MAX_CONNECTIONS: usize = 512;
+pub const MAX_CONNECTIONS: usize = 256;
+/// Most connections open through all proxies at once.
+pub const MAX_ALL_CONNECTIONS: usize = 4096;
+/// The stack of a proxy thread: it holds a request head at most, and splices the rest.
+const THREAD_STACK: usize = 128 * 1024;
+
+/// Connections open through all proxies.
+static ALL_OPEN: AtomicUsize = AtomicUsize::new(0);
 /// How long a connection may take to say what it asks for.
 const PEEK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting to the destination may take, per address.
@@ -145,6 +154,7 @@ impl SandboxProxy {
             let state = Arc::clone(&state);
             let thread = thread::Builder::new()
                 .name(format!("cove-egress-{}", kind.port()))
+                .stack_size(THREAD_STACK)
                 .spawn(move || accept(&accepting, kind, &state))?;
             listeners.push((listener, Some(thread)));
         }
@@ -206,23 +216,48 @@ fn accept(listener: &TcpListener, kind: Kind, state: &Arc<State>) {
                 return;
             }
         };
+        let Some(slot) = Slot::take(state) else {
+            tracing::debug!(sandbox_id = %state.id, "egress proxy full: a connection closed");
+            continue;
+        };
+        // On failure the closure, slot and connection in it are dropped: both freed.
+        let _ = thread::Builder::new()
+            .name("cove-egress-conn".into())
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                serve(client, kind, &slot.state);
+                drop(slot);
+            });
+    }
+}
+
+/// A connection's place among a sandbox's and all proxies' open ones, given back when
+/// dropped.
+struct Slot {
+    state: Arc<State>,
+}
+
+impl Slot {
+    fn take(state: &Arc<State>) -> Option<Self> {
+        if ALL_OPEN.fetch_add(1, Ordering::SeqCst) >= MAX_ALL_CONNECTIONS {
+            ALL_OPEN.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
         if state.open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             state.open.fetch_sub(1, Ordering::SeqCst);
-            continue;
+            ALL_OPEN.fetch_sub(1, Ordering::SeqCst);
+            return None;
         }
-        let state = Arc::clone(state);
-        let spawned = thread::Builder::new()
-            .name("cove-egress-conn".into())
-            .spawn({
-                let state = Arc::clone(&state);
-                move || {
-                    serve(client, kind, &state);
-                    state.open.fetch_sub(1, Ordering::SeqCst);
-                }
-            });
-        if spawned.is_err() {
-            state.open.fetch_sub(1, Ordering::SeqCst);
-        }
+        Some(Self {
+            state: Arc::clone(state),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.state.open.fetch_sub(1, Ordering::SeqCst);
+        ALL_OPEN.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -363,6 +398,7 @@ fn relay(client: TcpStream, upstream: TcpStream) {
     };
     let up = thread::Builder::new()
         .name("cove-egress-up".into())
+        .stack_size(THREAD_STACK)
         .spawn(move || pipe(client_read, upstream_write));
     pipe(upstream, client);
     if let Ok(up) = up {
@@ -486,5 +522,54 @@ mod tests {
             decide(&name("missing.github.com"), 443, &policy, &env),
             Decision::Unresolved(..)
         ));
+    }
+
+    #[test]
+    fn a_sandbox_cannot_hold_more_than_its_share_of_connections() {
+        let names = NameServer::start([]);
+        let policy = SandboxPolicy::new(&strings(&["pypi.org"]), &[]).unwrap();
+        let proxy = SandboxProxy::start("cap-test", policy, Arc::new(env(names.addr()))).unwrap();
+        let (http, _) = proxy.ports();
+        let connect = || TcpStream::connect((Ipv4Addr::LOCALHOST, http)).unwrap();
+        // Connections that never say what they want hold their place until the peek times out.
+        let held: Vec<TcpStream> = (0..MAX_CONNECTIONS).map(|_| connect()).collect();
+        // The accepting thread takes them in order; once the last has its place, the next is
+        // closed at once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut extra = connect();
+            extra
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let mut byte = [0u8; 1];
+            match extra.read(&mut byte) {
+                Ok(0) => break,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+                _ => assert!(std::time::Instant::now() < deadline, "never full"),
+            }
+        }
+        drop(held);
+        // Places come back: a request is answered again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut client = connect();
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: 10.1.2.3\r\n\r\n")
+                .unwrap();
+            let mut answer = String::new();
+            let _ = client.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 403") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no place given back: {answer:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(proxy.take_refusals().get(&Refusal::Server), Some(&1));
     }
 }
