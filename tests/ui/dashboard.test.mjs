@@ -15,9 +15,9 @@ import { startServer, waitUntil } from './server.mjs';
 
 const REPO = resolve(import.meta.dirname, '../..');
 const SHOTS = resolve(REPO, process.env.COVE_UI_SCREENSHOTS || 'target/ui-screenshots');
-// Waits for things that take real work (a sandbox, a shell, a build); the "appears within a
-// second" wait has its own deadline.
-const SLOW_MS = 30_000;
+// Waits for things that take real work (a sandbox, a shell, a build), and every other wait of
+// the page: generous, as CI runs this suite beside the others on two cores.
+const SLOW_MS = 90_000;
 
 let server;
 let browser;
@@ -31,6 +31,7 @@ before(async () => {
   browser = await launch();
   const context = await browser.newContext({ viewport: { width: 1400, height: 900 }, acceptDownloads: true });
   page = await context.newPage();
+  page.setDefaultTimeout(SLOW_MS);
   page.on('dialog', (dialog) => dialog.accept());
   page.on('pageerror', (err) => pageErrors.push(err.message));
   page.on('console', (message) => {
