@@ -248,3 +248,27 @@ def test_update_network_adds_and_removes_names_on_a_live_sandbox(sdk_env, test_h
         assert fetch(sandbox, "http://www.allowed.test/") == f"reached {DENIED} for www.allowed.test"
     finally:
         sandbox.kill()
+
+
+def test_dns_servers_are_opened_beside_domain_rules(sdk_env, test_hosts):
+    # E2B's meaning: they only open the firewall (all traffic to them), and only while a
+    # domain is among the rules.
+    sandbox = Sandbox.create(
+        network={
+            "allow_out": ["*.allowed.test"],
+            "deny_out": [ALL_TRAFFIC],
+            "dns_servers": [DENIED],
+        }
+    )
+    try:
+        assert fetch(sandbox, f"http://{DENIED}/") == f"reached {DENIED} for {DENIED}"
+        assert "denyOut 0.0.0.0/0" in fetch(sandbox, f"http://{ALLOWED}/")
+        assert sandbox.get_info().network.get("dns_servers") == [DENIED]
+        # Without a domain rule they open nothing.
+        sandbox.update_network(
+            {"allow_out": [ALLOWED], "deny_out": [ALL_TRAFFIC], "dns_servers": [DENIED]}
+        )
+        assert fetch(sandbox, f"http://{DENIED}/") == "failed"
+        assert fetch(sandbox, f"http://{ALLOWED}/") == f"reached {ALLOWED} for {ALLOWED}"
+    finally:
+        sandbox.kill()

@@ -153,18 +153,20 @@ pub struct SandboxNetwork {
     /// `0.0.0.0/0` is every destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deny_out: Option<Vec<String>>,
-    /// E2B's other network options, not supported by Cove yet: a create that sets one is
-    /// refused rather than given a sandbox without it.
+    /// IPv4 name servers opened (all traffic) while `allowOut` or `denyOut` has a domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_servers: Option<Vec<String>>,
+    /// E2B's other network options, not supported by Cove yet: a create that sets one is
+    /// refused rather than given a sandbox without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_proxy: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mask_request_host: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https_ports: Option<Vec<u16>>,
+    /// The `Host` requests to the sandbox's ports carry; `${PORT}` stands for the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_request_host: Option<String>,
 }
 
 /// Body of `PUT /sandboxes/{id}/network`: replaces the sandbox's egress rules; an omitted
@@ -183,7 +185,7 @@ pub struct SandboxNetworkUpdate {
         skip_serializing_if = "Option::is_none"
     )]
     pub allow_internet_access: Option<bool>,
-    /// Not supported by Cove yet (refused when not empty).
+    /// IPv4 name servers opened while `allowOut` or `denyOut` has a domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_servers: Option<Vec<String>>,
     /// Not supported by Cove yet (refused when set).

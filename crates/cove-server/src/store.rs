@@ -152,13 +152,17 @@ pub struct SandboxRecord {
     pub mask_request_host: Option<String>,
 }
 
-/// A sandbox's `allowOut` and `denyOut`, as its record keeps them (checked when set).
+/// A sandbox's `allowOut`, `denyOut` and `dnsServers`, as its record keeps them (checked when
+/// set).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EgressRules {
     #[serde(default)]
     pub allow_out: Vec<String>,
     #[serde(default)]
     pub deny_out: Vec<String>,
+    /// Name servers opened (all traffic) while `allowOut` or `denyOut` has a domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_servers: Vec<String>,
 }
 
 /// A volume mounted into a sandbox, as its record keeps it.

@@ -168,6 +168,11 @@ pub async fn info(
         allow_out: record.egress.as_ref().map(|e| e.allow_out.clone()),
         deny_out: record.egress.as_ref().map(|e| e.deny_out.clone()),
         mask_request_host: record.mask_request_host.clone(),
+        dns_servers: record
+            .egress
+            .as_ref()
+            .filter(|e| !e.dns_servers.is_empty())
+            .map(|e| e.dns_servers.clone()),
         ..SandboxNetwork::default()
     };
     Ok(Json(SandboxDetail {

@@ -1,4 +1,4 @@
-//! A sandbox's own egress rules (E2B's `allowOut` / `denyOut`): checked when a create or
+//! A sandbox's own egress rules (E2B's `allowOut` / `denyOut` / `dnsServers`): checked when a create or
 //! `PUT /sandboxes/{id}/network` gives them, kept with its record, handed to the runtime
 //! before it starts, again when a restarted server adopts it, and at once when they change.
 //! The server's own refusals (the host, private ranges) stay whatever a sandbox asks for.
@@ -16,24 +16,20 @@ pub fn from_create(
     let Some(network) = network else {
         return Ok(None);
     };
-    refuse_unsupported(
-        network.dns_servers.as_deref(),
-        network.egress_proxy.as_ref(),
-        network.rules.as_ref(),
-    )?;
+    refuse_unsupported(network.egress_proxy.as_ref(), network.rules.as_ref())?;
+    if network.https_ports.as_ref().is_some_and(|p| !p.is_empty()) {
+        return Err(unsupported("httpsPorts"));
+    }
     checked(EgressRules {
         allow_out: network.allow_out.clone().unwrap_or_default(),
         deny_out: network.deny_out.clone().unwrap_or_default(),
+        dns_servers: network.dns_servers.clone().unwrap_or_default(),
     })
 }
 
 /// The rules an update gives (replacing the old ones; omitted lists are empty), checked.
 pub fn from_update(update: &SandboxNetworkUpdate) -> Result<Option<EgressRules>, LifecycleError> {
-    refuse_unsupported(
-        update.dns_servers.as_deref(),
-        update.egress_proxy.as_ref(),
-        update.rules.as_ref(),
-    )?;
+    refuse_unsupported(update.egress_proxy.as_ref(), update.rules.as_ref())?;
     let mut deny_out = update.deny_out.clone().unwrap_or_default();
     if update.allow_internet_access == Some(false) && !deny_out.iter().any(|d| d == ALL_TRAFFIC) {
         deny_out.push(ALL_TRAFFIC.to_owned());
@@ -41,24 +37,21 @@ pub fn from_update(update: &SandboxNetworkUpdate) -> Result<Option<EgressRules>,
     checked(EgressRules {
         allow_out: update.allow_out.clone().unwrap_or_default(),
         deny_out,
+        dns_servers: update.dns_servers.clone().unwrap_or_default(),
     })
 }
 
 fn unsupported(field: &str) -> LifecycleError {
     LifecycleError::BadRequest(format!(
-        "network.{field} is not supported by Cove yet; only allowOut and denyOut (IP addresses, CIDR ranges and domain names) are"
+        "network.{field} is not supported by Cove yet; allowOut, denyOut (IP addresses, CIDR ranges and domain names), dnsServers and maskRequestHost are"
     ))
 }
 
 /// Refuses E2B's network options Cove does not have yet, when they ask for anything.
 fn refuse_unsupported(
-    dns_servers: Option<&[String]>,
     egress_proxy: Option<&serde_json::Value>,
     rules: Option<&serde_json::Value>,
 ) -> Result<(), LifecycleError> {
-    if dns_servers.is_some_and(|d| !d.is_empty()) {
-        return Err(unsupported("dnsServers"));
-    }
     if egress_proxy.is_some_and(|p| !p.is_null()) {
         return Err(unsupported("egressProxy"));
     }
@@ -74,13 +67,39 @@ fn checked(rules: EgressRules) -> Result<Option<EgressRules>, LifecycleError> {
     Ok((!policy.is_empty()).then_some(rules))
 }
 
-/// The runtime's policy for `rules`.
+/// Most entries of `dnsServers`, as E2B.
+const MAX_DNS_SERVERS: usize = 10;
+
+/// The runtime's policy for `rules`: with a domain among them, the `dnsServers` are opened
+/// as `allowOut` addresses are (E2B's meaning: they only open the firewall).
 pub fn policy_of(rules: &EgressRules) -> Result<SandboxPolicy, LifecycleError> {
-    SandboxPolicy::new(&rules.allow_out, &rules.deny_out).map_err(|err| {
+    if rules.dns_servers.len() > MAX_DNS_SERVERS {
+        return Err(LifecycleError::BadRequest(format!(
+            "network.dnsServers has {} entries; at most {MAX_DNS_SERVERS} are allowed",
+            rules.dns_servers.len()
+        )));
+    }
+    if let Some(bad) = rules
+        .dns_servers
+        .iter()
+        .find(|s| s.parse::<std::net::Ipv4Addr>().is_err())
+    {
+        return Err(LifecycleError::BadRequest(format!(
+            "network.dnsServers entry `{bad}` is not an IPv4 address"
+        )));
+    }
+    let refused = |err: cove_runtime::egress::PolicyError| {
         LifecycleError::BadRequest(format!(
             "{err} (rules of a sandbox narrow what the server allows; addresses the server refuses, such as the host and private ranges, stay refused whatever allowOut says)"
         ))
-    })
+    };
+    let policy = SandboxPolicy::new(&rules.allow_out, &rules.deny_out).map_err(refused)?;
+    if !policy.has_domains() || rules.dns_servers.is_empty() {
+        return Ok(policy);
+    }
+    let mut allow = rules.allow_out.clone();
+    allow.extend(rules.dns_servers.iter().cloned());
+    SandboxPolicy::new(&allow, &rules.deny_out).map_err(refused)
 }
 
 /// The policy a record's rules stand for (`None`: the server's rules alone).
@@ -178,6 +197,7 @@ mod tests {
             Some(EgressRules {
                 allow_out: strings(&["10.203.0.2"]),
                 deny_out: strings(&["0.0.0.0/0"]),
+                dns_servers: Vec::new(),
             })
         );
         // Omitted lists are cleared.
@@ -192,6 +212,7 @@ mod tests {
             Some(EgressRules {
                 allow_out: strings(&["*.github.com"]),
                 deny_out: strings(&["0.0.0.0/0"]),
+                dns_servers: Vec::new(),
             })
         );
         let url = SandboxNetworkUpdate {
@@ -218,12 +239,46 @@ mod tests {
         assert!(err.contains("`10.0.0.0/40`"), "{err}");
         assert!(err.contains("stay refused whatever allowOut says"), "{err}");
         // A create asking for what Cove does not have yet is refused, as an update is.
-        let dns = SandboxNetwork {
-            dns_servers: Some(strings(&["10.0.0.53"])),
+        let https = SandboxNetwork {
+            https_ports: Some(vec![3000]),
             ..SandboxNetwork::default()
         };
-        let err = from_create(Some(&dns)).unwrap_err().to_string();
-        assert!(err.contains("dnsServers"), "{err}");
+        let err = from_create(Some(&https)).unwrap_err().to_string();
+        assert!(err.contains("httpsPorts is not supported"), "{err}");
+        // Name servers: IPv4 addresses, at most ten; opened only beside a domain rule.
+        let dns = |servers: &[&str], allow: &[&str]| SandboxNetwork {
+            dns_servers: Some(strings(servers)),
+            allow_out: Some(strings(allow)),
+            deny_out: Some(strings(&["0.0.0.0/0"])),
+            ..SandboxNetwork::default()
+        };
+        let err = from_create(Some(&dns(&["1.1.1.1", "dns.google"], &["pypi.org"])))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dnsServers entry `dns.google`"), "{err}");
+        let many: Vec<String> = (1..=11).map(|i| format!("192.0.2.{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let err = from_create(Some(&dns(&many, &["pypi.org"])))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 10"), "{err}");
+        let ip = |a: &str| a.parse().unwrap();
+        let with_name = from_create(Some(&dns(&["192.0.2.53"], &["pypi.org"])))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            policy_of(&with_name).unwrap().refusal(ip("192.0.2.53")),
+            None
+        );
+        let by_address = from_create(Some(&dns(&["192.0.2.53"], &["198.51.100.7"])))
+            .unwrap()
+            .unwrap();
+        assert!(
+            policy_of(&by_address)
+                .unwrap()
+                .refusal(ip("192.0.2.53"))
+                .is_some()
+        );
         assert!(
             from_create(Some(&SandboxNetwork {
                 allow_public_traffic: Some(false),
