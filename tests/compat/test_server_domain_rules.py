@@ -22,6 +22,7 @@ import tempfile
 import threading
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from e2b import Sandbox
@@ -49,7 +50,10 @@ import http.server, socketserver, ssl, sys
 addr, port, cert = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 class Page(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        body = f"reached {addr} for {self.headers.get('Host')}".encode()
+        if self.path == "/secret":
+            body = str(self.headers.get_all("X-Secret")).encode()
+        else:
+            body = f"reached {addr} for {self.headers.get('Host')}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -117,26 +121,33 @@ class NameServer:
 
 @pytest.fixture(scope="module")
 def test_hosts():
-    """The two test hosts and the name server, removed by name at the end (also when a test
-    fails)."""
+    """The two test hosts and the name server (its address, and the file of the CA that
+    signed the hosts' certificate), removed by name at the end (also when a test fails)."""
     work = tempfile.TemporaryDirectory(prefix="cove-compat-domains-")
     names = NameServer()
     network = None
     try:
-        cert = Path(work.name) / "server"
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-             "-subj", "/CN=www.allowed.test", "-keyout", f"{cert}.key", "-out", f"{cert}.crt"],
-            check=True,
-            capture_output=True,
-        )
+        # A CA of the test's own signs the test hosts' certificate; the server trusts it
+        # (`--egress-ca-file`) as it trusts the host's for real destinations.
+        ca, cert = Path(work.name) / "ca", Path(work.name) / "server"
+        for argv in (
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=Cove test CA", "-keyout", f"{ca}.key", "-out", f"{ca}.crt"],
+            ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=www.allowed.test",
+             "-addext", "subjectAltName=DNS:www.allowed.test,DNS:denied.test",
+             "-keyout", f"{cert}.key", "-out", f"{cert}.csr"],
+            ["x509", "-req", "-in", f"{cert}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-days", "1", "-copy_extensions", "copyall",
+             "-out", f"{cert}.crt"],
+        ):
+            subprocess.run(["openssl", *argv], check=True, capture_output=True)
         network = HostNetwork("dom", f"{HOST_SIDE}/29", [f"{ALLOWED}/29", f"{DENIED}/29"])
         for addr in (ALLOWED, DENIED):
             for port in (80, 443):
                 network.spawn([sys.executable, "-c", SERVER, addr, str(port), str(cert)])
         for addr in (ALLOWED, DENIED):
             wait_until(lambda: host_answers(addr), f"the test host to answer on {addr}", 20)
-        yield names
+        yield SimpleNamespace(address=names.address, ca_file=f"{ca}.crt")
     finally:
         if network is not None:
             network.close()
@@ -163,7 +174,11 @@ def host_answers(addr: str) -> bool:
 @pytest.fixture(scope="module")
 def domain_server(test_hosts):
     with tempfile.TemporaryDirectory(prefix="cove-compat-domain-server-") as work:
-        args = ["--allow-private-egress", NET, "--egress-resolver", test_hosts.address]
+        args = [
+            "--allow-private-egress", NET,
+            "--egress-resolver", test_hosts.address,
+            "--egress-ca-file", test_hosts.ca_file,
+        ]
         with running_cove_server(
             Path(work) / "state", Path(work) / "server.log", extra_args=args
         ) as server:
@@ -272,3 +287,39 @@ def test_dns_servers_are_opened_beside_domain_rules(sdk_env, test_hosts):
         assert fetch(sandbox, f"http://{ALLOWED}/") == f"reached {ALLOWED} for {ALLOWED}"
     finally:
         sandbox.kill()
+
+
+def test_rules_set_headers_the_sandbox_never_sees(sdk_env, test_hosts):
+    secret = "s3cret-from-the-rules"
+    sandbox = Sandbox.create(
+        network={
+            "allow_out": ["*.allowed.test", "denied.test"],
+            "deny_out": [ALL_TRAFFIC],
+            "rules": {"www.allowed.test": [{"transform": {"headers": {"X-Secret": secret}}}]},
+        }
+    )
+    try:
+        lying_hosts_file(sandbox)
+        # HTTPS, verified inside against the trust store the server added its egress CA to.
+        https = "curl -s -m 10 https://www.allowed.test/secret || echo failed"
+        assert sandbox.commands.run(https).stdout == f"['{secret}']"
+        # The sandbox's own value is replaced, over HTTP as over HTTPS.
+        mine = "-H 'X-Secret: mine' http://www.allowed.test/secret"
+        assert fetch(sandbox, mine) == f"['{secret}']"
+        # Python's clients find the CA too (SSL_CERT_FILE, REQUESTS_CA_BUNDLE).
+        python = (
+            "python3 -c \"import urllib.request; "
+            "print(urllib.request.urlopen('https://www.allowed.test/secret').read().decode())\""
+        )
+        assert sandbox.commands.run(python).stdout.strip() == f"['{secret}']"
+        # Names without rules are not decrypted: their own certificate, no header.
+        assert fetch(sandbox, "https://denied.test/secret") == "None"
+        # The secret is nowhere in the sandbox.
+        assert secret not in sandbox.commands.run("env; cat /proc/1/environ || true", user="root").stdout
+        info = sandbox.get_info().network
+        assert info.get("rules", {}).get("www.allowed.test"), info
+    finally:
+        sandbox.kill()
+    bad = {"rules": {"www.allowed.test": [{"transform": {"headers": {"Host": "x"}}}]}}
+    with pytest.raises(Exception, match="header `Host` frames the request"):
+        Sandbox.create(network=bad)

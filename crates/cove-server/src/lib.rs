@@ -277,6 +277,9 @@ impl AppState {
                 caps,
                 admission,
                 snapshots_dir: config.state_dir.join("snapshots"),
+                egress_ca_pem: tls::egress_ca::EgressIssuer::open(&config.state_dir)
+                    .ok()
+                    .map(|ca| ca.cert_pem().to_owned()),
             },
             volumes,
         ));
@@ -308,10 +311,17 @@ impl AppState {
 
 /// The namespace backend as `config` sets it up.
 fn namespace_runtime(config: &ServerConfig) -> Result<Arc<dyn Runtime>, ServerError> {
+    let mut egress = config.egress.clone();
+    match tls::egress_ca::EgressIssuer::open(&config.state_dir) {
+        Ok(issuer) => egress.interception = Some(Arc::new(issuer)),
+        Err(err) => {
+            tracing::warn!(err = %cove_runtime::egress::error_chain(&err), "no egress CA: rules that set headers on HTTPS requests will refuse them")
+        }
+    }
     let runtime = NamespaceRuntime::new(
         &config.exe,
         lifecycle::sandboxes_dir(&config.state_dir),
-        config.egress.clone(),
+        egress,
     )
     .with_no_new_privs(config.no_new_privs)
     .with_log_cap(config.log_kb << 10)

@@ -163,6 +163,9 @@ pub struct EgressRules {
     /// Name servers opened (all traffic) while `allowOut` or `denyOut` has a domain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns_servers: Vec<String>,
+    /// E2B's `rules`: headers set in requests to a domain's names, by domain.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rules: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// A volume mounted into a sandbox, as its record keeps it.

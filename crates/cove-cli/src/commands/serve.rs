@@ -88,6 +88,16 @@ pub struct Args {
         value_delimiter = ','
     )]
     egress_resolver: Vec<std::net::SocketAddr>,
+    /// A PEM file of CA certificates trusted, besides the host's, for the destinations of
+    /// HTTPS requests that sandboxes' `rules` set headers on (Cove's egress proxy connects
+    /// to them itself); repeatable.
+    #[arg(
+        long = "egress-ca-file",
+        env = "COVE_EGRESS_CA_FILE",
+        value_name = "PEM",
+        value_delimiter = ','
+    )]
+    egress_ca_file: Vec<PathBuf>,
     #[command(flatten)]
     front: FrontArgs,
     #[command(flatten)]
@@ -274,6 +284,10 @@ impl StateDir {
 }
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    for file in &args.egress_ca_file {
+        std::fs::File::open(file)
+            .with_context(|| format!("cannot read --egress-ca-file {}", file.display()))?;
+    }
     let config = ServerConfig {
         listen: args.listen,
         state_dir: args.state.resolve()?,
@@ -298,6 +312,8 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         egress: EgressConfig {
             allow_private: args.allow_private_egress.into_iter().flatten().collect(),
             resolvers: args.egress_resolver,
+            upstream_roots: args.egress_ca_file,
+            ..EgressConfig::default()
         },
         front: args.front.config(),
         operations: args.operations.config(),

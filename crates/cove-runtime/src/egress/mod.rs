@@ -43,6 +43,7 @@ pub use self::{
         ALL_TRAFFIC, Domain, MAX_POLICY_ENTRIES, NameVerdict, PolicyEntry, PolicyError, Refusal,
         SandboxPolicy,
     },
+    proxy::intercept::IssueCert,
     rules::{Cidr, Rules, RulesError, Tables, Verdict},
 };
 /// What the egress proxy reads from the wire (public for the fuzz targets).
@@ -72,6 +73,12 @@ pub struct EgressConfig {
     /// The name servers the egress proxy asks for the addresses of the names sandboxes
     /// connect to (`--egress-resolver`); empty: the host's, from `/etc/resolv.conf`.
     pub resolvers: Vec<SocketAddr>,
+    /// Who signs the certificates of intercepted names (E2B's `rules` on port 443); none:
+    /// such connections are refused.
+    pub interception: Option<Arc<dyn IssueCert>>,
+    /// PEM files of roots trusted for intercepted destinations besides the host's
+    /// (`--egress-ca-file`).
+    pub upstream_roots: Vec<PathBuf>,
 }
 
 /// How long the egress proxy waits for a name server's answer.
@@ -119,6 +126,8 @@ pub enum EgressError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot set up TLS interception for rules: {0}")]
+    Interception(String),
 }
 
 /// The four maps: for each family, what is always refused and the policy; and the shared
@@ -309,7 +318,7 @@ impl EgressFilter {
         );
         *shared.state() = state;
         follow::spawn(Arc::downgrade(&shared), watch, resolv).map_err(EgressError::Thread)?;
-        let proxy_env = Arc::new(proxy_env(&shared, config));
+        let proxy_env = Arc::new(proxy_env(&shared, config)?);
         Ok(Self {
             shared,
             programs,
@@ -528,11 +537,21 @@ fn shared_programs(
 
 /// How the proxies decide addresses (as the kernel's maps do, from the same tables) and
 /// where they resolve names.
-fn proxy_env(shared: &Arc<Shared>, config: &EgressConfig) -> proxy::ProxyEnv {
+fn proxy_env(shared: &Arc<Shared>, config: &EgressConfig) -> Result<proxy::ProxyEnv, EgressError> {
+    let tls = match &config.interception {
+        None => None,
+        Some(issuer) => {
+            let extra: Vec<&Path> = config.upstream_roots.iter().map(PathBuf::as_path).collect();
+            Some(
+                proxy::intercept::Interception::new(Arc::clone(issuer), &extra)
+                    .map_err(EgressError::Interception)?,
+            )
+        }
+    };
     let tables = Arc::downgrade(shared);
     let fixed = config.resolvers.clone();
     let servers = Arc::downgrade(shared);
-    proxy::ProxyEnv {
+    Ok(proxy::ProxyEnv {
         decide: Box::new(move |addr, port, policy| {
             let Some(shared) = tables.upgrade() else {
                 return Some(Refusal::Server);
@@ -559,7 +578,8 @@ fn proxy_env(shared: &Arc<Shared>, config: &EgressConfig) -> proxy::ProxyEnv {
                 .collect()
         }),
         resolver: proxy::resolve::Resolver::new(Vec::new(), RESOLVE_TIMEOUT),
-    }
+        tls,
+    })
 }
 
 /// An error with its causes, `a: b: c`.

@@ -25,6 +25,16 @@ pub enum PolicyError {
         "{list} entry `{entry}` is not an IP address, range or domain name (expected ADDRESS, ADDRESS/PREFIX, NAME or *.NAME, e.g. 203.0.113.7, 2001:db8::/32, pypi.org or *.github.com)"
     )]
     Bad { list: &'static str, entry: String },
+    #[error(
+        "rules key `{domain}` is not a domain name (expected NAME or *.NAME, e.g. api.example.com)"
+    )]
+    RuleDomain { domain: String },
+    #[error("rules for `{domain}`: header `{header}` {why}")]
+    RuleHeader {
+        domain: String,
+        header: String,
+        why: &'static str,
+    },
     #[error("{list} has {count} entries; at most {max} are allowed")]
     TooMany {
         list: &'static str,
@@ -94,6 +104,8 @@ pub enum Refusal {
     /// A connection to port 80 or 443 of a sandbox with domain rules that named no server
     /// (TLS without a server name, HTTP without `Host`) or spoke neither protocol.
     NoName,
+    /// A TLS connection to a name with `rules` on a server that cannot intercept TLS.
+    NoInterception,
 }
 
 impl fmt::Display for Refusal {
@@ -104,6 +116,9 @@ impl fmt::Display for Refusal {
             Refusal::NoName => f.write_str(
                 "the domain rules: the connection named no server (TLS server name or HTTP Host) to check",
             ),
+            Refusal::NoInterception => f.write_str(
+                "the rules: they set headers for this name, and this server cannot intercept TLS",
+            ),
         }
     }
 }
@@ -113,7 +128,33 @@ impl fmt::Display for Refusal {
 pub struct SandboxPolicy {
     allow: Vec<PolicyEntry>,
     deny: Vec<PolicyEntry>,
+    transforms: Vec<Transform>,
 }
+
+/// Headers set in the requests a sandbox sends to the names of a domain (E2B's `rules`):
+/// an existing header of the same name is replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transform {
+    pub domain: Domain,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Most domains `rules` may name, and headers per domain.
+pub const MAX_RULE_DOMAINS: usize = 64;
+pub const MAX_RULE_HEADERS: usize = 32;
+
+/// Headers a rule may not set: they frame the request or the connection, which the proxy
+/// keeps as HTTP has them.
+const FRAMING_HEADERS: [&str; 8] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "proxy-connection",
+    "te",
+];
 
 impl SandboxPolicy {
     /// Parses the two lists; every entry is an IPv4 or IPv6 address or range, or a domain
@@ -122,12 +163,81 @@ impl SandboxPolicy {
         Ok(Self {
             allow: parse_list("allowOut", allow_out)?,
             deny: parse_list("denyOut", deny_out)?,
+            transforms: Vec::new(),
         })
     }
 
     /// No entry in either list: the sandbox is filtered by the server's rules alone.
     pub fn is_empty(&self) -> bool {
-        self.allow.is_empty() && self.deny.is_empty()
+        self.allow.is_empty() && self.deny.is_empty() && self.transforms.is_empty()
+    }
+
+    /// The policy with `rules` (domain → headers, as E2B's `rules` give them), checked.
+    pub fn with_rules(
+        mut self,
+        rules: &[(String, Vec<(String, String)>)],
+    ) -> Result<Self, PolicyError> {
+        if rules.len() > MAX_RULE_DOMAINS {
+            return Err(PolicyError::TooMany {
+                list: "rules",
+                count: rules.len(),
+                max: MAX_RULE_DOMAINS,
+            });
+        }
+        for (domain, headers) in rules {
+            let Some(pattern) = domain_of(domain.trim()) else {
+                return Err(PolicyError::RuleDomain {
+                    domain: domain.clone(),
+                });
+            };
+            if headers.len() > MAX_RULE_HEADERS {
+                return Err(PolicyError::TooMany {
+                    list: "rules headers",
+                    count: headers.len(),
+                    max: MAX_RULE_HEADERS,
+                });
+            }
+            let bad = |header: &str, why| PolicyError::RuleHeader {
+                domain: domain.clone(),
+                header: header.to_owned(),
+                why,
+            };
+            for (name, value) in headers {
+                let token = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !token {
+                    return Err(bad(name, "is not an HTTP header name"));
+                }
+                if FRAMING_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                    return Err(bad(name, "frames the request and cannot be set by a rule"));
+                }
+                if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                    return Err(bad(name, "has a value with a line break or NUL"));
+                }
+            }
+            self.transforms.push(Transform {
+                domain: pattern,
+                headers: headers.clone(),
+            });
+        }
+        Ok(self)
+    }
+
+    /// The headers to set in requests to `name`: those of the narrowest rule holding it.
+    pub fn transform_for(&self, name: &str) -> Option<&[(String, String)]> {
+        self.transforms
+            .iter()
+            .filter(|t| t.domain.matches(name))
+            .max_by_key(|t| t.domain.narrowness())
+            .map(|t| t.headers.as_slice())
+    }
+
+    /// Whether connections to ports 80 and 443 go through the egress proxy: for domain
+    /// entries, or for rules that set headers.
+    pub fn needs_proxy(&self) -> bool {
+        self.has_domains() || !self.transforms.is_empty()
     }
 
     /// Whether an entry is a domain name: connections to ports 80 and 443 then go through
@@ -334,6 +444,39 @@ mod tests {
                 .unwrap()
                 .has_domains()
         );
+    }
+
+    #[test]
+    fn rules_set_headers_for_the_narrowest_domain_and_are_checked() {
+        let headers = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect::<Vec<_>>()
+        };
+        let rules = vec![
+            ("*.example.com".to_owned(), headers(&[("X-Key", "wide")])),
+            (
+                "api.example.com".to_owned(),
+                headers(&[("X-Key", "narrow")]),
+            ),
+        ];
+        let policy = SandboxPolicy::default().with_rules(&rules).unwrap();
+        assert!(!policy.is_empty() && policy.needs_proxy() && !policy.has_domains());
+        let value = |name: &str| policy.transform_for(name).map(|h| h[0].1.clone());
+        assert_eq!(value("api.example.com").as_deref(), Some("narrow"));
+        assert_eq!(value("www.example.com").as_deref(), Some("wide"));
+        assert_eq!(value("example.com"), None);
+        let refused = |domain: &str, pairs: &[(&str, &str)]| {
+            SandboxPolicy::default()
+                .with_rules(&[(domain.to_owned(), headers(pairs))])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused("10.0.0.1", &[("X", "y")]).contains("not a domain name"));
+        assert!(refused("a.example", &[("Host", "x")]).contains("frames the request"));
+        assert!(refused("a.example", &[("Bad Name", "x")]).contains("not an HTTP header name"));
+        assert!(refused("a.example", &[("X", "a\r\nB: c")]).contains("line break"));
     }
 
     #[test]

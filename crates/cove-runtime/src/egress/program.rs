@@ -817,7 +817,9 @@ mod tests {
             match &refusal {
                 None => {}
                 Some(Refusal::Server) => expected[0] += 1,
-                Some(Refusal::NoName) => unreachable!("programs do not read names"),
+                Some(Refusal::NoName | Refusal::NoInterception) => {
+                    unreachable!("programs do not read names")
+                }
                 Some(Refusal::Deny(rule)) => {
                     // The slot of the range that matched: IPv4 or IPv6 of the same entry.
                     let slot = policy

@@ -150,7 +150,7 @@ impl SandboxFilter {
     /// the map once it listens, and out of it before it stops.
     fn apply_names(&mut self, policy: &SandboxPolicy) -> Result<(), EgressError> {
         let proxy_failed = |source| EgressError::Proxy { source };
-        if !policy.has_domains() {
+        if !policy.needs_proxy() {
             if let Some(proxy) = self.proxy.take() {
                 self.proxy_map
                     .set(0, 0)

@@ -173,6 +173,11 @@ pub async fn info(
             .as_ref()
             .filter(|e| !e.dns_servers.is_empty())
             .map(|e| e.dns_servers.clone()),
+        rules: record
+            .egress
+            .as_ref()
+            .filter(|e| !e.rules.is_empty())
+            .map(|e| crate::lifecycle::rules_json(&e.rules)),
         ..SandboxNetwork::default()
     };
     Ok(Json(SandboxDetail {

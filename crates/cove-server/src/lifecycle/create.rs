@@ -124,6 +124,8 @@ impl Lifecycle {
             self.end_warm(warm).await;
             return Err(LifecycleError::StartCommand(reason));
         }
+        self.install_egress_ca(&warm.record, &warm.started.agent)
+            .await;
         self.metrics
             .create_took(CreateSource::Cold, began.elapsed());
         Ok(self.go_live(warm.record, warm.started))
@@ -228,6 +230,7 @@ impl Lifecycle {
                 failed(format!("cannot set its environment: {err}"))
             })?;
         }
+        self.install_egress_ca(record, &warm.started.agent).await;
         self.store.put_sandbox(record)?;
         Ok(())
     }

@@ -3,6 +3,8 @@
 //! before it starts, again when a restarted server adopts it, and at once when they change.
 //! The server's own refusals (the host, private ranges) stay whatever a sandbox asks for.
 
+use std::collections::BTreeMap;
+
 use cove_proto::rest::{SandboxNetwork, SandboxNetworkUpdate};
 use cove_runtime::egress::{ALL_TRAFFIC, Refusal, SandboxPolicy};
 
@@ -16,7 +18,7 @@ pub fn from_create(
     let Some(network) = network else {
         return Ok(None);
     };
-    refuse_unsupported(network.egress_proxy.as_ref(), network.rules.as_ref())?;
+    refuse_unsupported(network.egress_proxy.as_ref())?;
     if network.https_ports.as_ref().is_some_and(|p| !p.is_empty()) {
         return Err(unsupported("httpsPorts"));
     }
@@ -24,12 +26,13 @@ pub fn from_create(
         allow_out: network.allow_out.clone().unwrap_or_default(),
         deny_out: network.deny_out.clone().unwrap_or_default(),
         dns_servers: network.dns_servers.clone().unwrap_or_default(),
+        rules: rules_of(network.rules.as_ref())?,
     })
 }
 
 /// The rules an update gives (replacing the old ones; omitted lists are empty), checked.
 pub fn from_update(update: &SandboxNetworkUpdate) -> Result<Option<EgressRules>, LifecycleError> {
-    refuse_unsupported(update.egress_proxy.as_ref(), update.rules.as_ref())?;
+    refuse_unsupported(update.egress_proxy.as_ref())?;
     let mut deny_out = update.deny_out.clone().unwrap_or_default();
     if update.allow_internet_access == Some(false) && !deny_out.iter().any(|d| d == ALL_TRAFFIC) {
         deny_out.push(ALL_TRAFFIC.to_owned());
@@ -38,6 +41,7 @@ pub fn from_update(update: &SandboxNetworkUpdate) -> Result<Option<EgressRules>,
         allow_out: update.allow_out.clone().unwrap_or_default(),
         deny_out,
         dns_servers: update.dns_servers.clone().unwrap_or_default(),
+        rules: rules_of(update.rules.as_ref())?,
     })
 }
 
@@ -48,17 +52,99 @@ fn unsupported(field: &str) -> LifecycleError {
 }
 
 /// Refuses E2B's network options Cove does not have yet, when they ask for anything.
-fn refuse_unsupported(
-    egress_proxy: Option<&serde_json::Value>,
-    rules: Option<&serde_json::Value>,
-) -> Result<(), LifecycleError> {
+fn refuse_unsupported(egress_proxy: Option<&serde_json::Value>) -> Result<(), LifecycleError> {
     if egress_proxy.is_some_and(|p| !p.is_null()) {
         return Err(unsupported("egressProxy"));
     }
-    if rules.is_some_and(|r| !(r.is_null() || r.as_object().is_some_and(|o| o.is_empty()))) {
-        return Err(unsupported("rules"));
-    }
     Ok(())
+}
+
+/// E2B's `rules` (`{"api.example.com": [{"transform": {"headers": {"X-Key": "…"}}}]}`): the
+/// headers of each domain's transforms, later ones replacing earlier ones of the same name.
+fn rules_of(
+    rules: Option<&serde_json::Value>,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, LifecycleError> {
+    let bad = |what: String| LifecycleError::BadRequest(format!("network.rules: {what}"));
+    let Some(rules) = rules.filter(|r| !r.is_null()) else {
+        return Ok(BTreeMap::new());
+    };
+    let domains = rules
+        .as_object()
+        .ok_or_else(|| bad("expected an object of domains".into()))?;
+    let mut parsed = BTreeMap::new();
+    for (domain, list) in domains {
+        let list = list
+            .as_array()
+            .ok_or_else(|| bad(format!("`{domain}`: expected a list of rules")))?;
+        let mut headers = BTreeMap::new();
+        for rule in list {
+            let rule = rule
+                .as_object()
+                .ok_or_else(|| bad(format!("`{domain}`: a rule is not an object")))?;
+            for (key, transform) in rule {
+                if key != "transform" {
+                    return Err(bad(format!(
+                        "`{domain}`: `{key}` is not supported by Cove (only `transform`)"
+                    )));
+                }
+                let transform = transform
+                    .as_object()
+                    .ok_or_else(|| bad(format!("`{domain}`: transform is not an object")))?;
+                for (key, value) in transform {
+                    if key != "headers" {
+                        return Err(bad(format!(
+                            "`{domain}`: transform `{key}` is not supported by Cove (only `headers`)"
+                        )));
+                    }
+                    let values = value
+                        .as_object()
+                        .ok_or_else(|| bad(format!("`{domain}`: headers is not an object")))?;
+                    for (name, value) in values {
+                        let value = value.as_str().ok_or_else(|| {
+                            bad(format!("`{domain}`: header `{name}` is not a string"))
+                        })?;
+                        headers.insert(name.clone(), value.to_owned());
+                    }
+                }
+            }
+        }
+        parsed.insert(domain.clone(), headers);
+    }
+    Ok(parsed)
+}
+
+/// `rules` as E2B shows them: each domain with one transform of its headers.
+pub fn rules_json(rules: &BTreeMap<String, BTreeMap<String, String>>) -> serde_json::Value {
+    rules
+        .iter()
+        .map(|(domain, headers)| {
+            let rule = serde_json::json!([{ "transform": { "headers": headers } }]);
+            (domain.clone(), rule)
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// Where a sandbox with rules finds the egress CA, and the trust store it joins.
+pub const CA_FILE: &str = "/usr/local/share/ca-certificates/cove-egress-ca.crt";
+pub const TRUST_STORE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The environment that points the usual clients at the trust store holding the egress CA
+/// (Python's `requests` and `httpx` carry their own bundles otherwise; Node adds the CA).
+pub fn ca_env() -> [(&'static str, &'static str); 3] {
+    [
+        ("SSL_CERT_FILE", TRUST_STORE),
+        ("REQUESTS_CA_BUNDLE", TRUST_STORE),
+        ("NODE_EXTRA_CA_CERTS", CA_FILE),
+    ]
+}
+
+/// Adds [`ca_env`] to `env` where the user set none of those.
+pub fn add_ca_env(env: &mut BTreeMap<String, String>) {
+    for (name, value) in ca_env() {
+        env.entry(name.to_owned())
+            .or_insert_with(|| value.to_owned());
+    }
 }
 
 /// `rules` if they parse, `None` when both lists are empty.
@@ -71,8 +157,27 @@ fn checked(rules: EgressRules) -> Result<Option<EgressRules>, LifecycleError> {
 const MAX_DNS_SERVERS: usize = 10;
 
 /// The runtime's policy for `rules`: with a domain among them, the `dnsServers` are opened
-/// as `allowOut` addresses are (E2B's meaning: they only open the firewall).
+/// as `allowOut` addresses are (E2B's meaning: they only open the firewall); and the headers
+/// of the `rules`.
 pub fn policy_of(rules: &EgressRules) -> Result<SandboxPolicy, LifecycleError> {
+    let transforms: Vec<(String, Vec<(String, String)>)> = rules
+        .rules
+        .iter()
+        .map(|(domain, headers)| {
+            let headers = headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect();
+            (domain.clone(), headers)
+        })
+        .collect();
+    let policy = addresses_and_names(rules)?;
+    policy
+        .with_rules(&transforms)
+        .map_err(|err| LifecycleError::BadRequest(format!("network.{err}")))
+}
+
+fn addresses_and_names(rules: &EgressRules) -> Result<SandboxPolicy, LifecycleError> {
     if rules.dns_servers.len() > MAX_DNS_SERVERS {
         return Err(LifecycleError::BadRequest(format!(
             "network.dnsServers has {} entries; at most {MAX_DNS_SERVERS} are allowed",
@@ -142,9 +247,86 @@ impl Lifecycle {
                 what: "given its new network rules",
                 source,
             })?;
-        self.update(&live, |r| r.egress = rules)?;
+        let with_rules = rules.as_ref().is_some_and(|r| !r.rules.is_empty());
+        self.update(&live, |r| {
+            r.egress = rules;
+            if with_rules {
+                add_ca_env(&mut r.env_vars);
+            }
+        })?;
+        if with_rules && live.paused().is_none() {
+            // New processes see the trust store with the egress CA in it.
+            let env: BTreeMap<&str, &str> = ca_env().into_iter().collect();
+            let init = serde_json::json!({ "envVars": env });
+            let token = live.access_token();
+            if let Err(err) =
+                crate::agent_link::post_json(&live.agent(), "/init", Some(&token), &init).await
+            {
+                tracing::warn!(sandbox_id = %id, %err, "cannot point the sandbox at the egress CA");
+            }
+            self.install_egress_ca(&live.record(), &live.agent()).await;
+        }
         tracing::info!(sandbox_id = %id, team = %team, "sandbox's egress rules replaced");
         Ok(())
+    }
+
+    /// Installs the egress CA in the sandbox of `record` when its rules set headers: the
+    /// certificate at [`CA_FILE`], added to [`TRUST_STORE`] once, by root inside (the host
+    /// writes nothing into the sandbox's files). A failure is told, not fatal: the sandbox's
+    /// HTTPS requests to those names then fail verification.
+    pub(super) async fn install_egress_ca(
+        &self,
+        record: &crate::store::SandboxRecord,
+        agent: &cove_runtime::AgentEndpoint,
+    ) {
+        if record.egress.as_ref().is_none_or(|e| e.rules.is_empty()) {
+            return;
+        }
+        let Some(pem) = &self.config.egress_ca_pem else {
+            return;
+        };
+        // A line of the certificate's body tells whether the store has it already.
+        let marker = pem.lines().nth(1).unwrap_or_default().to_owned();
+        let line = format!(
+            "set -e; mkdir -p \"$(dirname {CA_FILE})\" \"$(dirname {TRUST_STORE})\"; \
+             printf '%s\\n' \"$COVE_EGRESS_CA\" > {CA_FILE}; \
+             grep -qF \"$COVE_EGRESS_CA_MARK\" {TRUST_STORE} 2>/dev/null || cat {CA_FILE} >> {TRUST_STORE}"
+        );
+        let command = crate::agent_exec::Command {
+            line,
+            shell: "/bin/sh".to_owned(),
+            user: "root".to_owned(),
+            cwd: "/".to_owned(),
+            env: [
+                ("COVE_EGRESS_CA".to_owned(), pem.trim_end().to_owned()),
+                ("COVE_EGRESS_CA_MARK".to_owned(), marker),
+            ]
+            .into_iter()
+            .collect(),
+            timeout: Some(std::time::Duration::from_secs(20)),
+        };
+        let mut output = String::new();
+        let result = crate::agent_exec::run(
+            agent,
+            &record.envd_access_token,
+            &command,
+            &mut |_, line| {
+                if output.len() < 4096 {
+                    output.push_str(line);
+                    output.push('\n');
+                }
+            },
+        )
+        .await;
+        match result {
+            Ok(exit) if exit.success() => {}
+            Ok(exit) => {
+                tracing::warn!(sandbox_id = %record.id, status = %exit.status, output, "cannot install the egress CA in the sandbox")
+            }
+            Err(err) => {
+                tracing::warn!(sandbox_id = %record.id, ?err, "cannot install the egress CA in the sandbox")
+            }
+        }
     }
 
     /// Counts what the egress filter of `live` refused since the last look (the runtime
@@ -198,6 +380,7 @@ mod tests {
                 allow_out: strings(&["10.203.0.2"]),
                 deny_out: strings(&["0.0.0.0/0"]),
                 dns_servers: Vec::new(),
+                rules: BTreeMap::new(),
             })
         );
         // Omitted lists are cleared.
@@ -213,6 +396,7 @@ mod tests {
                 allow_out: strings(&["*.github.com"]),
                 deny_out: strings(&["0.0.0.0/0"]),
                 dns_servers: Vec::new(),
+                rules: BTreeMap::new(),
             })
         );
         let url = SandboxNetworkUpdate {
@@ -245,6 +429,50 @@ mod tests {
         };
         let err = from_create(Some(&https)).unwrap_err().to_string();
         assert!(err.contains("httpsPorts is not supported"), "{err}");
+        // Rules: E2B's shape, headers merged per domain; other shapes named.
+        let rules = SandboxNetwork {
+            rules: Some(serde_json::json!({
+                "api.example.com": [
+                    {"transform": {"headers": {"X-Key": "one", "X-Team": "a"}}},
+                    {"transform": {"headers": {"X-Key": "two"}}}
+                ]
+            })),
+            ..SandboxNetwork::default()
+        };
+        let parsed = from_create(Some(&rules)).unwrap().unwrap();
+        let headers = &parsed.rules["api.example.com"];
+        assert_eq!(headers["X-Key"], "two");
+        assert_eq!(headers["X-Team"], "a");
+        assert_eq!(
+            rules_json(&parsed.rules)["api.example.com"][0]["transform"]["headers"]["X-Key"],
+            "two"
+        );
+        for (bad, says) in [
+            (serde_json::json!(["x"]), "expected an object of domains"),
+            (
+                serde_json::json!({"a.example": {}}),
+                "expected a list of rules",
+            ),
+            (
+                serde_json::json!({"a.example": [{"match": {}}]}),
+                "`match` is not supported",
+            ),
+            (
+                serde_json::json!({"a.example": [{"transform": {"headers": {"X": 1}}}]}),
+                "header `X` is not a string",
+            ),
+            (
+                serde_json::json!({"10.0.0.0/8": [{"transform": {"headers": {"X": "y"}}}]}),
+                "is not a domain name",
+            ),
+        ] {
+            let network = SandboxNetwork {
+                rules: Some(bad),
+                ..SandboxNetwork::default()
+            };
+            let err = from_create(Some(&network)).unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        }
         // Name servers: IPv4 addresses, at most ten; opened only beside a domain rule.
         let dns = |servers: &[&str], allow: &[&str]| SandboxNetwork {
             dns_servers: Some(strings(servers)),

@@ -36,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use self::{admission::Admission, pool::WarmPool, registry::Registry, snapshot::LayersInUse};
 pub use self::{
     admission::AdmissionConfig,
+    egress::rules_json,
     fork::MAX_FORKS,
     pause::Connected,
     private::{PrivateSandbox, PrivateSpec},
@@ -135,6 +136,9 @@ pub struct LifecycleConfig {
     pub admission: AdmissionConfig,
     /// Where snapshots' layers are kept.
     pub snapshots_dir: PathBuf,
+    /// The egress CA's certificate, installed in sandboxes whose `rules` set headers (none:
+    /// there is no egress CA).
+    pub egress_ca_pem: Option<String>,
 }
 
 /// How a create request's lifetime defaults.

@@ -215,6 +215,8 @@ impl Lifecycle {
             r.end_at = now + timeout * 1000;
         });
         *live.cpu_sample.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // Rules given while it was paused may need the egress CA (installed once).
+        self.install_egress_ca(&live.record(), &live.agent()).await;
         if mode == Some(PauseMode::Filesystem) {
             // A new PID 1, named as at a create.
             tracing::info!(sandbox_id = %id, handle = %live.handle().state, team = %live.team(), "sandbox started");

@@ -90,9 +90,12 @@ impl Settings {
         });
         check_timeout(timeout_secs)?;
         let lifecycle = lifecycle_policy(&request, timeout_secs)?;
-        let env_vars = request.env_vars.unwrap_or_default();
+        let mut env_vars = request.env_vars.unwrap_or_default();
         check_env_vars(&env_vars)?;
         let egress = super::egress::from_create(request.network.as_ref())?;
+        if egress.as_ref().is_some_and(|e| !e.rules.is_empty()) {
+            super::egress::add_ca_env(&mut env_vars);
+        }
         let mask_request_host = super::mask::from_create(request.network.as_ref())?;
         // The defaults fit any host that can run a sandbox at all.
         let cpu_count = request

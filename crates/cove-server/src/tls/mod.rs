@@ -6,6 +6,7 @@
 //! The handshake happens in the accept loop's connection task, after the connection limits
 //! admitted it and within the header read timeout (see `front`).
 
+pub mod egress_ca;
 mod local_ca;
 
 use std::{path::PathBuf, sync::Arc};

@@ -19,6 +19,8 @@
 //! for all sandboxes at once, so no sandbox can make the host spawn threads without end.
 //! Further connections are closed at once (the client sees a reset or an empty answer).
 
+pub mod inject;
+pub mod intercept;
 pub mod peek;
 pub mod resolve;
 
@@ -65,6 +67,9 @@ pub struct ProxyEnv {
     /// The name servers to ask now (the host's may change).
     pub name_servers: Box<dyn Fn() -> Vec<SocketAddr> + Send + Sync>,
     pub resolver: Resolver,
+    /// How TLS is intercepted for `rules` (none: rules on port 443 are not applied and
+    /// such connections are refused).
+    pub tls: Option<intercept::Interception>,
 }
 
 impl std::fmt::Debug for ProxyEnv {
@@ -339,6 +344,27 @@ fn serve(mut client: TcpStream, kind: Kind, state: &State) {
             }
         }
         Decision::Connect(name, addrs) => {
+            let headers = policy.transform_for(&name).map(<[_]>::to_vec);
+            match (kind, headers) {
+                (Kind::Tls, Some(headers)) => {
+                    let Some(tls) = &state.env.tls else {
+                        tracing::warn!(sandbox_id = %state.id, name, "rules for a name on port 443 but no TLS interception here: refused");
+                        state.count(Refusal::NoInterception);
+                        return;
+                    };
+                    let addrs: Vec<SocketAddr> =
+                        addrs.iter().map(|a| SocketAddr::new(*a, 443)).collect();
+                    if let Err(err) = intercept::serve(client, &buf, &name, &addrs, &headers, tls) {
+                        tracing::info!(sandbox_id = %state.id, name, err, "an intercepted connection failed");
+                    }
+                    return;
+                }
+                (Kind::Http, Some(headers)) => match inject::set_headers(&buf, &headers) {
+                    Some(rewritten) => buf = rewritten,
+                    None => return,
+                },
+                _ => {}
+            }
             let upstream = addrs.iter().find_map(|addr| {
                 TcpStream::connect_timeout(&SocketAddr::new(*addr, kind.port()), CONNECT_TIMEOUT)
                     .ok()
@@ -463,6 +489,7 @@ mod tests {
             }),
             name_servers: Box::new(move || vec![server]),
             resolver: Resolver::new(Vec::new(), Duration::from_secs(2)),
+            tls: None,
         }
     }
 
