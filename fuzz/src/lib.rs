@@ -26,10 +26,18 @@ const EXCHANGE_LIMIT: Duration = Duration::from_secs(5);
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("a tokio runtime")
+            .expect("a tokio runtime");
+        // libFuzzer's `main` is not Rust's, which ignores SIGPIPE: a write to the stdin of a
+        // process that has just ended (the agent's EPIPE) would kill the fuzzer instead. A
+        // handler of tokio's, kept for the process's life, takes the signal's default away.
+        runtime.block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe())
+                .expect("a SIGPIPE handler")
+        });
+        runtime
     })
 }
 
