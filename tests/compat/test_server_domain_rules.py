@@ -323,3 +323,21 @@ def test_rules_set_headers_the_sandbox_never_sees(sdk_env, test_hosts):
     bad = {"rules": {"www.allowed.test": [{"transform": {"headers": {"Host": "x"}}}]}}
     with pytest.raises(Exception, match="header `Host` frames the request"):
         Sandbox.create(network=bad)
+
+
+def test_rules_given_to_a_running_sandbox_apply_to_its_next_requests(sdk_env, test_hosts):
+    network = {"allow_out": ["*.allowed.test"], "deny_out": [ALL_TRAFFIC]}
+    sandbox = Sandbox.create(network=network)
+    try:
+        lying_hosts_file(sandbox)
+        https = "curl -s -m 10 https://www.allowed.test/secret || echo failed"
+        # Without rules the destination's own certificate, which the sandbox does not trust.
+        assert sandbox.commands.run(https).stdout.strip() == "failed"
+        rules = {"www.allowed.test": [{"transform": {"headers": {"X-Secret": "later"}}}]}
+        sandbox.update_network({**network, "rules": rules})
+        assert sandbox.commands.run(https).stdout == "['later']"
+        # Replaced by the next update: no rules, nothing set (and nothing decrypted).
+        sandbox.update_network(network)
+        assert fetch(sandbox, "https://www.allowed.test/secret") == "None"
+    finally:
+        sandbox.kill()
