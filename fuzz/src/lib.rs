@@ -33,10 +33,12 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
         // libFuzzer's `main` is not Rust's, which ignores SIGPIPE: a write to the stdin of a
         // process that has just ended (the agent's EPIPE) would kill the fuzzer instead. A
         // handler of tokio's, kept for the process's life, takes the signal's default away.
-        runtime.block_on(async {
+        let pipe = runtime.block_on(async {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::pipe())
                 .expect("a SIGPIPE handler")
         });
+        // The stream is not needed: tokio never uninstalls a handler it installed.
+        drop(pipe);
         runtime
     })
 }
