@@ -392,24 +392,8 @@ impl FilteredCgroup {
 
     /// Runs `script` with python3, in the cgroup or not, and returns what it printed.
     fn python(&self, inside: bool, script: &str, arg: &str) -> String {
-        let mut shell = String::new();
-        if inside {
-            shell.push_str(&format!(
-                "echo $$ > {}/cgroup.procs && ",
-                self.dir.display()
-            ));
-        }
-        shell.push_str("exec /usr/bin/python3 -c \"$0\" \"$1\"");
-        let out = Command::new("sh")
-            .args(["-c", &shell, script, arg])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        let cgroup = inside.then_some(self.dir.as_path());
+        cove_test_util::cgroup::python(cgroup, script, &[arg])
     }
 }
 

@@ -662,20 +662,7 @@ except PermissionError:
     result.append("refused")
 print(" ".join(result))
 "#;
-    let shell = format!(
-        "echo $$ > {}/cgroup.procs && exec /usr/bin/python3 -c \"$0\" \"$1\"",
-        cgroup.display()
-    );
-    let out = Command::new("sh")
-        .args(["-c", &shell, script, addr])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    cove_test_util::cgroup::python(Some(cgroup), script, &[addr])
 }
 
 /// Sandboxes' network helper has no IPv6, so the IPv6 programs of a sandbox policy are

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+pub mod cgroup;
 mod fake_runtime;
 pub mod image;
 mod mirror;

@@ -768,21 +768,7 @@ mod tests {
 
         /// Runs the Python `script` with `args` in this cgroup; its output.
         fn python(&self, script: &str, args: &[&str]) -> String {
-            let shell = format!(
-                "echo $$ > {}/cgroup.procs && exec /usr/bin/python3 -c \"$0\" \"$@\"",
-                self.0.display()
-            );
-            let out = Command::new("sh")
-                .args(["-c", &shell, script])
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+            cove_test_util::cgroup::python(Some(&self.0), script, args)
         }
 
         /// What a TCP connect and a UDP send from a process in this cgroup to `addr` get:
