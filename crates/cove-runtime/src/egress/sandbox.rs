@@ -146,18 +146,12 @@ impl SandboxFilter {
         self.apply_names(policy)
     }
 
-    /// Starts, changes or stops the proxy for the policy's domain entries. Its ports go in
-    /// the map once it listens, and out of it before it stops.
+    /// Starts, changes or stops the proxy for the policy's domain entries and rules. Its
+    /// ports go in the map once it listens, and out of it before it stops.
     fn apply_names(&mut self, policy: &SandboxPolicy) -> Result<(), EgressError> {
-        let proxy_failed = |source| EgressError::Proxy { source };
         if !policy.needs_proxy() {
             if let Some(proxy) = self.proxy.take() {
-                self.proxy_map
-                    .set(0, 0)
-                    .map_err(|source| EgressError::Map {
-                        name: "cove_proxy",
-                        source,
-                    })?;
+                self.set_proxy_ports(0)?;
                 self.keep_refusals(proxy.take_refusals());
             }
             return Ok(());
@@ -167,18 +161,23 @@ impl SandboxFilter {
             None => {
                 let proxy =
                     SandboxProxy::start(&self.id, policy.clone(), Arc::clone(&self.proxy_env))
-                        .map_err(proxy_failed)?;
+                        .map_err(|source| EgressError::Proxy { source })?;
                 let (http, tls) = proxy.ports();
-                self.proxy_map
-                    .set(0, program::proxy_ports(http, tls))
-                    .map_err(|source| EgressError::Map {
-                        name: "cove_proxy",
-                        source,
-                    })?;
+                self.set_proxy_ports(program::proxy_ports(http, tls))?;
                 self.proxy = Some(proxy);
             }
         }
         Ok(())
+    }
+
+    /// Sets the `cove_proxy` map the connect program reads (0: no proxy).
+    fn set_proxy_ports(&self, ports: u64) -> Result<(), EgressError> {
+        self.proxy_map
+            .set(0, ports)
+            .map_err(|source| EgressError::Map {
+                name: "cove_proxy",
+                source,
+            })
     }
 
     fn keep_refusals(&mut self, refusals: BTreeMap<Refusal, u64>) {
