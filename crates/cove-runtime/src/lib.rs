@@ -262,6 +262,12 @@ pub trait Runtime: Send + Sync + 'static {
         }
     }
 
+    /// The certificate of the CA its egress proxies sign intercepted HTTPS connections under
+    /// (E2B's `rules`), PEM: what sandboxes with rules must trust. None: no interception.
+    fn egress_ca_pem(&self) -> Option<String> {
+        None
+    }
+
     /// The connections of sandbox `id` its egress filter refused since the last call, by
     /// what refused them, each also told in the sandbox's log (counted for sandboxes with a
     /// policy of their own).

@@ -265,6 +265,8 @@ impl AppState {
                 },
             )?,
         );
+        // The CA the runtime's proxies sign with: the one sandboxes with rules must trust.
+        let egress_ca_pem = runtime.egress_ca_pem();
         let lifecycle = Arc::new(Lifecycle::new(
             runtime,
             store.clone(),
@@ -277,9 +279,7 @@ impl AppState {
                 caps,
                 admission,
                 snapshots_dir: config.state_dir.join("snapshots"),
-                egress_ca_pem: tls::egress_ca::EgressIssuer::open(&config.state_dir)
-                    .ok()
-                    .map(|ca| ca.cert_pem().to_owned()),
+                egress_ca_pem,
             },
             volumes,
         ));

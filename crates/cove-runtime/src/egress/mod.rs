@@ -452,6 +452,12 @@ impl EgressFilter {
         refusals
     }
 
+    /// The certificate of the CA the egress proxies sign intercepted connections under, PEM
+    /// (none: no TLS interception here).
+    pub fn interception_ca_pem(&self) -> Option<&str> {
+        self.proxy_env.tls.as_ref().map(|tls| tls.ca_pem())
+    }
+
     /// Whether refusals of sandboxes without rules of their own are counted here.
     pub fn counts_every_sandbox(&self) -> bool {
         self.counting

@@ -514,6 +514,11 @@ impl Runtime for NamespaceRuntime {
             })
     }
 
+    fn egress_ca_pem(&self) -> Option<String> {
+        let filter = self.egress.as_ref().ok()?;
+        filter.interception_ca_pem().map(str::to_owned)
+    }
+
     fn take_egress_refusals(&self, id: &str) -> Vec<(Refusal, u64)> {
         let Ok(filter) = &self.egress else {
             return Vec::new();

@@ -24,14 +24,13 @@ impl EgressIssuer {
     pub fn open(state_dir: &Path) -> Result<Self, TlsError> {
         LocalCa::open_or_create(&dir(state_dir)).map(Self)
     }
-
-    /// Its certificate, PEM: what sandboxes with rules trust.
-    pub fn cert_pem(&self) -> &str {
-        self.0.cert_pem()
-    }
 }
 
 impl IssueCert for EgressIssuer {
+    fn ca_pem(&self) -> &str {
+        self.0.cert_pem()
+    }
+
     fn issue(
         &self,
         name: &str,

@@ -28,6 +28,9 @@ use super::inject;
 
 /// Signs certificates for names the sandboxes ask for.
 pub trait IssueCert: Send + Sync + fmt::Debug {
+    /// The certificate of the CA that signs them, PEM: what sandboxes with rules trust.
+    fn ca_pem(&self) -> &str;
+
     /// The chain (leaf first) and key of a certificate for `name`.
     fn issue(
         &self,
@@ -48,6 +51,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct Interception {
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
+    ca_pem: String,
 }
 
 impl Interception {
@@ -66,6 +70,7 @@ impl Interception {
             };
             roots.add_parsable_certificates(certs.filter_map(Result::ok));
         }
+        let ca_pem = issuer.ca_pem().to_owned();
         let mut server = ServerConfig::builder()
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Leaves {
@@ -80,7 +85,13 @@ impl Interception {
         Ok(Self {
             server: Arc::new(server),
             client: Arc::new(client),
+            ca_pem,
         })
+    }
+
+    /// The CA certificate the intercepted connections are signed under, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
     }
 }
 
