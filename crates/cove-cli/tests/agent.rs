@@ -298,7 +298,7 @@ async fn uploads_replace_files_whole() {
         let connection = half_an_upload(&agent, path).await;
         wait_until(
             "the agent to start writing the upload",
-            Duration::from_secs(10),
+            Duration::from_secs(60),
             || {
                 let client = client.clone();
                 async move { (!temporary_files(&client).await.is_empty()).then_some(()) }
@@ -312,7 +312,7 @@ async fn uploads_replace_files_whole() {
         drop(connection);
         wait_until(
             "the cut-off upload's temporary file to go",
-            Duration::from_secs(10),
+            Duration::from_secs(60),
             || {
                 let client = client.clone();
                 async move { temporary_files(&client).await.is_empty().then_some(()) }
@@ -490,7 +490,7 @@ async fn the_deadline_kills_the_process_group() {
     let check = agent.client();
     wait_until(
         "the shell's child to be killed too",
-        Duration::from_secs(5),
+        Duration::from_secs(60),
         || {
             let check = check.clone();
             let child = child.trim().to_owned();
@@ -558,7 +558,7 @@ async fn orphans_are_reaped_by_pid_1() {
         .await
         .unwrap();
     let probe = agent.client();
-    wait_until("every orphan to be reaped", Duration::from_secs(5), || {
+    wait_until("every orphan to be reaped", Duration::from_secs(60), || {
         let probe = probe.clone();
         async move {
             let out = probe
@@ -593,7 +593,7 @@ async fn watching_streams_and_polls_events() {
         .iter()
         .any(|(name, kind)| name == "renamed.txt" && *kind == FsEventKind::Remove)
     {
-        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+        let event = tokio::time::timeout(Duration::from_secs(60), events.next())
             .await
             .expect("events arrive")
             .unwrap()

@@ -207,7 +207,7 @@ async fn exec_streams_output_and_returns_the_exit_code() {
         out.read_exact(&mut line).unwrap();
         (line, out)
     });
-    let (line, mut out) = tokio::time::timeout(Duration::from_secs(20), first)
+    let (line, mut out) = tokio::time::timeout(Duration::from_secs(60), first)
         .await
         .expect("the first line arrives before the program ends")
         .unwrap();
@@ -437,7 +437,7 @@ impl Tmux {
 
     /// Waits for `text` to appear; the panic shows the screen as it was.
     async fn shows(&self, text: &str) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             let screen = self.screen();
             if screen.contains(text) {
@@ -526,7 +526,7 @@ async fn shell_in_a_real_terminal() {
     // Keys the local terminal would act on go to the shell: Ctrl-C interrupts a remote sleep.
     tmux.run(&["send-keys", "-t", "cove", "clear; sleep 300", "Enter"]);
     // Only once `sleep` runs: a Ctrl-C before that reaches the shell, not the sleep.
-    wait_until("the sleep to start", Duration::from_secs(15), || {
+    wait_until("the sleep to start", Duration::from_secs(60), || {
         let output = cove(&server)
             .args(["exec", &id, "--", "pgrep", "-x", "sleep"])
             .output();

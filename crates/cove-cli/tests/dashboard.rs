@@ -204,7 +204,7 @@ async fn the_terminal_is_a_shell_on_a_pty_that_ends_with_the_socket() {
     assert_eq!(shells().await, 1);
     socket.close(None).await.unwrap();
     drop(socket);
-    wait_until("the shell to end", Duration::from_secs(10), || async {
+    wait_until("the shell to end", Duration::from_secs(60), || async {
         (shells().await == 0).then_some(())
     })
     .await;

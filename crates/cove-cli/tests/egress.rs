@@ -69,7 +69,7 @@ fn www() -> tempfile::TempDir {
 /// host is really there, so a sandbox that cannot reach it is refused by the filter.
 async fn host_reaches(url: &str) {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    wait_until(&format!("{url} to answer"), Duration::from_secs(20), || {
+    wait_until(&format!("{url} to answer"), Duration::from_secs(60), || {
         let (http, url) = (http.clone(), url.to_owned());
         async move {
             let text = http.get(&url).send().await.ok()?.text().await.ok()?;
@@ -354,7 +354,7 @@ async fn refuses_an_address_gained_later(sbx: &Sandbox, tag: &str, address: &str
     host_reaches(&url(address, port)).await;
     wait_until(
         "the new address to be refused to the sandbox",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || async {
             let got = fetch(sbx, address, port).await;
             assert!(got == "refused" || got == MARKER, "{got}");

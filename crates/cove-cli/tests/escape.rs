@@ -164,7 +164,7 @@ async fn the_host_and_other_sandboxes_stay_out_of_reach() {
         ))
         .await
         .unwrap();
-    wait_until("b's server", Duration::from_secs(10), || {
+    wait_until("b's server", Duration::from_secs(60), || {
         let b = b.clone();
         async move {
             b.commands()
@@ -533,7 +533,7 @@ async fn resource_abuse_is_contained() {
         .unwrap();
     let pids_max = wait_until(
         "the fork bomb to reach the pids limit",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || {
             let id = bomber.id().to_owned();
             async move {

@@ -16,7 +16,7 @@ use futures::{StreamExt, stream};
 async fn gone(server: &TestServer, id: &str) -> String {
     wait_until(
         "the sandbox to be reported gone",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || async {
             match Sandbox::info_by_id(&server.config(), id).await {
                 Err(Error::NotFound(message)) => Some(message),
@@ -68,7 +68,7 @@ async fn an_agent_that_dies_is_reported_with_why_and_nothing_hangs() {
     let dir = sandbox_dir(&server, killed.id());
     wait_until(
         "its files to be removed",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || async { (!dir.exists() && loop_devices_under(&dir).is_empty()).then_some(()) },
     )
     .await;

@@ -249,7 +249,7 @@ impl TestHost {
 /// host is really there, so a sandbox that cannot reach it is refused by the filter.
 async fn host_reaches(url: &str) {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    wait_until(&format!("{url} to answer"), Duration::from_secs(20), || {
+    wait_until(&format!("{url} to answer"), Duration::from_secs(60), || {
         let (http, url) = (http.clone(), url.to_owned());
         async move {
             let text = http.get(&url).send().await.ok()?.text().await.ok()?;
@@ -412,7 +412,7 @@ async fn deny_all_with_an_allow_list_reaches_only_the_allowed_host() {
         send_datagram(&sbx, &allowed, "allowed-udp", false).await,
         "sent"
     );
-    wait_until("the allowed datagram", Duration::from_secs(20), || async {
+    wait_until("the allowed datagram", Duration::from_secs(60), || async {
         host.datagrams()
             .contains(&"allowed-udp".to_owned())
             .then_some(())

@@ -308,7 +308,7 @@ async fn keys_change_without_restart_and_sighup_reloads_nothing() {
     .unwrap();
     wait_until(
         "the server to answer after SIGHUP",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         || {
             let ops = ops.clone();
             async move { Sandbox::list(&ops).await.ok() }

@@ -148,7 +148,7 @@ async fn a_memory_pause_freezes_the_sandbox_and_a_resume_continues_it() {
         ))
         .await
         .unwrap();
-    wait_until("the counter to count", Duration::from_secs(10), || {
+    wait_until("the counter to count", Duration::from_secs(60), || {
         let agent = agent.clone();
         async move {
             let count = sh(&agent, "cat /tmp/count 2>/dev/null || echo 0").await;
@@ -184,7 +184,7 @@ async fn a_memory_pause_freezes_the_sandbox_and_a_resume_continues_it() {
     assert_eq!(freezer_state(id).as_deref(), Some("THAWED"));
     assert_eq!(state_of(&resumed.handle)["pid"], pid);
     // The same process goes on counting from where it stopped.
-    wait_until("the counter to go on", Duration::from_secs(10), || async {
+    wait_until("the counter to go on", Duration::from_secs(60), || async {
         (count(pid) > at_pause).then_some(())
     })
     .await;

@@ -340,9 +340,9 @@ async fn files_every_call() {
 type Events = futures::stream::BoxStream<'static, cove_sdk::Result<cove_sdk::FsEvent>>;
 
 async fn next(stream: &mut Events) -> cove_sdk::FsEvent {
-    tokio::time::timeout(Duration::from_secs(10), stream.next())
+    tokio::time::timeout(Duration::from_secs(60), stream.next())
         .await
-        .expect("an event within 10 s")
+        .expect("an event within 60 s")
         .unwrap()
         .unwrap()
 }
@@ -481,7 +481,7 @@ async fn commands_run_spawn_and_drive() {
     );
     wait_until(
         "the killed process to leave the list",
-        Duration::from_secs(5),
+        Duration::from_secs(60),
         || async { (!commands.list().await.ok()?.iter().any(|p| p.pid == pid)).then_some(()) },
     )
     .await;
@@ -531,7 +531,7 @@ async fn terminals_type_resize_and_reattach() {
     let shows = |text: &'static str| {
         let screen = screen.clone();
         async move {
-            wait_until(text, Duration::from_secs(10), || {
+            wait_until(text, Duration::from_secs(60), || {
                 let screen = screen.clone();
                 async move { screen.lock().await.contains(text).then_some(()) }
             })
@@ -560,7 +560,7 @@ async fn terminals_type_resize_and_reattach() {
             .is_some_and(|(_, after)| after.ends_with("$ "))
     };
     let mut seen = String::new();
-    let followed = tokio::time::timeout(Duration::from_secs(10), async {
+    let followed = tokio::time::timeout(Duration::from_secs(60), async {
         while !at_prompt(&seen) {
             if let Output::Pty(bytes) = follower.next().await.unwrap().unwrap() {
                 seen.push_str(&String::from_utf8_lossy(&bytes));
@@ -575,7 +575,7 @@ async fn terminals_type_resize_and_reattach() {
 
     // Ctrl-D ends the shell.
     pty.send_input(pid, vec![4u8]).await.unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(10), reader).await;
+    let ended = tokio::time::timeout(Duration::from_secs(60), reader).await;
     let ended = ended.unwrap_or_else(|_| {
         panic!(
             "the shell did not end on Ctrl-D; the screen: {:?}",

@@ -93,7 +93,7 @@ async fn expired_sandboxes_are_killed_and_timeouts_extend() {
     extended.set_timeout(Duration::from_secs(60)).await.unwrap();
     wait_until(
         "the short sandbox to expire",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         || {
             let short = short.clone();
             async move { (!short.is_running().await.ok()?).then_some(()) }
@@ -233,7 +233,7 @@ async fn proxy_routes_and_errors() {
     );
     let page = wait_until(
         "the web server in the sandbox",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         || {
             let (http, url, host) = (
                 http.clone(),
@@ -486,7 +486,7 @@ async fn private_sandboxes_need_their_traffic_token() {
     assert_eq!(missing.status(), 403);
     assert!(missing.text().await.unwrap().contains("is missing"));
     assert_eq!(get(Some("wrong")).await.unwrap().status(), 403);
-    let page = wait_until("the private web server", Duration::from_secs(10), || {
+    let page = wait_until("the private web server", Duration::from_secs(60), || {
         let response = get(Some(&token));
         async move { response.await.ok().filter(|r| r.status().is_success()) }
     })

@@ -207,7 +207,7 @@ async fn a_mounted_volume_is_not_deleted_and_one_deleted_leaves_nothing() {
     );
     cove_test_util::wait_until(
         "the volume's loop device to detach",
-        std::time::Duration::from_secs(10),
+        std::time::Duration::from_secs(60),
         || async { loop_devices_under(&volumes).is_empty().then_some(()) },
     )
     .await;

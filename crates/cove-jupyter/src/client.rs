@@ -217,6 +217,10 @@ impl KernelClient {
     /// Waits until the kernel answers on shell and its IOPub broadcasts reach us (a
     /// subscription takes a moment to arrive, and broadcasts before it are lost). Returns
     /// the kernel's `kernel_info_reply` content.
+    ///
+    /// A request is sent again only after the kernel answered the one before (or after
+    /// [`ASK_AGAIN`] without an answer): a kernel slowed by a loaded host is never handed
+    /// requests faster than it answers them, which would leave every answer behind a queue.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<Value, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -228,12 +232,16 @@ impl KernelClient {
                 )
                 .await?;
             let (mut info, mut broadcast) = (None, false);
-            let round = tokio::time::Instant::now() + Duration::from_millis(250);
+            let mut until = (tokio::time::Instant::now() + ASK_AGAIN).min(deadline);
             while info.is_none() || !broadcast {
-                let next = tokio::time::timeout_at(round.min(deadline), replies.next()).await;
-                match next {
+                match tokio::time::timeout_at(until, replies.next()).await {
                     Ok(Some(incoming)) => match incoming.channel {
-                        Channel::Shell => info = Some(incoming.message.content),
+                        Channel::Shell => {
+                            info = Some(incoming.message.content);
+                            // Its `idle` status follows the reply when we are subscribed.
+                            until =
+                                (tokio::time::Instant::now() + BROADCAST_PATIENCE).min(deadline);
+                        }
                         Channel::IoPub => broadcast = true,
                         Channel::Control => {}
                     },
@@ -250,6 +258,13 @@ impl KernelClient {
         }
     }
 }
+
+/// How long [`KernelClient::wait_ready`] waits for an answer before asking again.
+const ASK_AGAIN: Duration = Duration::from_secs(5);
+
+/// How long [`KernelClient::wait_ready`] waits, after an answer, for the broadcasts that
+/// show its IOPub subscription has arrived.
+const BROADCAST_PATIENCE: Duration = Duration::from_millis(250);
 
 /// Receives from every channel and hands each message to the request it answers.
 async fn read_all(

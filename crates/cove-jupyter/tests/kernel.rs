@@ -20,12 +20,18 @@ impl Drop for Kernel {
 }
 
 async fn start() -> Kernel {
+    start_with(&["-m", "ipykernel_launcher"]).await
+}
+
+/// A kernel started by `python3 <args> -f <connection file>`.
+async fn start_with(args: &[&str]) -> Kernel {
     let dir = tempfile::tempdir().unwrap();
     let info = ConnectionInfo::on_free_ports(Ipv4Addr::LOCALHOST, "python3").unwrap();
     let file = dir.path().join("kernel.json");
     std::fs::write(&file, info.to_json()).unwrap();
     let child = tokio::process::Command::new("/usr/bin/python3")
-        .args(["-m", "ipykernel_launcher", "-f"])
+        .args(args)
+        .arg("-f")
         .arg(&file)
         .env("PYDEVD_DISABLE_FILE_VALIDATION", "1")
         .stdout(Stdio::null())
@@ -101,6 +107,33 @@ async fn executes_code_and_keeps_state() {
     assert_eq!(
         of_type(&seen, "execute_result")[0]["data"]["text/plain"],
         "80"
+    );
+}
+
+/// An ipykernel that takes 0.4 s over every `kernel_info_request`, as one on a loaded host
+/// does: waiting for it must not send requests faster than it answers them, or each answer
+/// would arrive behind a growing queue and it would never be found ready.
+const SLOW_KERNEL: &str = "
+import time
+from ipykernel.ipkernel import IPythonKernel
+from ipykernel.kernelapp import IPKernelApp
+
+class Slow(IPythonKernel):
+    async def kernel_info_request(self, stream, ident, parent):
+        time.sleep(0.4)
+        await super().kernel_info_request(stream, ident, parent)
+
+IPKernelApp.launch_instance(kernel_class=Slow)
+";
+
+#[tokio::test]
+async fn a_kernel_slow_to_answer_is_found_ready() {
+    let kernel = start_with(&["-c", SLOW_KERNEL]).await;
+    let mut replies = execute(&kernel.client, "6 * 7").await;
+    let seen = broadcasts(&mut replies).await;
+    assert_eq!(
+        of_type(&seen, "execute_result")[0]["data"]["text/plain"],
+        "42"
     );
 }
 

@@ -362,7 +362,7 @@ async fn the_reaper_does_not_end_what_was_paused_while_it_looked() {
     app.runtime.slow_liveness(Duration::from_millis(500));
     let lifecycle = app.state.lifecycle().clone();
     let reaping = tokio::spawn(async move { lifecycle.reap().await });
-    cove_test_util::wait_until("the reaper to look", Duration::from_secs(5), || async {
+    cove_test_util::wait_until("the reaper to look", Duration::from_secs(60), || async {
         (app.runtime.looks_under_way() > 0).then_some(())
     })
     .await;
@@ -380,7 +380,7 @@ async fn the_reaper_does_not_end_what_was_paused_while_it_looked() {
 async fn under_way(app: &App) {
     cove_test_util::wait_until(
         "a transition to be under way",
-        Duration::from_secs(5),
+        Duration::from_secs(60),
         || async { (app.runtime.transitions_under_way() > 0).then_some(()) },
     )
     .await;
@@ -792,7 +792,7 @@ async fn logs_are_json_lines_for_e2b_clients() {
 async fn a_claimed_warm_sandbox_pauses_and_resumes_like_any_other() {
     let app = app_with(|c| c.warm = 1).await;
     app.state.lifecycle().warm_up();
-    cove_test_util::wait_until("a warm sandbox", Duration::from_secs(5), || async {
+    cove_test_util::wait_until("a warm sandbox", Duration::from_secs(60), || async {
         (app.runtime.running().len() == 2).then_some(())
     })
     .await;
@@ -815,10 +815,10 @@ async fn a_fork_takes_a_warm_sandbox_of_its_source_template_and_gives_it_its_fil
     let app = app_with(|c| c.warm = 1).await;
     app.state.lifecycle().warm_up();
     let both_warm = || async { (app.runtime.running().len() == 2).then_some(()) };
-    cove_test_util::wait_until("the warm sandboxes", Duration::from_secs(5), both_warm).await;
+    cove_test_util::wait_until("the warm sandboxes", Duration::from_secs(60), both_warm).await;
     let source = app.created(json!({})).await;
     // The pool fills again behind the claim.
-    cove_test_util::wait_until("the pool refilled", Duration::from_secs(5), || async {
+    cove_test_util::wait_until("the pool refilled", Duration::from_secs(60), || async {
         (app.runtime.running().len() == 3).then_some(())
     })
     .await;

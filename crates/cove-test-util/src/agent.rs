@@ -67,7 +67,7 @@ impl TestAgent {
         let probe = agent.client();
         wait_until(
             "the agent to answer /health",
-            Duration::from_secs(10),
+            Duration::from_secs(60),
             || {
                 let probe = probe.clone();
                 async move { probe.health().await.ok() }
