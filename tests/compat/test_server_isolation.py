@@ -1,11 +1,15 @@
 """Two sandboxes on one server share nothing a user can see: files, processes, ports."""
 
 import re
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
 
 import pytest
 from e2b import CommandExitException, FileNotFoundException
 
-from conftest import wait_until
+from conftest import HostNetwork, wait_until
 
 pytestmark = pytest.mark.cove_server
 
@@ -100,14 +104,46 @@ def test_a_port_served_in_one_is_not_open_in_the_other(pair):
         server.kill()
 
 
-def test_internet_access_is_per_sandbox(new_sandbox):
-    # The default, as on E2B: the sandbox reaches the internet (here PyPI, which the seed's
-    # `pip install` needs). Without it: nothing beyond the sandbox.
+# A server of the test's own on an address from a range Cove leaves open (198.18.0.0/15),
+# in a network namespace behind a veth pair: it stands in for the internet, and traffic
+# stays on this machine.
+INTERNET_HOST_SIDE, INTERNET = "198.18.90.1", "198.18.90.2"
+INTERNET_MARKER = "cove-compat-internet-stand-in"
+
+
+@pytest.fixture
+def internet():
+    """The stand-in's URL while it serves; its namespace, link and server go at the end."""
+    with tempfile.TemporaryDirectory(prefix="cove-compat-internet-") as www:
+        (Path(www) / "marker.txt").write_text(INTERNET_MARKER)
+        network = HostNetwork("inet", f"{INTERNET_HOST_SIDE}/24", [f"{INTERNET}/24"])
+        try:
+            network.spawn([sys.executable, "-m", "http.server", "8000", "--bind", INTERNET,
+                           "--directory", www])
+            url = f"http://{INTERNET}:8000/marker.txt"
+            wait_until(lambda: _host_gets(url), "the stand-in for the internet to answer", 60)
+            yield url
+        finally:
+            network.close()
+
+
+def _host_gets(url: str) -> bool:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=2) as answer:
+            return answer.read().decode() == INTERNET_MARKER
+    except OSError:
+        return False
+
+
+def test_internet_access_is_per_sandbox(new_sandbox, internet):
+    # The default, as on E2B: the sandbox reaches the internet (here a stand-in of the
+    # test's own). Without it: nothing beyond the sandbox.
     online = new_sandbox()
     offline = new_sandbox(allow_internet_access=False)
-    probe = "curl -s -o /dev/null -m 20 -w '%{http_code}' https://pypi.org/simple/pytest/ || true"
+    probe = f"curl -s -m 20 {internet} || echo unreachable"
 
-    assert online.commands.run(probe).stdout == "200"
-    assert offline.commands.run(probe).stdout == "000"
+    assert online.commands.run(probe).stdout == INTERNET_MARKER
+    assert offline.commands.run(probe).stdout == "unreachable\n"
     assert online.get_info().allow_internet_access is True
     assert offline.get_info().allow_internet_access is False

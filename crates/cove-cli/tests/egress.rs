@@ -109,7 +109,9 @@ impl Drop for Cleanup {
 
 /// A test host in a network namespace of its own, behind a veth pair: the host's side has
 /// 192.168.N.1, 10.N.0.1, 100.64.N.1 and fc00:N::1, the test host the same addresses
-/// ending in 2, and it serves HTTP on all of them. N tells the tests apart.
+/// ending in 2, and it serves HTTP on all of them. It also has 198.18.N.2 (the host's side
+/// 198.18.N.1), from a range the filter leaves open: it stands in for a server on the
+/// internet. N tells the tests apart.
 struct TestHost {
     n: u8,
     cleanup: Cleanup,
@@ -143,6 +145,9 @@ impl TestHost {
             }
             run("ip", &add);
         }
+        let (host, guest) = Self::public_addresses(n);
+        run("ip", &["addr", "add", &host, "dev", &host_link]);
+        run("ip", &["-n", &netns, "addr", "add", &guest, "dev", &peer]);
         run("ip", &["link", "set", &host_link, "up"]);
         run("ip", &["-n", &netns, "link", "set", &peer, "up"]);
         run("ip", &["-n", &netns, "link", "set", "lo", "up"]);
@@ -152,10 +157,21 @@ impl TestHost {
         cleanup.children.push(server);
         cleanup._dirs.push(dir);
         let host = Self { n, cleanup };
-        for addr in host.guests() {
+        for addr in host.guests().into_iter().chain([host.public()]) {
             host_reaches(&url(&addr, PORT)).await;
         }
         host
+    }
+
+    /// (host side, test host side) in a range the filter leaves open, with prefixes.
+    fn public_addresses(n: u8) -> (String, String) {
+        (format!("198.18.{n}.1/24"), format!("198.18.{n}.2/24"))
+    }
+
+    /// The test host's address that stands in for the internet.
+    fn public(&self) -> String {
+        let (_, guest) = Self::public_addresses(self.n);
+        guest.split('/').next().unwrap().to_owned()
     }
 
     /// (host side, test host side) with prefixes.
@@ -168,7 +184,7 @@ impl TestHost {
         ]
     }
 
-    /// The test host's addresses.
+    /// The test host's addresses in private ranges.
     fn guests(&self) -> Vec<String> {
         Self::addresses(self.n)
             .into_iter()
@@ -285,6 +301,34 @@ async fn private_ranges_are_closed_to_sandboxes_and_names_still_resolve() {
     let interfaces = offline.commands().run("ls /sys/class/net").await.unwrap();
     assert_eq!(interfaces.stdout, "lo\n");
     assert_eq!(fetch(&offline, "192.168.77.2", PORT).await, "refused");
+    drop(host);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandboxes_reach_the_internet_only_when_allowed() {
+    let host = TestHost::start(80).await;
+    let server = TestServer::start(cove()).await;
+    let online = online(&server).await;
+    let offline = Sandbox::create(
+        &server.config(),
+        CreateOptions {
+            allow_internet_access: Some(false),
+            ..CreateOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(fetch(&online, &host.public(), PORT).await, MARKER);
+    assert_eq!(fetch(&offline, &host.public(), PORT).await, "refused");
+    let interfaces = offline.commands().run("ls /sys/class/net").await.unwrap();
+    assert_eq!(interfaces.stdout, "lo\n");
+    // The host's own services stay out of reach, the server's API included.
+    let api = format!("127.0.0.1:{}", server.addr.port());
+    let health = format!("curl -s -m 3 http://{api}/health || echo refused");
+    assert_eq!(
+        online.commands().run(&health).await.unwrap().stdout,
+        "refused\n"
+    );
     drop(host);
 }
 
