@@ -57,7 +57,7 @@ fn target_process(agent: &Agent) -> u32 {
         // Ended by the last input: wait until the reaper has taken it off the table, so this
         // input does not write to a pipe nobody reads.
         block_on(async {
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
             while listed() == Some(pid) {
                 assert!(
                     tokio::time::Instant::now() < deadline,
