@@ -36,6 +36,7 @@ import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -466,22 +467,88 @@ class HostNetwork:
         subprocess.run(["ip", "link", "del", self.link], capture_output=True)
 
 
+class NameServer:
+    """A UDP name server answering A questions for `names` (name → IPv4 address), NXDOMAIN
+    otherwise, on `bind` (host, port; by default a free port of 127.0.0.1)."""
+
+    def __init__(self, names: dict[str, str], bind: tuple[str, int] = ("127.0.0.1", 0)) -> None:
+        self.names = names
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(bind)
+        self.socket.settimeout(0.2)
+        self.address = f"{bind[0]}:{self.socket.getsockname()[1]}"
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                query, peer = self.socket.recvfrom(512)
+            except OSError:
+                continue
+            reply = self.answer(query)
+            if reply:
+                self.socket.sendto(reply, peer)
+
+    def answer(self, query: bytes) -> bytes | None:
+        if len(query) < 12:
+            return None
+        ident = query[:2]
+        labels, at = [], 12
+        while at < len(query) and query[at]:
+            labels.append(query[at + 1 : at + 1 + query[at]].decode(errors="replace"))
+            at += 1 + query[at]
+        question = query[12 : at + 5]
+        qtype = struct.unpack("!H", query[at + 1 : at + 3])[0] if at + 3 <= len(query) else 0
+        name = ".".join(labels).lower()
+        addr = self.names.get(name)
+        if addr is None:
+            return ident + struct.pack("!HHHHH", 0x8183, 1, 0, 0, 0) + question
+        answers = b""
+        count = 0
+        if qtype == 1:
+            answers = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(addr)
+            count = 1
+        return ident + struct.pack("!HHHHH", 0x8180, 1, count, 0, 0) + question + answers
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.socket.close()
+
+
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
 @contextlib.contextmanager
 def running_cove_server(
-    state_dir: Path, log_path: Path, *, kill_leftovers: bool = True, extra_args: Iterable[str] = ()
+    state_dir: Path,
+    log_path: Path,
+    *,
+    kill_leftovers: bool = True,
+    extra_args: Iterable[str] = (),
+    resolv_conf: Optional[Path] = None,
 ) -> Iterator[CoveServer]:
     """Runs `cove serve --kill-on-exit [extra_args]` on a free port with a fresh API key until
-    the block ends, then stops it as an operator would (see `_stop_server`)."""
+    the block ends, then stops it as an operator would (see `_stop_server`).
+
+    With `resolv_conf`, the server runs in a mount namespace of its own where that file is
+    `/etc/resolv.conf`: the host's name servers are then the test's own (the server, the
+    sandboxes' network helpers and the `base` template it builds all read that file), and no
+    DNS query leaves the machine."""
     port = _free_port()
     api_key = "e2b_" + secrets.token_hex(20)
+    argv = [_cove_bin(), "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", str(state_dir),
+            "--kill-on-exit", *extra_args]
+    if resolv_conf is not None:
+        # `unshare` and `sh` exec what follows: the process started is the server itself.
+        argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv_conf), *argv]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [_cove_bin(), "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", state_dir,
-             "--kill-on-exit", *extra_args],
+            argv,
             # The key goes by environment so that it does not show in `ps`.
             env={**os.environ, "COVE_API_KEY": api_key},
             stdin=subprocess.DEVNULL,

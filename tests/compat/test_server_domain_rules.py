@@ -13,13 +13,10 @@ this machine.
 
 from __future__ import annotations
 
-import socket
 import ssl
-import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,7 +25,7 @@ import pytest
 from e2b import Sandbox
 from e2b.sandbox.network import ALL_TRAFFIC
 
-from conftest import HostNetwork, logs_say, point_sdks_at, running_cove_server, wait_until
+from conftest import HostNetwork, NameServer, logs_say, point_sdks_at, running_cove_server, wait_until
 
 pytestmark = pytest.mark.cove_server
 
@@ -69,62 +66,12 @@ server.serve_forever()
 """
 
 
-class NameServer:
-    """A UDP name server on 127.0.0.1 answering A questions for `NAMES`, NXDOMAIN otherwise."""
-
-    def __init__(self) -> None:
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.socket.bind(("127.0.0.1", 0))
-        self.socket.settimeout(0.2)
-        self.address = f"127.0.0.1:{self.socket.getsockname()[1]}"
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                query, peer = self.socket.recvfrom(512)
-            except OSError:
-                continue
-            reply = self.answer(query)
-            if reply:
-                self.socket.sendto(reply, peer)
-
-    @staticmethod
-    def answer(query: bytes) -> bytes | None:
-        if len(query) < 12:
-            return None
-        ident = query[:2]
-        labels, at = [], 12
-        while at < len(query) and query[at]:
-            labels.append(query[at + 1 : at + 1 + query[at]].decode(errors="replace"))
-            at += 1 + query[at]
-        question = query[12 : at + 5]
-        qtype = struct.unpack("!H", query[at + 1 : at + 3])[0] if at + 3 <= len(query) else 0
-        name = ".".join(labels).lower()
-        addr = NAMES.get(name)
-        if addr is None:
-            return ident + struct.pack("!HHHHH", 0x8183, 1, 0, 0, 0) + question
-        answers = b""
-        count = 0
-        if qtype == 1:
-            answers = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(addr)
-            count = 1
-        return ident + struct.pack("!HHHHH", 0x8180, 1, count, 0, 0) + question + answers
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join()
-        self.socket.close()
-
-
 @pytest.fixture(scope="module")
 def test_hosts():
     """The two test hosts and the name server (its address, and the file of the CA that
     signed the hosts' certificate), removed by name at the end (also when a test fails)."""
     work = tempfile.TemporaryDirectory(prefix="cove-compat-domains-")
-    names = NameServer()
+    names = NameServer(NAMES)
     network = None
     try:
         # A CA of the test's own signs the test hosts' certificate; the server trusts it

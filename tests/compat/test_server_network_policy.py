@@ -4,7 +4,9 @@ of this module's own (started with `--allow-private-egress` for the test host's 
 
 The test host is ours: a network namespace behind a veth pair with private addresses in
 10.203.51.0/29, serving HTTP and counting UDP datagrams, standing in for "the internet".
-Traffic goes only to addresses on this machine.
+The server's name server is ours too (on the host's side of the link, its address the
+server's `/etc/resolv.conf` in a mount namespace of the server's own). Traffic goes only
+to addresses on this machine.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from e2b import Sandbox
 from e2b.exceptions import SandboxException
 from e2b.sandbox.network import ALL_TRAFFIC
 
-from conftest import HostNetwork, logs_say, point_sdks_at, running_cove_server, wait_until
+from conftest import HostNetwork, NameServer, logs_say, point_sdks_at, running_cove_server, wait_until
 
 pytestmark = pytest.mark.cove_server
 
@@ -28,6 +30,8 @@ NET = f"10.203.{N}.0/29"
 HOST_SIDE, ALLOWED, DENIED = f"10.203.{N}.1", f"10.203.{N}.2", f"10.203.{N}.3"
 PORT, UDP_PORT = 8000, 9999
 MARKER = "cove-network-policy-compat-host"
+# A name only the test's name server knows.
+TEST_NAME = "policy-host.cove.test"
 
 UDP_LISTENER = """
 import socket, sys
@@ -77,11 +81,22 @@ def host_reaches(addr: str) -> bool:
 @pytest.fixture(scope="module")
 def policy_server(test_host):
     with tempfile.TemporaryDirectory(prefix="cove-compat-policy-server-") as work:
-        args = ["--allow-private-egress", NET]
-        with running_cove_server(
-            Path(work) / "state", Path(work) / "server.log", extra_args=args
-        ) as server:
-            yield server
+        # The host's name server, as the server sees it: on the host's side of the test
+        # host's link (an address of the host's own, which sandboxes reach on port 53 only).
+        names = NameServer({TEST_NAME: ALLOWED}, bind=(HOST_SIDE, 53))
+        try:
+            resolv_conf = Path(work) / "resolv.conf"
+            resolv_conf.write_text(f"nameserver {HOST_SIDE}\n")
+            args = ["--allow-private-egress", NET]
+            with running_cove_server(
+                Path(work) / "state",
+                Path(work) / "server.log",
+                extra_args=args,
+                resolv_conf=resolv_conf,
+            ) as server:
+                yield server
+        finally:
+            names.stop()
 
 
 @pytest.fixture
@@ -128,8 +143,8 @@ def test_deny_all_with_an_allow_list(sdk_env, test_host):
         ).stdout
         assert "PermissionError" in raw, raw
         # Names still resolve under deny-all: the host's name servers stay open for DNS.
-        resolved = sandbox.commands.run("getent hosts pypi.org || echo unresolved").stdout
-        assert "pypi.org" in resolved, resolved
+        resolved = sandbox.commands.run(f"getent hosts {TEST_NAME} || echo unresolved").stdout
+        assert resolved.split() == [ALLOWED, TEST_NAME], resolved
         info = sandbox.get_info()
         assert info.network is not None
         assert info.network.get("allow_out") == [ALLOWED], info.network
