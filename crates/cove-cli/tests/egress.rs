@@ -5,13 +5,14 @@
 
 use std::{
     io::Write,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
 use cove_sdk::{CreateOptions, Sandbox};
-use cove_test_util::{TestServer, free_port, wait_until};
+use cove_test_util::{TestServer, free_port, name_server::NameServer, wait_until};
 
 fn cove() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cove"))
@@ -230,11 +231,14 @@ async fn online(server: &TestServer) -> Sandbox {
         .unwrap()
 }
 
-/// A DNS query for `pypi.org` sent straight to slirp4netns's resolver (10.0.2.3), which
+/// A name only the test's own name server knows.
+const TEST_NAME: &str = "egress-host.cove.test";
+
+/// A DNS query for [`TEST_NAME`] sent straight to slirp4netns's resolver (10.0.2.3), which
 /// relays it to the host's name servers; prints the number of answers.
 const DNS_QUERY: &str = r#"python3 - <<'EOF'
 import socket, struct
-name = b"".join(bytes([len(p)]) + p for p in b"pypi.org".split(b".")) + b"\0"
+name = b"".join(bytes([len(p)]) + p for p in b"egress-host.cove.test".split(b".")) + b"\0"
 query = struct.pack(">HHHHHH", 0x2a2a, 0x0100, 1, 0, 0, 0) + name + struct.pack(">HH", 1, 1)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(5)
@@ -247,7 +251,16 @@ EOF"#;
 #[tokio::test(flavor = "multi_thread")]
 async fn private_ranges_are_closed_to_sandboxes_and_names_still_resolve() {
     let host = TestHost::start(77).await;
-    let server = TestServer::start(cove()).await;
+    // The host's name server, as the server sees it (its own /etc/resolv.conf): ours, on
+    // the host's side of the test host's link, in a private range.
+    let names = NameServer::start_on(
+        SocketAddr::from(([192, 168, 77, 1], 53)),
+        [(TEST_NAME, Ipv4Addr::new(192, 168, 77, 2))],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        TestServer::launch_with_resolv_conf(cove(), true, &[], &names.resolv_conf(dir.path()))
+            .await;
     let sbx = online(&server).await;
     for addr in ["192.168.77.2", "10.77.0.2", "100.64.77.2"] {
         assert_eq!(fetch(&sbx, addr, PORT).await, "refused", "{addr}");
@@ -280,13 +293,17 @@ async fn private_ranges_are_closed_to_sandboxes_and_names_still_resolve() {
     // although the host's name server sits in a private range here.
     let resolved = sbx
         .commands()
-        .run("getent hosts pypi.org || echo unresolved")
+        .run(&format!("getent hosts {TEST_NAME} || echo unresolved"))
         .await
         .unwrap()
         .stdout;
-    assert!(resolved.contains("pypi.org"), "{resolved}");
+    assert_eq!(
+        resolved.split_whitespace().collect::<Vec<_>>(),
+        ["192.168.77.2", TEST_NAME],
+        "{resolved}"
+    );
     let answers = sbx.commands().run(DNS_QUERY).await.unwrap().stdout;
-    assert!(answers.trim().parse::<u32>().unwrap_or(0) > 0, "{answers}");
+    assert_eq!(answers.trim(), "1", "{answers}");
 
     // Without internet access there is loopback only: no route to the test host at all.
     let offline = Sandbox::create(

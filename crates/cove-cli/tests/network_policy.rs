@@ -6,6 +6,7 @@
 
 use std::{
     io::Write,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -13,7 +14,7 @@ use std::{
 
 use cove_proto::rest::SandboxNetworkUpdate;
 use cove_sdk::{CreateOptions, Error, Sandbox, snapshots::PauseMode};
-use cove_test_util::{TestServer, free_port, wait_until};
+use cove_test_util::{TestServer, free_port, name_server::NameServer, wait_until};
 
 fn cove() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cove"))
@@ -81,12 +82,18 @@ impl Drop for Cleanup {
 
 /// A test host in a network namespace of its own: the host's side of the veth pair has
 /// 10.203.N.1, the test host 10.203.N.2 and 10.203.N.3 (and fc00:203:N::2, ::3), serving
-/// HTTP on PORT and counting datagrams on UDP_PORT on all of them.
+/// HTTP on PORT and counting datagrams on UDP_PORT on all of them. A name server of the
+/// test's own listens on the host's side, 10.203.N.1:53, knowing [`TEST_NAME`] (the
+/// host's name server for the servers of [`server_for`]).
 struct TestHost {
     n: u8,
     dir: tempfile::TempDir,
+    names: NameServer,
     cleanup: Cleanup,
 }
+
+/// A name only the test hosts' name servers know: 10.203.N.2.
+const TEST_NAME: &str = "policy-host.cove.test";
 
 impl TestHost {
     async fn start(n: u8) -> Self {
@@ -192,7 +199,16 @@ impl TestHost {
             &received.display().to_string(),
             &UDP_PORT.to_string(),
         ]));
-        let host = Self { n, dir, cleanup };
+        let names = NameServer::start_on(
+            SocketAddr::from(([10, 203, n, 1], 53)),
+            [(TEST_NAME, Ipv4Addr::new(10, 203, n, 2))],
+        );
+        let host = Self {
+            n,
+            dir,
+            names,
+            cleanup,
+        };
         for addr in [host.addr(2), host.addr(3), host.addr6(2)] {
             host_reaches(&url(&addr, PORT)).await;
         }
@@ -312,7 +328,7 @@ EOF"#
 /// false its sandboxes outlive it.
 async fn server_for(host: &TestHost, kill_on_exit: bool) -> TestServer {
     let [v4, v6] = host.opened();
-    TestServer::launch(
+    TestServer::launch_with_resolv_conf(
         cove(),
         kill_on_exit,
         &[
@@ -323,6 +339,7 @@ async fn server_for(host: &TestHost, kill_on_exit: bool) -> TestServer {
             "--metrics-token",
             METRICS_TOKEN,
         ],
+        &host.names.resolv_conf(host.dir.path()),
     )
     .await
 }
@@ -425,11 +442,15 @@ async fn deny_all_with_an_allow_list_reaches_only_the_allowed_host() {
     // Names still resolve: the host's name servers stay open on the DNS port.
     let resolved = sbx
         .commands()
-        .run("getent hosts pypi.org || echo unresolved")
+        .run(&format!("getent hosts {TEST_NAME} || echo unresolved"))
         .await
         .unwrap()
         .stdout;
-    assert!(resolved.contains("pypi.org"), "{resolved}");
+    assert_eq!(
+        resolved.split_whitespace().collect::<Vec<_>>(),
+        [allowed.as_str(), TEST_NAME],
+        "{resolved}"
+    );
 
     // Refusals are told in the sandbox's log by rule, and counted.
     log_tells(&sbx, "denyOut 0.0.0.0/0").await;

@@ -1,6 +1,7 @@
-//! A name server of a test's own on the host's loopback: it answers A questions for the names
-//! it was given (TTL [`TTL`]) and NXDOMAIN for every other, so tests of domain rules resolve
-//! their own names without asking anything outside the machine.
+//! A name server of a test's own on the host (its loopback, or an address of a test
+//! network's): it answers A questions for the names it was given (TTL [`TTL`]) and NXDOMAIN
+//! for every other, so tests resolve their own names without asking anything outside the
+//! machine.
 
 use std::{
     collections::HashMap,
@@ -27,9 +28,17 @@ pub struct NameServer {
 impl NameServer {
     /// Serves `names` (lowercase, no trailing dot) on a UDP port of 127.0.0.1.
     pub fn start<'a>(names: impl IntoIterator<Item = (&'a str, Ipv4Addr)>) -> Self {
+        Self::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), names)
+    }
+
+    /// Serves `names` on `bind` (an address of this host's; port 0: a free one).
+    pub fn start_on<'a>(
+        bind: SocketAddr,
+        names: impl IntoIterator<Item = (&'a str, Ipv4Addr)>,
+    ) -> Self {
         let names: HashMap<String, Ipv4Addr> =
             names.into_iter().map(|(n, a)| (n.to_owned(), a)).collect();
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind the test name server");
+        let socket = UdpSocket::bind(bind).expect("bind the test name server");
         socket
             .set_read_timeout(Some(Duration::from_millis(200)))
             .expect("set a read timeout");
@@ -62,6 +71,20 @@ impl NameServer {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Writes a `resolv.conf` naming it (which must listen on port 53) into `dir`; see
+    /// [`crate::TestServer::launch_with_resolv_conf`].
+    pub fn resolv_conf(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        assert_eq!(
+            self.addr.port(),
+            53,
+            "resolv.conf names servers on port 53 only"
+        );
+        let path = dir.join("resolv.conf");
+        std::fs::write(&path, format!("nameserver {}\n", self.addr.ip()))
+            .expect("write the test's resolv.conf");
+        path
     }
 
     /// The questions it answered so far.

@@ -19,6 +19,8 @@ pub struct TestServer {
     extra_args: Vec<String>,
     /// What the sandboxes' agents log (`COVE_AGENT_LOG`), when not the default.
     agent_log: Option<String>,
+    /// The file the server sees as `/etc/resolv.conf`, when not the host's.
+    resolv_conf: Option<PathBuf>,
     cove: PathBuf,
     state: tempfile::TempDir,
     pub addr: SocketAddr,
@@ -53,6 +55,23 @@ impl TestServer {
         Self::launch_full(cove, kill_on_exit, args, None, &std::env::temp_dir()).await
     }
 
+    /// Starts `cove serve` as [`TestServer::launch`] does, in a mount namespace of its own
+    /// where `resolv_conf` is `/etc/resolv.conf`: the host's name servers are then the test's
+    /// own (the server, its sandboxes' network helpers and the `base` template it builds all
+    /// read that file), so no DNS query of its sandboxes leaves the machine. See
+    /// [`crate::name_server::NameServer::resolv_conf`].
+    pub async fn launch_with_resolv_conf(
+        cove: &Path,
+        kill_on_exit: bool,
+        args: &[&str],
+        resolv_conf: &Path,
+    ) -> Self {
+        let mut server = Self::new(cove, kill_on_exit, args, None, &std::env::temp_dir());
+        server.resolv_conf = Some(resolv_conf.to_owned());
+        server.spawn().await;
+        server
+    }
+
     /// Starts `cove serve` (with `--kill-on-exit`) whose sandboxes' agents log as `filter`
     /// says (`COVE_AGENT_LOG`).
     pub async fn launch_with_agent_log(cove: &Path, args: &[&str], filter: &str) -> Self {
@@ -72,24 +91,36 @@ impl TestServer {
         agent_log: Option<&str>,
         parent: &Path,
     ) -> Self {
+        let mut server = Self::new(cove, kill_on_exit, args, agent_log, parent);
+        server.spawn().await;
+        server
+    }
+
+    /// The server, not started yet.
+    fn new(
+        cove: &Path,
+        kill_on_exit: bool,
+        args: &[&str],
+        agent_log: Option<&str>,
+        parent: &Path,
+    ) -> Self {
         let state = tempfile::Builder::new()
             .prefix("cove-server-test-")
             .tempdir_in(parent)
             .expect("a temporary state directory");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let api_key = format!("cove_test_{}", addr.port());
-        let mut server = Self {
+        Self {
             child: None,
             kill_on_exit,
             extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
             agent_log: agent_log.map(str::to_owned),
+            resolv_conf: None,
             cove: cove.to_owned(),
             state,
             addr,
             api_key,
-        };
-        server.spawn().await;
-        server
+        }
     }
 
     async fn spawn(&mut self) {
@@ -98,7 +129,7 @@ impl TestServer {
         let http = reqwest::Client::new();
         wait_until(
             "cove serve to answer /health",
-            Duration::from_secs(30),
+            Duration::from_secs(60),
             || {
                 let (http, url) = (http.clone(), url.clone());
                 async move {
@@ -114,7 +145,19 @@ impl TestServer {
     }
 
     fn spawn_process(&mut self) {
-        let mut command = Command::new(&self.cove);
+        let mut command = match &self.resolv_conf {
+            None => Command::new(&self.cove),
+            // `unshare` and `sh` exec what follows: the child is the server itself.
+            Some(resolv_conf) => {
+                let mut command = Command::new("unshare");
+                command
+                    .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                    .arg(r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#)
+                    .arg(resolv_conf)
+                    .arg(&self.cove);
+                command
+            }
+        };
         command
             .args(["serve", "--listen"])
             .arg(self.addr.to_string());
