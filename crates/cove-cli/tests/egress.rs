@@ -231,6 +231,15 @@ async fn online(server: &TestServer) -> Sandbox {
         .unwrap()
 }
 
+/// A sandbox without internet access.
+async fn offline(server: &TestServer) -> Sandbox {
+    let options = CreateOptions {
+        allow_internet_access: Some(false),
+        ..CreateOptions::default()
+    };
+    Sandbox::create(&server.config(), options).await.unwrap()
+}
+
 /// A name only the test's own name server knows.
 const TEST_NAME: &str = "egress-host.cove.test";
 
@@ -306,15 +315,7 @@ async fn private_ranges_are_closed_to_sandboxes_and_names_still_resolve() {
     assert_eq!(answers.trim(), "1", "{answers}");
 
     // Without internet access there is loopback only: no route to the test host at all.
-    let offline = Sandbox::create(
-        &server.config(),
-        CreateOptions {
-            allow_internet_access: Some(false),
-            ..CreateOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let offline = offline(&server).await;
     let interfaces = offline.commands().run("ls /sys/class/net").await.unwrap();
     assert_eq!(interfaces.stdout, "lo\n");
     assert_eq!(fetch(&offline, "192.168.77.2", PORT).await, "refused");
@@ -326,15 +327,7 @@ async fn sandboxes_reach_the_internet_only_when_allowed() {
     let host = TestHost::start(80).await;
     let server = TestServer::start(cove()).await;
     let online = online(&server).await;
-    let offline = Sandbox::create(
-        &server.config(),
-        CreateOptions {
-            allow_internet_access: Some(false),
-            ..CreateOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    let offline = offline(&server).await;
     assert_eq!(fetch(&online, &host.public(), PORT).await, MARKER);
     assert_eq!(fetch(&offline, &host.public(), PORT).await, "refused");
     let interfaces = offline.commands().run("ls /sys/class/net").await.unwrap();
