@@ -19,8 +19,10 @@ pub struct TestServer {
     extra_args: Vec<String>,
     /// What the sandboxes' agents log (`COVE_AGENT_LOG`), when not the default.
     agent_log: Option<String>,
-    /// The file the server sees as `/etc/resolv.conf`, when not the host's.
-    resolv_conf: Option<PathBuf>,
+    /// The file the server sees as `/etc/resolv.conf`, when not the host's: a copy of the
+    /// test's, which lives as long as the server (whose last run may come after the test
+    /// dropped its own).
+    resolv_conf: Option<(tempfile::TempDir, PathBuf)>,
     cove: PathBuf,
     state: tempfile::TempDir,
     pub addr: SocketAddr,
@@ -67,7 +69,13 @@ impl TestServer {
         resolv_conf: &Path,
     ) -> Self {
         let mut server = Self::new(cove, kill_on_exit, args, None, &std::env::temp_dir());
-        server.resolv_conf = Some(resolv_conf.to_owned());
+        let dir = tempfile::Builder::new()
+            .prefix("cove-server-test-resolv-")
+            .tempdir()
+            .expect("a temporary directory");
+        let copy = dir.path().join("resolv.conf");
+        std::fs::copy(resolv_conf, &copy).expect("copy the test's resolv.conf");
+        server.resolv_conf = Some((dir, copy));
         server.spawn().await;
         server
     }
@@ -148,7 +156,7 @@ impl TestServer {
         let mut command = match &self.resolv_conf {
             None => Command::new(&self.cove),
             // `unshare` and `sh` exec what follows: the child is the server itself.
-            Some(resolv_conf) => {
+            Some((_, resolv_conf)) => {
                 let mut command = Command::new("unshare");
                 command
                     .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
@@ -334,6 +342,13 @@ impl Drop for TestServer {
             let deadline = Instant::now() + Duration::from_secs(30);
             while std::net::TcpStream::connect(self.addr).is_err() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
+            }
+            if std::net::TcpStream::connect(self.addr).is_err() {
+                // Dropping cannot fail the test; say it where its output shows.
+                eprintln!(
+                    "the last run of cove serve at {} never answered: its sandboxes may be left behind",
+                    self.addr
+                );
             }
         }
         self.stop();
