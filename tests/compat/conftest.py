@@ -518,6 +518,17 @@ class NameServer:
         self.socket.close()
 
 
+def host_gets(url: str, text: str) -> bool:
+    """Whether this process (on the host, unfiltered, no proxy) reads `text` at `url`: a test
+    host is really there, so a sandbox that cannot reach it is refused."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=2) as answer:
+            return answer.read().decode() == text
+    except OSError:
+        return False
+
+
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 

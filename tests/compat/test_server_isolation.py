@@ -3,13 +3,12 @@
 import re
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 import pytest
 from e2b import CommandExitException, FileNotFoundException
 
-from conftest import HostNetwork, wait_until
+from conftest import HostNetwork, host_gets, wait_until
 
 pytestmark = pytest.mark.cove_server
 
@@ -121,19 +120,10 @@ def internet():
             network.spawn([sys.executable, "-m", "http.server", "8000", "--bind", INTERNET,
                            "--directory", www])
             url = f"http://{INTERNET}:8000/marker.txt"
-            wait_until(lambda: _host_gets(url), "the stand-in for the internet to answer", 60)
+            wait_until(lambda: host_gets(url, INTERNET_MARKER), "the stand-in for the internet to answer", 60)
             yield url
         finally:
             network.close()
-
-
-def _host_gets(url: str) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=2) as answer:
-            return answer.read().decode() == INTERNET_MARKER
-    except OSError:
-        return False
 
 
 def test_internet_access_is_per_sandbox(new_sandbox, internet):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,15 @@ from e2b import Sandbox
 from e2b.exceptions import SandboxException
 from e2b.sandbox.network import ALL_TRAFFIC
 
-from conftest import HostNetwork, NameServer, logs_say, point_sdks_at, running_cove_server, wait_until
+from conftest import (
+    HostNetwork,
+    NameServer,
+    host_gets,
+    logs_say,
+    point_sdks_at,
+    running_cove_server,
+    wait_until,
+)
 
 pytestmark = pytest.mark.cove_server
 
@@ -70,12 +77,7 @@ def test_host():
 
 def host_reaches(addr: str) -> bool:
     """This process (on the host, unfiltered) gets the marker: the test host is there."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(f"http://{addr}:{PORT}/marker.txt", timeout=2) as answer:
-            return answer.read().decode() == MARKER
-    except OSError:
-        return False
+    return host_gets(f"http://{addr}:{PORT}/marker.txt", MARKER)
 
 
 @pytest.fixture(scope="module")
