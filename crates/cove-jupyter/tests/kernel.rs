@@ -39,11 +39,11 @@ async fn start_with(args: &[&str]) -> Kernel {
         .kill_on_drop(true)
         .spawn()
         .expect("python3 with ipykernel (scripts/setup installs it)");
-    let client = tokio::time::timeout(Duration::from_secs(30), KernelClient::connect(&info))
+    let client = tokio::time::timeout(Duration::from_secs(60), KernelClient::connect(&info))
         .await
         .expect("kernel listens")
         .unwrap();
-    client.wait_ready(Duration::from_secs(30)).await.unwrap();
+    client.wait_ready(Duration::from_secs(60)).await.unwrap();
     Kernel {
         child,
         client,
@@ -67,7 +67,7 @@ async fn execute(client: &KernelClient, code: &str) -> Replies {
 async fn broadcasts(replies: &mut Replies) -> Vec<Incoming> {
     let mut seen = Vec::new();
     loop {
-        let incoming = tokio::time::timeout(Duration::from_secs(30), replies.next())
+        let incoming = tokio::time::timeout(Duration::from_secs(60), replies.next())
             .await
             .expect("the kernel goes idle")
             .expect("the connection stays open");
