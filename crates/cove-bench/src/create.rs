@@ -1,6 +1,7 @@
 //! Create → ready: `POST /v2/sandboxes` until the first command's output arrives through the
 //! proxy, beside `unshare` of the same namespaces and gVisor's `runsc do` running `true`,
-//! and the published figures of hosted sandboxes (quoted in the report, not measured).
+//! and the published figures of hosted sandboxes (quoted in the report, not measured). The
+//! kills of the same sandboxes are timed too: with internet access against without.
 
 use std::{
     process::{Command, Stdio},
@@ -100,8 +101,12 @@ pub async fn all(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
             None
         }
     };
+    let mut kills = Vec::new();
     for case in &CREATE_CASES {
-        let figure = create_latency(settings, case).await?;
+        let (figure, kill) = create_latency(settings, case).await?;
+        if case.server_args.is_empty() {
+            kills.push((case.network, kill));
+        }
         if case.name == READY
             && let Some(runsc) = runsc
         {
@@ -132,11 +137,24 @@ pub async fn all(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
             });
         }
     }
+    let kill = |network: bool| kills.iter().find(|(n, _)| *n == network).map(|(_, k)| *k);
+    if let (Some(online), Some(offline)) = (kill(true), kill(false)) {
+        report.results.push(Result {
+            name: "kill (`DELETE /sandboxes/{id}` answered), with internet access".into(),
+            figure: online,
+            baseline_name: "the same kill of a sandbox without network".into(),
+            baseline: offline,
+            target: Some(Target::RatioBelow(1.5)),
+        });
+    }
     Ok(())
 }
 
-/// `settings.sandboxes` creates, each timed until `echo ready` answered.
-async fn create_latency(settings: &Settings, case: &CreateCase) -> anyhow::Result<Figure> {
+/// `settings.sandboxes` creates, each timed until `echo ready` answered, and their kills.
+async fn create_latency(
+    settings: &Settings,
+    case: &CreateCase,
+) -> anyhow::Result<(Figure, Figure)> {
     let server = TestServer::start_with_args(&settings.cove, case.server_args).await;
     let config = server.config();
     let options = CreateOptions {
@@ -146,6 +164,7 @@ async fn create_latency(settings: &Settings, case: &CreateCase) -> anyhow::Resul
     // The warm sandboxes of a server that just started are still being made.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut samples = Vec::with_capacity(settings.sandboxes);
+    let mut kills = Vec::with_capacity(settings.sandboxes);
     for _ in 0..settings.sandboxes {
         tokio::time::sleep(case.pause).await;
         let started = Instant::now();
@@ -157,9 +176,11 @@ async fn create_latency(settings: &Settings, case: &CreateCase) -> anyhow::Resul
             "unexpected output {:?}",
             out.stdout
         );
+        let killing = Instant::now();
         sandbox.kill().await?;
+        kills.push(killing.elapsed());
     }
-    Ok(latency(samples))
+    Ok((latency(samples), latency(kills)))
 }
 
 /// `unshare` of the namespaces a sandbox gets, running `true`, `n` times.

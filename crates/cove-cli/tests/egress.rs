@@ -342,6 +342,70 @@ async fn sandboxes_reach_the_internet_only_when_allowed() {
     drop(host);
 }
 
+/// The processes on the host whose command line mentions `text`: (pid, parent, command line).
+fn processes_mentioning(text: &str) -> Vec<(u32, u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let parent = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let after = stat.rsplit_once(')')?.1.to_owned();
+                after.split_whitespace().nth(1)?.parse().ok()
+            })
+            .unwrap_or(0);
+        if cmdline.contains(text) {
+            found.push((pid, parent, cmdline));
+        }
+    }
+    found
+}
+
+/// A sandbox's network helper is started by a keeper of its own that lives outside the
+/// sandbox's cgroups, so that the helper, killed with the sandbox, is reaped at once (not by
+/// the host's PID 1, whenever it gets to it) and the sandbox's cgroups can go; the keeper
+/// ends with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_network_helper_is_reaped_by_its_keeper_and_both_end_with_the_sandbox() {
+    let server = TestServer::start(cove()).await;
+    let sbx = online(&server).await;
+    let cgroups = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let helpers: Vec<_> = processes_mentioning("slirp4netns --configure")
+        .into_iter()
+        .filter(|(pid, _, _)| cgroups(*pid).contains(sbx.id()))
+        .collect();
+    assert_eq!(helpers.len(), 1, "{helpers:?}");
+    let (helper, keeper, _) = helpers[0];
+    let keeper_cmdline = std::fs::read(format!("/proc/{keeper}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&keeper_cmdline).contains("cove-network-keeper"),
+        "the helper's parent: {}",
+        String::from_utf8_lossy(&keeper_cmdline)
+    );
+    assert!(!cgroups(keeper).contains(sbx.id()), "{}", cgroups(keeper));
+
+    sbx.kill().await.unwrap();
+    assert!(
+        !PathBuf::from(format!("/proc/{helper}")).exists(),
+        "the helper was not reaped when the kill answered"
+    );
+    wait_until("the keeper to end", Duration::from_secs(60), || async {
+        let stat = std::fs::read_to_string(format!("/proc/{keeper}/stat")).unwrap_or_default();
+        // Gone, or a zombie until the host's PID 1 reaps it (outside the sandbox's cgroups).
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        matches!(state, None | Some('Z')).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn allowed_private_ranges_open_but_never_the_hosts_own_addresses() {
     let mut host = TestHost::start(78).await;
