@@ -214,6 +214,61 @@ async fn a_mounted_volume_is_not_deleted_and_one_deleted_leaves_nothing() {
     assert!(!volumes.join(volume.id()).exists());
 }
 
+/// A network helper (slirp4netns, which parses everything its sandbox sends) sees none of the
+/// host's mounts: a volume deleted while sandboxes with internet access run, whose helpers
+/// started while it was mounted on the host, detaches at once instead of when they end.
+#[tokio::test(flavor = "multi_thread")]
+async fn network_helpers_hold_no_volume_of_the_host() {
+    let server = TestServer::start(cove()).await;
+    let config = server.config();
+    let passing = Volume::create(&config, "passing", Some(16)).await.unwrap();
+    Volume::create(&config, "own", Some(16)).await.unwrap();
+    // Mounting a volume makes this a fresh sandbox, whose helper starts now.
+    let bystander = sandbox(&server, mounting("own", "/own")).await;
+    assert_eq!(sh(&bystander.agent().clone(), "echo up").await, "up\n");
+    let state = server.state_dir().canonicalize().unwrap();
+    let helpers: Vec<std::path::PathBuf> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            std::fs::read_to_string(p.join("comm")).is_ok_and(|c| c.trim() == "slirp4netns")
+        })
+        .collect();
+    assert!(!helpers.is_empty(), "no network helper runs");
+    let allowed = [
+        "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc", "dev",
+    ];
+    for helper in &helpers {
+        // Gone meanwhile (another test's sandbox ended): nothing to look at.
+        let Ok(mounts) = std::fs::read_to_string(helper.join("mountinfo")) else {
+            continue;
+        };
+        assert!(
+            !mounts.contains(state.to_str().unwrap()),
+            "{helper:?} sees the server's state dir: {mounts}"
+        );
+        // Its root holds the system's programs and settings and nothing else.
+        let Ok(root) = std::fs::read_dir(helper.join("root")) else {
+            continue;
+        };
+        for entry in root.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            assert!(allowed.contains(&name.as_str()), "{helper:?} sees /{name}");
+        }
+    }
+
+    assert!(Volume::destroy(&config, passing.id()).await.unwrap());
+    let image = state.join("volumes").join(passing.id());
+    cove_test_util::wait_until(
+        "the deleted volume's loop device to detach",
+        std::time::Duration::from_secs(60),
+        || async { loop_devices_under(&image).is_empty().then_some(()) },
+    )
+    .await;
+    bystander.kill().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn another_teams_volume_is_not_there() {
     let server = TestServer::start(cove()).await;

@@ -78,11 +78,11 @@ pub fn run_stage(connection: &Connection<'_>) -> io::Result<()> {
     for procs in connection.cgroup_procs {
         fs::write(procs, std::process::id().to_string())?;
     }
-    prepare_tun(connection.uid_base)?;
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(connection.log)?;
+    enter_own_root(connection.helper, connection.uid_base)?;
     let pid = connection.pid;
     let mut helper = Command::new(connection.helper)
         .args([
@@ -135,20 +135,93 @@ fn has_default_route(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-fn prepare_tun(uid_base: u32) -> io::Result<()> {
-    use rustix::fs::{FileType, Mode};
+/// Directories of the host the helper sees, read-only: its program and libraries, and
+/// `/etc` for the name servers it forwards the sandbox's queries to. Missing ones are left
+/// out; symlinks among them (a merged `/usr`) are made again as symlinks.
+const HELPER_SEES: [&str; 8] = [
+    "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc",
+];
+
+/// Gives this stage, and so the helper it starts, a root of its own in a private mount
+/// namespace: a tmpfs holding read-only binds of [`HELPER_SEES`], a fresh `/proc` (the
+/// helper joins the sandbox's namespaces through it), and a `/dev` with `null`, `urandom`
+/// and a tun device node owned by the sandbox's uid (the host's may be root-only).
+///
+/// The helper parses everything the sandbox sends, so it should see no more of the host
+/// than it needs; and a copy of the host's whole mount table would keep every filesystem
+/// mounted on the host at this moment (volumes, above all) busy for as long as the helper
+/// lives: an unmounted volume's loop device would not detach until then.
+fn enter_own_root(helper: &Path, uid_base: u32) -> io::Result<()> {
+    use rustix::{
+        fs::{FileType, Mode},
+        mount::MountFlags,
+    };
     // SAFETY: the network stage is single-threaded and does not unshare the file table.
     unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }?;
     crate::mounts::make_private()?;
-    crate::mounts::mount_tmpfs(Path::new("/dev/net"), "mode=755,size=16k")?;
-    let tun = Path::new("/dev/net/tun");
+    // Any directory serves as the mount point: this namespace is the stage's alone.
+    let root = Path::new("/tmp");
+    crate::mounts::mount_tmpfs(root, "mode=755,size=64k")?;
+    let read_only = |target: &Path| -> io::Result<()> {
+        rustix::mount::mount_remount(
+            target,
+            MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+            "",
+        )?;
+        Ok(())
+    };
+    for name in HELPER_SEES {
+        let source = Path::new("/").join(name);
+        let target = root.join(name);
+        match fs::symlink_metadata(&source) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                std::os::unix::fs::symlink(fs::read_link(&source)?, &target)?;
+            }
+            Ok(meta) if meta.is_dir() => {
+                fs::create_dir(&target)?;
+                rustix::mount::mount_bind_recursive(&source, &target)?;
+                read_only(&target)?;
+            }
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+    }
+    // A helper installed elsewhere (an operator's PATH) is bound in alone.
+    let helper = fs::canonicalize(helper)?;
+    let inside = root.join(helper.strip_prefix("/").unwrap_or(&helper));
+    if !inside.exists() {
+        if let Some(dir) = inside.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::File::create(&inside)?;
+        rustix::mount::mount_bind(&helper, &inside)?;
+        read_only(&inside)?;
+    }
+    fs::create_dir(root.join("proc"))?;
+    rustix::mount::mount(
+        "proc",
+        root.join("proc"),
+        "proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None,
+    )?;
+    let dev = root.join("dev");
+    fs::create_dir(&dev)?;
+    crate::mounts::mount_tmpfs(&dev, "mode=755,size=16k")?;
+    for name in ["null", "urandom"] {
+        fs::File::create(dev.join(name))?;
+        rustix::mount::mount_bind(Path::new("/dev").join(name), dev.join(name))?;
+    }
+    fs::create_dir(dev.join("net"))?;
+    let tun = dev.join("net/tun");
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        tun,
+        &tun,
         FileType::CharacterDevice,
         Mode::from_raw_mode(0o600),
         rustix::fs::makedev(10, 200),
     )?;
-    std::os::unix::fs::chown(tun, Some(uid_base), Some(uid_base))?;
-    Ok(())
+    std::os::unix::fs::chown(&tun, Some(uid_base), Some(uid_base))?;
+    crate::mounts::pivot_into(root)
 }

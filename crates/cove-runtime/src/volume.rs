@@ -81,6 +81,24 @@ pub fn unmount(mountpoint: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Waits up to `patience` until no loop device is attached to `image` any more, polling;
+/// whether it got there. Once a volume is unmounted everywhere, its device detaches when the
+/// last user of the filesystem lets go, which can be a moment after the unmount returns: a
+/// sandbox's mount namespace still being torn down by the kernel, a network helper still
+/// exiting. A missing image has nothing attached.
+pub fn wait_detached(image: &Path, patience: std::time::Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match disk::attached_device(image) {
+            Ok(None) => return Ok(true),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(true),
+            Err(err) => return Err(err),
+            Ok(Some(_)) if std::time::Instant::now() >= deadline => return Ok(false),
+            Ok(Some(_)) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+}
+
 /// Whether something is mounted on the directory `path` (it sits on another device than
 /// its parent). A missing directory is not a mount point.
 pub fn is_mount_point(path: &Path) -> io::Result<bool> {

@@ -465,7 +465,7 @@ impl Server {
             lifecycle.kill_all().await;
         }
         lifecycle.shutdown();
-        lifecycle.volumes().shutdown();
+        lifecycle.volumes().shutdown(lifecycle.all().is_empty());
         Ok(())
     }
 }

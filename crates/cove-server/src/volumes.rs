@@ -24,6 +24,8 @@ const MAX_NAME: usize = 64;
 pub const MIN_SIZE_MB: u64 = 8;
 /// The largest quota (a sparse image takes only what is written).
 pub const MAX_SIZE_MB: u64 = 1 << 20;
+/// How long a stopping server waits for an unmounted volume's loop device to detach.
+const DETACH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Places in a sandbox a volume may not cover: what the runtime mounts there itself.
 const RESERVED: &[&str] = &["/proc", "/sys", "/dev"];
 
@@ -313,12 +315,35 @@ impl Volumes {
         Ok(())
     }
 
-    /// Unmounts every volume from the host (sandboxes keep their own mounts).
-    pub fn shutdown(&self) {
+    /// Unmounts every volume from the host (sandboxes keep their own mounts). With
+    /// `sandboxes_gone` (no sandbox outlives the server), also waits for their loop devices
+    /// to detach, so that nothing of them is left once the server has exited.
+    pub fn shutdown(&self, sandboxes_gone: bool) {
         let mut mounted = self.turn();
+        let mut unmounted = Vec::new();
         for id in mounted.drain() {
-            if let Err(err) = cove_runtime::volume::unmount(&self.mountpoint(&id)) {
-                tracing::warn!(?err, volume_id = %id, "cannot unmount a volume");
+            match cove_runtime::volume::unmount(&self.mountpoint(&id)) {
+                Ok(()) => unmounted.push(id),
+                Err(err) => tracing::warn!(?err, volume_id = %id, "cannot unmount a volume"),
+            }
+        }
+        if !sandboxes_gone {
+            return;
+        }
+        let started = std::time::Instant::now();
+        for id in unmounted {
+            match cove_runtime::volume::wait_detached(&self.image(&id), DETACH_PATIENCE) {
+                Ok(true) => {
+                    tracing::debug!(volume_id = %id, waited = ?started.elapsed(), "volume detached")
+                }
+                Ok(false) => tracing::warn!(
+                    volume_id = %id,
+                    waited = ?started.elapsed(),
+                    "a volume's loop device is still attached: something still uses its filesystem"
+                ),
+                Err(err) => {
+                    tracing::warn!(?err, volume_id = %id, "cannot look for a volume's loop device")
+                }
             }
         }
     }
