@@ -10,6 +10,7 @@
 
 pub mod cgroup;
 pub mod confine;
+pub mod confined_open;
 pub mod disk;
 pub mod egress;
 pub mod idmap;

@@ -133,7 +133,7 @@ fn directory_in_root(rootfs: &Path, path: &Path, base: u32) -> io::Result<OwnedF
     )?;
     let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     let open = |at: &Path| {
-        rustix::fs::openat2(
+        crate::confined_open::openat2(
             &root,
             if at.as_os_str().is_empty() {
                 Path::new(".")

@@ -215,9 +215,9 @@ impl VolumeRoot {
         } else {
             OFlags::CLOEXEC | OFlags::NOCTTY
         };
-        rustix::fs::openat2(
+        crate::confined_open::openat2(
             &self.0,
-            path.relative(),
+            path.relative().as_str(),
             flags | extra,
             Mode::empty(),
             IN_ROOT,
@@ -277,9 +277,9 @@ impl VolumeRoot {
             self.make_dirs(&path.parent(), owner_without_mode(owner))?;
         }
         let mode = owner.mode.unwrap_or(0o644);
-        let fd = rustix::fs::openat2(
+        let fd = crate::confined_open::openat2(
             &self.0,
-            path.relative(),
+            path.relative().as_str(),
             OFlags::WRONLY | OFlags::CREATE | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
             Mode::from_raw_mode(mode),
             IN_ROOT,
@@ -401,7 +401,7 @@ fn make_one_dir(parent: &OwnedFd, path: &VolumePath, owner: Ownership) -> Result
     let mode = owner.mode.unwrap_or(0o755);
     rustix::fs::mkdirat(parent, path.name(), Mode::from_raw_mode(mode))
         .map_err(VolumeFileError::of("make", path))?;
-    let made = rustix::fs::openat2(
+    let made = crate::confined_open::openat2(
         parent,
         path.name(),
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -476,7 +476,7 @@ fn list_into(dir: OwnedFd, path: &VolumePath, depth: usize, out: &mut Vec<Entry>
         let descend = depth > 1 && entry.kind == EntryKind::Directory;
         out.push(entry);
         if descend {
-            match rustix::fs::openat2(
+            match crate::confined_open::openat2(
                 &dir,
                 name.as_str(),
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -503,7 +503,7 @@ fn remove_at(parent: &OwnedFd, path: &VolumePath, depth: usize) -> Result<()> {
     if depth >= MAX_DEPTH {
         return Err(VolumeFileError::TooDeep(path.to_string()));
     }
-    let dir = rustix::fs::openat2(
+    let dir = crate::confined_open::openat2(
         parent,
         path.name(),
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
