@@ -12,6 +12,8 @@ pub mod cgroup;
 pub mod confine;
 pub mod disk;
 pub mod egress;
+pub mod endpoint;
+pub mod gvisor;
 pub mod idmap;
 pub mod inherited;
 pub mod layer;
@@ -39,6 +41,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::{
     cgroup::{Limits, Usage},
+    gvisor::GvisorRuntime,
     namespace::NamespaceRuntime,
     template::{Layer, Template},
 };
@@ -86,12 +89,16 @@ pub struct Handle {
     pub state: serde_json::Value,
 }
 
-/// How the server reaches a sandbox's agent. The endpoint always lies where nothing inside
-/// the sandbox can change it.
+/// How the server reaches a sandbox's agent. Connect through [`AgentEndpoint::resolve`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AgentEndpoint {
     /// A Unix socket in a directory only host root can write.
     Unix(PathBuf),
+    /// A Unix socket in a host directory the sandbox can write (root inside a gVisor sandbox
+    /// makes files there): whatever sits at the path may have been put there by the sandbox,
+    /// so it is never connected to by name. It is opened without following a symlink,
+    /// must be a socket, and is connected to through that open descriptor.
+    UnixInSandbox(PathBuf),
 }
 
 /// A sandbox that runs.
