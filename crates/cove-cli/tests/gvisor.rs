@@ -24,6 +24,21 @@ struct Fixture {
     runtime: GvisorRuntime,
     state: tempfile::TempDir,
     template: Template,
+    /// Sandboxes started, taken down when the fixture goes (a failed test's too).
+    started: std::sync::Mutex<Vec<String>>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let ids = std::mem::take(&mut *self.started.lock().unwrap_or_else(|e| e.into_inner()));
+        for id in ids {
+            if let Err(err) = self.runtime.kill_leftovers(&id) {
+                eprintln!("cannot kill what is left of {id}: {err}");
+            }
+            let _ = self.runtime.remove(&id);
+        }
+        self.runtime.shutdown();
+    }
 }
 
 impl Fixture {
@@ -45,6 +60,7 @@ impl Fixture {
             runtime,
             state,
             template,
+            started: Default::default(),
         })
     }
 
@@ -72,6 +88,7 @@ impl Fixture {
     }
 
     fn start(&self, id: &str) -> Started {
+        self.started.lock().unwrap().push(id.to_owned());
         let began = Instant::now();
         let started = self.runtime.create(&self.spec(id)).unwrap();
         eprintln!(

@@ -153,7 +153,7 @@ impl Channel {
             }
             polls += 1;
             // Asking runsc costs a process: only now and then.
-            if polls % 16 == 0 && !matches!(runsc.state(id)?, Some(Status::Running)) {
+            if polls.is_multiple_of(16) && !matches!(runsc.state(id)?, Some(Status::Running)) {
                 return Err(ChannelError::Stopped {
                     id: id.to_owned(),
                     what,

@@ -611,7 +611,9 @@ impl Runtime for GvisorRuntime {
             }
             return Err(runsc_err("checkpoint the sandbox")(err));
         }
-        // The container is stopped (or stopping): its id is free for the restore.
+        // The container is stopped (or stopping): its id is free for the restore. runsc's
+        // delete of a checkpointed container takes 1.4 s here (measured; plain or forced):
+        // most of a pause.
         self.runsc
             .delete(&state.container)
             .map_err(runsc_err("delete the checkpointed container"))?;
