@@ -1,6 +1,7 @@
 //! Isolation backends for Cove sandboxes, behind one trait ([`Runtime`]). The namespace
 //! backend builds each sandbox from Linux namespaces, an overlay root over idmapped template
-//! layers, and runs the agent as its PID 1. This is the only crate of Cove that uses
+//! layers, and runs the agent as its PID 1; the gVisor backend ([`gvisor`]) runs it as the
+//! init of a runsc container instead. This is the only crate of Cove that uses
 //! `unsafe` (for syscalls without safe wrappers); each use says why it is sound.
 //!
 //! What the server knows of a sandbox is backend-neutral: the [`SandboxSpec`] it asks for, the
