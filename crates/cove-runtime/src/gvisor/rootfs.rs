@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape(r"/a\040b/c\\d"), r"/a b/c\d");
+        assert_eq!(unescape(r"/a\040b/c\134d"), r"/a b/c\d");
         assert_eq!(unescape("/plain"), "/plain");
     }
 }
