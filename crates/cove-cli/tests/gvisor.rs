@@ -427,3 +427,55 @@ async fn a_symlink_put_in_place_of_the_agent_socket_is_refused() {
     );
     assert!(decoy_path.exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filesystem_pause_keeps_the_files_and_a_resume_starts_again_on_them() {
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
+    let id = "gv-files";
+    let started = fixture.start(id);
+    let agent = agent(&started);
+    sh(&agent.client, "echo kept > /home/user/kept.txt").await;
+    let sleeper = agent
+        .client
+        .commands()
+        .spawn(Command::shell("sleep 1000"))
+        .await
+        .unwrap();
+    let container = fixture.runtime.container_id(id);
+    let dir = fixture.dir(id);
+
+    let paused = fixture
+        .runtime
+        .pause(&started.handle, PauseMode::Filesystem)
+        .unwrap();
+    assert_eq!(paused.state["paused"], "filesystem");
+    // Nothing runs and nothing is mounted; the files stay.
+    assert_eq!(
+        processes_naming(dir.to_str().unwrap()),
+        Vec::<String>::new()
+    );
+    assert_eq!(mounts_under(&dir), Vec::<String>::new());
+    assert_eq!(
+        loop_devices_under(fixture.state.path()),
+        Vec::<String>::new()
+    );
+    assert_eq!(cgroups_of(&container), Vec::<PathBuf>::new());
+    assert!(dir.join("disk.img").exists());
+    assert!(matches!(
+        fixture.runtime.liveness(&paused).unwrap(),
+        cove_runtime::Liveness::Running
+    ));
+    assert!(fixture.runtime.pause(&paused, PauseMode::Memory).is_err());
+
+    let began = Instant::now();
+    let resumed = fixture.runtime.resume(&paused, &fixture.spec(id)).unwrap();
+    eprintln!("TIMING resume from files: {:?}", began.elapsed());
+    let agent = self::agent(&resumed);
+    assert_eq!(sh(&agent.client, "cat /home/user/kept.txt").await, "kept\n");
+    // A new start: the old processes are gone.
+    let listed = agent.client.commands().list().await.unwrap();
+    assert!(listed.iter().all(|p| p.pid != sleeper.pid()), "{listed:?}");
+    fixture.end(id, &resumed.handle);
+}

@@ -99,6 +99,13 @@ impl Channel {
         self.wait_listening(runsc, id)
     }
 
+    /// Removes what an earlier container of the sandbox left (its socket file, which the
+    /// new agent could not bind over, and its marker).
+    pub fn clear(&self) -> Result<(), ChannelError> {
+        self.remove(SOCKET)?;
+        self.remove(MARKER)
+    }
+
     /// Whether the marker is there: a regular file, not a link to one.
     fn acknowledged(&self) -> bool {
         rustix::fs::open(

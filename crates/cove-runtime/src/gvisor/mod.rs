@@ -12,9 +12,11 @@
 //!   paused with its memory.
 //!
 //! A pause with memory quiesces the agent and checkpoints the container (it stops); a resume
-//! restores it under the same container id and tells the agent to listen again. Pauses
-//! without memory, snapshots, internet access and volumes are not done yet: they are refused
-//! with [`RuntimeError::Unsupported`].
+//! restores it under the same container id and tells the agent to listen again. A pause
+//! without memory takes everything down but the directory (the disk image keeps the
+//! writable layers); a resume starts a new container on it. Snapshots, reroots, internet
+//! access and volumes are not done yet: they are refused with
+//! [`RuntimeError::Unsupported`].
 
 pub mod bundle;
 pub mod channel;
@@ -287,6 +289,9 @@ impl GvisorRuntime {
         })
         .map_err(|e| failed(format!("cannot write its OCI spec: {e}")))?;
         bundle::write(&dirs.root, &config).map_err(RuntimeError::io("write the OCI bundle"))?;
+        self.channel(&spec.id)
+            .clear()
+            .map_err(channel_err("clear the agent's directory"))?;
         let log = self.open_log(dirs)?;
         self.runsc
             .run(&state.container, &dirs.root, &log)
@@ -298,6 +303,43 @@ impl GvisorRuntime {
         self.on_cgroups("set the sandbox's limits", |c| {
             c.set_limits(&state.container, host_limits(spec.limits))
         })
+    }
+}
+
+impl GvisorRuntime {
+    /// Starts a sandbox paused without memory again on its kept files (a new container
+    /// under the same id, its agent told what `spec` says now). Until it listens, it counts
+    /// as paused.
+    fn start_again(&self, spec: &SandboxSpec, mut state: State) -> Result<Started, RuntimeError> {
+        let dirs = self.dirs(&spec.id);
+        if !dirs.root.is_dir() {
+            return Err(RuntimeError::Start {
+                id: spec.id.clone(),
+                reason: "its files are gone".to_owned(),
+            });
+        }
+        // Leftovers of a resume cut short.
+        self.teardown(&spec.id, &state.container)?;
+        if let Err(err) = self.launch(spec, &dirs, &state) {
+            if let Err(cleanup) = self.teardown(&spec.id, &state.container) {
+                tracing::warn!(err = %error_chain(&cleanup), sandbox_id = %spec.id, "cannot clean up after a failed resume");
+            }
+            return Err(err);
+        }
+        state.paused = None;
+        self.save(&spec.id, &state)?;
+        Ok(self.started(&spec.id, &state))
+    }
+}
+
+/// Deletes a sandbox's checkpoint, if it has one.
+fn remove_checkpoint(dirs: &Dirs) -> Result<(), RuntimeError> {
+    match fs::remove_dir_all(dirs.checkpoint()) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(RuntimeError::Io {
+            what: "remove the sandbox's checkpoint",
+            source: err,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -427,6 +469,13 @@ impl Runtime for GvisorRuntime {
     fn recover(&self, handle: &Handle) -> Result<Option<Recovered>, RuntimeError> {
         let state = self.state(handle)?;
         let id = &handle.id;
+        if state.paused == Some(PauseMode::Filesystem) {
+            return Ok(self
+                .dirs(id)
+                .root
+                .is_dir()
+                .then(|| Recovered::Paused(self.started(id, &state), PauseMode::Filesystem)));
+        }
         if state.paused == Some(PauseMode::Memory) {
             return Ok(self
                 .dirs(id)
@@ -444,6 +493,14 @@ impl Runtime for GvisorRuntime {
 
     fn liveness(&self, handle: &Handle) -> Result<Liveness, RuntimeError> {
         let state = self.state(handle)?;
+        if state.paused == Some(PauseMode::Filesystem) {
+            // Nothing runs; it lives on as long as its files.
+            return Ok(if self.dirs(&handle.id).root.is_dir() {
+                Liveness::Running
+            } else {
+                Liveness::Ended(EndReason::AgentExited)
+            });
+        }
         if state.paused == Some(PauseMode::Memory) {
             // Nothing runs; it lives on as long as its checkpoint.
             let kept = self
@@ -567,17 +624,22 @@ impl Runtime for GvisorRuntime {
     fn pause(&self, handle: &Handle, mode: PauseMode) -> Result<Handle, RuntimeError> {
         let id = &handle.id;
         let mut state = self.state(handle)?;
-        if state.paused.is_some() {
-            return Err(RuntimeError::WrongState {
-                id: id.clone(),
-                state: "paused already",
-            });
-        }
-        if mode == PauseMode::Filesystem {
-            return Err(RuntimeError::Unsupported {
-                backend: NAME,
-                what: "pause sandboxes without their memory (yet)",
-            });
+        match (state.paused, mode) {
+            (None, PauseMode::Memory) => {}
+            // From running, or from a checkpoint (a resume that drops the memory).
+            (None | Some(PauseMode::Memory), PauseMode::Filesystem) => {
+                state.paused = Some(PauseMode::Filesystem);
+                self.save(id, &state)?;
+                self.teardown(id, &state.container)?;
+                remove_checkpoint(&self.dirs(id))?;
+                return Ok(self.handle(id, &state));
+            }
+            (Some(_), _) => {
+                return Err(RuntimeError::WrongState {
+                    id: id.clone(),
+                    state: "paused already",
+                });
+            }
         }
         let channel = self.channel(id);
         // A checkpoint that fails leaves the container stopped: nothing that would make it
@@ -623,11 +685,15 @@ impl Runtime for GvisorRuntime {
     fn resume(&self, handle: &Handle, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
         let id = &handle.id;
         let mut state = self.state(handle)?;
-        if state.paused != Some(PauseMode::Memory) {
-            return Err(RuntimeError::WrongState {
-                id: id.clone(),
-                state: "running",
-            });
+        match state.paused {
+            None => {
+                return Err(RuntimeError::WrongState {
+                    id: id.clone(),
+                    state: "running",
+                });
+            }
+            Some(PauseMode::Filesystem) => return self.start_again(spec, state),
+            Some(PauseMode::Memory) => {}
         }
         let dirs = self.dirs(id);
         let log = self.open_log(&dirs)?;
@@ -652,8 +718,8 @@ impl Runtime for GvisorRuntime {
         })?;
         state.paused = None;
         self.save(id, &state)?;
-        if let Err(err) = fs::remove_dir_all(dirs.checkpoint()) {
-            tracing::warn!(%err, sandbox_id = %id, "cannot remove the restored checkpoint");
+        if let Err(err) = remove_checkpoint(&dirs) {
+            tracing::warn!(err = %error_chain(&err), sandbox_id = %id, "cannot remove the restored checkpoint");
         }
         Ok(self.started(id, &state))
     }
