@@ -103,12 +103,44 @@ pub fn unmount(rootfs: &Path, disk: &Path, image: Option<&Path>) -> io::Result<(
     if let Some(image) = image
         && !volume::wait_detached(image, DETACH_PATIENCE)?
     {
+        let holders = disk::attached_device(image)
+            .ok()
+            .flatten()
+            .map(|device| holders_of(&device))
+            .unwrap_or_default();
         return Err(io::Error::other(format!(
-            "the loop device of {} did not detach within {DETACH_PATIENCE:?}",
+            "the loop device of {} did not detach within {DETACH_PATIENCE:?}; processes whose \
+             mount namespace still has its filesystem: {holders:?}",
             image.display()
         )));
     }
     Ok(())
+}
+
+/// Processes (pid and name) whose mount namespace has a filesystem of block device
+/// `device` mounted: a namespace copied from the host's while the disk was mounted keeps
+/// the filesystem, and so the loop device, until it ends.
+fn holders_of(device: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(device) else {
+        return Vec::new();
+    };
+    let rdev = meta.rdev();
+    let id = format!(" {}:{} ", rustix::fs::major(rdev), rustix::fs::minor(rdev));
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            fs::read_to_string(e.path().join("mountinfo")).is_ok_and(|table| table.contains(&id))
+        })
+        .map(|e| {
+            let name = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            format!("{} {}", e.file_name().to_string_lossy(), name.trim())
+        })
+        .collect()
 }
 
 /// Mount points at or below `dir`, from the host's mount table.
