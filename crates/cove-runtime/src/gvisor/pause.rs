@@ -47,9 +47,11 @@ impl GvisorRuntime {
         let channel = self.channel(id);
         // A checkpoint that fails leaves the container stopped: nothing that would make it
         // fail (a socket bound on the host, host descriptors) may be left.
-        channel
-            .quiesce(&self.runsc, &state.container)
-            .map_err(channel_err("quiesce the sandbox's agent"))?;
+        if let Err(err) = channel.quiesce(&self.runsc, &state.container) {
+            // No checkpoint then; the agent, if it went quiet after all, listens again.
+            let _ = channel.listen_again(&self.runsc, &state.container);
+            return Err(channel_err("quiesce the sandbox's agent")(err));
+        }
         let image = self.dirs(id).checkpoint();
         let fresh = match fs::remove_dir_all(&image) {
             Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
