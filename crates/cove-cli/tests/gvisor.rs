@@ -12,8 +12,8 @@ use std::{
 };
 
 use cove_runtime::{
-    AgentEndpoint, AgentSettings, GvisorRuntime, Handle, PauseMode, Runtime, SandboxSpec, Started,
-    Template, endpoint::ConnectPath, template,
+    AgentEndpoint, AgentSettings, GvisorRuntime, Handle, PauseMode, Recovered, Runtime,
+    SandboxSpec, Started, Template, endpoint::ConnectPath, template,
 };
 use cove_sdk::{AgentClient, Command};
 use cove_test_util::wait_until;
@@ -207,6 +207,28 @@ async fn a_gvisor_sandbox_runs_commands_through_its_agent() {
     let stranger = AgentClient::unix(pinned.path()).unwrap();
     assert!(stranger.commands().run("true").await.is_err());
     assert!(fixture.runtime.usage(&started.handle).unwrap().memory_bytes > 0);
+    // The agent's log is the sandbox's.
+    let log = fixture.runtime.log(id).unwrap();
+    assert!(log.contains("agent listening (quiescible)"), "{log}");
+    // A restarted server finds it running, at the same endpoint.
+    match fixture.runtime.recover(&started.handle).unwrap() {
+        Some(Recovered::Running(found)) => assert_eq!(found, started),
+        other => panic!("{other:?}"),
+    }
+    // New limits reach the container's cgroup (cgroup v1, as on this host).
+    let limits = cove_runtime::Limits {
+        memory_bytes: 256 << 20,
+        cpus: 1,
+        pids: 100,
+    };
+    fixture.runtime.set_limits(&started.handle, limits).unwrap();
+    let container = fixture.runtime.container_id(id);
+    let memory = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/cove/{container}/memory.limit_in_bytes"
+    ))
+    .unwrap();
+    assert_eq!(memory.trim(), (256u64 << 20).to_string());
+    assert_eq!(sh(&agent.client, "echo still here").await, "still here\n");
     fixture.end(id, &started.handle);
     fixture.runtime.shutdown();
 }
