@@ -14,6 +14,7 @@ pub mod listener;
 pub mod metrics;
 pub mod paths;
 pub mod process;
+pub mod quiesce;
 pub mod reaper;
 pub mod rest;
 pub mod rpc;
@@ -59,6 +60,8 @@ pub struct AgentConfig {
     /// Start the code interpreter's default Python kernel at once (a warm sandbox's), so
     /// that the first `run_code` finds it running.
     pub warm_kernel: bool,
+    /// A Unix socket to also listen on that is let go of for checkpoints (gVisor sandboxes).
+    pub quiescible: Option<quiesce::Quiescible>,
 }
 
 impl Default for AgentConfig {
@@ -72,6 +75,7 @@ impl Default for AgentConfig {
             env: BTreeMap::new(),
             code_interpreter: None,
             warm_kernel: false,
+            quiescible: None,
         }
     }
 }
@@ -211,6 +215,12 @@ pub async fn serve(
             listening
                 .into_iter()
                 .map(|socket| (listener::Listener::Listening(socket), app.clone())),
+        )
+        .chain(
+            config
+                .quiescible
+                .iter()
+                .map(|q| (listener::Listener::Quiescible(q.clone()), app.clone())),
         )
         .collect();
     if let Some((addr, interpreter)) = interpreter {

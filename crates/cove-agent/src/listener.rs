@@ -46,6 +46,8 @@ impl fmt::Display for ListenAddr {
 pub enum Listener {
     Bind(ListenAddr),
     Listening(std::os::unix::net::UnixListener),
+    /// A Unix socket closed and opened again on signals (see [`crate::quiesce`]).
+    Quiescible(crate::quiesce::Quiescible),
 }
 
 /// Binds every address first (so a bad one fails fast), then serves each one's app until
@@ -67,9 +69,13 @@ pub async fn serve_all(
                         addr: "the socket handed over".to_owned(),
                         source,
                     })?;
-                let listener = listener.tap_io(widen_send_buffer);
+                let listener = listener.tap_io(|s| widen_send_buffer(s));
                 servers.spawn(async move { axum::serve(listener, app).await });
                 tracing::info!("agent listening on the socket handed over");
+                continue;
+            }
+            Listener::Quiescible(quiescible) => {
+                servers.spawn(crate::quiesce::serve(quiescible, app));
                 continue;
             }
         };
@@ -85,7 +91,7 @@ pub async fn serve_all(
                 }
                 let listener = UnixListener::bind(path)
                     .map_err(listen_err)?
-                    .tap_io(widen_send_buffer);
+                    .tap_io(|s| widen_send_buffer(s));
                 servers.spawn(async move { axum::serve(listener, app).await });
             }
             ListenAddr::Tcp(socket) => {
@@ -120,8 +126,8 @@ pub async fn serve_all(
 /// Capped by the host's `net.core.wmem_max`; kernel memory, used only while the server lags.
 const SEND_BUFFER: usize = 4 << 20;
 
-fn widen_send_buffer(stream: &mut tokio::net::UnixStream) {
-    if let Err(err) = rustix::net::sockopt::set_socket_send_buffer_size(&*stream, SEND_BUFFER) {
+pub(crate) fn widen_send_buffer(stream: &tokio::net::UnixStream) {
+    if let Err(err) = rustix::net::sockopt::set_socket_send_buffer_size(stream, SEND_BUFFER) {
         tracing::debug!(?err, "a connection keeps its default send buffer");
     }
 }

@@ -84,7 +84,9 @@ impl Fixture {
 }
 
 fn client(started: &Started) -> AgentClient {
-    let AgentEndpoint::Unix(socket) = &started.agent;
+    let AgentEndpoint::Unix(socket) = &started.agent else {
+        panic!("the namespace backend's agent listens on a host-only socket");
+    };
     AgentClient::unix(socket).unwrap()
 }
 

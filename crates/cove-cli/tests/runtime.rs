@@ -57,7 +57,9 @@ impl Fixture {
         let started = std::time::Instant::now();
         let sandbox = self.runtime.create(&spec).unwrap();
         eprintln!("sandbox {id} up in {:?}", started.elapsed());
-        let AgentEndpoint::Unix(socket) = &sandbox.agent;
+        let AgentEndpoint::Unix(socket) = &sandbox.agent else {
+            panic!("the namespace backend's agent listens on a host-only socket");
+        };
         let client = AgentClient::unix(socket).unwrap();
         (sandbox, client)
     }

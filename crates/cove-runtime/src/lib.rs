@@ -1,6 +1,7 @@
 //! Isolation backends for Cove sandboxes, behind one trait ([`Runtime`]). The namespace
 //! backend builds each sandbox from Linux namespaces, an overlay root over idmapped template
-//! layers, and runs the agent as its PID 1. This is the only crate of Cove that uses
+//! layers, and runs the agent as its PID 1; the gVisor backend ([`gvisor`]) runs it as the
+//! init of a runsc container instead. This is the only crate of Cove that uses
 //! `unsafe` (for syscalls without safe wrappers); each use says why it is sound.
 //!
 //! What the server knows of a sandbox is backend-neutral: the [`SandboxSpec`] it asks for, the
@@ -13,6 +14,8 @@ pub mod confine;
 pub mod confined_open;
 pub mod disk;
 pub mod egress;
+pub mod endpoint;
+pub mod gvisor;
 pub mod idmap;
 pub mod inherited;
 pub mod layer;
@@ -40,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::{
     cgroup::{Limits, Usage},
+    gvisor::GvisorRuntime,
     namespace::NamespaceRuntime,
     template::{Layer, Template},
 };
@@ -87,12 +91,16 @@ pub struct Handle {
     pub state: serde_json::Value,
 }
 
-/// How the server reaches a sandbox's agent. The endpoint always lies where nothing inside
-/// the sandbox can change it.
+/// How the server reaches a sandbox's agent. Connect through [`AgentEndpoint::resolve`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AgentEndpoint {
     /// A Unix socket in a directory only host root can write.
     Unix(PathBuf),
+    /// A Unix socket in a host directory the sandbox can write (root inside a gVisor sandbox
+    /// makes files there): whatever sits at the path may have been put there by the sandbox,
+    /// so it is never connected to by name. It is opened without following a symlink,
+    /// must be a socket, and is connected to through that open descriptor.
+    UnixInSandbox(PathBuf),
 }
 
 /// A sandbox that runs.

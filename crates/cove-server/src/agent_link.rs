@@ -4,7 +4,9 @@
 //!
 //! The endpoint lies where nothing inside a sandbox can change it (see the runtime), and the
 //! server checks whom it reached: the socket must have been made by the server's own user
-//! (host root), as every sandbox's is, so a socket put there by anyone else is refused.
+//! (host root), as every sandbox's is, so a socket put there by anyone else is refused. An
+//! endpoint in a directory the sandbox can write ([`AgentEndpoint::UnixInSandbox`]) is never
+//! connected to by name (see `cove_runtime::endpoint`).
 
 use axum::body::Body;
 use cove_runtime::AgentEndpoint;
@@ -31,12 +33,16 @@ pub enum LinkError {
 
 /// An HTTP/1.1 connection to the agent at `endpoint` (upgrades allowed).
 pub async fn connect(endpoint: &AgentEndpoint) -> Result<SendRequest<Body>, LinkError> {
-    let AgentEndpoint::Unix(socket) = endpoint;
-    let stream = UnixStream::connect(socket)
+    // A socket in a directory the sandbox can write is pinned (no symlink followed, a
+    // socket and nothing else) and connected to through that descriptor.
+    let target = endpoint.resolve().map_err(LinkError::Connect)?;
+    let stream = UnixStream::connect(target.path())
         .await
         .map_err(LinkError::Connect)?;
+    drop(target);
     // The credentials of whoever made the listening socket: the runtime, as this server's
-    // own user.
+    // own user. Under gVisor the listening socket on the host is made by the sandbox's
+    // gofer (runsc's file proxy, host root) on behalf of the agent, so it is the gofer's.
     let peer = stream.peer_cred().map_err(LinkError::Connect)?;
     if peer.uid() != rustix::process::geteuid().as_raw() {
         return Err(LinkError::Impostor(peer.uid()));

@@ -13,6 +13,9 @@ pub struct Args {
     /// Run as the sandbox's PID 1.
     #[arg(long)]
     pid1: bool,
+    /// Run as the init of a gVisor sandbox (its spec in the environment).
+    #[arg(long = "gvisor-agent")]
+    gvisor_agent: bool,
     /// Copy a sandbox's writable layers (a snapshot); the spec comes on stdin.
     #[arg(long = "copy-layers")]
     copy_layers: bool,
@@ -27,11 +30,17 @@ pub struct Args {
 impl Args {
     /// Whether this process is to be a sandbox's PID 1.
     pub fn is_pid1(&self) -> bool {
-        self.pid1
+        self.pid1 || self.gvisor_agent
     }
 }
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    // runsc hands a gVisor sandbox's init nothing but its stdio, and this sentry's
+    // close_range refuses CLOSE_RANGE_CLOEXEC (EINVAL): nothing to close there.
+    if args.gvisor_agent {
+        gvisor_agent()?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     // Whatever the server inherited must not reach the sandbox.
     cove_runtime::confine::close_inherited_fds()
         .context("cannot mark inherited descriptors close-on-exec")?;
@@ -91,6 +100,24 @@ fn pid1() -> anyhow::Result<()> {
             tracing::error!(?err, "cannot report readiness");
         }
     })?;
+    Ok(())
+}
+
+/// The init of a gVisor sandbox: the agent, on a socket it lets go of for checkpoints. The
+/// sentry already is the sandbox's kernel: no mounts, namespaces or filters to set up here.
+fn gvisor_agent() -> anyhow::Result<()> {
+    use cove_runtime::gvisor::bundle::{AGENT_SPEC_ENV, AgentSpec};
+    let raw = std::env::var(AGENT_SPEC_ENV)
+        .with_context(|| format!("no {AGENT_SPEC_ENV} in the environment"))?;
+    let spec: AgentSpec =
+        serde_json::from_str(&raw).with_context(|| format!("cannot read {AGENT_SPEC_ENV}"))?;
+    crate::logging::cap_agent_log(spec.log_cap);
+    let mut config = agent_config(spec.agent);
+    config.quiescible = Some(cove_agent::quiesce::Quiescible {
+        socket: spec.socket,
+        marker: spec.marker,
+    });
+    super::agent::serve(config, Vec::new(), || {})?;
     Ok(())
 }
 

@@ -141,7 +141,7 @@ impl SandboxDirs {
         upper_in(&self.disk(), i)
     }
     fn work(&self, i: usize) -> PathBuf {
-        self.disk().join("work").join(i.to_string())
+        work_in(&self.disk(), i)
     }
     /// The disk seen through the sandbox's idmapping (owners shifted into its uid range),
     /// which the overlays write through.
@@ -170,6 +170,11 @@ impl SandboxDirs {
 /// The writable layer of the `i`-th mount point on the sandbox's disk mounted at `disk`.
 pub fn upper_in(disk: &Path, i: usize) -> PathBuf {
     disk.join("upper").join(i.to_string())
+}
+
+/// The overlay work directory of the `i`-th mount point on the sandbox's disk at `disk`.
+pub fn work_in(disk: &Path, i: usize) -> PathBuf {
+    disk.join("work").join(i.to_string())
 }
 
 #[derive(Debug, thiserror::Error)]

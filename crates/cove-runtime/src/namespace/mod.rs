@@ -11,7 +11,7 @@ mod pause;
 mod refusals;
 pub mod reroot;
 mod snapshot;
-mod state;
+pub(crate) mod state;
 
 use std::{
     fs,
@@ -533,36 +533,7 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn log(&self, id: &str) -> Result<String, RuntimeError> {
-        let file = match fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.dirs(id).log())
-        {
-            Ok(file) => file,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(String::new()),
-            Err(source) => {
-                return Err(RuntimeError::Io {
-                    what: "read the sandbox's log",
-                    source,
-                });
-            }
-        };
-        // Only the newest part of a log that grew past what is read back.
-        let len = file
-            .metadata()
-            .map_err(RuntimeError::io("read the sandbox's log"))?
-            .len();
-        let mut file = file;
-        std::io::Seek::seek(
-            &mut file,
-            io::SeekFrom::Start(len.saturating_sub(LOG_READ_LIMIT)),
-        )
-        .map_err(RuntimeError::io("read the sandbox's log"))?;
-        let mut raw = Vec::new();
-        file.take(LOG_READ_LIMIT)
-            .read_to_end(&mut raw)
-            .map_err(RuntimeError::io("read the sandbox's log"))?;
-        Ok(String::from_utf8_lossy(&raw).into_owned())
+        read_log(&self.dirs(id).log())
     }
 
     fn shutdown(&self) {
@@ -615,6 +586,41 @@ impl Runtime for NamespaceRuntime {
             source,
         })
     }
+}
+
+/// The newest part of the sandbox log at `path` (empty when there is none); shared with
+/// the gVisor backend, whose logs are written the same way.
+pub(crate) fn read_log(path: &Path) -> Result<String, RuntimeError> {
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(source) => {
+            return Err(RuntimeError::Io {
+                what: "read the sandbox's log",
+                source,
+            });
+        }
+    };
+    // Only the newest part of a log that grew past what is read back.
+    let len = file
+        .metadata()
+        .map_err(RuntimeError::io("read the sandbox's log"))?
+        .len();
+    let mut file = file;
+    std::io::Seek::seek(
+        &mut file,
+        io::SeekFrom::Start(len.saturating_sub(LOG_READ_LIMIT)),
+    )
+    .map_err(RuntimeError::io("read the sandbox's log"))?;
+    let mut raw = Vec::new();
+    file.take(LOG_READ_LIMIT)
+        .read_to_end(&mut raw)
+        .map_err(RuntimeError::io("read the sandbox's log"))?;
+    Ok(String::from_utf8_lossy(&raw).into_owned())
 }
 
 impl NamespaceRuntime {

@@ -12,7 +12,7 @@ use std::{
     path::Path,
 };
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::PauseMode;
 
@@ -35,8 +35,9 @@ pub struct State {
     pub paused: Option<PauseMode>,
 }
 
-/// The state kept in the sandbox directory `dir`, if there is one.
-pub fn load(dir: &Path) -> io::Result<Option<State>> {
+/// The state kept in the sandbox directory `dir`, if there is one (the gVisor backend keeps
+/// its own kind of state the same way).
+pub fn load<T: DeserializeOwned>(dir: &Path) -> io::Result<Option<T>> {
     let mut file = match fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
@@ -54,7 +55,7 @@ pub fn load(dir: &Path) -> io::Result<Option<State>> {
 }
 
 /// Replaces the state kept in `dir` (whole: a reader sees the old one or the new one).
-pub fn save(dir: &Path, state: &State) -> io::Result<()> {
+pub fn save<T: Serialize>(dir: &Path, state: &T) -> io::Result<()> {
     let json = serde_json::to_vec(state).map_err(io::Error::other)?;
     let staging = dir.join(format!("{FILE}.new"));
     let mut file = fs::OpenOptions::new()
@@ -76,7 +77,7 @@ mod tests {
     #[test]
     fn the_state_file_round_trips_and_is_absent_at_first() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(load(dir.path()).unwrap(), None);
+        assert_eq!(load::<State>(dir.path()).unwrap(), None);
         let state = State {
             pid: 42,
             start_time: 7,

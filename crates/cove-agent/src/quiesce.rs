@@ -1,0 +1,244 @@
+//! A Unix listener the agent can let go of on request, so that its sandbox can be
+//! checkpointed (gVisor's `runsc checkpoint` refuses a socket bound on the host, and the
+//! connections through it are host descriptors that do not survive a restore).
+//!
+//! - **SIGUSR1**: stop accepting, close the listener and every connection accepted through
+//!   it, then write the marker file (the acknowledgement the host waits for).
+//! - **SIGUSR2**: listen again on the same path (the host has removed the old socket file,
+//!   which a gVisor sandbox cannot unlink itself).
+//!
+//! Processes the agent started keep running throughout; only the connections end.
+
+use std::{
+    io,
+    path::PathBuf,
+    pin::Pin,
+    sync::{Arc, Mutex, Weak},
+    task::{Context, Poll},
+};
+
+use axum::Router;
+use futures::task::AtomicWaker;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{UnixListener, UnixStream},
+    signal::unix::{SignalKind, signal},
+};
+
+/// Where a quiescible listener listens and acknowledges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quiescible {
+    /// The socket to listen on.
+    pub socket: PathBuf,
+    /// The file written once the listener and its connections are closed.
+    pub marker: PathBuf,
+}
+
+/// What the marker file holds.
+pub const MARKER_CONTENT: &str = "quiesced\n";
+
+/// Serves `app` on `quiescible.socket`, letting go of it on SIGUSR1 and listening again on
+/// SIGUSR2, until the task is dropped.
+pub async fn serve(quiescible: Quiescible, app: Router) -> io::Result<()> {
+    // Handlers first: the default action of SIGUSR1 would end the agent.
+    let mut quiesce = signal(SignalKind::user_defined1())?;
+    let mut listen = signal(SignalKind::user_defined2())?;
+    let mut first = true;
+    loop {
+        let _ = std::fs::remove_file(&quiescible.marker);
+        let listener = match UnixListener::bind(&quiescible.socket) {
+            Ok(listener) => listener,
+            // At start a failure is the agent's end; later the host sees no socket and says so.
+            Err(err) if first => return Err(err),
+            Err(err) => {
+                tracing::error!(%err, socket = %quiescible.socket.display(), "cannot listen again; waiting for the next SIGUSR2");
+                let _ = listen.recv().await;
+                continue;
+            }
+        };
+        first = false;
+        tracing::info!(socket = %quiescible.socket.display(), "agent listening (quiescible)");
+        let connections = Connections::default();
+        let tracked = Tracked {
+            listener,
+            connections: connections.clone(),
+        };
+        tokio::select! {
+            result = axum::serve(tracked, app.clone()).into_future() => return result,
+            _ = quiesce.recv() => {}
+        }
+        // The serve future and with it the listener are gone: no new connection.
+        let closed = connections.close_all();
+        write_marker(&quiescible)?;
+        tracing::info!(
+            closed,
+            "agent quiesced: listener and its connections closed"
+        );
+        loop {
+            tokio::select! {
+                _ = listen.recv() => break,
+                // Asked again: still quiet, say so again.
+                _ = quiesce.recv() => write_marker(&quiescible)?,
+            }
+        }
+    }
+}
+
+fn write_marker(quiescible: &Quiescible) -> io::Result<()> {
+    std::fs::write(&quiescible.marker, MARKER_CONTENT)
+}
+
+/// The connections accepted through one listener, to close them all at once.
+#[derive(Clone, Default)]
+struct Connections(Arc<Mutex<Vec<Weak<Slot>>>>);
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Slot>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn track(&self, stream: UnixStream) -> Conn {
+        let slot = Arc::new(Slot {
+            stream: Mutex::new(Some(stream)),
+            read: AtomicWaker::new(),
+            write: AtomicWaker::new(),
+        });
+        let mut all = self.lock();
+        all.retain(|s| s.strong_count() > 0);
+        all.push(Arc::downgrade(&slot));
+        Conn(slot)
+    }
+
+    /// Closes every connection still open (their descriptors go now, whoever holds them)
+    /// and wakes whoever waits on them; how many there were.
+    fn close_all(&self) -> usize {
+        let slots: Vec<Arc<Slot>> = self.lock().drain(..).filter_map(|s| s.upgrade()).collect();
+        let mut closed = 0;
+        for slot in slots {
+            let stream = slot.stream.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if stream.is_some() {
+                closed += 1;
+            }
+            drop(stream);
+            slot.read.wake();
+            slot.write.wake();
+        }
+        closed
+    }
+}
+
+struct Slot {
+    stream: Mutex<Option<UnixStream>>,
+    read: AtomicWaker,
+    write: AtomicWaker,
+}
+
+/// One accepted connection; fails every call once closed by [`Connections::close_all`].
+struct Conn(Arc<Slot>);
+
+impl Conn {
+    fn with<T>(
+        &self,
+        waker: &AtomicWaker,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut UnixStream>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        // Registered before looking, so a close in between still wakes this task.
+        waker.register(cx.waker());
+        let mut stream = self.0.stream.lock().unwrap_or_else(|e| e.into_inner());
+        match stream.as_mut() {
+            Some(stream) => op(Pin::new(stream), cx),
+            None => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the agent quiesced for a checkpoint",
+            ))),
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.with(&self.0.read, cx, |s, cx| s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.with(&self.0.write, cx, |s, cx| s.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.with(&self.0.write, cx, |s, cx| s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.with(&self.0.write, cx, |s, cx| s.poll_shutdown(cx))
+    }
+}
+
+/// A Unix listener whose connections are tracked.
+struct Tracked {
+    listener: UnixListener,
+    connections: Connections,
+}
+
+impl axum::serve::Listener for Tracked {
+    type Io = Conn;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.listener).await;
+        crate::listener::widen_send_buffer(&stream);
+        (self.connections.track(stream), addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn closing_all_ends_idle_and_busy_connections_and_later_ones_still_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let connections = Connections::default();
+        let client = UnixStream::connect(&path).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut conn = connections.track(server);
+        // A reader parked on the connection is woken by the close.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            conn.read(&mut buf).await
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(connections.close_all(), 1);
+        let read = reader.await.unwrap();
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::ConnectionAborted);
+        // The descriptor is closed: the peer sees the end.
+        let mut client = client;
+        let mut buf = [0u8; 1];
+        assert_eq!(client.read(&mut buf).await.unwrap(), 0);
+
+        let client2 = UnixStream::connect(&path).await;
+        let (server2, _) = listener.accept().await.unwrap();
+        let mut conn2 = Connections::default().track(server2);
+        conn2.write_all(b"x").await.unwrap();
+        let mut client2 = client2.unwrap();
+        client2.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"x");
+    }
+}

@@ -1,0 +1,503 @@
+//! The gVisor runtime on its own: real runsc, real agent, sandboxes from the `base` template
+//! with disk quotas. Commands run through the agent, a pause with memory checkpoints the
+//! sandbox and a resume continues the same processes, a kill leaves nothing behind, and the
+//! host refuses a symlink the sandbox puts where its agent's socket was.
+//!
+//! Skipped (with a message) where runsc is not installed; `scripts/setup` installs it.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use cove_runtime::{
+    AgentEndpoint, AgentSettings, GvisorRuntime, Handle, PauseMode, Recovered, Runtime,
+    SandboxSpec, Started, Template, endpoint::ConnectPath, template,
+};
+use cove_sdk::{AgentClient, Command};
+use cove_test_util::wait_until;
+
+const RUNSC: &str = "/usr/bin/runsc";
+
+struct Fixture {
+    runtime: GvisorRuntime,
+    state: tempfile::TempDir,
+    template: Template,
+    /// Sandboxes started, taken down when the fixture goes (a failed test's too).
+    started: std::sync::Mutex<Vec<String>>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let ids = std::mem::take(&mut *self.started.lock().unwrap_or_else(|e| e.into_inner()));
+        for id in ids {
+            if let Err(err) = self.runtime.kill_leftovers(&id) {
+                eprintln!("cannot kill what is left of {id}: {err}");
+            }
+            let _ = self.runtime.remove(&id);
+        }
+        self.runtime.shutdown();
+    }
+}
+
+impl Fixture {
+    /// A fixture, or `None` (after saying why) when runsc is missing.
+    fn new() -> Option<Self> {
+        if !Path::new(RUNSC).exists() {
+            eprintln!("SKIPPED: {RUNSC} is not installed (Debian package runsc)");
+            return None;
+        }
+        let state = tempfile::Builder::new()
+            .prefix("cove-gvisor-test-")
+            .tempdir()
+            .unwrap();
+        let template = template::base(&state.path().join("templates/base")).unwrap();
+        let runtime = GvisorRuntime::new(env!("CARGO_BIN_EXE_cove"), state.path().join("gvisor"))
+            .with_disk_quota(state.path().join("disk-pool"), 256 << 20)
+            .unwrap();
+        Some(Self {
+            runtime,
+            state,
+            template,
+            started: Default::default(),
+        })
+    }
+
+    fn spec(&self, id: &str) -> SandboxSpec {
+        SandboxSpec {
+            id: id.to_owned(),
+            template: self.template.clone(),
+            hostname: "sandbox".to_owned(),
+            agent: AgentSettings {
+                access_token: "gvisor-token".into(),
+                default_user: "user".into(),
+                default_workdir: "/home/user".into(),
+                env: Default::default(),
+                code_interpreter_port: None,
+                warm_kernel: false,
+            },
+            network: false,
+            limits: cove_runtime::Limits {
+                memory_bytes: 512 << 20,
+                cpus: 1,
+                pids: 256,
+            },
+            volumes: Vec::new(),
+        }
+    }
+
+    fn start(&self, id: &str) -> Started {
+        self.started.lock().unwrap().push(id.to_owned());
+        let began = Instant::now();
+        let started = self.runtime.create(&self.spec(id)).unwrap();
+        eprintln!(
+            "TIMING create -> agent listening ({id}): {:?}",
+            began.elapsed()
+        );
+        started
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.state.path().join("gvisor/sandboxes").join(id)
+    }
+
+    fn end(&self, id: &str, handle: &Handle) {
+        self.runtime.kill(handle).unwrap();
+        self.runtime.remove(id).unwrap();
+    }
+}
+
+/// A client of the sandbox's agent, through the pinned socket (kept open with it).
+struct Agent {
+    client: AgentClient,
+    _pinned: ConnectPath,
+}
+
+fn agent(started: &Started) -> Agent {
+    assert!(matches!(started.agent, AgentEndpoint::UnixInSandbox(_)));
+    let pinned = started.agent.resolve().unwrap();
+    let client = AgentClient::unix(pinned.path())
+        .unwrap()
+        .with_access_token("gvisor-token")
+        .unwrap();
+    Agent {
+        client,
+        _pinned: pinned,
+    }
+}
+
+async fn sh(agent: &AgentClient, script: &str) -> String {
+    agent.commands().run(script).await.unwrap().stdout
+}
+
+/// Processes whose command line names `needle` (runsc's sandbox and gofer name their
+/// container id and bundle directory).
+fn processes_naming(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(needle))
+        .collect()
+}
+
+/// Host mounts at or below `dir`.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|p| p.starts_with(&dir)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Loop devices whose backing file lies under `dir`.
+fn loop_devices_under(dir: &Path) -> Vec<String> {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("loop/backing_file")).ok())
+        .filter(|backing| backing.trim().starts_with(dir.to_str().unwrap()))
+        .collect()
+}
+
+/// The container's cgroup directories, in every hierarchy.
+fn cgroups_of(container: &str) -> Vec<PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|h| h.path().join("cove").join(container))
+        .filter(|d| d.exists())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gvisor_sandbox_runs_commands_through_its_agent() {
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
+    let id = "gv-commands";
+    let started = fixture.start(id);
+    let agent = agent(&started);
+    let began = Instant::now();
+    let out = sh(
+        &agent.client,
+        "python3 -c \"import os; print('hello from', os.uname().release, os.getuid())\"",
+    )
+    .await;
+    eprintln!("TIMING first command: {:?}", began.elapsed());
+    // gVisor's own kernel answers, not the host's.
+    assert_eq!(out, "hello from 4.4.0 1000\n");
+    let root = agent.client.clone().as_user("root");
+    assert_eq!(sh(&root, "id -u").await, "0\n");
+    agent.client.files().write("hello.txt", "hi").await.unwrap();
+    assert_eq!(sh(&agent.client, "cat /home/user/hello.txt").await, "hi");
+    // The file went to the sandbox's disk, the writable layer on its quota image.
+    assert_eq!(
+        std::fs::read_to_string(fixture.dir(id).join("disk/upper/0/home/user/hello.txt")).unwrap(),
+        "hi"
+    );
+    // Without the token, the agent refuses.
+    let pinned = started.agent.resolve().unwrap();
+    let stranger = AgentClient::unix(pinned.path()).unwrap();
+    assert!(stranger.commands().run("true").await.is_err());
+    assert!(fixture.runtime.usage(&started.handle).unwrap().memory_bytes > 0);
+    // The agent's log is the sandbox's.
+    let log = fixture.runtime.log(id).unwrap();
+    assert!(log.contains("agent listening (quiescible)"), "{log}");
+    // A restarted server finds it running, at the same endpoint.
+    match fixture.runtime.recover(&started.handle).unwrap() {
+        Some(Recovered::Running(found)) => assert_eq!(found, started),
+        other => panic!("{other:?}"),
+    }
+    // New limits reach the container's cgroup (cgroup v1, as on this host).
+    let limits = cove_runtime::Limits {
+        memory_bytes: 256 << 20,
+        cpus: 1,
+        pids: 100,
+    };
+    fixture.runtime.set_limits(&started.handle, limits).unwrap();
+    let container = fixture.runtime.container_id(id);
+    let memory = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/cove/{container}/memory.limit_in_bytes"
+    ))
+    .unwrap();
+    assert_eq!(memory.trim(), (256u64 << 20).to_string());
+    assert_eq!(sh(&agent.client, "echo still here").await, "still here\n");
+    fixture.end(id, &started.handle);
+    fixture.runtime.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_pause_checkpoints_and_a_resume_continues_the_same_process() {
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
+    let id = "gv-pause";
+    let started = fixture.start(id);
+    let agent = agent(&started);
+    // A counter that lives only in the process's memory, with a token drawn at its start:
+    // after the resume the same process (same pid, same token) must go on counting.
+    let counter = agent
+        .client
+        .commands()
+        .spawn(Command::shell(
+            "exec python3 -c \"\nimport os, time\ntoken = os.urandom(8).hex()\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/count.new', 'w').write(f'{os.getpid()} {token} {i}')\n    os.replace('/tmp/count.new', '/tmp/count')\n    time.sleep(0.05)\n\"",
+        ))
+        .await
+        .unwrap();
+    let read = |agent: AgentClient| async move {
+        let raw = sh(&agent, "cat /tmp/count 2>/dev/null || true").await;
+        let parts: Vec<String> = raw.split_whitespace().map(str::to_owned).collect();
+        (parts.len() == 3).then(|| {
+            (
+                parts[0].clone(),
+                parts[1].clone(),
+                parts[2].parse::<u64>().unwrap(),
+            )
+        })
+    };
+    let before = wait_until("the counter to count", Duration::from_secs(60), || {
+        let agent = agent.client.clone();
+        async move { read(agent).await.filter(|(_, _, n)| *n > 3) }
+    })
+    .await;
+
+    let began = Instant::now();
+    let paused = fixture
+        .runtime
+        .pause(&started.handle, PauseMode::Memory)
+        .unwrap();
+    eprintln!(
+        "TIMING pause (quiesce + checkpoint + delete): {:?}",
+        began.elapsed()
+    );
+    assert_eq!(paused.state["paused"], "memory");
+    let image = fixture.dir(id).join("checkpoint/checkpoint.img");
+    eprintln!(
+        "checkpoint image: {} bytes",
+        std::fs::metadata(&image).unwrap().len()
+    );
+    // Nothing of the sandbox runs while it is paused.
+    let container = fixture.runtime.container_id(id);
+    assert_eq!(processes_naming(&container), Vec::<String>::new());
+    assert!(fixture.runtime.pause(&paused, PauseMode::Memory).is_err());
+    assert!(matches!(
+        fixture.runtime.liveness(&paused).unwrap(),
+        cove_runtime::Liveness::Running
+    ));
+
+    let began = Instant::now();
+    let resumed = fixture.runtime.resume(&paused, &fixture.spec(id)).unwrap();
+    eprintln!(
+        "TIMING resume (restore + agent listening): {:?}",
+        began.elapsed()
+    );
+    let agent = self::agent(&resumed);
+    let after = wait_until("the counter to go on", Duration::from_secs(60), || {
+        let agent = agent.client.clone();
+        let at_pause = before.2;
+        async move { read(agent).await.filter(|(_, _, n)| *n > at_pause) }
+    })
+    .await;
+    assert_eq!((&after.0, &after.1), (&before.0, &before.1));
+    // The agent still knows the process it started.
+    assert!(
+        agent
+            .client
+            .commands()
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.pid == counter.pid())
+    );
+    assert!(!image.exists(), "the checkpoint is removed once restored");
+    fixture.end(id, &resumed.handle);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_leaves_no_process_mount_loop_device_or_cgroup() {
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
+    let id = "gv-kill";
+    let started = fixture.start(id);
+    let agent = agent(&started);
+    // Something of the sandbox's own running too.
+    agent
+        .client
+        .commands()
+        .spawn(Command::shell("sleep 1000"))
+        .await
+        .unwrap();
+    let container = fixture.runtime.container_id(id);
+    let dir = fixture.dir(id);
+    // Everything checked below is there first, so the checks can fail.
+    // The sentry names the container id; the gofer, the bundle directory.
+    assert_eq!(processes_naming(&container).len(), 1);
+    assert!(processes_naming(dir.to_str().unwrap()).len() >= 2);
+    assert!(!mounts_under(&dir).is_empty());
+    assert_eq!(loop_devices_under(fixture.state.path()).len(), 1);
+    assert!(!cgroups_of(&container).is_empty());
+
+    fixture.runtime.kill(&started.handle).unwrap();
+    assert!(matches!(
+        fixture.runtime.liveness(&started.handle).unwrap(),
+        cove_runtime::Liveness::Ended(_)
+    ));
+    assert_eq!(processes_naming(&container), Vec::<String>::new());
+    assert_eq!(
+        processes_naming(dir.to_str().unwrap()),
+        Vec::<String>::new()
+    );
+    assert_eq!(mounts_under(&dir), Vec::<String>::new());
+    assert_eq!(
+        loop_devices_under(fixture.state.path()),
+        Vec::<String>::new()
+    );
+    assert_eq!(cgroups_of(&container), Vec::<PathBuf>::new());
+    fixture.runtime.remove(id).unwrap();
+    assert!(!dir.exists());
+    fixture.runtime.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_symlink_put_in_place_of_the_agent_socket_is_refused() {
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
+    let id = "gv-attack";
+    let started = fixture.start(id);
+    let agent = agent(&started);
+    // Another socket of the host, which the sandbox would like the server to talk to.
+    let decoy_path = fixture.state.path().join("decoy.sock");
+    let decoy = std::os::unix::net::UnixListener::bind(&decoy_path).unwrap();
+    decoy.set_nonblocking(true).unwrap();
+    // Root in the sandbox waits for the agent's socket to go (gVisor does not let it
+    // unlink or rename over a socket bound on the host; the host removes it before a
+    // checkpoint) and puts a symlink to the decoy in its place, over and over.
+    let root = agent.client.clone().as_user("root");
+    root.commands()
+        .spawn(Command::shell(format!(
+            "exec python3 -c \"\nimport os\np = '/run/cove/agent.sock'\nopen('/tmp/attacker-ready', 'w').close()\nwhile True:\n    try:\n        os.symlink('{}', p)\n    except OSError:\n        pass\n\"",
+            decoy_path.display()
+        )))
+        .await
+        .unwrap();
+    wait_until("the attacker to run", Duration::from_secs(60), || {
+        let agent = agent.client.clone();
+        async move {
+            (sh(&agent, "test -e /tmp/attacker-ready && echo yes || true").await == "yes\n")
+                .then_some(())
+        }
+    })
+    .await;
+    let socket = fixture.dir(id).join("agent/agent.sock");
+    let mut handle = started.handle.clone();
+    let mut refused = false;
+    // The link lands between the host's removal of the socket and the checkpoint, or not
+    // (a race the sandbox usually wins): pause until it did, a few times at most.
+    for cycle in 1..=5 {
+        let paused = fixture.runtime.pause(&handle, PauseMode::Memory).unwrap();
+        let planted = std::fs::symlink_metadata(&socket)
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false);
+        eprintln!("cycle {cycle}: the sandbox planted its link: {planted}");
+        if planted {
+            // The host's connect refuses it: no symlink is followed to the decoy.
+            let refusal = AgentEndpoint::UnixInSandbox(socket.clone())
+                .resolve()
+                .unwrap_err();
+            assert!(
+                refusal.to_string().contains("not a socket but a symlink"),
+                "{refusal}"
+            );
+            refused = true;
+        }
+        // The resume removes whatever is at the path and the agent binds it again, unless
+        // the sandbox plants its link first: then the resume fails, refusing it.
+        match fixture.runtime.resume(&paused, &fixture.spec(id)) {
+            Ok(resumed) => {
+                let agent = self::agent(&resumed);
+                assert_eq!(sh(&agent.client, "echo ok").await, "ok\n");
+                handle = resumed.handle;
+            }
+            Err(err) => {
+                let err = format!("{err}");
+                assert!(err.contains("not a socket but a symlink"), "{err}");
+                refused = true;
+                handle = paused;
+                break;
+            }
+        }
+        if refused {
+            break;
+        }
+    }
+    assert!(refused, "the sandbox never planted its link in five pauses");
+    fixture.end(id, &handle);
+    // Never a connection to the decoy, and the decoy is still there after the removal.
+    assert_eq!(
+        decoy.accept().map(drop).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+    assert!(decoy_path.exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filesystem_pause_keeps_the_files_and_a_resume_starts_again_on_them() {
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
+    let id = "gv-files";
+    let started = fixture.start(id);
+    let agent = agent(&started);
+    sh(&agent.client, "echo kept > /home/user/kept.txt").await;
+    let sleeper = agent
+        .client
+        .commands()
+        .spawn(Command::shell("sleep 1000"))
+        .await
+        .unwrap();
+    let container = fixture.runtime.container_id(id);
+    let dir = fixture.dir(id);
+
+    let paused = fixture
+        .runtime
+        .pause(&started.handle, PauseMode::Filesystem)
+        .unwrap();
+    assert_eq!(paused.state["paused"], "filesystem");
+    // Nothing runs and nothing is mounted; the files stay.
+    assert_eq!(
+        processes_naming(dir.to_str().unwrap()),
+        Vec::<String>::new()
+    );
+    assert_eq!(mounts_under(&dir), Vec::<String>::new());
+    assert_eq!(
+        loop_devices_under(fixture.state.path()),
+        Vec::<String>::new()
+    );
+    assert_eq!(cgroups_of(&container), Vec::<PathBuf>::new());
+    assert!(dir.join("disk.img").exists());
+    assert!(matches!(
+        fixture.runtime.liveness(&paused).unwrap(),
+        cove_runtime::Liveness::Running
+    ));
+    assert!(fixture.runtime.pause(&paused, PauseMode::Memory).is_err());
+
+    let began = Instant::now();
+    let resumed = fixture.runtime.resume(&paused, &fixture.spec(id)).unwrap();
+    eprintln!("TIMING resume from files: {:?}", began.elapsed());
+    let agent = self::agent(&resumed);
+    assert_eq!(sh(&agent.client, "cat /home/user/kept.txt").await, "kept\n");
+    // A new start: the old processes are gone.
+    let listed = agent.client.commands().list().await.unwrap();
+    assert!(listed.iter().all(|p| p.pid != sleeper.pid()), "{listed:?}");
+    fixture.end(id, &resumed.handle);
+}
