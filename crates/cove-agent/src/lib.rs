@@ -60,7 +60,8 @@ pub struct AgentConfig {
     /// Start the code interpreter's default Python kernel at once (a warm sandbox's), so
     /// that the first `run_code` finds it running.
     pub warm_kernel: bool,
-    /// A Unix socket to also listen on that is let go of for checkpoints (gVisor sandboxes).
+    /// A Unix socket to also listen on that is let go of for checkpoints (gVisor sandboxes);
+    /// with it, the code interpreter opens no TCP port of its own.
     pub quiescible: Option<quiesce::Quiescible>,
 }
 
@@ -227,10 +228,15 @@ pub async fn serve(
         if config.warm_kernel {
             tokio::spawn(interpreter.clone().prewarm());
         }
-        apps.push((
-            listener::Listener::Bind(ListenAddr::Tcp(addr)),
-            interpreter::router(interpreter),
-        ));
+        // A sandbox that is checkpointed (gVisor) gets no listening TCP socket: this runsc
+        // refuses to checkpoint one. Its interpreter is reached through the agent's socket
+        // (the server's proxy does so for port 49999), not from inside the sandbox.
+        if config.quiescible.is_none() {
+            apps.push((
+                listener::Listener::Bind(ListenAddr::Tcp(addr)),
+                interpreter::router(interpreter),
+            ));
+        }
     }
     listener::serve_all(apps, ready).await
 }

@@ -63,9 +63,23 @@ pub async fn serve(quiescible: Quiescible, app: Router) -> io::Result<()> {
             listener,
             connections: connections.clone(),
         };
-        tokio::select! {
-            result = axum::serve(tracked, app.clone()).into_future() => return result,
-            _ = quiesce.recv() => {}
+        {
+            let serving = axum::serve(tracked, app.clone()).into_future();
+            tokio::pin!(serving);
+            loop {
+                tokio::select! {
+                    result = &mut serving => return result,
+                    _ = quiesce.recv() => {}
+                }
+                // This runsc cannot checkpoint a listening TCP socket, and a failed
+                // checkpoint stops the sandbox: refuse instead, and serve on.
+                let ports = listening_tcp_ports();
+                if ports.is_empty() {
+                    break;
+                }
+                tracing::info!(?ports, "not quiescing: TCP ports listen");
+                std::fs::write(&quiescible.marker, refusal(&ports))?;
+            }
         }
         // The serve future and with it the listener are gone: no new connection.
         let closed = connections.close_all();
@@ -82,6 +96,44 @@ pub async fn serve(quiescible: Quiescible, app: Router) -> io::Result<()> {
             }
         }
     }
+}
+
+/// What the marker holds when the agent refuses to quiesce.
+pub const REFUSED_PREFIX: &str = "refused: ";
+
+fn refusal(ports: &[u16]) -> String {
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!(
+        "{REFUSED_PREFIX}processes in the sandbox listen on TCP port(s) {}, which this gVisor \
+         cannot checkpoint; stop them, or pause without memory\n",
+        ports.join(", ")
+    )
+}
+
+/// The TCP ports something in the sandbox listens on (its kernel's `/proc/net/tcp{,6}`).
+fn listening_tcp_ports() -> Vec<u16> {
+    let tables: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .collect();
+    listening_ports_in(&tables)
+}
+
+/// The local ports of the sockets in state LISTEN (`st` 0A) of `/proc/net/tcp` tables.
+fn listening_ports_in(tables: &[String]) -> Vec<u16> {
+    let mut ports: Vec<u16> = tables
+        .iter()
+        .flat_map(|table| table.lines().skip(1))
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1)?;
+            (fields.nth(1)? == "0A").then_some(())?;
+            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 fn write_marker(quiescible: &Quiescible) -> io::Result<()> {
@@ -207,6 +259,20 @@ impl axum::serve::Listener for Tracked {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_listening_sockets_count() {
+        // gVisor's table, as `cat /proc/net/tcp` showed it: a server on 8000 listening, a
+        // connection on 49983 established.
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+                  11: 00000000:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0       12 2 0 0 0 0 0 -1\n\
+                  12: 0100007F:C2FF 0100007F:D3A1 01 00000000:00000000 00:00000000 00000000  1000        0       13 2 0 0 0 0 0 -1\n";
+        let v6 = "  sl  local_address                         remote_address                        st\n\
+                  0: 00000000000000000000000000000000:1F40 00000000000000000000000000000000:0000 0A 0 0\n";
+        assert_eq!(listening_ports_in(&[v4.to_owned(), v6.to_owned()]), [8000]);
+        assert!(listening_ports_in(&[]).is_empty());
+    }
+
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

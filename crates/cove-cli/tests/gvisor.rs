@@ -84,6 +84,7 @@ impl Fixture {
                 pids: 256,
             },
             volumes: Vec::new(),
+            runtime: None,
         }
     }
 
@@ -197,11 +198,15 @@ async fn a_gvisor_sandbox_runs_commands_through_its_agent() {
     assert_eq!(sh(&root, "id -u").await, "0\n");
     agent.client.files().write("hello.txt", "hi").await.unwrap();
     assert_eq!(sh(&agent.client, "cat /home/user/hello.txt").await, "hi");
-    // The file went to the sandbox's disk, the writable layer on its quota image.
-    assert_eq!(
-        std::fs::read_to_string(fixture.dir(id).join("disk/upper/0/home/user/hello.txt")).unwrap(),
-        "hi"
-    );
+    // Files go to the sandbox's disk, the writable layer on its 256 MiB quota image, which
+    // is mounted in the container's own mount namespace and not in the host's.
+    assert!(!fixture.dir(id).join("disk/upper/0/home").exists());
+    let full = sh(
+        &agent.client,
+        "dd if=/dev/zero of=/home/user/big bs=1M count=300 2>&1; rm -f /home/user/big",
+    )
+    .await;
+    assert!(full.contains("No space left on device"), "{full}");
     // Without the token, the agent refuses.
     let pinned = started.agent.resolve().unwrap();
     let stranger = AgentClient::unix(pinned.path()).unwrap();
@@ -342,7 +347,9 @@ async fn a_kill_leaves_no_process_mount_loop_device_or_cgroup() {
     // The sentry names the container id; the gofer, the bundle directory.
     assert_eq!(processes_naming(&container).len(), 1);
     assert!(processes_naming(dir.to_str().unwrap()).len() >= 2);
-    assert!(!mounts_under(&dir).is_empty());
+    // Its mounts are in the container's own mount namespace, never in the host's (where
+    // copies made by other sandboxes' setup would keep its disk busy).
+    assert_eq!(mounts_under(&dir), Vec::<String>::new());
     assert_eq!(loop_devices_under(fixture.state.path()).len(), 1);
     assert!(!cgroups_of(&container).is_empty());
 

@@ -66,6 +66,7 @@ impl Fixture {
                 pids: 256,
             },
             volumes: Vec::new(),
+            runtime: None,
         }
     }
 

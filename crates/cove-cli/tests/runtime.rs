@@ -53,6 +53,7 @@ impl Fixture {
                 pids: 256,
             },
             volumes: Vec::new(),
+            runtime: None,
         };
         let started = std::time::Instant::now();
         let sandbox = self.runtime.create(&spec).unwrap();

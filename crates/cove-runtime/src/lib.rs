@@ -9,6 +9,7 @@
 //! connects to, and [`Limits`] / [`Usage`]. Everything else — directories, uid ranges,
 //! processes, sockets — belongs to the backend.
 
+pub mod backends;
 pub mod cgroup;
 pub mod confine;
 pub mod confined_open;
@@ -79,6 +80,9 @@ pub struct SandboxSpec {
     pub limits: Limits,
     /// Volumes mounted into it.
     pub volumes: Vec<volume::VolumeMount>,
+    /// The backend to run it on, by name (see [`backends::Backends`]); `None`: the
+    /// server's default.
+    pub runtime: Option<String>,
 }
 
 /// What a backend needs to find a sandbox again, stored by the server as it is (JSON) and
@@ -179,6 +183,9 @@ pub enum RuntimeError {
     },
     #[error("sandbox {id} is {state}")]
     WrongState { id: String, state: &'static str },
+    /// What was asked cannot be done while the sandbox is as it is now (its own doing).
+    #[error("sandbox {id}: {reason}")]
+    NotNow { id: String, reason: String },
 }
 
 impl RuntimeError {
@@ -191,6 +198,11 @@ impl RuntimeError {
 pub trait Runtime: Send + Sync + 'static {
     /// The backend's name, recorded in every [`Handle`] it makes.
     fn name(&self) -> &'static str;
+    /// The backends a sandbox can be created on ([`SandboxSpec::runtime`]), the default
+    /// first: this one alone, unless it is several ([`backends::Backends`]).
+    fn backends(&self) -> Vec<&'static str> {
+        vec![self.name()]
+    }
     /// Starts a sandbox and returns once its agent listens.
     fn create(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError>;
     /// After a server restart: the sandbox `handle` names, running or paused, if it is

@@ -72,6 +72,9 @@ pub struct ServerConfig {
     pub log_kb: u64,
     /// Warm sandboxes kept ready, of each kind (with and without internet access).
     pub warm: usize,
+    /// The backend sandboxes run on unless their create metadata names another
+    /// (`cove.runtime`).
+    pub runtime: RuntimeKind,
     /// The `cove` binary sandboxes are built with.
     pub exe: PathBuf,
     /// What sandboxes with internet access may reach (`--allow-private-egress`).
@@ -82,6 +85,16 @@ pub struct ServerConfig {
     pub operations: OperationsConfig,
     /// Template builds, registries, warm sandboxes of templates.
     pub templates: TemplatesConfig,
+}
+
+/// The isolation backends `cove serve` has (`--runtime`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// Linux namespaces around the host's kernel (the default).
+    #[default]
+    Namespace,
+    /// gVisor's user-space kernel (runsc), with memory kept through pauses.
+    Gvisor,
 }
 
 /// How `cove serve` is operated: who reads its metrics, and TLS (docs/OPERATIONS.md).
@@ -178,6 +191,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error("--runtime gvisor needs runsc at {0} (apt-get install runsc)")]
+    NoRunsc(PathBuf),
     #[error(transparent)]
     Template(#[from] cove_runtime::template::TemplateError),
     #[error(transparent)]
@@ -267,16 +282,24 @@ impl AppState {
         );
         // The CA the runtime's proxies sign with: the one sandboxes with rules must trust.
         let egress_ca_pem = runtime.egress_ca_pem();
+        let runtimes = runtime.backends();
         let lifecycle = Arc::new(Lifecycle::new(
             runtime,
             store.clone(),
             templates,
             LifecycleConfig {
                 disk_mb: config.disk_mb,
-                warm: config.warm,
+                // Warm sandboxes come with and without internet access, which gVisor
+                // sandboxes do not have (yet): none are kept when it is the default.
+                warm: if config.runtime == RuntimeKind::Gvisor {
+                    0
+                } else {
+                    config.warm
+                },
                 warm_total: config.templates.warm_total.max(2 * config.warm),
                 warm_kernels: config.templates.warm_kernels,
                 caps,
+                runtimes,
                 admission,
                 snapshots_dir: config.state_dir.join("snapshots"),
                 egress_ca_pem,
@@ -333,6 +356,36 @@ fn namespace_runtime(config: &ServerConfig) -> Result<Arc<dyn Runtime>, ServerEr
     Ok(Arc::new(runtime))
 }
 
+/// The backends `config` asks for: the namespace backend, and beside it the gVisor backend
+/// when runsc is installed; the one `--runtime` names is the default.
+fn runtimes(config: &ServerConfig) -> Result<Arc<dyn Runtime>, ServerError> {
+    let namespace = namespace_runtime(config)?;
+    let runsc = PathBuf::from(cove_runtime::gvisor::runsc::DEFAULT_BINARY);
+    if !runsc.is_file() {
+        if config.runtime == RuntimeKind::Gvisor {
+            return Err(ServerError::NoRunsc(runsc));
+        }
+        tracing::info!(runsc = %runsc.display(), "no gVisor runtime: runsc is not installed");
+        return Ok(namespace);
+    }
+    let dir = config.state_dir.join("gvisor");
+    let gvisor: Arc<dyn Runtime> = Arc::new(
+        cove_runtime::GvisorRuntime::new(&config.exe, &dir)
+            .with_log_cap(config.log_kb << 10)
+            .with_disk_quota(dir.join("disk-pool"), config.disk_mb << 20)
+            .map_err(|source| ServerError::StateDir {
+                path: dir.join("disk-pool"),
+                source,
+            })?,
+    );
+    let backends = match config.runtime {
+        RuntimeKind::Namespace => cove_runtime::backends::Backends::new(namespace).with(gvisor),
+        RuntimeKind::Gvisor => cove_runtime::backends::Backends::new(gvisor).with(namespace),
+    };
+    tracing::info!(runtimes = ?backends.names(), "runtimes");
+    Ok(Arc::new(backends))
+}
+
 /// A server ready to serve: bound, state opened, keys registered, sandboxes re-adopted.
 pub struct Server {
     state: AppState,
@@ -355,7 +408,7 @@ impl Server {
         // must stop the server cleanly, not kill it with them half set up.
         let shutdown = ShutdownSignal::install().map_err(ServerError::Signals)?;
         let front = front::Front::prepare(&config.front);
-        let runtime = namespace_runtime(&config)?;
+        let runtime = runtimes(&config)?;
         Self::bind_with(config, runtime, front, shutdown).await
     }
 

@@ -28,6 +28,7 @@ struct App {
 
 fn config(dir: &std::path::Path) -> ServerConfig {
     ServerConfig {
+        runtime: Default::default(),
         listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: dir.to_owned(),
         domain: None,

@@ -22,6 +22,10 @@ pub struct Args {
     /// Give a warm sandbox a new root (a fork); the spec comes on stdin.
     #[arg(long)]
     reroot: bool,
+    /// Mount a gVisor sandbox's root in a mount namespace of its own, then run runsc there:
+    /// ROOT_SPEC RUNSC [ARGS...].
+    #[arg(long = "gvisor-launch", num_args = 2.., allow_hyphen_values = true, value_names = ["ROOT_SPEC", "RUNSC"])]
+    gvisor_launch: Option<Vec<std::ffi::OsString>>,
     /// Connect a sandbox to the network: HELPER PID UID_BASE LOG [CGROUP_PROCS...].
     #[arg(long, num_args = 4.., value_names = ["HELPER", "PID", "UID_BASE", "LOG"])]
     network: Option<Vec<String>>,
@@ -44,6 +48,16 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     // Whatever the server inherited must not reach the sandbox.
     cove_runtime::confine::close_inherited_fds()
         .context("cannot mark inherited descriptors close-on-exec")?;
+    if let Some(launch) = args.gvisor_launch {
+        let (spec, argv) = launch
+            .split_first()
+            .context("--gvisor-launch takes a root spec and a command")?;
+        let spec: cove_runtime::gvisor::rootfs::RootSpec =
+            serde_json::from_str(spec.to_str().context("the root spec is not UTF-8")?)
+                .context("cannot read the root spec")?;
+        let err = cove_runtime::gvisor::rootfs::run_launch_stage(&spec, argv);
+        return Err(anyhow::Error::from(err).context("cannot launch the gVisor sandbox"));
+    }
     if let Some(network) = args.network {
         let [helper, pid, base, log, procs @ ..] = network.as_slice() else {
             anyhow::bail!("--network takes at least four values");

@@ -66,6 +66,13 @@ pub struct Args {
     /// `run_code` finds the Python kernel running. 0 turns this off.
     #[arg(long, env = "COVE_WARM_POOL", default_value_t = 2)]
     warm_pool: usize,
+    /// The backend sandboxes run on unless their create metadata names another
+    /// (`cove.runtime`): `namespace` (Linux namespaces around the host's kernel) or `gvisor`
+    /// (gVisor's user-space kernel, runsc: stronger isolation, memory kept through pauses,
+    /// no internet access or volumes yet; docs/SECURITY.md). With runsc installed, both are
+    /// available side by side whichever is the default.
+    #[arg(long, env = "COVE_RUNTIME", value_enum, default_value_t = RuntimeArg::Namespace)]
+    runtime: RuntimeArg,
     /// Opens a private address range (CIDR, e.g. 10.20.0.0/16) to sandboxes with internet
     /// access; repeatable. Private ranges (RFC 1918, CGNAT 100.64/10, link-local, IPv6
     /// unique local) are closed by default. Loopback and the host's own addresses can never
@@ -308,6 +315,10 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         volume_mb: args.volume_mb,
         log_kb: args.sandbox_log_kb,
         warm: args.warm_pool,
+        runtime: match args.runtime {
+            RuntimeArg::Namespace => cove_server::RuntimeKind::Namespace,
+            RuntimeArg::Gvisor => cove_server::RuntimeKind::Gvisor,
+        },
         exe: std::env::current_exe().context("cannot find the cove binary")?,
         egress: EgressConfig {
             allow_private: args.allow_private_egress.into_iter().flatten().collect(),
@@ -410,4 +421,11 @@ mod tests {
             .config();
         assert_eq!(parsed.timeouts.header_read, Duration::from_millis(1500));
     }
+}
+
+/// `--runtime`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum RuntimeArg {
+    Namespace,
+    Gvisor,
 }

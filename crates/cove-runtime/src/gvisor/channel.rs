@@ -10,6 +10,7 @@
 //! file; the host then removes the socket file (gVisor does not let the sandbox unlink a
 //! socket bound on the host). After a restore, `USR2` makes it listen again.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::{
     fs, io,
     path::{Path, PathBuf},
@@ -38,6 +39,9 @@ pub enum ChannelError {
     },
     #[error("container {id} stopped before its agent could {what} (see the sandbox log)")]
     Stopped { id: String, what: &'static str },
+    /// The agent would not let go: what it said.
+    #[error("the sandbox cannot be checkpointed now: {0}")]
+    NotNow(String),
     #[error("the agent's socket is not to be trusted")]
     Refused(#[source] io::Error),
     #[error(transparent)]
@@ -87,8 +91,35 @@ impl Channel {
         self.remove(MARKER)?;
         runsc.kill(id, "USR1", false)?;
         self.wait(runsc, id, "quiesce", || Ok(self.acknowledged()))?;
+        // The agent refused (it serves on): what it says is the sandbox's to say, so only a
+        // short line of plain text of it is passed on.
+        if let Some(reason) = self.refusal() {
+            self.remove(MARKER)?;
+            return Err(ChannelError::NotNow(reason));
+        }
         self.remove(SOCKET)?;
         self.remove(MARKER)
+    }
+
+    /// The refusal the marker holds, if it holds one.
+    fn refusal(&self) -> Option<String> {
+        use std::io::Read;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(self.dir.join(MARKER))
+            .ok()?;
+        let mut text = String::new();
+        file.take(512).read_to_string(&mut text).ok()?;
+        let reason = text.strip_prefix(cove_agent_refused_prefix())?;
+        Some(
+            reason
+                .trim()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(300)
+                .collect(),
+        )
     }
 
     /// Tells a quiesced agent of container `id` to listen again and waits until it does.
@@ -170,6 +201,12 @@ impl Channel {
             pause = (pause * 2).min(Duration::from_millis(25));
         }
     }
+}
+
+/// How the agent's refusal to quiesce begins (`cove_agent::quiesce::REFUSED_PREFIX`; the
+/// runtime does not depend on the agent's crate).
+fn cove_agent_refused_prefix() -> &'static str {
+    "refused: "
 }
 
 /// The agent's directory is only host root's on the host side (the sandbox's gofer, host

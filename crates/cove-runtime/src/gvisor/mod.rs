@@ -107,13 +107,22 @@ impl Dirs {
     fn existing_image(&self) -> Option<PathBuf> {
         Some(self.image()).filter(|i| i.exists())
     }
+    /// What the launch stage mounts for `spec`'s sandbox.
+    fn root_spec(&self, spec: &SandboxSpec) -> rootfs::RootSpec {
+        rootfs::RootSpec {
+            rootfs: self.rootfs(),
+            disk: self.disk(),
+            image: self.existing_image(),
+            template: spec.template.clone(),
+        }
+    }
 }
 
 impl GvisorRuntime {
     /// A runtime whose sandboxes and runsc's records live under `root`, running the agent
     /// from the `cove` binary at `exe`, with runsc from its Debian package.
     pub fn new(exe: impl Into<PathBuf>, root: impl Into<PathBuf>) -> Self {
-        let root = root.into();
+        let (exe, root) = (exe.into(), root.into());
         let cgroups = match Hierarchy::detect(Path::new("/sys/fs/cgroup")) {
             Ok(hierarchy) => Some(hierarchy),
             Err(err) => {
@@ -122,8 +131,12 @@ impl GvisorRuntime {
             }
         };
         Self {
-            exe: exe.into(),
-            runsc: Runsc::new(PathBuf::from(runsc::DEFAULT_BINARY), root.join("runsc")),
+            exe: exe.clone(),
+            runsc: Runsc::new(
+                PathBuf::from(runsc::DEFAULT_BINARY),
+                root.join("runsc"),
+                exe.clone(),
+            ),
             root,
             cgroups,
             disks: None,
@@ -133,7 +146,7 @@ impl GvisorRuntime {
 
     /// Uses the runsc binary at `binary`.
     pub fn with_runsc(mut self, binary: PathBuf) -> Self {
-        self.runsc = Runsc::new(binary, self.root.join("runsc"));
+        self.runsc = Runsc::new(binary, self.root.join("runsc"), self.exe.clone());
         self
     }
 
@@ -267,16 +280,6 @@ impl GvisorRuntime {
             id: spec.id.clone(),
             reason,
         };
-        let image = dirs.existing_image();
-        rootfs::mount(
-            &rootfs::RootPaths {
-                rootfs: &dirs.rootfs(),
-                disk: &dirs.disk(),
-                image: image.as_deref(),
-            },
-            &spec.template,
-        )
-        .map_err(|e| failed(format!("cannot build its root: {e}")))?;
         let agent = AgentSpec::new(spec.agent.clone(), self.log_cap);
         let cgroups_path = format!("/{CGROUP_PARENT}/{}", state.container);
         let config = bundle::config(&Bundle {
@@ -295,7 +298,7 @@ impl GvisorRuntime {
             .map_err(channel_err("clear the agent's directory"))?;
         let log = self.open_log(dirs)?;
         self.runsc
-            .run(&state.container, &dirs.root, &log)
+            .run(&state.container, &dirs.root, &dirs.root_spec(spec), &log)
             .map_err(|e| failed(e.to_string()))?;
         self.channel(&spec.id)
             .wait_listening(&self.runsc, &state.container)
@@ -393,13 +396,13 @@ impl Runtime for GvisorRuntime {
         if spec.network {
             return Err(RuntimeError::Unsupported {
                 backend: NAME,
-                what: "give sandboxes internet access (yet)",
+                what: "give sandboxes internet access yet (create them with allowInternetAccess false)",
             });
         }
         if !spec.volumes.is_empty() {
             return Err(RuntimeError::Unsupported {
                 backend: NAME,
-                what: "mount volumes into sandboxes (yet)",
+                what: "mount volumes into sandboxes yet",
             });
         }
         self.runsc.check().map_err(|e| RuntimeError::Start {

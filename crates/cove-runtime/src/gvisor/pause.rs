@@ -47,10 +47,20 @@ impl GvisorRuntime {
         let channel = self.channel(id);
         // A checkpoint that fails leaves the container stopped: nothing that would make it
         // fail (a socket bound on the host, host descriptors) may be left.
-        if let Err(err) = channel.quiesce(&self.runsc, &state.container) {
-            // No checkpoint then; the agent, if it went quiet after all, listens again.
-            let _ = channel.listen_again(&self.runsc, &state.container);
-            return Err(channel_err("quiesce the sandbox's agent")(err));
+        match channel.quiesce(&self.runsc, &state.container) {
+            Ok(()) => {}
+            // The agent serves on: nothing to undo.
+            Err(super::channel::ChannelError::NotNow(reason)) => {
+                return Err(RuntimeError::NotNow {
+                    id: id.clone(),
+                    reason,
+                });
+            }
+            Err(err) => {
+                // No checkpoint then; the agent, if it went quiet after all, listens again.
+                let _ = channel.listen_again(&self.runsc, &state.container);
+                return Err(channel_err("quiesce the sandbox's agent")(err));
+            }
         }
         let image = self.dirs(id).checkpoint();
         let fresh = match fs::remove_dir_all(&image) {
@@ -111,7 +121,13 @@ impl GvisorRuntime {
             .delete(&state.container)
             .map_err(runsc_err("delete the sandbox's old container"))?;
         self.runsc
-            .restore(&state.container, &dirs.root, &dirs.checkpoint(), &log)
+            .restore(
+                &state.container,
+                &dirs.root,
+                &dirs.checkpoint(),
+                &dirs.root_spec(spec),
+                &log,
+            )
             .map_err(|e| RuntimeError::Start {
                 id: id.clone(),
                 reason: e.to_string(),

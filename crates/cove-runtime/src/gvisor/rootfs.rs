@@ -1,7 +1,7 @@
 //! A gVisor sandbox's root on the host: the template's layers under writable layers on the
 //! sandbox's disk (the disk quota's ext4 image through a loop device, [`crate::disk`], or a
-//! plain directory), one overlay per mount point, mounted in the host's mount namespace
-//! where runsc's gofer serves it to the sandbox. No idmapping: the gofer, host root, makes
+//! plain directory), one overlay per mount point, mounted in a mount namespace of the
+//! container's own (see [`run_launch_stage`]) where runsc's gofer serves it to the sandbox. No idmapping: the gofer, host root, makes
 //! files with the owners the sandbox asks for, so the writable layers keep the sandbox's own
 //! uids, as the namespace backend stores them.
 //!
@@ -29,6 +29,46 @@ use crate::{
 
 /// How long a disk's loop device may take to detach after its last unmount.
 const DETACH_PATIENCE: Duration = Duration::from_secs(30);
+
+/// What the launch stage ([`run_launch_stage`]) mounts before it becomes runsc.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct RootSpec {
+    pub rootfs: PathBuf,
+    pub disk: PathBuf,
+    pub image: Option<PathBuf>,
+    pub template: Template,
+}
+
+/// The launch stage (host root, a process of its own): in a mount namespace of its own,
+/// mounts the sandbox's root as `spec` says, then becomes runsc (`argv`), whose sandbox and
+/// gofer processes keep that namespace. So the sandbox's mounts never are in the host's
+/// mount namespace: no other process's copy of it (a namespace sandbox set up meanwhile)
+/// can hold the sandbox's disk, and they go with the container's last process, its loop
+/// device with them.
+/// Returns only when it failed.
+pub fn run_launch_stage(spec: &RootSpec, argv: &[std::ffi::OsString]) -> io::Error {
+    use std::os::unix::process::CommandExt;
+    let Some((program, args)) = argv.split_first() else {
+        return io::Error::other("no runsc command to run");
+    };
+    let mounted = (|| -> io::Result<()> {
+        // SAFETY: the launch stage is single-threaded and does not unshare the file table.
+        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }?;
+        mounts::make_private()?;
+        mount(
+            &RootPaths {
+                rootfs: &spec.rootfs,
+                disk: &spec.disk,
+                image: spec.image.as_deref(),
+            },
+            &spec.template,
+        )
+    })();
+    match mounted {
+        Err(err) => err,
+        Ok(()) => std::process::Command::new(program).args(args).exec(),
+    }
+}
 
 /// Where a sandbox's root is assembled.
 pub struct RootPaths<'a> {

@@ -8,6 +8,7 @@
 //! by every `--root` on the host: container ids must be unique host-wide
 //! (`super::container_id`).
 
+use crate::gvisor::rootfs::RootSpec;
 use std::{
     fs,
     io::{self, Read},
@@ -60,14 +61,17 @@ pub enum Status {
 pub struct Runsc {
     binary: PathBuf,
     root: PathBuf,
+    /// The `cove` binary, whose launch stage mounts a container's root in a mount
+    /// namespace of its own and then runs `runsc run` or `runsc restore` there.
+    exe: PathBuf,
 }
 
 /// Where Debian's package installs runsc.
 pub const DEFAULT_BINARY: &str = "/usr/bin/runsc";
 
 impl Runsc {
-    pub fn new(binary: PathBuf, root: PathBuf) -> Self {
-        Self { binary, root }
+    pub fn new(binary: PathBuf, root: PathBuf, exe: PathBuf) -> Self {
+        Self { binary, root, exe }
     }
 
     /// Whether the binary exists.
@@ -93,13 +97,19 @@ impl Runsc {
 
     /// Starts container `id` from the bundle in `bundle` (its `config.json`), detached. Its
     /// init's stdout and stderr, and runsc's own complaints, go to `log`.
-    pub fn run(&self, id: &str, bundle: &Path, log: &fs::File) -> Result<(), RunscError> {
+    pub fn run(
+        &self,
+        id: &str,
+        bundle: &Path,
+        root: &RootSpec,
+        log: &fs::File,
+    ) -> Result<(), RunscError> {
         let mut command = self.command();
         command
             .args(["run", "--detach", "--bundle"])
             .arg(bundle)
             .arg(id);
-        self.detached("run", id, command, log)
+        self.detached("run", id, self.launched(command, root)?, log)
     }
 
     /// Starts container `id` again from the checkpoint in `image`, detached.
@@ -108,6 +118,7 @@ impl Runsc {
         id: &str,
         bundle: &Path,
         image: &Path,
+        root: &RootSpec,
         log: &fs::File,
     ) -> Result<(), RunscError> {
         let mut command = self.command();
@@ -117,7 +128,30 @@ impl Runsc {
             .arg("--bundle")
             .arg(bundle)
             .arg(id);
-        self.detached("restore", id, command, log)
+        self.detached("restore", id, self.launched(command, root)?, log)
+    }
+
+    /// `runsc` as `command` says, started by the launch stage once it mounted `root`
+    /// ([`crate::gvisor::rootfs::run_launch_stage`]).
+    fn launched(&self, command: Command, root: &RootSpec) -> Result<Command, RunscError> {
+        let spec = serde_json::to_string(root).map_err(|e| RunscError::Spawn {
+            command: "launch",
+            id: String::new(),
+            source: io::Error::other(e),
+        })?;
+        let mut launch = Command::new(&self.exe);
+        launch
+            .args([
+                crate::namespace::init::SUBCOMMAND,
+                crate::namespace::init::GVISOR_LAUNCH_FLAG,
+            ])
+            .arg(spec)
+            .arg(command.get_program())
+            .args(command.get_args())
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::null());
+        Ok(launch)
     }
 
     fn detached(

@@ -44,6 +44,9 @@ pub const HOLD_USERNS_FLAG: &str = "--hold-userns";
 pub const PID1_FLAG: &str = "--pid1";
 /// Its flag for the network stage (see `crate::network::connect`).
 pub const NETWORK_FLAG: &str = "--network";
+/// The flag of the gVisor launch stage (`crate::gvisor::rootfs::run_launch_stage`): ROOT_SPEC
+/// RUNSC ARGS...
+pub const GVISOR_LAUNCH_FLAG: &str = "--gvisor-launch";
 
 /// The variable of `cove serve`'s environment that sets what sandboxes' agents log
 /// (a `COVE_LOG` filter; default `info`).

@@ -720,6 +720,7 @@ mod tests {
                 pids: 64,
             },
             volumes: Vec::new(),
+            runtime: None,
         };
         let err = runtime.create(&spec).unwrap_err().to_string();
         assert!(

@@ -210,6 +210,15 @@ impl From<LifecycleError> for ApiError {
             | LifecycleError::Transition {
                 source: cove_runtime::RuntimeError::Unsupported { .. },
                 ..
+            }
+            | LifecycleError::Start {
+                source: cove_runtime::RuntimeError::Unsupported { .. },
+                ..
+            }
+            // A conflict, but the SDKs read a 409 on pause as "paused already".
+            | LifecycleError::Transition {
+                source: cove_runtime::RuntimeError::NotNow { .. },
+                ..
             } => (StatusCode::BAD_REQUEST, None),
             LifecycleError::AlreadyPaused(_)
             | LifecycleError::AlreadyRunning(_)

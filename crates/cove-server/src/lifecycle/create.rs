@@ -11,7 +11,7 @@ use super::{
     ApiVersion, Lifecycle, LifecycleError, Live,
     admission::Ask,
     pool::{Taken, Warm},
-    settings::{Settings, agent_settings, limits},
+    settings::{RUNTIME_KEY, Settings, agent_settings, limits},
     templates::TemplateKind,
 };
 use crate::{
@@ -34,8 +34,14 @@ impl Lifecycle {
             .flatten()
             .map(|m| (m.name.clone(), m.path.clone()))
             .collect();
-        let mut settings =
-            Settings::from_request(&self.templates, self.config.caps, team, request, version)?;
+        let mut settings = Settings::from_request(
+            &self.templates,
+            self.config.caps,
+            &self.config.runtimes,
+            team,
+            request,
+            version,
+        )?;
         settings.volumes = self.volumes.resolve(team, &asked)?;
         let this = self.clone();
         self.creating
@@ -73,7 +79,7 @@ impl Lifecycle {
             TemplateKind::Snapshot { .. } => settings.fork_of.as_ref(),
             _ => Some(&settings.template),
         }
-        .filter(|_| settings.volumes.is_empty());
+        .filter(|_| settings.volumes.is_empty() && !settings.other_runtime);
         if let Some(warm_of) = warm_of {
             let taken = self.pool.take(&warm_of.warm_key(), settings.network);
             let after = match taken {
@@ -268,6 +274,7 @@ impl Lifecycle {
             network: record.allow_internet_access,
             limits: limits(record),
             volumes: Vec::new(),
+            runtime: record.metadata.get(RUNTIME_KEY).cloned(),
         };
         let (volumes, mounts) = (self.volumes.clone(), record.volumes.clone());
         // Given before it starts, its egress rules hold from its first connection.

@@ -133,6 +133,8 @@ pub struct LifecycleConfig {
     pub warm_kernels: bool,
     /// What one sandbox may ask for.
     pub caps: HostCaps,
+    /// The backends sandboxes can run on, the default first.
+    pub runtimes: Vec<&'static str>,
     pub admission: AdmissionConfig,
     /// Where snapshots' layers are kept.
     pub snapshots_dir: PathBuf,

@@ -12,7 +12,7 @@ use cove_runtime::{PauseMode, RuntimeError, SandboxSpec};
 
 use super::{
     Lifecycle, LifecycleError, Live,
-    settings::{agent_settings, check_timeout, limits},
+    settings::{RUNTIME_KEY, agent_settings, check_timeout, limits},
 };
 use crate::clock;
 
@@ -189,6 +189,7 @@ impl Lifecycle {
             network: record.allow_internet_access,
             limits: limits(&record),
             volumes: Vec::new(),
+            runtime: record.metadata.get(RUNTIME_KEY).cloned(),
         };
         let handle = live.handle();
         let (volumes, mounts) = (self.volumes.clone(), record.volumes.clone());

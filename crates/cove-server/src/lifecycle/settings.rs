@@ -21,6 +21,9 @@ const MEMORY_MB: u64 = 1024;
 const MEMORY_MB_MIN: u64 = 64;
 /// Processes and threads a sandbox may have at once (a fork bomb stops here).
 const PIDS_MAX: u32 = 2048;
+/// The create metadata key that picks the backend a sandbox runs on (`namespace`,
+/// `gvisor`); without it, the server's `--runtime`.
+pub const RUNTIME_KEY: &str = "cove.runtime";
 
 /// The most one sandbox may ask for: at most what the host has, unless the operator says
 /// otherwise (`--max-sandbox-memory-mb`, `--max-sandbox-cpus`).
@@ -72,16 +75,36 @@ pub struct Settings {
     /// For a fork: its source's template, when a warm sandbox of that template can take the
     /// fork's files as its new root ([`cove_runtime::Runtime::reroot`]).
     pub fork_of: Option<TemplateEntry>,
+    /// It asked for a backend other than the server's default ([`RUNTIME_KEY`]): no warm
+    /// sandbox (they run on the default) fits it.
+    pub other_runtime: bool,
 }
 
 impl Settings {
     pub fn from_request(
         templates: &super::Templates,
         caps: HostCaps,
+        runtimes: &[&'static str],
         team: &str,
-        request: NewSandbox,
+        mut request: NewSandbox,
         version: ApiVersion,
     ) -> Result<Self, LifecycleError> {
+        let metadata = request.metadata.take().unwrap_or_default();
+        let other_runtime = match metadata.get(RUNTIME_KEY) {
+            None => false,
+            Some(asked) if runtimes.contains(&asked.as_str()) => asked != runtimes[0],
+            Some(asked) => {
+                return Err(LifecycleError::BadRequest(format!(
+                    "metadata {RUNTIME_KEY}: this server has no runtime {asked:?}; it has {}{}",
+                    runtimes.join(", "),
+                    if asked == "gvisor" {
+                        " (gVisor needs runsc: apt-get install runsc)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        };
         let template_name = request.template_id.as_deref().unwrap_or("base");
         let template = templates.get(team, template_name)?;
         let timeout_secs = request.timeout.unwrap_or(match version {
@@ -134,7 +157,7 @@ impl Settings {
             timeout_secs,
             cpu_count,
             memory_mb,
-            metadata: request.metadata.unwrap_or_default(),
+            metadata,
             env_vars,
             network: request.allow_internet_access.unwrap_or(true),
             private_ports: request
@@ -146,6 +169,7 @@ impl Settings {
             lifecycle,
             volumes: Vec::new(),
             fork_of: None,
+            other_runtime,
         })
     }
 
@@ -169,6 +193,8 @@ impl Settings {
             },
             volumes: source.volumes.clone(),
             fork_of: None,
+            // Its source's backend, when it named one (no warm sandbox is taken then).
+            other_runtime: source.metadata.contains_key(RUNTIME_KEY),
         }
     }
 
@@ -189,6 +215,7 @@ impl Settings {
             lifecycle: LifecyclePolicy::default(),
             volumes: Vec::new(),
             fork_of: None,
+            other_runtime: false,
         }
     }
 
