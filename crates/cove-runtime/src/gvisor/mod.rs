@@ -43,6 +43,7 @@ use crate::{
     Started,
     cgroup::{Hierarchy, Usage},
     disk::ImagePool,
+    egress::error_chain,
     namespace::{init::DEFAULT_LOG_CAP, read_log, state},
 };
 
@@ -373,18 +374,6 @@ fn log_tail(path: &Path) -> String {
         start += 1;
     }
     format!("its log ends with: {}", log[start..].trim())
-}
-
-/// An error and its causes on one line.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl Runtime for GvisorRuntime {
