@@ -498,6 +498,11 @@ impl Runtime for GvisorRuntime {
     }
 
     fn kill_leftovers(&self, id: &str) -> Result<(), RuntimeError> {
+        // Its directory is made before anything else: without it, nothing of it runs (and
+        // beside another backend, that backend's ids come here too).
+        if !self.dirs(id).root.exists() {
+            return Ok(());
+        }
         let container = state::load::<State>(&self.dirs(id).root)
             .ok()
             .flatten()
@@ -507,6 +512,10 @@ impl Runtime for GvisorRuntime {
 
     fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let dirs = self.dirs(id);
+        // Not one of ours (beside another backend, every removal comes here too).
+        if !dirs.root.exists() {
+            return Ok(());
+        }
         // Never delete through a mount: the sandbox's files would go with it, and a mount
         // left would be a mount point removed under the host's feet.
         let mounted = rootfs::mounts_under(&dirs.root)
