@@ -403,6 +403,7 @@ impl Server {
 
 fn server_config(dir: &Path, max_sandboxes: usize) -> cove_server::ServerConfig {
     cove_server::ServerConfig {
+        runtime: Default::default(),
         listen: "127.0.0.1:0".parse().expect("an address"),
         state_dir: dir.to_owned(),
         domain: Some(DOMAIN.to_owned()),
