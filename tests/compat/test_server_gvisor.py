@@ -2,9 +2,11 @@
 metadata `cove.runtime: gvisor` on a server whose default is the namespace backend (both run
 side by side), runs commands on gVisor's user-space kernel, and a pause with memory
 checkpoints it to disk: after the resume the same process goes on with what it held in memory.
+Snapshots and forks of a gVisor sandbox carry its processes and memory: a fork, or a sandbox
+made from a snapshot, starts with the source's processes running, under its own id and token.
 
-What gVisor sandboxes cannot do yet (internet access, volumes, snapshots) is refused with a
-clear 400; docs/SECURITY.md lists it.
+What gVisor sandboxes cannot do yet (internet access, volumes) is refused with a clear 400;
+docs/SECURITY.md lists it.
 """
 
 import shutil
@@ -66,6 +68,79 @@ def test_a_pause_keeps_a_process_and_its_memory_under_gvisor(new_sandbox):
     assert pid in [p.pid for p in resumed.commands.list()]
     wait_until(lambda: held(resumed)[1] > at_pause + 2, "the count to go on")
     assert held(resumed)[0] == token
+
+
+def test_forks_start_with_the_processes_and_memory_of_their_source(new_sandbox, cove_server):
+    source = new_sandbox(metadata=GVISOR, allow_internet_access=False, timeout=300)
+    source.commands.run(HOLDER, background=True)
+    wait_until(lambda: held(source)[1] > 2, "the process to count")
+    token, at_fork = held(source)
+
+    forks = source.fork(count=2, timeout=120)
+    try:
+        assert len(forks) == 2 and all(isinstance(f, Sandbox) for f in forks)
+        ids = [source.sandbox_id, *(f.sandbox_id for f in forks)]
+        assert len(set(ids)) == 3
+        for fork in forks:
+            # The source's process runs in each, with the token it drew, counting on.
+            wait_until(lambda: held(fork)[1] > at_fork, "the fork's copy to count on")
+            assert held(fork)[0] == token
+            # Its own identity for what starts now.
+            assert fork.commands.run("printenv E2B_SANDBOX_ID").stdout.strip() == fork.sandbox_id
+            assert Sandbox.get_info(fork.sandbox_id).metadata["cove.runtime"] == "gvisor"
+        # They go their own ways: a value written in one is in none of the others.
+        forks[0].commands.run("python3 -c \"open('/home/user/mine', 'w').write('fork 0')\"")
+        assert not forks[1].files.exists("/home/user/mine")
+        assert not source.files.exists("/home/user/mine")
+        # The source ran on through the fork, with its own process.
+        wait_until(lambda: held(source)[1] > at_fork + 2, "the source to count on")
+        assert held(source)[0] == token
+    finally:
+        for fork in forks:
+            if isinstance(fork, Sandbox):
+                cove_server.api("DELETE", f"/sandboxes/{fork.sandbox_id}")
+
+
+def test_a_memory_snapshot_starts_sandboxes_with_its_processes_running(new_sandbox, cove_server):
+    source = new_sandbox(metadata=GVISOR, allow_internet_access=False)
+    source.commands.run(HOLDER, background=True)
+    wait_until(lambda: held(source)[1] > 2, "the process to count")
+    token, at_snapshot = held(source)
+    source.files.write("/home/user/prepared.txt", "prepared once")
+
+    snapshot = source.create_snapshot()
+    listed = cove_server.api("GET", f"/snapshots?sandboxID={source.sandbox_id}")
+    assert [s["mode"] for s in listed.json()] == ["full"]
+    # No runtime named: a snapshot with memory starts where it can be restored, on gVisor.
+    copy = new_sandbox(template=snapshot.snapshot_id, allow_internet_access=False)
+    wait_until(lambda: held(copy)[1] > at_snapshot, "the copy's process to count on")
+    assert held(copy)[0] == token
+    assert copy.files.read("/home/user/prepared.txt") == "prepared once"
+    assert Sandbox.get_info(copy.sandbox_id).metadata["cove.runtime"] == "gvisor"
+    # The namespace backend cannot restore it: said so, not started without its processes.
+    with pytest.raises(Exception, match="starts only on gvisor"):
+        new_sandbox(
+            template=snapshot.snapshot_id,
+            metadata={"cove.runtime": "namespace"},
+            allow_internet_access=False,
+        )
+    # Files only, when asked: its sandboxes start afresh on the files.
+    files_only = cove_server.request(
+        "POST",
+        f"/sandboxes/{source.sandbox_id}/snapshots",
+        headers={"X-API-KEY": cove_server.api_key, "Content-Type": "application/json"},
+        body=b'{"memory": false}',
+        timeout=120,
+    )
+    assert files_only.status == 201 and files_only.json()["mode"] == "filesystem"
+    plain = new_sandbox(
+        template=files_only.json()["snapshotID"], metadata=GVISOR, allow_internet_access=False
+    )
+    assert plain.files.read("/home/user/prepared.txt") == "prepared once"
+    assert "held" not in plain.commands.run("ps -eo args").stdout
+    assert Sandbox.delete_snapshot(snapshot.snapshot_id) is True
+    # The copy runs on without its snapshot.
+    wait_until(lambda: held(copy)[1] > at_snapshot + 5, "the copy to count on")
 
 
 def test_what_gvisor_cannot_do_yet_is_refused_clearly(new_sandbox):

@@ -207,6 +207,12 @@ pub async fn serve(
     let interpreter = config
         .code_interpreter
         .map(|addr| (addr, interpreter::Interpreter::new(state.clone())));
+    let renewer = {
+        let state = state.clone();
+        quiesce::Renewer(Arc::new(move |body: &[u8]| {
+            rest::apply_init(&state, body).map_err(|e| e.message)
+        }))
+    };
     let app = router(state, interpreter.as_ref().map(|(_, i)| i.clone()));
     let mut apps: Vec<(listener::Listener, Router)> = config
         .listen
@@ -217,12 +223,12 @@ pub async fn serve(
                 .into_iter()
                 .map(|socket| (listener::Listener::Listening(socket), app.clone())),
         )
-        .chain(
-            config
-                .quiescible
-                .iter()
-                .map(|q| (listener::Listener::Quiescible(q.clone()), app.clone())),
-        )
+        .chain(config.quiescible.iter().map(|q| {
+            (
+                listener::Listener::Quiescible(q.clone(), renewer.clone()),
+                app.clone(),
+            )
+        }))
         .collect();
     if let Some((addr, interpreter)) = interpreter {
         if config.warm_kernel {

@@ -47,7 +47,7 @@ pub enum Listener {
     Bind(ListenAddr),
     Listening(std::os::unix::net::UnixListener),
     /// A Unix socket closed and opened again on signals (see [`crate::quiesce`]).
-    Quiescible(crate::quiesce::Quiescible),
+    Quiescible(crate::quiesce::Quiescible, crate::quiesce::Renewer),
 }
 
 /// Binds every address first (so a bad one fails fast), then serves each one's app until
@@ -74,8 +74,8 @@ pub async fn serve_all(
                 tracing::info!("agent listening on the socket handed over");
                 continue;
             }
-            Listener::Quiescible(quiescible) => {
-                servers.spawn(crate::quiesce::serve(quiescible, app));
+            Listener::Quiescible(quiescible, renewer) => {
+                servers.spawn(crate::quiesce::serve(quiescible, app, renewer));
                 continue;
             }
         };

@@ -5,7 +5,10 @@
 //! - **SIGUSR1**: stop accepting, close the listener and every connection accepted through
 //!   it, then write the marker file (the acknowledgement the host waits for).
 //! - **SIGUSR2**: listen again on the same path (the host has removed the old socket file,
-//!   which a gVisor sandbox cannot unlink itself).
+//!   which a gVisor sandbox cannot unlink itself). A sandbox restored under a new identity
+//!   (a fork, or one made from a memory snapshot) finds the renewal file beside the socket
+//!   first: its new access token and environment, in the body format of `POST /init`, taken
+//!   before anyone can connect, then removed.
 //!
 //! Processes the agent started keep running throughout; only the connections end.
 
@@ -32,20 +35,41 @@ pub struct Quiescible {
     pub socket: PathBuf,
     /// The file written once the listener and its connections are closed.
     pub marker: PathBuf,
+    /// The file a restore under a new identity leaves for the agent (see the module).
+    pub renewal: PathBuf,
 }
+
+/// Applies a renewal file's contents to the agent; what was wrong with them.
+pub type Renew = dyn Fn(&[u8]) -> Result<(), String> + Send + Sync;
+
+/// Applies a renewal file's contents to the agent.
+#[derive(Clone)]
+pub struct Renewer(pub Arc<Renew>);
+
+impl std::fmt::Debug for Renewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Renewer")
+    }
+}
+
+/// The most a renewal file may hold.
+const RENEWAL_LIMIT: u64 = 1 << 20;
 
 /// What the marker file holds.
 pub const MARKER_CONTENT: &str = "quiesced\n";
 
 /// Serves `app` on `quiescible.socket`, letting go of it on SIGUSR1 and listening again on
-/// SIGUSR2, until the task is dropped.
-pub async fn serve(quiescible: Quiescible, app: Router) -> io::Result<()> {
+/// SIGUSR2 (renewed first when told so), until the task is dropped.
+pub async fn serve(quiescible: Quiescible, app: Router, renewer: Renewer) -> io::Result<()> {
     // Handlers first: the default action of SIGUSR1 would end the agent.
     let mut quiesce = signal(SignalKind::user_defined1())?;
     let mut listen = signal(SignalKind::user_defined2())?;
     let mut first = true;
     loop {
         let _ = std::fs::remove_file(&quiescible.marker);
+        if !first {
+            renew(&quiescible.renewal, &renewer);
+        }
         let listener = match UnixListener::bind(&quiescible.socket) {
             Ok(listener) => listener,
             // At start a failure is the agent's end; later the host sees no socket and says so.
@@ -134,6 +158,30 @@ fn listening_ports_in(tables: &[String]) -> Vec<u16> {
     ports.sort_unstable();
     ports.dedup();
     ports
+}
+
+/// Takes the renewal file at `path`, if there is one: applied, then removed. One that
+/// cannot be read or applied is logged; the agent listens on as it was.
+fn renew(path: &std::path::Path, renewer: &Renewer) {
+    use std::{io::Read, os::unix::fs::OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path);
+    let mut raw = Vec::new();
+    let read = match file {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return,
+        Err(err) => Err(err.to_string()),
+        Ok(file) => file
+            .take(RENEWAL_LIMIT)
+            .read_to_end(&mut raw)
+            .map_err(|e| e.to_string()),
+    };
+    let _ = std::fs::remove_file(path);
+    match read.and_then(|_| (renewer.0)(&raw)) {
+        Ok(()) => tracing::info!("agent renewed: new access token and environment"),
+        Err(err) => tracing::error!(%err, "cannot take the renewal file; the agent is as it was"),
+    }
 }
 
 fn write_marker(quiescible: &Quiescible) -> io::Result<()> {

@@ -77,10 +77,17 @@ pub async fn init(
     State(state): State<AgentState>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, RestError> {
+    apply_init(&state, &body)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Applies a `POST /init` body (also what a restore under a new identity leaves for the
+/// agent, see [`crate::quiesce`]).
+pub fn apply_init(state: &AgentState, body: &[u8]) -> Result<(), RestError> {
     let request: InitRequest = if body.iter().all(u8::is_ascii_whitespace) {
         InitRequest::default()
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice(body)
             .map_err(|err| RestError::bad_request(format!("invalid init request: {err}")))?
     };
     let defaults = state.defaults();
@@ -107,7 +114,7 @@ pub async fn init(
     if let Some(token) = request.access_token {
         defaults.set_access_token(Some(token));
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// Any other path.

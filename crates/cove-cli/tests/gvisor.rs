@@ -65,15 +65,19 @@ impl Fixture {
     }
 
     fn spec(&self, id: &str) -> SandboxSpec {
+        self.spec_with(id, "gvisor-token", &self.template)
+    }
+
+    fn spec_with(&self, id: &str, token: &str, template: &Template) -> SandboxSpec {
         SandboxSpec {
             id: id.to_owned(),
-            template: self.template.clone(),
+            template: template.clone(),
             hostname: "sandbox".to_owned(),
             agent: AgentSettings {
-                access_token: "gvisor-token".into(),
+                access_token: token.into(),
                 default_user: "user".into(),
                 default_workdir: "/home/user".into(),
-                env: Default::default(),
+                env: [("E2B_SANDBOX_ID".to_owned(), id.to_owned())].into(),
                 code_interpreter_port: None,
                 warm_kernel: false,
             },
@@ -116,11 +120,15 @@ struct Agent {
 }
 
 fn agent(started: &Started) -> Agent {
+    agent_with(started, "gvisor-token")
+}
+
+fn agent_with(started: &Started, token: &str) -> Agent {
     assert!(matches!(started.agent, AgentEndpoint::UnixInSandbox(_)));
     let pinned = started.agent.resolve().unwrap();
     let client = AgentClient::unix(pinned.path())
         .unwrap()
-        .with_access_token("gvisor-token")
+        .with_access_token(token)
         .unwrap();
     Agent {
         client,
@@ -251,27 +259,10 @@ async fn a_memory_pause_checkpoints_and_a_resume_continues_the_same_process() {
     let counter = agent
         .client
         .commands()
-        .spawn(Command::shell(
-            "exec python3 -c \"\nimport os, time\ntoken = os.urandom(8).hex()\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/count.new', 'w').write(f'{os.getpid()} {token} {i}')\n    os.replace('/tmp/count.new', '/tmp/count')\n    time.sleep(0.05)\n\"",
-        ))
+        .spawn(Command::shell(COUNTER))
         .await
         .unwrap();
-    let read = |agent: AgentClient| async move {
-        let raw = sh(&agent, "cat /tmp/count 2>/dev/null || true").await;
-        let parts: Vec<String> = raw.split_whitespace().map(str::to_owned).collect();
-        (parts.len() == 3).then(|| {
-            (
-                parts[0].clone(),
-                parts[1].clone(),
-                parts[2].parse::<u64>().unwrap(),
-            )
-        })
-    };
-    let before = wait_until("the counter to count", Duration::from_secs(60), || {
-        let agent = agent.client.clone();
-        async move { read(agent).await.filter(|(_, _, n)| *n > 3) }
-    })
-    .await;
+    let before = counted_past(&agent.client, 3).await;
 
     let began = Instant::now();
     let paused = fixture
@@ -304,12 +295,7 @@ async fn a_memory_pause_checkpoints_and_a_resume_continues_the_same_process() {
         began.elapsed()
     );
     let agent = self::agent(&resumed);
-    let after = wait_until("the counter to go on", Duration::from_secs(60), || {
-        let agent = agent.client.clone();
-        let at_pause = before.2;
-        async move { read(agent).await.filter(|(_, _, n)| *n > at_pause) }
-    })
-    .await;
+    let after = counted_past(&agent.client, before.2).await;
     assert_eq!((&after.0, &after.1), (&before.0, &before.1));
     // The agent still knows the process it started.
     assert!(
@@ -324,6 +310,135 @@ async fn a_memory_pause_checkpoints_and_a_resume_continues_the_same_process() {
     );
     assert!(!image.exists(), "the checkpoint is removed once restored");
     fixture.end(id, &resumed.handle);
+}
+
+/// A process that counts in its memory, with a token drawn at its start, writing `pid token
+/// count` to `/tmp/count` (the sentry's tmpfs, kept by a checkpoint) every 50 ms.
+const COUNTER: &str = "exec python3 -c \"\nimport os, time\ntoken = os.urandom(8).hex()\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/count.new', 'w').write(f'{os.getpid()} {token} {i}')\n    os.replace('/tmp/count.new', '/tmp/count')\n    time.sleep(0.05)\n\"";
+
+/// What the [`COUNTER`] wrote last: pid, token, count.
+async fn count(agent: &AgentClient) -> Option<(String, String, u64)> {
+    let raw = sh(agent, "cat /tmp/count 2>/dev/null || true").await;
+    let parts: Vec<String> = raw.split_whitespace().map(str::to_owned).collect();
+    (parts.len() == 3).then(|| {
+        (
+            parts[0].clone(),
+            parts[1].clone(),
+            parts[2].parse::<u64>().unwrap(),
+        )
+    })
+}
+
+/// Waits until the counter in `agent`'s sandbox has counted past `past`.
+async fn counted_past(agent: &AgentClient, past: u64) -> (String, String, u64) {
+    wait_until("the counter to count on", Duration::from_secs(60), || {
+        let agent = agent.clone();
+        async move { count(&agent).await.filter(|(_, _, n)| *n > past) }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_snapshot_starts_sandboxes_with_its_processes_running_under_their_own_identity() {
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
+    let source_id = "gv-snap-source";
+    let source = fixture.start(source_id);
+    let agent = agent(&source);
+    agent
+        .client
+        .commands()
+        .spawn(Command::shell(COUNTER))
+        .await
+        .unwrap();
+    agent
+        .client
+        .files()
+        .write("before.txt", "written before the snapshot")
+        .await
+        .unwrap();
+    let before = counted_past(&agent.client, 3).await;
+
+    let snapshots = fixture.state.path().join("snapshots");
+    std::fs::create_dir_all(&snapshots).unwrap();
+    let into = snapshots.join("one");
+    let began = Instant::now();
+    let snapshot = fixture
+        .runtime
+        .snapshot_memory(&source.handle, &fixture.template, &into)
+        .unwrap();
+    eprintln!(
+        "TIMING memory snapshot of a running sandbox: {:?}",
+        began.elapsed()
+    );
+    let image = snapshot.memory.clone().unwrap();
+    assert!(image.join("checkpoint.img").exists());
+    assert!(snapshot.layers.len() > fixture.template.layers.len());
+    // The source runs on: the same process counts on, its agent answers on a new connection.
+    let source_agent = self::agent(&source);
+    let after = counted_past(&source_agent.client, before.2).await;
+    assert_eq!((&after.0, &after.1), (&before.0, &before.1));
+
+    // Two sandboxes from it, each with its own id and token.
+    let mut forks = Vec::new();
+    for (id, token) in [("gv-snap-a", "token-a"), ("gv-snap-b", "token-b")] {
+        fixture.started.lock().unwrap().push(id.to_owned());
+        let began = Instant::now();
+        let started = fixture
+            .runtime
+            .create(&fixture.spec_with(id, token, &snapshot))
+            .unwrap();
+        eprintln!(
+            "TIMING create from a memory snapshot -> agent listening: {:?}",
+            began.elapsed()
+        );
+        let agent = agent_with(&started, token);
+        // The counter of the snapshot runs in it: same pid and token, counting on.
+        let there = counted_past(&agent.client, before.2).await;
+        assert_eq!((&there.0, &there.1), (&before.0, &before.1));
+        assert_eq!(
+            sh(&agent.client, "cat before.txt").await,
+            "written before the snapshot"
+        );
+        // Its own identity: its id in new processes, its token; the source's is refused.
+        assert_eq!(
+            sh(&agent.client, "printenv E2B_SANDBOX_ID").await,
+            format!("{id}\n")
+        );
+        let with_source_token = agent_with(&started, "gvisor-token");
+        assert!(
+            with_source_token
+                .client
+                .commands()
+                .run("true")
+                .await
+                .is_err()
+        );
+        forks.push((id, started, agent));
+    }
+    // They diverge: what one writes, the others do not see.
+    let (a, b) = (&forks[0].2.client, &forks[1].2.client);
+    sh(a, "echo a > /home/user/mine.txt").await;
+    assert!(
+        sh(b, "cat /home/user/mine.txt 2>&1 || true")
+            .await
+            .contains("No such file")
+    );
+    assert!(
+        sh(&source_agent.client, "cat /home/user/mine.txt 2>&1 || true")
+            .await
+            .contains("No such file")
+    );
+
+    for (id, started, _) in &forks {
+        fixture.end(id, &started.handle);
+    }
+    fixture.end(source_id, &source.handle);
+    assert_eq!(
+        loop_devices_under(fixture.state.path()),
+        Vec::<String>::new()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -269,6 +269,10 @@ pub struct ForkSandbox {
     pub timeout: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<i64>,
+    /// Copy the processes and memory too (not every backend can): `true` asks for it,
+    /// `false` for files only; unset, memory where the source's backend can keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<bool>,
 }
 
 /// One fork's outcome: the sandbox, or why it did not start.
@@ -278,8 +282,8 @@ pub struct ForkResult {
     pub sandbox: Option<Sandbox>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ApiError>,
-    /// What was copied from the source: `filesystem` (its processes were not). Cove's own
-    /// field.
+    /// What was copied from the source: `filesystem` (its processes were not) or `full`
+    /// (its processes and memory too). Cove's own field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
 }

@@ -166,6 +166,15 @@ impl Runtime for Backends {
         self.of(handle)?.snapshot(handle, template, into)
     }
 
+    fn snapshot_memory(
+        &self,
+        handle: &Handle,
+        template: &Template,
+        into: &std::path::Path,
+    ) -> Result<Template, RuntimeError> {
+        self.of(handle)?.snapshot_memory(handle, template, into)
+    }
+
     fn set_egress_policy(
         &self,
         id: &str,
@@ -275,6 +284,7 @@ mod tests {
         SandboxSpec {
             id: id.to_owned(),
             template: Template {
+                memory: None,
                 name: "base".to_owned(),
                 layers: vec![Layer {
                     path: "/nonexistent".into(),

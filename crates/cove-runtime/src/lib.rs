@@ -264,6 +264,24 @@ pub trait Runtime: Send + Sync + 'static {
         })
     }
 
+    /// Like [`Runtime::snapshot`], and keeps the processes and their memory too: the
+    /// template returned carries a checkpoint image under `into` ([`Template::memory`]), and
+    /// a sandbox made from it starts with those processes running. A running sandbox stops
+    /// for the checkpoint and runs on from it. [`RuntimeError::NotNow`] when the sandbox
+    /// holds what cannot be checkpointed (it runs on untouched).
+    fn snapshot_memory(
+        &self,
+        handle: &Handle,
+        template: &Template,
+        into: &Path,
+    ) -> Result<Template, RuntimeError> {
+        let _ = (handle, template, into);
+        Err(RuntimeError::Unsupported {
+            backend: self.name(),
+            what: "keep memory in snapshots",
+        })
+    }
+
     /// Gives sandbox `id` its own egress policy (`None` or an empty one: the server's rules
     /// alone). Set before [`Runtime::create`], it holds from the sandbox's first connection;
     /// set on a running sandbox, from its next one. It is kept through pause and resume

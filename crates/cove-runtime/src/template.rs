@@ -16,11 +16,17 @@ pub struct Layer {
     pub at: PathBuf,
 }
 
-/// A sandbox filesystem recipe: layers listed top first.
+/// A sandbox filesystem recipe: layers listed top first, and for a memory snapshot the
+/// image its sandboxes are restored from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Template {
     pub name: String,
     pub layers: Vec<Layer>,
+    /// A checkpoint of a sandbox's processes and memory taken on exactly these layers (a
+    /// directory): a sandbox made from it starts with them running instead of a fresh
+    /// agent. Only a backend that can restore one starts it (gVisor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<PathBuf>,
 }
 
 impl Template {
@@ -34,6 +40,14 @@ impl Template {
         }
         points.sort_by_key(|p| p.components().count());
         points
+    }
+
+    /// Every directory a sandbox made from it reads: its layers and its memory image.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> + '_ {
+        self.layers
+            .iter()
+            .map(|l| l.path.as_path())
+            .chain(self.memory.as_deref())
     }
 
     /// The layers shown at `at`, top first.
@@ -141,6 +155,7 @@ fn base_from_host(dir: &Path, host: &Path) -> Result<Template, TemplateError> {
         }
     }
     Ok(Template {
+        memory: None,
         name: "base".to_owned(),
         layers,
     })

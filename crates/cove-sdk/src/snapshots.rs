@@ -77,6 +77,8 @@ impl Sandbox {
         let body = ForkSandbox {
             timeout: timeout.map(|t| t.as_secs().try_into().unwrap_or(i64::MAX)),
             count: Some(i64::from(count)),
+            // The source's memory too, where its backend can keep it (the server's choice).
+            memory: None,
         };
         let results: Vec<ForkResult> = self
             .config()

@@ -386,6 +386,7 @@ impl Runtime for FakeRuntime {
         }];
         layers.extend(template.layers.iter().cloned());
         Ok(Template {
+            memory: None,
             name: template.name.clone(),
             layers,
         })

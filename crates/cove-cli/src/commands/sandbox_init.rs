@@ -130,6 +130,7 @@ fn gvisor_agent() -> anyhow::Result<()> {
     config.quiescible = Some(cove_agent::quiesce::Quiescible {
         socket: spec.socket,
         marker: spec.marker,
+        renewal: spec.renewal,
     });
     super::agent::serve(config, Vec::new(), || {})?;
     Ok(())

@@ -35,6 +35,8 @@ pub struct AgentSpec {
     pub socket: PathBuf,
     /// The file the agent writes once quiesced, inside the sandbox.
     pub marker: PathBuf,
+    /// The file a restore under a new identity leaves for the agent, inside the sandbox.
+    pub renewal: PathBuf,
     /// The size the agent keeps its log under, in bytes.
     pub log_cap: u64,
 }
@@ -45,6 +47,7 @@ impl AgentSpec {
             agent,
             socket: Path::new(AGENT_DIR_INSIDE).join(super::channel::SOCKET),
             marker: Path::new(AGENT_DIR_INSIDE).join(super::channel::MARKER),
+            renewal: Path::new(AGENT_DIR_INSIDE).join(super::channel::RENEWAL),
             log_cap,
         }
     }

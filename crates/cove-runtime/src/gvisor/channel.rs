@@ -8,7 +8,9 @@
 //! Before a checkpoint the agent is told to let go of the socket and every connection through
 //! it (`runsc kill <id> USR1`, see `cove_agent::quiesce`) and acknowledges with a marker
 //! file; the host then removes the socket file (gVisor does not let the sandbox unlink a
-//! socket bound on the host). After a restore, `USR2` makes it listen again.
+//! socket bound on the host). After a restore, `USR2` makes it listen again; a sandbox
+//! restored from another's image (a fork, a create from a memory snapshot) is first given its
+//! own access token and environment in a renewal file ([`Channel::renew`]).
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::{
@@ -26,6 +28,8 @@ use crate::AgentEndpoint;
 pub const SOCKET: &str = "agent.sock";
 /// The acknowledgement's name in the agent's directory.
 pub const MARKER: &str = "quiesced";
+/// The renewal file's name in the agent's directory.
+pub const RENEWAL: &str = "renewal.json";
 /// How long the agent may take to listen or to quiesce (a loaded host, a first start).
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -131,10 +135,35 @@ impl Channel {
     }
 
     /// Removes what an earlier container of the sandbox left (its socket file, which the
-    /// new agent could not bind over, and its marker).
+    /// new agent could not bind over, its marker, a renewal never taken).
     pub fn clear(&self) -> Result<(), ChannelError> {
         self.remove(SOCKET)?;
-        self.remove(MARKER)
+        self.remove(MARKER)?;
+        self.remove(RENEWAL)
+    }
+
+    /// Leaves `agent`'s access token and environment for an agent restored from another
+    /// sandbox's image, which takes them when told to listen again ([`Channel::listen_again`]),
+    /// before anyone can connect. Written before the restore, into a directory nothing runs
+    /// beside yet; never through a link.
+    pub fn renew(&self, agent: &crate::AgentSettings) -> Result<(), ChannelError> {
+        use std::io::Write;
+        self.remove(RENEWAL)?;
+        let body = serde_json::json!({
+            "accessToken": agent.access_token,
+            "envVars": agent.env,
+        });
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.dir.join(RENEWAL))
+            .and_then(|mut file| file.write_all(body.to_string().as_bytes()))
+            .map_err(|source| ChannelError::Io {
+                what: "write the agent's renewal",
+                source,
+            })
     }
 
     /// Whether the marker is there: a regular file, not a link to one.

@@ -14,7 +14,9 @@
 //! A pause with memory quiesces the agent and checkpoints the container (it stops); a resume
 //! restores it under the same container id and tells the agent to listen again. A pause
 //! without memory takes everything down but the directory (the disk image keeps the
-//! writable layers); a resume starts a new container on it. Snapshots, reroots, internet
+//! writable layers); a resume starts a new container on it. Snapshots copy the writable
+//! layers, and with memory the checkpoint beside them ([`snapshot`]); a sandbox made from a
+//! snapshot with memory is restored from it under its own identity. Reroots, internet
 //! access and volumes are not done yet: they are refused with
 //! [`RuntimeError::Unsupported`].
 
@@ -23,6 +25,7 @@ pub mod channel;
 mod pause;
 pub mod rootfs;
 pub mod runsc;
+mod snapshot;
 
 use std::{
     fs, io,
@@ -48,7 +51,7 @@ use crate::{
 };
 
 /// The backend's name in handles.
-const NAME: &str = "gvisor";
+pub const NAME: &str = "gvisor";
 /// The cgroup parent runsc puts each container's cgroup under (the namespace backend's).
 const CGROUP_PARENT: &str = "cove";
 /// Host threads and processes of the sentry and the gofer themselves, counted by the host's
@@ -68,6 +71,9 @@ struct State {
     /// Set while it is paused (or being paused).
     #[serde(default)]
     paused: Option<PauseMode>,
+    /// Its limits as last set (a restore sets them again).
+    #[serde(default)]
+    limits: Option<Limits>,
 }
 
 /// Runs sandboxes in gVisor, with the `cove` binary at `exe` as their agent.
@@ -110,11 +116,15 @@ impl Dirs {
     }
     /// What the launch stage mounts for `spec`'s sandbox.
     fn root_spec(&self, spec: &SandboxSpec) -> rootfs::RootSpec {
+        self.root_of(&spec.template)
+    }
+    /// What the launch stage mounts for a sandbox of `template`.
+    fn root_of(&self, template: &crate::Template) -> rootfs::RootSpec {
         rootfs::RootSpec {
             rootfs: self.rootfs(),
             disk: self.disk(),
             image: self.existing_image(),
-            template: spec.template.clone(),
+            template: template.clone(),
         }
     }
 }
@@ -274,9 +284,45 @@ impl GvisorRuntime {
         }
     }
 
-    /// Builds the root and the bundle and starts the container; once its agent listens,
-    /// the sandbox is recorded as running.
+    /// Builds the root and the bundle and starts the container: a fresh agent, or for a
+    /// template with memory, its processes restored under this sandbox's identity. Returns
+    /// once its agent listens.
     fn launch(&self, spec: &SandboxSpec, dirs: &Dirs, state: &State) -> Result<(), RuntimeError> {
+        let failed = |reason: String| RuntimeError::Start {
+            id: spec.id.clone(),
+            reason,
+        };
+        let log = self.write_bundle(spec, dirs, state)?;
+        if let Some(image) = &spec.template.memory {
+            return self.restore(
+                &spec.id,
+                state,
+                image,
+                &dirs.root_spec(spec),
+                Some(spec.limits),
+                Some(&spec.agent),
+            );
+        }
+        self.runsc
+            .run(&state.container, &dirs.root, &dirs.root_spec(spec), &log)
+            .map_err(|e| failed(e.to_string()))?;
+        self.channel(&spec.id)
+            .wait_listening(&self.runsc, &state.container)
+            .map_err(|e| failed(format!("{}; {}", error_chain(&e), log_tail(&dirs.log()))))?;
+        // runsc sets the memory limit but leaves swap alone: ours counts swap as memory.
+        self.on_cgroups("set the sandbox's limits", |c| {
+            c.set_limits(&state.container, host_limits(spec.limits))
+        })
+    }
+
+    /// Writes the OCI bundle of `spec`'s container and clears the agent's directory;
+    /// returns the sandbox log, for runsc.
+    fn write_bundle(
+        &self,
+        spec: &SandboxSpec,
+        dirs: &Dirs,
+        state: &State,
+    ) -> Result<fs::File, RuntimeError> {
         let failed = |reason: String| RuntimeError::Start {
             id: spec.id.clone(),
             reason,
@@ -297,17 +343,50 @@ impl GvisorRuntime {
         self.channel(&spec.id)
             .clear()
             .map_err(channel_err("clear the agent's directory"))?;
-        let log = self.open_log(dirs)?;
+        self.open_log(dirs)
+    }
+
+    /// Restores container `state.container` of sandbox `id` from the checkpoint in `image`
+    /// on the root `root` and waits until its agent listens again; an agent restored from
+    /// another sandbox's image takes `renew`'s token and environment first.
+    fn restore(
+        &self,
+        id: &str,
+        state: &State,
+        image: &Path,
+        root: &rootfs::RootSpec,
+        limits: Option<Limits>,
+        renew: Option<&crate::AgentSettings>,
+    ) -> Result<(), RuntimeError> {
+        let failed = |reason: String| RuntimeError::Start {
+            id: id.to_owned(),
+            reason,
+        };
+        let dirs = self.dirs(id);
+        let log = self.open_log(&dirs)?;
+        // Left by a restore cut short.
         self.runsc
-            .run(&state.container, &dirs.root, &dirs.root_spec(spec), &log)
+            .delete(&state.container)
+            .map_err(runsc_err("delete the sandbox's old container"))?;
+        let channel = self.channel(id);
+        if let Some(agent) = renew {
+            channel
+                .renew(agent)
+                .map_err(channel_err("renew the sandbox's agent"))?;
+        }
+        self.runsc
+            .restore(&state.container, &dirs.root, image, root, &log)
             .map_err(|e| failed(e.to_string()))?;
-        self.channel(&spec.id)
-            .wait_listening(&self.runsc, &state.container)
+        channel
+            .listen_again(&self.runsc, &state.container)
             .map_err(|e| failed(format!("{}; {}", error_chain(&e), log_tail(&dirs.log()))))?;
-        // runsc sets the memory limit but leaves swap alone: ours counts swap as memory.
-        self.on_cgroups("set the sandbox's limits", |c| {
-            c.set_limits(&state.container, host_limits(spec.limits))
-        })
+        // runsc set those of the bundle, which may be older.
+        match limits {
+            Some(limits) => self.on_cgroups("set the sandbox's limits", |c| {
+                c.set_limits(&state.container, host_limits(limits))
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -410,6 +489,7 @@ impl Runtime for GvisorRuntime {
         let state = State {
             container: self.container_id(&spec.id),
             paused: None,
+            limits: Some(spec.limits),
         };
         // Recorded before anything runs, so that a kill finds what there is to kill.
         self.save(&spec.id, &state)?;
@@ -554,7 +634,7 @@ impl Runtime for GvisorRuntime {
     }
 
     fn set_limits(&self, handle: &Handle, limits: Limits) -> Result<(), RuntimeError> {
-        let state = self.state(handle)?;
+        let mut state = self.state(handle)?;
         if state.paused.is_some() {
             return Err(RuntimeError::WrongState {
                 id: handle.id.clone(),
@@ -563,7 +643,9 @@ impl Runtime for GvisorRuntime {
         }
         self.on_cgroups("change the sandbox's limits", |c| {
             c.set_limits(&state.container, host_limits(limits))
-        })
+        })?;
+        state.limits = Some(limits);
+        self.save(&handle.id, &state)
     }
 
     fn log(&self, id: &str) -> Result<String, RuntimeError> {
@@ -592,6 +674,24 @@ impl Runtime for GvisorRuntime {
 
     fn resume(&self, handle: &Handle, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
         self.resume_sandbox(handle, spec)
+    }
+
+    fn snapshot(
+        &self,
+        handle: &Handle,
+        template: &crate::Template,
+        into: &Path,
+    ) -> Result<crate::Template, RuntimeError> {
+        self.snapshot_sandbox(handle, template, into, false)
+    }
+
+    fn snapshot_memory(
+        &self,
+        handle: &Handle,
+        template: &crate::Template,
+        into: &Path,
+    ) -> Result<crate::Template, RuntimeError> {
+        self.snapshot_sandbox(handle, template, into, true)
     }
 }
 

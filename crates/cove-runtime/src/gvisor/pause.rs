@@ -14,9 +14,7 @@
 
 use std::{fs, io, os::unix::fs::DirBuilderExt};
 
-use super::{
-    Dirs, GvisorRuntime, State, channel_err, error_chain, host_limits, runsc::Status, runsc_err,
-};
+use super::{Dirs, GvisorRuntime, State, channel_err, error_chain, runsc::Status, runsc_err};
 use crate::{Handle, PauseMode, RuntimeError, SandboxSpec, Started};
 
 impl GvisorRuntime {
@@ -115,33 +113,16 @@ impl GvisorRuntime {
             Some(PauseMode::Memory) => {}
         }
         let dirs = self.dirs(id);
-        let log = self.open_log(&dirs)?;
-        // Left by a restore cut short.
-        self.runsc
-            .delete(&state.container)
-            .map_err(runsc_err("delete the sandbox's old container"))?;
-        self.runsc
-            .restore(
-                &state.container,
-                &dirs.root,
-                &dirs.checkpoint(),
-                &dirs.root_spec(spec),
-                &log,
-            )
-            .map_err(|e| RuntimeError::Start {
-                id: id.clone(),
-                reason: e.to_string(),
-            })?;
-        self.channel(id)
-            .listen_again(&self.runsc, &state.container)
-            .map_err(|e| RuntimeError::Start {
-                id: id.clone(),
-                reason: error_chain(&e),
-            })?;
-        self.on_cgroups("set the sandbox's limits", |c| {
-            c.set_limits(&state.container, host_limits(spec.limits))
-        })?;
+        self.restore(
+            id,
+            &state,
+            &dirs.checkpoint(),
+            &dirs.root_spec(spec),
+            Some(spec.limits),
+            None,
+        )?;
         state.paused = None;
+        state.limits = Some(spec.limits);
         self.save(id, &state)?;
         if let Err(err) = remove_checkpoint(&dirs) {
             tracing::warn!(err = %error_chain(&err), sandbox_id = %id, "cannot remove the restored checkpoint");
@@ -169,6 +150,7 @@ impl GvisorRuntime {
             return Err(err);
         }
         state.paused = None;
+        state.limits = Some(spec.limits);
         self.save(&spec.id, &state)?;
         Ok(self.started(&spec.id, &state))
     }

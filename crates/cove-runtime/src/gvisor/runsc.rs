@@ -207,6 +207,12 @@ impl Runsc {
         .map(drop)
     }
 
+    /// Stops every process of the container where it is (`frozen`) or lets them go on.
+    pub fn freeze(&self, id: &str, frozen: bool) -> Result<(), RunscError> {
+        let verb = if frozen { "pause" } else { "resume" };
+        self.call(verb, id, &[verb, id]).map(drop)
+    }
+
     /// Deletes the container, killing it first if it still runs. Nothing to delete is fine.
     pub fn delete(&self, id: &str) -> Result<(), RunscError> {
         match self.call("delete", id, &["delete", "--force", id]) {

@@ -386,6 +386,12 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn create(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+        if spec.template.memory.is_some() {
+            return Err(RuntimeError::Unsupported {
+                backend: NAME,
+                what: "start sandboxes from a memory snapshot (gVisor can)",
+            });
+        }
         self.check_egress(spec)?;
         let dirs = self.dirs(&spec.id);
         self.make_dir(&dirs)?;
@@ -701,6 +707,7 @@ mod tests {
         let spec = SandboxSpec {
             id: "egress-test".into(),
             template: crate::Template {
+                memory: None,
                 name: "none".into(),
                 layers: Vec::new(),
             },

@@ -59,6 +59,7 @@ impl NamespaceRuntime {
             .collect();
         layers.extend(template.layers.iter().cloned());
         Ok(Template {
+            memory: None,
             name: template.name.clone(),
             layers,
         })

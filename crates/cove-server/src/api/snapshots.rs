@@ -1,6 +1,7 @@
 //! Snapshots and forks: `POST /sandboxes/{id}/snapshots` (201 `{snapshotID, names}`),
 //! `GET /snapshots` (deleted by `DELETE /templates/{id}`, see [`super::templates`]), and `POST /sandboxes/{id}/fork` (201, one
-//! `{sandbox}` or `{error}` per fork). Both keep files only: `mode: filesystem`.
+//! `{sandbox}` or `{error}` per fork). `mode` says what they kept: `full` (processes and
+//! memory too, where the sandbox's backend can) or `filesystem`.
 
 use axum::{
     Json,
@@ -19,8 +20,13 @@ use super::{
 };
 use crate::{AppState, lifecycle::TemplateEntry};
 
-/// What snapshots and forks keep on this server.
+/// What a snapshot or fork kept: files only, or processes and memory too.
 const FILESYSTEM: &str = "filesystem";
+const FULL: &str = "full";
+
+fn mode(memory: bool) -> String {
+    (if memory { FULL } else { FILESYSTEM }).to_owned()
+}
 /// Page size of `GET /snapshots` when the client names none.
 const MAX_PAGE: usize = 100;
 
@@ -28,7 +34,7 @@ fn info(entry: &TemplateEntry) -> SnapshotInfo {
     SnapshotInfo {
         snapshot_id: entry.tagged_id(),
         names: entry.names.iter().map(|n| format!("{n}:default")).collect(),
-        mode: Some(FILESYSTEM.to_owned()),
+        mode: Some(mode(entry.template.memory.is_some())),
     }
 }
 
@@ -106,17 +112,18 @@ pub async fn fork(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: ForkSandbox = optional_body(&raw_body(raw)?)?;
-    let outcomes = state
+    let forked = state
         .lifecycle()
-        .fork(&team.0, &id, request.timeout, request.count)
+        .fork(&team.0, &id, request.timeout, request.count, request.memory)
         .await?;
-    let results: Vec<ForkResult> = outcomes
+    let results: Vec<ForkResult> = forked
+        .outcomes
         .into_iter()
         .map(|outcome| match outcome {
             Ok(live) => ForkResult {
                 sandbox: Some(sandbox_answer(&state, &live)),
                 error: None,
-                mode: Some(FILESYSTEM.to_owned()),
+                mode: Some(mode(forked.memory)),
             },
             Err(err) => {
                 let err = ApiError::from(err);

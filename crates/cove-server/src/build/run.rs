@@ -589,6 +589,7 @@ impl Builder {
     /// A sandbox template of store layers (top first).
     fn template_of(&self, name: &str, layers: &[Digest]) -> Template {
         Template {
+            memory: None,
             name: name.to_owned(),
             layers: layers
                 .iter()

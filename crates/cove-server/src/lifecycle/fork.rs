@@ -1,12 +1,20 @@
-//! Forks (`POST /sandboxes/{id}/fork`): a snapshot of the sandbox's files, and `count` new
-//! sandboxes started from it, each with its own id and token. The source keeps running as
-//! it was (frozen for the moment of the copy). Processes are not copied: a fork starts like
-//! a sandbox made from a template, on the source's files (`mode: filesystem` in the answer).
-//! The snapshot is no template of its own: its layers stay as long as a fork does.
+//! Forks (`POST /sandboxes/{id}/fork`): a snapshot of the sandbox, and `count` new sandboxes
+//! started from it, each with its own id and token. The source keeps running as it was
+//! (stopped for the moment of the copy). Where its backend can keep memory (gVisor), the
+//! forks start with its processes running, each a copy going its own way (`mode: full` in
+//! the answer); elsewhere, or when asked for files only, a fork starts like a sandbox made
+//! from a template, on the source's files (`mode: filesystem`). The snapshot is no template
+//! of its own: its layers stay as long as a fork does.
 
 use std::sync::Arc;
 
-use super::{Lifecycle, LifecycleError, Live, TemplateEntry, settings::Settings};
+use super::{Lifecycle, LifecycleError, Live, TemplateEntry, settings::Settings, snapshot::Keep};
+
+/// The forks of one request: one outcome each, and whether they carry the source's memory.
+pub struct Forked {
+    pub outcomes: Vec<Result<Arc<Live>, LifecycleError>>,
+    pub memory: bool,
+}
 
 /// The most forks one request may ask for.
 pub const MAX_FORKS: i64 = 20;
@@ -21,7 +29,8 @@ impl Lifecycle {
         id: &str,
         timeout: Option<i64>,
         count: Option<i64>,
-    ) -> Result<Vec<Result<Arc<Live>, LifecycleError>>, LifecycleError> {
+        memory: Option<bool>,
+    ) -> Result<Forked, LifecycleError> {
         let count = count.unwrap_or(1);
         if !(1..=MAX_FORKS).contains(&count) {
             return Err(LifecycleError::BadRequest(format!(
@@ -31,7 +40,8 @@ impl Lifecycle {
         let timeout = timeout.unwrap_or(FORK_TIMEOUT_SECS);
         super::settings::check_timeout(timeout)?;
         let live = self.get(team, id)?;
-        let made = self.snapshot_of(&live).await?;
+        let made = self.snapshot_of(&live, Keep::asked(memory)).await?;
+        let with_memory = made.template.memory.is_some();
         let source = live.record();
         let template_of_source = self.templates.get(team, &source.template_id).ok();
         let entry = TemplateEntry {
@@ -62,7 +72,8 @@ impl Lifecycle {
         // source started: the layers it holds in the store would not be the fork's). A
         // snapshot's template has no warm sandboxes.
         let fork_of = template_of_source.filter(|t| {
-            self.runtime.can_reroot()
+            !with_memory
+                && self.runtime.can_reroot()
                 && !matches!(t.kind, super::TemplateKind::Snapshot { .. })
                 && t.start.is_none()
                 && !self.config.warm_kernels
@@ -91,7 +102,10 @@ impl Lifecycle {
         if outcomes.iter().all(Result::is_err) {
             self.collect_layers().await;
         }
-        tracing::info!(sandbox_id = %id, %team, count, started = outcomes.iter().filter(|o| o.is_ok()).count(), "sandbox forked");
-        Ok(outcomes)
+        tracing::info!(sandbox_id = %id, %team, count, memory = with_memory, started = outcomes.iter().filter(|o| o.is_ok()).count(), "sandbox forked");
+        Ok(Forked {
+            outcomes,
+            memory: with_memory,
+        })
     }
 }

@@ -99,6 +99,7 @@ impl Lifecycle {
         let id = sandbox.record.id.clone();
         let handle = sandbox.started.handle.clone();
         let template = sandbox.record.template.clone().unwrap_or(Template {
+            memory: None,
             name: String::new(),
             layers: Vec::new(),
         });

@@ -107,6 +107,14 @@ impl Settings {
         };
         let template_name = request.template_id.as_deref().unwrap_or("base");
         let template = templates.get(team, template_name)?;
+        let mut metadata = metadata;
+        let other_runtime = match memory_runtime(&template, &metadata, runtimes)? {
+            Some(runtime) => {
+                metadata.insert(RUNTIME_KEY.to_owned(), runtime.to_owned());
+                runtime != runtimes[0]
+            }
+            None => other_runtime,
+        };
         let timeout_secs = request.timeout.unwrap_or(match version {
             ApiVersion::V1 => 15,
             ApiVersion::V2 => 300,
@@ -240,13 +248,45 @@ impl Settings {
             handle: None,
             paused: None,
             lifecycle: self.lifecycle.clone(),
-            template: Some(self.template.template.clone()),
+            // A memory snapshot's image is for its start alone: a resume from files starts
+            // the sandbox afresh on its files, never from the image again.
+            template: Some(cove_runtime::Template {
+                memory: None,
+                ..self.template.template.clone()
+            }),
             defaults: self.template.defaults.clone(),
             volumes: self.volumes.clone(),
             egress: self.egress.clone(),
             mask_request_host: self.mask_request_host.clone(),
         }
     }
+}
+
+/// The backend a sandbox of `template` must run on, when the template is a snapshot with
+/// memory (only a backend that can restore its image starts it: gVisor), checked against
+/// the create's metadata and the server's backends.
+fn memory_runtime(
+    template: &TemplateEntry,
+    metadata: &BTreeMap<String, String>,
+    runtimes: &[&'static str],
+) -> Result<Option<&'static str>, LifecycleError> {
+    if template.template.memory.is_none() {
+        return Ok(None);
+    }
+    let needed = cove_runtime::gvisor::NAME;
+    if let Some(asked) = metadata.get(RUNTIME_KEY).filter(|a| *a != needed) {
+        return Err(LifecycleError::BadRequest(format!(
+            "snapshot {:?} keeps the processes and memory of a {needed} sandbox: it starts only on {needed}, not on {asked:?} (leave out metadata {RUNTIME_KEY})",
+            template.alias
+        )));
+    }
+    if !runtimes.contains(&needed) {
+        return Err(LifecycleError::BadRequest(format!(
+            "snapshot {:?} keeps the processes and memory of a {needed} sandbox, and this server has no {needed} runtime now (it needs runsc: apt-get install runsc)",
+            template.alias
+        )));
+    }
+    Ok(Some(needed))
 }
 
 /// Environment variables every process of the sandbox gets must be ones a process can have:

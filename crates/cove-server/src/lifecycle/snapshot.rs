@@ -1,8 +1,10 @@
 //! Snapshots: a sandbox's files frozen into read-only layers on top of its template's
 //! (`POST /sandboxes/{id}/snapshots`), which become a template of the team's: sandboxes
 //! start from it like from any other (`Sandbox.create(snapshotID)`), it is listed by
-//! `GET /snapshots` and deleted by `DELETE /templates/{id}`. What is kept is the files; the
-//! processes and their memory are not (the API says so: `mode: filesystem`).
+//! `GET /snapshots` and deleted by `DELETE /templates/{id}`. What is kept is the files, and
+//! where the sandbox's backend can (gVisor) its processes and memory too, in a checkpoint
+//! image beside the layers: its sandboxes start with those processes running (the API says
+//! which: `mode: full` or `filesystem`; see [`Keep`]).
 //!
 //! Layers live in `<snapshots_dir>/<id>/` and are shared: by the snapshot's template, by
 //! every sandbox made from it (its record keeps its layers, so a sandbox outlives the
@@ -41,7 +43,7 @@ impl LayersInUse {
 
     /// Holds every layer of `template`.
     pub fn hold(&self, template: &Template) -> LayersHeld {
-        self.hold_paths(template.layers.iter().map(|l| l.path.clone()).collect())
+        self.hold_paths(template.paths().map(Path::to_path_buf).collect())
     }
 
     fn hold_paths(&self, paths: Vec<PathBuf>) -> LayersHeld {
@@ -74,6 +76,28 @@ impl Drop for LayersHeld {
     }
 }
 
+/// What a snapshot or fork keeps of the sandbox's processes, as asked (`memory`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Files only (`memory: false`).
+    Files,
+    /// Memory too, or fail (`memory: true`).
+    Memory,
+    /// Memory where the sandbox's backend can keep it now, else files (no `memory`): the
+    /// answer's `mode` says which.
+    MemoryIfItCan,
+}
+
+impl Keep {
+    pub fn asked(memory: Option<bool>) -> Self {
+        match memory {
+            Some(false) => Keep::Files,
+            Some(true) => Keep::Memory,
+            None => Keep::MemoryIfItCan,
+        }
+    }
+}
+
 /// A snapshot just made: where its layers are, held until it is recorded somewhere.
 #[derive(Debug)]
 pub struct Made {
@@ -91,11 +115,6 @@ impl Lifecycle {
         name: Option<String>,
         memory: Option<bool>,
     ) -> Result<TemplateEntry, LifecycleError> {
-        if memory == Some(true) {
-            return Err(LifecycleError::BadRequest(
-                "this server keeps only the files in a snapshot, not the processes' memory; ask for mode \"filesystem\" (memory: false)".to_owned(),
-            ));
-        }
         if let Some(name) = &name {
             check_name(name)?;
         }
@@ -124,7 +143,7 @@ impl Lifecycle {
         {
             return Err(LifecycleError::NameTaken(n.clone()));
         }
-        let made = self.snapshot_of(&live).await?;
+        let made = self.snapshot_of(&live, Keep::asked(memory)).await?;
         let record = live.record();
         // What the sandbox's template set for its processes, it sets for the snapshot's.
         let source = self.templates.get(team, &record.template_id).ok();
@@ -137,7 +156,7 @@ impl Lifecycle {
             id: snapshot_id,
             template: Template {
                 name: name.unwrap_or_else(|| id.to_owned()),
-                layers: made.template.layers.clone(),
+                ..made.template.clone()
             },
             created_at: clock::now_ms(),
             kind: TemplateKind::Snapshot {
@@ -172,10 +191,12 @@ impl Lifecycle {
         Ok(entry)
     }
 
-    /// Copies `live`'s files into new layers (in its turn: not while it pauses or resumes).
+    /// Copies `live`'s files into new layers, and its memory as `keep` says (in its turn:
+    /// not while it pauses or resumes).
     pub(super) async fn snapshot_of(
         self: &Arc<Self>,
         live: &Arc<super::Live>,
+        keep: Keep,
     ) -> Result<Made, LifecycleError> {
         let (this, live) = (self.clone(), live.clone());
         self.in_own_task(async move {
@@ -193,10 +214,25 @@ impl Lifecycle {
             let held = this.layers_in_use.hold_paths(vec![into.clone()]);
             let handle = live.handle();
             let dir = this.config.snapshots_dir.clone();
+            let id = record.id.clone();
             let made = this
                 .blocking(move |r| {
                     make_dir(&dir)?;
-                    r.snapshot(&handle, &template, &into)
+                    match keep {
+                        Keep::Files => r.snapshot(&handle, &template, &into),
+                        Keep::Memory => r.snapshot_memory(&handle, &template, &into),
+                        Keep::MemoryIfItCan => match r.snapshot_memory(&handle, &template, &into) {
+                            Err(
+                                err @ (cove_runtime::RuntimeError::Unsupported { .. }
+                                | cove_runtime::RuntimeError::NotNow { .. }),
+                            ) => {
+                                tracing::info!(sandbox_id = %id, reason = %err, "snapshot keeps the files only");
+                                let _ = std::fs::remove_dir_all(&into);
+                                r.snapshot(&handle, &template, &into)
+                            }
+                            other => other,
+                        },
+                    }
                 })
                 .await
                 .map_err(|source| LifecycleError::Transition {
@@ -286,7 +322,7 @@ impl Lifecycle {
                 records
                     .into_iter()
                     .filter_map(|r| r.template)
-                    .flat_map(|t| t.layers.into_iter().map(|l| l.path)),
+                    .flat_map(|t| t.paths().map(Path::to_path_buf).collect::<Vec<_>>()),
             ),
             Err(err) => {
                 // Not knowing what sandboxes use, remove nothing.

@@ -237,6 +237,7 @@ impl Templates {
             alias: alias.clone(),
             names: row.names.clone(),
             template: Template {
+                memory: None,
                 name: alias,
                 layers,
             },
@@ -300,7 +301,7 @@ impl Templates {
     pub fn layer_paths(&self) -> HashSet<PathBuf> {
         self.read()
             .iter()
-            .flat_map(|e| e.template.layers.iter().map(|l| l.path.clone()))
+            .flat_map(|e| e.template.paths().map(Path::to_path_buf))
             .collect()
     }
 }
