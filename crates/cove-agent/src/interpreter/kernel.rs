@@ -84,6 +84,8 @@ pub struct Launch<'a> {
     pub cwd: PathBuf,
     pub env: BTreeMap<String, String>,
     pub reaper: &'a Reaper,
+    /// An ipykernel kernel listens on Unix sockets (ZeroMQ `ipc`) rather than TCP ports.
+    pub unix_sockets: bool,
 }
 
 /// A running kernel. Dropping it kills the kernel's process group.
@@ -96,6 +98,8 @@ pub struct Kernel {
     /// The sandbox-wide variables the kernel's environment holds (it was started with them,
     /// or was told them since).
     sandbox_env: BTreeMap<String, String>,
+    /// Its Unix sockets, removed when it goes.
+    socket_files: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -111,17 +115,24 @@ impl Kernel {
     /// Starts the kernel and waits until it answers.
     pub async fn start(launch: Launch<'_>) -> Result<Self, KernelError> {
         let spec = launch.spec;
-        let info =
+        let name = format!(".cove-kernel-{}", uuid::Uuid::new_v4().simple());
+        let prefix = std::env::temp_dir().join(&name);
+        // `python -m ipykernel_launcher …` becomes `python -c UNIX_LAUNCHER …`.
+        let unix_argv = launch
+            .unix_sockets
+            .then(|| unix_launcher_argv(&spec.argv))
+            .flatten();
+        let info = if unix_argv.is_some() {
+            ConnectionInfo::on_unix_sockets(&prefix, &spec.name)
+        } else {
             ConnectionInfo::on_free_ports(Ipv4Addr::LOCALHOST, &spec.name).map_err(|err| {
                 KernelError::Spawn {
                     name: spec.name.clone(),
                     message: format!("no free ports: {err}"),
                 }
-            })?;
-        let connection_file = std::env::temp_dir().join(format!(
-            ".cove-kernel-{}.json",
-            uuid::Uuid::new_v4().simple()
-        ));
+            })?
+        };
+        let connection_file = std::env::temp_dir().join(format!("{name}.json"));
         write_private(&connection_file, &info.to_json(), &launch.user).map_err(|source| {
             KernelError::ConnectionFile {
                 path: connection_file.clone(),
@@ -133,8 +144,9 @@ impl Kernel {
             .program(&kernelspec::search_path(&launch.env))
             .to_string_lossy()
             .into_owned();
-        let mut args: Vec<String> = spec
-            .argv
+        let mut args: Vec<String> = unix_argv
+            .as_ref()
+            .unwrap_or(&spec.argv)
             .iter()
             .skip(1)
             .map(|a| a.replace("{connection_file}", &file_arg))
@@ -149,6 +161,18 @@ impl Kernel {
         let sandbox_env = launch.env.clone();
         let mut env = launch.env;
         env.extend(spec.env.clone());
+        let pipe = pipe_socket(&prefix);
+        if unix_argv.is_some() {
+            env.insert(
+                "COVE_KERNEL_PIPE".to_owned(),
+                pipe.to_string_lossy().into_owned(),
+            );
+        }
+        let socket_files: Vec<PathBuf> = info
+            .socket_files()
+            .into_iter()
+            .chain(unix_argv.is_some().then_some(pipe))
+            .collect();
         // debugpy (in ipykernel) warns on every start about frozen modules.
         env.entry("PYDEVD_DISABLE_FILE_VALIDATION".to_owned())
             .or_insert_with(|| "1".to_owned());
@@ -197,6 +221,9 @@ impl Kernel {
             Ok(client) => client,
             Err(err) => {
                 kill_group(pid, Signal::KILL);
+                for file in &socket_files {
+                    let _ = std::fs::remove_file(file);
+                }
                 return Err(err);
             }
         };
@@ -207,6 +234,7 @@ impl Kernel {
             client,
             exit,
             sandbox_env,
+            socket_files,
         })
     }
 
@@ -269,6 +297,9 @@ impl Drop for Kernel {
         if self.exited().is_none() {
             kill_group(self.pid, Signal::KILL);
         }
+        for file in &self.socket_files {
+            let _ = std::fs::remove_file(file);
+        }
     }
 }
 
@@ -291,6 +322,27 @@ async fn exit_of(mut exit: watch::Receiver<Option<Exit>>) -> Exit {
             return std::future::pending().await;
         }
     }
+}
+
+/// What starts an ipykernel on Unix sockets only (see the file).
+const UNIX_LAUNCHER: &str = include_str!("unix_launcher.py");
+
+/// `argv` (a kernelspec's, `python -m ipykernel_launcher …`) starting the kernel through
+/// [`UNIX_LAUNCHER`] instead; `None` when it is not started that way.
+fn unix_launcher_argv(argv: &[String]) -> Option<Vec<String>> {
+    let at = argv
+        .windows(2)
+        .position(|w| w[0] == "-m" && w[1] == "ipykernel_launcher")?;
+    let mut rewritten = argv.to_vec();
+    rewritten.splice(at..at + 2, ["-c".to_owned(), UNIX_LAUNCHER.to_owned()]);
+    Some(rewritten)
+}
+
+/// The socket of the pipe that carries forked subprocesses' output, beside the kernel's.
+fn pipe_socket(prefix: &Path) -> PathBuf {
+    let mut name = prefix.as_os_str().to_owned();
+    name.push("-pipe");
+    PathBuf::from(name)
 }
 
 fn kill_group(pid: Pid, signal: Signal) {

@@ -46,6 +46,8 @@ pub struct Interpreter(Arc<Inner>);
 
 struct Inner {
     agent: AgentState,
+    /// Python kernels listen on Unix sockets, not TCP ports (see [`Interpreter::new`]).
+    unix_kernels: bool,
     contexts: Mutex<Vec<Arc<Context>>>,
     /// The context `/execute` uses for a language when it names no context.
     defaults: Mutex<HashMap<String, String>>,
@@ -63,10 +65,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Interpreter {
     /// The interpreter of a sandbox. Nothing is read or started here: the default Python
-    /// context is made when first used or listed, and its kernel on first use.
-    pub fn new(agent: AgentState) -> Self {
+    /// context is made when first used or listed, and its kernel on first use. With
+    /// `unix_kernels`, ipykernel kernels listen on Unix sockets instead of loopback TCP
+    /// ports: a sandbox that is checkpointed (gVisor) can then be checkpointed with its
+    /// kernels (this runsc cannot checkpoint a listening TCP socket).
+    pub fn new(agent: AgentState, unix_kernels: bool) -> Self {
         Self(Arc::new(Inner {
             agent,
+            unix_kernels,
             contexts: Mutex::default(),
             defaults: Mutex::default(),
         }))
@@ -240,6 +246,7 @@ impl Interpreter {
             cwd: context.cwd.clone(),
             env: agent.defaults().env(),
             reaper: agent.processes().reaper(),
+            unix_sockets: self.0.unix_kernels,
         })
         .await?;
         let pid = kernel.process_group();
