@@ -49,19 +49,10 @@ pub async fn idle_memory(settings: &Settings) -> anyhow::Result<Result> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (mut rss, mut pss, mut cgroup) = (0, 0, 0);
     for sandbox in &sandboxes {
-        let pids = cgroup_file(sandbox.id(), &["pids/cove", "cove"], "cgroup.procs")?;
-        anyhow::ensure!(
-            pids.lines().count() >= 2,
-            "sandbox {} runs {:?}",
-            sandbox.id(),
-            pids
-        );
-        for pid in pids.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-            let (r, p) = memory_of(pid);
-            rss += r;
-            pss += p;
-        }
-        cgroup += cgroup_memory(sandbox.id());
+        let (r, p, c) = memory_of_cgroup(sandbox.id())?;
+        rss += r;
+        pss += p;
+        cgroup += c;
     }
     let n = settings.idle as u64;
 
@@ -265,6 +256,23 @@ pub async fn kill_all(sandboxes: Vec<Sandbox>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// RSS and PSS of the processes in cgroup `name` (a sandbox's, below `cove`), and what the
+/// cgroup itself counts (page cache included).
+pub fn memory_of_cgroup(name: &str) -> anyhow::Result<(u64, u64, u64)> {
+    let pids = cgroup_file(name, &["pids/cove", "cove"], "cgroup.procs")?;
+    anyhow::ensure!(
+        pids.lines().count() >= 2,
+        "sandbox {name} runs {pids:?}"
+    );
+    let (mut rss, mut pss) = (0, 0);
+    for pid in pids.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+        let (r, p) = memory_of(pid);
+        rss += r;
+        pss += p;
+    }
+    Ok((rss, pss, cgroup_memory(name)))
+}
+
 /// What the memory cgroup of sandbox `id` counts (page cache included); 0 if unreadable.
 fn cgroup_memory(id: &str) -> u64 {
     cgroup_file(id, &["memory/cove"], "memory.usage_in_bytes")
@@ -299,7 +307,7 @@ fn cgroup_file(id: &str, parents: &[&str], file: &str) -> anyhow::Result<String>
 }
 
 /// (RSS, PSS) in bytes, from `/proc/PID/smaps_rollup`.
-fn memory_of(pid: u32) -> (u64, u64) {
+pub fn memory_of(pid: u32) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
     let field = |name: &str| {
         text.lines()

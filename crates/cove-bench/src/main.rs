@@ -12,6 +12,7 @@ mod create;
 mod dashboard;
 mod density;
 mod egress;
+mod gvisor;
 mod measure;
 mod pause;
 mod plain;

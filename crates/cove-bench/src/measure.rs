@@ -25,13 +25,14 @@ pub struct Settings {
 }
 
 /// The groups, in the order they run; `--only` takes one of these.
-pub const GROUPS: [&str; 15] = [
+pub const GROUPS: [&str; 16] = [
     "commands",
     "transfers",
     "egress",
     "clients",
     "create",
     "pause",
+    "gvisor",
     "hog",
     "code",
     "memory",
@@ -190,6 +191,10 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
     if wanted("templates") {
         eprintln!("templates: builds, the build cache, creates from built templates");
         crate::templates::all(settings, &mut report).await?;
+    }
+    if wanted("gvisor") {
+        eprintln!("gvisor: the gVisor backend beside the namespace backend");
+        crate::gvisor::all(settings, &mut report).await?;
     }
     if wanted("hog") {
         eprintln!("hog: command latency beside a CPU hog");
