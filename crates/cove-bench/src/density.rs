@@ -260,10 +260,7 @@ pub async fn kill_all(sandboxes: Vec<Sandbox>) -> anyhow::Result<()> {
 /// cgroup itself counts (page cache included).
 pub fn memory_of_cgroup(name: &str) -> anyhow::Result<(u64, u64, u64)> {
     let pids = cgroup_file(name, &["pids/cove", "cove"], "cgroup.procs")?;
-    anyhow::ensure!(
-        pids.lines().count() >= 2,
-        "sandbox {name} runs {pids:?}"
-    );
+    anyhow::ensure!(pids.lines().count() >= 2, "sandbox {name} runs {pids:?}");
     let (mut rss, mut pss) = (0, 0);
     for pid in pids.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
         let (r, p) = memory_of(pid);
