@@ -172,17 +172,27 @@ impl StartSpec {
                 if !self.env.contains_key("TERM") {
                     command.env("TERM", "xterm-256color");
                 }
-                let command = pty_process::blocking::Command::from(command);
+                // The child's stdio; the parent's copies close once it is spawned (with
+                // `pts`, here).
+                let terminal = || {
+                    std::os::fd::AsFd::as_fd(&pts)
+                        .try_clone_to_owned()
+                        .map(Stdio::from)
+                        .map_err(|err| {
+                            RpcError::internal(format!(
+                                "cannot hand out the pseudo-terminal: {err}"
+                            ))
+                        })
+                };
+                command
+                    .stdin(terminal()?)
+                    .stdout(terminal()?)
+                    .stderr(terminal()?);
+                cove_session::on_terminal(&mut command);
                 let (child, exit) = reaper
-                    .spawn(
-                        || {
-                            command
-                                .spawn(pts)
-                                .map_err(|err| std::io::Error::other(err.to_string()))
-                        },
-                        std::process::Child::id,
-                    )
+                    .spawn(|| command.spawn(), std::process::Child::id)
                     .map_err(cannot_start)?;
+                drop((command, pts));
                 let pty = Arc::new(Pty::new(OwnedFd::from(pty)).map_err(|err| {
                     RpcError::internal(format!("cannot watch the pseudo-terminal: {err}"))
                 })?);
