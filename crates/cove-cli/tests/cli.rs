@@ -577,6 +577,16 @@ fn doctor_checks_the_host_and_says_how_to_fix_what_is_missing() {
             "{check}"
         );
     }
+    // With runsc, what gVisor sandboxes cannot do on it is found by asking it.
+    if std::path::Path::new("/usr/bin/runsc").exists() {
+        let statx = checks
+            .iter()
+            .find(|c| c["name"] == "gvisor-statx")
+            .expect("no gvisor-statx check");
+        let found = statx["found"].as_str().unwrap();
+        assert!(found.contains("GNU ls and stat"), "{statx}");
+        assert!(checks.iter().any(|c| c["name"] == "gvisor-backend"));
+    }
     let text = Command::new(cove_bin())
         .args(["doctor", "--state-dir"])
         .arg(state.path())

@@ -82,11 +82,92 @@ pub fn check(state_dir: &Path) -> Vec<Check> {
             "gVisor, the stronger isolation tier and the benchmark's baseline",
             "apt-get install runsc",
         ),
+    ]
+    .into_iter()
+    .chain(gvisor_limits())
+    .chain([
         kernels(),
         open_files(),
         free_space(state_dir),
         preview_names(),
+    ])
+    .collect()
+}
+
+/// What gVisor sandboxes cannot do on this host's runsc, found by asking it (none when runsc
+/// is not installed): reported by `cove doctor` and by `cove serve` at start.
+pub fn gvisor_limits() -> Vec<Check> {
+    let runsc = Path::new(crate::gvisor::runsc::DEFAULT_BINARY);
+    if !runsc.is_file() {
+        return Vec::new();
+    }
+    let version = std::process::Command::new(runsc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|out| out.lines().next().map(str::to_owned))
+        .unwrap_or_else(|| "an unknown version".to_owned());
+    vec![
+        Check::not(
+            "gvisor-backend",
+            Status::Warn,
+            format!(
+                "{version}: the ptrace platform (no KVM), no internet access or volumes for \
+                 gVisor sandboxes in Cove yet, nothing listening on TCP can be checkpointed"
+            ),
+            "create gVisor sandboxes with allow_internet_access=False; docs/SECURITY.md",
+        ),
+        statx_inside(runsc),
     ]
+}
+
+/// Whether GNU `stat` works inside a sandbox of this runsc (`runsc do` with the host's root
+/// read-only, no network, no cgroups, its state in a directory of its own).
+fn statx_inside(runsc: &Path) -> Check {
+    const NAME: &str = "gvisor-statx";
+    let Ok(state) = tempfile::Builder::new()
+        .prefix("cove-doctor-runsc-")
+        .tempdir()
+    else {
+        return Check::not(
+            NAME,
+            Status::Warn,
+            "not checked (no temporary directory)",
+            "see /tmp",
+        );
+    };
+    let out = std::process::Command::new(runsc)
+        .arg("--root")
+        .arg(state.path())
+        .args([
+            "--network=none",
+            "--ignore-cgroups",
+            "do",
+            "/usr/bin/stat",
+            "-c",
+            "%F",
+            "/",
+        ])
+        .output();
+    match out {
+        Ok(out) if out.status.success() => Check::ok(NAME, "GNU ls and stat work inside"),
+        Ok(out) => Check::not(
+            NAME,
+            Status::Warn,
+            format!(
+                "GNU ls and stat fail inside gVisor sandboxes ({}); Python's os.stat works",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            "none on this runsc (its statx); a newer gVisor release",
+        ),
+        Err(err) => Check::not(
+            NAME,
+            Status::Warn,
+            format!("not checked: cannot run runsc ({err})"),
+            "run cove doctor as root",
+        ),
+    }
 }
 
 fn root() -> Check {

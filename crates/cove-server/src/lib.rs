@@ -383,6 +383,14 @@ fn runtimes(config: &ServerConfig) -> Result<Arc<dyn Runtime>, ServerError> {
         RuntimeKind::Gvisor => cove_runtime::backends::Backends::new(gvisor).with(namespace),
     };
     tracing::info!(runtimes = ?backends.names(), "runtimes");
+    // What gVisor sandboxes cannot do here, said once at start (`cove doctor` says it too).
+    std::thread::spawn(|| {
+        for check in cove_runtime::requirements::gvisor_limits() {
+            if check.status != cove_runtime::requirements::Status::Ok {
+                tracing::warn!(check = check.name, found = %check.found, fix = check.fix.as_deref().unwrap_or(""), "gVisor limit");
+            }
+        }
+    });
     Ok(Arc::new(backends))
 }
 
