@@ -5,7 +5,7 @@ checkpoints it to disk: after the resume the same process goes on with what it h
 Snapshots and forks of a gVisor sandbox carry its processes and memory: a fork, or a sandbox
 made from a snapshot, starts with the source's processes running, under its own id and token.
 
-What gVisor sandboxes cannot do yet (internet access, volumes) is refused with a clear 400;
+What gVisor sandboxes cannot do yet (internet access) is refused with a clear 400;
 docs/SECURITY.md lists it.
 """
 

@@ -6,6 +6,7 @@ and the quota (ENOSPC inside, 507 on upload).
 """
 
 import os
+import shutil
 import secrets
 import signal
 import subprocess
@@ -284,3 +285,60 @@ def test_a_volume_survives_a_server_restart_and_a_crash(monkeypatch):
             monkeypatch.setenv("E2B_VOLUME_API_URL", server.url)
             assert Volume.connect(volume.volume_id).read_file("/g.txt") == "after\n"
             assert Volume.destroy(volume.volume_id) is True
+
+
+def test_a_gvisor_sandbox_shares_a_volume_through_pause_and_fork(
+    volumes_env, server_env, new_sandbox
+):
+    """A gVisor sandbox (runsc's gofer serves the volume like its root) and a namespace one
+    share a volume with the same owners; a pause with memory and a fork with memory keep it
+    mounted."""
+    if shutil.which("runsc") is None:
+        pytest.fail("runsc is not installed (scripts/setup installs it)")
+    name = unique("gvisor")
+    volume = create_volume(volumes_env, server_env, name)
+    gvisor = new_sandbox(
+        volume_mounts={"/data": volume},
+        metadata={"cove.runtime": "gvisor"},
+        allow_internet_access=False,
+    )
+    plain = new_sandbox(volume_mounts={"/shared": name}, allow_internet_access=False)
+    gvisor.commands.run("echo from-gvisor > /data/g.txt")
+    gvisor.commands.run("echo root > /data/root.txt", user="root")
+    plain.commands.run("echo from-namespace > /shared/n.txt")
+    assert gvisor.files.read("/data/n.txt") == "from-namespace\n"
+    assert plain.files.read("/shared/g.txt") == "from-gvisor\n"
+    # GNU stat fails on this runsc: owners through Python in gVisor, stat in the other.
+    owners = "import os\nfor n in ('g.txt', 'n.txt', 'root.txt'):\n    print(n, os.stat(f'/data/{n}').st_uid)"
+    assert gvisor.commands.run(f'python3 -c "{owners}"').stdout == "g.txt 1000\nn.txt 1000\nroot.txt 0\n"
+    assert (
+        plain.commands.run("stat -c '%n %u' g.txt n.txt root.txt", cwd="/shared").stdout
+        == "g.txt 1000\nn.txt 1000\nroot.txt 0\n"
+    )
+    assert volume.read_file("/g.txt") == "from-gvisor\n"
+
+    # A process holding the file open writes on through a pause with memory.
+    gvisor.commands.run(
+        "python3 -c \"import time\nf = open('/data/log.txt', 'a', buffering=1)\n"
+        "while True:\n    f.write('tick\\n')\n    time.sleep(0.1)\"",
+        background=True,
+    )
+
+    def ticks() -> int:
+        try:
+            return volume.read_file("/log.txt").count("tick")
+        except VolumePathNotFoundException:
+            return 0
+
+    wait_until(lambda: ticks() > 2, "ticks")
+    assert gvisor.pause() is True
+    resumed = Sandbox.connect(gvisor.sandbox_id, timeout=120)
+    at_resume = ticks()
+    wait_until(lambda: ticks() > at_resume + 2, "ticks after resume")
+    [fork] = resumed.fork(count=1, timeout=120)
+    assert isinstance(fork, Sandbox), fork
+    try:
+        fork.commands.run("echo fork >> /data/f.txt")
+        assert plain.files.read("/shared/f.txt") == "fork\n"
+    finally:
+        fork.kill()

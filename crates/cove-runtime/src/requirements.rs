@@ -113,8 +113,8 @@ pub fn gvisor_limits() -> Vec<Check> {
             "gvisor-backend",
             Status::Warn,
             format!(
-                "{version}: the ptrace platform (no KVM), no internet access or volumes for \
-                 gVisor sandboxes in Cove yet, nothing listening on TCP can be checkpointed"
+                "{version}: the ptrace platform (no KVM), no internet access for gVisor \
+                 sandboxes in Cove yet, nothing listening on TCP can be checkpointed"
             ),
             "create gVisor sandboxes with allow_internet_access=False; docs/SECURITY.md",
         ),

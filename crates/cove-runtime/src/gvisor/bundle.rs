@@ -13,7 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::{AgentSettings, Limits, confine, namespace::init};
+use crate::{AgentSettings, Limits, confine, namespace::init, volume::VolumeMount};
 
 /// The hidden `cove __sandbox-init` flag of a gVisor sandbox's init.
 pub const AGENT_FLAG: &str = "--gvisor-agent";
@@ -66,6 +66,8 @@ pub struct Bundle<'a> {
     pub limits: Limits,
     /// The cgroup runsc makes in every hierarchy, `/cove/<container id>`.
     pub cgroups_path: &'a str,
+    /// Volumes: host mount points bound in, served by the gofer like the root.
+    pub volumes: &'a [VolumeMount],
 }
 
 /// The OCI runtime spec of `bundle`.
@@ -73,6 +75,26 @@ pub fn config(bundle: &Bundle<'_>) -> Result<Value, serde_json::Error> {
     let log_filter = std::env::var(init::AGENT_LOG_ENV).unwrap_or_else(|_| "info".to_owned());
     let caps: Vec<String> = capability_names();
     let quota = i64::from(bundle.limits.cpus.max(1)) * 100_000;
+    let mut mounts = vec![
+        json!({ "destination": "/proc", "type": "proc", "source": "proc" }),
+        json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs" }),
+        json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs",
+                "options": ["nosuid", "noexec", "nodev", "ro"] }),
+        // In the sentry's memory: the agent's mount points are made there, not on disk.
+        json!({ "destination": "/run", "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=755"] }),
+    ];
+    // Before the agent's own: a volume at or above them cannot hide them.
+    mounts.extend(bundle.volumes.iter().map(|volume| {
+        json!({ "destination": volume.target, "type": "bind", "source": volume.source,
+                "options": ["rbind", "rw", "nosuid", "nodev"] })
+    }));
+    mounts.extend([
+        json!({ "destination": AGENT_DIR_INSIDE, "type": "bind", "source": bundle.agent_dir,
+                "options": ["rbind", "rw", "nosuid", "nodev", "noexec"] }),
+        json!({ "destination": EXE_INSIDE, "type": "bind", "source": bundle.exe,
+                "options": ["rbind", "ro", "nosuid", "nodev"] }),
+    ]);
     Ok(json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -97,19 +119,7 @@ pub fn config(bundle: &Bundle<'_>) -> Result<Value, serde_json::Error> {
         },
         "root": { "path": bundle.rootfs, "readonly": false },
         "hostname": bundle.hostname,
-        "mounts": [
-            { "destination": "/proc", "type": "proc", "source": "proc" },
-            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs" },
-            { "destination": "/sys", "type": "sysfs", "source": "sysfs",
-              "options": ["nosuid", "noexec", "nodev", "ro"] },
-            // In the sentry's memory: the agent's mount points are made there, not on disk.
-            { "destination": "/run", "type": "tmpfs", "source": "tmpfs",
-              "options": ["nosuid", "nodev", "mode=755"] },
-            { "destination": AGENT_DIR_INSIDE, "type": "bind", "source": bundle.agent_dir,
-              "options": ["rbind", "rw", "nosuid", "nodev", "noexec"] },
-            { "destination": EXE_INSIDE, "type": "bind", "source": bundle.exe,
-              "options": ["rbind", "ro", "nosuid", "nodev"] },
-        ],
+        "mounts": mounts,
         "linux": {
             "cgroupsPath": bundle.cgroups_path,
             "resources": {
@@ -206,6 +216,10 @@ mod tests {
                 pids: 300,
             },
             cgroups_path: "/cove/c1",
+            volumes: &[VolumeMount {
+                source: "/state/volumes/v/mnt".into(),
+                target: "/data".into(),
+            }],
         })
         .unwrap();
         assert_eq!(config["process"]["args"][2], AGENT_FLAG);
@@ -227,5 +241,15 @@ mod tests {
                 .iter()
                 .any(|c| c == "CAP_SETUID")
         );
+        // The volume is bound in before the agent's directory, which it cannot hide.
+        let destinations: Vec<&str> = config["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["destination"].as_str().unwrap())
+            .collect();
+        let at = |d: &str| destinations.iter().position(|x| *x == d).unwrap();
+        assert!(at("/data") < at(AGENT_DIR_INSIDE));
+        assert!(at("/run") < at("/data"));
     }
 }

@@ -16,9 +16,9 @@
 //! without memory takes everything down but the directory (the disk image keeps the
 //! writable layers); a resume starts a new container on it. Snapshots copy the writable
 //! layers, and with memory the checkpoint beside them ([`snapshot`]); a sandbox made from a
-//! snapshot with memory is restored from it under its own identity. Reroots, internet
-//! access and volumes are not done yet: they are refused with
-//! [`RuntimeError::Unsupported`].
+//! snapshot with memory is restored from it under its own identity. Volumes are bound in
+//! from their host mounts and served by the gofer like the root. Reroots and internet
+//! access are not done yet: they are refused with [`RuntimeError::Unsupported`].
 
 pub mod bundle;
 pub mod channel;
@@ -337,6 +337,7 @@ impl GvisorRuntime {
             agent: &agent,
             limits: host_limits(spec.limits),
             cgroups_path: &cgroups_path,
+            volumes: &spec.volumes,
         })
         .map_err(|e| failed(format!("cannot write its OCI spec: {e}")))?;
         bundle::write(&dirs.root, &config).map_err(RuntimeError::io("write the OCI bundle"))?;
@@ -465,12 +466,6 @@ impl Runtime for GvisorRuntime {
             return Err(RuntimeError::Unsupported {
                 backend: NAME,
                 what: "give sandboxes internet access yet (create them with allowInternetAccess false)",
-            });
-        }
-        if !spec.volumes.is_empty() {
-            return Err(RuntimeError::Unsupported {
-                backend: NAME,
-                what: "mount volumes into sandboxes yet",
             });
         }
         self.runsc.check().map_err(|e| RuntimeError::Start {
