@@ -4,45 +4,11 @@
 
 use std::{path::Path, time::Duration};
 
-use cove_sdk::{AgentClient, CreateOptions, Error, Sandbox};
+use cove_sdk::{CreateOptions, Error, Sandbox};
 use cove_test_util::{TestServer, wait_until};
 
-fn cove() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_cove"))
-}
-
-async fn sandbox(server: &TestServer, options: CreateOptions) -> Sandbox {
-    Sandbox::create(&server.config(), options).await.unwrap()
-}
-
-fn root(sbx: &Sandbox) -> AgentClient {
-    sbx.agent().clone().as_user("root")
-}
-
-/// Runs a Python snippet as root in the sandbox; its output (stdout + stderr).
-async fn python(agent: &AgentClient, code: &str) -> String {
-    let out = agent
-        .commands()
-        .spawn(cove_sdk::Command::new("python3").args(["-c", code]))
-        .await
-        .unwrap()
-        .wait()
-        .await;
-    match out {
-        Ok(out) => format!("{}{}", out.stdout, out.stderr),
-        Err(Error::CommandExit(exit)) => {
-            format!("{}{}exit {}", exit.stdout, exit.stderr, exit.exit_code)
-        }
-        Err(err) => panic!("python did not run: {err}"),
-    }
-}
-
-/// A raw system call from Python; prints `errno N` or `ok`.
-fn syscall_probe(nr: i64, args: &str) -> String {
-    format!(
-        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nr = libc.syscall({nr}{args})\nprint('ok' if r >= 0 else f'errno {{ctypes.get_errno()}}')"
-    )
-}
+mod common;
+use common::{cove, python, root, sandbox, syscall_probe};
 
 /// What `amicontained` reports, and what it must say.
 #[tokio::test(flavor = "multi_thread")]

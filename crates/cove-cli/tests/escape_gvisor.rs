@@ -10,14 +10,13 @@
 
 use std::{path::Path, time::Duration};
 
-use cove_sdk::{AgentClient, CreateOptions, Error, Sandbox};
+use cove_sdk::{CreateOptions, Sandbox};
 use cove_test_util::{TestServer, wait_until};
 
-const RUNSC: &str = "/usr/bin/runsc";
+mod common;
+use common::{cove, python, root, sandbox, sh, syscall_probe};
 
-fn cove() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_cove"))
-}
+const RUNSC: &str = "/usr/bin/runsc";
 
 /// A server, or `None` (after saying why) when runsc is missing.
 async fn server(args: &[&str]) -> Option<TestServer> {
@@ -33,43 +32,6 @@ fn gvisor(options: CreateOptions) -> CreateOptions {
         metadata: [("cove.runtime".to_owned(), "gvisor".to_owned())].into(),
         allow_internet_access: Some(false),
         ..options
-    }
-}
-
-async fn sandbox(server: &TestServer, options: CreateOptions) -> Sandbox {
-    Sandbox::create(&server.config(), options).await.unwrap()
-}
-
-fn root(sbx: &Sandbox) -> AgentClient {
-    sbx.agent().clone().as_user("root")
-}
-
-/// Runs a shell line; its stdout, and stderr with the exit code when it failed.
-async fn run(agent: &AgentClient, line: &str) -> String {
-    match agent.commands().run(line).await {
-        Ok(out) => out.stdout,
-        Err(Error::CommandExit(exit)) => {
-            format!("{}{}exit {}", exit.stdout, exit.stderr, exit.exit_code)
-        }
-        Err(err) => panic!("{line}: {err}"),
-    }
-}
-
-/// Runs a Python snippet (GNU `ls`, `stat` and `find` fail on this runsc's `statx`).
-async fn python(agent: &AgentClient, code: &str) -> String {
-    let out = agent
-        .commands()
-        .spawn(cove_sdk::Command::new("python3").args(["-c", code]))
-        .await
-        .unwrap()
-        .wait()
-        .await;
-    match out {
-        Ok(out) => format!("{}{}", out.stdout, out.stderr),
-        Err(Error::CommandExit(exit)) => {
-            format!("{}{}exit {}", exit.stdout, exit.stderr, exit.exit_code)
-        }
-        Err(err) => panic!("python did not run: {err}"),
     }
 }
 
@@ -127,7 +89,7 @@ async fn the_host_and_other_sandboxes_stay_out_of_reach() {
 
     // The template's layers are read-only: a write lands in the sandbox's own layer.
     let marker = format!("/usr/bin/cove-escape-{}", a.id());
-    run(&root(&a), &format!("echo x > {marker}")).await;
+    sh(&root(&a), &format!("echo x > {marker}")).await;
     assert!(!Path::new(&marker).exists(), "the host's /usr was written");
     assert!(!b.files().exists(&marker).await.unwrap());
 
@@ -158,7 +120,7 @@ async fn the_host_and_other_sandboxes_stay_out_of_reach() {
          curl -s -m 3 -o /dev/null \"$url\" && echo \"REACHED $url\"; done; true",
         cove = server.addr.port()
     );
-    assert_eq!(run(a.agent(), &probe).await, "");
+    assert_eq!(sh(a.agent(), &probe).await, "");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -169,9 +131,9 @@ async fn the_host_kernel_is_never_asked() {
     let sbx = sandbox(&server, gvisor(CreateOptions::default())).await;
     let agent = root(&sbx);
     // gVisor's kernel answers, whatever the host runs.
-    assert_eq!(run(&agent, "uname -r").await, "4.4.0\n");
+    assert_eq!(sh(&agent, "uname -r").await, "4.4.0\n");
     assert!(
-        run(&agent, "dmesg")
+        sh(&agent, "dmesg")
             .await
             .starts_with("[    0.000000] Starting gVisor"),
         "dmesg"
@@ -189,18 +151,12 @@ async fn the_host_kernel_is_never_asked() {
         ("clock_settime", 227, ", 0, 0"),
         ("x32 getpid", 0x4000_0000 + 39, ""),
     ] {
-        let out = python(
-            &agent,
-            &format!(
-                "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nr = libc.syscall({nr}{args})\nprint('ok' if r >= 0 else f'errno {{ctypes.get_errno()}}')"
-            ),
-        )
-        .await;
+        let out = python(&agent, &syscall_probe(nr, args)).await;
         assert!(out.trim().starts_with("errno"), "{name}: {out}");
     }
     // A mount root inside makes is the sentry's: the host's mount table never sees it.
     let before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mounted = run(
+    let mounted = sh(
         &agent,
         "mkdir -p /mnt/t && mount -t tmpfs cove-escape-probe /mnt/t && echo mounted",
     )
@@ -212,9 +168,9 @@ async fn the_host_kernel_is_never_asked() {
         after.lines().filter(|l| l.contains("tmpfs")).count()
     );
     // The host's kernel interfaces are not there.
-    let kcore = run(&agent, "wc -c < /proc/kcore; echo b > /proc/sysrq-trigger").await;
+    let kcore = sh(&agent, "wc -c < /proc/kcore; echo b > /proc/sysrq-trigger").await;
     assert!(kcore.contains("exit"), "{kcore}");
-    assert_eq!(run(sbx.agent(), "echo alive").await, "alive\n");
+    assert_eq!(sh(sbx.agent(), "echo alive").await, "alive\n");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -256,11 +212,11 @@ async fn resource_abuse_is_contained() {
         },
     )
     .await;
-    assert_eq!(run(bystander.agent(), "echo alive").await, "alive\n");
+    assert_eq!(sh(bystander.agent(), "echo alive").await, "alive\n");
 
     // Filling the disk: ENOSPC inside, the host's disk untouched.
     let filler = sandbox(&server, small.clone()).await;
-    let fill = run(
+    let fill = sh(
         filler.agent(),
         "dd if=/dev/zero of=/home/user/fill bs=1M count=200 2>&1 | grep -o 'No space left on device'",
     )
@@ -278,7 +234,7 @@ async fn resource_abuse_is_contained() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let started = std::time::Instant::now();
     assert_eq!(
-        run(bystander.agent(), "echo still here").await,
+        sh(bystander.agent(), "echo still here").await,
         "still here\n"
     );
     eprintln!("the bystander answered in {:?}", started.elapsed());

@@ -46,11 +46,7 @@ impl ConnectionInfo {
             stdin_port: ports[2],
             control_port: ports[3],
             hb_port: ports[4],
-            key: format!(
-                "{}{}",
-                uuid::Uuid::new_v4().simple(),
-                uuid::Uuid::new_v4().simple()
-            ),
+            key: fresh_key(),
             signature_scheme: "hmac-sha256".to_owned(),
             kernel_name: kernel_name.to_owned(),
         })
@@ -68,11 +64,7 @@ impl ConnectionInfo {
             stdin_port: 3,
             control_port: 4,
             hb_port: 5,
-            key: format!(
-                "{}{}",
-                uuid::Uuid::new_v4().simple(),
-                uuid::Uuid::new_v4().simple()
-            ),
+            key: fresh_key(),
             signature_scheme: "hmac-sha256".to_owned(),
             kernel_name: kernel_name.to_owned(),
         }
@@ -114,6 +106,15 @@ impl ConnectionInfo {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a connection info always serializes")
     }
+}
+
+/// A new random signing key (64 hex digits).
+fn fresh_key() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 #[cfg(test)]

@@ -62,6 +62,26 @@ pub fn copy(exe: &Path, spec: &CopySpec) -> io::Result<Vec<usize>> {
     }
 }
 
+/// `template` with the writable layers [`copy`] copied into `into` on top (by their indexes
+/// `copied` among `template`'s mount points): what a sandbox starts from to find the files
+/// as they were. No memory image.
+pub fn on_top(template: &crate::Template, copied: Vec<usize>, into: &Path) -> crate::Template {
+    let points = template.mount_points();
+    let mut layers: Vec<crate::Layer> = copied
+        .into_iter()
+        .map(|i| crate::Layer {
+            path: into.join(i.to_string()),
+            at: points[i].clone(),
+        })
+        .collect();
+    layers.extend(template.layers.iter().cloned());
+    crate::Template {
+        name: template.name.clone(),
+        layers,
+        memory: None,
+    }
+}
+
 /// The copy stage (host root, its own process): reads a [`CopySpec`] on stdin and answers
 /// with a [`CopyReport`].
 pub fn run_stage() -> io::Result<()> {

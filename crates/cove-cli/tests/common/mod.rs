@@ -32,6 +32,32 @@ pub async fn sh(agent: &AgentClient, script: &str) -> String {
     }
 }
 
+/// Runs a Python snippet as `agent`'s user; its stdout and stderr, and `exit N` when it
+/// failed.
+pub async fn python(agent: &AgentClient, code: &str) -> String {
+    let out = agent
+        .commands()
+        .spawn(cove_sdk::Command::new("python3").args(["-c", code]))
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    match out {
+        Ok(out) => format!("{}{}", out.stdout, out.stderr),
+        Err(Error::CommandExit(exit)) => {
+            format!("{}{}exit {}", exit.stdout, exit.stderr, exit.exit_code)
+        }
+        Err(err) => panic!("python did not run: {err}"),
+    }
+}
+
+/// A raw system call from Python; prints `errno N` or `ok`.
+pub fn syscall_probe(nr: i64, args: &str) -> String {
+    format!(
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nr = libc.syscall({nr}{args})\nprint('ok' if r >= 0 else f'errno {{ctypes.get_errno()}}')"
+    )
+}
+
 /// The host directory of sandbox `id` (the namespace backend's).
 pub fn sandbox_dir(server: &TestServer, id: &str) -> PathBuf {
     server.state_dir().join("sandboxes").join(id)

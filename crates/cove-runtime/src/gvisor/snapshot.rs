@@ -14,7 +14,7 @@
 use std::{fs, io, path::Path};
 
 use super::{GvisorRuntime, State, rootfs, runsc_err};
-use crate::{Handle, Layer, PauseMode, RuntimeError, Template, egress::error_chain, layer};
+use crate::{Handle, PauseMode, RuntimeError, Template, egress::error_chain, layer};
 
 /// The checkpoint's directory in a snapshot's.
 const MEMORY_DIR: &str = "memory";
@@ -169,19 +169,7 @@ impl GvisorRuntime {
             // Nothing written: no layer, and no directory left for one.
             let _ = fs::remove_dir(into);
         }
-        let mut layers: Vec<Layer> = copied
-            .into_iter()
-            .map(|i| Layer {
-                path: into.join(i.to_string()),
-                at: points[i].clone(),
-            })
-            .collect();
-        layers.extend(template.layers.iter().cloned());
-        Ok(Template {
-            name: template.name.clone(),
-            layers,
-            memory: None,
-        })
+        Ok(layer::on_top(template, copied, into))
     }
 }
 

@@ -5,7 +5,7 @@
 use std::{fs, path::Path};
 
 use super::NamespaceRuntime;
-use crate::{Handle, Layer, PauseMode, RuntimeError, Template, layer};
+use crate::{Handle, PauseMode, RuntimeError, Template, layer};
 
 impl NamespaceRuntime {
     pub(super) fn snapshot_sandbox(
@@ -50,18 +50,6 @@ impl NamespaceRuntime {
             // Nothing written: no layer, and no directory left for one.
             let _ = fs::remove_dir(into);
         }
-        let mut layers: Vec<Layer> = copied
-            .into_iter()
-            .map(|i| Layer {
-                path: into.join(i.to_string()),
-                at: points[i].clone(),
-            })
-            .collect();
-        layers.extend(template.layers.iter().cloned());
-        Ok(Template {
-            memory: None,
-            name: template.name.clone(),
-            layers,
-        })
+        Ok(layer::on_top(template, copied, into))
     }
 }
