@@ -375,12 +375,15 @@ impl GvisorRuntime {
                 .renew(agent)
                 .map_err(channel_err("renew the sandbox's agent"))?;
         }
+        let began = std::time::Instant::now();
         self.runsc
             .restore(&state.container, &dirs.root, image, root, &log)
             .map_err(|e| failed(e.to_string()))?;
+        let restored = began.elapsed();
         channel
             .listen_again(&self.runsc, &state.container)
             .map_err(|e| failed(format!("{}; {}", error_chain(&e), log_tail(&dirs.log()))))?;
+        tracing::debug!(sandbox_id = %id, restore_ms = restored.as_millis(), listening_ms = began.elapsed().as_millis(), "restored");
         // runsc set those of the bundle, which may be older.
         match limits {
             Some(limits) => self.on_cgroups("set the sandbox's limits", |c| {
