@@ -49,7 +49,8 @@ pub async fn idle_memory(settings: &Settings) -> anyhow::Result<Result> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (mut rss, mut pss, mut cgroup) = (0, 0, 0);
     for sandbox in &sandboxes {
-        let (r, p, c) = memory_of_cgroup(sandbox.id())?;
+        // The agent and the network helper.
+        let (r, p, c) = memory_of_cgroup(sandbox.id(), 2)?;
         rss += r;
         pss += p;
         cgroup += c;
@@ -256,11 +257,14 @@ pub async fn kill_all(sandboxes: Vec<Sandbox>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// RSS and PSS of the processes in cgroup `name` (a sandbox's, below `cove`), and what the
-/// cgroup itself counts (page cache included).
-pub fn memory_of_cgroup(name: &str) -> anyhow::Result<(u64, u64, u64)> {
+/// RSS and PSS of the processes in cgroup `name` (a sandbox's, below `cove`), at least
+/// `processes` of them, and what the cgroup itself counts (page cache included).
+pub fn memory_of_cgroup(name: &str, processes: usize) -> anyhow::Result<(u64, u64, u64)> {
     let pids = cgroup_file(name, &["pids/cove", "cove"], "cgroup.procs")?;
-    anyhow::ensure!(pids.lines().count() >= 2, "sandbox {name} runs {pids:?}");
+    anyhow::ensure!(
+        pids.lines().count() >= processes,
+        "sandbox {name} runs {pids:?}"
+    );
     let (mut rss, mut pss) = (0, 0);
     for pid in pids.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
         let (r, p) = memory_of(pid);

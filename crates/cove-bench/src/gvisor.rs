@@ -89,9 +89,10 @@ pub async fn all(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     // Idle memory, after a moment of quiet.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let of_gvisor = gvisor_cgroup(gvisor.id())
-        .and_then(|name| crate::density::memory_of_cgroup(&name))
+        .and_then(|name| crate::density::memory_of_cgroup(&name, 2))
         .context("the gVisor sandbox's memory")?;
-    let of_namespace = crate::density::memory_of_cgroup(namespace.id())?;
+    // The agent alone: no network helper without internet access.
+    let of_namespace = crate::density::memory_of_cgroup(namespace.id(), 1)?;
     let figure = |(rss, pss, cgroup): (u64, u64, u64)| Figure::Memory {
         rss,
         pss,
