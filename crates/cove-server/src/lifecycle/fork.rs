@@ -96,6 +96,13 @@ impl Lifecycle {
             }
         });
         let outcomes = futures::future::join_all(forks).await;
+        // The forks were restored from the checkpoint and need it no more (their records
+        // name the layers beside it, which stay while they live).
+        if let Some(image) = &made.template.memory
+            && let Err(err) = std::fs::remove_dir_all(image)
+        {
+            tracing::warn!(%err, image = %image.display(), "cannot remove a fork's checkpoint");
+        }
         // Each fork that started holds the layers now (its record names them); when none
         // did, nothing does, and they go (not on the way of a fork that started).
         drop(made);
