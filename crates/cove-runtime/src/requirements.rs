@@ -84,7 +84,7 @@ pub fn check(state_dir: &Path) -> Vec<Check> {
         ),
     ]
     .into_iter()
-    .chain(gvisor_limits())
+    .chain(gvisor_limits(&state_dir.join("gvisor")))
     .chain([
         kernels(),
         open_files(),
@@ -95,8 +95,9 @@ pub fn check(state_dir: &Path) -> Vec<Check> {
 }
 
 /// What gVisor sandboxes cannot do on this host's runsc, found by asking it (none when runsc
-/// is not installed): reported by `cove doctor` and by `cove serve` at start.
-pub fn gvisor_limits() -> Vec<Check> {
+/// is not installed): reported by `cove doctor` and by `cove serve` at start. runsc keeps
+/// its records of the probe in a directory made (and removed) below `scratch`.
+pub fn gvisor_limits(scratch: &Path) -> Vec<Check> {
     let runsc = Path::new(crate::gvisor::runsc::DEFAULT_BINARY);
     if !runsc.is_file() {
         return Vec::new();
@@ -118,23 +119,28 @@ pub fn gvisor_limits() -> Vec<Check> {
             ),
             "create gVisor sandboxes with allow_internet_access=False; docs/SECURITY.md",
         ),
-        statx_inside(runsc),
+        statx_inside(runsc, scratch),
     ]
 }
 
 /// Whether GNU `stat` works inside a sandbox of this runsc (`runsc do` with the host's root
 /// read-only, no network, no cgroups, its state in a directory of its own).
-fn statx_inside(runsc: &Path) -> Check {
+fn statx_inside(runsc: &Path, scratch: &Path) -> Check {
     const NAME: &str = "gvisor-statx";
-    let Ok(state) = tempfile::Builder::new()
-        .prefix("cove-doctor-runsc-")
-        .tempdir()
-    else {
+    let state = fs::create_dir_all(scratch).and_then(|()| {
+        tempfile::Builder::new()
+            .prefix("probe-")
+            .tempdir_in(scratch)
+    });
+    let Ok(state) = state else {
         return Check::not(
             NAME,
             Status::Warn,
-            "not checked (no temporary directory)",
-            "see /tmp",
+            format!(
+                "not checked (cannot make a directory in {})",
+                scratch.display()
+            ),
+            "run cove doctor as root",
         );
     };
     let out = std::process::Command::new(runsc)

@@ -384,8 +384,9 @@ fn runtimes(config: &ServerConfig) -> Result<Arc<dyn Runtime>, ServerError> {
     };
     tracing::info!(runtimes = ?backends.names(), "runtimes");
     // What gVisor sandboxes cannot do here, said once at start (`cove doctor` says it too).
-    std::thread::spawn(|| {
-        for check in cove_runtime::requirements::gvisor_limits() {
+    let scratch = dir.clone();
+    std::thread::spawn(move || {
+        for check in cove_runtime::requirements::gvisor_limits(&scratch) {
             if check.status != cove_runtime::requirements::Status::Ok {
                 tracing::warn!(check = check.name, found = %check.found, fix = check.fix.as_deref().unwrap_or(""), "gVisor limit");
             }
