@@ -750,7 +750,10 @@ async fn code_runs_in_contexts_with_state() {
             seen.push(text);
         }
     }
-    assert_eq!(seen, ["early\n", "late\n"]);
+    // The first line came before the file was written; how the kernel cuts what follows
+    // into messages is its own (a loaded host sent "late" and "\n" apart).
+    assert_eq!(seen.first().map(String::as_str), Some("early\n"));
+    assert_eq!(seen.concat(), "early\nlate\n");
 
     // A time limit interrupts the code and keeps the context's state.
     let slow = sbx
