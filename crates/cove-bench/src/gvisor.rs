@@ -57,13 +57,11 @@ pub async fn all(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         }
         creates.push(latency(took));
     }
-    report.results.push(Result {
-        name: "gVisor: create → first command output".into(),
-        figure: creates[0],
-        baseline_name: "namespace backend, same server (warm pool)".into(),
-        baseline: creates[1],
-        target: None,
-    });
+    report.results.push(beside(
+        "gVisor: create → first command output",
+        &creates,
+        "namespace backend, same server (warm pool)",
+    ));
 
     let gvisor = Sandbox::create(&config, options("gvisor")).await?;
     let namespace = Sandbox::create(&config, options("namespace")).await?;
@@ -78,13 +76,11 @@ pub async fn all(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         }
         trips.push(latency(took));
     }
-    report.results.push(Result {
-        name: "gVisor: command round trip (`true`)".into(),
-        figure: trips[0],
-        baseline_name: "namespace backend".into(),
-        baseline: trips[1],
-        target: None,
-    });
+    report.results.push(beside(
+        "gVisor: command round trip (`true`)",
+        &trips,
+        "namespace backend",
+    ));
 
     // Idle memory, after a moment of quiet.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -141,20 +137,16 @@ pub async fn all(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
             pauses.push(latency(p));
             resumes.push(latency(r));
         }
-        report.results.push(Result {
-            name: format!("gVisor: pause with memory (checkpoint to disk), {what}"),
-            figure: pauses[0],
-            baseline_name: "namespace backend (cgroup frozen, memory stays)".into(),
-            baseline: pauses[1],
-            target: None,
-        });
-        report.results.push(Result {
-            name: format!("gVisor: resume with memory (restore) → first output, {what}"),
-            figure: resumes[0],
-            baseline_name: "namespace backend (thawed)".into(),
-            baseline: resumes[1],
-            target: None,
-        });
+        report.results.push(beside(
+            format!("gVisor: pause with memory (checkpoint to disk), {what}"),
+            &pauses,
+            "namespace backend (cgroup frozen, memory stays)",
+        ));
+        report.results.push(beside(
+            format!("gVisor: resume with memory (restore) → first output, {what}"),
+            &resumes,
+            "namespace backend (thawed)",
+        ));
     }
 
     // Forks: the source's processes and memory (gVisor) against its files (namespace).
@@ -174,13 +166,11 @@ pub async fn all(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
         }
         forks.push(latency(took));
     }
-    report.results.push(Result {
-        name: format!("gVisor: fork with memory ({HELD_MIB} MiB held) → first output"),
-        figure: forks[0],
-        baseline_name: "namespace backend: fork of the files".into(),
-        baseline: forks[1],
-        target: None,
-    });
+    report.results.push(beside(
+        format!("gVisor: fork with memory ({HELD_MIB} MiB held) → first output"),
+        &forks,
+        "namespace backend: fork of the files",
+    ));
     gvisor.kill().await?;
     namespace.kill().await?;
 
@@ -227,6 +217,17 @@ pub async fn all(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     });
     Sandbox::delete_snapshot(&config, &snapshot.snapshot_id).await?;
     Ok(())
+}
+
+/// A row: gVisor's figure (`figures[0]`) beside the namespace backend's (`figures[1]`).
+fn beside(name: impl Into<String>, figures: &[Figure], baseline_name: &str) -> Result {
+    Result {
+        name: name.into(),
+        figure: figures[0],
+        baseline_name: baseline_name.into(),
+        baseline: figures[1],
+        target: None,
+    }
 }
 
 /// The cgroup runsc made for sandbox `id`'s container (`cove-<id>-<hash>`, below `cove`).

@@ -434,6 +434,39 @@ async fn a_memory_snapshot_starts_sandboxes_with_its_processes_running_under_the
     for (id, started, _) in &forks {
         fixture.end(id, &started.handle);
     }
+
+    // A sandbox paused with memory gives its checkpoint as it is.
+    let at_pause = counted_past(&source_agent.client, after.2).await;
+    drop(source_agent);
+    let paused = fixture
+        .runtime
+        .pause(&source.handle, PauseMode::Memory)
+        .unwrap();
+    let from_paused = fixture
+        .runtime
+        .snapshot_memory(&paused, &fixture.template, &snapshots.join("two"))
+        .unwrap();
+    assert!(
+        from_paused
+            .memory
+            .as_ref()
+            .unwrap()
+            .join("checkpoint.img")
+            .exists()
+    );
+    let id = "gv-snap-c";
+    fixture.started.lock().unwrap().push(id.to_owned());
+    let copy = fixture
+        .runtime
+        .create(&fixture.spec_with(id, "token-c", &from_paused))
+        .unwrap();
+    let there = counted_past(&agent_with(&copy, "token-c").client, at_pause.2).await;
+    assert_eq!((&there.0, &there.1), (&before.0, &before.1));
+    fixture.end(id, &copy.handle);
+    let source = fixture
+        .runtime
+        .resume(&paused, &fixture.spec(source_id))
+        .unwrap();
     fixture.end(source_id, &source.handle);
     assert_eq!(
         loop_devices_under(fixture.state.path()),

@@ -37,21 +37,7 @@ impl GvisorRuntime {
                     .to_owned(),
             }),
             (Some(_), false) => self.copy_files(id, template, into, false, None),
-            (Some(PauseMode::Memory), true) => {
-                let copied = self.copy_files(id, template, into, false, None)?;
-                let image = into.join(MEMORY_DIR);
-                link_or_copy_dir(&self.dirs(id).checkpoint(), &image).map_err(|source| {
-                    let _ = fs::remove_dir_all(into);
-                    RuntimeError::Io {
-                        what: "copy the sandbox's checkpoint",
-                        source,
-                    }
-                })?;
-                Ok(Template {
-                    memory: Some(image),
-                    ..copied
-                })
-            }
+            (Some(PauseMode::Memory), true) => self.copy_with_checkpoint(id, template, into),
             (None, false) => {
                 self.runsc
                     .freeze(&state.container, true)
@@ -80,20 +66,7 @@ impl GvisorRuntime {
         let dirs = self.dirs(id);
         // Refused (a TCP listener) before anything stops: it runs on untouched.
         self.pause_sandbox(handle, PauseMode::Memory)?;
-        let image = into.join(MEMORY_DIR);
-        let copied = self
-            .copy_files(id, template, into, false, Some(&image))
-            .and_then(|copied| {
-                link_or_copy_dir(&dirs.checkpoint(), &image)
-                    .map(|()| copied)
-                    .map_err(|source| RuntimeError::Io {
-                        what: "copy the sandbox's checkpoint",
-                        source,
-                    })
-            });
-        if copied.is_err() {
-            let _ = fs::remove_dir_all(into);
-        }
+        let copied = self.copy_with_checkpoint(id, template, into);
         let paused = State {
             paused: Some(PauseMode::Memory),
             ..state
@@ -124,6 +97,32 @@ impl GvisorRuntime {
                 let _ = fs::remove_dir_all(into);
                 return Err(err);
             }
+        }
+        copied
+    }
+
+    /// Copies a sandbox paused with memory into `into`: its writable layers and its
+    /// checkpoint (in `<into>/memory`); returns `template` with both. Nothing is left in
+    /// `into` when it fails.
+    fn copy_with_checkpoint(
+        &self,
+        id: &str,
+        template: &Template,
+        into: &Path,
+    ) -> Result<Template, RuntimeError> {
+        let image = into.join(MEMORY_DIR);
+        let copied = self
+            .copy_files(id, template, into, false, Some(&image))
+            .and_then(|copied| {
+                link_or_copy_dir(&self.dirs(id).checkpoint(), &image)
+                    .map(|()| copied)
+                    .map_err(|source| RuntimeError::Io {
+                        what: "copy the sandbox's checkpoint",
+                        source,
+                    })
+            });
+        if copied.is_err() {
+            let _ = fs::remove_dir_all(into);
         }
         copied.map(|copied| Template {
             memory: Some(image),

@@ -89,32 +89,28 @@ impl Settings {
         mut request: NewSandbox,
         version: ApiVersion,
     ) -> Result<Self, LifecycleError> {
-        let metadata = request.metadata.take().unwrap_or_default();
-        let other_runtime = match metadata.get(RUNTIME_KEY) {
-            None => false,
-            Some(asked) if runtimes.contains(&asked.as_str()) => asked != runtimes[0],
-            Some(asked) => {
-                return Err(LifecycleError::BadRequest(format!(
-                    "metadata {RUNTIME_KEY}: this server has no runtime {asked:?}; it has {}{}",
-                    runtimes.join(", "),
-                    if asked == "gvisor" {
-                        " (gVisor needs runsc: apt-get install runsc)"
-                    } else {
-                        ""
-                    }
-                )));
-            }
-        };
+        let mut metadata = request.metadata.take().unwrap_or_default();
+        if let Some(asked) = metadata.get(RUNTIME_KEY)
+            && !runtimes.contains(&asked.as_str())
+        {
+            return Err(LifecycleError::BadRequest(format!(
+                "metadata {RUNTIME_KEY}: this server has no runtime {asked:?}; it has {}{}",
+                runtimes.join(", "),
+                if asked == "gvisor" {
+                    " (gVisor needs runsc: apt-get install runsc)"
+                } else {
+                    ""
+                }
+            )));
+        }
         let template_name = request.template_id.as_deref().unwrap_or("base");
         let template = templates.get(team, template_name)?;
-        let mut metadata = metadata;
-        let other_runtime = match memory_runtime(&template, &metadata, runtimes)? {
-            Some(runtime) => {
-                metadata.insert(RUNTIME_KEY.to_owned(), runtime.to_owned());
-                runtime != runtimes[0]
-            }
-            None => other_runtime,
-        };
+        if let Some(runtime) = memory_runtime(&template, &metadata, runtimes)? {
+            metadata.insert(RUNTIME_KEY.to_owned(), runtime.to_owned());
+        }
+        let other_runtime = metadata
+            .get(RUNTIME_KEY)
+            .is_some_and(|asked| asked != runtimes[0]);
         let timeout_secs = request.timeout.unwrap_or(match version {
             ApiVersion::V1 => 15,
             ApiVersion::V2 => 300,
