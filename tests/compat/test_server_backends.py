@@ -4,7 +4,8 @@
 is skipped.
 
 Differences (docs/COMPATIBILITY.md and docs/SECURITY.md say more):
-- gVisor sandboxes have no internet access yet: both backends run here without it.
+- Both run with E2B's default, internet access on (reached through tests/egress.rs and
+  test_server_network_policy.py's test hosts, which stay on this machine).
 - GNU `ls` and `stat` fail on this runsc (its `statx`); the SDK's file listing does not use
   them and works on both.
 """
@@ -27,7 +28,7 @@ def backend_sandbox(request, new_sandbox) -> Sandbox:
     runtime = request.param
     if runtime == "gvisor" and shutil.which("runsc") is None:
         pytest.fail("runsc is not installed (scripts/setup installs it): the matrix needs it")
-    sandbox = new_sandbox(metadata={"cove.runtime": runtime}, allow_internet_access=False)
+    sandbox = new_sandbox(metadata={"cove.runtime": runtime})
     assert Sandbox.get_info(sandbox.sandbox_id).metadata["cove.runtime"] == runtime
     return sandbox
 

@@ -5,8 +5,9 @@ checkpoints it to disk: after the resume the same process goes on with what it h
 Snapshots and forks of a gVisor sandbox carry its processes and memory: a fork, or a sandbox
 made from a snapshot, starts with the source's processes running, under its own id and token.
 
-What gVisor sandboxes cannot do yet (internet access) is refused with a clear 400;
-docs/SECURITY.md lists it.
+A gVisor sandbox with internet access (E2B's default) reaches it through a link of its own
+(tests/egress.rs attacks it); this runsc cannot save its network stack, so such a sandbox
+pauses frozen in place, its memory kept in the host's, and snapshots keep only its files.
 """
 
 import shutil
@@ -112,7 +113,8 @@ def test_a_memory_snapshot_starts_sandboxes_with_its_processes_running(new_sandb
     listed = cove_server.api("GET", f"/snapshots?sandboxID={source.sandbox_id}")
     assert [s["mode"] for s in listed.json()] == ["full"]
     # No runtime named: a snapshot with memory starts where it can be restored, on gVisor.
-    copy = new_sandbox(template=snapshot.snapshot_id, allow_internet_access=False)
+    # With internet access (the default): restored onto a link of its own.
+    copy = new_sandbox(template=snapshot.snapshot_id)
     wait_until(lambda: held(copy)[1] > at_snapshot, "the copy's process to count on")
     assert held(copy)[0] == token
     assert copy.files.read("/home/user/prepared.txt") == "prepared once"
@@ -143,11 +145,44 @@ def test_a_memory_snapshot_starts_sandboxes_with_its_processes_running(new_sandb
     wait_until(lambda: held(copy)[1] > at_snapshot + 5, "the copy to count on")
 
 
-def test_what_gvisor_cannot_do_yet_is_refused_clearly(new_sandbox):
-    with pytest.raises(Exception, match="allowInternetAccess false"):
-        new_sandbox(metadata=GVISOR)
+def test_an_unknown_runtime_is_refused_clearly(new_sandbox):
     with pytest.raises(Exception, match="no runtime \"firecracker\""):
         new_sandbox(metadata={"cove.runtime": "firecracker"}, allow_internet_access=False)
+
+
+def test_a_sandbox_with_internet_access_pauses_frozen_and_snapshots_its_files(
+    new_sandbox, cove_server
+):
+    sandbox = new_sandbox(metadata=GVISOR)
+    pid = sandbox.commands.run(HOLDER, background=True).pid
+    wait_until(lambda: held(sandbox)[1] > 2, "the process to count")
+    token, at_pause = held(sandbox)
+
+    assert sandbox.pause() is True
+    assert Sandbox.get_info(sandbox.sandbox_id).state == SandboxState.PAUSED
+    resumed = Sandbox.connect(sandbox.sandbox_id, timeout=120)
+    assert pid in [p.pid for p in resumed.commands.list()]
+    wait_until(lambda: held(resumed)[1] > at_pause + 2, "the count to go on")
+    assert held(resumed)[0] == token
+
+    # A snapshot keeps the files where memory cannot be kept; asked for memory, it says why.
+    snapshot = resumed.create_snapshot()
+    listed = cove_server.api("GET", f"/snapshots?sandboxID={sandbox.sandbox_id}")
+    assert [s["mode"] for s in listed.json()] == ["filesystem"]
+    with_memory = cove_server.request(
+        "POST",
+        f"/sandboxes/{sandbox.sandbox_id}/snapshots",
+        headers={"X-API-KEY": cove_server.api_key, "Content-Type": "application/json"},
+        body=b'{"memory": true}',
+        timeout=120,
+    )
+    assert with_memory.status == 400, with_memory.body
+    assert b"internet access" in with_memory.body
+    copy = new_sandbox(template=snapshot.snapshot_id, metadata=GVISOR)
+    assert copy.files.exists("/home/user/held")
+    assert "secrets" not in copy.commands.run("ps -eo args").stdout
+    # The source ran on through it all.
+    wait_until(lambda: held(resumed)[1] > at_pause + 10, "the source to count on")
 
 
 

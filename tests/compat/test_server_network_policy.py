@@ -7,6 +7,9 @@ The test host is ours: a network namespace behind a veth pair with private addre
 The server's name server is ours too (on the host's side of the link, its address the
 server's `/etc/resolv.conf` in a mount namespace of the server's own). Traffic goes only
 to addresses on this machine.
+
+The policy tests run once per backend (`cove.runtime` metadata): gVisor sandboxes reach the
+outside through the same relay and egress filter, on their own network stack.
 """
 
 from __future__ import annotations
@@ -122,8 +125,15 @@ def send_datagram(sandbox: Sandbox, addr: str, tag: str) -> None:
     sandbox.commands.run(f'python3 -c "{script}"')
 
 
-def test_deny_all_with_an_allow_list(sdk_env, test_host):
-    sandbox = Sandbox.create(network={"allow_out": [ALLOWED], "deny_out": [ALL_TRAFFIC]})
+RUNTIMES = ["namespace", "gvisor"]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_deny_all_with_an_allow_list(sdk_env, test_host, runtime):
+    sandbox = Sandbox.create(
+        network={"allow_out": [ALLOWED], "deny_out": [ALL_TRAFFIC]},
+        metadata={"cove.runtime": runtime},
+    )
     try:
         assert fetch(sandbox, ALLOWED) == MARKER
         assert fetch(sandbox, DENIED) == "refused"
@@ -160,8 +170,9 @@ def test_deny_all_with_an_allow_list(sdk_env, test_host):
         sandbox.kill()
 
 
-def test_update_network_narrows_and_widens_a_live_sandbox(sdk_env, test_host):
-    sandbox = Sandbox.create()
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_update_network_narrows_and_widens_a_live_sandbox(sdk_env, test_host, runtime):
+    sandbox = Sandbox.create(metadata={"cove.runtime": runtime})
     try:
         assert fetch(sandbox, ALLOWED) == MARKER
         sandbox.update_network({"deny_out": [ALLOWED]})

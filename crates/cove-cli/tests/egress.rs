@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use cove_sdk::{CreateOptions, Sandbox};
+use cove_sdk::{CreateOptions, Sandbox, snapshots::PauseMode};
 use cove_test_util::{TestServer, free_port, name_server::NameServer, wait_until};
 
 fn cove() -> &'static Path {
@@ -527,4 +527,65 @@ fn loopback_cannot_be_opened_to_sandboxes() {
         assert!(!out.status.success(), "{range}");
         assert!(stderr.contains(says), "{range}: {stderr}");
     }
+}
+
+/// A gVisor sandbox with internet access: the sentry's own network stack on a link of its
+/// own, through the same relay and egress filter. Attacked from inside: the internet is
+/// reached; the host's neighbours, the host's own addresses, its loopback (the server's API)
+/// and the metadata address are not; a pause keeps the link's users working after the
+/// resume; the link is gone with the sandbox.
+#[tokio::test(flavor = "multi_thread")]
+async fn gvisor_sandboxes_reach_the_internet_and_nothing_of_the_host() {
+    if !Path::new("/usr/bin/runsc").exists() {
+        eprintln!("SKIPPED: runsc is not installed (Debian package runsc)");
+        return;
+    }
+    let mut host = TestHost::start(83).await;
+    let own_port = host.serve_on_the_host("198.18.83.1").await;
+    let server = TestServer::start(cove()).await;
+    let options = CreateOptions {
+        metadata: [("cove.runtime".to_owned(), "gvisor".to_owned())].into(),
+        ..CreateOptions::default()
+    };
+    let sbx = Sandbox::create(&server.config(), options).await.unwrap();
+    assert_eq!(fetch(&sbx, &host.public(), PORT).await, MARKER);
+    for addr in host.guests() {
+        assert_eq!(fetch(&sbx, &addr, PORT).await, "refused", "{addr}");
+    }
+    // The host's own address, in a range otherwise open.
+    assert_eq!(fetch(&sbx, "198.18.83.1", own_port).await, "refused");
+    // The server's API: through the relay's gateway (the host's loopback) and through the
+    // sentry's own loopback; and the cloud metadata address.
+    let api = server.addr.port();
+    for addr in ["10.0.2.2", "127.0.0.1", "169.254.169.254"] {
+        assert_eq!(fetch(&sbx, addr, api).await, "refused", "{addr}");
+    }
+    // A pause keeps its memory (frozen in place): a process counts on after the resume,
+    // and the link still carries.
+    let counter = "nohup python3 -c 'import time\ni=0\nwhile True:\n  i+=1\n  open(\"/tmp/n\",\"w\").write(str(i))\n  time.sleep(0.05)' >/dev/null 2>&1 &";
+    sbx.commands().run(counter).await.unwrap();
+    let before = wait_until("the counter to start", Duration::from_secs(20), || {
+        counted(&sbx)
+    })
+    .await;
+    assert!(sbx.pause(PauseMode::Memory).await.unwrap());
+    let sbx = Sandbox::connect(&server.config(), sbx.id(), None)
+        .await
+        .unwrap();
+    wait_until("the counter to go on", Duration::from_secs(20), || async {
+        counted(&sbx).await.filter(|n| *n > before)
+    })
+    .await;
+    assert_eq!(fetch(&sbx, &host.public(), PORT).await, MARKER);
+    let link_cgroup = PathBuf::from(format!("/sys/fs/cgroup/memory/cove/{}", sbx.id()));
+    assert!(link_cgroup.is_dir(), "the link has no cgroup of its own");
+    sbx.kill().await.unwrap();
+    assert!(!link_cgroup.exists(), "the link outlived its sandbox");
+    drop(host);
+}
+
+/// What the counter in `sbx` wrote last.
+async fn counted(sbx: &Sandbox) -> Option<u64> {
+    let text = sbx.files().read("/tmp/n").await.ok()?;
+    String::from_utf8_lossy(&text).trim().parse().ok()
 }

@@ -42,6 +42,19 @@ impl Drop for Fixture {
 }
 
 impl Fixture {
+    /// A fixture whose sandboxes may have internet access (the namespace backend's helper,
+    /// egress filter and uid ranges, as `cove serve` shares them).
+    fn with_internet() -> Option<Self> {
+        let mut fixture = Self::new()?;
+        let namespace = cove_runtime::NamespaceRuntime::new(
+            env!("CARGO_BIN_EXE_cove"),
+            fixture.state.path().join("sandboxes"),
+            cove_runtime::egress::EgressConfig::default(),
+        );
+        fixture.runtime = fixture.runtime.clone().with_internet(namespace.internet());
+        Some(fixture)
+    }
+
     /// A fixture, or `None` (after saying why) when runsc is missing.
     fn new() -> Option<Self> {
         if !Path::new(RUNSC).exists() {
@@ -655,4 +668,72 @@ async fn a_filesystem_pause_keeps_the_files_and_a_resume_starts_again_on_them() 
     let listed = agent.client.commands().list().await.unwrap();
     assert!(listed.iter().all(|p| p.pid != sleeper.pid()), "{listed:?}");
     fixture.end(id, &resumed.handle);
+}
+
+/// A sandbox with internet access: its link (holder and relay) lives in a cgroup of its own
+/// while its container runs; a pause with memory freezes it in place (this runsc cannot save
+/// its network stack), a server restarted meanwhile finds it paused, a resume thaws it with
+/// its processes, and a kill takes the link with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_with_internet_access_freezes_to_pause_and_its_link_goes_with_it() {
+    let Some(fixture) = Fixture::with_internet() else {
+        return;
+    };
+    let id = "gv-link";
+    fixture.started.lock().unwrap().push(id.to_owned());
+    let spec = SandboxSpec {
+        network: true,
+        ..fixture.spec(id)
+    };
+    let started = fixture.runtime.create(&spec).unwrap();
+    let link = PathBuf::from(format!("/sys/fs/cgroup/memory/cove/{id}"));
+    let link_procs = || {
+        std::fs::read_to_string(link.join("cgroup.procs"))
+            .map(|procs| procs.lines().count())
+            .unwrap_or(0)
+    };
+    assert_eq!(link_procs(), 2, "the holder and the relay");
+    let agent = agent(&started);
+    let routes = sh(&agent.client, "cat /proc/net/route").await;
+    assert!(routes.contains("tap0"), "{routes}");
+    agent
+        .client
+        .commands()
+        .spawn(Command::shell(COUNTER))
+        .await
+        .unwrap();
+    let before = counted_past(&agent.client, 3).await;
+
+    let paused = fixture
+        .runtime
+        .pause(&started.handle, PauseMode::Memory)
+        .unwrap();
+    assert_eq!(paused.state["paused"], "memory");
+    assert_eq!(paused.state["frozen"], true);
+    assert!(!fixture.dir(id).join("checkpoint").exists());
+    // A files-only snapshot works on it; one with memory says why not.
+    let into = fixture.state.path().join("snapshot");
+    let refused = fixture
+        .runtime
+        .snapshot_memory(&paused, &fixture.template, &into)
+        .unwrap_err();
+    assert!(refused.to_string().contains("internet access"), "{refused}");
+    // A restarted server (a new runtime on the same state) finds it paused with memory.
+    let again = GvisorRuntime::new(
+        env!("CARGO_BIN_EXE_cove"),
+        fixture.state.path().join("gvisor"),
+    );
+    assert!(matches!(
+        again.recover(&paused).unwrap(),
+        Some(Recovered::Paused(_, PauseMode::Memory))
+    ));
+    let resumed = fixture.runtime.resume(&paused, &spec).unwrap();
+    let agent = self::agent(&resumed);
+    let after = counted_past(&agent.client, before.2).await;
+    assert_eq!((&after.0, &after.1), (&before.0, &before.1));
+    assert_eq!(link_procs(), 2, "the link ran on through the pause");
+
+    fixture.end(id, &resumed.handle);
+    assert!(!link.exists(), "the link outlived its sandbox");
+    assert!(!fixture.dir(id).join("netns").exists());
 }

@@ -2,7 +2,7 @@
 //! on the backend its spec names ([`SandboxSpec::runtime`]; the first, the server's default,
 //! when it names none), and every later call about it goes to the backend its handle names.
 //! Calls that carry only an id go to every backend (each ignores ids it does not know), or,
-//! for network egress, which only the default backend gives, to the default.
+//! for network egress, to the backend that holds the sandbox (both share one egress filter).
 
 use std::sync::Arc;
 
@@ -46,6 +46,15 @@ impl Backends {
             .iter()
             .find(|r| r.name() == name)
             .map(|r| r.as_ref())
+    }
+
+    /// The backend whose sandbox `id` is; the default for one not made yet (the egress
+    /// filter is shared, so a policy set before the create holds on either).
+    fn holder(&self, id: &str) -> &dyn Runtime {
+        self.list
+            .iter()
+            .find(|r| r.holds(id))
+            .map_or_else(|| self.default_backend(), |r| r.as_ref())
     }
 
     fn of(&self, handle: &Handle) -> Result<&dyn Runtime, RuntimeError> {
@@ -180,7 +189,7 @@ impl Runtime for Backends {
         id: &str,
         policy: Option<&egress::SandboxPolicy>,
     ) -> Result<(), RuntimeError> {
-        self.default_backend().set_egress_policy(id, policy)
+        self.holder(id).set_egress_policy(id, policy)
     }
 
     fn egress_ca_pem(&self) -> Option<String> {
@@ -188,7 +197,11 @@ impl Runtime for Backends {
     }
 
     fn take_egress_refusals(&self, id: &str) -> Vec<(egress::Refusal, u64)> {
-        self.default_backend().take_egress_refusals(id)
+        self.holder(id).take_egress_refusals(id)
+    }
+
+    fn holds(&self, id: &str) -> bool {
+        self.list.iter().any(|r| r.holds(id))
     }
 
     fn can_reroot(&self) -> bool {

@@ -315,6 +315,12 @@ pub trait Runtime: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Whether sandbox `id` is one of this backend's (its files are here).
+    fn holds(&self, id: &str) -> bool {
+        let _ = id;
+        false
+    }
+
     /// Whether [`Runtime::reroot`] works here.
     fn can_reroot(&self) -> bool {
         false

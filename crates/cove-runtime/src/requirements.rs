@@ -114,10 +114,11 @@ pub fn gvisor_limits(scratch: &Path) -> Vec<Check> {
             "gvisor-backend",
             Status::Warn,
             format!(
-                "{version}: the ptrace platform (no KVM), no internet access for gVisor \
-                 sandboxes in Cove yet, nothing listening on TCP can be checkpointed"
+                "{version}: the ptrace platform (no KVM); nothing listening on TCP can be \
+                 checkpointed; a sandbox with internet access pauses with its memory kept \
+                 in the host's (frozen) and snapshots only its files"
             ),
-            "create gVisor sandboxes with allow_internet_access=False; docs/SECURITY.md",
+            "see docs/GVISOR-NOTES.md and docs/SECURITY.md",
         ),
         statx_inside(runsc, scratch),
     ]

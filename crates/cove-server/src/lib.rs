@@ -289,8 +289,8 @@ impl AppState {
             templates,
             LifecycleConfig {
                 disk_mb: config.disk_mb,
-                // Warm sandboxes come with and without internet access, which gVisor
-                // sandboxes do not have (yet): none are kept when it is the default.
+                // A warm sandbox takes its template by a reroot, which gVisor sandboxes
+                // cannot do: none are kept when it is the default.
                 warm: if config.runtime == RuntimeKind::Gvisor {
                     0
                 } else {
@@ -333,7 +333,7 @@ impl AppState {
 }
 
 /// The namespace backend as `config` sets it up.
-fn namespace_runtime(config: &ServerConfig) -> Result<Arc<dyn Runtime>, ServerError> {
+fn namespace_runtime(config: &ServerConfig) -> Result<NamespaceRuntime, ServerError> {
     let mut egress = config.egress.clone();
     match tls::egress_ca::EgressIssuer::open(&config.state_dir) {
         Ok(issuer) => egress.interception = Some(Arc::new(issuer)),
@@ -353,13 +353,15 @@ fn namespace_runtime(config: &ServerConfig) -> Result<Arc<dyn Runtime>, ServerEr
         path: config.state_dir.join("disk-pool"),
         source,
     })?;
-    Ok(Arc::new(runtime))
+    Ok(runtime)
 }
 
 /// The backends `config` asks for: the namespace backend, and beside it the gVisor backend
 /// when runsc is installed; the one `--runtime` names is the default.
 fn runtimes(config: &ServerConfig) -> Result<Arc<dyn Runtime>, ServerError> {
-    let namespace = namespace_runtime(config)?;
+    let namespace_backend = namespace_runtime(config)?;
+    let internet = namespace_backend.internet();
+    let namespace: Arc<dyn Runtime> = Arc::new(namespace_backend);
     let runsc = PathBuf::from(cove_runtime::gvisor::runsc::DEFAULT_BINARY);
     if !runsc.is_file() {
         if config.runtime == RuntimeKind::Gvisor {
@@ -371,6 +373,7 @@ fn runtimes(config: &ServerConfig) -> Result<Arc<dyn Runtime>, ServerError> {
     let dir = config.state_dir.join("gvisor");
     let gvisor: Arc<dyn Runtime> = Arc::new(
         cove_runtime::GvisorRuntime::new(&config.exe, &dir)
+            .with_internet(internet)
             .with_log_cap(config.log_kb << 10)
             .with_disk_quota(dir.join("disk-pool"), config.disk_mb << 20)
             .map_err(|source| ServerError::StateDir {

@@ -26,6 +26,13 @@ pub struct Args {
     /// ROOT_SPEC RUNSC [ARGS...].
     #[arg(long = "gvisor-launch", num_args = 2.., allow_hyphen_values = true, value_names = ["ROOT_SPEC", "RUNSC"])]
     gvisor_launch: Option<Vec<std::ffi::OsString>>,
+    /// Connect a gVisor sandbox's network namespace to the outside:
+    /// LEASE_DIR SLOT HELPER LOG [CGROUP_PROCS...].
+    #[arg(long = "gvisor-link", num_args = 4.., value_names = ["LEASE_DIR", "SLOT", "HELPER", "LOG"])]
+    gvisor_link: Option<Vec<String>>,
+    /// Only hold a user and a network namespace (a gVisor sandbox's link), until killed.
+    #[arg(long = "hold-netns")]
+    hold_netns: bool,
     /// Connect a sandbox to the network: HELPER PID UID_BASE LOG [CGROUP_PROCS...].
     #[arg(long, num_args = 4.., value_names = ["HELPER", "PID", "UID_BASE", "LOG"])]
     network: Option<Vec<String>>,
@@ -72,6 +79,26 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         };
         cove_runtime::network::run_stage(&connection)
             .context("cannot connect the sandbox to the network")?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Some(link) = args.gvisor_link {
+        let [lease_dir, slot, helper, log, procs @ ..] = link.as_slice() else {
+            anyhow::bail!("--gvisor-link takes at least four values");
+        };
+        let procs: Vec<std::path::PathBuf> = procs.iter().map(std::path::PathBuf::from).collect();
+        let stage = cove_runtime::gvisor::link::Stage {
+            lease_dir: std::path::Path::new(lease_dir),
+            slot: slot.parse().context("invalid slot")?,
+            helper: std::path::Path::new(helper),
+            log: std::path::Path::new(log),
+            cgroup_procs: &procs,
+        };
+        cove_runtime::gvisor::link::run_stage(&stage)
+            .context("cannot connect the gVisor sandbox to the network")?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if args.hold_netns {
+        cove_runtime::gvisor::link::hold().context("cannot hold a network namespace")?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if args.copy_layers {

@@ -69,7 +69,7 @@ pub struct Args {
     /// The backend sandboxes run on unless their create metadata names another
     /// (`cove.runtime`): `namespace` (Linux namespaces around the host's kernel) or `gvisor`
     /// (gVisor's user-space kernel, runsc: stronger isolation, memory kept through pauses,
-    /// no internet access yet; docs/SECURITY.md). With runsc installed, both are
+    /// docs/SECURITY.md). With runsc installed, both are
     /// available side by side whichever is the default.
     #[arg(long, env = "COVE_RUNTIME", value_enum, default_value_t = RuntimeArg::Namespace)]
     runtime: RuntimeArg,

@@ -424,6 +424,35 @@ impl EgressFilter {
         Ok(())
     }
 
+    /// [`EgressFilter::set_policy`] with sandbox `id`'s egress cgroup in `cgroups`, when it
+    /// has one yet.
+    pub fn set_sandbox_policy(
+        &self,
+        cgroups: Option<&crate::cgroup::Hierarchy>,
+        id: &str,
+        policy: Option<&SandboxPolicy>,
+    ) -> Result<(), crate::RuntimeError> {
+        let dir = cgroups
+            .and_then(|c| c.egress_dir(id))
+            .filter(|d| d.is_dir());
+        self.set_policy(id, policy, dir.as_deref())
+            .map_err(|e| crate::RuntimeError::Io {
+                what: "apply the sandbox's egress policy",
+                source: io::Error::other(error_chain(&e)),
+            })
+    }
+
+    /// [`EgressFilter::take_refusals`], also told in the sandbox's log at `log`.
+    pub fn take_refusals_into_log(&self, id: &str, log: &Path) -> Vec<(Refusal, u64)> {
+        let refusals = self.take_refusals(id);
+        if !refusals.is_empty()
+            && let Err(err) = crate::namespace::refusals::write(log, &refusals)
+        {
+            tracing::warn!(%err, sandbox_id = %id, "cannot write refused connections to the sandbox's log");
+        }
+        refusals
+    }
+
     /// Forgets sandbox `id` (it ended): its own policy, and its counter in the shared
     /// programs' map; its programs go with its cgroup.
     pub fn forget(&self, id: &str) {

@@ -68,6 +68,9 @@ pub struct Bundle<'a> {
     pub cgroups_path: &'a str,
     /// Volumes: host mount points bound in, served by the gofer like the root.
     pub volumes: &'a [VolumeMount],
+    /// The network namespace of the sandbox's link ([`super::link`]); none: a namespace of
+    /// its own with loopback only.
+    pub netns: Option<&'a Path>,
 }
 
 /// The OCI runtime spec of `bundle`.
@@ -95,6 +98,10 @@ pub fn config(bundle: &Bundle<'_>) -> Result<Value, serde_json::Error> {
         json!({ "destination": EXE_INSIDE, "type": "bind", "source": bundle.exe,
                 "options": ["rbind", "ro", "nosuid", "nodev"] }),
     ]);
+    let network = match bundle.netns {
+        Some(path) => json!({ "type": "network", "path": path }),
+        None => json!({ "type": "network" }),
+    };
     Ok(json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -132,7 +139,7 @@ pub fn config(bundle: &Bundle<'_>) -> Result<Value, serde_json::Error> {
             },
             "namespaces": [
                 { "type": "pid" }, { "type": "ipc" }, { "type": "uts" },
-                { "type": "mount" }, { "type": "network" },
+                { "type": "mount" }, network,
             ],
         },
     }))
@@ -220,8 +227,17 @@ mod tests {
                 source: "/state/volumes/v/mnt".into(),
                 target: "/data".into(),
             }],
+            netns: Some(Path::new("/s/netns")),
         })
         .unwrap();
+        // The link's network namespace, by its name in the sandbox's directory.
+        let network = config["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["type"] == "network")
+            .unwrap();
+        assert_eq!(network["path"], "/s/netns");
         assert_eq!(config["process"]["args"][2], AGENT_FLAG);
         let env = config["process"]["env"].as_array().unwrap();
         let spec = env

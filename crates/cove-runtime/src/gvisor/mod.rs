@@ -17,11 +17,13 @@
 //! writable layers); a resume starts a new container on it. Snapshots copy the writable
 //! layers, and with memory the checkpoint beside them ([`snapshot`]); a sandbox made from a
 //! snapshot with memory is restored from it under its own identity. Volumes are bound in
-//! from their host mounts and served by the gofer like the root. Reroots and internet
-//! access are not done yet: they are refused with [`RuntimeError::Unsupported`].
+//! from their host mounts and served by the gofer like the root. Internet access goes
+//! through a link of the sandbox's own ([`link`]). Reroots are not done: they are refused
+//! with [`RuntimeError::Unsupported`].
 
 pub mod bundle;
 pub mod channel;
+pub mod link;
 mod pause;
 pub mod rootfs;
 pub mod runsc;
@@ -74,6 +76,13 @@ struct State {
     /// Its limits as last set (a restore sets them again).
     #[serde(default)]
     limits: Option<Limits>,
+    /// It has internet access: a link ([`link`]) while its container runs.
+    #[serde(default)]
+    internet: bool,
+    /// Paused with its memory kept in the host's (`runsc pause`), not checkpointed: a
+    /// sandbox with internet access, whose network stack this runsc cannot save.
+    #[serde(default)]
+    frozen: bool,
 }
 
 /// Runs sandboxes in gVisor, with the `cove` binary at `exe` as their agent.
@@ -85,6 +94,10 @@ pub struct GvisorRuntime {
     cgroups: Option<Hierarchy>,
     disks: Option<ImagePool>,
     log_cap: u64,
+    /// What sandboxes with internet access get theirs from; none: they are refused.
+    internet: Option<link::Internet>,
+    /// The uid ranges of the running links ([`link`]).
+    links: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
 }
 
 /// Paths of one sandbox.
@@ -111,12 +124,19 @@ impl Dirs {
     fn checkpoint(&self) -> PathBuf {
         self.root.join("checkpoint")
     }
+    /// A link to the network namespace of its link, for runsc.
+    fn netns(&self) -> PathBuf {
+        self.root.join("netns")
+    }
     fn existing_image(&self) -> Option<PathBuf> {
         Some(self.image()).filter(|i| i.exists())
     }
     /// What the launch stage mounts for `spec`'s sandbox.
     fn root_spec(&self, spec: &SandboxSpec) -> rootfs::RootSpec {
-        self.root_of(&spec.template)
+        rootfs::RootSpec {
+            network: spec.network,
+            ..self.root_of(&spec.template)
+        }
     }
     /// What the launch stage mounts for a sandbox of `template`.
     fn root_of(&self, template: &crate::Template) -> rootfs::RootSpec {
@@ -125,6 +145,7 @@ impl Dirs {
             disk: self.disk(),
             image: self.existing_image(),
             template: template.clone(),
+            network: false,
         }
     }
 }
@@ -152,7 +173,16 @@ impl GvisorRuntime {
             cgroups,
             disks: None,
             log_cap: DEFAULT_LOG_CAP,
+            internet: None,
+            links: Default::default(),
         }
+    }
+
+    /// Gives sandboxes that ask for it internet access through `internet` (the namespace
+    /// backend's helper, egress filter and uid ranges).
+    pub fn with_internet(mut self, internet: link::Internet) -> Self {
+        self.internet = Some(internet);
+        self
     }
 
     /// Uses the runsc binary at `binary`.
@@ -171,6 +201,11 @@ impl GvisorRuntime {
     pub fn with_log_cap(mut self, bytes: u64) -> Self {
         self.log_cap = bytes;
         self
+    }
+
+    /// The egress filter its sandboxes with internet access are behind, if there is one.
+    fn egress(&self) -> Option<&crate::egress::EgressFilter> {
+        self.internet.as_ref()?.filter.as_deref().ok()
     }
 
     /// runsc's id for sandbox `id` (see [`container_id`]).
@@ -264,6 +299,7 @@ impl GvisorRuntime {
             c.destroy(container, KILL_TIMEOUT)
         })?;
         remove_other_cgroups(container);
+        self.link_down(id)?;
         deleted?;
         let image = dirs.existing_image();
         rootfs::unmount(&dirs.rootfs(), &dirs.disk(), image.as_deref())
@@ -293,6 +329,9 @@ impl GvisorRuntime {
             reason,
         };
         let log = self.write_bundle(spec, dirs, state)?;
+        if spec.network {
+            self.link_up(&spec.id)?;
+        }
         if let Some(image) = &spec.template.memory {
             return self.restore(
                 &spec.id,
@@ -338,6 +377,7 @@ impl GvisorRuntime {
             limits: host_limits(spec.limits),
             cgroups_path: &cgroups_path,
             volumes: &spec.volumes,
+            netns: spec.network.then(|| dirs.netns()).as_deref(),
         })
         .map_err(|e| failed(format!("cannot write its OCI spec: {e}")))?;
         bundle::write(&dirs.root, &config).map_err(RuntimeError::io("write the OCI bundle"))?;
@@ -465,12 +505,7 @@ impl Runtime for GvisorRuntime {
     }
 
     fn create(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
-        if spec.network {
-            return Err(RuntimeError::Unsupported {
-                backend: NAME,
-                what: "give sandboxes internet access yet (create them with allowInternetAccess false)",
-            });
-        }
+        self.check_link(spec)?;
         self.runsc.check().map_err(|e| RuntimeError::Start {
             id: spec.id.clone(),
             reason: e.to_string(),
@@ -488,6 +523,8 @@ impl Runtime for GvisorRuntime {
             container: self.container_id(&spec.id),
             paused: None,
             limits: Some(spec.limits),
+            internet: spec.network,
+            frozen: false,
         };
         // Recorded before anything runs, so that a kill finds what there is to kill.
         self.save(&spec.id, &state)?;
@@ -510,7 +547,7 @@ impl Runtime for GvisorRuntime {
                 .is_dir()
                 .then(|| Recovered::Paused(self.started(id, &state), PauseMode::Filesystem)));
         }
-        if state.paused == Some(PauseMode::Memory) {
+        if state.paused == Some(PauseMode::Memory) && !state.frozen {
             return Ok(self
                 .dirs(id)
                 .checkpoint()
@@ -522,7 +559,14 @@ impl Runtime for GvisorRuntime {
             .runsc
             .state(&state.container)
             .map_err(runsc_err("look at the sandbox"))?;
-        Ok((status == Some(Status::Running)).then(|| Recovered::Running(self.started(id, &state))))
+        Ok(match status {
+            Some(Status::Running) => Some(Recovered::Running(self.started(id, &state))),
+            Some(Status::Paused) if state.frozen => Some(Recovered::Paused(
+                self.started(id, &state),
+                PauseMode::Memory,
+            )),
+            _ => None,
+        })
     }
 
     fn liveness(&self, handle: &Handle) -> Result<Liveness, RuntimeError> {
@@ -535,7 +579,7 @@ impl Runtime for GvisorRuntime {
                 Liveness::Ended(EndReason::AgentExited)
             });
         }
-        if state.paused == Some(PauseMode::Memory) {
+        if state.paused == Some(PauseMode::Memory) && !state.frozen {
             // Nothing runs; it lives on as long as its checkpoint.
             let kept = self
                 .dirs(&handle.id)
@@ -572,7 +616,40 @@ impl Runtime for GvisorRuntime {
 
     fn kill(&self, handle: &Handle) -> Result<(), RuntimeError> {
         let state = self.state(handle)?;
-        self.teardown(&handle.id, &state.container)
+        let ended = self.teardown(&handle.id, &state.container);
+        if let Some(filter) = self.egress() {
+            // Refusals not yet told go to the log before the sandbox's counters go.
+            let _ = self.take_egress_refusals(&handle.id);
+            filter.forget(&handle.id);
+        }
+        ended
+    }
+
+    fn holds(&self, id: &str) -> bool {
+        self.dirs(id).root.is_dir()
+    }
+
+    fn set_egress_policy(
+        &self,
+        id: &str,
+        policy: Option<&crate::egress::SandboxPolicy>,
+    ) -> Result<(), RuntimeError> {
+        // Without a filter no sandbox has internet access: nothing to narrow.
+        match self.egress() {
+            Some(filter) => filter.set_sandbox_policy(self.cgroups.as_ref(), id, policy),
+            None => Ok(()),
+        }
+    }
+
+    fn egress_ca_pem(&self) -> Option<String> {
+        self.egress()?.interception_ca_pem().map(str::to_owned)
+    }
+
+    fn take_egress_refusals(&self, id: &str) -> Vec<(crate::egress::Refusal, u64)> {
+        match self.egress() {
+            Some(filter) => filter.take_refusals_into_log(id, &self.dirs(id).log()),
+            None => Vec::new(),
+        }
     }
 
     fn kill_leftovers(&self, id: &str) -> Result<(), RuntimeError> {

@@ -6,6 +6,9 @@
 //!   under the same container id and tells the agent to listen again. A checkpoint that fails
 //!   after the container stopped loses the sandbox (runsc's behaviour): everything known to
 //!   make one fail is ruled out first.
+//! - **With memory, with internet access**: this runsc cannot save a network stack that
+//!   held connections to the outside, so the container is frozen in place (`runsc pause`):
+//!   its memory stays in the host's, as in the namespace backend, and a resume thaws it.
 //! - **Without memory**: the container, its cgroup, mounts and loop device go; the directory
 //!   (the disk image with the writable layers) stays, and a resume starts a new container on
 //!   it.
@@ -29,6 +32,13 @@ impl GvisorRuntime {
             (None, PauseMode::Memory) => {}
             // From running, or from a checkpoint (a resume that drops the memory).
             (None | Some(PauseMode::Memory), PauseMode::Filesystem) => {
+                if state.frozen {
+                    // runsc deletes a running container, not a paused one.
+                    self.runsc
+                        .freeze(&state.container, false)
+                        .map_err(runsc_err("thaw the sandbox"))?;
+                    state.frozen = false;
+                }
                 state.paused = Some(PauseMode::Filesystem);
                 self.save(id, &state)?;
                 self.teardown(id, &state.container)?;
@@ -41,6 +51,18 @@ impl GvisorRuntime {
                     state: "paused already",
                 });
             }
+        }
+        if state.internet {
+            // This runsc refuses to save a network stack that holds any connection to the
+            // outside (one closed a minute ago too, which nothing inside can see) and then
+            // ends the sandbox: the memory stays in the host's instead.
+            self.runsc
+                .freeze(&state.container, true)
+                .map_err(runsc_err("freeze the sandbox"))?;
+            state.paused = Some(PauseMode::Memory);
+            state.frozen = true;
+            self.save(id, &state)?;
+            return Ok(self.handle(id, &state));
         }
         let channel = self.channel(id);
         // A checkpoint that fails leaves the container stopped: nothing that would make it
@@ -110,6 +132,20 @@ impl GvisorRuntime {
                 });
             }
             Some(PauseMode::Filesystem) => return self.start_again(spec, state),
+            Some(PauseMode::Memory) if state.frozen => {
+                self.runsc
+                    .freeze(&state.container, false)
+                    .map_err(runsc_err("thaw the sandbox"))?;
+                state.paused = None;
+                state.frozen = false;
+                state.limits = Some(spec.limits);
+                self.save(id, &state)?;
+                // Its limits may have changed while it was paused.
+                self.on_cgroups("set the sandbox's limits", |c| {
+                    c.set_limits(&state.container, super::host_limits(spec.limits))
+                })?;
+                return Ok(self.started(id, &state));
+            }
             Some(PauseMode::Memory) => {}
         }
         let dirs = self.dirs(id);

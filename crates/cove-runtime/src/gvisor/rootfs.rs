@@ -37,6 +37,10 @@ pub struct RootSpec {
     pub disk: PathBuf,
     pub image: Option<PathBuf>,
     pub template: Template,
+    /// The sandbox has a link to the internet ([`super::link`]): runsc runs its netstack on
+    /// the link's interface, with `/proc/sys/net` hidden from it.
+    #[serde(default)]
+    pub network: bool,
 }
 
 /// The launch stage (host root, a process of its own): in a mount namespace of its own,
@@ -55,6 +59,11 @@ pub fn run_launch_stage(spec: &RootSpec, argv: &[std::ffi::OsString]) -> io::Err
         // SAFETY: the launch stage is single-threaded and does not unshare the file table.
         unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }?;
         mounts::make_private()?;
+        if spec.network {
+            // This runsc takes any network namespace that has this directory's
+            // `core/rmem_default` for the host's, and refuses it (see `super::link`).
+            mounts::mount_tmpfs(Path::new("/proc/sys/net"), "mode=555,size=4k")?;
+        }
         mount(
             &RootPaths {
                 rootfs: &spec.rootfs,

@@ -17,6 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The flag of a sentry without network (loopback only); see `super::link` for the other.
+const NO_NETWORK: &str = "--network=none";
+
 /// How long a runsc command may take before it counts as hung (a checkpoint of a large
 /// sandbox on a loaded host takes seconds; `checkpoint --leave-running` was seen to hang).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
@@ -88,7 +91,7 @@ impl Runsc {
         command
             .arg("--root")
             .arg(&self.root)
-            .args(["--platform=ptrace", "--network=none", "--host-uds=create"])
+            .args(["--platform=ptrace", NO_NETWORK, "--host-uds=create"])
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::null());
@@ -147,7 +150,14 @@ impl Runsc {
             ])
             .arg(spec)
             .arg(command.get_program())
-            .args(command.get_args())
+            .args(command.get_args().map(|arg| {
+                // A sandbox with a link gets the sentry's network stack on it.
+                if root.network && arg == NO_NETWORK {
+                    std::ffi::OsStr::new("--network=sandbox")
+                } else {
+                    arg
+                }
+            }))
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::null());

@@ -29,6 +29,13 @@ impl GvisorRuntime {
     ) -> Result<Template, RuntimeError> {
         let id = &handle.id;
         let state = self.state(handle)?;
+        if memory && state.internet {
+            return Err(RuntimeError::Unsupported {
+                backend: super::NAME,
+                what: "keep the memory of a sandbox with internet access (this runsc cannot \
+                       save its network stack's connections); snapshot it without memory",
+            });
+        }
         match (state.paused, memory) {
             (Some(PauseMode::Filesystem), true) => Err(RuntimeError::NotNow {
                 id: id.clone(),
@@ -36,6 +43,8 @@ impl GvisorRuntime {
                          files (snapshot it without memory)"
                     .to_owned(),
             }),
+            // Frozen in place: its container runs on its disk.
+            (Some(_), false) if state.frozen => self.copy_files(id, template, into, true, None),
             (Some(_), false) => self.copy_files(id, template, into, false, None),
             (Some(PauseMode::Memory), true) => self.copy_with_checkpoint(id, template, into),
             (None, false) => {

@@ -47,6 +47,12 @@ pub const NETWORK_FLAG: &str = "--network";
 /// The flag of the gVisor launch stage (`crate::gvisor::rootfs::run_launch_stage`): ROOT_SPEC
 /// RUNSC ARGS...
 pub const GVISOR_LAUNCH_FLAG: &str = "--gvisor-launch";
+/// The flag of a gVisor sandbox's link stage (`crate::gvisor::link::run_stage`): LEASE_DIR
+/// SLOT HELPER LOG [CGROUP_PROCS...].
+pub const GVISOR_LINK_FLAG: &str = "--gvisor-link";
+/// The flag of the network namespace holder of a gVisor sandbox's link
+/// (`crate::gvisor::link::hold`).
+pub const HOLD_NETNS_FLAG: &str = "--hold-netns";
 
 /// The variable of `cove serve`'s environment that sets what sandboxes' agents log
 /// (a `COVE_LOG` filter; default `info`).

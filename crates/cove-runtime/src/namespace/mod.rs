@@ -8,7 +8,7 @@
 
 pub mod init;
 mod pause;
-mod refusals;
+pub(crate) mod refusals;
 pub mod reroot;
 mod snapshot;
 pub(crate) mod state;
@@ -180,6 +180,16 @@ impl NamespaceRuntime {
 const DISK_POOL_SIZE: usize = 4;
 
 impl NamespaceRuntime {
+    /// What gVisor sandboxes beside these reach the internet with: the same helper, egress
+    /// filter and uid ranges.
+    pub fn internet(&self) -> crate::gvisor::link::Internet {
+        crate::gvisor::link::Internet {
+            helper: self.network_helper.clone(),
+            filter: self.egress.clone(),
+            slots: self.slots.clone(),
+        }
+    }
+
     /// The egress filter, or why sandboxes cannot have internet access on this host.
     fn egress_filter(&self) -> Result<&EgressFilter, String> {
         self.egress.as_deref().map_err(|reason| {
@@ -504,20 +514,10 @@ impl Runtime for NamespaceRuntime {
         policy: Option<&SandboxPolicy>,
     ) -> Result<(), RuntimeError> {
         // Without a filter no sandbox has internet access: nothing to narrow.
-        let Ok(filter) = &self.egress else {
-            return Ok(());
-        };
-        let dir = self
-            .cgroups
-            .as_ref()
-            .and_then(|c| c.egress_dir(id))
-            .filter(|d| d.is_dir());
-        filter
-            .set_policy(id, policy, dir.as_deref())
-            .map_err(|e| RuntimeError::Io {
-                what: "apply the sandbox's egress policy",
-                source: io::Error::other(crate::egress::error_chain(&e)),
-            })
+        match &self.egress {
+            Ok(filter) => filter.set_sandbox_policy(self.cgroups.as_ref(), id, policy),
+            Err(_) => Ok(()),
+        }
     }
 
     fn egress_ca_pem(&self) -> Option<String> {
@@ -526,16 +526,14 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn take_egress_refusals(&self, id: &str) -> Vec<(Refusal, u64)> {
-        let Ok(filter) = &self.egress else {
-            return Vec::new();
-        };
-        let refusals = filter.take_refusals(id);
-        if !refusals.is_empty()
-            && let Err(err) = refusals::write(&self.dirs(id).log(), &refusals)
-        {
-            tracing::warn!(%err, sandbox_id = %id, "cannot write refused connections to the sandbox's log");
+        match &self.egress {
+            Ok(filter) => filter.take_refusals_into_log(id, &self.dirs(id).log()),
+            Err(_) => Vec::new(),
         }
-        refusals
+    }
+
+    fn holds(&self, id: &str) -> bool {
+        self.dirs(id).root.is_dir()
     }
 
     fn log(&self, id: &str) -> Result<String, RuntimeError> {
