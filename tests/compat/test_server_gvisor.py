@@ -11,11 +11,13 @@ pauses frozen in place, its memory kept in the host's, and snapshots keep only i
 """
 
 import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from e2b import Sandbox, SandboxState
 
-from conftest import wait_until
+from conftest import point_sdks_at, running_cove_server, wait_until
 
 pytestmark = [
     pytest.mark.cove_server,
@@ -201,7 +203,6 @@ def test_a_sandbox_listening_on_tcp_is_not_lost_to_a_refused_pause(new_sandbox):
     with pytest.raises(Exception, match="400.*listen on TCP port.*8123"):
         sandbox.pause()
     assert Sandbox.get_info(sandbox.sandbox_id).state == SandboxState.RUNNING
-    assert "8123" in sandbox.commands.run("cat /proc/net/tcp").stdout.upper() or True
     out = sandbox.commands.run(
         "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8123').status)\""
     )
@@ -236,3 +237,56 @@ def test_a_code_interpreter_keeps_its_variables_through_pause_fork_and_snapshot(
     finally:
         for each in made:
             cove_server.api("DELETE", f"/sandboxes/{each.sandbox_id}")
+
+
+def kernels(sandbox) -> int:
+    """How many Python kernels run in the sandbox now."""
+    listing = sandbox.commands.run("ps -eo args").stdout
+    return sum("ipykernel" in line for line in listing.splitlines())
+
+
+def test_code_interpreter_sandboxes_start_from_a_kernel_image(monkeypatch):
+    """A code-interpreter sandbox on gVisor starts restored from its template's kernel image
+    (a memory snapshot taken once the kernel was up), its kernel already running, under its
+    own identity and environment; the image is made after the first such create, and warm
+    ones are restored from it ahead of demand. A server of its own: the image is made once
+    per server."""
+    from e2b_code_interpreter import Sandbox as CodeSandbox
+
+    with tempfile.TemporaryDirectory(prefix="cove-compat-kernel-image-") as work:
+        with running_cove_server(Path(work) / "state", Path(work) / "server.log") as server:
+            point_sdks_at(server, monkeypatch)
+            first = CodeSandbox.create(metadata=GVISOR)
+            try:
+                # Made the usual way: its kernel starts on first use.
+                assert kernels(first) == 0
+                assert first.run_code("6 * 7").text == "42"
+            finally:
+                first.kill()
+            wait_until(
+                lambda: "kernel image ready" in server.log.read_text(errors="replace"),
+                "the kernel image to be made",
+                180,
+            )
+            made = []
+            try:
+                for n in range(3):
+                    sandbox = CodeSandbox.create(metadata=GVISOR, envs={"MINE": f"yes {n}"})
+                    made.append(sandbox)
+                    # Restored with the kernel running, before any code ran in it.
+                    assert kernels(sandbox) == 1
+                    execution = sandbox.run_code(
+                        "import os\n(os.environ['E2B_SANDBOX_ID'], os.environ.get('MINE'))"
+                    )
+                    assert execution.error is None, execution.error
+                    assert execution.text == repr((sandbox.sandbox_id, f"yes {n}"))
+                    assert sandbox.run_code("x = 1\nx + 1").text == "2"
+                # A plain sandbox of the same template is made the usual way.
+                plain = Sandbox.create(metadata=GVISOR, allow_internet_access=False)
+                made.append(plain)
+                assert kernels(plain) == 0
+                # The image's layers are the sandboxes' files: kept while they run.
+                assert made[0].commands.run("echo kept > /home/user/f && cat /home/user/f").stdout == "kept\n"
+            finally:
+                for sandbox in made:
+                    sandbox.kill()

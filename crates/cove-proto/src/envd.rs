@@ -13,3 +13,8 @@ pub const CODE_INTERPRETER_PORT: u16 = 49999;
 /// Where the agent also serves the code interpreter on its own socket, for `cove serve`:
 /// requests to [`CODE_INTERPRETER_PORT`] reach it there without a tunnel.
 pub const INTERPRETER_PREFIX: &str = "/_cove/interpreter";
+
+/// Cove's own route of the code interpreter (below [`INTERPRETER_PREFIX`] on the agent's
+/// socket): starts the default Python kernel ahead of use and answers once it is ready (a
+/// server snapshots a gVisor sandbox so, with its kernel up).
+pub const INTERPRETER_WARM: &str = "/_cove/warm";

@@ -28,7 +28,14 @@ pub fn router<S: Clone + Send + Sync + 'static>(interpreter: Interpreter) -> Rou
         .route("/contexts", get(list).post(create))
         .route("/contexts/{id}", delete(remove))
         .route("/contexts/{id}/restart", post(restart))
+        .route(cove_proto::envd::INTERPRETER_WARM, post(warm))
         .with_state(interpreter)
+}
+
+/// Cove's own: starts the default Python kernel ahead of use and answers once it is ready.
+async fn warm(State(interpreter): State<Interpreter>) -> Result<StatusCode, InterpreterError> {
+    interpreter.warm().await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 impl IntoResponse for InterpreterError {

@@ -143,26 +143,28 @@ impl Interpreter {
     /// to be handed out: the first `run_code` then finds it running. A sandbox without a
     /// Python kernel, or one whose kernel fails to start, starts it on first use as usual.
     pub async fn prewarm(self) {
-        let context = match self.default_context("python") {
-            Ok(context) => context,
-            Err(err) => {
+        match self.warm().await {
+            Ok(()) => tracing::info!("warm kernel ready"),
+            Err(err @ InterpreterError::NoKernel { .. }) => {
                 tracing::info!(%err, "no kernel to start ahead of use");
-                return;
-            }
-        };
-        match self.ready(&context).await {
-            Ok(mut slot) => {
-                if slot.is_some()
-                    && let Err(line) = context.prime(&mut slot).await
-                {
-                    tracing::debug!(context = %context.id, ?line, "priming the kernel failed");
-                }
-                tracing::info!(context = %context.id, "warm kernel ready")
             }
             Err(err) => {
-                tracing::warn!(%err, context = %context.id, "cannot start the kernel ahead of use; it starts on first use")
+                tracing::warn!(%err, "cannot start the kernel ahead of use; it starts on first use")
             }
         }
+    }
+
+    /// Starts the default Python context's kernel, if it does not run yet, and takes it
+    /// through one run nobody sees; returns once it is ready for code.
+    pub async fn warm(&self) -> Result<(), InterpreterError> {
+        let context = self.default_context("python")?;
+        let mut slot = self.ready(&context).await?;
+        if slot.is_some()
+            && let Err(line) = context.prime(&mut slot).await
+        {
+            tracing::debug!(context = %context.id, ?line, "priming the kernel failed");
+        }
+        Ok(())
     }
 
     /// The default context of `language`, made when first asked for.

@@ -74,14 +74,18 @@ impl Lifecycle {
         // Snapshots get no warm pool of their own: their layers are held by records and
         // creates only. A fork takes a warm sandbox of its source's template and gives it
         // its files (`fork_of`). Volumes are mounted as a sandbox starts, so a sandbox with
-        // some is started anew.
+        // some is started anew. A gVisor sandbox of a template with a kernel image takes one
+        // restored from it.
+        let kernel_image = super::kernel_images::fits(&settings);
         let warm_of = match settings.template.kind {
+            _ if kernel_image => Some(&settings.template),
             TemplateKind::Snapshot { .. } => settings.fork_of.as_ref(),
             _ => Some(&settings.template),
         }
-        .filter(|_| settings.volumes.is_empty() && !settings.other_runtime);
+        .filter(|_| kernel_image || (settings.volumes.is_empty() && !settings.other_runtime));
         if let Some(warm_of) = warm_of {
-            let taken = self.pool.take(&warm_of.warm_key(), settings.network);
+            let key = super::warm::pool_key(warm_of, kernel_image);
+            let taken = self.pool.take(&key, settings.network);
             let after = match taken {
                 Taken::Ready(_) => super::warm::REFILL_AFTER_CLAIM,
                 // No warm sandbox to hand out now: the pool is behind, and this create may
@@ -91,7 +95,11 @@ impl Lifecycle {
                     std::time::Duration::ZERO
                 }
             };
-            self.refill(warm_of, settings.network, after);
+            if kernel_image {
+                self.refill_gvisor(warm_of, settings.network, after);
+            } else {
+                self.refill(warm_of, settings.network, after);
+            }
             let warm = match taken {
                 Taken::Ready(warm) => Some(*warm),
                 Taken::Soon(promise) => promise.await.ok(),
@@ -115,10 +123,17 @@ impl Lifecycle {
         let _turn = self.admission.turn().await?;
         let _starting = self.metrics.starting();
         let mut record = settings.record(&self.config, secrets::random_id(20));
-        let started = match self
-            .start(&mut record, settings.template.template.clone(), false)
-            .await
+        let mut template = settings.template.template.clone();
+        if kernel_image && let Some(image) = self.kernel_image(&settings.template, settings.network)
         {
+            // Its files are the image's from now on (a resume from files starts on them).
+            record.template = Some(cove_runtime::Template {
+                memory: None,
+                ..image.clone()
+            });
+            template = image;
+        }
+        let started = match self.start(&mut record, template, false).await {
             Ok(started) => started,
             Err(err) => {
                 self.discard(&record).await;
@@ -178,6 +193,10 @@ impl Lifecycle {
         }
         let mut record = settings.record(&self.config, warm.record.id.clone());
         record.envd_access_token = warm.record.envd_access_token.clone();
+        if settings.fork_of.is_none() {
+            // The files it started on (a gVisor one's are its kernel image's).
+            record.template = warm.record.template.clone();
+        }
         record.handle = warm.record.handle.clone();
         if let Err(err) = self.hand_over(&record, &warm).await {
             self.end_warm(warm).await;

@@ -13,6 +13,7 @@ mod create;
 mod egress;
 mod end;
 mod fork;
+mod kernel_images;
 pub mod layers;
 mod lifetime;
 pub mod mask;
@@ -176,6 +177,8 @@ pub struct Lifecycle {
     transitions: TaskTracker,
     /// Snapshot layers being made or used by creates not yet recorded.
     layers_in_use: LayersInUse,
+    /// Memory snapshots of templates with their kernel up, for gVisor sandboxes.
+    kernel_images: kernel_images::KernelImages,
     /// What Prometheus is told (`GET /metrics`).
     metrics: Arc<crate::telemetry::Metrics>,
     /// The volumes sandboxes mount.
@@ -212,6 +215,7 @@ impl Lifecycle {
             private: private::Running::default(),
             transitions: TaskTracker::new(),
             layers_in_use: LayersInUse::default(),
+            kernel_images: Default::default(),
             metrics: Arc::default(),
         }
     }

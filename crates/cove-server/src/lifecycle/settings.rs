@@ -76,8 +76,13 @@ pub struct Settings {
     /// fork's files as its new root ([`cove_runtime::Runtime::reroot`]).
     pub fork_of: Option<TemplateEntry>,
     /// It asked for a backend other than the server's default ([`RUNTIME_KEY`]): no warm
-    /// sandbox (they run on the default) fits it.
+    /// sandbox of the default backend fits it.
     pub other_runtime: bool,
+    /// It runs on gVisor (asked for, or the server's default; for a fork, its source
+    /// named it).
+    pub on_gvisor: bool,
+    /// The create named the code-interpreter template, as E2B's code-interpreter SDKs do.
+    pub code_interpreter: bool,
 }
 
 impl Settings {
@@ -111,6 +116,10 @@ impl Settings {
         let other_runtime = metadata
             .get(RUNTIME_KEY)
             .is_some_and(|asked| asked != runtimes[0]);
+        let on_gvisor = metadata
+            .get(RUNTIME_KEY)
+            .map_or(runtimes[0], String::as_str)
+            == cove_runtime::gvisor::NAME;
         let timeout_secs = request.timeout.unwrap_or(match version {
             ApiVersion::V1 => 15,
             ApiVersion::V2 => 300,
@@ -174,6 +183,8 @@ impl Settings {
             volumes: Vec::new(),
             fork_of: None,
             other_runtime,
+            on_gvisor,
+            code_interpreter: super::templates::CODE_INTERPRETER_NAMES.contains(&template_name),
         })
     }
 
@@ -199,6 +210,11 @@ impl Settings {
             fork_of: None,
             // Its source's backend, when it named one (no warm sandbox is taken then).
             other_runtime: source.metadata.contains_key(RUNTIME_KEY),
+            on_gvisor: source
+                .metadata
+                .get(RUNTIME_KEY)
+                .is_some_and(|r| r == cove_runtime::gvisor::NAME),
+            code_interpreter: false,
         }
     }
 
@@ -220,6 +236,8 @@ impl Settings {
             volumes: Vec::new(),
             fork_of: None,
             other_runtime: false,
+            on_gvisor: false,
+            code_interpreter: false,
         }
     }
 

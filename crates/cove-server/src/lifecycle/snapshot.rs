@@ -46,7 +46,7 @@ impl LayersInUse {
         self.hold_paths(template.paths().map(Path::to_path_buf).collect())
     }
 
-    fn hold_paths(&self, paths: Vec<PathBuf>) -> LayersHeld {
+    pub(super) fn hold_paths(&self, paths: Vec<PathBuf>) -> LayersHeld {
         let mut held = self.held();
         for path in &paths {
             *held.entry(path.clone()).or_default() += 1;
@@ -345,7 +345,7 @@ impl Lifecycle {
 }
 
 /// The snapshot directory, host root's alone like the rest of the state.
-fn make_dir(dir: &Path) -> Result<(), cove_runtime::RuntimeError> {
+pub(super) fn make_dir(dir: &Path) -> Result<(), cove_runtime::RuntimeError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -109,6 +109,10 @@ pub struct Templates {
     snapshots: Arc<RwLock<Vec<TemplateEntry>>>,
 }
 
+/// The names E2B's code-interpreter SDKs create sandboxes of (`base` here, which has Python
+/// and ipykernel).
+pub const CODE_INTERPRETER_NAMES: [&str; 2] = ["code-interpreter-v1", "code-interpreter"];
+
 impl Templates {
     /// Builds (or reuses) the base template under `dir`; built templates come from `catalog`
     /// and their layers from `store`.
@@ -121,11 +125,11 @@ impl Templates {
         let entry = TemplateEntry {
             id: "base".to_owned(),
             alias: "base".to_owned(),
-            names: vec![
-                "base".to_owned(),
-                "code-interpreter-v1".to_owned(),
-                "code-interpreter".to_owned(),
-            ],
+            names: ["base"]
+                .into_iter()
+                .chain(CODE_INTERPRETER_NAMES)
+                .map(str::to_owned)
+                .collect(),
             template: base,
             created_at: crate::clock::now_ms(),
             kind: TemplateKind::BuiltIn,

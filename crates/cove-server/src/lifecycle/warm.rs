@@ -1,6 +1,8 @@
 //! Keeping warm sandboxes: started ahead of demand, one at a time per template and kind, for
 //! `base` always and for the templates creates used lately, and ended when their template
-//! goes idle and at shutdown (they are not worth keeping).
+//! goes idle and at shutdown (they are not worth keeping). Templates whose gVisor sandboxes
+//! start from a kernel image ([`super::kernel_images`]) have a pool of those beside, restored
+//! ahead of demand once their image is ready.
 
 use std::{sync::Arc, time::Duration};
 
@@ -26,10 +28,31 @@ impl Lifecycle {
     /// Tops the warm pool of this template and kind up again, one sandbox at a time, in the
     /// background, beginning `after` from now.
     pub fn refill(self: &Arc<Self>, entry: &TemplateEntry, network: bool, after: Duration) {
+        self.refill_pool(entry, network, after, false);
+    }
+
+    /// [`Lifecycle::refill`] for the pool of gVisor sandboxes restored from the template's
+    /// kernel image.
+    pub(super) fn refill_gvisor(
+        self: &Arc<Self>,
+        entry: &TemplateEntry,
+        network: bool,
+        after: Duration,
+    ) {
+        self.refill_pool(entry, network, after, true);
+    }
+
+    fn refill_pool(
+        self: &Arc<Self>,
+        entry: &TemplateEntry,
+        network: bool,
+        after: Duration,
+        gvisor: bool,
+    ) {
         if self.warming.is_closed() {
             return;
         }
-        let key = entry.warm_key();
+        let key = pool_key(entry, gvisor);
         let evicted = match self.pool.begin_start(&key, network) {
             Begin::No => return,
             Begin::Go { evicted } => evicted,
@@ -54,7 +77,7 @@ impl Lifecycle {
                 this.end_warm(*warm).await;
             }
             loop {
-                let warm = this.start_warm(&entry, network).await;
+                let warm = this.start_warm(&entry, network, gvisor).await;
                 let started = warm.is_some();
                 this.pool.finish_start(&key, network, warm);
                 // After a failure the next create tries again, not a busy loop.
@@ -88,14 +111,22 @@ impl Lifecycle {
         self.refill(entry, true, Duration::ZERO);
     }
 
-    async fn start_warm(&self, entry: &TemplateEntry, network: bool) -> Option<Warm> {
-        let settings = Settings::warm(entry.clone(), self.config.caps, network);
+    async fn start_warm(&self, entry: &TemplateEntry, network: bool, gvisor: bool) -> Option<Warm> {
+        let mut settings = Settings::warm(entry.clone(), self.config.caps, network);
+        if gvisor {
+            // Restored from the image, its kernel running: no image yet, no warm sandbox.
+            settings.template.template = self.ready_kernel_image(entry)?;
+            settings.metadata.insert(
+                super::settings::RUNTIME_KEY.to_owned(),
+                cove_runtime::gvisor::NAME.to_owned(),
+            );
+        }
         let mut record = settings.record(&self.config, secrets::random_id(20));
         let started = match self
             .start(
                 &mut record,
                 settings.template.template.clone(),
-                self.config.warm_kernels,
+                self.config.warm_kernels && !gvisor,
             )
             .await
         {
@@ -169,5 +200,15 @@ impl Lifecycle {
             self.end_warm(warm).await;
         }
         self.end_all_private().await;
+    }
+}
+
+/// The warm pool of `entry`'s sandboxes: of the default backend, or of gVisor restored from
+/// its kernel image.
+pub(super) fn pool_key(entry: &TemplateEntry, gvisor: bool) -> String {
+    if gvisor {
+        format!("{}#gvisor-kernel", entry.warm_key())
+    } else {
+        entry.warm_key()
     }
 }
