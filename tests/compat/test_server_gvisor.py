@@ -57,8 +57,10 @@ def test_a_gvisor_sandbox_runs_beside_namespace_ones(new_sandbox):
     assert Sandbox.get_info(gvisor.sandbox_id).metadata["cove.runtime"] == "gvisor"
 
 
-def test_a_pause_keeps_a_process_and_its_memory_under_gvisor(new_sandbox):
-    sandbox = new_sandbox(metadata=GVISOR, allow_internet_access=False)
+def paused_and_resumed(sandbox) -> tuple[Sandbox, int]:
+    """Pauses `sandbox` with a counting process in it and resumes it: the same process, with
+    the token it drew before the pause, counts on. The resumed sandbox and the count at the
+    pause."""
     pid = sandbox.commands.run(HOLDER, background=True).pid
     wait_until(lambda: held(sandbox)[1] > 2, "the process to count")
     token, at_pause = held(sandbox)
@@ -67,10 +69,14 @@ def test_a_pause_keeps_a_process_and_its_memory_under_gvisor(new_sandbox):
     assert Sandbox.get_info(sandbox.sandbox_id).state == SandboxState.PAUSED
 
     resumed = Sandbox.connect(sandbox.sandbox_id, timeout=120)
-    # The same process, with the token it drew before the pause, counts on.
     assert pid in [p.pid for p in resumed.commands.list()]
     wait_until(lambda: held(resumed)[1] > at_pause + 2, "the count to go on")
     assert held(resumed)[0] == token
+    return resumed, at_pause
+
+
+def test_a_pause_keeps_a_process_and_its_memory_under_gvisor(new_sandbox):
+    paused_and_resumed(new_sandbox(metadata=GVISOR, allow_internet_access=False))
 
 
 def test_forks_start_with_the_processes_and_memory_of_their_source(new_sandbox, cove_server):
@@ -156,16 +162,8 @@ def test_a_sandbox_with_internet_access_pauses_frozen_and_snapshots_its_files(
     new_sandbox, cove_server
 ):
     sandbox = new_sandbox(metadata=GVISOR)
-    pid = sandbox.commands.run(HOLDER, background=True).pid
-    wait_until(lambda: held(sandbox)[1] > 2, "the process to count")
-    token, at_pause = held(sandbox)
-
-    assert sandbox.pause() is True
-    assert Sandbox.get_info(sandbox.sandbox_id).state == SandboxState.PAUSED
-    resumed = Sandbox.connect(sandbox.sandbox_id, timeout=120)
-    assert pid in [p.pid for p in resumed.commands.list()]
-    wait_until(lambda: held(resumed)[1] > at_pause + 2, "the count to go on")
-    assert held(resumed)[0] == token
+    # Frozen in place rather than checkpointed: the same process counts on all the same.
+    resumed, at_pause = paused_and_resumed(sandbox)
 
     # A snapshot keeps the files where memory cannot be kept; asked for memory, it says why.
     snapshot = resumed.create_snapshot()
@@ -281,6 +279,9 @@ def test_code_interpreter_sandboxes_start_from_a_kernel_image(monkeypatch):
                     assert execution.error is None, execution.error
                     assert execution.text == repr((sandbox.sandbox_id, f"yes {n}"))
                     assert sandbox.run_code("x = 1\nx + 1").text == "2"
+                # Each copy of the kernel draws its own random numbers.
+                draws = {s.run_code("import random\nrandom.random()").text for s in made}
+                assert len(draws) == len(made), draws
                 # A plain sandbox of the same template is made the usual way.
                 plain = Sandbox.create(metadata=GVISOR, allow_internet_access=False)
                 made.append(plain)

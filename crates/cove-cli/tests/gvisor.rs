@@ -269,12 +269,7 @@ async fn a_memory_pause_checkpoints_and_a_resume_continues_the_same_process() {
     let agent = agent(&started);
     // A counter that lives only in the process's memory, with a token drawn at its start:
     // after the resume the same process (same pid, same token) must go on counting.
-    let counter = agent
-        .client
-        .commands()
-        .spawn(Command::shell(COUNTER))
-        .await
-        .unwrap();
+    let counter = spawn_counter(&agent.client).await;
     let before = counted_past(&agent.client, 3).await;
 
     let began = Instant::now();
@@ -329,6 +324,15 @@ async fn a_memory_pause_checkpoints_and_a_resume_continues_the_same_process() {
 /// count` to `/tmp/count` (the sentry's tmpfs, kept by a checkpoint) every 50 ms.
 const COUNTER: &str = "exec python3 -c \"\nimport os, time\ntoken = os.urandom(8).hex()\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/count.new', 'w').write(f'{os.getpid()} {token} {i}')\n    os.replace('/tmp/count.new', '/tmp/count')\n    time.sleep(0.05)\n\"";
 
+/// Starts a [`COUNTER`] in the sandbox.
+async fn spawn_counter(agent: &AgentClient) -> cove_sdk::CommandHandle {
+    agent
+        .commands()
+        .spawn(Command::shell(COUNTER))
+        .await
+        .unwrap()
+}
+
 /// What the [`COUNTER`] wrote last: pid, token, count.
 async fn count(agent: &AgentClient) -> Option<(String, String, u64)> {
     let raw = sh(agent, "cat /tmp/count 2>/dev/null || true").await;
@@ -359,12 +363,7 @@ async fn a_memory_snapshot_starts_sandboxes_with_its_processes_running_under_the
     let source_id = "gv-snap-source";
     let source = fixture.start(source_id);
     let agent = agent(&source);
-    agent
-        .client
-        .commands()
-        .spawn(Command::shell(COUNTER))
-        .await
-        .unwrap();
+    spawn_counter(&agent.client).await;
     agent
         .client
         .files()
@@ -696,12 +695,7 @@ async fn a_sandbox_with_internet_access_freezes_to_pause_and_its_link_goes_with_
     let agent = agent(&started);
     let routes = sh(&agent.client, "cat /proc/net/route").await;
     assert!(routes.contains("tap0"), "{routes}");
-    agent
-        .client
-        .commands()
-        .spawn(Command::shell(COUNTER))
-        .await
-        .unwrap();
+    spawn_counter(&agent.client).await;
     let before = counted_past(&agent.client, 3).await;
 
     let paused = fixture

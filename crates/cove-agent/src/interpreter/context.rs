@@ -262,7 +262,16 @@ impl Context {
             .filter(|k| !sandbox_env.contains_key(*k) && takes(k))
             .cloned()
             .collect();
-        let code = env_code(&self.language, &assign, &remove);
+        let mut code = env_code(&self.language, &assign, &remove);
+        // A kernel that ran in another sandbox first (restored from a kernel image or a
+        // memory snapshot, as every copy of it is) draws from a random sequence of its own.
+        let elsewhere = kernel
+            .sandbox_env()
+            .get(SANDBOX_ID)
+            .is_some_and(|id| sandbox_env.get(SANDBOX_ID) != Some(id));
+        if elsewhere && self.language == "python" {
+            code.push_str("\n__import__('random').seed()");
+        }
         if !code.is_empty() {
             self.silent(slot, &code).await?;
         }
@@ -388,6 +397,9 @@ impl Client {
         }
     }
 }
+
+/// The variable that names the sandbox a process runs in.
+const SANDBOX_ID: &str = "E2B_SANDBOX_ID";
 
 /// Code that sets `assign` in the kernel's environment and removes `remove` from it.
 fn env_code(language: &str, assign: &BTreeMap<String, String>, remove: &[String]) -> String {
