@@ -6,8 +6,8 @@ is skipped.
 Differences (docs/COMPATIBILITY.md and docs/SECURITY.md say more):
 - Both run with E2B's default, internet access on (reached through tests/egress.rs and
   test_server_network_policy.py's test hosts, which stay on this machine).
-- GNU `ls` and `stat` fail on this runsc (its `statx`); the SDK's file listing does not use
-  them and works on both.
+- GNU `ls` and `stat` would fail on this runsc (its `statx` refuses a flag they pass); gVisor
+  sandboxes preload a shim that retries without it, so they work on both (tested below).
 """
 
 import shutil
@@ -76,6 +76,17 @@ def test_files_write_read_list_rename_remove(backend_sandbox):
     # What a command writes, the files API reads, and the other way round.
     sandbox.commands.run("echo made > /home/user/by-command.txt")
     assert sandbox.files.read("/home/user/by-command.txt") == "made\n"
+
+
+def test_coreutils_list_and_stat_files(backend_sandbox):
+    sandbox = backend_sandbox
+    sandbox.files.write("/home/user/listed.txt", "12345")
+    listing = sandbox.commands.run("ls -la /home/user")
+    assert listing.exit_code == 0 and "listed.txt" in listing.stdout, listing
+    size = sandbox.commands.run("stat -c %s /home/user/listed.txt")
+    assert size.stdout.strip() == "5", size
+    copied = sandbox.commands.run("cp -a /home/user/listed.txt /tmp/copy.txt && ls /tmp")
+    assert "copy.txt" in copied.stdout, copied
 
 
 def test_a_watch_sees_what_a_command_does(backend_sandbox):

@@ -71,6 +71,8 @@ pub struct Bundle<'a> {
     /// The network namespace of the sandbox's link ([`super::link`]); none: a namespace of
     /// its own with loopback only.
     pub netns: Option<&'a Path>,
+    /// The statx shim on the host, bound in at [`super::statx::INSIDE`].
+    pub statx_shim: &'a Path,
 }
 
 /// The OCI runtime spec of `bundle`.
@@ -97,6 +99,8 @@ pub fn config(bundle: &Bundle<'_>) -> Result<Value, serde_json::Error> {
                 "options": ["rbind", "rw", "nosuid", "nodev", "noexec"] }),
         json!({ "destination": EXE_INSIDE, "type": "bind", "source": bundle.exe,
                 "options": ["rbind", "ro", "nosuid", "nodev"] }),
+        json!({ "destination": super::statx::INSIDE, "type": "bind",
+                "source": bundle.statx_shim, "options": ["rbind", "ro", "nosuid", "nodev"] }),
     ]);
     let network = match bundle.netns {
         Some(path) => json!({ "type": "network", "path": path }),
@@ -228,6 +232,7 @@ mod tests {
                 target: "/data".into(),
             }],
             netns: Some(Path::new("/s/netns")),
+            statx_shim: Path::new("/s/statx-shim.so"),
         })
         .unwrap();
         // The link's network namespace, by its name in the sandbox's directory.

@@ -28,6 +28,7 @@ mod pause;
 pub mod rootfs;
 pub mod runsc;
 mod snapshot;
+pub mod statx;
 
 use std::{
     fs, io,
@@ -366,7 +367,8 @@ impl GvisorRuntime {
             id: spec.id.clone(),
             reason,
         };
-        let agent = AgentSpec::new(spec.agent.clone(), self.log_cap);
+        let agent = AgentSpec::new(statx::preloaded(&spec.agent), self.log_cap);
+        let shim = statx::install(&self.root).map_err(RuntimeError::io("write the statx shim"))?;
         let cgroups_path = format!("/{CGROUP_PARENT}/{}", state.container);
         let config = bundle::config(&Bundle {
             rootfs: &dirs.rootfs(),
@@ -378,6 +380,7 @@ impl GvisorRuntime {
             cgroups_path: &cgroups_path,
             volumes: &spec.volumes,
             netns: spec.network.then(|| dirs.netns()).as_deref(),
+            statx_shim: &shim,
         })
         .map_err(|e| failed(format!("cannot write its OCI spec: {e}")))?;
         bundle::write(&dirs.root, &config).map_err(RuntimeError::io("write the OCI bundle"))?;
@@ -412,7 +415,7 @@ impl GvisorRuntime {
         let channel = self.channel(id);
         if let Some(agent) = renew {
             channel
-                .renew(agent)
+                .renew(&statx::preloaded(agent))
                 .map_err(channel_err("renew the sandbox's agent"))?;
         }
         let began = std::time::Instant::now();
@@ -560,6 +563,16 @@ impl Runtime for GvisorRuntime {
             .state(&state.container)
             .map_err(runsc_err("look at the sandbox"))?;
         Ok(match status {
+            // A freeze recorded but cut short by the server's end is finished now.
+            Some(Status::Running) if state.frozen => {
+                self.runsc
+                    .freeze(&state.container, true)
+                    .map_err(runsc_err("freeze the sandbox"))?;
+                Some(Recovered::Paused(
+                    self.started(id, &state),
+                    PauseMode::Memory,
+                ))
+            }
             Some(Status::Running) => Some(Recovered::Running(self.started(id, &state))),
             Some(Status::Paused) if state.frozen => Some(Recovered::Paused(
                 self.started(id, &state),
@@ -615,14 +628,13 @@ impl Runtime for GvisorRuntime {
     }
 
     fn kill(&self, handle: &Handle) -> Result<(), RuntimeError> {
-        let state = self.state(handle)?;
-        let ended = self.teardown(&handle.id, &state.container);
         if let Some(filter) = self.egress() {
             // Refusals not yet told go to the log before the sandbox's counters go.
             let _ = self.take_egress_refusals(&handle.id);
             filter.forget(&handle.id);
         }
-        ended
+        let state = self.state(handle)?;
+        self.teardown(&handle.id, &state.container)
     }
 
     fn holds(&self, id: &str) -> bool {

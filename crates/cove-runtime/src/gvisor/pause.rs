@@ -55,13 +55,17 @@ impl GvisorRuntime {
         if state.internet {
             // This runsc refuses to save a network stack that holds any connection to the
             // outside (one closed a minute ago too, which nothing inside can see) and then
-            // ends the sandbox: the memory stays in the host's instead.
-            self.runsc
-                .freeze(&state.container, true)
-                .map_err(runsc_err("freeze the sandbox"))?;
+            // ends the sandbox: the memory stays in the host's instead. Recorded first: a
+            // server that dies meanwhile finishes the freeze when it comes back.
             state.paused = Some(PauseMode::Memory);
             state.frozen = true;
             self.save(id, &state)?;
+            if let Err(err) = self.runsc.freeze(&state.container, true) {
+                state.paused = None;
+                state.frozen = false;
+                self.save(id, &state)?;
+                return Err(runsc_err("freeze the sandbox")(err));
+            }
             return Ok(self.handle(id, &state));
         }
         let channel = self.channel(id);
