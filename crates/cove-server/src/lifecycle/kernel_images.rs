@@ -117,8 +117,8 @@ impl Lifecycle {
         None
     }
 
-    /// Starts a gVisor sandbox of `entry` with its kernel, waits until the kernel has run
-    /// code, snapshots it with its memory and ends it.
+    /// Starts a gVisor sandbox of `entry`, has its agent start and prime the Python kernel,
+    /// snapshots it with its memory and ends it.
     async fn make_kernel_image(
         &self,
         entry: &TemplateEntry,
