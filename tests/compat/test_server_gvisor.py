@@ -10,6 +10,7 @@ A gVisor sandbox with internet access (E2B's default) reaches it through a link 
 pauses frozen in place, its memory kept in the host's, and snapshots keep only its files.
 """
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -55,6 +56,17 @@ def test_a_gvisor_sandbox_runs_beside_namespace_ones(new_sandbox):
     result = gvisor.commands.run("python3 -c 'print(6 * 7)'")
     assert (result.exit_code, result.stdout) == (0, "42\n")
     assert Sandbox.get_info(gvisor.sandbox_id).metadata["cove.runtime"] == "gvisor"
+
+
+def snapshot_of(cove_server, sandbox_id: str, memory: bool):
+    """The raw answer to a snapshot request with Cove's `memory` field (the SDK sends none)."""
+    return cove_server.request(
+        "POST",
+        f"/sandboxes/{sandbox_id}/snapshots",
+        headers={"X-API-KEY": cove_server.api_key, "Content-Type": "application/json"},
+        body=json.dumps({"memory": memory}).encode(),
+        timeout=120,
+    )
 
 
 def paused_and_resumed(sandbox) -> tuple[Sandbox, int]:
@@ -135,13 +147,7 @@ def test_a_memory_snapshot_starts_sandboxes_with_its_processes_running(new_sandb
             allow_internet_access=False,
         )
     # Files only, when asked: its sandboxes start afresh on the files.
-    files_only = cove_server.request(
-        "POST",
-        f"/sandboxes/{source.sandbox_id}/snapshots",
-        headers={"X-API-KEY": cove_server.api_key, "Content-Type": "application/json"},
-        body=b'{"memory": false}',
-        timeout=120,
-    )
+    files_only = snapshot_of(cove_server, source.sandbox_id, memory=False)
     assert files_only.status == 201 and files_only.json()["mode"] == "filesystem"
     plain = new_sandbox(
         template=files_only.json()["snapshotID"], metadata=GVISOR, allow_internet_access=False
@@ -169,13 +175,7 @@ def test_a_sandbox_with_internet_access_pauses_frozen_and_snapshots_its_files(
     snapshot = resumed.create_snapshot()
     listed = cove_server.api("GET", f"/snapshots?sandboxID={sandbox.sandbox_id}")
     assert [s["mode"] for s in listed.json()] == ["filesystem"]
-    with_memory = cove_server.request(
-        "POST",
-        f"/sandboxes/{sandbox.sandbox_id}/snapshots",
-        headers={"X-API-KEY": cove_server.api_key, "Content-Type": "application/json"},
-        body=b'{"memory": true}',
-        timeout=120,
-    )
+    with_memory = snapshot_of(cove_server, sandbox.sandbox_id, memory=True)
     assert with_memory.status == 400, with_memory.body
     assert b"internet access" in with_memory.body
     copy = new_sandbox(template=snapshot.snapshot_id, metadata=GVISOR)

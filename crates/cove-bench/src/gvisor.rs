@@ -204,35 +204,18 @@ pub async fn all(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     let mut from_snapshot = Vec::new();
     let mut cold = Vec::new();
     for _ in 0..n.min(10) {
-        let started = Instant::now();
-        let sandbox = Sandbox::create(
-            &config,
-            CreateOptions {
-                template: Some(snapshot.snapshot_id.clone()),
-                metadata: Default::default(),
-                ..options("gvisor")
-            },
-        )
-        .await?;
-        let execution = sandbox.run_code("x + 1").await?;
-        let text = execution.text();
-        from_snapshot.push(started.elapsed());
-        anyhow::ensure!(text == Some("42"), "x + 1 gave {text:?}");
-        sandbox.kill().await?;
-
-        let started = Instant::now();
-        let sandbox = Sandbox::create(&config, options("namespace")).await?;
-        let execution = sandbox.run_code("1 + 1").await?;
-        let text = execution.text();
-        cold.push(started.elapsed());
-        anyhow::ensure!(text == Some("2"), "1 + 1 gave {text:?}");
-        sandbox.kill().await?;
+        let from_it = CreateOptions {
+            template: Some(snapshot.snapshot_id.clone()),
+            metadata: Default::default(),
+            ..options("gvisor")
+        };
+        from_snapshot.push(first_run_code(&config, from_it, "x + 1", "42").await?);
+        cold.push(first_run_code(&config, options("namespace"), "1 + 1", "2").await?);
     }
     report.results.push(Result {
         name: "gVisor: create from a memory snapshot → first run_code result".into(),
         figure: latency(from_snapshot),
-        baseline_name: "namespace backend: create → first run_code, kernel started on first use"
-            .into(),
+        baseline_name: COLD_KERNEL.into(),
         baseline: latency(cold.clone()),
         target: None,
     });
@@ -261,23 +244,37 @@ pub async fn all(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
     let mut from_image = Vec::new();
     for _ in 0..n.min(10) {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let started = Instant::now();
-        let sandbox = Sandbox::create(&config, interpreter()).await?;
-        let execution = sandbox.run_code("1 + 1").await?;
-        let text = execution.text();
-        from_image.push(started.elapsed());
-        anyhow::ensure!(text == Some("2"), "1 + 1 gave {text:?}");
-        sandbox.kill().await?;
+        from_image.push(first_run_code(&config, interpreter(), "1 + 1", "2").await?);
     }
     report.results.push(Result {
         name: "gVisor: code-interpreter create → first run_code result (restored from the kernel image ahead of demand)".into(),
         figure: latency(from_image),
-        baseline_name: "namespace backend: create → first run_code, kernel started on first use"
-            .into(),
+        baseline_name: COLD_KERNEL.into(),
         baseline: latency(cold),
         target: Some(Target::LatencyBelow(Duration::from_millis(300))),
     });
     Ok(())
+}
+
+/// The baseline of the `run_code` rows.
+const COLD_KERNEL: &str = "namespace backend: create → first run_code, kernel started on first use";
+
+/// Create → the first `run_code` result of `code`, which must be `expected`; the sandbox is
+/// killed after it is timed.
+async fn first_run_code(
+    config: &cove_sdk::ConnectionConfig,
+    options: CreateOptions,
+    code: &str,
+    expected: &str,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let sandbox = Sandbox::create(config, options).await?;
+    let execution = sandbox.run_code(code).await?;
+    let took = started.elapsed();
+    let text = execution.text();
+    anyhow::ensure!(text == Some(expected), "{code} gave {text:?}");
+    sandbox.kill().await?;
+    Ok(took)
 }
 
 /// A row: gVisor's figure (`figures[0]`) beside the namespace backend's (`figures[1]`).

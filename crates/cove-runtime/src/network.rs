@@ -18,6 +18,17 @@ use std::{
 /// How long the helper gets to configure the sandbox's interface.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a sandbox cannot have internet access on a host without the helper.
+pub const NO_HELPER: &str = "internet access needs slirp4netns (Debian package slirp4netns); install it or create the sandbox without internet access";
+
+/// Why a sandbox cannot have internet access on a host whose egress filter could not start
+/// (`reason`).
+pub fn unfiltered(reason: &str) -> String {
+    format!(
+        "internet access is unavailable on this host, because sandboxes would reach the host's network unfiltered ({reason}); create the sandbox without internet access"
+    )
+}
+
 /// Finds `slirp4netns` on `PATH`.
 pub fn find_helper() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

@@ -22,6 +22,7 @@ mod netlink;
 mod policy;
 mod program;
 mod proxy;
+mod refusals;
 mod rules;
 mod sandbox;
 
@@ -446,7 +447,7 @@ impl EgressFilter {
     pub fn take_refusals_into_log(&self, id: &str, log: &Path) -> Vec<(Refusal, u64)> {
         let refusals = self.take_refusals(id);
         if !refusals.is_empty()
-            && let Err(err) = crate::namespace::refusals::write(log, &refusals)
+            && let Err(err) = refusals::write(log, &refusals)
         {
             tracing::warn!(%err, sandbox_id = %id, "cannot write refused connections to the sandbox's log");
         }

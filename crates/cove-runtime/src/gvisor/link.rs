@@ -204,12 +204,14 @@ impl GvisorRuntime {
             .internet
             .as_ref()
             .ok_or("this server gives gVisor sandboxes no internet access")?;
-        let helper = internet.helper.as_deref().ok_or(
-            "internet access needs slirp4netns (Debian package slirp4netns); install it or create the sandbox without internet access",
-        )?;
-        let filter = internet.filter.as_deref().map_err(|reason| {
-            format!("internet access is unavailable on this host, because sandboxes would reach the host's network unfiltered ({reason}); create the sandbox without internet access")
-        })?;
+        let helper = internet
+            .helper
+            .as_deref()
+            .ok_or(crate::network::NO_HELPER)?;
+        let filter = internet
+            .filter
+            .as_deref()
+            .map_err(|reason| crate::network::unfiltered(reason))?;
         let cgroups = self.cgroups.as_ref().ok_or(
             "internet access needs cgroups (for the egress filter), which this host does not give",
         )?;

@@ -17,8 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// The flag of a sentry without network (loopback only); see `super::link` for the other.
+/// The flag of a sentry without network (loopback only).
 const NO_NETWORK: &str = "--network=none";
+/// The flag of a sentry whose netstack runs on its link's interface (`super::link`).
+const LINKED_NETWORK: &str = "--network=sandbox";
 
 /// How long a runsc command may take before it counts as hung (a checkpoint of a large
 /// sandbox on a loaded host takes seconds; `checkpoint --leave-running` was seen to hang).
@@ -87,11 +89,17 @@ impl Runsc {
     }
 
     fn command(&self) -> Command {
+        self.command_with(NO_NETWORK)
+    }
+
+    /// A runsc command whose sentry's network is `network` (only `run` and `restore` make
+    /// one): [`NO_NETWORK`], or for a sandbox with a link ([`super::link`]) its netstack.
+    fn command_with(&self, network: &str) -> Command {
         let mut command = Command::new(&self.binary);
         command
             .arg("--root")
             .arg(&self.root)
-            .args(["--platform=ptrace", NO_NETWORK, "--host-uds=create"])
+            .args(["--platform=ptrace", network, "--host-uds=create"])
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::null());
@@ -107,7 +115,7 @@ impl Runsc {
         root: &RootSpec,
         log: &fs::File,
     ) -> Result<(), RunscError> {
-        let mut command = self.command();
+        let mut command = self.command_with(network_of(root));
         command
             .args(["run", "--detach", "--bundle"])
             .arg(bundle)
@@ -124,7 +132,7 @@ impl Runsc {
         root: &RootSpec,
         log: &fs::File,
     ) -> Result<(), RunscError> {
-        let mut command = self.command();
+        let mut command = self.command_with(network_of(root));
         command
             .args(["restore", "--detach", "--image-path"])
             .arg(image)
@@ -150,14 +158,7 @@ impl Runsc {
             ])
             .arg(spec)
             .arg(command.get_program())
-            .args(command.get_args().map(|arg| {
-                // A sandbox with a link gets the sentry's network stack on it.
-                if root.network && arg == NO_NETWORK {
-                    std::ffi::OsStr::new("--network=sandbox")
-                } else {
-                    arg
-                }
-            }))
+            .args(command.get_args())
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::null());
@@ -286,6 +287,15 @@ fn is_unknown(stderr: &str) -> bool {
 
 /// Waits for `child` up to [`COMMAND_TIMEOUT`], killing it when it takes longer; its exit
 /// status and what it wrote to its piped stdout and stderr.
+/// The network flag for a sandbox whose root is `root`.
+fn network_of(root: &RootSpec) -> &'static str {
+    if root.network {
+        LINKED_NETWORK
+    } else {
+        NO_NETWORK
+    }
+}
+
 fn wait(
     mut child: Child,
     what: &'static str,

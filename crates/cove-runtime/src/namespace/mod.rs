@@ -8,7 +8,6 @@
 
 pub mod init;
 mod pause;
-pub(crate) mod refusals;
 pub mod reroot;
 mod snapshot;
 pub(crate) mod state;
@@ -192,17 +191,16 @@ impl NamespaceRuntime {
 
     /// The egress filter, or why sandboxes cannot have internet access on this host.
     fn egress_filter(&self) -> Result<&EgressFilter, String> {
-        self.egress.as_deref().map_err(|reason| {
-            format!("internet access is unavailable on this host, because sandboxes would reach the host's network unfiltered ({reason}); create the sandbox without internet access")
-        })
+        self.egress
+            .as_deref()
+            .map_err(|reason| crate::network::unfiltered(reason))
     }
 
     fn connect_network(&self, id: &str, pid: u32, uid_base: u32) -> io::Result<()> {
-        let helper = self.network_helper.as_deref().ok_or_else(|| {
-            io::Error::other(
-                "internet access needs slirp4netns (Debian package slirp4netns); install it or create the sandbox without internet access",
-            )
-        })?;
+        let helper = self
+            .network_helper
+            .as_deref()
+            .ok_or_else(|| io::Error::other(crate::network::NO_HELPER))?;
         // The helper joins the sandbox's cgroups (limits, and its end with the sandbox) and
         // the egress cgroup, whose filter refuses the host and its surroundings.
         let procs = self

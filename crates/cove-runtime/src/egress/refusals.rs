@@ -9,7 +9,7 @@ use std::{
     time::SystemTime,
 };
 
-use crate::egress::Refusal;
+use super::Refusal;
 
 /// The `target` of the lines, where they come from.
 const TARGET: &str = "cove::egress";
