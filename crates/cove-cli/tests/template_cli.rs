@@ -225,3 +225,131 @@ async fn a_dockerfile_builds_a_template_that_sandboxes_and_snapshots_start_from(
     let gc = ok(&server, &["template", "gc"]);
     assert!(gc.contains("unused layers removed"), "{gc}");
 }
+
+/// A template names the backend its sandboxes run on: built with `--runtime gvisor`, they run
+/// on gVisor's kernel unless a create names another in its metadata; a snapshot of one runs
+/// where its source ran; a rebuild naming another backend moves the template; a backend the
+/// server lacks is refused before anything is built. Skipped (with a message) without runsc.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_names_the_runtime_its_sandboxes_run_on() {
+    if !Path::new(cove_runtime::gvisor::runsc::DEFAULT_BINARY).is_file() {
+        eprintln!("SKIPPED: runsc is not installed (Debian package runsc)");
+        return;
+    }
+    let registry = seeded_mirror().await;
+    let mirror = format!("docker.io={}", registry.url());
+    let server = TestServer::start_with_args(
+        cove_bin(),
+        &["--warm-pool", "0", "--registry-mirror", &mirror],
+    )
+    .await;
+    let context = tempfile::tempdir().unwrap();
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM debian:bookworm\nRUN echo built > /built.txt\n",
+    )
+    .unwrap();
+    let dir = context.path().to_str().unwrap();
+
+    let refused = cove(
+        &server,
+        &[
+            "template",
+            "build",
+            dir,
+            "-n",
+            "rt-app",
+            "--runtime",
+            "firecracker",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains(
+            "runtime: this server has no runtime \"firecracker\"; it has namespace, gvisor"
+        ),
+        "{stderr}"
+    );
+    assert!(!ok(&server, &["template", "list"]).contains("rt-app"));
+
+    ok(
+        &server,
+        &[
+            "template",
+            "build",
+            dir,
+            "-n",
+            "rt-app",
+            "--runtime",
+            "gvisor",
+        ],
+    );
+    let listed = cove_sdk::templates::list(&server.config()).await.unwrap();
+    let entry = listed
+        .iter()
+        .find(|t| t.names.contains(&"rt-app".to_owned()))
+        .unwrap();
+    assert_eq!(entry.runtime.as_deref(), Some("gvisor"));
+    assert!(ok(&server, &["template", "list"]).contains("gvisor"));
+
+    let config = server.config();
+    let create = |metadata: &[(&str, &str)], template: &str| {
+        let options = CreateOptions {
+            template: Some(template.to_owned()),
+            allow_internet_access: Some(false),
+            metadata: metadata
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        };
+        let config = config.clone();
+        async move { Sandbox::create(&config, options).await.unwrap() }
+    };
+    // gVisor's kernel answers as Linux 4.4.0, whatever the host runs.
+    let on_gvisor = create(&[], "rt-app").await;
+    assert_eq!(run(&on_gvisor, "uname -r").await, "4.4.0");
+    assert_eq!(run(&on_gvisor, "cat /built.txt").await, "built");
+    let metadata = on_gvisor.info().await.unwrap().listed.metadata;
+    assert_eq!(
+        metadata.get("cove.runtime").map(String::as_str),
+        Some("gvisor")
+    );
+    let asked_otherwise = create(&[("cove.runtime", "namespace")], "rt-app").await;
+    assert_ne!(run(&asked_otherwise, "uname -r").await, "4.4.0");
+    assert_eq!(run(&asked_otherwise, "cat /built.txt").await, "built");
+
+    // A snapshot of a gVisor sandbox is a template that runs where its source ran.
+    run(&on_gvisor, "echo kept > /home/user/kept.txt").await;
+    let snapshot = on_gvisor.snapshot(None).await.unwrap();
+    let from_snapshot = create(&[], &snapshot.snapshot_id).await;
+    assert_eq!(run(&from_snapshot, "uname -r").await, "4.4.0");
+    assert_eq!(run(&from_snapshot, "cat /home/user/kept.txt").await, "kept");
+
+    // A rebuild that names another backend moves the template's next sandboxes.
+    ok(
+        &server,
+        &[
+            "template",
+            "build",
+            dir,
+            "-n",
+            "rt-app",
+            "--runtime",
+            "namespace",
+        ],
+    );
+    let moved = create(&[], "rt-app").await;
+    assert_ne!(run(&moved, "uname -r").await, "4.4.0");
+
+    for sandbox in [on_gvisor, asked_otherwise, from_snapshot, moved] {
+        sandbox.kill().await.unwrap();
+    }
+    assert!(
+        Sandbox::delete_snapshot(&config, &snapshot.snapshot_id)
+            .await
+            .unwrap()
+    );
+    ok(&server, &["template", "rm", "rt-app"]);
+}

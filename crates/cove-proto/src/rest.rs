@@ -433,6 +433,10 @@ pub struct Template {
     pub build_count: u64,
     pub envd_version: String,
     pub build_status: String,
+    /// Cove's: the backend its sandboxes run on unless a create names one (none: the
+    /// server's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 /// Every error of the REST API: the HTTP status again, and a message.

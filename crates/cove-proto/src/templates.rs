@@ -27,6 +27,11 @@ pub struct NewTemplate {
     pub memory_mb: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_free_disk_mb: Option<u64>,
+    /// Cove's: the backend its sandboxes run on (`namespace`, `gvisor`) unless a create names
+    /// one in its metadata (`cove.runtime`); kept until a build names another. None: the
+    /// server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 /// Answer of `POST /v3/templates` (202).

@@ -163,12 +163,14 @@ pub async fn collect(config: &ConnectionConfig) -> Result<cove_proto::templates:
 }
 
 /// Imports an image archive (an OCI layout as a tar, or a `docker save` archive) at `archive`
-/// as template `name` (`name:tag`); `image` picks one when it holds several. Answers once
-/// the template is ready.
+/// as template `name` (`name:tag`); `image` picks one when it holds several, `runtime` the
+/// backend its sandboxes run on (none: the server's default). Answers once the template is
+/// ready.
 pub async fn import(
     config: &ConnectionConfig,
     name: &str,
     image: Option<&str>,
+    runtime: Option<&str>,
     archive: &std::path::Path,
 ) -> Result<cove_proto::templates::TemplateRequested> {
     let file = tokio::fs::File::open(archive).await.map_err(|err| {
@@ -177,6 +179,9 @@ pub async fn import(
     let mut query = vec![("name", name)];
     if let Some(image) = image {
         query.push(("image", image));
+    }
+    if let Some(runtime) = runtime {
+        query.push(("runtime", runtime));
     }
     config
         .api(http::Method::POST, "/cove/templates/import")

@@ -61,6 +61,10 @@ enum TemplateCommand {
         cpu_count: Option<u32>,
         #[arg(long)]
         memory_mb: Option<u64>,
+        /// The backend its sandboxes run on (`namespace`, `gvisor`) unless a create names
+        /// one (metadata `cove.runtime`); kept until a build names another.
+        #[arg(long)]
+        runtime: Option<String>,
         /// Rebuild every step, whatever the cache holds.
         #[arg(long)]
         force: bool,
@@ -74,6 +78,10 @@ enum TemplateCommand {
         /// The image in the archive, when it holds several.
         #[arg(long)]
         image: Option<String>,
+        /// The backend its sandboxes run on (`namespace`, `gvisor`) unless a create names
+        /// one (metadata `cove.runtime`).
+        #[arg(long)]
+        runtime: Option<String>,
     },
     /// Delete templates (built ones or snapshots), by id or name. Sandboxes made from them
     /// keep running, and the layers they use stay.
@@ -130,6 +138,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 ready_cmd,
                 cpu_count,
                 memory_mb,
+                runtime,
                 force,
             } => {
                 let request = NewTemplate {
@@ -137,13 +146,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     tags: (!tags.is_empty()).then_some(tags),
                     cpu_count,
                     memory_mb,
+                    runtime,
                     ..Default::default()
                 };
                 build(&config, &path, request, cmd, ready_cmd, force).await
             }
-            TemplateCommand::Import { path, name, image } => {
-                import(&config, &path, &name, image.as_deref()).await
-            }
+            TemplateCommand::Import {
+                path,
+                name,
+                image,
+                runtime,
+            } => import(&config, &path, &name, image.as_deref(), runtime.as_deref()).await,
             TemplateCommand::Rm { templates } => {
                 for template in templates {
                     cove_sdk::templates::delete(&config, &template)
@@ -209,17 +222,18 @@ async fn list(config: &ConnectionConfig, json: bool) -> anyhow::Result<ExitCode>
         print_json(&templates)?;
     } else {
         println!(
-            "{:<22} {:<28} {:>5} {:>8} {:<8} CREATED",
-            "ID", "ALIASES", "CPUS", "MEMORY", "STATUS"
+            "{:<22} {:<28} {:>5} {:>8} {:<8} {:<9} CREATED",
+            "ID", "ALIASES", "CPUS", "MEMORY", "STATUS", "RUNTIME"
         );
         for t in templates {
             println!(
-                "{:<22} {:<28} {:>5} {:>8} {:<8} {}",
+                "{:<22} {:<28} {:>5} {:>8} {:<8} {:<9} {}",
                 t.template_id,
                 t.aliases.join(","),
                 t.cpu_count,
                 format!("{}M", t.memory_mb),
                 t.build_status,
+                t.runtime.as_deref().unwrap_or("default"),
                 t.created_at
             );
         }
@@ -389,6 +403,7 @@ async fn import(
     path: &Path,
     name: &str,
     image: Option<&str>,
+    runtime: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
     // A layout directory goes as a tar of it; an archive as it is.
     let (archive, _dir) = if path.is_dir() {
@@ -404,7 +419,7 @@ async fn import(
     } else {
         (path.to_owned(), None)
     };
-    let imported = cove_sdk::templates::import(config, name, image, &archive)
+    let imported = cove_sdk::templates::import(config, name, image, runtime, &archive)
         .await
         .with_context(|| format!("cannot import {}", path.display()))?;
     println!("{name} is ready (template {})", imported.template_id);

@@ -12,7 +12,10 @@ use axum::{
 use cove_proto::templates::{CollectedLayers, TemplateRequested, TemplateUsage};
 use serde::Deserialize;
 
-use super::{ApiError, ApiQuery, Team, templates::prepare};
+use super::{
+    ApiError, ApiQuery, Team,
+    templates::{Resources, prepare},
+};
 use crate::{AppState, build::storage::StorageError};
 
 impl From<StorageError> for ApiError {
@@ -34,6 +37,8 @@ pub struct ImportQuery {
     name: Option<String>,
     /// The image in the archive, when it holds several (its tag or name).
     image: Option<String>,
+    /// The backend the template's sandboxes run on (none: the server's default).
+    runtime: Option<String>,
 }
 
 /// `POST /cove/templates/import?name=…`: the body is an OCI layout (as a tar) or a
@@ -48,7 +53,11 @@ pub async fn import(
         .name
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::bad_request("name is missing: ?name=my-template"))?;
-    let prepared = prepare(&state, &team.0, &name, Vec::new(), None, None)?;
+    let resources = Resources {
+        runtime: query.runtime.as_deref(),
+        ..Resources::default()
+    };
+    let prepared = prepare(&state, &team.0, &name, Vec::new(), resources)?;
     let builder = state.builder();
     let upload = format!("import-{}", prepared.build.id);
     let size = builder

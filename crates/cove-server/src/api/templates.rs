@@ -109,8 +109,11 @@ pub async fn request_build(
         &team.0,
         &full,
         request.tags.clone().unwrap_or_default(),
-        request.cpu_count,
-        request.memory_mb,
+        Resources {
+            cpu_count: request.cpu_count,
+            memory_mb: request.memory_mb,
+            runtime: request.runtime.as_deref(),
+        },
     )?;
     Ok((
         StatusCode::ACCEPTED,
@@ -124,6 +127,16 @@ pub async fn request_build(
         }),
     )
         .into_response())
+}
+
+/// What a build request asks its template's sandboxes to get; what it leaves out stays as
+/// the template had it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Resources<'a> {
+    pub cpu_count: Option<u32>,
+    pub memory_mb: Option<u64>,
+    /// The backend they run on ([`crate::lifecycle::RUNTIME_KEY`]).
+    pub runtime: Option<&'a str>,
 }
 
 /// A template and its new build, as a build request or an import makes them.
@@ -141,9 +154,13 @@ pub fn prepare(
     team: &str,
     full: &str,
     extra_tags: Vec<String>,
-    cpu_count: Option<u32>,
-    memory_mb: Option<u64>,
+    asked: Resources<'_>,
 ) -> Result<Prepared, ApiError> {
+    let Resources {
+        cpu_count,
+        memory_mb,
+        runtime,
+    } = asked;
     let (name, name_tag) = match full.split_once(':') {
         Some((name, tag)) => (name.to_owned(), Some(tag.to_owned())),
         None => (full.to_owned(), None),
@@ -187,6 +204,9 @@ pub fn prepare(
     }
     let caps = state.lifecycle().caps();
     let (cpus, memory) = check_resources(caps, cpu_count, memory_mb)?;
+    if let Some(runtime) = runtime {
+        state.lifecycle().check_runtime(runtime, "runtime")?;
+    }
     let catalog = state.templates_catalog();
     let template = match catalog.name_owner(team, &name)? {
         Owner::OtherTeam => {
@@ -195,15 +215,25 @@ pub fn prepare(
                 format!("the template name {name:?} is taken by another team: choose another"),
             ));
         }
-        Owner::Team(row) => {
+        Owner::Team(mut row) => {
             if cpu_count.is_some() || memory_mb.is_some() {
                 catalog.set_template_resources(&row.id, cpus, memory)?;
+                (row.cpu_count, row.memory_mb) = (cpus, memory);
+            }
+            if let Some(runtime) = runtime.filter(|r| row.runtime.as_deref() != Some(*r)) {
+                catalog.set_template_runtime(&row.id, runtime)?;
+                row.runtime = Some(runtime.to_owned());
             }
             row
         }
-        Owner::Nobody => {
-            catalog.create_template(&crate::secrets::random_id(20), team, &name, cpus, memory)?
-        }
+        Owner::Nobody => catalog.create_template(
+            &crate::secrets::random_id(20),
+            team,
+            &name,
+            cpus,
+            memory,
+            runtime,
+        )?,
     };
     let build = catalog.new_build(&uuid::Uuid::new_v4().to_string(), &template.id, &tags)?;
     tracing::info!(template = %template.id, build_id = %build.id, %name, "template build requested");
@@ -507,6 +537,7 @@ pub async fn list(
         build_count: 1,
         envd_version: ENVD_VERSION.to_owned(),
         build_status: "ready".to_owned(),
+        runtime: None,
     }];
     let catalog = state.templates_catalog();
     for row in catalog.templates_of(&team.0)? {
@@ -536,6 +567,7 @@ pub async fn list(
                 .map(|b| b.status.as_str())
                 .unwrap_or("waiting")
                 .to_owned(),
+            runtime: row.runtime.clone(),
         });
     }
     for snapshot in state.lifecycle().snapshots(&team.0, None, None) {
@@ -556,6 +588,7 @@ pub async fn list(
             build_count: 1,
             envd_version: ENVD_VERSION.to_owned(),
             build_status: "ready".to_owned(),
+            runtime: snapshot.runtime.clone(),
         });
     }
     Ok(Json(listed))

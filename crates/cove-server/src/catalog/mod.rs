@@ -74,8 +74,9 @@ impl std::fmt::Debug for Catalog {
 impl Catalog {
     /// Opens the catalogue in the database at `path` (creating its tables).
     pub fn open(path: &Path) -> Result<Self> {
-        let conn =
-            crate::store::connect(path, schema::SCHEMA).map_err(|source| CatalogError::Open {
+        let conn = crate::store::connect(path, schema::SCHEMA)
+            .and_then(|conn| schema::add_columns(&conn).map(|()| conn))
+            .map_err(|source| CatalogError::Open {
                 path: path.to_owned(),
                 source,
             })?;
@@ -122,5 +123,39 @@ mod tests {
         assert!(!valid_name("") && !valid_name("My-App") && !valid_name("-x"));
         assert!(!valid_name("team/app") && !valid_name("a:b") && !valid_name(&"a".repeat(129)));
         assert!(valid_tag("v2") && valid_tag("Prod.1") && !valid_tag("a:b") && !valid_tag(""));
+    }
+
+    #[test]
+    fn a_catalogue_of_an_older_server_gets_the_columns_added_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            // The table as servers before the runtime column made it, with a template.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE template_templates (id TEXT PRIMARY KEY, team TEXT NOT NULL,
+                   cpu_count INTEGER NOT NULL, memory_mb INTEGER NOT NULL,
+                   created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+                   spawn_count INTEGER NOT NULL DEFAULT 0, last_spawned_at INTEGER);
+                 INSERT INTO template_templates (id, team, cpu_count, memory_mb, created_at, updated_at)
+                   VALUES ('old', 'team', 2, 512, 1, 1);",
+            )
+            .unwrap();
+        }
+        let catalog = Catalog::open(&path).unwrap();
+        let old = catalog.template("old").unwrap().unwrap();
+        assert_eq!((old.memory_mb, old.runtime), (512, None));
+        catalog.set_template_runtime("old", "gvisor").unwrap();
+        let new = catalog
+            .create_template("new", "team", "new", 1, 256, Some("gvisor"))
+            .unwrap();
+        drop(catalog);
+        // Opening it again adds nothing twice and keeps what was stored.
+        let catalog = Catalog::open(&path).unwrap();
+        assert_eq!(
+            catalog.template("old").unwrap().unwrap().runtime.as_deref(),
+            Some("gvisor")
+        );
+        assert_eq!(catalog.template("new").unwrap(), Some(new));
     }
 }

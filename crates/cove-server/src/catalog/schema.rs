@@ -9,7 +9,8 @@ CREATE TABLE IF NOT EXISTS template_templates (
     created_at       INTEGER NOT NULL,
     updated_at       INTEGER NOT NULL,
     spawn_count      INTEGER NOT NULL DEFAULT 0,
-    last_spawned_at  INTEGER
+    last_spawned_at  INTEGER,
+    runtime          TEXT
 );
 CREATE TABLE IF NOT EXISTS template_names (
     name      TEXT PRIMARY KEY,
@@ -53,3 +54,23 @@ CREATE TABLE IF NOT EXISTS template_files (
     PRIMARY KEY (team, hash)
 );
 ";
+
+/// Columns added to tables after their first release, as `(table, column, type)`: a
+/// catalogue made by an older server gets them when opened (`CREATE TABLE IF NOT EXISTS`
+/// leaves an existing table as it was).
+pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("template_templates", "runtime", "TEXT")];
+
+/// Adds the [`ADDED_COLUMNS`] `conn`'s tables lack.
+pub fn add_columns(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let mut statement =
+            conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+        let present = statement
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        if !present.iter().any(|name| name == column) {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
+}

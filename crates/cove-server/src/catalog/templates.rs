@@ -18,6 +18,9 @@ pub struct TemplateRow {
     pub last_spawned_at: Option<i64>,
     /// Its names (E2B's aliases), sorted.
     pub names: Vec<String>,
+    /// The backend its sandboxes run on unless a create names one (none: the server's
+    /// default).
+    pub runtime: Option<String>,
 }
 
 /// Whose a name is.
@@ -30,7 +33,7 @@ pub enum Owner {
 }
 
 const COLUMNS: &str =
-    "id, team, cpu_count, memory_mb, created_at, updated_at, spawn_count, last_spawned_at";
+    "id, team, cpu_count, memory_mb, created_at, updated_at, spawn_count, last_spawned_at, runtime";
 
 impl Catalog {
     /// Creates a template of `team` named `name`.
@@ -41,13 +44,14 @@ impl Catalog {
         name: &str,
         cpu_count: u32,
         memory_mb: u64,
+        runtime: Option<&str>,
     ) -> Result<TemplateRow> {
         let now = crate::clock::now_ms();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT INTO template_templates (id, team, cpu_count, memory_mb, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            params![id, team, cpu_count, memory_mb as i64, now],
+            "INSERT INTO template_templates (id, team, cpu_count, memory_mb, created_at, updated_at, runtime) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+            params![id, team, cpu_count, memory_mb as i64, now, runtime],
         )?;
         tx.execute(
             "INSERT INTO template_names (name, template) VALUES (?1, ?2)",
@@ -64,7 +68,17 @@ impl Catalog {
             spawn_count: 0,
             last_spawned_at: None,
             names: vec![name.to_owned()],
+            runtime: runtime.map(str::to_owned),
         })
+    }
+
+    /// Changes the backend a template's sandboxes run on (a rebuild may name another).
+    pub fn set_template_runtime(&self, id: &str, runtime: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE template_templates SET runtime = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, runtime, crate::clock::now_ms()],
+        )?;
+        Ok(())
     }
 
     /// Changes the resources a template's sandboxes get (a rebuild may ask for others).
@@ -215,5 +229,6 @@ fn template_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
         spawn_count: u64::try_from(row.get::<_, i64>(6)?).unwrap_or(0),
         last_spawned_at: row.get(7)?,
         names: Vec::new(),
+        runtime: row.get(8)?,
     })
 }

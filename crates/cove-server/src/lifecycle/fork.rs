@@ -65,6 +65,7 @@ impl Lifecycle {
             memory_mb: Some(source.memory_mb),
             store_layers: Vec::new(),
             shell: template_of_source.as_ref().and_then(|t| t.shell.clone()),
+            runtime: source.metadata.get(super::settings::RUNTIME_KEY).cloned(),
         };
         // A warm sandbox of the source's template can take a fork's files, unless something
         // of the template's already runs in it (a start command, a warm kernel), or it was

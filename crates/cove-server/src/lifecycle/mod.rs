@@ -239,6 +239,11 @@ impl Lifecycle {
         self.config.caps
     }
 
+    /// Refuses a backend this server does not have, `named_by` saying who named it.
+    pub fn check_runtime(&self, asked: &str, named_by: &str) -> Result<(), LifecycleError> {
+        settings::check_runtime(&self.config.runtimes, asked, named_by)
+    }
+
     /// A running or paused sandbox of `team`; for one that ended lately, why.
     pub fn get(&self, team: &str, id: &str) -> Result<Arc<Live>, LifecycleError> {
         if let Some(live) = self

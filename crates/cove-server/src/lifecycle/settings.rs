@@ -12,6 +12,26 @@ use crate::{
     store::{LifecyclePolicy, SandboxRecord},
 };
 
+/// Refuses a backend this server does not have, `named_by` saying who named it.
+pub fn check_runtime(
+    runtimes: &[&'static str],
+    asked: &str,
+    named_by: &str,
+) -> Result<(), LifecycleError> {
+    if runtimes.contains(&asked) {
+        return Ok(());
+    }
+    Err(LifecycleError::BadRequest(format!(
+        "{named_by}: this server has no runtime {asked:?}; it has {}{}",
+        runtimes.join(", "),
+        if asked == cove_runtime::gvisor::NAME {
+            " (gVisor needs runsc: apt-get install runsc)"
+        } else {
+            ""
+        }
+    )))
+}
+
 /// Longest lifetime a sandbox can be given (E2B's highest tier: 24 hours).
 pub const MAX_TIMEOUT_SECS: i64 = 24 * 60 * 60;
 /// Resources of a sandbox whose request names none.
@@ -95,21 +115,18 @@ impl Settings {
         version: ApiVersion,
     ) -> Result<Self, LifecycleError> {
         let mut metadata = request.metadata.take().unwrap_or_default();
-        if let Some(asked) = metadata.get(RUNTIME_KEY)
-            && !runtimes.contains(&asked.as_str())
-        {
-            return Err(LifecycleError::BadRequest(format!(
-                "metadata {RUNTIME_KEY}: this server has no runtime {asked:?}; it has {}{}",
-                runtimes.join(", "),
-                if asked == "gvisor" {
-                    " (gVisor needs runsc: apt-get install runsc)"
-                } else {
-                    ""
-                }
-            )));
+        if let Some(asked) = metadata.get(RUNTIME_KEY) {
+            check_runtime(runtimes, asked, &format!("metadata {RUNTIME_KEY}"))?;
         }
         let template_name = request.template_id.as_deref().unwrap_or("base");
         let template = templates.get(team, template_name)?;
+        // The template's backend, unless the create named one.
+        if let Some(runtime) = &template.runtime
+            && !metadata.contains_key(RUNTIME_KEY)
+        {
+            check_runtime(runtimes, runtime, &format!("template {template_name:?}"))?;
+            metadata.insert(RUNTIME_KEY.to_owned(), runtime.clone());
+        }
         if let Some(runtime) = memory_runtime(&template, &metadata, runtimes)? {
             metadata.insert(RUNTIME_KEY.to_owned(), runtime.to_owned());
         }

@@ -169,6 +169,8 @@ impl Lifecycle {
             memory_mb: Some(record.memory_mb),
             store_layers: Vec::new(),
             shell: source.and_then(|s| s.shell),
+            // Its sandboxes run where its source ran, when the source named a backend.
+            runtime: record.metadata.get(super::settings::RUNTIME_KEY).cloned(),
         };
         // The layer store's layers under it (a built template's) stay while it does.
         self.retain_template_layers(&entry).map_err(|err| {

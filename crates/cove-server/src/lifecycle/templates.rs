@@ -67,6 +67,10 @@ pub struct TemplateEntry {
     /// The shell its start and ready commands run in (none: `/bin/sh`).
     #[serde(default)]
     pub shell: Option<String>,
+    /// The backend its sandboxes run on unless a create names one (none: the server's
+    /// default). A snapshot's is its source's.
+    #[serde(default)]
+    pub runtime: Option<String>,
 }
 
 impl TemplateEntry {
@@ -139,6 +143,7 @@ impl Templates {
             memory_mb: None,
             store_layers: Vec::new(),
             shell: None,
+            runtime: None,
         };
         Ok(Self {
             base: Arc::new(entry),
@@ -260,6 +265,7 @@ impl Templates {
             memory_mb: Some(row.memory_mb),
             store_layers,
             shell: Some(built.shell.clone()),
+            runtime: row.runtime.clone(),
         }
     }
 
