@@ -406,6 +406,7 @@ fn server_config(dir: &Path, max_sandboxes: usize) -> cove_server::ServerConfig 
         runtime: Default::default(),
         listen: "127.0.0.1:0".parse().expect("an address"),
         state_dir: dir.to_owned(),
+        database: None,
         domain: Some(DOMAIN.to_owned()),
         api_keys: vec![API_KEY.to_owned()],
         kill_on_exit: false,

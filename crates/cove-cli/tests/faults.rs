@@ -29,7 +29,7 @@ async fn gone(server: &TestServer, id: &str) -> String {
 
 /// The host pid of sandbox `id`'s PID 1, from the server's state.
 fn pid1(server: &TestServer, id: &str) -> i32 {
-    let store = cove_server::store::Store::open(&server.state_dir().join("state.db")).unwrap();
+    let store = cove_server::open_store(server.state_dir(), None).unwrap();
     let record = store
         .sandboxes()
         .unwrap()

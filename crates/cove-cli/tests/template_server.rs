@@ -298,7 +298,7 @@ async fn a_build_cut_short_by_a_killed_server_is_failed_by_the_next_and_leaves_n
             .then_some(())
     })
     .await;
-    let store = cove_server::store::Store::open(&server.state_dir().join("state.db")).unwrap();
+    let store = cove_server::open_store(server.state_dir(), None).unwrap();
     let builders: Vec<_> = store
         .sandboxes()
         .unwrap()

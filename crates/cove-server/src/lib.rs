@@ -18,6 +18,8 @@ pub mod store;
 // Operating cove serve (issue 17): metrics and TLS.
 pub mod telemetry;
 mod templates_setup;
+#[cfg(test)]
+mod test_backends;
 pub mod tls;
 // The web dashboard at /ui (issue 17).
 pub mod ui;
@@ -47,6 +49,8 @@ pub const DEFAULT_TEAM: &str = "default";
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub state_dir: PathBuf,
+    /// Where the state database is (`postgres://…`); none: SQLite in the state directory.
+    pub database: Option<String>,
     /// The domain sandbox hosts are built from (`{port}-{id}.{domain}`); default
     /// `localhost:<port>`.
     pub domain: Option<String>,
@@ -211,10 +215,13 @@ pub enum ServerError {
     Tls(#[from] tls::TlsError),
 }
 
-/// Opens the state directory's database.
-/// Opens the state directory's database. The directory is host root's alone: it holds the
-/// sandboxes' tokens and the hashes of API keys.
-pub fn open_store(state_dir: &std::path::Path) -> Result<Store, ServerError> {
+/// Opens the state database (`database`, else the state directory's file), making the state
+/// directory first. The directory is host root's alone: it holds the sandboxes' tokens and,
+/// with SQLite, the hashes of API keys.
+pub fn open_store(
+    state_dir: &std::path::Path,
+    database: Option<&str>,
+) -> Result<Store, ServerError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let state_err = |source| ServerError::StateDir {
         path: state_dir.to_owned(),
@@ -227,11 +234,16 @@ pub fn open_store(state_dir: &std::path::Path) -> Result<Store, ServerError> {
         .map_err(state_err)?;
     std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
         .map_err(state_err)?;
-    Ok(Store::open(&db_path(state_dir))?)
+    Ok(Store::open(&self::database(state_dir, database))?)
 }
 
-fn db_path(state_dir: &std::path::Path) -> PathBuf {
-    state_dir.join("state.db")
+/// Where the state lives: `database` (`--database`) when given, else the SQLite file in the
+/// state directory.
+pub fn database(state_dir: &std::path::Path, database: Option<&str>) -> cove_db::Location {
+    database.map_or_else(
+        || cove_db::Location::File(state_dir.join("state.db")),
+        cove_db::Location::parse,
+    )
 }
 
 impl AppState {
@@ -244,7 +256,9 @@ impl AppState {
         runtime: Arc<dyn Runtime>,
         domain: String,
     ) -> Result<(Self, Option<String>), ServerError> {
-        let store = Arc::new(open_store(&config.state_dir)?);
+        let store = Arc::new(open_store(&config.state_dir, config.database.as_deref())?);
+        store.claim()?;
+        let location = database(&config.state_dir, config.database.as_deref());
         for key in &config.api_keys {
             store.add_key(DEFAULT_TEAM, "from --api-key", key)?;
         }
@@ -253,12 +267,10 @@ impl AppState {
         } else {
             Some(store.create_key(DEFAULT_TEAM, "first key")?.1)
         };
-        let keys = keyring::KeyRing::open(&db_path(&config.state_dir))?;
+        let keys = keyring::KeyRing::open(&location)?;
         let layer_store = templates_setup::open_store(&config.state_dir)?;
-        let catalog = Arc::new(
-            catalog::Catalog::open(&db_path(&config.state_dir))
-                .map_err(templates_setup::SetupError::from)?,
-        );
+        let catalog =
+            Arc::new(catalog::Catalog::open(&location).map_err(templates_setup::SetupError::from)?);
         let templates = Templates::load(
             &config.state_dir.join("templates"),
             catalog.clone(),

@@ -1,63 +1,18 @@
-//! The server's state in an embedded SQLite file: API keys (hashed), sandboxes (so a
-//! restarted server finds its running and paused sandboxes again) and the templates made
-//! of snapshots.
+//! The server's state in its database (an SQLite file in the state directory, or PostgreSQL;
+//! `cove-db`): API keys (hashed), teams' limits, sandboxes (so a restarted server finds its
+//! running and paused sandboxes again), volumes and the templates made of snapshots.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    path::{Path, PathBuf},
-    sync::Mutex,
-};
+use std::collections::{BTreeMap, HashMap};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use cove_db::{Db, Location, Row, Sql, params};
 use serde::{Deserialize, Serialize};
 
 use crate::secrets;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS api_keys (
-    id          TEXT PRIMARY KEY,
-    team        TEXT NOT NULL,
-    name        TEXT NOT NULL,
-    hash        TEXT NOT NULL UNIQUE,
-    prefix      TEXT NOT NULL,
-    created_at  INTEGER NOT NULL,
-    revoked_at  INTEGER
-);
-CREATE TABLE IF NOT EXISTS teams (
-    name           TEXT PRIMARY KEY,
-    max_sandboxes  INTEGER,
-    max_memory_mb  INTEGER,
-    max_cpus       INTEGER
-);
-CREATE TABLE IF NOT EXISTS sandboxes (
-    id          TEXT PRIMARY KEY,
-    team        TEXT NOT NULL,
-    record      TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS volumes (
-    id          TEXT PRIMARY KEY,
-    team        TEXT NOT NULL,
-    name        TEXT NOT NULL,
-    record      TEXT NOT NULL,
-    UNIQUE (team, name)
-);
-CREATE TABLE IF NOT EXISTS templates (
-    id          TEXT PRIMARY KEY,
-    team        TEXT NOT NULL,
-    entry       TEXT NOT NULL
-);
-";
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the state database {path}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error("state database query failed")]
-    Query(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Db(#[from] cove_db::DbError),
     #[error("a stored sandbox record is unreadable")]
     Record(#[from] serde_json::Error),
 }
@@ -67,20 +22,17 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 impl StoreError {
     /// Whether a row like this one exists already (a unique column repeated).
     pub fn is_conflict(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Query(rusqlite::Error::SqliteFailure(err, _))
-                if err.code == rusqlite::ErrorCode::ConstraintViolation
-        )
+        matches!(self, StoreError::Db(err) if err.is_conflict())
     }
 
     /// Whether the database could not be written because its disk is full.
     pub fn is_disk_full(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Query(rusqlite::Error::SqliteFailure(err, _))
-                if err.code == rusqlite::ErrorCode::DiskFull
-        )
+        matches!(self, StoreError::Db(err) if err.is_disk_full())
+    }
+
+    /// Whether the database server could not be reached.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Db(err) if err.is_unavailable())
     }
 }
 
@@ -227,79 +179,67 @@ pub struct SandboxDefaults {
     pub env: BTreeMap<String, String>,
 }
 
-/// A connection to the state database at `path` as every user of it opens one (WAL, a busy
-/// timeout for the other connections), with the tables of `schema` created.
-pub(crate) fn connect(path: &Path, schema: &str) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.execute_batch(schema)?;
-    Ok(conn)
-}
-
 /// The state database.
 pub struct Store {
-    conn: Mutex<Connection>,
+    db: Db,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
+        f.debug_struct("Store").field("db", &self.db).finish()
     }
 }
 
+const KEY_COLUMNS: &str = "id, team, name, prefix, created_at, revoked_at IS NOT NULL";
+
 impl Store {
-    /// Opens (creating if needed) the database at `path`.
-    pub fn open(path: &Path) -> Result<Self> {
-        let conn = connect(path, SCHEMA).map_err(|source| StoreError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+    /// Opens (creating and migrating if needed) the database at `location`.
+    pub fn open(location: &Location) -> Result<Self> {
         Ok(Self {
-            conn: Mutex::new(conn),
+            db: Db::open(location)?,
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// Holds the database for this server while it runs ([`cove_db::Db::claim`]).
+    pub fn claim(&self) -> Result<()> {
+        Ok(self.db.claim()?)
     }
 
     /// Whether any key (revoked or not) was ever stored.
     pub fn has_keys(&self) -> Result<bool> {
-        let count: i64 = self
-            .conn()
-            .query_row("SELECT COUNT(*) FROM api_keys", [], |r| r.get(0))?;
+        let count = self
+            .db
+            .query_row("SELECT COUNT(*) FROM api_keys", &[])?
+            .map_or(Ok(0), |r| r.int(0))?;
         Ok(count > 0)
     }
 
     /// Stores `secret` as a key of `team` (again a no-op when it is already there).
     pub fn add_key(&self, team: &str, name: &str, secret: &str) -> Result<KeyInfo> {
         let hash = secrets::hash_key(secret);
-        let conn = self.conn();
-        let existing = conn
-            .query_row(
-                "SELECT id, team, name, prefix, created_at, revoked_at IS NOT NULL FROM api_keys WHERE hash = ?1",
-                params![hash],
-                key_info,
-            )
-            .optional()?;
-        if let Some(info) = existing {
-            return Ok(info);
-        }
-        let info = KeyInfo {
-            id: secrets::random_id(12),
-            team: team.to_owned(),
-            name: name.to_owned(),
-            prefix: secret.chars().take(12).collect(),
-            created_at: crate::clock::now_ms(),
-            revoked: false,
-        };
-        conn.execute(
-            "INSERT INTO api_keys (id, team, name, hash, prefix, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![info.id, info.team, info.name, hash, info.prefix, info.created_at],
-        )?;
-        Ok(info)
+        self.db.transaction(|sql| {
+            let existing = sql.query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"),
+                params![&hash],
+            )?;
+            if let Some(row) = existing {
+                return Ok(key_info(&row));
+            }
+            let info = KeyInfo {
+                id: secrets::random_id(12),
+                team: team.to_owned(),
+                name: name.to_owned(),
+                prefix: secret.chars().take(12).collect(),
+                created_at: crate::clock::now_ms(),
+                revoked: false,
+            };
+            sql.execute(
+                "INSERT INTO api_keys (id, team, name, hash, prefix, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![&info.id, &info.team, &info.name, &hash, &info.prefix, info.created_at],
+            )?;
+            keys_changed(sql)?;
+            Ok(Ok(info))
+        })?
     }
 
     /// Creates a new random key for `team`; the secret is returned once and never stored.
@@ -310,76 +250,86 @@ impl Store {
     }
 
     pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
-        let conn = self.conn();
-        let mut statement = conn.prepare(
-            "SELECT id, team, name, prefix, created_at, revoked_at IS NOT NULL FROM api_keys ORDER BY created_at",
-        )?;
-        let keys = statement
-            .query_map([], key_info)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(keys)
+        self.db
+            .query(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"),
+                &[],
+            )?
+            .iter()
+            .map(key_info)
+            .collect()
     }
 
     /// Revokes a key by id; `false` when there is no such (unrevoked) key.
     pub fn revoke_key(&self, id: &str) -> Result<bool> {
-        let changed = self.conn().execute(
-            "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-            params![id, crate::clock::now_ms()],
-        )?;
+        let changed = self.db.transaction(|sql| {
+            let changed = sql.execute(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, crate::clock::now_ms()],
+            )?;
+            if changed > 0 {
+                keys_changed(sql)?;
+            }
+            Ok(changed)
+        })?;
         Ok(changed > 0)
     }
 
     /// The team a (non-revoked) key belongs to.
     pub fn team_for_key(&self, secret: &str) -> Result<Option<String>> {
         Ok(self
-            .conn()
+            .db
             .query_row(
                 "SELECT team FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL",
                 params![secrets::hash_key(secret)],
-                |r| r.get(0),
-            )
-            .optional()?)
+            )?
+            .map(|r| r.text(0))
+            .transpose()?)
     }
 
     /// Every valid (non-revoked) key's hash, with its team.
     pub fn valid_keys(&self) -> Result<HashMap<String, String>> {
-        let conn = self.conn();
-        let mut statement =
-            conn.prepare("SELECT hash, team FROM api_keys WHERE revoked_at IS NULL")?;
-        let keys = statement
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<HashMap<_, _>>>()?;
-        Ok(keys)
+        self.db
+            .query(
+                "SELECT hash, team FROM api_keys WHERE revoked_at IS NULL",
+                &[],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.text(1)?)))
+            .collect()
     }
 
-    /// SQLite's `PRAGMA data_version`: changes when another connection commits.
-    pub fn data_version(&self) -> Result<i64> {
+    /// A number that moves whenever a key is added or revoked, by any process.
+    pub fn keys_version(&self) -> Result<i64> {
         Ok(self
-            .conn()
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+            .db
+            .query_row("SELECT version FROM versions WHERE name = 'keys'", &[])?
+            .map_or(Ok(0), |r| r.int(0))?)
     }
 
     /// What `team` may use (no limits unless some were set).
     pub fn team_limits(&self, team: &str) -> Result<TeamLimits> {
         Ok(self
-            .conn()
+            .db
             .query_row(
                 "SELECT max_sandboxes, max_memory_mb, max_cpus FROM teams WHERE name = ?1",
                 params![team],
-                team_limits,
-            )
-            .optional()?
+            )?
+            .map(|row| team_limits_at(&row, 0))
+            .transpose()?
             .unwrap_or_default())
     }
 
     /// Sets what `team` may use (replacing what was set before).
     pub fn set_team_limits(&self, team: &str, limits: TeamLimits) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO teams (name, max_sandboxes, max_memory_mb, max_cpus) VALUES (?1, ?2, ?3, ?4)",
+        self.db.execute(
+            "INSERT INTO teams (name, max_sandboxes, max_memory_mb, max_cpus) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET max_sandboxes = excluded.max_sandboxes,
+               max_memory_mb = excluded.max_memory_mb, max_cpus = excluded.max_cpus",
             params![
                 team,
                 limits.max_sandboxes,
-                limits.max_memory_mb.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+                limits.max_memory_mb,
                 limits.max_cpus
             ],
         )?;
@@ -388,70 +338,64 @@ impl Store {
 
     /// Every team that has keys or limits, with its limits, by name.
     pub fn teams(&self) -> Result<Vec<(String, TeamLimits)>> {
-        let conn = self.conn();
-        let mut statement = conn.prepare(
-            "SELECT names.name, t.max_sandboxes, t.max_memory_mb, t.max_cpus
-             FROM (SELECT team AS name FROM api_keys UNION SELECT name FROM teams) AS names
-             LEFT JOIN teams AS t ON t.name = names.name ORDER BY names.name",
-        )?;
-        let teams = statement
-            .query_map([], |row| Ok((row.get(0)?, team_limits_at(row, 1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(teams)
+        self.db
+            .query(
+                "SELECT names.name, t.max_sandboxes, t.max_memory_mb, t.max_cpus
+                 FROM (SELECT team AS name FROM api_keys UNION SELECT name FROM teams) AS names
+                 LEFT JOIN teams AS t ON t.name = names.name ORDER BY names.name",
+                &[],
+            )?
+            .iter()
+            .map(|row| Ok((row.text(0)?, team_limits_at(row, 1)?)))
+            .collect()
     }
 
     /// Inserts or replaces a sandbox's record.
     pub fn put_sandbox(&self, record: &SandboxRecord) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO sandboxes (id, team, record) VALUES (?1, ?2, ?3)",
-            params![record.id, record.team, serde_json::to_string(record)?],
+        self.db.execute(
+            "INSERT INTO sandboxes (id, team, record) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET team = excluded.team, record = excluded.record",
+            params![&record.id, &record.team, serde_json::to_string(record)?],
         )?;
         Ok(())
     }
 
     pub fn delete_sandbox(&self, id: &str) -> Result<()> {
-        self.conn()
+        self.db
             .execute("DELETE FROM sandboxes WHERE id = ?1", params![id])?;
         Ok(())
     }
 
     /// Inserts or replaces a template of `team` (a snapshot), stored as JSON.
     pub fn put_template<T: Serialize>(&self, id: &str, team: &str, entry: &T) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO templates (id, team, entry) VALUES (?1, ?2, ?3)",
+        self.db.execute(
+            "INSERT INTO templates (id, team, entry) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET team = excluded.team, entry = excluded.entry",
             params![id, team, serde_json::to_string(entry)?],
         )?;
         Ok(())
     }
 
     pub fn delete_template(&self, id: &str) -> Result<()> {
-        self.conn()
+        self.db
             .execute("DELETE FROM templates WHERE id = ?1", params![id])?;
         Ok(())
     }
 
     /// Every stored template.
     pub fn templates<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>> {
-        let conn = self.conn();
-        let mut statement = conn.prepare("SELECT entry FROM templates")?;
-        let raw = statement
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(raw
-            .iter()
-            .map(|json| serde_json::from_str(json))
-            .collect::<serde_json::Result<Vec<_>>>()?)
+        self.records("SELECT entry FROM templates ORDER BY id")
     }
 
     /// Adds a volume; a conflict ([`StoreError::is_conflict`]) when its team has one of
     /// that name.
     pub fn insert_volume(&self, volume: &VolumeRecord) -> Result<()> {
-        self.conn().execute(
+        self.db.execute(
             "INSERT INTO volumes (id, team, name, record) VALUES (?1, ?2, ?3, ?4)",
             params![
-                volume.id,
-                volume.team,
-                volume.name,
+                &volume.id,
+                &volume.team,
+                &volume.name,
                 serde_json::to_string(volume)?
             ],
         )?;
@@ -459,56 +403,59 @@ impl Store {
     }
 
     pub fn delete_volume(&self, id: &str) -> Result<()> {
-        self.conn()
+        self.db
             .execute("DELETE FROM volumes WHERE id = ?1", params![id])?;
         Ok(())
     }
 
     /// Every volume, oldest first.
     pub fn volumes(&self) -> Result<Vec<VolumeRecord>> {
-        self.records("SELECT record FROM volumes ORDER BY rowid")
+        let mut volumes: Vec<VolumeRecord> = self.records("SELECT record FROM volumes")?;
+        volumes.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(volumes)
     }
 
     pub fn sandboxes(&self) -> Result<Vec<SandboxRecord>> {
-        self.records("SELECT record FROM sandboxes")
+        self.records("SELECT record FROM sandboxes ORDER BY id")
     }
 
     /// The JSON records `query` selects (one column), read back.
     fn records<T: serde::de::DeserializeOwned>(&self, query: &str) -> Result<Vec<T>> {
-        let conn = self.conn();
-        let mut statement = conn.prepare(query)?;
-        let raw = statement
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(raw
+        self.db
+            .query(query, &[])?
             .iter()
-            .map(|json| serde_json::from_str(json))
-            .collect::<serde_json::Result<Vec<_>>>()?)
+            .map(|row| Ok(serde_json::from_str(&row.text(0)?)?))
+            .collect()
     }
 }
 
-fn team_limits(row: &rusqlite::Row<'_>) -> rusqlite::Result<TeamLimits> {
-    team_limits_at(row, 0)
+/// Moves the keys' version ([`Store::keys_version`]) in the transaction that changed them.
+fn keys_changed(sql: &mut dyn Sql) -> cove_db::Result<()> {
+    sql.execute(
+        "UPDATE versions SET version = version + 1 WHERE name = 'keys'",
+        &[],
+    )?;
+    Ok(())
 }
 
-fn team_limits_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<TeamLimits> {
+fn team_limits_at(row: &Row, first: usize) -> Result<TeamLimits> {
     Ok(TeamLimits {
-        max_sandboxes: row.get(first)?,
+        max_sandboxes: row.opt_u32(first)?,
         max_memory_mb: row
-            .get::<_, Option<i64>>(first + 1)?
+            .opt_int(first + 1)?
             .map(|m| u64::try_from(m).unwrap_or(0)),
-        max_cpus: row.get(first + 2)?,
+        max_cpus: row.opt_u32(first + 2)?,
     })
 }
 
-fn key_info(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyInfo> {
+fn key_info(row: &Row) -> Result<KeyInfo> {
     Ok(KeyInfo {
-        id: row.get(0)?,
-        team: row.get(1)?,
-        name: row.get(2)?,
-        prefix: row.get(3)?,
-        created_at: row.get(4)?,
-        revoked: row.get(5)?,
+        id: row.text(0)?,
+        team: row.text(1)?,
+        name: row.text(2)?,
+        prefix: row.text(3)?,
+        created_at: row.int(4)?,
+        revoked: row.flag(5)?,
     })
 }
 
@@ -549,66 +496,85 @@ mod tests {
 
     #[test]
     fn keys_are_stored_hashed_and_can_be_revoked() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("state.db")).unwrap();
-        assert!(!store.has_keys().unwrap());
-        let (info, secret) = store.create_key("team-a", "first").unwrap();
-        assert!(secret.starts_with("cove_"));
-        assert_eq!(
-            store.team_for_key(&secret).unwrap().as_deref(),
-            Some("team-a")
-        );
-        assert_eq!(store.team_for_key("cove_wrong").unwrap(), None);
-        // The same secret added again is the same key.
-        assert_eq!(
-            store.add_key("team-a", "again", &secret).unwrap().id,
-            info.id
-        );
-        let raw: String = store
-            .conn()
-            .query_row("SELECT hash FROM api_keys", [], |r| r.get(0))
-            .unwrap();
-        assert!(!raw.contains(&secret[5..]));
-        assert!(store.revoke_key(&info.id).unwrap());
-        assert!(!store.revoke_key(&info.id).unwrap());
-        assert_eq!(store.team_for_key(&secret).unwrap(), None);
-        assert!(store.list_keys().unwrap()[0].revoked);
+        crate::test_backends::each(|location| {
+            let store = Store::open(location).unwrap();
+            assert!(!store.has_keys().unwrap());
+            let version = store.keys_version().unwrap();
+            let (info, secret) = store.create_key("team-a", "first").unwrap();
+            assert!(secret.starts_with("cove_"));
+            assert_eq!(
+                store.team_for_key(&secret).unwrap().as_deref(),
+                Some("team-a")
+            );
+            assert_eq!(store.team_for_key("cove_wrong").unwrap(), None);
+            assert!(store.keys_version().unwrap() > version);
+            // The same secret added again is the same key, and changes nothing.
+            let version = store.keys_version().unwrap();
+            assert_eq!(
+                store.add_key("team-a", "again", &secret).unwrap().id,
+                info.id
+            );
+            assert_eq!(store.keys_version().unwrap(), version);
+            let raw = store
+                .db
+                .query_row("SELECT hash FROM api_keys", &[])
+                .unwrap()
+                .unwrap()
+                .text(0)
+                .unwrap();
+            assert!(!raw.contains(&secret[5..]));
+            assert!(store.revoke_key(&info.id).unwrap());
+            assert!(!store.revoke_key(&info.id).unwrap());
+            assert!(store.keys_version().unwrap() > version);
+            assert_eq!(store.team_for_key(&secret).unwrap(), None);
+            assert!(store.list_keys().unwrap()[0].revoked);
+        });
     }
 
     #[test]
     fn team_limits_are_kept_per_team() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("state.db")).unwrap();
-        store.create_key("with-key", "k").unwrap();
-        assert_eq!(store.team_limits("a").unwrap(), TeamLimits::default());
-        let limits = TeamLimits {
-            max_sandboxes: Some(3),
-            max_memory_mb: None,
-            max_cpus: Some(4),
-        };
-        store.set_team_limits("a", limits).unwrap();
-        assert_eq!(store.team_limits("a").unwrap(), limits);
-        assert_eq!(
-            store.teams().unwrap(),
-            vec![
-                ("a".to_owned(), limits),
-                ("with-key".to_owned(), TeamLimits::default())
-            ]
-        );
+        crate::test_backends::each(|location| {
+            let store = Store::open(location).unwrap();
+            store.create_key("with-key", "k").unwrap();
+            assert_eq!(store.team_limits("a").unwrap(), TeamLimits::default());
+            let limits = TeamLimits {
+                max_sandboxes: Some(3),
+                max_memory_mb: None,
+                max_cpus: Some(4),
+            };
+            store.set_team_limits("a", limits).unwrap();
+            assert_eq!(store.team_limits("a").unwrap(), limits);
+            let changed = TeamLimits {
+                max_memory_mb: Some(2048),
+                ..limits
+            };
+            store.set_team_limits("a", changed).unwrap();
+            assert_eq!(
+                store.teams().unwrap(),
+                vec![
+                    ("a".to_owned(), changed),
+                    ("with-key".to_owned(), TeamLimits::default())
+                ]
+            );
+        });
     }
 
     #[test]
     fn sandboxes_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        Store::open(&path)
-            .unwrap()
-            .put_sandbox(&record("a"))
-            .unwrap();
-        let store = Store::open(&path).unwrap();
-        assert_eq!(store.sandboxes().unwrap(), vec![record("a")]);
-        store.delete_sandbox("a").unwrap();
-        assert!(store.sandboxes().unwrap().is_empty());
+        crate::test_backends::each(|location| {
+            Store::open(location)
+                .unwrap()
+                .put_sandbox(&record("a"))
+                .unwrap();
+            let store = Store::open(location).unwrap();
+            assert_eq!(store.sandboxes().unwrap(), vec![record("a")]);
+            let mut changed = record("a");
+            changed.end_at = 99;
+            store.put_sandbox(&changed).unwrap();
+            assert_eq!(store.sandboxes().unwrap(), vec![changed]);
+            store.delete_sandbox("a").unwrap();
+            assert!(store.sandboxes().unwrap().is_empty());
+        });
         // A record written before pauses existed still reads.
         let old: SandboxRecord = serde_json::from_str(
             r#"{"id":"o","team":"t","template_id":"base","alias":null,"metadata":{},"env_vars":{},"envd_access_token":"x","started_at":1,"end_at":2,"cpu_count":1,"memory_mb":64,"disk_mb":1,"allow_internet_access":false}"#,
@@ -620,16 +586,41 @@ mod tests {
 
     #[test]
     fn templates_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        let store = Store::open(&path).unwrap();
-        store
-            .put_template("s1", "t", &serde_json::json!({"id": "s1"}))
-            .unwrap();
-        let store = Store::open(&path).unwrap();
-        let all: Vec<serde_json::Value> = store.templates().unwrap();
-        assert_eq!(all, vec![serde_json::json!({"id": "s1"})]);
-        store.delete_template("s1").unwrap();
-        assert!(store.templates::<serde_json::Value>().unwrap().is_empty());
+        crate::test_backends::each(|location| {
+            let store = Store::open(location).unwrap();
+            store
+                .put_template("s1", "t", &serde_json::json!({"id": "s1"}))
+                .unwrap();
+            let store = Store::open(location).unwrap();
+            let all: Vec<serde_json::Value> = store.templates().unwrap();
+            assert_eq!(all, vec![serde_json::json!({"id": "s1"})]);
+            store.delete_template("s1").unwrap();
+            assert!(store.templates::<serde_json::Value>().unwrap().is_empty());
+        });
+    }
+
+    #[test]
+    fn volumes_are_unique_per_team_and_listed_oldest_first() {
+        crate::test_backends::each(|location| {
+            let store = Store::open(location).unwrap();
+            let volume = |id: &str, team: &str, name: &str, created_at: i64| VolumeRecord {
+                id: id.into(),
+                team: team.into(),
+                name: name.into(),
+                token: "t".into(),
+                size_mb: 10,
+                created_at,
+            };
+            store.insert_volume(&volume("v2", "a", "data", 2)).unwrap();
+            store.insert_volume(&volume("v1", "b", "data", 1)).unwrap();
+            let taken = store
+                .insert_volume(&volume("v3", "a", "data", 3))
+                .unwrap_err();
+            assert!(taken.is_conflict(), "{taken:?}");
+            let ids: Vec<String> = store.volumes().unwrap().into_iter().map(|v| v.id).collect();
+            assert_eq!(ids, ["v1", "v2"]);
+            store.delete_volume("v1").unwrap();
+            assert_eq!(store.volumes().unwrap().len(), 1);
+        });
     }
 }

@@ -31,6 +31,7 @@ fn config(dir: &std::path::Path) -> ServerConfig {
         runtime: Default::default(),
         listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: dir.to_owned(),
+        database: None,
         domain: None,
         api_keys: vec![KEY.to_owned()],
         kill_on_exit: false,

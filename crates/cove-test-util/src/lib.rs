@@ -8,6 +8,7 @@ mod fake_runtime;
 pub mod image;
 mod mirror;
 pub mod name_server;
+mod postgres;
 mod registry;
 mod server;
 mod wait;
@@ -16,6 +17,7 @@ pub use crate::{
     agent::{AgentOptions, TestAgent},
     fake_runtime::{FakeRuntime, FakeSandbox},
     mirror::{MIRRORED, seeded_mirror},
+    postgres::TestPostgres,
     registry::TestRegistry,
     server::{TestServer, built_cove},
     wait::{free_port, terminate, wait_until},

@@ -35,9 +35,7 @@ enum KeysCommand {
 }
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
-    let dir = args.state.resolve()?;
-    let store = cove_server::open_store(&dir)
-        .with_context(|| format!("cannot open the state in {}", dir.display()))?;
+    let store = args.state.open_store()?;
     match args.command {
         KeysCommand::Create { team, name } => {
             let (info, secret) = store

@@ -268,15 +268,28 @@ fn duration(raw: &str) -> Result<Duration, String> {
     Ok(parsed)
 }
 
-/// `--state-dir`, shared by the commands that use the server's state.
+/// `--state-dir` and `--database`, shared by the commands that use the server's state.
 #[derive(Debug, clap::Args)]
 pub struct StateDir {
     /// Where state lives: the SQLite database, templates, sandboxes' writable layers.
     #[arg(long = "state-dir", env = "COVE_STATE_DIR", global = true)]
     path: Option<PathBuf>,
+    /// The state database, when not the SQLite file in the state directory: a PostgreSQL
+    /// server (`postgres://user:password@host:port/database`) that several Cove processes
+    /// share.
+    #[arg(long = "database", env = "COVE_DATABASE", global = true)]
+    pub database: Option<String>,
 }
 
 impl StateDir {
+    /// Opens the state database these name.
+    pub fn open_store(&self) -> anyhow::Result<cove_server::store::Store> {
+        let dir = self.resolve()?;
+        let location = cove_server::database(&dir, self.database.as_deref());
+        cove_server::open_store(&dir, self.database.as_deref())
+            .with_context(|| format!("cannot open the state in {}", location.redacted()))
+    }
+
     /// The given directory, else `$XDG_DATA_HOME/cove`, else `~/.local/share/cove`.
     pub fn resolve(&self) -> anyhow::Result<PathBuf> {
         if let Some(path) = &self.path {
@@ -298,6 +311,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let config = ServerConfig {
         listen: args.listen,
         state_dir: args.state.resolve()?,
+        database: args.state.database.clone(),
         domain: args.domain,
         api_keys: args
             .api_keys

@@ -40,9 +40,7 @@ enum TeamsCommand {
 }
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
-    let dir = args.state.resolve()?;
-    let store = cove_server::open_store(&dir)
-        .with_context(|| format!("cannot open the state in {}", dir.display()))?;
+    let store = args.state.open_store()?;
     match args.command {
         TeamsCommand::List { json } => {
             let teams = store.teams().context("cannot list teams")?;

@@ -240,6 +240,12 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Store(store) if store.is_disk_full() => {
                 (StatusCode::INSUFFICIENT_STORAGE, Some(RETRY_DISK_SECS))
             }
+            LifecycleError::Store(store) if store.is_unavailable() => {
+                return database_unavailable(&err);
+            }
+            LifecycleError::Catalog(catalog) if catalog.is_unavailable() => {
+                return database_unavailable(&err);
+            }
             LifecycleError::Volume(err) => (volume_status(err), None),
             LifecycleError::Catalog(catalog) if catalog.is_disk_full() => {
                 (StatusCode::INSUFFICIENT_STORAGE, Some(RETRY_DISK_SECS))
@@ -272,6 +278,20 @@ impl From<LifecycleError> for ApiError {
     }
 }
 
+/// How long a client waits before trying again while the state database is unreachable.
+const RETRY_DATABASE_SECS: u32 = 5;
+
+/// The answer while the state database (a PostgreSQL server) cannot be reached: nothing was
+/// changed, and the request may be made again.
+pub fn database_unavailable(err: &(dyn std::error::Error + 'static)) -> ApiError {
+    tracing::error!(err = %format!("{:#}", ErrorChain(err)), "the state database cannot be reached");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the server's state database cannot be reached: try again shortly (running sandboxes keep working)",
+    )
+    .retry_after(RETRY_DATABASE_SECS)
+}
+
 /// The status of a volume error: at a create, a volume that is not the team's is a bad
 /// request (as E2B answers it); the server's own failures are 500.
 fn volume_status(err: &crate::volumes::VolumeError) -> StatusCode {
@@ -283,6 +303,7 @@ fn volume_status(err: &crate::volumes::VolumeError) -> StatusCode {
         | VolumeError::NotFound(_) => StatusCode::BAD_REQUEST,
         VolumeError::NameTaken(_) | VolumeError::InUse { .. } => StatusCode::CONFLICT,
         VolumeError::Store(store) if store.is_disk_full() => StatusCode::INSUFFICIENT_STORAGE,
+        VolumeError::Store(store) if store.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
         VolumeError::Store(_) | VolumeError::Io { .. } => {
             tracing::error!(err = %format!("{:#}", ErrorChain(err)), "volume request failed");
             StatusCode::INTERNAL_SERVER_ERROR

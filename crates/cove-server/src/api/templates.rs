@@ -36,6 +36,9 @@ const LISTED_DISK_MB: u64 = 4096;
 
 impl From<CatalogError> for ApiError {
     fn from(err: CatalogError) -> Self {
+        if err.is_unavailable() {
+            return super::database_unavailable(&err);
+        }
         if err.is_disk_full() {
             return ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,

@@ -17,6 +17,11 @@ use crate::{
 
 impl From<VolumeError> for ApiError {
     fn from(err: VolumeError) -> Self {
+        if let VolumeError::Store(store) = &err
+            && store.is_unavailable()
+        {
+            return super::database_unavailable(&err);
+        }
         let status = match &err {
             // Outside a create, a volume that is not the team's is simply not there.
             VolumeError::NotFound(_) => StatusCode::NOT_FOUND,

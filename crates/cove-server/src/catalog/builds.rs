@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use cove_db::{Row, params};
 use cove_proto::templates::{BuildReason, BuildStatus};
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Catalog, CatalogError, Result};
@@ -62,7 +62,7 @@ impl Catalog {
     /// A new build of `template` that will take `tags`.
     pub fn new_build(&self, id: &str, template: &str, tags: &[String]) -> Result<BuildRow> {
         let now = crate::clock::now_ms();
-        self.conn().execute(
+        self.db.execute(
             "INSERT INTO template_builds (id, template, status, tags, created_at, updated_at) VALUES (?1, ?2, 'waiting', ?3, ?4, ?4)",
             params![id, template, serde_json::to_string(tags)?, now],
         )?;
@@ -82,32 +82,32 @@ impl Catalog {
 
     /// Build `id` of `template`.
     pub fn build(&self, template: &str, id: &str) -> Result<Option<BuildRow>> {
-        let row = self
-            .conn()
+        self.db
             .query_row(
                 &format!("SELECT {COLUMNS} FROM template_builds WHERE id = ?1 AND template = ?2"),
                 params![id, template],
-                raw_build,
-            )
-            .optional()?;
-        row.map(RawBuild::parse).transpose()
+            )?
+            .map(|row| raw_build(&row)?.parse())
+            .transpose()
     }
 
     /// Every build of `template`, newest first.
     pub fn builds_of(&self, template: &str) -> Result<Vec<BuildRow>> {
-        let conn = self.conn();
-        let mut statement = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM template_builds WHERE template = ?1 ORDER BY created_at DESC, id"
-        ))?;
-        let raw = statement
-            .query_map(params![template], raw_build)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        raw.into_iter().map(RawBuild::parse).collect()
+        self.db
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM template_builds WHERE template = ?1 ORDER BY created_at DESC, id"
+                ),
+                params![template],
+            )?
+            .iter()
+            .map(|row| raw_build(row)?.parse())
+            .collect()
     }
 
     /// Marks a waiting build as started; `false` when it was started already.
     pub fn trigger_build(&self, id: &str) -> Result<bool> {
-        let changed = self.conn().execute(
+        let changed = self.db.execute(
             "UPDATE template_builds SET triggered = 1, updated_at = ?2 WHERE id = ?1 AND triggered = 0 AND status = 'waiting'",
             params![id, crate::clock::now_ms()],
         )?;
@@ -116,7 +116,7 @@ impl Catalog {
 
     /// Sets a running build's status.
     pub fn set_build_status(&self, id: &str, status: BuildStatus) -> Result<()> {
-        self.conn().execute(
+        self.db.execute(
             "UPDATE template_builds SET status = ?2, updated_at = ?3 WHERE id = ?1",
             params![id, status.as_str(), crate::clock::now_ms()],
         )?;
@@ -134,7 +134,7 @@ impl Catalog {
             Ok(built) => ("ready", Some(serde_json::to_string(built)?), None),
             Err(reason) => ("error", None, Some(serde_json::to_string(reason)?)),
         };
-        self.conn().execute(
+        self.db.execute(
             "UPDATE template_builds SET status = ?2, result = ?3, reason = ?4, updated_at = ?5, finished_at = ?5 WHERE id = ?1",
             params![id, status, result, reason, now],
         )?;
@@ -144,18 +144,17 @@ impl Catalog {
     /// After a restart: every build that was started and had not finished ends as failed
     /// (its work died with the server). Returns them.
     pub fn fail_interrupted_builds(&self, reason: &BuildReason) -> Result<Vec<BuildRow>> {
-        let interrupted: Vec<BuildRow> = {
-            let conn = self.conn();
-            let mut statement = conn.prepare(&format!(
-                "SELECT {COLUMNS} FROM template_builds WHERE triggered = 1 AND status IN ('waiting', 'building')"
-            ))?;
-            let raw = statement
-                .query_map([], raw_build)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            raw.into_iter()
-                .map(RawBuild::parse)
-                .collect::<Result<_>>()?
-        };
+        let interrupted = self
+            .db
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM template_builds WHERE triggered = 1 AND status IN ('waiting', 'building')"
+                ),
+                &[],
+            )?
+            .iter()
+            .map(|row| raw_build(row)?.parse())
+            .collect::<Result<Vec<_>>>()?;
         for build in &interrupted {
             self.finish_build(&build.id, Err(reason))?;
         }
@@ -164,10 +163,11 @@ impl Catalog {
 
     /// Deletes builds that never started and are older than `before` (abandoned requests).
     pub fn forget_untriggered_builds(&self, before: i64) -> Result<usize> {
-        Ok(self.conn().execute(
+        let forgotten = self.db.execute(
             "DELETE FROM template_builds WHERE triggered = 0 AND status = 'waiting' AND created_at < ?1",
             params![before],
-        )?)
+        )?;
+        Ok(usize::try_from(forgotten).unwrap_or(usize::MAX))
     }
 }
 
@@ -184,18 +184,18 @@ struct RawBuild {
     reason: Option<String>,
 }
 
-fn raw_build(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawBuild> {
+fn raw_build(row: &Row) -> cove_db::Result<RawBuild> {
     Ok(RawBuild {
-        id: row.get(0)?,
-        template: row.get(1)?,
-        status: row.get(2)?,
-        triggered: row.get(3)?,
-        tags: row.get(4)?,
-        created_at: row.get(5)?,
-        updated_at: row.get(6)?,
-        finished_at: row.get(7)?,
-        result: row.get(8)?,
-        reason: row.get(9)?,
+        id: row.text(0)?,
+        template: row.text(1)?,
+        status: row.text(2)?,
+        triggered: row.flag(3)?,
+        tags: row.text(4)?,
+        created_at: row.int(5)?,
+        updated_at: row.int(6)?,
+        finished_at: row.opt_int(7)?,
+        result: row.opt_text(8)?,
+        reason: row.opt_text(9)?,
     })
 }
 

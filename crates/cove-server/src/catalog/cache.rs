@@ -1,7 +1,7 @@
 //! The build cache (which layer a step made, by its key) and the build contexts teams
 //! uploaded (by their files hash).
 
-use rusqlite::{OptionalExtension, params};
+use cove_db::params;
 
 use super::{Catalog, Result};
 
@@ -19,14 +19,14 @@ pub enum Cached {
 impl Catalog {
     /// What the step with cache key `key` made.
     pub fn cached_step(&self, key: &str) -> Result<Cached> {
-        let found: Option<Option<String>> = self
-            .conn()
+        let found = self
+            .db
             .query_row(
                 "SELECT layer FROM template_step_cache WHERE key = ?1",
                 params![key],
-                |r| r.get(0),
-            )
-            .optional()?;
+            )?
+            .map(|r| r.opt_text(0))
+            .transpose()?;
         Ok(match found {
             None => Cached::Unknown,
             Some(None) => Cached::NoLayer,
@@ -36,8 +36,9 @@ impl Catalog {
 
     /// Records what the step with cache key `key` made (`None`: it changed nothing).
     pub fn cache_step(&self, key: &str, layer: Option<&str>) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO template_step_cache (key, layer, created_at) VALUES (?1, ?2, ?3)",
+        self.db.execute(
+            "INSERT INTO template_step_cache (key, layer, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET layer = excluded.layer, created_at = excluded.created_at",
             params![key, layer, crate::clock::now_ms()],
         )?;
         Ok(())
@@ -45,29 +46,30 @@ impl Catalog {
 
     /// Forgets every cached step whose layer is not in `kept` (after a collection).
     pub fn forget_cached_layers(&self, kept: &dyn Fn(&str) -> bool) -> Result<usize> {
-        let layers: Vec<String> = {
-            let conn = self.conn();
-            let mut statement = conn.prepare(
+        let layers = self
+            .db
+            .query(
                 "SELECT DISTINCT layer FROM template_step_cache WHERE layer IS NOT NULL",
-            )?;
-            statement
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?
-        };
+                &[],
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect::<cove_db::Result<Vec<_>>>()?;
         let mut forgotten = 0;
         for layer in layers.iter().filter(|l| !kept(l)) {
-            forgotten += self.conn().execute(
+            forgotten += self.db.execute(
                 "DELETE FROM template_step_cache WHERE layer = ?1",
                 params![layer],
             )?;
         }
-        Ok(forgotten)
+        Ok(usize::try_from(forgotten).unwrap_or(usize::MAX))
     }
 
     /// Records that `team` uploaded the build context `hash`.
     pub fn note_upload(&self, team: &str, hash: &str) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO template_files (team, hash, created_at) VALUES (?1, ?2, ?3)",
+        self.db.execute(
+            "INSERT INTO template_files (team, hash, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (team, hash) DO UPDATE SET created_at = excluded.created_at",
             params![team, hash, crate::clock::now_ms()],
         )?;
         Ok(())
@@ -75,30 +77,32 @@ impl Catalog {
 
     /// Whether `team` uploaded the build context `hash`.
     pub fn has_upload(&self, team: &str, hash: &str) -> Result<bool> {
-        let count: i64 = self.conn().query_row(
-            "SELECT COUNT(*) FROM template_files WHERE team = ?1 AND hash = ?2",
-            params![team, hash],
-            |r| r.get(0),
-        )?;
+        let count = self
+            .db
+            .query_row(
+                "SELECT COUNT(*) FROM template_files WHERE team = ?1 AND hash = ?2",
+                params![team, hash],
+            )?
+            .map_or(Ok(0), |r| r.count(0))?;
         Ok(count > 0)
     }
 
     /// Forgets uploads made before `before`; returns them (team, hash).
     pub fn forget_uploads(&self, before: i64) -> Result<Vec<(String, String)>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let old = {
-            let mut statement =
-                tx.prepare("SELECT team, hash FROM template_files WHERE created_at < ?1")?;
-            statement
-                .query_map(params![before], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?
-        };
-        tx.execute(
-            "DELETE FROM template_files WHERE created_at < ?1",
-            params![before],
-        )?;
-        tx.commit()?;
-        Ok(old)
+        Ok(self.db.transaction(|sql| {
+            let old = sql
+                .query(
+                    "SELECT team, hash FROM template_files WHERE created_at < ?1",
+                    params![before],
+                )?
+                .iter()
+                .map(|r| Ok((r.text(0)?, r.text(1)?)))
+                .collect::<cove_db::Result<Vec<_>>>()?;
+            sql.execute(
+                "DELETE FROM template_files WHERE created_at < ?1",
+                params![before],
+            )?;
+            Ok(old)
+        })?)
     }
 }

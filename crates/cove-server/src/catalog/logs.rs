@@ -1,7 +1,7 @@
 //! Build logs: entries in the order they were written, read by offset as the SDKs poll.
 
+use cove_db::params;
 use cove_proto::templates::BuildLogEntry;
-use rusqlite::params;
 
 use super::{Catalog, Result};
 
@@ -21,20 +21,22 @@ pub fn level_rank(level: &str) -> u8 {
 impl Catalog {
     /// Appends `entries` to `build`'s log (numbered on from `next`); returns the next number.
     pub fn append_logs(&self, build: &str, next: u64, entries: &[BuildLogEntry]) -> Result<u64> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let mut seq = next;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR REPLACE INTO template_build_logs (build, seq, entry) VALUES (?1, ?2, ?3)",
-            )?;
-            for entry in entries {
-                insert.execute(params![build, seq as i64, serde_json::to_string(entry)?])?;
+        let lines = entries
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<serde_json::Result<Vec<_>>>()?;
+        Ok(self.db.transaction(|sql| {
+            let mut seq = next;
+            for line in lines {
+                sql.execute(
+                    "INSERT INTO template_build_logs (build, seq, entry) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (build, seq) DO UPDATE SET entry = excluded.entry",
+                    params![build, seq, line],
+                )?;
                 seq += 1;
             }
-        }
-        tx.commit()?;
-        Ok(seq)
+            Ok(seq)
+        })?)
     }
 
     /// Entries of `build`'s log from number `offset` on, at most `limit`, of at least level
@@ -46,15 +48,15 @@ impl Catalog {
         limit: usize,
         min_level: Option<&str>,
     ) -> Result<Vec<BuildLogEntry>> {
-        let conn = self.conn();
-        let mut statement = conn.prepare_cached(
-            "SELECT entry FROM template_build_logs WHERE build = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let raw = statement
-            .query_map(params![build, offset as i64, limit as i64], |r| {
-                r.get::<_, String>(0)
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let raw = self
+            .db
+            .query(
+                "SELECT entry FROM template_build_logs WHERE build = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+                params![build, offset, limit as u64],
+            )?
+            .iter()
+            .map(|r| r.text(0))
+            .collect::<cove_db::Result<Vec<_>>>()?;
         let min = min_level.map(level_rank).unwrap_or(0);
         let mut entries = Vec::with_capacity(raw.len());
         for json in raw {
@@ -68,11 +70,12 @@ impl Catalog {
 
     /// How many entries `build`'s log has.
     pub fn log_len(&self, build: &str) -> Result<u64> {
-        let count: i64 = self.conn().query_row(
-            "SELECT COUNT(*) FROM template_build_logs WHERE build = ?1",
-            params![build],
-            |r| r.get(0),
-        )?;
-        Ok(u64::try_from(count).unwrap_or(0))
+        Ok(self
+            .db
+            .query_row(
+                "SELECT COUNT(*) FROM template_build_logs WHERE build = ?1",
+                params![build],
+            )?
+            .map_or(Ok(0), |r| r.count(0))?)
     }
 }

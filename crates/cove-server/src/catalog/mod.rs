@@ -11,16 +11,10 @@
 mod builds;
 mod cache;
 mod logs;
-mod schema;
 mod tags;
 mod templates;
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Mutex,
-};
-
-use rusqlite::Connection;
+use cove_db::{Db, Location};
 
 pub use self::{
     builds::{BuildRow, Built},
@@ -35,14 +29,8 @@ pub const DEFAULT_TAG: &str = "default";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("cannot open the template catalogue in {path}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
     #[error("template catalogue query failed")]
-    Query(#[from] rusqlite::Error),
+    Query(#[from] cove_db::DbError),
     #[error("a stored template record is unreadable")]
     Record(#[from] serde_json::Error),
 }
@@ -52,17 +40,18 @@ pub type Result<T> = std::result::Result<T, CatalogError>;
 impl CatalogError {
     /// Whether the database could not be written because its disk is full.
     pub fn is_disk_full(&self) -> bool {
-        matches!(
-            self,
-            CatalogError::Query(rusqlite::Error::SqliteFailure(err, _))
-                if err.code == rusqlite::ErrorCode::DiskFull
-        )
+        matches!(self, CatalogError::Query(err) if err.is_disk_full())
+    }
+
+    /// Whether the database server could not be reached.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, CatalogError::Query(err) if err.is_unavailable())
     }
 }
 
 /// The catalogue (see the module documentation).
 pub struct Catalog {
-    conn: Mutex<Connection>,
+    db: Db,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -72,21 +61,11 @@ impl std::fmt::Debug for Catalog {
 }
 
 impl Catalog {
-    /// Opens the catalogue in the database at `path` (creating its tables).
-    pub fn open(path: &Path) -> Result<Self> {
-        let conn = crate::store::connect(path, schema::SCHEMA)
-            .and_then(|conn| schema::add_columns(&conn).map(|()| conn))
-            .map_err(|source| CatalogError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+    /// Opens the catalogue in the database at `location` (on a connection of its own).
+    pub fn open(location: &Location) -> Result<Self> {
         Ok(Self {
-            conn: Mutex::new(conn),
+            db: Db::open(location)?,
         })
-    }
-
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -125,37 +104,95 @@ mod tests {
         assert!(valid_tag("v2") && valid_tag("Prod.1") && !valid_tag("a:b") && !valid_tag(""));
     }
 
+    /// Templates, names, builds, tags, logs and the cache, the same on both backends.
     #[test]
-    fn a_catalogue_of_an_older_server_gets_the_columns_added_since() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.db");
-        {
-            // The table as servers before the runtime column made it, with a template.
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE template_templates (id TEXT PRIMARY KEY, team TEXT NOT NULL,
-                   cpu_count INTEGER NOT NULL, memory_mb INTEGER NOT NULL,
-                   created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
-                   spawn_count INTEGER NOT NULL DEFAULT 0, last_spawned_at INTEGER);
-                 INSERT INTO template_templates (id, team, cpu_count, memory_mb, created_at, updated_at)
-                   VALUES ('old', 'team', 2, 512, 1, 1);",
-            )
-            .unwrap();
-        }
-        let catalog = Catalog::open(&path).unwrap();
-        let old = catalog.template("old").unwrap().unwrap();
-        assert_eq!((old.memory_mb, old.runtime), (512, None));
-        catalog.set_template_runtime("old", "gvisor").unwrap();
-        let new = catalog
-            .create_template("new", "team", "new", 1, 256, Some("gvisor"))
-            .unwrap();
-        drop(catalog);
-        // Opening it again adds nothing twice and keeps what was stored.
-        let catalog = Catalog::open(&path).unwrap();
-        assert_eq!(
-            catalog.template("old").unwrap().unwrap().runtime.as_deref(),
-            Some("gvisor")
-        );
-        assert_eq!(catalog.template("new").unwrap(), Some(new));
+    fn the_catalogue_keeps_templates_builds_tags_and_logs() {
+        crate::test_backends::each(|location| {
+            let catalog = Catalog::open(location).unwrap();
+            let made = catalog
+                .create_template("t1", "team", "app", 2, 512, Some("gvisor"))
+                .unwrap();
+            let taken = catalog
+                .create_template("t2", "team", "app", 1, 256, None)
+                .unwrap_err();
+            assert!(
+                matches!(taken, CatalogError::Query(ref e) if e.is_conflict()),
+                "{taken:?}"
+            );
+            assert!(
+                catalog.template("t2").unwrap().is_none(),
+                "a failed create leaves nothing"
+            );
+            catalog.set_template_resources("t1", 4, 1024).unwrap();
+            catalog.note_spawn("t1").unwrap();
+            let row = catalog.template("t1").unwrap().unwrap();
+            assert_eq!(
+                (
+                    row.cpu_count,
+                    row.memory_mb,
+                    row.spawn_count,
+                    row.runtime.as_deref()
+                ),
+                (4, 1024, 1, Some("gvisor"))
+            );
+            assert_eq!(row.names, ["app"]);
+            assert!(
+                matches!(catalog.find("team", "app").unwrap(), Owner::Team(r) if r.id == made.id)
+            );
+            assert_eq!(catalog.find("other", "app").unwrap(), Owner::OtherTeam);
+
+            let build = catalog.new_build("b1", "t1", &["v1".to_owned()]).unwrap();
+            assert!(catalog.trigger_build("b1").unwrap());
+            assert!(!catalog.trigger_build("b1").unwrap());
+            let entries = |n: u64| {
+                (0..n)
+                    .map(|i| cove_proto::templates::BuildLogEntry {
+                        timestamp: String::new(),
+                        message: format!("line {i}"),
+                        level: if i % 2 == 0 { "info" } else { "debug" }.to_owned(),
+                        step: None,
+                        progress: None,
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let next = catalog.append_logs("b1", 0, &entries(5)).unwrap();
+            assert_eq!(next, 5);
+            assert_eq!(catalog.log_len("b1").unwrap(), 5);
+            assert_eq!(
+                catalog.read_logs("b1", 1, 10, Some("info")).unwrap().len(),
+                2
+            );
+            let built = Built {
+                layers: vec!["l1".into()],
+                ..Default::default()
+            };
+            catalog.finish_build("b1", Ok(&built)).unwrap();
+            assert_eq!(catalog.assign_tag("t1", "v1", "b1").unwrap(), None);
+            let ready = catalog.tagged_build("t1", "v1").unwrap().unwrap();
+            assert_eq!(
+                (ready.id.as_str(), ready.result),
+                (build.id.as_str(), Some(built))
+            );
+            assert_eq!(catalog.tag_count("b1").unwrap(), 1);
+            assert_eq!(
+                catalog.remove_tag("t1", "v1").unwrap().as_deref(),
+                Some("b1")
+            );
+
+            catalog.cache_step("k", None).unwrap();
+            assert_eq!(catalog.cached_step("k").unwrap(), Cached::NoLayer);
+            catalog.cache_step("k", Some("l1")).unwrap();
+            assert_eq!(
+                catalog.cached_step("k").unwrap(),
+                Cached::Layer("l1".into())
+            );
+            assert_eq!(catalog.forget_cached_layers(&|_| false).unwrap(), 1);
+            catalog.note_upload("team", "h").unwrap();
+            assert!(catalog.has_upload("team", "h").unwrap());
+
+            assert_eq!(catalog.delete_template("t1").unwrap(), ["b1"]);
+            assert_eq!(catalog.log_len("b1").unwrap(), 0);
+            assert_eq!(catalog.find("team", "app").unwrap(), Owner::Nobody);
+        });
     }
 }

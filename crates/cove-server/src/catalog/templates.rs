@@ -1,6 +1,6 @@
 //! Templates and their names.
 
-use rusqlite::{OptionalExtension, params};
+use cove_db::{Row, Value, params};
 
 use super::{Catalog, Result};
 
@@ -47,17 +47,17 @@ impl Catalog {
         runtime: Option<&str>,
     ) -> Result<TemplateRow> {
         let now = crate::clock::now_ms();
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO template_templates (id, team, cpu_count, memory_mb, created_at, updated_at, runtime) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
-            params![id, team, cpu_count, memory_mb as i64, now, runtime],
-        )?;
-        tx.execute(
-            "INSERT INTO template_names (name, template) VALUES (?1, ?2)",
-            params![name, id],
-        )?;
-        tx.commit()?;
+        self.db.transaction(|sql| {
+            sql.execute(
+                "INSERT INTO template_templates (id, team, cpu_count, memory_mb, created_at, updated_at, runtime) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+                params![id, team, cpu_count, memory_mb, now, runtime],
+            )?;
+            sql.execute(
+                "INSERT INTO template_names (name, template) VALUES (?1, ?2)",
+                params![name, id],
+            )?;
+            Ok(())
+        })?;
         Ok(TemplateRow {
             id: id.to_owned(),
             team: team.to_owned(),
@@ -74,7 +74,7 @@ impl Catalog {
 
     /// Changes the backend a template's sandboxes run on (a rebuild may name another).
     pub fn set_template_runtime(&self, id: &str, runtime: &str) -> Result<()> {
-        self.conn().execute(
+        self.db.execute(
             "UPDATE template_templates SET runtime = ?2, updated_at = ?3 WHERE id = ?1",
             params![id, runtime, crate::clock::now_ms()],
         )?;
@@ -83,23 +83,23 @@ impl Catalog {
 
     /// Changes the resources a template's sandboxes get (a rebuild may ask for others).
     pub fn set_template_resources(&self, id: &str, cpu_count: u32, memory_mb: u64) -> Result<()> {
-        self.conn().execute(
+        self.db.execute(
             "UPDATE template_templates SET cpu_count = ?2, memory_mb = ?3, updated_at = ?4 WHERE id = ?1",
-            params![id, cpu_count, memory_mb as i64, crate::clock::now_ms()],
+            params![id, cpu_count, memory_mb, crate::clock::now_ms()],
         )?;
         Ok(())
     }
 
     /// Who holds `name`, as `team` sees it.
     pub fn name_owner(&self, team: &str, name: &str) -> Result<Owner> {
-        let id: Option<String> = self
-            .conn()
+        let id = self
+            .db
             .query_row(
                 "SELECT template FROM template_names WHERE name = ?1",
                 params![name],
-                |r| r.get(0),
-            )
-            .optional()?;
+            )?
+            .map(|r| r.text(0))
+            .transpose()?;
         let Some(id) = id else {
             return Ok(Owner::Nobody);
         };
@@ -126,52 +126,51 @@ impl Catalog {
 
     /// A template by id.
     pub fn template(&self, id: &str) -> Result<Option<TemplateRow>> {
-        let conn = self.conn();
-        let row = conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM template_templates WHERE id = ?1"),
-                params![id],
-                template_row,
-            )
-            .optional()?;
-        let Some(mut row) = row else {
-            return Ok(None);
-        };
-        row.names = names_of(&conn, id)?;
-        Ok(Some(row))
+        Ok(self
+            .templates_where("id = ?1", params![id])?
+            .into_iter()
+            .next())
     }
 
     /// Every template of `team`, oldest first.
     pub fn templates_of(&self, team: &str) -> Result<Vec<TemplateRow>> {
-        self.templates_where("team = ?1 ORDER BY created_at, id", params![team])
+        self.templates_where("team = ?1", params![team])
     }
 
     /// Every template of every team.
     pub fn all_templates(&self) -> Result<Vec<TemplateRow>> {
-        self.templates_where("1 ORDER BY created_at, id", params![])
+        self.templates_where("1 = 1", &[])
     }
 
-    fn templates_where(
-        &self,
-        condition: &str,
-        params: &[&dyn rusqlite::ToSql],
-    ) -> Result<Vec<TemplateRow>> {
-        let conn = self.conn();
-        let mut statement = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM template_templates WHERE {condition}"
-        ))?;
-        let mut rows = statement
-            .query_map(params, template_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        for row in &mut rows {
-            row.names = names_of(&conn, &row.id)?;
-        }
-        Ok(rows)
+    /// The templates `condition` selects, oldest first, with their names.
+    fn templates_where(&self, condition: &str, params: &[Value]) -> Result<Vec<TemplateRow>> {
+        Ok(self.db.with(|sql| {
+            let rows = sql.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM template_templates WHERE {condition} ORDER BY created_at, id"
+                ),
+                params,
+            )?;
+            let mut templates = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let mut template = template_row(row)?;
+                template.names = sql
+                    .query(
+                        "SELECT name FROM template_names WHERE template = ?1 ORDER BY name",
+                        params![&template.id],
+                    )?
+                    .iter()
+                    .map(|r| r.text(0))
+                    .collect::<cove_db::Result<_>>()?;
+                templates.push(template);
+            }
+            Ok(templates)
+        })?)
     }
 
     /// Counts a sandbox made from template `id`.
     pub fn note_spawn(&self, id: &str) -> Result<()> {
-        self.conn().execute(
+        self.db.execute(
             "UPDATE template_templates SET spawn_count = spawn_count + 1, last_spawned_at = ?2 WHERE id = ?1",
             params![id, crate::clock::now_ms()],
         )?;
@@ -181,54 +180,42 @@ impl Catalog {
     /// Deletes template `id` with its names, builds, tags and logs; returns the ids of the
     /// builds it had.
     pub fn delete_template(&self, id: &str) -> Result<Vec<String>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let builds = {
-            let mut statement = tx.prepare("SELECT id FROM template_builds WHERE template = ?1")?;
-            statement
-                .query_map(params![id], |r| r.get::<_, String>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?
-        };
-        for build in &builds {
-            tx.execute(
-                "DELETE FROM template_build_logs WHERE build = ?1",
-                params![build],
+        Ok(self.db.transaction(|sql| {
+            let builds = sql
+                .query(
+                    "SELECT id FROM template_builds WHERE template = ?1",
+                    params![id],
+                )?
+                .iter()
+                .map(|r| r.text(0))
+                .collect::<cove_db::Result<Vec<_>>>()?;
+            sql.execute(
+                "DELETE FROM template_build_logs WHERE build IN (SELECT id FROM template_builds WHERE template = ?1)",
+                params![id],
             )?;
-        }
-        tx.execute(
-            "DELETE FROM template_builds WHERE template = ?1",
-            params![id],
-        )?;
-        tx.execute("DELETE FROM template_tags WHERE template = ?1", params![id])?;
-        tx.execute(
-            "DELETE FROM template_names WHERE template = ?1",
-            params![id],
-        )?;
-        tx.execute("DELETE FROM template_templates WHERE id = ?1", params![id])?;
-        tx.commit()?;
-        Ok(builds)
+            for table in ["template_builds", "template_tags", "template_names"] {
+                sql.execute(
+                    &format!("DELETE FROM {table} WHERE template = ?1"),
+                    params![id],
+                )?;
+            }
+            sql.execute("DELETE FROM template_templates WHERE id = ?1", params![id])?;
+            Ok(builds)
+        })?)
     }
 }
 
-fn names_of(conn: &rusqlite::Connection, id: &str) -> rusqlite::Result<Vec<String>> {
-    let mut statement =
-        conn.prepare_cached("SELECT name FROM template_names WHERE template = ?1 ORDER BY name")?;
-    statement
-        .query_map(params![id], |r| r.get(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()
-}
-
-fn template_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TemplateRow> {
+fn template_row(row: &Row) -> cove_db::Result<TemplateRow> {
     Ok(TemplateRow {
-        id: row.get(0)?,
-        team: row.get(1)?,
-        cpu_count: row.get(2)?,
-        memory_mb: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
-        created_at: row.get(4)?,
-        updated_at: row.get(5)?,
-        spawn_count: u64::try_from(row.get::<_, i64>(6)?).unwrap_or(0),
-        last_spawned_at: row.get(7)?,
+        id: row.text(0)?,
+        team: row.text(1)?,
+        cpu_count: row.opt_u32(2)?.unwrap_or(0),
+        memory_mb: row.count(3)?,
+        created_at: row.int(4)?,
+        updated_at: row.int(5)?,
+        spawn_count: row.count(6)?,
+        last_spawned_at: row.opt_int(7)?,
         names: Vec::new(),
-        runtime: row.get(8)?,
+        runtime: row.opt_text(8)?,
     })
 }

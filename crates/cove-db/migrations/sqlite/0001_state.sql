@@ -1,6 +1,37 @@
-//! The catalogue's tables (prefixed `template_`, beside the store's own).
-
-pub const SCHEMA: &str = "
+-- The state as servers before migrations made it (each table only if missing, so a
+-- database of such a server takes this step without change).
+CREATE TABLE IF NOT EXISTS api_keys (
+    id          TEXT PRIMARY KEY,
+    team        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    hash        TEXT NOT NULL UNIQUE,
+    prefix      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE TABLE IF NOT EXISTS teams (
+    name           TEXT PRIMARY KEY,
+    max_sandboxes  INTEGER,
+    max_memory_mb  INTEGER,
+    max_cpus       INTEGER
+);
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id          TEXT PRIMARY KEY,
+    team        TEXT NOT NULL,
+    record      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS volumes (
+    id          TEXT PRIMARY KEY,
+    team        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    record      TEXT NOT NULL,
+    UNIQUE (team, name)
+);
+CREATE TABLE IF NOT EXISTS templates (
+    id          TEXT PRIMARY KEY,
+    team        TEXT NOT NULL,
+    entry       TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS template_templates (
     id               TEXT PRIMARY KEY,
     team             TEXT NOT NULL,
@@ -9,8 +40,7 @@ CREATE TABLE IF NOT EXISTS template_templates (
     created_at       INTEGER NOT NULL,
     updated_at       INTEGER NOT NULL,
     spawn_count      INTEGER NOT NULL DEFAULT 0,
-    last_spawned_at  INTEGER,
-    runtime          TEXT
+    last_spawned_at  INTEGER
 );
 CREATE TABLE IF NOT EXISTS template_names (
     name      TEXT PRIMARY KEY,
@@ -53,24 +83,3 @@ CREATE TABLE IF NOT EXISTS template_files (
     created_at  INTEGER NOT NULL,
     PRIMARY KEY (team, hash)
 );
-";
-
-/// Columns added to tables after their first release, as `(table, column, type)`: a
-/// catalogue made by an older server gets them when opened (`CREATE TABLE IF NOT EXISTS`
-/// leaves an existing table as it was).
-pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("template_templates", "runtime", "TEXT")];
-
-/// Adds the [`ADDED_COLUMNS`] `conn`'s tables lack.
-pub fn add_columns(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-    for (table, column, kind) in ADDED_COLUMNS {
-        let mut statement =
-            conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
-        let present = statement
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        if !present.iter().any(|name| name == column) {
-            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
-        }
-    }
-    Ok(())
-}
