@@ -407,6 +407,7 @@ fn server_config(dir: &Path, max_sandboxes: usize) -> cove_server::ServerConfig 
         listen: "127.0.0.1:0".parse().expect("an address"),
         state_dir: dir.to_owned(),
         database: None,
+        node: None,
         domain: Some(DOMAIN.to_owned()),
         api_keys: vec![API_KEY.to_owned()],
         kill_on_exit: false,

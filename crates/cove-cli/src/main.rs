@@ -25,6 +25,8 @@ enum Command {
     Keys(commands::keys::Args),
     /// Limit what each team's sandboxes may use together.
     Teams(commands::teams::Args),
+    /// The nodes of a cluster: list, drain, undrain.
+    Nodes(commands::nodes::Args),
     /// Create, list, inspect, extend and kill sandboxes.
     #[command(alias = "sbx")]
     Sandbox(commands::sandbox::Args),
@@ -65,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => commands::serve::run(*args),
         Command::Keys(args) => commands::keys::run(args),
         Command::Teams(args) => commands::teams::run(args),
+        Command::Nodes(args) => commands::nodes::run(args),
         Command::Sandbox(args) => commands::sandbox::run(args),
         Command::Exec(args) => commands::exec::run(args),
         Command::Shell(args) => commands::shell::run(args),

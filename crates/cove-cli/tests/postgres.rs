@@ -74,7 +74,10 @@ async fn a_server_keeps_its_state_in_postgresql() {
         .unwrap();
     let said = String::from_utf8_lossy(&second.stderr);
     assert!(!second.status.success(), "{said}");
-    assert!(said.contains("another cove serve uses this database"), "{said}");
+    assert!(
+        said.contains("another cove serve uses this database"),
+        "{said}"
+    );
 
     // A key made by `cove keys` on the same database counts on the running server.
     let made = Command::new(cove_bin())

@@ -83,10 +83,8 @@ pub enum DbError {
     Io(String),
     #[error("the database connection was closed")]
     Closed,
-    #[error(
-        "another cove serve uses this database (one server per database: the cluster roles that share one are not built yet)"
-    )]
-    Claimed,
+    #[error("another Cove process holds {0} in this database")]
+    Claimed(String),
 }
 
 pub type Result<T> = std::result::Result<T, DbError>;
@@ -129,6 +127,14 @@ impl DbError {
             other => other,
         }
     }
+}
+
+/// The advisory lock that stands for `what`: FNV-1a of its name, the same in every Cove.
+fn claim_key(what: &str) -> i64 {
+    let hash = what.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    i64::from_ne_bytes(hash.to_ne_bytes())
 }
 
 /// Statements, on the database or in a transaction.
@@ -190,13 +196,17 @@ impl Db {
         }
     }
 
-    /// Holds the database for this process while it runs, so that a second server started
-    /// on it is refused ([`DbError::Claimed`]) instead of taking over the first one's
-    /// sandboxes. An SQLite file needs none: its state directory is the server's own.
-    pub fn claim(&self) -> Result<()> {
+    /// Holds `what` (a name: the whole server's state, one node's sandboxes) for this
+    /// process while it runs, so that a second process claiming it is refused
+    /// ([`DbError::Claimed`]) instead of taking over the first one's sandboxes. An SQLite
+    /// file needs none: its state directory is its server's own.
+    pub fn claim(&self, what: &str) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(_) => Ok(()),
-            Backend::Postgres(db) => db.claim(),
+            Backend::Postgres(db) => db.claim(claim_key(what)).map_err(|err| match err {
+                DbError::Claimed(_) => DbError::Claimed(what.to_owned()),
+                other => other,
+            }),
         }
     }
 
@@ -371,17 +381,20 @@ mod tests {
     fn a_claimed_database_is_refused_to_a_second_claim() {
         on_each_backend(|location, server| {
             let first = Db::open(location).unwrap();
-            first.claim().unwrap();
+            first.claim("node a").unwrap();
             let Some(server) = server else { return };
             let second = Db::open(location).unwrap();
-            assert!(matches!(second.claim(), Err(DbError::Claimed)));
+            assert!(
+                matches!(second.claim("node a"), Err(DbError::Claimed(what)) if what == "node a")
+            );
+            second.claim("node b").unwrap();
             // The server restarts: the first takes its claim again with its new connection.
             server.kill();
             server.restart();
             first.query("SELECT 1", &[]).unwrap();
-            assert!(matches!(second.claim(), Err(DbError::Claimed)));
+            assert!(matches!(second.claim("node a"), Err(DbError::Claimed(_))));
             drop(first);
-            wait_for(|| second.claim().is_ok());
+            wait_for(|| second.claim("node a").is_ok());
         });
     }
 

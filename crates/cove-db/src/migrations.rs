@@ -29,6 +29,7 @@ const MIGRATIONS: &[Migration] = &[
     step!(1, "0001_state"),
     step!(2, "0002_template_runtime"),
     step!(3, "0003_versions"),
+    step!(4, "0004_nodes"),
 ];
 
 /// How many steps there are.

@@ -4,15 +4,7 @@
 //! replaced on the next statement, so a database that comes back is used again without a
 //! restart of Cove.
 
-use std::{
-    collections::HashMap,
-    error::Error as StdError,
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, error::Error as StdError, sync::Mutex, time::Duration};
 
 use bytes::BytesMut;
 use futures::executor::block_on;
@@ -31,13 +23,10 @@ pub struct Postgres {
     /// Drives the connection's socket; shut down (without waiting) when this is dropped.
     runtime: Option<tokio::runtime::Runtime>,
     session: Mutex<Option<Session>>,
-    /// This connection holds the database for its process ([`Postgres::claim`]), and takes
-    /// it again on every new connection.
-    claimed: AtomicBool,
+    /// What this connection holds for its process ([`Postgres::claim`]); taken again on
+    /// every new connection.
+    claimed: Mutex<Option<i64>>,
 }
-
-/// The advisory lock a claim holds (any number all Coves agree on).
-const CLAIM_KEY: i64 = 0x636f_7665_7372;
 
 /// A live connection and the statements prepared on it.
 struct Session {
@@ -62,7 +51,7 @@ impl Postgres {
             config,
             runtime: Some(runtime),
             session: Mutex::new(None),
-            claimed: AtomicBool::new(false),
+            claimed: Mutex::new(None),
         };
         // Reached once now, so a wrong URL or password is said at start.
         db.with(|_| Ok(()))?;
@@ -88,18 +77,19 @@ impl Postgres {
             client,
             prepared: HashMap::new(),
         };
-        if self.claimed.load(Ordering::SeqCst) {
-            take_claim(&mut On(&mut session))?;
+        let claimed = *self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = claimed {
+            take_claim(&mut On(&mut session), key)?;
         }
         Ok(session)
     }
 
-    /// Holds the database for this process for as long as it runs: another process that
-    /// claims it is refused ([`DbError::Claimed`]). The claim is a session advisory lock,
-    /// taken again when the connection is made again.
-    pub fn claim(&self) -> Result<()> {
-        self.with(|sql| take_claim(sql))?;
-        self.claimed.store(true, Ordering::SeqCst);
+    /// Holds `key` for this process for as long as it runs: another process that claims it
+    /// is refused ([`DbError::Claimed`]). The claim is a session advisory lock, taken again
+    /// when the connection is made again.
+    pub fn claim(&self, key: i64) -> Result<()> {
+        self.with(|sql| take_claim(sql, key))?;
+        *self.claimed.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
         Ok(())
     }
 
@@ -179,11 +169,15 @@ impl Sql for On<'_> {
     }
 }
 
-fn take_claim(sql: &mut dyn Sql) -> Result<()> {
+fn take_claim(sql: &mut dyn Sql, key: i64) -> Result<()> {
     let taken = sql
-        .query_row("SELECT pg_try_advisory_lock(?1)", &[Value::Int(CLAIM_KEY)])?
+        .query_row("SELECT pg_try_advisory_lock(?1)", &[Value::Int(key)])?
         .map_or(Ok(false), |row| row.flag(0))?;
-    if taken { Ok(()) } else { Err(DbError::Claimed) }
+    if taken {
+        Ok(())
+    } else {
+        Err(DbError::Claimed(key.to_string()))
+    }
 }
 
 /// A broken connection is [`DbError::Unavailable`]; anything else the statement's failure.

@@ -7,7 +7,8 @@ mod agent_link;
 pub mod api;
 pub mod build;
 pub mod catalog;
-mod clock;
+pub mod clock;
+pub mod cluster;
 pub mod front;
 mod keyring;
 pub mod lifecycle;
@@ -51,6 +52,8 @@ pub struct ServerConfig {
     pub state_dir: PathBuf,
     /// Where the state database is (`postgres://…`); none: SQLite in the state directory.
     pub database: Option<String>,
+    /// This server as a node of a cluster sharing `database` (`--role node`).
+    pub node: Option<cluster::NodeConfig>,
     /// The domain sandbox hosts are built from (`{port}-{id}.{domain}`); default
     /// `localhost:<port>`.
     pub domain: Option<String>,
@@ -124,6 +127,9 @@ struct Inner {
     catalog: Arc<catalog::Catalog>,
     domain: String,
     metrics_token: Option<String>,
+    /// This server as a cluster node.
+    membership: Option<Arc<cluster::Membership>>,
+    max_sandboxes: usize,
 }
 
 impl std::fmt::Debug for AppState {
@@ -137,6 +143,11 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     pub fn store(&self) -> &Store {
         &self.0.store
+    }
+
+    /// This server as a cluster node, when it is one.
+    pub fn membership(&self) -> Option<&Arc<cluster::Membership>> {
+        self.0.membership.as_ref()
     }
 
     /// The valid API keys, checked without a database query.
@@ -256,7 +267,11 @@ impl AppState {
         runtime: Arc<dyn Runtime>,
         domain: String,
     ) -> Result<(Self, Option<String>), ServerError> {
-        let store = Arc::new(open_store(&config.state_dir, config.database.as_deref())?);
+        let mut store = open_store(&config.state_dir, config.database.as_deref())?;
+        if let Some(node) = &config.node {
+            store = store.for_node(&node.id);
+        }
+        let store = Arc::new(store);
         store.claim()?;
         let location = database(&config.state_dir, config.database.as_deref());
         for key in &config.api_keys {
@@ -329,6 +344,15 @@ impl AppState {
             lifecycle.clone(),
         )?;
         tracing::info!(adopted, state_dir = %config.state_dir.display(), "state opened");
+        let membership = match &config.node {
+            Some(node) => {
+                let capacity = cluster::capacity_now(lifecycle.all().len(), config.max_sandboxes);
+                let membership = cluster::Membership::register(node.clone(), &store, &capacity)?;
+                tracing::info!(node = %node.id, address = %node.address, "joined the cluster");
+                Some(Arc::new(membership))
+            }
+            None => None,
+        };
         Ok((
             AppState(Arc::new(Inner {
                 store,
@@ -338,6 +362,8 @@ impl AppState {
                 catalog,
                 domain,
                 metrics_token: config.operations.metrics_token.clone(),
+                membership,
+                max_sandboxes: config.max_sandboxes,
             })),
             created_key,
         ))
@@ -512,6 +538,14 @@ impl Server {
     pub async fn run(self) -> Result<(), ServerError> {
         let lifecycle = self.state.lifecycle().clone();
         let reaper = tokio::spawn(lifecycle.clone().run_reaper(REAP_PERIOD));
+        let heartbeats = self.state.membership().map(|membership| {
+            let (counted, max) = (lifecycle.clone(), self.state.0.max_sandboxes);
+            tokio::spawn(cluster::run_heartbeats(
+                membership.clone(),
+                self.state.0.store.clone(),
+                move || cluster::capacity_now(counted.all().len(), max),
+            ))
+        });
         let hangups = tokio::spawn(say_nothing_to_reload());
         lifecycle.warm_up();
         let app = router(self.state.clone());
@@ -536,6 +570,9 @@ impl Server {
         }
         reaper.abort();
         hangups.abort();
+        if let Some(heartbeats) = heartbeats {
+            heartbeats.abort();
+        }
         lifecycle.settle().await;
         if self.kill_on_exit {
             tracing::info!("killing every sandbox before exiting");
@@ -543,6 +580,9 @@ impl Server {
         }
         lifecycle.shutdown();
         lifecycle.volumes().shutdown(lifecycle.all().is_empty());
+        if let Some(membership) = self.state.membership() {
+            membership.leave(self.state.store());
+        }
         Ok(())
     }
 }

@@ -15,6 +15,8 @@ pub enum StoreError {
     Db(#[from] cove_db::DbError),
     #[error("a stored sandbox record is unreadable")]
     Record(#[from] serde_json::Error),
+    #[error("{0}")]
+    Taken(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -182,6 +184,9 @@ pub struct SandboxDefaults {
 /// The state database.
 pub struct Store {
     db: Db,
+    /// The cluster node whose sandboxes this store keeps ([`Store::for_node`]); none for a
+    /// server on its own.
+    node: Option<String>,
 }
 
 impl std::fmt::Debug for Store {
@@ -197,12 +202,46 @@ impl Store {
     pub fn open(location: &Location) -> Result<Self> {
         Ok(Self {
             db: Db::open(location)?,
+            node: None,
         })
     }
 
-    /// Holds the database for this server while it runs ([`cove_db::Db::claim`]).
+    /// The store of cluster node `node`: the sandboxes it records are that node's, and the
+    /// ones it reads back only those.
+    pub fn for_node(self, node: &str) -> Self {
+        Self {
+            node: Some(node.to_owned()),
+            ..self
+        }
+    }
+
+    /// The node this store keeps the sandboxes of.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// Holds the sandboxes this store keeps (a server's, or its node's) for this process
+    /// while it runs, so a second server cannot take them over ([`cove_db::Db::claim`]).
     pub fn claim(&self) -> Result<()> {
-        Ok(self.db.claim()?)
+        let (what, taken) = match &self.node {
+            Some(node) => (
+                format!("node {node}"),
+                format!("another cove serve runs node {node} on this database"),
+            ),
+            None => (
+                "a server without --role".to_owned(),
+                "another cove serve uses this database (a server without --role has it to itself; servers that share one run with --role node)".to_owned(),
+            ),
+        };
+        match self.db.claim(&what) {
+            Err(cove_db::DbError::Claimed(_)) => Err(StoreError::Taken(taken)),
+            other => Ok(other?),
+        }
+    }
+
+    /// The database underneath, for the cluster's own tables.
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     /// Whether any key (revoked or not) was ever stored.
@@ -353,9 +392,9 @@ impl Store {
     /// Inserts or replaces a sandbox's record.
     pub fn put_sandbox(&self, record: &SandboxRecord) -> Result<()> {
         self.db.execute(
-            "INSERT INTO sandboxes (id, team, record) VALUES (?1, ?2, ?3)
-             ON CONFLICT (id) DO UPDATE SET team = excluded.team, record = excluded.record",
-            params![&record.id, &record.team, serde_json::to_string(record)?],
+            "INSERT INTO sandboxes (id, team, record, node) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET team = excluded.team, record = excluded.record, node = excluded.node",
+            params![&record.id, &record.team, serde_json::to_string(record)?, self.node.as_deref()],
         )?;
         Ok(())
     }
@@ -415,14 +454,44 @@ impl Store {
         Ok(volumes)
     }
 
+    /// The sandboxes this store keeps (its node's, or those of no node).
     pub fn sandboxes(&self) -> Result<Vec<SandboxRecord>> {
-        self.records("SELECT record FROM sandboxes ORDER BY id")
+        self.records_where(
+            "SELECT record FROM sandboxes WHERE node IS NOT DISTINCT FROM ?1 ORDER BY id",
+            params![self.node.as_deref()],
+        )
+    }
+
+    /// Where sandbox `id` of `team` runs when it is another node's: that node as it last
+    /// reported itself (none for a sandbox of this store's own, or one there is no record
+    /// of).
+    pub fn node_of_other(&self, team: &str, id: &str) -> Result<Option<crate::cluster::NodeRow>> {
+        let Some(own) = &self.node else {
+            return Ok(None);
+        };
+        let row = self.db.query_row(
+            &format!(
+                "SELECT {} FROM sandboxes AS s JOIN nodes AS n ON n.id = s.node
+                 WHERE s.id = ?1 AND s.team = ?2 AND s.node <> ?3",
+                crate::cluster::NODE_COLUMNS_OF_N
+            ),
+            params![id, team, own],
+        )?;
+        row.map(|row| crate::cluster::node_row(&row)).transpose()
     }
 
     /// The JSON records `query` selects (one column), read back.
     fn records<T: serde::de::DeserializeOwned>(&self, query: &str) -> Result<Vec<T>> {
+        self.records_where(query, &[])
+    }
+
+    fn records_where<T: serde::de::DeserializeOwned>(
+        &self,
+        query: &str,
+        params: &[cove_db::Value],
+    ) -> Result<Vec<T>> {
         self.db
-            .query(query, &[])?
+            .query(query, params)?
             .iter()
             .map(|row| Ok(serde_json::from_str(&row.text(0)?)?))
             .collect()
@@ -460,10 +529,10 @@ fn key_info(row: &Row) -> Result<KeyInfo> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record(id: &str) -> SandboxRecord {
+    pub(crate) fn record(id: &str) -> SandboxRecord {
         SandboxRecord {
             id: id.into(),
             team: "t".into(),

@@ -32,6 +32,7 @@ fn config(dir: &std::path::Path) -> ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: dir.to_owned(),
         database: None,
+        node: None,
         domain: None,
         api_keys: vec![KEY.to_owned()],
         kill_on_exit: false,

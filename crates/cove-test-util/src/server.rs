@@ -197,10 +197,22 @@ impl TestServer {
     /// Kills the server with SIGKILL (its sandboxes keep running) and starts it again on
     /// the same port and state directory.
     pub async fn crash_and_restart(&mut self) {
+        self.crash();
+        self.spawn().await;
+    }
+
+    /// Kills the server with SIGKILL, as a machine that dies would stop it; its sandboxes
+    /// keep running. [`TestServer::start_again`] brings it back.
+    pub fn crash(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Starts a stopped or crashed server again on the same port and state directory.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server still runs");
         self.spawn().await;
     }
 

@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod exec;
 pub mod keys;
 pub mod logs;
+pub mod nodes;
 pub mod sandbox;
 pub mod sandbox_init;
 pub mod serve;

@@ -111,6 +111,85 @@ pub struct Args {
     operations: OperationsArgs,
     #[command(flatten)]
     templates: TemplateArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Taking part in a cluster (docs/CLUSTER.md).
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Cluster")]
+struct ClusterArgs {
+    /// What this process is in a cluster sharing `--database` (PostgreSQL): `node` runs
+    /// sandboxes on this machine, registers itself and reports every `--heartbeat`. Without
+    /// it, a server on its own.
+    #[arg(long, env = "COVE_ROLE", value_enum)]
+    role: Option<RoleArg>,
+    /// This node's name in the cluster (default: the host's name).
+    #[arg(long, env = "COVE_NODE_ID", requires = "role")]
+    node_id: Option<String>,
+    /// Where the rest of the cluster reaches this node (default: `http://<--listen>`).
+    #[arg(long, env = "COVE_ADVERTISE", requires = "role")]
+    advertise: Option<String>,
+    /// How often this node reports itself.
+    #[arg(long, env = "COVE_HEARTBEAT", value_parser = duration, default_value = "2s", requires = "role")]
+    heartbeat: Duration,
+    /// How long without a report before a node counts as down (its sandboxes lost until it
+    /// comes back).
+    #[arg(long, env = "COVE_NODE_DOWN_AFTER", value_parser = duration, default_value = "10s", requires = "role")]
+    node_down_after: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RoleArg {
+    /// Runs sandboxes on this machine.
+    Node,
+}
+
+impl ClusterArgs {
+    /// This process's node settings, checked against the rest of the configuration.
+    fn node(
+        &self,
+        database: Option<&str>,
+        listen: SocketAddr,
+    ) -> anyhow::Result<Option<cove_server::cluster::NodeConfig>> {
+        let Some(RoleArg::Node) = self.role else {
+            return Ok(None);
+        };
+        let shared = database
+            .is_some_and(|d| matches!(cove_db::Location::parse(d), cove_db::Location::Postgres(_)));
+        anyhow::ensure!(
+            shared,
+            "--role node needs --database postgres://…: the nodes of a cluster share their state there"
+        );
+        anyhow::ensure!(
+            self.node_down_after > self.heartbeat * 2,
+            "--node-down-after must be more than twice --heartbeat, or a node that is only slow counts as down"
+        );
+        let id = match &self.node_id {
+            Some(id) => id.clone(),
+            None => rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned(),
+        };
+        anyhow::ensure!(
+            !id.is_empty()
+                && id.len() <= 63
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
+            "--node-id {id:?}: use 1 to 63 letters, digits, '-', '_' or '.'"
+        );
+        Ok(Some(cove_server::cluster::NodeConfig {
+            id,
+            address: self
+                .advertise
+                .clone()
+                .unwrap_or_else(|| format!("http://{listen}")),
+            heartbeat: self.heartbeat,
+            down_after: self.node_down_after,
+        }))
+    }
 }
 
 /// Metrics and TLS (docs/OPERATIONS.md).
@@ -308,10 +387,14 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         std::fs::File::open(file)
             .with_context(|| format!("cannot read --egress-ca-file {}", file.display()))?;
     }
+    let node = args
+        .cluster
+        .node(args.state.database.as_deref(), args.listen)?;
     let config = ServerConfig {
         listen: args.listen,
         state_dir: args.state.resolve()?,
         database: args.state.database.clone(),
+        node,
         domain: args.domain,
         api_keys: args
             .api_keys

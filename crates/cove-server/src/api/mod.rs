@@ -199,6 +199,8 @@ impl From<LifecycleError> for ApiError {
     fn from(err: LifecycleError) -> Self {
         let (status, retry_after) = match &err {
             LifecycleError::NotFound(_)
+            | LifecycleError::Lost { .. }
+            | LifecycleError::OnOtherNode { .. }
             | LifecycleError::Ended { .. }
             | LifecycleError::TemplateNotFound(_)
             | LifecycleError::SnapshotNotFound(_)

@@ -112,12 +112,27 @@ pub(super) fn listed(record: SandboxRecord) -> ListedSandbox {
     }
 }
 
+/// A node being drained takes no new sandboxes (creates, forks): 503, saying so.
+pub fn refuse_if_draining(state: &AppState) -> Result<(), ApiError> {
+    match state.membership().filter(|m| m.draining()) {
+        Some(membership) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "node {} is being drained: it takes no new sandboxes (create them on another node)",
+                membership.config.id
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 async fn create(
     state: AppState,
     team: Team,
     request: NewSandbox,
     version: ApiVersion,
 ) -> Result<Response, ApiError> {
+    refuse_if_draining(&state)?;
     let created = state.lifecycle().create(&team.0, request, version).await;
     let created = created.map_err(ApiError::from);
     let status = created

@@ -112,6 +112,7 @@ pub async fn fork(
     raw: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request: ForkSandbox = optional_body(&raw_body(raw)?)?;
+    super::sandboxes::refuse_if_draining(&state)?;
     let forked = state
         .lifecycle()
         .fork(&team.0, &id, request.timeout, request.count, request.memory)

@@ -51,6 +51,23 @@ use crate::store::{SandboxRecord, Store, StoreError};
 pub enum LifecycleError {
     #[error("sandbox {0} not found")]
     NotFound(String),
+    /// It ran on a cluster node that stopped reporting: gone for its clients, until the
+    /// node comes back and takes it over again.
+    #[error(
+        "sandbox {id} is lost: its node {node} stopped answering (last heard from at {last_heard})"
+    )]
+    Lost {
+        id: String,
+        node: String,
+        last_heard: String,
+    },
+    /// It runs on another node of the cluster, which answers for it.
+    #[error("sandbox {id} runs on node {node} ({address}), not on this one")]
+    OnOtherNode {
+        id: String,
+        node: String,
+        address: String,
+    },
     #[error("sandbox {id} is gone: {}", ended.reason)]
     Ended { id: String, ended: Ended },
     #[error("template {0:?} not found")]
@@ -258,7 +275,31 @@ impl Lifecycle {
                 id: id.to_owned(),
                 ended,
             }),
-            None => Err(LifecycleError::NotFound(id.to_owned())),
+            None => Err(self.elsewhere(team, id)),
+        }
+    }
+
+    /// Why a sandbox this server does not have is not here: another node of its cluster has
+    /// it (or had it, and is down), or it does not exist.
+    fn elsewhere(&self, team: &str, id: &str) -> LifecycleError {
+        match self.store.node_of_other(team, id) {
+            Ok(Some(node)) if node.state == crate::cluster::NodeState::Down => {
+                LifecycleError::Lost {
+                    id: id.to_owned(),
+                    node: node.id,
+                    last_heard: crate::clock::rfc3339(node.heartbeat_at),
+                }
+            }
+            Ok(Some(node)) => LifecycleError::OnOtherNode {
+                id: id.to_owned(),
+                node: node.id,
+                address: node.address,
+            },
+            Ok(None) => LifecycleError::NotFound(id.to_owned()),
+            Err(err) => {
+                tracing::warn!(?err, sandbox_id = %id, "cannot ask the cluster where the sandbox is");
+                LifecycleError::NotFound(id.to_owned())
+            }
         }
     }
 
