@@ -1,11 +1,12 @@
-//! Nodes of a cluster as an operator runs them: two real `cove serve --role node` processes
-//! on one real PostgreSQL (Debian's server, a cluster of the test's own), each with its own
-//! state directory and port. They register and report themselves (`cove nodes list`); each
-//! knows where the other's sandboxes are; a node killed with SIGKILL is marked down within
-//! the heartbeat bound and its sandboxes are reported lost, never moved, until it comes back
-//! and takes them over; a drained node takes no new sandboxes until undrained; a second
-//! process claiming a running node's id is refused. Skipped (with a message) where
-//! PostgreSQL is not installed.
+//! A cluster as an operator runs it: two real `cove serve --role node` processes and one
+//! `cove serve --role edge` on one real PostgreSQL (Debian's server, a cluster of the test's
+//! own), each with its own state directory and port. The nodes register and report
+//! themselves (`cove nodes list`); each knows where the other's sandboxes are; the edge
+//! carries every sandbox's traffic to its node (headers, `{port}-{id}.` hosts, signed file
+//! URLs); a node killed with SIGKILL is marked down within the heartbeat bound and its
+//! sandboxes are reported lost, never moved, until it comes back and takes them over; a
+//! drained node takes no new sandboxes until undrained; a second process claiming a running
+//! node's id is refused. Skipped (with a message) where PostgreSQL is not installed.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -26,7 +27,8 @@ fn cove_bin() -> &'static Path {
 const HEARTBEAT: &str = "200ms";
 const DOWN_AFTER: Duration = Duration::from_secs(2);
 
-async fn node(id: &str, database: &str) -> TestServer {
+/// A node whose sandbox hosts are the edge's, `domain`.
+async fn node(id: &str, database: &str, domain: &str) -> TestServer {
     let down_after = format!("{}s", DOWN_AFTER.as_secs());
     TestServer::launch(
         cove_bin(),
@@ -34,6 +36,8 @@ async fn node(id: &str, database: &str) -> TestServer {
         &[
             "--warm-pool",
             "0",
+            "--domain",
+            domain,
             "--database",
             database,
             "--role",
@@ -122,8 +126,14 @@ async fn nodes_report_themselves_and_a_dead_one_loses_its_sandboxes_until_it_ret
     }
     let postgres = TestPostgres::start();
     let url = postgres.url();
-    let mut a = node("node-a", &url).await;
-    let mut b = node("node-b", &url).await;
+    let mut edge =
+        TestServer::launch(cove_bin(), false, &["--role", "edge", "--database", &url]).await;
+    let domain = edge
+        .url()
+        .trim_start_matches("http://")
+        .replace("127.0.0.1", "localhost");
+    let mut a = node("node-a", &url, &domain).await;
+    let mut b = node("node-b", &url, &domain).await;
     assert_eq!(
         states(&url),
         [
@@ -174,6 +184,90 @@ async fn nodes_report_themselves_and_a_dead_one_loses_its_sandboxes_until_it_ret
     let elsewhere = api_error(Sandbox::get(&b.config(), on_a.id()).await.unwrap_err(), 404);
     assert!(elsewhere.contains("runs on node node-a"), "{elsewhere}");
 
+    // The edge carries each sandbox's traffic to its node: by headers (the SDK's, with the
+    // edge as its sandbox URL), by host, and by a signed file URL.
+    let through_edge = Sandbox::connect(&a.config().with_sandbox_url(&edge.url()), on_a.id(), None)
+        .await
+        .unwrap();
+    echo(&through_edge, "via-edge").await;
+    through_edge
+        .files()
+        .write("/home/user/note.txt", "through the edge")
+        .await
+        .unwrap();
+    let on_b_via_edge =
+        Sandbox::connect(&b.config().with_sandbox_url(&edge.url()), on_b.id(), None)
+            .await
+            .unwrap();
+    echo(&on_b_via_edge, "b-via-edge").await;
+    let _web = on_a
+        .commands()
+        .spawn(cove_sdk::Command::shell(
+            "python3 -m http.server 8000 --bind 127.0.0.1 --directory /home/user",
+        ))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let host = format!("8000-{}.{domain}", on_a.id());
+    let listing = wait_until(
+        "the sandbox's server, by host through the edge",
+        Duration::from_secs(20),
+        || {
+            let (http, host, edge) = (http.clone(), host.clone(), edge.url());
+            async move {
+                let answer = http
+                    .get(format!("{edge}/"))
+                    .header("host", host)
+                    .send()
+                    .await
+                    .ok()?;
+                answer.status().is_success().then_some(answer)
+            }
+        },
+    )
+    .await;
+    assert!(listing.text().await.unwrap().contains("note.txt"));
+    let store = cove_server::open_store(a.state_dir(), Some(&url)).unwrap();
+    let (record, _) = store.placed(Some(on_a.id())).unwrap().remove(0);
+    let signature = cove_proto::signing::sign(
+        "/home/user/note.txt",
+        cove_proto::signing::Operation::Read,
+        "user",
+        &record.envd_access_token,
+        None,
+    );
+    let signed = http
+        .get(format!("{}/files", edge.url()))
+        .query(&[
+            ("path", "/home/user/note.txt"),
+            ("username", "user"),
+            ("signature", &signature),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 200);
+    assert_eq!(signed.text().await.unwrap(), "through the edge");
+    let forged = http
+        .get(format!("{}/files", edge.url()))
+        .query(&[
+            ("path", "/home/user/note.txt"),
+            ("username", "user"),
+            ("signature", "v1_forged"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let unknown = http
+        .get(format!("{}/health", edge.url()))
+        .header("e2b-sandbox-id", "nosuchsandbox")
+        .header("e2b-sandbox-port", "49983")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 502);
+
     // Node a dies: within the bound it is down, and its sandbox is reported lost.
     a.crash();
     let died = Instant::now();
@@ -197,10 +291,25 @@ async fn nodes_report_themselves_and_a_dead_one_loses_its_sandboxes_until_it_ret
         "{lost}"
     );
     echo(&on_b, "b-goes-on").await;
+    let lost_via_edge = through_edge.commands().run("echo lost").await.unwrap_err();
+    assert!(
+        format!("{lost_via_edge:?}").contains("lost"),
+        "{lost_via_edge:?}"
+    );
+    echo(&on_b_via_edge, "b-via-edge-goes-on").await;
 
     // It comes back: up again, and its sandbox (which ran on) is its own again.
     a.start_again().await;
     assert!(states(&url).contains(&("node-a".into(), "up".into())));
+    wait_until(
+        "the edge to route to node-a again",
+        Duration::from_secs(10),
+        || {
+            let sandbox = &through_edge;
+            async move { sandbox.commands().run("echo back").await.ok() }
+        },
+    )
+    .await;
     let back = Sandbox::connect(&a.config(), on_a.id(), None)
         .await
         .unwrap();
@@ -256,5 +365,6 @@ async fn nodes_report_themselves_and_a_dead_one_loses_its_sandboxes_until_it_ret
     assert!(states(&url).contains(&("node-a".into(), "down".into())));
     on_b.kill().await.unwrap();
     b.stop();
+    edge.stop();
     drop(postgres);
 }

@@ -82,6 +82,11 @@ macro_rules! params {
 pub struct Row(pub(crate) Vec<Value>);
 
 impl Row {
+    /// The row without its first `n` columns (to read the rest with a reader of its own).
+    pub fn skip(&self, n: usize) -> Row {
+        Row(self.0.iter().skip(n).cloned().collect())
+    }
+
     fn at(&self, column: usize) -> &Value {
         self.0.get(column).unwrap_or(&Value::Null)
     }

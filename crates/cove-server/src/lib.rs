@@ -9,6 +9,7 @@ pub mod build;
 pub mod catalog;
 pub mod clock;
 pub mod cluster;
+pub mod edge;
 pub mod front;
 mod keyring;
 pub mod lifecycle;
@@ -617,13 +618,13 @@ async fn say_nothing_to_reload() {
 }
 
 /// SIGTERM and SIGINT, caught from the moment the server starts.
-struct ShutdownSignal {
+pub(crate) struct ShutdownSignal {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
 
 impl ShutdownSignal {
-    fn install() -> std::io::Result<Self> {
+    pub(crate) fn install() -> std::io::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Self {
             term: signal(SignalKind::terminate())?,
@@ -632,7 +633,7 @@ impl ShutdownSignal {
     }
 
     /// Resolves on the first of them (also one that came before this is called).
-    async fn received(mut self) {
+    pub(crate) async fn received(mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}

@@ -480,6 +480,31 @@ impl Store {
         row.map(|row| crate::cluster::node_row(&row)).transpose()
     }
 
+    /// The sandboxes of every node with their node (`id`: that one only), for routing.
+    pub fn placed(
+        &self,
+        id: Option<&str>,
+    ) -> Result<Vec<(SandboxRecord, crate::cluster::NodeRow)>> {
+        let condition = if id.is_some() { "WHERE s.id = ?1" } else { "" };
+        let params = id
+            .map(|id| vec![cove_db::Value::from(id)])
+            .unwrap_or_default();
+        self.db
+            .query(
+                &format!(
+                    "SELECT s.record, {} FROM sandboxes AS s JOIN nodes AS n ON n.id = s.node {condition}",
+                    crate::cluster::NODE_COLUMNS_OF_N
+                ),
+                &params,
+            )?
+            .iter()
+            .map(|row| {
+                let record = serde_json::from_str(&row.text(0)?)?;
+                Ok((record, crate::cluster::node_row(&row.skip(1))?))
+            })
+            .collect()
+    }
+
     /// The JSON records `query` selects (one column), read back.
     fn records<T: serde::de::DeserializeOwned>(&self, query: &str) -> Result<Vec<T>> {
         self.records_where(query, &[])

@@ -120,8 +120,9 @@ pub struct Args {
 #[command(next_help_heading = "Cluster")]
 struct ClusterArgs {
     /// What this process is in a cluster sharing `--database` (PostgreSQL): `node` runs
-    /// sandboxes on this machine, registers itself and reports every `--heartbeat`. Without
-    /// it, a server on its own.
+    /// sandboxes on this machine, registers itself and reports every `--heartbeat`; `edge`
+    /// passes sandbox traffic to the node that runs each sandbox (give the nodes its
+    /// `--domain`). Without it, a server on its own.
     #[arg(long, env = "COVE_ROLE", value_enum)]
     role: Option<RoleArg>,
     /// This node's name in the cluster (default: the host's name).
@@ -139,10 +140,21 @@ struct ClusterArgs {
     node_down_after: Duration,
 }
 
+/// The cluster's database, which `role` needs: a PostgreSQL one.
+fn shared_database<'a>(role: &str, database: Option<&'a str>) -> anyhow::Result<&'a str> {
+    database
+        .filter(|d| matches!(cove_db::Location::parse(d), cove_db::Location::Postgres(_)))
+        .with_context(|| {
+            format!("--role {role} needs --database postgres://…: the parts of a cluster share their state there")
+        })
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum RoleArg {
     /// Runs sandboxes on this machine.
     Node,
+    /// Routes sandbox traffic to the nodes.
+    Edge,
 }
 
 impl ClusterArgs {
@@ -155,12 +167,7 @@ impl ClusterArgs {
         let Some(RoleArg::Node) = self.role else {
             return Ok(None);
         };
-        let shared = database
-            .is_some_and(|d| matches!(cove_db::Location::parse(d), cove_db::Location::Postgres(_)));
-        anyhow::ensure!(
-            shared,
-            "--role node needs --database postgres://…: the nodes of a cluster share their state there"
-        );
+        shared_database("node", database)?;
         anyhow::ensure!(
             self.node_down_after > self.heartbeat * 2,
             "--node-down-after must be more than twice --heartbeat, or a node that is only slow counts as down"
@@ -383,6 +390,9 @@ impl StateDir {
 }
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    if args.cluster.role == Some(RoleArg::Edge) {
+        return run_edge(args);
+    }
     for file in &args.egress_ca_file {
         std::fs::File::open(file)
             .with_context(|| format!("cannot read --egress-ca-file {}", file.display()))?;
@@ -461,6 +471,29 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         }
         server.run().await.context("the server failed")
     })?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `--role edge`: only the edge, no sandboxes here.
+fn run_edge(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    anyhow::ensure!(
+        args.operations.config().tls.is_none(),
+        "--role edge does not serve TLS yet: put a TLS-terminating proxy in front of it"
+    );
+    let config = cove_server::edge::EdgeConfig {
+        listen: args.listen,
+        database: shared_database("edge", args.state.database.as_deref())?.to_owned(),
+        domain: args.domain,
+        front: args.front.config(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    println!("Cove edge listening on http://{}", config.listen);
+    runtime
+        .block_on(cove_server::edge::run(config))
+        .context("the edge failed")?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 

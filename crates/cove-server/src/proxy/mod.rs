@@ -18,7 +18,7 @@ use axum::{
 use cove_proto::envd::{CODE_INTERPRETER_PORT, INTERPRETER_PREFIX, PORT as AGENT_PORT};
 use hyper_util::rt::TokioIo;
 
-pub use self::route::Route;
+pub use self::route::{Route, SignedFiles, classify};
 use crate::{
     AppState, agent_link,
     lifecycle::{LifecycleError, Live},

@@ -1,0 +1,191 @@
+//! A request passed on to the node that runs its sandbox, and the node's answer passed back,
+//! both streamed (nothing is held whole), over connections kept open to each node. An
+//! upgraded connection (a WebSocket to a server in a sandbox) is relayed both ways.
+
+use std::time::Duration;
+
+use axum::{
+    body::Body,
+    extract::Request,
+    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+};
+
+/// How long connecting to a node may take before it counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Headers that describe one hop, not the request (RFC 9110, 7.6.1).
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "proxy-authorization",
+];
+
+/// The client the edge reaches nodes with.
+pub struct Forwarder {
+    client: Client<HttpConnector, Body>,
+}
+
+impl Forwarder {
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// Sends `request` to the node at `address` (`http://host:port`) and answers with what
+    /// it answers; a node that cannot be reached is a 502 naming `id`.
+    pub async fn forward(&self, id: &str, address: &str, mut request: Request) -> Response {
+        let uri = match node_uri(address, request.uri()) {
+            Some(uri) => uri,
+            None => {
+                tracing::error!(%address, "a node's address is not an http URL");
+                return unreachable(id);
+            }
+        };
+        let upgrade = wanted_upgrade(request.headers());
+        let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        *request.uri_mut() = uri;
+        strip_hop_by_hop(request.headers_mut());
+        if let Some(protocol) = &upgrade {
+            request
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            request
+                .headers_mut()
+                .insert(header::UPGRADE, protocol.clone());
+        }
+        let mut response = match self.client.request(request).await {
+            Ok(response) => response,
+            Err(err) => {
+                tracing::warn!(%err, sandbox_id = %id, %address, "cannot reach the sandbox's node");
+                return unreachable(id);
+            }
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_side) = client_side
+        {
+            let node_side = hyper::upgrade::on(&mut response);
+            let id = id.to_owned();
+            tokio::spawn(async move {
+                let (Ok(client), Ok(node)) = (client_side.await, node_side.await) else {
+                    tracing::debug!(sandbox_id = %id, "an upgrade was not completed");
+                    return;
+                };
+                let (mut client, mut node) = (TokioIo::new(client), TokioIo::new(node));
+                if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut node).await {
+                    tracing::debug!(%err, sandbox_id = %id, "an upgraded connection ended");
+                }
+            });
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, Body::empty());
+        }
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Response::from_parts(parts, Body::new(body))
+    }
+}
+
+/// The node's URI for a request to `uri`: the same path and query at `address`.
+fn node_uri(address: &str, uri: &Uri) -> Option<Uri> {
+    let base: Uri = address.parse().ok()?;
+    if base.scheme_str() != Some("http") {
+        return None;
+    }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    Uri::builder()
+        .scheme("http")
+        .authority(base.authority()?.clone())
+        .path_and_query(path)
+        .build()
+        .ok()
+}
+
+/// The protocol a request asks to switch to (`Connection: upgrade` with `Upgrade: …`).
+fn wanted_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers the Connection header names are this hop's too.
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// E2B's answer for a sandbox whose node cannot be reached.
+fn unreachable(id: &str) -> Response {
+    (
+        StatusCode::BAD_GATEWAY,
+        axum::Json(serde_json::json!({
+            "sandboxId": id,
+            "message": "The sandbox's node cannot be reached",
+            "code": 502,
+        })),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_keep_their_path_and_lose_their_hop_headers() {
+        let uri: Uri = "/files?path=%2Fa&username=user".parse().unwrap();
+        assert_eq!(
+            node_uri("http://10.0.0.5:3000", &uri).unwrap().to_string(),
+            "http://10.0.0.5:3000/files?path=%2Fa&username=user"
+        );
+        assert!(node_uri("ftp://x", &uri).is_none());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("e2b-sandbox-id", HeaderValue::from_static("abc"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert_eq!(wanted_upgrade(&headers), None);
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        let mut upgrade = HeaderMap::new();
+        upgrade.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        upgrade.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(wanted_upgrade(&upgrade).unwrap(), "websocket");
+    }
+}

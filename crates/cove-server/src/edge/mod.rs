@@ -1,0 +1,140 @@
+//! The edge (`cove serve --role edge`): one address for the sandbox traffic of a whole
+//! cluster. It reads which node runs each sandbox from the cluster's database and passes each
+//! request — by `E2b-Sandbox-Id`/`E2b-Sandbox-Port` headers, a `{port}-{id}.{domain}` host,
+//! or a signed file URL — to that node, streamed both ways; the node checks the access
+//! token as it does for its own clients. It keeps no state of its own: any number of edges
+//! can serve one cluster, and one that restarts knows everything again at once.
+//!
+//! A sandbox whose node is down is answered 502 "lost"; one no node has, E2B's 502 "not
+//! found". The REST API is not the edge's: clients reach the nodes' (or, later, the api
+//! role's) for that.
+
+mod forward;
+mod routes;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    Router,
+    extract::{Request, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+
+use self::{
+    forward::Forwarder,
+    routes::{Found, Routes},
+};
+use crate::{
+    ServerError, ShutdownSignal,
+    front::{self, FrontConfig},
+    proxy::{Route, classify},
+    store::Store,
+};
+
+/// An edge's settings.
+#[derive(Clone, Debug)]
+pub struct EdgeConfig {
+    pub listen: SocketAddr,
+    /// The cluster's database (PostgreSQL).
+    pub database: String,
+    /// The domain of sandbox hosts (`{port}-{id}.{domain}`): the one the nodes' answers name
+    /// (their `--domain`); default `localhost:<port>`.
+    pub domain: Option<String>,
+    pub front: FrontConfig,
+}
+
+/// The edge, ready to route.
+pub struct Edge {
+    routes: Routes,
+    forwarder: Forwarder,
+    domain: String,
+}
+
+/// Serves as an edge until SIGTERM/SIGINT.
+pub async fn run(config: EdgeConfig) -> Result<(), ServerError> {
+    let shutdown = ShutdownSignal::install().map_err(ServerError::Signals)?;
+    let front = front::Front::prepare(&config.front);
+    let store = Store::open(&cove_db::Location::parse(&config.database))?;
+    let listener = front::listen(config.listen).map_err(|source| ServerError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?
+        .port();
+    let domain = config.domain.unwrap_or_else(|| format!("localhost:{port}"));
+    tracing::info!(listen = %config.listen, %domain, "edge ready");
+    let edge = Arc::new(Edge {
+        routes: Routes::new(Arc::new(store)),
+        forwarder: Forwarder::new(),
+        domain,
+    });
+    front
+        .serve(listener, router(edge), shutdown.received())
+        .await;
+    Ok(())
+}
+
+/// The edge's HTTP app.
+pub fn router(edge: Arc<Edge>) -> Router {
+    Router::new().fallback(handle).with_state(edge)
+}
+
+async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
+    let (id, found) = match classify(&request, &edge.domain) {
+        // Its own health, for load balancers and probes (a sandbox's `/health` names it).
+        None if request.uri().path() == "/health" => return StatusCode::OK.into_response(),
+        None => return not_sandbox_traffic(),
+        Some(Err(message)) => return (StatusCode::BAD_REQUEST, message).into_response(),
+        Some(Ok(Route::Sandbox { id, .. })) => {
+            let routes = &edge.routes;
+            let found = tokio::task::block_in_place(|| routes.find(&id));
+            (id, found)
+        }
+        Some(Ok(Route::Signed(signed))) => {
+            let routes = &edge.routes;
+            match tokio::task::block_in_place(|| routes.signed(&signed)) {
+                Some(found) => found,
+                None => {
+                    return (StatusCode::UNAUTHORIZED, "invalid signature").into_response();
+                }
+            }
+        }
+    };
+    match found {
+        Found::Node { address } => edge.forwarder.forward(&id, &address, request).await,
+        Found::Lost { node, last_heard } => gateway_error(
+            &id,
+            &format!(
+                "The sandbox is lost: its node {node} stopped answering (last heard from at {})",
+                crate::clock::rfc3339(last_heard)
+            ),
+        ),
+        Found::Unknown => gateway_error(&id, "The sandbox was not found"),
+    }
+}
+
+/// E2B's answer for sandbox traffic that cannot be delivered.
+fn gateway_error(id: &str, message: &str) -> Response {
+    (
+        StatusCode::BAD_GATEWAY,
+        axum::Json(serde_json::json!({"sandboxId": id, "message": message, "code": 502})),
+    )
+        .into_response()
+}
+
+fn not_sandbox_traffic() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({
+            "code": 404,
+            "message": "this is a Cove edge: it carries sandbox traffic only (E2b-Sandbox-Id and E2b-Sandbox-Port headers, {port}-{id}.{domain} hosts, signed file URLs); the REST API is on the nodes",
+        })),
+    )
+        .into_response()
+}
