@@ -9,6 +9,7 @@ pub mod build;
 pub mod catalog;
 pub mod clock;
 pub mod cluster;
+pub mod control_plane;
 pub mod edge;
 pub mod front;
 mod keyring;

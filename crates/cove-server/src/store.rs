@@ -480,6 +480,15 @@ impl Store {
         row.map(|row| crate::cluster::node_row(&row)).transpose()
     }
 
+    /// `team`'s sandboxes on the nodes of the cluster that are not down.
+    pub fn cluster_sandboxes(&self, team: &str) -> Result<Vec<SandboxRecord>> {
+        self.records_where(
+            "SELECT s.record FROM sandboxes AS s JOIN nodes AS n ON n.id = s.node
+             WHERE s.team = ?1 AND n.state <> 'down' ORDER BY s.id",
+            params![team],
+        )
+    }
+
     /// The sandboxes of every node with their node (`id`: that one only), for routing.
     pub fn placed(
         &self,

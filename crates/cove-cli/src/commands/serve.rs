@@ -122,7 +122,8 @@ struct ClusterArgs {
     /// What this process is in a cluster sharing `--database` (PostgreSQL): `node` runs
     /// sandboxes on this machine, registers itself and reports every `--heartbeat`; `edge`
     /// passes sandbox traffic to the node that runs each sandbox (give the nodes its
-    /// `--domain`). Without it, a server on its own.
+    /// `--domain`); `api` serves the cluster's REST API, placing creates on nodes. Without
+    /// it, a server on its own.
     #[arg(long, env = "COVE_ROLE", value_enum)]
     role: Option<RoleArg>,
     /// This node's name in the cluster (default: the host's name).
@@ -155,6 +156,8 @@ enum RoleArg {
     Node,
     /// Routes sandbox traffic to the nodes.
     Edge,
+    /// The cluster's REST API: places creates on nodes, passes the rest to them.
+    Api,
 }
 
 impl ClusterArgs {
@@ -390,8 +393,10 @@ impl StateDir {
 }
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
-    if args.cluster.role == Some(RoleArg::Edge) {
-        return run_edge(args);
+    match args.cluster.role {
+        Some(RoleArg::Edge) => return run_edge(args),
+        Some(RoleArg::Api) => return run_control_plane(args),
+        Some(RoleArg::Node) | None => {}
     }
     for file in &args.egress_ca_file {
         std::fs::File::open(file)
@@ -494,6 +499,28 @@ fn run_edge(args: Args) -> anyhow::Result<std::process::ExitCode> {
     runtime
         .block_on(cove_server::edge::run(config))
         .context("the edge failed")?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `--role api`: only the cluster's REST API, no sandboxes here.
+fn run_control_plane(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    anyhow::ensure!(
+        args.operations.config().tls.is_none(),
+        "--role api does not serve TLS yet: put a TLS-terminating proxy in front of it"
+    );
+    let config = cove_server::control_plane::ControlConfig {
+        listen: args.listen,
+        database: shared_database("api", args.state.database.as_deref())?.to_owned(),
+        front: args.front.config(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    println!("Cove cluster API listening on http://{}", config.listen);
+    runtime
+        .block_on(cove_server::control_plane::run(config))
+        .context("the cluster API failed")?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 

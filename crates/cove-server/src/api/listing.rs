@@ -135,7 +135,16 @@ pub async fn list_v2(
     team: Team,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let filter = Filter::parse(&query)?;
+    page_v2(state.lifecycle().list(&team.0), &query)
+}
+
+/// The page of `records` (a team's sandboxes) that `query` asks for, as `GET /v2/sandboxes`
+/// answers it.
+pub(crate) fn page_v2(
+    mut matching: Vec<SandboxRecord>,
+    query: &ListQuery,
+) -> Result<Response, ApiError> {
+    let filter = Filter::parse(query)?;
     let limit = query
         .limit
         .unwrap_or(MAX_PAGE as i64)
@@ -146,7 +155,6 @@ pub async fn list_v2(
         .map(Cursor::decode)
         .transpose()?;
 
-    let mut matching = state.lifecycle().list(&team.0);
     matching.retain(|r| filter.matches(r));
     filter.sort(&mut matching);
     if let Some(after) = &after {
@@ -168,11 +176,17 @@ pub async fn list_v1(
     team: Team,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<ListedSandbox>>, ApiError> {
+    page_v1(state.lifecycle().list(&team.0), &query)
+}
+
+/// What `GET /sandboxes` answers for `records` (a team's sandboxes, newest first).
+pub(crate) fn page_v1(
+    records: Vec<SandboxRecord>,
+    query: &ListQuery,
+) -> Result<Json<Vec<ListedSandbox>>, ApiError> {
     let filter = MetadataFilter::parse(query.metadata.as_deref())?;
     Ok(Json(
-        state
-            .lifecycle()
-            .list(&team.0)
+        records
             .into_iter()
             .filter(|r| r.paused.is_none() && filter.matches(&r.metadata))
             .map(listed)

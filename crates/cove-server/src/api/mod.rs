@@ -1,7 +1,7 @@
 //! The E2B-compatible REST control plane.
 
 mod cove_templates;
-mod listing;
+pub(crate) mod listing;
 mod logs;
 mod metrics;
 mod network;

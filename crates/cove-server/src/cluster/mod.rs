@@ -8,6 +8,7 @@
 //! A node records its sandboxes under its id and takes over only those after a restart; it
 //! holds its id in the database while it runs, so two processes cannot both be one node.
 
+pub(crate) mod forward;
 mod heartbeat;
 mod nodes;
 

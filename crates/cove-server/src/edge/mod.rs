@@ -6,10 +6,8 @@
 //! can serve one cluster, and one that restarts knows everything again at once.
 //!
 //! A sandbox whose node is down is answered 502 "lost"; one no node has, E2B's 502 "not
-//! found". The REST API is not the edge's: clients reach the nodes' (or, later, the api
-//! role's) for that.
+//! found". The REST API is not the edge's but the api role's ([`crate::control_plane`]).
 
-mod forward;
 mod routes;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -21,12 +19,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use self::{
-    forward::Forwarder,
-    routes::{Found, Routes},
-};
+use self::routes::{Found, Routes};
 use crate::{
     ServerError, ShutdownSignal,
+    cluster::forward::Forwarder,
     front::{self, FrontConfig},
     proxy::{Route, classify},
     store::Store,
@@ -107,7 +103,10 @@ async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
         }
     };
     match found {
-        Found::Node { address } => edge.forwarder.forward(&id, &address, request).await,
+        Found::Node { address } => match edge.forwarder.send(&address, request).await {
+            Ok(response) => response,
+            Err(_) => gateway_error(&id, "The sandbox's node cannot be reached"),
+        },
         Found::Lost { node, last_heard } => gateway_error(
             &id,
             &format!(
@@ -133,7 +132,7 @@ fn not_sandbox_traffic() -> Response {
         StatusCode::NOT_FOUND,
         axum::Json(serde_json::json!({
             "code": 404,
-            "message": "this is a Cove edge: it carries sandbox traffic only (E2b-Sandbox-Id and E2b-Sandbox-Port headers, {port}-{id}.{domain} hosts, signed file URLs); the REST API is on the nodes",
+            "message": "this is a Cove edge: it carries sandbox traffic only (E2b-Sandbox-Id and E2b-Sandbox-Port headers, {port}-{id}.{domain} hosts, signed file URLs); the REST API is the cluster's api (cove serve --role api)",
         })),
     )
         .into_response()

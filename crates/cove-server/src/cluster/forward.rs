@@ -1,6 +1,7 @@
-//! A request passed on to the node that runs its sandbox, and the node's answer passed back,
-//! both streamed (nothing is held whole), over connections kept open to each node. An
-//! upgraded connection (a WebSocket to a server in a sandbox) is relayed both ways.
+//! A request passed on to a node, and the node's answer passed back, both streamed (nothing
+//! is held whole), over connections kept open to each node: how the edge and the api reach
+//! the nodes. An upgraded connection (a WebSocket to a server in a sandbox) is relayed both
+//! ways.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use axum::{
     body::Body,
     extract::Request,
     http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -29,7 +30,11 @@ const HOP_BY_HOP: [&str; 7] = [
     "proxy-authorization",
 ];
 
-/// The client the edge reaches nodes with.
+/// A node could not be reached (the cause is logged).
+#[derive(Debug)]
+pub struct Unreachable;
+
+/// The client the edge and the api reach nodes with.
 pub struct Forwarder {
     client: Client<HttpConnector, Body>,
 }
@@ -45,14 +50,11 @@ impl Forwarder {
     }
 
     /// Sends `request` to the node at `address` (`http://host:port`) and answers with what
-    /// it answers; a node that cannot be reached is a 502 naming `id`.
-    pub async fn forward(&self, id: &str, address: &str, mut request: Request) -> Response {
-        let uri = match node_uri(address, request.uri()) {
-            Some(uri) => uri,
-            None => {
-                tracing::error!(%address, "a node's address is not an http URL");
-                return unreachable(id);
-            }
+    /// it answers.
+    pub async fn send(&self, address: &str, mut request: Request) -> Result<Response, Unreachable> {
+        let Some(uri) = node_uri(address, request.uri()) else {
+            tracing::error!(%address, "a node's address is not an http URL");
+            return Err(Unreachable);
         };
         let upgrade = wanted_upgrade(request.headers());
         let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
@@ -69,31 +71,30 @@ impl Forwarder {
         let mut response = match self.client.request(request).await {
             Ok(response) => response,
             Err(err) => {
-                tracing::warn!(%err, sandbox_id = %id, %address, "cannot reach the sandbox's node");
-                return unreachable(id);
+                tracing::warn!(%err, %address, "cannot reach a node");
+                return Err(Unreachable);
             }
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_side) = client_side
         {
             let node_side = hyper::upgrade::on(&mut response);
-            let id = id.to_owned();
             tokio::spawn(async move {
                 let (Ok(client), Ok(node)) = (client_side.await, node_side.await) else {
-                    tracing::debug!(sandbox_id = %id, "an upgrade was not completed");
+                    tracing::debug!("an upgrade was not completed");
                     return;
                 };
                 let (mut client, mut node) = (TokioIo::new(client), TokioIo::new(node));
                 if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut node).await {
-                    tracing::debug!(%err, sandbox_id = %id, "an upgraded connection ended");
+                    tracing::debug!(%err, "an upgraded connection ended");
                 }
             });
             let (parts, _) = response.into_parts();
-            return Response::from_parts(parts, Body::empty());
+            return Ok(Response::from_parts(parts, Body::empty()));
         }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Response::from_parts(parts, Body::new(body))
+        Ok(Response::from_parts(parts, Body::new(body)))
     }
 }
 
@@ -142,19 +143,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(header::UPGRADE);
-}
-
-/// E2B's answer for a sandbox whose node cannot be reached.
-fn unreachable(id: &str) -> Response {
-    (
-        StatusCode::BAD_GATEWAY,
-        axum::Json(serde_json::json!({
-            "sandboxId": id,
-            "message": "The sandbox's node cannot be reached",
-            "code": 502,
-        })),
-    )
-        .into_response()
 }
 
 #[cfg(test)]

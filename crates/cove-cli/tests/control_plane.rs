@@ -1,0 +1,263 @@
+//! The cluster's REST API as a client sees it: one `cove serve --role api` and one
+//! `--role edge` in front of two `--role node` processes on one real PostgreSQL. Clients name
+//! only the api (REST) and the edge (sandbox traffic). Creates are placed on the nodes by
+//! what they report free and spread over both; listings show every node's sandboxes; calls
+//! about a sandbox reach its node; a drained node gets no creates; a dead node's sandboxes
+//! are reported lost while creates go to the other. Skipped (with a message) where
+//! PostgreSQL is not installed.
+#![allow(clippy::unwrap_used)]
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use assert_cmd::Command;
+use cove_sdk::{ConnectionConfig, CreateOptions, Error, Sandbox};
+use cove_test_util::{TestPostgres, TestServer, wait_until};
+
+fn cove_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cove"))
+}
+
+async fn node(id: &str, database: &str, domain: &str) -> TestServer {
+    TestServer::launch(
+        cove_bin(),
+        true,
+        &[
+            "--warm-pool",
+            "0",
+            "--domain",
+            domain,
+            "--database",
+            database,
+            "--role",
+            "node",
+            "--node-id",
+            id,
+            "--heartbeat",
+            "200ms",
+            "--node-down-after",
+            "2s",
+        ],
+    )
+    .await
+}
+
+fn nodes(database: &str, args: &[&str]) {
+    let state = tempfile::tempdir().unwrap();
+    let output = Command::new(cove_bin())
+        .arg("nodes")
+        .args(args)
+        .args(["--database", database, "--state-dir"])
+        .arg(state.path())
+        .env("COVE_LOG", "warn")
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// How many sandboxes each node runs, by the database's records.
+fn per_node(store: &cove_server::store::Store) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, node) in store.placed(None).unwrap() {
+        *counts.entry(node.id).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The nodes' own reports of how many sandboxes they run, once they match `counts`.
+async fn reported(store: &cove_server::store::Store, total: usize) {
+    wait_until(
+        "the nodes to report their sandboxes",
+        Duration::from_secs(10),
+        || {
+            let reported: usize = cove_server::cluster::Nodes(store.db())
+                .list()
+                .unwrap()
+                .iter()
+                .map(|n| n.capacity.sandboxes)
+                .sum();
+            async move { (reported == total).then_some(()) }
+        },
+    )
+    .await;
+}
+
+fn options() -> CreateOptions {
+    CreateOptions {
+        allow_internet_access: Some(false),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_api_and_one_edge_serve_the_whole_cluster() {
+    if !TestPostgres::installed() {
+        eprintln!("SKIPPED: PostgreSQL is not installed (Debian package postgresql)");
+        return;
+    }
+    let postgres = TestPostgres::start();
+    let url = postgres.url();
+    let mut edge =
+        TestServer::launch(cove_bin(), false, &["--role", "edge", "--database", &url]).await;
+    let domain = edge
+        .url()
+        .trim_start_matches("http://")
+        .replace("127.0.0.1", "localhost");
+    let mut a = node("node-a", &url, &domain).await;
+    let mut b = node("node-b", &url, &domain).await;
+    let mut api =
+        TestServer::launch(cove_bin(), false, &["--role", "api", "--database", &url]).await;
+    // The api takes the keys the nodes know (a node's `--api-key` is in the database).
+    let config = ConnectionConfig::new(&api.url(), &a.api_key)
+        .unwrap()
+        .with_sandbox_url(&edge.url());
+    let store = cove_server::open_store(a.state_dir(), Some(&url)).unwrap();
+
+    // Creates go to the node with more room: one after the other, they alternate.
+    let mut made = Vec::new();
+    for n in 0..6 {
+        let sandbox = Sandbox::create(&config, options()).await.unwrap();
+        let out = sandbox.commands().run(&format!("echo {n}")).await.unwrap();
+        assert_eq!(out.stdout.trim(), n.to_string());
+        made.push(sandbox);
+        reported(&store, made.len()).await;
+    }
+    let spread = per_node(&store);
+    assert_eq!(spread.get("node-a"), Some(&3), "{spread:?}");
+    assert_eq!(spread.get("node-b"), Some(&3), "{spread:?}");
+
+    // The listing is the cluster's, paged.
+    let listed = Sandbox::list(&config).await.unwrap();
+    assert_eq!(listed.len(), 6);
+    let http = reqwest::Client::new();
+    let page = http
+        .get(format!("{}/v2/sandboxes?limit=4", api.url()))
+        .header("x-api-key", &a.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let next = page.headers()["x-next-token"].to_str().unwrap().to_owned();
+    assert_eq!(
+        page.json::<Vec<serde_json::Value>>().await.unwrap().len(),
+        4
+    );
+    let rest: Vec<serde_json::Value> = http
+        .get(format!(
+            "{}/v2/sandboxes?limit=4&nextToken={next}",
+            api.url()
+        ))
+        .header("x-api-key", &a.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 2);
+    let wrong = http
+        .get(format!("{}/v2/sandboxes", api.url()))
+        .header("x-api-key", "cove_wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    // Calls about one sandbox reach its node, whichever it is.
+    for sandbox in &made {
+        let info = Sandbox::info_by_id(&config, sandbox.id()).await.unwrap();
+        assert_eq!(info.listed.sandbox_id, sandbox.id());
+    }
+    let gone = made.pop().unwrap();
+    assert!(gone.kill().await.unwrap());
+    assert!(matches!(
+        Sandbox::info_by_id(&config, gone.id()).await.unwrap_err(),
+        Error::NotFound(_)
+    ));
+
+    // Drained, node b gets no creates.
+    nodes(&url, &["drain", "node-b"]);
+    wait_until(
+        "node-b to count as drained",
+        Duration::from_secs(10),
+        || {
+            let nodes = cove_server::cluster::Nodes(store.db()).list().unwrap();
+            async move {
+                nodes
+                    .iter()
+                    .any(|n| {
+                        n.id == "node-b" && n.state == cove_server::cluster::NodeState::Draining
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let before = per_node(&store);
+    for _ in 0..2 {
+        made.push(Sandbox::create(&config, options()).await.unwrap());
+    }
+    let after = per_node(&store);
+    assert_eq!(after.get("node-b"), before.get("node-b"), "{after:?}");
+    assert_eq!(
+        after.get("node-a").copied(),
+        before.get("node-a").map(|n| n + 2)
+    );
+    nodes(&url, &["undrain", "node-b"]);
+
+    // Node a dies: its sandboxes are lost, the others work, and creates go to node b.
+    let on_a: Vec<String> = store
+        .placed(None)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, node)| node.id == "node-a")
+        .map(|(record, _)| record.id)
+        .collect();
+    a.crash();
+    wait_until("node-a to be marked down", Duration::from_secs(10), || {
+        let nodes = cove_server::cluster::Nodes(store.db()).list().unwrap();
+        async move {
+            nodes
+                .iter()
+                .any(|n| n.id == "node-a" && n.state == cove_server::cluster::NodeState::Down)
+                .then_some(())
+        }
+    })
+    .await;
+    let lost = Sandbox::info_by_id(&config, &on_a[0]).await.unwrap_err();
+    assert!(format!("{lost:?}").contains("is lost"), "{lost:?}");
+    assert_eq!(
+        Sandbox::list(&config).await.unwrap().len(),
+        made.len() - on_a.len(),
+        "a lost sandbox is not listed"
+    );
+    let on_b = Sandbox::create(&config, options()).await.unwrap();
+    assert_eq!(
+        store.placed(Some(on_b.id())).unwrap()[0].1.id,
+        "node-b",
+        "created where it can run"
+    );
+    on_b.kill().await.unwrap();
+
+    // Node a comes back with its sandboxes; everything is killed through the api.
+    a.start_again().await;
+    for sandbox in &made {
+        wait_until(
+            "the sandbox to answer again",
+            Duration::from_secs(10),
+            || async { Sandbox::info_by_id(&config, sandbox.id()).await.ok() },
+        )
+        .await;
+        assert!(sandbox.kill().await.unwrap());
+    }
+    assert!(Sandbox::list(&config).await.unwrap().is_empty());
+    api.stop();
+    a.stop();
+    b.stop();
+    edge.stop();
+    drop(postgres);
+}

@@ -1,0 +1,262 @@
+//! The cluster's control plane (`cove serve --role api`): the one REST address of a cluster.
+//! It keeps no state of its own — keys, nodes and sandboxes are read from the cluster's
+//! database — so any number can serve one cluster.
+//!
+//! - A create is placed on a node at once ([`placement`]) and passed to it; a node that
+//!   cannot be reached or refuses for lack of room (503) passes it to the next candidate.
+//! - A request about one sandbox (`/sandboxes/{id}…`, `/v2/sandboxes/{id}…`) goes to the
+//!   node that runs it; one of a node that is down is answered 404 "lost".
+//! - Listings are read from the database: every node's sandboxes of the team, but those of
+//!   nodes that are down.
+//! - The rest (templates, snapshots, volumes) goes to a node that is up.
+//!
+//! Nodes check the API key again as they do for their own clients.
+
+mod placement;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+use crate::{
+    ServerError, ShutdownSignal,
+    api::{
+        ApiError, ApiQuery,
+        listing::{ListQuery, page_v1, page_v2},
+    },
+    cluster::{NodeRow, NodeState, Nodes, forward::Forwarder},
+    front::{self, FrontConfig},
+    keyring::KeyRing,
+    store::Store,
+};
+
+/// The largest create body passed on (E2B's are a few KiB of JSON).
+const MAX_CREATE_BODY: usize = 1 << 20;
+/// Nodes a create is offered to before it is refused.
+const CREATE_TRIES: usize = 3;
+
+/// The control plane's settings.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    pub listen: SocketAddr,
+    /// The cluster's database (PostgreSQL).
+    pub database: String,
+    pub front: FrontConfig,
+}
+
+struct Plane {
+    store: Store,
+    keys: KeyRing,
+    forwarder: Forwarder,
+}
+
+/// Serves as the control plane until SIGTERM/SIGINT.
+pub async fn run(config: ControlConfig) -> Result<(), ServerError> {
+    let shutdown = ShutdownSignal::install().map_err(ServerError::Signals)?;
+    let front = front::Front::prepare(&config.front);
+    let location = cove_db::Location::parse(&config.database);
+    let plane = Arc::new(Plane {
+        store: Store::open(&location)?,
+        keys: KeyRing::open(&location)?,
+        forwarder: Forwarder::new(),
+    });
+    let listener = front::listen(config.listen).map_err(|source| ServerError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    tracing::info!(listen = %config.listen, "control plane ready");
+    front
+        .serve(listener, router(plane), shutdown.received())
+        .await;
+    Ok(())
+}
+
+fn router(plane: Arc<Plane>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/sandboxes", get(list_v1).post(create))
+        .route("/v2/sandboxes", get(list_v2).post(create))
+        .fallback(pass_on)
+        .with_state(plane)
+}
+
+impl Plane {
+    /// The team of the request's API key.
+    fn team(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing API key: send it in the X-API-KEY header",
+            ));
+        };
+        match tokio::task::block_in_place(|| self.keys.team_for_key(key.trim())) {
+            Ok(Some(team)) => Ok(team),
+            Ok(None) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid API key")),
+            Err(err) if err.is_unavailable() => Err(crate::api::database_unavailable(&err)),
+            Err(err) => {
+                tracing::error!(?err, "cannot check an API key");
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot check the API key",
+                ))
+            }
+        }
+    }
+
+    /// Every node, as last reported.
+    fn nodes(&self) -> Result<Vec<NodeRow>, ApiError> {
+        tokio::task::block_in_place(|| Nodes(self.store.db()).list()).map_err(store_error)
+    }
+}
+
+fn store_error(err: crate::store::StoreError) -> ApiError {
+    if err.is_unavailable() {
+        return crate::api::database_unavailable(&err);
+    }
+    tracing::error!(?err, "the cluster's database failed");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the cluster's database failed",
+    )
+}
+
+async fn list_v2(
+    State(plane): State<Arc<Plane>>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    let team = plane.team(&headers)?;
+    let records = tokio::task::block_in_place(|| plane.store.cluster_sandboxes(&team))
+        .map_err(store_error)?;
+    page_v2(records, &query)
+}
+
+async fn list_v1(
+    State(plane): State<Arc<Plane>>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    let team = plane.team(&headers)?;
+    let records = tokio::task::block_in_place(|| plane.store.cluster_sandboxes(&team))
+        .map_err(store_error)?;
+    Ok(page_v1(records, &query)?.into_response())
+}
+
+/// A create, placed and passed on.
+async fn create(State(plane): State<Arc<Plane>>, request: Request) -> Result<Response, ApiError> {
+    plane.team(request.headers())?;
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, MAX_CREATE_BODY)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the create request is too large",
+            )
+        })?;
+    let nodes = plane.nodes()?;
+    let up = nodes.iter().filter(|n| n.state == NodeState::Up).count();
+    let mut refused = None;
+    for node in placement::candidates(nodes, placement::draw)
+        .into_iter()
+        .take(CREATE_TRIES)
+    {
+        let offer = Request::from_parts(parts.clone(), Body::from(body.clone()));
+        match plane.forwarder.send(&node.address, offer).await {
+            Ok(answer) if answer.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::info!(node = %node.id, "a node had no room for a create; offering it to the next");
+                refused = Some(answer);
+            }
+            Ok(answer) => return Ok(answer),
+            Err(_) => tracing::warn!(node = %node.id, "a node could not be reached for a create"),
+        }
+    }
+    match refused {
+        Some(answer) => Ok(answer),
+        None => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no node can take a sandbox now ({up} up and not drained, none with room that answered)"),
+        )
+        .retry_after(5)),
+    }
+}
+
+/// The sandbox a path is about: `/sandboxes/{id}…` or `/v2/sandboxes/{id}…`.
+fn sandbox_of(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v2").unwrap_or(path);
+    let rest = rest.strip_prefix("/sandboxes/")?;
+    let id = rest.split('/').next()?;
+    (!id.is_empty()).then_some(id)
+}
+
+/// Any other request: to the node of its sandbox, or to a node that is up.
+async fn pass_on(State(plane): State<Arc<Plane>>, request: Request) -> Result<Response, ApiError> {
+    let team = plane.team(request.headers())?;
+    let address = match sandbox_of(request.uri().path()) {
+        Some(id) => {
+            let placed = tokio::task::block_in_place(|| plane.store.placed(Some(id)))
+                .map_err(store_error)?;
+            match placed.into_iter().next() {
+                Some((record, node)) if record.team == team => match node.state {
+                    NodeState::Down => {
+                        return Err(ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            format!(
+                                "sandbox {id} is lost: its node {} stopped answering (last heard from at {})",
+                                node.id,
+                                crate::clock::rfc3339(node.heartbeat_at)
+                            ),
+                        ));
+                    }
+                    NodeState::Up | NodeState::Draining => node.address,
+                },
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("sandbox {id} not found"),
+                    ));
+                }
+            }
+        }
+        None => plane
+            .nodes()?
+            .into_iter()
+            .find(|n| n.state != NodeState::Down)
+            .map(|n| n.address)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no node of the cluster is up",
+                )
+                .retry_after(5)
+            })?,
+    };
+    plane.forwarder.send(&address, request).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "the node that answers for this cannot be reached",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_paths_name_their_sandbox() {
+        assert_eq!(sandbox_of("/sandboxes/abc"), Some("abc"));
+        assert_eq!(sandbox_of("/v2/sandboxes/abc/connect"), Some("abc"));
+        assert_eq!(sandbox_of("/sandboxes/abc/timeout"), Some("abc"));
+        assert_eq!(sandbox_of("/sandboxes"), None);
+        assert_eq!(sandbox_of("/sandboxes/"), None);
+        assert_eq!(sandbox_of("/templates/x"), None);
+    }
+}
