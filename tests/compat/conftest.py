@@ -783,6 +783,214 @@ def node() -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# A cluster (docs/CLUSTER.md): a PostgreSQL of the tests' own, an edge, nodes that can die.
+
+POSTGRES_VERSIONS = Path("/usr/lib/postgresql")
+
+
+def postgres_installed() -> bool:
+    """Whether Debian's PostgreSQL server is installed (what `cove-test-postgres` runs)."""
+    return any(POSTGRES_VERSIONS.glob("*/bin/postgres"))
+
+
+@pytest.fixture(scope="module")
+def cluster_database() -> str:
+    """`cove-test-postgres` (crates/cove-test-util): a fresh PostgreSQL cluster on a free port
+    for one test module, stopped and removed at its end. Yields its URL."""
+    if not postgres_installed():
+        pytest.skip(
+            f"PostgreSQL is not installed under {POSTGRES_VERSIONS} (Debian package postgresql)"
+        )
+    binary = Path(
+        os.environ.get("COVE_TEST_POSTGRES_BIN", _cove_bin().parent / "cove-test-postgres")
+    )
+    if not os.access(binary, os.X_OK):
+        pytest.fail(
+            f"no cove-test-postgres binary at {binary}: run `cargo build -p cove-test-util`"
+        )
+    proc = subprocess.Popen(
+        [binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        line = proc.stdout.readline().decode().strip()
+        if not line.startswith("postgres://"):
+            raise RuntimeError(f"cove-test-postgres did not start (exit {proc.poll()})")
+        yield line
+    finally:
+        # Closing its stdin is what stops it; it then stops PostgreSQL by pid.
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class CoveEdge:
+    """A running `cove serve --role edge`: sandbox traffic only, no API key, no state."""
+
+    url: str
+    port: int
+    log: Path
+    pid: int
+
+    @property
+    def domain(self) -> str:
+        """The domain of the sandbox hosts it routes (its default, `localhost:<port>`)."""
+        return f"localhost:{self.port}"
+
+
+@contextlib.contextmanager
+def running_cove_edge(database: str, log_path: Path, role: str = "edge") -> Iterator[CoveEdge]:
+    """Runs `cove serve --role edge --database DATABASE` (or another stateless role, `api`)
+    on a free port until the block ends, then stops it with SIGTERM (by its pid) and checks
+    that it exited cleanly."""
+    port = _free_port()
+    argv = [_cove_bin(), "serve", "--role", role, "--database", database,
+            "--listen", f"127.0.0.1:{port}"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    edge = CoveEdge(url=f"http://127.0.0.1:{port}", port=port, log=log_path, pid=proc.pid)
+    try:
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"the edge exited with {proc.returncode} before answering /health:\n"
+                    + log_path.read_text(errors="replace")
+                )
+            return _health_status(edge.url) == 200
+
+        wait_until(healthy, "the edge to answer GET /health", SERVER_START_TIMEOUT)
+        yield edge
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=SERVER_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+                raise AssertionError(f"the edge ignored SIGTERM for {SERVER_STOP_TIMEOUT}s")
+        if proc.returncode not in (0, -signal.SIGTERM):
+            raise AssertionError(
+                f"the edge exited with {proc.returncode}:\n" + log_path.read_text(errors="replace")
+            )
+
+
+class RestartableCoveServer:
+    """A `cove serve --kill-on-exit [extra_args]` as `running_cove_server` runs one, which a
+    test may kill with SIGKILL (`crash`: as a machine that dies would stop it, so its
+    sandboxes run on) and start again on the same port, API key and state dir
+    (`start_again`). Used as a context manager: started on entry; on exit stopped and checked
+    as `running_cove_server` does, and the sandboxes of its earlier runs (in their sessions)
+    must be gone too."""
+
+    def __init__(self, state_dir: Path, log_path: Path, extra_args: Iterable[str] = ()) -> None:
+        self.port = _free_port()
+        self.api_key = "e2b_" + secrets.token_hex(20)
+        self.state_dir = state_dir
+        self.log_path = log_path
+        self.extra_args = list(extra_args)
+        self.proc: Optional[subprocess.Popen] = None
+        # The pids of its earlier runs: each started a session its sandboxes stayed in.
+        self.earlier: list[int] = []
+
+    @property
+    def server(self) -> CoveServer:
+        """The server as its current (or last) run is."""
+        return CoveServer(
+            url=f"http://127.0.0.1:{self.port}",
+            port=self.port,
+            api_key=self.api_key,
+            state_dir=self.state_dir,
+            log=self.log_path,
+            pid=self.proc.pid if self.proc is not None else 0,
+        )
+
+    def start_again(self) -> CoveServer:
+        """Starts the server (again) and waits until it answers /health."""
+        assert self.proc is None or self.proc.poll() is not None, "the server still runs"
+        if self.proc is not None:
+            self.earlier.append(self.proc.pid)
+        argv = [_cove_bin(), "serve", "--listen", f"127.0.0.1:{self.port}",
+                "--state-dir", str(self.state_dir), "--kill-on-exit", *self.extra_args]
+        # Appended to: the log of every run, in order.
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                env={**os.environ, "COVE_API_KEY": self.api_key},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc, server = self.proc, self.server
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"cove serve exited with {proc.returncode} before answering /health:\n"
+                    + self.log_path.read_text(errors="replace")[-4000:]
+                )
+            try:
+                response = server.request("GET", "/health", timeout=1)
+            except OSError:
+                return False
+            return response.status == 200 and response.json() == {"status": "ok"}
+
+        wait_until(healthy, "cove serve to answer GET /health", SERVER_START_TIMEOUT)
+        return server
+
+    def crash(self) -> None:
+        """SIGKILLs the server by its pid and reaps it; its sandboxes keep running."""
+        assert self.proc is not None and self.proc.poll() is None, "the server does not run"
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def __enter__(self) -> "RestartableCoveServer":
+        self.start_again()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is not None:
+            # Crashed and not started again: one last run takes its sandboxes over and,
+            # stopped, ends them.
+            self.start_again()
+        _stop_server(self.server, self.proc, kill_leftovers=True)
+        for pid in self.earlier:
+            try:
+                wait_until(lambda: not live_session_members(pid), "the sandboxes to die", 5)
+            except AssertionError:
+                leaked = live_session_members(pid)
+                for member in leaked:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(member, signal.SIGKILL)
+                raise AssertionError(
+                    f"processes started by an earlier run (pid {pid}) outlived the server "
+                    f"(now killed): {sorted(leaked)}"
+                ) from None
+
+
+def point_sdks_at_cluster(
+    node: CoveServer, edge: CoveEdge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment a user of a cluster sets: the REST API is a node's, the sandbox
+    traffic goes to the edge."""
+    monkeypatch.setenv("E2B_API_URL", node.url)
+    monkeypatch.setenv("E2B_SANDBOX_URL", edge.url)
+    monkeypatch.setenv("E2B_API_KEY", node.api_key)
+    for name in ("E2B_DEBUG", "E2B_DOMAIN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+# --------------------------------------------------------------------------------------------
 # Processes.
 
 

@@ -11,12 +11,17 @@
 
 use std::{
     path::Path,
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
 use assert_cmd::Command;
 use cove_sdk::{CreateOptions, Error, Sandbox};
 use cove_test_util::{TestPostgres, TestServer, wait_until};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 fn cove_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cove"))
@@ -104,6 +109,95 @@ async fn echo(sandbox: &Sandbox, word: &str) {
         .await
         .unwrap();
     assert_eq!(out.stdout.trim(), word);
+}
+
+/// A server for a sandbox's 127.0.0.1:9000 that switches a request asking `Upgrade: echo`
+/// to its own protocol (101, as a WebSocket server does) and then echoes every byte; any
+/// other request is answered 400, so a relay that drops the upgrade headers shows.
+const UPGRADE_ECHO_SERVER: &str = r#"
+import socket, threading
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", 9000))
+listener.listen()
+def serve(conn):
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return
+        head += chunk
+    head, rest = head.split(b"\r\n\r\n", 1)
+    lines = [line.lower().replace(b" ", b"") for line in head.split(b"\r\n")[1:]]
+    if b"upgrade:echo" not in lines or not any(
+        l.startswith(b"connection:") and b"upgrade" in l for l in lines
+    ):
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        conn.close()
+        return
+    conn.sendall(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n" + rest
+    )
+    while True:
+        data = conn.recv(4096)
+        if not data:
+            break
+        conn.sendall(data)
+    conn.close()
+while True:
+    conn, _ = listener.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"#;
+
+/// Over a raw connection to the edge at `edge` (`host:port`): a request for `host` asking
+/// `Upgrade: echo`, then `ping` over the upgraded connection, which must come back. The
+/// answer's head (lower case) when it does; what went wrong otherwise.
+async fn echo_through_upgrade(edge: &str, host: &str) -> Result<String, String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(edge)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("send the request: {e}"))?;
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let byte = stream
+                .read_u8()
+                .await
+                .map_err(|e| format!("read the answer's head: {e} (so far {head:?})"))?;
+            head.push(byte);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        if !head.starts_with("http/1.1 101 ") {
+            let mut body = vec![0; 512];
+            let read = stream.read(&mut body).await.unwrap_or(0);
+            return Err(format!(
+                "not switched: {head:?} {:?}",
+                String::from_utf8_lossy(&body[..read])
+            ));
+        }
+        stream
+            .write_all(b"ping")
+            .await
+            .map_err(|e| format!("write on the upgraded connection: {e}"))?;
+        let mut back = [0; 4];
+        stream
+            .read_exact(&mut back)
+            .await
+            .map_err(|e| format!("read on the upgraded connection: {e}"))?;
+        if &back != b"ping" {
+            return Err(format!("echoed {back:?}"));
+        }
+        Ok(head)
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| "no answer within 10 s".to_owned())?
 }
 
 /// The message of a REST error of `status`.
@@ -227,6 +321,42 @@ async fn nodes_report_themselves_and_a_dead_one_loses_its_sandboxes_until_it_ret
     )
     .await;
     assert!(listing.text().await.unwrap().contains("note.txt"));
+    // An upgraded connection (as a WebSocket's) to a server in the sandbox, relayed both
+    // ways through the edge and the node.
+    on_a.files()
+        .write("/home/user/echo.py", UPGRADE_ECHO_SERVER)
+        .await
+        .unwrap();
+    let _echo = on_a
+        .commands()
+        .spawn(cove_sdk::Command::shell("python3 /home/user/echo.py"))
+        .await
+        .unwrap();
+    let echo_host = format!("9000-{}.{domain}", on_a.id());
+    let edge_addr = edge.url().trim_start_matches("http://").to_owned();
+    let last_failure = Mutex::new(String::new());
+    let switched = wait_until(
+        "ping to come back over an upgraded connection through the edge",
+        Duration::from_secs(30),
+        || {
+            let (edge_addr, echo_host, last_failure) = (&edge_addr, &echo_host, &last_failure);
+            async move {
+                match echo_through_upgrade(edge_addr, echo_host).await {
+                    Ok(head) => Some(head),
+                    Err(why) => {
+                        let mut last = last_failure.lock().unwrap();
+                        if *last != why {
+                            eprintln!("upgrade through the edge, not yet: {why}");
+                            *last = why;
+                        }
+                        None
+                    }
+                }
+            }
+        },
+    )
+    .await;
+    assert!(switched.contains("\r\nupgrade: echo\r\n"), "{switched}");
     let store = cove_server::open_store(a.state_dir(), Some(&url)).unwrap();
     let (record, _) = store.placed(Some(on_a.id())).unwrap().remove(0);
     let signature = cove_proto::signing::sign(
