@@ -22,9 +22,14 @@ const LIBRARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libcove_statx.s
 /// Where sandboxes find it.
 pub const INSIDE: &str = "/run/cove-statx.so";
 
+/// Installs run one at a time: two starts at once (a kernel image being built beside a
+/// create) would otherwise each remove and rename the other's half-written copy.
+static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Writes the library into `dir` (unless it is there already, the same) and returns its
 /// path.
 pub fn install(dir: &Path) -> io::Result<PathBuf> {
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     let path = dir.join("statx-shim.so");
     if fs::read(&path).is_ok_and(|kept| kept == LIBRARY) {
         return Ok(path);
@@ -52,4 +57,28 @@ pub fn preloaded(agent: &AgentSettings) -> AgentSettings {
     let mut agent = agent.clone();
     agent.env.insert("LD_PRELOAD".to_owned(), INSIDE.to_owned());
     agent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found in CI: a kernel image's start beside a create's, both installing, failed one
+    /// of them with "No such file or directory".
+    #[test]
+    fn installs_at_once_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::thread::scope(|scope| {
+            let installs: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| install(dir.path())))
+                .collect();
+            for install in installs {
+                assert_eq!(
+                    install.join().unwrap().unwrap(),
+                    dir.path().join("statx-shim.so")
+                );
+            }
+        });
+        assert_eq!(fs::read(dir.path().join("statx-shim.so")).unwrap(), LIBRARY);
+    }
 }
