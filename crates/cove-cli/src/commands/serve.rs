@@ -141,6 +141,23 @@ struct ClusterArgs {
     node_down_after: Duration,
 }
 
+/// Whether `address` is `http://HOST:PORT` (or `http://HOST`), with nothing after it but a
+/// slash.
+fn valid_address(address: &str) -> bool {
+    let Some(rest) = address.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let port_ok = || {
+        authority
+            .rsplit_once(':')
+            .is_none_or(|(_, port)| port.parse::<u16>().is_ok())
+    };
+    !authority.is_empty()
+        && !authority.contains(['/', '?', '#', '@', ' '])
+        && (authority.parse::<SocketAddr>().is_ok() || port_ok())
+}
+
 /// The cluster's database, which `role` needs: a PostgreSQL one.
 fn shared_database<'a>(role: &str, database: Option<&'a str>) -> anyhow::Result<&'a str> {
     database
@@ -190,6 +207,18 @@ impl ClusterArgs {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
             "--node-id {id:?}: use 1 to 63 letters, digits, '-', '_' or '.'"
         );
+        anyhow::ensure!(
+            self.advertise.is_some() || !listen.ip().is_unspecified(),
+            "--role node listening on {listen} needs --advertise http://ADDRESS:{}: the address the rest of the cluster reaches this node at",
+            listen.port()
+        );
+        if let Some(advertise) = &self.advertise {
+            let valid = valid_address(advertise);
+            anyhow::ensure!(
+                valid,
+                "--advertise {advertise:?}: give the node's address as http://HOST:PORT"
+            );
+        }
         Ok(Some(cove_server::cluster::NodeConfig {
             id,
             address: self
@@ -547,6 +576,28 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+
+    #[test]
+    fn node_addresses_are_http_host_and_port() {
+        for good in [
+            "http://10.0.0.1:3000",
+            "http://node-1.internal:3000/",
+            "http://[::1]:3000",
+            "http://n",
+        ] {
+            assert!(valid_address(good), "{good}");
+        }
+        for bad in [
+            "ftp://x",
+            "http://x:abc",
+            "http://",
+            "http://a/b",
+            "https://a:1",
+            "a:1",
+        ] {
+            assert!(!valid_address(bad), "{bad}");
+        }
+    }
 
     #[derive(Debug, Parser)]
     struct Cli {
