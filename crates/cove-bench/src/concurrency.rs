@@ -25,37 +25,7 @@ const BURST_PER_CLIENT: usize = 4;
 /// create must succeed. Beside as many host tasks each running `unshare … true` as often.
 pub async fn creates(settings: &Settings, network: bool) -> anyhow::Result<Result> {
     let server = TestServer::start(&settings.cove).await;
-    let config = server.config();
-    let started = Instant::now();
-    let clients = (0..BURST_CLIENTS).map(|_| {
-        let config = config.clone();
-        tokio::spawn(async move {
-            let mut made = Vec::with_capacity(BURST_PER_CLIENT);
-            for _ in 0..BURST_PER_CLIENT {
-                let began = Instant::now();
-                let options = CreateOptions {
-                    allow_internet_access: Some(network),
-                    ..CreateOptions::default()
-                };
-                let sandbox = Sandbox::create(&config, options)
-                    .await
-                    .context("a create of the burst failed")?;
-                sandbox.commands().run("echo ready").await?;
-                made.push((began.elapsed(), sandbox));
-            }
-            anyhow::Ok(made)
-        })
-    });
-    let mut samples = Vec::new();
-    let mut sandboxes = Vec::new();
-    for client in futures::future::join_all(clients).await {
-        for (took, sandbox) in client?? {
-            samples.push(took);
-            sandboxes.push(sandbox);
-        }
-    }
-    let figure = rate(samples, started.elapsed());
-    kill_all(sandboxes).await?;
+    let figure = burst(&server.config(), BURST_CLIENTS, BURST_PER_CLIENT, network).await?;
 
     let started = Instant::now();
     let tasks = (0..BURST_CLIENTS).map(|_| {
@@ -95,6 +65,48 @@ pub async fn creates(settings: &Settings, network: bool) -> anyhow::Result<Resul
         baseline,
         target: None,
     })
+}
+
+/// `clients` clients at once, each creating `per_client` sandboxes one after the other
+/// through `config` (create → first command output; every create must succeed): the rate
+/// and p99. The sandboxes are killed afterwards, untimed.
+pub async fn burst(
+    config: &cove_sdk::ConnectionConfig,
+    clients: usize,
+    per_client: usize,
+    network: bool,
+) -> anyhow::Result<Figure> {
+    let started = Instant::now();
+    let tasks = (0..clients).map(|_| {
+        let config = config.clone();
+        tokio::spawn(async move {
+            let mut made = Vec::with_capacity(per_client);
+            for _ in 0..per_client {
+                let began = Instant::now();
+                let options = CreateOptions {
+                    allow_internet_access: Some(network),
+                    ..CreateOptions::default()
+                };
+                let sandbox = Sandbox::create(&config, options)
+                    .await
+                    .context("a create of the burst failed")?;
+                sandbox.commands().run("echo ready").await?;
+                made.push((began.elapsed(), sandbox));
+            }
+            anyhow::Ok(made)
+        })
+    });
+    let mut samples = Vec::new();
+    let mut sandboxes = Vec::new();
+    for client in futures::future::join_all(tasks).await {
+        for (took, sandbox) in client?? {
+            samples.push(took);
+            sandboxes.push(sandbox);
+        }
+    }
+    let figure = rate(samples, started.elapsed());
+    kill_all(sandboxes).await?;
+    Ok(figure)
 }
 
 /// Commands each client runs, timed.

@@ -5,6 +5,7 @@
 //!     target/release/cove-bench --out docs/BENCHMARKS.md
 
 mod clients;
+mod cluster;
 mod code;
 mod commands;
 mod concurrency;

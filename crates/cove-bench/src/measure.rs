@@ -25,7 +25,7 @@ pub struct Settings {
 }
 
 /// The groups, in the order they run; `--only` takes one of these.
-pub const GROUPS: [&str; 16] = [
+pub const GROUPS: [&str; 17] = [
     "commands",
     "transfers",
     "egress",
@@ -42,6 +42,7 @@ pub const GROUPS: [&str; 16] = [
     "python",
     "templates",
     "dashboard",
+    "cluster",
 ];
 
 /// One figure and its baseline.
@@ -255,6 +256,10 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
             settings.max_live
         );
         crate::dashboard::list_render(settings, &mut report).await?;
+    }
+    if wanted("cluster") {
+        eprintln!("cluster: an api, an edge and nodes on PostgreSQL, beside a single server");
+        crate::cluster::all(settings, &mut report).await?;
     }
     Ok(report)
 }

@@ -9,74 +9,21 @@
 //! node's id is refused. Skipped (with a message) where PostgreSQL is not installed.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::{
-    path::Path,
     sync::Mutex,
     time::{Duration, Instant},
 };
 
 use assert_cmd::Command;
-use cove_sdk::{CreateOptions, Error, Sandbox};
-use cove_test_util::{TestPostgres, TestServer, wait_until};
+use common::cluster::{DOWN_AFTER, echo, edge, node, nodes, offline};
+use cove_sdk::{Error, Sandbox};
+use cove_test_util::{TestPostgres, wait_until};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
-
-fn cove_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_cove"))
-}
-
-/// Heartbeats this often, and a node is down after this long without one (the bound the
-/// test waits within is the second plus one heartbeat).
-const HEARTBEAT: &str = "200ms";
-const DOWN_AFTER: Duration = Duration::from_secs(2);
-
-/// A node whose sandbox hosts are the edge's, `domain`.
-async fn node(id: &str, database: &str, domain: &str) -> TestServer {
-    let down_after = format!("{}s", DOWN_AFTER.as_secs());
-    TestServer::launch(
-        cove_bin(),
-        true,
-        &[
-            "--warm-pool",
-            "0",
-            "--domain",
-            domain,
-            "--database",
-            database,
-            "--role",
-            "node",
-            "--node-id",
-            id,
-            "--heartbeat",
-            HEARTBEAT,
-            "--node-down-after",
-            &down_after,
-        ],
-    )
-    .await
-}
-
-/// `cove nodes …` against the cluster's database; its standard output.
-fn nodes(database: &str, args: &[&str]) -> String {
-    let state = tempfile::tempdir().unwrap();
-    let output = Command::new(cove_bin())
-        .arg("nodes")
-        .args(args)
-        .args(["--database", database, "--state-dir"])
-        .arg(state.path())
-        .env("COVE_LOG", "warn")
-        .timeout(Duration::from_secs(60))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "cove nodes {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
 
 /// Each node's state, by id.
 fn states(database: &str) -> Vec<(String, String)> {
@@ -93,22 +40,6 @@ fn states(database: &str) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-fn options() -> CreateOptions {
-    CreateOptions {
-        allow_internet_access: Some(false),
-        ..Default::default()
-    }
-}
-
-async fn echo(sandbox: &Sandbox, word: &str) {
-    let out = sandbox
-        .commands()
-        .run(&format!("echo {word}"))
-        .await
-        .unwrap();
-    assert_eq!(out.stdout.trim(), word);
 }
 
 /// A server for a sandbox's 127.0.0.1:9000 that switches a request asking `Upgrade: echo`
@@ -220,12 +151,7 @@ async fn nodes_report_themselves_and_a_dead_one_loses_its_sandboxes_until_it_ret
     }
     let postgres = TestPostgres::start();
     let url = postgres.url();
-    let mut edge =
-        TestServer::launch(cove_bin(), false, &["--role", "edge", "--database", &url]).await;
-    let domain = edge
-        .url()
-        .trim_start_matches("http://")
-        .replace("127.0.0.1", "localhost");
+    let (mut edge, domain) = edge(&url).await;
     let mut a = node("node-a", &url, &domain).await;
     let mut b = node("node-b", &url, &domain).await;
     assert_eq!(
@@ -245,7 +171,7 @@ async fn nodes_report_themselves_and_a_dead_one_loses_its_sandboxes_until_it_ret
 
     // A second process with a running node's id is refused.
     let other_state = tempfile::tempdir().unwrap();
-    let twin = Command::new(cove_bin())
+    let twin = Command::new(common::cove())
         .args([
             "serve",
             "--warm-pool",
@@ -271,8 +197,8 @@ async fn nodes_report_themselves_and_a_dead_one_loses_its_sandboxes_until_it_ret
     );
 
     // Each node runs its own sandboxes and knows where the other's are.
-    let on_a = Sandbox::create(&a.config(), options()).await.unwrap();
-    let on_b = Sandbox::create(&b.config(), options()).await.unwrap();
+    let on_a = Sandbox::create(&a.config(), offline()).await.unwrap();
+    let on_b = Sandbox::create(&b.config(), offline()).await.unwrap();
     echo(&on_a, "a").await;
     echo(&on_b, "b").await;
     let elsewhere = api_error(Sandbox::get(&b.config(), on_a.id()).await.unwrap_err(), 404);
@@ -461,7 +387,7 @@ async fn nodes_report_themselves_and_a_dead_one_loses_its_sandboxes_until_it_ret
     wait_until("node-b to refuse creates", Duration::from_secs(10), || {
         let config = b.config();
         async move {
-            match Sandbox::create(&config, options()).await {
+            match Sandbox::create(&config, offline()).await {
                 Err(Error::Api {
                     status: 503,
                     message,
@@ -483,7 +409,7 @@ async fn nodes_report_themselves_and_a_dead_one_loses_its_sandboxes_until_it_ret
         Duration::from_secs(10),
         || {
             let config = b.config();
-            async move { Sandbox::create(&config, options()).await.ok() }
+            async move { Sandbox::create(&config, offline()).await.ok() }
         },
     )
     .await;

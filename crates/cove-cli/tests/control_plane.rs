@@ -7,57 +7,13 @@
 //! PostgreSQL is not installed.
 #![allow(clippy::unwrap_used)]
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+mod common;
 
-use assert_cmd::Command;
-use cove_sdk::{ConnectionConfig, CreateOptions, Error, Sandbox};
+use std::{collections::BTreeMap, time::Duration};
+
+use common::cluster::{edge, node, nodes, offline};
+use cove_sdk::{ConnectionConfig, Error, Sandbox};
 use cove_test_util::{TestPostgres, TestServer, wait_until};
-
-fn cove_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_cove"))
-}
-
-async fn node(id: &str, database: &str, domain: &str) -> TestServer {
-    TestServer::launch(
-        cove_bin(),
-        true,
-        &[
-            "--warm-pool",
-            "0",
-            "--domain",
-            domain,
-            "--database",
-            database,
-            "--role",
-            "node",
-            "--node-id",
-            id,
-            "--heartbeat",
-            "200ms",
-            "--node-down-after",
-            "2s",
-        ],
-    )
-    .await
-}
-
-fn nodes(database: &str, args: &[&str]) {
-    let state = tempfile::tempdir().unwrap();
-    let output = Command::new(cove_bin())
-        .arg("nodes")
-        .args(args)
-        .args(["--database", database, "--state-dir"])
-        .arg(state.path())
-        .env("COVE_LOG", "warn")
-        .timeout(Duration::from_secs(60))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// How many sandboxes each node runs, by the database's records.
 fn per_node(store: &cove_server::store::Store) -> BTreeMap<String, usize> {
@@ -86,13 +42,6 @@ async fn reported(store: &cove_server::store::Store, total: usize) {
     .await;
 }
 
-fn options() -> CreateOptions {
-    CreateOptions {
-        allow_internet_access: Some(false),
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn one_api_and_one_edge_serve_the_whole_cluster() {
     if !TestPostgres::installed() {
@@ -101,16 +50,15 @@ async fn one_api_and_one_edge_serve_the_whole_cluster() {
     }
     let postgres = TestPostgres::start();
     let url = postgres.url();
-    let mut edge =
-        TestServer::launch(cove_bin(), false, &["--role", "edge", "--database", &url]).await;
-    let domain = edge
-        .url()
-        .trim_start_matches("http://")
-        .replace("127.0.0.1", "localhost");
+    let (mut edge, domain) = edge(&url).await;
     let mut a = node("node-a", &url, &domain).await;
     let mut b = node("node-b", &url, &domain).await;
-    let mut api =
-        TestServer::launch(cove_bin(), false, &["--role", "api", "--database", &url]).await;
+    let mut api = TestServer::launch(
+        common::cove(),
+        false,
+        &["--role", "api", "--database", &url],
+    )
+    .await;
     // The api takes the keys the nodes know (a node's `--api-key` is in the database).
     let config = ConnectionConfig::new(&api.url(), &a.api_key)
         .unwrap()
@@ -120,7 +68,7 @@ async fn one_api_and_one_edge_serve_the_whole_cluster() {
     // Creates go to the node with more room: one after the other, they alternate.
     let mut made = Vec::new();
     for n in 0..6 {
-        let sandbox = Sandbox::create(&config, options()).await.unwrap();
+        let sandbox = Sandbox::create(&config, offline()).await.unwrap();
         let out = sandbox.commands().run(&format!("echo {n}")).await.unwrap();
         assert_eq!(out.stdout.trim(), n.to_string());
         made.push(sandbox);
@@ -199,7 +147,7 @@ async fn one_api_and_one_edge_serve_the_whole_cluster() {
     .await;
     let before = per_node(&store);
     for _ in 0..2 {
-        made.push(Sandbox::create(&config, options()).await.unwrap());
+        made.push(Sandbox::create(&config, offline()).await.unwrap());
     }
     let after = per_node(&store);
     assert_eq!(after.get("node-b"), before.get("node-b"), "{after:?}");
@@ -235,7 +183,7 @@ async fn one_api_and_one_edge_serve_the_whole_cluster() {
         made.len() - on_a.len(),
         "a lost sandbox is not listed"
     );
-    let on_b = Sandbox::create(&config, options()).await.unwrap();
+    let on_b = Sandbox::create(&config, offline()).await.unwrap();
     assert_eq!(
         store.placed(Some(on_b.id())).unwrap()[0].1.id,
         "node-b",

@@ -8,31 +8,14 @@
 //! PostgreSQL is not installed; `scripts/setup` installs it.
 #![allow(clippy::unwrap_used)]
 
-use std::{path::Path, time::Duration};
+mod common;
+
+use std::time::Duration;
 
 use assert_cmd::Command;
-use cove_sdk::{ConnectionConfig, CreateOptions, Error, Sandbox};
+use common::cluster::{echo, offline};
+use cove_sdk::{ConnectionConfig, Error, Sandbox};
 use cove_test_util::{TestPostgres, TestServer, wait_until};
-
-fn cove_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_cove"))
-}
-
-fn options() -> CreateOptions {
-    CreateOptions {
-        allow_internet_access: Some(false),
-        ..Default::default()
-    }
-}
-
-async fn echo(sandbox: &Sandbox, word: &str) {
-    let out = sandbox
-        .commands()
-        .run(&format!("echo {word}"))
-        .await
-        .unwrap();
-    assert_eq!(out.stdout.trim(), word);
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_keeps_its_state_in_postgresql() {
@@ -42,14 +25,18 @@ async fn a_server_keeps_its_state_in_postgresql() {
     }
     let mut postgres = TestPostgres::start();
     let url = postgres.url();
-    let mut server =
-        TestServer::launch(cove_bin(), true, &["--warm-pool", "0", "--database", &url]).await;
+    let mut server = TestServer::launch(
+        common::cove(),
+        true,
+        &["--warm-pool", "0", "--database", &url],
+    )
+    .await;
     assert!(
         !server.state_dir().join("state.db").exists(),
         "no SQLite file beside PostgreSQL"
     );
     let config = server.config();
-    let sandbox = Sandbox::create(&config, options()).await.unwrap();
+    let sandbox = Sandbox::create(&config, offline()).await.unwrap();
     echo(&sandbox, "first").await;
     let store = cove_server::open_store(server.state_dir(), Some(&url)).unwrap();
     let stored: Vec<String> = store
@@ -63,7 +50,7 @@ async fn a_server_keeps_its_state_in_postgresql() {
     // A second server on the same database is refused: it would take the first one's
     // sandboxes for its own.
     let other_state = tempfile::tempdir().unwrap();
-    let second = Command::new(cove_bin())
+    let second = Command::new(common::cove())
         .args(["serve", "--warm-pool", "0", "--database", &url, "--listen"])
         .arg(format!("127.0.0.1:{}", cove_test_util::free_port()))
         .arg("--state-dir")
@@ -80,7 +67,7 @@ async fn a_server_keeps_its_state_in_postgresql() {
     );
 
     // A key made by `cove keys` on the same database counts on the running server.
-    let made = Command::new(cove_bin())
+    let made = Command::new(common::cove())
         .args([
             "keys",
             "create",
@@ -120,7 +107,7 @@ async fn a_server_keeps_its_state_in_postgresql() {
     // The database goes away: running sandboxes go on; creates are refused, clearly.
     postgres.kill();
     echo(&found, "without-database").await;
-    let refused = Sandbox::create(&config, options()).await.unwrap_err();
+    let refused = Sandbox::create(&config, offline()).await.unwrap_err();
     match &refused {
         Error::Api { status, message } => {
             assert_eq!(*status, 503, "{message}");
@@ -135,7 +122,7 @@ async fn a_server_keeps_its_state_in_postgresql() {
     postgres.restart();
     let second = wait_until("creates to work again", Duration::from_secs(30), || {
         let config = config.clone();
-        async move { Sandbox::create(&config, options()).await.ok() }
+        async move { Sandbox::create(&config, offline()).await.ok() }
     })
     .await;
     echo(&second, "second").await;

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod cluster;
+
 use cove_sdk::{AgentClient, CreateOptions, Error, Sandbox};
 use cove_test_util::TestServer;
 
