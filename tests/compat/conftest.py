@@ -228,7 +228,8 @@ class CoveServer:
         `*.localhost` names do not resolve in Python, so a `get_host()` address is reached by
         connecting here and sending it as Host, as a resolver that knows *.localhost would.
         """
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        address = urllib.parse.urlsplit(self.url).hostname
+        conn = http.client.HTTPConnection(address, self.port, timeout=timeout)
         try:
             all_headers = dict(headers or {})
             if host is not None:
@@ -888,14 +889,28 @@ class RestartableCoveServer:
     sandboxes run on) and start again on the same port, API key and state dir
     (`start_again`). Used as a context manager: started on entry; on exit stopped and checked
     as `running_cove_server` does, and the sandboxes of its earlier runs (in their sessions)
-    must be gone too."""
+    must be gone too.
 
-    def __init__(self, state_dir: Path, log_path: Path, extra_args: Iterable[str] = ()) -> None:
+    With `netns`, it runs in that network namespace (`nsenter --net`, which execs it: its pid
+    is the server's; it shares the host's mounts and cgroups, so the checks above still see
+    what it leaves) and listens on `address`, one of the namespace's."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        log_path: Path,
+        extra_args: Iterable[str] = (),
+        *,
+        netns: Optional[str] = None,
+        address: str = "127.0.0.1",
+    ) -> None:
         self.port = _free_port()
         self.api_key = "e2b_" + secrets.token_hex(20)
         self.state_dir = state_dir
         self.log_path = log_path
         self.extra_args = list(extra_args)
+        self.netns = netns
+        self.address = address
         self.proc: Optional[subprocess.Popen] = None
         # The pids of its earlier runs: each started a session its sandboxes stayed in.
         self.earlier: list[int] = []
@@ -904,7 +919,7 @@ class RestartableCoveServer:
     def server(self) -> CoveServer:
         """The server as its current (or last) run is."""
         return CoveServer(
-            url=f"http://127.0.0.1:{self.port}",
+            url=f"http://{self.address}:{self.port}",
             port=self.port,
             api_key=self.api_key,
             state_dir=self.state_dir,
@@ -917,8 +932,10 @@ class RestartableCoveServer:
         assert self.proc is None or self.proc.poll() is not None, "the server still runs"
         if self.proc is not None:
             self.earlier.append(self.proc.pid)
-        argv = [_cove_bin(), "serve", "--listen", f"127.0.0.1:{self.port}",
+        argv = [_cove_bin(), "serve", "--listen", f"{self.address}:{self.port}",
                 "--state-dir", str(self.state_dir), "--kill-on-exit", *self.extra_args]
+        if self.netns is not None:
+            argv = ["nsenter", f"--net=/run/netns/{self.netns}", "--", *argv]
         # Appended to: the log of every run, in order.
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -1059,3 +1076,67 @@ class PtyReader:
             raise self.error
         return self.result
 
+
+
+# --------------------------------------------------------------------------------------------
+# Relaying a loopback service to another address of this machine.
+
+
+class TcpRelay:
+    """Accepts TCP connections on `listen` (host, port; port 0 for a free one) and relays
+    each, both ways, to `target`: what makes a service that listens on the loopback only (a
+    test's PostgreSQL) reachable from a network namespace, at the host side of its veth. A
+    connection that ends on either side is ended on the other, so the service sees a client
+    that dies as gone at once. `close` stops accepting and ends every connection."""
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(listen)
+        self.host, self.port = self.listener.getsockname()[:2]
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                if self.closed:
+                    client.close()
+                    upstream.close()
+                    return
+                self.sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            sockets, self.sockets = self.sockets, []
+        # shutdown wakes the accept and the pipes' recv; close frees the descriptors.
+        for sock in [self.listener, *sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()

@@ -1,0 +1,371 @@
+"""The cluster as it runs on several machines (docs/CLUSTER.md), here on one: three nodes, each
+in a network namespace of its own behind a veth pair, so that each is a host of its own to the
+network (it listens on its own address and is reached there), and on the host one api, one
+edge and a PostgreSQL. The nodes reach the database at the host side of their veth (a
+`TcpRelay` there: the test's PostgreSQL listens on the loopback only); the api and the edge
+reach the nodes at their addresses. The official Python SDK is set up as a user of the
+cluster sets it up, `E2B_API_URL` the api and `E2B_SANDBOX_URL` the edge.
+
+What is proved, with real sandboxes:
+
+- 60 sandboxes created 8 at a time spread over the three nodes (each node's own listing says
+  which it runs, and `cove nodes list` counts the same), and each takes a file written, read
+  back and used by a command, through the edge;
+- a node killed with SIGKILL: its sandboxes are reported lost through the edge, the other
+  nodes' keep working and new creates go to those nodes; started again on its state dir (same
+  id, same namespace) it is up again, and its sandboxes answer again with their files;
+- a drained node (`cove nodes drain`) gets no creates while its sandboxes keep working;
+  undrained, it gets creates again.
+
+Every address used is on this machine (10.201.X.0/24 on the veths). The nodes' sandboxes are
+killed and the nodes stopped and checked as `RestartableCoveServer` does; the namespaces,
+links and state directories go too, also when a test fails. No timing is asserted: the waits
+are generous, speed is the benchmark's business (cove-bench --only cluster).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import json
+import os
+import re
+import subprocess
+import tempfile
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Iterable, Optional, TypeVar
+
+import pytest
+from e2b import Sandbox
+
+from conftest import (
+    CoveServer,
+    HostNetwork,
+    RestartableCoveServer,
+    TcpRelay,
+    _cove_bin,
+    postgres_installed,
+    running_cove_edge,
+    wait_until,
+)
+
+pytestmark = pytest.mark.skipif(
+    not postgres_installed(),
+    reason="PostgreSQL is not installed under /usr/lib/postgresql (Debian package postgresql)",
+)
+
+NODES = ("node-1", "node-2", "node-3")
+# Heartbeats this often; a node silent this long is down (its sandboxes lost).
+HEARTBEAT, DOWN_AFTER = "200ms", "2s"
+# Generous bounds for what the cluster does on its own: the machine may be busy.
+WITHIN = 60.0
+# How many creates (and checks) run at once.
+AT_ONCE = 8
+# The sandboxes' lifetime: longer than the module takes on a slow machine.
+SANDBOX_TIMEOUT = 3600
+FILE = "/home/user/mark.txt"
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def free_subnets(count: int) -> list[int]:
+    """Third octets of `count` networks 10.201.X.0/24 that no address of this machine is in,
+    starting from one that depends on this process (runs side by side take different ones)."""
+    listed = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    used = {int(octet) for octet in re.findall(r"inet 10\.201\.(\d+)\.", listed)}
+    start = os.getpid() % 250
+    free = [n for n in ((start + i) % 250 + 1 for i in range(250)) if n not in used]
+    assert len(free) >= count, f"10.201.0.0/16 is taken on this machine: {sorted(used)}"
+    return free[:count]
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_database: str) -> SimpleNamespace:
+    """The edge, nodes `node-1` … `node-3` (RestartableCoveServer, each in its network
+    namespace with its own state dir) and the api; all stopped and checked at the end of the
+    module (the nodes' sandboxes killed first), then the namespaces and links removed."""
+    database = urllib.parse.urlsplit(cluster_database)
+    with (
+        tempfile.TemporaryDirectory(prefix="cove-compat-hosts-") as work,
+        contextlib.ExitStack() as stack,
+    ):
+        work = Path(work)
+        edge = stack.enter_context(running_cove_edge(cluster_database, work / "edge.log"))
+        nodes = {}
+        subnets = zip(NODES, free_subnets(len(NODES)), strict=True)
+        for k, (node_id, octet) in enumerate(subnets, start=1):
+            host_side, node_side = f"10.201.{octet}.1", f"10.201.{octet}.2"
+            network = HostNetwork(f"ch{k}", f"{host_side}/24", [f"{node_side}/24"])
+            stack.callback(network.close)
+            # The test's PostgreSQL listens on the loopback only, and trusts no one else: the
+            # node reaches it at the host side of its veth, as it would a database on another
+            # machine, and a relay there passes its connections on.
+            relay = TcpRelay((host_side, 0), (database.hostname, database.port))
+            stack.callback(relay.close)
+            seen_from_node = database._replace(
+                netloc=f"{database.username}@{host_side}:{relay.port}"
+            ).geturl()
+            node = RestartableCoveServer(
+                work / f"state-{k}",
+                work / f"{node_id}.log",
+                [
+                    "--role", "node", "--node-id", node_id, "--database", seen_from_node,
+                    "--domain", edge.domain, "--heartbeat", HEARTBEAT,
+                    "--node-down-after", DOWN_AFTER, "--warm-pool", "0",
+                ],
+                netns=network.netns,
+                address=node_side,
+            )
+            # Its --advertise is where the api and the edge reach it: its own address.
+            node.extra_args += ["--advertise", f"http://{node_side}:{node.port}"]
+            nodes[node_id] = stack.enter_context(node)
+        api = stack.enter_context(
+            running_cove_edge(cluster_database, work / "api.log", role="api")
+        )
+
+        def cove_nodes(*args: str) -> str:
+            """`cove nodes ARGS` against the cluster's database; its standard output."""
+            done = subprocess.run(
+                [_cove_bin(), "nodes", *args, "--database", cluster_database,
+                 "--state-dir", str(work / "cli-state")],
+                env={**os.environ, "COVE_LOG": "warn"},
+                capture_output=True, text=True, timeout=60, check=False,
+            )
+            assert done.returncode == 0, f"cove nodes {args}: {done.stderr}"
+            return done.stdout
+
+        yield SimpleNamespace(edge=edge, api=api, nodes=nodes, cove_nodes=cove_nodes)
+
+
+def node_table(cluster: SimpleNamespace) -> dict[str, dict]:
+    """`cove nodes list --json`, by node id."""
+    return {node["id"]: node for node in json.loads(cluster.cove_nodes("list", "--json"))}
+
+
+def states(cluster: SimpleNamespace) -> dict[str, str]:
+    """Each node's state (up, draining, down) as `cove nodes list` says."""
+    return {node_id: node["state"] for node_id, node in node_table(cluster).items()}
+
+
+def placement(cluster: SimpleNamespace, nodes: Iterable[str] = NODES) -> dict[str, str]:
+    """Sandbox id → node id, by the listings of `nodes` (a node lists the sandboxes it runs)."""
+    return {
+        sandbox_id: node_id
+        for node_id in nodes
+        for sandbox_id in cluster.nodes[node_id].server.sandbox_ids()
+    }
+
+
+@pytest.fixture
+def sdk(cluster: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a user of the cluster sets: the api for REST, the edge for sandbox traffic. Every
+    node knows every key (they are in the database): node-1's will do."""
+    monkeypatch.setenv("E2B_API_URL", cluster.api.url)
+    monkeypatch.setenv("E2B_SANDBOX_URL", cluster.edge.url)
+    monkeypatch.setenv("E2B_API_KEY", cluster.nodes["node-1"].api_key)
+    for name in ("E2B_DEBUG", "E2B_DOMAIN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def node_1(cluster: SimpleNamespace) -> CoveServer:
+    return cluster.nodes["node-1"].server
+
+
+@pytest.fixture
+def node_2(cluster: SimpleNamespace) -> CoveServer:
+    return cluster.nodes["node-2"].server
+
+
+@pytest.fixture
+def node_3(cluster: SimpleNamespace) -> CoveServer:
+    return cluster.nodes["node-3"].server
+
+
+@pytest.fixture(autouse=True)
+def every_node_up_and_empty(
+    cluster: SimpleNamespace, node_1: CoveServer, node_2: CoveServer, node_3: CoveServer
+) -> None:
+    """After each test: a node it left crashed is started again and one it left drained is
+    undrained (the next test starts from three nodes up); a sandbox it left fails it (all
+    are killed). The nodes are asked for so that a failed test's report ends with their logs
+    (conftest's pytest_runtest_makereport)."""
+    yield
+    for node_id, node in cluster.nodes.items():
+        if node.proc.poll() is not None:
+            node.start_again()
+        cluster.cove_nodes("undrain", node_id)
+    left = {node_id: node.server.kill_all() for node_id, node in cluster.nodes.items()}
+    assert not any(left.values()), f"the test left sandboxes running (now killed): {left}"
+
+
+def in_parallel(work: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """`work` on each of `items`, AT_ONCE at a time; the results in order (the first error
+    is raised once all have run)."""
+    with ThreadPoolExecutor(AT_ONCE) as pool:
+        return list(pool.map(work, items))
+
+
+def create(count: int, made: list[Sandbox]) -> list[Sandbox]:
+    """Creates `count` sandboxes through the api, AT_ONCE at a time; each is added to `made`
+    as soon as it exists (for the test to kill, whatever fails next)."""
+
+    def one(_: int) -> Sandbox:
+        sandbox = Sandbox.create(allow_internet_access=False, timeout=SANDBOX_TIMEOUT)
+        made.append(sandbox)
+        return sandbox
+
+    return in_parallel(one, range(count))
+
+
+def use(sandbox: Sandbox) -> None:
+    """Writes a file naming the sandbox, reads it back and reads it with a command, through
+    the edge."""
+    text = f"written in {sandbox.sandbox_id}"
+    sandbox.files.write(FILE, text)
+    assert sandbox.files.read(FILE) == text
+    uses_again(sandbox)
+
+
+def uses_again(sandbox: Sandbox) -> None:
+    """The file `use` wrote is there, read by a command and by the file API."""
+    text = f"written in {sandbox.sandbox_id}"
+    assert sandbox.commands.run(f"cat {FILE}").stdout == text
+    assert sandbox.files.read(FILE) == text
+
+
+def command_error(sandbox: Sandbox) -> Optional[str]:
+    """The error (class and text) a command in `sandbox` fails with; None if it runs."""
+    try:
+        sandbox.commands.run("true")
+    except Exception as err:  # whichever class the SDK picks, its text is what is checked
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def fails_saying_lost(sandbox: Sandbox) -> Optional[str]:
+    """The error of a command in `sandbox` if it carries the edge's "lost" answer (the SDK's
+    own text for any unreachable sandbox says "the connection to it was lost": not that)."""
+    error = command_error(sandbox)
+    return error if error is not None and "The sandbox is lost: its node" in error else None
+
+
+def kill_all(sandboxes: list[Sandbox]) -> list[str]:
+    """Kills each sandbox through the SDK; what failed."""
+
+    def kill(sandbox: Sandbox) -> Optional[str]:
+        try:
+            sandbox.kill()
+        except Exception as err:  # reported by the caller
+            return f"{sandbox.sandbox_id}: {err!r}"
+        return None
+
+    return [error for error in in_parallel(kill, sandboxes) if error is not None]
+
+
+def test_sixty_sandboxes_spread_over_three_hosts_and_outlive_one_crashing(cluster, sdk):
+    made: list[Sandbox] = []
+    try:
+        sandboxes = create(60, made)
+        where = placement(cluster)
+        assert sorted(where) == sorted(s.sandbox_id for s in sandboxes)
+        held = collections.Counter(where.values())
+        assert set(held) == set(NODES), f"a node got none of the 60 sandboxes: {dict(held)}"
+        # The nodes' reports (what placement reads) say the same.
+        wait_until(
+            lambda: {i: n["capacity"]["sandboxes"] for i, n in node_table(cluster).items()}
+            == held,
+            f"the nodes to report {dict(held)} sandboxes",
+            timeout=WITHIN,
+        )
+        in_parallel(use, sandboxes)
+
+        # A host dies: node-2's process is SIGKILLed, its sandboxes run on unreachable.
+        crashed = "node-2"
+        lost = [s for s in sandboxes if where[s.sandbox_id] == crashed]
+        kept = [s for s in sandboxes if where[s.sandbox_id] != crashed]
+        cluster.nodes[crashed].crash()
+        for sandbox in lost:
+            error = wait_until(
+                functools.partial(fails_saying_lost, sandbox),
+                f"a command in {sandbox.sandbox_id} to fail through the edge saying it is lost",
+                timeout=WITHIN,
+                interval=0.2,
+            )
+            assert f"its node {crashed} stopped answering" in error, error
+        assert states(cluster) == {"node-1": "up", "node-2": "down", "node-3": "up"}
+        in_parallel(uses_again, kept)
+
+        # New sandboxes go to the nodes that are up, and work.
+        alive = [node_id for node_id in NODES if node_id != crashed]
+        more = create(9, made)
+        where_more = placement(cluster, alive)
+        assert {s.sandbox_id for s in more} <= set(where_more), where_more
+        in_parallel(use, more)
+
+        # The host comes back: the node starts on its state dir, in its namespace, with its id.
+        cluster.nodes[crashed].start_again()
+        wait_until(
+            lambda: states(cluster)[crashed] == "up", f"{crashed} to be up again", WITHIN
+        )
+        for sandbox in lost:
+            wait_until(
+                lambda s=sandbox: command_error(s) is None,
+                f"{sandbox.sandbox_id} to answer through the edge again",
+                timeout=WITHIN,
+                interval=0.2,
+            )
+        in_parallel(uses_again, lost)
+        assert {i for i, node_id in placement(cluster).items() if node_id == crashed} == {
+            s.sandbox_id for s in lost
+        }
+    finally:
+        failed = kill_all(made)
+    assert not failed, f"kills through the SDK failed: {failed}"
+    assert Sandbox.list().next_items() == []
+
+
+def test_a_drained_host_takes_no_creates_and_keeps_its_sandboxes(cluster, sdk):
+    made: list[Sandbox] = []
+    try:
+        sandboxes = create(9, made)
+        where = placement(cluster)
+        in_parallel(use, sandboxes)
+        # The node with the most of them (three at least) is drained.
+        drained = collections.Counter(where.values()).most_common(1)[0][0]
+        its_own = [s for s in sandboxes if where[s.sandbox_id] == drained]
+        cluster.cove_nodes("drain", drained)
+        wait_until(
+            lambda: states(cluster)[drained] == "draining", f"{drained} to be draining", WITHIN
+        )
+
+        more = create(12, made)
+        where = placement(cluster)
+        on_drained = [s.sandbox_id for s in more if where[s.sandbox_id] == drained]
+        assert not on_drained, f"creates went to the drained {drained}: {on_drained}"
+        in_parallel(use, more)
+        in_parallel(uses_again, its_own)
+
+        cluster.cove_nodes("undrain", drained)
+        wait_until(lambda: states(cluster)[drained] == "up", f"{drained} to be up", WITHIN)
+
+        # It has the fewest sandboxes now, so placement takes it whenever it is one of the
+        # two nodes drawn: one create after another, one soon lands there.
+        def lands_on_drained() -> bool:
+            (sandbox,) = create(1, made)
+            return cluster.nodes[drained].server.api(
+                "GET", f"/sandboxes/{sandbox.sandbox_id}"
+            ).status == 200
+
+        assert any(lands_on_drained() for _ in range(20)), f"no create went to {drained}"
+    finally:
+        failed = kill_all(made)
+    assert not failed, f"kills through the SDK failed: {failed}"
+    assert Sandbox.list().next_items() == []
