@@ -334,6 +334,7 @@ impl Importer<'_> {
                 (
                     blob_name(&descriptor.digest),
                     Expected {
+                        named_by_content: true,
                         diff_id: diff_id.clone(),
                         blob: Some((descriptor.digest.clone(), Some(descriptor.size))),
                     },
@@ -489,6 +490,7 @@ impl Importer<'_> {
                 (
                     file.trim_start_matches("./").to_owned(),
                     Expected {
+                        named_by_content: true,
                         diff_id: diff_id.clone(),
                         blob: None,
                     },

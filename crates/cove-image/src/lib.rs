@@ -48,7 +48,7 @@ pub use crate::{
     pull::{Image, PullEvent, pull},
     reference::{DOCKER_HUB, Reference, ReferenceError},
     registry::{ClientConfig, RegistryClient, RegistryError, ResolvedImage},
-    store::{GcReport, LayerInfo, LayerStore, StoreError, StoreOptions},
+    store::{Exported, GcReport, LayerInfo, LayerStore, StoreError, StoreOptions},
     unpack::{OPAQUE_XATTR, SkippedEntry, UnpackError, UnpackReport, unpack},
 };
 

@@ -132,6 +132,7 @@ pub async fn pull(
                     let (info, new) = store
                         .install_stream(
                             Expected {
+                                named_by_content: true,
                                 diff_id: diff_id.clone(),
                                 blob: Some((descriptor.digest.clone(), Some(total))),
                             },

@@ -445,7 +445,7 @@ impl Meta {
 /// User xattrs and file capabilities are kept. Overlayfs's own (`trusted.overlay.*`,
 /// `user.overlay.*`) would let a layer forge whiteouts, redirects or metacopy files, and the
 /// rest of `trusted.*` / `security.*` is the host's business, not an image's.
-fn allowed_xattr(name: &[u8]) -> bool {
+pub(crate) fn allowed_xattr(name: &[u8]) -> bool {
     (name.starts_with(b"user.") && !name.starts_with(b"user.overlay."))
         || name == b"security.capability"
 }

@@ -292,6 +292,7 @@ impl AppState {
             &config.state_dir.join("templates"),
             catalog.clone(),
             layer_store.clone(),
+            templates_setup::open_depot(&config.templates)?,
         )?;
         let host = HostCaps::of_this_host();
         let caps = HostCaps {

@@ -31,6 +31,9 @@ pub struct TemplatesConfig {
     /// Certificates (a PEM file, or a directory of `*.crt` files) templates trust besides
     /// their image's own: the CA of a TLS-intercepting egress proxy.
     pub ca_certs: Option<PathBuf>,
+    /// Where built templates' layers are shared with the other nodes of a cluster
+    /// (`s3://bucket/prefix`, or a directory); none: they stay on the node that built them.
+    pub object_store: Option<String>,
 }
 
 impl Default for TemplatesConfig {
@@ -42,6 +45,7 @@ impl Default for TemplatesConfig {
             concurrent_builds: 2,
             max_upload_mb: 8192,
             ca_certs: None,
+            object_store: None,
         }
     }
 }
@@ -56,6 +60,8 @@ pub enum SetupError {
     Registry(#[from] cove_image::RegistryError),
     #[error(transparent)]
     Context(#[from] crate::build::context::ContextError),
+    #[error(transparent)]
+    Depot(#[from] cove_depot::DepotError),
     #[error("cannot read the certificates {path}")]
     Certificates {
         path: PathBuf,
@@ -105,6 +111,16 @@ pub fn open_store(state_dir: &Path) -> Result<LayerStore, SetupError> {
         state_dir.join("images"),
         StoreOptions::default(),
     )?)
+}
+
+/// The object store built templates' layers are shared through, when `config` names one.
+pub fn open_depot(config: &TemplatesConfig) -> Result<Option<Arc<cove_depot::Depot>>, SetupError> {
+    let Some(location) = &config.object_store else {
+        return Ok(None);
+    };
+    let depot = cove_depot::Depot::open(location)?;
+    tracing::info!(location = %depot.location(), "templates' layers are shared through an object store");
+    Ok(Some(Arc::new(depot)))
 }
 
 /// The builder, and what the previous server left half built marked failed.

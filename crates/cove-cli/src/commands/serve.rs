@@ -314,6 +314,13 @@ struct TemplateArgs {
         default_value = "/usr/local/share/ca-certificates"
     )]
     template_ca_certs: PathBuf,
+    /// Where built templates' layers are stored once for every node of a cluster, which
+    /// fetch and keep them on first use: s3://BUCKET/PREFIX (S3 or a compatible server;
+    /// credentials, region and endpoint from the AWS_* variables: AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP=true), or a directory
+    /// (file:///PATH, or a path) shared by the nodes
+    #[arg(long, env = "COVE_OBJECT_STORE", value_name = "URL")]
+    object_store: Option<String>,
 }
 
 /// A range `--allow-private-egress` may open (none for an empty value: an empty variable).
@@ -476,6 +483,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             concurrent_builds: args.templates.concurrent_builds as usize,
             max_upload_mb: args.templates.max_upload_mb,
             ca_certs: Some(args.templates.template_ca_certs).filter(|p| !p.as_os_str().is_empty()),
+            object_store: args.templates.object_store,
         },
     };
     let tls = config.operations.tls.is_some();

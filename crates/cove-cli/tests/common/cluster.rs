@@ -27,28 +27,30 @@ pub async fn edge(database: &str) -> (TestServer, String) {
 
 /// Node `id` on `database`, its sandbox hosts the edge's `domain`, no warm pool.
 pub async fn node(id: &str, database: &str, domain: &str) -> TestServer {
+    node_with(id, database, domain, &[]).await
+}
+
+/// [`node`] with more arguments.
+pub async fn node_with(id: &str, database: &str, domain: &str, more: &[&str]) -> TestServer {
     let down_after = format!("{}s", DOWN_AFTER.as_secs());
-    TestServer::launch(
-        cove(),
-        true,
-        &[
-            "--warm-pool",
-            "0",
-            "--domain",
-            domain,
-            "--database",
-            database,
-            "--role",
-            "node",
-            "--node-id",
-            id,
-            "--heartbeat",
-            HEARTBEAT,
-            "--node-down-after",
-            &down_after,
-        ],
-    )
-    .await
+    let mut args = vec![
+        "--warm-pool",
+        "0",
+        "--domain",
+        domain,
+        "--database",
+        database,
+        "--role",
+        "node",
+        "--node-id",
+        id,
+        "--heartbeat",
+        HEARTBEAT,
+        "--node-down-after",
+        &down_after,
+    ];
+    args.extend_from_slice(more);
+    TestServer::launch(cove(), true, &args).await
 }
 
 /// `cove nodes …` against `database`; its standard output.

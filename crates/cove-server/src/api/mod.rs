@@ -230,6 +230,9 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::TooMany(_) | LifecycleError::TeamLimit(_) => {
                 (StatusCode::TOO_MANY_REQUESTS, Some(RETRY_LIMIT_SECS))
             }
+            LifecycleError::LayersUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, Some(RETRY_LIMIT_SECS))
+            }
             LifecycleError::Busy
             | LifecycleError::Start {
                 source: cove_runtime::RuntimeError::NoUidRange,

@@ -29,7 +29,10 @@ impl Builder {
         let _ = self
             .catalog
             .set_build_status(&build.id, cove_proto::templates::BuildStatus::Building);
-        let result = self.import_now(build, archive, tag, &log).await;
+        let result = match self.import_now(build, archive, tag, &log).await {
+            Ok(built) => self.share(build, &built, &log).await.map(|()| built),
+            Err(failure) => Err(failure),
+        };
         match result {
             Ok(built) => {
                 if let Err(err) = self.finish_ready(template, build, &built) {

@@ -19,6 +19,7 @@ pub mod layer_tree;
 pub mod logs;
 pub mod plan;
 mod run;
+mod share;
 pub mod stack;
 pub mod storage;
 pub mod workdir;
@@ -199,6 +200,10 @@ impl Builder {
         let outcome = self.run(&template, &build, &plan, &log).await;
         match outcome {
             Ok(built) => {
+                if let Err(failure) = self.share(&build, &built, &log).await {
+                    self.fail(&build, &log, failure);
+                    return;
+                }
                 log.info(
                     run::FINALIZE_STEP,
                     format!("build finished in {:.1} s", started.elapsed().as_secs_f64()),

@@ -297,6 +297,14 @@ impl Builder {
                         ),
                     ));
                 };
+                // Built on another node of the cluster: its layers come from the object store.
+                self.lifecycle
+                    .templates()
+                    .ensure_local(&entry)
+                    .await
+                    .map_err(|err| {
+                        Failure::at(BASE_STEP, format!("cannot build on {name:?}: {err}"))
+                    })?;
                 // Its own accounts layer stays out: this build gets its own.
                 let layers: Vec<Digest> = entry.store_layers.iter().skip(1).cloned().collect();
                 for layer in &layers {

@@ -63,6 +63,7 @@ impl Builder {
             self.contexts.clone(),
         );
         tokio::task::spawn_blocking(move || {
+            release_deleted_builds(&store, &catalog)?;
             let report = store.gc()?;
             catalog.forget_cached_layers(&|hex| {
                 Digest::from_hex(hex).is_ok_and(|d| store.contains(&d))
@@ -140,4 +141,32 @@ impl Builder {
         .await
         .map_err(|e| StorageError::Crashed(e.to_string()))?
     }
+}
+
+/// Drops the references of builds the catalogue no longer has: a template deleted through
+/// another node of a cluster leaves the layers this node fetched for it.
+fn release_deleted_builds(
+    store: &cove_image::LayerStore,
+    catalog: &crate::catalog::Catalog,
+) -> Result<(), StorageError> {
+    let mut known: HashMap<String, bool> = HashMap::new();
+    for layer in store.layers()? {
+        for holder in store.owners(&layer.id)? {
+            let Some(build) = holder.strip_prefix("build:") else {
+                continue;
+            };
+            let exists = match known.get(build) {
+                Some(exists) => *exists,
+                None => {
+                    let exists = catalog.build_exists(build)?;
+                    known.insert(build.to_owned(), exists);
+                    exists
+                }
+            };
+            if !exists {
+                store.release(&layer.id, &holder)?;
+            }
+        }
+    }
+    Ok(())
 }

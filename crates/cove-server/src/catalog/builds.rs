@@ -91,6 +91,14 @@ impl Catalog {
             .transpose()
     }
 
+    /// Whether build `id` is known, of any template and in any state.
+    pub fn build_exists(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .db
+            .query_row("SELECT 1 FROM template_builds WHERE id = ?1", params![id])?
+            .is_some())
+    }
+
     /// Every build of `template`, newest first.
     pub fn builds_of(&self, template: &str) -> Result<Vec<BuildRow>> {
         self.db

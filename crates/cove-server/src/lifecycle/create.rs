@@ -43,6 +43,7 @@ impl Lifecycle {
             version,
         )?;
         settings.volumes = self.volumes.resolve(team, &asked)?;
+        self.templates.ensure_local(&settings.template).await?;
         let this = self.clone();
         self.creating
             .spawn(async move { this.create_now(settings).await })

@@ -74,6 +74,10 @@ pub enum LifecycleError {
     TemplateNotFound(String),
     #[error("{0}")]
     TemplateNotReady(String),
+    /// Its layers are not on this node and cannot be fetched (no object store, or it
+    /// cannot be reached): another node may have them.
+    #[error("{0}")]
+    LayersUnavailable(String),
     #[error("the template's start command failed: {0}")]
     StartCommand(String),
     #[error("timeout must be between 0 and {MAX_TIMEOUT_SECS} seconds, got {0}")]

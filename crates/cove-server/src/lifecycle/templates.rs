@@ -10,6 +10,7 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+use cove_depot::Depot;
 use cove_image::{Digest, LayerStore};
 use cove_runtime::{Layer, Template, template::TemplateError};
 use serde::{Deserialize, Serialize};
@@ -109,6 +110,8 @@ pub struct Templates {
     base: Arc<TemplateEntry>,
     catalog: Arc<Catalog>,
     store: LayerStore,
+    /// Where built templates' layers are shared with the other nodes of a cluster.
+    depot: Option<Arc<Depot>>,
     /// Snapshots (shared: they come and go while the server runs; stored by the lifecycle).
     snapshots: Arc<RwLock<Vec<TemplateEntry>>>,
 }
@@ -124,6 +127,7 @@ impl Templates {
         dir: &Path,
         catalog: Arc<Catalog>,
         store: LayerStore,
+        depot: Option<Arc<Depot>>,
     ) -> Result<Self, TemplateError> {
         let base = cove_runtime::template::base(&dir.join("base"))?;
         let entry = TemplateEntry {
@@ -149,6 +153,7 @@ impl Templates {
             base: Arc::new(entry),
             catalog,
             store,
+            depot,
             snapshots: Arc::default(),
         })
     }
@@ -164,6 +169,46 @@ impl Templates {
 
     pub fn store(&self) -> &LayerStore {
         &self.store
+    }
+
+    /// Where built templates' layers are shared, when the server shares them.
+    pub fn depot(&self) -> Option<&Arc<Depot>> {
+        self.depot.as_ref()
+    }
+
+    /// Makes sure this machine has the layers of built template `entry`, fetching from the
+    /// object store those it lacks (a template built on another node of the cluster); each
+    /// is kept for the build, as its builder keeps its own.
+    pub async fn ensure_local(&self, entry: &TemplateEntry) -> Result<(), LifecycleError> {
+        let TemplateKind::Built { build, .. } = &entry.kind else {
+            return Ok(());
+        };
+        let missing: Vec<&Digest> = entry
+            .store_layers
+            .iter()
+            .filter(|layer| !self.store.contains(layer))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let Some(depot) = &self.depot else {
+            return Err(LifecycleError::LayersUnavailable(format!(
+                "template {:?} was built on another node and this node has no object store to fetch its layers from (cove serve --object-store)",
+                entry.alias
+            )));
+        };
+        let owner = crate::build::owner(build);
+        for layer in missing {
+            depot.fetch(&self.store, layer, &owner).await.map_err(|err| {
+                tracing::warn!(err = %cove_image::error_chain(&err), template = %entry.id, %layer, "cannot fetch a template's layer");
+                LifecycleError::LayersUnavailable(format!(
+                    "cannot fetch template {:?}'s layers from the object store: {}",
+                    entry.alias,
+                    cove_image::error_chain(&err)
+                ))
+            })?;
+        }
+        Ok(())
     }
 
     /// The template `team` means by `name` (`id`, `name` or either with `:tag`): the team's

@@ -1,0 +1,128 @@
+//! Templates shared by the nodes of a cluster through an object store (`--object-store`):
+//! a template built on one node starts sandboxes on another, which fetches its layers on
+//! first use; a node without the object store says why it cannot, and the api's placement
+//! passes the create on to a node that can. Real parts: PostgreSQL, Debian's registry seeded
+//! with the test image, real builds and sandboxes, an object store that is a directory here
+//! (the S3 path is tested against a real S3 server in cove-depot). Skipped (with a message)
+//! where PostgreSQL is not installed.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{path::Path, time::Duration};
+
+use assert_cmd::Command;
+use common::cluster::{edge, node_with};
+use cove_sdk::{ConnectionConfig, CreateOptions, Error, Sandbox};
+use cove_test_util::{TestPostgres, TestServer, seeded_mirror};
+
+const DOCKERFILE: &str = "FROM debian:bookworm\nRUN echo built on node a > /built.txt\n";
+
+/// `cove template build` of `context` through `server`, as `name`.
+fn build(server: &TestServer, context: &Path, name: &str) -> String {
+    let output = Command::new(common::cove())
+        .env("COVE_API_URL", server.url())
+        .env("COVE_API_KEY", &server.api_key)
+        .env("COVE_LOG", "warn")
+        .timeout(Duration::from_secs(600))
+        .args([
+            "template",
+            "build",
+            context.to_str().unwrap(),
+            "--name",
+            name,
+        ])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{log}");
+    log
+}
+
+fn from(template: &str) -> CreateOptions {
+    CreateOptions {
+        template: Some(template.into()),
+        allow_internet_access: Some(false),
+        ..Default::default()
+    }
+}
+
+/// The layers in a node's layer store.
+fn layers(node: &TestServer) -> usize {
+    std::fs::read_dir(node.state_dir().join("images/layers/sha256"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_built_on_one_node_starts_sandboxes_on_another() {
+    if !TestPostgres::installed() {
+        eprintln!("SKIPPED: PostgreSQL is not installed (Debian package postgresql)");
+        return;
+    }
+    let postgres = TestPostgres::start();
+    let url = postgres.url();
+    let registry = seeded_mirror().await;
+    let mirror = format!("docker.io={}", registry.url());
+    let objects = tempfile::tempdir().unwrap();
+    let depot = format!("file://{}", objects.path().display());
+    let (_edge, domain) = edge(&url).await;
+    let shared = [
+        "--object-store",
+        depot.as_str(),
+        "--registry-mirror",
+        mirror.as_str(),
+    ];
+    let a = node_with("node-a", &url, &domain, &shared).await;
+    let b = node_with("node-b", &url, &domain, &shared).await;
+
+    let context = tempfile::tempdir().unwrap();
+    std::fs::write(context.path().join("Dockerfile"), DOCKERFILE).unwrap();
+    let log = build(&a, context.path(), "shared-app");
+    assert!(log.contains("in the object store"), "{log}");
+    let stored = std::fs::read_dir(objects.path().join("layers/sha256"))
+        .unwrap()
+        .count();
+    assert!(stored >= 4, "an archive and a record per layer: {stored}");
+    assert_eq!(layers(&b), 0, "node b has nothing of it yet");
+
+    // Node b's own REST API: it fetches the layers, then starts the sandbox.
+    let sandbox = Sandbox::create(&b.config(), from("shared-app"))
+        .await
+        .unwrap();
+    let out = sandbox.commands().run("cat /built.txt").await.unwrap();
+    assert_eq!(out.stdout.trim(), "built on node a");
+    assert_eq!(layers(&b), stored / 2, "node b keeps the layers it fetched");
+    // The second create finds them there.
+    let again = Sandbox::create(&b.config(), from("shared-app"))
+        .await
+        .unwrap();
+    assert!(again.kill().await.unwrap());
+    assert!(sandbox.kill().await.unwrap());
+
+    // A node without the object store cannot, and says why: 503, so the api tries another.
+    let c = node_with("node-c", &url, &domain, &[]).await;
+    let err = Sandbox::create(&c.config(), from("shared-app"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("built on another node") && text.contains("--object-store"),
+        "{text}"
+    );
+    assert!(matches!(err, Error::Api { status: 503, .. }), "{err:?}");
+
+    // Through the api, every create of it lands on a node that can start it.
+    let api = TestServer::launch(
+        common::cove(),
+        false,
+        &["--role", "api", "--database", &url],
+    )
+    .await;
+    let config = ConnectionConfig::new(&api.url(), &a.api_key).unwrap();
+    for _ in 0..4 {
+        let sandbox = Sandbox::create(&config, from("shared-app")).await.unwrap();
+        assert!(sandbox.kill().await.unwrap());
+    }
+    assert_eq!(layers(&c), 0);
+}
