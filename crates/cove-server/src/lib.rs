@@ -349,7 +349,20 @@ impl AppState {
         tracing::info!(adopted, state_dir = %config.state_dir.display(), "state opened");
         let membership = match &config.node {
             Some(node) => {
-                let capacity = cluster::capacity_now(lifecycle.all().len(), config.max_sandboxes);
+                match lifecycle.templates().find_cached() {
+                    Ok(found) => tracing::info!(
+                        templates = found,
+                        "built templates whose layers this node has"
+                    ),
+                    Err(err) => {
+                        tracing::warn!(?err, "cannot tell which templates' layers this node has")
+                    }
+                }
+                let capacity = cluster::capacity_now(
+                    lifecycle.all().len(),
+                    config.max_sandboxes,
+                    lifecycle.templates().cached(),
+                );
                 let membership = cluster::Membership::register(node.clone(), &store, &capacity)?;
                 tracing::info!(node = %node.id, address = %node.address, "joined the cluster");
                 Some(Arc::new(membership))
@@ -546,7 +559,9 @@ impl Server {
             tokio::spawn(cluster::run_heartbeats(
                 membership.clone(),
                 self.state.0.store.clone(),
-                move || cluster::capacity_now(counted.all().len(), max),
+                move || {
+                    cluster::capacity_now(counted.all().len(), max, counted.templates().cached())
+                },
             ))
         });
         let hangups = tokio::spawn(say_nothing_to_reload());

@@ -248,6 +248,7 @@ impl Builder {
         built: &crate::catalog::Built,
     ) -> Result<(), CatalogError> {
         self.catalog.finish_build(&build.id, Ok(built))?;
+        self.lifecycle.templates().note_cached(&template.id);
         for tag in &build.tags {
             if let Some(before) = self.catalog.assign_tag(&template.id, tag, &build.id)? {
                 self.release_if_untagged(&before)?;

@@ -105,8 +105,9 @@ pub async fn run_heartbeats(
     }
 }
 
-/// What this host has free now, and `sandboxes` of `max_sandboxes` in use.
-pub fn capacity_now(sandboxes: usize, max_sandboxes: usize) -> Capacity {
+/// What this host has free now, `sandboxes` of `max_sandboxes` in use, and the built
+/// templates whose layers it has.
+pub fn capacity_now(sandboxes: usize, max_sandboxes: usize, templates: Vec<String>) -> Capacity {
     let memory_free_mb = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|info| {
@@ -121,5 +122,6 @@ pub fn capacity_now(sandboxes: usize, max_sandboxes: usize) -> Capacity {
             .map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
         sandboxes,
         max_sandboxes,
+        templates,
     }
 }

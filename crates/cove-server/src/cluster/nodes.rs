@@ -38,6 +38,9 @@ pub struct Capacity {
     pub sandboxes: usize,
     /// The most it runs at once (`--max-sandboxes`).
     pub max_sandboxes: usize,
+    /// The built templates (ids) whose layers it has: their creates start without a fetch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<String>,
 }
 
 /// A node as the table has it.
@@ -164,6 +167,7 @@ mod tests {
             cpus: 2,
             sandboxes,
             max_sandboxes: 10,
+            templates: Vec::new(),
         }
     }
 

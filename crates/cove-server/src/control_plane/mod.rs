@@ -31,6 +31,7 @@ use crate::{
         ApiError, ApiQuery,
         listing::{ListQuery, page_v1, page_v2},
     },
+    catalog::{Catalog, Owner},
     cluster::{NodeRow, NodeState, Nodes, forward::Forwarder},
     front::{self, FrontConfig},
     keyring::KeyRing,
@@ -54,7 +55,11 @@ pub struct ControlConfig {
 struct Plane {
     store: Store,
     keys: KeyRing,
+    /// Templates by name, to prefer the nodes that have a create's template.
+    catalog: Catalog,
     forwarder: Forwarder,
+    /// Creates sent to each node since its last report.
+    sent: placement::Sent,
 }
 
 /// Serves as the control plane until SIGTERM/SIGINT.
@@ -65,7 +70,9 @@ pub async fn run(config: ControlConfig) -> Result<(), ServerError> {
     let plane = Arc::new(Plane {
         store: Store::open(&location)?,
         keys: KeyRing::open(&location)?,
+        catalog: Catalog::open(&location).map_err(crate::templates_setup::SetupError::from)?,
         forwarder: Forwarder::new(),
+        sent: placement::Sent::default(),
     });
     let listener = front::listen(config.listen).map_err(|source| ServerError::Listen {
         addr: config.listen,
@@ -149,9 +156,28 @@ async fn list_v1(
     Ok(page_v1(records, &query)?.into_response())
 }
 
+/// The built template a create body names (`templateID`, with or without a `:tag`), by id:
+/// none for the built-in ones, an unknown name or a body the node will refuse anyway.
+fn built_template(catalog: &Catalog, team: &str, body: &[u8]) -> Option<String> {
+    let request: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let name = request.get("templateID")?.as_str()?;
+    let bare = name.split(':').next().unwrap_or(name);
+    match tokio::task::block_in_place(|| catalog.find(team, bare)) {
+        Ok(Owner::Team(row)) => Some(row.id),
+        Ok(_) => None,
+        Err(err) => {
+            tracing::debug!(
+                ?err,
+                "cannot look up a create's template; placing it by room alone"
+            );
+            None
+        }
+    }
+}
+
 /// A create, placed and passed on.
 async fn create(State(plane): State<Arc<Plane>>, request: Request) -> Result<Response, ApiError> {
-    plane.team(request.headers())?;
+    let team = plane.team(request.headers())?;
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, MAX_CREATE_BODY)
         .await
@@ -161,10 +187,11 @@ async fn create(State(plane): State<Arc<Plane>>, request: Request) -> Result<Res
                 "the create request is too large",
             )
         })?;
-    let nodes = plane.nodes()?;
+    let nodes = plane.sent.counted(plane.nodes()?);
     let up = nodes.iter().filter(|n| n.state == NodeState::Up).count();
+    let template = built_template(&plane.catalog, &team, &body);
     let mut refused = None;
-    for node in placement::candidates(nodes, placement::draw)
+    for node in placement::candidates(nodes, template.as_deref(), placement::draw)
         .into_iter()
         .take(CREATE_TRIES)
     {
@@ -174,7 +201,12 @@ async fn create(State(plane): State<Arc<Plane>>, request: Request) -> Result<Res
                 tracing::info!(node = %node.id, "a node had no room for a create; offering it to the next");
                 refused = Some(answer);
             }
-            Ok(answer) => return Ok(answer),
+            Ok(answer) => {
+                if answer.status().is_success() {
+                    plane.sent.note(&node);
+                }
+                return Ok(answer);
+            }
             Err(_) => tracing::warn!(node = %node.id, "a node could not be reached for a create"),
         }
     }

@@ -1,8 +1,13 @@
 //! Which node a new sandbox goes to, decided here and at once (no scheduler round trip):
-//! the better of two nodes drawn at random among those up and not drained, by what they
-//! reported free at their last heartbeat; the rest follow, best first, for when the chosen
-//! one refuses. Drawing two spreads concurrent creates that all read the same reports,
-//! where always taking the emptiest node would send them all to it.
+//! the better of two nodes drawn at random among those up and not drained — among those that
+//! have the template's layers when some do, so its create needs no fetch — by what they
+//! reported free at their last heartbeat plus the creates this process sent them since; the
+//! rest follow, best first, for when the chosen one refuses. Drawing two spreads concurrent
+//! creates that all read the same reports, where always taking the emptiest node would send
+//! them all to it; counting one's own creates spreads those made one after the other between
+//! two reports.
+
+use std::{collections::HashMap, sync::Mutex};
 
 use crate::cluster::{NodeRow, NodeState};
 
@@ -14,17 +19,30 @@ fn room(node: &NodeRow) -> (u64, u64) {
     (free * 1000 / max, capacity.memory_free_mb)
 }
 
-/// The nodes to try for a new sandbox, in order; `draw(n)` is a random number below `n`.
-pub fn candidates(nodes: Vec<NodeRow>, mut draw: impl FnMut(usize) -> usize) -> Vec<NodeRow> {
+/// The nodes to try for a new sandbox of `template` (a built template's id, when the create
+/// names one), in order; `draw(n)` is a random number below `n`.
+pub fn candidates(
+    nodes: Vec<NodeRow>,
+    template: Option<&str>,
+    mut draw: impl FnMut(usize) -> usize,
+) -> Vec<NodeRow> {
     let mut open: Vec<NodeRow> = nodes
         .into_iter()
         .filter(|n| n.state == NodeState::Up && n.capacity.sandboxes < n.capacity.max_sandboxes)
         .collect();
-    if open.len() < 2 {
+    open.sort_by_key(|n| std::cmp::Reverse(room(n)));
+    // Those with the template's layers first (the sort is stable: best first within each).
+    let has = |n: &NodeRow| template.is_some_and(|t| n.capacity.templates.iter().any(|c| c == t));
+    open.sort_by_key(|n| !has(n));
+    let pool = match open.iter().filter(|n| has(n)).count() {
+        0 => open.len(),
+        with => with,
+    };
+    if pool < 2 {
         return open;
     }
-    let first = draw(open.len());
-    let mut second = draw(open.len() - 1);
+    let first = draw(pool);
+    let mut second = draw(pool - 1);
     if second >= first {
         second += 1;
     }
@@ -33,10 +51,46 @@ pub fn candidates(nodes: Vec<NodeRow>, mut draw: impl FnMut(usize) -> usize) -> 
     } else {
         first
     };
-    let chosen = open.swap_remove(chosen);
-    open.sort_by_key(|n| std::cmp::Reverse(room(n)));
+    let chosen = open.remove(chosen);
     open.insert(0, chosen);
     open
+}
+
+/// The creates this process sent each node since the node's last report: added to what the
+/// report says, until the next report (which counts them itself).
+#[derive(Debug, Default)]
+pub struct Sent {
+    since_report: Mutex<HashMap<String, (i64, usize)>>,
+}
+
+impl Sent {
+    /// `nodes` with the creates sent since their reports counted in.
+    pub fn counted(&self, mut nodes: Vec<NodeRow>) -> Vec<NodeRow> {
+        let mut sent = self.since_report.lock().unwrap_or_else(|e| e.into_inner());
+        sent.retain(|id, (report, _)| {
+            nodes
+                .iter()
+                .any(|n| &n.id == id && n.heartbeat_at == *report)
+        });
+        for node in &mut nodes {
+            if let Some((_, count)) = sent.get(&node.id) {
+                node.capacity.sandboxes += count;
+            }
+        }
+        nodes
+    }
+
+    /// One more create sent to `node` (as of its report at `report`).
+    pub fn note(&self, node: &NodeRow) {
+        let mut sent = self.since_report.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = sent
+            .entry(node.id.clone())
+            .or_insert((node.heartbeat_at, 0));
+        if entry.0 != node.heartbeat_at {
+            *entry = (node.heartbeat_at, 0);
+        }
+        entry.1 += 1;
+    }
 }
 
 /// A random number below `n` (`n` > 0).
@@ -64,6 +118,7 @@ mod tests {
                 cpus: 2,
                 sandboxes,
                 max_sandboxes: 10,
+                templates: Vec::new(),
             },
             started_at: 0,
             heartbeat_at: 0,
@@ -84,23 +139,64 @@ mod tests {
             node("e", NodeState::Up, 10),
             node("f", NodeState::Up, 5),
         ];
-        // Drawn: a (index 0) and f (index 2 of the open a, b, f): f has more room.
-        let mut draws = [0, 1].into_iter();
-        let order = candidates(nodes.clone(), |_| draws.next().unwrap());
+        // Open, by room: b, f, a. Drawn: f (index 1) and a (index 2): f has more room.
+        let mut draws = [1, 1].into_iter();
+        let order = candidates(nodes.clone(), None, |_| draws.next().unwrap());
         assert_eq!(ids(&order), ["f", "b", "a"]);
-        // Drawn: a and b: b.
+        // Drawn: b and f: b.
         let mut draws = [0, 0].into_iter();
         assert_eq!(
-            ids(&candidates(nodes.clone(), |_| draws.next().unwrap())),
+            ids(&candidates(nodes.clone(), None, |_| draws.next().unwrap())),
             ["b", "f", "a"]
         );
         assert_eq!(
-            ids(&candidates(vec![node("x", NodeState::Up, 1)], |_| 0)),
+            ids(&candidates(vec![node("x", NodeState::Up, 1)], None, |_| 0)),
             ["x"]
         );
-        assert!(candidates(vec![node("y", NodeState::Down, 0)], |_| 0).is_empty());
+        assert!(candidates(vec![node("y", NodeState::Down, 0)], None, |_| 0).is_empty());
         for _ in 0..100 {
             assert!(draw(3) < 3);
         }
+    }
+
+    #[test]
+    fn nodes_with_the_template_come_first() {
+        let mut with = node("with", NodeState::Up, 9);
+        with.capacity.templates = vec!["tpl".into()];
+        let mut also = node("also", NodeState::Up, 7);
+        also.capacity.templates = vec!["tpl".into(), "other".into()];
+        let nodes = vec![node("empty", NodeState::Up, 0), with, also];
+        // Two with it: the better of them, then the other, then the rest.
+        let order = candidates(nodes.clone(), Some("tpl"), |n| n - 1);
+        assert_eq!(ids(&order), ["also", "with", "empty"]);
+        // One with it: that one, then the rest by room.
+        let order = candidates(nodes.clone(), Some("other"), |_| 0);
+        assert_eq!(ids(&order), ["also", "empty", "with"]);
+        // None with it, or no template: room alone.
+        let order = candidates(nodes, Some("unknown"), |_| 0);
+        assert_eq!(order[0].id, "empty");
+    }
+
+    #[test]
+    fn creates_sent_since_a_report_count_until_the_next() {
+        let sent = Sent::default();
+        let (a, b) = (node("a", NodeState::Up, 2), node("b", NodeState::Up, 2));
+        // Two nodes always drawn together: without counting, every create between two
+        // reports would go to the same one.
+        let mut placed = Vec::new();
+        for _ in 0..4 {
+            let order = candidates(sent.counted(vec![a.clone(), b.clone()]), None, |n| n - 1);
+            sent.note(&order[0]);
+            placed.push(order[0].id.clone());
+        }
+        placed.sort();
+        assert_eq!(placed, ["a", "a", "b", "b"]);
+        // A new report counts them itself.
+        let mut reported = a.clone();
+        reported.heartbeat_at += 1;
+        reported.capacity.sandboxes = 4;
+        let counted = sent.counted(vec![reported, b.clone()]);
+        assert_eq!(counted[0].capacity.sandboxes, 4);
+        assert_eq!(counted[1].capacity.sandboxes, 4);
     }
 }

@@ -5,7 +5,7 @@
 //! back after a restart, listed and deleted like built ones.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
 };
@@ -112,6 +112,9 @@ pub struct Templates {
     store: LayerStore,
     /// Where built templates' layers are shared with the other nodes of a cluster.
     depot: Option<Arc<Depot>>,
+    /// The built templates (ids) whose layers this machine has, as far as it knows: built
+    /// or fetched here, or found complete at start. Reported to the cluster's placement.
+    cached: Arc<RwLock<BTreeSet<String>>>,
     /// Snapshots (shared: they come and go while the server runs; stored by the lifecycle).
     snapshots: Arc<RwLock<Vec<TemplateEntry>>>,
 }
@@ -154,6 +157,7 @@ impl Templates {
             catalog,
             store,
             depot,
+            cached: Arc::default(),
             snapshots: Arc::default(),
         })
     }
@@ -176,6 +180,43 @@ impl Templates {
         self.depot.as_ref()
     }
 
+    /// The built templates whose layers this machine has (see [`Templates::note_cached`]).
+    pub fn cached(&self) -> Vec<String> {
+        self.cached
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Notes that this machine has every layer of template `id` (its build finished here, or
+    /// they were fetched).
+    pub fn note_cached(&self, id: &str) {
+        self.cached
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned());
+    }
+
+    /// Finds the built templates whose default build's layers are all here (at start).
+    pub fn find_cached(&self) -> Result<usize, LifecycleError> {
+        let mut found = 0;
+        for row in self.catalog.all_templates()? {
+            let Some(build) = self.build_for(&row, None)? else {
+                continue;
+            };
+            let Some(entry) = self.entry(&row, &build) else {
+                continue;
+            };
+            if entry.store_layers.iter().all(|l| self.store.contains(l)) {
+                self.note_cached(&row.id);
+                found += 1;
+            }
+        }
+        Ok(found)
+    }
+
     /// Makes sure this machine has the layers of built template `entry`, fetching from the
     /// object store those it lacks (a template built on another node of the cluster); each
     /// is kept for the build, as its builder keeps its own.
@@ -189,6 +230,7 @@ impl Templates {
             .filter(|layer| !self.store.contains(layer))
             .collect();
         if missing.is_empty() {
+            self.note_cached(&entry.id);
             return Ok(());
         }
         let Some(depot) = &self.depot else {
@@ -208,6 +250,7 @@ impl Templates {
                 ))
             })?;
         }
+        self.note_cached(&entry.id);
         Ok(())
     }
 
