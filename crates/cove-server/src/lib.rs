@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod control_plane;
 pub mod edge;
 pub mod front;
+pub mod gateway;
 mod keyring;
 pub mod lifecycle;
 pub mod proxy;

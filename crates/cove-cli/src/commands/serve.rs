@@ -122,10 +122,10 @@ struct ClusterArgs {
     /// What this process is in a cluster sharing `--database` (PostgreSQL): `node` runs
     /// sandboxes on this machine, registers itself and reports every `--heartbeat`; `edge`
     /// passes sandbox traffic to the node that runs each sandbox (give the nodes its
-    /// `--domain`); `api` serves the cluster's REST API, placing creates on nodes. Without
-    /// it, a server on its own.
-    #[arg(long, env = "COVE_ROLE", value_enum)]
-    role: Option<RoleArg>,
+    /// `--domain`); `api` serves the cluster's REST API, placing creates on nodes; `api,edge`
+    /// both on one listener. Without it, a server on its own.
+    #[arg(long, env = "COVE_ROLE", value_enum, value_delimiter = ',')]
+    role: Vec<RoleArg>,
     /// This node's name in the cluster (default: the host's name).
     #[arg(long, env = "COVE_NODE_ID", requires = "role")]
     node_id: Option<String>,
@@ -178,15 +178,31 @@ enum RoleArg {
 }
 
 impl ClusterArgs {
+    /// Whether this process is a node, and the stateless roles it has otherwise; checked.
+    fn stateless_roles(&self) -> anyhow::Result<Option<(bool, bool)>> {
+        let (api, edge) = (
+            self.role.contains(&RoleArg::Api),
+            self.role.contains(&RoleArg::Edge),
+        );
+        if self.role.is_empty() || self.role.contains(&RoleArg::Node) {
+            anyhow::ensure!(
+                !(api || edge),
+                "--role node runs in a process of its own: the api and the edge reach it at its address (run them in another process, e.g. --role api,edge)"
+            );
+            return Ok(None);
+        }
+        Ok(Some((api, edge)))
+    }
+
     /// This process's node settings, checked against the rest of the configuration.
     fn node(
         &self,
         database: Option<&str>,
         listen: SocketAddr,
     ) -> anyhow::Result<Option<cove_server::cluster::NodeConfig>> {
-        let Some(RoleArg::Node) = self.role else {
+        if !self.role.contains(&RoleArg::Node) {
             return Ok(None);
-        };
+        }
         shared_database("node", database)?;
         anyhow::ensure!(
             self.node_down_after > self.heartbeat * 2,
@@ -429,10 +445,8 @@ impl StateDir {
 }
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
-    match args.cluster.role {
-        Some(RoleArg::Edge) => return run_edge(args),
-        Some(RoleArg::Api) => return run_control_plane(args),
-        Some(RoleArg::Node) | None => {}
+    if let Some((api, edge)) = args.cluster.stateless_roles()? {
+        return run_gateway(args, api, edge);
     }
     for file in &args.egress_ca_file {
         std::fs::File::open(file)
@@ -516,48 +530,39 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-/// `--role edge`: only the edge, no sandboxes here.
-fn run_edge(args: Args) -> anyhow::Result<std::process::ExitCode> {
+/// `--role api`, `--role edge` or both: no sandboxes here.
+fn run_gateway(args: Args, api: bool, edge: bool) -> anyhow::Result<std::process::ExitCode> {
+    let roles = match (api, edge) {
+        (true, true) => "api,edge",
+        (true, false) => "api",
+        _ => "edge",
+    };
+    let tls = args.operations.config().tls;
     anyhow::ensure!(
-        args.operations.config().tls.is_none(),
-        "--role edge does not serve TLS yet: put a TLS-terminating proxy in front of it"
+        !matches!(tls, Some(TlsSource::SelfSigned)),
+        "--role {roles} serves TLS from --tls-cert and --tls-key: a self-signed CA would differ in each process"
     );
-    let config = cove_server::edge::EdgeConfig {
+    let config = cove_server::gateway::GatewayConfig {
         listen: args.listen,
-        database: shared_database("edge", args.state.database.as_deref())?.to_owned(),
-        domain: args.domain,
+        database: shared_database(roles, args.state.database.as_deref())?.to_owned(),
+        api,
+        edge: edge.then_some(args.domain),
         front: args.front.config(),
+        tls,
+    };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    println!("Cove edge listening on http://{}", config.listen);
+    println!("Cove {roles} listening on {scheme}://{}", config.listen);
     runtime
-        .block_on(cove_server::edge::run(config))
-        .context("the edge failed")?;
-    Ok(std::process::ExitCode::SUCCESS)
-}
-
-/// `--role api`: only the cluster's REST API, no sandboxes here.
-fn run_control_plane(args: Args) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::ensure!(
-        args.operations.config().tls.is_none(),
-        "--role api does not serve TLS yet: put a TLS-terminating proxy in front of it"
-    );
-    let config = cove_server::control_plane::ControlConfig {
-        listen: args.listen,
-        database: shared_database("api", args.state.database.as_deref())?.to_owned(),
-        front: args.front.config(),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    println!("Cove cluster API listening on http://{}", config.listen);
-    runtime
-        .block_on(cove_server::control_plane::run(config))
-        .context("the cluster API failed")?;
+        .block_on(cove_server::gateway::run(config))
+        .with_context(|| format!("the {roles} failed"))?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -636,6 +641,32 @@ mod tests {
             .front
             .config();
         assert_eq!(parsed.timeouts.header_read, Duration::from_millis(1500));
+    }
+
+    #[derive(Parser)]
+    struct Roles {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    }
+
+    fn roles(role: &str) -> anyhow::Result<Option<(bool, bool)>> {
+        Roles::try_parse_from(["serve", "--role", role])
+            .unwrap()
+            .cluster
+            .stateless_roles()
+    }
+
+    #[test]
+    fn the_api_and_the_edge_may_share_a_process_but_a_node_runs_alone() {
+        assert_eq!(roles("api,edge").unwrap(), Some((true, true)));
+        assert_eq!(roles("edge,api").unwrap(), Some((true, true)));
+        assert_eq!(roles("edge").unwrap(), Some((false, true)));
+        assert_eq!(roles("node").unwrap(), None);
+        for mixed in ["node,edge", "api,node", "node,api,edge"] {
+            let err = roles(mixed).unwrap_err().to_string();
+            assert!(err.contains("process of its own"), "{mixed}: {err}");
+        }
+        assert!(Roles::try_parse_from(["serve", "--role", "api,proxy"]).is_err());
     }
 }
 

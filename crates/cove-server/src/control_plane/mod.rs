@@ -10,11 +10,12 @@
 //!   nodes that are down.
 //! - The rest (templates, snapshots, volumes) goes to a node that is up.
 //!
-//! Nodes check the API key again as they do for their own clients.
+//! Nodes check the API key again as they do for their own clients. The edge may share its
+//! process and listener ([`crate::gateway`]).
 
 mod placement;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     Router,
@@ -26,14 +27,13 @@ use axum::{
 };
 
 use crate::{
-    ServerError, ShutdownSignal,
+    ServerError,
     api::{
         ApiError, ApiQuery,
         listing::{ListQuery, page_v1, page_v2},
     },
     catalog::{Catalog, Owner},
     cluster::{NodeRow, NodeState, Nodes, forward::Forwarder},
-    front::{self, FrontConfig},
     keyring::KeyRing,
     store::Store,
 };
@@ -42,15 +42,6 @@ use crate::{
 const MAX_CREATE_BODY: usize = 1 << 20;
 /// Nodes a create is offered to before it is refused.
 const CREATE_TRIES: usize = 3;
-
-/// The control plane's settings.
-#[derive(Clone, Debug)]
-pub struct ControlConfig {
-    pub listen: SocketAddr,
-    /// The cluster's database (PostgreSQL).
-    pub database: String,
-    pub front: FrontConfig,
-}
 
 struct Plane {
     store: Store,
@@ -62,11 +53,9 @@ struct Plane {
     sent: placement::Sent,
 }
 
-/// Serves as the control plane until SIGTERM/SIGINT.
-pub async fn run(config: ControlConfig) -> Result<(), ServerError> {
-    let shutdown = ShutdownSignal::install().map_err(ServerError::Signals)?;
-    let front = front::Front::prepare(&config.front);
-    let location = cove_db::Location::parse(&config.database);
+/// The control plane's HTTP app on the cluster's database (PostgreSQL).
+pub fn open(database: &str) -> Result<Router, ServerError> {
+    let location = cove_db::Location::parse(database);
     let plane = Arc::new(Plane {
         store: Store::open(&location)?,
         keys: KeyRing::open(&location)?,
@@ -74,15 +63,7 @@ pub async fn run(config: ControlConfig) -> Result<(), ServerError> {
         forwarder: Forwarder::new(),
         sent: placement::Sent::default(),
     });
-    let listener = front::listen(config.listen).map_err(|source| ServerError::Listen {
-        addr: config.listen,
-        source,
-    })?;
-    tracing::info!(listen = %config.listen, "control plane ready");
-    front
-        .serve(listener, router(plane), shutdown.received())
-        .await;
-    Ok(())
+    Ok(router(plane))
 }
 
 fn router(plane: Arc<Plane>) -> Router {

@@ -6,11 +6,12 @@
 //! can serve one cluster, and one that restarts knows everything again at once.
 //!
 //! A sandbox whose node is down is answered 502 "lost"; one no node has, E2B's 502 "not
-//! found". The REST API is not the edge's but the api role's ([`crate::control_plane`]).
+//! found". The REST API is not the edge's but the api role's ([`crate::control_plane`]),
+//! which may share its process and listener ([`crate::gateway`]).
 
 mod routes;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     Router,
@@ -19,61 +20,36 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
+use tower::ServiceExt;
+
 use self::routes::{Found, Routes};
 use crate::{
-    ServerError, ShutdownSignal,
     cluster::forward::Forwarder,
-    front::{self, FrontConfig},
     proxy::{Route, classify},
     store::Store,
 };
-
-/// An edge's settings.
-#[derive(Clone, Debug)]
-pub struct EdgeConfig {
-    pub listen: SocketAddr,
-    /// The cluster's database (PostgreSQL).
-    pub database: String,
-    /// The domain of sandbox hosts (`{port}-{id}.{domain}`): the one the nodes' answers name
-    /// (their `--domain`); default `localhost:<port>`.
-    pub domain: Option<String>,
-    pub front: FrontConfig,
-}
 
 /// The edge, ready to route.
 pub struct Edge {
     routes: Routes,
     forwarder: Forwarder,
     domain: String,
+    /// What answers the requests that are not sandbox traffic, when the process has another
+    /// role on the same listener (the api); else they are refused.
+    rest: Option<Router>,
 }
 
-/// Serves as an edge until SIGTERM/SIGINT.
-pub async fn run(config: EdgeConfig) -> Result<(), ServerError> {
-    let shutdown = ShutdownSignal::install().map_err(ServerError::Signals)?;
-    let front = front::Front::prepare(&config.front);
-    let store = Store::open(&cove_db::Location::parse(&config.database))?;
-    let listener = front::listen(config.listen).map_err(|source| ServerError::Listen {
-        addr: config.listen,
-        source,
-    })?;
-    let port = listener
-        .local_addr()
-        .map_err(|source| ServerError::Listen {
-            addr: config.listen,
-            source,
-        })?
-        .port();
-    let domain = config.domain.unwrap_or_else(|| format!("localhost:{port}"));
-    tracing::info!(listen = %config.listen, %domain, "edge ready");
-    let edge = Arc::new(Edge {
-        routes: Routes::new(Arc::new(store)),
-        forwarder: Forwarder::new(),
-        domain,
-    });
-    front
-        .serve(listener, router(edge), shutdown.received())
-        .await;
-    Ok(())
+impl Edge {
+    /// An edge on the cluster's `store` for sandbox hosts under `domain` (the one the
+    /// nodes' answers name: their `--domain`), passing other requests to `rest`.
+    pub fn new(store: Arc<Store>, domain: String, rest: Option<Router>) -> Arc<Self> {
+        Arc::new(Self {
+            routes: Routes::new(store),
+            forwarder: Forwarder::new(),
+            domain,
+            rest,
+        })
+    }
 }
 
 /// The edge's HTTP app.
@@ -83,6 +59,10 @@ pub fn router(edge: Arc<Edge>) -> Router {
 
 async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
     let (id, found) = match classify(&request, &edge.domain) {
+        None if let Some(rest) = &edge.rest => {
+            let Ok(response) = rest.clone().oneshot(request).await;
+            return response;
+        }
         // Its own health, for load balancers and probes (a sandbox's `/health` names it).
         None if request.uri().path() == "/health" => return StatusCode::OK.into_response(),
         None => return not_sandbox_traffic(),

@@ -1,0 +1,74 @@
+//! The stateless roles of a cluster — the api ([`crate::control_plane`]) and the edge
+//! ([`crate::edge`]) — served by one process, each alone or both on one listener
+//! (`cove serve --role api,edge`): sandbox traffic (by its headers, host or signature) goes
+//! to the edge, everything else to the api. Both keep no state: any number of such processes
+//! serve one cluster. A node runs in a process of its own: the api and the edge reach it at
+//! its address.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use crate::{
+    ServerError, ShutdownSignal, control_plane, edge,
+    front::{self, FrontConfig},
+    store::Store,
+    tls::{self, TlsSource},
+};
+
+/// A stateless process's settings.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    /// The cluster's database (PostgreSQL).
+    pub database: String,
+    /// Serve the cluster's REST API.
+    pub api: bool,
+    /// Route sandbox traffic, for sandbox hosts under this domain (the nodes' `--domain`;
+    /// default `localhost:<port>`).
+    pub edge: Option<Option<String>>,
+    pub front: FrontConfig,
+    /// TLS from certificate files (a self-signed CA would differ per process).
+    pub tls: Option<TlsSource>,
+}
+
+/// Serves until SIGTERM/SIGINT.
+pub async fn run(config: GatewayConfig) -> Result<(), ServerError> {
+    let shutdown = ShutdownSignal::install().map_err(ServerError::Signals)?;
+    let mut front = front::Front::prepare(&config.front);
+    let listener = front::listen(config.listen).map_err(|source| ServerError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?
+        .port();
+    let domain = config
+        .edge
+        .clone()
+        .map(|domain| domain.unwrap_or_else(|| format!("localhost:{port}")));
+    if let Some(source) = &config.tls {
+        let host = domain
+            .as_deref()
+            .map_or("localhost", |d| d.rsplit_once(':').map_or(d, |(h, _)| h));
+        // Certificate files need no state directory.
+        let (acceptor, _) = tls::acceptor(source, std::path::Path::new("/nonexistent"), host)?;
+        front = front.with_tls(acceptor);
+    }
+    let api = config
+        .api
+        .then(|| control_plane::open(&config.database))
+        .transpose()?;
+    let app = match domain.clone() {
+        Some(domain) => {
+            let store = Store::open(&cove_db::Location::parse(&config.database))?;
+            edge::router(edge::Edge::new(Arc::new(store), domain, api))
+        }
+        None => api.expect("a gateway has the api, the edge or both"),
+    };
+    tracing::info!(listen = %config.listen, api = config.api, edge = ?domain, tls = config.tls.is_some(), "ready");
+    front.serve(listener, app, shutdown.received()).await;
+    Ok(())
+}
