@@ -150,3 +150,82 @@ async fn a_template_built_on_one_node_starts_sandboxes_on_another() {
         assert!(sandbox.kill().await.unwrap());
     }
 }
+
+/// Which node runs sandbox `id`, by the database's records.
+fn node_of(store: &cove_server::store::Store, id: &str) -> String {
+    store.placed(Some(id)).unwrap().remove(0).1.id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshots_sandboxes_start_on_the_node_that_has_it() {
+    if !TestPostgres::installed() {
+        eprintln!("SKIPPED: PostgreSQL is not installed (Debian package postgresql)");
+        return;
+    }
+    let postgres = TestPostgres::start();
+    let url = postgres.url();
+    let (edge, domain) = edge(&url).await;
+    let a = node_with("node-a", &url, &domain, &[]).await;
+    let _b = node_with("node-b", &url, &domain, &[]).await;
+    let api = TestServer::launch(
+        common::cove(),
+        false,
+        &["--role", "api", "--database", &url],
+    )
+    .await;
+    let config = ConnectionConfig::new(&api.url(), &a.api_key)
+        .unwrap()
+        .with_sandbox_url(&edge.url());
+    let store = cove_server::open_store(a.state_dir(), Some(&url)).unwrap();
+
+    let source = Sandbox::create(&config, from("base")).await.unwrap();
+    source
+        .files()
+        .write("/home/user/kept.txt", b"from the source".to_vec())
+        .await
+        .unwrap();
+    let home = node_of(&store, source.id());
+    let snapshot = source.snapshot(Some("kept")).await.unwrap();
+
+    // Every create from it goes to its node, whichever node the draw would have picked.
+    let mut made = Vec::new();
+    for _ in 0..4 {
+        let sandbox = Sandbox::create(&config, from(&snapshot.snapshot_id))
+            .await
+            .unwrap();
+        assert_eq!(node_of(&store, sandbox.id()), home);
+        let out = sandbox
+            .commands()
+            .run("cat /home/user/kept.txt")
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, "from the source");
+        made.push(sandbox);
+    }
+
+    // Listed through the api, and deleted through it (on its node).
+    let http = reqwest::Client::new();
+    let listed: Vec<serde_json::Value> = http
+        .get(format!("{}/snapshots", api.url()))
+        .header("x-api-key", &a.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["snapshotID"], snapshot.snapshot_id.as_str());
+    assert!(
+        Sandbox::delete_snapshot(&config, &snapshot.snapshot_id)
+            .await
+            .unwrap()
+    );
+    let err = Sandbox::create(&config, from(&snapshot.snapshot_id))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    for sandbox in made.into_iter().chain([source]) {
+        assert!(sandbox.kill().await.unwrap());
+    }
+}

@@ -30,6 +30,7 @@ const MIGRATIONS: &[Migration] = &[
     step!(2, "0002_template_runtime"),
     step!(3, "0003_versions"),
     step!(4, "0004_nodes"),
+    step!(5, "0005_snapshot_node"),
 ];
 
 /// How many steps there are.

@@ -405,12 +405,13 @@ impl Store {
         Ok(())
     }
 
-    /// Inserts or replaces a template of `team` (a snapshot), stored as JSON.
+    /// Inserts or replaces a template of `team` (a snapshot), stored as JSON, on this
+    /// store's node (where its layers are).
     pub fn put_template<T: Serialize>(&self, id: &str, team: &str, entry: &T) -> Result<()> {
         self.db.execute(
-            "INSERT INTO templates (id, team, entry) VALUES (?1, ?2, ?3)
-             ON CONFLICT (id) DO UPDATE SET team = excluded.team, entry = excluded.entry",
-            params![id, team, serde_json::to_string(entry)?],
+            "INSERT INTO templates (id, team, entry, node) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET team = excluded.team, entry = excluded.entry, node = excluded.node",
+            params![id, team, serde_json::to_string(entry)?, self.node.as_deref()],
         )?;
         Ok(())
     }
@@ -421,9 +422,31 @@ impl Store {
         Ok(())
     }
 
-    /// Every stored template.
+    /// Every stored template (of a node: those whose layers are on it).
     pub fn templates<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>> {
-        self.records("SELECT entry FROM templates ORDER BY id")
+        match &self.node {
+            Some(node) => self.records_where(
+                "SELECT entry FROM templates WHERE node = ?1 OR node IS NULL ORDER BY id",
+                &[cove_db::Value::from(node.as_str())],
+            ),
+            None => self.records("SELECT entry FROM templates ORDER BY id"),
+        }
+    }
+
+    /// `team`'s stored templates on every node, with the node each is on (none: a server
+    /// that is not part of a cluster).
+    pub fn cluster_templates<T: serde::de::DeserializeOwned>(
+        &self,
+        team: &str,
+    ) -> Result<Vec<(T, Option<String>)>> {
+        self.db
+            .query(
+                "SELECT entry, node FROM templates WHERE team = ?1 ORDER BY id",
+                params![team],
+            )?
+            .iter()
+            .map(|row| Ok((serde_json::from_str(&row.text(0)?)?, row.opt_text(1)?)))
+            .collect()
     }
 
     /// Adds a volume; a conflict ([`StoreError::is_conflict`]) when its team has one of

@@ -7,7 +7,7 @@ mod metrics;
 mod network;
 mod pause;
 mod sandboxes;
-mod snapshots;
+pub mod snapshots;
 mod templates;
 mod volume_content;
 mod volumes;

@@ -68,15 +68,35 @@ pub async fn list(
     team: Team,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let limit = query
-        .limit
-        .unwrap_or(MAX_PAGE as i64)
-        .clamp(1, MAX_PAGE as i64) as usize;
-    let mut found = state.lifecycle().snapshots(
+    let found = state.lifecycle().snapshots(
         &team.0,
         query.sandbox_id.as_deref().filter(|s| !s.is_empty()),
         query.name.as_deref().filter(|s| !s.is_empty()),
     );
+    page(found, &query)
+}
+
+/// `GET /snapshots` of `team` over `entries` (every snapshot of the team, wherever it is):
+/// the ones `query` asks for, a page of them.
+pub fn list_of(
+    entries: Vec<TemplateEntry>,
+    team: &str,
+    query: &ListQuery,
+) -> Result<Response, ApiError> {
+    let found = crate::lifecycle::select_snapshots(
+        entries,
+        team,
+        query.sandbox_id.as_deref().filter(|s| !s.is_empty()),
+        query.name.as_deref().filter(|s| !s.is_empty()),
+    );
+    page(found, query)
+}
+
+fn page(mut found: Vec<TemplateEntry>, query: &ListQuery) -> Result<Response, ApiError> {
+    let limit = query
+        .limit
+        .unwrap_or(MAX_PAGE as i64)
+        .clamp(1, MAX_PAGE as i64) as usize;
     if let Some(token) = &query.next_token {
         let after = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(token)

@@ -35,6 +35,7 @@ use crate::{
     catalog::{Catalog, Owner},
     cluster::{NodeRow, NodeState, Nodes, forward::Forwarder},
     keyring::KeyRing,
+    query::percent_decode,
     store::Store,
 };
 
@@ -71,6 +72,7 @@ fn router(plane: Arc<Plane>) -> Router {
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/sandboxes", get(list_v1).post(create))
         .route("/v2/sandboxes", get(list_v2).post(create))
+        .route("/snapshots", get(list_snapshots))
         .fallback(pass_on)
         .with_state(plane)
 }
@@ -137,23 +139,95 @@ async fn list_v1(
     Ok(page_v1(records, &query)?.into_response())
 }
 
-/// The built template a create body names (`templateID`, with or without a `:tag`), by id:
-/// none for the built-in ones, an unknown name or a body the node will refuse anyway.
-fn built_template(catalog: &Catalog, team: &str, body: &[u8]) -> Option<String> {
-    let request: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let name = request.get("templateID")?.as_str()?;
-    let bare = name.split(':').next().unwrap_or(name);
-    match tokio::task::block_in_place(|| catalog.find(team, bare)) {
-        Ok(Owner::Team(row)) => Some(row.id),
-        Ok(_) => None,
-        Err(err) => {
-            tracing::debug!(
-                ?err,
-                "cannot look up a create's template; placing it by room alone"
-            );
-            None
-        }
+/// `team`'s snapshots on every node of the cluster, with the node each is on; those of
+/// nodes that are down are left out (their sandboxes cannot start now).
+fn snapshots(
+    plane: &Plane,
+    team: &str,
+) -> Result<Vec<(crate::lifecycle::TemplateEntry, Option<NodeRow>)>, ApiError> {
+    let stored = tokio::task::block_in_place(|| {
+        plane
+            .store
+            .cluster_templates::<crate::lifecycle::TemplateEntry>(team)
+    })
+    .map_err(store_error)?;
+    let nodes = plane.nodes()?;
+    Ok(stored
+        .into_iter()
+        .filter_map(|(entry, node)| match node {
+            None => Some((entry, None)),
+            Some(id) => {
+                let row = nodes.iter().find(|n| n.id == id)?.clone();
+                (row.state != NodeState::Down).then_some((entry, Some(row)))
+            }
+        })
+        .collect())
+}
+
+async fn list_snapshots(
+    State(plane): State<Arc<Plane>>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<crate::api::snapshots::ListQuery>,
+) -> Result<Response, ApiError> {
+    let team = plane.team(&headers)?;
+    let entries = snapshots(&plane, &team)?
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
+    crate::api::snapshots::list_of(entries, &team, &query)
+}
+
+/// Where a create must or should go, by the template its body names (`templateID`, with
+/// or without a `:tag`).
+#[derive(Debug, PartialEq, Eq)]
+enum Wanted {
+    /// Any node (a built-in template, an unknown name, a body the node will refuse anyway).
+    Anywhere,
+    /// Preferably a node that has this built template's layers.
+    Template(String),
+    /// The node a snapshot's layers are on: only there.
+    Node { node: String, snapshot: String },
+}
+
+fn wanted(plane: &Plane, team: &str, body: &[u8]) -> Result<Wanted, ApiError> {
+    let Some(name) = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|r| r.get("templateID")?.as_str().map(str::to_owned))
+    else {
+        return Ok(Wanted::Anywhere);
+    };
+    let stored = tokio::task::block_in_place(|| {
+        plane
+            .store
+            .cluster_templates::<crate::lifecycle::TemplateEntry>(team)
+    })
+    .map_err(store_error)?;
+    if let Some((entry, node)) = stored.into_iter().find(|(e, _)| e.answers_to(&name)) {
+        return Ok(match node {
+            Some(node) => Wanted::Node {
+                node,
+                snapshot: entry.alias,
+            },
+            None => Wanted::Anywhere,
+        });
     }
+    let bare = name.split(':').next().unwrap_or(&name);
+    Ok(
+        match tokio::task::block_in_place(|| plane.catalog.find(team, bare)) {
+            Ok(Owner::Team(row)) => Wanted::Template(row.id),
+            Ok(_) => Wanted::Anywhere,
+            Err(err) if err.is_unavailable() => {
+                return Err(crate::api::database_unavailable(&err));
+            }
+            Err(err) => {
+                tracing::warn!(
+                    ?err,
+                    "cannot look up a create's template; placing it by room alone"
+                );
+                Wanted::Anywhere
+            }
+        },
+    )
 }
 
 /// A create, placed and passed on.
@@ -170,12 +244,31 @@ async fn create(State(plane): State<Arc<Plane>>, request: Request) -> Result<Res
         })?;
     let nodes = plane.sent.counted(plane.nodes()?);
     let up = nodes.iter().filter(|n| n.state == NodeState::Up).count();
-    let template = built_template(&plane.catalog, &team, &body);
+    let candidates = match wanted(&plane, &team, &body)? {
+        Wanted::Anywhere => placement::candidates(nodes, None, placement::draw),
+        Wanted::Template(id) => placement::candidates(nodes, Some(&id), placement::draw),
+        Wanted::Node { node, snapshot } => {
+            let there: Vec<NodeRow> = nodes.into_iter().filter(|n| n.id == node).collect();
+            let open = placement::candidates(there.clone(), None, placement::draw);
+            if open.is_empty() {
+                let state = match there.first() {
+                    Some(n) if n.state == NodeState::Up => "full",
+                    Some(n) => n.state.as_str(),
+                    None => "gone",
+                };
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "snapshot {snapshot:?} is on node {node}, which cannot take sandboxes now ({state}); its sandboxes start only there"
+                    ),
+                )
+                .retry_after(5));
+            }
+            open
+        }
+    };
     let mut refused = None;
-    for node in placement::candidates(nodes, template.as_deref(), placement::draw)
-        .into_iter()
-        .take(CREATE_TRIES)
-    {
+    for node in candidates.into_iter().take(CREATE_TRIES) {
         let offer = Request::from_parts(parts.clone(), Body::from(body.clone()));
         match plane.forwarder.send(&node.address, offer).await {
             Ok(answer) if answer.status() == StatusCode::SERVICE_UNAVAILABLE => {
@@ -201,6 +294,14 @@ async fn create(State(plane): State<Arc<Plane>>, request: Request) -> Result<Res
     }
 }
 
+/// The template a path is about: `/templates/{id}…` (`DELETE /templates/{id}` deletes a
+/// snapshot, which lives on one node).
+fn template_of(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/templates/")?;
+    let id = rest.split('/').next()?;
+    (!id.is_empty()).then_some(id)
+}
+
 /// The sandbox a path is about: `/sandboxes/{id}…` or `/v2/sandboxes/{id}…`.
 fn sandbox_of(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/v2").unwrap_or(path);
@@ -212,7 +313,15 @@ fn sandbox_of(path: &str) -> Option<&str> {
 /// Any other request: to the node of its sandbox, or to a node that is up.
 async fn pass_on(State(plane): State<Arc<Plane>>, request: Request) -> Result<Response, ApiError> {
     let team = plane.team(request.headers())?;
+    let snapshot_node = match template_of(request.uri().path()).and_then(percent_decode) {
+        Some(id) => snapshots(&plane, &team)?
+            .into_iter()
+            .find(|(e, _)| e.answers_to(&id))
+            .and_then(|(_, node)| node),
+        None => None,
+    };
     let address = match sandbox_of(request.uri().path()) {
+        _ if let Some(node) = snapshot_node => node.address,
         Some(id) => {
             let placed = tokio::task::block_in_place(|| plane.store.placed(Some(id)))
                 .map_err(store_error)?;

@@ -43,6 +43,7 @@ pub use self::{
     private::{PrivateSandbox, PrivateSpec},
     registry::{Ended, Live},
     settings::{HostCaps, MAX_TIMEOUT_SECS},
+    snapshot::select_snapshots,
     templates::{StartCommand, TemplateEntry, TemplateKind, Templates},
 };
 use crate::store::{SandboxRecord, Store, StoreError};

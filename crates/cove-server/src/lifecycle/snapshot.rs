@@ -270,21 +270,7 @@ impl Lifecycle {
         sandbox: Option<&str>,
         name: Option<&str>,
     ) -> Vec<TemplateEntry> {
-        let mut found: Vec<TemplateEntry> = self
-            .templates
-            .snapshots(team)
-            .into_iter()
-            .filter(|e| match &e.kind {
-                TemplateKind::Snapshot { sandbox: of, .. } => {
-                    sandbox.is_none_or(|s| s == of)
-                        && name
-                            .is_none_or(|n| e.answers_to(n) || e.answers_to(&format!("{team}/{n}")))
-                }
-                TemplateKind::BuiltIn | TemplateKind::Built { .. } => false,
-            })
-            .collect();
-        found.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
-        found
+        select_snapshots(self.templates.snapshots(team), team, sandbox, name)
     }
 
     /// The snapshot of `team` that `name` names, if it names one.
@@ -395,6 +381,28 @@ fn check_name(name: &str) -> Result<(), LifecycleError> {
             "invalid snapshot name {name:?}: use letters, digits, '-', '_' and '.' (at most 128)"
         )))
     }
+}
+
+/// The snapshots among `entries` (of `team`), newest first: of sandbox `sandbox` or named
+/// `name` when given.
+pub fn select_snapshots(
+    entries: impl IntoIterator<Item = TemplateEntry>,
+    team: &str,
+    sandbox: Option<&str>,
+    name: Option<&str>,
+) -> Vec<TemplateEntry> {
+    let mut found: Vec<TemplateEntry> = entries
+        .into_iter()
+        .filter(|e| match &e.kind {
+            TemplateKind::Snapshot { sandbox: of, .. } => {
+                sandbox.is_none_or(|s| s == of)
+                    && name.is_none_or(|n| e.answers_to(n) || e.answers_to(&format!("{team}/{n}")))
+            }
+            TemplateKind::BuiltIn | TemplateKind::Built { .. } => false,
+        })
+        .collect();
+    found.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+    found
 }
 
 #[cfg(test)]
