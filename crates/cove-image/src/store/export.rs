@@ -324,11 +324,17 @@ mod tests {
         id
     }
 
-    #[tokio::test]
-    async fn a_made_layer_travels_whole_under_its_id() {
+    /// Two machines' stores.
+    fn two_stores() -> (tempfile::TempDir, LayerStore, LayerStore) {
         let dir = tempfile::tempdir().unwrap();
         let here = LayerStore::open(dir.path().join("here"), StoreOptions::default()).unwrap();
         let there = LayerStore::open(dir.path().join("there"), StoreOptions::default()).unwrap();
+        (dir, here, there)
+    }
+
+    #[tokio::test]
+    async fn a_made_layer_travels_whole_under_its_id() {
+        let (_dir, here, there) = two_stores();
         let id = made_layer(&here);
         let mut archive = Vec::new();
         let exported = here.export_layer(&id, &mut archive).unwrap();
@@ -382,9 +388,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_archive_that_is_not_the_exported_one_is_refused_and_nothing_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let here = LayerStore::open(dir.path().join("here"), StoreOptions::default()).unwrap();
-        let there = LayerStore::open(dir.path().join("there"), StoreOptions::default()).unwrap();
+        let (_dir, here, there) = two_stores();
         let id = made_layer(&here);
         let mut archive = Vec::new();
         let exported = here.export_layer(&id, &mut archive).unwrap();
