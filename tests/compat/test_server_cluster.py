@@ -447,21 +447,11 @@ def https_gateway(cluster_database: str) -> Iterator[SimpleNamespace]:
         )
 
 
-# The api and the edge pass a request on to its node over HTTP/1.1 (cluster/forward.rs) but
-# keep the version it came in with, which over TLS is HTTP/2 (ALPN) for the SDK's default:
-# hyper's client refuses it ("Connection is HTTP/1, but request requires HTTP/2"), so creates
-# answer 503 and sandbox traffic 502.
-FORWARDS_HTTP2_AS_IS = pytest.mark.xfail(
-    strict=True,
-    reason="cluster/forward.rs passes an HTTP/2 request on to a node's HTTP/1 connection",
-)
-
-
 @pytest.mark.parametrize(
     ("sandbox_url", "http_version"),
     [
-        pytest.param("unset", "2", marks=FORWARDS_HTTP2_AS_IS),
-        pytest.param("the same address", "2", marks=FORWARDS_HTTP2_AS_IS),
+        ("unset", "2"),
+        ("the same address", "2"),
         ("unset", "1.1"),
         ("the same address", "1.1"),
     ],

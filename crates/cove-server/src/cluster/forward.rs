@@ -58,6 +58,17 @@ impl Forwarder {
         };
         let upgrade = wanted_upgrade(request.headers());
         let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        // Nodes are reached over HTTP/1.1 whatever the client speaks (HTTP/2 over TLS); the
+        // authority an HTTP/2 request carries in its URI is the Host the node routes by.
+        if !request.headers().contains_key(header::HOST)
+            && let Some(host) = request
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        *request.version_mut() = axum::http::Version::HTTP_11;
         *request.uri_mut() = uri;
         strip_hop_by_hop(request.headers_mut());
         if let Some(protocol) = &upgrade {
@@ -175,5 +186,35 @@ mod tests {
         upgrade.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         upgrade.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert_eq!(wanted_upgrade(&upgrade).unwrap(), "websocket");
+    }
+
+    /// A node sees an HTTP/2 client's request as HTTP/1.1, with the authority it was sent
+    /// to as its Host (found with the api and the edge behind TLS: the SDK speaks HTTP/2
+    /// there, and every create and sandbox call failed).
+    #[tokio::test]
+    async fn http2_requests_reach_nodes_as_http1_with_their_host() {
+        let node = axum::Router::new().fallback(|request: Request| async move {
+            let host = request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("none")
+                .to_owned();
+            format!("{host} {:?}", request.version())
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let served = tokio::spawn(async move { axum::serve(listener, node).await });
+        let mut request = Request::new(Body::empty());
+        *request.version_mut() = axum::http::Version::HTTP_2;
+        *request.uri_mut() = "https://49983-abc.cove.localhost:8443/health"
+            .parse()
+            .unwrap();
+        let response = Forwarder::new().send(&address, request).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(body, "49983-abc.cove.localhost:8443 HTTP/1.1");
+        served.abort();
     }
 }

@@ -139,29 +139,13 @@ async fn list_v1(
     Ok(page_v1(records, &query)?.into_response())
 }
 
-/// `team`'s snapshots on every node of the cluster, with the node each is on; those of
-/// nodes that are down are left out (their sandboxes cannot start now).
+/// `team`'s snapshots on every node of the cluster, with the node each is on (none: one
+/// made before the server joined a cluster).
 fn snapshots(
     plane: &Plane,
     team: &str,
-) -> Result<Vec<(crate::lifecycle::TemplateEntry, Option<NodeRow>)>, ApiError> {
-    let stored = tokio::task::block_in_place(|| {
-        plane
-            .store
-            .cluster_templates::<crate::lifecycle::TemplateEntry>(team)
-    })
-    .map_err(store_error)?;
-    let nodes = plane.nodes()?;
-    Ok(stored
-        .into_iter()
-        .filter_map(|(entry, node)| match node {
-            None => Some((entry, None)),
-            Some(id) => {
-                let row = nodes.iter().find(|n| n.id == id)?.clone();
-                (row.state != NodeState::Down).then_some((entry, Some(row)))
-            }
-        })
-        .collect())
+) -> Result<Vec<(crate::lifecycle::TemplateEntry, Option<String>)>, ApiError> {
+    tokio::task::block_in_place(|| plane.store.cluster_templates(team)).map_err(store_error)
 }
 
 async fn list_snapshots(
@@ -170,8 +154,16 @@ async fn list_snapshots(
     ApiQuery(query): ApiQuery<crate::api::snapshots::ListQuery>,
 ) -> Result<Response, ApiError> {
     let team = plane.team(&headers)?;
+    let nodes = plane.nodes()?;
+    // Those of nodes that are down are left out: their sandboxes cannot start now.
+    let down = |id: &String| {
+        nodes
+            .iter()
+            .any(|n| &n.id == id && n.state == NodeState::Down)
+    };
     let entries = snapshots(&plane, &team)?
         .into_iter()
+        .filter(|(_, node)| !node.as_ref().is_some_and(down))
         .map(|(e, _)| e)
         .collect();
     crate::api::snapshots::list_of(entries, &team, &query)
@@ -196,13 +188,10 @@ fn wanted(plane: &Plane, team: &str, body: &[u8]) -> Result<Wanted, ApiError> {
     else {
         return Ok(Wanted::Anywhere);
     };
-    let stored = tokio::task::block_in_place(|| {
-        plane
-            .store
-            .cluster_templates::<crate::lifecycle::TemplateEntry>(team)
-    })
-    .map_err(store_error)?;
-    if let Some((entry, node)) = stored.into_iter().find(|(e, _)| e.answers_to(&name)) {
+    if let Some((entry, node)) = snapshots(plane, team)?
+        .into_iter()
+        .find(|(e, _)| e.answers_to(&name))
+    {
         return Ok(match node {
             Some(node) => Wanted::Node {
                 node,
@@ -317,7 +306,8 @@ async fn pass_on(State(plane): State<Arc<Plane>>, request: Request) -> Result<Re
         Some(id) => snapshots(&plane, &team)?
             .into_iter()
             .find(|(e, _)| e.answers_to(&id))
-            .and_then(|(_, node)| node),
+            .and_then(|(_, node)| node)
+            .and_then(|node| plane.nodes().ok()?.into_iter().find(|n| n.id == node)),
         None => None,
     };
     let address = match sandbox_of(request.uri().path()) {
