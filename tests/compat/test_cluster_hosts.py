@@ -1,10 +1,13 @@
 """The cluster as it runs on several machines (docs/CLUSTER.md), here on one: three nodes, each
 in a network namespace of its own behind a veth pair, so that each is a host of its own to the
 network (it listens on its own address and is reached there), and on the host one api, one
-edge and a PostgreSQL. The nodes reach the database at the host side of their veth (a
-`TcpRelay` there: the test's PostgreSQL listens on the loopback only); the api and the edge
-reach the nodes at their addresses. The official Python SDK is set up as a user of the
-cluster sets it up, `E2B_API_URL` the api and `E2B_SANDBOX_URL` the edge.
+edge, a PostgreSQL and a registry (Debian's docker-registry seeded with the test image, the
+nodes' mirror of docker.io). The nodes reach the database and the registry at the host side
+of their veth (`TcpRelay`s there: both listen on the loopback only); the api and the edge
+reach the nodes at their addresses. The nodes share an object store, a directory
+(`--object-store file://…`), as the nodes of a cluster share a bucket. The official Python SDK
+is set up as a user of the cluster sets it up, `E2B_API_URL` the api and `E2B_SANDBOX_URL`
+the edge.
 
 What is proved, with real sandboxes:
 
@@ -15,12 +18,18 @@ What is proved, with real sandboxes:
   nodes' keep working and new creates go to those nodes; started again on its state dir (same
   id, same namespace) it is up again, and its sandboxes answer again with their files;
 - a drained node (`cove nodes drain`) gets no creates while its sandboxes keep working;
-  undrained, it gets creates again.
+  undrained, it gets creates again;
+- a template built on one node (`cove template build` against its own REST API) starts
+  sandboxes on the others: created through the api, and through each other node's own REST
+  API where the api put none, each runs what the build's RUN step wrote; a node has the
+  template's layers (those the build stored in the object store) only once a sandbox of it
+  was created there.
 
 Every address used is on this machine (10.201.X.0/24 on the veths). The nodes' sandboxes are
 killed and the nodes stopped and checked as `RestartableCoveServer` does; the namespaces,
-links and state directories go too, also when a test fails. No timing is asserted: the waits
-are generous, speed is the benchmark's business (cove-bench --only cluster).
+links, relays, state directories and the object store go too, also when a test fails. No
+timing is asserted: the waits are generous, speed is the benchmark's business (cove-bench
+--only cluster).
 """
 
 from __future__ import annotations
@@ -68,6 +77,13 @@ AT_ONCE = 8
 # The sandboxes' lifetime: longer than the module takes on a slow machine.
 SANDBOX_TIMEOUT = 3600
 FILE = "/home/user/mark.txt"
+# The template built on one node; what its RUN step writes, and where.
+BUILDER = "node-1"
+TEMPLATE = "built-on-one-host"
+BUILT_FILE, BUILT_TEXT = "/built.txt", f"built on {BUILDER}"
+DOCKERFILE = f"FROM debian:bookworm\nRUN echo {BUILT_TEXT} > {BUILT_FILE}\n"
+# A create that fetches the template's layers first (unpacked by a debug build) may be slow.
+FETCH_WITHIN = 600.0
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -87,16 +103,20 @@ def free_subnets(count: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def cluster(cluster_database: str) -> SimpleNamespace:
+def cluster(cluster_database: str, template_registry: str) -> SimpleNamespace:
     """The edge, nodes `node-1` … `node-3` (RestartableCoveServer, each in its network
-    namespace with its own state dir) and the api; all stopped and checked at the end of the
-    module (the nodes' sandboxes killed first), then the namespaces and links removed."""
+    namespace with its own state dir, all sharing the object store `depot`) and the api; all
+    stopped and checked at the end of the module (the nodes' sandboxes killed first), then the
+    namespaces and links removed."""
     database = urllib.parse.urlsplit(cluster_database)
+    registry = urllib.parse.urlsplit(template_registry)
     with (
         tempfile.TemporaryDirectory(prefix="cove-compat-hosts-") as work,
         contextlib.ExitStack() as stack,
     ):
         work = Path(work)
+        depot = work / "object-store"
+        depot.mkdir()
         edge = stack.enter_context(running_cove_edge(cluster_database, work / "edge.log"))
         nodes = {}
         subnets = zip(NODES, free_subnets(len(NODES)), strict=True)
@@ -104,21 +124,29 @@ def cluster(cluster_database: str) -> SimpleNamespace:
             host_side, node_side = f"10.201.{octet}.1", f"10.201.{octet}.2"
             network = HostNetwork(f"ch{k}", f"{host_side}/24", [f"{node_side}/24"])
             stack.callback(network.close)
-            # The test's PostgreSQL listens on the loopback only, and trusts no one else: the
-            # node reaches it at the host side of its veth, as it would a database on another
-            # machine, and a relay there passes its connections on.
-            relay = TcpRelay((host_side, 0), (database.hostname, database.port))
-            stack.callback(relay.close)
-            seen_from_node = database._replace(
-                netloc=f"{database.username}@{host_side}:{relay.port}"
-            ).geturl()
+
+            def seen_from_node(
+                service: urllib.parse.SplitResult, host_side: str = host_side
+            ) -> str:
+                """The URL of `service` as the node reaches it: the test's PostgreSQL and
+                registry listen on the loopback only (and the database trusts no one else),
+                so the node reaches them at the host side of its veth, as it would services
+                on another machine, and a relay there passes its connections on."""
+                relay = TcpRelay((host_side, 0), (service.hostname, service.port))
+                stack.callback(relay.close)
+                user = f"{service.username}@" if service.username else ""
+                return service._replace(netloc=f"{user}{host_side}:{relay.port}").geturl()
+
             node = RestartableCoveServer(
                 work / f"state-{k}",
                 work / f"{node_id}.log",
                 [
-                    "--role", "node", "--node-id", node_id, "--database", seen_from_node,
+                    "--role", "node", "--node-id", node_id,
+                    "--database", seen_from_node(database),
                     "--domain", edge.domain, "--heartbeat", HEARTBEAT,
                     "--node-down-after", DOWN_AFTER, "--warm-pool", "0",
+                    "--object-store", f"file://{depot}",
+                    "--registry-mirror", f"docker.io={seen_from_node(registry)}",
                 ],
                 netns=network.netns,
                 address=node_side,
@@ -141,7 +169,9 @@ def cluster(cluster_database: str) -> SimpleNamespace:
             assert done.returncode == 0, f"cove nodes {args}: {done.stderr}"
             return done.stdout
 
-        yield SimpleNamespace(edge=edge, api=api, nodes=nodes, cove_nodes=cove_nodes)
+        yield SimpleNamespace(
+            edge=edge, api=api, nodes=nodes, cove_nodes=cove_nodes, depot=depot
+        )
 
 
 def node_table(cluster: SimpleNamespace) -> dict[str, dict]:
@@ -213,12 +243,13 @@ def in_parallel(work: Callable[[T], R], items: Iterable[T]) -> list[R]:
         return list(pool.map(work, items))
 
 
-def create(count: int, made: list[Sandbox]) -> list[Sandbox]:
-    """Creates `count` sandboxes through the api, AT_ONCE at a time; each is added to `made`
-    as soon as it exists (for the test to kill, whatever fails next)."""
+def create(count: int, made: list[Sandbox], **opts: object) -> list[Sandbox]:
+    """Creates `count` sandboxes through the api (or as `opts` say: `template`, `api_url` …),
+    AT_ONCE at a time; each is added to `made` as soon as it exists (for the test to kill,
+    whatever fails next)."""
 
     def one(_: int) -> Sandbox:
-        sandbox = Sandbox.create(allow_internet_access=False, timeout=SANDBOX_TIMEOUT)
+        sandbox = Sandbox.create(allow_internet_access=False, timeout=SANDBOX_TIMEOUT, **opts)
         made.append(sandbox)
         return sandbox
 
@@ -365,6 +396,98 @@ def test_a_drained_host_takes_no_creates_and_keeps_its_sandboxes(cluster, sdk):
             ).status == 200
 
         assert any(lands_on_drained() for _ in range(20)), f"no create went to {drained}"
+    finally:
+        failed = kill_all(made)
+    assert not failed, f"kills through the SDK failed: {failed}"
+    assert Sandbox.list().next_items() == []
+
+
+def build_template(node: CoveServer, context: Path, name: str) -> str:
+    """`cove template build CONTEXT --name NAME` against `node`'s own REST API (at its own
+    address, as from another machine); what it printed."""
+    done = subprocess.run(
+        [_cove_bin(), "template", "build", str(context), "--name", name],
+        env={
+            **os.environ,
+            "COVE_API_URL": node.url,
+            "COVE_API_KEY": node.api_key,
+            "COVE_LOG": "warn",
+        },
+        capture_output=True, text=True, timeout=900, check=False,
+    )
+    printed = done.stdout + done.stderr
+    assert done.returncode == 0, printed
+    assert f"{name} is ready" in done.stdout, printed
+    return printed
+
+
+def shared_layers(cluster: SimpleNamespace) -> set[str]:
+    """The layers in the object store, by id (each is an archive and its record)."""
+    return {
+        record.name.removesuffix(".json")
+        for record in (cluster.depot / "layers" / "sha256").glob("*.json")
+    }
+
+
+def held(node: CoveServer, layers: set[str]) -> set[str]:
+    """Which of `layers` the node's layer store holds."""
+    store = node.state_dir / "images" / "layers" / "sha256"
+    return {entry.name for entry in store.iterdir()} & layers if store.is_dir() else set()
+
+
+def runs_what_was_built(sandbox: Sandbox) -> None:
+    """The file the template's RUN step wrote is there, read by a command through the edge."""
+    assert sandbox.commands.run(f"cat {BUILT_FILE}").stdout == f"{BUILT_TEXT}\n"
+
+
+def test_a_template_built_on_one_host_starts_sandboxes_on_the_others(cluster, sdk):
+    builder = cluster.nodes[BUILDER].server
+    others = [node_id for node_id in NODES if node_id != BUILDER]
+    with tempfile.TemporaryDirectory(prefix="cove-compat-hosts-context-") as context:
+        (Path(context) / "Dockerfile").write_text(DOCKERFILE)
+        printed = build_template(builder, Path(context), TEMPLATE)
+    assert "in the object store" in printed, printed
+    # The base image's layers and the build's own, each stored once for every node.
+    layers = shared_layers(cluster)
+    assert len(layers) >= 2, f"the object store holds {layers}"
+    assert held(builder, layers) == layers, "the builder keeps the layers it stored"
+    for node_id in others:
+        assert not held(cluster.nodes[node_id].server, layers), (
+            f"{node_id} has layers of {TEMPLATE} before any sandbox of it was created there"
+        )
+
+    made: list[Sandbox] = []
+    try:
+        # As a user creates them, through the api: placement picks the nodes.
+        sandboxes = create(6, made, template=TEMPLATE, request_timeout=FETCH_WITHIN)
+        where = placement(cluster)
+        assert sorted(where) == sorted(s.sandbox_id for s in sandboxes)
+        # A node that fetched the layers has all of them; one that got no create, none.
+        for node_id in others:
+            got_some = node_id in where.values()
+            expected = layers if got_some else set()
+            assert held(cluster.nodes[node_id].server, layers) == expected, (
+                f"{node_id} ({'some' if got_some else 'none'} of the sandboxes)"
+            )
+
+        # Through its own REST API, each other node the api gave none gets one: it fetches
+        # the layers then.
+        for node_id in others:
+            if node_id in where.values():
+                continue
+            node = cluster.nodes[node_id].server
+            (sandbox,) = create(
+                1, made, template=TEMPLATE, api_url=node.url, request_timeout=FETCH_WITHIN
+            )
+            assert placement(cluster, [node_id]) == {sandbox.sandbox_id: node_id}
+            assert held(node, layers) == layers, f"{node_id} after a sandbox of {TEMPLATE}"
+            sandboxes.append(sandbox)
+
+        where = placement(cluster)
+        assert sorted(where) == sorted(s.sandbox_id for s in sandboxes)
+        ran_on = collections.Counter(where.values())
+        assert set(others) <= set(ran_on), dict(ran_on)
+        in_parallel(runs_what_was_built, sandboxes)
     finally:
         failed = kill_all(made)
     assert not failed, f"kills through the SDK failed: {failed}"
