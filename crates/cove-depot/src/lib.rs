@@ -200,6 +200,13 @@ impl Depot {
             })
     }
 
+    /// Checks that the object store answers (a read of a record no layer has).
+    pub async fn check(&self) -> Result<()> {
+        self.has(&Digest::of(b"cove-depot: is the object store there?"))
+            .await
+            .map(drop)
+    }
+
     /// Whether the depot has `layer`.
     pub async fn has(&self, layer: &Digest) -> Result<bool> {
         Ok(self.record(layer).await?.is_some())

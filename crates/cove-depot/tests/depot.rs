@@ -187,12 +187,13 @@ async fn a_layer_goes_through_an_s3_server() {
     let server = S3Server::start("cove-layers");
     let dir = tempfile::tempdir().unwrap();
     let depot = Depot::open_with("s3://cove-layers/cluster-1", server.vars()).unwrap();
+    depot.check().await.unwrap();
     travels(&depot, dir.path()).await;
     // Wrong credentials: a clear error, not a missing layer.
     let mut wrong = server.vars();
     wrong.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
     wrong.push(("AWS_SECRET_ACCESS_KEY".to_owned(), "not-it".to_owned()));
     let depot = Depot::open_with("s3://cove-layers/cluster-1", wrong).unwrap();
-    let err = depot.has(&Digest::of(b"x")).await.unwrap_err();
+    let err = depot.check().await.unwrap_err();
     assert!(matches!(err, DepotError::Objects { .. }), "{err:?}");
 }

@@ -295,6 +295,18 @@ impl AppState {
             layer_store.clone(),
             templates_setup::open_depot(&config.templates)?,
         )?;
+        if let Some(depot) = templates.depot() {
+            // Said at start rather than at the first build: a wrong bucket, endpoint or key.
+            match tokio::time::timeout(std::time::Duration::from_secs(10), depot.check()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::warn!(err = %cove_image::error_chain(&err), "the object store cannot be used now: builds fail and templates built on other nodes cannot start here until it can")
+                }
+                Err(_) => {
+                    tracing::warn!(location = %depot.location(), "the object store did not answer within 10 s: builds fail and templates built on other nodes cannot start here until it does")
+                }
+            }
+        }
         let host = HostCaps::of_this_host();
         let caps = HostCaps {
             memory_mb: config.max_sandbox_memory_mb.unwrap_or(host.memory_mb),
