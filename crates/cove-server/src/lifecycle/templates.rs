@@ -235,7 +235,7 @@ impl Templates {
         }
         let Some(depot) = &self.depot else {
             return Err(LifecycleError::LayersUnavailable(format!(
-                "template {:?} was built on another node and this node has no object store to fetch its layers from (cove serve --object-store)",
+                "template {:?} was built on another node (its layers are not on this one) and this node has no object store to fetch them from (cove serve --object-store)",
                 entry.alias
             )));
         };
