@@ -210,6 +210,26 @@ impl Db {
         }
     }
 
+    /// Runs `work` in a transaction that no other one doing `what` (a name) runs beside, in
+    /// any process on the database: the second waits for the first to commit, then sees
+    /// what it wrote (a PostgreSQL transaction-scoped advisory lock; SQLite's write lock).
+    pub fn exclusive<T>(
+        &self,
+        what: &str,
+        work: impl FnOnce(&mut dyn Sql) -> Result<T>,
+    ) -> Result<T> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.transaction(work),
+            Backend::Postgres(db) => db.transaction(|sql| {
+                sql.batch(&format!(
+                    "SELECT pg_advisory_xact_lock({})",
+                    claim_key(what)
+                ))?;
+                work(sql)
+            }),
+        }
+    }
+
     /// Runs `work` in a transaction: committed when it returns `Ok`, undone otherwise.
     pub fn transaction<T>(&self, work: impl FnOnce(&mut dyn Sql) -> Result<T>) -> Result<T> {
         match &self.backend {

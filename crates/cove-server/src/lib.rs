@@ -280,11 +280,9 @@ impl AppState {
         for key in &config.api_keys {
             store.add_key(DEFAULT_TEAM, "from --api-key", key)?;
         }
-        let created_key = if store.has_keys()? {
-            None
-        } else {
-            Some(store.create_key(DEFAULT_TEAM, "first key")?.1)
-        };
+        let created_key = store
+            .create_first_key(DEFAULT_TEAM, "first key")?
+            .map(|(_, secret)| secret);
         let keys = keyring::KeyRing::open(&location)?;
         let layer_store = templates_setup::open_store(&config.state_dir)?;
         let catalog =

@@ -255,29 +255,23 @@ impl Store {
 
     /// Stores `secret` as a key of `team` (again a no-op when it is already there).
     pub fn add_key(&self, team: &str, name: &str, secret: &str) -> Result<KeyInfo> {
-        let hash = secrets::hash_key(secret);
-        self.db.transaction(|sql| {
-            let existing = sql.query_row(
-                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"),
-                params![&hash],
-            )?;
-            if let Some(row) = existing {
-                return Ok(key_info(&row));
+        self.db
+            .transaction(|sql| insert_key(sql, team, name, secret))?
+    }
+
+    /// A first key for `team` when the database has none at all (a new server or cluster),
+    /// its secret returned once; none when there are keys. Servers that start together on
+    /// one database make one between them.
+    pub fn create_first_key(&self, team: &str, name: &str) -> Result<Option<(KeyInfo, String)>> {
+        self.db.exclusive("the first API key", |sql| {
+            let count = sql
+                .query_row("SELECT COUNT(*) FROM api_keys", &[])?
+                .map_or(Ok(0), |r| r.int(0))?;
+            if count > 0 {
+                return Ok(Ok(None));
             }
-            let info = KeyInfo {
-                id: secrets::random_id(12),
-                team: team.to_owned(),
-                name: name.to_owned(),
-                prefix: secret.chars().take(12).collect(),
-                created_at: crate::clock::now_ms(),
-                revoked: false,
-            };
-            sql.execute(
-                "INSERT INTO api_keys (id, team, name, hash, prefix, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![&info.id, &info.team, &info.name, &hash, &info.prefix, info.created_at],
-            )?;
-            keys_changed(sql)?;
-            Ok(Ok(info))
+            let secret = secrets::new_api_key();
+            Ok(insert_key(sql, team, name, &secret)?.map(|info| Some((info, secret))))
         })?
     }
 
@@ -585,6 +579,37 @@ fn key_info(row: &Row) -> Result<KeyInfo> {
     })
 }
 
+/// Stores `secret` as a key of `team` in `sql`'s transaction (a no-op when it is there).
+fn insert_key(
+    sql: &mut dyn Sql,
+    team: &str,
+    name: &str,
+    secret: &str,
+) -> cove_db::Result<Result<KeyInfo>> {
+    let hash = secrets::hash_key(secret);
+    let existing = sql.query_row(
+        &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1"),
+        params![&hash],
+    )?;
+    if let Some(row) = existing {
+        return Ok(key_info(&row));
+    }
+    let info = KeyInfo {
+        id: secrets::random_id(12),
+        team: team.to_owned(),
+        name: name.to_owned(),
+        prefix: secret.chars().take(12).collect(),
+        created_at: crate::clock::now_ms(),
+        revoked: false,
+    };
+    sql.execute(
+        "INSERT INTO api_keys (id, team, name, hash, prefix, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![&info.id, &info.team, &info.name, &hash, &info.prefix, info.created_at],
+    )?;
+    keys_changed(sql)?;
+    Ok(Ok(info))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -618,6 +643,34 @@ pub(crate) mod tests {
             egress: None,
             mask_request_host: None,
         }
+    }
+
+    #[test]
+    fn a_first_key_is_made_once_among_servers_starting_together() {
+        crate::test_backends::each(|location| {
+            // Opened first, then all at once. Within one process the check-then-insert race
+            // is rarely hit even without the advisory lock (it is across processes that it
+            // matters); this holds the contract: one key, then none.
+            let stores: Vec<Store> = (0..6).map(|_| Store::open(location).unwrap()).collect();
+            let together = std::sync::Barrier::new(stores.len());
+            let made: Vec<Option<(KeyInfo, String)>> = std::thread::scope(|scope| {
+                let starts: Vec<_> = stores
+                    .iter()
+                    .map(|store| {
+                        let together = &together;
+                        scope.spawn(move || {
+                            together.wait();
+                            store.create_first_key("team-a", "first key").unwrap()
+                        })
+                    })
+                    .collect();
+                starts.into_iter().map(|s| s.join().unwrap()).collect()
+            });
+            assert_eq!(made.iter().flatten().count(), 1, "{made:?}");
+            let store = Store::open(location).unwrap();
+            assert_eq!(store.list_keys().unwrap().len(), 1);
+            assert!(store.create_first_key("team-a", "again").unwrap().is_none());
+        });
     }
 
     #[test]
