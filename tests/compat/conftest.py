@@ -610,6 +610,32 @@ def cove_server() -> CoveServer:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _helper_service(name: str, variable: str, scheme: str) -> Iterator[str]:
+    """Runs the test helper `name` of crates/cove-test-util (the binary `variable` names, else
+    the one beside cove): it prints the URL of the service it started, and stops it when its
+    standard input closes. Yields that URL."""
+    binary = Path(os.environ.get(variable, _cove_bin().parent / name))
+    if not os.access(binary, os.X_OK):
+        pytest.fail(f"no {name} binary at {binary}: run `cargo build -p cove-test-util`")
+    proc = subprocess.Popen(
+        [binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        line = proc.stdout.readline().decode().strip()
+        if not line.startswith(scheme):
+            raise RuntimeError(f"{name} did not start (exit {proc.poll()})")
+        yield line
+    finally:
+        # Closing its stdin is what stops it; it then stops its service by pid.
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 # --------------------------------------------------------------------------------------------
 # Template builds: a registry seeded as Docker Hub's mirror, and a server that pulls from it.
 
@@ -618,27 +644,9 @@ def cove_server() -> CoveServer:
 def template_registry() -> str:
     """`cove-test-registry` (crates/cove-test-util): Debian's docker-registry seeded with the
     test image as python:3.12, debian:bookworm, node:20 … (see its MIRRORED). Yields its URL."""
-    binary = Path(
-        os.environ.get("COVE_TEST_REGISTRY_BIN", _cove_bin().parent / "cove-test-registry")
-    )
-    if not os.access(binary, os.X_OK):
-        pytest.fail(f"no cove-test-registry binary at {binary}: run `cargo build`")
-    proc = subprocess.Popen(
-        [binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
-    )
-    try:
-        # The first run builds the Debian image (minutes); later ones reuse it.
-        line = proc.stdout.readline().decode().strip()
-        if not line.startswith("http://"):
-            raise RuntimeError(f"cove-test-registry did not start (exit {proc.poll()})")
-        yield line
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    # The first run builds the Debian image (minutes); later ones reuse it.
+    with _helper_service("cove-test-registry", "COVE_TEST_REGISTRY_BIN", "http://") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -802,29 +810,8 @@ def cluster_database() -> str:
         pytest.skip(
             f"PostgreSQL is not installed under {POSTGRES_VERSIONS} (Debian package postgresql)"
         )
-    binary = Path(
-        os.environ.get("COVE_TEST_POSTGRES_BIN", _cove_bin().parent / "cove-test-postgres")
-    )
-    if not os.access(binary, os.X_OK):
-        pytest.fail(
-            f"no cove-test-postgres binary at {binary}: run `cargo build -p cove-test-util`"
-        )
-    proc = subprocess.Popen(
-        [binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
-    )
-    try:
-        line = proc.stdout.readline().decode().strip()
-        if not line.startswith("postgres://"):
-            raise RuntimeError(f"cove-test-postgres did not start (exit {proc.poll()})")
-        yield line
-    finally:
-        # Closing its stdin is what stops it; it then stops PostgreSQL by pid.
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    with _helper_service("cove-test-postgres", "COVE_TEST_POSTGRES_BIN", "postgres://") as url:
+        yield url
 
 
 @dataclass(frozen=True)
@@ -1009,6 +996,22 @@ def point_sdks_at_cluster(
 
 # --------------------------------------------------------------------------------------------
 # Processes.
+
+
+def command_error(sandbox: Sandbox) -> Optional[str]:
+    """The error (class and text) a command in `sandbox` fails with; None if it runs."""
+    try:
+        sandbox.commands.run("true")
+    except Exception as err:  # whichever class the SDK picks, its text is what is checked
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def fails_saying_lost(sandbox: Sandbox) -> Optional[str]:
+    """The error of a command in `sandbox` if it carries the edge's "lost" answer (the SDK's
+    own text for any unreachable sandbox says "the connection to it was lost": not that)."""
+    error = command_error(sandbox)
+    return error if error is not None and "The sandbox is lost: its node" in error else None
 
 
 def live_pids(sandbox: Sandbox) -> set[int]:

@@ -57,6 +57,8 @@ from conftest import (
     RestartableCoveServer,
     TcpRelay,
     _cove_bin,
+    command_error,
+    fails_saying_lost,
     postgres_installed,
     running_cove_edge,
     wait_until,
@@ -270,22 +272,6 @@ def uses_again(sandbox: Sandbox) -> None:
     text = f"written in {sandbox.sandbox_id}"
     assert sandbox.commands.run(f"cat {FILE}").stdout == text
     assert sandbox.files.read(FILE) == text
-
-
-def command_error(sandbox: Sandbox) -> Optional[str]:
-    """The error (class and text) a command in `sandbox` fails with; None if it runs."""
-    try:
-        sandbox.commands.run("true")
-    except Exception as err:  # whichever class the SDK picks, its text is what is checked
-        return f"{type(err).__name__}: {err}"
-    return None
-
-
-def fails_saying_lost(sandbox: Sandbox) -> Optional[str]:
-    """The error of a command in `sandbox` if it carries the edge's "lost" answer (the SDK's
-    own text for any unreachable sandbox says "the connection to it was lost": not that)."""
-    error = command_error(sandbox)
-    return error if error is not None and "The sandbox is lost: its node" in error else None
 
 
 def kill_all(sandboxes: list[Sandbox]) -> list[str]:

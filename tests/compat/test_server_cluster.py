@@ -50,6 +50,8 @@ from conftest import (
     RestartableCoveServer,
     _cove_bin,
     _free_port,
+    command_error,
+    fails_saying_lost,
     point_sdks_at_cluster,
     postgres_installed,
     running_cove_edge,
@@ -197,22 +199,6 @@ def test_a_sandbox_of_node_b_is_used_through_the_same_edge(cluster, node_b, monk
         assert handle.wait().stdout == "started\nended\n"
     finally:
         sandbox.kill()
-
-
-def command_error(sandbox: Sandbox) -> Optional[str]:
-    """The error (class and text) a command in `sandbox` fails with; None if it runs."""
-    try:
-        sandbox.commands.run("echo still here")
-    except Exception as err:  # whichever class the SDK picks, its text is what is checked
-        return f"{type(err).__name__}: {err}"
-    return None
-
-
-def fails_saying_lost(sandbox: Sandbox) -> Optional[str]:
-    """The error of a command in `sandbox` if it carries the edge's "lost" answer (the SDK's
-    own text for any unreachable sandbox says "the connection to it was lost": not that)."""
-    error = command_error(sandbox)
-    return error if error is not None and "The sandbox is lost: its node" in error else None
 
 
 def test_a_dead_nodes_sandbox_is_lost_until_the_node_returns(cluster, node_a, node_b, monkeypatch):

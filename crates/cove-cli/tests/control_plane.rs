@@ -11,9 +11,9 @@ mod common;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use common::cluster::{edge, node, nodes, offline};
+use common::cluster::{api, edge, node, nodes, offline};
 use cove_sdk::{ConnectionConfig, Error, Sandbox};
-use cove_test_util::{TestPostgres, TestServer, wait_until};
+use cove_test_util::{TestPostgres, wait_until};
 
 /// How many sandboxes each node runs, by the database's records.
 fn per_node(store: &cove_server::store::Store) -> BTreeMap<String, usize> {
@@ -53,12 +53,7 @@ async fn one_api_and_one_edge_serve_the_whole_cluster() {
     let (mut edge, domain) = edge(&url).await;
     let mut a = node("node-a", &url, &domain).await;
     let mut b = node("node-b", &url, &domain).await;
-    let mut api = TestServer::launch(
-        common::cove(),
-        false,
-        &["--role", "api", "--database", &url],
-    )
-    .await;
+    let mut api = api(&url).await;
     // The api takes the keys the nodes know (a node's `--api-key` is in the database).
     let config = ConnectionConfig::new(&api.url(), &a.api_key)
         .unwrap()

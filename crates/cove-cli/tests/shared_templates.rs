@@ -12,7 +12,7 @@ mod common;
 use std::{path::Path, time::Duration};
 
 use assert_cmd::Command;
-use common::cluster::{edge, node_with};
+use common::cluster::{api, edge, node_with};
 use cove_sdk::{ConnectionConfig, CreateOptions, Error, Sandbox};
 use cove_test_util::{TestPostgres, TestServer, seeded_mirror, wait_until};
 
@@ -134,12 +134,7 @@ async fn a_template_built_on_one_node_starts_sandboxes_on_another() {
         },
     )
     .await;
-    let api = TestServer::launch(
-        common::cove(),
-        false,
-        &["--role", "api", "--database", &url],
-    )
-    .await;
+    let api = api(&url).await;
     let config = ConnectionConfig::new(&api.url(), &a.api_key).unwrap();
     let mut made = Vec::new();
     for _ in 0..4 {
@@ -167,12 +162,7 @@ async fn a_snapshots_sandboxes_start_on_the_node_that_has_it() {
     let (edge, domain) = edge(&url).await;
     let a = node_with("node-a", &url, &domain, &[]).await;
     let _b = node_with("node-b", &url, &domain, &[]).await;
-    let api = TestServer::launch(
-        common::cove(),
-        false,
-        &["--role", "api", "--database", &url],
-    )
-    .await;
+    let api = api(&url).await;
     let config = ConnectionConfig::new(&api.url(), &a.api_key)
         .unwrap()
         .with_sandbox_url(&edge.url());

@@ -25,6 +25,11 @@ pub async fn edge(database: &str) -> (TestServer, String) {
     (edge, domain)
 }
 
+/// The cluster's REST API on `database`.
+pub async fn api(database: &str) -> TestServer {
+    TestServer::launch(cove(), false, &["--role", "api", "--database", database]).await
+}
+
 /// Node `id` on `database`, its sandbox hosts the edge's `domain`, no warm pool.
 pub async fn node(id: &str, database: &str, domain: &str) -> TestServer {
     node_with(id, database, domain, &[]).await

@@ -24,7 +24,10 @@ use bytes::Bytes;
 use futures::Stream;
 
 use super::{Expected, LayerInfo, LayerStore, StoreError, io_err};
-use crate::{digest::Digest, unpack::OPAQUE_XATTR};
+use crate::{
+    digest::{Digest, HashingWriter},
+    unpack::OPAQUE_XATTR,
+};
 
 /// What an export wrote.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -236,40 +239,6 @@ fn kept_xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
         kept.push((name.to_string_lossy().into_owned(), value));
     }
     Ok(kept)
-}
-
-/// Hashes and counts what is written through it.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: crate::digest::Hasher,
-    bytes: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hasher: crate::digest::Hasher::new(),
-            bytes: 0,
-        }
-    }
-
-    fn finish(self) -> (Digest, u64) {
-        (self.hasher.finish(), self.bytes)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 #[cfg(test)]
