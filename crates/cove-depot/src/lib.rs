@@ -12,10 +12,14 @@
 //! it in its layer store from then on (collected like any other). Layers are named by id and
 //! never change, so nothing is ever overwritten.
 //!
+//! Snapshots' directories are kept there too (see [`trees`]): `<prefix>/snapshots/<name>…`.
+//!
 //! Where: `s3://bucket/prefix` (credentials, region and endpoint from the usual `AWS_*`
 //! variables: `AWS_ENDPOINT` and `AWS_ALLOW_HTTP=true` for an S3-compatible server of one's
 //! own), or a directory (`file:///srv/cove-depot` or an absolute path) for one machine or a
 //! shared filesystem.
+
+mod trees;
 
 use std::{
     collections::HashMap,
@@ -57,17 +61,38 @@ pub enum DepotError {
         #[source]
         source: Box<object_store::Error>,
     },
-    #[error("object store {location}: the record of layer {layer} is not valid")]
+    #[error("snapshot directory {name:?} is not in the object store {location}")]
+    MissingTree { name: String, location: String },
+    #[error("invalid snapshot directory name {0:?}")]
+    TreeName(String),
+    #[error("object store {location}: the record {object} is not valid")]
     Record {
         location: String,
-        layer: Digest,
+        object: String,
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "object store {location}: {object} is not what its record says (another digest or size): it was changed or damaged; nothing was kept"
+    )]
+    Changed { location: String, object: String },
+    #[error("cannot keep {object} from the object store in {path}")]
+    Local {
+        object: String,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot unpack {object} from the object store")]
+    Unpack {
+        object: String,
+        #[source]
+        source: cove_image::UnpackError,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("layer {layer}: the copy stopped unexpectedly: {reason}")]
-    Crashed { layer: Digest, reason: String },
+    #[error("{object}: the copy stopped unexpectedly: {reason}")]
+    Crashed { object: String, reason: String },
 }
 
 type Result<T, E = DepotError> = std::result::Result<T, E>;
@@ -78,8 +103,9 @@ pub struct Depot {
     prefix: ObjectPath,
     /// Where, as shown to people (no credentials are part of it).
     location: String,
-    /// One fetch of a layer at a time: creates that need the same layer wait for the first.
-    fetching: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// One fetch of a layer (or snapshot directory) at a time: creates that need the same
+    /// one wait for the first.
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Depot {
@@ -184,18 +210,22 @@ impl Depot {
 
     /// The record of `layer`, when the depot has it.
     async fn record(&self, layer: &Digest) -> Result<Option<Exported>> {
-        let path = self.object(layer, "json");
-        let got = match self.objects.get(&path).await {
+        self.record_at(&self.object(layer, "json")).await
+    }
+
+    /// The record at `path`, when the depot has it.
+    async fn record_at(&self, path: &ObjectPath) -> Result<Option<Exported>> {
+        let got = match self.objects.get(path).await {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(err) => return Err(self.objects_err("read", &path)(err)),
+            Err(err) => return Err(self.objects_err("read", path)(err)),
         };
-        let bytes = got.bytes().await.map_err(self.objects_err("read", &path))?;
+        let bytes = got.bytes().await.map_err(self.objects_err("read", path))?;
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|source| DepotError::Record {
                 location: self.location.clone(),
-                layer: layer.clone(),
+                object: path.to_string(),
                 source,
             })
     }
@@ -218,20 +248,39 @@ impl Depot {
         if self.has(layer).await? {
             return Ok(Put::Present);
         }
-        let archive = self.object(layer, "tar.gz");
+        let (store, id) = (store.clone(), layer.clone());
+        let exported = self
+            .upload(
+                &self.object(layer, "tar.gz"),
+                &self.object(layer, "json"),
+                move |out| Ok(store.export_layer(&id, out)?),
+            )
+            .await?;
+        tracing::info!(layer = %layer, bytes = exported.size, depot = %self.location, "layer stored in the object store");
+        Ok(Put::Written(exported))
+    }
+
+    /// Writes what `export` writes (on a blocking thread) to `archive` in parts, then its
+    /// record to `record`: a record always names a complete archive.
+    async fn upload(
+        &self,
+        archive: &ObjectPath,
+        record: &ObjectPath,
+        export: impl FnOnce(&mut ChannelWriter) -> Result<Exported> + Send + 'static,
+    ) -> Result<Exported> {
         let upload = self
             .objects
-            .put_multipart(&archive)
+            .put_multipart(archive)
             .await
-            .map_err(self.objects_err("write", &archive))?;
+            .map_err(self.objects_err("write", archive))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-        let (store, id) = (store.clone(), layer.clone());
-        let export = tokio::task::spawn_blocking(move || {
+        let object = archive.to_string();
+        let job = tokio::task::spawn_blocking(move || {
             let mut out = ChannelWriter::new(tx);
-            let exported = store.export_layer(&id, &mut out)?;
+            let exported = export(&mut out)?;
             out.flush().map_err(|err| DepotError::Crashed {
-                layer: id.clone(),
+                object,
                 reason: err.to_string(),
             })?;
             Ok::<_, DepotError>(exported)
@@ -245,53 +294,55 @@ impl Depot {
             writer.put(chunk);
         }
         drop(rx);
-        let exported = export.await.map_err(|e| DepotError::Crashed {
-            layer: layer.clone(),
+        let exported = job.await.map_err(|e| DepotError::Crashed {
+            object: archive.to_string(),
             reason: e.to_string(),
         });
         let exported = match (exported, sent) {
             (Ok(Ok(exported)), Ok(())) => exported,
-            (Ok(Err(err)), _) => {
-                let _ = writer.abort().await;
-                return Err(err);
-            }
-            (Err(err), _) => {
+            (Ok(Err(err)), _) | (Err(err), _) => {
                 let _ = writer.abort().await;
                 return Err(err);
             }
             (_, Err(err)) => {
                 let _ = writer.abort().await;
-                return Err(self.objects_err("write", &archive)(err));
+                return Err(self.objects_err("write", archive)(err));
             }
         };
         writer
             .finish()
             .await
-            .map_err(self.objects_err("write", &archive))?;
-        let record = self.object(layer, "json");
+            .map_err(self.objects_err("write", archive))?;
         let json = serde_json::to_vec(&exported).expect("a record serialises");
         self.objects
-            .put(&record, PutPayload::from(json))
+            .put(record, PutPayload::from(json))
             .await
-            .map_err(self.objects_err("write", &record))?;
-        tracing::info!(layer = %layer, bytes = exported.size, depot = %self.location, "layer stored in the object store");
-        Ok(Put::Written(exported))
+            .map_err(self.objects_err("write", record))?;
+        Ok(exported)
     }
 
     /// Makes sure `store` has `layer`, fetching it from the depot if not, and retains it for
     /// `owner`. Returns whether it was fetched.
     pub async fn fetch(&self, store: &LayerStore, layer: &Digest, owner: &str) -> Result<bool> {
+        self.in_turn(layer.to_string(), self.fetch_now(store, layer, owner))
+            .await
+    }
+
+    /// Runs `work` after any other work of the same `key` (one fetch of a thing at a time).
+    async fn in_turn<T>(&self, key: String, work: impl Future<Output = T>) -> T {
         let turn = {
             let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
-            fetching.entry(layer.clone()).or_default().clone()
+            fetching.entry(key.clone()).or_default().clone()
         };
-        let _turn = turn.lock().await;
-        let fetched = self.fetch_now(store, layer, owner).await;
+        let done = {
+            let _turn = turn.lock().await;
+            work.await
+        };
         let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
         if Arc::strong_count(&turn) <= 2 {
-            fetching.remove(layer);
+            fetching.remove(&key);
         }
-        fetched
+        done
     }
 
     async fn fetch_now(&self, store: &LayerStore, layer: &Digest, owner: &str) -> Result<bool> {

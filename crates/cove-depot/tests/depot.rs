@@ -67,11 +67,111 @@ async fn travels(depot: &Depot, dir: &Path) {
     );
 }
 
+/// A snapshot's directory as the copy stage leaves it: a layer with a whiteout (a character
+/// device 0:0) and an opaque directory, and a memory image beside it.
+fn made_snapshot_dir(dir: &Path, image: &[u8]) {
+    fs::create_dir_all(dir.join("0/etc/app")).unwrap();
+    fs::write(dir.join("0/etc/app/settings"), b"debug = true\n").unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        dir.join("0/etc/removed"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o000),
+        0,
+    )
+    .unwrap();
+    rustix::fs::setxattr(
+        dir.join("0/etc/app"),
+        "trusted.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    fs::create_dir_all(dir.join("memory")).unwrap();
+    fs::write(dir.join("memory/checkpoint.img"), image).unwrap();
+}
+
+/// A snapshot's directory made on one node arrives whole on another.
+async fn a_snapshot_dir_travels(depot: &Depot, dir: &Path) {
+    let image: Vec<u8> = (0..12u32 << 20).map(|i| (i % 251) as u8).collect();
+    let made = dir.join("node-a/snapshots/s1x");
+    made_snapshot_dir(&made, &image);
+    assert!(!depot.has_tree("s1x").await.unwrap());
+    assert!(matches!(
+        depot.put_tree("s1x", &made).await.unwrap(),
+        Put::Written(_)
+    ));
+    assert_eq!(depot.put_tree("s1x", &made).await.unwrap(), Put::Present);
+    assert!(depot.has_tree("s1x").await.unwrap());
+
+    let here = dir.join("node-b/snapshots");
+    fs::create_dir_all(&here).unwrap();
+    let (into, staging) = (here.join("s1x"), here.join("s1x.fetching"));
+    assert!(depot.fetch_tree("s1x", &into, &staging).await.unwrap());
+    assert!(!staging.exists(), "the staging directory goes");
+    assert!(!depot.fetch_tree("s1x", &into, &staging).await.unwrap());
+    assert_eq!(fs::read(into.join("memory/checkpoint.img")).unwrap(), image);
+    assert_eq!(
+        fs::read(into.join("0/etc/app/settings")).unwrap(),
+        b"debug = true\n"
+    );
+    let whiteout = fs::symlink_metadata(into.join("0/etc/removed")).unwrap();
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    assert!(whiteout.file_type().is_char_device() && whiteout.rdev() == 0);
+    let mut opaque = [0u8; 1];
+    rustix::fs::getxattr(
+        into.join("0/etc/app"),
+        "trusted.overlay.opaque",
+        &mut opaque,
+    )
+    .unwrap();
+    assert_eq!(&opaque, b"y");
+
+    let err = depot
+        .fetch_tree("never0stored", &here.join("never0stored"), &staging)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DepotError::MissingTree { .. }), "{err:?}");
+    for bad in ["", "../etc", "a/b", "a.json"] {
+        let err = depot.has_tree(bad).await.unwrap_err();
+        assert!(matches!(err, DepotError::TreeName(_)), "{bad}: {err:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_layer_goes_through_a_directory() {
     let dir = tempfile::tempdir().unwrap();
     let depot = Depot::open(&format!("file://{}", dir.path().join("depot").display())).unwrap();
     travels(&depot, dir.path()).await;
+    a_snapshot_dir_travels(&depot, dir.path()).await;
+}
+
+#[tokio::test]
+async fn a_changed_snapshot_dir_is_refused_and_nothing_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("depot");
+    let depot = Depot::open(objects.to_str().unwrap()).unwrap();
+    for (name, image) in [("first", &b"one image"[..]), ("second", b"another image")] {
+        let made = dir.path().join("made").join(name);
+        made_snapshot_dir(&made, image);
+        depot.put_tree(name, &made).await.unwrap();
+    }
+    // Someone with access to the bucket puts another directory's archive in its place.
+    let archives = objects.join("snapshots");
+    fs::copy(
+        archives.join("second.tar.gz"),
+        archives.join("first.tar.gz"),
+    )
+    .unwrap();
+    let here = dir.path().join("here");
+    fs::create_dir_all(&here).unwrap();
+    let (into, staging) = (here.join("first"), here.join("first.fetching"));
+    let err = depot
+        .fetch_tree("first", &into, &staging)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DepotError::Changed { .. }), "{err:?}");
+    assert!(!into.exists() && !staging.exists());
 }
 
 #[tokio::test]
@@ -189,6 +289,7 @@ async fn a_layer_goes_through_an_s3_server() {
     let depot = Depot::open_with("s3://cove-layers/cluster-1", server.vars()).unwrap();
     depot.check().await.unwrap();
     travels(&depot, dir.path()).await;
+    a_snapshot_dir_travels(&depot, dir.path()).await;
     // Wrong credentials: a clear error, not a missing layer.
     let mut wrong = server.vars();
     wrong.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");

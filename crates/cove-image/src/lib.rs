@@ -38,7 +38,7 @@ pub use crate::{
     auth::Credentials,
     compression::Compression,
     config::ImageConfig,
-    digest::{Digest, DigestError},
+    digest::{Digest, DigestError, HashingReader},
     import::{ImportError, import, import_blocking},
     manifest::{
         Descriptor, ImageIndex, ImageManifest, Manifest, ManifestError, PlatformSpec, media_type,
@@ -48,7 +48,7 @@ pub use crate::{
     pull::{Image, PullEvent, pull},
     reference::{DOCKER_HUB, Reference, ReferenceError},
     registry::{ClientConfig, RegistryClient, RegistryError, ResolvedImage},
-    store::{Exported, GcReport, LayerInfo, LayerStore, StoreError, StoreOptions},
+    store::{Exported, GcReport, LayerInfo, LayerStore, StoreError, StoreOptions, export_tree},
     unpack::{OPAQUE_XATTR, SkippedEntry, UnpackError, UnpackReport, unpack},
 };
 

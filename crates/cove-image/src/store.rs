@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 mod export;
 mod tree;
 
-pub use export::Exported;
+pub use export::{Exported, export_tree};
 
 use crate::{
     compression::Compression,

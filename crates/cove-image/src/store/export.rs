@@ -47,30 +47,7 @@ impl LayerStore {
             return Err(StoreError::UnknownLayer(id.clone()));
         }
         let root = self.layer_path(id);
-        let hashed = HashingWriter::new(out);
-        let gz = flate2::write::GzEncoder::new(hashed, flate2::Compression::fast());
-        let mut archive = Archive {
-            tar: tar::Builder::new(gz),
-            links: HashMap::new(),
-            entries: 0,
-        };
-        archive.tar.mode(tar::HeaderMode::Complete);
-        archive.tar.follow_symlinks(false);
-        archive
-            .directory(&root, Path::new(""))
-            .map_err(|source| io_err("archive", &root, source))?;
-        let entries = archive.entries;
-        let written = archive
-            .tar
-            .into_inner()
-            .and_then(|gz| gz.finish())
-            .map_err(|source| io_err("archive", &root, source))?;
-        let (digest, size) = written.finish();
-        Ok(Exported {
-            digest,
-            size,
-            entries,
-        })
+        export_tree(&root, out).map_err(|source| io_err("archive", &root, source))
     }
 
     /// Stores layer `id` from an archive [`LayerStore::export_layer`] wrote elsewhere, fed by
@@ -101,6 +78,30 @@ impl LayerStore {
         };
         self.install_stream(expected, chunks, owner, |_| {}).await
     }
+}
+
+/// Writes the tree under `root` (a layer's, or any directory in the same form: overlayfs
+/// whiteouts and opaque directories, owners as stored) to `out` as a gzip'd OCI layer
+/// archive, which [`unpack`](crate::unpack) reads back.
+pub fn export_tree(root: &Path, out: impl Write) -> io::Result<Exported> {
+    let hashed = HashingWriter::new(out);
+    let gz = flate2::write::GzEncoder::new(hashed, flate2::Compression::fast());
+    let mut archive = Archive {
+        tar: tar::Builder::new(gz),
+        links: HashMap::new(),
+        entries: 0,
+    };
+    archive.tar.mode(tar::HeaderMode::Complete);
+    archive.tar.follow_symlinks(false);
+    archive.directory(root, Path::new(""))?;
+    let entries = archive.entries;
+    let written = archive.tar.into_inner().and_then(|gz| gz.finish())?;
+    let (digest, size) = written.finish();
+    Ok(Exported {
+        digest,
+        size,
+        entries,
+    })
 }
 
 struct Archive<W: Write> {
