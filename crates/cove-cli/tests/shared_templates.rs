@@ -219,3 +219,221 @@ async fn a_snapshots_sandboxes_start_on_the_node_that_has_it() {
         assert!(sandbox.kill().await.unwrap());
     }
 }
+
+/// The snapshot directories a node keeps.
+fn snapshot_dirs(node: &TestServer) -> Vec<String> {
+    let mut dirs: Vec<String> = std::fs::read_dir(node.state_dir().join("snapshots"))
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_in_the_object_store_starts_sandboxes_on_every_node() {
+    if !TestPostgres::installed() {
+        eprintln!("SKIPPED: PostgreSQL is not installed (Debian package postgresql)");
+        return;
+    }
+    let postgres = TestPostgres::start();
+    let url = postgres.url();
+    let objects = tempfile::tempdir().unwrap();
+    let depot = format!("file://{}", objects.path().display());
+    let shared = ["--object-store", depot.as_str()];
+    let (edge, domain) = edge(&url).await;
+    let mut a = node_with("node-a", &url, &domain, &shared).await;
+    let b = node_with("node-b", &url, &domain, &shared).await;
+
+    // On node a: a snapshot, and a snapshot of a sandbox made from it (layers on layers).
+    let source = Sandbox::create(&a.config(), from("base")).await.unwrap();
+    source
+        .files()
+        .write("/home/user/first.txt", b"first layer".to_vec())
+        .await
+        .unwrap();
+    let first = source.snapshot(Some("first")).await.unwrap();
+    let middle = Sandbox::create(&a.config(), from("first")).await.unwrap();
+    middle
+        .files()
+        .write("/home/user/second.txt", b"second layer".to_vec())
+        .await
+        .unwrap();
+    let chain = middle.snapshot(Some("chain")).await.unwrap();
+    let stored = std::fs::read_dir(objects.path().join("snapshots"))
+        .unwrap()
+        .count();
+    assert_eq!(stored, 4, "an archive and a record per snapshot directory");
+    assert!(
+        snapshot_dirs(&b).is_empty(),
+        "node b has nothing of them yet"
+    );
+
+    // Node b's own REST API: it finds the snapshot in the database, fetches both
+    // directories, and starts the sandbox with both layers.
+    let there = Sandbox::create(&b.config(), from("chain")).await.unwrap();
+    let out = there
+        .commands()
+        .run("cat /home/user/first.txt /home/user/second.txt")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "first layersecond layer");
+    assert_eq!(snapshot_dirs(&b).len(), 2, "{:?}", snapshot_dirs(&b));
+    assert!(there.kill().await.unwrap());
+
+    // Deleted through node a: node b lets go of it and of its files.
+    assert!(
+        Sandbox::delete_snapshot(&a.config(), &chain.snapshot_id)
+            .await
+            .unwrap()
+    );
+    wait_until(
+        "node b to drop the deleted snapshot's files",
+        Duration::from_secs(20),
+        || {
+            let left = snapshot_dirs(&b);
+            async move { left.is_empty().then_some(()) }
+        },
+    )
+    .await;
+
+    // Node a is lost: through the api, the snapshot it took still starts sandboxes (on
+    // node b), is listed, and can be deleted.
+    a.crash();
+    let store = cove_server::open_store(b.state_dir(), Some(&url)).unwrap();
+    wait_until("node a to count as down", Duration::from_secs(10), || {
+        let down = cove_server::cluster::Nodes(store.db())
+            .list()
+            .unwrap()
+            .into_iter()
+            .any(|n| n.id == "node-a" && n.state.as_str() == "down");
+        async move { down.then_some(()) }
+    })
+    .await;
+    let api = api(&url).await;
+    let config = ConnectionConfig::new(&api.url(), &b.api_key)
+        .unwrap()
+        .with_sandbox_url(&edge.url());
+    let sandbox = wait_until(
+        "the api to start a sandbox of the snapshot",
+        Duration::from_secs(15),
+        || {
+            let config = config.clone();
+            async move { Sandbox::create(&config, from("first")).await.ok() }
+        },
+    )
+    .await;
+    assert_eq!(node_of(&store, sandbox.id()), "node-b");
+    let out = sandbox
+        .commands()
+        .run("cat /home/user/first.txt")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "first layer");
+    assert!(sandbox.kill().await.unwrap());
+    let http = reqwest::Client::new();
+    let listed: Vec<serde_json::Value> = http
+        .get(format!("{}/snapshots", api.url()))
+        .header("x-api-key", &b.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["snapshotID"], first.snapshot_id.as_str());
+    assert!(
+        Sandbox::delete_snapshot(&config, &first.snapshot_id)
+            .await
+            .unwrap()
+    );
+    let err = Sandbox::create(&config, from("first")).await.unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+
+    // Node a comes back (and, dropped, ends its sandboxes).
+    a.start_again().await;
+    for sandbox in [middle, source] {
+        assert!(sandbox.kill().await.unwrap());
+    }
+}
+
+/// What the counting process of a memory snapshot's sandbox has written last.
+async fn counted(sandbox: &Sandbox) -> u64 {
+    let out = sandbox.commands().run("cat /tmp/count").await.unwrap();
+    out.stdout.trim().parse().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_snapshot_in_the_object_store_restores_its_processes_on_another_node() {
+    if !TestPostgres::installed() || !Path::new("/usr/bin/runsc").exists() {
+        eprintln!("SKIPPED: needs PostgreSQL and runsc (Debian packages postgresql, runsc)");
+        return;
+    }
+    let postgres = TestPostgres::start();
+    let url = postgres.url();
+    let objects = tempfile::tempdir().unwrap();
+    let depot = format!("file://{}", objects.path().display());
+    let shared = ["--object-store", depot.as_str()];
+    let (_edge, domain) = edge(&url).await;
+    let a = node_with("node-a", &url, &domain, &shared).await;
+    let b = node_with("node-b", &url, &domain, &shared).await;
+
+    let gvisor = CreateOptions {
+        metadata: [("cove.runtime".to_owned(), "gvisor".to_owned())].into(),
+        ..from("base")
+    };
+    let source = Sandbox::create(&a.config(), gvisor).await.unwrap();
+    source
+        .commands()
+        .run("nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' >/dev/null 2>&1 &")
+        .await
+        .unwrap();
+    wait_until("the process to count", Duration::from_secs(10), || async {
+        (counted(&source).await > 2).then_some(())
+    })
+    .await;
+    let snapshot = source.snapshot(Some("counting")).await.unwrap();
+    assert_eq!(snapshot.mode.as_deref(), Some("full"), "memory kept");
+    let memory_images = std::fs::read_dir(a.state_dir().join("snapshots"))
+        .unwrap()
+        .flatten()
+        .filter(|dir| dir.path().join("memory").is_dir())
+        .count();
+    assert_eq!(memory_images, 1);
+    let at_snapshot = counted(&source).await;
+
+    // Node b restores it from the object store: the process counts on from where it was.
+    let copy = Sandbox::create(&b.config(), from("counting"))
+        .await
+        .unwrap();
+    let first = counted(&copy).await;
+    assert!(first >= 2, "the count was kept: {first}");
+    assert_eq!(snapshot_dirs(&b).len(), 1, "fetched with its memory image");
+    wait_until(
+        "the copy's process to count on",
+        Duration::from_secs(10),
+        || async { (counted(&copy).await > first).then_some(()) },
+    )
+    .await;
+    assert!(at_snapshot > 0);
+    assert!(
+        copy.commands()
+            .run("ps -eo args")
+            .await
+            .unwrap()
+            .stdout
+            .contains("while :")
+    );
+    for sandbox in [copy, source] {
+        assert!(sandbox.kill().await.unwrap());
+    }
+    assert!(
+        Sandbox::delete_snapshot(&a.config(), &snapshot.snapshot_id)
+            .await
+            .unwrap()
+    );
+}

@@ -575,6 +575,14 @@ impl Server {
                 },
             ))
         });
+        // Snapshots deleted through other nodes leave this one's catalogue.
+        let snapshot_watch = self.state.membership().map(|_| {
+            tokio::spawn(
+                lifecycle
+                    .clone()
+                    .watch_deleted_snapshots(lifecycle::metrics_history::SAMPLE_PERIOD),
+            )
+        });
         let hangups = tokio::spawn(say_nothing_to_reload());
         lifecycle.warm_up();
         let app = router(self.state.clone());
@@ -601,6 +609,9 @@ impl Server {
         hangups.abort();
         if let Some(heartbeats) = heartbeats {
             heartbeats.abort();
+        }
+        if let Some(watch) = snapshot_watch {
+            watch.abort();
         }
         lifecycle.settle().await;
         if self.kill_on_exit {

@@ -443,6 +443,15 @@ impl Store {
             .collect()
     }
 
+    /// The ids of every stored template, on every node.
+    pub fn template_ids(&self) -> Result<std::collections::HashSet<String>> {
+        self.db
+            .query("SELECT id FROM templates", params![])?
+            .iter()
+            .map(|row| Ok(row.text(0)?))
+            .collect()
+    }
+
     /// Adds a volume; a conflict ([`StoreError::is_conflict`]) when its team has one of
     /// that name.
     pub fn insert_volume(&self, volume: &VolumeRecord) -> Result<()> {

@@ -155,7 +155,8 @@ async fn list_snapshots(
 ) -> Result<Response, ApiError> {
     let team = plane.team(&headers)?;
     let nodes = plane.nodes()?;
-    // Those of nodes that are down are left out: their sandboxes cannot start now.
+    // Those of nodes that are down are left out (their sandboxes cannot start now), unless
+    // they are in the object store.
     let down = |id: &String| {
         nodes
             .iter()
@@ -163,7 +164,7 @@ async fn list_snapshots(
     };
     let entries = snapshots(&plane, &team)?
         .into_iter()
-        .filter(|(_, node)| !node.as_ref().is_some_and(down))
+        .filter(|(e, node)| e.shared.is_some() || !node.as_ref().is_some_and(down))
         .map(|(e, _)| e)
         .collect();
     crate::api::snapshots::list_of(entries, &team, &query)
@@ -175,9 +176,10 @@ async fn list_snapshots(
 enum Wanted {
     /// Any node (a built-in template, an unknown name, a body the node will refuse anyway).
     Anywhere,
-    /// Preferably a node that has this built template's layers.
+    /// Preferably a node that has this template's layers (a built template, or a snapshot
+    /// in the object store).
     Template(String),
-    /// The node a snapshot's layers are on: only there.
+    /// The node a snapshot's layers are on (one not in the object store): only there.
     Node { node: String, snapshot: String },
 }
 
@@ -193,6 +195,7 @@ fn wanted(plane: &Plane, team: &str, body: &[u8]) -> Result<Wanted, ApiError> {
         .find(|(e, _)| e.answers_to(&name))
     {
         return Ok(match node {
+            _ if entry.shared.is_some() => Wanted::Template(entry.id),
             Some(node) => Wanted::Node {
                 node,
                 snapshot: entry.alias,
@@ -303,11 +306,18 @@ fn sandbox_of(path: &str) -> Option<&str> {
 async fn pass_on(State(plane): State<Arc<Plane>>, request: Request) -> Result<Response, ApiError> {
     let team = plane.team(request.headers())?;
     let snapshot_node = match template_of(request.uri().path()).and_then(percent_decode) {
+        // A snapshot in the object store is any node's once its own is down.
         Some(id) => snapshots(&plane, &team)?
             .into_iter()
             .find(|(e, _)| e.answers_to(&id))
-            .and_then(|(_, node)| node)
-            .and_then(|node| plane.nodes().ok()?.into_iter().find(|n| n.id == node)),
+            .and_then(|(e, node)| Some((e.shared.is_some(), node?)))
+            .and_then(|(shared, node)| {
+                plane
+                    .nodes()
+                    .ok()?
+                    .into_iter()
+                    .find(|n| n.id == node && !(shared && n.state == NodeState::Down))
+            }),
         None => None,
     };
     let address = match sandbox_of(request.uri().path()) {

@@ -66,6 +66,7 @@ impl Lifecycle {
             store_layers: Vec::new(),
             shell: template_of_source.as_ref().and_then(|t| t.shell.clone()),
             runtime: source.metadata.get(super::settings::RUNTIME_KEY).cloned(),
+            shared: None,
         };
         // A warm sandbox of the source's template can take a fork's files, unless something
         // of the template's already runs in it (a start command, a warm kernel), or it was

@@ -23,6 +23,7 @@ mod pool;
 mod private;
 mod registry;
 mod settings;
+pub mod shared_snapshots;
 mod snapshot;
 pub mod start_cmd;
 pub mod templates;

@@ -144,6 +144,7 @@ impl Lifecycle {
             return Err(LifecycleError::NameTaken(n.clone()));
         }
         let made = self.snapshot_of(&live, Keep::asked(memory)).await?;
+        let shared = self.share_snapshot(&made.template).await?;
         let record = live.record();
         // What the sandbox's template set for its processes, it sets for the snapshot's.
         let source = self.templates.get(team, &record.template_id).ok();
@@ -171,6 +172,7 @@ impl Lifecycle {
             shell: source.and_then(|s| s.shell),
             // Its sandboxes run where its source ran, when the source named a backend.
             runtime: record.metadata.get(super::settings::RUNTIME_KEY).cloned(),
+            shared,
         };
         // The layer store's layers under it (a built template's) stay while it does.
         self.retain_template_layers(&entry).map_err(|err| {
@@ -184,6 +186,9 @@ impl Lifecycle {
             return Err(err.into());
         }
         self.templates.put(entry.clone());
+        if entry.shared.is_some() {
+            self.templates.note_cached(&entry.id);
+        }
         drop(made);
         if existing.is_some() {
             // The layers the name had before, unless something else uses them.
@@ -273,12 +278,14 @@ impl Lifecycle {
         select_snapshots(self.templates.snapshots(team), team, sandbox, name)
     }
 
-    /// The snapshot of `team` that `name` names, if it names one.
+    /// The snapshot of `team` that `name` names, if it names one (in a cluster, also one
+    /// another node took and shared).
     pub fn snapshot_named(&self, team: &str, name: &str) -> Option<TemplateEntry> {
         self.templates
             .snapshots(team)
             .into_iter()
             .find(|e| e.answers_to(name))
+            .or_else(|| self.adopt_snapshot(team, name))
     }
 
     /// Deletes a snapshot of `team`. Sandboxes made from it keep running, and its layers

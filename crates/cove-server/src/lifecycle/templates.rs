@@ -72,6 +72,10 @@ pub struct TemplateEntry {
     /// default). A snapshot's is its source's.
     #[serde(default)]
     pub runtime: Option<String>,
+    /// For a snapshot stored in the object store too: what the other nodes of a cluster
+    /// fetch to start its sandboxes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<super::shared_snapshots::Shared>,
 }
 
 impl TemplateEntry {
@@ -108,6 +112,8 @@ impl TemplateEntry {
 #[derive(Clone, Debug)]
 pub struct Templates {
     base: Arc<TemplateEntry>,
+    /// Where the base template is built.
+    base_dir: PathBuf,
     catalog: Arc<Catalog>,
     store: LayerStore,
     /// Where built templates' layers are shared with the other nodes of a cluster.
@@ -132,7 +138,8 @@ impl Templates {
         store: LayerStore,
         depot: Option<Arc<Depot>>,
     ) -> Result<Self, TemplateError> {
-        let base = cove_runtime::template::base(&dir.join("base"))?;
+        let base_dir = dir.join("base");
+        let base = cove_runtime::template::base(&base_dir)?;
         let entry = TemplateEntry {
             id: "base".to_owned(),
             alias: "base".to_owned(),
@@ -151,9 +158,11 @@ impl Templates {
             store_layers: Vec::new(),
             shell: None,
             runtime: None,
+            shared: None,
         };
         Ok(Self {
             base: Arc::new(entry),
+            base_dir,
             catalog,
             store,
             depot,
@@ -165,6 +174,11 @@ impl Templates {
     /// The built-in `base` template.
     pub fn base(&self) -> &TemplateEntry {
         &self.base
+    }
+
+    /// Where the base template is built (its layers are below it).
+    pub fn base_dir(&self) -> &Path {
+        &self.base_dir
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -197,6 +211,15 @@ impl Templates {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.to_owned());
+    }
+
+    /// Notes that this machine may no longer have template `id`'s layers (a snapshot deleted
+    /// elsewhere).
+    pub fn forget_cached(&self, id: &str) {
+        self.cached
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     /// Finds the built templates whose default build's layers are all here (at start).
@@ -354,6 +377,7 @@ impl Templates {
             store_layers,
             shell: Some(built.shell.clone()),
             runtime: row.runtime.clone(),
+            shared: None,
         }
     }
 
@@ -379,6 +403,11 @@ impl Templates {
             .filter(|e| e.visible_to(team))
             .cloned()
             .collect()
+    }
+
+    /// Every team's snapshots.
+    pub fn all_snapshots(&self) -> Vec<TemplateEntry> {
+        self.read().clone()
     }
 
     /// Adds a snapshot, or replaces the one with its id.
