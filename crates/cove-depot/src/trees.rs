@@ -12,10 +12,7 @@
 //! its record, and only then unpacked (with the unpacker's checks: nothing outside the
 //! directory, no links followed, no device nodes) and moved into place.
 
-use std::{
-    fs, io,
-    path::{Path, PathBuf},
-};
+use std::{fs, io, path::Path};
 
 use futures::StreamExt;
 use object_store::{ObjectStoreExt, path::Path as ObjectPath};
@@ -163,7 +160,7 @@ impl Depot {
 /// False when the archive is not the recorded one: nothing is unpacked.
 fn unpack_checked(
     file: &Path,
-    tree: &PathBuf,
+    tree: &Path,
     record: &cove_image::Exported,
     object: &str,
 ) -> Result<bool> {
