@@ -23,7 +23,9 @@ What is proved, with real sandboxes:
   sandboxes on the others: created through the api, and through each other node's own REST
   API where the api put none, each runs what the build's RUN step wrote; a node has the
   template's layers (those the build stored in the object store) only once a sandbox of it
-  was created there.
+  was created there;
+- a snapshot taken on one node (stored in the object store) starts sandboxes with its files
+  on the other nodes while its own node is killed, is listed, and is deleted.
 
 Every address used is on this machine (10.201.X.0/24 on the veths). The nodes' sandboxes are
 killed and the nodes stopped and checked as `RestartableCoveServer` does; the namespaces,
@@ -475,6 +477,42 @@ def test_a_template_built_on_one_host_starts_sandboxes_on_the_others(cluster, sd
         assert set(others) <= set(ran_on), dict(ran_on)
         in_parallel(runs_what_was_built, sandboxes)
     finally:
+        failed = kill_all(made)
+    assert not failed, f"kills through the SDK failed: {failed}"
+    assert Sandbox.list().next_items() == []
+
+
+def test_a_snapshot_outlives_the_host_it_was_taken_on(cluster, sdk):
+    made: list[Sandbox] = []
+    taken_on = None
+    try:
+        (source,) = create(1, made)
+        source.files.write("/home/user/kept.txt", "taken before the host died")
+        snapshot = source.create_snapshot()
+        taken_on = placement(cluster)[source.sandbox_id]
+        others = [node_id for node_id in NODES if node_id != taken_on]
+
+        cluster.nodes[taken_on].crash()
+        wait_until(
+            lambda: states(cluster)[taken_on] == "down", f"{taken_on} to be down", WITHIN
+        )
+        # Through the api: started on the other hosts, which fetch it from the object store.
+        copies = create(4, made, template=snapshot.snapshot_id, request_timeout=FETCH_WITHIN)
+        where = placement(cluster, others)
+        assert {c.sandbox_id for c in copies} <= set(where), where
+        for copy in copies:
+            assert copy.files.read("/home/user/kept.txt") == "taken before the host died"
+        listed = [s.snapshot_id for s in Sandbox.list_snapshots().next_items()]
+        assert listed == [snapshot.snapshot_id], listed
+        assert Sandbox.delete_snapshot(snapshot.snapshot_id) is True
+        with pytest.raises(Exception, match="not found"):
+            Sandbox.create(template=snapshot.snapshot_id, allow_internet_access=False)
+    finally:
+        if taken_on is not None and states(cluster)[taken_on] != "up":
+            cluster.nodes[taken_on].start_again()
+            wait_until(
+                lambda: states(cluster)[taken_on] == "up", f"{taken_on} to be up again", WITHIN
+            )
         failed = kill_all(made)
     assert not failed, f"kills through the SDK failed: {failed}"
     assert Sandbox.list().next_items() == []

@@ -284,11 +284,21 @@ async fn a_snapshot_in_the_object_store_starts_sandboxes_on_every_node() {
     assert_eq!(snapshot_dirs(&b).len(), 2, "{:?}", snapshot_dirs(&b));
     assert!(there.kill().await.unwrap());
 
-    // Deleted through node a: node b lets go of it and of its files.
+    // Deleted through node a: gone on node b at once, which lets go of it and its files.
     assert!(
         Sandbox::delete_snapshot(&a.config(), &chain.snapshot_id)
             .await
             .unwrap()
+    );
+    let err = Sandbox::create(&b.config(), from("chain"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    assert!(
+        !Sandbox::delete_snapshot(&b.config(), &chain.snapshot_id)
+            .await
+            .unwrap(),
+        "deleted already"
     );
     wait_until(
         "node b to drop the deleted snapshot's files",

@@ -443,6 +443,14 @@ impl Store {
             .collect()
     }
 
+    /// Whether template `id` is stored (on any node).
+    pub fn has_template(&self, id: &str) -> Result<bool> {
+        Ok(!self
+            .db
+            .query("SELECT 1 FROM templates WHERE id = ?1", params![id])?
+            .is_empty())
+    }
+
     /// The ids of every stored template, on every node.
     pub fn template_ids(&self) -> Result<std::collections::HashSet<String>> {
         self.db

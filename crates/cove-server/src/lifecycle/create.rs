@@ -52,6 +52,7 @@ impl Lifecycle {
         )?;
         settings.volumes = self.volumes.resolve(team, &asked)?;
         self.templates.ensure_local(&settings.template).await?;
+        self.check_not_deleted(&settings.template).await?;
         self.fetch_snapshot(&settings.template).await?;
         let this = self.clone();
         self.creating

@@ -226,6 +226,27 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// In a cluster, checks that snapshot `entry` was not deleted through another node
+    /// since this one took it into its catalogue (it then leaves it at once): a deleted
+    /// snapshot starts no sandbox anywhere.
+    pub(super) async fn check_not_deleted(
+        &self,
+        entry: &TemplateEntry,
+    ) -> Result<(), LifecycleError> {
+        if self.store.node().is_none() || !matches!(entry.kind, TemplateKind::Snapshot { .. }) {
+            return Ok(());
+        }
+        let (store, id) = (self.store.clone(), entry.id.clone());
+        let there = tokio::task::spawn_blocking(move || store.has_template(&id))
+            .await
+            .map_err(|e| LifecycleError::Crashed(e.to_string()))??;
+        if there {
+            return Ok(());
+        }
+        self.forget(std::slice::from_ref(entry)).await;
+        Err(LifecycleError::TemplateNotFound(entry.alias.clone()))
+    }
+
     /// Every `period` until aborted: [`Lifecycle::forget_deleted_snapshots`].
     pub async fn watch_deleted_snapshots(self: Arc<Self>, period: std::time::Duration) {
         let mut tick = tokio::time::interval(period);
@@ -262,11 +283,17 @@ impl Lifecycle {
         if gone.is_empty() {
             return;
         }
-        for entry in &gone {
+        self.forget(&gone).await;
+    }
+
+    /// Takes snapshots deleted through other nodes out of this node's catalogue; their
+    /// files go once no sandbox uses them.
+    async fn forget(&self, gone: &[TemplateEntry]) {
+        for entry in gone {
             self.templates.remove(&entry.id);
             self.templates.forget_cached(&entry.id);
             self.release_template_layers(entry);
-            tracing::info!(snapshot = %entry.id, "a snapshot deleted on another node is gone from this one");
+            tracing::info!(snapshot = %entry.id, "a snapshot deleted through another node is gone from this one");
         }
         self.collect_layers().await;
     }

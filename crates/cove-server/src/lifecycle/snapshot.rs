@@ -291,6 +291,8 @@ impl Lifecycle {
     /// Deletes a snapshot of `team`. Sandboxes made from it keep running, and its layers
     /// stay as long as they do.
     pub async fn delete_snapshot(&self, entry: &TemplateEntry) -> Result<(), LifecycleError> {
+        // Deleted through another node already: not found, as on that node.
+        self.check_not_deleted(entry).await?;
         self.store.delete_template(&entry.id)?;
         self.templates.remove(&entry.id);
         self.release_template_layers(entry);
