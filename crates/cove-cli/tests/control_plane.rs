@@ -11,9 +11,9 @@ mod common;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use common::cluster::{api, edge, node, nodes, offline};
+use common::cluster::{DOWN_AFTER, HEARTBEAT, api, edge, node, nodes, offline};
 use cove_sdk::{ConnectionConfig, Error, Sandbox};
-use cove_test_util::{TestPostgres, wait_until};
+use cove_test_util::{TestPostgres, TestServer, free_port, wait_until};
 
 /// How many sandboxes each node runs, by the database's records.
 fn per_node(store: &cove_server::store::Store) -> BTreeMap<String, usize> {
@@ -203,4 +203,65 @@ async fn one_api_and_one_edge_serve_the_whole_cluster() {
     b.stop();
     edge.stop();
     drop(postgres);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_serves_beside_the_api_and_the_edge_in_one_process() {
+    if !TestPostgres::installed() {
+        eprintln!("SKIPPED: PostgreSQL is not installed (Debian package postgresql)");
+        return;
+    }
+    let postgres = TestPostgres::start();
+    let url = postgres.url();
+    // One process: the api and the edge on its --listen, node-a on --node-listen.
+    let node_listen = format!("127.0.0.1:{}", free_port());
+    let down_after = format!("{}s", DOWN_AFTER.as_secs());
+    let first = TestServer::launch(
+        common::cove(),
+        true,
+        &[
+            "--warm-pool",
+            "0",
+            "--database",
+            &url,
+            "--role",
+            "node,api,edge",
+            "--node-id",
+            "node-a",
+            "--node-listen",
+            &node_listen,
+            "--heartbeat",
+            HEARTBEAT,
+            "--node-down-after",
+            &down_after,
+        ],
+    )
+    .await;
+    let domain = first
+        .url()
+        .trim_start_matches("http://")
+        .replace("127.0.0.1", "localhost");
+    // Another machine's node joins: the api and the edge of the first process use it too.
+    let _b = node("node-b", &url, &domain).await;
+    let config = ConnectionConfig::new(&first.url(), &first.api_key)
+        .unwrap()
+        .with_sandbox_url(&first.url());
+    let store = cove_server::open_store(first.state_dir(), Some(&url)).unwrap();
+    let table = nodes(&url, &["list"]);
+    assert!(table.contains(&format!("http://{node_listen}")), "{table}");
+
+    let mut made = Vec::new();
+    for n in 0..4 {
+        let sandbox = Sandbox::create(&config, offline()).await.unwrap();
+        let out = sandbox.commands().run(&format!("echo {n}")).await.unwrap();
+        assert_eq!(out.stdout.trim(), n.to_string());
+        made.push(sandbox);
+        reported(&store, made.len()).await;
+    }
+    let spread = per_node(&store);
+    assert_eq!(spread.get("node-a"), Some(&2), "{spread:?}");
+    assert_eq!(spread.get("node-b"), Some(&2), "{spread:?}");
+    for sandbox in made {
+        assert!(sandbox.kill().await.unwrap());
+    }
 }

@@ -2,8 +2,8 @@
 //! ([`crate::edge`]) — served by one process, each alone or both on one listener
 //! (`cove serve --role api,edge`): sandbox traffic (by its headers, host or signature) goes
 //! to the edge, everything else to the api. Both keep no state: any number of such processes
-//! serve one cluster. A node runs in a process of its own: the api and the edge reach it at
-//! its address.
+//! serve one cluster. A node may share the process (`--role node,api,edge`), on a listener
+//! of its own: the api and the edge reach every node at its address.
 
 use std::{net::SocketAddr, sync::Arc};
 

@@ -123,9 +123,15 @@ struct ClusterArgs {
     /// sandboxes on this machine, registers itself and reports every `--heartbeat`; `edge`
     /// passes sandbox traffic to the node that runs each sandbox (give the nodes its
     /// `--domain`); `api` serves the cluster's REST API, placing creates on nodes; `api,edge`
-    /// both on one listener. Without it, a server on its own.
+    /// both on one listener; `node,api,edge` (or `node,api`, `node,edge`) a node beside them
+    /// in one process, on `--node-listen`. Without it, a server on its own.
     #[arg(long, env = "COVE_ROLE", value_enum, value_delimiter = ',')]
     role: Vec<RoleArg>,
+    /// With `--role node` and `api` or `edge` in one process: where the node's own API
+    /// listens (the api and the edge of every process reach it there; give its address with
+    /// `--advertise` unless it is a specific one); `--listen` is the api's and edge's.
+    #[arg(long, env = "COVE_NODE_LISTEN", value_name = "ADDR", requires = "role")]
+    node_listen: Option<SocketAddr>,
     /// This node's name in the cluster (default: the host's name).
     #[arg(long, env = "COVE_NODE_ID", requires = "role")]
     node_id: Option<String>,
@@ -177,21 +183,63 @@ enum RoleArg {
     Api,
 }
 
+/// What one `cove serve` process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    /// A server on its own, or a node: sandboxes on this machine.
+    Server,
+    /// The api, the edge or both: no sandboxes here.
+    Gateway { api: bool, edge: bool },
+    /// A node on `node_listen`, and the api, the edge or both on `--listen`.
+    NodeBeside {
+        api: bool,
+        edge: bool,
+        node_listen: SocketAddr,
+    },
+}
+
 impl ClusterArgs {
-    /// Whether this process is a node, and the stateless roles it has otherwise; checked.
-    fn stateless_roles(&self) -> anyhow::Result<Option<(bool, bool)>> {
+    /// What this process runs, as its roles say; checked.
+    fn plan(&self, listen: SocketAddr) -> anyhow::Result<Plan> {
         let (api, edge) = (
             self.role.contains(&RoleArg::Api),
             self.role.contains(&RoleArg::Edge),
         );
-        if self.role.is_empty() || self.role.contains(&RoleArg::Node) {
-            anyhow::ensure!(
-                !(api || edge),
-                "--role node runs in a process of its own: the api and the edge reach it at its address (run them in another process, e.g. --role api,edge)"
-            );
-            return Ok(None);
+        let node = self.role.contains(&RoleArg::Node);
+        match (node, api || edge, self.node_listen) {
+            (_, false, Some(_)) | (false, _, Some(_)) => anyhow::bail!(
+                "--node-listen is for a node beside the api or the edge in one process (--role node,api,edge)"
+            ),
+            (true, true, None) => anyhow::bail!(
+                "--role {} serves the api or the edge on --listen and the node on another address: give it with --node-listen ADDR",
+                self.role_names()
+            ),
+            (true, true, Some(node_listen)) => {
+                anyhow::ensure!(
+                    node_listen != listen,
+                    "--node-listen must differ from --listen ({listen}): the node and the api/edge have a listener each"
+                );
+                Ok(Plan::NodeBeside {
+                    api,
+                    edge,
+                    node_listen,
+                })
+            }
+            (false, true, None) => Ok(Plan::Gateway { api, edge }),
+            (_, false, None) => Ok(Plan::Server),
         }
-        Ok(Some((api, edge)))
+    }
+
+    fn role_names(&self) -> String {
+        self.role
+            .iter()
+            .map(|r| match r {
+                RoleArg::Node => "node",
+                RoleArg::Edge => "edge",
+                RoleArg::Api => "api",
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// This process's node settings, checked against the rest of the configuration.
@@ -278,15 +326,18 @@ struct OperationsArgs {
 }
 
 impl OperationsArgs {
-    fn config(self) -> OperationsConfig {
-        let tls = match (self.tls, self.tls_cert, self.tls_key) {
+    fn config(&self) -> OperationsConfig {
+        let tls = match (&self.tls, &self.tls_cert, &self.tls_key) {
             (Some(_), _, _) => Some(TlsSource::SelfSigned),
-            (None, Some(cert), Some(key)) => Some(TlsSource::Files { cert, key }),
+            (None, Some(cert), Some(key)) => Some(TlsSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
             _ => None,
         };
         OperationsConfig {
             metrics_listen: self.metrics_listen,
-            metrics_token: self.metrics_token.filter(|t| !t.is_empty()),
+            metrics_token: self.metrics_token.clone().filter(|t| !t.is_empty()),
             tls,
         }
     }
@@ -445,22 +496,35 @@ impl StateDir {
 }
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
-    if let Some((api, edge)) = args.cluster.stateless_roles()? {
-        return run_gateway(args, api, edge);
-    }
+    let beside = match args.cluster.plan(args.listen)? {
+        Plan::Server => None,
+        Plan::Gateway { api, edge } => return run_gateway(args, api, edge),
+        Plan::NodeBeside {
+            api,
+            edge,
+            node_listen,
+        } => Some((gateway_config(&args, api, edge)?, node_listen)),
+    };
     for file in &args.egress_ca_file {
         std::fs::File::open(file)
             .with_context(|| format!("cannot read --egress-ca-file {}", file.display()))?;
     }
-    let node = args
-        .cluster
-        .node(args.state.database.as_deref(), args.listen)?;
+    // Beside the api or the edge, the node listens on its own address, without TLS (the
+    // api and the edge reach nodes over plain HTTP), its sandbox hosts under their domain.
+    let listen = beside.as_ref().map_or(args.listen, |(_, at)| *at);
+    let node = args.cluster.node(args.state.database.as_deref(), listen)?;
+    let mut operations = args.operations.config();
+    let mut domain = args.domain.clone();
+    if beside.is_some() {
+        operations.tls = None;
+        domain = domain.or_else(|| Some(format!("localhost:{}", args.listen.port())));
+    }
     let config = ServerConfig {
-        listen: args.listen,
+        listen,
         state_dir: args.state.resolve()?,
         database: args.state.database.clone(),
         node,
-        domain: args.domain,
+        domain,
         api_keys: args
             .api_keys
             .into_iter()
@@ -489,7 +553,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             ..EgressConfig::default()
         },
         front: args.front.config(),
-        operations: args.operations.config(),
+        operations,
         templates: cove_server::TemplatesConfig {
             registry_mirrors: args.templates.registry_mirrors,
             warm_total: args.templates.warm_pool_total,
@@ -525,45 +589,75 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         if let Some(ca) = &server.local_ca {
             print_trust(ca, server.domain());
         }
-        server.run().await.context("the server failed")
+        let Some((gateway, _)) = beside else {
+            return server.run().await.context("the server failed");
+        };
+        let roles = gateway_roles(gateway.api, gateway.edge.is_some());
+        println!("Cove {roles} listening on {}", gateway_url(&gateway));
+        let gateway = tokio::spawn(cove_server::gateway::run(gateway));
+        // Both stop on SIGTERM/SIGINT; the node ends first if the gateway fails.
+        let served = server.run().await.context("the server failed");
+        let gateway = gateway
+            .await
+            .context("the gateway stopped unexpectedly")?
+            .with_context(|| format!("the {roles} failed"));
+        served.and(gateway)
     })?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// `--role api`, `--role edge` or both: no sandboxes here.
 fn run_gateway(args: Args, api: bool, edge: bool) -> anyhow::Result<std::process::ExitCode> {
-    let roles = match (api, edge) {
+    let config = gateway_config(&args, api, edge)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let roles = gateway_roles(api, edge);
+    println!("Cove {roles} listening on {}", gateway_url(&config));
+    runtime
+        .block_on(cove_server::gateway::run(config))
+        .with_context(|| format!("the {roles} failed"))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn gateway_roles(api: bool, edge: bool) -> &'static str {
+    match (api, edge) {
         (true, true) => "api,edge",
         (true, false) => "api",
         _ => "edge",
-    };
-    let tls = args.operations.config().tls;
-    anyhow::ensure!(
-        !matches!(tls, Some(TlsSource::SelfSigned)),
-        "--role {roles} serves TLS from --tls-cert and --tls-key: a self-signed CA would differ in each process"
-    );
-    let config = cove_server::gateway::GatewayConfig {
-        listen: args.listen,
-        database: shared_database(roles, args.state.database.as_deref())?.to_owned(),
-        api,
-        edge: edge.then_some(args.domain),
-        front: args.front.config(),
-        tls,
-    };
+    }
+}
+
+fn gateway_url(config: &cove_server::gateway::GatewayConfig) -> String {
     let scheme = if config.tls.is_some() {
         "https"
     } else {
         "http"
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    println!("Cove {roles} listening on {scheme}://{}", config.listen);
-    runtime
-        .block_on(cove_server::gateway::run(config))
-        .with_context(|| format!("the {roles} failed"))?;
-    Ok(std::process::ExitCode::SUCCESS)
+    format!("{scheme}://{}", config.listen)
+}
+
+/// The settings of the api, the edge or both, as `args` give them.
+fn gateway_config(
+    args: &Args,
+    api: bool,
+    edge: bool,
+) -> anyhow::Result<cove_server::gateway::GatewayConfig> {
+    let roles = gateway_roles(api, edge);
+    let tls = args.operations.config().tls;
+    anyhow::ensure!(
+        !matches!(tls, Some(TlsSource::SelfSigned)),
+        "--role {roles} serves TLS from --tls-cert and --tls-key: a self-signed CA would differ in each process"
+    );
+    Ok(cove_server::gateway::GatewayConfig {
+        listen: args.listen,
+        database: shared_database(roles, args.state.database.as_deref())?.to_owned(),
+        api,
+        edge: edge.then(|| args.domain.clone()),
+        front: args.front.config(),
+        tls,
+    })
 }
 
 /// Says where the local CA is and how clients come to trust it.
@@ -649,22 +743,58 @@ mod tests {
         cluster: ClusterArgs,
     }
 
-    fn roles(role: &str) -> anyhow::Result<Option<(bool, bool)>> {
-        Roles::try_parse_from(["serve", "--role", role])
+    fn plan(args: &[&str]) -> anyhow::Result<Plan> {
+        let listen: SocketAddr = "127.0.0.1:3000".parse().unwrap();
+        Roles::try_parse_from(["serve"].iter().chain(args))
             .unwrap()
             .cluster
-            .stateless_roles()
+            .plan(listen)
     }
 
     #[test]
-    fn the_api_and_the_edge_may_share_a_process_but_a_node_runs_alone() {
-        assert_eq!(roles("api,edge").unwrap(), Some((true, true)));
-        assert_eq!(roles("edge,api").unwrap(), Some((true, true)));
-        assert_eq!(roles("edge").unwrap(), Some((false, true)));
-        assert_eq!(roles("node").unwrap(), None);
-        for mixed in ["node,edge", "api,node", "node,api,edge"] {
-            let err = roles(mixed).unwrap_err().to_string();
-            assert!(err.contains("process of its own"), "{mixed}: {err}");
+    fn the_api_and_the_edge_share_a_process_and_a_node_joins_them_on_its_own_listener() {
+        let gateway = |api, edge| Ok::<_, ()>(Plan::Gateway { api, edge });
+        assert_eq!(
+            plan(&["--role", "api,edge"]).map_err(drop),
+            gateway(true, true)
+        );
+        assert_eq!(
+            plan(&["--role", "edge,api"]).map_err(drop),
+            gateway(true, true)
+        );
+        assert_eq!(
+            plan(&["--role", "edge"]).map_err(drop),
+            gateway(false, true)
+        );
+        assert_eq!(plan(&["--role", "node"]).unwrap(), Plan::Server);
+        assert_eq!(plan(&[]).unwrap(), Plan::Server);
+        let node_listen: SocketAddr = "10.0.0.5:3100".parse().unwrap();
+        assert_eq!(
+            plan(&["--role", "node,api,edge", "--node-listen", "10.0.0.5:3100"]).unwrap(),
+            Plan::NodeBeside {
+                api: true,
+                edge: true,
+                node_listen
+            }
+        );
+        for (args, says) in [
+            (&["--role", "node,edge"][..], "--node-listen ADDR"),
+            (&["--role", "api,node"], "--node-listen ADDR"),
+            (
+                &["--role", "node,api", "--node-listen", "127.0.0.1:3000"],
+                "must differ",
+            ),
+            (
+                &["--role", "node", "--node-listen", "10.0.0.5:3100"],
+                "beside",
+            ),
+            (
+                &["--role", "api", "--node-listen", "10.0.0.5:3100"],
+                "beside",
+            ),
+        ] {
+            let err = plan(args).unwrap_err().to_string();
+            assert!(err.contains(says), "{args:?}: {err}");
         }
         assert!(Roles::try_parse_from(["serve", "--role", "api,proxy"]).is_err());
     }
