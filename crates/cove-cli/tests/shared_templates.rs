@@ -447,3 +447,83 @@ async fn a_memory_snapshot_in_the_object_store_restores_its_processes_on_another
             .unwrap()
     );
 }
+
+/// The layers and snapshot directories in an object store (each is an archive and a record).
+fn in_object_store(objects: &Path) -> (usize, usize) {
+    let count = |dir: &str| {
+        std::fs::read_dir(objects.join(dir))
+            .map(|d| d.count() / 2)
+            .unwrap_or(0)
+    };
+    (count("layers/sha256"), count("snapshots"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_object_store_keeps_what_templates_and_snapshots_use_and_collects_the_rest() {
+    if !TestPostgres::installed() {
+        eprintln!("SKIPPED: PostgreSQL is not installed (Debian package postgresql)");
+        return;
+    }
+    let postgres = TestPostgres::start();
+    let url = postgres.url();
+    let registry = seeded_mirror().await;
+    let mirror = format!("docker.io={}", registry.url());
+    let objects = tempfile::tempdir().unwrap();
+    let depot = format!("file://{}", objects.path().display());
+    let (_edge, domain) = edge(&url).await;
+    // Nothing waits before it may go: every collection takes all that nothing uses.
+    let shared = [
+        "--object-store",
+        depot.as_str(),
+        "--object-store-keep-for",
+        "1ms",
+        "--registry-mirror",
+        mirror.as_str(),
+    ];
+    let a = node_with("node-a", &url, &domain, &shared).await;
+
+    for (name, says) in [("app-one", "one"), ("app-two", "two")] {
+        let context = tempfile::tempdir().unwrap();
+        let dockerfile = format!("FROM debian:bookworm\nRUN echo {says} > /built.txt\n");
+        std::fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
+        build(&a, context.path(), name);
+    }
+    let source = Sandbox::create(&a.config(), from("app-one")).await.unwrap();
+    source
+        .files()
+        .write("/home/user/note.txt", b"noted".to_vec())
+        .await
+        .unwrap();
+    let snapshot = source.snapshot(Some("noted")).await.unwrap();
+    assert!(source.kill().await.unwrap());
+    let (layers, dirs) = in_object_store(objects.path());
+    assert_eq!(dirs, 1);
+
+    // app-one deleted: its layers stay, the snapshot taken of its sandbox needs them.
+    cove_sdk::templates::delete(&a.config(), "app-one")
+        .await
+        .unwrap();
+    let collected = cove_sdk::templates::collect(&a.config()).await.unwrap();
+    assert_eq!(collected.shared_removed, 0, "{collected:?}");
+    assert_eq!(in_object_store(objects.path()), (layers, 1));
+
+    // The snapshot deleted too: app-one's own layers and the snapshot's directory go.
+    assert!(
+        Sandbox::delete_snapshot(&a.config(), &snapshot.snapshot_id)
+            .await
+            .unwrap()
+    );
+    let collected = cove_sdk::templates::collect(&a.config()).await.unwrap();
+    assert!(collected.shared_removed >= 2, "{collected:?}");
+    assert!(collected.shared_freed_bytes > 0);
+    let (left, dirs) = in_object_store(objects.path());
+    assert_eq!(dirs, 0);
+    assert_eq!(left + collected.shared_removed - 1, layers);
+
+    // What app-two needs is all there: a node that has nothing of it starts its sandboxes.
+    let b = node_with("node-b", &url, &domain, &shared).await;
+    let sandbox = Sandbox::create(&b.config(), from("app-two")).await.unwrap();
+    let out = sandbox.commands().run("cat /built.txt").await.unwrap();
+    assert_eq!(out.stdout.trim(), "two");
+    assert!(sandbox.kill().await.unwrap());
+}

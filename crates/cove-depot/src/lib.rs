@@ -10,15 +10,19 @@
 //! record is written after the archive, so a record names a complete archive. A node that
 //! lacks a layer fetches it on first use, verifying the archive against the record, and keeps
 //! it in its layer store from then on (collected like any other). Layers are named by id and
-//! never change, so nothing is ever overwritten.
+//! never change, so an archive is never overwritten (its record is written again, unchanged,
+//! by a writer that finds it there: see [`collect`]).
 //!
 //! Snapshots' directories are kept there too (see [`trees`]): `<prefix>/snapshots/<name>…`.
+//! What no template or snapshot needs any more is collected after a grace period (see
+//! [`collect`]).
 //!
 //! Where: `s3://bucket/prefix` (credentials, region and endpoint from the usual `AWS_*`
 //! variables: `AWS_ENDPOINT` and `AWS_ALLOW_HTTP=true` for an S3-compatible server of one's
 //! own), or a directory (`file:///srv/cove-depot` or an absolute path) for one machine or a
 //! shared filesystem.
 
+mod collect;
 mod trees;
 
 use std::{
@@ -28,6 +32,7 @@ use std::{
 };
 
 use bytes::Bytes;
+pub use collect::{Collected, Kept};
 use cove_image::{Digest, Exported, LayerInfo, LayerStore, StoreError};
 use object_store::{
     ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart, aws::AmazonS3Builder,
@@ -245,19 +250,30 @@ impl Depot {
     /// Writes `layer` from `store` unless the depot has it. The caller retains the layer
     /// meanwhile.
     pub async fn put(&self, store: &LayerStore, layer: &Digest) -> Result<Put> {
-        if self.has(layer).await? {
+        let record = self.object(layer, "json");
+        if let Some(present) = self.record_at(&record).await? {
+            self.refresh(&record, &present).await?;
             return Ok(Put::Present);
         }
         let (store, id) = (store.clone(), layer.clone());
         let exported = self
-            .upload(
-                &self.object(layer, "tar.gz"),
-                &self.object(layer, "json"),
-                move |out| Ok(store.export_layer(&id, out)?),
-            )
+            .upload(&self.object(layer, "tar.gz"), &record, move |out| {
+                Ok(store.export_layer(&id, out)?)
+            })
             .await?;
         tracing::info!(layer = %layer, bytes = exported.size, depot = %self.location, "layer stored in the object store");
         Ok(Put::Written(exported))
+    }
+
+    /// Writes `record` again as it is: what is used again looks young to a collection
+    /// ([`Depot::collect`]).
+    async fn refresh(&self, path: &ObjectPath, record: &Exported) -> Result<()> {
+        let json = serde_json::to_vec(record).expect("a record serialises");
+        self.objects
+            .put(path, PutPayload::from(json))
+            .await
+            .map_err(self.objects_err("write", path))?;
+        Ok(())
     }
 
     /// Writes what `export` writes (on a blocking thread) to `archive` in parts, then its
@@ -313,11 +329,7 @@ impl Depot {
             .finish()
             .await
             .map_err(self.objects_err("write", archive))?;
-        let json = serde_json::to_vec(&exported).expect("a record serialises");
-        self.objects
-            .put(record, PutPayload::from(json))
-            .await
-            .map_err(self.objects_err("write", record))?;
+        self.refresh(record, &exported).await?;
         Ok(exported)
     }
 

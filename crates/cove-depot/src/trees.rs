@@ -50,7 +50,8 @@ impl Depot {
     /// may change `dir` meanwhile.
     pub async fn put_tree(&self, name: &str, dir: &Path) -> Result<Put> {
         let record = self.tree_object(name, "json")?;
-        if self.record_at(&record).await?.is_some() {
+        if let Some(present) = self.record_at(&record).await? {
+            self.refresh(&record, &present).await?;
             return Ok(Put::Present);
         }
         let archive = self.tree_object(name, "tar.gz")?;

@@ -290,6 +290,9 @@ async fn a_layer_goes_through_an_s3_server() {
     depot.check().await.unwrap();
     travels(&depot, dir.path()).await;
     a_snapshot_dir_travels(&depot, dir.path()).await;
+    // Collected on a prefix of its own (what `travels` wrote is not kept there).
+    let apart = Depot::open_with("s3://cove-layers/collected", server.vars()).unwrap();
+    collects(&apart, &dir.path().join("collected")).await;
     // Wrong credentials: a clear error, not a missing layer.
     let mut wrong = server.vars();
     wrong.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
@@ -297,4 +300,54 @@ async fn a_layer_goes_through_an_s3_server() {
     let depot = Depot::open_with("s3://cove-layers/cluster-1", wrong).unwrap();
     let err = depot.check().await.unwrap_err();
     assert!(matches!(err, DepotError::Objects { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_collection_removes_what_nothing_keeps_once_it_is_old_enough() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("depot");
+    let depot = Depot::open(objects.to_str().unwrap()).unwrap();
+    collects(&depot, dir.path()).await;
+    let left: Vec<String> = fs::read_dir(objects.join("layers/sha256"))
+        .unwrap()
+        .chain(fs::read_dir(objects.join("snapshots")).unwrap())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 6, "an archive and a record each: {left:?}");
+}
+
+/// Two layers and two snapshot directories, one of each kept: the others go once old.
+async fn collects(depot: &Depot, dir: &Path) {
+    let (a, _) = stores(dir);
+    let (kept_layer, gone_layer) = (made_layer(&a, b"kept"), made_layer(&a, b"gone"));
+    for layer in [&kept_layer, &gone_layer] {
+        depot.put(&a, layer).await.unwrap();
+    }
+    for name in ["keptdir", "gonedir"] {
+        let made = dir.join("made").join(name);
+        made_snapshot_dir(&made, name.as_bytes());
+        depot.put_tree(name, &made).await.unwrap();
+    }
+    let kept = cove_depot::Kept {
+        layers: [kept_layer.clone()].into(),
+        trees: ["keptdir".to_owned()].into(),
+    };
+    // Young objects stay, needed or not: a build or snapshot may be about to record them.
+    let young = depot
+        .collect(&kept, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(young, cove_depot::Collected::default());
+    assert!(depot.has(&gone_layer).await.unwrap() && depot.has_tree("gonedir").await.unwrap());
+
+    let old = depot.collect(&kept, Duration::ZERO).await.unwrap();
+    assert_eq!(old.removed, 2, "{old:?}");
+    assert!(old.freed_bytes > 0);
+    assert!(!depot.has(&gone_layer).await.unwrap());
+    assert!(!depot.has_tree("gonedir").await.unwrap());
+    assert!(depot.has(&kept_layer).await.unwrap());
+    assert!(depot.has_tree("keptdir").await.unwrap());
+    // A layer written again after a collection took it is whole again.
+    depot.put(&a, &gone_layer).await.unwrap();
+    assert!(depot.has(&gone_layer).await.unwrap());
 }

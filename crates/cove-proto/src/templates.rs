@@ -287,6 +287,11 @@ pub struct TemplateUsage {
 pub struct CollectedLayers {
     pub removed_layers: usize,
     pub freed_bytes: u64,
+    /// Layers and snapshot directories removed from the object store (`--object-store`).
+    #[serde(default)]
+    pub shared_removed: usize,
+    #[serde(default)]
+    pub shared_freed_bytes: u64,
 }
 
 #[cfg(test)]

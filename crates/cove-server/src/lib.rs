@@ -44,6 +44,8 @@ use crate::{
 
 /// How often expired and dead sandboxes are looked for.
 const REAP_PERIOD: Duration = Duration::from_millis(500);
+/// How often a server with an object store collects it (and its own unused layers).
+const SHARED_COLLECTION_PERIOD: Duration = Duration::from_secs(3600);
 
 /// The team keys created by the server itself belong to.
 pub const DEFAULT_TEAM: &str = "default";
@@ -583,6 +585,16 @@ impl Server {
                     .watch_deleted_snapshots(lifecycle::metrics_history::SAMPLE_PERIOD),
             )
         });
+        // With an object store, deletions through other nodes leave things there: collected
+        // hourly (by every node: each collection is whole on its own).
+        let shared_collection = lifecycle.templates().depot().map(|_| {
+            tokio::spawn(
+                self.state
+                    .builder()
+                    .clone()
+                    .collect_every(SHARED_COLLECTION_PERIOD),
+            )
+        });
         let hangups = tokio::spawn(say_nothing_to_reload());
         lifecycle.warm_up();
         let app = router(self.state.clone());
@@ -612,6 +624,9 @@ impl Server {
         }
         if let Some(watch) = snapshot_watch {
             watch.abort();
+        }
+        if let Some(collection) = shared_collection {
+            collection.abort();
         }
         lifecycle.settle().await;
         if self.kill_on_exit {

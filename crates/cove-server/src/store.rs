@@ -427,6 +427,11 @@ impl Store {
         }
     }
 
+    /// Every stored template, on every node.
+    pub fn every_template<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>> {
+        self.records("SELECT entry FROM templates ORDER BY id")
+    }
+
     /// `team`'s stored templates on every node, with the node each is on (none: a server
     /// that is not part of a cluster).
     pub fn cluster_templates<T: serde::de::DeserializeOwned>(

@@ -34,7 +34,13 @@ pub struct TemplatesConfig {
     /// Where built templates' layers are shared with the other nodes of a cluster
     /// (`s3://bucket/prefix`, or a directory); none: they stay on the node that built them.
     pub object_store: Option<String>,
+    /// How long what no template or snapshot needs stays in the object store before a
+    /// collection removes it.
+    pub object_store_keep_for: std::time::Duration,
 }
+
+/// [`TemplatesConfig::object_store_keep_for`] unless set: longer than any build's upload.
+pub const OBJECT_STORE_KEEP_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Default for TemplatesConfig {
     fn default() -> Self {
@@ -46,6 +52,7 @@ impl Default for TemplatesConfig {
             max_upload_mb: 8192,
             ca_certs: None,
             object_store: None,
+            object_store_keep_for: OBJECT_STORE_KEEP_FOR,
         }
     }
 }
@@ -154,6 +161,7 @@ pub fn builder(
                 _ => String::new(),
             },
             max_layer_bytes: disk_mb << 20,
+            object_store_keep_for: config.object_store_keep_for,
         },
     ));
     let interrupted = builder.fail_interrupted()?;

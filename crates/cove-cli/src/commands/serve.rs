@@ -388,6 +388,10 @@ struct TemplateArgs {
     /// (file:///PATH, or a path) shared by the nodes
     #[arg(long, env = "COVE_OBJECT_STORE", value_name = "URL")]
     object_store: Option<String>,
+    /// How long layers and snapshots no template or snapshot needs any more stay in the
+    /// object store before the hourly collection (or `cove template gc`) removes them
+    #[arg(long, env = "COVE_OBJECT_STORE_KEEP_FOR", value_parser = duration, default_value = "1h", requires = "object_store")]
+    object_store_keep_for: Duration,
 }
 
 /// A range `--allow-private-egress` may open (none for an empty value: an empty variable).
@@ -562,6 +566,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             max_upload_mb: args.templates.max_upload_mb,
             ca_certs: Some(args.templates.template_ca_certs).filter(|p| !p.as_os_str().is_empty()),
             object_store: args.templates.object_store,
+            object_store_keep_for: args.templates.object_store_keep_for,
         },
     };
     let tls = config.operations.tls.is_some();

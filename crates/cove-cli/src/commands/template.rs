@@ -204,6 +204,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     collected.removed_layers,
                     mib(collected.freed_bytes)
                 );
+                if collected.shared_removed > 0 {
+                    println!(
+                        "{} unused layers and snapshots removed from the object store, {} freed",
+                        collected.shared_removed,
+                        mib(collected.shared_freed_bytes)
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             }
         }

@@ -52,6 +52,8 @@ pub struct BuilderConfig {
     pub extra_ca_certs: String,
     /// The most a layer made on the host (COPY) may hold: a sandbox's disk, as for RUN.
     pub max_layer_bytes: u64,
+    /// How long the object store keeps what nothing needs before a collection removes it.
+    pub object_store_keep_for: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -55,8 +55,86 @@ impl Builder {
     }
 
     /// Removes every layer nothing retains, forgets the cache entries that named them, and
-    /// the uploaded files older than a day.
+    /// the uploaded files older than a day; then, with an object store, what no template or
+    /// snapshot of the cluster needs there any more ([`Builder::collect_shared`]).
     pub async fn collect(&self) -> Result<CollectedLayers, StorageError> {
+        let mut collected = self.collect_here().await?;
+        if let Some((removed, freed)) = self.collect_shared().await {
+            collected.shared_removed = removed;
+            collected.shared_freed_bytes = freed;
+        }
+        Ok(collected)
+    }
+
+    /// Removes from the object store the layers no build of any template uses and the
+    /// snapshot directories no snapshot uses (those older than `--object-store-keep-for`:
+    /// younger ones may be about to be recorded). Nothing is removed when what is in use
+    /// cannot be read whole. None without an object store, or when it failed (logged).
+    async fn collect_shared(&self) -> Option<(usize, u64)> {
+        let depot = self.lifecycle.templates().depot()?.clone();
+        let catalog = self.catalog.clone();
+        let built = tokio::task::spawn_blocking(move || built_layers(&catalog)).await;
+        let mut kept = match built {
+            Ok(Ok(layers)) => cove_depot::Kept {
+                layers,
+                ..Default::default()
+            },
+            Ok(Err(err)) => {
+                tracing::warn!(
+                    ?err,
+                    "cannot read the templates' layers; the object store is not collected now"
+                );
+                return None;
+            }
+            Err(err) => {
+                tracing::warn!(?err, "the object store's collection stopped unexpectedly");
+                return None;
+            }
+        };
+        match self.lifecycle.shared_in_use().await {
+            Ok(snapshots) => {
+                kept.layers.extend(snapshots.layers);
+                kept.trees = snapshots.trees;
+            }
+            Err(err) => {
+                tracing::warn!(
+                    ?err,
+                    "cannot read the shared snapshots; the object store is not collected now"
+                );
+                return None;
+            }
+        }
+        match depot
+            .collect(&kept, self.config.object_store_keep_for)
+            .await
+        {
+            Ok(done) => {
+                if done.removed > 0 {
+                    tracing::info!(removed = done.removed, freed_bytes = done.freed_bytes, depot = %depot.location(), "collected the object store");
+                }
+                Some((done.removed, done.freed_bytes))
+            }
+            Err(err) => {
+                tracing::warn!(err = %cove_image::error_chain(&err), "cannot collect the object store");
+                None
+            }
+        }
+    }
+
+    /// Every `period` until aborted: [`Builder::collect`] (with an object store, which
+    /// deletions elsewhere in the cluster leave things in).
+    pub async fn collect_every(self: Arc<Self>, period: std::time::Duration) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(err) = self.collect().await {
+                tracing::warn!(err = %cove_image::error_chain(&err), "cannot collect unused layers");
+            }
+        }
+    }
+
+    async fn collect_here(&self) -> Result<CollectedLayers, StorageError> {
         let (store, catalog, contexts) = (
             self.store.clone(),
             self.catalog.clone(),
@@ -83,6 +161,7 @@ impl Builder {
             Ok(CollectedLayers {
                 removed_layers: report.removed.len(),
                 freed_bytes: report.freed_bytes,
+                ..CollectedLayers::default()
             })
         })
         .await
@@ -169,4 +248,22 @@ fn release_deleted_builds(
         }
     }
     Ok(())
+}
+
+/// The layers of every finished build of every template (every team's).
+fn built_layers(
+    catalog: &crate::catalog::Catalog,
+) -> Result<std::collections::HashSet<Digest>, CatalogError> {
+    let mut layers = std::collections::HashSet::new();
+    for row in catalog.all_templates()? {
+        for build in catalog.builds_of(&row.id)? {
+            let Some(built) = build.result else { continue };
+            layers.extend(
+                std::iter::once(&built.accounts)
+                    .chain(&built.layers)
+                    .filter_map(|hex| Digest::from_hex(hex).ok()),
+            );
+        }
+    }
+    Ok(layers)
 }

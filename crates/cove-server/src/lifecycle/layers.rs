@@ -30,7 +30,13 @@ pub fn store_layers(store: &LayerStore, record: &SandboxRecord) -> Vec<Digest> {
 
 /// The store layers among a template's layers.
 pub fn template_store_layers(store: &LayerStore, template: &Template) -> Vec<Digest> {
-    let root = store.root().join("layers/sha256");
+    layers_below(store.root(), template)
+}
+
+/// The layers of a template that are in the layer store at `store_root` (another node's,
+/// for a snapshot that node took).
+pub fn layers_below(store_root: &std::path::Path, template: &Template) -> Vec<Digest> {
+    let root = store_root.join("layers/sha256");
     template
         .layers
         .iter()

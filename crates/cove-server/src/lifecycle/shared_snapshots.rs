@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Lifecycle, LifecycleError, TemplateEntry, TemplateKind,
-    layers::{snapshot_owner, template_store_layers},
+    layers::{layers_below, snapshot_owner, template_store_layers},
 };
 use crate::secrets;
 
@@ -245,6 +245,23 @@ impl Lifecycle {
         }
         self.forget(std::slice::from_ref(entry)).await;
         Err(LifecycleError::TemplateNotFound(entry.alias.clone()))
+    }
+
+    /// What the snapshots in the object store (every node's) need there: their directories,
+    /// and the built layers under them. Read from the database on a blocking thread.
+    pub async fn shared_in_use(&self) -> Result<cove_depot::Kept, LifecycleError> {
+        let store = self.store.clone();
+        let entries = tokio::task::spawn_blocking(move || store.every_template::<TemplateEntry>())
+            .await
+            .map_err(|e| LifecycleError::Crashed(e.to_string()))??;
+        let mut kept = cove_depot::Kept::default();
+        for entry in entries {
+            let Some(shared) = entry.shared else { continue };
+            kept.trees.extend(shared.dirs);
+            kept.layers
+                .extend(layers_below(&shared.made_in.layer_store, &entry.template));
+        }
+        Ok(kept)
     }
 
     /// Every `period` until aborted: [`Lifecycle::forget_deleted_snapshots`].
