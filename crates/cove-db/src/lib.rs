@@ -14,6 +14,7 @@
 mod migrations;
 mod postgres;
 mod sqlite;
+mod tls;
 mod value;
 
 use std::path::PathBuf;
@@ -85,6 +86,8 @@ pub enum DbError {
     Closed,
     #[error("another Cove process holds {0} in this database")]
     Claimed(String),
+    #[error("PostgreSQL over TLS: {0}")]
+    Tls(String),
 }
 
 pub type Result<T> = std::result::Result<T, DbError>;

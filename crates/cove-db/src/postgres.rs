@@ -20,12 +20,30 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Postgres {
     config: tokio_postgres::Config,
+    /// TLS as the URL's `sslmode` asks (none: `disable`; see [`crate::tls`]).
+    connector: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     /// Drives the connection's socket; shut down (without waiting) when this is dropped.
     runtime: Option<tokio::runtime::Runtime>,
     session: Mutex<Option<Session>>,
     /// What this connection holds for its process ([`Postgres::claim`]); taken again on
     /// every new connection.
     claimed: Mutex<Option<i64>>,
+}
+
+/// The client of a new connection, whose socket is driven by a task of its own.
+fn connected<S, T>(
+    (client, connection): (Client, tokio_postgres::Connection<S, T>),
+) -> std::result::Result<Client, tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::warn!(%err, "the PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
 }
 
 /// A live connection and the statements prepared on it.
@@ -36,7 +54,10 @@ struct Session {
 
 impl Postgres {
     pub fn connect(url: &str) -> Result<Self> {
-        let mut config: tokio_postgres::Config = url.parse()?;
+        let tls = crate::tls::split(url)?;
+        let mut config: tokio_postgres::Config = tls.url.parse()?;
+        config.ssl_mode(crate::tls::driver_mode(tls.mode));
+        let connector = crate::tls::connector(&tls)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -49,6 +70,7 @@ impl Postgres {
             .map_err(|err| DbError::Io(err.to_string()))?;
         let db = Self {
             config,
+            connector,
             runtime: Some(runtime),
             session: Mutex::new(None),
             claimed: Mutex::new(None),
@@ -59,16 +81,13 @@ impl Postgres {
     }
 
     fn open_session(&self) -> Result<Session> {
-        let config = self.config.clone();
+        let (config, connector) = (self.config.clone(), self.connector.clone());
         let runtime = self.runtime.as_ref().ok_or(DbError::Closed)?;
         let connecting = runtime.spawn(async move {
-            let (client, connection) = config.connect(NoTls).await?;
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::warn!(%err, "the PostgreSQL connection ended");
-                }
-            });
-            Ok::<_, tokio_postgres::Error>(client)
+            match connector {
+                Some(tls) => connected(config.connect(tls).await?),
+                None => connected(config.connect(NoTls).await?),
+            }
         });
         let client = block_on(connecting)
             .map_err(|_| DbError::Closed)?

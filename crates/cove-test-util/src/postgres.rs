@@ -38,6 +38,8 @@ pub struct TestPostgres {
     bin: PathBuf,
     /// Who the server runs as, when that is not the current user (tests run as root).
     owner: Option<(Uid, Gid)>,
+    /// It serves TLS, and TCP clients only over TLS ([`TestPostgres::start_with_tls`]).
+    tls: bool,
     port: u16,
     dir: tempfile::TempDir,
 }
@@ -50,6 +52,16 @@ impl TestPostgres {
 
     /// A fresh cluster with an empty database `cove`, accepting connections on `url()`.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// [`TestPostgres::start`] serving TLS with this certificate chain and key (PEM), and
+    /// refusing TCP clients that do not use it (`hostssl` only).
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> Self {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Self {
         let bin = bin_dir().expect(
             "PostgreSQL is missing under /usr/lib/postgresql (scripts/setup installs the \
              postgresql Debian package)",
@@ -78,10 +90,14 @@ impl TestPostgres {
             child: None,
             bin,
             owner,
+            tls: tls.is_some(),
             port: free_port(),
             dir,
         };
         postgres.initdb();
+        if let Some((cert, key)) = tls {
+            postgres.require_tls(cert, key);
+        }
         postgres.launch();
         postgres.createdb(DATABASE);
         postgres
@@ -194,6 +210,31 @@ impl TestPostgres {
         );
     }
 
+    /// Puts the certificate and key in the data directory (the key the owner's alone, as
+    /// the server wants) and lets TCP clients in only over TLS.
+    fn require_tls(&self, cert: &str, key: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data();
+        for (name, pem, mode) in [("server.crt", cert, 0o644), ("server.key", key, 0o600)] {
+            let path = data.join(name);
+            fs::write(&path, pem).expect("the server's TLS files");
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("their modes");
+            if let Some((uid, gid)) = self.owner {
+                rustix::fs::chown(&path, Some(uid), Some(gid)).expect("their owner");
+            }
+        }
+        let hba = data.join("pg_hba.conf");
+        let rules = fs::read_to_string(&hba).expect("pg_hba.conf");
+        let tls_only: String = rules
+            .lines()
+            .map(|line| match line.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}\n"),
+                None => format!("{line}\n"),
+            })
+            .collect();
+        fs::write(&hba, tls_only).expect("pg_hba.conf");
+    }
+
     /// Starts the server as our child and waits until it accepts connections.
     fn launch(&mut self) {
         let log = fs::OpenOptions::new()
@@ -221,6 +262,7 @@ impl TestPostgres {
             // Dynamic shared memory as files in the data directory, not in /dev/shm, so a
             // killed server leaves none behind outside the directory we remove.
             .args(["-c", "dynamic_shared_memory_type=mmap"])
+            .args(if self.tls { &["-c", "ssl=on"][..] } else { &[] })
             .stdout(stdout)
             .stderr(log)
             .spawn()
