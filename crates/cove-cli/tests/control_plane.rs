@@ -265,3 +265,136 @@ async fn a_node_serves_beside_the_api_and_the_edge_in_one_process() {
         assert!(sandbox.kill().await.unwrap());
     }
 }
+
+/// A CA (PEM) and a certificate it issued for 127.0.0.1 with its key, written to `dir`:
+/// `(ca, cert, key)` paths.
+fn issued_for_loopback(dir: &std::path::Path, name: &str) -> [String; 3] {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} CA"));
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let paths = ["ca.pem", "cert.pem", "key.pem"].map(|f| dir.join(format!("{name}-{f}")));
+    std::fs::write(&paths[0], ca_cert.pem()).unwrap();
+    std::fs::write(&paths[1], cert.pem()).unwrap();
+    std::fs::write(&paths[2], key.serialize_pem()).unwrap();
+    paths.map(|p| p.display().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_serving_tls_are_reached_over_tls_by_the_api_and_the_edge() {
+    if !TestPostgres::installed() {
+        eprintln!("SKIPPED: PostgreSQL is not installed (Debian package postgresql)");
+        return;
+    }
+    let postgres = TestPostgres::start();
+    let url = postgres.url();
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = issued_for_loopback(dir.path(), "nodes");
+    let [other_ca, _, _] = issued_for_loopback(dir.path(), "other");
+    let gateway = |node_ca: String| {
+        let url = url.clone();
+        async move {
+            TestServer::launch(
+                common::cove(),
+                false,
+                &[
+                    "--role",
+                    "api,edge",
+                    "--database",
+                    &url,
+                    "--node-ca",
+                    &node_ca,
+                ],
+            )
+            .await
+        }
+    };
+    let trusting = gateway(ca).await;
+    let domain = trusting
+        .url()
+        .trim_start_matches("http://")
+        .replace("127.0.0.1", "localhost");
+    // The node serves TLS; its address (advertised by default) is https.
+    let down_after = format!("{}s", DOWN_AFTER.as_secs());
+    let node = TestServer::launch(
+        common::cove(),
+        true,
+        &[
+            "--warm-pool",
+            "0",
+            "--domain",
+            &domain,
+            "--database",
+            &url,
+            "--role",
+            "node",
+            "--node-id",
+            "node-tls",
+            "--heartbeat",
+            HEARTBEAT,
+            "--node-down-after",
+            &down_after,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+    )
+    .await;
+    assert!(node.url().starts_with("https://"));
+    wait_until(
+        "the node to register its https address",
+        Duration::from_secs(20),
+        || {
+            let table = nodes(&url, &["list"]);
+            let url = node.url();
+            async move { table.contains(&url).then_some(()) }
+        },
+    )
+    .await;
+
+    let config = ConnectionConfig::new(&trusting.url(), &node.api_key)
+        .unwrap()
+        .with_sandbox_url(&trusting.url());
+    // The gateway started before the node made its key: it reads keys again periodically.
+    wait_until(
+        "the gateway to know the node's key",
+        Duration::from_secs(20),
+        || {
+            let config = config.clone();
+            async move { Sandbox::list(&config).await.ok() }
+        },
+    )
+    .await;
+    let sandbox = Sandbox::create(&config, offline()).await.unwrap();
+    let out = sandbox.commands().run("echo over tls").await.unwrap();
+    assert_eq!(out.stdout.trim(), "over tls");
+    sandbox
+        .files()
+        .write("/home/user/t.txt", b"kept".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        sandbox.files().read("/home/user/t.txt").await.unwrap(),
+        &b"kept"[..]
+    );
+
+    // A gateway that trusts another CA does not talk to the node: no create, no call.
+    let doubting = gateway(other_ca).await;
+    let config = ConnectionConfig::new(&doubting.url(), &node.api_key)
+        .unwrap()
+        .with_sandbox_url(&doubting.url());
+    let err = Sandbox::create(&config, offline()).await.unwrap_err();
+    assert!(matches!(err, Error::Api { status: 503, .. }), "{err:?}");
+    let info = Sandbox::info_by_id(&config, sandbox.id()).await;
+    assert!(info.is_err(), "the untrusted node was reached: {info:?}");
+    assert!(sandbox.kill().await.unwrap());
+}

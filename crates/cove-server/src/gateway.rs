@@ -8,7 +8,9 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use crate::{
-    ServerError, ShutdownSignal, control_plane, edge,
+    ServerError, ShutdownSignal,
+    cluster::forward::{Forwarder, NodeTrust},
+    control_plane, edge,
     front::{self, FrontConfig},
     store::Store,
     tls::{self, TlsSource},
@@ -28,6 +30,9 @@ pub struct GatewayConfig {
     pub front: FrontConfig,
     /// TLS from certificate files (a self-signed CA would differ per process).
     pub tls: Option<TlsSource>,
+    /// The CAs (PEM) certificates of nodes at `https://` addresses chain to (none: the
+    /// system's).
+    pub node_ca: Option<std::path::PathBuf>,
 }
 
 /// Serves until SIGTERM/SIGINT.
@@ -57,14 +62,15 @@ pub async fn run(config: GatewayConfig) -> Result<(), ServerError> {
         let (acceptor, _) = tls::acceptor(source, std::path::Path::new("/nonexistent"), host)?;
         front = front.with_tls(acceptor);
     }
+    let forwarder = Arc::new(Forwarder::new(&NodeTrust::load(config.node_ca.as_deref())?));
     let api = config
         .api
-        .then(|| control_plane::open(&config.database))
+        .then(|| control_plane::open(&config.database, forwarder.clone()))
         .transpose()?;
     let app = match domain.clone() {
         Some(domain) => {
             let store = Store::open(&cove_db::Location::parse(&config.database))?;
-            edge::router(edge::Edge::new(Arc::new(store), domain, api))
+            edge::router(edge::Edge::new(Arc::new(store), domain, api, forwarder))
         }
         None => api.expect("a gateway has the api, the edge or both"),
     };

@@ -133,6 +133,17 @@ impl TestServer {
 
     async fn spawn(&mut self) {
         self.spawn_process();
+        if self.serves_tls() {
+            // No TLS client here: a server that listens has made its state and its keys.
+            let addr = self.addr;
+            wait_until(
+                "cove serve to listen (TLS)",
+                Duration::from_secs(60),
+                || async move { tokio::net::TcpStream::connect(addr).await.ok() },
+            )
+            .await;
+            return;
+        }
         let url = format!("http://{}/health", self.addr);
         let http = reqwest::Client::new();
         wait_until(
@@ -228,7 +239,13 @@ impl TestServer {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.serves_tls() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Whether it was started with `--tls-cert`.
+    fn serves_tls(&self) -> bool {
+        self.extra_args.iter().any(|a| a == "--tls-cert")
     }
 
     /// The server process's id, while it runs.

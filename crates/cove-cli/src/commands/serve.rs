@@ -132,6 +132,11 @@ struct ClusterArgs {
     /// `--advertise` unless it is a specific one); `--listen` is the api's and edge's.
     #[arg(long, env = "COVE_NODE_LISTEN", value_name = "ADDR", requires = "role")]
     node_listen: Option<SocketAddr>,
+    /// For the api and the edge: the CA certificates (PEM) that nodes advertised at
+    /// `https://` addresses (nodes serving --tls-cert) have their certificates from
+    /// (default: the system's CAs)
+    #[arg(long, env = "COVE_NODE_CA", value_name = "PEM", requires = "role")]
+    node_ca: Option<PathBuf>,
     /// This node's name in the cluster (default: the host's name).
     #[arg(long, env = "COVE_NODE_ID", requires = "role")]
     node_id: Option<String>,
@@ -147,10 +152,13 @@ struct ClusterArgs {
     node_down_after: Duration,
 }
 
-/// Whether `address` is `http://HOST:PORT` (or `http://HOST`), with nothing after it but a
-/// slash.
+/// Whether `address` is `http://HOST:PORT` or `https://HOST:PORT` (or without the port), with
+/// nothing after it but a slash.
 fn valid_address(address: &str) -> bool {
-    let Some(rest) = address.strip_prefix("http://") else {
+    let Some(rest) = address
+        .strip_prefix("http://")
+        .or_else(|| address.strip_prefix("https://"))
+    else {
         return false;
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
@@ -247,6 +255,7 @@ impl ClusterArgs {
         &self,
         database: Option<&str>,
         listen: SocketAddr,
+        tls: bool,
     ) -> anyhow::Result<Option<cove_server::cluster::NodeConfig>> {
         if !self.role.contains(&RoleArg::Node) {
             return Ok(None);
@@ -280,15 +289,15 @@ impl ClusterArgs {
             let valid = valid_address(advertise);
             anyhow::ensure!(
                 valid,
-                "--advertise {advertise:?}: give the node's address as http://HOST:PORT"
+                "--advertise {advertise:?}: give the node's address as http://HOST:PORT (https://HOST:PORT when it serves --tls-cert)"
             );
         }
         Ok(Some(cove_server::cluster::NodeConfig {
             id,
-            address: self
-                .advertise
-                .clone()
-                .unwrap_or_else(|| format!("http://{listen}")),
+            address: self.advertise.clone().unwrap_or_else(|| {
+                let scheme = if tls { "https" } else { "http" };
+                format!("{scheme}://{listen}")
+            }),
             heartbeat: self.heartbeat,
             down_after: self.node_down_after,
         }))
@@ -513,16 +522,20 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         std::fs::File::open(file)
             .with_context(|| format!("cannot read --egress-ca-file {}", file.display()))?;
     }
-    // Beside the api or the edge, the node listens on its own address, without TLS (the
-    // api and the edge reach nodes over plain HTTP), its sandbox hosts under their domain.
+    // Beside the api or the edge, the node listens on its own address, without TLS (that
+    // is the api's and edge's), its sandbox hosts under their domain.
     let listen = beside.as_ref().map_or(args.listen, |(_, at)| *at);
-    let node = args.cluster.node(args.state.database.as_deref(), listen)?;
     let mut operations = args.operations.config();
     let mut domain = args.domain.clone();
     if beside.is_some() {
         operations.tls = None;
         domain = domain.or_else(|| Some(format!("localhost:{}", args.listen.port())));
     }
+    let node = args.cluster.node(
+        args.state.database.as_deref(),
+        listen,
+        operations.tls.is_some(),
+    )?;
     let config = ServerConfig {
         listen,
         state_dir: args.state.resolve()?,
@@ -662,6 +675,7 @@ fn gateway_config(
         edge: edge.then(|| args.domain.clone()),
         front: args.front.config(),
         tls,
+        node_ca: args.cluster.node_ca.clone(),
     })
 }
 
@@ -696,6 +710,7 @@ mod tests {
             "http://node-1.internal:3000/",
             "http://[::1]:3000",
             "http://n",
+            "https://node-1.internal:3443",
         ] {
             assert!(valid_address(good), "{good}");
         }
@@ -704,7 +719,7 @@ mod tests {
             "http://x:abc",
             "http://",
             "http://a/b",
-            "https://a:1",
+            "https://",
             "a:1",
         ] {
             assert!(!valid_address(bad), "{bad}");

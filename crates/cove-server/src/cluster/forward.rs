@@ -1,9 +1,10 @@
 //! A request passed on to a node, and the node's answer passed back, both streamed (nothing
 //! is held whole), over connections kept open to each node: how the edge and the api reach
 //! the nodes. An upgraded connection (a WebSocket to a server in a sandbox) is relayed both
-//! ways.
+//! ways. A node advertised at an `https://` address is reached over TLS, its certificate
+//! checked against the CAs given ([`NodeTrust`]).
 
-use std::time::Duration;
+use std::{path::Path, sync::Arc, time::Duration};
 
 use axum::{
     body::Body,
@@ -11,10 +12,20 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     response::Response,
 };
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
 };
+use rustls::{
+    RootCertStore,
+    pki_types::{CertificateDer, pem::PemObject},
+};
+
+use crate::tls::TlsError;
+
+/// Where Debian keeps the system's CA bundle.
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// How long connecting to a node may take before it counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,26 +45,68 @@ const HOP_BY_HOP: [&str; 7] = [
 #[derive(Debug)]
 pub struct Unreachable;
 
+/// The CAs the certificates of nodes at `https://` addresses must chain to.
+#[derive(Clone, Debug)]
+pub struct NodeTrust(Arc<RootCertStore>);
+
+impl NodeTrust {
+    /// The CAs in `ca` (PEM), else the system's (none when it has no bundle: then no node
+    /// at an `https://` address can be reached, and the log says why).
+    pub fn load(ca: Option<&Path>) -> Result<Self, TlsError> {
+        let path = ca.unwrap_or(Path::new(SYSTEM_ROOTS));
+        let certs: Result<Vec<CertificateDer<'static>>, _> =
+            CertificateDer::pem_file_iter(path).and_then(|certs| certs.collect());
+        let certs = match (certs, ca) {
+            (Ok(certs), _) => certs,
+            (Err(source), Some(_)) => {
+                return Err(TlsError::Certificate {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+            (Err(_), None) => Vec::new(),
+        };
+        let mut roots = RootCertStore::empty();
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 && ca.is_some() {
+            return Err(TlsError::NoCertificate(path.to_owned()));
+        }
+        Ok(Self(Arc::new(roots)))
+    }
+}
+
 /// The client the edge and the api reach nodes with.
 pub struct Forwarder {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
 }
 
 impl Forwarder {
-    pub fn new() -> Self {
+    pub fn new(trust: &NodeTrust) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("the default protocol versions are supported")
+            .with_root_certificates(trust.0.clone())
+            .with_no_client_auth();
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
         }
     }
 
-    /// Sends `request` to the node at `address` (`http://host:port`) and answers with what
-    /// it answers.
+    /// Sends `request` to the node at `address` (`http://host:port` or `https://…`) and
+    /// answers with what it answers.
     pub async fn send(&self, address: &str, mut request: Request) -> Result<Response, Unreachable> {
         let Some(uri) = node_uri(address, request.uri()) else {
-            tracing::error!(%address, "a node's address is not an http URL");
+            tracing::error!(%address, "a node's address is not an http or https URL");
             return Err(Unreachable);
         };
         let upgrade = wanted_upgrade(request.headers());
@@ -82,7 +135,8 @@ impl Forwarder {
         let mut response = match self.client.request(request).await {
             Ok(response) => response,
             Err(err) => {
-                tracing::warn!(%err, %address, "cannot reach a node");
+                // The causes say why (refused, timed out, an untrusted certificate).
+                tracing::warn!(err = %cove_image::error_chain(&err), %address, "cannot reach a node");
                 return Err(Unreachable);
             }
         };
@@ -112,12 +166,12 @@ impl Forwarder {
 /// The node's URI for a request to `uri`: the same path and query at `address`.
 fn node_uri(address: &str, uri: &Uri) -> Option<Uri> {
     let base: Uri = address.parse().ok()?;
-    if base.scheme_str() != Some("http") {
-        return None;
-    }
+    let scheme = base
+        .scheme_str()
+        .filter(|s| matches!(*s, "http" | "https"))?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(base.authority()?.clone())
         .path_and_query(path)
         .build()
@@ -167,6 +221,12 @@ mod tests {
             node_uri("http://10.0.0.5:3000", &uri).unwrap().to_string(),
             "http://10.0.0.5:3000/files?path=%2Fa&username=user"
         );
+        assert_eq!(
+            node_uri("https://node-1.internal:3443", &uri)
+                .unwrap()
+                .to_string(),
+            "https://node-1.internal:3443/files?path=%2Fa&username=user"
+        );
         assert!(node_uri("ftp://x", &uri).is_none());
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -210,7 +270,10 @@ mod tests {
         *request.uri_mut() = "https://49983-abc.cove.localhost:8443/health"
             .parse()
             .unwrap();
-        let response = Forwarder::new().send(&address, request).await.unwrap();
+        let response = Forwarder::new(&NodeTrust::load(None).unwrap())
+            .send(&address, request)
+            .await
+            .unwrap();
         let body = axum::body::to_bytes(response.into_body(), 1024)
             .await
             .unwrap();

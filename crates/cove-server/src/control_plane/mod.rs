@@ -49,19 +49,19 @@ struct Plane {
     keys: KeyRing,
     /// Templates by name, to prefer the nodes that have a create's template.
     catalog: Catalog,
-    forwarder: Forwarder,
+    forwarder: Arc<Forwarder>,
     /// Creates sent to each node since its last report.
     sent: placement::Sent,
 }
 
 /// The control plane's HTTP app on the cluster's database (PostgreSQL).
-pub fn open(database: &str) -> Result<Router, ServerError> {
+pub fn open(database: &str, forwarder: Arc<Forwarder>) -> Result<Router, ServerError> {
     let location = cove_db::Location::parse(database);
     let plane = Arc::new(Plane {
         store: Store::open(&location)?,
         keys: KeyRing::open(&location)?,
         catalog: Catalog::open(&location).map_err(crate::templates_setup::SetupError::from)?,
-        forwarder: Forwarder::new(),
+        forwarder,
         sent: placement::Sent::default(),
     });
     Ok(router(plane))

@@ -32,7 +32,7 @@ use crate::{
 /// The edge, ready to route.
 pub struct Edge {
     routes: Routes,
-    forwarder: Forwarder,
+    forwarder: Arc<Forwarder>,
     domain: String,
     /// What answers the requests that are not sandbox traffic, when the process has another
     /// role on the same listener (the api); else they are refused.
@@ -42,10 +42,15 @@ pub struct Edge {
 impl Edge {
     /// An edge on the cluster's `store` for sandbox hosts under `domain` (the one the
     /// nodes' answers name: their `--domain`), passing other requests to `rest`.
-    pub fn new(store: Arc<Store>, domain: String, rest: Option<Router>) -> Arc<Self> {
+    pub fn new(
+        store: Arc<Store>,
+        domain: String,
+        rest: Option<Router>,
+        forwarder: Arc<Forwarder>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             routes: Routes::new(store),
-            forwarder: Forwarder::new(),
+            forwarder,
             domain,
             rest,
         })
