@@ -11,7 +11,7 @@ mod common;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use common::cluster::{DOWN_AFTER, HEARTBEAT, api, edge, node, nodes, offline};
+use common::cluster::{DOWN_AFTER, HEARTBEAT, api, edge, node, node_with, nodes, offline};
 use cove_sdk::{ConnectionConfig, Error, Sandbox};
 use cove_test_util::{TestPostgres, TestServer, free_port, wait_until};
 
@@ -323,30 +323,11 @@ async fn nodes_serving_tls_are_reached_over_tls_by_the_api_and_the_edge() {
         .trim_start_matches("http://")
         .replace("127.0.0.1", "localhost");
     // The node serves TLS; its address (advertised by default) is https.
-    let down_after = format!("{}s", DOWN_AFTER.as_secs());
-    let node = TestServer::launch(
-        common::cove(),
-        true,
-        &[
-            "--warm-pool",
-            "0",
-            "--domain",
-            &domain,
-            "--database",
-            &url,
-            "--role",
-            "node",
-            "--node-id",
-            "node-tls",
-            "--heartbeat",
-            HEARTBEAT,
-            "--node-down-after",
-            &down_after,
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-        ],
+    let node = node_with(
+        "node-tls",
+        &url,
+        &domain,
+        &["--tls-cert", &cert, "--tls-key", &key],
     )
     .await;
     assert!(node.url().starts_with("https://"));
