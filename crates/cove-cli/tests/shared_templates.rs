@@ -310,8 +310,30 @@ async fn a_snapshot_in_the_object_store_starts_sandboxes_on_every_node() {
     )
     .await;
 
-    // Node a is lost: through the api, the snapshot it took still starts sandboxes (on
-    // node b), is listed, and can be deleted.
+    // Taken again under its name on node b: node a, which knew the old one, starts the new.
+    let again = Sandbox::create(&b.config(), from("base")).await.unwrap();
+    again
+        .files()
+        .write("/home/user/first.txt", b"taken again on b".to_vec())
+        .await
+        .unwrap();
+    let retaken = again.snapshot(Some("first")).await.unwrap();
+    assert_eq!(
+        retaken.snapshot_id, first.snapshot_id,
+        "one snapshot by that name"
+    );
+    assert!(again.kill().await.unwrap());
+    let on_a = Sandbox::create(&a.config(), from("first")).await.unwrap();
+    let out = on_a
+        .commands()
+        .run("cat /home/user/first.txt")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "taken again on b");
+    assert!(on_a.kill().await.unwrap());
+
+    // Node a is lost (its sandboxes with it): through the api, snapshots still start
+    // sandboxes (on node b), are listed, and can be deleted.
     a.crash();
     let store = cove_server::open_store(b.state_dir(), Some(&url)).unwrap();
     wait_until("node a to count as down", Duration::from_secs(10), || {
@@ -342,7 +364,7 @@ async fn a_snapshot_in_the_object_store_starts_sandboxes_on_every_node() {
         .run("cat /home/user/first.txt")
         .await
         .unwrap();
-    assert_eq!(out.stdout, "first layer");
+    assert_eq!(out.stdout, "taken again on b");
     assert!(sandbox.kill().await.unwrap());
     let http = reqwest::Client::new();
     let listed: Vec<serde_json::Value> = http

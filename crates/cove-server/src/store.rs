@@ -448,12 +448,14 @@ impl Store {
             .collect()
     }
 
-    /// Whether template `id` is stored (on any node).
-    pub fn has_template(&self, id: &str) -> Result<bool> {
-        Ok(!self
-            .db
-            .query("SELECT 1 FROM templates WHERE id = ?1", params![id])?
-            .is_empty())
+    /// Stored template `id` (on any node).
+    pub fn template<T: serde::de::DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
+        Ok(self
+            .records_where(
+                "SELECT entry FROM templates WHERE id = ?1",
+                &[cove_db::Value::from(id)],
+            )?
+            .pop())
     }
 
     /// The ids of every stored template, on every node.

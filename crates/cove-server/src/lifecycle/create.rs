@@ -34,14 +34,8 @@ impl Lifecycle {
             .flatten()
             .map(|m| (m.name.clone(), m.path.clone()))
             .collect();
-        let name = request.template_id.as_deref().unwrap_or("base");
-        if matches!(
-            self.templates.get(team, name),
-            Err(LifecycleError::TemplateNotFound(_))
-        ) {
-            // A snapshot another node of the cluster took, perhaps.
-            self.adopt_snapshot(team, name);
-        }
+        self.sync_snapshot(team, request.template_id.as_deref().unwrap_or("base"))
+            .await?;
         let mut settings = Settings::from_request(
             &self.templates,
             self.config.caps,
@@ -52,7 +46,6 @@ impl Lifecycle {
         )?;
         settings.volumes = self.volumes.resolve(team, &asked)?;
         self.templates.ensure_local(&settings.template).await?;
-        self.check_not_deleted(&settings.template).await?;
         self.fetch_snapshot(&settings.template).await?;
         let this = self.clone();
         self.creating

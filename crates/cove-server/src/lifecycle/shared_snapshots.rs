@@ -226,9 +226,54 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// In a cluster, before a create from `name`: brings this node's entry of the team's
+    /// snapshot `name` names up to date with the database — gone when it was deleted through
+    /// another node, the new one when it was taken again under its name elsewhere — or, when
+    /// this node knows no template by that name, takes in a snapshot another node shared.
+    pub(super) async fn sync_snapshot(&self, team: &str, name: &str) -> Result<(), LifecycleError> {
+        if self.store.node().is_none() {
+            return Ok(());
+        }
+        let known = self
+            .templates
+            .snapshots(team)
+            .into_iter()
+            .find(|e| e.answers_to(name));
+        let Some(known) = known else {
+            if matches!(
+                self.templates.get(team, name),
+                Err(LifecycleError::TemplateNotFound(_))
+            ) {
+                self.adopt_snapshot(team, name);
+            }
+            return Ok(());
+        };
+        match self.stored(&known.id).await? {
+            Some(stored) if stored.created_at == known.created_at => {}
+            // Taken again under its name on another node, and shared: that one now.
+            Some(stored) if let Some(shared) = stored.shared.clone() => {
+                self.release_template_layers(&known);
+                self.templates
+                    .put(moved_here(stored, &shared, &self.places()));
+                self.templates.forget_cached(&known.id);
+                self.collect_layers().await;
+            }
+            // Deleted, or taken again where only that node has it.
+            _ => self.forget(std::slice::from_ref(&known)).await,
+        }
+        Ok(())
+    }
+
+    /// The stored entry of template `id`, read on a blocking thread.
+    async fn stored(&self, id: &str) -> Result<Option<TemplateEntry>, LifecycleError> {
+        let (store, id) = (self.store.clone(), id.to_owned());
+        Ok(tokio::task::spawn_blocking(move || store.template(&id))
+            .await
+            .map_err(|e| LifecycleError::Crashed(e.to_string()))??)
+    }
+
     /// In a cluster, checks that snapshot `entry` was not deleted through another node
-    /// since this one took it into its catalogue (it then leaves it at once): a deleted
-    /// snapshot starts no sandbox anywhere.
+    /// since this one took it into its catalogue (it then leaves it at once).
     pub(super) async fn check_not_deleted(
         &self,
         entry: &TemplateEntry,
@@ -236,11 +281,7 @@ impl Lifecycle {
         if self.store.node().is_none() || !matches!(entry.kind, TemplateKind::Snapshot { .. }) {
             return Ok(());
         }
-        let (store, id) = (self.store.clone(), entry.id.clone());
-        let there = tokio::task::spawn_blocking(move || store.has_template(&id))
-            .await
-            .map_err(|e| LifecycleError::Crashed(e.to_string()))??;
-        if there {
+        if self.stored(&entry.id).await?.is_some() {
             return Ok(());
         }
         self.forget(std::slice::from_ref(entry)).await;

@@ -119,6 +119,10 @@ impl Lifecycle {
             check_name(name)?;
         }
         let live = self.get(team, id)?;
+        if let Some(n) = &name {
+            // In a cluster, the name may be a snapshot's taken (and shared) on another node.
+            self.sync_snapshot(team, n).await?;
+        }
         let existing = match &name {
             Some(n) => match self.templates.get(team, n) {
                 Ok(e) if matches!(e.kind, TemplateKind::Snapshot { .. }) => Some(e),
