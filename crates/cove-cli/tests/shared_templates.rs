@@ -233,6 +233,20 @@ fn snapshot_dirs(node: &TestServer) -> Vec<String> {
     dirs
 }
 
+/// A snapshot named `first` taken on `node` of a sandbox whose `first.txt` says `says`; its
+/// id.
+async fn again_and_again(node: &TestServer, says: &str) -> String {
+    let source = Sandbox::create(&node.config(), from("base")).await.unwrap();
+    source
+        .files()
+        .write("/home/user/first.txt", says.as_bytes().to_vec())
+        .await
+        .unwrap();
+    let taken = source.snapshot(Some("first")).await.unwrap();
+    assert!(source.kill().await.unwrap());
+    taken.snapshot_id
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_snapshot_in_the_object_store_starts_sandboxes_on_every_node() {
     if !TestPostgres::installed() {
@@ -311,18 +325,8 @@ async fn a_snapshot_in_the_object_store_starts_sandboxes_on_every_node() {
     .await;
 
     // Taken again under its name on node b: node a, which knew the old one, starts the new.
-    let again = Sandbox::create(&b.config(), from("base")).await.unwrap();
-    again
-        .files()
-        .write("/home/user/first.txt", b"taken again on b".to_vec())
-        .await
-        .unwrap();
-    let retaken = again.snapshot(Some("first")).await.unwrap();
-    assert_eq!(
-        retaken.snapshot_id, first.snapshot_id,
-        "one snapshot by that name"
-    );
-    assert!(again.kill().await.unwrap());
+    let retaken = again_and_again(&b, "taken again on b").await;
+    assert_eq!(retaken, first.snapshot_id, "one snapshot by that name");
     let on_a = Sandbox::create(&a.config(), from("first")).await.unwrap();
     let out = on_a
         .commands()
@@ -330,6 +334,21 @@ async fn a_snapshot_in_the_object_store_starts_sandboxes_on_every_node() {
         .await
         .unwrap();
     assert_eq!(out.stdout, "taken again on b");
+    assert!(on_a.kill().await.unwrap());
+    // Deleted and another snapshot made under the name: node a starts that one.
+    assert!(
+        Sandbox::delete_snapshot(&b.config(), &first.snapshot_id)
+            .await
+            .unwrap()
+    );
+    again_and_again(&b, "a new first").await;
+    let on_a = Sandbox::create(&a.config(), from("first")).await.unwrap();
+    let out = on_a
+        .commands()
+        .run("cat /home/user/first.txt")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "a new first");
     assert!(on_a.kill().await.unwrap());
 
     // Node a is lost (its sandboxes with it): through the api, snapshots still start
@@ -364,7 +383,7 @@ async fn a_snapshot_in_the_object_store_starts_sandboxes_on_every_node() {
         .run("cat /home/user/first.txt")
         .await
         .unwrap();
-    assert_eq!(out.stdout, "taken again on b");
+    assert_eq!(out.stdout, "a new first");
     assert!(sandbox.kill().await.unwrap());
     let http = reqwest::Client::new();
     let listed: Vec<serde_json::Value> = http
@@ -377,12 +396,8 @@ async fn a_snapshot_in_the_object_store_starts_sandboxes_on_every_node() {
         .await
         .unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0]["snapshotID"], first.snapshot_id.as_str());
-    assert!(
-        Sandbox::delete_snapshot(&config, &first.snapshot_id)
-            .await
-            .unwrap()
-    );
+    assert_eq!(listed[0]["names"][0], "default/first:default");
+    assert!(Sandbox::delete_snapshot(&config, "first").await.unwrap());
     let err = Sandbox::create(&config, from("first")).await.unwrap_err();
     assert!(matches!(err, Error::NotFound(_)), "{err:?}");
 

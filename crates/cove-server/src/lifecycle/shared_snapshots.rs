@@ -258,8 +258,12 @@ impl Lifecycle {
                 self.templates.forget_cached(&known.id);
                 self.collect_layers().await;
             }
-            // Deleted, or taken again where only that node has it.
-            _ => self.forget(std::slice::from_ref(&known)).await,
+            // Deleted (another snapshot may have the name now), or taken again where only
+            // that node has it.
+            _ => {
+                self.forget(std::slice::from_ref(&known)).await;
+                self.adopt_snapshot(team, name);
+            }
         }
         Ok(())
     }
