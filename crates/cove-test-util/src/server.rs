@@ -16,6 +16,9 @@ use crate::{free_port, repo_root, wait_until};
 pub struct TestServer {
     child: Option<Child>,
     kill_on_exit: bool,
+    /// It was killed with SIGKILL ([`TestServer::crash`]) and not started again: its
+    /// sandboxes still run.
+    crashed: bool,
     extra_args: Vec<String>,
     /// What the sandboxes' agents log (`COVE_AGENT_LOG`), when not the default.
     agent_log: Option<String>,
@@ -121,6 +124,7 @@ impl TestServer {
         Self {
             child: None,
             kill_on_exit,
+            crashed: false,
             extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
             agent_log: agent_log.map(str::to_owned),
             resolv_conf: None,
@@ -132,6 +136,7 @@ impl TestServer {
     }
 
     async fn spawn(&mut self) {
+        self.crashed = false;
         self.spawn_process();
         if self.serves_tls() {
             // No TLS client here: a server that listens has made its state and its keys.
@@ -218,6 +223,7 @@ impl TestServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            self.crashed = true;
         }
     }
 
@@ -362,9 +368,10 @@ fn newest_source(dir: &Path) -> Option<(SystemTime, PathBuf)> {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if !self.kill_on_exit && self.child.is_some() {
-            // Leave nothing behind: one last run that kills every sandbox on its way out. It
-            // listens only once it has re-adopted them.
+        if (!self.kill_on_exit && self.child.is_some()) || self.crashed {
+            // Leave nothing behind (also when a test fails after a crash it meant to undo):
+            // one last run that kills every sandbox on its way out. It listens only once it
+            // has re-adopted them.
             self.stop();
             self.kill_on_exit = true;
             self.spawn_process();
