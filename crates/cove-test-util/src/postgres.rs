@@ -98,7 +98,21 @@ impl TestPostgres {
         if let Some((cert, key)) = tls {
             postgres.require_tls(cert, key);
         }
-        postgres.launch();
+        // A free port may be taken by another test's server before ours binds it: then ours
+        // exits at once, and it is tried again on another.
+        for attempt in 1.. {
+            match postgres.try_launch() {
+                Ok(()) => break,
+                Err(why) if attempt < 3 => {
+                    eprintln!(
+                        "PostgreSQL did not start on port {} ({why}); trying another",
+                        postgres.port
+                    );
+                    postgres.port = free_port();
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
         postgres.createdb(DATABASE);
         postgres
     }
@@ -237,6 +251,13 @@ impl TestPostgres {
 
     /// Starts the server as our child and waits until it accepts connections.
     fn launch(&mut self) {
+        if let Err(why) = self.try_launch() {
+            panic!("{why}");
+        }
+    }
+
+    /// [`TestPostgres::launch`], saying why when the server does not start.
+    fn try_launch(&mut self) -> Result<(), String> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -268,19 +289,42 @@ impl TestPostgres {
             .spawn()
             .expect("postgres starts");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self) {
+    /// Whether our server says it is ready (its `postmaster.pid`: our child's pid, status
+    /// `ready`): another server answering on the port does not count.
+    fn says_ready(&self) -> bool {
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return false;
+        };
+        let Ok(lock) = fs::read_to_string(self.data().join("postmaster.pid")) else {
+            return false;
+        };
+        let lines: Vec<&str> = lock.lines().collect();
+        lines.first().map(|l| l.trim()) == Some(pid.to_string().as_str())
+            && lines.get(7).map(|l| l.trim()) == Some("ready")
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let child = self.child.as_mut().expect("the server was just started");
             if let Ok(Some(status)) = child.try_wait() {
                 self.child = None;
-                panic!(
+                return Err(format!(
                     "postgres exited while starting ({status}); its log ends:\n{}",
                     self.log_tail()
+                ));
+            }
+            if !self.says_ready() {
+                assert!(
+                    Instant::now() < deadline,
+                    "postgres did not get ready within {START_TIMEOUT:?}; its log ends:\n{}",
+                    self.log_tail()
                 );
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
             }
             let ready = Command::new(self.bin.join("pg_isready"))
                 .args(["--quiet", "--host=127.0.0.1", "--timeout=1"])
@@ -294,7 +338,7 @@ impl TestPostgres {
                 .status()
                 .expect("pg_isready runs");
             if ready.success() {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
