@@ -34,16 +34,32 @@ impl Lifecycle {
             .flatten()
             .map(|m| (m.name.clone(), m.path.clone()))
             .collect();
-        self.sync_snapshot(team, request.template_id.as_deref().unwrap_or("base"))
-            .await?;
-        let mut settings = Settings::from_request(
-            &self.templates,
-            self.config.caps,
-            &self.config.runtimes,
-            team,
-            request,
-            version,
-        )?;
+        let name = request
+            .template_id
+            .clone()
+            .unwrap_or_else(|| "base".to_owned());
+        self.sync_snapshot(team, &name).await?;
+        // In a cluster, a name this node does not know may be a snapshot another node took:
+        // looked for only then, so other creates make no extra database round trip.
+        let again = self.store.node().is_some().then(|| request.clone());
+        let settings_of = |request| {
+            Settings::from_request(
+                &self.templates,
+                self.config.caps,
+                &self.config.runtimes,
+                team,
+                request,
+                version,
+            )
+        };
+        let mut settings = match (settings_of(request), again) {
+            (Err(LifecycleError::TemplateNotFound(_)), Some(request))
+                if self.adopt_snapshot(team, &name).is_some() =>
+            {
+                settings_of(request)?
+            }
+            (settings, _) => settings?,
+        };
         settings.volumes = self.volumes.resolve(team, &asked)?;
         self.templates.ensure_local(&settings.template).await?;
         self.fetch_snapshot(&settings.template).await?;

@@ -227,9 +227,10 @@ impl Lifecycle {
     }
 
     /// In a cluster, before a create from `name`: brings this node's entry of the team's
-    /// snapshot `name` names up to date with the database — gone when it was deleted through
-    /// another node, the new one when it was taken again under its name elsewhere — or, when
-    /// this node knows no template by that name, takes in a snapshot another node shared.
+    /// snapshot `name` names, if it has one, up to date with the database — gone when it was
+    /// deleted through another node (a snapshot made under the name since taken in instead),
+    /// the new one when it was taken again under its name elsewhere. A name this node does
+    /// not know is the caller's to look for ([`Lifecycle::adopt_snapshot`]).
     pub(super) async fn sync_snapshot(&self, team: &str, name: &str) -> Result<(), LifecycleError> {
         if self.store.node().is_none() {
             return Ok(());
@@ -240,12 +241,6 @@ impl Lifecycle {
             .into_iter()
             .find(|e| e.answers_to(name));
         let Some(known) = known else {
-            if matches!(
-                self.templates.get(team, name),
-                Err(LifecycleError::TemplateNotFound(_))
-            ) {
-                self.adopt_snapshot(team, name);
-            }
             return Ok(());
         };
         match self.stored(&known.id).await? {

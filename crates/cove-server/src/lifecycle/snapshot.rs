@@ -122,6 +122,7 @@ impl Lifecycle {
         if let Some(n) = &name {
             // In a cluster, the name may be a snapshot's taken (and shared) on another node.
             self.sync_snapshot(team, n).await?;
+            self.snapshot_named(team, n);
         }
         let existing = match &name {
             Some(n) => match self.templates.get(team, n) {
