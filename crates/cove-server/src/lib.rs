@@ -30,6 +30,7 @@ pub mod ui;
 mod unread;
 pub mod volumes;
 
+pub use lifecycle::WarmKernels;
 pub use templates_setup::TemplatesConfig;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};

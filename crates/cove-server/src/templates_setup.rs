@@ -21,9 +21,9 @@ pub struct TemplatesConfig {
     pub registry_mirrors: Vec<Mirror>,
     /// Warm sandboxes kept in all, over every template.
     pub warm_total: usize,
-    /// Whether warm sandboxes start their Python kernel before they are handed out: the
+    /// Which warm sandboxes start their Python kernel before they are handed out: their
     /// first `run_code` answers at once, for about 1 s of CPU and 60 MiB per warm sandbox.
-    pub warm_kernels: bool,
+    pub warm_kernels: crate::lifecycle::WarmKernels,
     /// Template builds that run at once.
     pub concurrent_builds: usize,
     /// The largest upload (build files, image archives), in MiB.
@@ -47,7 +47,7 @@ impl Default for TemplatesConfig {
         Self {
             registry_mirrors: Vec::new(),
             warm_total: 8,
-            warm_kernels: false,
+            warm_kernels: crate::lifecycle::WarmKernels::default(),
             concurrent_builds: 2,
             max_upload_mb: 8192,
             ca_certs: None,

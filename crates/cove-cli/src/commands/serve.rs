@@ -370,10 +370,14 @@ struct TemplateArgs {
     /// --warm-pool of each kind, within this)
     #[arg(long, env = "COVE_WARM_POOL_TOTAL", default_value_t = 8)]
     warm_pool_total: usize,
-    /// Warm sandboxes start their Python kernel before they are handed out, so a first
-    /// run_code answers at once; each costs about 1 s of CPU to start and 60 MiB kept
-    #[arg(long, env = "COVE_WARM_KERNELS")]
-    warm_kernels: bool,
+    /// Which warm sandboxes start their Python kernel before they are handed out, so that
+    /// their first run_code answers at once (each costs about 1 s of CPU to start and
+    /// 60 MiB kept): those kept for creates of the code-interpreter template (E2B's
+    /// code-interpreter SDKs), every one (`--warm-kernels` alone), or none
+    #[arg(long, env = "COVE_WARM_KERNELS", value_enum, value_name = "WHICH",
+          default_value_t = WarmKernelsArg::CodeInterpreter,
+          num_args = 0..=1, default_missing_value = "always")]
+    warm_kernels: WarmKernelsArg,
     /// Template builds that run at once; more wait for their turn
     #[arg(long, env = "COVE_CONCURRENT_BUILDS", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -574,7 +578,11 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         templates: cove_server::TemplatesConfig {
             registry_mirrors: args.templates.registry_mirrors,
             warm_total: args.templates.warm_pool_total,
-            warm_kernels: args.templates.warm_kernels,
+            warm_kernels: match args.templates.warm_kernels {
+                WarmKernelsArg::Never => cove_server::WarmKernels::Never,
+                WarmKernelsArg::CodeInterpreter => cove_server::WarmKernels::CodeInterpreter,
+                WarmKernelsArg::Always => cove_server::WarmKernels::Always,
+            },
             concurrent_builds: args.templates.concurrent_builds as usize,
             max_upload_mb: args.templates.max_upload_mb,
             ca_certs: Some(args.templates.template_ca_certs).filter(|p| !p.as_os_str().is_empty()),
@@ -818,6 +826,14 @@ mod tests {
         }
         assert!(Roles::try_parse_from(["serve", "--role", "api,proxy"]).is_err());
     }
+}
+
+/// `--warm-kernels`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum WarmKernelsArg {
+    Never,
+    CodeInterpreter,
+    Always,
 }
 
 /// `--runtime`.

@@ -13,6 +13,7 @@ use super::{
     pool::{Taken, Warm},
     settings::{RUNTIME_KEY, Settings, agent_settings, limits},
     templates::TemplateKind,
+    warm::Flavor,
 };
 use crate::{
     secrets,
@@ -96,7 +97,8 @@ impl Lifecycle {
         // its files (`fork_of`). Volumes are mounted as a sandbox starts, so a sandbox with
         // some is started anew. A gVisor sandbox of a template with a kernel image takes one
         // restored from it.
-        let kernel_image = super::kernel_images::fits(&settings);
+        let flavor = self.flavor(&settings);
+        let kernel_image = flavor == Flavor::GvisorKernel;
         let warm_of = match settings.template.kind {
             _ if kernel_image => Some(&settings.template),
             TemplateKind::Snapshot { .. } => settings.fork_of.as_ref(),
@@ -104,7 +106,7 @@ impl Lifecycle {
         }
         .filter(|_| kernel_image || (settings.volumes.is_empty() && !settings.other_runtime));
         if let Some(warm_of) = warm_of {
-            let key = super::warm::pool_key(warm_of, kernel_image);
+            let key = super::warm::pool_key(warm_of, flavor);
             let taken = self.pool.take(&key, settings.network);
             let after = match taken {
                 Taken::Ready(_) => super::warm::REFILL_AFTER_CLAIM,
@@ -115,11 +117,7 @@ impl Lifecycle {
                     std::time::Duration::ZERO
                 }
             };
-            if kernel_image {
-                self.refill_gvisor(warm_of, settings.network, after);
-            } else {
-                self.refill(warm_of, settings.network, after);
-            }
+            self.refill(warm_of, settings.network, flavor, after);
             let warm = match taken {
                 Taken::Ready(warm) => Some(*warm),
                 Taken::Soon(promise) => promise.await.ok(),

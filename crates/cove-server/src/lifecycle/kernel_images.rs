@@ -111,7 +111,7 @@ impl Lifecycle {
             };
             this.kernel_images.lock().insert(key, image);
             if ready {
-                this.refill_gvisor(&entry, network, Duration::ZERO);
+                this.refill(&entry, network, super::warm::Flavor::GvisorKernel, Duration::ZERO);
             }
         });
         None

@@ -46,6 +46,7 @@ pub use self::{
     settings::{HostCaps, MAX_TIMEOUT_SECS},
     snapshot::select_snapshots,
     templates::{StartCommand, TemplateEntry, TemplateKind, Templates},
+    warm::WarmKernels,
 };
 use crate::store::{SandboxRecord, Store, StoreError};
 
@@ -153,8 +154,8 @@ pub struct LifecycleConfig {
     pub warm: usize,
     /// Warm sandboxes kept ready in all (every template and kind together).
     pub warm_total: usize,
-    /// Whether warm sandboxes start their Python kernel ahead of use.
-    pub warm_kernels: bool,
+    /// Which warm sandboxes start their Python kernel ahead of use.
+    pub warm_kernels: WarmKernels,
     /// What one sandbox may ask for.
     pub caps: HostCaps,
     /// The backends sandboxes can run on, the default first.

@@ -2,7 +2,10 @@
 //! `base` always and for the templates creates used lately, and ended when their template
 //! goes idle and at shutdown (they are not worth keeping). Templates whose gVisor sandboxes
 //! start from a kernel image ([`super::kernel_images`]) have a pool of those beside, restored
-//! ahead of demand once their image is ready.
+//! ahead of demand once their image is ready. Code-interpreter creates (by default) take
+//! warm sandboxes from a pool of their own whose agents started the Python kernel while they
+//! waited ([`Flavor::Kernel`]): its first `run_code` finds the kernel running, while
+//! sandboxes created for commands and files keep warm sandboxes without one.
 
 use std::{sync::Arc, time::Duration};
 
@@ -24,35 +27,56 @@ pub const WARM_IDLE: Duration = Duration::from_secs(600);
 /// empty either way.
 pub const REFILL_AFTER_CLAIM: Duration = Duration::from_millis(100);
 
+/// Which warm sandboxes start their Python kernel while they wait to be handed out
+/// (`cove serve --warm-kernels`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WarmKernels {
+    /// None: every first `run_code` starts its kernel.
+    Never,
+    /// Those kept for creates that name E2B's code-interpreter template (as its SDKs do);
+    /// a sandbox created for commands and files pays nothing for a kernel.
+    #[default]
+    CodeInterpreter,
+    /// Every warm sandbox's.
+    Always,
+}
+
+/// The kinds of warm sandbox a template can have a pool of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// Started with the template's settings (and its start command run).
+    Plain,
+    /// The same, with the agent's Python kernel started and primed while it waits.
+    Kernel,
+    /// gVisor, restored from the template's kernel image with its kernel running.
+    GvisorKernel,
+}
+
 impl Lifecycle {
-    /// Tops the warm pool of this template and kind up again, one sandbox at a time, in the
-    /// background, beginning `after` from now.
-    pub fn refill(self: &Arc<Self>, entry: &TemplateEntry, network: bool, after: Duration) {
-        self.refill_pool(entry, network, after, false);
+    /// Which pool a create with these settings takes its warm sandbox from.
+    pub(super) fn flavor(&self, settings: &Settings) -> Flavor {
+        if super::kernel_images::fits(settings) {
+            return Flavor::GvisorKernel;
+        }
+        if settings.code_interpreter && self.config.warm_kernels != WarmKernels::Never {
+            return Flavor::Kernel;
+        }
+        self.plain_flavor()
     }
 
-    /// [`Lifecycle::refill`] for the pool of gVisor sandboxes restored from the template's
-    /// kernel image.
-    pub(super) fn refill_gvisor(
+    /// Tops the warm pool of this template, kind and flavor up again, one sandbox at a time,
+    /// in the background, beginning `after` from now.
+    pub fn refill(
         self: &Arc<Self>,
         entry: &TemplateEntry,
         network: bool,
+        flavor: Flavor,
         after: Duration,
-    ) {
-        self.refill_pool(entry, network, after, true);
-    }
-
-    fn refill_pool(
-        self: &Arc<Self>,
-        entry: &TemplateEntry,
-        network: bool,
-        after: Duration,
-        gvisor: bool,
     ) {
         if self.warming.is_closed() {
             return;
         }
-        let key = pool_key(entry, gvisor);
+        let key = pool_key(entry, flavor);
         let evicted = match self.pool.begin_start(&key, network) {
             Begin::No => return,
             Begin::Go { evicted } => evicted,
@@ -77,7 +101,7 @@ impl Lifecycle {
                 this.end_warm(*warm).await;
             }
             loop {
-                let warm = this.start_warm(&entry, network, gvisor).await;
+                let warm = this.start_warm(&entry, network, flavor).await;
                 let started = warm.is_some();
                 this.pool.finish_start(&key, network, warm);
                 // After a failure the next create tries again, not a busy loop.
@@ -99,21 +123,36 @@ impl Lifecycle {
     /// Fills both warm pools of `base` (at startup).
     pub fn warm_up(self: &Arc<Self>) {
         let base = self.templates.base().clone();
-        self.pool.touch(&base.warm_key());
-        self.refill(&base, false, Duration::ZERO);
-        self.refill(&base, true, Duration::ZERO);
+        let flavor = self.plain_flavor();
+        self.pool.touch(&pool_key(&base, flavor));
+        self.refill(&base, false, flavor, Duration::ZERO);
+        self.refill(&base, true, flavor, Duration::ZERO);
+    }
+
+    /// The flavor of the warm sandboxes a create that asks for no kernel takes.
+    pub(super) fn plain_flavor(&self) -> Flavor {
+        match self.config.warm_kernels {
+            WarmKernels::Always => Flavor::Kernel,
+            WarmKernels::CodeInterpreter | WarmKernels::Never => Flavor::Plain,
+        }
     }
 
     /// Makes `entry` a template creates used lately, so its warm pool fills now (a template
     /// just built: its first create is then as quick as the next ones).
     pub fn prewarm(self: &Arc<Self>, entry: &TemplateEntry) {
-        self.pool.touch(&entry.warm_key());
-        self.refill(entry, true, Duration::ZERO);
+        let flavor = self.plain_flavor();
+        self.pool.touch(&pool_key(entry, flavor));
+        self.refill(entry, true, flavor, Duration::ZERO);
     }
 
-    async fn start_warm(&self, entry: &TemplateEntry, network: bool, gvisor: bool) -> Option<Warm> {
+    async fn start_warm(
+        &self,
+        entry: &TemplateEntry,
+        network: bool,
+        flavor: Flavor,
+    ) -> Option<Warm> {
         let mut settings = Settings::warm(entry.clone(), self.config.caps, network);
-        if gvisor {
+        if flavor == Flavor::GvisorKernel {
             // Restored from the image, its kernel running: no image yet, no warm sandbox.
             settings.template.template = self.ready_kernel_image(entry)?;
             settings.metadata.insert(
@@ -126,7 +165,7 @@ impl Lifecycle {
             .start(
                 &mut record,
                 settings.template.template.clone(),
-                self.config.warm_kernels && !gvisor,
+                flavor == Flavor::Kernel,
             )
             .await
         {
@@ -179,7 +218,7 @@ impl Lifecycle {
 
     /// Ends the warm sandboxes of templates no create asked for lately.
     pub async fn expire_warm(&self) {
-        let base = self.templates.base().warm_key();
+        let base = pool_key(self.templates.base(), self.plain_flavor());
         for warm in self.pool.expire(WARM_IDLE, &base) {
             tracing::debug!(sandbox_id = %warm.record.id, "ending the warm sandbox of an idle template");
             self.end_warm(warm).await;
@@ -203,12 +242,11 @@ impl Lifecycle {
     }
 }
 
-/// The warm pool of `entry`'s sandboxes: of the default backend, or of gVisor restored from
-/// its kernel image.
-pub(super) fn pool_key(entry: &TemplateEntry, gvisor: bool) -> String {
-    if gvisor {
-        format!("{}#gvisor-kernel", entry.warm_key())
-    } else {
-        entry.warm_key()
+/// The warm pool of `entry`'s sandboxes of `flavor`.
+pub(super) fn pool_key(entry: &TemplateEntry, flavor: Flavor) -> String {
+    match flavor {
+        Flavor::Plain => entry.warm_key(),
+        Flavor::Kernel => format!("{}#kernel", entry.warm_key()),
+        Flavor::GvisorKernel => format!("{}#gvisor-kernel", entry.warm_key()),
     }
 }
