@@ -775,3 +775,56 @@ async fn code_runs_in_contexts_with_state() {
         Err(Error::SandboxGone(_))
     ));
 }
+
+/// Whether sandbox `id`'s log says its kernel was started ahead of use.
+fn kernel_started_ahead(server: &TestServer, id: &str) -> bool {
+    let log = server
+        .state_dir()
+        .join("sandboxes")
+        .join(id)
+        .join("sandbox.log");
+    std::fs::read_to_string(log).is_ok_and(|log| log.contains("warm kernel ready"))
+}
+
+/// By default a code-interpreter create takes a warm sandbox whose kernel already runs, but
+/// not one asking for little memory: an idle kernel holds about 60 MiB, and a warm
+/// sandbox's limit cannot go below what it holds. That one starts its kernel on first use.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_code_interpreter_sandbox_starts_its_kernel_on_first_use() {
+    let server = TestServer::start_with_args(cove(), &["--warm-pool", "1"]).await;
+    let options = |memory_mb| CreateOptions {
+        template: Some("code-interpreter-v1".into()),
+        memory_mb,
+        ..CreateOptions::default()
+    };
+    // The first code-interpreter create starts the pool of warm kernels.
+    let first = Sandbox::create(&server.config(), options(None))
+        .await
+        .unwrap();
+    first.kill().await.unwrap();
+    let sandboxes = server.state_dir().join("sandboxes");
+    wait_until(
+        "a warm sandbox's kernel to be ready",
+        Duration::from_secs(120),
+        || async {
+            let entries = std::fs::read_dir(&sandboxes).ok()?;
+            entries
+                .flatten()
+                .any(|e| kernel_started_ahead(&server, &e.file_name().to_string_lossy()))
+                .then_some(())
+        },
+    )
+    .await;
+    let small = Sandbox::create(&server.config(), options(Some(128)))
+        .await
+        .unwrap();
+    assert!(!kernel_started_ahead(&server, small.id()));
+    let result = small.run_code("1 + 1").await.unwrap();
+    assert_eq!(result.text(), Some("2"));
+    small.kill().await.unwrap();
+    let warm = Sandbox::create(&server.config(), options(Some(512)))
+        .await
+        .unwrap();
+    assert!(kernel_started_ahead(&server, warm.id()));
+    warm.kill().await.unwrap();
+}

@@ -372,8 +372,8 @@ struct TemplateArgs {
     warm_pool_total: usize,
     /// Which warm sandboxes start their Python kernel before they are handed out, so that
     /// their first run_code answers at once (each costs about 1 s of CPU to start and
-    /// 60 MiB kept): those kept for creates of the code-interpreter template (E2B's
-    /// code-interpreter SDKs), every one (`--warm-kernels` alone), or none
+    /// 60 MiB kept); creates of the code-interpreter template are what E2B's
+    /// code-interpreter SDKs make
     #[arg(long, env = "COVE_WARM_KERNELS", value_enum, value_name = "WHICH",
           default_value_t = WarmKernelsArg::CodeInterpreter,
           num_args = 0..=1, default_missing_value = "always")]
@@ -831,8 +831,13 @@ mod tests {
 /// `--warm-kernels`.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum WarmKernelsArg {
+    /// No warm sandbox (also `false`, as the flag's old boolean form)
+    #[value(alias = "false")]
     Never,
+    /// Those kept for creates of the code-interpreter template
     CodeInterpreter,
+    /// Every warm sandbox (also `true`, and the flag alone)
+    #[value(alias = "true")]
     Always,
 }
 

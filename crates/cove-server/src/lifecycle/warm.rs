@@ -27,6 +27,11 @@ pub const WARM_IDLE: Duration = Duration::from_secs(600);
 /// empty either way.
 pub const REFILL_AFTER_CLAIM: Duration = Duration::from_millis(100);
 
+/// A create asking for less memory takes no warm sandbox with a kernel (its kernel starts on
+/// first use): an idle kernel holds about 60 MiB, and a warm sandbox's limit cannot be
+/// lowered below what it holds.
+const KERNEL_MIN_MEMORY_MB: u64 = 256;
+
 /// Which warm sandboxes start their Python kernel while they wait to be handed out
 /// (`cove serve --warm-kernels`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -58,10 +63,16 @@ impl Lifecycle {
         if super::kernel_images::fits(settings) {
             return Flavor::GvisorKernel;
         }
-        if settings.code_interpreter && self.config.warm_kernels != WarmKernels::Never {
-            return Flavor::Kernel;
+        let kernel = match self.config.warm_kernels {
+            WarmKernels::Never => false,
+            WarmKernels::CodeInterpreter => settings.code_interpreter,
+            WarmKernels::Always => true,
+        };
+        if kernel && settings.memory_mb >= KERNEL_MIN_MEMORY_MB {
+            Flavor::Kernel
+        } else {
+            Flavor::Plain
         }
-        self.plain_flavor()
     }
 
     /// Tops the warm pool of this template, kind and flavor up again, one sandbox at a time,
