@@ -78,7 +78,7 @@ impl Lifecycle {
                 && self.runtime.can_reroot()
                 && !matches!(t.kind, super::TemplateKind::Snapshot { .. })
                 && t.start.is_none()
-                && self.plain_flavor() == super::warm::Flavor::Plain
+                && self.default_flavor() == super::warm::Flavor::Plain
                 && t.defaults == source.defaults
                 && source
                     .template

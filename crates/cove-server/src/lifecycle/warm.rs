@@ -63,12 +63,30 @@ impl Lifecycle {
         if super::kernel_images::fits(settings) {
             return Flavor::GvisorKernel;
         }
-        let kernel = match self.config.warm_kernels {
+        if self.wants_kernel(settings.code_interpreter)
+            && settings.memory_mb >= KERNEL_MIN_MEMORY_MB
+        {
+            Flavor::Kernel
+        } else {
+            Flavor::Plain
+        }
+    }
+
+    /// Whether warm sandboxes for a create (of the code-interpreter template or not) start
+    /// their kernel ahead.
+    fn wants_kernel(&self, code_interpreter: bool) -> bool {
+        match self.config.warm_kernels {
             WarmKernels::Never => false,
-            WarmKernels::CodeInterpreter => settings.code_interpreter,
+            WarmKernels::CodeInterpreter => code_interpreter,
             WarmKernels::Always => true,
-        };
-        if kernel && settings.memory_mb >= KERNEL_MIN_MEMORY_MB {
+        }
+    }
+
+    /// The flavor of the warm sandboxes kept without a create asking (`base`'s at start-up,
+    /// a template's just built), which forks take too: those of a create that names no
+    /// code-interpreter template.
+    pub(super) fn default_flavor(&self) -> Flavor {
+        if self.wants_kernel(false) {
             Flavor::Kernel
         } else {
             Flavor::Plain
@@ -134,24 +152,16 @@ impl Lifecycle {
     /// Fills both warm pools of `base` (at startup).
     pub fn warm_up(self: &Arc<Self>) {
         let base = self.templates.base().clone();
-        let flavor = self.plain_flavor();
+        let flavor = self.default_flavor();
         self.pool.touch(&pool_key(&base, flavor));
         self.refill(&base, false, flavor, Duration::ZERO);
         self.refill(&base, true, flavor, Duration::ZERO);
     }
 
-    /// The flavor of the warm sandboxes a create that asks for no kernel takes.
-    pub(super) fn plain_flavor(&self) -> Flavor {
-        match self.config.warm_kernels {
-            WarmKernels::Always => Flavor::Kernel,
-            WarmKernels::CodeInterpreter | WarmKernels::Never => Flavor::Plain,
-        }
-    }
-
     /// Makes `entry` a template creates used lately, so its warm pool fills now (a template
     /// just built: its first create is then as quick as the next ones).
     pub fn prewarm(self: &Arc<Self>, entry: &TemplateEntry) {
-        let flavor = self.plain_flavor();
+        let flavor = self.default_flavor();
         self.pool.touch(&pool_key(entry, flavor));
         self.refill(entry, true, flavor, Duration::ZERO);
     }
@@ -229,7 +239,7 @@ impl Lifecycle {
 
     /// Ends the warm sandboxes of templates no create asked for lately.
     pub async fn expire_warm(&self) {
-        let base = pool_key(self.templates.base(), self.plain_flavor());
+        let base = pool_key(self.templates.base(), self.default_flavor());
         for warm in self.pool.expire(WARM_IDLE, &base) {
             tracing::debug!(sandbox_id = %warm.record.id, "ending the warm sandbox of an idle template");
             self.end_warm(warm).await;
