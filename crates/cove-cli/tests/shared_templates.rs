@@ -247,6 +247,25 @@ async fn again_and_again(node: &TestServer, says: &str) -> String {
     taken.snapshot_id
 }
 
+/// What `first.txt` says in `sandbox`.
+async fn first_says(sandbox: &Sandbox) -> String {
+    let out = sandbox
+        .commands()
+        .run("cat /home/user/first.txt")
+        .await
+        .unwrap();
+    out.stdout
+}
+
+/// A sandbox of snapshot `first` started through `node` reads `says` in its `first.txt`.
+async fn starts_first_saying(node: &TestServer, says: &str) {
+    let sandbox = Sandbox::create(&node.config(), from("first"))
+        .await
+        .unwrap();
+    assert_eq!(first_says(&sandbox).await, says);
+    assert!(sandbox.kill().await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_snapshot_in_the_object_store_starts_sandboxes_on_every_node() {
     if !TestPostgres::installed() {
@@ -327,14 +346,7 @@ async fn a_snapshot_in_the_object_store_starts_sandboxes_on_every_node() {
     // Taken again under its name on node b: node a, which knew the old one, starts the new.
     let retaken = again_and_again(&b, "taken again on b").await;
     assert_eq!(retaken, first.snapshot_id, "one snapshot by that name");
-    let on_a = Sandbox::create(&a.config(), from("first")).await.unwrap();
-    let out = on_a
-        .commands()
-        .run("cat /home/user/first.txt")
-        .await
-        .unwrap();
-    assert_eq!(out.stdout, "taken again on b");
-    assert!(on_a.kill().await.unwrap());
+    starts_first_saying(&a, "taken again on b").await;
     // Deleted and another snapshot made under the name: node a starts that one.
     assert!(
         Sandbox::delete_snapshot(&b.config(), &first.snapshot_id)
@@ -342,14 +354,7 @@ async fn a_snapshot_in_the_object_store_starts_sandboxes_on_every_node() {
             .unwrap()
     );
     again_and_again(&b, "a new first").await;
-    let on_a = Sandbox::create(&a.config(), from("first")).await.unwrap();
-    let out = on_a
-        .commands()
-        .run("cat /home/user/first.txt")
-        .await
-        .unwrap();
-    assert_eq!(out.stdout, "a new first");
-    assert!(on_a.kill().await.unwrap());
+    starts_first_saying(&a, "a new first").await;
 
     // Node a is lost (its sandboxes with it): through the api, snapshots still start
     // sandboxes (on node b), are listed, and can be deleted.
@@ -378,12 +383,7 @@ async fn a_snapshot_in_the_object_store_starts_sandboxes_on_every_node() {
     )
     .await;
     assert_eq!(node_of(&store, sandbox.id()), "node-b");
-    let out = sandbox
-        .commands()
-        .run("cat /home/user/first.txt")
-        .await
-        .unwrap();
-    assert_eq!(out.stdout, "a new first");
+    assert_eq!(first_says(&sandbox).await, "a new first");
     assert!(sandbox.kill().await.unwrap());
     let http = reqwest::Client::new();
     let listed: Vec<serde_json::Value> = http
