@@ -1,22 +1,16 @@
 //! Serving one connection: HTTP/1.1 or h2c (told apart by the HTTP/2 preface) with upgrades,
 //! watched for silence, and shut down gracefully when the server stops.
 
-use std::{net::SocketAddr, pin::pin, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::Router;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
-};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     Timeouts,
     activity::{Activity, Expiry, Watched},
-    config::{
-        H2_MAX_CONCURRENT_STREAMS, H2_PING_INTERVAL, H2_PING_TIMEOUT, MAX_HEADER_BYTES, MAX_HEADERS,
-    },
+    protocol::Protocols,
     service::ConnectionService,
 };
 
@@ -24,33 +18,10 @@ use super::{
 /// before it is dropped.
 const GOODBYE_GRACE: Duration = Duration::from_secs(5);
 
-/// The protocol settings every connection is served with.
-pub fn builder() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        // Our watchdog times header reads (hyper's own timer would also cut idle kept-alive
-        // connections at the header timeout).
-        .header_read_timeout(None)
-        // Bounds the buffer a request's head is read into: a longer head is answered 431.
-        .max_buf_size(MAX_HEADER_BYTES)
-        .max_headers(MAX_HEADERS);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(u32::try_from(MAX_HEADER_BYTES).unwrap_or(u32::MAX))
-        .keep_alive_interval(H2_PING_INTERVAL)
-        .keep_alive_timeout(H2_PING_TIMEOUT)
-        // WebSockets over HTTP/2 (RFC 8441), as axum::serve offers them.
-        .enable_connect_protocol();
-    builder
-}
-
 /// Everything a connection needs from the server.
 pub struct Shared {
     pub app: Router,
-    pub builder: auto::Builder<TokioExecutor>,
+    pub protocols: Protocols,
     pub timeouts: Timeouts,
     pub shutdown: CancellationToken,
     /// Set when connections speak TLS.
@@ -87,24 +58,30 @@ where
 {
     let timeouts = shared.timeouts;
     let service = ConnectionService::new(shared.app.clone(), activity.clone(), timeouts.body_read);
-    let mut connection = pin!(
-        shared
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-    );
+    // The first bytes are read to tell the protocol: they count as the first request's head,
+    // under its timeout.
+    let first_head_due = activity.deadline(&timeouts).map(|(at, _)| at);
+    let mut connection = tokio::select! {
+        started = shared.protocols.serve(io, service) => match started {
+            Ok(connection) => connection,
+            Err(err) => {
+                tracing::debug!(%peer, %err, "connection ended before its first request");
+                return;
+            }
+        },
+        () = sleep_until(first_head_due) => {
+            tracing::debug!(%peer, "request headers did not arrive in time; closed");
+            return;
+        }
+        () = shared.shutdown.cancelled() => return,
+    };
     let mut stopping = false;
     let mut drop_at: Option<Instant> = None;
     loop {
         // Once told to go, the connection gets a grace period instead of its timeouts.
         let wake_at = drop_at.or_else(|| activity.deadline(&timeouts).map(|(at, _)| at));
-        let timer = async {
-            match wake_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            served = connection.as_mut() => {
+            served = &mut connection => {
                 if let Err(err) = served {
                     tracing::debug!(%peer, err = %err, "connection ended with an error");
                 }
@@ -113,9 +90,9 @@ where
             () = activity.changed.notified() => {}
             () = shared.shutdown.cancelled(), if !stopping => {
                 stopping = true;
-                connection.as_mut().graceful_shutdown();
+                connection.graceful_shutdown();
             }
-            () = timer => {
+            () = sleep_until(wake_at) => {
                 let now = Instant::now();
                 if let Some(at) = drop_at {
                     if at > now {
@@ -137,12 +114,20 @@ where
                     }
                     Some((at, Expiry::Idle)) if at <= now => {
                         tracing::debug!(%peer, "idle connection closed");
-                        connection.as_mut().graceful_shutdown();
+                        connection.graceful_shutdown();
                         drop_at = Some(now + GOODBYE_GRACE);
                     }
                     _ => {}
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or for ever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

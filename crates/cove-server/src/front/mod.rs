@@ -19,6 +19,7 @@ mod body;
 pub mod config;
 mod connection;
 mod open_files;
+mod protocol;
 mod service;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
@@ -131,7 +132,7 @@ impl Front {
         let stop = CancellationToken::new();
         let shared = Arc::new(connection::Shared {
             app,
-            builder: connection::builder(),
+            protocols: protocol::Protocols::new(),
             timeouts: self.timeouts,
             shutdown: stop.clone(),
             tls: self.tls,
