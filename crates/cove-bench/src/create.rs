@@ -1,7 +1,9 @@
 //! Create → ready: `POST /v2/sandboxes` until the first command's output arrives through the
 //! proxy, beside `unshare` of the same namespaces and gVisor's `runsc do` running `true`,
-//! and the published figures of hosted sandboxes (quoted in the report, not measured). The
-//! kills of the same sandboxes are timed too: with internet access against without.
+//! Debian's `crun` starting a container over the same layers (the runtime users would pick
+//! instead, see `crun.rs`), and the published figures of hosted sandboxes (quoted in the
+//! report, not measured). The kills of the same sandboxes are timed too: with internet
+//! access against without.
 
 use std::{
     process::{Command, Stdio},
@@ -12,7 +14,10 @@ use anyhow::Context;
 use cove_sdk::{CreateOptions, Sandbox};
 use cove_test_util::TestServer;
 
-use crate::measure::{Figure, Report, Result, Settings, Target, latency};
+use crate::{
+    crun,
+    measure::{Figure, Report, Result, Settings, Target, latency},
+};
 
 /// One way of creating sandboxes one after the other.
 struct CreateCase {
@@ -27,6 +32,10 @@ struct CreateCase {
 
 /// The row the published figures and gVisor are compared with.
 pub const READY: &str = "create → first command output, no network";
+
+/// The row without warm sandboxes, also compared with crun.
+const COLD: &str =
+    "create → first command output, no network, without warm sandboxes, back to back";
 
 const CREATE_CASES: [CreateCase; 3] = [
     CreateCase {
@@ -44,7 +53,7 @@ const CREATE_CASES: [CreateCase; 3] = [
         target: Some(Target::LatencyBelow(Duration::from_millis(40))),
     },
     CreateCase {
-        name: "create → first command output, no network, without warm sandboxes, back to back",
+        name: COLD,
         network: false,
         server_args: &["--warm-pool", "0"],
         pause: Duration::ZERO,
@@ -101,6 +110,35 @@ pub async fn all(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
             None
         }
     };
+    let crun = match crate::crun::start_to_output(&settings.cove, settings.sandboxes).await {
+        Ok(crun) => Some(crun),
+        Err(why) => {
+            report.skip(format!("container runtime baseline (`crun run`): {why:#}"));
+            None
+        }
+    };
+    let crun_name = |through: &str| {
+        format!(
+            "`crun run` of an OCI bundle over the base template's layers (crun's default spec) until `echo`'s output{through}"
+        )
+    };
+    let through = match crun.as_ref().map(|c| c.hiding.is_some()) {
+        Some(true) => ", through `unshare --mount` (see below)",
+        _ => "",
+    };
+    if let Some(crun::CrunStart {
+        start,
+        hiding: Some(hiding),
+    }) = crun
+    {
+        report.results.push(Result {
+            name: crun_name(" (crun 1.8 refuses this hybrid cgroup host: each run goes through `unshare --mount` hiding cgroup2 from it)"),
+            figure: start,
+            baseline_name: "that `unshare --mount` step alone, running `true`".into(),
+            baseline: hiding,
+            target: None,
+        });
+    }
     let mut kills = Vec::new();
     for case in &CREATE_CASES {
         let (figure, kill) = create_latency(settings, case).await?;
@@ -127,6 +165,18 @@ pub async fn all(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
             baseline: unshare,
             target: case.target,
         });
+        if let Some(crun) = &crun
+            && (case.name == READY || case.name == COLD)
+        {
+            report.results.push(Result {
+                name: case.name.into(),
+                figure,
+                baseline_name: crun_name(through),
+                baseline: crun.start,
+                // The target: Cove's create faster than the container runtime's start.
+                target: (case.name == READY).then_some(Target::RatioBelow(1.0)),
+            });
+        }
         if case.name == READY {
             report.results.push(Result {
                 name: format!("{READY}, against bare namespaces"),

@@ -10,6 +10,7 @@ mod code;
 mod commands;
 mod concurrency;
 mod create;
+mod crun;
 mod dashboard;
 mod density;
 mod egress;
