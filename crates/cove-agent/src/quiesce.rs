@@ -102,7 +102,7 @@ pub async fn serve(quiescible: Quiescible, app: Router, renewer: Renewer) -> io:
                     break;
                 }
                 tracing::info!(?ports, "not quiescing: TCP ports listen");
-                std::fs::write(&quiescible.marker, refusal(&ports))?;
+                write_whole(&quiescible.marker, &refusal(&ports))?;
             }
         }
         // The serve future and with it the listener are gone: no new connection.
@@ -185,7 +185,17 @@ fn renew(path: &std::path::Path, renewer: &Renewer) {
 }
 
 fn write_marker(quiescible: &Quiescible) -> io::Result<()> {
-    std::fs::write(&quiescible.marker, MARKER_CONTENT)
+    write_whole(&quiescible.marker, MARKER_CONTENT)
+}
+
+/// Writes `content` to `path` so that it appears whole or not at all: the host takes the
+/// marker's appearance for the answer, and an empty marker read between its creation and
+/// its write once passed for an acknowledgement where the agent was refusing.
+fn write_whole(path: &std::path::Path, content: &str) -> io::Result<()> {
+    let mut staged = path.as_os_str().to_owned();
+    staged.push(".new");
+    std::fs::write(&staged, content)?;
+    std::fs::rename(&staged, path)
 }
 
 /// The connections accepted through one listener, to close them all at once.
@@ -323,6 +333,25 @@ mod tests {
 
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_marker_is_replaced_whole_and_nothing_staged_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("quiesced");
+        write_whole(&marker, &refusal(&[8123])).unwrap();
+        assert!(
+            std::fs::read_to_string(&marker)
+                .unwrap()
+                .starts_with(REFUSED_PREFIX)
+        );
+        write_whole(&marker, MARKER_CONTENT).unwrap();
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), MARKER_CONTENT);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["quiesced"]);
+    }
 
     #[tokio::test]
     async fn closing_all_ends_idle_and_busy_connections_and_later_ones_still_work() {

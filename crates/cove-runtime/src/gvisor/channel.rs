@@ -174,7 +174,11 @@ impl Channel {
             Mode::empty(),
         )
         .and_then(|fd| rustix::fs::fstat(&fd))
-        .is_ok_and(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile)
+        // Empty: still being written (the agent renames a whole marker into place; older
+        // agents wrote it in place).
+        .is_ok_and(|stat| {
+            FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile && stat.st_size > 0
+        })
     }
 
     /// Removes `name` from the agent's directory, whatever the sandbox made of it (unlink
@@ -253,4 +257,36 @@ pub fn make_dir(dir: &Path) -> io::Result<()> {
             }
         })?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_counts_once_written_whole_and_a_refusal_is_read_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let channel = Channel::new(dir.path().to_owned());
+        let marker = dir.path().join(MARKER);
+        assert!(!channel.acknowledged());
+        // Created but not yet written: no answer yet (an empty marker once passed for
+        // "quiesced" while the agent was refusing).
+        fs::write(&marker, "").unwrap();
+        assert!(!channel.acknowledged());
+        fs::write(&marker, "refused: processes listen on TCP port(s) 8123\n").unwrap();
+        assert!(channel.acknowledged());
+        assert_eq!(
+            channel.refusal().as_deref(),
+            Some("processes listen on TCP port(s) 8123")
+        );
+        fs::write(&marker, "quiesced\n").unwrap();
+        assert!(channel.acknowledged());
+        assert_eq!(channel.refusal(), None);
+        // A link to a file is no marker.
+        fs::remove_file(&marker).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        fs::write(&elsewhere, "quiesced\n").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &marker).unwrap();
+        assert!(!channel.acknowledged());
+    }
 }
