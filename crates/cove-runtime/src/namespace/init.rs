@@ -230,20 +230,25 @@ pub fn hold_userns() -> Result<(), InitError> {
     Ok(())
 }
 
-/// The setup stage, run as host root. Prints a [`Report`] on stdout.
+/// What the server writes to the setup stage once it has moved the stage into the sandbox's
+/// cgroups (a line of its own after the spec's).
+pub const IN_CGROUPS: &str = "in-cgroups";
+
+/// The setup stage, run as host root. Reads its spec as the first line of stdin; prints a
+/// [`Report`] on stdout.
+///
+/// The server moves this process into the sandbox's cgroups while it works: on cgroup v1
+/// the first migration after a quiet spell waits for an RCU grace period (10-25 ms here),
+/// which so overlaps with the mounts below instead of coming before them. PID 1 is started
+/// only once the server has said the move is done ([`IN_CGROUPS`]).
 pub fn setup(exe: &Path) -> Result<Report, InitError> {
-    let spec = read_spec()?;
+    let mut input = io::stdin().lock();
+    let mut line = String::new();
+    input.read_line(&mut line).map_err(InitError::Spec)?;
+    let spec: InitSpec = serde_json::from_str(&line)
+        .map_err(|err| InitError::Spec(io::Error::new(io::ErrorKind::InvalidData, err)))?;
     let dirs = SandboxDirs::new(&spec.dir);
 
-    // Everything started from here on is limited and accounted as the sandbox.
-    if let Some(cgroups) = &spec.cgroups {
-        cgroups
-            .enter(&spec.id, std::process::id())
-            .map_err(|e| InitError::Step {
-                step: "cannot enter the sandbox's cgroup".into(),
-                source: io::Error::other(e),
-            })?;
-    }
     // The agent (PID 1) should survive an out-of-memory kill inside the sandbox: it gives
     // every process it starts a high score, and keeps the lowest itself when the host lets
     // us set it (lowering needs CAP_SYS_RESOURCE, which some hosts withhold even from root).
@@ -307,6 +312,8 @@ pub fn setup(exe: &Path) -> Result<Report, InitError> {
         | UnshareFlags::NEWCGROUP;
     unshare(flags).map_err(step(|| "cannot create the sandbox's namespaces".into()))?;
 
+    // PID 1 and everything it starts are limited and accounted as the sandbox.
+    wait_until_in_cgroups(&mut input)?;
     start_pid1(
         &spec,
         vec![
@@ -314,6 +321,23 @@ pub fn setup(exe: &Path) -> Result<Report, InitError> {
             (lease.into_fd(), inherited::UID_LEASE),
         ],
     )
+}
+
+/// Waits for the server to say this process is in the sandbox's cgroups; a server that
+/// closed stdin without saying so (it failed, or stopped) gets no sandbox started.
+fn wait_until_in_cgroups(input: &mut impl BufRead) -> Result<(), InitError> {
+    let mut line = String::new();
+    input
+        .read_line(&mut line)
+        .map_err(step(|| "cannot hear from the server".into()))?;
+    if line.trim_end() == IN_CGROUPS {
+        Ok(())
+    } else {
+        Err(InitError::Step {
+            step: "the server did not move the setup into the sandbox's cgroups".into(),
+            source: io::Error::new(io::ErrorKind::UnexpectedEof, line.trim_end().to_owned()),
+        })
+    }
 }
 
 /// The agent's listening socket at `path` (replacing one a previous start of the same
@@ -587,4 +611,22 @@ pub fn report_failure(err: &dyn std::fmt::Display) {
     let mut out = io::stdout();
     let _ = writeln!(out, "{}", err.to_string().replace('\n', " "));
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid1_starts_only_once_the_server_says_the_setup_is_in_the_cgroups() {
+        let told = format!("{IN_CGROUPS}\n");
+        assert!(wait_until_in_cgroups(&mut io::Cursor::new(told)).is_ok());
+        // A server that failed or stopped (the end of its pipe) or said anything else.
+        for said in ["", "\n", "in-cgroup\n", "x in-cgroups\n"] {
+            assert!(
+                wait_until_in_cgroups(&mut io::Cursor::new(said)).is_err(),
+                "{said:?}"
+            );
+        }
+    }
 }

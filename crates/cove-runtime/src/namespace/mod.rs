@@ -294,14 +294,27 @@ impl NamespaceRuntime {
             .envs(std::env::var_os(init::AGENT_LOG_ENV).map(|v| (init::AGENT_LOG_ENV, v)))
             .spawn()
             .map_err(RuntimeError::io("start the sandbox setup"))?;
-        let spec_json = serde_json::to_vec(&init).map_err(|e| RuntimeError::Io {
+        let mut spec_line = serde_json::to_vec(&init).map_err(|e| RuntimeError::Io {
             what: "encode the sandbox spec",
             source: io::Error::other(e),
         })?;
+        spec_line.push(b'\n');
+        // The setup works on the sandbox's mounts while it is moved into the sandbox's
+        // cgroups here (see `init::setup`); it starts PID 1 once told that the move is done.
+        // A setup that has already ended (another server holds the uid range) cannot be
+        // moved; its report says why.
+        let mut moved = Ok(());
         if let Some(mut stdin) = child.stdin.take() {
             stdin
-                .write_all(&spec_json)
+                .write_all(&spec_line)
                 .map_err(RuntimeError::io("hand the spec to the sandbox setup"))?;
+            moved = match &self.cgroups {
+                Some(cgroups) => cgroups.enter(&spec.id, child.id()),
+                None => Ok(()),
+            };
+            if moved.is_ok() {
+                let _ = writeln!(stdin, "{}", init::IN_CGROUPS);
+            }
         }
         let mut out = String::new();
         if let Some(mut stdout) = child.stdout.take() {
@@ -317,7 +330,12 @@ impl NamespaceRuntime {
         let pid = match serde_json::from_str::<Report>(out.trim()) {
             Ok(Report::Started { pid }) => pid,
             Ok(Report::SlotTaken) => return Ok(None),
-            Ok(Report::Failed { error }) => return Err(failed(error)),
+            Ok(Report::Failed { error }) => {
+                return Err(failed(match moved {
+                    Err(err) => format!("cannot move the sandbox into its cgroups: {err}"),
+                    Ok(()) => error,
+                }));
+            }
             Err(_) => {
                 return Err(failed(format!(
                     "the setup exited with {status} without a report (see {})",
