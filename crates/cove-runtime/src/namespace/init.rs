@@ -213,7 +213,11 @@ pub fn read_spec() -> Result<InitSpec, InitError> {
     io::stdin()
         .read_to_string(&mut raw)
         .map_err(InitError::Spec)?;
-    serde_json::from_str(&raw)
+    parse_spec(&raw)
+}
+
+fn parse_spec(raw: &str) -> Result<InitSpec, InitError> {
+    serde_json::from_str(raw)
         .map_err(|err| InitError::Spec(io::Error::new(io::ErrorKind::InvalidData, err)))
 }
 
@@ -245,8 +249,7 @@ pub fn setup(exe: &Path) -> Result<Report, InitError> {
     let mut input = io::stdin().lock();
     let mut line = String::new();
     input.read_line(&mut line).map_err(InitError::Spec)?;
-    let spec: InitSpec = serde_json::from_str(&line)
-        .map_err(|err| InitError::Spec(io::Error::new(io::ErrorKind::InvalidData, err)))?;
+    let spec = parse_spec(&line)?;
     let dirs = SandboxDirs::new(&spec.dir);
 
     // The agent (PID 1) should survive an out-of-memory kill inside the sandbox: it gives
