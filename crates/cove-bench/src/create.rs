@@ -122,9 +122,10 @@ pub async fn all(settings: &Settings, report: &mut Report) -> anyhow::Result<()>
             "`crun run` of an OCI bundle over the base template's layers (crun's default spec) until `echo`'s output{through}"
         )
     };
-    let through = match crun.as_ref().map(|c| c.hiding.is_some()) {
-        Some(true) => ", through `unshare --mount` (see below)",
-        _ => "",
+    let through = if crun.as_ref().is_some_and(|c| c.hiding.is_some()) {
+        ", through `unshare --mount` (see below)"
+    } else {
+        ""
     };
     if let Some(crun::CrunStart {
         start,

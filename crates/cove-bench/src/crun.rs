@@ -48,15 +48,12 @@ pub async fn start_to_output(cove: &Path, n: usize) -> anyhow::Result<CrunStart>
     let hybrid = is_hybrid();
     let bundle_path = bundle.path().to_owned();
     tokio::task::spawn_blocking(move || {
-        // The first run fills the caches, as the servers' first sandboxes do.
-        run_once(&bundle_path, hybrid, "cove-bench-crun-first")?;
+        let id = |i: usize| format!("cove-bench-crun-{}-{i}", std::process::id());
+        // The first run fills the caches, as the servers' first sandboxes do: not counted.
+        run_once(&bundle_path, hybrid, &id(0))?;
         let mut samples = Vec::with_capacity(n);
-        for i in 0..n {
-            samples.push(run_once(
-                &bundle_path,
-                hybrid,
-                &format!("cove-bench-crun-{}-{i}", std::process::id()),
-            )?);
+        for i in 1..=n {
+            samples.push(run_once(&bundle_path, hybrid, &id(i))?);
         }
         let hiding = if hybrid { Some(hiding_alone(n)?) } else { None };
         Ok(CrunStart {
