@@ -83,6 +83,15 @@ pub enum Figure {
     Latency { p50: Duration, p99: Duration },
     /// Bytes per second.
     Throughput(f64),
+    /// Bytes per second, the median of transfers made by turns with the baseline's (A B A B
+    /// …), and the median over those turns of the baseline's rate over this one's, with
+    /// their lower and upper quartiles: each transfer is weighed against the baseline's made
+    /// beside it, so that a machine whose speed drifts during the run weighs on both alike.
+    PairedThroughput {
+        rate: f64,
+        ratio: f64,
+        quartiles: (f64, f64),
+    },
     /// Operations per second, with the p99 latency of one operation.
     Rate { per_second: f64, p99: Duration },
     /// Bytes per sandbox: resident and proportional (shared pages split) set of its
@@ -104,6 +113,33 @@ impl Figure {
             _ => None,
         }
     }
+
+    /// Bytes per second, paired or not.
+    pub fn throughput(self) -> Option<f64> {
+        match self {
+            Figure::Throughput(rate) | Figure::PairedThroughput { rate, .. } => Some(rate),
+            _ => None,
+        }
+    }
+
+    /// How many times the baseline this figure is, so that above 1 always means worse than
+    /// the baseline: a latency's p50 over the baseline's, a throughput's, rate's or count's
+    /// baseline over the figure, memory's PSS over the baseline's.
+    pub fn ratio(self, baseline: Figure) -> Option<f64> {
+        match (self, baseline) {
+            (Figure::Latency { p50, .. }, Figure::Latency { p50: b, .. }) => {
+                Some(p50.as_secs_f64() / b.as_secs_f64())
+            }
+            (Figure::PairedThroughput { ratio, .. }, _) => Some(ratio),
+            (Figure::Throughput(f), b) => Some(b.throughput()? / f),
+            (Figure::Rate { per_second: f, .. }, Figure::Rate { per_second: b, .. }) => Some(b / f),
+            (Figure::Memory { pss, .. }, Figure::Memory { pss: b, .. }) => {
+                Some(pss as f64 / b.max(1) as f64)
+            }
+            (Figure::Count(f), Figure::Count(b)) => Some(b as f64 / f.max(1) as f64),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -120,16 +156,9 @@ pub enum Target {
 impl Target {
     pub fn met(self, figure: Figure, baseline: Figure) -> bool {
         match (self, figure) {
-            (Target::RatioBelow(limit), Figure::Latency { p50, .. }) => match baseline {
-                Figure::Latency { p50: base, .. } => p50.as_secs_f64() < limit * base.as_secs_f64(),
-                _ => false,
-            },
-            (Target::RatioBelow(limit), Figure::Throughput(rate)) => match baseline {
-                Figure::Throughput(base) => base < limit * rate,
-                _ => false,
-            },
+            (Target::RatioBelow(limit), _) => figure.ratio(baseline).is_some_and(|r| r < limit),
             (Target::LatencyBelow(limit), Figure::Latency { p50, .. }) => p50 < limit,
-            (Target::ThroughputAbove(limit), Figure::Throughput(rate)) => rate > limit,
+            (Target::ThroughputAbove(limit), _) => figure.throughput().is_some_and(|r| r > limit),
             (Target::MemoryBelow(limit), Figure::Memory { pss, .. }) => pss < limit,
             (Target::CountAtLeast(limit), Figure::Count(n)) => n >= limit,
             _ => false,
@@ -146,9 +175,31 @@ pub fn latency(mut samples: Vec<Duration>) -> Figure {
     }
 }
 
-pub fn median(mut rates: Vec<f64>) -> f64 {
-    rates.sort_by(f64::total_cmp);
-    rates[rates.len() / 2]
+pub fn median(rates: Vec<f64>) -> f64 {
+    quantile(rates, 0.5)
+}
+
+/// The value `q` of the way up `values` (0.5: the median), nearest rank.
+fn quantile(mut values: Vec<f64>, q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Transfers made by turns with a baseline's, `rates[i]` beside `baseline[i]` (bytes per
+/// second): the median of each side and the median of the turns' ratios.
+pub fn paired(rates: Vec<f64>, baseline: &[f64]) -> anyhow::Result<Figure> {
+    anyhow::ensure!(
+        !rates.is_empty() && rates.len() == baseline.len(),
+        "{} transfers cannot be paired with the baseline's {}",
+        rates.len(),
+        baseline.len()
+    );
+    let ratios: Vec<f64> = rates.iter().zip(baseline).map(|(r, b)| b / r).collect();
+    Ok(Figure::PairedThroughput {
+        rate: median(rates),
+        ratio: median(ratios.clone()),
+        quartiles: (quantile(ratios.clone(), 0.25), quantile(ratios, 0.75)),
+    })
 }
 
 /// Runs the groups `settings` asks for, one server per measurement, in [`GROUPS`] order.
@@ -262,4 +313,44 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
         crate::cluster::all(settings, &mut report).await?;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paired_ratio_weighs_each_transfer_against_its_own_turn() {
+        // The machine halves its speed during the second turn, after the plain transfer:
+        // the medians of each side (45 and 100) would make Cove 2.2× the baseline; each turn
+        // weighed on its own makes it 1.1× in two turns out of three.
+        let cove = vec![90.0, 45.0, 45.0];
+        let plain = [100.0, 100.0, 50.0];
+        let Figure::PairedThroughput {
+            rate,
+            ratio,
+            quartiles,
+        } = paired(cove, &plain).unwrap()
+        else {
+            panic!("not a paired figure");
+        };
+        assert_eq!(rate, 45.0);
+        assert!((ratio - 100.0 / 90.0).abs() < 1e-9);
+        assert!((quartiles.0 - ratio).abs() < 1e-9);
+        assert!((quartiles.1 - 100.0 / 45.0).abs() < 1e-9);
+        assert!(Target::RatioBelow(1.2).met(
+            paired(vec![90.0], &[100.0]).unwrap(),
+            Figure::Throughput(100.0)
+        ));
+        assert!(!Target::RatioBelow(1.2).met(
+            paired(vec![80.0], &[100.0]).unwrap(),
+            Figure::Throughput(100.0)
+        ));
+    }
+
+    #[test]
+    fn turns_that_do_not_pair_are_refused() {
+        assert!(paired(vec![1.0, 2.0], &[1.0]).is_err());
+        assert!(paired(Vec::new(), &[]).is_err());
+    }
 }

@@ -14,7 +14,9 @@ pub fn show(figure: Figure) -> String {
         Figure::Latency { p50, p99 } => {
             format!("p50 {} ms, p99 {} ms", fixed(ms(p50)), fixed(ms(p99)))
         }
-        Figure::Throughput(rate) => format!("{:.2} GiB/s", rate / (1u64 << 30) as f64),
+        Figure::Throughput(rate) | Figure::PairedThroughput { rate, .. } => {
+            format!("{:.2} GiB/s", rate / (1u64 << 30) as f64)
+        }
         Figure::Rate { per_second, p99 } => format!("{per_second:.0}/s, p99 {:.2} ms", ms(p99)),
         Figure::Memory { rss, pss, cgroup } => {
             let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
@@ -27,21 +29,26 @@ pub fn show(figure: Figure) -> String {
     }
 }
 
-/// How many times the baseline the figure is (for throughput, rates and counts: baseline
-/// over figure, so that above 1 always means worse than the baseline).
+/// How many times the baseline the figure is ([`Figure::ratio`]: above 1 always means worse
+/// than the baseline).
+/// Transfers made by turns show the quartiles of their turns' ratios too.
 fn ratio(figure: Figure, baseline: Figure) -> String {
-    let r = match (figure, baseline) {
-        (Figure::Latency { p50, .. }, Figure::Latency { p50: b, .. }) => {
-            p50.as_secs_f64() / b.as_secs_f64()
-        }
-        (Figure::Throughput(f), Figure::Throughput(b)) => b / f,
-        (Figure::Rate { per_second: f, .. }, Figure::Rate { per_second: b, .. }) => b / f,
-        (Figure::Memory { pss, .. }, Figure::Memory { pss: b, .. }) => pss as f64 / b.max(1) as f64,
-        (Figure::Count(f), Figure::Count(b)) => b as f64 / f.max(1) as f64,
-        _ => f64::NAN,
-    };
+    let r = times(figure.ratio(baseline).unwrap_or(f64::NAN));
+    match figure {
+        Figure::PairedThroughput {
+            quartiles: (low, high),
+            ..
+        } => format!("{r} (turns {}–{})", times(low), times(high)),
+        _ => r,
+    }
+}
+
+/// A ratio, with two significant digits near 1 (where goals lie).
+fn times(r: f64) -> String {
     if r < 0.1 {
         format!("{r:.3}×")
+    } else if r < 10.0 {
+        format!("{r:.2}×")
     } else {
         format!("{r:.1}×")
     }
@@ -61,25 +68,17 @@ fn target(target: Option<Target>, figure: Figure, baseline: Figure) -> String {
     if t.met(figure, baseline) {
         return format!("{goal}: met");
     }
-    let by = match (t, figure, baseline) {
-        (Target::LatencyBelow(d), Figure::Latency { p50, .. }, _) => {
-            format!("{:.1}×", p50.as_secs_f64() / d.as_secs_f64())
+    let off = match (t, figure) {
+        (Target::LatencyBelow(d), Figure::Latency { p50, .. }) => {
+            Some(p50.as_secs_f64() / d.as_secs_f64())
         }
-        (Target::RatioBelow(r), Figure::Latency { p50, .. }, Figure::Latency { p50: b, .. }) => {
-            format!("{:.1}×", p50.as_secs_f64() / b.as_secs_f64() / r)
-        }
-        (Target::RatioBelow(r), Figure::Throughput(f), Figure::Throughput(b)) => {
-            format!("{:.1}×", b / f / r)
-        }
-        (Target::ThroughputAbove(r), Figure::Throughput(f), _) => format!("{:.1}×", r / f),
-        (Target::MemoryBelow(m), Figure::Memory { pss, .. }, _) => {
-            format!("{:.1}×", pss as f64 / m as f64)
-        }
-        (Target::CountAtLeast(n), Figure::Count(f), _) => {
-            format!("{:.1}×", n as f64 / f.max(1) as f64)
-        }
-        _ => "?".to_owned(),
+        (Target::RatioBelow(r), _) => figure.ratio(baseline).map(|x| x / r),
+        (Target::ThroughputAbove(r), _) => figure.throughput().map(|f| r / f),
+        (Target::MemoryBelow(m), Figure::Memory { pss, .. }) => Some(pss as f64 / m as f64),
+        (Target::CountAtLeast(n), Figure::Count(f)) => Some(n as f64 / f.max(1) as f64),
+        _ => None,
     };
+    let by = off.map_or_else(|| "?".to_owned(), |x| format!("{x:.1}×"));
     format!("{goal}: **missed**, {by} off")
 }
 
@@ -136,12 +135,13 @@ pub fn markdown(settings: &Settings, report: &Report, took: Duration) -> String 
     let _ = writeln!(out, "- Whole run: {:.0} s", took.as_secs_f64());
     let _ = writeln!(
         out,
-        "- Runs: {} sandboxes for create latency, {} repetitions of small operations, {} files of 1 KiB each way, the median of {} transfers of {} MiB each way, {} idle sandboxes, up to {} live sandboxes, {} concurrent clients, {} SDK cycles{}\n",
+        "- Runs: {} sandboxes for create latency, {} repetitions of small operations, {} files of 1 KiB each way, the median of {} transfers of {} MiB each way ({} through the official clients, by turns with their baselines, the ratio being the median of the turns' ratios), {} idle sandboxes, up to {} live sandboxes, {} concurrent clients, {} SDK cycles{}\n",
         settings.sandboxes,
         settings.iterations,
         crate::transfer::SMALL_FILES,
         crate::transfer::TRANSFER_RUNS,
         settings.transfer_bytes >> 20,
+        crate::clients::CLIENT_RUNS,
         settings.idle,
         settings.max_live,
         settings.clients,
