@@ -138,9 +138,9 @@ pub async fn download(
     }
     let (gzip, head) = choose_coding(encoding::wish(&headers), &mut file, &path).await?;
     // The bytes read to judge the file go out first, then the rest of it.
-    let rest = std::io::Cursor::new(head).chain(file);
     let body = if gzip {
         response_headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let rest = std::io::Cursor::new(head).chain(file);
         let reader = tokio::io::BufReader::with_capacity(READ_CHUNK, rest);
         let encoder = async_compression::tokio::bufread::GzipEncoder::with_quality(
             reader,
@@ -149,9 +149,53 @@ pub async fn download(
         Body::from_stream(ReaderStream::with_capacity(encoder, READ_CHUNK))
     } else {
         response_headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
-        Body::from_stream(ReaderStream::with_capacity(rest, READ_CHUNK))
+        // As many bytes as the length said: a file that grows meanwhile (a log) goes out as
+        // it was; one that shrinks ends the body short, and the client sees it cut off.
+        let rest = meta.len().saturating_sub(head.len() as u64);
+        Body::from_stream(read_ahead(head, file.into_std().await, rest))
     };
     Ok((StatusCode::OK, response_headers, body).into_response())
+}
+
+/// `head`, then up to `limit` bytes of `file`, in pieces of [`READ_CHUNK`] bytes. Each piece
+/// is read on a blocking thread straight into the buffer that goes out (a `tokio::fs::File`
+/// would read into a buffer of its own and copy from it), and the next piece is read while
+/// this one is sent.
+fn read_ahead(
+    head: Bytes,
+    file: std::fs::File,
+    limit: u64,
+) -> impl Stream<Item = io::Result<Bytes>> {
+    use std::io::Read as _;
+    let head = (!head.is_empty()).then_some(Ok(head));
+    let pieces = futures::stream::unfold(Some(read_piece(file.take(limit))), |reading| async {
+        let (rest, read) = match reading?.await {
+            Ok(done) => done,
+            Err(err) => return Some((Err(io::Error::other(err)), None)),
+        };
+        match read {
+            Ok(piece) if piece.is_empty() => None,
+            Ok(piece) => Some((Ok(Bytes::from(piece)), Some(read_piece(rest)))),
+            Err(err) => Some((Err(err), None)),
+        }
+    });
+    futures::stream::iter(head).chain(pieces)
+}
+
+/// The file's part still to be sent.
+type Rest = std::io::Take<std::fs::File>;
+
+/// Reads the next piece of a download (empty at its end), on a blocking thread.
+fn read_piece(mut rest: Rest) -> tokio::task::JoinHandle<(Rest, io::Result<Vec<u8>>)> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut piece = Vec::with_capacity(READ_CHUNK);
+        let read = (&mut rest)
+            .take(READ_CHUNK as u64)
+            .read_to_end(&mut piece)
+            .map(|_| piece);
+        (rest, read)
+    })
 }
 
 /// Whether a download goes out gzip-compressed (see [`encoding`]), and the bytes read from
@@ -926,6 +970,31 @@ mod tests {
             .await
             .unwrap();
         assert!(std::fs::read(&path).unwrap() == content);
+    }
+
+    #[tokio::test]
+    async fn a_download_sends_the_head_then_the_rest_up_to_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..2 * READ_CHUNK + 999).map(|i| (i % 253) as u8).collect();
+        let path = dir.path().join("f");
+        std::fs::write(&path, &content).unwrap();
+        let sent = |head: usize, limit: usize| {
+            let mut file = std::fs::File::open(&path).unwrap();
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(head as u64)).unwrap();
+            let head = Bytes::copy_from_slice(&content[..head]);
+            read_ahead(head, file, limit as u64)
+                .map_ok(|piece| piece.to_vec())
+                .try_concat()
+        };
+        // The whole file, with and without a head read before.
+        assert!(sent(0, content.len()).await.unwrap() == content);
+        let whole = sent(65_536, content.len() - 65_536).await.unwrap();
+        assert!(whole == content);
+        // A file that grew after its length was taken: only that length goes out.
+        let length = READ_CHUNK + 5;
+        assert!(sent(100, length - 100).await.unwrap() == content[..length]);
+        // One that shrank: the body ends where the file does.
+        assert!(sent(0, content.len() + 4096).await.unwrap() == content);
     }
 
     #[test]
