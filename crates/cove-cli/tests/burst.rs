@@ -7,8 +7,9 @@ mod common;
 
 use common::{cove, loop_devices_under};
 use cove_sdk::{CreateOptions, Sandbox, snapshots::PauseMode};
-use cove_test_util::TestServer;
+use cove_test_util::{TestServer, wait_until};
 use futures::{StreamExt, stream};
+use std::time::Duration;
 
 const SANDBOXES: usize = 100;
 const AT_ONCE: usize = 25;
@@ -54,7 +55,7 @@ async fn a_burst_of_creates_then_kills_never_fails() {
         assert!(result.unwrap_or_else(|err| panic!("a kill failed: {err}")));
     }
     assert!(Sandbox::list(&config).await.unwrap().is_empty());
-    assert_nothing_left(&server, &ids);
+    assert_nothing_left(&server, &ids).await;
     // No warm pool: nothing at all is left.
     let disks = loop_devices_under(server.state_dir());
     assert!(disks.is_empty(), "{disks:?}");
@@ -115,11 +116,13 @@ async fn creates_pauses_resumes_and_kills_at_once_never_fail() {
     let listed = Sandbox::list(&config).await.unwrap();
     // Only the warm pool's own sandboxes are left, and they are not listed.
     assert!(listed.is_empty(), "{listed:?}");
-    assert_nothing_left(&server, &ids);
+    assert_nothing_left(&server, &ids).await;
 }
 
 /// Nothing of sandboxes `ids` is left: disks, cgroups, directories (warm sandboxes aside).
-fn assert_nothing_left(server: &TestServer, ids: &[String]) {
+/// The cgroups of one with internet access go just after its kill is answered, once its
+/// network helper's exit is through.
+async fn assert_nothing_left(server: &TestServer, ids: &[String]) {
     for id in ids {
         assert!(
             !loop_devices_under(server.state_dir())
@@ -127,11 +130,16 @@ fn assert_nothing_left(server: &TestServer, ids: &[String]) {
                 .any(|backing| backing.contains(id.as_str())),
             "{id}'s disk is left"
         );
-        for hierarchy in ["memory", "pids", "unified", "freezer"] {
-            let cgroup = format!("/sys/fs/cgroup/{hierarchy}/cove/{id}");
-            assert!(!std::path::Path::new(&cgroup).exists(), "{cgroup} is left");
-        }
         let dir = server.state_dir().join("sandboxes").join(id);
         assert!(!dir.exists(), "{} is left", dir.display());
+        for hierarchy in ["memory", "pids", "unified", "freezer"] {
+            let cgroup = format!("/sys/fs/cgroup/{hierarchy}/cove/{id}");
+            wait_until(
+                &format!("{cgroup} to be removed"),
+                Duration::from_secs(30),
+                || async { (!std::path::Path::new(&cgroup).exists()).then_some(()) },
+            )
+            .await;
+        }
     }
 }

@@ -34,6 +34,11 @@ impl Fixture {
     }
 
     fn start(&self, id: &str) -> (Started, AgentClient) {
+        self.start_with(id, false)
+    }
+
+    /// Starts sandbox `id`, with internet access when `network`.
+    fn start_with(&self, id: &str, network: bool) -> (Started, AgentClient) {
         let spec = SandboxSpec {
             id: id.to_owned(),
             template: self.template.clone(),
@@ -46,7 +51,7 @@ impl Fixture {
                 code_interpreter_port: None,
                 warm_kernel: false,
             },
-            network: false,
+            network,
             limits: cove_runtime::Limits {
                 memory_bytes: 512 << 20,
                 cpus: 1,
@@ -132,4 +137,70 @@ async fn a_sandbox_runs_commands_as_its_own_users() {
     fixture.runtime.shutdown();
     assert!(!Path::new(&fixture.state.path().join("sandboxes/alpha")).exists());
     let _ = Duration::from_secs(1);
+}
+
+/// Directories removed when dropped (if the runtime did not), also when a test fails.
+struct Removed(Vec<std::path::PathBuf>);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// The cgroup directories sandbox `id` may have on this host.
+fn cgroup_dirs(id: &str) -> Vec<std::path::PathBuf> {
+    ["memory", "cpu", "cpuacct", "pids", "freezer", "unified", ""]
+        .iter()
+        .map(|h| Path::new("/sys/fs/cgroup").join(h).join("cove").join(id))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kills_cgroups_go_after_it_and_a_stopped_servers_at_the_next_start() {
+    let fixture = Fixture::new();
+    // With internet access, the kill is answered before the network helper's exit is
+    // through; its cgroups go after, and a shutdown waits for that.
+    let id = format!("teardown-{}", std::process::id());
+    let (sandbox, client) = fixture.start_with(&id, true);
+    assert_eq!(
+        client.commands().run("echo up").await.unwrap().stdout,
+        "up\n"
+    );
+    assert!(cgroup_dirs(&id).iter().any(|d| d.exists()));
+    fixture.stop(&id, &sandbox);
+    fixture.runtime.shutdown();
+    let left: Vec<_> = cgroup_dirs(&id)
+        .into_iter()
+        .filter(|d| d.exists())
+        .collect();
+    assert!(left.is_empty(), "left after the shutdown: {left:?}");
+
+    // A removal a server began and did not finish (it stopped first) is done when the next
+    // one starts on the same state.
+    let left_over = format!("teardown-left-{}", std::process::id());
+    let made: Vec<_> = cgroup_dirs(&left_over)[..4]
+        .iter()
+        .filter(|d| d.ancestors().nth(2).is_some_and(Path::exists))
+        .cloned()
+        .collect();
+    assert!(!made.is_empty(), "this host has no cgroup v1 hierarchies");
+    let made = Removed(made);
+    for dir in &made.0 {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let markers = fixture.state.path().join("sandbox-teardowns");
+    std::fs::create_dir_all(&markers).unwrap();
+    std::fs::write(markers.join(&left_over), b"").unwrap();
+    let again = NamespaceRuntime::new(
+        env!("CARGO_BIN_EXE_cove"),
+        fixture.state.path().join("sandboxes"),
+        cove_runtime::egress::EgressConfig::default(),
+    );
+    let left: Vec<_> = made.0.iter().filter(|d| d.exists()).collect();
+    assert!(left.is_empty(), "left after the next start: {left:?}");
+    assert!(!markers.join(&left_over).exists());
+    again.shutdown();
 }

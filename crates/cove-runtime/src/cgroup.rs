@@ -326,10 +326,9 @@ impl Hierarchy {
             .unwrap_or(0))
     }
 
-    /// SIGKILLs whatever is still in sandbox `id`'s cgroup and removes it, waiting up to
-    /// `timeout` for the processes to be gone. A cgroup that does not exist is fine.
-    pub fn destroy(&self, id: &str, timeout: Duration) -> Result<(), CgroupError> {
-        let deadline = Instant::now() + timeout;
+    /// SIGKILLs whatever is in sandbox `id`'s cgroups, without waiting for it to be gone;
+    /// `timeout` bounds the thaw of a frozen sandbox.
+    pub fn kill(&self, id: &str, timeout: Duration) {
         // Dying takes CPU time and sometimes memory: a thousand processes throttled to one
         // CPU, or stuck at the memory limit, would otherwise exit one slow tick at a time.
         self.lift_limits(id);
@@ -342,11 +341,21 @@ impl Hierarchy {
             let _ = self.thaw(id, timeout);
         }
         for dir in self.teardown_dirs(id) {
+            // v2 kills the whole cgroup in the kernel, without pid races.
+            let _ = fs::write(dir.join("cgroup.kill"), "1");
+            kill_all_in(&dir);
+        }
+    }
+
+    /// SIGKILLs whatever is still in sandbox `id`'s cgroup and removes it, waiting up to
+    /// `timeout` for the processes to be gone. A cgroup that does not exist is fine.
+    pub fn destroy(&self, id: &str, timeout: Duration) -> Result<(), CgroupError> {
+        let deadline = Instant::now() + timeout;
+        self.kill(id, timeout);
+        for dir in self.teardown_dirs(id) {
             if !dir.exists() {
                 continue;
             }
-            // v2 kills the whole cgroup in the kernel, without pid races.
-            let _ = fs::write(dir.join("cgroup.kill"), "1");
             // A killed process is usually reaped within a millisecond or two: poll fast at
             // first, then back off (a fixed 5 ms made every kill wait 20-30 ms).
             let mut pause = Duration::from_micros(200);

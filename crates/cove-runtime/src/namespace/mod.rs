@@ -11,6 +11,7 @@ mod pause;
 pub mod reroot;
 mod snapshot;
 pub(crate) mod state;
+mod teardown;
 
 use std::{
     fs,
@@ -25,6 +26,7 @@ use std::{
 use self::{
     init::{InitSpec, Report, SUBCOMMAND, SandboxDirs},
     state::State,
+    teardown::Teardowns,
 };
 use crate::{
     AgentEndpoint, EndReason, Handle, Limits, Liveness, PauseMode, Recovered, Runtime,
@@ -50,6 +52,14 @@ const LOG_READ_LIMIT: u64 = 16 << 20;
 /// to start sandboxes on a disk that is already full.
 const MIN_FREE_BYTES: u64 = 64 << 20;
 
+/// Where the markers of kills still being finished go: beside the sandboxes' directories
+/// (host root's, as they are), not among them.
+fn teardown_dir(root: &Path) -> PathBuf {
+    const NAME: &str = "sandbox-teardowns";
+    root.parent()
+        .map_or_else(|| root.join(NAME), |parent| parent.join(NAME))
+}
+
 /// Runs sandboxes in Linux namespaces, using the `cove` binary at `exe` for the stages.
 #[derive(Clone, Debug)]
 pub struct NamespaceRuntime {
@@ -73,6 +83,8 @@ pub struct NamespaceRuntime {
     log_cap: u64,
     /// Sandboxes' PID 1s, for [`Runtime::liveness`].
     exits: Arc<process::ExitWatch>,
+    /// Kills whose cgroups are still being removed.
+    teardowns: Arc<Teardowns>,
 }
 
 impl NamespaceRuntime {
@@ -96,9 +108,20 @@ impl NamespaceRuntime {
             tracing::error!(err = %reason, "sandboxes with internet access cannot be created: their egress filter (eBPF on cgroup v2) is unavailable");
             reason
         });
+        let root: PathBuf = root.into();
+        let teardowns = Arc::new(Teardowns::new(teardown_dir(&root)));
+        // What a server that stopped did not finish removing: its sandboxes are gone.
+        for id in teardowns.unfinished() {
+            let removed = cgroups
+                .as_ref()
+                .is_none_or(|c| c.destroy(&id, KILL_TIMEOUT).is_ok());
+            if removed {
+                teardowns.done(&id);
+            }
+        }
         Self {
             exe: exe.into(),
-            root: root.into(),
+            root,
             slots: Arc::new(Slots::new(LEASE_DIR, userns::MAX_SLOTS)),
             network_helper: crate::network::find_helper(),
             cgroups,
@@ -107,6 +130,7 @@ impl NamespaceRuntime {
             no_new_privs: false,
             log_cap: init::DEFAULT_LOG_CAP,
             exits: Arc::default(),
+            teardowns,
         }
     }
 
@@ -419,6 +443,7 @@ impl Runtime for NamespaceRuntime {
             });
         }
         self.check_egress(spec)?;
+        self.teardowns.wait_for(&spec.id);
         let dirs = self.dirs(&spec.id);
         self.make_dir(&dirs)?;
         if let Err(err) = self.check_space() {
@@ -472,17 +497,41 @@ impl Runtime for NamespaceRuntime {
 
     fn kill(&self, handle: &Handle) -> Result<(), RuntimeError> {
         self.exits.forget(&handle.id);
+        // Refusals not yet told go to the log before the sandbox's counters go.
+        let _ = self.take_egress_refusals(&handle.id);
+        let state = self.current(handle)?;
+        let running = state.paused != Some(PauseMode::Filesystem);
+        if state.network && running {
+            // Everything is killed now, the network helper too; its cgroups go once the
+            // helper's exit is through (see `teardown`).
+            if let Some(cgroups) = &self.cgroups {
+                cgroups.kill(&handle.id, KILL_TIMEOUT);
+            }
+            self.stop_pid1(&state)?;
+            let (cgroups, filter) = (self.cgroups.clone(), self.egress.clone().ok());
+            let id = handle.id.clone();
+            self.teardowns.defer(&handle.id, move || {
+                let removed = match cgroups.map(|c| c.destroy(&id, KILL_TIMEOUT)) {
+                    Some(Err(err)) => {
+                        tracing::warn!(%err, id, "cannot remove a killed sandbox's cgroups");
+                        false
+                    }
+                    _ => true,
+                };
+                if let Some(filter) = filter {
+                    filter.forget(&id);
+                }
+                removed
+            });
+            return Ok(());
+        }
         if let Ok(filter) = &self.egress {
-            // Refusals not yet told go to the log before the sandbox's counters go.
-            let _ = self.take_egress_refusals(&handle.id);
             filter.forget(&handle.id);
         }
-        let state = self.current(handle)?;
         // Killing the whole cgroup is faster than waiting for the PID namespace to empty
-        // under load (a fork bomb, memory pressure), and it takes the network helper too
-        // (frozen or not).
+        // under load (a fork bomb, memory pressure).
         self.destroy_cgroup(&handle.id)?;
-        if state.paused != Some(PauseMode::Filesystem) {
+        if running {
             self.stop_pid1(&state)?;
         }
         Ok(())
@@ -557,6 +606,7 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn shutdown(&self) {
+        self.teardowns.wait();
         if let Some(cgroups) = &self.cgroups {
             cgroups.remove_parents_if_empty();
         }
@@ -570,6 +620,7 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn resume(&self, handle: &Handle, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+        self.teardowns.wait_for(&spec.id);
         self.resume_sandbox(handle, spec)
     }
 
@@ -717,6 +768,7 @@ mod tests {
             no_new_privs: false,
             log_cap: init::DEFAULT_LOG_CAP,
             exits: Arc::default(),
+            teardowns: Arc::new(Teardowns::new(state.path().join("teardowns"))),
         };
         let spec = SandboxSpec {
             id: "egress-test".into(),
