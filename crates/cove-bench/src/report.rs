@@ -30,8 +30,7 @@ pub fn show(figure: Figure) -> String {
 }
 
 /// How many times the baseline the figure is ([`Figure::ratio`]: above 1 always means worse
-/// than the baseline).
-/// Transfers made by turns show the quartiles of their turns' ratios too.
+/// than the baseline); transfers made by turns show the quartiles of their turns' ratios too.
 fn ratio(figure: Figure, baseline: Figure) -> String {
     let r = times(figure.ratio(baseline).unwrap_or(f64::NAN));
     match figure {
@@ -43,7 +42,7 @@ fn ratio(figure: Figure, baseline: Figure) -> String {
     }
 }
 
-/// A ratio, with two significant digits near 1 (where goals lie).
+/// A ratio, with two decimals below 10× (goals lie near 1×).
 fn times(r: f64) -> String {
     if r < 0.1 {
         format!("{r:.3}×")
