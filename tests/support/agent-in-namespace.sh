@@ -1,8 +1,8 @@
 #!/bin/sh
 # Runs `cove agent` as PID 1 of new PID and mount namespaces, the way it runs in a sandbox,
 # with a test account database (root, and user with uid 1000 and home /home/user), and an
-# empty /home and /tmp on tmpfs (WORK_DIR, where the agent's socket goes, is bound back into
-# the new /tmp when it lies under it). Nothing of it outlives the agent: when this script's
+# empty /home and /tmp on tmpfs (WORK_DIR, where the agent's socket goes, and the directory
+# of COVE_BINARY are bound back into the new /tmp when they lie under it). Nothing of it outlives the agent: when this script's
 # process is killed, unshare kills the agent, and the namespaces and their mounts, with
 # whatever the tests wrote to /home and /tmp, go with it.
 #
@@ -29,13 +29,21 @@ exec unshare --pid --fork --kill-child --mount --propagation private --mount-pro
     chown 1000:1000 /home/user
     mount --bind "$1/passwd" /etc/passwd
     mount --bind "$1/group" /etc/group
-    mkdir /home/.work
-    mount --bind "$1" /home/.work
+    # A /tmp of its own; the work directory and the binary, when they lie under /tmp, are
+    # bound back into it at the same paths.
+    mkdir /home/.host-tmp
+    mount --bind /tmp /home/.host-tmp
     mount -t tmpfs -o mode=1777 cove-tmp /tmp
-    mkdir -p "$1"
-    mount --bind /home/.work "$1"
-    umount /home/.work
-    rmdir /home/.work
+    for keep in "$1" "$(dirname "$2")"; do
+      case $keep in
+        /tmp/*)
+          mkdir -p "$keep"
+          mount --bind "/home/.host-tmp/${keep#/tmp/}" "$keep"
+          ;;
+      esac
+    done
+    umount /home/.host-tmp
+    rmdir /home/.host-tmp
     cove=$2
     shift 2
     exec "$cove" agent "$@"
