@@ -110,16 +110,7 @@ impl NamespaceRuntime {
         });
         let root: PathBuf = root.into();
         let teardowns = Arc::new(Teardowns::new(teardown_dir(&root)));
-        // What a server that stopped did not finish removing: its sandboxes are gone.
-        for id in teardowns.unfinished() {
-            let removed = cgroups
-                .as_ref()
-                .is_none_or(|c| c.destroy(&id, KILL_TIMEOUT).is_ok());
-            if removed {
-                teardowns.done(&id);
-            }
-        }
-        Self {
+        let runtime = Self {
             exe: exe.into(),
             root,
             slots: Arc::new(Slots::new(LEASE_DIR, userns::MAX_SLOTS)),
@@ -131,7 +122,14 @@ impl NamespaceRuntime {
             log_cap: init::DEFAULT_LOG_CAP,
             exits: Arc::default(),
             teardowns,
+        };
+        // What a server that stopped did not finish removing: its sandboxes are gone.
+        for id in runtime.teardowns.unfinished() {
+            if runtime.destroy_cgroup(&id).is_ok() {
+                runtime.teardowns.done(&id);
+            }
         }
+        runtime
     }
 
     /// Gives every sandbox a disk of `size` bytes, from images prepared under `pool_dir`.
@@ -508,20 +506,16 @@ impl Runtime for NamespaceRuntime {
                 cgroups.kill(&handle.id, KILL_TIMEOUT);
             }
             self.stop_pid1(&state)?;
-            let (cgroups, filter) = (self.cgroups.clone(), self.egress.clone().ok());
-            let id = handle.id.clone();
+            let (runtime, id) = (self.clone(), handle.id.clone());
             self.teardowns.defer(&handle.id, move || {
-                let removed = match cgroups.map(|c| c.destroy(&id, KILL_TIMEOUT)) {
-                    Some(Err(err)) => {
-                        tracing::warn!(%err, id, "cannot remove a killed sandbox's cgroups");
-                        false
-                    }
-                    _ => true,
-                };
-                if let Some(filter) = filter {
+                let removed = runtime.destroy_cgroup(&id);
+                if let Err(err) = &removed {
+                    tracing::warn!(%err, id, "cannot remove a killed sandbox's cgroups");
+                }
+                if let Ok(filter) = &runtime.egress {
                     filter.forget(&id);
                 }
-                removed
+                removed.is_ok()
             });
             return Ok(());
         }
