@@ -182,7 +182,7 @@ async fn nodes_report_themselves_and_a_dead_one_loses_its_sandboxes_until_it_ret
             "node",
         ])
         .args(["--node-id", "node-a", "--listen"])
-        .arg(format!("127.0.0.1:{}", cove_test_util::free_port()))
+        .arg("127.0.0.1:0")
         .arg("--state-dir")
         .arg(other_state.path())
         .env("COVE_LOG", "warn")

@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use common::cluster::{DOWN_AFTER, HEARTBEAT, api, edge, node, node_with, nodes, offline};
 use cove_sdk::{ConnectionConfig, Error, Sandbox};
-use cove_test_util::{TestPostgres, TestServer, free_port, wait_until};
+use cove_test_util::{TestPostgres, TestServer, wait_until};
 
 /// How many sandboxes each node runs, by the database's records.
 fn per_node(store: &cove_server::store::Store) -> BTreeMap<String, usize> {
@@ -214,7 +214,6 @@ async fn a_node_serves_beside_the_api_and_the_edge_in_one_process() {
     let postgres = TestPostgres::start();
     let url = postgres.url();
     // One process: the api and the edge on its --listen, node-a on --node-listen.
-    let node_listen = format!("127.0.0.1:{}", free_port());
     let down_after = format!("{}s", DOWN_AFTER.as_secs());
     let first = TestServer::launch(
         common::cove(),
@@ -229,7 +228,7 @@ async fn a_node_serves_beside_the_api_and_the_edge_in_one_process() {
             "--node-id",
             "node-a",
             "--node-listen",
-            &node_listen,
+            "127.0.0.1:0",
             "--heartbeat",
             HEARTBEAT,
             "--node-down-after",
@@ -248,6 +247,7 @@ async fn a_node_serves_beside_the_api_and_the_edge_in_one_process() {
         .with_sandbox_url(&first.url());
     let store = cove_server::open_store(first.state_dir(), Some(&url)).unwrap();
     let table = nodes(&url, &["list"]);
+    let node_listen = first.node_addr.expect("the node's listener");
     assert!(table.contains(&format!("http://{node_listen}")), "{table}");
 
     let mut made = Vec::new();

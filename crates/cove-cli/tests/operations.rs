@@ -10,7 +10,7 @@ use std::{
 };
 
 use cove_sdk::{ConnectionConfig, CreateOptions, Error, Sandbox};
-use cove_test_util::{TestServer, free_port, wait_until};
+use cove_test_util::{TestServer, wait_until};
 
 fn cove() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_cove"))
@@ -48,13 +48,11 @@ impl Scrape {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_creates_kills_traffic_and_refusals() {
-    let metrics_port = free_port();
-    let metrics_listen = format!("127.0.0.1:{metrics_port}");
     let server = TestServer::start_with_args(
         cove(),
         &[
             "--metrics-listen",
-            &metrics_listen,
+            "127.0.0.1:0",
             "--metrics-token",
             "scrape-secret",
             "--max-sandboxes",
@@ -64,6 +62,7 @@ async fn metrics_count_creates_kills_traffic_and_refusals() {
         ],
     )
     .await;
+    let metrics_listen = server.metrics_addr.expect("the metrics listener");
     let url = format!("http://{metrics_listen}/metrics");
     let before = Scrape::of(&url).await;
     assert_eq!(before.value("cove_sandboxes", &[("state", "running")]), 0.0);
@@ -175,8 +174,7 @@ impl JsonLoggingServer {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("server.log");
-        let port = free_port();
-        let key = format!("cove_test_{port}");
+        let key = "cove_test_json".to_owned();
         let child = Command::new(cove())
             .args([
                 "serve",
@@ -186,7 +184,7 @@ impl JsonLoggingServer {
                 "--log-format",
                 "json",
             ])
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--api-key", &key])
+            .args(["--listen", "127.0.0.1:0", "--api-key", &key])
             .arg("--state-dir")
             .arg(dir.path().join("state"))
             .env("COVE_LOG", "info")
@@ -195,7 +193,22 @@ impl JsonLoggingServer {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
+        // The port it chose, from its log.
+        let addr = wait_until(
+            "the server to log that it is ready",
+            Duration::from_secs(60),
+            || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let addr = text
+                    .lines()
+                    .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                    .find(|line| line["fields"]["message"] == "cove serve ready")
+                    .and_then(|line| line["fields"]["addr"].as_str().map(str::to_owned));
+                async move { addr }
+            },
+        )
+        .await;
+        let url = format!("http://{addr}");
         let health = format!("{url}/health");
         wait_until("the server to answer", Duration::from_secs(30), || {
             let health = health.clone();

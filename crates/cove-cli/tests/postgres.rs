@@ -52,7 +52,7 @@ async fn a_server_keeps_its_state_in_postgresql() {
     let other_state = tempfile::tempdir().unwrap();
     let second = Command::new(common::cove())
         .args(["serve", "--warm-pool", "0", "--database", &url, "--listen"])
-        .arg(format!("127.0.0.1:{}", cove_test_util::free_port()))
+        .arg("127.0.0.1:0")
         .arg("--state-dir")
         .arg(other_state.path())
         .env("COVE_LOG", "warn")

@@ -13,7 +13,7 @@ use common::{cove, loop_devices_under};
 use cove_proto::templates::{BuildInfo, BuildStart, BuildStatus, NewTemplate, Step};
 use cove_sdk::{ConnectionConfig, CreateOptions, Error, Sandbox, templates};
 use cove_test_util::{
-    TestServer, free_port,
+    TestServer,
     image::{LayerBuilder, TestImage, TestLayer, write_image, write_layout_index},
     seeded_mirror, wait_until,
 };
@@ -101,7 +101,6 @@ const READY: &str = "echo check >> /tmp/ready-checks && \
 async fn a_start_command_template_is_handed_out_already_started_and_ready() {
     let registry = seeded_mirror().await;
     let mirror = format!("docker.io={}", registry.url());
-    let metrics = format!("127.0.0.1:{}", free_port());
     let server = TestServer::start_with_args(
         cove(),
         &[
@@ -110,11 +109,14 @@ async fn a_start_command_template_is_handed_out_already_started_and_ready() {
             "--registry-mirror",
             &mirror,
             "--metrics-listen",
-            &metrics,
+            "127.0.0.1:0",
         ],
     )
     .await;
-    let metrics = format!("http://{metrics}/metrics");
+    let metrics = format!(
+        "http://{}/metrics",
+        server.metrics_addr.expect("the metrics listener")
+    );
     let config = server.config();
     let body = BuildStart {
         from_image: Some("python:3.12".into()),

@@ -493,7 +493,7 @@ impl Server {
     }
 
     async fn bind_with(
-        config: ServerConfig,
+        mut config: ServerConfig,
         runtime: Arc<dyn Runtime>,
         front: front::Front,
         shutdown: ShutdownSignal,
@@ -508,6 +508,9 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
+        if let Some(node) = config.node.as_mut() {
+            node.listening_on(addr.port());
+        }
         let domain = config
             .domain
             .clone()

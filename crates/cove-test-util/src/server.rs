@@ -1,15 +1,20 @@
 //! A real `cove serve` on a free port with its own state directory.
+//!
+//! The server picks its port itself (`--listen 127.0.0.1:0`) and the harness reads it from
+//! the line the server prints once it listens: a port chosen by the test and handed over
+//! could be taken by another process before the server binds it.
 
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::mpsc,
     time::{Duration, Instant, SystemTime},
 };
 
 use cove_sdk::ConnectionConfig;
 
-use crate::{free_port, repo_root, wait_until};
+use crate::{repo_root, wait_until};
 
 /// A running server; on drop it is stopped with SIGTERM and `--kill-on-exit`, so its
 /// sandboxes go with it, and its state directory is removed.
@@ -28,7 +33,15 @@ pub struct TestServer {
     resolv_conf: Option<(tempfile::TempDir, PathBuf)>,
     cove: PathBuf,
     state: tempfile::TempDir,
+    /// What the running server prints about its listeners.
+    printed: Option<mpsc::Receiver<Printed>>,
+    /// Where `--listen` is: chosen by the server at its first start (port 0 before), then
+    /// given on every start again.
     pub addr: SocketAddr,
+    /// Where `--metrics-listen` is, when given (`127.0.0.1:0` lets the server choose).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Where the node of `--role node,api,edge` is (`--node-listen`).
+    pub node_addr: Option<SocketAddr>,
     pub api_key: String,
 }
 
@@ -119,8 +132,12 @@ impl TestServer {
             .prefix("cove-server-test-")
             .tempdir_in(parent)
             .expect("a temporary state directory");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let api_key = format!("cove_test_{}", addr.port());
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let suffix = state.path().file_name().map_or_else(
+            || "key".into(),
+            |name| name.to_string_lossy().replace("cove-server-test-", ""),
+        );
+        let api_key = format!("cove_test_{suffix}");
         Self {
             child: None,
             kill_on_exit,
@@ -130,7 +147,10 @@ impl TestServer {
             resolv_conf: None,
             cove: cove.to_owned(),
             state,
+            printed: None,
             addr,
+            metrics_addr: None,
+            node_addr: None,
             api_key,
         }
     }
@@ -138,6 +158,13 @@ impl TestServer {
     async fn spawn(&mut self) {
         self.crashed = false;
         self.spawn_process();
+        let addr = self.wait_for_listening().await;
+        assert!(
+            self.addr.port() == 0 || addr == self.addr,
+            "cove serve started again on {addr}, not on {}",
+            self.addr
+        );
+        self.addr = addr;
         if self.serves_tls() {
             // No TLS client here: a server that listens has made its state and its keys.
             let addr = self.addr;
@@ -168,6 +195,51 @@ impl TestServer {
         .await;
     }
 
+    /// The address the server says `--listen` is at, once it also said where the metrics
+    /// are (when asked to serve them apart); panics when it exits first.
+    async fn wait_for_listening(&mut self) -> SocketAddr {
+        let metrics = self.extra_args.iter().any(|a| a == "--metrics-listen");
+        let gateway = self.listens_as_gateway();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut pause = Duration::from_millis(2);
+        let mut listening = None;
+        loop {
+            let printed = self.printed.as_ref().expect("the server was just started");
+            while let Ok(line) = printed.try_recv() {
+                match line {
+                    Printed::Listening { gateway: g, addr } if g == gateway => {
+                        listening = Some(addr)
+                    }
+                    Printed::Listening { addr, .. } => self.node_addr = Some(addr),
+                    Printed::Metrics(addr) => self.metrics_addr = Some(addr),
+                }
+            }
+            if let Some(addr) = listening
+                && (!metrics || self.metrics_addr.is_some())
+            {
+                return addr;
+            }
+            let child = self.child.as_mut().expect("the server was just started");
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("cove serve exited ({status}) before it listened; its log is above");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cove serve did not listen within a minute"
+            );
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether `--listen` is the api's or the edge's (`--role api`, `--role node,edge`, …):
+    /// the server then prints that listener as `Cove <roles> listening on …`.
+    fn listens_as_gateway(&self) -> bool {
+        self.extra_args.windows(2).any(|pair| {
+            pair[0] == "--role" && (pair[1].contains("api") || pair[1].contains("edge"))
+        })
+    }
+
     fn spawn_process(&mut self) {
         let mut command = match &self.resolv_conf {
             None => Command::new(&self.cove),
@@ -189,7 +261,7 @@ impl TestServer {
             command.arg("--kill-on-exit");
         }
         command.args(&self.extra_args);
-        let child = command
+        let mut child = command
             .arg("--state-dir")
             .arg(self.state.path())
             .arg("--api-key")
@@ -204,9 +276,22 @@ impl TestServer {
                     .map(|filter| ("COVE_AGENT_LOG", filter)),
             )
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .expect("cove serve starts");
+        let (sender, receiver) = mpsc::channel();
+        let stdout = child.stdout.take().expect("a piped standard output");
+        // Reads to the end: a server whose output nobody reads fails on its next line.
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(printed) = Printed::parse(&line) {
+                    let _ = sender.send(printed);
+                }
+            }
+        });
+        self.printed = Some(receiver);
         self.child = Some(child);
     }
 
@@ -268,6 +353,33 @@ impl TestServer {
         if let Some(child) = self.child.take() {
             crate::wait::terminate(child, Duration::from_secs(30));
         }
+    }
+}
+
+/// A line of `cove serve` about one of its listeners.
+#[derive(Debug, PartialEq)]
+enum Printed {
+    /// `Cove listening on http://…` (the sandbox server's), or with `gateway`
+    /// `Cove api,edge listening on https://…` (the api's or the edge's).
+    Listening { gateway: bool, addr: SocketAddr },
+    /// `Metrics on http://…/metrics`.
+    Metrics(SocketAddr),
+}
+
+impl Printed {
+    fn parse(line: &str) -> Option<Self> {
+        let addr = |url: &str| {
+            let rest = url.split_once("://")?.1;
+            rest.split('/').next()?.trim().parse().ok()
+        };
+        if let Some(url) = line.strip_prefix("Metrics on ") {
+            return addr(url).map(Self::Metrics);
+        }
+        let (who, url) = line.strip_prefix("Cove ")?.split_once("listening on ")?;
+        Some(Self::Listening {
+            gateway: !who.is_empty(),
+            addr: addr(url)?,
+        })
     }
 }
 
@@ -394,6 +506,37 @@ impl Drop for TestServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_listeners_are_read_from_what_the_server_prints() {
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!(
+            Printed::parse("Cove listening on http://127.0.0.1:4100"),
+            Some(Printed::Listening {
+                gateway: false,
+                addr: at(4100)
+            })
+        );
+        assert_eq!(
+            Printed::parse("Cove api,edge listening on https://127.0.0.1:4200"),
+            Some(Printed::Listening {
+                gateway: true,
+                addr: at(4200)
+            })
+        );
+        assert_eq!(
+            Printed::parse("Metrics on http://127.0.0.1:4300/metrics"),
+            Some(Printed::Metrics(at(4300)))
+        );
+        assert_eq!(
+            Printed::parse("  export E2B_API_URL=http://127.0.0.1:4100"),
+            None
+        );
+        assert_eq!(
+            Printed::parse("Cove listening on http://127.0.0.1:0x"),
+            None
+        );
+    }
 
     #[test]
     fn the_binary_is_built_from_its_dependencies_only() {

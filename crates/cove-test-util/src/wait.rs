@@ -27,8 +27,31 @@ where
     }
 }
 
-/// A TCP port on 127.0.0.1 that nothing listens on right now.
+/// A TCP port that nothing on this machine listens on right now, for a server that cannot
+/// choose its own (`cove serve` can, and [`crate::TestServer`] lets it).
+///
+/// It is drawn at random below the kernel's ephemeral range (`ip_local_port_range`), where
+/// neither outgoing connections nor listeners on port 0 get theirs: the server it is for
+/// loses it only to another test that drew the same one in the moment before it binds.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    const LOWEST: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(LOWEST);
+    if span >= 1000 {
+        let random = RandomState::new();
+        for attempt in 0..100u32 {
+            let port = LOWEST + (random.hash_one(attempt) % u64::from(span)) as u32;
+            let port = u16::try_from(port).expect("below the ephemeral range");
+            // The wildcard address conflicts with a listener on any of the machine's.
+            if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -7,12 +7,14 @@ use cove_runtime::egress::{Cidr, EgressConfig, Rules, RulesError};
 use cove_server::{
     OperationsConfig, Server, ServerConfig,
     front::{FrontConfig, Timeouts},
+    gateway::{Gateway, GatewayConfig},
     tls::TlsSource,
 };
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Address to listen on.
+    /// Address to listen on (port 0: any free port; the line `Cove listening on …` says
+    /// which)
     #[arg(long, env = "COVE_LISTEN", default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
     #[command(flatten)]
@@ -223,8 +225,9 @@ impl ClusterArgs {
                 self.role_names()
             ),
             (true, true, Some(node_listen)) => {
+                // Port 0 is any free port: two of them differ.
                 anyhow::ensure!(
-                    node_listen != listen,
+                    node_listen != listen || listen.port() == 0,
                     "--node-listen must differ from --listen ({listen}): the node and the api/edge have a listener each"
                 );
                 Ok(Plan::NodeBeside {
@@ -513,14 +516,30 @@ impl StateDir {
 }
 
 pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
-    let beside = match args.cluster.plan(args.listen)? {
-        Plan::Server => None,
-        Plan::Gateway { api, edge } => return run_gateway(args, api, edge),
+    let plan = args.cluster.plan(args.listen)?;
+    if let Plan::Gateway { api, edge } = plan {
+        return run_gateway(args, api, edge);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // Beside a node, the api or the edge listens first: the node's sandbox hosts are named
+    // after its port (the one it got, for --listen 127.0.0.1:0). It reads the keys only
+    // once the node has started and stored its own.
+    let beside = match plan {
         Plan::NodeBeside {
             api,
             edge,
             node_listen,
-        } => Some((gateway_config(&args, api, edge)?, node_listen)),
+        } => {
+            let roles = gateway_roles(api, edge);
+            let _entered = runtime.enter();
+            let gateway = Gateway::listen(gateway_config(&args, api, edge)?)
+                .with_context(|| format!("cannot start the {roles}"))?;
+            Some((gateway, roles, node_listen))
+        }
+        _ => None,
     };
     for file in &args.egress_ca_file {
         std::fs::File::open(file)
@@ -528,12 +547,16 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     }
     // Beside the api or the edge, the node listens on its own address, without TLS (that
     // is the api's and edge's), its sandbox hosts under their domain.
-    let listen = beside.as_ref().map_or(args.listen, |(_, at)| *at);
+    let listen = beside.as_ref().map_or(args.listen, |(_, _, at)| *at);
     let mut operations = args.operations.config();
     let mut domain = args.domain.clone();
-    if beside.is_some() {
+    if let Some((gateway, _, _)) = &beside {
         operations.tls = None;
-        domain = domain.or_else(|| Some(format!("localhost:{}", args.listen.port())));
+        let port = gateway
+            .local_addr()
+            .context("cannot read the listen address")?
+            .port();
+        domain = domain.or_else(|| Some(format!("localhost:{port}")));
     }
     let node = args.cluster.node(
         args.state.database.as_deref(),
@@ -591,10 +614,6 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         },
     };
     let tls = config.operations.tls.is_some();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let server = Server::bind(config)
             .await
@@ -615,12 +634,15 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         if let Some(ca) = &server.local_ca {
             print_trust(ca, server.domain());
         }
-        let Some((gateway, _)) = beside else {
+        let Some((gateway, roles, _)) = beside else {
             return server.run().await.context("the server failed");
         };
-        let roles = gateway_roles(gateway.api, gateway.edge.is_some());
-        println!("Cove {roles} listening on {}", gateway_url(&gateway));
-        let gateway = tokio::spawn(cove_server::gateway::run(gateway));
+        let gateway = gateway
+            .open()
+            .with_context(|| format!("cannot start the {roles}"))?;
+        let url = gateway.url().context("cannot read the listen address")?;
+        println!("Cove {roles} listening on {url}");
+        let gateway = tokio::spawn(gateway.run());
         // Both stop on SIGTERM/SIGINT; the node ends first if the gateway fails.
         let served = server.run().await.context("the server failed");
         let gateway = gateway
@@ -640,10 +662,15 @@ fn run_gateway(args: Args, api: bool, edge: bool) -> anyhow::Result<std::process
         .build()
         .context("cannot start the async runtime")?;
     let roles = gateway_roles(api, edge);
-    println!("Cove {roles} listening on {}", gateway_url(&config));
-    runtime
-        .block_on(cove_server::gateway::run(config))
-        .with_context(|| format!("the {roles} failed"))?;
+    runtime.block_on(async {
+        let gateway = Gateway::bind(config).with_context(|| format!("cannot start the {roles}"))?;
+        let url = gateway.url().context("cannot read the listen address")?;
+        println!("Cove {roles} listening on {url}");
+        gateway
+            .run()
+            .await
+            .with_context(|| format!("the {roles} failed"))
+    })?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -655,28 +682,15 @@ fn gateway_roles(api: bool, edge: bool) -> &'static str {
     }
 }
 
-fn gateway_url(config: &cove_server::gateway::GatewayConfig) -> String {
-    let scheme = if config.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    format!("{scheme}://{}", config.listen)
-}
-
 /// The settings of the api, the edge or both, as `args` give them.
-fn gateway_config(
-    args: &Args,
-    api: bool,
-    edge: bool,
-) -> anyhow::Result<cove_server::gateway::GatewayConfig> {
+fn gateway_config(args: &Args, api: bool, edge: bool) -> anyhow::Result<GatewayConfig> {
     let roles = gateway_roles(api, edge);
     let tls = args.operations.config().tls;
     anyhow::ensure!(
         !matches!(tls, Some(TlsSource::SelfSigned)),
         "--role {roles} serves TLS from --tls-cert and --tls-key: a self-signed CA would differ in each process"
     );
-    Ok(cove_server::gateway::GatewayConfig {
+    Ok(GatewayConfig {
         listen: args.listen,
         database: shared_database(roles, args.state.database.as_deref())?.to_owned(),
         api,

@@ -34,6 +34,14 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// A node whose address names port 0 (it listens on any free port, and has no
+    /// `--advertise`) is reached at the port its listener got.
+    pub fn listening_on(&mut self, port: u16) {
+        if let Some(host) = self.address.strip_suffix(":0") {
+            self.address = format!("{host}:{port}");
+        }
+    }
+
     /// Heartbeats every 2 s; down after 10 s without one.
     pub const HEARTBEAT: Duration = Duration::from_secs(2);
     pub const DOWN_AFTER: Duration = Duration::from_secs(10);
