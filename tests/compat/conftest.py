@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import http.client
 import json
 import os
@@ -277,9 +278,54 @@ class CoveServer:
 
 
 def _free_port() -> int:
+    """A TCP port nothing on this machine listens on now, for a server that must know its
+    port before it starts (`cove serve` need not: see `_printed_port`). Drawn at random below
+    the kernel's ephemeral range, where neither outgoing connections nor listeners on port 0
+    get theirs, so only another test drawing the same port in the same moment could take it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    candidates = list(range(10000, low))
+    secrets.SystemRandom().shuffle(candidates)
+    for port in candidates[:100]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+_LISTENING = re.compile(r"^Cove (?:([a-z,]+) )?listening on https?://\S+:(\d+)\s*$", re.M)
+
+
+def _printed_port(
+    proc: subprocess.Popen, log_path: Path, offset: int = 0, gateway: bool = False
+) -> int:
+    """The port a `cove serve --listen ADDR:0` got, from the line it prints once it listens
+    (`Cove listening on …`, or with `gateway` the api's or edge's `Cove edge listening on …`)
+    in its log at `log_path`, read from `offset` (where its run began). Raises when the server
+    exits first."""
+
+    def printed() -> Optional[int]:
+        with open(log_path, "rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+        for match in _LISTENING.finditer(text):
+            if bool(match.group(1)) == gateway:
+                return int(match.group(2))
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"cove serve exited with {proc.returncode} before it listened:\n" + text[-4000:]
+            )
+        return None
+
+    return wait_until(printed, "cove serve to say where it listens", SERVER_START_TIMEOUT)
 
 
 def _is_alive(pid: int) -> bool:
@@ -550,9 +596,8 @@ def running_cove_server(
     `/etc/resolv.conf`: the host's name servers are then the test's own (the server, the
     sandboxes' network helpers and the `base` template it builds all read that file), and no
     DNS query leaves the machine."""
-    port = _free_port()
     api_key = "e2b_" + secrets.token_hex(20)
-    argv = [_cove_bin(), "serve", "--listen", f"127.0.0.1:{port}", "--state-dir", str(state_dir),
+    argv = [_cove_bin(), "serve", "--listen", "127.0.0.1:0", "--state-dir", str(state_dir),
             "--kill-on-exit", *extra_args]
     if resolv_conf is not None:
         # `unshare` and `sh` exec what follows: the process started is the server itself.
@@ -570,15 +615,18 @@ def running_cove_server(
             # and its sandboxes can be told apart from every other process on the machine.
             start_new_session=True,
         )
+    # Port 0 until it says which it got.
     server = CoveServer(
-        url=f"http://127.0.0.1:{port}",
-        port=port,
+        url="http://127.0.0.1:0",
+        port=0,
         api_key=api_key,
         state_dir=state_dir,
         log=log_path,
         pid=proc.pid,
     )
     try:
+        port = _printed_port(proc, log_path)
+        server = dataclasses.replace(server, url=f"http://127.0.0.1:{port}", port=port)
 
         def healthy() -> bool:
             if proc.poll() is not None:
@@ -834,16 +882,16 @@ def running_cove_edge(database: str, log_path: Path, role: str = "edge") -> Iter
     """Runs `cove serve --role edge --database DATABASE` (or another stateless role, `api`)
     on a free port until the block ends, then stops it with SIGTERM (by its pid) and checks
     that it exited cleanly."""
-    port = _free_port()
     argv = [_cove_bin(), "serve", "--role", role, "--database", database,
-            "--listen", f"127.0.0.1:{port}"]
+            "--listen", "127.0.0.1:0"]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    edge = CoveEdge(url=f"http://127.0.0.1:{port}", port=port, log=log_path, pid=proc.pid)
     try:
+        port = _printed_port(proc, log_path, gateway=True)
+        edge = CoveEdge(url=f"http://127.0.0.1:{port}", port=port, log=log_path, pid=proc.pid)
 
         def healthy() -> bool:
             if proc.poll() is not None:
@@ -891,7 +939,10 @@ class RestartableCoveServer:
         netns: Optional[str] = None,
         address: str = "127.0.0.1",
     ) -> None:
-        self.port = _free_port()
+        # On the host: chosen by the server at its first start, then given on every start
+        # again. In a network namespace of the test's own nothing else listens, and the
+        # port is known before the start (a node's --advertise names it).
+        self.port = _free_port() if netns is not None else 0
         self.api_key = "e2b_" + secrets.token_hex(20)
         self.state_dir = state_dir
         self.log_path = log_path
@@ -925,6 +976,7 @@ class RestartableCoveServer:
             argv = ["nsenter", f"--net=/run/netns/{self.netns}", "--", *argv]
         # Appended to: the log of every run, in order.
         with open(self.log_path, "ab") as log:
+            offset = log.tell()
             self.proc = subprocess.Popen(
                 argv,
                 env={**os.environ, "COVE_API_KEY": self.api_key},
@@ -933,6 +985,9 @@ class RestartableCoveServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        port = _printed_port(self.proc, self.log_path, offset)
+        assert self.port in (0, port), f"cove serve started again on {port}, not {self.port}"
+        self.port = port
         proc, server = self.proc, self.server
 
         def healthy() -> bool:
