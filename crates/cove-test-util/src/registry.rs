@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{free_port, wait_until};
+use crate::wait_until;
 
 /// A running `docker-registry`; stopped (by its pid) and its storage removed on drop.
 pub struct TestRegistry {
@@ -62,12 +62,12 @@ impl TestRegistry {
             .prefix("cove-registry-test-")
             .tempdir()
             .expect("a temporary registry directory");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // Any free port: the registry logs (at level info) which it got.
         let mut config = format!(
             "version: 0.1\n\
-             log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+             log:\n  level: info\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
-             http:\n  addr: {addr}\n  secret: cove-test-registry\n",
+             http:\n  addr: 127.0.0.1:0\n  secret: cove-test-registry\n",
             storage = dir.path().join("storage").display(),
         );
         if let (Auth::Basic, Some((username, password))) = (&auth, &credentials) {
@@ -101,6 +101,20 @@ impl TestRegistry {
             .stderr(log)
             .spawn()
             .expect("docker-registry starts");
+        let log_path = dir.path().join("registry.log");
+        let mut child = child;
+        let addr = wait_until(
+            "docker-registry to say where it listens",
+            Duration::from_secs(30),
+            || {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("docker-registry exited ({status}) before it listened:\n{log}");
+                }
+                async move { listening_address(&log) }
+            },
+        )
+        .await;
         let registry = Self {
             child: Some(child),
             dir,
@@ -189,6 +203,12 @@ impl TestRegistry {
             crate::wait::terminate(child, Duration::from_secs(10));
         }
     }
+}
+
+/// The address in docker-registry's `msg="listening on 127.0.0.1:PORT"` log line.
+fn listening_address(log: &str) -> Option<SocketAddr> {
+    let (_, rest) = log.split_once("msg=\"listening on ")?;
+    rest.split('"').next()?.parse().ok()
 }
 
 impl Drop for TestRegistry {
@@ -381,4 +401,17 @@ async fn issue_token(
     let token = format!("{signing_input}.{}", b64.encode(signature));
     state.issued.lock().expect("issued").push(scope);
     axum::Json(serde_json::json!({"token": token, "access_token": token})).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_port_is_read_from_the_registrys_log() {
+        let log = "time=\"2026-12-01T22:41:29Z\" level=info msg=\"redis not configured\"\n\
+                   time=\"2026-12-01T22:41:29Z\" level=info msg=\"listening on 127.0.0.1:46149\" go.version=go1.19.8\n";
+        assert_eq!(listening_address(log), Some(([127, 0, 0, 1], 46149).into()));
+        assert_eq!(listening_address("level=info msg=\"starting\"\n"), None);
+    }
 }
