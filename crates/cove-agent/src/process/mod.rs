@@ -6,7 +6,7 @@ mod service;
 mod spawn;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -38,7 +38,7 @@ pub type Event = process_event::Event;
 pub struct ProcessTable {
     reaper: Reaper,
     live: Mutex<HashMap<u32, Arc<Process>>>,
-    ended: Mutex<HashMap<u32, Ended>>,
+    ended: Mutex<EndedLog>,
 }
 
 /// What is left of an ended process.
@@ -47,6 +47,67 @@ struct Ended {
     tag: Option<String>,
     end: process_event::EndEvent,
     at: tokio::time::Instant,
+}
+
+/// The ends of the processes that ended in the last [`RETAIN_ENDED`], by pid and by tag.
+/// Each start and end costs the same however many there are (an agent running hundreds of
+/// short commands a second holds thousands).
+#[derive(Default)]
+struct EndedLog {
+    by_pid: HashMap<u32, Ended>,
+    /// The pids of each tag's ends, oldest first.
+    by_tag: HashMap<String, Vec<u32>>,
+    /// Every end as it was recorded, oldest first; an entry whose pid has been forgotten or
+    /// recorded again since is skipped.
+    order: VecDeque<(tokio::time::Instant, u32)>,
+}
+
+impl EndedLog {
+    /// Forgets the ends older than [`RETAIN_ENDED`].
+    fn expire(&mut self, now: tokio::time::Instant) {
+        while let Some(&(at, pid)) = self.order.front() {
+            if now.duration_since(at) < RETAIN_ENDED {
+                break;
+            }
+            self.order.pop_front();
+            if self.by_pid.get(&pid).is_some_and(|e| e.at == at) {
+                self.forget_pid(pid);
+            }
+        }
+    }
+
+    fn forget_pid(&mut self, pid: u32) {
+        let Some(Ended { tag: Some(tag), .. }) = self.by_pid.remove(&pid) else {
+            return;
+        };
+        if let Some(pids) = self.by_tag.get_mut(&tag) {
+            pids.retain(|p| *p != pid);
+            if pids.is_empty() {
+                self.by_tag.remove(&tag);
+            }
+        }
+    }
+
+    fn forget_tag(&mut self, tag: &str) {
+        for pid in self.by_tag.remove(tag).unwrap_or_default() {
+            self.by_pid.remove(&pid);
+        }
+    }
+
+    fn record(&mut self, pid: u32, ended: Ended) {
+        self.forget_pid(pid);
+        if let Some(tag) = &ended.tag {
+            self.by_tag.entry(tag.clone()).or_default().push(pid);
+        }
+        self.order.push_back((ended.at, pid));
+        self.by_pid.insert(pid, ended);
+    }
+
+    /// The latest end of a process with `tag`.
+    fn latest_of(&self, tag: &str) -> Option<(u32, &Ended)> {
+        let pid = *self.by_tag.get(tag)?.last()?;
+        self.by_pid.get(&pid).map(|e| (pid, e))
+    }
 }
 
 impl ProcessTable {
@@ -62,10 +123,9 @@ impl ProcessTable {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn ended(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Ended>> {
+    fn ended(&self) -> std::sync::MutexGuard<'_, EndedLog> {
         let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
-        let now = tokio::time::Instant::now();
-        ended.retain(|_, e| now.duration_since(e.at) < RETAIN_ENDED);
+        ended.expire(tokio::time::Instant::now());
         ended
     }
 
@@ -115,28 +175,24 @@ impl ProcessTable {
     ) -> Option<(u32, process_event::EndEvent)> {
         let ended = self.ended();
         match selector?.selector.as_ref()? {
-            Selector::Pid(pid) => ended.get(pid).map(|e| (*pid, e.end.clone())),
-            Selector::Tag(tag) => ended
-                .iter()
-                .filter(|(_, e)| e.tag.as_deref() == Some(tag.as_str()))
-                .max_by_key(|(_, e)| e.at)
-                .map(|(pid, e)| (*pid, e.end.clone())),
+            Selector::Pid(pid) => ended.by_pid.get(pid).map(|e| (*pid, e.end.clone())),
+            Selector::Tag(tag) => ended.latest_of(tag).map(|(pid, e)| (pid, e.end.clone())),
         }
     }
 
     fn insert(&self, process: Arc<Process>) {
         let mut ended = self.ended();
         // A reused pid or tag must not resurrect an older process's end.
-        ended.remove(&process.pid);
+        ended.forget_pid(process.pid);
         if let Some(tag) = &process.tag {
-            ended.retain(|_, e| e.tag.as_ref() != Some(tag));
+            ended.forget_tag(tag);
         }
         drop(ended);
         self.live().insert(process.pid, process);
     }
 
     fn finish(&self, process: &Process, end: process_event::EndEvent) {
-        self.ended().insert(
+        self.ended().record(
             process.pid,
             Ended {
                 tag: process.tag.clone(),
@@ -258,5 +314,72 @@ impl Process {
                 RpcError::internal(format!("cannot signal process {}: {err}", self.pid))
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(tag: Option<&str>, exit_code: i32, at: tokio::time::Instant) -> Ended {
+        Ended {
+            tag: tag.map(str::to_owned),
+            end: process_event::EndEvent {
+                exit_code,
+                ..Default::default()
+            },
+            at,
+        }
+    }
+
+    /// The pid the latest end of `tag` is of, and its exit code.
+    fn latest(log: &EndedLog, tag: &str) -> Option<(u32, i32)> {
+        log.latest_of(tag).map(|(pid, e)| (pid, e.end.exit_code))
+    }
+
+    #[test]
+    fn ends_are_kept_for_their_time_by_pid_and_by_tag() {
+        let t0 = tokio::time::Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        let mut log = EndedLog::default();
+        log.record(10, ended(Some("web"), 1, at(0)));
+        log.record(11, ended(Some("web"), 2, at(1)));
+        log.record(12, ended(None, 3, at(2)));
+        // Two ends of one tag: the latest answers for the tag, each for its pid.
+        assert_eq!(latest(&log, "web"), Some((11, 2)));
+        assert_eq!(log.by_pid[&10].end.exit_code, 1);
+
+        // A pid used again: its new end replaces the old one, and the old one's place in
+        // the order no longer removes it.
+        log.record(10, ended(None, 4, at(3)));
+        log.expire(at(0) + RETAIN_ENDED);
+        assert_eq!(log.by_pid[&10].end.exit_code, 4);
+        assert_eq!(latest(&log, "web"), Some((11, 2)));
+
+        log.expire(at(1) + RETAIN_ENDED);
+        assert_eq!(latest(&log, "web"), None);
+        assert!(log.by_tag.is_empty());
+        assert_eq!(log.by_pid.len(), 2, "pids 10 and 12 stay");
+
+        log.expire(at(3) + RETAIN_ENDED);
+        assert!(log.by_pid.is_empty() && log.order.is_empty());
+    }
+
+    #[test]
+    fn a_new_process_of_a_tag_forgets_the_tags_earlier_ends() {
+        let now = tokio::time::Instant::now();
+        let mut log = EndedLog::default();
+        log.record(20, ended(Some("job"), 0, now));
+        log.record(21, ended(Some("job"), 0, now));
+        log.forget_tag("job");
+        assert_eq!(latest(&log, "job"), None);
+        assert!(log.by_pid.is_empty());
+        // Their entries in the order expire without touching what came later.
+        log.record(20, ended(Some("job"), 7, now + Duration::from_secs(5)));
+        log.expire(now + RETAIN_ENDED);
+        assert_eq!(
+            log.latest_of("job").map(|(pid, e)| (pid, e.end.exit_code)),
+            Some((20, 7))
+        );
     }
 }
