@@ -410,15 +410,17 @@ async fn templates_completions_and_errors() {
     assert!(message.contains("cove shell needs a terminal"), "{message}");
 }
 
-/// A tmux server of its own (`-L`), killed when the test ends.
+/// A tmux server of its own, its socket in a directory of the test's (not in the host's
+/// `/tmp/tmux-0`), killed when the test ends.
 struct Tmux {
-    socket: String,
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Tmux {
     fn run(&self, args: &[&str]) -> String {
         let output = StdCommand::new("tmux")
-            .arg("-L")
+            .arg("-S")
             .arg(&self.socket)
             .args(args)
             .output()
@@ -455,7 +457,9 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = StdCommand::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
             .output();
     }
 }
@@ -464,8 +468,13 @@ impl Drop for Tmux {
 async fn shell_in_a_real_terminal() {
     let server = server().await;
     let id = create(&server, &[]);
+    let dir = tempfile::Builder::new()
+        .prefix("cove-tmux-")
+        .tempdir()
+        .unwrap();
     let tmux = Tmux {
-        socket: format!("cove-test-{}", server.addr.port()),
+        socket: dir.path().join("socket"),
+        _dir: dir,
     };
     // After the shell ends, `cat` keeps the pane open so its last lines can be read.
     let command = format!(
