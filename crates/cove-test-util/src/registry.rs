@@ -101,9 +101,17 @@ impl TestRegistry {
             .stderr(log)
             .spawn()
             .expect("docker-registry starts");
-        let log_path = dir.path().join("registry.log");
-        let mut child = child;
-        let addr = wait_until(
+        // Made first, so that its drop stops the registry should it never say its port.
+        let mut registry = Self {
+            child: Some(child),
+            dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            credentials,
+            token_service,
+        };
+        let log_path = registry.dir.path().join("registry.log");
+        let child = registry.child.as_mut().expect("just started");
+        registry.addr = wait_until(
             "docker-registry to say where it listens",
             Duration::from_secs(30),
             || {
@@ -115,13 +123,6 @@ impl TestRegistry {
             },
         )
         .await;
-        let registry = Self {
-            child: Some(child),
-            dir,
-            addr,
-            credentials,
-            token_service,
-        };
         let url = format!("{}/v2/", registry.url());
         let http = reqwest::Client::new();
         wait_until(

@@ -480,7 +480,9 @@ fn newest_source(dir: &Path) -> Option<(SystemTime, PathBuf)> {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if (!self.kill_on_exit && self.child.is_some()) || self.crashed {
+        // A server that never said where it listens made no sandboxes to end.
+        let listened = self.addr.port() != 0;
+        if listened && ((!self.kill_on_exit && self.child.is_some()) || self.crashed) {
             // Leave nothing behind (also when a test fails after a crash it meant to undo):
             // one last run that kills every sandbox on its way out. It listens only once it
             // has re-adopted them.
