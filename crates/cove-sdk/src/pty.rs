@@ -50,7 +50,8 @@ impl Default for PtyOptions {
 ///         screen.extend_from_slice(&bytes);
 ///     }
 /// }
-/// assert!(String::from_utf8_lossy(&screen).contains("30 100"));
+/// let screen = String::from_utf8_lossy(&screen);
+/// assert!(screen.contains("30 100"), "the terminal showed: {screen:?}");
 /// # sandbox.kill().await?;
 /// # Ok(())
 /// # }
