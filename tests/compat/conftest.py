@@ -286,9 +286,8 @@ def _free_port() -> int:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
-    candidates = list(range(10000, low))
-    secrets.SystemRandom().shuffle(candidates)
-    for port in candidates[:100]:
+    candidates = range(10000, low)
+    for port in secrets.SystemRandom().sample(candidates, min(100, len(candidates))):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
