@@ -376,11 +376,19 @@ def network_helpers(targets: Iterable[int]) -> dict[int, int]:
     return helpers
 
 
+# How long a network helper may take to exit after its sandbox's PID 1 is gone. A kill answers
+# once PID 1 is reaped; the helper, SIGKILLed at the same time, is torn down in the background
+# (see NamespaceRuntime::kill), which on a loaded machine can take a moment longer.
+HELPER_EXIT_GRACE = 10.0
+
+
 def end_leaked_helpers(server: CoveServer) -> list[int]:
-    """Ends (SIGKILL) any network helper that outlived its sandbox of this server, so that a
-    leak fails one test instead of piling up; returns their pids."""
+    """Ends (SIGKILL) any network helper that outlived its sandbox of this server by more than
+    HELPER_EXIT_GRACE, so that a leak fails one test instead of piling up; returns their pids."""
     gone = [pid for pid in server.sandbox_pids().values() if not _is_alive(pid)]
-    leaked = sorted(network_helpers(gone))
+    deadline = time.monotonic() + HELPER_EXIT_GRACE
+    while (leaked := sorted(network_helpers(gone))) and time.monotonic() < deadline:
+        time.sleep(0.05)
     for pid in leaked:
         try:
             os.kill(pid, signal.SIGKILL)
