@@ -438,6 +438,28 @@ async fn stdin_signals_list_and_reattach() {
         Err(Error::CommandExit(exit)) => assert_eq!(exit.error.as_deref(), Some("signal: killed")),
         other => panic!("expected the kill to show, got {other:?}"),
     }
+    // stdin requested, but the process closed it: nobody reads the pipe any more (EPIPE),
+    // which is the caller's race to lose, not the agent's failure.
+    let mut deaf = commands
+        .spawn(Command::shell("exec 0<&-; echo closed; sleep 30").stdin(true))
+        .await
+        .unwrap();
+    assert_eq!(
+        deaf.next_output().await.unwrap(),
+        Some(Output::Stdout(Bytes::from_static(b"closed\n")))
+    );
+    let refused = commands.send_stdin(deaf.pid(), "x").await;
+    assert!(
+        matches!(
+            &refused,
+            Err(Error::Rpc {
+                code: Code::FailedPrecondition,
+                message,
+            }) if message.contains("no longer reads its input")
+        ),
+        "{refused:?}"
+    );
+    assert!(commands.kill(deaf.pid()).await.unwrap());
     assert!(!commands.kill(999_999).await.unwrap());
     assert!(matches!(
         commands.send_stdin(999_999, "x").await,

@@ -189,8 +189,17 @@ async fn stream_input(
 }
 
 async fn write_input(process: &Process, input: InputKind) -> Result<(), RpcError> {
-    let failed = |err: std::io::Error| {
-        RpcError::internal(format!("cannot write to process {}: {err}", process.pid))
+    // A process that has closed its end (or has just ended, before the reaper took it off
+    // the table) is the caller's race to lose, not the agent's failure.
+    let failed = |err: std::io::Error| match rustix::io::Errno::from_io_error(&err) {
+        Some(rustix::io::Errno::PIPE | rustix::io::Errno::IO) => RpcError::new(
+            Code::FailedPrecondition,
+            format!(
+                "process {} no longer reads its input (it closed it or has ended)",
+                process.pid
+            ),
+        ),
+        _ => RpcError::internal(format!("cannot write to process {}: {err}", process.pid)),
     };
     match (&process.input, input) {
         (Input::Pipe(stdin), InputKind::Stdin(data)) => {
