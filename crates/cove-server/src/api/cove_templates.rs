@@ -57,7 +57,7 @@ pub async fn import(
         runtime: query.runtime.as_deref(),
         ..Resources::default()
     };
-    let prepared = prepare(&state, &team.0, &name, Vec::new(), resources)?;
+    let prepared = prepare(&state, &team.0, &name, Vec::new(), resources).await?;
     let builder = state.builder();
     let upload = format!("import-{}", prepared.build.id);
     let size = builder

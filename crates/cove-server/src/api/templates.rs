@@ -117,7 +117,8 @@ pub async fn request_build(
             memory_mb: request.memory_mb,
             runtime: request.runtime.as_deref(),
         },
-    )?;
+    )
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(TemplateRequested {
@@ -152,7 +153,7 @@ pub struct Prepared {
 
 /// Checks `full` (`name` or `name:tag`), `tags` and the resources, and makes (or finds, when
 /// the team has it) the template and a new build of it.
-pub fn prepare(
+pub async fn prepare(
     state: &AppState,
     team: &str,
     full: &str,
@@ -197,7 +198,12 @@ pub fn prepare(
     if tags.is_empty() {
         tags.push(catalog::DEFAULT_TAG.to_owned());
     }
-    if state.lifecycle().snapshot_named(team, &name).is_some() {
+    if state
+        .lifecycle()
+        .snapshot_named(team, &name)
+        .await
+        .is_some()
+    {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
@@ -604,7 +610,7 @@ pub async fn alias(
     team: Team,
     Path(alias): Path<String>,
 ) -> Result<Json<AliasInfo>, ApiError> {
-    if let Some(snapshot) = state.lifecycle().snapshot_named(&team.0, &alias) {
+    if let Some(snapshot) = state.lifecycle().snapshot_named(&team.0, &alias).await {
         return Ok(Json(AliasInfo {
             template_id: snapshot.id,
             public: false,
@@ -638,7 +644,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     // A snapshot is a template too (E2B deletes both here).
-    if let Some(snapshot) = state.lifecycle().snapshot_named(&team.0, &id) {
+    if let Some(snapshot) = state.lifecycle().snapshot_named(&team.0, &id).await {
         state.lifecycle().delete_snapshot(&snapshot).await?;
         return Ok(StatusCode::NO_CONTENT);
     }

@@ -54,10 +54,11 @@ impl Lifecycle {
             )
         };
         let mut settings = match (settings_of(request), again) {
-            (Err(LifecycleError::TemplateNotFound(_)), Some(request))
-                if self.adopt_snapshot(team, &name).is_some() =>
-            {
-                settings_of(request)?
+            (Err(LifecycleError::TemplateNotFound(missing)), Some(request)) => {
+                match self.adopt_snapshot(team, &name).await {
+                    Some(_) => settings_of(request)?,
+                    None => return Err(LifecycleError::TemplateNotFound(missing)),
+                }
             }
             (settings, _) => settings?,
         };

@@ -140,13 +140,20 @@ impl Lifecycle {
     /// The snapshot of `team` that `name` names, taken on another node of the cluster and
     /// shared, now in this node's catalogue with its paths made this node's (its files come
     /// with the first sandbox made from it: [`Lifecycle::fetch_snapshot`]). None outside a
-    /// cluster, or when there is no such snapshot.
-    pub(super) fn adopt_snapshot(&self, team: &str, name: &str) -> Option<TemplateEntry> {
+    /// cluster, or when there is no such snapshot. The database is read on a blocking
+    /// thread.
+    pub(super) async fn adopt_snapshot(&self, team: &str, name: &str) -> Option<TemplateEntry> {
         self.store.node()?;
-        let stored = match self.store.cluster_templates::<TemplateEntry>(team) {
+        let (store, owner) = (self.store.clone(), team.to_owned());
+        let read =
+            tokio::task::spawn_blocking(move || store.cluster_templates::<TemplateEntry>(&owner))
+                .await
+                .map_err(|join| join.to_string())
+                .and_then(|read| read.map_err(|err| format!("{err:?}")));
+        let stored = match read {
             Ok(stored) => stored,
             Err(err) => {
-                tracing::warn!(?err, team = %team, "cannot look for the team's shared snapshots");
+                tracing::warn!(%err, team = %team, "cannot look for the team's shared snapshots");
                 return None;
             }
         };
@@ -257,7 +264,7 @@ impl Lifecycle {
             // that node has it.
             _ => {
                 self.forget(std::slice::from_ref(&known)).await;
-                self.adopt_snapshot(team, name);
+                self.adopt_snapshot(team, name).await;
             }
         }
         Ok(())

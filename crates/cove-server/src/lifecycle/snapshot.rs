@@ -122,7 +122,7 @@ impl Lifecycle {
         if let Some(n) = &name {
             // In a cluster, the name may be a snapshot's taken (and shared) on another node.
             self.sync_snapshot(team, n).await?;
-            self.snapshot_named(team, n);
+            self.snapshot_named(team, n).await;
         }
         let existing = match &name {
             Some(n) => match self.templates.get(team, n) {
@@ -285,12 +285,16 @@ impl Lifecycle {
 
     /// The snapshot of `team` that `name` names, if it names one (in a cluster, also one
     /// another node took and shared).
-    pub fn snapshot_named(&self, team: &str, name: &str) -> Option<TemplateEntry> {
-        self.templates
+    pub async fn snapshot_named(&self, team: &str, name: &str) -> Option<TemplateEntry> {
+        let known = self
+            .templates
             .snapshots(team)
             .into_iter()
-            .find(|e| e.answers_to(name))
-            .or_else(|| self.adopt_snapshot(team, name))
+            .find(|e| e.answers_to(name));
+        match known {
+            Some(known) => Some(known),
+            None => self.adopt_snapshot(team, name).await,
+        }
     }
 
     /// Deletes a snapshot of `team`. Sandboxes made from it keep running, and its layers
