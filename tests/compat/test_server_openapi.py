@@ -120,8 +120,8 @@ def _end_what_was_made(server: CoveServer, made) -> None:
             if "sandbox" in entry:
                 _end_what_was_made(server, entry["sandbox"])
     elif "sandboxID" in made:
-        # A generated create may ask for a timeout of a second or two, after which the sandbox
-        # has ended by itself (404); stopping the server checks that none outlived it.
+        # A generated create may ask for a timeout of 0 or 1 s: its sandbox may have ended by
+        # itself before this kill (404). Stopping the server checks that none outlived it.
         killed = server.api("DELETE", f"/sandboxes/{made['sandboxID']}")
         assert killed.status in (204, 404), killed
     elif "snapshotID" in made:
