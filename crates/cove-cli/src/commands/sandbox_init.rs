@@ -7,9 +7,6 @@ use cove_runtime::{AgentSettings, namespace::init};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Only create a user namespace and keep it until stdin closes.
-    #[arg(long = "hold-userns")]
-    hold_userns: bool,
     /// Run as the sandbox's PID 1.
     #[arg(long)]
     pid1: bool,
@@ -109,16 +106,13 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         cove_runtime::namespace::reroot::run_stage().context("the reroot")?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    if args.hold_userns {
-        init::hold_userns()?;
-    } else if args.pid1 {
+    if args.pid1 {
         if let Err(err) = pid1() {
             init::report_failure(&format!("{err:#}"));
             return Err(err);
         }
     } else {
-        let exe = std::env::current_exe().context("cannot find the cove binary")?;
-        let report = init::setup(&exe).unwrap_or_else(|err| init::Report::Failed {
+        let report = init::setup().unwrap_or_else(|err| init::Report::Failed {
             error: format!("{:#}", anyhow::Error::from(err)),
         });
         println!(

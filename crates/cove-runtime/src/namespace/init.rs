@@ -7,8 +7,9 @@
 //! 2. **pid1**: PID 1 of the new PID namespace. It mounts `/proc`, `/sys` and devpts,
 //!    brings loopback up, pivots into the new root, and then runs the agent.
 //!
-//! A third, **hold-userns**, only creates the user namespace so that setup can map its ids
-//! and use it for idmapped mounts before anything runs inside it.
+//! Setup forks a holder of the user namespace (not a stage of its own: no exec), which
+//! creates it so that setup can map its ids and use it for idmapped mounts before anything
+//! runs inside it.
 //!
 //! Setup takes the lease on the sandbox's uid range and makes the agent's listening socket;
 //! PID 1 gets both as descriptors ([`crate::inherited`]) and holds them for the sandbox's
@@ -38,8 +39,6 @@ use crate::{
 
 /// The hidden `cove` subcommand the stages run as.
 pub const SUBCOMMAND: &str = "__sandbox-init";
-/// Its flag for the user-namespace holder stage.
-pub const HOLD_USERNS_FLAG: &str = "--hold-userns";
 /// Its flag for the PID 1 stage.
 pub const PID1_FLAG: &str = "--pid1";
 /// Its flag for the network stage (see `crate::network::connect`).
@@ -221,19 +220,6 @@ fn parse_spec(raw: &str) -> Result<InitSpec, InitError> {
         .map_err(|err| InitError::Spec(io::Error::new(io::ErrorKind::InvalidData, err)))
 }
 
-/// The holder stage: creates a user namespace, says so, and keeps it alive until stdin
-/// closes.
-pub fn hold_userns() -> Result<(), InitError> {
-    unshare(UnshareFlags::NEWUSER).map_err(step(|| "cannot create a user namespace".into()))?;
-    let mut out = io::stdout();
-    writeln!(out, "ready")
-        .and_then(|()| out.flush())
-        .map_err(step(|| "cannot report readiness".into()))?;
-    let mut rest = Vec::new();
-    let _ = io::stdin().read_to_end(&mut rest);
-    Ok(())
-}
-
 /// What the server writes to the setup stage once it has moved the stage into the sandbox's
 /// cgroups (a line of its own after the spec's).
 pub const IN_CGROUPS: &str = "in-cgroups";
@@ -245,7 +231,7 @@ pub const IN_CGROUPS: &str = "in-cgroups";
 /// the first migration after a quiet spell waits for an RCU grace period (10-25 ms here),
 /// which so overlaps with the mounts below instead of coming before them. PID 1 is started
 /// only once the server has said the move is done ([`IN_CGROUPS`]).
-pub fn setup(exe: &Path) -> Result<Report, InitError> {
+pub fn setup() -> Result<Report, InitError> {
     let mut input = io::stdin().lock();
     let mut line = String::new();
     input.read_line(&mut line).map_err(InitError::Spec)?;
@@ -285,7 +271,7 @@ pub fn setup(exe: &Path) -> Result<Report, InitError> {
     mounts::make_private().map_err(step(|| "cannot make mounts private".into()))?;
 
     let uid_base = userns::base_for_slot(spec.slot);
-    let (holder, userns) = create_userns(exe, uid_base)?;
+    let (holder, userns) = create_userns(uid_base)?;
     // From the sandbox's user namespace on, host paths are not searchable (the state
     // directory is host root's alone). The working directory, the sandbox's own directory
     // entered by enter_dir, survives the switch, so the later steps reach it relative to it.
@@ -305,7 +291,7 @@ pub fn setup(exe: &Path) -> Result<Report, InitError> {
         "cannot become root of the sandbox's user namespace".into()
     }))?;
     drop(userns);
-    release_holder(holder);
+    holder.release();
 
     let flags = UnshareFlags::NEWNS
         | UnshareFlags::NEWPID
@@ -368,35 +354,10 @@ pub(crate) fn unshare(flags: UnshareFlags) -> io::Result<()> {
     Ok(())
 }
 
-fn create_userns(exe: &Path, uid_base: u32) -> Result<(std::process::Child, OwnedFd), InitError> {
-    // Created by the sandbox's own host uid, so that uid owns the namespace and helpers
-    // running as it (the user-mode network stack) can join it without host privileges.
-    let mut holder = Command::new(exe)
-        .args([SUBCOMMAND, HOLD_USERNS_FLAG])
-        .uid(uid_base)
-        .gid(uid_base)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .env_clear()
-        .spawn()
-        .map_err(step(|| "cannot start the user namespace holder".into()))?;
-    let mut line = String::new();
-    let stdout = holder
-        .stdout
-        .take()
-        .ok_or_else(|| InitError::Pid1("holder has no stdout".into()))?;
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .map_err(step(|| "cannot hear from the user namespace holder".into()))?;
-    if line.trim() != "ready" {
-        release_holder(holder);
-        return Err(InitError::Step {
-            step: "the user namespace holder failed".into(),
-            source: io::Error::other(line),
-        });
-    }
-    let pid = holder.id();
-    let maps = userns::write_id_maps(pid, uid_base)
+fn create_userns(uid_base: u32) -> Result<(Holder, OwnedFd), InitError> {
+    let holder = Holder::start(uid_base)?;
+    let pid = holder.pid.as_raw_nonzero();
+    let maps = userns::write_id_maps(pid.get().unsigned_abs(), uid_base)
         .map_err(step(|| format!("cannot map ids from {uid_base}")));
     let ns = maps.and_then(|()| {
         fs::File::open(format!("/proc/{pid}/ns/user"))
@@ -406,15 +367,127 @@ fn create_userns(exe: &Path, uid_base: u32) -> Result<(std::process::Child, Owne
     match ns {
         Ok(ns) => Ok((holder, ns)),
         Err(err) => {
-            release_holder(holder);
+            holder.release();
             Err(err)
         }
     }
 }
 
-fn release_holder(mut holder: std::process::Child) {
-    drop(holder.stdin.take());
-    let _ = holder.wait();
+/// The process that makes the sandbox's user namespace and keeps it until the setup has its
+/// ids mapped and a descriptor of it. It makes it as the sandbox's host uid, so that uid
+/// owns the namespace, and helpers running as it (the user-mode network stack) can join it
+/// without host privileges.
+///
+/// A fork of this stage, not a new `cove`: an exec of the whole binary (its loader, its
+/// relocations, its CPU feature probes, its argument parser) cost about 2 ms of every
+/// create, for three system calls. The child shares nothing with a sandbox: it runs before
+/// anything does in the namespace, it is not dumpable (its memory is a copy of the stage's),
+/// and it is reaped before PID 1 starts.
+struct Holder {
+    pid: rustix::process::Pid,
+    /// Closed to let the holder go.
+    release: OwnedFd,
+}
+
+impl Holder {
+    fn start(uid: u32) -> Result<Self, InitError> {
+        let pipe = || {
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| {
+                step(|| "cannot make a pipe to the user namespace holder".into())(e.into())
+            })
+        };
+        let (ready_read, ready_write) = pipe()?;
+        let (release_read, release_write) = pipe()?;
+        // SAFETY: the setup stage is single-threaded (see the module's documentation), so
+        // the child inherits no lock another thread holds; it only makes system calls and
+        // ends in `_exit`, never returning into the stage's code.
+        let forked = unsafe { libc::fork() };
+        if forked < 0 {
+            return Err(step(|| "cannot start the user namespace holder".into())(
+                io::Error::last_os_error(),
+            ));
+        }
+        if forked == 0 {
+            drop(ready_read);
+            drop(release_write);
+            hold(uid, ready_write, release_read);
+        }
+        drop(ready_write);
+        drop(release_read);
+        let holder = Self {
+            pid: rustix::process::Pid::from_raw(forked).expect("fork returned a positive pid"),
+            release: release_write,
+        };
+        let mut line = String::new();
+        let heard = BufReader::new(fs::File::from(ready_read)).read_line(&mut line);
+        match heard {
+            Ok(_) if line == "ready\n" => Ok(holder),
+            Ok(_) => {
+                holder.release();
+                let said = match line.trim_end() {
+                    "" => "it ended without a word",
+                    said => said,
+                };
+                Err(InitError::Step {
+                    step: "the user namespace holder failed".into(),
+                    source: io::Error::other(said.to_owned()),
+                })
+            }
+            Err(err) => {
+                holder.release();
+                Err(step(|| "cannot hear from the user namespace holder".into())(err))
+            }
+        }
+    }
+
+    /// Lets the holder end, and reaps it.
+    fn release(self) {
+        drop(self.release);
+        if let Err(err) =
+            rustix::process::waitpid(Some(self.pid), rustix::process::WaitOptions::empty())
+        {
+            tracing::warn!(%err, "cannot reap the user namespace holder");
+        }
+    }
+}
+
+/// The holder's side of [`Holder::start`], in the forked child: drops to `uid` (no
+/// supplementary groups), creates the user namespace, says `ready` on `ready` (or what
+/// failed), and waits until `release` is closed.
+fn hold(uid: u32, ready: OwnedFd, release: OwnedFd) -> ! {
+    let made = (|| -> io::Result<()> {
+        // SAFETY: plain system calls on values of our own; no pointer is passed but null
+        // with a count of zero.
+        let dropped = unsafe {
+            libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setresgid(uid, uid, uid) == 0
+                && libc::setresuid(uid, uid, uid) == 0
+        };
+        if !dropped {
+            return Err(io::Error::last_os_error());
+        }
+        // Whatever the host's `fs.suid_dumpable`: nothing of the sandbox's uid may read or
+        // trace the memory it shares with the setup stage.
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
+        unshare(UnshareFlags::NEWUSER)
+    })();
+    let message = match &made {
+        Ok(()) => "ready\n".to_owned(),
+        Err(err) => format!("cannot create a user namespace: {err}\n"),
+    };
+    let _ = rustix::io::write(&ready, message.as_bytes());
+    if made.is_ok() {
+        let mut byte = [0u8; 1];
+        // Nothing is ever written: the read ends when the setup closes its end, or dies.
+        while let Ok(n) = rustix::io::read(&release, &mut byte) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    // SAFETY: ends this forked child at once, without running the stage's exit handlers or
+    // destructors, which belong to the parent.
+    unsafe { libc::_exit(if made.is_ok() { 0 } else { 1 }) }
 }
 
 /// What a sandbox's root filesystem is made of.
