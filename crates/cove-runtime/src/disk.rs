@@ -176,9 +176,9 @@ pub fn mount_image(image: &Path, target: &Path) -> io::Result<()> {
 /// see the same files and caches (and the first mount's options).
 ///
 /// `noauto_da_alloc`: by default ext4 starts writing a file's data out when it is renamed
-/// over another file, and the rename waits until the device has taken it all in. An upload
-/// is committed that way (the agent's `atomic` module), and for 256 MiB the rename took
-/// 100–130 ms, a third of the whole upload. The heuristic is there to narrow what a crash
+/// over another file, and the rename waits for room in the loop device's queue until all of
+/// it has been handed over. An upload is committed that way (the agent's `atomic` module),
+/// and for 256 MiB the rename took 100–140 ms, a third of the whole upload. The heuristic is there to narrow what a crash
 /// loses of a file replaced without `fsync`; these filesystems have no journal, so a crash
 /// gets no ordering from them anyway, and a sandbox's disk is written out when it is
 /// unmounted (pause without memory, the end). `fsync` still writes through.
