@@ -232,21 +232,41 @@ fn build_base_layers(staging: &Path, host: &Path) -> io::Result<()> {
 
 /// Debian's `/etc/profile` runs `id -u` to choose `PATH` (and the prompt), and every command
 /// the SDKs run is a login shell (`bash -l -c`) that reads it: a fork and an exec of `id`,
-/// about 1.5 ms in a sandbox, before each command. Shells that know their user already
-/// (bash and zsh set `$EUID`, and ignore one from the environment) are spared it; others
-/// still ask `id`, so every shell sets the same `PATH` as before.
+/// about 1.5 ms in a sandbox, before each command. The base template's copy reads the
+/// effective uid from `/proc/self/status` with shell builtins instead (no process, in bash
+/// and dash alike, and nothing the environment can set), and asks `id` only when that
+/// cannot be read. A profile without the line is left as it is.
 fn spare_id_in_profile(profile: &Path) -> io::Result<()> {
+    const ASKED: &str = "\"$(id -u)\"";
     let text = match fs::read_to_string(profile) {
         Ok(text) => text,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(err) => return Err(err),
     };
-    let spared = text.replace("\"$(id -u)\"", "\"${EUID:-$(id -u)}\"");
-    if spared != text {
-        fs::write(profile, spared)?;
-    }
-    Ok(())
+    let Some(first) = text.find(ASKED) else {
+        return Ok(());
+    };
+    let line_start = text[..first].rfind('\n').map_or(0, |i| i + 1);
+    let spared = format!(
+        "{}{PROFILE_EUID}{}\nunset __cove_euid\n",
+        &text[..line_start],
+        text[line_start..].replace(ASKED, "\"${__cove_euid:-$(id -u)}\"")
+    );
+    fs::write(profile, spared)
 }
+
+/// What [`spare_id_in_profile`] puts before the profile's first `id -u`.
+const PROFILE_EUID: &str = "\
+# Cove: the effective uid without starting `id` (every command of the SDKs reads this file).
+__cove_euid=
+while read -r __cove_key __cove_real __cove_effective __cove_rest; do
+  if [ \"$__cove_key\" = \"Uid:\" ]; then
+    __cove_euid=$__cove_effective
+    break
+  fi
+done 2>/dev/null </proc/self/status
+unset __cove_key __cove_real __cove_effective __cove_rest
+";
 
 /// Writes the template's own account database: the host's system accounts (uid < 1000),
 /// and `user` (uid 1000, home /home/user) with passwordless sudo. No host password hash
@@ -422,24 +442,28 @@ mod tests {
     const DEBIAN_PROFILE: &str = "if [ \"$(id -u)\" -eq 0 ]; then\n  PATH=\"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"\nelse\n  PATH=\"/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games\"\nfi\nexport PATH\n";
 
     #[test]
-    fn the_profile_asks_id_only_of_shells_that_do_not_know_their_user() {
+    fn the_profile_reads_the_uid_without_starting_id() {
         let host = fake_host();
         let state = tempfile::tempdir().unwrap();
         let template = base_from_host(state.path(), host.path()).unwrap();
         let profile = template.layers[0].path.join("etc/profile");
         let text = fs::read_to_string(&profile).unwrap();
         assert!(
-            text.starts_with("if [ \"${EUID:-$(id -u)}\" -eq 0 ]; then\n"),
+            text.contains("if [ \"${__cove_euid:-$(id -u)}\" -eq 0 ]; then\n")
+                && !text.contains("\"$(id -u)\"")
+                && text.ends_with("unset __cove_euid\n"),
             "{text}"
         );
-        // The same PATH as Debian's own, for bash (which knows its user) and for dash
-        // (which asks `id`), as root and as another user.
-        let path_of = |shell: &str, file: &Path, uid: Option<u32>| {
+        // The same PATH as Debian's own, for bash and for dash, as root and as another
+        // user, whatever the environment says.
+        let sourced = |shell: &str, file: &Path, uid: Option<u32>, then: &str| {
             let mut command = std::process::Command::new(shell);
             command
                 .arg("-c")
-                .arg(format!(". {} && echo \"$PATH\"", file.display()))
-                .env_clear();
+                .arg(format!(". {} && {then}", file.display()))
+                .env_clear()
+                .env("EUID", "0")
+                .env("__cove_euid", "0");
             if let Some(uid) = uid {
                 std::os::unix::process::CommandExt::uid(&mut command, uid);
             }
@@ -447,6 +471,8 @@ mod tests {
             assert!(out.status.success(), "{shell}: {out:?}");
             String::from_utf8(out.stdout).unwrap()
         };
+        let path_of =
+            |shell: &str, file: &Path, uid: Option<u32>| sourced(shell, file, uid, "echo $PATH");
         let original = host.path().join("etc/profile");
         let root = rustix::process::geteuid().is_root();
         let users: &[Option<u32>] = if root { &[None, Some(65534)] } else { &[None] };
@@ -464,7 +490,28 @@ mod tests {
                     path_of(shell, &original, uid),
                     "{shell} as {uid:?}"
                 );
+                // Nothing of ours is left in the shell.
+                assert_eq!(
+                    sourced(shell, &profile, uid, "set | grep -c ^__cove_ || true"),
+                    "0\n",
+                    "{shell} as {uid:?}"
+                );
             }
+            // `id` is not asked: one that lies changes nothing.
+            let lied_to = std::process::Command::new(shell)
+                .arg("-c")
+                .arg(format!(
+                    "id() {{ echo 999; }}; . {} && echo $PATH",
+                    profile.display()
+                ))
+                .env_clear()
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8(lied_to.stdout).unwrap(),
+                path_of(shell, &original, None),
+                "{shell}"
+            );
         }
     }
 
