@@ -28,7 +28,10 @@ use super::{
     Lifecycle, LifecycleError, TemplateEntry, TemplateKind,
     layers::{layers_below, snapshot_owner, template_store_layers},
 };
-use crate::secrets;
+use crate::{
+    secrets,
+    store::{Store, StoreError},
+};
 
 /// What the other nodes need to start a snapshot's sandboxes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,16 +147,14 @@ impl Lifecycle {
     /// thread.
     pub(super) async fn adopt_snapshot(&self, team: &str, name: &str) -> Option<TemplateEntry> {
         self.store.node()?;
-        let (store, owner) = (self.store.clone(), team.to_owned());
-        let read =
-            tokio::task::spawn_blocking(move || store.cluster_templates::<TemplateEntry>(&owner))
-                .await
-                .map_err(|join| join.to_string())
-                .and_then(|read| read.map_err(|err| format!("{err:?}")));
+        let owner = team.to_owned();
+        let read = self
+            .read_store(move |store| store.cluster_templates::<TemplateEntry>(&owner))
+            .await;
         let stored = match read {
             Ok(stored) => stored,
             Err(err) => {
-                tracing::warn!(%err, team = %team, "cannot look for the team's shared snapshots");
+                tracing::warn!(?err, team = %team, "cannot look for the team's shared snapshots");
                 return None;
             }
         };
@@ -270,12 +271,22 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// Runs a read of the database (they block) on a blocking thread; a panic in it comes
+    /// back as an error.
+    async fn read_store<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, LifecycleError> {
+        let store = self.store.clone();
+        Ok(tokio::task::spawn_blocking(move || read(&store))
+            .await
+            .map_err(|join| LifecycleError::Crashed(join.to_string()))??)
+    }
+
     /// The stored entry of template `id`, read on a blocking thread.
     async fn stored(&self, id: &str) -> Result<Option<TemplateEntry>, LifecycleError> {
-        let (store, id) = (self.store.clone(), id.to_owned());
-        Ok(tokio::task::spawn_blocking(move || store.template(&id))
-            .await
-            .map_err(|e| LifecycleError::Crashed(e.to_string()))??)
+        let id = id.to_owned();
+        self.read_store(move |store| store.template(&id)).await
     }
 
     /// In a cluster, checks that snapshot `entry` was not deleted through another node
@@ -297,10 +308,9 @@ impl Lifecycle {
     /// What the snapshots in the object store (every node's) need there: their directories,
     /// and the built layers under them. Read from the database on a blocking thread.
     pub async fn shared_in_use(&self) -> Result<cove_depot::Kept, LifecycleError> {
-        let store = self.store.clone();
-        let entries = tokio::task::spawn_blocking(move || store.every_template::<TemplateEntry>())
-            .await
-            .map_err(|e| LifecycleError::Crashed(e.to_string()))??;
+        let entries = self
+            .read_store(|store| store.every_template::<TemplateEntry>())
+            .await?;
         let mut kept = cove_depot::Kept::default();
         for entry in entries {
             let Some(shared) = entry.shared else { continue };
@@ -331,13 +341,8 @@ impl Lifecycle {
         if known.is_empty() {
             return;
         }
-        let store = self.store.clone();
-        let ids = match tokio::task::spawn_blocking(move || store.template_ids()).await {
-            Ok(Ok(ids)) => ids,
-            Ok(Err(err)) => {
-                tracing::debug!(?err, "cannot check which snapshots are still there");
-                return;
-            }
+        let ids = match self.read_store(|store| store.template_ids()).await {
+            Ok(ids) => ids,
             Err(err) => {
                 tracing::debug!(?err, "cannot check which snapshots are still there");
                 return;
