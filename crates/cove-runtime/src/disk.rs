@@ -4,8 +4,8 @@
 //! itself when the sandbox's last mount of it goes away.
 //!
 //! Formatting takes about 15 ms of CPU, so it happens once: [`ImagePool`] keeps some copies
-//! of one freshly formatted image ready (a sparse copy moves only the few megabytes of
-//! filesystem metadata).
+//! of one freshly formatted image ready (a sparse copy moves only the filesystem's
+//! metadata, about 170 KiB for 4 GiB), already written out to the host's disk.
 
 use std::{
     fs, io,
@@ -19,7 +19,11 @@ use std::{
 };
 
 /// Formats a sparse ext4 image of `size` bytes at `path`. No journal: a sandbox's disk does
-/// not outlive a host crash anyway, and it keeps formatting and mounting fast.
+/// not outlive a host crash anyway, and it keeps formatting and mounting fast. No blocks
+/// reserved for growing the filesystem while mounted (`resize_inode`), which nothing here
+/// does: for 4 GiB they are 2 MiB of the image's 2.2, which every create copied and then
+/// flushed (attaching a loop device for direct I/O writes its file out first); without
+/// them the image holds about 170 KiB.
 pub fn format_image(path: &Path, size: u64) -> io::Result<()> {
     let file = fs::File::create(path)?;
     file.set_len(size)?;
@@ -29,7 +33,7 @@ pub fn format_image(path: &Path, size: u64) -> io::Result<()> {
             "-q",
             "-F",
             "-O",
-            "^has_journal",
+            "^has_journal,^resize_inode",
             "-E",
             "lazy_itable_init=1",
             "-m",
@@ -313,10 +317,18 @@ pub fn copy_sparse(from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Formatted images waiting for sandboxes, refilled in the background.
+/// A copy of `golden` at `path`, written out to the host's disk: attaching a loop device
+/// for direct I/O flushes its file first, and a pool's image should not make a create wait
+/// for that.
+fn prepare(golden: &Path, path: &Path) -> io::Result<()> {
+    copy_sparse(golden, path)?;
+    fs::File::open(path)?.sync_data()
+}
+
 /// The image all others are copied from.
 const GOLDEN: &str = "golden.img";
 
+/// Formatted images waiting for sandboxes, refilled in the background.
 #[derive(Clone, Debug)]
 pub struct ImagePool {
     inner: Arc<PoolInner>,
@@ -380,7 +392,7 @@ impl ImagePool {
                 state.next += 1;
                 self.inner.dir.join(format!("image-{}", state.next))
             };
-            match copy_sparse(&self.inner.dir.join(GOLDEN), &path) {
+            match prepare(&self.inner.dir.join(GOLDEN), &path) {
                 Ok(()) => {
                     let mut state = self.state();
                     if state.stopped {
@@ -390,6 +402,7 @@ impl ImagePool {
                     state.ready.push(path);
                 }
                 Err(err) => {
+                    let _ = fs::remove_file(&path);
                     tracing::warn!(%err, "cannot prepare a sandbox disk image");
                     std::thread::sleep(std::time::Duration::from_secs(1));
                 }
@@ -446,5 +459,19 @@ mod tests {
             blocks * 512 < 1 << 20,
             "the copy is not sparse: {blocks} blocks"
         );
+    }
+
+    #[test]
+    fn a_formatted_image_holds_only_its_metadata() {
+        // Every create copies a sandbox's image and writes the copy out to the host's disk:
+        // for the default 4 GiB, blocks kept for growing the filesystem while mounted made
+        // that 2.2 MiB.
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        format_image(&image, 4 << 30).unwrap();
+        let meta = fs::metadata(&image).unwrap();
+        assert_eq!(meta.len(), 4 << 30);
+        let used = std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
+        assert!(used < 512 << 10, "the image holds {used} bytes");
     }
 }
