@@ -28,7 +28,8 @@ pub async fn proxy_round_trip(settings: &Settings) -> anyhow::Result<Result> {
         figure,
         baseline_name: "fork+exec of `true` on the host".into(),
         baseline: host_true(settings.iterations)?,
-        target: Some(Target::LatencyBelow(Duration::from_millis(2))),
+        // Issue 18 (the first round asked for p50 ≤ 2 ms).
+        target: Some(Target::RatioBelow(2.0)),
     })
 }
 

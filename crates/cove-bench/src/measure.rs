@@ -151,6 +151,8 @@ pub enum Target {
     ThroughputAbove(f64),
     MemoryBelow(u64),
     CountAtLeast(u64),
+    /// Operations per second, at least.
+    RateAtLeast(f64),
 }
 
 impl Target {
@@ -161,6 +163,7 @@ impl Target {
             (Target::ThroughputAbove(limit), _) => figure.throughput().is_some_and(|r| r > limit),
             (Target::MemoryBelow(limit), Figure::Memory { pss, .. }) => pss < limit,
             (Target::CountAtLeast(limit), Figure::Count(n)) => n >= limit,
+            (Target::RateAtLeast(limit), Figure::Rate { per_second, .. }) => per_second >= limit,
             _ => false,
         }
     }
@@ -346,6 +349,19 @@ mod tests {
             paired(vec![80.0], &[100.0]).unwrap(),
             Figure::Throughput(100.0)
         ));
+    }
+
+    #[test]
+    fn a_rate_target_counts_operations_per_second() {
+        let rate = |per_second| Figure::Rate {
+            per_second,
+            p99: Duration::from_millis(1),
+        };
+        let baseline = rate(500.0);
+        assert!(Target::RateAtLeast(200.0).met(rate(200.0), baseline));
+        assert!(!Target::RateAtLeast(200.0).met(rate(199.0), baseline));
+        // Not a rate: never met.
+        assert!(!Target::RateAtLeast(200.0).met(Figure::Count(1000), baseline));
     }
 
     #[test]

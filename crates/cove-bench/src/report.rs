@@ -63,6 +63,7 @@ fn target(target: Option<Target>, figure: Figure, baseline: Figure) -> String {
         Target::MemoryBelow(b) => format!("≤ {} MiB", b >> 20),
         Target::RatioBelow(r) => format!("within {r}× of the baseline"),
         Target::CountAtLeast(n) => format!("≥ {n}"),
+        Target::RateAtLeast(n) => format!("≥ {n:.0}/s"),
     };
     if t.met(figure, baseline) {
         return format!("{goal}: met");
@@ -75,6 +76,9 @@ fn target(target: Option<Target>, figure: Figure, baseline: Figure) -> String {
         (Target::ThroughputAbove(r), _) => figure.throughput().map(|f| r / f),
         (Target::MemoryBelow(m), Figure::Memory { pss, .. }) => Some(pss as f64 / m as f64),
         (Target::CountAtLeast(n), Figure::Count(f)) => Some(n as f64 / f.max(1) as f64),
+        (Target::RateAtLeast(n), Figure::Rate { per_second, .. }) => {
+            Some(n / per_second.max(f64::MIN_POSITIVE))
+        }
         _ => None,
     };
     let by = off.map_or_else(|| "?".to_owned(), |x| format!("{x:.1}×"));
@@ -267,5 +271,24 @@ fn fixed(ms: f64) -> String {
         format!("{ms:.3}")
     } else {
         format!("{ms:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_target_says_how_far_it_was_missed() {
+        let rate = |per_second| Figure::Rate {
+            per_second,
+            p99: Duration::from_millis(300),
+        };
+        let goal = Some(Target::RateAtLeast(200.0));
+        assert_eq!(target(goal, rate(250.0), rate(600.0)), "≥ 200/s: met");
+        assert_eq!(
+            target(goal, rate(80.0), rate(600.0)),
+            "≥ 200/s: **missed**, 2.5× off"
+        );
     }
 }

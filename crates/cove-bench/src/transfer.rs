@@ -133,7 +133,8 @@ pub async fn large_file(settings: &Settings) -> anyhow::Result<Vec<Result>> {
         std::fs::remove_file(&local)?;
     }
     sandbox.kill().await?;
-    let gib = 1024.0 * 1024.0 * 1024.0;
+    // Issue 18 (the first round asked for 1 GiB/s).
+    let goal = 2.0 * 1024.0 * 1024.0 * 1024.0;
     let mib = settings.transfer_bytes >> 20;
     Ok(vec![
         Result {
@@ -141,14 +142,14 @@ pub async fn large_file(settings: &Settings) -> anyhow::Result<Vec<Result>> {
             figure: Figure::Throughput(median(upload)),
             baseline_name: "writing the bytes to a local file".into(),
             baseline: Figure::Throughput(median(local_write)),
-            target: Some(Target::ThroughputAbove(gib)),
+            target: Some(Target::ThroughputAbove(goal)),
         },
         Result {
             name: format!("download of {mib} MiB (GET /files through the proxy)"),
             figure: Figure::Throughput(median(download)),
             baseline_name: "`cat` of the file to /dev/null".into(),
             baseline: Figure::Throughput(median(local_read)),
-            target: Some(Target::ThroughputAbove(gib)),
+            target: Some(Target::ThroughputAbove(goal)),
         },
     ])
 }
