@@ -133,6 +133,19 @@ async fn a_sandbox_runs_commands_as_its_own_users() {
             .stdout,
         "hi"
     );
+    // The network stage under the same umask: its helper runs as the sandbox's uid and
+    // must still reach the tun device of the root it is given.
+    let (online, online_client) = fixture.start_with("alpha-online", true);
+    assert_eq!(
+        online_client
+            .commands()
+            .run("echo up")
+            .await
+            .unwrap()
+            .stdout,
+        "up\n"
+    );
+    fixture.stop("alpha-online", &online);
     fixture.stop("alpha", &sandbox);
     fixture.runtime.shutdown();
     assert!(!Path::new(&fixture.state.path().join("sandboxes/alpha")).exists());

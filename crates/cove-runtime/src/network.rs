@@ -167,6 +167,10 @@ fn enter_own_root(helper: &Path, uid_base: u32) -> io::Result<()> {
         fs::{FileType, Mode},
         mount::MountFlags,
     };
+    // The directories made below must be searchable by the helper, which runs as the
+    // sandbox's uid, whatever umask the server runs with (a service's `UMask=0077` made
+    // `/dev/net` host root's alone, and no sandbox with internet access started).
+    rustix::process::umask(Mode::from_raw_mode(0o022));
     // SAFETY: the network stage is single-threaded and does not unshare the file table.
     unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }?;
     crate::mounts::make_private()?;
