@@ -86,6 +86,13 @@ async fn a_sandbox_runs_commands_as_its_own_users() {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let fixture = Fixture::new();
     let (sandbox, client) = fixture.start("alpha");
+    // The root is assembled on mount points of the setup stage's own: the host's directory
+    // of the sandbox holds none of them (only this sandbox's plain writable layer, `disk`).
+    let dir = fixture.state.path().join("sandboxes/alpha");
+    for point in ["rootfs", "mapped", "lower"] {
+        assert!(!dir.join(point).exists(), "{point} made on the host");
+    }
+    assert!(dir.join("disk/upper/0").is_dir());
     let out = client
         .commands()
         .run("id; hostname; echo $HOME; ls /; cat /proc/1/cmdline | tr '\\0' ' '")

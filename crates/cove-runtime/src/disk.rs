@@ -117,6 +117,30 @@ fn lock_loop_allocation() -> io::Result<fs::File> {
 /// device is set to detach when unmounted, and to bypass the host's page cache (the
 /// sandbox's own cache is charged to its cgroup).
 pub fn mount_image(image: &Path, target: &Path) -> io::Result<()> {
+    attach_image(image)?.mount(target)
+}
+
+/// A loop device with a sandbox's disk image behind it, to be mounted ([`Device::mount`]):
+/// attaching needs the image's directory, which the mount point may hide.
+#[derive(Debug)]
+pub struct Device {
+    path: PathBuf,
+    /// Our handle on a device we attached. With autoclear set, the device stays attached
+    /// while it is open or mounted: dropped without a mount, it detaches.
+    _held: Option<OwnedFd>,
+}
+
+impl Device {
+    /// Mounts the device's filesystem at `target` ([`mount_device`]); then only the mount
+    /// holds a device we attached.
+    pub fn mount(self, target: &Path) -> io::Result<()> {
+        mount_device(&self.path, target)
+    }
+}
+
+/// Attaches `image` to a free loop device (detached again when its last mount or handle
+/// goes away, bypassing the host's page cache).
+pub fn attach_image(image: &Path) -> io::Result<Device> {
     let backing = fs::OpenOptions::new().read(true).write(true).open(image)?;
     let control = fs::OpenOptions::new()
         .read(true)
@@ -166,11 +190,10 @@ pub fn mount_image(image: &Path, target: &Path) -> io::Result<()> {
         drop(allocating);
         // Only a hint, checked before use: without it the device is searched for.
         let _ = fs::write(device_hint(image), number.to_string());
-        let mounted = mount_device(&device_path, target);
-        // With autoclear set, closing our handle leaves the device to the mount (or, when
-        // the mount failed, detaches it right away).
-        drop(device);
-        return mounted;
+        return Ok(Device {
+            path: device_path,
+            _held: Some(device),
+        });
     }
     Err(io::Error::other("no free loop device"))
 }
@@ -202,12 +225,17 @@ pub fn mount_device(device: &Path, target: &Path) -> io::Result<()> {
 /// shares), else — unless `attached` says it must be — by attaching it (a stopped one's).
 /// Never a second device on an attached image.
 pub fn mount_existing(image: &Path, target: &Path, attached: bool) -> io::Result<()> {
+    existing_device(image, attached)?.mount(target)
+}
+
+/// The loop device to mount `image`'s filesystem from ([`mount_existing`]).
+pub fn existing_device(image: &Path, attached: bool) -> io::Result<Device> {
     match attached_device(image)? {
-        Some(device) => mount_device(&device, target),
+        Some(path) => Ok(Device { path, _held: None }),
         None if attached => Err(io::Error::other(
             "the running sandbox's disk is attached to no loop device",
         )),
-        None => mount_image(image, target),
+        None => attach_image(image),
     }
 }
 
@@ -254,7 +282,7 @@ pub fn attached_device(image: &Path) -> io::Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// Where [`mount_image`] notes the device it attached an image to.
+/// Where [`attach_image`] notes the device it attached an image to.
 fn device_hint(image: &Path) -> PathBuf {
     let mut name = image.as_os_str().to_owned();
     name.push(".loop");

@@ -101,6 +101,11 @@ fn stage() -> io::Result<Vec<usize>> {
     init::unshare(rustix::thread::UnshareFlags::NEWNS)?;
     mounts::make_private()?;
     if let Some(image) = &spec.image {
+        // A running sandbox's mount points are in its own mount namespace only.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&disk_dir)?;
         disk::mount_existing(image, &disk_dir, spec.attached)
             .map_err(stage::context("cannot mount the sandbox's disk"))?;
     }

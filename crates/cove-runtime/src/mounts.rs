@@ -38,6 +38,18 @@ pub fn mount_tmpfs(target: &Path, options: &str) -> io::Result<()> {
     )
 }
 
+/// A small tmpfs at `target` for mount points only (directories; no device files, nothing
+/// to run), readable by host root alone but searchable, like a sandbox's directory.
+pub fn mount_scratch(target: &Path) -> io::Result<()> {
+    mount_fs(
+        "tmpfs",
+        target,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        "mode=0711,size=64k,nr_inodes=1024",
+    )
+}
+
 /// An empty, read-only tmpfs at `target`: hides what is below.
 pub fn mount_tmpfs_read_only(target: &Path) -> io::Result<()> {
     mount_fs(

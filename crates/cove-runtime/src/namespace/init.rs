@@ -275,11 +275,7 @@ pub fn setup() -> Result<Report, InitError> {
     // From the sandbox's user namespace on, host paths are not searchable (the state
     // directory is host root's alone). The working directory, the sandbox's own directory
     // entered by enter_dir, survives the switch, so the later steps reach it relative to it.
-    enter_dir(&dirs)?;
-    if dirs.disk_image().exists() {
-        disk::mount_image(&dirs.disk_image(), &dirs.disk())
-            .map_err(step(|| "cannot mount the sandbox's disk".into()))?;
-    }
+    enter_dir(&dirs, DiskFrom::Attach)?;
     let root = RootSpec {
         template: &spec.template,
         slot: spec.slot,
@@ -508,18 +504,78 @@ fn mkdir(path: &Path, mode: u32) -> Result<(), InitError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(step(what))
 }
 
-/// Enters the sandbox's directory and makes the mount points the root is assembled on
-/// (the disk's mounted at [`SandboxDirs::disk`] next, by the caller).
-pub(super) fn enter_dir(dirs: &SandboxDirs) -> Result<(), InitError> {
+/// Where [`enter_dir`] finds the device of a sandbox's disk image.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum DiskFrom {
+    /// Attach the image to a loop device (its sandbox is starting).
+    Attach,
+    /// The device its running sandbox's disk is attached to (a stage beside it).
+    Running,
+}
+
+/// Enters the sandbox's directory and makes the mount points the root is assembled on, with
+/// the sandbox's disk mounted at [`SandboxDirs::disk`]: its image's filesystem, or the plain
+/// directory there when it has no image. Runs in a private mount namespace of the stage's
+/// own.
+///
+/// The mount points are made on a tmpfs over the sandbox's directory, in this namespace
+/// only: the host's filesystem gets none of them, and they go with the namespace. Made on
+/// the host's filesystem, each `mkdir` took 0.4–0.7 ms during back-to-back creates on a
+/// host whose ext4 has no journal (it steps over recently freed inodes one at a time then).
+/// What the directory itself holds (the image, the agent's socket) is reached before.
+pub(super) fn enter_dir(dirs: &SandboxDirs, from: DiskFrom) -> Result<(), InitError> {
+    let image = dirs.disk_image();
+    let disk = if image.exists() {
+        let device = match from {
+            DiskFrom::Attach => disk::attach_image(&image),
+            DiskFrom::Running => disk::existing_device(&image, true),
+        };
+        Writable::Device(device.map_err(step(|| "cannot attach the sandbox's disk".into()))?)
+    } else {
+        // No image: the writable layers are that plain directory, kept on the host.
+        mkdir(&dirs.disk(), 0o755)?;
+        let tree = rustix::mount::open_tree(
+            rustix::fs::CWD,
+            dirs.disk(),
+            rustix::mount::OpenTreeFlags::OPEN_TREE_CLONE
+                | rustix::mount::OpenTreeFlags::OPEN_TREE_CLOEXEC,
+        )
+        .map_err(|e| step(|| "cannot take the sandbox's disk directory".into())(e.into()))?;
+        Writable::Directory(tree)
+    };
+    mounts::mount_scratch(&dirs.root)
+        .map_err(step(|| "cannot make the sandbox's mount points".into()))?;
     // The overlays are given paths relative to the sandbox's directory, so that its
     // `/proc/self/mountinfo` (which shows them) tells nothing of the host's directories.
+    // Entered after the tmpfs, so that relative paths lead into it.
     rustix::process::chdir(&dirs.root).map_err(|e| InitError::Step {
         step: format!("cannot enter {}", dirs.root.display()),
         source: e.into(),
     })?;
     mkdir(&dirs.rootfs(), 0o755)?;
     mkdir(&dirs.disk(), 0o755)?;
-    mkdir(&dirs.mapped(), 0o755)
+    mkdir(&dirs.mapped(), 0o755)?;
+    match disk {
+        Writable::Device(device) => device
+            .mount(&dirs.disk())
+            .map_err(step(|| "cannot mount the sandbox's disk".into())),
+        Writable::Directory(tree) => rustix::mount::move_mount(
+            tree.as_fd(),
+            "",
+            rustix::fs::CWD,
+            dirs.disk(),
+            rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| step(|| "cannot mount the sandbox's disk directory".into())(e.into())),
+    }
+}
+
+/// What a sandbox's writable layers are on, on the way to [`SandboxDirs::disk`].
+enum Writable {
+    /// The loop device of its disk image.
+    Device(disk::Device),
+    /// A copy of the plain directory's mount, taken before the tmpfs hid it.
+    Directory(OwnedFd),
 }
 
 /// Assembles the sandbox's root at [`SandboxDirs::rootfs`] in this mount namespace, from

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use super::init::{self, RootSpec, SandboxDirs};
 use crate::{
-    Template, disk,
+    Template,
     egress::error_chain,
     mounts, process,
     stage::{self, context},
@@ -102,15 +102,14 @@ fn stage() -> io::Result<OwnedFd> {
     let (userns, mntns) = namespaces_of(spec.pid, spec.start_time)?;
     let dirs = SandboxDirs::new(&spec.dir);
 
+    // What is made below gets the usual modes whatever the server's umask: the overlays are
+    // mounted acting as the sandbox's root, who must be able to search their directories.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     // 1. The new root, in a mount namespace of this stage's own.
     init::unshare(rustix::thread::UnshareFlags::NEWNS)?;
     mounts::make_private()?;
-    init::enter_dir(&dirs).map_err(|e| io::Error::other(error_chain(&e)))?;
-    let image = dirs.disk_image();
-    if image.exists() {
-        disk::mount_existing(&image, &dirs.disk(), true)
-            .map_err(context("cannot mount its disk"))?;
-    }
+    init::enter_dir(&dirs, init::DiskFrom::Running)
+        .map_err(|e| io::Error::other(error_chain(&e)))?;
     let disk_dir = retire_writable_layers(&dirs.disk())?;
     let root = RootSpec {
         template: &spec.template,
