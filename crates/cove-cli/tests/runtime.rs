@@ -93,6 +93,11 @@ async fn a_sandbox_runs_commands_as_its_own_users() {
         assert!(!dir.join(point).exists(), "{point} made on the host");
     }
     assert!(dir.join("disk/upper/0").is_dir());
+    // Setup stages are forked by a spawner, a child of this process, not exec'd each time.
+    assert!(
+        !spawners_of(std::process::id()).is_empty(),
+        "no setup spawner"
+    );
     let out = client
         .commands()
         .run("id; hostname; echo $HOME; ls /; cat /proc/1/cmdline | tr '\\0' ' '")
@@ -168,6 +173,32 @@ impl Drop for Removed {
             let _ = std::fs::remove_dir(dir);
         }
     }
+}
+
+/// The setup spawners whose parent is `parent`.
+fn spawners_of(parent: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let (Ok(stat), Ok(cmdline)) = (
+            std::fs::read_to_string(format!("/proc/{pid}/stat")),
+            std::fs::read(format!("/proc/{pid}/cmdline")),
+        ) else {
+            continue;
+        };
+        // The parent pid is the second field after the command's closing parenthesis.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if ppid == Some(parent) && args.contains(&b"--spawner".as_slice()) {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 /// The cgroup directories sandbox `id` may have on this host.

@@ -30,6 +30,9 @@ pub struct Args {
     /// Only hold a user and a network namespace (a gVisor sandbox's link), until killed.
     #[arg(long = "hold-netns")]
     hold_netns: bool,
+    /// Fork setup stages for the server that started this, as it asks on stdin.
+    #[arg(long)]
+    spawner: bool,
     /// Connect a sandbox to the network: HELPER PID UID_BASE LOG [CGROUP_PROCS...].
     #[arg(long, num_args = 4.., value_names = ["HELPER", "PID", "UID_BASE", "LOG"])]
     network: Option<Vec<String>>,
@@ -106,21 +109,41 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         cove_runtime::namespace::reroot::run_stage().context("the reroot")?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
+    if args.spawner {
+        cove_runtime::namespace::spawner::serve(|| match setup() {
+            Ok(()) => 0,
+            Err(err) => {
+                eprintln!("cove: {err:#}");
+                1
+            }
+        })
+        .context("the setup spawner")?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     if args.pid1 {
         if let Err(err) = pid1() {
             init::report_failure(&format!("{err:#}"));
             return Err(err);
         }
     } else {
-        let report = init::setup().unwrap_or_else(|err| init::Report::Failed {
-            error: format!("{:#}", anyhow::Error::from(err)),
-        });
-        println!(
-            "{}",
-            serde_json::to_string(&report).context("cannot encode the report")?
-        );
+        setup()?;
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The setup stage: builds the sandbox from the spec on stdin, and reports on stdout.
+fn setup() -> anyhow::Result<()> {
+    // A forked stage has what its spawner had besides its stdio.
+    cove_runtime::confine::close_inherited_fds()
+        .context("cannot mark inherited descriptors close-on-exec")?;
+    let report = init::setup().unwrap_or_else(|err| init::Report::Failed {
+        error: format!("{:#}", anyhow::Error::from(err)),
+    });
+    println!(
+        "{}",
+        serde_json::to_string(&report).context("cannot encode the report")?
+    );
+    Ok(())
 }
 
 fn pid1() -> anyhow::Result<()> {

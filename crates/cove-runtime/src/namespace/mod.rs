@@ -10,6 +10,7 @@ pub mod init;
 mod pause;
 pub mod reroot;
 mod snapshot;
+pub mod spawner;
 pub(crate) mod state;
 mod teardown;
 
@@ -18,13 +19,12 @@ use std::{
     io::{self, Read, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     sync::Arc,
     time::Duration,
 };
 
 use self::{
-    init::{InitSpec, Report, SUBCOMMAND, SandboxDirs},
+    init::{InitSpec, Report, SandboxDirs},
     state::State,
     teardown::Teardowns,
 };
@@ -60,6 +60,16 @@ fn teardown_dir(root: &Path) -> PathBuf {
         .map_or_else(|| root.join(NAME), |parent| parent.join(NAME))
 }
 
+/// The environment of a setup stage: nothing of the server's but how to log.
+fn stage_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let level = std::env::var_os("COVE_LOG").unwrap_or_else(|| "info".into());
+    let mut env = vec![("COVE_LOG".into(), level)];
+    if let Some(agent) = std::env::var_os(init::AGENT_LOG_ENV) {
+        env.push((init::AGENT_LOG_ENV.into(), agent));
+    }
+    env
+}
+
 /// Runs sandboxes in Linux namespaces, using the `cove` binary at `exe` for the stages.
 #[derive(Clone, Debug)]
 pub struct NamespaceRuntime {
@@ -85,6 +95,9 @@ pub struct NamespaceRuntime {
     exits: Arc<process::ExitWatch>,
     /// Kills whose cgroups are still being removed.
     teardowns: Arc<Teardowns>,
+    /// What forks setup stages, started with the first one (none when it cannot start:
+    /// then each stage is exec'd).
+    spawner: Arc<std::sync::OnceLock<Option<spawner::Spawner>>>,
 }
 
 impl NamespaceRuntime {
@@ -122,6 +135,7 @@ impl NamespaceRuntime {
             log_cap: init::DEFAULT_LOG_CAP,
             exits: Arc::default(),
             teardowns,
+            spawner: Arc::default(),
         };
         // What a server that stopped did not finish removing: its sandboxes are gone.
         for id in runtime.teardowns.unfinished() {
@@ -303,18 +317,18 @@ impl NamespaceRuntime {
             log_cap: self.log_cap,
             volumes: spec.volumes.clone(),
         };
-        let mut child = Command::new(&self.exe)
-            .arg(SUBCOMMAND)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .env_clear()
-            .env(
-                "COVE_LOG",
-                std::env::var("COVE_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .envs(std::env::var_os(init::AGENT_LOG_ENV).map(|v| (init::AGENT_LOG_ENV, v)))
-            .spawn()
+        let env = stage_env();
+        let spawner = self
+            .spawner
+            .get_or_init(|| match spawner::Spawner::start(&self.exe, &env) {
+                Ok(spawner) => Some(spawner),
+                Err(err) => {
+                    tracing::warn!(%err, "no setup spawner: every setup stage is exec'd");
+                    None
+                }
+            })
+            .as_ref();
+        let mut child = spawner::Setup::start(&self.exe, spawner, &env, log)
             .map_err(RuntimeError::io("start the sandbox setup"))?;
         let mut spec_line = serde_json::to_vec(&init).map_err(|e| RuntimeError::Io {
             what: "encode the sandbox spec",
@@ -331,7 +345,7 @@ impl NamespaceRuntime {
                 .write_all(&spec_line)
                 .map_err(RuntimeError::io("hand the spec to the sandbox setup"))?;
             moved = match &self.cgroups {
-                Some(cgroups) => cgroups.enter(&spec.id, child.id()),
+                Some(cgroups) => cgroups.enter(&spec.id, child.pid),
                 None => Ok(()),
             };
             if moved.is_ok() {
@@ -763,6 +777,7 @@ mod tests {
             log_cap: init::DEFAULT_LOG_CAP,
             exits: Arc::default(),
             teardowns: Arc::new(Teardowns::new(state.path().join("teardowns"))),
+            spawner: Arc::default(),
         };
         let spec = SandboxSpec {
             id: "egress-test".into(),

@@ -1,0 +1,262 @@
+//! The spawner of setup stages: one `cove __sandbox-init --spawner`, exec'd once per
+//! runtime, forks each sandbox's setup stage instead of the server exec'ing `cove` for it.
+//! An exec of the 176 MB binary (its relocations, its CPU probes) cost 2.4 ms of every create
+//! past the warm pool, and a tenth of a burst's CPU.
+//!
+//! The spawner is single-threaded and holds nothing of any sandbox: it gets three
+//! descriptors per request (the stage's stdin, stdout and stderr) and nothing else, and each
+//! stage reads its spec on its stdin after the fork, as an exec'd one does. The stage is
+//! forked with `CLONE_PARENT`, so that it is the server's own child, as an exec'd stage
+//! is: its pid stays the server's to wait for (and to move into the sandbox's cgroups)
+//! until the server has reaped it. The spawner ends when the server's end of its socket
+//! closes (the server ended, or dropped it).
+
+use std::{
+    ffi::OsString,
+    fs,
+    io::{self, Read, Write},
+    mem::MaybeUninit,
+    os::{
+        fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+        unix::{net::UnixStream, process::ExitStatusExt},
+    },
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::Mutex,
+};
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+/// The flag of `cove __sandbox-init` that makes it the spawner.
+pub const FLAG: &str = "--spawner";
+
+/// The server's side: a running spawner.
+#[derive(Debug)]
+pub struct Spawner {
+    /// Requests go one at a time: a request and its answer are one exchange.
+    socket: Mutex<UnixStream>,
+    child: Mutex<Child>,
+}
+
+impl Spawner {
+    /// Starts `exe` as the spawner, with exactly the environment `env` (what each stage
+    /// would have been given).
+    pub fn start(exe: &Path, env: &[(OsString, OsString)]) -> io::Result<Self> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let child = Command::new(exe)
+            .args([super::init::SUBCOMMAND, FLAG])
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::null())
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .spawn()?;
+        Ok(Self {
+            socket: Mutex::new(ours),
+            child: Mutex::new(child),
+        })
+    }
+
+    /// Forks a setup stage with `stdio` as its stdin, stdout and stderr; returns its pid, a
+    /// child of this process.
+    pub fn spawn(&self, stdio: [BorrowedFd<'_>; 3]) -> io::Result<u32> {
+        let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !control.push(SendAncillaryMessage::ScmRights(&stdio)) {
+            return Err(io::Error::other("the descriptors do not fit the message"));
+        }
+        rustix::net::sendmsg(
+            &*socket,
+            &[io::IoSlice::new(&[1])],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )?;
+        let mut answer = [0u8; 4];
+        (&*socket).read_exact(&mut answer)?;
+        match i32::from_le_bytes(answer) {
+            pid if pid > 0 => Ok(pid.unsigned_abs()),
+            errno => Err(io::Error::from_raw_os_error(-errno)),
+        }
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
+        // Closing our end ends it; the kill is for one that is stuck.
+        let _ = self
+            .socket
+            .get_mut()
+            .map(|s| s.shutdown(std::net::Shutdown::Both));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A setup stage started for a sandbox: forked by the spawner, or exec'd without one.
+#[derive(Debug)]
+pub(super) struct Setup {
+    pub pid: u32,
+    /// Where its spec (and later the word that it is in its cgroups) goes.
+    pub stdin: Option<fs::File>,
+    /// Its report.
+    pub stdout: Option<fs::File>,
+    /// The exec'd stage.
+    exec: Option<Child>,
+}
+
+impl Setup {
+    /// Starts a setup stage whose stderr is `log`: through `spawner` when there is one
+    /// (and it answers), else by exec'ing `exe` with the environment `env`.
+    pub fn start(
+        exe: &Path,
+        spawner: Option<&Spawner>,
+        env: &[(OsString, OsString)],
+        log: fs::File,
+    ) -> io::Result<Self> {
+        if let Some(spawner) = spawner {
+            let (stdin, to_stdin) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+            let (from_stdout, stdout) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+            match spawner.spawn([stdin.as_fd(), stdout.as_fd(), log.as_fd()]) {
+                // Our copies of its ends close here, so that its stdout ends with it.
+                Ok(pid) => {
+                    return Ok(Self {
+                        pid,
+                        stdin: Some(fs::File::from(to_stdin)),
+                        stdout: Some(fs::File::from(from_stdout)),
+                        exec: None,
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "the setup spawner failed: the stage is exec'd");
+                }
+            }
+        }
+        let mut child = Command::new(exe)
+            .arg(super::init::SUBCOMMAND)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .spawn()?;
+        Ok(Self {
+            pid: child.id(),
+            stdin: child.stdin.take().map(|s| fs::File::from(OwnedFd::from(s))),
+            stdout: child
+                .stdout
+                .take()
+                .map(|s| fs::File::from(OwnedFd::from(s))),
+            exec: Some(child),
+        })
+    }
+
+    /// Waits for the stage to end (it is this process's child either way).
+    pub fn wait(self) -> io::Result<ExitStatus> {
+        if let Some(mut child) = self.exec {
+            return child.wait();
+        }
+        let pid = rustix::process::Pid::from_raw(
+            i32::try_from(self.pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        );
+        match rustix::process::waitpid(pid, rustix::process::WaitOptions::empty())? {
+            Some((_, status)) => Ok(ExitStatus::from_raw(status.as_raw())),
+            None => Err(io::Error::other("the setup stage was not waited for")),
+        }
+    }
+}
+
+/// The spawner's side: answers requests on stdin until it closes. `stage` runs in each
+/// forked process, its stdio in place, and returns its exit code.
+pub fn serve(stage: impl Fn() -> i32) -> io::Result<()> {
+    let socket = UnixStream::from(rustix::io::dup(rustix::stdio::stdin())?);
+    // The server's socket is reached through `socket` only.
+    let null = std::fs::File::open("/dev/null")?;
+    rustix::stdio::dup2_stdin(&null)?;
+    loop {
+        let mut byte = [0u8; 1];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = rustix::net::recvmsg(
+            &socket,
+            &mut [io::IoSliceMut::new(&mut byte)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )?;
+        if received.bytes == 0 {
+            return Ok(());
+        }
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(rights) = message {
+                fds.extend(rights);
+            }
+        }
+        let answer = match <[OwnedFd; 3]>::try_from(fds) {
+            Ok(stdio) => match fork_stage(&socket, &stdio, &stage) {
+                Ok(pid) => pid,
+                Err(err) => -err.raw_os_error().unwrap_or(libc::EIO),
+            },
+            Err(_) => -libc::EINVAL,
+        };
+        (&socket).write_all(&answer.to_le_bytes())?;
+    }
+}
+
+/// Forks a stage as a sibling of this process (a child of the server), its stdio `stdio`.
+fn fork_stage(
+    socket: &UnixStream,
+    stdio: &[OwnedFd; 3],
+    stage: &impl Fn() -> i32,
+) -> io::Result<i32> {
+    // SAFETY: a plain fork (no new stack, no shared memory) with CLONE_PARENT; this process
+    // is single-threaded, so the child's copy of it is whole. The child only rearranges its
+    // descriptors and runs `stage`, then exits without returning here.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            let code = match become_stage(socket, stdio) {
+                // A panic must not unwind into the spawner's loop in this copy of it.
+                Ok(()) => {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(stage)).unwrap_or(101)
+                }
+                Err(err) => {
+                    let _ = writeln!(io::stderr(), "cove: cannot start the setup stage: {err}");
+                    1
+                }
+            };
+            std::process::exit(code)
+        }
+        pid => Ok(i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::EIO))?),
+    }
+}
+
+/// In the forked stage: `stdio` as fds 0, 1 and 2, and the spawner's socket closed.
+fn become_stage(socket: &UnixStream, stdio: &[OwnedFd; 3]) -> io::Result<()> {
+    // SAFETY: the socket's descriptor is closed here and never used again in this process
+    // (the borrow ends with this call: the stage never returns to the spawner's loop).
+    unsafe { libc::close(socket.as_raw_fd()) };
+    let [stdin, stdout, stderr] = stdio;
+    rustix::stdio::dup2_stdin(stdin.as_fd())?;
+    rustix::stdio::dup2_stdout(stdout.as_fd())?;
+    rustix::stdio::dup2_stderr(stderr.as_fd())?;
+    for fd in stdio {
+        // SAFETY: received above 2 (0, 1 and 2 were taken), and only their copies at 0, 1
+        // and 2 are used from here on.
+        unsafe { libc::close(fd.as_raw_fd()) };
+    }
+    Ok(())
+}
