@@ -209,6 +209,9 @@ pub fn markdown(settings: &Settings, report: &Report, took: Duration) -> String 
             );
         }
     }
+    // What each group's figures mean and what was found, kept by hand (the whole file is
+    // what `--out docs/BENCHMARKS.md` writes).
+    let _ = writeln!(out, "\n{}", include_str!("groups.md").trim_end());
     let _ = writeln!(out, "\n{}", include_str!("reading.md").trim_end());
     let _ = writeln!(out, "\n{}", include_str!("findings.md").trim_end());
     out
