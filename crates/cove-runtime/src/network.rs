@@ -8,6 +8,7 @@
 //! slirp4netns rather than pasta: it needs about 3 MiB per sandbox, pasta about 30.
 
 use std::{
+    ffi::OsStr,
     fs, io,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
@@ -51,32 +52,49 @@ pub struct Connection<'a> {
     pub cgroup_procs: &'a [PathBuf],
 }
 
-/// Connects the sandbox's network namespace to the outside through the `cove` binary at
-/// `exe`, which runs [`run_stage`] as a process of its own (it changes its mount namespace).
-/// Returns once the sandbox's interface is configured.
-pub fn connect(exe: &Path, connection: &Connection<'_>) -> io::Result<()> {
-    let output = Command::new(exe)
-        .args([
-            crate::namespace::init::SUBCOMMAND,
-            crate::namespace::init::NETWORK_FLAG,
-        ])
-        .arg(connection.helper)
-        .arg(connection.pid.to_string())
-        .arg(connection.uid_base.to_string())
-        .arg(connection.log)
-        .args(connection.cgroup_procs)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()?;
-    if output.status.success() {
+/// Connects the sandbox's network namespace to the outside through a stage of the `cove`
+/// binary at `exe`, which runs [`run_stage`] as a process of its own (it changes its mount
+/// namespace): forked by `spawner` when there is one, else exec'd. Returns once the sandbox's
+/// interface is configured.
+pub fn connect(
+    exe: &Path,
+    spawner: Option<&crate::namespace::spawner::Spawner>,
+    connection: &Connection<'_>,
+) -> io::Result<()> {
+    let pid = connection.pid.to_string();
+    let base = connection.uid_base.to_string();
+    let mut args = vec![
+        OsStr::new(crate::namespace::init::NETWORK_FLAG),
+        connection.helper.as_os_str(),
+        OsStr::new(&pid),
+        OsStr::new(&base),
+        connection.log.as_os_str(),
+    ];
+    args.extend(connection.cgroup_procs.iter().map(|p| p.as_os_str()));
+    let forked = match spawner {
+        Some(spawner) => spawner.output(&args)?,
+        None => None,
+    };
+    let (status, stderr) = match forked {
+        Some(output) => output,
+        None => {
+            let output = Command::new(exe)
+                .arg(crate::namespace::init::SUBCOMMAND)
+                .args(&args)
+                .env_clear()
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()?;
+            (output.status, output.stderr)
+        }
+    };
+    if status.success() {
         Ok(())
     } else {
         Err(io::Error::other(format!(
-            "cannot connect the sandbox to the network ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
+            "cannot connect the sandbox to the network ({status}): {}",
+            String::from_utf8_lossy(&stderr).trim()
         )))
     }
 }
@@ -106,6 +124,8 @@ pub fn run_stage(connection: &Connection<'_>) -> io::Result<()> {
         .arg(format!("--userns-path=/proc/{pid}/ns/user"))
         .arg(pid.to_string())
         .arg("tap0")
+        // Nothing of the server's environment (a forked stage has the spawner's).
+        .env_clear()
         .uid(connection.uid_base)
         .gid(connection.uid_base)
         .stdin(Stdio::null())

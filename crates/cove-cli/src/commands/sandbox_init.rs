@@ -110,14 +110,14 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if args.spawner {
-        cove_runtime::namespace::spawner::serve(|| match setup() {
+        cove_runtime::namespace::spawner::serve(|stage| match forked_stage(stage) {
             Ok(()) => 0,
             Err(err) => {
                 eprintln!("cove: {err:#}");
                 1
             }
         })
-        .context("the setup spawner")?;
+        .context("the stage spawner")?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if args.pid1 {
@@ -129,6 +129,24 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         setup()?;
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A stage the spawner forked: the setup stage without arguments, else the network stage
+/// they name (the only other stage the runtime asks it for).
+fn forked_stage(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+    if args.is_empty() {
+        return setup();
+    }
+    use clap::Parser as _;
+    let parsed = crate::Cli::try_parse_from(
+        ["cove".into(), init::SUBCOMMAND.into()]
+            .into_iter()
+            .chain(args),
+    )?;
+    match parsed.command {
+        crate::Command::SandboxInit(stage) if stage.network.is_some() => run(stage).map(drop),
+        _ => anyhow::bail!("the spawner forks only setup and network stages"),
+    }
 }
 
 /// The setup stage: builds the sandbox from the spec on stdin, and reports on stdout.

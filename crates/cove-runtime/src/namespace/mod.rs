@@ -95,8 +95,8 @@ pub struct NamespaceRuntime {
     exits: Arc<process::ExitWatch>,
     /// Kills whose cgroups are still being removed.
     teardowns: Arc<Teardowns>,
-    /// What forks setup stages, started with the first one (none when it cannot start:
-    /// then each stage is exec'd).
+    /// What forks setup and network stages, started with the first one (none when it
+    /// cannot start: then each stage is exec'd).
     spawner: Arc<std::sync::OnceLock<Option<spawner::Spawner>>>,
 }
 
@@ -232,6 +232,19 @@ impl NamespaceRuntime {
             .map_err(|reason| crate::network::unfiltered(reason))
     }
 
+    /// What forks this runtime's stages: started with the first, none when it cannot start.
+    fn spawner(&self) -> Option<&spawner::Spawner> {
+        self.spawner
+            .get_or_init(|| match spawner::Spawner::start(&self.exe, &stage_env()) {
+                Ok(spawner) => Some(spawner),
+                Err(err) => {
+                    tracing::warn!(%err, "no stage spawner: every stage is exec'd");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
     fn connect_network(&self, id: &str, pid: u32, uid_base: u32) -> io::Result<()> {
         let helper = self
             .network_helper
@@ -261,7 +274,7 @@ impl NamespaceRuntime {
             log: &log,
             cgroup_procs: &procs,
         };
-        crate::network::connect(&self.exe, &connection)
+        crate::network::connect(&self.exe, self.spawner(), &connection)
     }
 
     /// The sandbox's directory, for host root alone: `root` itself is closed to everyone
@@ -317,18 +330,7 @@ impl NamespaceRuntime {
             log_cap: self.log_cap,
             volumes: spec.volumes.clone(),
         };
-        let env = stage_env();
-        let spawner = self
-            .spawner
-            .get_or_init(|| match spawner::Spawner::start(&self.exe, &env) {
-                Ok(spawner) => Some(spawner),
-                Err(err) => {
-                    tracing::warn!(%err, "no setup spawner: every setup stage is exec'd");
-                    None
-                }
-            })
-            .as_ref();
-        let mut child = spawner::Setup::start(&self.exe, spawner, &env, log)
+        let mut child = spawner::Setup::start(&self.exe, self.spawner(), &stage_env(), log)
             .map_err(RuntimeError::io("start the sandbox setup"))?;
         let mut spec_line = serde_json::to_vec(&init).map_err(|e| RuntimeError::Io {
             what: "encode the sandbox spec",

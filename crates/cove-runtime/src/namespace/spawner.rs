@@ -1,24 +1,27 @@
-//! The spawner of setup stages: one `cove __sandbox-init --spawner`, exec'd once per
-//! runtime, forks each sandbox's setup stage instead of the server exec'ing `cove` for it.
-//! An exec of the 176 MB binary (its relocations, its CPU probes) cost 2.4 ms of every create
-//! past the warm pool, and a tenth of a burst's CPU.
+//! The spawner of stages: one `cove __sandbox-init --spawner`, exec'd once per runtime,
+//! forks each sandbox's setup stage (and its network stage) instead of the server exec'ing
+//! `cove` for it. An exec of the 176 MB binary (its relocations, its CPU probes) cost 2.4 ms
+//! of every create past the warm pool, and a tenth of a burst's CPU.
 //!
-//! The spawner is single-threaded and holds nothing of any sandbox: it gets three
-//! descriptors per request (the stage's stdin, stdout and stderr) and nothing else, and each
-//! stage reads its spec on its stdin after the fork, as an exec'd one does. The stage is
-//! forked with `CLONE_PARENT`, so that it is the server's own child, as an exec'd stage
-//! is: its pid stays the server's to wait for (and to move into the sandbox's cgroups)
-//! until the server has reaped it. The spawner ends when the server's end of its socket
-//! closes (the server ended, or dropped it).
+//! The spawner is single-threaded and holds nothing of any sandbox: a request is the stage's
+//! arguments (those of `cove __sandbox-init`) and three descriptors (its stdin, stdout and
+//! stderr), and a setup stage reads its spec on its stdin after the fork, as an exec'd one
+//! does. The stage is forked with `CLONE_PARENT`, so that it is the server's own child, as
+//! an exec'd stage is: its pid stays the server's to wait for (and to move into the
+//! sandbox's cgroups) until the server has reaped it. The spawner ends when the server's
+//! end of its socket closes (the server ended, or dropped it).
 
 use std::{
-    ffi::OsString,
+    ffi::{OsStr, OsString},
     fs,
     io::{self, Read, Write},
     mem::MaybeUninit,
     os::{
         fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
-        unix::{net::UnixStream, process::ExitStatusExt},
+        unix::{
+            ffi::{OsStrExt, OsStringExt},
+            process::ExitStatusExt,
+        },
     },
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
@@ -26,9 +29,13 @@ use std::{
 };
 
 use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
+
+/// The longest request (its arguments): a message of a packet socket comes whole or not at
+/// all.
+const MAX_REQUEST: usize = 64 << 10;
 
 /// The flag of `cove __sandbox-init` that makes it the spawner.
 pub const FLAG: &str = "--spawner";
@@ -36,8 +43,9 @@ pub const FLAG: &str = "--spawner";
 /// The server's side: a running spawner.
 #[derive(Debug)]
 pub struct Spawner {
-    /// Requests go one at a time: a request and its answer are one exchange.
-    socket: Mutex<UnixStream>,
+    /// A packet socket: a request and its answer are one message each, one exchange at a
+    /// time.
+    socket: Mutex<OwnedFd>,
     child: Mutex<Child>,
 }
 
@@ -45,10 +53,15 @@ impl Spawner {
     /// Starts `exe` as the spawner, with exactly the environment `env` (what each stage
     /// would have been given).
     pub fn start(exe: &Path, env: &[(OsString, OsString)]) -> io::Result<Self> {
-        let (ours, theirs) = UnixStream::pair()?;
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
         let child = Command::new(exe)
             .args([super::init::SUBCOMMAND, FLAG])
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
             .env_clear()
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -59,9 +72,14 @@ impl Spawner {
         })
     }
 
-    /// Forks a setup stage with `stdio` as its stdin, stdout and stderr; returns its pid, a
-    /// child of this process.
-    pub fn spawn(&self, stdio: [BorrowedFd<'_>; 3]) -> io::Result<u32> {
+    /// Forks a stage with the arguments `args` (after `cove __sandbox-init`; none for the
+    /// setup stage) and `stdio` as its stdin, stdout and stderr; returns its pid, a child of
+    /// this process.
+    pub fn spawn(&self, args: &[&OsStr], stdio: [BorrowedFd<'_>; 3]) -> io::Result<u32> {
+        let request = encode(args);
+        if request.len() > MAX_REQUEST {
+            return Err(io::Error::from_raw_os_error(libc::E2BIG));
+        }
         let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
         let mut control = SendAncillaryBuffer::new(&mut space);
@@ -70,16 +88,81 @@ impl Spawner {
         }
         rustix::net::sendmsg(
             &*socket,
-            &[io::IoSlice::new(&[1])],
+            &[io::IoSlice::new(&request)],
             &mut control,
             SendFlags::NOSIGNAL,
         )?;
         let mut answer = [0u8; 4];
-        (&*socket).read_exact(&mut answer)?;
+        if rustix::io::read(&*socket, &mut answer)? != answer.len() {
+            return Err(io::Error::other("the spawner ended"));
+        }
         match i32::from_le_bytes(answer) {
             pid if pid > 0 => Ok(pid.unsigned_abs()),
             errno => Err(io::Error::from_raw_os_error(-errno)),
         }
+    }
+
+    /// Runs a stage with the arguments `args`, no input and no output but its stderr, to its
+    /// end: how it ended, and what it wrote on stderr. `None` when it could not be started
+    /// (then nothing of it runs, and it may be exec'd instead).
+    pub fn output(&self, args: &[&OsStr]) -> io::Result<Option<(ExitStatus, Vec<u8>)>> {
+        let null = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")?;
+        let (from_stderr, stderr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let pid = match self.spawn(args, [null.as_fd(), null.as_fd(), stderr.as_fd()]) {
+            Ok(pid) => pid,
+            Err(err) => {
+                tracing::warn!(%err, "the stage spawner failed: the stage is exec'd");
+                return Ok(None);
+            }
+        };
+        // Our copy of its end closes, so that reading ends with the stage.
+        drop(stderr);
+        let mut errors = Vec::new();
+        let read = fs::File::from(from_stderr).read_to_end(&mut errors);
+        let status = wait(pid)?;
+        read?;
+        Ok(Some((status, errors)))
+    }
+}
+
+/// A request: a marker byte, then each argument followed by a NUL (arguments are C strings).
+fn encode(args: &[&OsStr]) -> Vec<u8> {
+    let mut request = vec![b'!'];
+    for arg in args {
+        request.extend_from_slice(arg.as_bytes());
+        request.push(0);
+    }
+    request
+}
+
+/// The arguments of a request, or none when it is not one.
+fn decode(request: &[u8]) -> Option<Vec<OsString>> {
+    let (b'!', rest) = request.split_first()? else {
+        return None;
+    };
+    if rest.is_empty() {
+        return Some(Vec::new());
+    }
+    let rest = rest.strip_suffix(&[0])?;
+    Some(
+        rest.split(|b| *b == 0)
+            .map(|arg| OsString::from_vec(arg.to_vec()))
+            .collect(),
+    )
+}
+
+/// Waits for `pid`, a child of this process, to end.
+fn wait(pid: u32) -> io::Result<ExitStatus> {
+    let pid = rustix::process::Pid::from_raw(
+        i32::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+    )
+    .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())? {
+        Some((_, status)) => Ok(ExitStatus::from_raw(status.as_raw())),
+        None => Err(io::Error::other("the stage was not waited for")),
     }
 }
 
@@ -90,7 +173,7 @@ impl Drop for Spawner {
         let _ = self
             .socket
             .get_mut()
-            .map(|s| s.shutdown(std::net::Shutdown::Both));
+            .map(|s| rustix::net::shutdown(&*s, rustix::net::Shutdown::Both));
         let _ = child.kill();
         let _ = child.wait();
     }
@@ -120,7 +203,7 @@ impl Setup {
         if let Some(spawner) = spawner {
             let (stdin, to_stdin) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
             let (from_stdout, stdout) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-            match spawner.spawn([stdin.as_fd(), stdout.as_fd(), log.as_fd()]) {
+            match spawner.spawn(&[], [stdin.as_fd(), stdout.as_fd(), log.as_fd()]) {
                 // Our copies of its ends close here, so that its stdout ends with it.
                 Ok(pid) => {
                     return Ok(Self {
@@ -156,33 +239,28 @@ impl Setup {
 
     /// Waits for the stage to end (it is this process's child either way).
     pub fn wait(self) -> io::Result<ExitStatus> {
-        if let Some(mut child) = self.exec {
-            return child.wait();
-        }
-        let pid = rustix::process::Pid::from_raw(
-            i32::try_from(self.pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
-        );
-        match rustix::process::waitpid(pid, rustix::process::WaitOptions::empty())? {
-            Some((_, status)) => Ok(ExitStatus::from_raw(status.as_raw())),
-            None => Err(io::Error::other("the setup stage was not waited for")),
+        match self.exec {
+            Some(mut child) => child.wait(),
+            None => wait(self.pid),
         }
     }
 }
 
 /// The spawner's side: answers requests on stdin until it closes. `stage` runs in each
-/// forked process, its stdio in place, and returns its exit code.
-pub fn serve(stage: impl Fn() -> i32) -> io::Result<()> {
-    let socket = UnixStream::from(rustix::io::dup(rustix::stdio::stdin())?);
+/// forked process with the request's arguments, its stdio in place, and returns its exit
+/// code.
+pub fn serve(stage: impl Fn(Vec<OsString>) -> i32) -> io::Result<()> {
+    let socket = rustix::io::dup(rustix::stdio::stdin())?;
     // The server's socket is reached through `socket` only.
-    let null = std::fs::File::open("/dev/null")?;
+    let null = fs::File::open("/dev/null")?;
     rustix::stdio::dup2_stdin(&null)?;
+    let mut request = vec![0u8; MAX_REQUEST];
     loop {
-        let mut byte = [0u8; 1];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let received = rustix::net::recvmsg(
             &socket,
-            &mut [io::IoSliceMut::new(&mut byte)],
+            &mut [io::IoSliceMut::new(&mut request)],
             &mut control,
             RecvFlags::CMSG_CLOEXEC,
         )?;
@@ -195,23 +273,24 @@ pub fn serve(stage: impl Fn() -> i32) -> io::Result<()> {
                 fds.extend(rights);
             }
         }
-        let answer = match <[OwnedFd; 3]>::try_from(fds) {
-            Ok(stdio) => match fork_stage(&socket, &stdio, &stage) {
+        let args = if received.flags.contains(ReturnFlags::TRUNC) {
+            None
+        } else {
+            decode(&request[..received.bytes])
+        };
+        let answer = match (args, <[OwnedFd; 3]>::try_from(fds)) {
+            (Some(args), Ok(stdio)) => match fork_stage(&socket, &stdio, &|| stage(args.clone())) {
                 Ok(pid) => pid,
                 Err(err) => -err.raw_os_error().unwrap_or(libc::EIO),
             },
-            Err(_) => -libc::EINVAL,
+            _ => -libc::EINVAL,
         };
-        (&socket).write_all(&answer.to_le_bytes())?;
+        rustix::io::write(&socket, &answer.to_le_bytes())?;
     }
 }
 
 /// Forks a stage as a sibling of this process (a child of the server), its stdio `stdio`.
-fn fork_stage(
-    socket: &UnixStream,
-    stdio: &[OwnedFd; 3],
-    stage: &impl Fn() -> i32,
-) -> io::Result<i32> {
+fn fork_stage(socket: &OwnedFd, stdio: &[OwnedFd; 3], stage: &impl Fn() -> i32) -> io::Result<i32> {
     // SAFETY: a plain fork (no new stack, no shared memory) with CLONE_PARENT; this process
     // is single-threaded, so the child's copy of it is whole. The child only rearranges its
     // descriptors and runs `stage`, then exits without returning here.
@@ -234,7 +313,7 @@ fn fork_stage(
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(stage)).unwrap_or(101)
                 }
                 Err(err) => {
-                    let _ = writeln!(io::stderr(), "cove: cannot start the setup stage: {err}");
+                    let _ = writeln!(io::stderr(), "cove: cannot start the stage: {err}");
                     1
                 }
             };
@@ -245,7 +324,7 @@ fn fork_stage(
 }
 
 /// In the forked stage: `stdio` as fds 0, 1 and 2, and the spawner's socket closed.
-fn become_stage(socket: &UnixStream, stdio: &[OwnedFd; 3]) -> io::Result<()> {
+fn become_stage(socket: &OwnedFd, stdio: &[OwnedFd; 3]) -> io::Result<()> {
     // SAFETY: the socket's descriptor is closed here and never used again in this process
     // (the borrow ends with this call: the stage never returns to the spawner's loop).
     unsafe { libc::close(socket.as_raw_fd()) };
@@ -259,4 +338,26 @@ fn become_stage(socket: &UnixStream, stdio: &[OwnedFd; 3]) -> io::Result<()> {
         unsafe { libc::close(fd.as_raw_fd()) };
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_carries_any_arguments_but_nothing_else() {
+        let args = [
+            OsStr::new("--network"),
+            OsStr::new("/usr/bin/slirp4netns"),
+            OsStr::new(""),
+            OsStr::from_bytes(b"\xffnot utf-8"),
+        ];
+        let decoded = decode(&encode(&args)).unwrap();
+        assert_eq!(decoded, args.map(OsString::from));
+        assert_eq!(decode(&encode(&[])).unwrap(), Vec::<OsString>::new());
+        // Not a request: no marker, or arguments without their end.
+        assert!(decode(b"").is_none());
+        assert!(decode(b"--network\0").is_none());
+        assert!(decode(b"!--network").is_none());
+    }
 }
