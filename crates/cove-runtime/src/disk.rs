@@ -205,10 +205,11 @@ pub fn attach_image(image: &Path) -> io::Result<Device> {
 /// `noauto_da_alloc`: by default ext4 starts writing a file's data out when it is renamed
 /// over another file, and the rename waits for room in the loop device's queue until all of
 /// it has been handed over. An upload is committed that way (the agent's `atomic` module),
-/// and for 256 MiB the rename took 100–140 ms, a third of the whole upload. The heuristic is there to narrow what a crash
-/// loses of a file replaced without `fsync`; these filesystems have no journal, so a crash
-/// gets no ordering from them anyway, and a sandbox's disk is written out when it is
-/// unmounted (pause without memory, the end). `fsync` still writes through.
+/// and for 256 MiB the rename took 100–140 ms, a third of the whole upload. The heuristic
+/// is there to narrow what a crash loses of a file replaced without `fsync`; these
+/// filesystems have no journal, so a crash gets no ordering from them anyway, and a
+/// sandbox's disk is written out when it is unmounted (pause without memory, the end).
+/// `fsync` still writes through.
 pub fn mount_device(device: &Path, target: &Path) -> io::Result<()> {
     rustix::mount::mount(
         device,
