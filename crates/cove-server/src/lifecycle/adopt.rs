@@ -41,7 +41,7 @@ impl Lifecycle {
                     if record.team == WARM_TEAM =>
                 {
                     tracing::info!(sandbox_id = %record.id, team = %record.team, "ending a warm sandbox of the previous server");
-                    self.end_warm(Warm { record, started }).await;
+                    self.end_warm(Warm::new(record, started)).await;
                 }
                 Ok(Some(Recovered::Running(started))) => {
                     tracing::info!(sandbox_id = %record.id, team = %record.team, "re-adopted running sandbox");
@@ -82,6 +82,6 @@ impl Lifecycle {
             tracing::warn!(?err, sandbox_id = %record.id, team = %record.team, "cannot save what the sandbox is now");
         }
         self.registry
-            .insert(std::sync::Arc::new(super::Live::new(record, started)));
+            .insert(std::sync::Arc::new(super::Live::new(record, started, None)));
     }
 }

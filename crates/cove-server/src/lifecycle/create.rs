@@ -159,7 +159,7 @@ impl Lifecycle {
                 return Err(err);
             }
         };
-        let warm = Warm { record, started };
+        let warm = Warm::new(record, started);
         if let Err(reason) = self.bring_up(&warm, &settings.template).await {
             self.end_warm(warm).await;
             return Err(LifecycleError::StartCommand(reason));
@@ -168,7 +168,7 @@ impl Lifecycle {
             .await;
         self.metrics
             .create_took(CreateSource::Cold, began.elapsed());
-        Ok(self.go_live(warm.record, warm.started))
+        Ok(self.go_live(warm))
     }
 
     /// Admits a sandbox of `team` that will hold `memory_mb` and `cpus` (held until it is
@@ -221,7 +221,7 @@ impl Lifecycle {
             self.end_warm(warm).await;
             return Err(err);
         }
-        Ok(self.go_live(record, warm.started))
+        Ok(self.go_live(Warm { record, ..warm }))
     }
 
     async fn hand_over(&self, record: &SandboxRecord, warm: &Warm) -> Result<(), LifecycleError> {
@@ -263,7 +263,7 @@ impl Lifecycle {
         if !record.env_vars.is_empty() {
             let init = serde_json::json!({ "envVars": record.env_vars });
             crate::agent_link::post_json(
-                &warm.started.agent,
+                &warm.links,
                 "/init",
                 Some(&record.envd_access_token),
                 &init,
@@ -280,10 +280,18 @@ impl Lifecycle {
     }
 
     /// Makes a started sandbox reachable.
-    fn go_live(&self, record: SandboxRecord, started: Started) -> Arc<Live> {
-        let id = record.id.clone();
-        let live = Arc::new(Live::new(record, started));
+    fn go_live(&self, warm: Warm) -> Arc<Live> {
+        let id = warm.record.id.clone();
+        let links = warm.links.clone();
+        let live = Arc::new(Live::new(warm.record, warm.started, Some(warm.links)));
         self.registry.insert(live.clone());
+        // One made past the pool has none open yet: its first command's connection is made
+        // while the create's answer travels (a warm one has one already).
+        tokio::spawn(async move {
+            if let Err(err) = links.open_ahead().await {
+                tracing::debug!(%err, "no connection opened ahead");
+            }
+        });
         tracing::info!(sandbox_id = %id, handle = %live.handle().state, team = %live.team(), "sandbox started");
         live
     }

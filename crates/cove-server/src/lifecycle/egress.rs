@@ -260,7 +260,7 @@ impl Lifecycle {
             let init = serde_json::json!({ "envVars": env });
             let token = live.access_token();
             if let Err(err) =
-                crate::agent_link::post_json(&live.agent(), "/init", Some(&token), &init).await
+                crate::agent_link::post_json(live.links(), "/init", Some(&token), &init).await
             {
                 tracing::warn!(sandbox_id = %id, %err, "cannot point the sandbox at the egress CA");
             }

@@ -136,7 +136,7 @@ impl Lifecycle {
                 return Err(format!("cannot start its sandbox: {err}"));
             }
         };
-        let builder = Warm { record, started };
+        let builder = Warm::new(record, started);
         let made = self.snapshot_kernel(&builder, entry).await;
         self.end_warm(builder).await;
         made
@@ -154,7 +154,7 @@ impl Lifecycle {
             cove_proto::envd::INTERPRETER_WARM
         );
         crate::agent_link::post_json(
-            &builder.started.agent,
+            &builder.links,
             &warm,
             Some(&builder.record.envd_access_token),
             &serde_json::json!({}),

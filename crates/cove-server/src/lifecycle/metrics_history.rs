@@ -90,7 +90,7 @@ pub struct AgentMetrics {
 
 /// Asks a sandbox's agent for its resource use.
 pub async fn agent_metrics(live: &Live) -> Result<AgentMetrics, agent_link::LinkError> {
-    agent_link::get_json(&live.agent(), "/metrics", Some(&live.access_token())).await
+    agent_link::get_json(live.links(), "/metrics", Some(&live.access_token())).await
 }
 
 impl Lifecycle {

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use cove_runtime::Started;
 
-use crate::store::SandboxRecord;
+use crate::{agent_link::Links, store::SandboxRecord};
 
 /// The team recorded for warm sandboxes: no API key ever has it, and a restarted server
 /// knows them by it (and ends them).
@@ -31,6 +31,19 @@ pub const WARM_TEAM: &str = "";
 pub struct Warm {
     pub record: SandboxRecord,
     pub started: Started,
+    /// Connections to its agent, kept for whoever gets it.
+    pub links: Links,
+}
+
+impl Warm {
+    pub fn new(record: SandboxRecord, started: Started) -> Self {
+        let links = Links::new(started.agent.clone());
+        Self {
+            record,
+            started,
+            links,
+        }
+    }
 }
 
 /// Warm sandboxes of one template and kind.

@@ -10,7 +10,7 @@ use std::{
 use cove_runtime::{AgentEndpoint, Handle, PauseMode, Started};
 
 use super::metrics_history::History;
-use crate::store::SandboxRecord;
+use crate::{agent_link::Links, store::SandboxRecord};
 
 /// How many ended sandboxes are remembered.
 const REMEMBERED: usize = 10_000;
@@ -24,6 +24,8 @@ pub struct Live {
     /// One transition at a time: pause, resume, snapshot, kill. Whoever waited for it looks
     /// again at what the sandbox is now.
     pub(super) transition: tokio::sync::Mutex<()>,
+    /// Connections to its agent, kept open between requests.
+    links: Links,
     /// The last CPU time read, and when: CPU use is reported over the time since.
     pub(super) cpu_sample: Mutex<Option<(std::time::Instant, Duration)>>,
     /// Its resource use over time, sampled while it runs.
@@ -31,9 +33,12 @@ pub struct Live {
 }
 
 impl Live {
-    pub(super) fn new(record: SandboxRecord, started: Started) -> Self {
+    /// A sandbox that `started`, with the connections to its agent made so far, if any.
+    pub(super) fn new(record: SandboxRecord, started: Started, links: Option<Links>) -> Self {
+        let links = links.unwrap_or_else(|| Links::new(started.agent.clone()));
         Self {
             record: RwLock::new(record),
+            links,
             started: RwLock::new(started),
             transition: tokio::sync::Mutex::new(()),
             cpu_sample: Mutex::new(None),
@@ -92,6 +97,11 @@ impl Live {
         self.started().agent.clone()
     }
 
+    /// Connections to its agent (see [`Links`]).
+    pub fn links(&self) -> &Links {
+        &self.links
+    }
+
     pub fn handle(&self) -> Handle {
         self.started().handle.clone()
     }
@@ -108,7 +118,9 @@ impl Live {
 
     /// After a transition: how the runtime and the server reach it now.
     pub(super) fn set_started(&self, started: Started) {
-        *self.started.write().unwrap_or_else(|e| e.into_inner()) = started;
+        let mut now = self.started.write().unwrap_or_else(|e| e.into_inner());
+        self.links.renew(started.agent.clone());
+        *now = started;
     }
 
     /// What its pause kept, while it is paused.

@@ -197,11 +197,15 @@ impl Lifecycle {
                 return None;
             }
         };
-        let warm = Warm { record, started };
+        let warm = Warm::new(record, started);
         if let Err(err) = self.bring_up(&warm, entry).await {
             tracing::warn!(%err, template = %entry.id, "a warm sandbox did not become ready");
             self.end_warm(warm).await;
             return None;
+        }
+        // Its first command then goes without a connect (the create's answer waits for none).
+        if let Err(err) = warm.links.open_ahead().await {
+            tracing::debug!(%err, sandbox_id = %warm.record.id, "no connection opened ahead to a warm sandbox");
         }
         tracing::debug!(sandbox_id = %warm.record.id, team = %warm.record.team, template = %entry.id, network, "warm sandbox ready");
         Some(warm)

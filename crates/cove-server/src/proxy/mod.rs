@@ -298,11 +298,16 @@ async fn agent_connection(
     Ok(agent_link::connect(&live.agent()).await?)
 }
 
-/// Streams the request to the agent and its answer back.
+/// Streams the request to the agent and its answer back, on a connection kept open
+/// between requests unless the client asks for an upgrade (which takes the connection).
 async fn to_agent(live: &Live, request: Request) -> Result<Response, ProxyError> {
-    let mut sender = agent_connection(live).await?;
-    let response = sender.send_request(outbound(request)).await?;
-    Ok(response_back(response))
+    let request = outbound(request);
+    if request.headers().contains_key(header::UPGRADE) {
+        let mut sender = agent_connection(live).await?;
+        let response = sender.send_request(request).await?;
+        return Ok(response_back(response.map(Body::new)));
+    }
+    Ok(response_back(live.links().send(request).await?))
 }
 
 /// Streams a request for the code interpreter's port to the agent, which serves the same
@@ -322,12 +327,10 @@ async fn to_interpreter(live: &Live, request: Request) -> Result<Response, Proxy
     let token = HeaderValue::from_str(&live.access_token())
         .map_err(|_| ProxyError::Tunnel(StatusCode::INTERNAL_SERVER_ERROR))?;
     request.headers_mut().insert("x-access-token", token);
-    let mut sender = agent_connection(live).await?;
-    let response = sender.send_request(request).await?;
-    Ok(response_back(response))
+    Ok(response_back(live.links().send(request).await?))
 }
 
-fn response_back(response: hyper::Response<hyper::body::Incoming>) -> Response {
+fn response_back(response: http::Response<Body>) -> Response {
     let (mut parts, body) = response.into_parts();
     let upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -336,7 +339,7 @@ fn response_back(response: hyper::Response<hyper::body::Incoming>) -> Response {
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    Response::from_parts(parts, Body::new(body))
+    Response::from_parts(parts, body)
 }
 
 /// Opens a tunnel through the agent to `127.0.0.1:port` inside the sandbox and sends the
@@ -402,5 +405,5 @@ async fn to_port(
             }
         });
     }
-    Ok(response_back(response))
+    Ok(response_back(response.map(Body::new)))
 }

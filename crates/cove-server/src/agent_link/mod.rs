@@ -17,6 +17,10 @@ use hyper_util::rt::TokioIo;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::net::UnixStream;
 
+mod links;
+
+pub use links::Links;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error("cannot connect to the agent")]
@@ -75,12 +79,8 @@ fn widen_send_buffer(stream: &UnixStream) {
     }
 }
 
-async fn call(
-    endpoint: &AgentEndpoint,
-    request: http::Request<Body>,
-) -> Result<bytes::Bytes, LinkError> {
-    let mut sender = connect(endpoint).await?;
-    let response = sender.send_request(request).await?;
+async fn call(links: &Links, request: http::Request<Body>) -> Result<bytes::Bytes, LinkError> {
+    let response = links.send(request).await?;
     let status = response.status();
     let body = response
         .into_body()
@@ -116,12 +116,12 @@ fn request(
 
 /// `GET path` with the sandbox's token, answer decoded from JSON.
 pub async fn get_json<T: DeserializeOwned>(
-    endpoint: &AgentEndpoint,
+    links: &Links,
     path: &str,
     token: Option<&str>,
 ) -> Result<T, LinkError> {
     let body = call(
-        endpoint,
+        links,
         request(http::Method::GET, path, token, Body::empty())?,
     )
     .await?;
@@ -130,14 +130,14 @@ pub async fn get_json<T: DeserializeOwned>(
 
 /// `POST path` with a JSON body.
 pub async fn post_json<T: Serialize>(
-    endpoint: &AgentEndpoint,
+    links: &Links,
     path: &str,
     token: Option<&str>,
     body: &T,
 ) -> Result<(), LinkError> {
     let body = serde_json::to_vec(body).map_err(|e| LinkError::Body(e.to_string()))?;
     call(
-        endpoint,
+        links,
         request(http::Method::POST, path, token, Body::from(body))?,
     )
     .await
