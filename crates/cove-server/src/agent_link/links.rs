@@ -9,7 +9,10 @@
 
 use std::{
     pin::Pin,
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll, ready},
 };
 
@@ -24,6 +27,11 @@ use super::{LinkError, connect};
 /// Idle connections kept per sandbox; more are closed when their exchange ends. Enough for
 /// a client's few parallel calls (a command's stream beside a file upload).
 const MOST_IDLE: usize = 4;
+
+/// A connection that carried more than this either way is closed when its exchange ends:
+/// its buffers grew with the transfer (on both sides), and a transfer that large pays for
+/// its own connect many times over.
+const MOST_CARRIED: u64 = 256 << 10;
 
 /// The idle connections to one sandbox's agent.
 #[derive(Debug, Clone)]
@@ -97,7 +105,14 @@ impl Links {
                 }
                 None => connect(&endpoint).await?,
             };
-            match sender.try_send_request(request).await {
+            let sent = Arc::new(AtomicU64::new(0));
+            let counted = request.map(|inner| {
+                Body::new(Counting {
+                    inner,
+                    count: sent.clone(),
+                })
+            });
+            match sender.try_send_request(counted).await {
                 Ok(response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                     // The connection is the upgraded stream's now.
                     return Ok(response.map(Body::new));
@@ -112,6 +127,8 @@ impl Links {
                         Body::new(Returning {
                             inner,
                             back: Some(back),
+                            sent,
+                            received: 0,
                         })
                     }));
                 }
@@ -177,6 +194,21 @@ impl Back {
 struct Returning {
     inner: Incoming,
     back: Option<Back>,
+    /// What the request's body carried, and what this one did so far.
+    sent: Arc<AtomicU64>,
+    received: u64,
+}
+
+impl Returning {
+    /// The exchange ended cleanly: its connection goes back, unless it carried much.
+    fn ended(&mut self) {
+        if let Some(back) = self.back.take()
+            && self.received <= MOST_CARRIED
+            && self.sent.load(Ordering::Relaxed) <= MOST_CARRIED
+        {
+            back.give_back();
+        }
+    }
 }
 
 impl http_body::Body for Returning {
@@ -189,14 +221,13 @@ impl http_body::Body for Returning {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &frame {
-            None => {
-                if let Some(back) = self.back.take() {
-                    back.give_back();
-                }
-            }
+            None => self.ended(),
             // A broken exchange: its connection closes with it.
             Some(Err(_)) => self.back = None,
-            Some(Ok(_)) => {}
+            Some(Ok(frame)) => {
+                let len = frame.data_ref().map_or(0, Bytes::len);
+                self.received = self.received.saturating_add(len as u64);
+            }
         }
         Poll::Ready(frame)
     }
@@ -214,11 +245,40 @@ impl Drop for Returning {
     fn drop(&mut self) {
         // A body nobody had to read (empty from the start) also ended cleanly; one dropped
         // half-read closes its connection.
-        if let Some(back) = self.back.take()
-            && self.inner.is_end_stream()
-        {
-            back.give_back();
+        if self.inner.is_end_stream() {
+            self.ended();
         }
+    }
+}
+
+/// A request's body that counts what it carried.
+struct Counting {
+    inner: Body,
+    count: Arc<AtomicU64>,
+}
+
+impl http_body::Body for Counting {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame {
+            let len = frame.data_ref().map_or(0, Bytes::len);
+            self.count.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -248,10 +308,11 @@ mod tests {
                 let (stream, _) = listener.accept().await.unwrap();
                 counter.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let service = service_fn(move |_request| async move {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(
-                            http_body_util::Full::new(Bytes::from_static(body)),
-                        ))
+                    let service = service_fn(move |request: http::Request<Incoming>| async move {
+                        request.into_body().collect().await?;
+                        Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(
+                            Bytes::from_static(body),
+                        )))
                     });
                     let _ = http1::Builder::new()
                         .keep_alive(keep_alive)
@@ -364,6 +425,35 @@ mod tests {
         assert_eq!(links.idle(), 1);
         assert_eq!(read(&links).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_carried_much_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (large, small) = (dir.path().join("large.sock"), dir.path().join("small.sock"));
+        let answered_much = agent(&large, &[7; 1 << 20], true);
+        let links = Links::new(AgentEndpoint::Unix(large));
+        for _ in 0..2 {
+            assert_eq!(read(&links).await.len(), 1 << 20);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!((answered_much.load(Ordering::SeqCst), links.idle()), (2, 0));
+
+        let received_much = agent(&small, b"ok", true);
+        let links = Links::new(AgentEndpoint::Unix(small));
+        for _ in 0..2 {
+            let upload = http::Request::post("/files")
+                .header(http::header::HOST, "agent")
+                .body(Body::from(vec![7u8; 1 << 20]))
+                .unwrap();
+            let response = links.send(upload).await.unwrap();
+            response.into_body().collect().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!((received_much.load(Ordering::SeqCst), links.idle()), (2, 0));
+        // Small exchanges on the same sandbox are kept again.
+        assert_eq!(read(&links).await, "ok");
+        idle_becomes(&links, 1).await;
     }
 
     #[tokio::test]
