@@ -130,23 +130,49 @@ pub struct Started {
 }
 
 impl StartSpec {
+    /// The process's whole environment: `PATH` (the agent's), `HOME`, `USER` and `LOGNAME`
+    /// of its user, then the sandbox's and the request's variables over them.
+    fn environment(&self) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::from([
+            (
+                "PATH".to_owned(),
+                std::env::var("PATH").unwrap_or_else(|_| FALLBACK_PATH.to_owned()),
+            ),
+            (
+                "HOME".to_owned(),
+                self.user.home.to_string_lossy().into_owned(),
+            ),
+            ("USER".to_owned(), self.user.name.clone()),
+            ("LOGNAME".to_owned(), self.user.name.clone()),
+        ]);
+        env.extend(self.env.clone());
+        env
+    }
+
     fn command(&self) -> Command {
         let mut command = Command::new(&self.cmd);
         command
             .args(&self.args)
             .current_dir(&self.cwd)
             .env_clear()
-            .env(
-                "PATH",
-                std::env::var("PATH").unwrap_or_else(|_| FALLBACK_PATH.to_owned()),
-            )
-            .env("HOME", &self.user.home)
-            .env("USER", &self.user.name)
-            .env("LOGNAME", &self.user.name)
-            .envs(&self.env)
+            .envs(self.environment())
             .uid(self.user.uid)
             .gid(self.user.gid);
         command
+    }
+
+    fn launch(&self) -> cove_launch::Launch {
+        let env = self.environment();
+        cove_launch::Launch {
+            program: self.cmd.clone(),
+            path: env.get("PATH").cloned().unwrap_or_default(),
+            args: self.args.clone(),
+            env: env.into_iter().collect(),
+            cwd: self.cwd.clone(),
+            uid: self.user.uid,
+            gid: self.user.gid,
+            stdin: self.stdin,
+        }
     }
 
     /// Starts the process with the reaper holding off until it is registered.
@@ -205,46 +231,29 @@ impl StartSpec {
                 })
             }
             None => {
-                let mut command = self.command();
-                command
-                    .stdin(if self.stdin {
-                        Stdio::piped()
-                    } else {
-                        Stdio::null()
-                    })
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    // Its own process group, so signals reach the children of a shell.
-                    .process_group(0);
-                let (mut child, exit) = reaper
-                    .spawn(|| command.spawn(), std::process::Child::id)
+                // Without a copy of the agent (cove-launch): the same user, groups,
+                // environment, directory, process group and signal state as `command()`
+                // gives a PTY's process.
+                let launch = self.launch();
+                let (child, exit) = reaper
+                    .spawn(|| cove_launch::spawn(&launch), |child| child.pid)
                     .map_err(cannot_start)?;
                 let pipe_err = |err: std::io::Error| {
                     RpcError::internal(format!("cannot watch the process's pipes: {err}"))
                 };
-                let stdin = match child.stdin.take() {
+                let stdin = match child.stdin {
                     Some(stdin) => Some(Arc::new(
-                        pipe::Sender::from_owned_fd(OwnedFd::from(stdin)).map_err(pipe_err)?,
+                        pipe::Sender::from_owned_fd(stdin).map_err(pipe_err)?,
                     )),
                     None => None,
                 };
-                let stdout = child
-                    .stdout
-                    .take()
-                    .ok_or_else(|| RpcError::internal("stdout pipe missing"))?;
-                let stderr = child
-                    .stderr
-                    .take()
-                    .ok_or_else(|| RpcError::internal("stderr pipe missing"))?;
-                prefer_for_oom_kill(child.id());
+                prefer_for_oom_kill(child.pid);
                 Ok(Started {
-                    pid: child.id(),
+                    pid: child.pid,
                     input: Input::Pipe(Mutex::new(stdin)),
                     output: Output::Pipes {
-                        stdout: pipe::Receiver::from_owned_fd(OwnedFd::from(stdout))
-                            .map_err(pipe_err)?,
-                        stderr: pipe::Receiver::from_owned_fd(OwnedFd::from(stderr))
-                            .map_err(pipe_err)?,
+                        stdout: pipe::Receiver::from_owned_fd(child.stdout).map_err(pipe_err)?,
+                        stderr: pipe::Receiver::from_owned_fd(child.stderr).map_err(pipe_err)?,
                     },
                     exit,
                 })
