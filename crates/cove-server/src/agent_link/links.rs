@@ -9,10 +9,7 @@
 
 use std::{
     pin::Pin,
-    sync::{
-        Arc, Mutex, Weak,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, Weak},
     task::{Context, Poll, ready},
 };
 
@@ -22,7 +19,10 @@ use cove_runtime::AgentEndpoint;
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::{body::Incoming, client::conn::http1::SendRequest};
 
+use prometheus_client::metrics::counter::Counter;
+
 use super::{LinkError, connect};
+use crate::telemetry::Counted;
 
 /// Idle connections kept per sandbox; more are closed when their exchange ends. Enough for
 /// a client's few parallel calls (a command's stream beside a file upload).
@@ -105,13 +105,8 @@ impl Links {
                 }
                 None => connect(&endpoint).await?,
             };
-            let sent = Arc::new(AtomicU64::new(0));
-            let counted = request.map(|inner| {
-                Body::new(Counting {
-                    inner,
-                    count: sent.clone(),
-                })
-            });
+            let sent = Counter::default();
+            let counted = request.map(|inner| Body::new(Counted::new(inner, sent.clone())));
             match sender.try_send_request(counted).await {
                 Ok(response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                     // The connection is the upgraded stream's now.
@@ -195,7 +190,7 @@ struct Returning {
     inner: Incoming,
     back: Option<Back>,
     /// What the request's body carried, and what this one did so far.
-    sent: Arc<AtomicU64>,
+    sent: Counter,
     received: u64,
 }
 
@@ -204,7 +199,7 @@ impl Returning {
     fn ended(&mut self) {
         if let Some(back) = self.back.take()
             && self.received <= MOST_CARRIED
-            && self.sent.load(Ordering::Relaxed) <= MOST_CARRIED
+            && self.sent.get() <= MOST_CARRIED
         {
             back.give_back();
         }
@@ -248,37 +243,6 @@ impl Drop for Returning {
         if self.inner.is_end_stream() {
             self.ended();
         }
-    }
-}
-
-/// A request's body that counts what it carried.
-struct Counting {
-    inner: Body,
-    count: Arc<AtomicU64>,
-}
-
-impl http_body::Body for Counting {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Ok(frame)) = &frame {
-            let len = frame.data_ref().map_or(0, Bytes::len);
-            self.count.fetch_add(len as u64, Ordering::Relaxed);
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
