@@ -166,10 +166,9 @@ pub fn spawn(launch: &Launch) -> io::Result<Child> {
     // The stack grows down from its end, 16-byte aligned.
     let top = (stack.as_mut_ptr() as usize + STACK) & !15;
 
-    // SAFETY: every signal is blocked in this thread while the child shares it memory and
-    // its signal mask, and restored afterwards; `child` only touches `plan` (alive until the
-    // clone returns: CLONE_VFORK holds this thread until the child execs or exits) and its
-    // own stack.
+    // SAFETY: every signal is blocked in this thread, and so in the child, which inherits
+    // the mask, until the clone returns; `child` only touches `plan` (alive until then:
+    // CLONE_VFORK holds this thread until the child execs or exits) and its own stack.
     let pid = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut before: libc::sigset_t = std::mem::zeroed();
