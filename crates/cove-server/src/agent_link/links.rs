@@ -18,7 +18,6 @@ use bytes::Bytes;
 use cove_runtime::AgentEndpoint;
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::{body::Incoming, client::conn::http1::SendRequest};
-
 use prometheus_client::metrics::counter::Counter;
 
 use super::{LinkError, connect};

@@ -168,6 +168,14 @@ impl Lifecycle {
             .await;
         self.metrics
             .create_took(CreateSource::Cold, began.elapsed());
+        // Unlike a warm one, it has no connection open yet: its first command's is made
+        // while the create's answer travels.
+        let links = warm.links.clone();
+        tokio::spawn(async move {
+            if let Err(err) = links.open_ahead().await {
+                tracing::debug!(%err, "no connection opened ahead");
+            }
+        });
         Ok(self.go_live(warm))
     }
 
@@ -282,16 +290,8 @@ impl Lifecycle {
     /// Makes a started sandbox reachable.
     fn go_live(&self, warm: Warm) -> Arc<Live> {
         let id = warm.record.id.clone();
-        let links = warm.links.clone();
         let live = Arc::new(Live::new(warm.record, warm.started, Some(warm.links)));
         self.registry.insert(live.clone());
-        // One made past the pool has none open yet: its first command's connection is made
-        // while the create's answer travels (a warm one has one already).
-        tokio::spawn(async move {
-            if let Err(err) = links.open_ahead().await {
-                tracing::debug!(%err, "no connection opened ahead");
-            }
-        });
         tracing::info!(sandbox_id = %id, handle = %live.handle().state, team = %live.team(), "sandbox started");
         live
     }
