@@ -138,6 +138,13 @@ pub fn spawn(launch: &Launch) -> io::Result<Child> {
     };
     let (stdout_read, stdout_write) = pipe_with(PipeFlags::CLOEXEC)?;
     let (stderr_read, stderr_write) = pipe_with(PipeFlags::CLOEXEC)?;
+    // Were the caller's own 0–2 closed, a pipe could sit where another one is to go, and be
+    // overwritten before it is placed: the child gets copies from 3 up.
+    let (stdin_read, stdout_write, stderr_write) = (
+        above_stdio(stdin_read)?,
+        above_stdio(stdout_write)?,
+        above_stdio(stderr_write)?,
+    );
 
     let pointers = |strings: &[CString]| -> Vec<*const libc::c_char> {
         strings
@@ -207,6 +214,14 @@ pub fn spawn(launch: &Launch) -> io::Result<Child> {
     })
 }
 
+/// `fd`, or a copy of it at 3 or above when it is one of the standard streams' numbers.
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?)
+}
+
 /// The child until `execve`. Only async-signal-safe calls, and no glibc call that acts on
 /// other threads (see the module).
 extern "C" fn child(plan: *mut c_void) -> c_int {
@@ -247,16 +262,10 @@ extern "C" fn child(plan: *mut c_void) -> c_int {
         if libc::sigprocmask(libc::SIG_SETMASK, &none, ptr::null_mut()) != 0 {
             return fail();
         }
+        // Every source is 3 or above (`above_stdio`), so none is overwritten before it is
+        // placed; the copies stay open across exec.
         for (target, &fd) in plan.stdio.iter().enumerate() {
-            let target = target as c_int;
-            // The copy stays open across exec; a pipe that already sits at its place
-            // (the agent's own stdio closed) only loses its close-on-exec flag.
-            let placed = if fd == target {
-                libc::fcntl(fd, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(fd, target)
-            };
-            if placed < 0 {
+            if libc::dup2(fd, target as c_int) < 0 {
                 return fail();
             }
         }
@@ -396,6 +405,47 @@ mod tests {
                 "{line} in the started process"
             );
         }
+    }
+
+    /// Set in the copy of this test binary that `stdio_closed_in_the_caller` starts.
+    const CLOSED_STDIO_REPORT: &str = "COVE_LAUNCH_CLOSED_STDIO_REPORT";
+
+    #[test]
+    fn stdio_closed_in_the_caller() {
+        if let Ok(report) = std::env::var(CLOSED_STDIO_REPORT) {
+            // The copy: its own 0–2 closed, so the pipes are made at those numbers.
+            for fd in 0..3 {
+                // SAFETY: nothing in this process uses its standard streams any more
+                // (the harness ignores writes to a closed stdout).
+                unsafe { libc::close(fd) };
+            }
+            let child = spawn(&launch(
+                "sh",
+                &["-c", "read line; echo \"out $line\"; echo err >&2"],
+            ))
+            .unwrap();
+            let mut stdin = std::fs::File::from(child.stdin.as_ref().unwrap().try_clone().unwrap());
+            stdin.write_all(b"fed\n").unwrap();
+            drop(stdin);
+            let (out, err, code) = finish(child);
+            std::fs::write(report, format!("{out}|{err}|{code}")).unwrap();
+            return;
+        }
+        let report = std::env::temp_dir().join(format!("cove-launch-stdio-{}", std::process::id()));
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tests::stdio_closed_in_the_caller",
+                "--test-threads=1",
+            ])
+            .env(CLOSED_STDIO_REPORT, &report)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        let seen = std::fs::read_to_string(&report);
+        let _ = std::fs::remove_file(&report);
+        assert!(status.success(), "the copy failed: {status}");
+        assert_eq!(seen.unwrap(), "out fed\n|err\n|0");
     }
 
     #[test]
