@@ -1,7 +1,8 @@
 //! The gVisor runtime on its own: real runsc, real agent, sandboxes from the `base` template
 //! with disk quotas. Commands run through the agent, a pause with memory checkpoints the
 //! sandbox and a resume continues the same processes, a kill leaves nothing behind, and the
-//! host refuses a symlink the sandbox puts where its agent's socket was.
+//! host refuses a symlink the sandbox puts where its agent's socket or its quiesce marker
+//! was.
 //!
 //! Skipped (with a message) where runsc is not installed; `scripts/setup` installs it.
 #![allow(clippy::unwrap_used)]
@@ -615,6 +616,57 @@ async fn a_symlink_put_in_place_of_the_agent_socket_is_refused() {
         std::io::ErrorKind::WouldBlock
     );
     assert!(decoy_path.exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_symlink_put_in_place_of_the_quiesce_marker_is_never_followed() {
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
+    let id = "gv-marker";
+    let started = fixture.start(id);
+    let agent = agent(&started);
+    // A file of the host's that would make the pause fail with its text, were the host to
+    // read the marker through a link (and would be gone, were it removed through one).
+    let bait = fixture.state.path().join("bait.txt");
+    let said = "refused: the host followed the sandbox's link\n";
+    std::fs::write(&bait, said).unwrap();
+    // Root in the sandbox puts a link to it wherever the marker is missing, over and over:
+    // after the host removes the old marker, before the agent renames its own into place,
+    // and after the host removes that one again.
+    let root = agent.client.clone().as_user("root");
+    root.commands()
+        .spawn(Command::shell(format!(
+            "exec python3 -c \"\nimport os\np = '/run/cove/quiesced'\nopen('/tmp/attacker-ready', 'w').close()\nwhile True:\n    try:\n        os.symlink('{}', p)\n    except OSError:\n        pass\n\"",
+            bait.display()
+        )))
+        .await
+        .unwrap();
+    wait_until("the attacker to run", Duration::from_secs(60), || {
+        let agent = agent.client.clone();
+        async move {
+            (sh(&agent, "test -e /tmp/attacker-ready && echo yes || true").await == "yes\n")
+                .then_some(())
+        }
+    })
+    .await;
+    let marker = fixture.dir(id).join("agent/quiesced");
+    let mut handle = started.handle.clone();
+    let mut planted = 0;
+    for cycle in 1..=3 {
+        // A link is never an acknowledgement, and the agent's own marker replaces it.
+        let paused = fixture.runtime.pause(&handle, PauseMode::Memory).unwrap();
+        let linked = std::fs::symlink_metadata(&marker).is_ok_and(|m| m.file_type().is_symlink());
+        eprintln!("cycle {cycle}: a link sat in the marker's place: {linked}");
+        planted += u32::from(linked);
+        let resumed = fixture.runtime.resume(&paused, &fixture.spec(id)).unwrap();
+        assert_eq!(sh(&self::agent(&resumed).client, "echo ok").await, "ok\n");
+        handle = resumed.handle;
+    }
+    fixture.end(id, &handle);
+    eprintln!("links left in the marker's place at a checkpoint: {planted} of 3");
+    // The next pause removed each link, never what it pointed at.
+    assert_eq!(std::fs::read_to_string(&bait).unwrap(), said);
 }
 
 #[tokio::test(flavor = "multi_thread")]
