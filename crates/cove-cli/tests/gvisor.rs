@@ -535,6 +535,27 @@ async fn a_kill_leaves_no_process_mount_loop_device_or_cgroup() {
     fixture.runtime.shutdown();
 }
 
+/// Has root in the sandbox put a symlink to the host's `target` at `path` (inside) whenever
+/// nothing is there, over and over, and returns once it runs.
+async fn plant_links_forever(agent: &AgentClient, path: &str, target: &Path) {
+    let root = agent.clone().as_user("root");
+    root.commands()
+        .spawn(Command::shell(format!(
+            "exec python3 -c \"\nimport os\np = '{path}'\nopen('/tmp/attacker-ready', 'w').close()\nwhile True:\n    try:\n        os.symlink('{}', p)\n    except OSError:\n        pass\n\"",
+            target.display()
+        )))
+        .await
+        .unwrap();
+    wait_until("the attacker to run", Duration::from_secs(60), || {
+        let agent = agent.clone();
+        async move {
+            (sh(&agent, "test -e /tmp/attacker-ready && echo yes || true").await == "yes\n")
+                .then_some(())
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_symlink_put_in_place_of_the_agent_socket_is_refused() {
     let Some(fixture) = Fixture::new() else {
@@ -550,22 +571,7 @@ async fn a_symlink_put_in_place_of_the_agent_socket_is_refused() {
     // Root in the sandbox waits for the agent's socket to go (gVisor does not let it
     // unlink or rename over a socket bound on the host; the host removes it before a
     // checkpoint) and puts a symlink to the decoy in its place, over and over.
-    let root = agent.client.clone().as_user("root");
-    root.commands()
-        .spawn(Command::shell(format!(
-            "exec python3 -c \"\nimport os\np = '/run/cove/agent.sock'\nopen('/tmp/attacker-ready', 'w').close()\nwhile True:\n    try:\n        os.symlink('{}', p)\n    except OSError:\n        pass\n\"",
-            decoy_path.display()
-        )))
-        .await
-        .unwrap();
-    wait_until("the attacker to run", Duration::from_secs(60), || {
-        let agent = agent.client.clone();
-        async move {
-            (sh(&agent, "test -e /tmp/attacker-ready && echo yes || true").await == "yes\n")
-                .then_some(())
-        }
-    })
-    .await;
+    plant_links_forever(&agent.client, "/run/cove/agent.sock", &decoy_path).await;
     let socket = fixture.dir(id).join("agent/agent.sock");
     let mut handle = started.handle.clone();
     let mut refused = false;
@@ -634,22 +640,7 @@ async fn a_symlink_put_in_place_of_the_quiesce_marker_is_never_followed() {
     // Root in the sandbox puts a link to it wherever the marker is missing, over and over:
     // after the host removes the old marker, before the agent renames its own into place,
     // and after the host removes that one again.
-    let root = agent.client.clone().as_user("root");
-    root.commands()
-        .spawn(Command::shell(format!(
-            "exec python3 -c \"\nimport os\np = '/run/cove/quiesced'\nopen('/tmp/attacker-ready', 'w').close()\nwhile True:\n    try:\n        os.symlink('{}', p)\n    except OSError:\n        pass\n\"",
-            bait.display()
-        )))
-        .await
-        .unwrap();
-    wait_until("the attacker to run", Duration::from_secs(60), || {
-        let agent = agent.client.clone();
-        async move {
-            (sh(&agent, "test -e /tmp/attacker-ready && echo yes || true").await == "yes\n")
-                .then_some(())
-        }
-    })
-    .await;
+    plant_links_forever(&agent.client, "/run/cove/quiesced", &bait).await;
     let marker = fixture.dir(id).join("agent/quiesced");
     let mut handle = started.handle.clone();
     let mut planted = 0;
