@@ -138,8 +138,10 @@ pub fn spawn(launch: &Launch) -> io::Result<Child> {
     };
     let (stdout_read, stdout_write) = pipe_with(PipeFlags::CLOEXEC)?;
     let (stderr_read, stderr_write) = pipe_with(PipeFlags::CLOEXEC)?;
-    // Were the caller's own 0–2 closed, a pipe could sit where another one is to go, and be
-    // overwritten before it is placed: the child gets copies from 3 up.
+    // Were the caller's own 0–2 closed, a pipe could be made at one of those numbers: then
+    // it would be placed on itself (keeping its close-on-exec flag), or, with another
+    // thread closing descriptors meanwhile, another pipe could be placed over it first. The
+    // child gets copies from 3 up, so no source is a target.
     let (stdin_read, stdout_write, stderr_write) = (
         above_stdio(stdin_read)?,
         above_stdio(stdout_write)?,
