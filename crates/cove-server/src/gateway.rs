@@ -91,7 +91,8 @@ impl Listening {
                 edge::router(edge::Edge::new(Arc::new(store), domain, api, forwarder))
             }
             None => api.expect("a gateway has the api, the edge or both"),
-        };
+        }
+        .layer(axum::middleware::from_fn(crate::unread::close_if_unread));
         tracing::info!(listen = %config.listen, port, api = config.api, edge = ?domain, tls = config.tls.is_some(), "ready");
         Ok(Gateway {
             listener,
