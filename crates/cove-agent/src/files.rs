@@ -665,22 +665,25 @@ fn make_way(path: &Path, user: &User) -> Result<bool, RestError> {
     }
 }
 
-/// The answer to a write of `path` that failed doing `what`: 507 when the disk is full.
+/// The answer to a write of `path` that failed doing `what`: 507 when the disk is full, 403
+/// when the user may not write there (as for reads), 500 otherwise (as envd).
 fn write_failed(path: &Path, what: &str, err: &io::Error) -> RestError {
     if is_disk_full(err) {
-        RestError::new(
+        return RestError::new(
             StatusCode::INSUFFICIENT_STORAGE,
             format!(
                 "not enough disk space available to write '{}'",
                 path.display()
             ),
-        )
-    } else {
-        RestError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot {what} '{}': {err}", path.display()),
-        )
+        );
     }
+    let status = match err.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            StatusCode::FORBIDDEN
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    RestError::new(status, format!("cannot {what} '{}': {err}", path.display()))
 }
 
 /// Writes into what is at `path` as it is (for what a rename must not replace).

@@ -334,6 +334,15 @@ async fn files_every_call() {
     let root = sbx.agent().clone().as_user("root");
     root.files().write("/root/mine", "x").await.unwrap();
     assert_eq!(root.files().stat("/root/mine").await.unwrap().owner, "root");
+    // A place nobody may write is a 403 naming the cause, as a read there is, not a
+    // server fault. (Like envd, the agent writes as root and gives the file to the user,
+    // so the user's own permissions do not stop a write.)
+    match root.files().write("/sys/mine", "y").await {
+        Err(Error::Auth(message)) => {
+            assert!(message.contains("Read-only file system"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
     sbx.kill().await.unwrap();
 }
 
