@@ -666,7 +666,8 @@ fn make_way(path: &Path, user: &User) -> Result<bool, RestError> {
 }
 
 /// The answer to a write of `path` that failed doing `what`: 507 when the disk is full, 403
-/// when the user may not write there (as for reads), 500 otherwise (as envd).
+/// when the filesystem refuses it (read-only, permission denied; as for reads), 500
+/// otherwise (as envd).
 fn write_failed(path: &Path, what: &str, err: &io::Error) -> RestError {
     if is_disk_full(err) {
         return RestError::new(

@@ -323,6 +323,7 @@ async fn nodes_report_themselves_and_a_dead_one_loses_its_sandboxes_until_it_ret
         .await
         .unwrap();
     assert_eq!(unknown.status(), 502);
+    common::refusals::upload_to_an_unknown_sandbox(edge.url().trim_start_matches("http://")).await;
 
     // Node a dies: within the bound it is down, and its sandbox is reported lost.
     a.crash();

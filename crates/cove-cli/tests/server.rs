@@ -2,6 +2,8 @@
 //! driven with the Rust SDK and raw HTTP.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
 use cove_sdk::{ConnectionConfig, CreateOptions, Error, Sandbox};
@@ -663,63 +665,11 @@ async fn a_chunked_upload_that_ends_late_is_answered() {
     );
 }
 
-/// A request refused before its body arrives (here an upload to a sandbox that does not
-/// exist, whose body comes a moment after its head, as the Python SDK's client sends it) is
-/// answered once the body is in, and its connection carries the next request: the client
-/// is never cut off while it writes. A body too large to wait for closes the connection
-/// right after the answer, and the answer says so.
+/// A request refused before its body arrives keeps its connection (see
+/// [`common::refusals::upload_to_an_unknown_sandbox`]).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_refused_before_its_body_arrives_keeps_its_connection() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let server = TestServer::start(cove()).await;
-    let address = server.url().trim_start_matches("http://").to_owned();
-    let head = |length: usize| {
-        format!(
-            "POST /files?path=/home/user/x HTTP/1.1\r\nHost: localhost\r\n\
-             E2B-Sandbox-Id: nosuchsandbox\r\nE2B-Sandbox-Port: 49983\r\n\
-             Content-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n"
-        )
-    };
-
-    let body = "x".repeat(64 * 1024);
-    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-    stream.write_all(head(body.len()).as_bytes()).await.unwrap();
-    // Long past the moment the refusal is ready.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stream
-        .write_all(body.as_bytes())
-        .await
-        .expect("the body is taken, not cut off");
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("the connection is kept for the next request");
-    let mut answers = String::new();
-    stream
-        .read_to_string(&mut answers)
-        .await
-        .expect("the connection carries both answers, not a reset");
-    assert!(answers.starts_with("HTTP/1.1 502"), "{answers}");
-    assert!(answers.contains("The sandbox was not found"), "{answers}");
-    let (first, second) = answers.split_at(answers.find("HTTP/1.1 200").expect(&answers));
-    assert!(
-        !first.to_ascii_lowercase().contains("connection: close"),
-        "{first}"
-    );
-    assert!(second.starts_with("HTTP/1.1 200 OK"), "{second}");
-
-    // 64 MiB announced: not waited for.
-    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-    stream.write_all(head(64 << 20).as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
-        .await
-        .expect("answered without the body")
-        .unwrap();
-    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
-    assert!(
-        answer.to_ascii_lowercase().contains("connection: close"),
-        "{answer}"
-    );
+    common::refusals::upload_to_an_unknown_sandbox(server.url().trim_start_matches("http://"))
+        .await;
 }

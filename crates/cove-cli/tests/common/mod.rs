@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod cluster;
+pub mod refusals;
 
 use cove_sdk::{AgentClient, CreateOptions, Error, Sandbox};
 use cove_test_util::TestServer;
