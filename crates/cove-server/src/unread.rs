@@ -84,8 +84,12 @@ impl Drop for Tracked {
 /// Middleware: reads what is left of a body the handler dropped unread, and marks the answer
 /// `Connection: close` when that is not possible.
 pub async fn close_if_unread(request: Request, next: Next) -> Response {
+    // Nothing to leave unread (most GETs): no wrapper, no channel.
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
     let (parts, body) = request.into_parts();
-    let finished = Arc::new(AtomicBool::new(body.is_end_stream()));
+    let finished = Arc::new(AtomicBool::new(false));
     let (give_back, mut given_back) = oneshot::channel();
     let tracked = Body::new(Tracked {
         inner: Some(body),
