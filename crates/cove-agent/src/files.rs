@@ -594,7 +594,7 @@ async fn write_file(
     }
     let mut staged = atomic::Staged::create(path, user)
         .await
-        .map_err(|err| internal("create", &err))?;
+        .map_err(|err| create_failed(path, &err))?;
     copy_in_chunks(body, staged.file())
         .await
         .map_err(|err| copy_failed(path, err))?;
@@ -617,7 +617,7 @@ fn write_whole(
     let internal = |what: &str, err: &io::Error| write_failed(path, what, err);
     if make_way(path, user)? {
         let mut staged =
-            atomic::Staged::create_blocking(path, user).map_err(|err| internal("create", &err))?;
+            atomic::Staged::create_blocking(path, user).map_err(|err| create_failed(path, &err))?;
         staged
             .file()
             .write_all(content)
@@ -685,6 +685,25 @@ fn write_failed(path: &Path, what: &str, err: &io::Error) -> RestError {
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     RestError::new(status, format!("cannot {what} '{}': {err}", path.display()))
+}
+
+/// The answer to a file that could not be made beside `path` (where it is written before
+/// it replaces `path`). Its parent directories exist by then ([`make_way`]), so "not found"
+/// means a directory that takes no new files, as `/proc` and its kinds answer: 403, as for
+/// a read-only filesystem. Existing files there are not written in place: through `/proc/self`
+/// that would be the agent's own process.
+fn create_failed(path: &Path, err: &io::Error) -> RestError {
+    let parent_stands = path.parent().is_some_and(|parent| parent.is_dir());
+    if err.kind() == io::ErrorKind::NotFound && parent_stands {
+        return RestError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "cannot write '{}': its directory takes no new files (a kernel filesystem such as /proc)",
+                path.display()
+            ),
+        );
+    }
+    write_failed(path, "create", err)
 }
 
 /// Writes into what is at `path` as it is (for what a rename must not replace).

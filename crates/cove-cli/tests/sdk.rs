@@ -343,6 +343,16 @@ async fn files_every_call() {
         }
         other => panic!("{other:?}"),
     }
+    // So is a directory that takes no new files: procfs answers "not found" to a create,
+    // for a new name and beside an existing file alike (neither is written in place).
+    for path in ["/proc/mine", "/proc/1/status"] {
+        match root.files().write(path, "y").await {
+            Err(Error::Auth(message)) => {
+                assert!(message.contains("takes no new files"), "{path}: {message}")
+            }
+            other => panic!("{path}: {other:?}"),
+        }
+    }
     sbx.kill().await.unwrap();
 }
 
