@@ -107,6 +107,19 @@ async fn a_dockerfile_builds_a_template_that_sandboxes_and_snapshots_start_from(
     .await
     .unwrap();
     assert_eq!(run(&sandbox, "whoami").await, "user");
+    // The image's login profile starts no `id` (Cove's layer spares it, as in `base`), and
+    // keeps Debian's PATH for `user` and for root.
+    assert_ne!(run(&sandbox, "grep -c __cove_euid /etc/profile").await, "0");
+    assert_eq!(
+        run(&sandbox, "echo $PATH").await,
+        "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"
+    );
+    let as_root = sandbox.agent().clone().as_user("root");
+    let root_path = as_root.commands().run("echo $PATH").await.unwrap();
+    assert_eq!(
+        root_path.stdout.trim(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    );
     assert_eq!(run(&sandbox, "pwd").await, "/app");
     assert_eq!(
         run(&sandbox, "echo $GREETING/$STAGE").await,

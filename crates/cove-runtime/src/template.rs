@@ -237,25 +237,32 @@ fn build_base_layers(staging: &Path, host: &Path) -> io::Result<()> {
 /// and dash alike, and nothing the environment can set), and asks `id` only when that
 /// cannot be read. A profile without the line is left as it is.
 fn spare_id_in_profile(profile: &Path) -> io::Result<()> {
-    const ASKED: &str = "\"$(id -u)\"";
     let text = match fs::read_to_string(profile) {
         Ok(text) => text,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(err) => return Err(err),
     };
-    let Some(first) = text.find(ASKED) else {
-        return Ok(());
-    };
+    match profile_sparing_id(&text) {
+        Some(spared) => fs::write(profile, spared),
+        None => Ok(()),
+    }
+}
+
+/// A profile's text that reads the effective uid as [`spare_id_in_profile`] says, in place of
+/// each `"$(id -u)"`; `None` when it asks for none (then it stays as it is). Built templates
+/// get it too, in the layer Cove puts over an image.
+pub fn profile_sparing_id(text: &str) -> Option<String> {
+    const ASKED: &str = "\"$(id -u)\"";
+    let first = text.find(ASKED)?;
     let line_start = text[..first].rfind('\n').map_or(0, |i| i + 1);
-    let spared = format!(
+    Some(format!(
         "{}{PROFILE_EUID}{}\nunset __cove_euid\n",
         &text[..line_start],
         text[line_start..].replace(ASKED, "\"${__cove_euid:-$(id -u)}\"")
-    );
-    fs::write(profile, spared)
+    ))
 }
 
-/// What [`spare_id_in_profile`] puts before the profile's first `id -u`.
+/// What [`profile_sparing_id`] puts before the profile's first `id -u`.
 const PROFILE_EUID: &str = "\
 # Cove: the effective uid without starting `id` (every command of the SDKs reads this file).
 __cove_euid=

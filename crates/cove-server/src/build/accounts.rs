@@ -1,8 +1,8 @@
 //! The layer Cove puts on top of every built template (and of each build step's sandbox):
 //! what its agent and E2B's clients expect of any image, without writing it into the user's
 //! layers. The account `user` (uid 1000, home `/home/user`; passwordless sudo where the image
-//! has sudo), the sandbox's host name, `/etc/hosts`, and name servers that work from inside
-//! a sandbox, as the `base` template has them.
+//! has sudo), the sandbox's host name, `/etc/hosts`, name servers that work from inside
+//! a sandbox, and a login profile that starts no `id`, as the `base` template has them.
 //!
 //! The account files are the image's own with Cove's lines added, so the layer is computed
 //! from the layers below it and named after its content: the same stack gives the same layer.
@@ -17,7 +17,7 @@ use super::{
 };
 
 /// Bumped whenever what this layer holds changes, so an old one is not reused.
-const RECIPE: &str = "cove-accounts-v1";
+const RECIPE: &str = "cove-accounts-v2";
 /// The user E2B's clients run as by default, and its ids.
 pub const USER: &str = "user";
 pub const USER_ID: u32 = 1000;
@@ -33,6 +33,8 @@ const SANDBOX_DIRS: [(&str, u32); 6] = [
 ];
 /// Where Debian-like images keep the certificates TLS clients trust.
 pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// The profile login shells read.
+const PROFILE: &str = "/etc/profile";
 /// The sudo group's id where the image has none.
 const SUDO_GID: u32 = 27;
 
@@ -176,6 +178,21 @@ impl Accounts {
             files.push(File {
                 path: CA_BUNDLE,
                 content: content.into_bytes(),
+                owner,
+                mode,
+            });
+        }
+        // The login profile every command of the SDKs reads, spared its `id -u` as `base`'s
+        // is (`cove_runtime::template::profile_sparing_id`, which keeps its `PATH`). Only a
+        // plain file there, reached by no link, is replaced.
+        if below.resolve(Path::new(PROFILE))?.path == Path::new(PROFILE)
+            && let Some(profile) = read(PROFILE)?
+            && let Some(spared) = cove_runtime::template::profile_sparing_id(&profile)
+        {
+            let (owner, mode) = attributes(PROFILE, (0, 0, 0o644))?;
+            files.push(File {
+                path: PROFILE,
+                content: spared.into_bytes(),
                 owner,
                 mode,
             });
@@ -369,6 +386,47 @@ mod tests {
             with_member("root:x:0:\n", "sudo", USER, "sudo:x:27:user"),
             "root:x:0:\nsudo:x:27:user\n"
         );
+    }
+
+    #[test]
+    fn an_images_login_profile_starts_no_id_and_other_profiles_stay() {
+        const DEBIAN: &str = "if [ \"$(id -u)\" -eq 0 ]; then\n  PATH=\"/usr/local/sbin:/usr/sbin:/usr/bin\"\nelse\n  PATH=\"/usr/local/bin:/usr/bin\"\nfi\nexport PATH\n";
+        let tmp = tempfile::tempdir().unwrap();
+        let layer_of = |name: &str, profile: Option<&str>, linked: bool| {
+            let image = tmp.path().join(name);
+            fs::create_dir_all(image.join("etc")).unwrap();
+            if let Some(profile) = profile {
+                if linked {
+                    fs::write(image.join("etc/profile.real"), profile).unwrap();
+                    std::os::unix::fs::symlink("profile.real", image.join("etc/profile")).unwrap();
+                } else {
+                    fs::write(image.join("etc/profile"), profile).unwrap();
+                    fs::set_permissions(
+                        image.join("etc/profile"),
+                        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                    )
+                    .unwrap();
+                }
+            }
+            let stack = Stack::new(vec![image]);
+            let accounts = Accounts::for_stack(&stack, "nameserver 10.0.2.3\n", "").unwrap();
+            let layer = tmp.path().join(format!("{name}-layer"));
+            fs::create_dir(&layer).unwrap();
+            accounts
+                .write(&LayerTree::new(layer.clone(), &stack))
+                .unwrap();
+            layer.join("etc/profile")
+        };
+        let spared = layer_of("debian", Some(DEBIAN), false);
+        assert_eq!(
+            fs::read_to_string(&spared).unwrap(),
+            cove_runtime::template::profile_sparing_id(DEBIAN).unwrap()
+        );
+        assert_eq!(fs::metadata(&spared).unwrap().mode() & 0o777, 0o600);
+        // A profile that starts no `id`, none at all, or one reached by a link: nothing.
+        assert!(!layer_of("alpine", Some("export PATH=/usr/bin:/bin\n"), false).exists());
+        assert!(!layer_of("bare", None, false).exists());
+        assert!(!layer_of("linked", Some(DEBIAN), true).exists());
     }
 
     #[test]
