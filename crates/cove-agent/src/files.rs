@@ -693,8 +693,7 @@ fn write_failed(path: &Path, what: &str, err: &io::Error) -> RestError {
 /// a read-only filesystem. Existing files there are not written in place: through `/proc/self`
 /// that would be the agent's own process.
 fn create_failed(path: &Path, err: &io::Error) -> RestError {
-    let parent_stands = path.parent().is_some_and(|parent| parent.is_dir());
-    if err.kind() == io::ErrorKind::NotFound && parent_stands {
+    if err.kind() == io::ErrorKind::NotFound && path.parent().is_some_and(Path::is_dir) {
         return RestError::new(
             StatusCode::FORBIDDEN,
             format!(
