@@ -414,3 +414,34 @@ async fn a_rename_on_a_disk_or_a_volume_does_not_wait_for_the_device() {
     sbx.kill().await.unwrap();
     assert_eq!(volume.read("replaced").await.unwrap(), "new");
 }
+
+/// The loop device of a filesystem with 4 KiB blocks (a sandbox's 4 GiB disk) has 4 KiB
+/// logical blocks from the start, so mounting it changes no block size (each change
+/// flushes the device and interrupts every CPU, twice per create before). A small volume's
+/// filesystem has 1 KiB blocks: its device keeps 512-byte blocks and still mounts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loop_device_has_its_filesystems_block_size() {
+    let server = TestServer::start(cove()).await;
+    let config = server.config();
+    let volume = Volume::create(&config, "blocks", Some(16)).await.unwrap();
+    let sbx = sandbox(&server, mounting("blocks", "/data")).await;
+    let state = server.state_dir();
+    for (dir, bytes) in [
+        (state.join("sandboxes").join(sbx.id()), "4096"),
+        (state.join("volumes"), "512"),
+    ] {
+        let devices = loop_devices_under(&dir);
+        assert_eq!(devices.len(), 1, "{}: {devices:?}", dir.display());
+        let name = devices[0].split_whitespace().next().unwrap();
+        let device = name.trim_start_matches("/dev/");
+        let size = std::fs::read_to_string(format!("/sys/block/{device}/queue/logical_block_size"))
+            .unwrap();
+        assert_eq!(size.trim(), bytes, "{}", dir.display());
+    }
+    for path in ["/home/user/blocks", "/data/blocks"] {
+        sbx.files().write(path, "written").await.unwrap();
+        assert_eq!(sbx.files().read(path).await.unwrap(), "written");
+    }
+    sbx.kill().await.unwrap();
+    assert_eq!(volume.read("blocks").await.unwrap(), "written");
+}

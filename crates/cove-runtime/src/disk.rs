@@ -11,7 +11,7 @@ use std::{
     fs, io,
     os::{
         fd::{AsRawFd, OwnedFd},
-        unix::fs::{DirBuilderExt, OpenOptionsExt},
+        unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt},
     },
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -170,6 +170,7 @@ pub fn attach_image(image: &Path) -> io::Result<Device> {
         config.fd = u32::try_from(backing.as_raw_fd())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         config.info.lo_flags = LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO;
+        config.block_size = loop_block_size(&backing);
         // SAFETY: `device` is an open loop device and `config` a valid `loop_config` that
         // outlives the call; the kernel only reads it.
         let rc = unsafe {
@@ -196,6 +197,35 @@ pub fn attach_image(image: &Path) -> io::Result<Device> {
         });
     }
     Err(io::Error::other("no free loop device"))
+}
+
+/// The block size of the ext4 filesystem in `image`: `s_log_block_size` of its superblock
+/// (1 KiB in, little-endian), when the magic there says ext4.
+fn ext4_block_size(image: &fs::File) -> Option<u32> {
+    let mut superblock = [0u8; 64];
+    image.read_exact_at(&mut superblock, 1024).ok()?;
+    let magic = u16::from_le_bytes([superblock[56], superblock[57]]);
+    let log = u32::from_le_bytes([
+        superblock[24],
+        superblock[25],
+        superblock[26],
+        superblock[27],
+    ]);
+    (magic == 0xEF53 && log <= 6).then(|| 1024 << log)
+}
+
+/// The logical block size a loop device over `image` gets: 4096 when its ext4 filesystem has
+/// 4 KiB blocks (every image Cove formats of 512 MiB and more), else the kernel's default
+/// (0: 512 bytes). Mounting sets the device's block size to the filesystem's, and each change
+/// flushes the device and interrupts every CPU (`set_blocksize`); on a device left at 512
+/// bytes, ext4 makes two such changes (to 1 KiB to read its superblock, then to 4 KiB), on
+/// the create path of every sandbox. What the image holds decides only this size: a wrong
+/// one fails the mount, it cannot make the device read anything else.
+fn loop_block_size(image: &fs::File) -> u32 {
+    match ext4_block_size(image) {
+        Some(4096) => 4096,
+        _ => 0,
+    }
 }
 
 /// Mounts the ext4 filesystem on `device` at `target` (no setuid programs, no device files).
@@ -479,8 +509,8 @@ mod tests {
         let (from, to) = (dir.path().join("from"), dir.path().join("to"));
         let file = fs::File::create(&from).unwrap();
         file.set_len(64 << 20).unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&file, b"head", 0).unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&file, b"tail", (64 << 20) - 4).unwrap();
+        FileExt::write_all_at(&file, b"head", 0).unwrap();
+        FileExt::write_all_at(&file, b"tail", (64 << 20) - 4).unwrap();
         copy_sparse(&from, &to).unwrap();
         assert_eq!(fs::read(&from).unwrap(), fs::read(&to).unwrap());
         let blocks = std::os::unix::fs::MetadataExt::blocks(&fs::metadata(&to).unwrap());
@@ -488,6 +518,27 @@ mod tests {
             blocks * 512 < 1 << 20,
             "the copy is not sparse: {blocks} blocks"
         );
+    }
+
+    #[test]
+    fn a_loop_device_takes_the_block_size_of_a_filesystem_with_4_kib_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (large, small, blank) = (
+            dir.path().join("large.img"),
+            dir.path().join("small.img"),
+            dir.path().join("blank.img"),
+        );
+        // mke2fs gives 4 KiB blocks from 512 MiB up, 1 KiB below.
+        format_image(&large, 4 << 30).unwrap();
+        format_image(&small, 16 << 20).unwrap();
+        fs::File::create(&blank).unwrap().set_len(16 << 20).unwrap();
+        let open = |path: &Path| fs::File::open(path).unwrap();
+        assert_eq!(ext4_block_size(&open(&large)), Some(4096));
+        assert_eq!(loop_block_size(&open(&large)), 4096);
+        assert_eq!(ext4_block_size(&open(&small)), Some(1024));
+        assert_eq!(loop_block_size(&open(&small)), 0);
+        assert_eq!(ext4_block_size(&open(&blank)), None);
+        assert_eq!(loop_block_size(&open(&blank)), 0);
     }
 
     #[test]
