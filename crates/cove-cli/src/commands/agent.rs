@@ -54,7 +54,9 @@ pub fn serve(
     listening: Vec<std::os::unix::net::UnixListener>,
     ready: impl FnOnce(),
 ) -> anyhow::Result<std::process::ExitCode> {
+    // Named, so that `top -H` and profiles tell the agent's threads from the server's.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("cove-agent")
         .worker_threads(2)
         .enable_all()
         .build()

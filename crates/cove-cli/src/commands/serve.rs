@@ -520,7 +520,9 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     if let Plan::Gateway { api, edge } = plan {
         return run_gateway(args, api, edge);
     }
+    // Named, so that `top -H` and profiles tell the server's threads from its agents'.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("cove-serve")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -658,6 +660,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
 fn run_gateway(args: Args, api: bool, edge: bool) -> anyhow::Result<std::process::ExitCode> {
     let config = gateway_config(&args, api, edge)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("cove-gateway")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
