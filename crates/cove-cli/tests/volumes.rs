@@ -438,6 +438,24 @@ async fn a_loop_device_has_its_filesystems_block_size() {
             .unwrap();
         assert_eq!(size.trim(), bytes, "{}", dir.display());
     }
+    // The sandbox's disk notes its device on the image itself, in no file beside it (a new
+    // inode on the host's filesystem per create).
+    let image = state.join("sandboxes").join(sbx.id()).join("disk.img");
+    let mut hint = [0u8; 16];
+    let len = rustix::fs::lgetxattr(&image, c"user.cove.loop", &mut hint).unwrap();
+    let device = loop_devices_under(&state.join("sandboxes").join(sbx.id()));
+    let named = device[0].split_whitespace().next().unwrap();
+    assert_eq!(
+        format!("/dev/loop{}", std::str::from_utf8(&hint[..len]).unwrap()),
+        named
+    );
+    assert!(
+        !state
+            .join("sandboxes")
+            .join(sbx.id())
+            .join("disk.img.loop")
+            .exists()
+    );
     for path in ["/home/user/blocks", "/data/blocks"] {
         sbx.files().write(path, "written").await.unwrap();
         assert_eq!(sbx.files().read(path).await.unwrap(), "written");
