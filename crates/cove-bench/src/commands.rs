@@ -21,7 +21,9 @@ pub async fn proxy_round_trip(settings: &Settings) -> anyhow::Result<Result> {
     let server = TestServer::start(&settings.cove).await;
     let sandbox = Sandbox::create(&server.config(), CreateOptions::default()).await?;
     round_trips(&sandbox, WARM_UP).await?;
+    let window = settings.profile("round-trip")?;
     let figure = round_trips(&sandbox, settings.iterations).await?;
+    drop(window);
     sandbox.kill().await?;
     Ok(Result {
         name: "command round trip (`true`, SDK → cove serve proxy → agent)".into(),

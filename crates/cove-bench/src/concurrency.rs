@@ -25,7 +25,9 @@ const BURST_PER_CLIENT: usize = 4;
 /// create must succeed. Beside as many host tasks each running `unshare … true` as often.
 pub async fn creates(settings: &Settings, network: bool) -> anyhow::Result<Result> {
     let server = TestServer::start(&settings.cove).await;
+    let window = settings.profile(if network { "burst-internet" } else { "burst" })?;
     let figure = burst(&server.config(), BURST_CLIENTS, BURST_PER_CLIENT, network).await?;
+    drop(window);
 
     let started = Instant::now();
     let tasks = (0..BURST_CLIENTS).map(|_| {

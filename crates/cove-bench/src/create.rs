@@ -27,6 +27,8 @@ struct CreateCase {
     server_args: &'static [&'static str],
     /// Time between one sandbox's kill and the next create.
     pause: Duration,
+    /// The flame graph of its creates (`--profile`).
+    profile: &'static str,
     target: Option<Target>,
 }
 
@@ -43,6 +45,7 @@ const CREATE_CASES: [CreateCase; 3] = [
         network: false,
         server_args: &[],
         pause: Duration::from_millis(50),
+        profile: "create-warm",
         target: Some(Target::LatencyBelow(Duration::from_millis(15))),
     },
     CreateCase {
@@ -50,6 +53,7 @@ const CREATE_CASES: [CreateCase; 3] = [
         network: true,
         server_args: &[],
         pause: Duration::from_millis(50),
+        profile: "create-warm-internet",
         target: Some(Target::LatencyBelow(Duration::from_millis(40))),
     },
     CreateCase {
@@ -57,6 +61,7 @@ const CREATE_CASES: [CreateCase; 3] = [
         network: false,
         server_args: &["--warm-pool", "0"],
         pause: Duration::ZERO,
+        profile: "create-past-the-pool",
         // Issue 18: a create past the warm pool within 10 ms.
         target: Some(Target::LatencyBelow(Duration::from_millis(10))),
     },
@@ -220,10 +225,12 @@ async fn create_latency(
     let mut kills = Vec::with_capacity(settings.sandboxes);
     for _ in 0..settings.sandboxes {
         tokio::time::sleep(case.pause).await;
+        let window = settings.profile(case.profile)?;
         let started = Instant::now();
         let sandbox = Sandbox::create(&config, options.clone()).await?;
         let out = sandbox.commands().run("echo ready").await?;
         samples.push(started.elapsed());
+        drop(window);
         anyhow::ensure!(
             out.stdout == "ready\n",
             "unexpected output {:?}",

@@ -18,6 +18,7 @@ mod gvisor;
 mod measure;
 mod pause;
 mod plain;
+mod profile;
 mod python;
 mod report;
 mod templates;
@@ -67,6 +68,11 @@ struct Args {
     /// Run one group only (the report then holds only its figures).
     #[arg(long, value_parser = measure::GROUPS)]
     only: Option<String>,
+    /// Record the whole machine with `perf` while Cove's side of the create, burst, round
+    /// trip and large transfer rows runs, and draw each as a flame graph `DIR/<row>.svg`
+    /// (the figures of such a run are slowed by the sampling).
+    #[arg(long, value_name = "DIR")]
+    profile: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         cove.display()
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("cove-bench")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -98,10 +105,20 @@ fn main() -> anyhow::Result<()> {
         python: args.python,
         js_dir: args.js_dir,
         only: args.only,
+        profiler: args
+            .profile
+            .as_deref()
+            .map(profile::Profiler::new)
+            .transpose()?,
     };
     let started = std::time::Instant::now();
     let results = runtime.block_on(measure::all(&settings))?;
     let markdown = report::markdown(&settings, &results, started.elapsed());
+    if let Some(profiler) = settings.profiler {
+        for drawn in profiler.finish()? {
+            eprintln!("drew {}", drawn.display());
+        }
+    }
     println!("{}", report::table(&results));
     if let Some(out) = args.out {
         std::fs::write(&out, markdown)

@@ -22,6 +22,21 @@ pub struct Settings {
     pub js_dir: PathBuf,
     /// Run only this group of measurements.
     pub only: Option<String>,
+    /// Flame graphs of Cove's side of some rows (`--profile`).
+    pub profiler: Option<crate::profile::Profiler>,
+}
+
+impl Settings {
+    /// Profiles the machine as `name` while the answer lives, when `--profile` was given.
+    pub fn profile(
+        &self,
+        name: &'static str,
+    ) -> anyhow::Result<Option<crate::profile::Window<'_>>> {
+        self.profiler
+            .as_ref()
+            .map(|profiler| profiler.window(name))
+            .transpose()
+    }
 }
 
 /// The groups, in the order they run; `--only` takes one of these.

@@ -136,6 +136,12 @@ pub fn markdown(settings: &Settings, report: &Report, took: Duration) -> String 
     );
     let _ = writeln!(out, "- Date: {}", date());
     let _ = writeln!(out, "- Whole run: {:.0} s", took.as_secs_f64());
+    if settings.profiler.is_some() {
+        let _ = writeln!(
+            out,
+            "- Profiled with `perf` (`--profile`): the figures are slowed by the sampling, not for comparison"
+        );
+    }
     let _ = writeln!(
         out,
         "- Runs: {} sandboxes for create latency, {} repetitions of small operations, {} files of 1 KiB each way, the median of {} transfers of {} MiB each way ({} through the official clients, by turns with their baselines, the ratio being the median of the turns' ratios), {} idle sandboxes, up to {} live sandboxes, {} concurrent clients, {} SDK cycles{}\n",

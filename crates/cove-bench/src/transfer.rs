@@ -102,10 +102,13 @@ pub async fn large_file(settings: &Settings) -> anyhow::Result<Vec<Result>> {
     let (mut upload, mut download, mut local_write, mut local_read) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..TRANSFER_RUNS {
+        let window = settings.profile("upload")?;
         let started = Instant::now();
         files.write(&remote, data.clone()).await?;
         upload.push(size / started.elapsed().as_secs_f64());
+        drop(window);
 
+        let window = settings.profile("download")?;
         let started = Instant::now();
         let mut stream = Box::pin(files.read_stream(&remote).await?);
         let mut received = 0usize;
@@ -113,6 +116,7 @@ pub async fn large_file(settings: &Settings) -> anyhow::Result<Vec<Result>> {
             received += chunk?.len();
         }
         download.push(size / started.elapsed().as_secs_f64());
+        drop(window);
         anyhow::ensure!(
             received == data.len(),
             "downloaded {received} of {} bytes",
