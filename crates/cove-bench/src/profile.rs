@@ -176,9 +176,10 @@ impl Session {
         self.ack
             .read_line(&mut answer)
             .context("cannot read perf's acknowledgement")?;
-        // perf ends each answer with a NUL after its newline.
-        let answer = answer.trim_matches(|c: char| c == '\0' || c.is_whitespace());
-        anyhow::ensure!(answer == "ack", "perf answered {answer:?} to {command}");
+        anyhow::ensure!(
+            acknowledged(&answer),
+            "perf answered {answer:?} to {command}"
+        );
         Ok(())
     }
 
@@ -199,6 +200,12 @@ impl Drop for Session {
             let _ = self.perf.wait();
         }
     }
+}
+
+/// Whether `line` read from perf's acknowledgement FIFO is its "ack": perf ends each
+/// answer with a NUL after the newline, so a line read after the first starts with one.
+fn acknowledged(line: &str) -> bool {
+    line.trim_matches(|c: char| c == '\0' || c.is_whitespace()) == "ack"
 }
 
 /// `perf script` of `data`, folded by process and stack, drawn into `svg`.
@@ -234,4 +241,17 @@ fn draw(data: &Path, name: &str, svg: &Path) -> anyhow::Result<()> {
     inferno::flamegraph::from_reader(&mut options, &folded[..], BufWriter::new(out))
         .with_context(|| format!("cannot draw {}", svg.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::acknowledged;
+
+    #[test]
+    fn perfs_answers_are_read_with_the_nul_it_leaves_between_them() {
+        assert!(acknowledged("ack\n"));
+        assert!(acknowledged("\0ack\n"));
+        assert!(!acknowledged("\0nack\n"));
+        assert!(!acknowledged(""));
+    }
 }
