@@ -378,6 +378,20 @@ fn ext4_options(name: &str) -> Vec<String> {
         .collect()
 }
 
+/// The loop devices of `sbx`'s disk and of the one volume on `server`.
+fn disk_and_volume_devices(server: &TestServer, sbx: &Sandbox) -> [String; 2] {
+    let state = server.state_dir();
+    [
+        state.join("sandboxes").join(sbx.id()),
+        state.join("volumes"),
+    ]
+    .map(|dir| {
+        let devices = loop_devices_under(&dir);
+        assert_eq!(devices.len(), 1, "{}: {devices:?}", dir.display());
+        devices[0].split_whitespace().next().unwrap().to_owned()
+    })
+}
+
 /// A sandbox's disk and a volume are mounted `noauto_da_alloc`: a rename over a file (how
 /// an upload replaces one) does not wait until the device has taken the new content in,
 /// which took a third of a 256 MiB upload (docs/BENCHMARKS.md). They have no journal, so
@@ -388,19 +402,12 @@ async fn a_rename_on_a_disk_or_a_volume_does_not_wait_for_the_device() {
     let config = server.config();
     let volume = Volume::create(&config, "renames", Some(16)).await.unwrap();
     let sbx = sandbox(&server, mounting("renames", "/data")).await;
-    let state = server.state_dir();
-    for dir in [
-        state.join("sandboxes").join(sbx.id()),
-        state.join("volumes"),
-    ] {
-        let devices = loop_devices_under(&dir);
-        assert_eq!(devices.len(), 1, "{}: {devices:?}", dir.display());
-        let name = devices[0].split_whitespace().next().unwrap();
-        let options = ext4_options(name);
+    let [disk, volume_device] = disk_and_volume_devices(&server, &sbx);
+    for name in [disk, volume_device] {
+        let options = ext4_options(&name);
         assert!(
             options.iter().any(|o| o == "noauto_da_alloc"),
-            "{}: {options:?}",
-            dir.display()
+            "{name}: {options:?}"
         );
     }
     // An upload replaces a file by a rename; the new content is what is read back, on the
@@ -425,37 +432,21 @@ async fn a_loop_device_has_its_filesystems_block_size() {
     let config = server.config();
     let volume = Volume::create(&config, "blocks", Some(16)).await.unwrap();
     let sbx = sandbox(&server, mounting("blocks", "/data")).await;
-    let state = server.state_dir();
-    for (dir, bytes) in [
-        (state.join("sandboxes").join(sbx.id()), "4096"),
-        (state.join("volumes"), "512"),
-    ] {
-        let devices = loop_devices_under(&dir);
-        assert_eq!(devices.len(), 1, "{}: {devices:?}", dir.display());
-        let name = devices[0].split_whitespace().next().unwrap();
+    let [disk, volume_device] = disk_and_volume_devices(&server, &sbx);
+    for (name, bytes) in [(&disk, "4096"), (&volume_device, "512")] {
         let device = name.trim_start_matches("/dev/");
         let size = std::fs::read_to_string(format!("/sys/block/{device}/queue/logical_block_size"))
             .unwrap();
-        assert_eq!(size.trim(), bytes, "{}", dir.display());
+        assert_eq!(size.trim(), bytes, "{name}");
     }
     // The sandbox's disk notes its device on the image itself, in no file beside it (a new
     // inode on the host's filesystem per create).
-    let image = state.join("sandboxes").join(sbx.id()).join("disk.img");
+    let dir = server.state_dir().join("sandboxes").join(sbx.id());
     let mut hint = [0u8; 16];
-    let len = rustix::fs::lgetxattr(&image, c"user.cove.loop", &mut hint).unwrap();
-    let device = loop_devices_under(&state.join("sandboxes").join(sbx.id()));
-    let named = device[0].split_whitespace().next().unwrap();
-    assert_eq!(
-        format!("/dev/loop{}", std::str::from_utf8(&hint[..len]).unwrap()),
-        named
-    );
-    assert!(
-        !state
-            .join("sandboxes")
-            .join(sbx.id())
-            .join("disk.img.loop")
-            .exists()
-    );
+    let len = rustix::fs::lgetxattr(dir.join("disk.img"), c"user.cove.loop", &mut hint).unwrap();
+    let noted = std::str::from_utf8(&hint[..len]).unwrap();
+    assert_eq!(format!("/dev/loop{noted}"), disk);
+    assert!(!dir.join("disk.img.loop").exists());
     for path in ["/home/user/blocks", "/data/blocks"] {
         sbx.files().write(path, "written").await.unwrap();
         assert_eq!(sbx.files().read(path).await.unwrap(), "written");
