@@ -146,6 +146,8 @@ pub fn attach_image(image: &Path) -> io::Result<Device> {
         .read(true)
         .write(true)
         .open("/dev/loop-control")?;
+    // Read once, before the host-wide lock: the same for every device tried.
+    let block_size = loop_block_size(&backing);
     let allocating = lock_loop_allocation()?;
     // Programs other than Cove may still take the device between "get free" and
     // "configure": then try again.
@@ -170,7 +172,7 @@ pub fn attach_image(image: &Path) -> io::Result<Device> {
         config.fd = u32::try_from(backing.as_raw_fd())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         config.info.lo_flags = LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO;
-        config.block_size = loop_block_size(&backing);
+        config.block_size = block_size;
         // SAFETY: `device` is an open loop device and `config` a valid `loop_config` that
         // outlives the call; the kernel only reads it.
         let rc = unsafe {
