@@ -16,6 +16,7 @@ use axum::{
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
+use hyper::upgrade::OnUpgrade;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::{ReaderStream, StreamReader};
@@ -27,6 +28,7 @@ use crate::{
     filesystem::{self, entry::METADATA_XATTR_PREFIX},
     paths,
     rest::RestError,
+    send_file,
     users::User,
 };
 
@@ -90,9 +92,10 @@ impl FilesQuery {
 pub async fn download(
     State(state): State<AgentState>,
     Query(query): Query<FilesQuery>,
-    headers: HeaderMap,
+    mut request: axum::extract::Request,
 ) -> Result<Response, RestError> {
-    auth::check_signature(&state, &headers, &query.signed(), Operation::Read)?;
+    let headers = request.headers();
+    auth::check_signature(&state, headers, &query.signed(), Operation::Read)?;
     let user = query.user(&state)?;
     let path = query.resolve(&state, &user, query.path.as_deref())?;
     let meta = tokio::fs::metadata(&path)
@@ -136,7 +139,25 @@ pub async fn download(
     if let Ok(value) = HeaderValue::from_str(&content_disposition(&name)) {
         response_headers.insert(header::CONTENT_DISPOSITION, value);
     }
-    let (gzip, head) = choose_coding(encoding::wish(&headers), &mut file, &path).await?;
+    let (gzip, head) = choose_coding(encoding::wish(headers), &mut file, &path).await?;
+    if !gzip
+        && send_file::wanted(headers, meta.len())
+        && let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>()
+    {
+        let file = file.into_std().await;
+        let socket = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<send_file::Socket>>()
+            .map(|info| info.0.clone());
+        return Ok(send_file::respond(
+            on_upgrade,
+            socket,
+            response_headers,
+            head,
+            file,
+            meta.len(),
+        ));
+    }
     // The bytes read to judge the file go out first, then the rest of it.
     let body = if gzip {
         response_headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -161,7 +182,7 @@ pub async fn download(
 /// is read on a blocking thread straight into the buffer that goes out (a `tokio::fs::File`
 /// would read into a buffer of its own and copy from it), and the next piece is read while
 /// this one is sent.
-fn read_ahead(
+pub(crate) fn read_ahead(
     head: Bytes,
     file: std::fs::File,
     limit: u64,

@@ -18,6 +18,7 @@ pub mod quiesce;
 pub mod reaper;
 pub mod rest;
 pub mod rpc;
+pub mod send_file;
 pub mod tunnel;
 pub mod users;
 

@@ -3,10 +3,14 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
 
-use axum::{Router, serve::ListenerExt};
-use tokio::net::{TcpListener, UnixListener};
+use axum::{
+    Router,
+    extract::connect_info::{Connected, IntoMakeServiceWithConnectInfo},
+    serve::{IncomingStream, ListenerExt},
+};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 
-use crate::AgentError;
+use crate::{AgentError, send_file::Socket};
 
 /// One address to listen on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,8 +73,8 @@ pub async fn serve_all(
                         addr: "the socket handed over".to_owned(),
                         source,
                     })?;
-                let listener = listener.tap_io(|s| widen_send_buffer(s));
-                servers.spawn(async move { axum::serve(listener, app).await });
+                servers
+                    .spawn(async move { axum::serve(Widened(listener), with_socket(app)).await });
                 tracing::info!("agent listening on the socket handed over");
                 continue;
             }
@@ -89,10 +93,8 @@ pub async fn serve_all(
                 if path.exists() {
                     std::fs::remove_file(path).map_err(listen_err)?;
                 }
-                let listener = UnixListener::bind(path)
-                    .map_err(listen_err)?
-                    .tap_io(|s| widen_send_buffer(s));
-                servers.spawn(async move { axum::serve(listener, app).await });
+                let listener = Widened(UnixListener::bind(path).map_err(listen_err)?);
+                servers.spawn(async move { axum::serve(listener, with_socket(app)).await });
             }
             ListenAddr::Tcp(socket) => {
                 // Small frames must leave at once (see Nagle's algorithm).
@@ -118,6 +120,36 @@ pub async fn serve_all(
         }
     }
     Ok(())
+}
+
+/// A Unix listener whose connections get a send buffer of [`SEND_BUFFER`] bytes.
+struct Widened(UnixListener);
+
+impl axum::serve::Listener for Widened {
+    type Io = UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+
+    async fn accept(&mut self) -> (UnixStream, Self::Addr) {
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        widen_send_buffer(&stream);
+        (stream, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+impl Connected<IncomingStream<'_, Widened>> for Socket {
+    fn connect_info(stream: IncomingStream<'_, Widened>) -> Self {
+        Socket::of(stream.io())
+    }
+}
+
+/// `app`, its requests carrying their connection's descriptor (for downloads sent with
+/// `sendfile`, [`crate::send_file`]).
+fn with_socket(app: Router) -> IntoMakeServiceWithConnectInfo<Router, Socket> {
+    app.into_make_service_with_connect_info::<Socket>()
 }
 
 /// What the agent may have sent to `cove serve` that it has not read yet. A Unix stream

@@ -1020,3 +1020,102 @@ async fn rest_endpoints() {
     assert!(metrics["disk_total"].as_u64().unwrap() > 0);
     assert!(metrics["cpu_count"].as_u64().unwrap() >= 1);
 }
+
+/// Sends `GET /files?path={path}` asking for the file upgrade, plus `extra` headers, and
+/// reads the answer: its head (status line and headers, lower-cased names) and every byte
+/// after it until the agent closes the connection.
+async fn ask_file_upgrade<S>(mut stream: S, path: &str, extra: &str) -> (String, Vec<u8>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let request = format!(
+        "GET /files?path={path} HTTP/1.1\r\nHost: agent\r\nConnection: upgrade\r\nUpgrade: {}\r\n{extra}\r\n",
+        cove_proto::envd::FILE_UPGRADE
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    // A 200 keeps the connection open: read until its body is complete (by its length, or
+    // its last chunk).
+    loop {
+        let mut piece = [0u8; 65536];
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut piece))
+            .await
+            .expect("the agent answers")
+            .unwrap();
+        answer.extend_from_slice(&piece[..read]);
+        let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+            assert!(read > 0, "closed before the head ended");
+            continue;
+        };
+        let head = String::from_utf8_lossy(&answer[..end]).to_lowercase();
+        let body = &answer[end + 4..];
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map(|v| v.parse::<usize>().unwrap());
+        let chunked_end =
+            head.contains("transfer-encoding: chunked") && body.ends_with(b"0\r\n\r\n");
+        if read == 0 || chunked_end || length.is_some_and(|n| body.len() >= n) {
+            return (head, body.to_vec());
+        }
+    }
+}
+
+/// A large download asked for with the file upgrade (as `cove serve` asks) comes as `101`
+/// with its length and then the raw bytes, sent with `sendfile` on the Unix socket and
+/// through the upgraded stream on TCP; a small file, or one going out gzip-compressed,
+/// gets the ordinary `200`.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_downloads_come_through_the_file_upgrade() {
+    let agent = TestAgent::start_with(
+        cove(),
+        AgentOptions {
+            tcp: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let client = agent.client();
+    let files = client.files();
+    let big: Vec<u8> = (0..(3 << 20) + 17).map(|i| (i % 251) as u8).collect();
+    files.write("big.bin", big.clone()).await.unwrap();
+    files.write("small.txt", vec![b'a'; 1000]).await.unwrap();
+    files.write("text.txt", vec![b'b'; 1 << 20]).await.unwrap();
+    let unix = || async {
+        tokio::net::UnixStream::connect(&agent.socket)
+            .await
+            .unwrap()
+    };
+    let tcp = || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", agent.port.unwrap()))
+            .await
+            .unwrap()
+    };
+
+    let (head, body) = ask_file_upgrade(unix().await, "big.bin", "").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains(&format!("x-cove-file-length: {}", big.len())),
+        "{head}"
+    );
+    assert!(head.contains("content-disposition: "), "{head}");
+    assert!(head.contains("upgrade: cove-file"), "{head}");
+    assert!(
+        body == big,
+        "{} bytes after the 101, not the file",
+        body.len()
+    );
+    let (head, body) = ask_file_upgrade(tcp().await, "big.bin", "").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(body == big, "{} bytes after the 101 over TCP", body.len());
+
+    let (head, body) = ask_file_upgrade(unix().await, "small.txt", "").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, vec![b'a'; 1000]);
+    let (head, _) = ask_file_upgrade(unix().await, "text.txt", "Accept-Encoding: gzip\r\n").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    let (head, _) = ask_file_upgrade(unix().await, "missing.bin", "").await;
+    assert!(head.starts_with("http/1.1 404"), "{head}");
+}

@@ -606,6 +606,59 @@ async fn terminals_type_resize_and_reattach() {
     sbx.kill().await.unwrap();
 }
 
+/// Large downloads leave the agent with `sendfile` and reach the client through the proxy
+/// (which turns the agent's file upgrade back into a `200`): every byte arrives in order,
+/// and a file cut short while it downloads ends the download with an error, never with
+/// fewer bytes passed off as the whole file.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_downloads_arrive_whole_or_fail() {
+    let server = server().await;
+    let sbx = sandbox(&server).await;
+    let content: Vec<u8> = (0..(5 << 20) + 123).map(|i| (i % 251) as u8).collect();
+    sbx.files()
+        .write("/home/user/big.bin", content.clone())
+        .await
+        .unwrap();
+    let read = sbx.files().read("/home/user/big.bin").await.unwrap();
+    assert!(read == content, "{} bytes, not the file", read.len());
+
+    let made = sbx
+        .commands()
+        .run("head -c 64M /dev/zero > /home/user/long.bin")
+        .await
+        .unwrap();
+    assert_eq!(made.exit_code, 0, "{made:?}");
+    let mut stream = Box::pin(
+        sbx.files()
+            .read_stream("/home/user/long.bin")
+            .await
+            .unwrap(),
+    );
+    let mut got = stream.next().await.unwrap().unwrap().len();
+    let cut = sbx
+        .commands()
+        .run("truncate -s 1M /home/user/long.bin")
+        .await
+        .unwrap();
+    assert_eq!(cut.exit_code, 0, "{cut:?}");
+    let mut failed = false;
+    while let Some(piece) = stream.next().await {
+        match piece {
+            Ok(piece) => got += piece.len(),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        failed,
+        "the download of a file cut short ended cleanly after {got} bytes"
+    );
+    assert!(got < 64 << 20, "{got}");
+    sbx.kill().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_is_not_enough_space() {
     let server =

@@ -4,6 +4,7 @@
 //! server listening inside the sandbox. A request allowed to reach a paused sandbox that
 //! asked for `autoResume` resumes it first; other paused sandboxes answer 502 "paused".
 
+mod file_upgrade;
 mod route;
 
 use std::sync::Arc;
@@ -289,6 +290,8 @@ enum ProxyError {
     Tunnel(StatusCode),
     #[error("nothing listens on the port")]
     PortClosed,
+    #[error(transparent)]
+    FileUpgrade(#[from] file_upgrade::FileUpgradeError),
 }
 
 /// An HTTP/1.1 connection to the sandbox's agent.
@@ -301,13 +304,18 @@ async fn agent_connection(
 /// Streams the request to the agent and its answer back, on a connection kept open
 /// between requests unless the client asks for an upgrade (which takes the connection).
 async fn to_agent(live: &Live, request: Request) -> Result<Response, ProxyError> {
-    let request = outbound(request);
+    let mut request = outbound(request);
     if request.headers().contains_key(header::UPGRADE) {
         let mut sender = agent_connection(live).await?;
         let response = sender.send_request(request).await?;
         return Ok(response_back(response.map(Body::new)));
     }
-    Ok(response_back(live.links().send(request).await?))
+    file_upgrade::ask(&mut request);
+    let response = live.links().send(request).await?;
+    if file_upgrade::taken(&response) {
+        return Ok(response_back(file_upgrade::answer(response).await?));
+    }
+    Ok(response_back(response))
 }
 
 /// Streams a request for the code interpreter's port to the agent, which serves the same
