@@ -85,12 +85,18 @@ const AHEAD: usize = 4;
 
 /// A body of `pieces`, read by a task of their own: reading the agent's stream and writing
 /// the client's socket are both copies, and one task doing both keeps one CPU busy while the
-/// other waits. The task ends when the body is dropped (the client went away).
+/// other waits. The task ends when the body is dropped (the client went away), also while
+/// it waits for the agent (a frozen sandbox, say).
 fn read_ahead(pieces: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> Body {
     let (sender, receiver) = tokio::sync::mpsc::channel(AHEAD);
     tokio::spawn(async move {
         let mut pieces = std::pin::pin!(pieces);
-        while let Some(piece) = pieces.next().await {
+        loop {
+            let piece = tokio::select! {
+                piece = pieces.next() => piece,
+                () = sender.closed() => break,
+            };
+            let Some(piece) = piece else { break };
             let failed = piece.is_err();
             if sender.send(piece).await.is_err() || failed {
                 break;
@@ -242,6 +248,21 @@ mod tests {
         let (got, err) = collect(Bounded::new(server, 2500)).await;
         assert_eq!(got.len(), 1000);
         assert_eq!(err.unwrap().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// A client that goes away while the agent sends nothing (a frozen sandbox) does not
+    /// leave the reading task waiting on the agent's stream.
+    #[tokio::test]
+    async fn the_reader_lets_go_when_the_client_goes_away() {
+        use tokio::io::AsyncReadExt;
+        let (mut agent, server) = tokio::io::duplex(1 << 16);
+        let body = read_ahead(Bounded::new(server, 1 << 20));
+        drop(body);
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), agent.read(&mut byte))
+            .await
+            .expect("the reading task let go of the agent's stream");
+        assert_eq!(read.unwrap(), 0);
     }
 
     #[test]
