@@ -41,6 +41,12 @@ struct TestHost {
 
 impl TestHost {
     fn start(python: &Path) -> anyhow::Result<Self> {
+        // Without it the server below never answers, and the wait says only that.
+        anyhow::ensure!(
+            python.exists(),
+            "{} does not exist: scripts/setup makes the venv (or pass --python)",
+            python.display()
+        );
         let pid = std::process::id();
         let dir = tempfile::Builder::new()
             .prefix("cove-bench-egress-")

@@ -103,16 +103,21 @@ async fn files_scenario(client: &AgentClient) {
     ));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn files_over_unix_socket_and_tcp() {
-    let agent = TestAgent::start_with(
+/// An agent that also listens on TCP.
+async fn agent_with_tcp() -> TestAgent {
+    TestAgent::start_with(
         cove(),
         AgentOptions {
             tcp: true,
             ..Default::default()
         },
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_over_unix_socket_and_tcp() {
+    let agent = agent_with_tcp().await;
     files_scenario(&agent.client()).await;
     agent.client().files().remove("archive").await.unwrap();
     files_scenario(&agent.tcp_client()).await;
@@ -332,14 +337,7 @@ async fn uploads_replace_files_whole() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn commands_run_as_the_right_user_with_env_and_cwd() {
-    let agent = TestAgent::start_with(
-        cove(),
-        AgentOptions {
-            tcp: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let agent = agent_with_tcp().await;
     for client in [agent.client(), agent.tcp_client()] {
         let commands = client.commands();
         let out = commands
@@ -1068,14 +1066,7 @@ where
 /// gets the ordinary `200`.
 #[tokio::test(flavor = "multi_thread")]
 async fn large_downloads_come_through_the_file_upgrade() {
-    let agent = TestAgent::start_with(
-        cove(),
-        AgentOptions {
-            tcp: true,
-            ..Default::default()
-        },
-    )
-    .await;
+    let agent = agent_with_tcp().await;
     let client = agent.client();
     let files = client.files();
     let big: Vec<u8> = (0..(3 << 20) + 17).map(|i| (i % 251) as u8).collect();
@@ -1112,15 +1103,12 @@ async fn large_downloads_come_through_the_file_upgrade() {
 
     // Asked for gzip, a file that does not compress goes out as it is: the sample read to
     // judge it first, then the rest with `sendfile`.
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let noise: Vec<u8> = (0..(1 << 20) + 5)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    let mut noise = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), (1 << 20) + 5),
+        &mut noise,
+    )
+    .unwrap();
     files.write("noise.bin", noise.clone()).await.unwrap();
     let (head, body) =
         ask_file_upgrade(unix().await, "noise.bin", "Accept-Encoding: gzip\r\n").await;
