@@ -21,9 +21,10 @@ pub const INTERPRETER_WARM: &str = "/_cove/warm";
 
 /// The upgrade `cove serve` asks for on `GET /files`. An agent that takes it answers a file
 /// of at least [`FILE_UPGRADE_MIN_BYTES`] (sent as is, not gzip-compressed) with `101`, the
-/// response's other headers and [`FILE_LENGTH_HEADER`], then writes exactly that many bytes
-/// of the file on the raw connection, which then closes. It sends them with `sendfile`: the
-/// kernel moves page-cache pages into the socket without copying them through the agent.
+/// response's other headers and [`FILE_LENGTH_HEADER`], then writes that many bytes of the
+/// file on the raw connection (fewer only when the file shrank meanwhile) and closes it. On
+/// its Unix sockets it sends them with `sendfile`: the kernel moves page-cache pages into
+/// the socket without copying them through the agent.
 /// Any other answer is the ordinary one, on a connection that stays open.
 pub const FILE_UPGRADE: &str = "cove-file";
 

@@ -23,8 +23,11 @@ use futures::{Stream, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// Bytes read from the agent's stream per piece of the body.
-const PIECE: usize = 1 << 20;
+/// Bytes read from the agent's stream per piece of the body. With [`AHEAD`], a download
+/// holds at most about 1 MiB of the server's memory (two pieces waiting, one being read, one
+/// being written), as much as hyper's buffers held for it before: the front door's bound on
+/// memory per connection (`front::config`) stays what it was.
+const PIECE: usize = 256 << 10;
 
 /// Asks for the upgrade when `request` is a download the client did not ask to upgrade
 /// itself.
@@ -81,7 +84,7 @@ pub async fn answer(mut response: Response<Body>) -> Result<Response<Body>, File
 }
 
 /// Pieces read ahead of the client: up to this many wait while one is being sent.
-const AHEAD: usize = 4;
+const AHEAD: usize = 2;
 
 /// A body of `pieces`, read by a task of their own: reading the agent's stream and writing
 /// the client's socket are both copies, and one task doing both keeps one CPU busy while the
