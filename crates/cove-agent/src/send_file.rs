@@ -102,18 +102,10 @@ async fn send(
     let mut rest = rest_after(&head, length)?;
     // Its own duplicate, registered with the runtime for readiness (the connection's
     // description is non-blocking already).
-    let socket = UnixStream::from_std(std::os::unix::net::UnixStream::from(
+    let mut socket = UnixStream::from_std(std::os::unix::net::UnixStream::from(
         socket.as_fd().try_clone_to_owned()?,
     ))?;
-    let mut written = 0;
-    while written < head.len() {
-        socket.writable().await?;
-        match socket.try_write(&head[written..]) {
-            Ok(n) => written += n,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-            Err(err) => return Err(err),
-        }
-    }
+    socket.write_all(&head).await?;
     let mut offset = head.len() as u64;
     while rest > 0 {
         let want = usize::try_from(rest)

@@ -60,8 +60,8 @@ pub enum FileUpgradeError {
     Upgrade(#[from] hyper::Error),
 }
 
-/// The client's `200` for the agent's `101` ([`taken`]): the agent's headers but the
-/// upgrade's own, a `Content-Length`, and the stream's next `length` bytes as the body.
+/// The client's `200` for the agent's `101` ([`taken`]): the agent's headers but its
+/// length, a `Content-Length`, and the stream's next `length` bytes as the body.
 pub async fn answer(mut response: Response<Body>) -> Result<Response<Body>, FileUpgradeError> {
     let length: u64 = response
         .headers()
@@ -70,10 +70,8 @@ pub async fn answer(mut response: Response<Body>) -> Result<Response<Body>, File
         .and_then(|v| v.parse().ok())
         .ok_or(FileUpgradeError::Length)?;
     let upgraded = hyper::upgrade::on(&mut response).await?;
+    // `Connection` and `Upgrade` go with the other hop-by-hop headers (`response_back`).
     let (mut parts, _) = response.into_parts();
-    for name in [header::CONNECTION, header::UPGRADE] {
-        parts.headers.remove(name);
-    }
     parts.headers.remove(FILE_LENGTH_HEADER);
     parts.headers.insert(header::CONTENT_LENGTH, length.into());
     parts.status = StatusCode::OK;
@@ -146,30 +144,34 @@ impl<S: AsyncRead + Unpin> Stream for Bounded<S> {
             None => self.buffers.take(),
         };
         let mut read = ReadBuf::new(&mut buffer[..want]);
-        if Pin::new(&mut self.stream)
-            .poll_read(cx, &mut read)
-            .is_pending()
-        {
-            self.waiting = Some(buffer);
-            return Poll::Pending;
-        }
+        let polled = Pin::new(&mut self.stream).poll_read(cx, &mut read);
         let read = read.filled().len();
-        Poll::Ready(Some(match read {
-            0 => {
+        Poll::Ready(Some(match polled {
+            Poll::Pending => {
+                self.waiting = Some(buffer);
+                return Poll::Pending;
+            }
+            Poll::Ready(Err(err)) => {
                 self.rest = 0;
-                Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the agent's stream ended before the file did",
-                ))
+                Err(err)
             }
-            n => {
-                self.rest -= n as u64;
-                Ok(Bytes::from_owner(Piece {
-                    buffer,
-                    len: n,
-                    back: self.buffers.clone(),
-                }))
-            }
+            Poll::Ready(Ok(())) => match read {
+                0 => {
+                    self.rest = 0;
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the agent's stream ended before the file did",
+                    ))
+                }
+                n => {
+                    self.rest -= n as u64;
+                    Ok(Bytes::from_owner(Piece {
+                        buffer,
+                        len: n,
+                        back: self.buffers.clone(),
+                    }))
+                }
+            },
         }))
     }
 }
