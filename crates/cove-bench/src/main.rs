@@ -112,7 +112,14 @@ fn main() -> anyhow::Result<()> {
             .transpose()?,
     };
     let started = std::time::Instant::now();
-    let results = runtime.block_on(measure::all(&settings))?;
+    // Stopped by a signal, the run is dropped where it stands: its servers and test hosts
+    // end through their drops, as at the end of a group, instead of outliving the bench.
+    let results = runtime.block_on(async {
+        tokio::select! {
+            results = measure::all(&settings) => results,
+            signal = interrupted() => Err(anyhow::anyhow!("stopped by {signal}: the run was dropped, its servers ended")),
+        }
+    })?;
     let markdown = report::markdown(&settings, &results, started.elapsed());
     if let Some(profiler) = settings.profiler {
         for drawn in profiler.finish()? {
@@ -126,4 +133,20 @@ fn main() -> anyhow::Result<()> {
         eprintln!("wrote {}", out.display());
     }
     Ok(())
+}
+
+/// Which of SIGINT and SIGTERM came first.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without handlers the signals keep their default: the bench ends at once.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
 }
