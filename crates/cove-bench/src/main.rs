@@ -132,6 +132,12 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", out.display()))?;
         eprintln!("wrote {}", out.display());
     }
+    anyhow::ensure!(
+        results.failed.is_empty(),
+        "{} group(s) failed: {}",
+        results.failed.len(),
+        results.failed.join("; ")
+    );
     Ok(())
 }
 

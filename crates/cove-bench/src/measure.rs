@@ -78,9 +78,21 @@ pub struct Report {
     pub results: Vec<Result>,
     pub skipped: Vec<String>,
     pub notes: Vec<String>,
+    /// Groups that stopped on an error, with it: the rest of the run goes on, and the
+    /// report says so.
+    pub failed: Vec<String>,
 }
 
 impl Report {
+    /// Notes how group `name` ended: a failure is said and kept, not the end of the run.
+    pub fn settle(&mut self, name: &str, result: anyhow::Result<()>) {
+        if let Err(err) = result {
+            let failure = format!("{name}: {err:#}");
+            eprintln!("failed: {failure}");
+            self.failed.push(failure);
+        }
+    }
+
     pub fn skip(&mut self, why: String) {
         eprintln!("skipped: {why}");
         self.skipped.push(why);
@@ -225,110 +237,197 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let wanted = |group: &str| settings.only.as_deref().is_none_or(|only| group == only);
     if wanted("commands") {
-        eprintln!("commands: round trip through cove serve and over the agent socket");
-        report
-            .results
-            .push(crate::commands::proxy_round_trip(settings).await?);
-        report
-            .results
-            .push(crate::commands::agent_round_trip(settings).await?);
+        let run = async {
+            eprintln!("commands: round trip through cove serve and over the agent socket");
+            report
+                .results
+                .push(crate::commands::proxy_round_trip(settings).await?);
+            report
+                .results
+                .push(crate::commands::agent_round_trip(settings).await?);
+            anyhow::Ok(())
+        };
+        let result = run.await;
+        report.settle("commands", result);
     }
     if wanted("transfers") {
-        eprintln!("transfers: 1 KiB files and one large file through cove serve");
-        report
-            .results
-            .extend(crate::transfer::small_files(settings).await?);
-        report
-            .results
-            .extend(crate::transfer::large_file(settings).await?);
+        let run = async {
+            eprintln!("transfers: 1 KiB files and one large file through cove serve");
+            report
+                .results
+                .extend(crate::transfer::small_files(settings).await?);
+            report
+                .results
+                .extend(crate::transfer::large_file(settings).await?);
+            anyhow::Ok(())
+        };
+        let result = run.await;
+        report.settle("transfers", result);
     }
     if wanted("egress") {
-        eprintln!("egress: HTTP from sandboxes with and without rules to a test host");
-        crate::egress::all(settings, &mut report).await?;
+        let run = async {
+            eprintln!("egress: HTTP from sandboxes with and without rules to a test host");
+            crate::egress::all(settings, &mut report).await?;
+            anyhow::Ok(())
+        };
+        let result = run.await;
+        report.settle("egress", result);
     }
     if wanted("clients") {
-        eprintln!("clients: transfers through the official SDKs, requests and curl");
-        crate::clients::all(settings, &mut report).await?;
+        let run = async {
+            eprintln!("clients: transfers through the official SDKs, requests and curl");
+            crate::clients::all(settings, &mut report).await?;
+            anyhow::Ok(())
+        };
+        let result = run.await;
+        report.settle("clients", result);
     }
     if wanted("create") {
-        eprintln!("create: create → first command output");
-        crate::create::all(settings, &mut report).await?;
+        let run = async {
+            eprintln!("create: create → first command output");
+            crate::create::all(settings, &mut report).await?;
+            anyhow::Ok(())
+        };
+        let result = run.await;
+        report.settle("create", result);
     }
     if wanted("pause") {
-        eprintln!("pause: pause and resume per mode, snapshots, forks");
-        crate::pause::all(settings, &mut report).await?;
+        let run = async {
+            eprintln!("pause: pause and resume per mode, snapshots, forks");
+            crate::pause::all(settings, &mut report).await?;
+            anyhow::Ok(())
+        };
+        let result = run.await;
+        report.settle("pause", result);
     }
     if wanted("templates") {
-        eprintln!("templates: builds, the build cache, creates from built templates");
-        crate::templates::all(settings, &mut report).await?;
+        let run = async {
+            eprintln!("templates: builds, the build cache, creates from built templates");
+            crate::templates::all(settings, &mut report).await?;
+            anyhow::Ok(())
+        };
+        let result = run.await;
+        report.settle("templates", result);
     }
     if wanted("gvisor") {
-        eprintln!("gvisor: the gVisor backend beside the namespace backend");
-        crate::gvisor::all(settings, &mut report).await?;
+        let run = async {
+            eprintln!("gvisor: the gVisor backend beside the namespace backend");
+            crate::gvisor::all(settings, &mut report).await?;
+            anyhow::Ok(())
+        };
+        let result = run.await;
+        report.settle("gvisor", result);
     }
     if wanted("hog") {
-        eprintln!("hog: command latency beside a CPU hog");
-        report
-            .results
-            .push(crate::commands::latency_beside_a_hog(settings).await?);
+        let run = async {
+            eprintln!("hog: command latency beside a CPU hog");
+            report
+                .results
+                .push(crate::commands::latency_beside_a_hog(settings).await?);
+            anyhow::Ok(())
+        };
+        let result = run.await;
+        report.settle("hog", result);
     }
     if wanted("code") {
-        eprintln!("code: run_code round trip");
-        report
-            .results
-            .push(crate::code::run_code_round_trip(settings).await?);
-        eprintln!("code: create → first run_code result");
-        report
-            .results
-            .push(crate::code::create_to_first_result(settings).await?);
-        for settle in crate::code::WARM_KERNEL_SETTLE {
-            eprintln!("code: create → first run_code result from the warm pool ({settle:?} idle)");
+        let run = async {
+            eprintln!("code: run_code round trip");
             report
                 .results
-                .push(crate::code::warm_create_to_first_result(settings, settle).await?);
-        }
+                .push(crate::code::run_code_round_trip(settings).await?);
+            eprintln!("code: create → first run_code result");
+            report
+                .results
+                .push(crate::code::create_to_first_result(settings).await?);
+            for settle in crate::code::WARM_KERNEL_SETTLE {
+                eprintln!(
+                    "code: create → first run_code result from the warm pool ({settle:?} idle)"
+                );
+                report
+                    .results
+                    .push(crate::code::warm_create_to_first_result(settings, settle).await?);
+            }
+            anyhow::Ok(())
+        };
+        let result = run.await;
+        report.settle("code", result);
     }
     if wanted("memory") {
-        eprintln!("memory: idle sandboxes");
-        report
-            .results
-            .push(crate::density::idle_memory(settings).await?);
-    }
-    if wanted("density") {
-        eprintln!("density: 1 → {} live sandboxes", settings.max_live);
-        crate::density::growth(settings, &mut report).await?;
-    }
-    if wanted("concurrency") {
-        eprintln!("concurrency: {} clients at once", settings.clients);
-        report
-            .results
-            .push(crate::concurrency::commands(settings).await?);
-    }
-    if wanted("burst") {
-        for network in [false, true] {
-            eprintln!(
-                "burst: {} clients creating at once (network {network})",
-                crate::concurrency::BURST_CLIENTS
-            );
+        let run = async {
+            eprintln!("memory: idle sandboxes");
             report
                 .results
-                .push(crate::concurrency::creates(settings, network).await?);
-        }
+                .push(crate::density::idle_memory(settings).await?);
+            anyhow::Ok(())
+        };
+        let result = run.await;
+        report.settle("memory", result);
+    }
+    if wanted("density") {
+        let run = async {
+            eprintln!("density: 1 → {} live sandboxes", settings.max_live);
+            crate::density::growth(settings, &mut report).await?;
+            anyhow::Ok(())
+        };
+        let result = run.await;
+        report.settle("density", result);
+    }
+    if wanted("concurrency") {
+        let run = async {
+            eprintln!("concurrency: {} clients at once", settings.clients);
+            report
+                .results
+                .push(crate::concurrency::commands(settings).await?);
+            anyhow::Ok(())
+        };
+        let result = run.await;
+        report.settle("concurrency", result);
+    }
+    if wanted("burst") {
+        let run = async {
+            for network in [false, true] {
+                eprintln!(
+                    "burst: {} clients creating at once (network {network})",
+                    crate::concurrency::BURST_CLIENTS
+                );
+                report
+                    .results
+                    .push(crate::concurrency::creates(settings, network).await?);
+            }
+            anyhow::Ok(())
+        };
+        let result = run.await;
+        report.settle("burst", result);
     }
     if wanted("python") {
-        eprintln!("python: the official e2b SDK against ours");
-        crate::python::sdk_overhead(settings, &mut report).await?;
+        let run = async {
+            eprintln!("python: the official e2b SDK against ours");
+            crate::python::sdk_overhead(settings, &mut report).await?;
+            anyhow::Ok(())
+        };
+        let result = run.await;
+        report.settle("python", result);
     }
     if wanted("dashboard") {
-        eprintln!(
-            "dashboard: the sandbox list with {} live in Chromium",
-            settings.max_live
-        );
-        crate::dashboard::list_render(settings, &mut report).await?;
+        let run = async {
+            eprintln!(
+                "dashboard: the sandbox list with {} live in Chromium",
+                settings.max_live
+            );
+            crate::dashboard::list_render(settings, &mut report).await?;
+            anyhow::Ok(())
+        };
+        let result = run.await;
+        report.settle("dashboard", result);
     }
     if wanted("cluster") {
-        eprintln!("cluster: an api, an edge and nodes on PostgreSQL, beside a single server");
-        crate::cluster::all(settings, &mut report).await?;
+        let run = async {
+            eprintln!("cluster: an api, an edge and nodes on PostgreSQL, beside a single server");
+            crate::cluster::all(settings, &mut report).await?;
+            anyhow::Ok(())
+        };
+        let result = run.await;
+        report.settle("cluster", result);
     }
     Ok(report)
 }

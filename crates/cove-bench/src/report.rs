@@ -109,6 +109,9 @@ pub fn table(report: &Report) -> String {
     for skipped in &report.skipped {
         let _ = writeln!(out, "skipped: {skipped}");
     }
+    for failed in &report.failed {
+        let _ = writeln!(out, "failed: {failed}");
+    }
     for note in &report.notes {
         let _ = writeln!(out, "note: {note}");
     }
@@ -168,6 +171,15 @@ pub fn markdown(settings: &Settings, report: &Report, took: Duration) -> String 
     let _ = writeln!(out, "|---|---|---|---|---|---|");
     for r in &report.results {
         let _ = writeln!(out, "| {} |", cells(r).join(" | "));
+    }
+    if !report.failed.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nFailed in this run (each group stopped at its error; the rows it measured before stand above):\n"
+        );
+        for failed in &report.failed {
+            let _ = writeln!(out, "- {failed}");
+        }
     }
     if !report.skipped.is_empty() {
         let _ = writeln!(out, "\nSkipped in this run:\n");
