@@ -233,11 +233,24 @@ pub fn paired(rates: Vec<f64>, baseline: &[f64]) -> anyhow::Result<Figure> {
 }
 
 /// Runs the groups `settings` asks for, one server per measurement, in [`GROUPS`] order.
+/// Runs one group's body (which may use `?`) and settles it in `$report`: a failure is
+/// kept and said, and the run goes on.
+macro_rules! group {
+    ($report:ident, $name:literal, { $($body:tt)* }) => {{
+        let result: anyhow::Result<()> = async {
+            $($body)*
+            Ok(())
+        }
+        .await;
+        $report.settle($name, result);
+    }};
+}
+
 pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let wanted = |group: &str| settings.only.as_deref().is_none_or(|only| group == only);
     if wanted("commands") {
-        let run = async {
+        group!(report, "commands", {
             eprintln!("commands: round trip through cove serve and over the agent socket");
             report
                 .results
@@ -245,13 +258,10 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
             report
                 .results
                 .push(crate::commands::agent_round_trip(settings).await?);
-            anyhow::Ok(())
-        };
-        let result = run.await;
-        report.settle("commands", result);
+        });
     }
     if wanted("transfers") {
-        let run = async {
+        group!(report, "transfers", {
             eprintln!("transfers: 1 KiB files and one large file through cove serve");
             report
                 .results
@@ -259,78 +269,54 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
             report
                 .results
                 .extend(crate::transfer::large_file(settings).await?);
-            anyhow::Ok(())
-        };
-        let result = run.await;
-        report.settle("transfers", result);
+        });
     }
     if wanted("egress") {
-        let run = async {
+        group!(report, "egress", {
             eprintln!("egress: HTTP from sandboxes with and without rules to a test host");
             crate::egress::all(settings, &mut report).await?;
-            anyhow::Ok(())
-        };
-        let result = run.await;
-        report.settle("egress", result);
+        });
     }
     if wanted("clients") {
-        let run = async {
+        group!(report, "clients", {
             eprintln!("clients: transfers through the official SDKs, requests and curl");
             crate::clients::all(settings, &mut report).await?;
-            anyhow::Ok(())
-        };
-        let result = run.await;
-        report.settle("clients", result);
+        });
     }
     if wanted("create") {
-        let run = async {
+        group!(report, "create", {
             eprintln!("create: create → first command output");
             crate::create::all(settings, &mut report).await?;
-            anyhow::Ok(())
-        };
-        let result = run.await;
-        report.settle("create", result);
+        });
     }
     if wanted("pause") {
-        let run = async {
+        group!(report, "pause", {
             eprintln!("pause: pause and resume per mode, snapshots, forks");
             crate::pause::all(settings, &mut report).await?;
-            anyhow::Ok(())
-        };
-        let result = run.await;
-        report.settle("pause", result);
+        });
     }
     if wanted("templates") {
-        let run = async {
+        group!(report, "templates", {
             eprintln!("templates: builds, the build cache, creates from built templates");
             crate::templates::all(settings, &mut report).await?;
-            anyhow::Ok(())
-        };
-        let result = run.await;
-        report.settle("templates", result);
+        });
     }
     if wanted("gvisor") {
-        let run = async {
+        group!(report, "gvisor", {
             eprintln!("gvisor: the gVisor backend beside the namespace backend");
             crate::gvisor::all(settings, &mut report).await?;
-            anyhow::Ok(())
-        };
-        let result = run.await;
-        report.settle("gvisor", result);
+        });
     }
     if wanted("hog") {
-        let run = async {
+        group!(report, "hog", {
             eprintln!("hog: command latency beside a CPU hog");
             report
                 .results
                 .push(crate::commands::latency_beside_a_hog(settings).await?);
-            anyhow::Ok(())
-        };
-        let result = run.await;
-        report.settle("hog", result);
+        });
     }
     if wanted("code") {
-        let run = async {
+        group!(report, "code", {
             eprintln!("code: run_code round trip");
             report
                 .results
@@ -347,44 +333,32 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
                     .results
                     .push(crate::code::warm_create_to_first_result(settings, settle).await?);
             }
-            anyhow::Ok(())
-        };
-        let result = run.await;
-        report.settle("code", result);
+        });
     }
     if wanted("memory") {
-        let run = async {
+        group!(report, "memory", {
             eprintln!("memory: idle sandboxes");
             report
                 .results
                 .push(crate::density::idle_memory(settings).await?);
-            anyhow::Ok(())
-        };
-        let result = run.await;
-        report.settle("memory", result);
+        });
     }
     if wanted("density") {
-        let run = async {
+        group!(report, "density", {
             eprintln!("density: 1 → {} live sandboxes", settings.max_live);
             crate::density::growth(settings, &mut report).await?;
-            anyhow::Ok(())
-        };
-        let result = run.await;
-        report.settle("density", result);
+        });
     }
     if wanted("concurrency") {
-        let run = async {
+        group!(report, "concurrency", {
             eprintln!("concurrency: {} clients at once", settings.clients);
             report
                 .results
                 .push(crate::concurrency::commands(settings).await?);
-            anyhow::Ok(())
-        };
-        let result = run.await;
-        report.settle("concurrency", result);
+        });
     }
     if wanted("burst") {
-        let run = async {
+        group!(report, "burst", {
             for network in [false, true] {
                 eprintln!(
                     "burst: {} clients creating at once (network {network})",
@@ -394,40 +368,28 @@ pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
                     .results
                     .push(crate::concurrency::creates(settings, network).await?);
             }
-            anyhow::Ok(())
-        };
-        let result = run.await;
-        report.settle("burst", result);
+        });
     }
     if wanted("python") {
-        let run = async {
+        group!(report, "python", {
             eprintln!("python: the official e2b SDK against ours");
             crate::python::sdk_overhead(settings, &mut report).await?;
-            anyhow::Ok(())
-        };
-        let result = run.await;
-        report.settle("python", result);
+        });
     }
     if wanted("dashboard") {
-        let run = async {
+        group!(report, "dashboard", {
             eprintln!(
                 "dashboard: the sandbox list with {} live in Chromium",
                 settings.max_live
             );
             crate::dashboard::list_render(settings, &mut report).await?;
-            anyhow::Ok(())
-        };
-        let result = run.await;
-        report.settle("dashboard", result);
+        });
     }
     if wanted("cluster") {
-        let run = async {
+        group!(report, "cluster", {
             eprintln!("cluster: an api, an edge and nodes on PostgreSQL, beside a single server");
             crate::cluster::all(settings, &mut report).await?;
-            anyhow::Ok(())
-        };
-        let result = run.await;
-        report.settle("cluster", result);
+        });
     }
     Ok(report)
 }
@@ -476,6 +438,21 @@ mod tests {
         assert!(!Target::RateAtLeast(200.0).met(rate(199.0), baseline));
         // Not a rate: never met.
         assert!(!Target::RateAtLeast(200.0).met(Figure::Count(1000), baseline));
+    }
+
+    #[tokio::test]
+    async fn a_failed_group_is_kept_and_the_next_one_runs() {
+        let mut report = Report::default();
+        group!(report, "first", {
+            Err::<(), _>(anyhow::anyhow!("it broke"))?;
+            report.notes.push("after the error".into());
+        });
+        group!(report, "second", {
+            report.notes.push("ran".into());
+        });
+        assert_eq!(report.failed, ["first: it broke"]);
+        assert_eq!(report.notes, ["ran"]);
+        assert!(crate::report::table(&report).contains("failed: first: it broke"));
     }
 
     #[test]
