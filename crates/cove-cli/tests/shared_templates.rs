@@ -47,6 +47,13 @@ fn from(template: &str) -> CreateOptions {
     }
 }
 
+/// `node`'s config for a create that first fetches its template's layers from the object
+/// store: an image's hundreds of MiB can take longer than the SDK's 60 s default on a
+/// machine busy with the other suites.
+fn fetching(node: &TestServer) -> ConnectionConfig {
+    node.config().with_request_timeout(Duration::from_secs(300))
+}
+
 /// The layers in a node's layer store.
 fn layers(node: &TestServer) -> usize {
     std::fs::read_dir(node.state_dir().join("images/layers/sha256"))
@@ -87,7 +94,7 @@ async fn a_template_built_on_one_node_starts_sandboxes_on_another() {
     assert_eq!(layers(&b), 0, "node b has nothing of it yet");
 
     // Node b's own REST API: it fetches the layers, then starts the sandbox.
-    let sandbox = Sandbox::create(&b.config(), from("shared-app"))
+    let sandbox = Sandbox::create(&fetching(&b), from("shared-app"))
         .await
         .unwrap();
     let out = sandbox.commands().run("cat /built.txt").await.unwrap();
@@ -307,7 +314,7 @@ async fn a_snapshot_in_the_object_store_starts_sandboxes_on_every_node() {
 
     // Node b's own REST API: it finds the snapshot in the database, fetches both
     // directories, and starts the sandbox with both layers.
-    let there = Sandbox::create(&b.config(), from("chain")).await.unwrap();
+    let there = Sandbox::create(&fetching(&b), from("chain")).await.unwrap();
     let out = there
         .commands()
         .run("cat /home/user/first.txt /home/user/second.txt")
@@ -459,7 +466,7 @@ async fn a_memory_snapshot_in_the_object_store_restores_its_processes_on_another
     let at_snapshot = counted(&source).await;
 
     // Node b restores it from the object store: the process counts on from where it was.
-    let copy = Sandbox::create(&b.config(), from("counting"))
+    let copy = Sandbox::create(&fetching(&b), from("counting"))
         .await
         .unwrap();
     let first = counted(&copy).await;
@@ -564,7 +571,9 @@ async fn the_object_store_keeps_what_templates_and_snapshots_use_and_collects_th
 
     // What app-two needs is all there: a node that has nothing of it starts its sandboxes.
     let b = node_with("node-b", &url, &domain, &shared).await;
-    let sandbox = Sandbox::create(&b.config(), from("app-two")).await.unwrap();
+    let sandbox = Sandbox::create(&fetching(&b), from("app-two"))
+        .await
+        .unwrap();
     let out = sandbox.commands().run("cat /built.txt").await.unwrap();
     assert_eq!(out.stdout.trim(), "two");
     assert!(sandbox.kill().await.unwrap());
