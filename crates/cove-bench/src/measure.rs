@@ -232,7 +232,6 @@ pub fn paired(rates: Vec<f64>, baseline: &[f64]) -> anyhow::Result<Figure> {
     })
 }
 
-/// Runs the groups `settings` asks for, one server per measurement, in [`GROUPS`] order.
 /// Runs one group's body (which may use `?`) and settles it in `$report`: a failure is
 /// kept and said, and the run goes on.
 macro_rules! group {
@@ -246,6 +245,7 @@ macro_rules! group {
     }};
 }
 
+/// Runs the groups `settings` asks for, one server per measurement, in [`GROUPS`] order.
 pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let wanted = |group: &str| settings.only.as_deref().is_none_or(|only| group == only);
