@@ -146,7 +146,7 @@ impl<S: AsyncRead + Unpin> Stream for Bounded<S> {
         let mut read = ReadBuf::new(&mut buffer[..want]);
         let polled = Pin::new(&mut self.stream).poll_read(cx, &mut read);
         let read = read.filled().len();
-        Poll::Ready(Some(match polled {
+        let piece = match polled {
             Poll::Pending => {
                 self.waiting = Some(buffer);
                 return Poll::Pending;
@@ -155,24 +155,23 @@ impl<S: AsyncRead + Unpin> Stream for Bounded<S> {
                 self.rest = 0;
                 Err(err)
             }
-            Poll::Ready(Ok(())) => match read {
-                0 => {
-                    self.rest = 0;
-                    Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the agent's stream ended before the file did",
-                    ))
-                }
-                n => {
-                    self.rest -= n as u64;
-                    Ok(Bytes::from_owner(Piece {
-                        buffer,
-                        len: n,
-                        back: self.buffers.clone(),
-                    }))
-                }
-            },
-        }))
+            Poll::Ready(Ok(())) if read == 0 => {
+                self.rest = 0;
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the agent's stream ended before the file did",
+                ))
+            }
+            Poll::Ready(Ok(())) => {
+                self.rest -= read as u64;
+                Ok(Bytes::from_owner(Piece {
+                    buffer,
+                    len: read,
+                    back: self.buffers.clone(),
+                }))
+            }
+        };
+        Poll::Ready(Some(piece))
     }
 }
 
