@@ -232,165 +232,131 @@ pub fn paired(rates: Vec<f64>, baseline: &[f64]) -> anyhow::Result<Figure> {
     })
 }
 
-/// Runs one group's body (which may use `?`) and settles it in `$report`: a failure is
-/// kept and said, and the run goes on.
+/// Runs group `$name`'s body (which may use `?`) when `$wanted` asks for it, and settles
+/// it in `$report`: a failure is kept and said, and the run goes on.
 macro_rules! group {
-    ($report:ident, $name:literal, { $($body:tt)* }) => {{
-        let result: anyhow::Result<()> = async {
-            $($body)*
-            Ok(())
+    ($report:ident, $wanted:ident, $name:literal, { $($body:tt)* }) => {
+        if $wanted($name) {
+            let result: anyhow::Result<()> = async {
+                $($body)*
+                Ok(())
+            }
+            .await;
+            $report.settle($name, result);
         }
-        .await;
-        $report.settle($name, result);
-    }};
+    };
 }
 
 /// Runs the groups `settings` asks for, one server per measurement, in [`GROUPS`] order.
 pub async fn all(settings: &Settings) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let wanted = |group: &str| settings.only.as_deref().is_none_or(|only| group == only);
-    if wanted("commands") {
-        group!(report, "commands", {
-            eprintln!("commands: round trip through cove serve and over the agent socket");
+    group!(report, wanted, "commands", {
+        eprintln!("commands: round trip through cove serve and over the agent socket");
+        report
+            .results
+            .push(crate::commands::proxy_round_trip(settings).await?);
+        report
+            .results
+            .push(crate::commands::agent_round_trip(settings).await?);
+    });
+    group!(report, wanted, "transfers", {
+        eprintln!("transfers: 1 KiB files and one large file through cove serve");
+        report
+            .results
+            .extend(crate::transfer::small_files(settings).await?);
+        report
+            .results
+            .extend(crate::transfer::large_file(settings).await?);
+    });
+    group!(report, wanted, "egress", {
+        eprintln!("egress: HTTP from sandboxes with and without rules to a test host");
+        crate::egress::all(settings, &mut report).await?;
+    });
+    group!(report, wanted, "clients", {
+        eprintln!("clients: transfers through the official SDKs, requests and curl");
+        crate::clients::all(settings, &mut report).await?;
+    });
+    group!(report, wanted, "create", {
+        eprintln!("create: create → first command output");
+        crate::create::all(settings, &mut report).await?;
+    });
+    group!(report, wanted, "pause", {
+        eprintln!("pause: pause and resume per mode, snapshots, forks");
+        crate::pause::all(settings, &mut report).await?;
+    });
+    group!(report, wanted, "templates", {
+        eprintln!("templates: builds, the build cache, creates from built templates");
+        crate::templates::all(settings, &mut report).await?;
+    });
+    group!(report, wanted, "gvisor", {
+        eprintln!("gvisor: the gVisor backend beside the namespace backend");
+        crate::gvisor::all(settings, &mut report).await?;
+    });
+    group!(report, wanted, "hog", {
+        eprintln!("hog: command latency beside a CPU hog");
+        report
+            .results
+            .push(crate::commands::latency_beside_a_hog(settings).await?);
+    });
+    group!(report, wanted, "code", {
+        eprintln!("code: run_code round trip");
+        report
+            .results
+            .push(crate::code::run_code_round_trip(settings).await?);
+        eprintln!("code: create → first run_code result");
+        report
+            .results
+            .push(crate::code::create_to_first_result(settings).await?);
+        for settle in crate::code::WARM_KERNEL_SETTLE {
+            eprintln!("code: create → first run_code result from the warm pool ({settle:?} idle)");
             report
                 .results
-                .push(crate::commands::proxy_round_trip(settings).await?);
-            report
-                .results
-                .push(crate::commands::agent_round_trip(settings).await?);
-        });
-    }
-    if wanted("transfers") {
-        group!(report, "transfers", {
-            eprintln!("transfers: 1 KiB files and one large file through cove serve");
-            report
-                .results
-                .extend(crate::transfer::small_files(settings).await?);
-            report
-                .results
-                .extend(crate::transfer::large_file(settings).await?);
-        });
-    }
-    if wanted("egress") {
-        group!(report, "egress", {
-            eprintln!("egress: HTTP from sandboxes with and without rules to a test host");
-            crate::egress::all(settings, &mut report).await?;
-        });
-    }
-    if wanted("clients") {
-        group!(report, "clients", {
-            eprintln!("clients: transfers through the official SDKs, requests and curl");
-            crate::clients::all(settings, &mut report).await?;
-        });
-    }
-    if wanted("create") {
-        group!(report, "create", {
-            eprintln!("create: create → first command output");
-            crate::create::all(settings, &mut report).await?;
-        });
-    }
-    if wanted("pause") {
-        group!(report, "pause", {
-            eprintln!("pause: pause and resume per mode, snapshots, forks");
-            crate::pause::all(settings, &mut report).await?;
-        });
-    }
-    if wanted("templates") {
-        group!(report, "templates", {
-            eprintln!("templates: builds, the build cache, creates from built templates");
-            crate::templates::all(settings, &mut report).await?;
-        });
-    }
-    if wanted("gvisor") {
-        group!(report, "gvisor", {
-            eprintln!("gvisor: the gVisor backend beside the namespace backend");
-            crate::gvisor::all(settings, &mut report).await?;
-        });
-    }
-    if wanted("hog") {
-        group!(report, "hog", {
-            eprintln!("hog: command latency beside a CPU hog");
-            report
-                .results
-                .push(crate::commands::latency_beside_a_hog(settings).await?);
-        });
-    }
-    if wanted("code") {
-        group!(report, "code", {
-            eprintln!("code: run_code round trip");
-            report
-                .results
-                .push(crate::code::run_code_round_trip(settings).await?);
-            eprintln!("code: create → first run_code result");
-            report
-                .results
-                .push(crate::code::create_to_first_result(settings).await?);
-            for settle in crate::code::WARM_KERNEL_SETTLE {
-                eprintln!(
-                    "code: create → first run_code result from the warm pool ({settle:?} idle)"
-                );
-                report
-                    .results
-                    .push(crate::code::warm_create_to_first_result(settings, settle).await?);
-            }
-        });
-    }
-    if wanted("memory") {
-        group!(report, "memory", {
-            eprintln!("memory: idle sandboxes");
-            report
-                .results
-                .push(crate::density::idle_memory(settings).await?);
-        });
-    }
-    if wanted("density") {
-        group!(report, "density", {
-            eprintln!("density: 1 → {} live sandboxes", settings.max_live);
-            crate::density::growth(settings, &mut report).await?;
-        });
-    }
-    if wanted("concurrency") {
-        group!(report, "concurrency", {
-            eprintln!("concurrency: {} clients at once", settings.clients);
-            report
-                .results
-                .push(crate::concurrency::commands(settings).await?);
-        });
-    }
-    if wanted("burst") {
-        group!(report, "burst", {
-            for network in [false, true] {
-                eprintln!(
-                    "burst: {} clients creating at once (network {network})",
-                    crate::concurrency::BURST_CLIENTS
-                );
-                report
-                    .results
-                    .push(crate::concurrency::creates(settings, network).await?);
-            }
-        });
-    }
-    if wanted("python") {
-        group!(report, "python", {
-            eprintln!("python: the official e2b SDK against ours");
-            crate::python::sdk_overhead(settings, &mut report).await?;
-        });
-    }
-    if wanted("dashboard") {
-        group!(report, "dashboard", {
+                .push(crate::code::warm_create_to_first_result(settings, settle).await?);
+        }
+    });
+    group!(report, wanted, "memory", {
+        eprintln!("memory: idle sandboxes");
+        report
+            .results
+            .push(crate::density::idle_memory(settings).await?);
+    });
+    group!(report, wanted, "density", {
+        eprintln!("density: 1 → {} live sandboxes", settings.max_live);
+        crate::density::growth(settings, &mut report).await?;
+    });
+    group!(report, wanted, "concurrency", {
+        eprintln!("concurrency: {} clients at once", settings.clients);
+        report
+            .results
+            .push(crate::concurrency::commands(settings).await?);
+    });
+    group!(report, wanted, "burst", {
+        for network in [false, true] {
             eprintln!(
-                "dashboard: the sandbox list with {} live in Chromium",
-                settings.max_live
+                "burst: {} clients creating at once (network {network})",
+                crate::concurrency::BURST_CLIENTS
             );
-            crate::dashboard::list_render(settings, &mut report).await?;
-        });
-    }
-    if wanted("cluster") {
-        group!(report, "cluster", {
-            eprintln!("cluster: an api, an edge and nodes on PostgreSQL, beside a single server");
-            crate::cluster::all(settings, &mut report).await?;
-        });
-    }
+            report
+                .results
+                .push(crate::concurrency::creates(settings, network).await?);
+        }
+    });
+    group!(report, wanted, "python", {
+        eprintln!("python: the official e2b SDK against ours");
+        crate::python::sdk_overhead(settings, &mut report).await?;
+    });
+    group!(report, wanted, "dashboard", {
+        eprintln!(
+            "dashboard: the sandbox list with {} live in Chromium",
+            settings.max_live
+        );
+        crate::dashboard::list_render(settings, &mut report).await?;
+    });
+    group!(report, wanted, "cluster", {
+        eprintln!("cluster: an api, an edge and nodes on PostgreSQL, beside a single server");
+        crate::cluster::all(settings, &mut report).await?;
+    });
     Ok(report)
 }
 
@@ -443,11 +409,12 @@ mod tests {
     #[tokio::test]
     async fn a_failed_group_is_kept_and_the_next_one_runs() {
         let mut report = Report::default();
-        group!(report, "first", {
+        let wanted = |_: &str| true;
+        group!(report, wanted, "first", {
             Err::<(), _>(anyhow::anyhow!("it broke"))?;
             report.notes.push("after the error".into());
         });
-        group!(report, "second", {
+        group!(report, wanted, "second", {
             report.notes.push("ran".into());
         });
         assert_eq!(report.failed, ["first: it broke"]);
