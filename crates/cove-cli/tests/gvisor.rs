@@ -774,3 +774,188 @@ async fn a_sandbox_with_internet_access_freezes_to_pause_and_its_link_goes_with_
     assert!(!link.exists(), "the link outlived its sandbox");
     assert!(!fixture.dir(id).join("netns").exists());
 }
+
+/// A counter like [`COUNTER`] that writes to the sandbox's disk (`/home/user/count`, in the
+/// writable layer the host copies for snapshots) every millisecond.
+const DISK_COUNTER: &str = "exec python3 -c \"\nimport os, time\ntoken = os.urandom(8).hex()\ni = 0\nwhile True:\n    i += 1\n    open('/home/user/count.new', 'w').write(f'{os.getpid()} {token} {i}')\n    os.replace('/home/user/count.new', '/home/user/count')\n    time.sleep(0.001)\n\"";
+
+/// The CPU time, in ns, that the processes in container `container`'s cgroup have used.
+fn cpu_used(container: &str) -> u64 {
+    let usage = cgroups_of(container)
+        .into_iter()
+        .map(|dir| dir.join("cpuacct.usage"))
+        .find(|file| file.exists())
+        .expect("the container has a cpuacct cgroup");
+    std::fs::read_to_string(usage)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A sandbox that `runsc restore` started (here: one made from a memory snapshot, with
+/// internet access) is still while it is paused and while a snapshot copies its files, as
+/// one that `runsc run` started is. This runsc's own pause leaves a restored container
+/// running: without the host's freezer, its processes wrote on through the pause, and a
+/// copy of its files met a file renamed away under it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restored_sandbox_is_still_while_paused_and_while_its_files_are_copied() {
+    let Some(fixture) = Fixture::with_internet() else {
+        return;
+    };
+    let source_id = "gv-still-source";
+    let source = fixture.start(source_id);
+    let source_agent = agent(&source);
+    source_agent
+        .client
+        .commands()
+        .spawn(Command::shell(DISK_COUNTER))
+        .await
+        .unwrap();
+    wait_until("the counter to count", Duration::from_secs(60), || {
+        let agent = source_agent.client.clone();
+        async move {
+            (sh(&agent, "cat /home/user/count 2>/dev/null || true").await)
+                .contains(' ')
+                .then_some(())
+        }
+    })
+    .await;
+    let snapshots = fixture.state.path().join("snapshots");
+    std::fs::create_dir_all(&snapshots).unwrap();
+    let snapshot = fixture
+        .runtime
+        .snapshot_memory(&source.handle, &fixture.template, &snapshots.join("memory"))
+        .unwrap();
+    drop(source_agent);
+    fixture.end(source_id, &source.handle);
+
+    let id = "gv-still";
+    fixture.started.lock().unwrap().push(id.to_owned());
+    let spec = SandboxSpec {
+        network: true,
+        ..fixture.spec_with(id, "token-still", &snapshot)
+    };
+    let restored = fixture.runtime.create(&spec).unwrap();
+    let agent = agent_with(&restored, "token-still");
+    let read_count = || {
+        let agent = agent.client.clone();
+        async move {
+            let raw = sh(&agent, "cat /home/user/count").await;
+            raw.split_whitespace()
+                .nth(2)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        }
+    };
+    let at_start = read_count().await;
+    wait_until(
+        "the restored counter to count on",
+        Duration::from_secs(60),
+        || {
+            let count = read_count();
+            async move { (count.await > at_start).then_some(()) }
+        },
+    )
+    .await;
+
+    // Files-only snapshots while it writes and renames a file every millisecond: each one
+    // copies a still moment (a copy of a running disk failed about one time in ten).
+    for i in 0..20 {
+        let into = snapshots.join(format!("files-{i}"));
+        let files = fixture
+            .runtime
+            .snapshot(&restored.handle, &snapshot, &into)
+            .unwrap_or_else(|e| panic!("files-only snapshot {i}: {e}"));
+        assert!(files.layers.len() > snapshot.layers.len());
+    }
+
+    // A pause freezes it in place (it has internet access): its processes use no CPU.
+    let container = fixture.runtime.container_id(id);
+    let paused = fixture
+        .runtime
+        .pause(&restored.handle, PauseMode::Memory)
+        .unwrap();
+    assert_eq!(paused.state["frozen"], true);
+    let before = cpu_used(&container);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = cpu_used(&container) - before;
+    assert_eq!(during, 0, "a paused sandbox used {during} ns of CPU");
+    // It is alive, said without asking runsc (whose `state` waits on a frozen sentry).
+    assert!(matches!(
+        fixture.runtime.liveness(&paused).unwrap(),
+        cove_runtime::Liveness::Running
+    ));
+
+    // It goes on after the resume.
+    let resumed = fixture.runtime.resume(&paused, &spec).unwrap();
+    let agent = agent_with(&resumed, "token-still");
+    let at_resume = sh(&agent.client, "cat /home/user/count").await;
+    wait_until(
+        "the counter to count on after the resume",
+        Duration::from_secs(60),
+        || {
+            let agent = agent.client.clone();
+            let at_resume = at_resume.clone();
+            async move { (sh(&agent, "cat /home/user/count").await != at_resume).then_some(()) }
+        },
+    )
+    .await;
+    // Frozen again, then paused without memory: its processes end where they stand, and its
+    // files stay for the next start.
+    let frozen = fixture
+        .runtime
+        .pause(&resumed.handle, PauseMode::Memory)
+        .unwrap();
+    drop(agent);
+    let files = fixture
+        .runtime
+        .pause(&frozen, PauseMode::Filesystem)
+        .unwrap();
+    assert_eq!(processes_naming(&container), Vec::<String>::new());
+    let again = fixture.runtime.resume(&files, &spec).unwrap();
+    let agent = agent_with(&again, "token-still");
+    assert!(
+        sh(&agent.client, "cat /home/user/count")
+            .await
+            .contains(' ')
+    );
+    // A kill of a frozen sandbox ends it without thawing it first.
+    let frozen = fixture
+        .runtime
+        .pause(&again.handle, PauseMode::Memory)
+        .unwrap();
+    let began = Instant::now();
+    fixture.end(id, &frozen);
+    eprintln!("TIMING kill of a frozen sandbox: {:?}", began.elapsed());
+    assert_eq!(processes_naming(&container), Vec::<String>::new());
+    assert_eq!(cgroups_of(&container), Vec::<PathBuf>::new());
+    assert_eq!(
+        loop_devices_under(fixture.state.path()),
+        Vec::<String>::new()
+    );
+}
+
+/// A container that runsc itself paused (as an older Cove did, and as Cove does on a host
+/// without a cgroup freezer) is killed all the same, though this runsc's delete of a
+/// paused container panics once it has deleted it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_paused_by_runsc_is_killed_all_the_same() {
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
+    let id = "gv-runsc-paused";
+    let started = fixture.start(id);
+    let container = fixture.runtime.container_id(id);
+    let paused = std::process::Command::new(RUNSC)
+        .arg("--root")
+        .arg(fixture.state.path().join("gvisor/runsc"))
+        .args(["pause", &container])
+        .status()
+        .unwrap();
+    assert!(paused.success());
+    fixture.end(id, &started.handle);
+    assert_eq!(processes_naming(&container), Vec::<String>::new());
+    assert_eq!(cgroups_of(&container), Vec::<PathBuf>::new());
+}

@@ -80,8 +80,9 @@ struct State {
     /// It has internet access: a link ([`link`]) while its container runs.
     #[serde(default)]
     internet: bool,
-    /// Paused with its memory kept in the host's (`runsc pause`), not checkpointed: a
-    /// sandbox with internet access, whose network stack this runsc cannot save.
+    /// Paused with its memory kept in the host's ([`GvisorRuntime::hold`]), not
+    /// checkpointed: a sandbox with internet access, whose network stack this runsc cannot
+    /// save.
     #[serde(default)]
     frozen: bool,
 }
@@ -157,7 +158,15 @@ impl GvisorRuntime {
     pub fn new(exe: impl Into<PathBuf>, root: impl Into<PathBuf>) -> Self {
         let (exe, root) = (exe.into(), root.into());
         let cgroups = match Hierarchy::detect(Path::new("/sys/fs/cgroup")) {
-            Ok(hierarchy) => Some(hierarchy),
+            Ok(hierarchy) => {
+                if !hierarchy.can_freeze() {
+                    tracing::warn!(
+                        "no cgroup freezer: a paused gVisor sandbox that was restored from a \
+                         checkpoint runs on (this runsc's pause does not stop it)"
+                    );
+                }
+                Some(hierarchy)
+            }
             Err(err) => {
                 tracing::warn!(%err, "gVisor sandboxes will run without resource limits");
                 None
@@ -291,6 +300,15 @@ impl GvisorRuntime {
     /// Everything but the directory: the container, its cgroup, the mounts, the loop device.
     fn teardown(&self, id: &str, container: &str) -> Result<(), RuntimeError> {
         let dirs = self.dirs(id);
+        // runsc's delete asks the sentry to stop the container: one its cgroup holds frozen
+        // would never answer. Its processes are killed where they stand, then let go, so
+        // that a frozen sandbox runs not one more instruction; runsc then deletes a dead
+        // container.
+        if let Some(cgroups) = &self.cgroups
+            && self.held_by_freezer(container)
+        {
+            cgroups.kill(container, KILL_TIMEOUT);
+        }
         let deleted = self
             .runsc
             .delete(container)
@@ -305,6 +323,24 @@ impl GvisorRuntime {
         let image = dirs.existing_image();
         rootfs::unmount(&dirs.rootfs(), &dirs.disk(), image.as_deref())
             .map_err(RuntimeError::io("unmount the sandbox's files"))
+    }
+
+    /// Whether the host's cgroup freezer holds `container` ([`Self::hold`]). runsc cannot
+    /// look at such a container: its `state` asks the sentry, and waits for an answer that
+    /// does not come. The cgroup says what there is to know.
+    fn held_by_freezer(&self, container: &str) -> bool {
+        self.cgroups
+            .as_ref()
+            .is_some_and(|c| c.freeze_state(container) == Some(true))
+    }
+
+    /// Whether any process is left in `container`'s cgroup.
+    fn has_processes(&self, container: &str) -> bool {
+        self.cgroups.as_ref().is_some_and(|c| {
+            c.procs_files(container)
+                .iter()
+                .any(|file| fs::read_to_string(file).is_ok_and(|procs| !procs.trim().is_empty()))
+        })
     }
 
     fn on_cgroups(
@@ -558,6 +594,11 @@ impl Runtime for GvisorRuntime {
                 .exists()
                 .then(|| Recovered::Paused(self.started(id, &state), PauseMode::Memory)));
         }
+        if state.frozen && self.held_by_freezer(&state.container) {
+            return Ok(self
+                .has_processes(&state.container)
+                .then(|| Recovered::Paused(self.started(id, &state), PauseMode::Memory)));
+        }
         let status = self
             .runsc
             .state(&state.container)
@@ -565,19 +606,27 @@ impl Runtime for GvisorRuntime {
         Ok(match status {
             // A freeze recorded but cut short by the server's end is finished now.
             Some(Status::Running) if state.frozen => {
-                self.runsc
-                    .freeze(&state.container, true)
-                    .map_err(runsc_err("freeze the sandbox"))?;
+                self.hold(&state.container, true)?;
                 Some(Recovered::Paused(
                     self.started(id, &state),
                     PauseMode::Memory,
                 ))
             }
             Some(Status::Running) => Some(Recovered::Running(self.started(id, &state))),
-            Some(Status::Paused) if state.frozen => Some(Recovered::Paused(
-                self.started(id, &state),
-                PauseMode::Memory,
-            )),
+            Some(Status::Paused) if state.frozen => {
+                // Paused by runsc (by an older Cove, or on a host without a freezer): held by
+                // the freezer from now on, where the host has one.
+                if self.cgroups.as_ref().is_some_and(Hierarchy::can_freeze) {
+                    self.runsc
+                        .freeze(&state.container, false)
+                        .map_err(runsc_err("thaw the sandbox"))?;
+                    self.hold(&state.container, true)?;
+                }
+                Some(Recovered::Paused(
+                    self.started(id, &state),
+                    PauseMode::Memory,
+                ))
+            }
             _ => None,
         })
     }
@@ -600,6 +649,13 @@ impl Runtime for GvisorRuntime {
                 .join("checkpoint.img")
                 .exists();
             return Ok(if kept {
+                Liveness::Running
+            } else {
+                Liveness::Ended(EndReason::AgentExited)
+            });
+        }
+        if state.frozen && self.held_by_freezer(&state.container) {
+            return Ok(if self.has_processes(&state.container) {
                 Liveness::Running
             } else {
                 Liveness::Ended(EndReason::AgentExited)

@@ -7,20 +7,61 @@
 //!   after the container stopped loses the sandbox (runsc's behaviour): everything known to
 //!   make one fail is ruled out first.
 //! - **With memory, with internet access**: this runsc cannot save a network stack that
-//!   held connections to the outside, so the container is frozen in place (`runsc pause`):
-//!   its memory stays in the host's, as in the namespace backend, and a resume thaws it.
+//!   held connections to the outside, so the container is frozen in place
+//!   ([`GvisorRuntime::hold`]): its memory stays in the host's, as in the namespace
+//!   backend, and a resume thaws it.
 //! - **Without memory**: the container, its cgroup, mounts and loop device go; the directory
 //!   (the disk image with the writable layers) stays, and a resume starts a new container on
 //!   it.
 //!
 //! The state is recorded before each transition takes effect, as in the namespace backend.
 
-use std::{fs, io, os::unix::fs::DirBuilderExt};
+use std::{fs, io, os::unix::fs::DirBuilderExt, time::Duration};
 
 use super::{Dirs, GvisorRuntime, State, channel_err, error_chain, runsc::Status, runsc_err};
 use crate::{Handle, PauseMode, RuntimeError, SandboxSpec, Started};
 
+/// How long the host's freezer may take to stop, or let go of, a container's processes.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl GvisorRuntime {
+    /// Holds every process of `container` where it is (`frozen`), or lets them go on.
+    ///
+    /// The host's cgroup freezer does it where the host has one: the container's sentry,
+    /// gofer and platform stubs all live in its cgroup. runsc's own pause is the fallback,
+    /// and only that: it answers, but leaves a container that `runsc restore` started
+    /// running (a restored sandbox's process was measured writing on through a whole second
+    /// of "pause"). With the freezer, freezing what is frozen or thawing what is not is
+    /// fine.
+    pub(super) fn hold(&self, container: &str, frozen: bool) -> Result<(), RuntimeError> {
+        let Some(cgroups) = self.cgroups.as_ref().filter(|c| c.can_freeze()) else {
+            return if frozen {
+                self.runsc
+                    .freeze(container, true)
+                    .map_err(runsc_err("freeze the sandbox"))
+            } else {
+                self.runsc
+                    .freeze(container, false)
+                    .map_err(runsc_err("thaw the sandbox"))
+            };
+        };
+        let result = if frozen {
+            cgroups.freeze(container, FREEZE_TIMEOUT)
+        } else if self.held_by_freezer(container) {
+            cgroups.thaw(container, FREEZE_TIMEOUT)
+        } else {
+            return Ok(());
+        };
+        result.map_err(|e| RuntimeError::Io {
+            what: if frozen {
+                "freeze the sandbox"
+            } else {
+                "thaw the sandbox"
+            },
+            source: io::Error::other(e),
+        })
+    }
+
     pub(super) fn pause_sandbox(
         &self,
         handle: &Handle,
@@ -32,13 +73,9 @@ impl GvisorRuntime {
             (None, PauseMode::Memory) => {}
             // From running, or from a checkpoint (a resume that drops the memory).
             (None | Some(PauseMode::Memory), PauseMode::Filesystem) => {
-                if state.frozen {
-                    // runsc deletes a running container, not a paused one.
-                    self.runsc
-                        .freeze(&state.container, false)
-                        .map_err(runsc_err("thaw the sandbox"))?;
-                    state.frozen = false;
-                }
+                // A frozen one is not thawed first: the teardown kills its processes where
+                // they stand.
+                state.frozen = false;
                 state.paused = Some(PauseMode::Filesystem);
                 self.save(id, &state)?;
                 self.teardown(id, &state.container)?;
@@ -60,11 +97,13 @@ impl GvisorRuntime {
             state.paused = Some(PauseMode::Memory);
             state.frozen = true;
             self.save(id, &state)?;
-            if let Err(err) = self.runsc.freeze(&state.container, true) {
+            if let Err(err) = self.hold(&state.container, true) {
+                // Let go of whatever did stop.
+                let _ = self.hold(&state.container, false);
                 state.paused = None;
                 state.frozen = false;
                 self.save(id, &state)?;
-                return Err(runsc_err("freeze the sandbox")(err));
+                return Err(err);
             }
             return Ok(self.handle(id, &state));
         }
@@ -137,9 +176,7 @@ impl GvisorRuntime {
             }
             Some(PauseMode::Filesystem) => return self.start_again(spec, state),
             Some(PauseMode::Memory) if state.frozen => {
-                self.runsc
-                    .freeze(&state.container, false)
-                    .map_err(runsc_err("thaw the sandbox"))?;
+                self.hold(&state.container, false)?;
                 state.paused = None;
                 state.frozen = false;
                 state.limits = Some(spec.limits);

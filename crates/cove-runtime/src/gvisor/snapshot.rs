@@ -4,16 +4,16 @@
 //! names ([`crate::Template::memory`]): a sandbox made from it is restored from that image
 //! on exactly those layers.
 //!
-//! - A running sandbox is held still for the copy: without memory it is frozen (`runsc
-//!   pause`) and thawed after; with memory it is checkpointed as a pause would, copied, and
-//!   restored from its own checkpoint, so it runs on (the connections to its agent end, as
-//!   on a pause).
+//! - A running sandbox is held still for the copy: without memory it is frozen
+//!   ([`GvisorRuntime::hold`]) and thawed after; with memory it is checkpointed as a pause
+//!   would, copied, and restored from its own checkpoint, so it runs on (the connections to
+//!   its agent end, as on a pause).
 //! - A sandbox paused with memory gives its checkpoint and its files; one paused without
 //!   memory has no processes to give, only its files.
 
 use std::{fs, io, path::Path};
 
-use super::{GvisorRuntime, State, rootfs, runsc_err};
+use super::{GvisorRuntime, State, rootfs};
 use crate::{Handle, PauseMode, RuntimeError, Template, egress::error_chain, layer};
 
 /// The checkpoint's directory in a snapshot's.
@@ -48,14 +48,13 @@ impl GvisorRuntime {
             (Some(_), false) => self.copy_files(id, template, into, false, None),
             (Some(PauseMode::Memory), true) => self.copy_with_checkpoint(id, template, into),
             (None, false) => {
-                self.runsc
-                    .freeze(&state.container, true)
-                    .map_err(runsc_err("freeze the sandbox"))?;
+                if let Err(err) = self.hold(&state.container, true) {
+                    let _ = self.hold(&state.container, false);
+                    return Err(err);
+                }
                 let copied = self.copy_files(id, template, into, true, None);
                 // Thawed whatever the copy did: a snapshot must not leave its sandbox stopped.
-                self.runsc
-                    .freeze(&state.container, false)
-                    .map_err(runsc_err("thaw the sandbox"))?;
+                self.hold(&state.container, false)?;
                 copied
             }
             (None, true) => self.snapshot_running(handle, state, template, into),
