@@ -871,12 +871,40 @@ async fn a_restored_sandbox_is_still_while_paused_and_while_its_files_are_copied
         assert!(files.layers.len() > snapshot.layers.len());
     }
 
+    // Pauses and resumes while the server's reaper looks at it over and over, as it looks
+    // at every running sandbox: each look answers, none waits on a sentry frozen under it.
+    let looking = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reaper = {
+        let (runtime, handle, looking) = (
+            fixture.runtime.clone(),
+            restored.handle.clone(),
+            looking.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut looks = 0;
+            while looking.load(std::sync::atomic::Ordering::Relaxed) {
+                let look = runtime.liveness(&handle);
+                assert!(
+                    matches!(look, Ok(cove_runtime::Liveness::Running)),
+                    "{look:?}"
+                );
+                looks += 1;
+            }
+            looks
+        })
+    };
+    let mut handle = restored.handle.clone();
+    for _ in 0..50 {
+        let paused = fixture.runtime.pause(&handle, PauseMode::Memory).unwrap();
+        handle = fixture.runtime.resume(&paused, &spec).unwrap().handle;
+    }
+    looking.store(false, std::sync::atomic::Ordering::Relaxed);
+    let looks = reaper.join().unwrap();
+    assert!(looks > 0);
+
     // A pause freezes it in place (it has internet access): its processes use no CPU.
     let container = fixture.runtime.container_id(id);
-    let paused = fixture
-        .runtime
-        .pause(&restored.handle, PauseMode::Memory)
-        .unwrap();
+    let paused = fixture.runtime.pause(&handle, PauseMode::Memory).unwrap();
     assert_eq!(paused.state["frozen"], true);
     let before = cpu_used(&container);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -914,13 +942,14 @@ async fn a_restored_sandbox_is_still_while_paused_and_while_its_files_are_copied
         .pause(&frozen, PauseMode::Filesystem)
         .unwrap();
     assert_eq!(processes_naming(&container), Vec::<String>::new());
+    // It starts afresh on its files: the snapshot's processes are not restored onto files
+    // that have moved on (the counter may have renamed away the file it held open).
     let again = fixture.runtime.resume(&files, &spec).unwrap();
     let agent = agent_with(&again, "token-still");
-    assert!(
-        sh(&agent.client, "cat /home/user/count")
-            .await
-            .contains(' ')
-    );
+    let kept = sh(&agent.client, "cat /home/user/count").await;
+    assert!(kept.contains(' '), "{kept:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sh(&agent.client, "cat /home/user/count").await, kept);
     // A kill of a frozen sandbox ends it without thawing it first.
     let frozen = fixture
         .runtime
@@ -955,6 +984,51 @@ async fn a_container_paused_by_runsc_is_killed_all_the_same() {
         .status()
         .unwrap();
     assert!(paused.success());
+    fixture.end(id, &started.handle);
+    assert_eq!(processes_naming(&container), Vec::<String>::new());
+    assert_eq!(cgroups_of(&container), Vec::<PathBuf>::new());
+}
+
+/// A sandbox whose sentry dies (killed from the host, as a crash would end it) is seen to
+/// have ended, from its cgroup alone: nothing asks runsc, whose `state` waits on a frozen
+/// sentry. A kill then clears what is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_whose_sentry_died_is_seen_ended() {
+    let Some(fixture) = Fixture::new() else {
+        return;
+    };
+    let id = "gv-sentry-died";
+    let started = fixture.start(id);
+    let container = fixture.runtime.container_id(id);
+    assert!(matches!(
+        fixture.runtime.liveness(&started.handle).unwrap(),
+        cove_runtime::Liveness::Running
+    ));
+    let sentry = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
+                let cmdline = String::from_utf8_lossy(&raw);
+                cmdline.starts_with("runsc-sandbox") && cmdline.contains(&container)
+            })
+        })
+        .expect("the sandbox's sentry runs");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(sentry).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    wait_until(
+        "the sandbox to be seen ended",
+        Duration::from_secs(30),
+        || {
+            let look = fixture.runtime.liveness(&started.handle).unwrap();
+            async move { matches!(look, cove_runtime::Liveness::Ended(_)).then_some(()) }
+        },
+    )
+    .await;
     fixture.end(id, &started.handle);
     assert_eq!(processes_naming(&container), Vec::<String>::new());
     assert_eq!(cgroups_of(&container), Vec::<PathBuf>::new());

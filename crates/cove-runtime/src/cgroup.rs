@@ -389,6 +389,8 @@ fn kill_all_in(dir: &Path) {
     }
 }
 
+/// How long a freeze or thaw may take (processes in uninterruptible sleep delay it).
+pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a freeze or thaw in progress is looked at, at first (then less often).
 const FREEZE_POLL: Duration = Duration::from_micros(100);
 
@@ -437,6 +439,24 @@ impl Hierarchy {
         }
     }
 
+    /// Freezes (`frozen`) or thaws sandbox `id` within [`FREEZE_TIMEOUT`], as a pause or a
+    /// resume of a runtime does.
+    pub fn hold(&self, id: &str, frozen: bool) -> Result<(), crate::RuntimeError> {
+        let done = if frozen {
+            self.freeze(id, FREEZE_TIMEOUT)
+        } else {
+            self.thaw(id, FREEZE_TIMEOUT)
+        };
+        done.map_err(|e| crate::RuntimeError::Io {
+            what: if frozen {
+                "freeze the sandbox"
+            } else {
+                "thaw the sandbox"
+            },
+            source: io::Error::other(e),
+        })
+    }
+
     /// Stops every process of sandbox `id` where it is (their memory stays), and waits up
     /// to `timeout` until all are stopped.
     pub fn freeze(&self, id: &str, timeout: Duration) -> Result<(), CgroupError> {
@@ -478,6 +498,14 @@ impl Hierarchy {
                     path: file,
                     source: io::Error::from(io::ErrorKind::TimedOut),
                 });
+            }
+            if frozen && matches!(self, Hierarchy::V1 { .. }) {
+                // v1 tries to freeze each task once, when the state is written. A traced task
+                // that its tracer let run just before the tracer froze stops for ptrace after
+                // that, not frozen, and nothing tries it again: the cgroup stays FREEZING
+                // (seen with gVisor's ptrace platform, about one freeze in 150). Writing the
+                // state again tries every task again.
+                write(&file, on)?;
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(5));

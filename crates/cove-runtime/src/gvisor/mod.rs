@@ -334,7 +334,8 @@ impl GvisorRuntime {
             .is_some_and(|c| c.freeze_state(container) == Some(true))
     }
 
-    /// Whether any process is left in `container`'s cgroup.
+    /// Whether any process is left in `container`'s cgroup (an exited one, even before it
+    /// is reaped, is not listed).
     fn has_processes(&self, container: &str) -> bool {
         self.cgroups.as_ref().is_some_and(|c| {
             c.procs_files(container)
@@ -654,21 +655,20 @@ impl Runtime for GvisorRuntime {
                 Liveness::Ended(EndReason::AgentExited)
             });
         }
-        if state.frozen && self.held_by_freezer(&state.container) {
-            return Ok(if self.has_processes(&state.container) {
-                Liveness::Running
-            } else {
-                Liveness::Ended(EndReason::AgentExited)
-            });
-        }
-        let status = self
-            .runsc
-            .state(&state.container)
-            .map_err(runsc_err("look at the sandbox"))?;
-        if matches!(
-            status,
-            Some(Status::Running | Status::Created | Status::Paused)
-        ) {
+        // The container's cgroup holds its sentry, gofer and stubs for as long as it lives.
+        // runsc's `state` is asked only where there are no cgroups: it asks the sentry, and
+        // one frozen meanwhile (a pause under way) never answers. It costs a runsc process
+        // per sandbox and look, too.
+        let alive = match &self.cgroups {
+            Some(_) => self.has_processes(&state.container),
+            None => matches!(
+                self.runsc
+                    .state(&state.container)
+                    .map_err(runsc_err("look at the sandbox"))?,
+                Some(Status::Running | Status::Created | Status::Paused)
+            ),
+        };
+        if alive {
             return Ok(Liveness::Running);
         }
         let out_of_memory = self

@@ -12,17 +12,15 @@
 //!   backend, and a resume thaws it.
 //! - **Without memory**: the container, its cgroup, mounts and loop device go; the directory
 //!   (the disk image with the writable layers) stays, and a resume starts a new container on
-//!   it.
+//!   it, with no processes but the agent (also for a sandbox made from a snapshot with
+//!   memory).
 //!
 //! The state is recorded before each transition takes effect, as in the namespace backend.
 
-use std::{fs, io, os::unix::fs::DirBuilderExt, time::Duration};
+use std::{fs, io, os::unix::fs::DirBuilderExt};
 
 use super::{Dirs, GvisorRuntime, State, channel_err, error_chain, runsc::Status, runsc_err};
 use crate::{Handle, PauseMode, RuntimeError, SandboxSpec, Started};
-
-/// How long the host's freezer may take to stop, or let go of, a container's processes.
-const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl GvisorRuntime {
     /// Holds every process of `container` where it is (`frozen`), or lets them go on.
@@ -45,21 +43,11 @@ impl GvisorRuntime {
                     .map_err(runsc_err("thaw the sandbox"))
             };
         };
-        let result = if frozen {
-            cgroups.freeze(container, FREEZE_TIMEOUT)
-        } else if self.held_by_freezer(container) {
-            cgroups.thaw(container, FREEZE_TIMEOUT)
+        if frozen || self.held_by_freezer(container) {
+            cgroups.hold(container, frozen)
         } else {
-            return Ok(());
-        };
-        result.map_err(|e| RuntimeError::Io {
-            what: if frozen {
-                "freeze the sandbox"
-            } else {
-                "thaw the sandbox"
-            },
-            source: io::Error::other(e),
-        })
+            Ok(())
+        }
     }
 
     pub(super) fn pause_sandbox(
@@ -220,6 +208,17 @@ impl GvisorRuntime {
         }
         // Leftovers of a resume cut short.
         self.teardown(&spec.id, &state.container)?;
+        // A new start on its files, with no processes, also for a sandbox made from a
+        // snapshot with memory: that image's processes belong with the files as they were
+        // then, and its restore fails once a file they held open is gone.
+        let spec = SandboxSpec {
+            template: crate::Template {
+                memory: None,
+                ..spec.template.clone()
+            },
+            ..spec.clone()
+        };
+        let spec = &spec;
         if let Err(err) = self.launch(spec, &dirs, &state) {
             if let Err(cleanup) = self.teardown(&spec.id, &state.container) {
                 tracing::warn!(err = %error_chain(&cleanup), sandbox_id = %spec.id, "cannot clean up after a failed resume");

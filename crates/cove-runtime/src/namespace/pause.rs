@@ -13,13 +13,8 @@
 //! server left halfway to the state the record names: a pause is finished, a resume from
 //! disk undone (its new processes killed), a thaw that was not recorded frozen again.
 
-use std::{io, time::Duration};
-
 use super::{NamespaceRuntime, state::State};
 use crate::{Handle, PauseMode, Recovered, RuntimeError, SandboxSpec, Started, process};
-
-/// How long a freeze or thaw may take (processes in uninterruptible sleep delay it).
-const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl NamespaceRuntime {
     fn wrong_state(id: &str, state: &'static str) -> RuntimeError {
@@ -36,19 +31,7 @@ impl NamespaceRuntime {
                 what: "pause sandboxes with their memory on this host (it has no cgroup freezer)",
             },
         )?;
-        let done = if frozen {
-            cgroups.freeze(id, FREEZE_TIMEOUT)
-        } else {
-            cgroups.thaw(id, FREEZE_TIMEOUT)
-        };
-        done.map_err(|e| RuntimeError::Io {
-            what: if frozen {
-                "freeze the sandbox"
-            } else {
-                "thaw the sandbox"
-            },
-            source: io::Error::other(e),
-        })
+        cgroups.hold(id, frozen)
     }
 
     /// Whether sandbox `id`'s cgroup is frozen now.
