@@ -669,3 +669,41 @@ async fn the_sdk_pauses_resumes_snapshots_and_forks() {
     assert!(copy.kill().await.unwrap());
     assert!(resumed.kill().await.unwrap());
 }
+
+/// A process that traces another (as `strace` or a debugger does), resuming it at every
+/// system call; the number of stops it has seen goes to `/tmp/traced` every thousand.
+const TRACER: &str = "exec python3 -c \"\nimport ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\npid = os.fork()\nif pid == 0:\n    libc.ptrace(0, 0, None, None)\n    os.kill(os.getpid(), 19)\n    while True:\n        os.getppid()\nos.waitpid(pid, 0)\nn = 0\nwhile True:\n    libc.ptrace(24, pid, None, None)\n    os.waitpid(pid, 0)\n    n += 1\n    if n % 1000 == 0:\n        open('/tmp/traced', 'w').write(str(n))\n\"";
+
+/// A sandbox whose processes trace each other pauses every time. cgroup v1's freezer tries
+/// each task once: a tracee its tracer resumed just before the tracer froze stops for
+/// ptrace after that pass, unfrozen, and the freeze would wait for it for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_whose_processes_trace_each_other_pauses_every_time() {
+    let fixture = Fixture::new();
+    let id = "paused-tracing";
+    let started = fixture.start(id, &fixture.template);
+    let agent = client(&started);
+    agent
+        .commands()
+        .spawn(Command::shell(TRACER))
+        .await
+        .unwrap();
+    wait_until("the tracer to trace", Duration::from_secs(60), || {
+        let agent = agent.clone();
+        async move {
+            let traced = sh(&agent, "cat /tmp/traced 2>/dev/null || echo 0").await;
+            (traced.trim().parse::<u64>().ok()? > 0).then_some(())
+        }
+    })
+    .await;
+    let spec = fixture.spec(id, &fixture.template);
+    let mut handle = started.handle.clone();
+    for i in 0..300 {
+        let paused = fixture
+            .runtime
+            .pause(&handle, PauseMode::Memory)
+            .unwrap_or_else(|e| panic!("pause {i}: {e}"));
+        handle = fixture.runtime.resume(&paused, &spec).unwrap().handle;
+    }
+    fixture.end(id, &handle);
+}
