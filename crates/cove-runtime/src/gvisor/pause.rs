@@ -30,7 +30,7 @@ impl GvisorRuntime {
     /// and only that: it answers, but leaves a container that `runsc restore` started
     /// running (a restored sandbox's process was measured writing on through a whole second
     /// of "pause"). With the freezer, freezing what is frozen or thawing what is not is
-    /// fine.
+    /// fine, and a freeze that fails lets go of what it stopped.
     pub(super) fn hold(&self, container: &str, frozen: bool) -> Result<(), RuntimeError> {
         let Some(cgroups) = self.cgroups.as_ref().filter(|c| c.can_freeze()) else {
             return if frozen {
@@ -43,11 +43,19 @@ impl GvisorRuntime {
                     .map_err(runsc_err("thaw the sandbox"))
             };
         };
-        if frozen || self.held_by_freezer(container) {
-            cgroups.hold(container, frozen)
-        } else {
-            Ok(())
+        if !frozen {
+            return if self.held_by_freezer(container) {
+                cgroups.hold(container, false)
+            } else {
+                Ok(())
+            };
         }
+        let held = cgroups.hold(container, true);
+        if held.is_err() {
+            // Not held after all: let go of what did stop.
+            let _ = cgroups.hold(container, false);
+        }
+        held
     }
 
     pub(super) fn pause_sandbox(
@@ -86,8 +94,6 @@ impl GvisorRuntime {
             state.frozen = true;
             self.save(id, &state)?;
             if let Err(err) = self.hold(&state.container, true) {
-                // Let go of whatever did stop.
-                let _ = self.hold(&state.container, false);
                 state.paused = None;
                 state.frozen = false;
                 self.save(id, &state)?;

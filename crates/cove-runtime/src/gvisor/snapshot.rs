@@ -48,10 +48,7 @@ impl GvisorRuntime {
             (Some(_), false) => self.copy_files(id, template, into, false, None),
             (Some(PauseMode::Memory), true) => self.copy_with_checkpoint(id, template, into),
             (None, false) => {
-                if let Err(err) = self.hold(&state.container, true) {
-                    let _ = self.hold(&state.container, false);
-                    return Err(err);
-                }
+                self.hold(&state.container, true)?;
                 let copied = self.copy_files(id, template, into, true, None);
                 // Thawed whatever the copy did: a snapshot must not leave its sandbox stopped.
                 self.hold(&state.container, false)?;
