@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
+    collections::HashSet,
     io::ErrorKind,
     net::{Ipv4Addr, SocketAddr},
     path::Path,
@@ -64,34 +65,45 @@ impl Descriptors {
             .count()
     }
 
-    /// The connections from `source` the server holds: its socket descriptors whose peer is
-    /// `source` (other descriptors of its own coming and going meanwhile do not count).
-    fn connections_from(&self, source: Ipv4Addr) -> usize {
-        let inodes: std::collections::HashSet<String> =
-            std::fs::read_dir(format!("/proc/{}/fd", self.0))
-                .unwrap()
-                .flatten()
-                .filter_map(|fd| {
-                    let target = std::fs::read_link(fd.path()).ok()?;
-                    let inode = target
-                        .to_str()?
-                        .strip_prefix("socket:[")?
-                        .strip_suffix(']')?;
-                    Some(inode.to_owned())
-                })
-                .collect();
-        // /proc shows an IPv4 address as its 32 bits in host order, in hex.
+    /// The client ports of the connections from `source` the server holds: its socket
+    /// descriptors whose peer is `source` (other descriptors of its own coming and going
+    /// meanwhile do not count).
+    ///
+    /// A set, because /proc reads its TCP table a page at a time and shows a line twice (or
+    /// not at all) when other sockets come and go between two pages: counting lines once
+    /// found 2208 connections where the server held 2200.
+    fn peer_ports_from(&self, source: Ipv4Addr) -> HashSet<u16> {
+        let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{}/fd", self.0))
+            .unwrap()
+            .flatten()
+            .filter_map(|fd| {
+                let target = std::fs::read_link(fd.path()).ok()?;
+                let inode = target
+                    .to_str()?
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?;
+                Some(inode.to_owned())
+            })
+            .collect();
+        // /proc shows an IPv4 address as its 32 bits in host order, in hex, and a port in hex.
         let peer = format!("{:08X}", u32::from_le_bytes(source.octets()));
         std::fs::read_to_string(format!("/proc/{}/net/tcp", self.0))
             .unwrap()
             .lines()
             .skip(1)
-            .filter(|line| {
+            .filter_map(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
-                fields.get(2).and_then(|remote| remote.split(':').next()) == Some(&peer)
-                    && fields.get(9).is_some_and(|inode| inodes.contains(*inode))
+                let (address, port) = fields.get(2)?.split_once(':')?;
+                (address == peer && inodes.contains(*fields.get(9)?))
+                    .then(|| u16::from_str_radix(port, 16).ok())?
             })
-            .count()
+            .collect()
+    }
+
+    /// Whether the server holds a connection from each of `ports` on `source`.
+    fn holds_all(&self, source: Ipv4Addr, ports: &[u16]) -> bool {
+        let held = self.peer_ports_from(source);
+        ports.iter().all(|port| held.contains(port))
     }
 
     /// The soft RLIMIT_NOFILE it runs with.
@@ -129,8 +141,8 @@ async fn connections(source: Ipv4Addr, server: SocketAddr, count: usize) -> Vec<
     all
 }
 
-/// As [`connections`], each batch accepted by the server (the connections from `source` it
-/// holds grown by as many) before the next is opened: a handshake the kernel completed is not
+/// As [`connections`], each batch accepted by the server (each of its connections among
+/// those the server holds) before the next is opened: a handshake the kernel completed is not
 /// yet a connection the server holds.
 async fn accepted_connections(
     source: Ipv4Addr,
@@ -140,11 +152,13 @@ async fn accepted_connections(
 ) -> Vec<TcpStream> {
     let mut all = Vec::with_capacity(count);
     while all.len() < count {
-        let before = fds.connections_from(source);
         let batch = connections(source, server, (count - all.len()).min(200)).await;
-        let expected = before + batch.len();
+        let ports: Vec<u16> = batch
+            .iter()
+            .map(|stream| stream.local_addr().unwrap().port())
+            .collect();
         wait_until("the server to accept a batch", DEADLINE, || async {
-            (fds.connections_from(source) >= expected).then_some(())
+            fds.holds_all(source, &ports).then_some(())
         })
         .await;
         all.extend(batch);
@@ -277,13 +291,20 @@ async fn thousands_of_idle_connections_leave_room_for_everyone_else() {
 
     let idle = accepted_connections(FLOOD, server.addr, IDLE, &fds).await;
     let held = fds.open();
-    let from_flood = fds.connections_from(FLOOD);
-    assert!(
-        from_flood >= IDLE,
-        "{from_flood} connections held ({held} descriptors open, {before} before)"
-    );
     everyone_else_is_served(&server, &existing).await;
     assert!(idle.iter().all(still_open));
+    // Read again until a read of /proc shows them all (see `peer_ports_from`): one the
+    // server dropped meanwhile is never shown again.
+    let ports: Vec<u16> = idle
+        .iter()
+        .map(|stream| stream.local_addr().unwrap().port())
+        .collect();
+    wait_until(
+        "the server to still hold every idle connection",
+        DEADLINE,
+        || async { fds.holds_all(FLOOD, &ports).then_some(()) },
+    )
+    .await;
     let during = fds.assert_below_limit();
     eprintln!(
         "{IDLE} idle connections held: {before} descriptors before, {held} with them, {during} \

@@ -448,7 +448,8 @@ async fn a_memory_snapshot_in_the_object_store_restores_its_processes_on_another
     let source = Sandbox::create(&a.config(), gvisor).await.unwrap();
     source
         .commands()
-        .run("nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done' >/dev/null 2>&1 &")
+        // Written aside and renamed, so that a read never finds the file emptied by `>`.
+        .run("nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.1; done' >/dev/null 2>&1 &")
         .await
         .unwrap();
     wait_until("the process to count", Duration::from_secs(10), || async {
