@@ -100,10 +100,12 @@ impl Descriptors {
             .collect()
     }
 
-    /// Whether the server holds a connection from each of `ports` on `source`.
-    fn holds_all(&self, source: Ipv4Addr, ports: &[u16]) -> bool {
+    /// Whether the server holds each of `streams`, opened from `source`.
+    fn holds_all(&self, source: Ipv4Addr, streams: &[TcpStream]) -> bool {
         let held = self.peer_ports_from(source);
-        ports.iter().all(|port| held.contains(port))
+        streams
+            .iter()
+            .all(|stream| held.contains(&stream.local_addr().unwrap().port()))
     }
 
     /// The soft RLIMIT_NOFILE it runs with.
@@ -153,12 +155,8 @@ async fn accepted_connections(
     let mut all = Vec::with_capacity(count);
     while all.len() < count {
         let batch = connections(source, server, (count - all.len()).min(200)).await;
-        let ports: Vec<u16> = batch
-            .iter()
-            .map(|stream| stream.local_addr().unwrap().port())
-            .collect();
         wait_until("the server to accept a batch", DEADLINE, || async {
-            fds.holds_all(source, &ports).then_some(())
+            fds.holds_all(source, &batch).then_some(())
         })
         .await;
         all.extend(batch);
@@ -295,14 +293,10 @@ async fn thousands_of_idle_connections_leave_room_for_everyone_else() {
     assert!(idle.iter().all(still_open));
     // Read again until a read of /proc shows them all (see `peer_ports_from`): one the
     // server dropped meanwhile is never shown again.
-    let ports: Vec<u16> = idle
-        .iter()
-        .map(|stream| stream.local_addr().unwrap().port())
-        .collect();
     wait_until(
         "the server to still hold every idle connection",
         DEADLINE,
-        || async { fds.holds_all(FLOOD, &ports).then_some(()) },
+        || async { fds.holds_all(FLOOD, &idle).then_some(()) },
     )
     .await;
     let during = fds.assert_below_limit();
