@@ -95,6 +95,19 @@ async fn sh(agent: &AgentClient, script: &str) -> String {
     agent.commands().run(script).await.unwrap().stdout
 }
 
+/// Waits (up to a minute) until the number in the sandbox's `file` is above `floor`.
+async fn wait_for_number_above(agent: &AgentClient, file: &str, floor: u64, what: &str) {
+    let read = format!("cat {file} 2>/dev/null || echo 0");
+    wait_until(what, Duration::from_secs(60), || {
+        let (agent, read) = (agent.clone(), read.clone());
+        async move {
+            let number = sh(&agent, &read).await;
+            (number.trim().parse::<u64>().ok()? > floor).then_some(())
+        }
+    })
+    .await;
+}
+
 fn state_of(handle: &Handle) -> serde_json::Value {
     handle.state.clone()
 }
@@ -151,14 +164,7 @@ async fn a_memory_pause_freezes_the_sandbox_and_a_resume_continues_it() {
         ))
         .await
         .unwrap();
-    wait_until("the counter to count", Duration::from_secs(60), || {
-        let agent = agent.clone();
-        async move {
-            let count = sh(&agent, "cat /tmp/count 2>/dev/null || echo 0").await;
-            (count.trim().parse::<u64>().ok()? > 2).then_some(())
-        }
-    })
-    .await;
+    wait_for_number_above(&agent, "/tmp/count", 2, "the counter to count").await;
 
     let paused = fixture
         .runtime
@@ -688,14 +694,7 @@ async fn a_sandbox_whose_processes_trace_each_other_pauses_every_time() {
         .spawn(Command::shell(TRACER))
         .await
         .unwrap();
-    wait_until("the tracer to trace", Duration::from_secs(60), || {
-        let agent = agent.clone();
-        async move {
-            let traced = sh(&agent, "cat /tmp/traced 2>/dev/null || echo 0").await;
-            (traced.trim().parse::<u64>().ok()? > 0).then_some(())
-        }
-    })
-    .await;
+    wait_for_number_above(&agent, "/tmp/traced", 0, "the tracer to trace").await;
     let spec = fixture.spec(id, &fixture.template);
     let mut handle = started.handle.clone();
     for i in 0..300 {
