@@ -24,9 +24,9 @@ pub fn is_temporary(name: &OsStr) -> bool {
         .is_some_and(|name| name.starts_with(TEMPORARY_PREFIX))
 }
 
-/// A file being written to replace (or create) its target: `F` is the open temporary file,
-/// a blocking `std::fs::File` or a `tokio::fs::File`. Dropped before it is committed — an
-/// error, a cancelled request — the temporary file is removed.
+/// A file being written to replace (or create) its target: `F` is the open temporary file.
+/// Dropped before it is committed — an error, a cancelled request — the temporary file is
+/// removed.
 #[derive(Debug)]
 pub struct Staged<F> {
     temporary: Temporary,
@@ -113,38 +113,6 @@ impl Staged<std::fs::File> {
             .file
             .metadata()
             .and_then(|meta| self.file.set_len(meta.len()));
-        self.report_untouched(touched);
-        Ok(())
-    }
-}
-
-impl Staged<tokio::fs::File> {
-    /// [`Staged::create_blocking`] on a blocking thread (one trip for all its calls).
-    pub async fn create(path: &Path, user: &User) -> io::Result<Self> {
-        let (path, user) = (path.to_path_buf(), user.clone());
-        let staged = tokio::task::spawn_blocking(move || Staged::create_blocking(&path, &user))
-            .await
-            .map_err(io::Error::other)??;
-        let Staged {
-            temporary,
-            target,
-            file,
-        } = staged;
-        Ok(Staged {
-            temporary,
-            target,
-            file: tokio::fs::File::from_std(file),
-        })
-    }
-
-    /// Moves the finished file into place.
-    pub async fn commit(mut self) -> io::Result<()> {
-        tokio::fs::rename(&self.temporary.path, &self.target).await?;
-        self.temporary.moved = true;
-        let touched = match self.file.metadata().await {
-            Ok(meta) => self.file.set_len(meta.len()).await,
-            Err(err) => Err(err),
-        };
         self.report_untouched(touched);
         Ok(())
     }

@@ -15,6 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
+use cove_proto::envd::FILE_UPGRADE;
 use futures::{Stream, StreamExt, TryStreamExt};
 use hyper::upgrade::OnUpgrade;
 use serde::{Deserialize, Serialize};
@@ -26,7 +27,7 @@ use crate::{
     auth::{self, Operation, SignedQuery},
     encoding,
     filesystem::{self, entry::METADATA_XATTR_PREFIX},
-    paths,
+    paths, receive_file,
     rest::RestError,
     send_file,
     users::User,
@@ -319,20 +320,64 @@ pub struct WrittenEntry {
 
 /// `POST /files`: writes one file from a raw body (`?path=` required) or any number from a
 /// multipart form (field `file`; the part's filename is its path unless `?path=` is given).
+/// A raw body the server sends through the file upgrade is received from the socket
+/// ([`receive_file`]).
 pub async fn upload(
     State(state): State<AgentState>,
     Query(query): Query<FilesQuery>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Json<Vec<WrittenEntry>>, RestError> {
+    request: axum::extract::Request,
+) -> Result<Response, RestError> {
+    let (mut parts, body) = request.into_parts();
+    if let Some(length) = receive_file::wanted(&parts.headers) {
+        let length = length?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or_else(|| RestError::bad_request("the file upgrade needs HTTP/1.1"))?;
+        let socket = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<send_file::Socket>>()
+            .map(|info| info.0.clone());
+        let (target, metadata) = ready_raw(&state, &query, &parts.headers).await?;
+        return Ok(receive_file::respond(
+            on_upgrade, socket, target, metadata, length,
+        ));
+    }
     let mut body = body.into_data_stream().map_err(io::Error::other);
-    let result = accept(&state, &query, &headers, &mut body).await;
+    let result = accept(&state, &query, &parts.headers, &mut body).await;
     if result.is_err() {
         // Answering while the client still sends would close the connection under it, and
         // it (or the proxy) would see a broken pipe instead of the error.
         drain(&mut body, ERROR_DRAIN_TIME).await;
     }
-    result.map(Json)
+    result.map(|written| Json(written).into_response())
+}
+
+/// Checks a raw upload sent through the file upgrade as [`accept`] checks any, and makes
+/// its file ready.
+async fn ready_raw(
+    state: &AgentState,
+    query: &FilesQuery,
+    headers: &HeaderMap,
+) -> Result<(Target, BTreeMap<String, String>), RestError> {
+    auth::check_signature(state, headers, &query.signed(), Operation::Write)?;
+    let user = query.user(state)?;
+    let metadata = parse_metadata(headers)?;
+    let coded = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.is_empty() && !v.eq_ignore_ascii_case("identity"));
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream");
+    if coded || essence(content_type) != "application/octet-stream" {
+        return Err(RestError::bad_request(format!(
+            "the {FILE_UPGRADE} upgrade takes only a raw body without a Content-Encoding"
+        )));
+    }
+    let path = raw_path(state, query, &user)?;
+    Ok((Target::open_async(&path, &user).await?, metadata))
 }
 
 /// Checks an upload and writes its files.
@@ -372,6 +417,26 @@ async fn accept(
     receive(state, query, &user, &metadata, content_type, &mut stream).await
 }
 
+/// A content type without its parameters, lowercased.
+fn essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Where a raw body upload goes: `?path=`, required.
+fn raw_path(state: &AgentState, query: &FilesQuery, user: &User) -> Result<PathBuf, RestError> {
+    let Some(target) = query.path.as_deref().filter(|p| !p.is_empty()) else {
+        return Err(RestError::bad_request(
+            "the path query parameter is required for a raw body upload",
+        ));
+    };
+    query.resolve(state, user, Some(target))
+}
+
 /// Writes the files of an upload body.
 async fn receive(
     state: &AgentState,
@@ -381,19 +446,9 @@ async fn receive(
     content_type: &str,
     mut stream: &mut (impl Stream<Item = io::Result<Bytes>> + Send + Unpin),
 ) -> Result<Vec<WrittenEntry>, RestError> {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = essence(content_type);
     if essence == "application/octet-stream" {
-        let Some(target) = query.path.as_deref().filter(|p| !p.is_empty()) else {
-            return Err(RestError::bad_request(
-                "the path query parameter is required for a raw body upload",
-            ));
-        };
-        let path = query.resolve(state, user, Some(target))?;
+        let path = raw_path(state, query, user)?;
         write_file(&path, user, metadata, stream).await?;
         Ok(vec![describe(&path)])
     } else if essence.starts_with("multipart/") {
@@ -600,30 +655,23 @@ async fn drain_epilogue(stream: &mut (impl Stream<Item = io::Result<Bytes>> + Un
     }
 }
 
-/// Streams `reader` into `path`, creating parents owned by `user`; the file ends up theirs,
-/// with `metadata`. A regular file (or a new one) is replaced whole once the content is
-/// complete (see [`atomic`]); anything else (a FIFO, a device) is written in place.
+/// Streams `body` into `path`, creating parents owned by `user`; the file ends up theirs,
+/// with `metadata` (see [`Target`]).
 async fn write_file(
     path: &Path,
     user: &User,
     metadata: &BTreeMap<String, String>,
     body: impl Stream<Item = io::Result<Bytes>> + Unpin,
 ) -> Result<(), RestError> {
-    let internal = |what: &str, err: &io::Error| write_failed(path, what, err);
-    if !make_way(path, user)? {
-        return write_in_place(path, user, metadata, body).await;
-    }
-    let mut staged = atomic::Staged::create(path, user)
-        .await
-        .map_err(|err| create_failed(path, &err))?;
-    copy_in_chunks(body, staged.file())
+    let mut target = Target::open_async(path, user).await?;
+    let file = target
+        .file()
+        .try_clone()
+        .map_err(|err| write_failed(path, "open", &err))?;
+    copy_in_chunks(body, file)
         .await
         .map_err(|err| copy_failed(path, err))?;
-    store_metadata(staged.path(), metadata)?;
-    staged
-        .commit()
-        .await
-        .map_err(|err| internal("replace", &err))
+    target.finish_async(metadata).await
 }
 
 /// [`write_file`] of content already received, blocking: one trip to a blocking thread for
@@ -635,32 +683,101 @@ fn write_whole(
     content: &[u8],
 ) -> Result<WrittenEntry, RestError> {
     use std::io::Write;
-    let internal = |what: &str, err: &io::Error| write_failed(path, what, err);
-    if make_way(path, user)? {
-        let mut staged =
-            atomic::Staged::create_blocking(path, user).map_err(|err| create_failed(path, &err))?;
-        staged
-            .file()
-            .write_all(content)
-            .map_err(|err| internal("write", &err))?;
-        store_metadata(staged.path(), metadata)?;
-        staged
-            .commit_blocking()
-            .map_err(|err| internal("replace", &err))?;
-    } else {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|err| internal("open", &err))?;
-        filesystem::fchown(&file, user).map_err(|err| internal("chown", &err))?;
-        file.write_all(content)
-            .map_err(|err| internal("write", &err))?;
-        if let Err(err) = replace_metadata(path, metadata) {
-            tracing::debug!(?err, path = %path.display(), "no metadata on a special file");
+    let mut target = Target::open(path, user)?;
+    target
+        .file()
+        .write_all(content)
+        .map_err(|err| write_failed(path, "write", &err))?;
+    target.finish(metadata)?;
+    Ok(describe(path))
+}
+
+/// Where an upload's content goes. A regular file (or a new one) is replaced whole once the
+/// content is complete (see [`atomic`]); anything else (a FIFO, a device) is written in
+/// place. Either way the file is `user`'s, and its parent directories are made theirs.
+pub(crate) struct Target {
+    path: PathBuf,
+    kind: TargetKind,
+}
+
+enum TargetKind {
+    Replace(atomic::Staged<std::fs::File>),
+    InPlace(std::fs::File),
+}
+
+impl Target {
+    /// Gets `path` ready to take `user`'s upload, blocking.
+    pub(crate) fn open(path: &Path, user: &User) -> Result<Self, RestError> {
+        let kind = if make_way(path, user)? {
+            TargetKind::Replace(
+                atomic::Staged::create_blocking(path, user)
+                    .map_err(|err| create_failed(path, &err))?,
+            )
+        } else {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(path)
+                .map_err(|err| write_failed(path, "open", &err))?;
+            filesystem::fchown(&file, user).map_err(|err| write_failed(path, "chown", &err))?;
+            TargetKind::InPlace(file)
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            kind,
+        })
+    }
+
+    /// [`Target::open`] on a blocking thread.
+    pub(crate) async fn open_async(path: &Path, user: &User) -> Result<Self, RestError> {
+        let (path, user) = (path.to_path_buf(), user.clone());
+        tokio::task::spawn_blocking(move || Self::open(&path, &user))
+            .await
+            .map_err(|err| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
+    }
+
+    /// Where the content is written.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file the content goes to.
+    pub(crate) fn file(&mut self) -> &mut std::fs::File {
+        match &mut self.kind {
+            TargetKind::Replace(staged) => staged.file(),
+            TargetKind::InPlace(file) => file,
         }
     }
-    Ok(describe(path))
+
+    /// Gives the written file `metadata` and puts it in place, blocking. Dropped instead
+    /// (the content failed), a replacement leaves the old file as it was.
+    pub(crate) fn finish(self, metadata: &BTreeMap<String, String>) -> Result<(), RestError> {
+        match self.kind {
+            TargetKind::Replace(staged) => {
+                store_metadata(staged.path(), metadata)?;
+                staged
+                    .commit_blocking()
+                    .map_err(|err| write_failed(&self.path, "replace", &err))
+            }
+            TargetKind::InPlace(_) => {
+                if let Err(err) = replace_metadata(&self.path, metadata) {
+                    tracing::debug!(?err, path = %self.path.display(), "no metadata on a special file");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// [`Target::finish`] on a blocking thread.
+    pub(crate) async fn finish_async(
+        self,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), RestError> {
+        let metadata = metadata.clone();
+        tokio::task::spawn_blocking(move || self.finish(&metadata))
+            .await
+            .map_err(|err| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
+    }
 }
 
 /// Gets `path` ready to be written: its parent directories made (owned by `user`), and
@@ -689,7 +806,7 @@ fn make_way(path: &Path, user: &User) -> Result<bool, RestError> {
 /// The answer to a write of `path` that failed doing `what`: 507 when the disk is full, 403
 /// when the filesystem refuses it (read-only, permission denied; as for reads), 500
 /// otherwise (as envd).
-fn write_failed(path: &Path, what: &str, err: &io::Error) -> RestError {
+pub(crate) fn write_failed(path: &Path, what: &str, err: &io::Error) -> RestError {
     if is_disk_full(err) {
         return RestError::new(
             StatusCode::INSUFFICIENT_STORAGE,
@@ -726,47 +843,17 @@ fn create_failed(path: &Path, err: &io::Error) -> RestError {
     write_failed(path, "create", err)
 }
 
-/// Writes into what is at `path` as it is (for what a rename must not replace).
-async fn write_in_place(
-    path: &Path,
-    user: &User,
-    metadata: &BTreeMap<String, String>,
-    body: impl Stream<Item = io::Result<Bytes>> + Unpin,
-) -> Result<(), RestError> {
-    let internal = |what: &str, err: &io::Error| write_failed(path, what, err);
-    let file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(path)
-        .await
-        .map_err(|err| internal("open", &err))?;
-    filesystem::fchown(&file, user).map_err(|err| internal("chown", &err))?;
-    copy_in_chunks(body, &file)
-        .await
-        .map_err(|err| copy_failed(path, err))?;
-    if let Err(err) = replace_metadata(path, metadata) {
-        tracing::debug!(?err, path = %path.display(), "no metadata on a special file");
-    }
-    Ok(())
-}
-
 /// Copies `body` into `file` in writes of [`WRITE_CHUNK`] bytes, each on a blocking thread
 /// while the next is gathered. A request body arrives in socket-sized pieces (64 KiB over
 /// the server's Unix socket); they are copied into one of two buffers that take turns, so
 /// the memory stays the same from write to write. Handing the pieces on as they are would
 /// keep each piece's buffer alive until its write, and every read of the body would then
 /// fault in fresh pages (more CPU time than the copy saves, measured in docs/BENCHMARKS.md).
-async fn copy_in_chunks(
+pub(crate) async fn copy_in_chunks(
     mut body: impl Stream<Item = io::Result<Bytes>> + Unpin,
-    file: &tokio::fs::File,
+    file: std::fs::File,
 ) -> Result<(), CopyError> {
-    let mut file = Some(
-        file.try_clone()
-            .await
-            .map_err(CopyError::Write)?
-            .into_std()
-            .await,
-    );
+    let mut file = Some(file);
     let mut spare = Vec::with_capacity(WRITE_CHUNK);
     let mut carried = Bytes::new();
     let mut writing = None;
@@ -832,14 +919,14 @@ async fn settle(write: Write) -> Result<(std::fs::File, Vec<u8>), CopyError> {
 
 /// Which side of a copy failed: the upload's body, or the file.
 #[derive(Debug)]
-enum CopyError {
+pub(crate) enum CopyError {
     Read(io::Error),
     Write(io::Error),
 }
 
 /// The answer to a copy that failed: a broken body (bad gzip or multipart, a client gone)
 /// is the client's mistake; a file that cannot be written is ours.
-fn copy_failed(path: &Path, err: CopyError) -> RestError {
+pub(crate) fn copy_failed(path: &Path, err: CopyError) -> RestError {
     match err {
         CopyError::Read(err) => RestError::bad_request(format!(
             "cannot read the upload for '{}': {err}",
@@ -872,7 +959,7 @@ fn store_metadata(path: &Path, metadata: &BTreeMap<String, String>) -> Result<()
 }
 
 /// What an upload reports for the file now at `path`.
-fn describe(path: &Path) -> WrittenEntry {
+pub(crate) fn describe(path: &Path) -> WrittenEntry {
     WrittenEntry {
         path: path.to_string_lossy().into_owned(),
         name: path
@@ -1008,8 +1095,8 @@ mod tests {
             rest = after;
         }
         let path = dir.path().join("f");
-        let file = tokio::fs::File::create(&path).await.unwrap();
-        copy_in_chunks(futures::stream::iter(pieces), &file)
+        let file = std::fs::File::create(&path).unwrap();
+        copy_in_chunks(futures::stream::iter(pieces), file)
             .await
             .unwrap();
         assert!(std::fs::read(&path).unwrap() == content);

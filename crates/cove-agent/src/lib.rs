@@ -16,6 +16,7 @@ pub mod paths;
 pub mod process;
 pub mod quiesce;
 pub mod reaper;
+pub mod receive_file;
 pub mod rest;
 pub mod rpc;
 pub mod send_file;

@@ -47,6 +47,11 @@ impl Socket {
     pub fn of(stream: &impl AsFd) -> Self {
         Self(stream.as_fd().try_clone_to_owned().ok().map(Arc::new))
     }
+
+    /// The duplicate, when there is one.
+    pub(crate) fn descriptor(self) -> Option<Arc<OwnedFd>> {
+        self.0
+    }
 }
 
 /// Whether the request asks for the upgrade, for a file of `length` bytes that goes out as

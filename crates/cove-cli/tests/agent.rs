@@ -1060,6 +1060,164 @@ where
     }
 }
 
+/// Sends `path`'s upload the way `cove serve` sends one through the file upgrade: the
+/// request without its body, with `extra` headers. On a `101`, writes `body` on the raw
+/// stream, closes its sending side, and reads the agent's answer to its end. The answer's
+/// head, and what followed it.
+async fn upload_through_upgrade<S>(
+    mut stream: S,
+    path: &str,
+    extra: &str,
+    body: &[u8],
+) -> (String, Vec<u8>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let request = format!(
+        "POST /files?path={path} HTTP/1.1\r\nHost: agent\r\nContent-Length: 0\r\nConnection: upgrade\r\nUpgrade: {}\r\n{extra}\r\n",
+        cove_proto::envd::FILE_UPGRADE
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let head = loop {
+        let mut piece = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut piece))
+            .await
+            .expect("the agent answers")
+            .unwrap();
+        assert!(read > 0, "closed before the head ended");
+        answer.extend_from_slice(&piece[..read]);
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..end]).to_lowercase();
+            answer.drain(..end + 4);
+            break head;
+        }
+    };
+    if head.starts_with("http/1.1 101") {
+        assert!(answer.is_empty(), "the agent wrote before the body came");
+        stream.write_all(body).await.unwrap();
+        stream.shutdown().await.unwrap();
+    }
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map(|v| v.parse::<usize>().unwrap());
+    // A refusal keeps the connection: its body ends at its length. The upgrade's answer
+    // ends with the connection.
+    while length.is_none_or(|n| answer.len() < n) {
+        let mut piece = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut piece))
+            .await
+            .expect("the agent answers")
+            .unwrap();
+        if read == 0 {
+            break;
+        }
+        answer.extend_from_slice(&piece[..read]);
+    }
+    (head, answer)
+}
+
+/// A large raw upload sent through the file upgrade (as `cove serve` sends one) is checked
+/// first (a refusal is the ordinary answer), then taken from the raw stream, with `splice` on
+/// the Unix socket and through the upgraded stream on TCP, and answered there. One cut short
+/// leaves the old file as it was and nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_uploads_come_through_the_file_upgrade() {
+    let agent = agent_with_tcp().await;
+    let client = agent.client();
+    let files = client.files();
+    let unix = || async {
+        tokio::net::UnixStream::connect(&agent.socket)
+            .await
+            .unwrap()
+    };
+    let tcp = || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", agent.port.unwrap()))
+            .await
+            .unwrap()
+    };
+    let big: Vec<u8> = (0..(5 << 20) + 17).map(|i| (i % 251) as u8).collect();
+    let length = |n: usize| format!("x-cove-file-length: {n}\r\n");
+    let raw = "Content-Type: application/octet-stream\r\n";
+
+    let extra = format!("{raw}{}X-Metadata-Kind: spliced\r\n", length(big.len()));
+    let (head, answer) = upload_through_upgrade(unix().await, "up/big.bin", &extra, &big).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let answer = String::from_utf8(answer).unwrap();
+    let (status, json) = answer.split_once('\n').unwrap();
+    assert_eq!(status, "200", "{answer}");
+    let written: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(written[0]["path"], "/home/user/up/big.bin", "{answer}");
+    assert_eq!(written[0]["metadata"]["kind"], "spliced", "{answer}");
+    assert!(files.read("up/big.bin").await.unwrap() == big);
+
+    // Over TCP (no descriptor to splice from), replacing the file.
+    let other: Vec<u8> = big.iter().rev().copied().collect();
+    let extra = format!("{raw}{}", length(other.len()));
+    let (head, answer) = upload_through_upgrade(tcp().await, "up/big.bin", &extra, &other).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        answer.starts_with(b"200\n"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(files.read("up/big.bin").await.unwrap() == other);
+
+    // Cut short: the old content stays, and no temporary file is left.
+    for stream in [
+        Box::new(unix().await) as Box<dyn AsyncStream>,
+        Box::new(tcp().await),
+    ] {
+        let extra = format!("{raw}{}", length(big.len()));
+        let (head, answer) =
+            upload_through_upgrade(stream, "up/big.bin", &extra, &big[..1 << 20]).await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(answer.starts_with("400\n"), "{answer}");
+        assert!(answer.contains("ended before its length"), "{answer}");
+        assert!(files.read("up/big.bin").await.unwrap() == other);
+        let names: Vec<String> = files
+            .list("up", 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.name)
+            .collect();
+        assert_eq!(names, ["big.bin"]);
+    }
+
+    // Refusals are ordinary answers, before any byte is sent.
+    for (path, extra, why) in [
+        ("up/x.bin", raw.to_owned(), "x-cove-file-length"),
+        (
+            "up/x.bin",
+            format!("{raw}{}Content-Encoding: gzip\r\n", length(10)),
+            "raw body",
+        ),
+        (
+            "up/x.bin",
+            format!(
+                "Content-Type: multipart/form-data; boundary=x\r\n{}",
+                length(10)
+            ),
+            "raw body",
+        ),
+        ("up", format!("{raw}{}", length(10)), "is a directory"),
+        ("", format!("{raw}{}", length(10)), "path query parameter"),
+    ] {
+        let (head, answer) = upload_through_upgrade(unix().await, path, &extra, b"").await;
+        assert!(head.starts_with("http/1.1 400"), "{path} {extra}: {head}");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.contains(why), "{path} {extra}: {answer}");
+    }
+    assert!(files.read("up/x.bin").await.is_err());
+}
+
+trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> AsyncStream for S {}
+
 /// A large download asked for with the file upgrade (as `cove serve` asks) comes as `101`
 /// with its length and then the raw bytes, sent with `sendfile` on the Unix socket and
 /// through the upgraded stream on TCP; a small file, or one going out gzip-compressed,

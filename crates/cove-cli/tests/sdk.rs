@@ -900,3 +900,167 @@ async fn a_small_code_interpreter_sandbox_starts_its_kernel_on_first_use() {
     assert!(kernel_started_ahead(&server, warm.id()));
     warm.kill().await.unwrap();
 }
+
+/// A sandbox made through the API: its id and its agent's access token (for raw requests).
+async fn raw_sandbox(server: &TestServer) -> (String, String) {
+    let created: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/sandboxes", server.url()))
+        .header("x-api-key", &server.api_key)
+        .json(&serde_json::json!({"templateID": "base"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        created["sandboxID"].as_str().unwrap().to_owned(),
+        created["envdAccessToken"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Writes a raw upload of `body` to `path` on `stream` (HTTP/1.1, kept alive) and reads the
+/// answer: its head, lowercased, and its body.
+async fn raw_upload(
+    stream: &mut tokio::net::TcpStream,
+    (id, token): &(String, String),
+    path: &str,
+    body: &[u8],
+) -> (String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let head = format!(
+        "POST /files?path={path} HTTP/1.1\r\nHost: x\r\nE2B-Sandbox-Id: {id}\r\n\
+         E2B-Sandbox-Port: 49983\r\nX-Access-Token: {token}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    loop {
+        let mut piece = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut piece))
+            .await
+            .expect("the server answers")
+            .unwrap();
+        assert!(read > 0, "closed before the answer ended");
+        answer.extend_from_slice(&piece[..read]);
+        let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&answer[..end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.parse().unwrap());
+        if answer.len() >= end + 4 + length {
+            let body = String::from_utf8_lossy(&answer[end + 4..end + 4 + length]).into_owned();
+            return (head, body);
+        }
+    }
+}
+
+/// Large raw uploads reach the sandbox's agent past the server's HTTP stack (`splice` from a
+/// plain HTTP/1.1 connection, the body's frames from an HTTP/2 one): every byte arrives, a
+/// connection that carried one serves the next request, and an upload the client cuts short
+/// leaves the old file as it was and nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_uploads_arrive_whole_or_leave_the_file_as_it_was() {
+    use tokio::io::AsyncWriteExt as _;
+    let server = server().await;
+    let raw = raw_sandbox(&server).await;
+    let sbx = Sandbox::connect(&server.config(), &raw.0, None)
+        .await
+        .unwrap();
+    let files = sbx.files();
+    let pattern =
+        |n: usize, salt: usize| -> Vec<u8> { (0..n).map(|i| ((i + salt) % 251) as u8).collect() };
+
+    // The Rust SDK (HTTP/1.1).
+    let content = pattern((5 << 20) + 123, 0);
+    files
+        .write("/home/user/up.bin", content.clone())
+        .await
+        .unwrap();
+    assert!(files.read("/home/user/up.bin").await.unwrap() == content);
+
+    // One connection, kept alive: two uploads taken past hyper with fewer bytes than the
+    // front drains after a handler (so it keeps the connection), then a larger one, after
+    // which it closes.
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (small_a, small_b) = (pattern(300 << 10, 1), pattern((1 << 20) + 1, 2));
+    for (path, body) in [
+        ("/home/user/a.bin", &small_a),
+        ("/home/user/b.bin", &small_b),
+    ] {
+        let (head, answer) = raw_upload(&mut stream, &raw, path, body).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}\n{answer}");
+        assert!(!head.contains("connection: close"), "{head}");
+        assert!(answer.contains(path), "{answer}");
+    }
+    let large = pattern(6 << 20, 3);
+    let (head, _) = raw_upload(&mut stream, &raw, "/home/user/c.bin", &large).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(files.read("/home/user/a.bin").await.unwrap() == small_a);
+    assert!(files.read("/home/user/b.bin").await.unwrap() == small_b);
+    assert!(files.read("/home/user/c.bin").await.unwrap() == large);
+
+    // HTTP/2 (no socket to splice from): the frames go down the upgraded connection.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let over_h2 = pattern((3 << 20) + 7, 4);
+    let answer = h2
+        .post(format!("{}/files?path=/home/user/h2.bin", server.url()))
+        .header("e2b-sandbox-id", &raw.0)
+        .header("e2b-sandbox-port", "49983")
+        .header("x-access-token", &raw.1)
+        .header("content-type", "application/octet-stream")
+        .body(over_h2.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+    assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
+    assert!(files.read("/home/user/h2.bin").await.unwrap() == over_h2);
+
+    // Cut short: 1 MiB of a promised 5 MiB, then the client goes.
+    let mut cut = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /files?path=/home/user/up.bin HTTP/1.1\r\nHost: x\r\nE2B-Sandbox-Id: {}\r\n\
+         E2B-Sandbox-Port: 49983\r\nX-Access-Token: {}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        raw.0,
+        raw.1,
+        5 << 20
+    );
+    cut.write_all(head.as_bytes()).await.unwrap();
+    cut.write_all(&pattern(1 << 20, 5)).await.unwrap();
+    drop(cut);
+    let leftovers = || async {
+        files
+            .list("/home/user", 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|entry| entry.name.starts_with(".cove-upload-"))
+            .count()
+    };
+    wait_until(
+        "the cut upload's file is removed",
+        Duration::from_secs(30),
+        || async { (leftovers().await == 0).then_some(()) },
+    )
+    .await;
+    assert!(files.read("/home/user/up.bin").await.unwrap() == content);
+
+    // The server goes on.
+    files
+        .write("/home/user/up.bin", large.clone())
+        .await
+        .unwrap();
+    assert!(files.read("/home/user/up.bin").await.unwrap() == large);
+    sbx.kill().await.unwrap();
+}

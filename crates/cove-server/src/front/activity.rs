@@ -4,6 +4,7 @@
 //! start and end.
 
 use std::{
+    os::fd::AsFd,
     pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard,
@@ -20,7 +21,7 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use super::{Timeouts, admission::Permit};
+use super::{Timeouts, admission::Permit, raw_body::Gate};
 
 /// The state of one connection, shared by its socket, its requests and its watchdog.
 #[derive(Debug)]
@@ -198,6 +199,9 @@ impl Drop for RequestGuard {
 pub struct Watched {
     stream: TcpStream,
     activity: Arc<Activity>,
+    /// Lets a handler take its request's body past hyper
+    /// ([`RawBody`](super::raw_body::RawBody)).
+    gate: Arc<Gate>,
     upgrade_idle: Duration,
     upgrade_timer: Option<Pin<Box<Sleep>>>,
     _permit: Permit,
@@ -213,10 +217,17 @@ impl Watched {
         Self {
             stream,
             activity,
+            gate: Gate::new(),
             upgrade_idle,
             upgrade_timer: None,
             _permit: permit,
         }
+    }
+
+    /// The way past hyper for this connection's requests (plain HTTP/1.1 only: see
+    /// [`RawBody`](super::raw_body::RawBody)).
+    pub fn gate(&self) -> Arc<Gate> {
+        self.gate.clone()
     }
 
     /// Called when the socket has nothing to give or take: an upgraded connection's silence
@@ -253,6 +264,9 @@ impl AsyncRead for Watched {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if let Some(polled) = this.gate.poll_read(cx, buf, this.stream.as_fd()) {
+            return polled;
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {

@@ -11,6 +11,7 @@ use super::{
     Timeouts,
     activity::{Activity, Expiry, Watched},
     protocol::Protocols,
+    raw_body::Gate,
     service::ConnectionService,
 };
 
@@ -40,24 +41,36 @@ pub async fn serve_accepted(
     peer: SocketAddr,
 ) {
     let Some(acceptor) = shared.tls.clone() else {
-        return serve(shared, io, activity, peer).await;
+        let gate = io.gate();
+        return serve(shared, io, activity, peer, Some(gate)).await;
     };
     let handshake = tokio::time::timeout(shared.timeouts.header_read, acceptor.accept(io)).await;
     match handshake {
-        Ok(Ok(tls)) => serve(shared, tls, activity, peer).await,
+        // Under TLS the socket carries records: no body is taken past hyper.
+        Ok(Ok(tls)) => serve(shared, tls, activity, peer, None).await,
         Ok(Err(err)) => tracing::debug!(%peer, %err, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake did not finish in time; closed"),
     }
 }
 
 /// Serves `io` until the connection ends, a timeout closes it, or the server stops (then
-/// the requests in flight are finished first).
-async fn serve<I>(shared: Arc<Shared>, io: I, activity: Arc<Activity>, peer: SocketAddr)
-where
+/// the requests in flight are finished first). `gate`: `io`'s way past hyper to its socket.
+async fn serve<I>(
+    shared: Arc<Shared>,
+    io: I,
+    activity: Arc<Activity>,
+    peer: SocketAddr,
+    gate: Option<Arc<Gate>>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let timeouts = shared.timeouts;
-    let service = ConnectionService::new(shared.app.clone(), activity.clone(), timeouts.body_read);
+    let service = ConnectionService::new(
+        shared.app.clone(),
+        activity.clone(),
+        timeouts.body_read,
+        gate,
+    );
     // The first bytes are read to tell the protocol: they count as the first request's head,
     // under its timeout.
     let first_head_due = activity.deadline(&timeouts).map(|(at, _)| at);

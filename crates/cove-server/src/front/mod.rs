@@ -20,6 +20,7 @@ pub mod config;
 mod connection;
 mod open_files;
 mod protocol;
+mod raw_body;
 mod service;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
@@ -29,8 +30,9 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use self::{
-    body::stalled,
+    body::{BodyError, stalled},
     config::{FrontConfig, Limits, Timeouts},
+    raw_body::{Hold, RawBody},
 };
 
 /// Connections the kernel completes and queues for us to accept (capped by

@@ -1,5 +1,6 @@
 //! The application as one connection serves it: each request is counted in flight until its
-//! response is sent, its body gets the stall timeout, and a switch of protocols is noted.
+//! response is sent, its body gets the stall timeout, a switch of protocols is noted, and a
+//! plain HTTP/1.1 request carries its way past hyper ([`RawBody`]).
 
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc, time::Duration};
 
@@ -10,6 +11,7 @@ use hyper::body::Incoming;
 use super::{
     activity::Activity,
     body::{InFlight, StallGuard},
+    raw_body::{Gate, RawBody},
 };
 
 /// The router, for the requests of one connection.
@@ -18,14 +20,22 @@ pub struct ConnectionService {
     app: Router,
     activity: Arc<Activity>,
     body_read_timeout: Duration,
+    /// Set on connections that offer [`RawBody`].
+    gate: Option<Arc<Gate>>,
 }
 
 impl ConnectionService {
-    pub fn new(app: Router, activity: Arc<Activity>, body_read_timeout: Duration) -> Self {
+    pub fn new(
+        app: Router,
+        activity: Arc<Activity>,
+        body_read_timeout: Duration,
+        gate: Option<Arc<Gate>>,
+    ) -> Self {
         Self {
             app,
             activity,
             body_read_timeout,
+            gate,
         }
     }
 }
@@ -50,7 +60,12 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let in_flight = self.activity.request_started(request.version());
         let limit = (!is_message_stream(request.headers())).then_some(self.body_read_timeout);
-        let request = request.map(|body| Body::new(StallGuard::new(body, limit)));
+        let mut request = request.map(|body| Body::new(StallGuard::new(body, limit)));
+        if let (Some(gate), true) = (&self.gate, request.version() <= http::Version::HTTP_11) {
+            request
+                .extensions_mut()
+                .insert(RawBody::new(gate.clone(), limit));
+        }
         let mut app = self.app.clone();
         Box::pin(async move {
             let response = match tower_service::Service::call(&mut app, request).await {

@@ -5,6 +5,7 @@
 //! asked for `autoResume` resumes it first; other paused sandboxes answer 502 "paused".
 
 mod file_upgrade;
+mod file_upload;
 mod route;
 
 use std::sync::Arc;
@@ -253,7 +254,7 @@ async fn forward_counted(
         }
     }
     let result = if port == AGENT_PORT {
-        to_agent(live, request).await
+        to_agent(metrics, live, request).await
     } else if port == CODE_INTERPRETER_PORT && !request.headers().contains_key(header::UPGRADE) {
         to_interpreter(live, request).await
     } else {
@@ -271,6 +272,14 @@ async fn forward_counted(
                         "code": 408,
                         "message": format!("the request body delivered nothing for {limit:?}"),
                     }),
+                );
+            }
+            if let ProxyError::FileUpload(upload) = &err
+                && upload.is_clients()
+            {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"code": 400, "message": error_chain(upload)}),
                 );
             }
             metrics.agent_error(AgentOp::Proxy);
@@ -292,6 +301,20 @@ enum ProxyError {
     PortClosed,
     #[error(transparent)]
     FileUpgrade(#[from] file_upgrade::FileUpgradeError),
+    #[error("an upload through the file upgrade failed")]
+    FileUpload(#[from] file_upload::UploadError),
+}
+
+/// An error and its causes, for a message.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = err.to_string();
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        message.push_str(": ");
+        message.push_str(&err.to_string());
+        cause = err.source();
+    }
+    message
 }
 
 /// An HTTP/1.1 connection to the sandbox's agent.
@@ -303,12 +326,21 @@ async fn agent_connection(
 
 /// Streams the request to the agent and its answer back, on a connection kept open
 /// between requests unless the client asks for an upgrade (which takes the connection).
-async fn to_agent(live: &Live, request: Request) -> Result<Response, ProxyError> {
+/// Large downloads and raw uploads go through the file upgrade.
+async fn to_agent(
+    metrics: &Metrics,
+    live: &Live,
+    request: Request,
+) -> Result<Response, ProxyError> {
     let mut request = outbound(request);
     if request.headers().contains_key(header::UPGRADE) {
         let mut sender = agent_connection(live).await?;
         let response = sender.send_request(request).await?;
         return Ok(response_back(response.map(Body::new)));
+    }
+    if let Some(length) = file_upload::eligible(&request) {
+        let response = file_upload::send(live, request, length, metrics.bytes_received()).await?;
+        return Ok(response_back(response));
     }
     file_upgrade::ask(&mut request);
     let response = live.links().send(request).await?;
