@@ -9,6 +9,7 @@ that knows *.localhost (curl, browsers) would; one test uses curl with the name 
 
 import base64
 import hashlib
+import io
 import json
 import shutil
 import socket
@@ -290,6 +291,38 @@ def test_upload_url_with_urllib(new_sandbox):
         assert response.status == 200
 
     assert sandbox.files.read("/home/user/note.txt") == "hand-made multipart"
+
+
+def test_large_raw_uploads_by_the_sdk_and_by_curl(new_sandbox, tmp_path):
+    """Raw uploads of 256 KiB or more go to the agent through the file upgrade, past the
+    server's HTTP stack: the SDK's stream write, curl's (which waits for `100 Continue`
+    first), and a refused one, whose file is never made."""
+    sandbox = new_sandbox()
+    big = bytes(range(256)) * (12 << 10) + b"tail"  # 3 MiB and 4 bytes
+
+    sandbox.files.write("/home/user/big.bin", io.BytesIO(big))
+    assert sandbox.files.read("/home/user/big.bin", format="bytes") == big
+    owner = sandbox.commands.run("stat -c %U /home/user/big.bin").stdout
+    assert owner == "user\n"
+
+    local = tmp_path / "curl.bin"
+    local.write_bytes(big[::-1])
+    posted = subprocess.run(
+        ["curl", "-sS", "-w", "\n%{http_code}", "-H", "Content-Type: application/octet-stream",
+         "--data-binary", f"@{local}", sandbox.upload_url("/home/user/curl.bin")],
+        capture_output=True, text=True, timeout=60,
+    )
+    body, code = posted.stdout.rsplit("\n", 1)
+    assert code == "200", posted
+    assert json.loads(body)[0]["path"] == "/home/user/curl.bin"
+    assert sandbox.files.read("/home/user/curl.bin", format="bytes") == big[::-1]
+
+    url = sandbox.upload_url("/home/user/refused.bin")
+    tampered = url.replace("signature=v1_", "signature=v1_x")
+    refused = requests.post(tampered, data=big,
+                            headers={"Content-Type": "application/octet-stream"}, timeout=60)
+    assert refused.status_code == 401, refused.text
+    assert not sandbox.files.exists("/home/user/refused.bin")
 
 
 def test_tampered_signatures_are_refused(new_sandbox, cove_server):

@@ -111,8 +111,14 @@ from e2b import Sandbox
 sandbox = Sandbox.create()
 out = sandbox.commands.run("echo over tls").stdout
 sandbox.files.write("/home/user/site/index.html", PAGE)
+# A raw upload large enough for the file upgrade: over TLS its body goes in frames.
+import io
+big = bytes(range(256)) * (8 << 10)
+sandbox.files.write("/home/user/big.bin", io.BytesIO(big))
+whole = sandbox.files.read("/home/user/big.bin", format="bytes") == big
 sandbox.commands.run("python3 -m http.server 8080", background=True, cwd="/home/user/site")
-print(json.dumps({"id": sandbox.sandbox_id, "out": out, "host": sandbox.get_host(8080)}))
+print(json.dumps({"id": sandbox.sandbox_id, "out": out, "host": sandbox.get_host(8080),
+                  "whole": whole}))
 """
 
 
@@ -129,6 +135,7 @@ def test_https_preview_url_and_the_sdk_over_tls(tls_server):
     try:
         # Every call of the SDK went over https: the API, and the agent at its own host name.
         assert made["out"] == "over tls\n"
+        assert made["whole"], "a 2 MiB raw upload over TLS came back different"
         host = made["host"]
         assert host == f"8080-{made['id']}.{domain}"
 
