@@ -10,6 +10,7 @@ A gVisor sandbox with internet access (E2B's default) reaches it through a link 
 pauses frozen in place, its memory kept in the host's, and snapshots keep only its files.
 """
 
+import io
 import json
 import shutil
 import tempfile
@@ -53,6 +54,14 @@ def test_a_gvisor_sandbox_runs_beside_namespace_ones(new_sandbox):
     assert plain.commands.run("uname -r").stdout.strip() != "4.4.0"
     gvisor.files.write("/home/user/note.txt", "on gVisor")
     assert gvisor.files.read("/home/user/note.txt") == "on gVisor"
+    # Uploads of some MiB reach gVisor's agent whole: a raw one (through the file upgrade)
+    # and a multipart one. Both stalled for good while the host's socket to the agent had
+    # a widened send buffer.
+    big = bytes(range(256)) * (12 << 10) + b"end"
+    gvisor.files.write("/home/user/big.bin", io.BytesIO(big))
+    assert gvisor.files.read("/home/user/big.bin", format="bytes") == big
+    gvisor.files.write("/home/user/form.bin", big[::-1])
+    assert gvisor.files.read("/home/user/form.bin", format="bytes") == big[::-1]
     result = gvisor.commands.run("python3 -c 'print(6 * 7)'")
     assert (result.exit_code, result.stdout) == (0, "42\n")
     assert Sandbox.get_info(gvisor.sandbox_id).metadata["cove.runtime"] == "gvisor"

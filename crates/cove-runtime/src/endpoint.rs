@@ -30,6 +30,17 @@ impl ConnectPath {
 }
 
 impl AgentEndpoint {
+    /// Whether the kernel's own socket code reads what the host sends the agent. A
+    /// gVisor sandbox's socket ([`AgentEndpoint::UnixInSandbox`]) is read by runsc's sentry
+    /// for the agent. With the runsc Debian 12 ships (20221219) the sentry stopped reading
+    /// it for good, the agent's reads waiting on, when the host's send buffer was widened
+    /// (3 MB uploads written straight to the socket: with the default buffer and twice it
+    /// every one went through, with 2 and 4 MiB none), and at the first pages spliced into
+    /// it. So such a socket gets plain writes and the default send buffer.
+    pub fn reads_deep_queues(&self) -> bool {
+        matches!(self, AgentEndpoint::Unix(_))
+    }
+
     /// What to connect to for one connection to the agent; keep it until connected.
     pub fn resolve(&self) -> io::Result<ConnectPath> {
         match self {

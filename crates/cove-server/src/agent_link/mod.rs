@@ -51,7 +51,9 @@ pub async fn connect(endpoint: &AgentEndpoint) -> Result<SendRequest<Body>, Link
     if peer.uid() != rustix::process::geteuid().as_raw() {
         return Err(LinkError::Impostor(peer.uid()));
     }
-    widen_send_buffer(&stream);
+    if endpoint.reads_deep_queues() {
+        widen_send_buffer(&stream);
+    }
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         if let Err(err) = connection.with_upgrades().await {
@@ -65,7 +67,8 @@ pub async fn connect(endpoint: &AgentEndpoint) -> Result<SendRequest<Body>, Link
 /// holds only what its sender's buffer allows (212,992 bytes by default): an upload then
 /// moves in steps of that size, every one waiting for the agent to be scheduled. With 4 MiB
 /// the official Python SDK's 256 MiB upload went from 0.50 to 0.57–0.65 GiB/s
-/// (docs/BENCHMARKS.md). Kernel memory, used only while the agent lags behind.
+/// (docs/BENCHMARKS.md). Kernel memory, used only while the agent lags behind. Not for a
+/// gVisor agent, whose reads stall on such a queue (`AgentEndpoint::reads_deep_queues`).
 const AGENT_SEND_BUFFER: usize = 4 << 20;
 
 /// Gives `stream` a send buffer of [`AGENT_SEND_BUFFER`]: past the host's `wmem_max` where

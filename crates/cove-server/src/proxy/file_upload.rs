@@ -7,7 +7,8 @@
 //! On a plain HTTP/1.1 connection the body goes past hyper ([`RawBody`]): what hyper had
 //! read ahead goes through the request's body, the rest with `splice`, from the client's
 //! socket into a pipe and from the pipe into the agent's socket, without being copied
-//! through the server. Other connections (TLS, HTTP/2) send the body's frames as they come.
+//! through the server. Other connections (TLS, HTTP/2), and gVisor's agents (see
+//! `AgentEndpoint::reads_deep_queues`), get the body's frames as they come.
 //!
 //! Nothing is taken on trust from the client or the agent: the body is exactly its
 //! `Content-Length` (a client that stops before it is an error, one that stalls fails after
@@ -113,6 +114,8 @@ pub async fn send(
 ) -> Result<Response, UploadError> {
     let (mut parts, body) = request.into_parts();
     let raw = parts.extensions.remove::<RawBody>();
+    // Pages spliced into a gVisor agent's socket are never read there.
+    let raw = raw.filter(|_| live.agent().reads_deep_queues());
     let headers = &mut parts.headers;
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
