@@ -628,7 +628,7 @@ impl SmallWrites {
 const EPILOGUE_LIMIT: usize = 64 << 10;
 
 /// How long the rest of a refused upload is read (and thrown away) before the answer.
-const ERROR_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const ERROR_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Reads and discards the rest of a body, for at most `limit`.
 async fn drain(

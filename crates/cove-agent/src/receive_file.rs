@@ -50,10 +50,6 @@ const PIPE_BYTES: usize = 1 << 20;
 /// client that stalls long before this, and closes the connection when it gives up.
 const SILENCE: Duration = Duration::from_secs(300);
 
-/// How long the rest of an upload is read and thrown away after its file failed (a full
-/// disk), so that the server is not left writing into a socket nobody reads.
-const DISCARD_TIME: Duration = Duration::from_secs(30);
-
 /// The length of the raw body the request asks to send through the upgrade; `None` when it
 /// does not ask; a 400 when it asks without a valid length.
 pub(crate) fn wanted(headers: &HeaderMap) -> Option<Result<u64, RestError>> {
@@ -171,8 +167,9 @@ async fn copy_in(
 }
 
 /// Moves `length` bytes from `socket` into `file` through a pipe, blocking. When the file
-/// fails (a full disk), the rest is read and thrown away for up to [`DISCARD_TIME`], and
-/// the file's error is what comes back.
+/// fails (a full disk), the rest is read and thrown away for up to
+/// [`files::ERROR_DRAIN_TIME`] (so that the server is not left writing into a socket nobody
+/// reads), and the file's error is what comes back.
 fn splice_in(socket: BorrowedFd<'_>, file: &std::fs::File, length: u64) -> Result<(), CopyError> {
     let (from_pipe, to_pipe) =
         rustix::pipe::pipe_with(PipeFlags::CLOEXEC).map_err(|err| CopyError::Write(err.into()))?;
@@ -206,7 +203,7 @@ fn splice_in(socket: BorrowedFd<'_>, file: &std::fs::File, length: u64) -> Resul
         match &failed {
             None => {
                 if let Err(err) = drain_pipe(&from_pipe, file, moved) {
-                    failed = Some((err, Instant::now() + DISCARD_TIME));
+                    failed = Some((err, Instant::now() + files::ERROR_DRAIN_TIME));
                     discard(&from_pipe)?;
                 }
             }
@@ -278,4 +275,61 @@ fn ended_early() -> CopyError {
         io::ErrorKind::UnexpectedEof,
         "the upload ended before its length",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Write, os::unix::net::UnixStream};
+
+    use super::*;
+
+    /// A connected pair: the far end written by a thread, the near end non-blocking (as the
+    /// agent's connections are).
+    fn sent(bytes: Vec<u8>) -> (UnixStream, std::thread::JoinHandle<()>) {
+        let (mut far, near) = UnixStream::pair().unwrap();
+        near.set_nonblocking(true).unwrap();
+        let writer = std::thread::spawn(move || {
+            far.write_all(&bytes).unwrap();
+        });
+        (near, writer)
+    }
+
+    #[test]
+    fn every_byte_arrives_in_order() {
+        let content: Vec<u8> = (0..(3 << 20) + 777).map(|i| (i % 253) as u8).collect();
+        let (near, writer) = sent(content.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::File::create(&path).unwrap();
+        splice_in(near.as_fd(), &file, content.len() as u64).unwrap();
+        writer.join().unwrap();
+        assert!(std::fs::read(&path).unwrap() == content);
+    }
+
+    #[test]
+    fn a_stream_that_ends_early_is_the_uploads_fault() {
+        let (near, writer) = sent(vec![1; 1 << 20]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("f")).unwrap();
+        let err = splice_in(near.as_fd(), &file, 2 << 20).unwrap_err();
+        writer.join().unwrap();
+        assert!(
+            matches!(&err, CopyError::Read(e) if e.kind() == io::ErrorKind::UnexpectedEof),
+            "{err:?}"
+        );
+    }
+
+    /// A file that fails is the file's fault, and the rest is still read: the sender is
+    /// not left blocked on a socket nobody reads.
+    #[test]
+    fn after_the_file_fails_the_rest_is_read() {
+        let (near, writer) = sent(vec![2; 3 << 20]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"").unwrap();
+        let read_only = std::fs::File::open(&path).unwrap();
+        let err = splice_in(near.as_fd(), &read_only, 3 << 20).unwrap_err();
+        assert!(matches!(err, CopyError::Write(_)), "{err:?}");
+        writer.join().unwrap();
+    }
 }

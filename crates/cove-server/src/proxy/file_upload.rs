@@ -59,6 +59,8 @@ pub enum UploadError {
     Ended(u64),
     #[error("cannot read the upload from the client's socket")]
     Client(#[source] io::Error),
+    #[error("the server has no descriptor to spare for an upload")]
+    Resources(#[source] io::Error),
     #[error("the agent's connection failed during an upload")]
     Agent(#[source] io::Error),
     #[error("the agent's answer to an upload is not one")]
@@ -69,6 +71,11 @@ impl UploadError {
     /// Whether the client, not the sandbox, ended the upload (its answer is a 400).
     pub fn is_clients(&self) -> bool {
         matches!(self, Self::Body(_) | Self::Ended(_) | Self::Client(_))
+    }
+
+    /// Whether the server ran short of descriptors (its answer is a 503).
+    pub fn is_shortage(&self) -> bool {
+        matches!(self, Self::Resources(_))
     }
 }
 
@@ -118,6 +125,8 @@ pub async fn send(
     let raw = raw.filter(|_| live.agent().reads_deep_queues());
     let headers = &mut parts.headers;
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    // The body is not asked for over this request: nothing to wait for.
+    headers.remove(header::EXPECT);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static(FILE_UPGRADE));
     headers.insert(FILE_LENGTH_HEADER, HeaderValue::from(length));
@@ -170,9 +179,9 @@ async fn carry(
     if sent >= length {
         return ensure_whole(sent, length);
     }
-    let client = hold.socket().map_err(UploadError::Client)?;
+    let client = hold.socket().map_err(UploadError::Resources)?;
     let client =
-        TcpStream::from_std(std::net::TcpStream::from(client)).map_err(UploadError::Client)?;
+        TcpStream::from_std(std::net::TcpStream::from(client)).map_err(UploadError::Resources)?;
     splice(
         &client,
         agent,
@@ -247,10 +256,10 @@ async fn splice(
     received: &Counter,
 ) -> Result<(), UploadError> {
     let (from_pipe, to_pipe) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)
-        .map_err(|err| UploadError::Client(err.into()))?;
+        .map_err(|err| UploadError::Resources(err.into()))?;
     let room = rustix::pipe::fcntl_setpipe_size(&to_pipe, PIPE_BYTES)
         .or_else(|_| rustix::pipe::fcntl_getpipe_size(&to_pipe))
-        .map_err(|err| UploadError::Client(err.into()))?;
+        .map_err(|err| UploadError::Resources(err.into()))?;
     while rest > 0 {
         let want = usize::try_from(rest).unwrap_or(usize::MAX).min(room);
         // The pipe is empty here, so a splice that cannot go on waits for the client.
@@ -353,7 +362,11 @@ async fn answer(agent: &mut UnixStream) -> Result<Response, UploadError> {
         return Err(UploadError::Answer);
     }
     let (status, json) = parse_upload_answer(&answer).ok_or(UploadError::Answer)?;
-    let status = StatusCode::from_u16(status).map_err(|_| UploadError::Answer)?;
+    // A final answer: an informational one would read to the client as something else.
+    let status = StatusCode::from_u16(status)
+        .ok()
+        .filter(|status| !status.is_informational())
+        .ok_or(UploadError::Answer)?;
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")

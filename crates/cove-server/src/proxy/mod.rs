@@ -274,13 +274,20 @@ async fn forward_counted(
                     }),
                 );
             }
-            if let ProxyError::FileUpload(upload) = &err
-                && upload.is_clients()
-            {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    serde_json::json!({"code": 400, "message": error_chain(upload)}),
-                );
+            if let ProxyError::FileUpload(upload) = &err {
+                if upload.is_clients() {
+                    return json_error(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({"code": 400, "message": error_chain(upload)}),
+                    );
+                }
+                if upload.is_shortage() {
+                    tracing::warn!(?err, sandbox_id = %id, "an upload found no descriptor to spare");
+                    return json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({"code": 503, "message": error_chain(upload)}),
+                    );
+                }
             }
             metrics.agent_error(AgentOp::Proxy);
             tracing::warn!(?err, sandbox_id = %id, team = %live.team(), port, "cannot reach the sandbox");
