@@ -7,7 +7,7 @@ use std::{path::Path, time::Duration};
 use bytes::Bytes;
 use cove_proto::connect::{self, Code};
 use cove_sdk::{AgentClient, Command, Error, FileKind, FsEventKind, Output};
-use cove_test_util::{AgentOptions, TestAgent, wait_until};
+use cove_test_util::{AgentOptions, TestAgent, raw_http, wait_until};
 use futures::StreamExt;
 
 fn cove() -> &'static Path {
@@ -1026,36 +1026,22 @@ async fn ask_file_upgrade<S>(mut stream: S, path: &str, extra: &str) -> (String,
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     let request = format!(
         "GET /files?path={path} HTTP/1.1\r\nHost: agent\r\nConnection: upgrade\r\nUpgrade: {}\r\n{extra}\r\n",
         cove_proto::envd::FILE_UPGRADE
     );
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
+    let (head, mut body) = raw_http::read_head(&mut stream).await;
     // A 200 keeps the connection open: read until its body is complete (by its length, or
-    // its last chunk).
+    // its last chunk). A 101's bytes end with the connection.
+    let length = raw_http::content_length(&head);
+    let chunked = head.contains("transfer-encoding: chunked");
     loop {
-        let mut piece = [0u8; 65536];
-        let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut piece))
-            .await
-            .expect("the agent answers")
-            .unwrap();
-        answer.extend_from_slice(&piece[..read]);
-        let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
-            assert!(read > 0, "closed before the head ended");
-            continue;
-        };
-        let head = String::from_utf8_lossy(&answer[..end]).to_lowercase();
-        let body = &answer[end + 4..];
-        let length = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .map(|v| v.parse::<usize>().unwrap());
-        let chunked_end =
-            head.contains("transfer-encoding: chunked") && body.ends_with(b"0\r\n\r\n");
-        if read == 0 || chunked_end || length.is_some_and(|n| body.len() >= n) {
-            return (head, body.to_vec());
+        let complete =
+            length.is_some_and(|n| body.len() >= n) || (chunked && body.ends_with(b"0\r\n\r\n"));
+        if complete || raw_http::read_some(&mut stream, &mut body).await == 0 {
+            return (head, body);
         }
     }
 }
@@ -1073,48 +1059,25 @@ async fn upload_through_upgrade<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     let request = format!(
         "POST /files?path={path} HTTP/1.1\r\nHost: agent\r\nContent-Length: 0\r\nConnection: upgrade\r\nUpgrade: {}\r\n{extra}\r\n",
         cove_proto::envd::FILE_UPGRADE
     );
     stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let head = loop {
-        let mut piece = [0u8; 4096];
-        let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut piece))
-            .await
-            .expect("the agent answers")
-            .unwrap();
-        assert!(read > 0, "closed before the head ended");
-        answer.extend_from_slice(&piece[..read]);
-        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&answer[..end]).to_lowercase();
-            answer.drain(..end + 4);
-            break head;
-        }
-    };
+    let (head, mut answer) = raw_http::read_head(&mut stream).await;
     if head.starts_with("http/1.1 101") {
         assert!(answer.is_empty(), "the agent wrote before the body came");
         stream.write_all(body).await.unwrap();
         stream.shutdown().await.unwrap();
     }
-    let length = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .map(|v| v.parse::<usize>().unwrap());
     // A refusal keeps the connection: its body ends at its length. The upgrade's answer
     // ends with the connection.
+    let length = raw_http::content_length(&head);
     while length.is_none_or(|n| answer.len() < n) {
-        let mut piece = [0u8; 4096];
-        let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut piece))
-            .await
-            .expect("the agent answers")
-            .unwrap();
-        if read == 0 {
+        if raw_http::read_some(&mut stream, &mut answer).await == 0 {
             break;
         }
-        answer.extend_from_slice(&piece[..read]);
     }
     (head, answer)
 }

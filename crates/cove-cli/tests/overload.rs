@@ -251,24 +251,6 @@ async fn existing_sandbox(server: &TestServer) -> Sandbox {
         .unwrap()
 }
 
-/// A sandbox created over plain HTTP: (id, envd access token).
-async fn raw_sandbox(server: &TestServer) -> (String, String) {
-    let created: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/sandboxes", server.url()))
-        .header("x-api-key", &server.api_key)
-        .json(&serde_json::json!({"templateID": "base"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (
-        created["sandboxID"].as_str().unwrap().to_owned(),
-        created["envdAccessToken"].as_str().unwrap().to_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn thousands_of_idle_connections_leave_room_for_everyone_else() {
     const IDLE: usize = 4000;
@@ -427,7 +409,7 @@ async fn a_body_that_never_arrives_is_dropped() {
     let server = start(&["--body-read-timeout", "2s"]).await;
     let fds = Descriptors::of(&server);
     let existing = existing_sandbox(&server).await;
-    let (id, token) = raw_sandbox(&server).await;
+    let (id, token) = server.raw_sandbox().await;
 
     let promise = "Content-Length: 10737418240\r\n\r\n";
     // To the API, with a valid key: the body is read, stalls, and the request fails (408).
@@ -561,7 +543,7 @@ async fn huge_headers_are_refused_without_being_buffered() {
 
     // A connection whose read buffer grew with an upload (reads of up to 256 KiB) still has
     // its next request's head bounded: an unfinished 200 KiB head is refused, not kept.
-    let (id, token) = raw_sandbox(&server).await;
+    let (id, token) = server.raw_sandbox().await;
     let mut uploader = connect_from(FLOOD, server.addr).await.unwrap();
     let body = vec![b'u'; 8 << 20];
     uploader

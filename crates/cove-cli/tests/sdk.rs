@@ -9,7 +9,7 @@ use cove_sdk::{
     Command, ConnectionConfig, CreateOptions, Error, FileKind, FsEventKind, Output, PtyOptions,
     Sandbox, Signal,
 };
-use cove_test_util::{TestServer, wait_until};
+use cove_test_util::{TestServer, raw_http, wait_until};
 use futures::{StreamExt, TryStreamExt};
 
 fn cove() -> &'static Path {
@@ -901,24 +901,6 @@ async fn a_small_code_interpreter_sandbox_starts_its_kernel_on_first_use() {
     warm.kill().await.unwrap();
 }
 
-/// A sandbox made through the API: its id and its agent's access token (for raw requests).
-async fn raw_sandbox(server: &TestServer) -> (String, String) {
-    let created: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/sandboxes", server.url()))
-        .header("x-api-key", &server.api_key)
-        .json(&serde_json::json!({"templateID": "base"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (
-        created["sandboxID"].as_str().unwrap().to_owned(),
-        created["envdAccessToken"].as_str().unwrap().to_owned(),
-    )
-}
-
 /// Writes a raw upload of `body` to `path` on `stream` (HTTP/1.1, kept alive) and reads the
 /// answer: its head, lowercased, and its body.
 async fn raw_upload(
@@ -927,7 +909,7 @@ async fn raw_upload(
     path: &str,
     body: &[u8],
 ) -> (String, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     let head = format!(
         "POST /files?path={path} HTTP/1.1\r\nHost: x\r\nE2B-Sandbox-Id: {id}\r\n\
          E2B-Sandbox-Port: 49983\r\nX-Access-Token: {token}\r\n\
@@ -936,28 +918,16 @@ async fn raw_upload(
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(body).await.unwrap();
-    let mut answer = Vec::new();
-    loop {
-        let mut piece = [0u8; 4096];
-        let read = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut piece))
-            .await
-            .expect("the server answers")
-            .unwrap();
+    let (head, mut answer) = raw_http::read_head(stream).await;
+    let length = raw_http::content_length(&head).unwrap_or(0);
+    while answer.len() < length {
+        let read = raw_http::read_some(stream, &mut answer).await;
         assert!(read > 0, "closed before the answer ended");
-        answer.extend_from_slice(&piece[..read]);
-        let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&answer[..end]).to_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .map_or(0, |v| v.parse().unwrap());
-        if answer.len() >= end + 4 + length {
-            let body = String::from_utf8_lossy(&answer[end + 4..end + 4 + length]).into_owned();
-            return (head, body);
-        }
     }
+    (
+        head,
+        String::from_utf8_lossy(&answer[..length]).into_owned(),
+    )
 }
 
 /// Large raw uploads reach the sandbox's agent past the server's HTTP stack (`splice` from a
@@ -968,7 +938,7 @@ async fn raw_upload(
 async fn large_uploads_arrive_whole_or_leave_the_file_as_it_was() {
     use tokio::io::AsyncWriteExt as _;
     let server = server().await;
-    let raw = raw_sandbox(&server).await;
+    let raw = server.raw_sandbox().await;
     let sbx = Sandbox::connect(&server.config(), &raw.0, None)
         .await
         .unwrap();

@@ -609,20 +609,7 @@ async fn a_chunked_upload_that_ends_late_is_answered() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let server = TestServer::start(cove()).await;
-    let created: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/sandboxes", server.url()))
-        .header("x-api-key", &server.api_key)
-        .json(&serde_json::json!({"templateID": "base"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let (id, token) = (
-        created["sandboxID"].as_str().unwrap(),
-        created["envdAccessToken"].as_str().unwrap(),
-    );
+    let (id, token) = server.raw_sandbox().await;
     let boundary = "cove-test-boundary";
     let chunks = [
         format!(
@@ -655,7 +642,7 @@ async fn a_chunked_upload_that_ends_late_is_answered() {
     stream.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("/home/user/late.txt"), "{answer}");
-    let sbx = Sandbox::connect(&server.config(), id, None).await.unwrap();
+    let sbx = Sandbox::connect(&server.config(), &id, None).await.unwrap();
     assert_eq!(
         sbx.files()
             .read_to_string("/home/user/late.txt")

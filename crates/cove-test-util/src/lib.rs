@@ -9,6 +9,7 @@ pub mod image;
 mod mirror;
 pub mod name_server;
 mod postgres;
+pub mod raw_http;
 mod registry;
 mod server;
 mod wait;

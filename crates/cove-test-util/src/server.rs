@@ -329,6 +329,28 @@ impl TestServer {
         ConnectionConfig::new(&self.url(), &self.api_key).expect("a valid configuration")
     }
 
+    /// A `base` sandbox made through the API over plain HTTP: its id and its agent's access
+    /// token, for requests the SDK would never send.
+    pub async fn raw_sandbox(&self) -> (String, String) {
+        let created: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/sandboxes", self.url()))
+            .header("x-api-key", &self.api_key)
+            .json(&serde_json::json!({"templateID": "base"}))
+            .send()
+            .await
+            .expect("the server answers")
+            .json()
+            .await
+            .expect("a sandbox as JSON");
+        let field = |name: &str| {
+            created[name]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {name} in {created}"))
+                .to_owned()
+        };
+        (field("sandboxID"), field("envdAccessToken"))
+    }
+
     pub fn url(&self) -> String {
         let scheme = if self.serves_tls() { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
