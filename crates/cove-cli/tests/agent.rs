@@ -657,6 +657,58 @@ async fn watching_streams_and_polls_events() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_poll_sees_every_change_made_before_it() {
+    let agent = TestAgent::start(cove()).await;
+    let client = agent.client();
+    let files = client.files();
+    files.make_dir("polled").await.unwrap();
+    let watcher = files.create_watcher("polled", false).await.unwrap();
+    // Busy CPUs delay the agent's threads, the way a loaded machine does.
+    let _hogs = Hogs::start(4);
+    // The write has been answered before the poll is sent, so its event is due at once:
+    // no waiting for the watcher's reader to catch up.
+    for round in 0..300 {
+        let name = format!("f{round}.txt");
+        files.write(&format!("polled/{name}"), "x").await.unwrap();
+        let polled = files.watcher_events(&watcher).await.unwrap();
+        assert!(
+            polled
+                .iter()
+                .any(|e| e.name == name && e.kind == FsEventKind::Create),
+            "round {round}: {polled:?}"
+        );
+    }
+    files.remove_watcher(&watcher).await.unwrap();
+}
+
+/// Processes that spin on the host until dropped (then killed by their own ids).
+struct Hogs(Vec<std::process::Child>);
+
+impl Hogs {
+    fn start(count: usize) -> Hogs {
+        Hogs(
+            (0..count)
+                .map(|_| {
+                    std::process::Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .unwrap()
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Hogs {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn malformed_requests_get_clear_errors_and_the_agent_stays_up() {
     let agent = TestAgent::start(cove()).await;
     let http = raw(&agent);

@@ -3,9 +3,12 @@
 
 use std::{
     collections::HashMap,
+    ffi::c_int,
     fs,
+    os::fd::AsFd,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    task::{Context, Poll},
 };
 
 use cove_proto::{
@@ -18,7 +21,7 @@ use cove_proto::{
     },
 };
 use futures::StreamExt;
-use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
+use inotify::{EventMask, EventStream, Inotify, WatchMask, Watches};
 
 use super::{entry, io_error, resolve};
 use crate::{
@@ -29,6 +32,9 @@ use crate::{
 
 /// Events a polling watcher buffers before it reports an overflow instead.
 const MAX_BUFFERED_EVENTS: usize = 100_000;
+
+/// Room for the events of one read from inotify.
+const EVENT_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Filesystem magic numbers of network filesystems, watched only on request.
 const NETWORK_FILESYSTEMS: [(i64, &str); 5] = [
@@ -58,15 +64,21 @@ struct Spec {
     include_entry: bool,
 }
 
-/// Checks the request and starts watching; the returned stream yields events until dropped.
-fn start(
+/// An inotify instance and the watches it holds for one watch.
+struct Source {
+    inotify: Inotify,
+    watcher: Watcher,
+}
+
+/// Checks the request and starts watching: events queue in the kernel from here on.
+fn open(
     state: &AgentState,
     call: &Call,
     path: &str,
     recursive: bool,
     include_entry: bool,
     allow_network_mounts: bool,
-) -> Result<MessageStream<FilesystemEvent>, RpcError> {
+) -> Result<Source, RpcError> {
     let root = resolve(state, &call.caller.user, path)?;
     let meta = fs::metadata(&root).map_err(|err| io_error("watch", &root, &err))?;
     if !meta.is_dir() {
@@ -106,25 +118,37 @@ fn start(
     watcher
         .add_tree(&watcher.spec.root.clone(), Path::new(""))
         .map_err(|err| io_error("watch", &watcher.spec.root, &err))?;
-    let events = inotify
-        .into_event_stream(vec![0u8; 64 * 1024])
-        .map_err(|err| RpcError::internal(format!("cannot read inotify events: {err}")))?;
-    let stream = events
-        .map(move |event| -> Vec<Result<FilesystemEvent, RpcError>> {
-            match event {
-                Ok(event) => watcher.translate(event).into_iter().map(Ok).collect(),
-                Err(err) => vec![Err(RpcError::internal(format!("watcher error: {err}")))],
-            }
-        })
-        .flat_map(futures::stream::iter);
-    Ok(stream.boxed())
+    Ok(Source { inotify, watcher })
+}
+
+impl Source {
+    /// The events as they come, until the stream is dropped.
+    fn into_stream(self) -> Result<MessageStream<FilesystemEvent>, RpcError> {
+        let Source {
+            inotify,
+            mut watcher,
+        } = self;
+        let events = inotify
+            .into_event_stream(vec![0u8; EVENT_BUFFER_BYTES])
+            .map_err(|err| RpcError::internal(format!("cannot read inotify events: {err}")))?;
+        let stream = events
+            .map(move |event| -> Vec<Result<FilesystemEvent, RpcError>> {
+                match event {
+                    Ok(event) => watcher.translate(event).into_iter().map(Ok).collect(),
+                    Err(err) => vec![Err(RpcError::internal(format!("watcher error: {err}")))],
+                }
+            })
+            .flat_map(futures::stream::iter);
+        Ok(stream.boxed())
+    }
 }
 
 /// The watch descriptors of one watch and the directories they stand for.
 struct Watcher {
     watches: Watches,
-    /// Watched directory → its path relative to the root ("" for the root).
-    dirs: HashMap<WatchDescriptor, PathBuf>,
+    /// Watch descriptor (its number, the same through any descriptor of the instance) →
+    /// the directory's path relative to the root ("" for the root).
+    dirs: HashMap<c_int, PathBuf>,
     spec: Spec,
     accounts: Accounts,
 }
@@ -133,7 +157,8 @@ impl Watcher {
     /// Watches `dir` and, when recursive, every directory below it (symlinks not followed).
     fn add_tree(&mut self, dir: &Path, relative: &Path) -> std::io::Result<()> {
         let wd = self.watches.add(dir, mask())?;
-        self.dirs.insert(wd, relative.to_owned());
+        self.dirs
+            .insert(wd.get_watch_descriptor_id(), relative.to_owned());
         if !self.spec.recursive {
             return Ok(());
         }
@@ -155,10 +180,10 @@ impl Watcher {
             return Vec::new();
         }
         if event.mask.contains(EventMask::IGNORED) {
-            self.dirs.remove(&event.wd);
+            self.dirs.remove(&event.wd.get_watch_descriptor_id());
             return Vec::new();
         }
-        let Some(dir) = self.dirs.get(&event.wd).cloned() else {
+        let Some(dir) = self.dirs.get(&event.wd.get_watch_descriptor_id()).cloned() else {
             return Vec::new();
         };
         let is_self_event = event
@@ -236,14 +261,15 @@ pub async fn watch_dir(
     call: Call,
     request: WatchDirRequest,
 ) -> Result<MessageStream<WatchDirResponse>, RpcError> {
-    let events = start(
+    let events = open(
         &state,
         &call,
         &request.path,
         request.recursive,
         request.include_entry,
         request.allow_network_mounts,
-    )?;
+    )?
+    .into_stream()?;
     let started = futures::stream::once(async { Ok(WatchEvent::Start(StartEvent {})) });
     let events = started
         .chain(events.map(|e| e.map(WatchEvent::Filesystem)))
@@ -260,16 +286,100 @@ pub async fn watch_dir(
 #[derive(Default)]
 pub struct Watchers(Mutex<HashMap<String, Arc<Polled>>>);
 
-/// Events collected for a polling client.
+/// A watcher a client polls: the events read so far and the task that reads them.
 struct Polled {
-    buffer: Arc<Mutex<Buffer>>,
+    collector: Arc<Mutex<Collector>>,
     task: tokio::task::AbortHandle,
 }
 
-#[derive(Default)]
-struct Buffer {
+/// Reads a polling watcher's events from the kernel and keeps them for the client.
+///
+/// Two descriptors of one inotify instance read the same queue: the task waits on the
+/// stream's, and a poll reads the queue at once through the other, so a change the
+/// client made before polling is among the events even when the task has not run yet.
+/// Both read and translate under the collector's lock, so no event sits read but not
+/// kept while the other looks.
+struct Collector {
+    stream: EventStream<Vec<u8>>,
+    direct: Inotify,
+    watcher: Watcher,
+    buffer: Vec<u8>,
     events: Vec<FilesystemEvent>,
     error: Option<RpcError>,
+}
+
+impl Collector {
+    fn new(source: Source) -> std::io::Result<Collector> {
+        let direct = Inotify::from(source.inotify.as_fd().try_clone_to_owned()?);
+        Ok(Collector {
+            stream: source
+                .inotify
+                .into_event_stream(vec![0u8; EVENT_BUFFER_BYTES])?,
+            direct,
+            watcher: source.watcher,
+            buffer: vec![0u8; EVENT_BUFFER_BYTES],
+            events: Vec::new(),
+            error: None,
+        })
+    }
+
+    fn lock(collector: &Mutex<Collector>) -> std::sync::MutexGuard<'_, Collector> {
+        collector.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The task's side: keeps what the stream has until it would wait; ready once the
+    /// watcher has stopped.
+    fn poll_collect(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.error.is_some() {
+                return Poll::Ready(());
+            }
+            match self.stream.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(event))) => self.keep(event),
+                Poll::Ready(Some(Err(err))) => {
+                    self.error = Some(RpcError::internal(format!("watcher error: {err}")));
+                }
+                Poll::Ready(None) => {
+                    self.error = Some(RpcError::internal("the watcher's inotify instance closed"));
+                }
+            }
+        }
+    }
+
+    /// The poll's side: keeps every event queued in the kernel, without waiting.
+    fn collect_queued(&mut self) {
+        while self.error.is_none() {
+            let read = match self.direct.read_events(&mut self.buffer) {
+                Ok(read) => read.map(|event| event.to_owned()).collect::<Vec<_>>(),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(err) => {
+                    self.error = Some(RpcError::internal(format!("watcher error: {err}")));
+                    return;
+                }
+            };
+            for event in read {
+                self.keep(event);
+            }
+        }
+    }
+
+    fn keep(&mut self, event: inotify::EventOwned) {
+        if self.error.is_some() {
+            return;
+        }
+        if self.events.len() >= MAX_BUFFERED_EVENTS {
+            self.error = Some(RpcError::new(
+                Code::ResourceExhausted,
+                format!(
+                    "over {MAX_BUFFERED_EVENTS} events were not collected; the watcher stopped"
+                ),
+            ));
+            return;
+        }
+        let translated = self.watcher.translate(event);
+        self.events.extend(translated);
+    }
 }
 
 impl Watchers {
@@ -296,7 +406,7 @@ pub async fn create_watcher(
     call: Call,
     request: CreateWatcherRequest,
 ) -> Result<CreateWatcherResponse, RpcError> {
-    let mut events = start(
+    let source = open(
         &state,
         &call,
         &request.path,
@@ -304,50 +414,37 @@ pub async fn create_watcher(
         request.include_entry,
         request.allow_network_mounts,
     )?;
-    let buffer = Arc::new(Mutex::new(Buffer::default()));
-    let sink = buffer.clone();
-    let task = tokio::spawn(async move {
-        while let Some(event) = events.next().await {
-            let mut buffer = sink.lock().unwrap_or_else(|e| e.into_inner());
-            match event {
-                Ok(_) if buffer.events.len() >= MAX_BUFFERED_EVENTS => {
-                    buffer.error = Some(RpcError::new(
-                        Code::ResourceExhausted,
-                        format!(
-                            "over {MAX_BUFFERED_EVENTS} events were not collected; the watcher stopped"
-                        ),
-                    ));
-                    return;
-                }
-                Ok(event) => buffer.events.push(event),
-                Err(err) => {
-                    buffer.error = Some(err);
-                    return;
-                }
-            }
-        }
-    });
+    let collector = Collector::new(source)
+        .map_err(|err| RpcError::internal(format!("cannot read inotify events: {err}")))?;
+    let collector = Arc::new(Mutex::new(collector));
+    let reader = collector.clone();
+    let task = tokio::spawn(std::future::poll_fn(move |cx| {
+        Collector::lock(&reader).poll_collect(cx)
+    }));
     let id = watcher_id();
     let entry = Arc::new(Polled {
-        buffer,
+        collector,
         task: task.abort_handle(),
     });
     state.watchers().map().insert(id.clone(), entry);
     Ok(CreateWatcherResponse { watcher_id: id })
 }
 
+/// Hands out what happened since the last poll. The kernel's queue is read first, so a
+/// change the client made before polling is always among the events.
 pub async fn get_watcher_events(
     state: AgentState,
     _call: Call,
     request: GetWatcherEventsRequest,
 ) -> Result<GetWatcherEventsResponse, RpcError> {
     let polled = state.watchers().get(&request.watcher_id)?;
-    let mut buffer = polled.buffer.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(err) = &buffer.error {
+    let mut collector = Collector::lock(&polled.collector);
+    collector.collect_queued();
+    if let Some(err) = &collector.error {
         return Err(err.clone());
     }
     Ok(GetWatcherEventsResponse {
-        events: std::mem::take(&mut buffer.events),
+        events: std::mem::take(&mut collector.events),
     })
 }
 
