@@ -686,16 +686,16 @@ struct Hogs(Vec<std::process::Child>);
 
 impl Hogs {
     fn start(count: usize) -> Hogs {
-        Hogs(
-            (0..count)
-                .map(|_| {
-                    std::process::Command::new("sh")
-                        .args(["-c", "while :; do :; done"])
-                        .spawn()
-                        .unwrap()
-                })
-                .collect(),
-        )
+        // Pushed one by one, so a failed spawn still kills the ones started before it.
+        let mut hogs = Hogs(Vec::new());
+        for _ in 0..count {
+            let hog = std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .unwrap();
+            hogs.0.push(hog);
+        }
+        hogs
     }
 }
 
