@@ -443,7 +443,7 @@ def _stop_server(server: CoveServer, proc: subprocess.Popen, kill_leftovers: boo
     loops = [
         backing.parent.parent.name
         for backing in Path("/sys/block").glob("loop*/loop/backing_file")
-        if backing.read_text().startswith(state)
+        if _read_or_empty(backing).startswith(state)
     ]
     if loops:
         problems.append(f"loop devices on the state dir's files outlived the server: {loops}")
@@ -458,6 +458,15 @@ def _stop_server(server: CoveServer, proc: subprocess.Popen, kill_leftovers: boo
             + f"\nserver log ({server.log}):\n"
             + server.log.read_text(errors="replace")[-4000:]
         )
+
+
+def _read_or_empty(path: Path) -> str:
+    """A sysfs file's text, or "" when its device went away meanwhile (a loop device another
+    test's server detaches between the listing and the read answers ENODEV)."""
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 @pytest.hookimpl(hookwrapper=True)
