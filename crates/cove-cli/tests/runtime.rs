@@ -255,3 +255,80 @@ async fn a_kills_cgroups_go_after_it_and_a_stopped_servers_at_the_next_start() {
     assert!(!markers.join(&left_over).exists());
     again.shutdown();
 }
+
+/// The pids listed in the cgroup directory `dir` (`cgroup.procs`), sorted.
+fn pids_in(dir: &Path) -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_process_of_a_sandbox_is_in_each_of_its_cgroups() {
+    // The stages join the sandbox's cgroups themselves (v1 through `tasks`, the network
+    // helper's v2 egress cgroup through a child started in it): nothing of the sandbox may
+    // run outside any of them, or its limits, freezing, kill and egress filter miss it.
+    let fixture = Fixture::new();
+    let id = format!("joined-{}", std::process::id());
+    let (sandbox, client) = fixture.start_with(&id, true);
+    let out = client
+        .commands()
+        .run("sleep 60 >/dev/null 2>&1 & sleep 60 >/dev/null 2>&1 & echo started")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "started\n");
+    let v1: Vec<_> = cgroup_dirs(&id)[..5]
+        .iter()
+        .filter(|d| d.ancestors().nth(2).is_some_and(Path::exists))
+        .cloned()
+        .collect();
+    assert!(
+        v1.len() >= 4,
+        "this host has no cgroup v1 hierarchies: {v1:?}"
+    );
+    let memory = pids_in(&v1[0]);
+    // PID 1 (the agent), the two sleeps and the network helper, at least.
+    assert!(memory.len() >= 4, "{memory:?}");
+    let pid1: u32 = sandbox.handle.state["pid"]
+        .as_u64()
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert!(memory.contains(&pid1), "PID 1 {pid1} not in {memory:?}");
+    for dir in &v1[1..] {
+        assert_eq!(
+            pids_in(dir),
+            memory,
+            "{} differs from memory",
+            dir.display()
+        );
+    }
+    // The helper, and only it, in the egress cgroup, whose filter it passes through.
+    let egress = Path::new("/sys/fs/cgroup/unified/cove")
+        .join(&id)
+        .join("egress");
+    if egress.exists() {
+        let helpers = pids_in(&egress);
+        assert_eq!(helpers.len(), 1, "{helpers:?}");
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", helpers[0])).unwrap();
+        assert_eq!(comm.trim(), "slirp4netns");
+        assert!(
+            memory.contains(&helpers[0]),
+            "the helper is outside the limits"
+        );
+    }
+    // No stage is left over in them (they end once the sandbox is up).
+    for pid in &memory {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            !cmdline.windows(14).any(|w| w == b"__sandbox-init") || *pid == pid1,
+            "a stage {pid} is still in the sandbox's cgroups"
+        );
+    }
+    fixture.stop(&id, &sandbox);
+    fixture.runtime.shutdown();
+}

@@ -56,6 +56,96 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupEr
     move |source| CgroupError::Io { what, path, source }
 }
 
+/// A v1 hierarchy's file through which a thread joins a cgroup.
+const V1_JOIN: &str = "tasks";
+/// A v2 hierarchy's file through which a process joins a cgroup.
+const V2_JOIN: &str = "cgroup.procs";
+/// clone3's flag for a child that starts in the v2 cgroup `clone_args.cgroup` names.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Moves the calling process, which must be single-threaded (as every stage is: the kernel
+/// lets no other process into a user namespace), into the cgroup of each of `files`: a v1
+/// hierarchy's `tasks` or a v2 hierarchy's `cgroup.procs` file.
+///
+/// No move here takes the kernel's lock on every process's threads for writing, as a move
+/// through `cgroup.procs` does: the first such move after a quiet spell waits for an RCU
+/// grace period (5-20 ms on a 2-CPU VM), on the critical path of every create.
+/// - A v1 `tasks` file is told `0`, the calling thread: the whole process, since it has no
+///   other.
+/// - v2 has no such file for the cgroups sandboxes use. For the (one) v2 cgroup, the caller
+///   carries on in a child that starts in it ([`continue_in`]); the process that called
+///   waits for that child and exits with its status.
+pub fn join(files: &[PathBuf]) -> Result<(), CgroupError> {
+    let mut v1 = Vec::new();
+    let mut v2 = None;
+    for file in files {
+        match file.file_name().and_then(|n| n.to_str()) {
+            Some(V1_JOIN) => v1.push(file),
+            Some(V2_JOIN) if v2.is_none() => v2 = file.parent(),
+            _ => {
+                return Err(CgroupError::Io {
+                    what: "join through",
+                    path: file.clone(),
+                    source: io::Error::from(io::ErrorKind::InvalidInput),
+                });
+            }
+        }
+    }
+    for file in v1 {
+        write(file, "0")?;
+    }
+    match v2 {
+        Some(dir) => continue_in(dir).map_err(io_err("start a process in", dir)),
+        None => Ok(()),
+    }
+}
+
+/// Forks the calling process, which must be single-threaded, into the v2 cgroup `dir` (clone3
+/// with `CLONE_INTO_CGROUP`, which takes the threads lock only for reading): returns in the
+/// child; the parent waits for it and exits with its exit code (1 if a signal ended it).
+fn continue_in(dir: &Path) -> io::Result<()> {
+    let cgroup = fs::File::open(dir)?;
+    // SAFETY: an all-zero `clone_args` is valid (integers only); the fields set are the flag,
+    // the cgroup's descriptor (open until the call returns) and SIGCHLD as the exit signal.
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = CLONE_INTO_CGROUP;
+    args.cgroup = u64::try_from(std::os::fd::AsRawFd::as_raw_fd(&cgroup))
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    args.exit_signal = libc::SIGCHLD as u64;
+    // SAFETY: clone3 without a new stack or shared memory is a fork; the caller is
+    // single-threaded, so the child's copy of it is whole. `args` outlives the call and its
+    // size is the one passed.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut libc::clone_args,
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(()),
+        pid => {
+            drop(cgroup);
+            let pid = rustix::process::Pid::from_raw(
+                i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::EIO))?,
+            )
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+            let code = loop {
+                match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+                    Ok(Some((_, status))) => break status.exit_status().unwrap_or(1),
+                    Ok(None) => continue,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(_) => break 1,
+                }
+            };
+            // Nothing of this process's own is left to flush or drop: the child does the work.
+            // SAFETY: `_exit` ends the process at once; no Rust state is used after it.
+            unsafe { libc::_exit(code) }
+        }
+    }
+}
+
 /// Which cgroup version the host runs, and where.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Hierarchy {
@@ -212,15 +302,15 @@ impl Hierarchy {
         Some(self.v2_root()?.join(PARENT).join(id).join("egress"))
     }
 
-    /// The `cgroup.procs` files the network helper joins: the sandbox's limits and, below
-    /// them where the host has cgroup v2, its egress filter.
-    pub fn helper_procs_files(&self, id: &str) -> Vec<PathBuf> {
+    /// The files through which the network helper's stage joins (see [`join`]): the
+    /// sandbox's limits and, below them where the host has cgroup v2, its egress filter.
+    pub fn helper_join_files(&self, id: &str) -> Vec<PathBuf> {
         let mut files = match self {
             // On v2 the egress cgroup is inside the sandbox's own.
             Hierarchy::V2(_) => Vec::new(),
-            Hierarchy::V1 { .. } => self.procs_files(id),
+            Hierarchy::V1 { .. } => self.join_files(id),
         };
-        files.extend(self.egress_dir(id).map(|d| d.join("cgroup.procs")));
+        files.extend(self.egress_dir(id).map(|d| d.join(V2_JOIN)));
         files
     }
 
@@ -238,12 +328,20 @@ impl Hierarchy {
         dirs
     }
 
-    /// Moves process `pid` (and so its future children) into sandbox `id`'s cgroup.
-    pub fn enter(&self, id: &str, pid: u32) -> Result<(), CgroupError> {
-        for dir in self.dirs(id) {
-            write(&dir.join("cgroup.procs"), &pid.to_string())?;
-        }
-        Ok(())
+    /// Moves the calling process (and so its future children) into sandbox `id`'s cgroups.
+    /// It must be single-threaded, as every stage is (the kernel lets no other process into
+    /// a user namespace): see [`join`].
+    pub fn join(&self, id: &str) -> Result<(), CgroupError> {
+        join(&self.join_files(id))
+    }
+
+    /// The files through which the calling process joins sandbox `id`'s cgroups.
+    fn join_files(&self, id: &str) -> Vec<PathBuf> {
+        let file = match self {
+            Hierarchy::V2(_) => V2_JOIN,
+            Hierarchy::V1 { .. } => V1_JOIN,
+        };
+        self.dirs(id).into_iter().map(|d| d.join(file)).collect()
     }
 
     /// Removes the CPU and memory limits of sandbox `id` (on its way out).
@@ -550,6 +648,24 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_joins_only_through_the_files_meant_for_it() {
+        // Nothing to join: nothing done (no fork).
+        join(&[]).unwrap();
+        // Any other file of a cgroup is refused before anything is written.
+        let dir = tempfile::tempdir().unwrap();
+        let tasks = dir.path().join("tasks");
+        for other in ["cgroup.threads", "cgroup.events", "notify_on_release"] {
+            let err = join(&[tasks.clone(), dir.path().join(other)]).unwrap_err();
+            assert!(err.to_string().contains(other), "{err}");
+        }
+        assert!(!tasks.exists(), "written before the refusal");
+        // A v1 `tasks` file is told the calling thread.
+        fs::write(&tasks, "").unwrap();
+        join(std::slice::from_ref(&tasks)).unwrap();
+        assert_eq!(fs::read_to_string(&tasks).unwrap(), "0");
+    }
 
     #[test]
     fn detects_v1_and_v2_layouts() {

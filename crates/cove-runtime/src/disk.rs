@@ -394,6 +394,8 @@ fn prepare(golden: &Path, path: &Path) -> io::Result<()> {
 
 /// The image all others are copied from.
 const GOLDEN: &str = "golden.img";
+/// A waiting image's name in its own directory.
+const IMAGE: &str = "disk.img";
 
 /// Formatted images waiting for sandboxes, refilled in the background.
 #[derive(Clone, Debug)]
@@ -411,6 +413,7 @@ struct PoolInner {
 
 #[derive(Debug, Default)]
 struct PoolState {
+    /// The directories of the images ready, each holding one [`IMAGE`].
     ready: Vec<PathBuf>,
     stopped: bool,
     next: u64,
@@ -422,6 +425,9 @@ impl ImagePool {
     pub fn start(dir: PathBuf, size: u64, target: usize) -> io::Result<Self> {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
+        // Each image waits in a directory of its own, spread over the filesystem with the
+        // others (see `crate::spread`): the pool's churn slows no one's new files.
+        crate::spread::spread_subdirectories(&dir);
         format_image(&dir.join(GOLDEN), size)?;
         let pool = Self {
             inner: Arc::new(PoolInner {
@@ -459,17 +465,19 @@ impl ImagePool {
                 state.next += 1;
                 self.inner.dir.join(format!("image-{}", state.next))
             };
-            match prepare(&self.inner.dir.join(GOLDEN), &path) {
+            let made = fs::create_dir(&path)
+                .and_then(|()| prepare(&self.inner.dir.join(GOLDEN), &path.join(IMAGE)));
+            match made {
                 Ok(()) => {
                     let mut state = self.state();
                     if state.stopped {
-                        let _ = fs::remove_file(&path);
+                        let _ = fs::remove_dir_all(&path);
                         return;
                     }
                     state.ready.push(path);
                 }
                 Err(err) => {
-                    let _ = fs::remove_file(&path);
+                    let _ = fs::remove_dir_all(&path);
                     tracing::warn!(%err, "cannot prepare a sandbox disk image");
                     std::thread::sleep(std::time::Duration::from_secs(1));
                 }
@@ -486,7 +494,11 @@ impl ImagePool {
             image
         };
         match ready {
-            Some(image) => fs::rename(image, destination),
+            Some(holder) => {
+                let moved = fs::rename(holder.join(IMAGE), destination);
+                let _ = fs::remove_dir_all(&holder);
+                moved
+            }
             None => copy_sparse(&self.inner.dir.join(GOLDEN), destination),
         }
     }
@@ -499,8 +511,8 @@ impl ImagePool {
             self.inner.wake.notify_all();
             std::mem::take(&mut state.ready)
         };
-        for image in ready {
-            let _ = fs::remove_file(image);
+        for holder in ready {
+            let _ = fs::remove_dir_all(holder);
         }
         let _ = fs::remove_file(self.inner.dir.join(GOLDEN));
         let _ = fs::remove_dir(&self.inner.dir);

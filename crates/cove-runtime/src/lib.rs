@@ -28,6 +28,7 @@ pub mod network;
 pub mod process;
 pub mod requirements;
 pub mod seccomp;
+pub mod spread;
 pub mod stage;
 pub mod template;
 pub mod uid_ranges;

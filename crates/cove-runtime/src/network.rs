@@ -48,8 +48,8 @@ pub struct Connection<'a> {
     pub uid_base: u32,
     /// Where the helper's own messages go.
     pub log: &'a Path,
-    /// The `cgroup.procs` files the helper joins.
-    pub cgroup_procs: &'a [PathBuf],
+    /// The files through which the helper joins its cgroups ([`crate::cgroup::join`]).
+    pub cgroup_joins: &'a [PathBuf],
 }
 
 /// Connects the sandbox's network namespace to the outside through a stage of the `cove`
@@ -70,7 +70,7 @@ pub fn connect(
         OsStr::new(&base),
         connection.log.as_os_str(),
     ];
-    args.extend(connection.cgroup_procs.iter().map(|p| p.as_os_str()));
+    args.extend(connection.cgroup_joins.iter().map(|p| p.as_os_str()));
     let forked = match spawner {
         Some(spawner) => spawner.output(&args)?,
         None => None,
@@ -104,9 +104,7 @@ pub fn connect(
 /// starts the helper as that uid and waits until the sandbox's interface has its default
 /// route. The helper keeps running after this process exits.
 pub fn run_stage(connection: &Connection<'_>) -> io::Result<()> {
-    for procs in connection.cgroup_procs {
-        fs::write(procs, std::process::id().to_string())?;
-    }
+    crate::cgroup::join(connection.cgroup_joins).map_err(io::Error::other)?;
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)

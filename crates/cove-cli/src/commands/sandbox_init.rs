@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long = "gvisor-launch", num_args = 2.., allow_hyphen_values = true, value_names = ["ROOT_SPEC", "RUNSC"])]
     gvisor_launch: Option<Vec<std::ffi::OsString>>,
     /// Connect a gVisor sandbox's network namespace to the outside:
-    /// LEASE_DIR SLOT HELPER LOG [CGROUP_PROCS...].
+    /// LEASE_DIR SLOT HELPER LOG [CGROUP_JOINS...].
     #[arg(long = "gvisor-link", num_args = 4.., value_names = ["LEASE_DIR", "SLOT", "HELPER", "LOG"])]
     gvisor_link: Option<Vec<String>>,
     /// Only hold a user and a network namespace (a gVisor sandbox's link), until killed.
@@ -33,7 +33,7 @@ pub struct Args {
     /// Fork setup stages for the server that started this, as it asks on stdin.
     #[arg(long)]
     spawner: bool,
-    /// Connect a sandbox to the network: HELPER PID UID_BASE LOG [CGROUP_PROCS...].
+    /// Connect a sandbox to the network: HELPER PID UID_BASE LOG [CGROUP_JOINS...].
     #[arg(long, num_args = 4.., value_names = ["HELPER", "PID", "UID_BASE", "LOG"])]
     network: Option<Vec<String>>,
 }
@@ -66,32 +66,32 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         return Err(anyhow::Error::from(err).context("cannot launch the gVisor sandbox"));
     }
     if let Some(network) = args.network {
-        let [helper, pid, base, log, procs @ ..] = network.as_slice() else {
+        let [helper, pid, base, log, joins @ ..] = network.as_slice() else {
             anyhow::bail!("--network takes at least four values");
         };
-        let procs: Vec<std::path::PathBuf> = procs.iter().map(std::path::PathBuf::from).collect();
+        let joins: Vec<std::path::PathBuf> = joins.iter().map(std::path::PathBuf::from).collect();
         let connection = cove_runtime::network::Connection {
             helper: std::path::Path::new(helper),
             pid: pid.parse().context("invalid pid")?,
             uid_base: base.parse().context("invalid uid base")?,
             log: std::path::Path::new(log),
-            cgroup_procs: &procs,
+            cgroup_joins: &joins,
         };
         cove_runtime::network::run_stage(&connection)
             .context("cannot connect the sandbox to the network")?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if let Some(link) = args.gvisor_link {
-        let [lease_dir, slot, helper, log, procs @ ..] = link.as_slice() else {
+        let [lease_dir, slot, helper, log, joins @ ..] = link.as_slice() else {
             anyhow::bail!("--gvisor-link takes at least four values");
         };
-        let procs: Vec<std::path::PathBuf> = procs.iter().map(std::path::PathBuf::from).collect();
+        let joins: Vec<std::path::PathBuf> = joins.iter().map(std::path::PathBuf::from).collect();
         let stage = cove_runtime::gvisor::link::Stage {
             lease_dir: std::path::Path::new(lease_dir),
             slot: slot.parse().context("invalid slot")?,
             helper: std::path::Path::new(helper),
             log: std::path::Path::new(log),
-            cgroup_procs: &procs,
+            cgroup_joins: &joins,
         };
         cove_runtime::gvisor::link::run_stage(&stage)
             .context("cannot connect the gVisor sandbox to the network")?;

@@ -66,8 +66,9 @@ pub struct Stage<'a> {
     pub slot: u32,
     pub helper: &'a Path,
     pub log: &'a Path,
-    /// The `cgroup.procs` files the holder and the helper join.
-    pub cgroup_procs: &'a [PathBuf],
+    /// The files through which the holder and the helper join their cgroups
+    /// ([`crate::cgroup::join`]).
+    pub cgroup_joins: &'a [PathBuf],
 }
 
 /// What the link stage prints when another server holds the uid range.
@@ -83,7 +84,7 @@ pub fn start(exe: &Path, stage: &Stage<'_>) -> io::Result<Option<u32>> {
         .arg(stage.slot.to_string())
         .arg(stage.helper)
         .arg(stage.log)
-        .args(stage.cgroup_procs)
+        .args(stage.cgroup_joins)
         .env_clear()
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
@@ -109,9 +110,7 @@ pub fn start(exe: &Path, stage: &Stage<'_>) -> io::Result<Option<u32>> {
 /// range, and connects its network namespace through the helper ([`crate::network`]).
 /// Prints the holder's pid, or [`TAKEN`].
 pub fn run_stage(stage: &Stage<'_>) -> io::Result<()> {
-    for procs in stage.cgroup_procs {
-        fs::write(procs, std::process::id().to_string())?;
-    }
+    crate::cgroup::join(stage.cgroup_joins).map_err(io::Error::other)?;
     let Some(lease) = Lease::take(stage.lease_dir, stage.slot)? else {
         println!("{TAKEN}");
         return Ok(());
@@ -149,7 +148,7 @@ pub fn run_stage(stage: &Stage<'_>) -> io::Result<()> {
             uid_base: base,
             log: stage.log,
             // Joined above: the helper is this process's child.
-            cgroup_procs: &[],
+            cgroup_joins: &[],
         })
     });
     if let Err(err) = linked {
@@ -254,7 +253,7 @@ impl GvisorRuntime {
             filter
                 .attach_sandbox(id, &egress)
                 .map_err(|e| failed("filter the sandbox's egress")(error_chain(&e)))?;
-            let procs = cgroups.helper_procs_files(id);
+            let joins = cgroups.helper_join_files(id);
             let log = dirs.log();
             for _ in 0..SLOT_ATTEMPTS {
                 let slot = internet.slots.reserve().ok_or(RuntimeError::NoUidRange)?;
@@ -263,7 +262,7 @@ impl GvisorRuntime {
                     slot,
                     helper,
                     log: &log,
-                    cgroup_procs: &procs,
+                    cgroup_joins: &joins,
                 };
                 match start(&self.exe, &stage) {
                     Ok(Some(pid)) => {

@@ -280,6 +280,7 @@ impl GvisorRuntime {
         };
         make(&self.root)
             .and_then(|()| make(&self.root.join("sandboxes")))
+            .map(|()| crate::spread::spread_subdirectories(&self.root.join("sandboxes")))
             .and_then(|()| make(&self.root.join("runsc")))
             .and_then(|()| make(&dirs.root))
             .and_then(|()| channel::make_dir(&dirs.agent()))

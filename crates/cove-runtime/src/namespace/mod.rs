@@ -252,10 +252,10 @@ impl NamespaceRuntime {
             .ok_or_else(|| io::Error::other(crate::network::NO_HELPER))?;
         // The helper joins the sandbox's cgroups (limits, and its end with the sandbox) and
         // the egress cgroup, whose filter refuses the host and its surroundings.
-        let procs = self
+        let joins = self
             .cgroups
             .as_ref()
-            .map(|c| c.helper_procs_files(id))
+            .map(|c| c.helper_join_files(id))
             .unwrap_or_default();
         let filter = self.egress_filter().map_err(io::Error::other)?;
         let egress_dir = self
@@ -272,7 +272,7 @@ impl NamespaceRuntime {
             pid,
             uid_base,
             log: &log,
-            cgroup_procs: &procs,
+            cgroup_joins: &joins,
         };
         crate::network::connect(&self.exe, self.spawner(), &connection)
     }
@@ -289,7 +289,10 @@ impl NamespaceRuntime {
             fs::set_permissions(path, fs::Permissions::from_mode(mode))
         };
         make(&self.root, 0o700)
-            .and_then(|()| make(&dirs.root, 0o711))
+            .and_then(|()| {
+                crate::spread::spread_subdirectories(&self.root);
+                make(&dirs.root, 0o711)
+            })
             .map_err(RuntimeError::io("create the sandbox directory"))
     }
 
@@ -337,22 +340,13 @@ impl NamespaceRuntime {
             source: io::Error::other(e),
         })?;
         spec_line.push(b'\n');
-        // The setup works on the sandbox's mounts while it is moved into the sandbox's
-        // cgroups here (see `init::setup`); it starts PID 1 once told that the move is done.
-        // A setup that has already ended (another server holds the uid range) cannot be
-        // moved; its report says why.
-        let mut moved = Ok(());
+        // The setup joins the sandbox's cgroups itself before anything else (see
+        // `init::setup`); the spec is all it needs. A setup that has already ended (another
+        // server holds the uid range) cannot read it; its report says why.
         if let Some(mut stdin) = child.stdin.take() {
             stdin
                 .write_all(&spec_line)
                 .map_err(RuntimeError::io("hand the spec to the sandbox setup"))?;
-            moved = match &self.cgroups {
-                Some(cgroups) => cgroups.enter(&spec.id, child.pid),
-                None => Ok(()),
-            };
-            if moved.is_ok() {
-                let _ = writeln!(stdin, "{}", init::IN_CGROUPS);
-            }
         }
         let mut out = String::new();
         if let Some(mut stdout) = child.stdout.take() {
@@ -368,12 +362,7 @@ impl NamespaceRuntime {
         let pid = match serde_json::from_str::<Report>(out.trim()) {
             Ok(Report::Started { pid }) => pid,
             Ok(Report::SlotTaken) => return Ok(None),
-            Ok(Report::Failed { error }) => {
-                return Err(failed(match moved {
-                    Err(err) => format!("cannot move the sandbox into its cgroups: {err}"),
-                    Ok(()) => error,
-                }));
-            }
+            Ok(Report::Failed { error }) => return Err(failed(error)),
             Err(_) => {
                 return Err(failed(format!(
                     "the setup exited with {status} without a report (see {})",

@@ -7,9 +7,9 @@
 //! arguments (those of `cove __sandbox-init`) and three descriptors (its stdin, stdout and
 //! stderr), and a setup stage reads its spec on its stdin after the fork, as an exec'd one
 //! does. The stage is forked with `CLONE_PARENT`, so that it is the server's own child, as
-//! an exec'd stage is: its pid stays the server's to wait for (and to move into the
-//! sandbox's cgroups) until the server has reaped it. The spawner ends when the server's
-//! end of its socket closes (the server ended, or dropped it).
+//! an exec'd stage is: its pid stays the server's to wait for until the server has reaped
+//! it. The spawner ends when the server's end of its socket closes (the server ended, or
+//! dropped it).
 
 use std::{
     ffi::{OsStr, OsString},

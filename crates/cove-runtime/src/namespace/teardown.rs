@@ -19,7 +19,9 @@ use std::{
 
 #[derive(Debug)]
 pub struct Teardowns {
-    /// One empty file per removal under way, named by the sandbox's id.
+    /// One empty directory per removal under way, named by the sandbox's id (a directory,
+    /// not a file, so that the markers spread over the filesystem: [`crate::spread`]; a
+    /// server before that left files, which count the same).
     markers: PathBuf,
     /// The removals under way, by sandbox id.
     running: Mutex<Vec<(String, JoinHandle<()>)>>,
@@ -45,7 +47,7 @@ impl Teardowns {
             .name("cove-teardown".into())
             .spawn(move || {
                 if finish() {
-                    let _ = fs::remove_file(&marker);
+                    remove(&marker);
                 }
             });
         match spawned {
@@ -64,7 +66,11 @@ impl Teardowns {
 
     fn mark(&self, marker: &Path) -> io::Result<()> {
         fs::create_dir_all(&self.markers)?;
-        fs::write(marker, b"")
+        crate::spread::spread_subdirectories(&self.markers);
+        match fs::create_dir(marker) {
+            Err(err) if err.kind() != io::ErrorKind::AlreadyExists => Err(err),
+            _ => Ok(()),
+        }
     }
 
     /// Waits for every removal begun.
@@ -103,7 +109,14 @@ impl Teardowns {
 
     /// Sandbox `id`'s removal is done.
     pub fn done(&self, id: &str) {
-        let _ = fs::remove_file(self.markers.join(id));
+        remove(&self.markers.join(id));
+    }
+}
+
+/// Removes a marker: a directory, or a file left by an earlier server.
+fn remove(marker: &Path) {
+    if fs::remove_dir(marker).is_err() {
+        let _ = fs::remove_file(marker);
     }
 }
 
@@ -165,5 +178,24 @@ mod tests {
             let _ = fs::write(markers.join(name), b"");
         }
         assert_eq!(Teardowns::new(markers).unfinished(), ["good-id_1"]);
+    }
+
+    #[test]
+    fn a_marker_file_of_an_earlier_server_is_found_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let markers = dir.path().join("teardowns");
+        fs::create_dir_all(&markers).unwrap();
+        fs::write(markers.join("old-one"), b"").unwrap();
+        let teardowns = Teardowns::new(markers.clone());
+        teardowns.defer("new-one", || false);
+        teardowns.wait();
+        assert!(markers.join("new-one").is_dir());
+        let mut unfinished = teardowns.unfinished();
+        unfinished.sort();
+        assert_eq!(unfinished, ["new-one", "old-one"]);
+        teardowns.done("old-one");
+        teardowns.done("new-one");
+        assert!(teardowns.unfinished().is_empty());
+        assert_eq!(fs::read_dir(&markers).unwrap().count(), 0);
     }
 }
