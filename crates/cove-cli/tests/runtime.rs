@@ -267,6 +267,22 @@ fn pids_in(dir: &Path) -> Vec<u32> {
     pids
 }
 
+/// Kills a sandbox and ends its runtime when dropped: a test that fails halfway leaves no
+/// sandbox running and no cgroup behind.
+struct KillOnDrop<'a> {
+    fixture: &'a Fixture,
+    id: &'a str,
+    sandbox: &'a Started,
+}
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.fixture.runtime.kill(&self.sandbox.handle);
+        let _ = self.fixture.runtime.remove(self.id);
+        self.fixture.runtime.shutdown();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_process_of_a_sandbox_is_in_each_of_its_cgroups() {
     // The stages join the sandbox's cgroups themselves (v1 through `tasks`, the network
@@ -275,6 +291,11 @@ async fn every_process_of_a_sandbox_is_in_each_of_its_cgroups() {
     let fixture = Fixture::new();
     let id = format!("joined-{}", std::process::id());
     let (sandbox, client) = fixture.start_with(&id, true);
+    let stop = KillOnDrop {
+        fixture: &fixture,
+        id: &id,
+        sandbox: &sandbox,
+    };
     let out = client
         .commands()
         .run("sleep 60 >/dev/null 2>&1 & sleep 60 >/dev/null 2>&1 & echo started")
@@ -329,6 +350,10 @@ async fn every_process_of_a_sandbox_is_in_each_of_its_cgroups() {
             "a stage {pid} is still in the sandbox's cgroups"
         );
     }
-    fixture.stop(&id, &sandbox);
-    fixture.runtime.shutdown();
+    drop(stop);
+    let left: Vec<_> = cgroup_dirs(&id)
+        .into_iter()
+        .filter(|d| d.exists())
+        .collect();
+    assert!(left.is_empty(), "left after the kill: {left:?}");
 }
