@@ -2,33 +2,27 @@
 //! `COVE_LOG_FORMAT=json`) for structured output, one JSON object a line. The stages that build a sandbox always write JSON lines: their stderr
 //! is the sandbox's log, which `cove serve` hands to clients entry by entry.
 
-use std::{
-    io::{self, IsTerminal, Write},
-    os::fd::{AsFd, BorrowedFd},
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::io::IsTerminal;
 
 use tracing_subscriber::{EnvFilter, fmt};
 
-/// Installs the subscriber. `capped`: stderr is a sandbox's log file (read-write, append) to
-/// be kept under a size ([`cap_agent_log`]). The log is a file on the host's disk, outside
-/// the sandbox's disk quota, and some of what the agent logs is up to the code in the
-/// sandbox (failed requests, say), so it must not grow without end. `sandbox_log`: stderr is
-/// a sandbox's log (JSON lines whatever `COVE_LOG_FORMAT` says).
+/// Installs the subscriber. `capped`: stderr is a sandbox's log file, kept under a size
+/// (see [`cove_init::log`]). `sandbox_log`: stderr is a sandbox's log (JSON lines whatever
+/// `COVE_LOG_FORMAT` says).
 pub fn init(capped: bool, sandbox_log: bool, format: Format) {
+    if capped {
+        cove_init::log::install();
+        return;
+    }
     let filter = EnvFilter::try_from_env("COVE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = sandbox_log || format == Format::Json;
     // Colours only on a terminal: a sandbox's log file is parsed by `cove serve`.
     let ansi = std::io::stderr().is_terminal();
     let builder = fmt().with_env_filter(filter).with_ansi(ansi);
-    match (json, capped) {
-        (true, true) => builder.json().with_writer(|| &AGENT_LOG).init(),
-        (true, false) => builder.json().with_writer(std::io::stderr).init(),
-        (false, true) => builder.with_writer(|| &AGENT_LOG).init(),
-        (false, false) => builder.with_writer(std::io::stderr).init(),
+    if json {
+        builder.json().with_writer(std::io::stderr).init();
+    } else {
+        builder.with_writer(std::io::stderr).init();
     }
 }
 
@@ -40,100 +34,4 @@ pub enum Format {
     /// For log collectors: one JSON object per line with `timestamp`, `level`, `fields`
     /// (the message and every field: `sandbox_id`, `team`, …) and `target`.
     Json,
-}
-
-/// Sets the size the agent's log is kept under (from the sandbox's spec).
-pub fn cap_agent_log(bytes: u64) {
-    AGENT_LOG.cap.store(bytes, Ordering::Relaxed);
-}
-
-/// stderr, kept under a size: when a line would take the file past it, the newest half of
-/// the file moves to its start and the rest is dropped.
-#[derive(Debug)]
-struct CappedStderr {
-    cap: AtomicU64,
-    /// One writer at a time, so two never shrink the file at once.
-    lock: Mutex<()>,
-}
-
-static AGENT_LOG: CappedStderr = CappedStderr {
-    cap: AtomicU64::new(cove_runtime::namespace::init::DEFAULT_LOG_CAP),
-    lock: Mutex::new(()),
-};
-
-impl Write for &CappedStderr {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let stderr = io::stderr();
-        let mut stderr = stderr.lock();
-        let cap = self.cap.load(Ordering::Relaxed);
-        if let Ok(stat) = rustix::fs::fstat(stderr.as_fd()) {
-            let size = u64::try_from(stat.st_size).unwrap_or(0);
-            let regular = rustix::fs::FileType::from_raw_mode(stat.st_mode).is_file();
-            if regular && size + buf.len() as u64 > cap {
-                // A log we cannot shrink is written on: losing lines would be worse.
-                let _ = keep_newest(stderr.as_fd(), size, cap / 2);
-            }
-        }
-        stderr.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        io::stderr().flush()
-    }
-}
-
-/// Keeps only the last `keep` bytes of the `size`-byte file `fd` (appending), from the first
-/// whole line on.
-fn keep_newest(fd: BorrowedFd<'_>, size: u64, keep: u64) -> io::Result<()> {
-    let from = size.saturating_sub(keep);
-    let mut tail = vec![0u8; usize::try_from(size - from).unwrap_or(0)];
-    let mut read = 0;
-    while read < tail.len() {
-        match rustix::io::pread(fd, &mut tail[read..], from + read as u64)? {
-            0 => break,
-            n => read += n,
-        }
-    }
-    tail.truncate(read);
-    let start = tail.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);
-    rustix::fs::ftruncate(fd, 0)?;
-    let mut rest = &tail[start..];
-    while !rest.is_empty() {
-        let written = rustix::io::write(fd, rest)?;
-        rest = &rest[written..];
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keeping_the_newest_half_starts_at_a_whole_line() {
-        let file = tempfile::tempfile().unwrap();
-        let mut writer = std::fs::OpenOptions::new()
-            .append(true)
-            .read(true)
-            .open(format!(
-                "/proc/self/fd/{}",
-                std::os::fd::AsRawFd::as_raw_fd(&file)
-            ))
-            .unwrap();
-        writer.write_all(b"one\ntwo\nthree\nfour\n").unwrap();
-        keep_newest(writer.as_fd(), 19, 8).unwrap();
-        writer.write_all(b"five\n").unwrap();
-        let mut all = String::new();
-        io::Read::read_to_string(
-            &mut std::fs::File::open(format!(
-                "/proc/self/fd/{}",
-                std::os::fd::AsRawFd::as_raw_fd(&file)
-            ))
-            .unwrap(),
-            &mut all,
-        )
-        .unwrap();
-        assert_eq!(all, "four\nfive\n");
-    }
 }

@@ -586,6 +586,9 @@ fn doctor_checks_the_host_and_says_how_to_fix_what_is_missing() {
             "{check}"
         );
     }
+    // cove-init is built beside cove.
+    let init = checks.iter().find(|c| c["name"] == "cove-init").unwrap();
+    assert_eq!(init["status"], "ok", "{init}");
     // With runsc, what gVisor sandboxes cannot do on it is found by asking it.
     if std::path::Path::new("/usr/bin/runsc").exists() {
         let statx = checks

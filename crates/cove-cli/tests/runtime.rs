@@ -17,6 +17,11 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
+        Self::with_exe(Path::new(env!("CARGO_BIN_EXE_cove")))
+    }
+
+    /// A runtime using the `cove` at `exe` (and what is installed beside it).
+    fn with_exe(exe: &Path) -> Self {
         let state = tempfile::Builder::new()
             .prefix("cove-runtime-test-")
             .tempdir()
@@ -24,7 +29,7 @@ impl Fixture {
         let template = template::base(&state.path().join("templates/base")).unwrap();
         Self {
             runtime: NamespaceRuntime::new(
-                env!("CARGO_BIN_EXE_cove"),
+                exe,
                 state.path().join("sandboxes"),
                 cove_runtime::egress::EgressConfig::default(),
             ),
@@ -356,4 +361,86 @@ async fn every_process_of_a_sandbox_is_in_each_of_its_cgroups() {
         .filter(|d| d.exists())
         .collect();
     assert!(left.is_empty(), "left after the kill: {left:?}");
+}
+
+/// Sandboxes of one runtime, killed and the runtime ended when dropped.
+struct Sandboxes<'a> {
+    fixture: &'a Fixture,
+    started: Vec<(String, Started)>,
+}
+
+impl Drop for Sandboxes<'_> {
+    fn drop(&mut self) {
+        for (id, sandbox) in &self.started {
+            let _ = self.fixture.runtime.kill(&sandbox.handle);
+            let _ = self.fixture.runtime.remove(id);
+        }
+        self.fixture.runtime.shutdown();
+    }
+}
+
+impl Sandboxes<'_> {
+    /// Starts sandbox `id`; the host's path of the binary its PID 1 runs, once a command ran.
+    async fn start_pid1_binary(&mut self, id: String) -> std::path::PathBuf {
+        let (sandbox, client) = self.fixture.start(&id);
+        self.started.push((id, sandbox));
+        let out = client.commands().run("echo up").await.unwrap();
+        assert_eq!(out.stdout, "up\n");
+        let pid1 = self.started.last().unwrap().1.handle.state["pid"]
+            .as_u64()
+            .unwrap();
+        std::fs::read_link(format!("/proc/{pid1}/exe")).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pid1_runs_the_init_binary_checked_at_the_start_or_else_cove() {
+    // `cove-init` beside `cove` is PID 1 (an exec far smaller than all of `cove`); without
+    // it, `cove` itself; and never a `cove-init` other than the one the runtime checked when
+    // it started: one installed anew since (an upgrade before the restart) is passed over.
+    // The installed binaries: hard links in a directory of the build's own filesystem.
+    let built = Path::new(env!("CARGO_BIN_EXE_cove"));
+    let dir = tempfile::Builder::new()
+        .prefix("cove-install-")
+        .tempdir_in(built.parent().unwrap())
+        .unwrap();
+    let cove = dir.path().join("cove");
+    let init = dir.path().join("cove-init");
+    std::fs::hard_link(built, &cove).unwrap();
+    let tag = std::process::id();
+
+    let alone = Fixture::with_exe(&cove);
+    let mut sandboxes = Sandboxes {
+        fixture: &alone,
+        started: Vec::new(),
+    };
+    let ran = sandboxes.start_pid1_binary(format!("alone-{tag}")).await;
+    assert_eq!(ran, cove);
+    drop(sandboxes);
+
+    std::fs::hard_link(env!("CARGO_BIN_EXE_cove-init"), &init).unwrap();
+    let beside = Fixture::with_exe(&cove);
+    let mut sandboxes = Sandboxes {
+        fixture: &beside,
+        started: Vec::new(),
+    };
+    let ran = sandboxes.start_pid1_binary(format!("beside-{tag}")).await;
+    assert_eq!(ran, init);
+
+    let new = dir.path().join("cove-init.new");
+    std::fs::copy(env!("CARGO_BIN_EXE_cove-init"), &new).unwrap();
+    std::fs::rename(&new, &init).unwrap();
+    let id = format!("upgraded-{tag}");
+    let ran = sandboxes.start_pid1_binary(id.clone()).await;
+    assert_eq!(ran, cove, "a cove-init the runtime never checked ran");
+    let log = std::fs::read_to_string(
+        beside
+            .state
+            .path()
+            .join("sandboxes")
+            .join(&id)
+            .join("sandbox.log"),
+    )
+    .unwrap();
+    assert!(log.contains("not the file the server checked"), "{log}");
 }

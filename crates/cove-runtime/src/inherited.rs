@@ -18,7 +18,7 @@ pub const UID_LEASE: RawFd = 4;
 
 /// Descriptors are first copied to numbers from here on, above every target, so that placing
 /// one never overwrites another still to be placed.
-const ABOVE_TARGETS: RawFd = 16;
+pub(crate) const ABOVE_TARGETS: RawFd = 16;
 
 /// Makes the child of `command` find `fds` at the given numbers (and nothing else of ours:
 /// everything this process opens is close-on-exec).

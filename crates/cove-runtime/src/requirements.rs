@@ -86,6 +86,7 @@ pub fn check(state_dir: &Path) -> Vec<Check> {
     .into_iter()
     .chain(gvisor_limits(&state_dir.join("gvisor")))
     .chain([
+        init_binary(),
         kernels(),
         open_files(),
         free_space(state_dir),
@@ -304,6 +305,32 @@ fn program(name: &'static str, missing: Status, why: &str, fix: &str) -> Check {
     match find_program(name) {
         Some(path) => Check::ok(name, path.display().to_string()),
         None => Check::not(name, missing, format!("not installed ({why})"), fix),
+    }
+}
+
+/// `cove-init` beside this binary: sandboxes' PID 1 (without it `cove` does the job, a
+/// larger exec for every create).
+fn init_binary() -> Check {
+    const NAME: &str = crate::namespace::init_binary::NAME;
+    const FIX: &str = "install cove-init (built with cove: cargo build --release -p cove-cli) beside cove, mode 0755, owned by root";
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(err) => {
+            return Check::not(NAME, Status::Warn, format!("cannot find cove: {err}"), FIX);
+        }
+    };
+    match crate::namespace::init_binary::beside(&exe) {
+        Ok(Some(binary)) => Check::ok(NAME, binary.path.display().to_string()),
+        Ok(None) => Check::not(
+            NAME,
+            Status::Warn,
+            format!(
+                "not beside {}: sandboxes' PID 1 runs cove itself, a slower start",
+                exe.display()
+            ),
+            FIX,
+        ),
+        Err(reason) => Check::not(NAME, Status::Warn, format!("not used: {reason}"), FIX),
     }
 }
 

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use cove_agent::{AgentConfig, ListenAddr};
 
 #[derive(Debug, clap::Args)]
@@ -44,25 +43,6 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         code_interpreter: args.code_interpreter,
         ..AgentConfig::default()
     };
-    serve(config, Vec::new(), || {})
-}
-
-/// Runs the agent on `config` and on sockets already `listening`, and calls `ready` once it
-/// listens (a sandbox's PID 1 reports it).
-pub fn serve(
-    config: AgentConfig,
-    listening: Vec<std::os::unix::net::UnixListener>,
-    ready: impl FnOnce(),
-) -> anyhow::Result<std::process::ExitCode> {
-    // Named, so that `top -H` and profiles tell the agent's threads from the server's.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("cove-agent")
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime
-        .block_on(cove_agent::serve(config, listening, ready))
-        .context("the agent failed")?;
+    cove_init::serve_agent(config, Vec::new(), || {})?;
     Ok(std::process::ExitCode::SUCCESS)
 }

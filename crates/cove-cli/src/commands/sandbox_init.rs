@@ -1,9 +1,9 @@
 //! `cove __sandbox-init`: the stages that build a sandbox (see `cove_runtime::namespace::init`).
-//! The last stage becomes the sandbox's PID 1 and runs the agent.
+//! The last stage, the sandbox's PID 1, is `cove-init` (`cove_init`), or this binary when
+//! `cove-init` is not installed next to it.
 
 use anyhow::Context;
-use cove_agent::AgentConfig;
-use cove_runtime::{AgentSettings, namespace::init};
+use cove_runtime::namespace::init;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -49,7 +49,12 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     // runsc hands a gVisor sandbox's init nothing but its stdio, and this sentry's
     // close_range refuses CLOSE_RANGE_CLOEXEC (EINVAL): nothing to close there.
     if args.gvisor_agent {
-        gvisor_agent()?;
+        cove_init::gvisor_agent()?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    // Without a `cove-init` next to this binary, this one is a sandbox's PID 1.
+    if args.pid1 {
+        cove_init::pid1()?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
     // Whatever the server inherited must not reach the sandbox.
@@ -120,14 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .context("the stage spawner")?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    if args.pid1 {
-        if let Err(err) = pid1() {
-            init::report_failure(&format!("{err:#}"));
-            return Err(err);
-        }
-    } else {
-        setup()?;
-    }
+    setup()?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -162,54 +160,4 @@ fn setup() -> anyhow::Result<()> {
         serde_json::to_string(&report).context("cannot encode the report")?
     );
     Ok(())
-}
-
-fn pid1() -> anyhow::Result<()> {
-    let spec = init::read_spec()?;
-    // Taken first, before anything could open a descriptor at its number.
-    let listener = cove_runtime::inherited::agent_listener()
-        .context("cannot take the agent's listening socket")?;
-    crate::logging::cap_agent_log(spec.log_cap);
-    init::enter_sandbox(&spec)?;
-    super::agent::serve(agent_config(spec.agent), vec![listener], || {
-        if let Err(err) = init::report_ready() {
-            tracing::error!(?err, "cannot report readiness");
-        }
-    })?;
-    Ok(())
-}
-
-/// The init of a gVisor sandbox: the agent, on a socket it lets go of for checkpoints. The
-/// sentry already is the sandbox's kernel: no mounts, namespaces or filters to set up here.
-fn gvisor_agent() -> anyhow::Result<()> {
-    use cove_runtime::gvisor::bundle::{AGENT_SPEC_ENV, AgentSpec};
-    let raw = std::env::var(AGENT_SPEC_ENV)
-        .with_context(|| format!("no {AGENT_SPEC_ENV} in the environment"))?;
-    let spec: AgentSpec =
-        serde_json::from_str(&raw).with_context(|| format!("cannot read {AGENT_SPEC_ENV}"))?;
-    crate::logging::cap_agent_log(spec.log_cap);
-    let mut config = agent_config(spec.agent);
-    config.quiescible = Some(cove_agent::quiesce::Quiescible {
-        socket: spec.socket,
-        marker: spec.marker,
-        renewal: spec.renewal,
-    });
-    super::agent::serve(config, Vec::new(), || {})?;
-    Ok(())
-}
-
-/// The agent's configuration from what the runtime tells it.
-fn agent_config(settings: AgentSettings) -> AgentConfig {
-    AgentConfig {
-        listen: Vec::new(),
-        access_token: Some(settings.access_token).filter(|t| !t.is_empty()),
-        default_user: settings.default_user,
-        default_workdir: Some(settings.default_workdir),
-        env: settings.env,
-        code_interpreter: settings
-            .code_interpreter_port
-            .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port))),
-        warm_kernel: settings.warm_kernel,
-        ..AgentConfig::default()
-    }
 }

@@ -87,6 +87,9 @@ pub struct InitSpec {
     /// Volumes mounted into the sandbox, in order.
     #[serde(default)]
     pub volumes: Vec<crate::volume::VolumeMount>,
+    /// The binary PID 1 runs ([`super::init_binary`]); without one, this stage's own.
+    #[serde(default)]
+    pub init_exe: Option<super::init_binary::InitBinary>,
 }
 
 /// The size a sandbox's agent keeps its log under unless told otherwise.
@@ -240,6 +243,21 @@ pub fn setup() -> Result<Report, InitError> {
         })?;
     }
     let dirs = SandboxDirs::new(&spec.dir);
+    // Opened while host paths are still reachable: PID 1 is exec'd through the descriptor.
+    let init_exe = match &spec.init_exe {
+        None => None,
+        Some(binary) => {
+            let fd = super::init_binary::open(binary, inherited::ABOVE_TARGETS)
+                .map_err(step(|| format!("cannot open {}", binary.path.display())))?;
+            if fd.is_none() {
+                tracing::warn!(
+                    path = %binary.path.display(),
+                    "not the file the server checked at its start (installed anew?): this sandbox's PID 1 runs cove"
+                );
+            }
+            fd
+        }
+    };
 
     // The agent (PID 1) should survive an out-of-memory kill inside the sandbox: it gives
     // every process it starts a high score, and keeps the lowest itself when the host lets
@@ -302,6 +320,7 @@ pub fn setup() -> Result<Report, InitError> {
 
     start_pid1(
         &spec,
+        init_exe.as_ref(),
         vec![
             (OwnedFd::from(listener), inherited::AGENT_LISTENER),
             (lease.into_fd(), inherited::UID_LEASE),
@@ -623,13 +642,18 @@ pub(super) fn build_rootfs(
     Ok(())
 }
 
-/// Starts PID 1, hands it the spec, and waits until its agent is listening. The binary is
-/// reached through `/proc/self/exe`, which needs no search permission on its directories.
+/// Starts PID 1, hands it the spec, and waits until its agent is listening. The binary,
+/// `init_exe` or else this one, is reached through `/proc/self`, which needs no search
+/// permission on its directories.
 fn start_pid1(
     spec: &InitSpec,
+    init_exe: Option<&OwnedFd>,
     fds: Vec<(OwnedFd, std::os::fd::RawFd)>,
 ) -> Result<Report, InitError> {
-    let mut command = Command::new("/proc/self/exe");
+    let mut command = Command::new(init_exe.map_or_else(
+        || PathBuf::from("/proc/self/exe"),
+        super::init_binary::exec_path,
+    ));
     command
         .arg0("cove-agent")
         .args([SUBCOMMAND, PID1_FLAG])

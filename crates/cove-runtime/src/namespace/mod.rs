@@ -7,6 +7,7 @@
 //! [`pause`] and [`snapshot`].
 
 pub mod init;
+pub mod init_binary;
 mod pause;
 pub mod reroot;
 mod snapshot;
@@ -74,6 +75,8 @@ fn stage_env() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
 #[derive(Clone, Debug)]
 pub struct NamespaceRuntime {
     exe: PathBuf,
+    /// What sandboxes' PID 1 runs when not `exe`: `cove-init` beside it ([`init_binary`]).
+    init_exe: Option<init_binary::InitBinary>,
     /// Where sandboxes' directories live.
     root: PathBuf,
     slots: Arc<Slots>,
@@ -123,8 +126,25 @@ impl NamespaceRuntime {
         });
         let root: PathBuf = root.into();
         let teardowns = Arc::new(Teardowns::new(teardown_dir(&root)));
+        let exe: PathBuf = exe.into();
+        let init_exe = match init_binary::beside(&exe) {
+            Ok(Some(binary)) => Some(binary),
+            Ok(None) => {
+                tracing::info!(
+                    "no {} beside {}: sandboxes' PID 1 runs cove itself (a slower start)",
+                    init_binary::NAME,
+                    exe.display()
+                );
+                None
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "{} is not used: sandboxes' PID 1 runs cove itself", init_binary::NAME);
+                None
+            }
+        };
         let runtime = Self {
-            exe: exe.into(),
+            exe,
+            init_exe,
             root,
             slots: Arc::new(Slots::new(LEASE_DIR, userns::MAX_SLOTS)),
             network_helper: crate::network::find_helper(),
@@ -332,6 +352,7 @@ impl NamespaceRuntime {
             no_new_privs: self.no_new_privs,
             log_cap: self.log_cap,
             volumes: spec.volumes.clone(),
+            init_exe: self.init_exe.clone(),
         };
         let mut child = spawner::Setup::start(&self.exe, self.spawner(), &stage_env(), log)
             .map_err(RuntimeError::io("start the sandbox setup"))?;
@@ -758,6 +779,7 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let runtime = NamespaceRuntime {
             exe: PathBuf::from("/nonexistent/cove"),
+            init_exe: None,
             root: state.path().join("sandboxes"),
             slots: Arc::new(Slots::new(state.path().join("leases"), 4)),
             network_helper: None,
