@@ -263,6 +263,11 @@ async fn dangerous_system_calls_fail() {
     assert_eq!(ptrace.trim(), "errno 1", "PTRACE_ATTACH to pid 1: {ptrace}");
     let mem = shell("head -c 1 /proc/1/mem").await;
     assert!(mem.starts_with("failed"), "{mem}");
+    // PID 1's binary (`cove-init`, a host file) through its link: neither read nor written.
+    let exe = shell("head -c 1 /proc/1/exe").await;
+    assert!(exe.starts_with("failed"), "{exe}");
+    let exe = shell("echo x >> /proc/1/exe").await;
+    assert!(exe.starts_with("failed"), "{exe}");
     // Masked kernel interfaces.
     let kcore =
         shell("wc -c < /proc/kcore; cat /proc/keys | wc -c; echo b > /proc/sysrq-trigger").await;

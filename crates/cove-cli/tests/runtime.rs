@@ -272,19 +272,49 @@ fn pids_in(dir: &Path) -> Vec<u32> {
     pids
 }
 
-/// Kills a sandbox and ends its runtime when dropped: a test that fails halfway leaves no
-/// sandbox running and no cgroup behind.
-struct KillOnDrop<'a> {
+/// Sandboxes of one runtime, killed and the runtime ended when dropped: a test that fails
+/// halfway leaves no sandbox running and no cgroup behind.
+struct Sandboxes<'a> {
     fixture: &'a Fixture,
-    id: &'a str,
-    sandbox: &'a Started,
+    started: Vec<(String, Started)>,
 }
 
-impl Drop for KillOnDrop<'_> {
+impl Drop for Sandboxes<'_> {
     fn drop(&mut self) {
-        let _ = self.fixture.runtime.kill(&self.sandbox.handle);
-        let _ = self.fixture.runtime.remove(self.id);
+        for (id, sandbox) in &self.started {
+            let _ = self.fixture.runtime.kill(&sandbox.handle);
+            let _ = self.fixture.runtime.remove(id);
+        }
         self.fixture.runtime.shutdown();
+    }
+}
+
+impl<'a> Sandboxes<'a> {
+    fn of(fixture: &'a Fixture) -> Self {
+        Self {
+            fixture,
+            started: Vec::new(),
+        }
+    }
+
+    /// Starts sandbox `id` (with internet access when `network`); its PID 1's host pid.
+    fn start_with(&mut self, id: &str, network: bool) -> (u32, AgentClient) {
+        let (sandbox, client) = self.fixture.start_with(id, network);
+        let pid1 = sandbox.handle.state["pid"]
+            .as_u64()
+            .unwrap()
+            .try_into()
+            .unwrap();
+        self.started.push((id.to_owned(), sandbox));
+        (pid1, client)
+    }
+
+    /// Starts sandbox `id`; the host's path of the binary its PID 1 runs, once a command ran.
+    async fn start_pid1_binary(&mut self, id: &str) -> std::path::PathBuf {
+        let (pid1, client) = self.start_with(id, false);
+        let out = client.commands().run("echo up").await.unwrap();
+        assert_eq!(out.stdout, "up\n");
+        std::fs::read_link(format!("/proc/{pid1}/exe")).unwrap()
     }
 }
 
@@ -295,12 +325,8 @@ async fn every_process_of_a_sandbox_is_in_each_of_its_cgroups() {
     // run outside any of them, or its limits, freezing, kill and egress filter miss it.
     let fixture = Fixture::new();
     let id = format!("joined-{}", std::process::id());
-    let (sandbox, client) = fixture.start_with(&id, true);
-    let stop = KillOnDrop {
-        fixture: &fixture,
-        id: &id,
-        sandbox: &sandbox,
-    };
+    let mut stop = Sandboxes::of(&fixture);
+    let (pid1, client) = stop.start_with(&id, true);
     let out = client
         .commands()
         .run("sleep 60 >/dev/null 2>&1 & sleep 60 >/dev/null 2>&1 & echo started")
@@ -319,11 +345,6 @@ async fn every_process_of_a_sandbox_is_in_each_of_its_cgroups() {
     let memory = pids_in(&v1[0]);
     // PID 1 (the agent), the two sleeps and the network helper, at least.
     assert!(memory.len() >= 4, "{memory:?}");
-    let pid1: u32 = sandbox.handle.state["pid"]
-        .as_u64()
-        .unwrap()
-        .try_into()
-        .unwrap();
     assert!(memory.contains(&pid1), "PID 1 {pid1} not in {memory:?}");
     for dir in &v1[1..] {
         assert_eq!(
@@ -363,36 +384,6 @@ async fn every_process_of_a_sandbox_is_in_each_of_its_cgroups() {
     assert!(left.is_empty(), "left after the kill: {left:?}");
 }
 
-/// Sandboxes of one runtime, killed and the runtime ended when dropped.
-struct Sandboxes<'a> {
-    fixture: &'a Fixture,
-    started: Vec<(String, Started)>,
-}
-
-impl Drop for Sandboxes<'_> {
-    fn drop(&mut self) {
-        for (id, sandbox) in &self.started {
-            let _ = self.fixture.runtime.kill(&sandbox.handle);
-            let _ = self.fixture.runtime.remove(id);
-        }
-        self.fixture.runtime.shutdown();
-    }
-}
-
-impl Sandboxes<'_> {
-    /// Starts sandbox `id`; the host's path of the binary its PID 1 runs, once a command ran.
-    async fn start_pid1_binary(&mut self, id: String) -> std::path::PathBuf {
-        let (sandbox, client) = self.fixture.start(&id);
-        self.started.push((id, sandbox));
-        let out = client.commands().run("echo up").await.unwrap();
-        assert_eq!(out.stdout, "up\n");
-        let pid1 = self.started.last().unwrap().1.handle.state["pid"]
-            .as_u64()
-            .unwrap();
-        std::fs::read_link(format!("/proc/{pid1}/exe")).unwrap()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn pid1_runs_the_init_binary_checked_at_the_start_or_else_cove() {
     // `cove-init` beside `cove` is PID 1 (an exec far smaller than all of `cove`); without
@@ -410,28 +401,22 @@ async fn pid1_runs_the_init_binary_checked_at_the_start_or_else_cove() {
     let tag = std::process::id();
 
     let alone = Fixture::with_exe(&cove);
-    let mut sandboxes = Sandboxes {
-        fixture: &alone,
-        started: Vec::new(),
-    };
-    let ran = sandboxes.start_pid1_binary(format!("alone-{tag}")).await;
+    let mut sandboxes = Sandboxes::of(&alone);
+    let ran = sandboxes.start_pid1_binary(&format!("alone-{tag}")).await;
     assert_eq!(ran, cove);
     drop(sandboxes);
 
     std::fs::hard_link(env!("CARGO_BIN_EXE_cove-init"), &init).unwrap();
     let beside = Fixture::with_exe(&cove);
-    let mut sandboxes = Sandboxes {
-        fixture: &beside,
-        started: Vec::new(),
-    };
-    let ran = sandboxes.start_pid1_binary(format!("beside-{tag}")).await;
+    let mut sandboxes = Sandboxes::of(&beside);
+    let ran = sandboxes.start_pid1_binary(&format!("beside-{tag}")).await;
     assert_eq!(ran, init);
 
     let new = dir.path().join("cove-init.new");
     std::fs::copy(env!("CARGO_BIN_EXE_cove-init"), &new).unwrap();
     std::fs::rename(&new, &init).unwrap();
     let id = format!("upgraded-{tag}");
-    let ran = sandboxes.start_pid1_binary(id.clone()).await;
+    let ran = sandboxes.start_pid1_binary(&id).await;
     assert_eq!(ran, cove, "a cove-init the runtime never checked ran");
     let log = std::fs::read_to_string(
         beside
