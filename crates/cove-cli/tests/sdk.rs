@@ -607,20 +607,81 @@ async fn terminals_type_resize_and_reattach() {
 }
 
 /// Large downloads leave the agent with `sendfile` and reach the client through the proxy
-/// (which turns the agent's file upgrade back into a `200`): every byte arrives in order,
-/// and a file cut short while it downloads ends the download with an error, never with
-/// fewer bytes passed off as the whole file.
+/// (which turns the agent's file upgrade back into a `200`, and splices the bytes into a
+/// plain HTTP/1.1 client's socket): every byte arrives in order, also on a kept-alive
+/// connection between other answers and over HTTP/2, a client that goes away mid-download
+/// leaves the server serving, and a file cut short while it downloads ends the download with
+/// an error, never with fewer bytes passed off as the whole file.
 #[tokio::test(flavor = "multi_thread")]
 async fn large_downloads_arrive_whole_or_fail() {
     let server = server().await;
-    let sbx = sandbox(&server).await;
-    let content: Vec<u8> = (0..(5 << 20) + 123).map(|i| (i % 251) as u8).collect();
+    let raw = server.raw_sandbox().await;
+    let sbx = Sandbox::connect(&server.config(), &raw.0, None)
+        .await
+        .unwrap();
+    let pattern =
+        |n: usize, salt: usize| -> Vec<u8> { (0..n).map(|i| ((i + salt) % 251) as u8).collect() };
+    let content = pattern((5 << 20) + 123, 0);
     sbx.files()
         .write("/home/user/big.bin", content.clone())
         .await
         .unwrap();
     let read = sbx.files().read("/home/user/big.bin").await.unwrap();
     assert!(read == content, "{} bytes, not the file", read.len());
+
+    // One plain HTTP/1.1 connection, kept alive: large downloads (their bytes spliced past
+    // the server's HTTP stack), a small one (an ordinary answer) and an upload between them,
+    // each answer whole and in its place.
+    let (medium, small) = (pattern(300 << 10, 1), pattern(1000, 2));
+    for (path, body) in [
+        ("/home/user/medium.bin", &medium),
+        ("/home/user/small.bin", &small),
+    ] {
+        sbx.files().write(path, body.clone()).await.unwrap();
+    }
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    for (path, body) in [
+        ("/home/user/big.bin", &content),
+        ("/home/user/small.bin", &small),
+        ("/home/user/medium.bin", &medium),
+        ("/home/user/big.bin", &content),
+    ] {
+        let (head, got) = raw_download(&mut stream, &raw, path).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(got == *body, "{path}: {} bytes, not the file", got.len());
+    }
+    let (head, answer) = raw_upload(&mut stream, &raw, "/home/user/up.bin", &medium).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}\n{answer}");
+    let (_, got) = raw_download(&mut stream, &raw, "/home/user/up.bin").await;
+    assert!(got == medium, "{} bytes, not the upload", got.len());
+
+    // A client that goes away in the middle of a download leaves the server serving.
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut gone = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        gone.write_all(download_head(&raw, "/home/user/big.bin").as_bytes())
+            .await
+            .unwrap();
+        let (head, _) = raw_http::read_head(&mut gone).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+    }
+
+    // HTTP/2 (no socket of its own to splice into): the bytes go through the server.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let answer = h2
+        .get(format!("{}/files?path=/home/user/big.bin", server.url()))
+        .header("e2b-sandbox-id", &raw.0)
+        .header("e2b-sandbox-port", "49983")
+        .header("x-access-token", &raw.1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+    assert_eq!(answer.status(), 200);
+    assert!(answer.bytes().await.unwrap() == content);
 
     let made = sbx
         .commands()
@@ -903,6 +964,34 @@ async fn a_small_code_interpreter_sandbox_starts_its_kernel_on_first_use() {
 
 /// Writes a raw upload of `body` to `path` on `stream` (HTTP/1.1, kept alive) and reads the
 /// answer: its head, lowercased, and its body.
+fn download_head((id, token): &(String, String), path: &str) -> String {
+    format!(
+        "GET /files?path={path} HTTP/1.1\r\nHost: x\r\nE2B-Sandbox-Id: {id}\r\n\
+         E2B-Sandbox-Port: 49983\r\nX-Access-Token: {token}\r\n\r\n"
+    )
+}
+
+/// A `GET /files` of `path` on `stream`: the answer's head (lower case) and its body.
+async fn raw_download(
+    stream: &mut tokio::net::TcpStream,
+    raw: &(String, String),
+    path: &str,
+) -> (String, Vec<u8>) {
+    use tokio::io::AsyncWriteExt as _;
+    stream
+        .write_all(download_head(raw, path).as_bytes())
+        .await
+        .unwrap();
+    let (head, mut body) = raw_http::read_head(stream).await;
+    let length = raw_http::content_length(&head).expect("a download has a Content-Length");
+    while body.len() < length {
+        let read = raw_http::read_some(stream, &mut body).await;
+        assert!(read > 0, "closed before the download ended");
+    }
+    assert_eq!(body.len(), length, "bytes beyond the answer's length");
+    (head, body)
+}
+
 async fn raw_upload(
     stream: &mut tokio::net::TcpStream,
     (id, token): &(String, String),

@@ -21,7 +21,12 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use super::{Timeouts, admission::Permit, raw_body::Gate};
+use super::{
+    Timeouts,
+    admission::Permit,
+    raw_body::Gate,
+    raw_send::{Outlet, Write},
+};
 
 /// The state of one connection, shared by its socket, its requests and its watchdog.
 #[derive(Debug)]
@@ -202,9 +207,19 @@ pub struct Watched {
     /// Lets a handler take its request's body past hyper
     /// ([`RawBody`](super::raw_body::RawBody)).
     gate: Arc<Gate>,
+    /// Lets a handler send its response's body past hyper
+    /// ([`RawSend`](super::raw_send::RawSend)).
+    outlet: Arc<Outlet>,
     upgrade_idle: Duration,
     upgrade_timer: Option<Pin<Box<Sleep>>>,
     _permit: Permit,
+}
+
+/// A plain connection's ways past hyper to its socket.
+#[derive(Clone, Debug)]
+pub struct PastHyper {
+    pub gate: Arc<Gate>,
+    pub outlet: Arc<Outlet>,
 }
 
 impl Watched {
@@ -218,16 +233,40 @@ impl Watched {
             stream,
             activity,
             gate: Gate::new(),
+            outlet: Outlet::new(),
             upgrade_idle,
             upgrade_timer: None,
             _permit: permit,
         }
     }
 
-    /// The way past hyper for this connection's requests (plain HTTP/1.1 only: see
-    /// [`RawBody`](super::raw_body::RawBody)).
-    pub fn gate(&self) -> Arc<Gate> {
-        self.gate.clone()
+    /// The ways past hyper for this connection's requests and responses (plain HTTP/1.1
+    /// only: see [`RawBody`](super::raw_body::RawBody) and
+    /// [`RawSend`](super::raw_send::RawSend)).
+    pub fn past_hyper(&self) -> PastHyper {
+        PastHyper {
+            gate: self.gate.clone(),
+            outlet: self.outlet.clone(),
+        }
+    }
+
+    /// Notes a write's outcome: bytes written count as activity, a write that has to wait
+    /// runs into the upgraded connection's silence.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        match polled {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.activity.wrote_some();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => self.poll_upgrade_silence(cx).map(Err),
+            failed => failed,
+        }
     }
 
     /// Called when the socket has nothing to give or take: an upgraded connection's silence
@@ -288,16 +327,11 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.activity.wrote_some();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => this.poll_upgrade_silence(cx).map(Err),
-            failed => failed,
+        if let Some(refused) = this.outlet.poll_write() {
+            return refused;
         }
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.wrote(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -306,16 +340,12 @@ impl AsyncWrite for Watched {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.activity.wrote_some();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => this.poll_upgrade_silence(cx).map(Err),
-            failed => failed,
-        }
+        let polled = match this.outlet.poll_write_vectored(cx, bufs, &this.stream) {
+            Write::All => Pin::new(&mut this.stream).poll_write_vectored(cx, bufs),
+            Write::First(n) => Pin::new(&mut this.stream).poll_write_vectored(cx, &bufs[..n]),
+            Write::Done(polled) => polled,
+        };
+        this.wrote(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {

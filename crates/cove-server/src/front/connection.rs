@@ -9,9 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Timeouts,
-    activity::{Activity, Expiry, Watched},
+    activity::{Activity, Expiry, PastHyper, Watched},
     protocol::Protocols,
-    raw_body::Gate,
     service::ConnectionService,
 };
 
@@ -41,8 +40,8 @@ pub async fn serve_accepted(
     peer: SocketAddr,
 ) {
     let Some(acceptor) = shared.tls.clone() else {
-        let gate = io.gate();
-        return serve(shared, io, activity, peer, Some(gate)).await;
+        let past_hyper = io.past_hyper();
+        return serve(shared, io, activity, peer, Some(past_hyper)).await;
     };
     let handshake = tokio::time::timeout(shared.timeouts.header_read, acceptor.accept(io)).await;
     match handshake {
@@ -54,13 +53,14 @@ pub async fn serve_accepted(
 }
 
 /// Serves `io` until the connection ends, a timeout closes it, or the server stops (then
-/// the requests in flight are finished first). `gate`: `io`'s way past hyper to its socket.
+/// the requests in flight are finished first). `past_hyper`: `io`'s ways past hyper to its
+/// socket.
 async fn serve<I>(
     shared: Arc<Shared>,
     io: I,
     activity: Arc<Activity>,
     peer: SocketAddr,
-    gate: Option<Arc<Gate>>,
+    past_hyper: Option<PastHyper>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -69,7 +69,7 @@ async fn serve<I>(
         shared.app.clone(),
         activity.clone(),
         timeouts.body_read,
-        gate,
+        past_hyper,
     );
     // The first bytes are read to tell the protocol: they count as the first request's head,
     // under its timeout.

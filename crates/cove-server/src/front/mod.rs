@@ -21,6 +21,7 @@ mod connection;
 mod open_files;
 mod protocol;
 mod raw_body;
+mod raw_send;
 mod service;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
@@ -33,6 +34,7 @@ pub use self::{
     body::{BodyError, stalled},
     config::{FrontConfig, Limits, Timeouts},
     raw_body::{Hold, RawBody},
+    raw_send::RawSend,
 };
 
 /// Connections the kernel completes and queues for us to accept (capped by

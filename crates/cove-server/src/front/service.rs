@@ -1,6 +1,6 @@
 //! The application as one connection serves it: each request is counted in flight until its
 //! response is sent, its body gets the stall timeout, a switch of protocols is noted, and a
-//! plain HTTP/1.1 request carries its way past hyper ([`RawBody`]).
+//! plain HTTP/1.1 request carries its ways past hyper ([`RawBody`], [`RawSend`]).
 
 use std::{convert::Infallible, future::Future, pin::Pin, sync::Arc, time::Duration};
 
@@ -9,9 +9,10 @@ use http::{HeaderMap, Request, StatusCode, header};
 use hyper::body::Incoming;
 
 use super::{
-    activity::Activity,
+    activity::{Activity, PastHyper},
     body::{InFlight, StallGuard},
-    raw_body::{Gate, RawBody},
+    raw_body::RawBody,
+    raw_send::RawSend,
 };
 
 /// The router, for the requests of one connection.
@@ -20,8 +21,8 @@ pub struct ConnectionService {
     app: Router,
     activity: Arc<Activity>,
     body_read_timeout: Duration,
-    /// Set on connections that offer [`RawBody`].
-    gate: Option<Arc<Gate>>,
+    /// Set on connections that offer [`RawBody`] and [`RawSend`].
+    past_hyper: Option<PastHyper>,
 }
 
 impl ConnectionService {
@@ -29,13 +30,13 @@ impl ConnectionService {
         app: Router,
         activity: Arc<Activity>,
         body_read_timeout: Duration,
-        gate: Option<Arc<Gate>>,
+        past_hyper: Option<PastHyper>,
     ) -> Self {
         Self {
             app,
             activity,
             body_read_timeout,
-            gate,
+            past_hyper,
         }
     }
 }
@@ -61,10 +62,13 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
         let in_flight = self.activity.request_started(request.version());
         let limit = (!is_message_stream(request.headers())).then_some(self.body_read_timeout);
         let mut request = request.map(|body| Body::new(StallGuard::new(body, limit)));
-        if let (Some(gate), true) = (&self.gate, request.version() <= http::Version::HTTP_11) {
-            request
-                .extensions_mut()
-                .insert(RawBody::new(gate.clone(), limit));
+        if let (Some(past), true) = (
+            &self.past_hyper,
+            request.version() <= http::Version::HTTP_11,
+        ) {
+            let extensions = request.extensions_mut();
+            extensions.insert(RawBody::new(past.gate.clone(), limit));
+            extensions.insert(RawSend::new(past.outlet.clone()));
         }
         let mut app = self.app.clone();
         Box::pin(async move {

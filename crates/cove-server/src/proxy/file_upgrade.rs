@@ -1,6 +1,9 @@
 //! Downloads the agent sends with `sendfile` ([`cove_proto::envd::FILE_UPGRADE`]): the
 //! proxy asks for the upgrade on every `GET /files`, and turns an agent's `101` back into
-//! the `200` its client expects, with the raw stream's bytes as the body.
+//! the `200` its client expects, with the raw stream's bytes as the body. On a plain
+//! HTTP/1.1 connection those bytes go past hyper ([`RawSend`]): from the agent's socket into
+//! the client's with `splice`, never copied through the server. Other connections (TLS,
+//! HTTP/2) get them read ahead in pieces.
 //!
 //! The agent is not trusted here any more than elsewhere: its length must be a number, the
 //! body ends after that many bytes whatever follows, and a stream that ends before them is
@@ -20,8 +23,14 @@ use axum::{
 use bytes::Bytes;
 use cove_proto::envd::{FILE_LENGTH_HEADER, FILE_UPGRADE};
 use futures::{Stream, StreamExt};
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::{
+    io::{AsyncRead, ReadBuf},
+    net::UnixStream,
+};
+
+use crate::front::RawSend;
 
 /// Bytes read from the agent's stream per piece of the body. With [`AHEAD`], a download
 /// holds at most about 1 MiB of the server's memory (two pieces waiting, one being read, one
@@ -61,8 +70,12 @@ pub enum FileUpgradeError {
 }
 
 /// The client's `200` for the agent's `101` ([`taken`]): the agent's headers but its
-/// length, a `Content-Length`, and the stream's next `length` bytes as the body.
-pub async fn answer(mut response: Response<Body>) -> Result<Response<Body>, FileUpgradeError> {
+/// length, a `Content-Length`, and the stream's next `length` bytes as the body, past hyper
+/// when `raw` allows it.
+pub async fn answer(
+    mut response: Response<Body>,
+    raw: Option<RawSend>,
+) -> Result<Response<Body>, FileUpgradeError> {
     let length: u64 = response
         .headers()
         .get(FILE_LENGTH_HEADER)
@@ -75,10 +88,28 @@ pub async fn answer(mut response: Response<Body>) -> Result<Response<Body>, File
     parts.headers.remove(FILE_LENGTH_HEADER);
     parts.headers.insert(header::CONTENT_LENGTH, length.into());
     parts.status = StatusCode::OK;
-    Ok(Response::from_parts(
-        parts,
-        read_ahead(Bounded::new(TokioIo::new(upgraded), length)),
-    ))
+    Ok(Response::from_parts(parts, body(upgraded, length, raw)))
+}
+
+/// The next `length` bytes of the agent's stream as a body.
+fn body(upgraded: Upgraded, length: u64, raw: Option<RawSend>) -> Body {
+    let Some(raw) = raw else {
+        return read_ahead(Bounded::new(TokioIo::new(upgraded), length));
+    };
+    let parts = match upgraded.downcast::<TokioIo<UnixStream>>() {
+        Ok(parts) => parts,
+        Err(upgraded) => return read_ahead(Bounded::new(TokioIo::new(upgraded), length)),
+    };
+    match raw.body(parts.read_buf, parts.io.into_inner(), length) {
+        Ok(body) => body,
+        Err((err, ahead, agent)) => {
+            tracing::debug!(%err, "no pipe for a download; its bytes go through the server");
+            // `ahead` is at most `length` bytes here.
+            let rest = length - ahead.len() as u64;
+            let ahead = futures::stream::iter((!ahead.is_empty()).then_some(Ok(ahead)));
+            read_ahead(ahead.chain(Bounded::new(agent, rest)))
+        }
+    }
 }
 
 /// Pieces read ahead of the client: up to this many wait while one is being sent.

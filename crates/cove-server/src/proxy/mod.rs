@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 pub use self::route::{Route, SignedFiles, classify};
 use crate::{
     AppState, agent_link,
+    front::RawSend,
     lifecycle::{LifecycleError, Live},
     telemetry::{AgentOp, Counted, Metrics, ProxyTarget},
 };
@@ -350,9 +351,12 @@ async fn to_agent(
         return Ok(response_back(response));
     }
     file_upgrade::ask(&mut request);
+    let raw_send = request.extensions_mut().remove::<RawSend>();
     let response = live.links().send(request).await?;
     if file_upgrade::taken(&response) {
-        return Ok(response_back(file_upgrade::answer(response).await?));
+        return Ok(response_back(
+            file_upgrade::answer(response, raw_send).await?,
+        ));
     }
     Ok(response_back(response))
 }
