@@ -20,7 +20,7 @@ use std::{
     os::fd::OwnedFd,
     pin::Pin,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, LazyLock, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll, ready},
@@ -39,8 +39,9 @@ use tokio::{
 const PIPE_BYTES: usize = 1 << 20;
 
 /// What placeholders are cut from. Only the addresses of its bytes are used, never their
-/// values (they would reach a client only through a copy, which the outlet refuses).
-static PLACEHOLDER: [u8; 1 << 20] = [0; 1 << 20];
+/// values (they would reach a client only through a copy, which the outlet refuses). Zeroed
+/// memory never touched: neither in the binary nor resident.
+static PLACEHOLDER: LazyLock<&'static [u8]> = LazyLock::new(|| vec![0; 1 << 20].leak());
 
 /// Whether `bytes` lie in [`PLACEHOLDER`].
 fn is_placeholder(bytes: &[u8]) -> bool {
