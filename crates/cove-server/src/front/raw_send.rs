@@ -110,9 +110,17 @@ impl Outlet {
         self.passage.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn open(&self, passage: Passage) {
-        *self.lock() = Some(passage);
+    /// Opens `passage`, unless one is open still: then it is given back. (hyper runs a next
+    /// request's handler only once the answer before it has left its queue, so this should
+    /// not happen; if it did, the old placeholders would take the new passage's bytes.)
+    fn open(&self, passage: Passage) -> Result<(), Passage> {
+        let mut guard = self.lock();
+        if guard.is_some() {
+            return Err(passage);
+        }
+        *guard = Some(passage);
         self.open.store(true, Ordering::Release);
+        Ok(())
     }
 
     fn close(&self) {
@@ -268,7 +276,8 @@ impl RawSend {
     /// `length` it is cut), then the rest read from `source` and written to the client's
     /// socket without passing through the server. Its frames must reach hyper as they are
     /// (no layer may copy or change them). `Err` gives `ahead` and `source` back when the
-    /// pipe cannot be made (the server is out of descriptors).
+    /// pipe cannot be made (the server is out of descriptors) or the connection's passage is
+    /// taken still.
     pub fn body(
         &self,
         mut ahead: Bytes,
@@ -289,7 +298,7 @@ impl RawSend {
                 Ok(pipe) => pipe,
                 Err(err) => return Err((err, ahead, source)),
             };
-            self.outlet.open(Passage {
+            let opened = self.outlet.open(Passage {
                 source,
                 from_pipe,
                 to_pipe,
@@ -297,6 +306,13 @@ impl RawSend {
                 in_pipe: 0,
                 due,
             });
+            if let Err(passage) = opened {
+                let busy = io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    "the connection's answer before is still being sent",
+                );
+                return Err((busy, ahead, passage.source));
+            }
         }
         Ok(Body::new(Placeholders {
             ahead: (!ahead.is_empty()).then_some(ahead),
@@ -540,6 +556,12 @@ mod tests {
                 Write::First(2)
             ),
             "real bytes ahead of placeholders are written first"
+        );
+        let (_agent2, source2) = UnixStream::pair().unwrap();
+        let second = RawSend::new(outlet.clone()).body(Bytes::new(), source2, 10);
+        assert!(
+            matches!(&second, Err((err, ..)) if err.kind() == io::ErrorKind::ResourceBusy),
+            "a passage open still is not replaced"
         );
         drop(body);
         assert!(
