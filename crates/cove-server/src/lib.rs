@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod proxy;
 mod query;
 pub mod secrets;
+mod splice;
 pub mod store;
 // Operating cove serve (issue 17): metrics and TLS.
 pub mod telemetry;

@@ -17,7 +17,6 @@
 
 use std::{
     io,
-    os::fd::OwnedFd,
     pin::Pin,
     sync::{
         Arc, LazyLock, Mutex, MutexGuard,
@@ -29,14 +28,12 @@ use std::{
 use axum::body::Body;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::{
     io::Interest,
     net::{TcpStream, UnixStream},
 };
 
-/// The pipe between the source and the client's socket: as much as one round moves.
-const PIPE_BYTES: usize = 1 << 20;
+use crate::splice::{Pipe, splice};
 
 /// What placeholders are cut from. Only the addresses of its bytes are used, never their
 /// values (they would reach a client only through a copy, which the outlet refuses). Zeroed
@@ -62,9 +59,7 @@ pub struct Outlet {
 #[derive(Debug)]
 struct Passage {
     source: UnixStream,
-    from_pipe: OwnedFd,
-    to_pipe: OwnedFd,
-    room: usize,
+    pipe: Pipe,
     in_pipe: usize,
     /// Placeholder bytes still to write.
     due: u64,
@@ -194,6 +189,7 @@ impl Passage {
             // Keep the pipe topped up with what the source has (up to what is due), so the
             // socket gets long runs; wait for the source only when the pipe is empty.
             let space = self
+                .pipe
                 .room
                 .min(usize::try_from(self.due).unwrap_or(usize::MAX))
                 - self.in_pipe;
@@ -201,13 +197,13 @@ impl Passage {
                 let taken = if self.in_pipe == 0 {
                     ready!(self.source.poll_read_ready(cx))?;
                     self.source.try_io(Interest::READABLE, || {
-                        splice(&self.source, &self.to_pipe, space)
+                        splice(&self.source, &self.pipe.to, space)
                     })
                 } else {
                     // Not through the source's readiness: a pipe partly full may take less
                     // than `space` (its slots hold a piece each), and its "would block" says
                     // nothing of the source. The source's readiness stays as it was.
-                    splice(&self.source, &self.to_pipe, space)
+                    splice(&self.source, &self.pipe.to, space)
                 };
                 match taken {
                     Ok(0) => return Poll::Ready(Err(OutletError::Ended(self.due).into())),
@@ -224,7 +220,7 @@ impl Passage {
             let want = usize::try_from(asked)
                 .unwrap_or(usize::MAX)
                 .min(self.in_pipe);
-            let given = socket.try_io(Interest::WRITABLE, || splice(&self.from_pipe, socket, want));
+            let given = socket.try_io(Interest::WRITABLE, || splice(&self.pipe.from, socket, want));
             match given {
                 Ok(given) => {
                     self.in_pipe -= given;
@@ -242,22 +238,6 @@ fn retry(err: &io::Error) -> bool {
         err.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
     )
-}
-
-fn splice(
-    from: impl std::os::fd::AsFd,
-    to: impl std::os::fd::AsFd,
-    bytes: usize,
-) -> io::Result<usize> {
-    rustix::pipe::splice(
-        from,
-        None,
-        to,
-        None,
-        bytes,
-        SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
-    )
-    .map_err(io::Error::from)
 }
 
 /// A plain HTTP/1.1 request's way past hyper to its connection's socket for its response's
@@ -287,22 +267,13 @@ impl RawSend {
         ahead.truncate(usize::try_from(length).unwrap_or(usize::MAX));
         let due = length - ahead.len() as u64;
         if due > 0 {
-            let pipe = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)
-                .map_err(io::Error::from)
-                .and_then(|(from_pipe, to_pipe)| {
-                    let room = rustix::pipe::fcntl_setpipe_size(&to_pipe, PIPE_BYTES)
-                        .or_else(|_| rustix::pipe::fcntl_getpipe_size(&to_pipe))?;
-                    Ok((from_pipe, to_pipe, room))
-                });
-            let (from_pipe, to_pipe, room) = match pipe {
+            let pipe = match Pipe::new() {
                 Ok(pipe) => pipe,
                 Err(err) => return Err((err, ahead, source)),
             };
             let opened = self.outlet.open(Passage {
                 source,
-                from_pipe,
-                to_pipe,
-                room,
+                pipe,
                 in_pipe: 0,
                 due,
             });

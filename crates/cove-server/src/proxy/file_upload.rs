@@ -30,7 +30,6 @@ use futures::FutureExt;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
-use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, Interest},
     net::{TcpStream, UnixStream},
@@ -39,11 +38,8 @@ use tokio::{
 use crate::{
     front::{BodyError, Hold, RawBody},
     lifecycle::Live,
+    splice::Pipe,
 };
-
-/// The pipe between the two sockets: as much as one round moves. With hyper's buffers
-/// gone from the path, an upload holds about this much of the server's memory.
-const PIPE_BYTES: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
@@ -255,24 +251,12 @@ async fn splice(
     stall: Option<Duration>,
     received: &Counter,
 ) -> Result<(), UploadError> {
-    let (from_pipe, to_pipe) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)
-        .map_err(|err| UploadError::Resources(err.into()))?;
-    let room = rustix::pipe::fcntl_setpipe_size(&to_pipe, PIPE_BYTES)
-        .or_else(|_| rustix::pipe::fcntl_getpipe_size(&to_pipe))
-        .map_err(|err| UploadError::Resources(err.into()))?;
+    let pipe = Pipe::new().map_err(UploadError::Resources)?;
     while rest > 0 {
-        let want = usize::try_from(rest).unwrap_or(usize::MAX).min(room);
+        let want = usize::try_from(rest).unwrap_or(usize::MAX).min(pipe.room);
         // The pipe is empty here, so a splice that cannot go on waits for the client.
         let taken = client.try_io(Interest::READABLE, || {
-            rustix::pipe::splice(
-                client,
-                None,
-                &to_pipe,
-                None,
-                want,
-                SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
-            )
-            .map_err(io::Error::from)
+            crate::splice::splice(client, &pipe.to, want)
         });
         let mut in_pipe = match taken {
             Ok(0) => return Err(UploadError::Ended(rest)),
@@ -289,15 +273,7 @@ async fn splice(
         received.inc_by(in_pipe as u64);
         while in_pipe > 0 {
             let given = agent.try_io(Interest::WRITABLE, || {
-                rustix::pipe::splice(
-                    &from_pipe,
-                    None,
-                    agent,
-                    None,
-                    in_pipe,
-                    SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
-                )
-                .map_err(io::Error::from)
+                crate::splice::splice(&pipe.from, agent, in_pipe)
             });
             match given {
                 Ok(given) => in_pipe -= given,
