@@ -14,7 +14,7 @@ use bytes::Bytes;
 use cove_proto::connect::{
     self, Code, ContentType, FrameDecoder, MAX_MESSAGE_BYTES, RpcError, Wire,
 };
-use futures::{Stream, StreamExt, stream::BoxStream};
+use futures::{FutureExt, Stream, StreamExt, stream::BoxStream};
 use http_body_util::BodyExt;
 
 use crate::{AgentState, auth::Caller};
@@ -242,18 +242,38 @@ fn stream_response<Resp: Wire>(
             futures::stream::once(async move { Ok(connect::end_stream(Some(&err))) }).boxed()
         }
         Ok(messages) => {
-            let state = (messages, false);
-            futures::stream::unfold(state, move |(mut messages, finished)| async move {
+            let state = (messages, None, false);
+            futures::stream::unfold(state, move |(mut messages, ahead, finished)| async move {
                 if finished {
                     return None;
                 }
-                match messages.next().await {
+                let next = match ahead {
+                    Some(next) => Some(next),
+                    None => messages.next().await,
+                };
+                match next {
                     Some(Ok(message)) => {
                         let frame = connect::envelope(0, &codec.encode(&message));
-                        Some((Ok(frame), (messages, false)))
+                        // A message that is the last (a process's end event) goes out in one
+                        // piece with the end of the stream: one write less on every hop.
+                        match messages.next().now_or_never() {
+                            Some(None) => {
+                                let end = connect::end_stream(None);
+                                let both = [frame, end].concat().into();
+                                Some((Ok(both), (messages, None, true)))
+                            }
+                            Some(Some(Err(err))) => {
+                                let end = connect::end_stream(Some(&err));
+                                let both = [frame, end].concat().into();
+                                Some((Ok(both), (messages, None, true)))
+                            }
+                            ahead => Some((Ok(frame), (messages, ahead.flatten(), false))),
+                        }
                     }
-                    Some(Err(err)) => Some((Ok(connect::end_stream(Some(&err))), (messages, true))),
-                    None => Some((Ok(connect::end_stream(None)), (messages, true))),
+                    Some(Err(err)) => {
+                        Some((Ok(connect::end_stream(Some(&err))), (messages, None, true)))
+                    }
+                    None => Some((Ok(connect::end_stream(None)), (messages, None, true))),
                 }
             })
             .boxed()
@@ -447,6 +467,66 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(name, HeaderValue::from_str(value).unwrap());
         headers
+    }
+
+    /// The pieces of a streamed answer's body, and the Connect frames in each.
+    async fn pieces_of(response: Response) -> Vec<Vec<connect::Frame>> {
+        let mut body = response.into_body();
+        let mut pieces = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let mut decoder = FrameDecoder::default();
+            decoder.push(&frame.unwrap().into_data().unwrap());
+            let mut frames = Vec::new();
+            while let Some(frame) = decoder.next_frame().unwrap() {
+                frames.push(frame);
+            }
+            pieces.push(frames);
+        }
+        pieces
+    }
+
+    #[tokio::test]
+    async fn a_last_message_leaves_with_the_end_of_the_stream() {
+        use cove_proto::process::{
+            ProcessEvent, StartResponse,
+            process_event::{Event, StartEvent},
+        };
+        let message = |pid| StartResponse {
+            event: Some(ProcessEvent {
+                event: Some(Event::Start(StartEvent { pid })),
+            }),
+        };
+        let content_type = ContentType {
+            codec: connect::Codec::Proto,
+            streaming: true,
+        };
+        let ends = |piece: &[connect::Frame]| piece.iter().map(|f| f.is_end_stream()).collect();
+
+        // Messages all there at once: the last one and the end share a piece.
+        let ready = futures::stream::iter([Ok(message(1)), Ok(message(2))]).boxed();
+        let pieces = pieces_of(stream_response(content_type, Ok(ready))).await;
+        let shape: Vec<Vec<bool>> = pieces.iter().map(|p| ends(p)).collect();
+        assert_eq!(shape, [vec![false], vec![false, true]]);
+        let last: StartResponse = connect::Codec::Proto.decode(&pieces[1][0].payload).unwrap();
+        assert_eq!(last, message(2));
+
+        // An error right behind the last message: in the same piece, as the end's error.
+        let failing = futures::stream::iter([Ok(message(1)), Err(RpcError::internal("broke"))]);
+        let pieces = pieces_of(stream_response(content_type, Ok(failing.boxed()))).await;
+        assert_eq!(pieces.len(), 1);
+        let err = connect::parse_end_stream(&pieces[0][1].payload).unwrap();
+        assert_eq!(err.unwrap().message, "broke");
+
+        // An end that comes later leaves on its own.
+        let (sender, receiver) = futures::channel::mpsc::unbounded();
+        sender.unbounded_send(Ok(message(1))).unwrap();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(sender);
+        });
+        let pieces = pieces_of(stream_response(content_type, Ok(receiver.boxed()))).await;
+        let shape: Vec<Vec<bool>> = pieces.iter().map(|p| ends(p)).collect();
+        assert_eq!(shape, [vec![false], vec![true]]);
     }
 
     /// `Connect-Timeout-Ms: 18446744073709551615` (or an interval of as many seconds) used to

@@ -2,6 +2,7 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     pin::Pin,
     task::{Context, Poll, ready},
     time::Duration,
@@ -21,6 +22,7 @@ use futures::{Stream, StreamExt, stream::BoxStream};
 use crate::{
     agent::AgentClient,
     error::{CommandExit, Error, Result},
+    rpc::END_OF_BODY_WAIT,
 };
 
 const SERVICE: &str = "process.Process";
@@ -159,8 +161,11 @@ pub struct CommandHandle {
     agent: AgentClient,
     events: BoxStream<'static, Result<Option<Event>>>,
     end: Option<wire::process_event::EndEvent>,
-    /// The event stream failed; it yields nothing more.
-    broken: bool,
+    /// After the end event, how long the rest of the stream (its end-of-stream message) may
+    /// still take; read, it lets the connection be used again.
+    closing: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Nothing more comes: the stream ended, failed, or was given up after the end event.
+    done: bool,
 }
 
 impl std::fmt::Debug for CommandHandle {
@@ -181,7 +186,8 @@ impl CommandHandle {
             agent,
             events,
             end: None,
-            broken: false,
+            closing: None,
+            done: false,
         };
         match handle.events.next().await {
             Some(Ok(Some(Event::Start(start)))) => handle.pid = start.pid,
@@ -279,10 +285,23 @@ impl Stream for CommandHandle {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if this.end.is_some() || this.broken {
+        if this.done {
             return Poll::Ready(None);
         }
         loop {
+            if let Some(closing) = &mut this.closing {
+                // The process has ended: only the stream's own end is left to read, and
+                // whatever else comes is dropped. It is given up after a while, which costs
+                // nothing but the connection.
+                let rest = match this.events.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(_))) => continue,
+                    Poll::Ready(_) => Poll::Ready(()),
+                    Poll::Pending => closing.as_mut().poll(cx),
+                };
+                ready!(rest);
+                this.done = true;
+                return Poll::Ready(None);
+            }
             match ready!(this.events.poll_next_unpin(cx)) {
                 Some(Ok(Some(Event::Data(data)))) => {
                     let output = match data.output {
@@ -295,15 +314,15 @@ impl Stream for CommandHandle {
                 }
                 Some(Ok(Some(Event::End(end)))) => {
                     this.end = Some(end);
-                    return Poll::Ready(None);
+                    this.closing = Some(Box::pin(tokio::time::sleep(END_OF_BODY_WAIT)));
                 }
                 Some(Ok(_)) => {}
                 Some(Err(err)) => {
-                    this.broken = true;
+                    this.done = true;
                     return Poll::Ready(Some(Err(err)));
                 }
                 None => {
-                    this.broken = true;
+                    this.done = true;
                     return Poll::Ready(Some(Err(Error::Protocol(
                         "the process stream ended without an end event".to_owned(),
                     ))));
@@ -519,3 +538,146 @@ impl<'a> Commands<'a> {
 }
 
 pub use wire::Signal;
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        },
+        time::Instant,
+    };
+
+    use cove_proto::connect::{self, Codec};
+    use cove_proto::process::{
+        ProcessEvent, StartResponse,
+        process_event::{EndEvent, StartEvent},
+    };
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::*;
+
+    /// How the stand-in agent ends each process stream.
+    #[derive(Clone, Copy)]
+    enum Ending {
+        /// The end-of-stream message and the end of the body a little after the end event.
+        Late,
+        /// Nothing after the end event: the body stays open.
+        Never,
+    }
+
+    fn chunk(bytes: &[u8]) -> Vec<u8> {
+        let mut out = format!("{:x}\r\n", bytes.len()).into_bytes();
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    fn event(event: Event) -> Vec<u8> {
+        let message = StartResponse {
+            event: Some(ProcessEvent { event: Some(event) }),
+        };
+        chunk(&connect::envelope(0, &Codec::Proto.encode(&message)))
+    }
+
+    /// Answers every request on `stream` (HTTP/1.1, kept alive) with a process that ends.
+    async fn answer(mut stream: TcpStream, ending: Ending) {
+        let mut buffer = Vec::new();
+        loop {
+            // The head, then as many bytes of body as it announces.
+            let head_end = loop {
+                if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break at + 4;
+                }
+                let mut more = [0u8; 4096];
+                match stream.read(&mut more).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buffer.extend_from_slice(&more[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while buffer.len() < head_end + length {
+                let mut more = [0u8; 4096];
+                match stream.read(&mut more).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buffer.extend_from_slice(&more[..n]),
+                }
+            }
+            buffer.drain(..head_end + length);
+            let mut answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/connect+proto\r\n\
+                transfer-encoding: chunked\r\n\r\n"
+                .to_vec();
+            answer.extend(event(Event::Start(StartEvent { pid: 7 })));
+            answer.extend(event(Event::End(EndEvent {
+                exited: true,
+                status: "exit status 0".into(),
+                ..EndEvent::default()
+            })));
+            stream.write_all(&answer).await.unwrap();
+            match ending {
+                Ending::Late => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let mut rest = chunk(&connect::end_stream(None));
+                    rest.extend_from_slice(b"0\r\n\r\n");
+                    stream.write_all(&rest).await.unwrap();
+                }
+                Ending::Never => {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A stand-in agent on a free port: its URL and how many connections it accepted.
+    async fn agent(ending: Ending) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(answer(stream, ending));
+            }
+        });
+        (url, accepted)
+    }
+
+    #[tokio::test]
+    async fn commands_one_after_the_other_share_one_connection() {
+        let (url, accepted) = agent(Ending::Late).await;
+        let client = AgentClient::http(&url).unwrap();
+        for _ in 0..5 {
+            let output = client.commands().run("true").await.unwrap();
+            assert_eq!(output.exit_code, 0);
+            let handle = client.commands().spawn(Command::new("true")).await.unwrap();
+            let output = handle.wait().await.unwrap();
+            assert_eq!(output.exit_code, 0);
+        }
+        // A stream left before the end of its body would close its connection, and each
+        // command would open a new one.
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stream_left_open_after_the_end_event_is_given_up() {
+        let (url, accepted) = agent(Ending::Never).await;
+        let client = AgentClient::http(&url).unwrap();
+        let started = Instant::now();
+        let output = client.commands().run("true").await.unwrap();
+        assert_eq!(output.exit_code, 0);
+        assert!(started.elapsed() < END_OF_BODY_WAIT + Duration::from_secs(5));
+        // That connection cannot be used again; the next command gets another.
+        client.commands().run("true").await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+}

@@ -312,7 +312,10 @@ fn events(
                 }
                 let event = match serde_json::from_slice::<Line>(line) {
                     Err(err) => Err(Error::Protocol(format!("invalid execution line: {err}"))),
-                    Ok(Line::EndOfExecution) => return None,
+                    Ok(Line::EndOfExecution) => {
+                        crate::rpc::read_to_end(body).await;
+                        return None;
+                    }
                     Ok(Line::Keepalive | Line::Unknown) => continue,
                     Ok(Line::NumberOfExecutions { execution_count }) => {
                         Ok(ExecutionEvent::Count(execution_count))
@@ -355,7 +358,12 @@ mod tests {
             .iter()
             .map(|l| Ok(bytes::Bytes::from(l.to_string())))
             .collect();
-        futures::executor::block_on(events(futures::stream::iter(chunks)).collect())
+        // The end of a body is awaited with tokio's clock, as under every client.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(events(futures::stream::iter(chunks)).collect())
     }
 
     #[test]

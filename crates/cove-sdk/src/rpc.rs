@@ -92,6 +92,21 @@ fn rpc_error(status: u16, body: &[u8]) -> RpcError {
     })
 }
 
+/// How long the rest of a body may take to arrive once its last message has: the end of
+/// the HTTP body comes right behind the end-of-stream message from any Connect server.
+pub(crate) const END_OF_BODY_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads what is left of a response's body after its end-of-stream message (nothing but
+/// the end of the HTTP body itself), so that its connection goes back to the client's pool:
+/// a body dropped before its end closes the connection, and every call would open a new one
+/// (a TCP handshake through the proxy, and a socket left in `TIME_WAIT` per command).
+/// Whatever comes, or fails, after that message changes nothing of the call. (The same
+/// holds for the code interpreter's lines after `end_of_execution`.)
+pub(crate) async fn read_to_end(mut body: impl Stream<Item = reqwest::Result<Bytes>> + Unpin) {
+    let rest = async { while let Some(Ok(_)) = body.next().await {} };
+    let _ = tokio::time::timeout(END_OF_BODY_WAIT, rest).await;
+}
+
 fn decode_stream<Resp: Wire>(
     body: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
 ) -> impl Stream<Item = Result<Resp>> + Send {
@@ -105,7 +120,10 @@ fn decode_stream<Resp: Wire>(
                 Err(err) => return Some((Err(err.into()), (body, decoder, true))),
                 Ok(Some(frame)) if frame.is_end_stream() => {
                     return match connect::parse_end_stream(&frame.payload) {
-                        Ok(None) => None,
+                        Ok(None) => {
+                            read_to_end(body).await;
+                            None
+                        }
                         Ok(Some(err)) | Err(err) => Some((Err(err.into()), (body, decoder, true))),
                     };
                 }

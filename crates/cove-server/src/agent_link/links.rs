@@ -173,6 +173,13 @@ impl Back {
             generation,
             shared,
         } = self;
+        // Mostly the connection is ready again by the time its answer's end was read.
+        if sender.is_ready() {
+            if let Some(shared) = shared.upgrade() {
+                keep(&shared, generation, sender);
+            }
+            return;
+        }
         runtime.spawn(async move {
             if sender.ready().await.is_err() {
                 return;
@@ -308,6 +315,45 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         panic!("{} idle connections, not {n}", links.idle());
+    }
+
+    /// An agent stand-in on a Unix socket answering every request with a chunked body of
+    /// `pieces`, all written at once, behind one another.
+    fn chunked_agent(path: &Path, pieces: &'static [&'static [u8]]) {
+        let listener = UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: http::Request<Incoming>| async move {
+                        request.into_body().collect().await?;
+                        let frames: Vec<Result<_, hyper::Error>> = pieces
+                            .iter()
+                            .map(|piece| Ok(Frame::data(Bytes::from_static(piece))))
+                            .collect();
+                        let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+                        Ok::<_, hyper::Error>(http::Response::new(body))
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_back_as_soon_as_its_chunked_answer_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        chunked_agent(&socket, &[b"first", b"last"]);
+        let links = Links::new(AgentEndpoint::Unix(socket));
+        for _ in 0..20 {
+            let body = links.send(get()).await.unwrap().into_body();
+            assert_eq!(body.collect().await.unwrap().to_bytes(), "firstlast");
+            // Ready for the next request already: kept right away, without a task.
+            assert_eq!(links.idle(), 1);
+        }
     }
 
     #[tokio::test]
