@@ -257,13 +257,8 @@ fn stream_response<Resp: Wire>(
                         // A message that is the last (a process's end event) goes out in one
                         // piece with the end of the stream: one write less on every hop.
                         match messages.next().now_or_never() {
-                            Some(None) => {
-                                let end = connect::end_stream(None);
-                                let both = [frame, end].concat().into();
-                                Some((Ok(both), (messages, None, true)))
-                            }
-                            Some(Some(Err(err))) => {
-                                let end = connect::end_stream(Some(&err));
+                            Some(last @ (None | Some(Err(_)))) => {
+                                let end = connect::end_stream(last.and_then(Result::err).as_ref());
                                 let both = [frame, end].concat().into();
                                 Some((Ok(both), (messages, None, true)))
                             }

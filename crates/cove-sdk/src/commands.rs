@@ -584,6 +584,18 @@ mod tests {
         chunk(&connect::envelope(0, &Codec::Proto.encode(&message)))
     }
 
+    /// Reads more of `stream` into `buffer`; `false` once the client is gone.
+    async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> bool {
+        let mut more = [0u8; 4096];
+        match stream.read(&mut more).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buffer.extend_from_slice(&more[..n]);
+                true
+            }
+        }
+    }
+
     /// Answers every request on `stream` (HTTP/1.1, kept alive) with a process that ends.
     async fn answer(mut stream: TcpStream, ending: Ending) {
         let mut buffer = Vec::new();
@@ -593,10 +605,8 @@ mod tests {
                 if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
                     break at + 4;
                 }
-                let mut more = [0u8; 4096];
-                match stream.read(&mut more).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buffer.extend_from_slice(&more[..n]),
+                if !read_more(&mut stream, &mut buffer).await {
+                    return;
                 }
             };
             let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
@@ -605,10 +615,8 @@ mod tests {
                 .find_map(|l| l.strip_prefix("content-length:"))
                 .map_or(0, |v| v.trim().parse().unwrap());
             while buffer.len() < head_end + length {
-                let mut more = [0u8; 4096];
-                match stream.read(&mut more).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buffer.extend_from_slice(&more[..n]),
+                if !read_more(&mut stream, &mut buffer).await {
+                    return;
                 }
             }
             buffer.drain(..head_end + length);

@@ -173,19 +173,19 @@ impl Back {
             generation,
             shared,
         } = self;
-        // Mostly the connection is ready again by the time its answer's end was read.
-        if sender.is_ready() {
+        let keep_ready = move |sender| {
             if let Some(shared) = shared.upgrade() {
                 keep(&shared, generation, sender);
             }
+        };
+        // Mostly the connection is ready again by the time its answer's end was read.
+        if sender.is_ready() {
+            keep_ready(sender);
             return;
         }
         runtime.spawn(async move {
-            if sender.ready().await.is_err() {
-                return;
-            }
-            if let Some(shared) = shared.upgrade() {
-                keep(&shared, generation, sender);
+            if sender.ready().await.is_ok() {
+                keep_ready(sender);
             }
         });
     }
