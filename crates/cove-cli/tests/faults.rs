@@ -136,7 +136,10 @@ async fn a_server_killed_mid_burst_leaves_whole_sandboxes_or_none() {
         );
     }
     // Nothing half made: one disk and one directory per listed sandbox.
-    assert_eq!(loop_devices_under(server.state_dir()).len(), listed.len());
+    assert_eq!(
+        loop_devices_under(&server.state_dir().join("sandboxes")).len(),
+        listed.len()
+    );
     let mut dirs: Vec<String> = std::fs::read_dir(server.state_dir().join("sandboxes"))
         .unwrap()
         .flatten()

@@ -74,8 +74,14 @@ impl Fixture {
         self.runtime.create(&self.spec(id, template)).unwrap()
     }
 
+    /// Where the sandboxes' directories (and disks) are; the disk pool's images, attached
+    /// ahead, are elsewhere.
+    fn sandboxes(&self) -> PathBuf {
+        self.state.path().join("sandboxes")
+    }
+
     fn dir(&self, id: &str) -> PathBuf {
-        self.state.path().join("sandboxes").join(id)
+        self.sandboxes().join(id)
     }
 
     fn end(&self, id: &str, handle: &Handle) {
@@ -208,7 +214,7 @@ async fn a_memory_pause_freezes_the_sandbox_and_a_resume_continues_it() {
     );
     fixture.end(id, &resumed.handle);
     assert_eq!(freezer_state(id), None, "its cgroup is gone");
-    assert!(loop_devices_under(fixture.state.path()).is_empty());
+    assert!(loop_devices_under(&fixture.sandboxes()).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -232,7 +238,7 @@ async fn a_filesystem_pause_keeps_the_files_and_a_resume_starts_again_in_another
     let pid = state_of(&paused)["pid"].as_u64().unwrap();
     assert!(!is_alive(pid), "PID 1 is gone");
     assert!(
-        loop_devices_under(fixture.state.path()).is_empty(),
+        loop_devices_under(&fixture.sandboxes()).is_empty(),
         "its disk is detached"
     );
     // Stored as the sandbox's own uid (1000), not as a host uid of its range.
@@ -277,7 +283,7 @@ async fn a_filesystem_pause_keeps_the_files_and_a_resume_starts_again_in_another
     sh(&agent, "echo again >> ~/note").await;
     drop(taken);
     fixture.end(id, &resumed.handle);
-    assert!(loop_devices_under(fixture.state.path()).is_empty());
+    assert!(loop_devices_under(&fixture.sandboxes()).is_empty());
     assert!(!fixture.dir(id).exists());
 }
 
@@ -372,7 +378,7 @@ async fn a_snapshot_is_a_layer_other_sandboxes_start_from() {
 
     fixture.end("snapshot-copy", &paused);
     fixture.end(id, &started.handle);
-    assert!(loop_devices_under(fixture.state.path()).is_empty());
+    assert!(loop_devices_under(&fixture.sandboxes()).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -474,7 +480,7 @@ async fn a_reroot_gives_a_running_sandbox_the_snapshots_files_and_nothing_of_its
 
     fixture.end(id, &paused);
     fixture.end("reroot-source", &source.handle);
-    assert!(loop_devices_under(fixture.state.path()).is_empty());
+    assert!(loop_devices_under(&fixture.sandboxes()).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -525,7 +531,7 @@ async fn a_server_that_died_mid_transition_finds_one_clear_state() {
     assert_eq!(sh(&client(&resumed), "echo up").await, "up\n");
     fixture.end(id, &resumed.handle);
     assert!(fixture.runtime.recover(&resumed.handle).unwrap().is_none());
-    assert!(loop_devices_under(fixture.state.path()).is_empty());
+    assert!(loop_devices_under(&fixture.sandboxes()).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -594,7 +600,7 @@ async fn a_snapshot_of_hostile_files_gives_the_host_nothing_to_follow() {
     assert!(Path::new("/etc/shadow").exists() && Path::new("/etc/passwd").exists());
     fixture.end("hostile-copy", &copy.handle);
     fixture.end(id, &started.handle);
-    assert!(loop_devices_under(fixture.state.path()).is_empty());
+    assert!(loop_devices_under(&fixture.sandboxes()).is_empty());
 }
 
 /// The same through `cove serve` and the Rust SDK.
@@ -705,4 +711,67 @@ async fn a_sandbox_whose_processes_trace_each_other_pauses_every_time() {
         handle = fixture.runtime.resume(&paused, &spec).unwrap().handle;
     }
     fixture.end(id, &handle);
+}
+
+/// Loop devices (their names) with a backing file below `dir` (a path without links; it may
+/// be gone).
+fn loop_device_names_under(dir: &Path) -> Vec<String> {
+    std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("loop/backing_file"))
+                .is_ok_and(|backing| backing.trim().starts_with(dir.to_str().unwrap()))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_mounted_ahead_is_the_sandboxs_own_and_the_pools_go_with_the_runtime() {
+    let fixture = Fixture::new();
+    let pool = fixture.state.path().join("disk-pool");
+    // The pool attaches and mounts its images ahead, so that a create does neither.
+    let waiting = wait_until(
+        "the disk pool to mount its images ahead",
+        Duration::from_secs(60),
+        || {
+            let pool = pool.clone();
+            async move {
+                let devices = loop_device_names_under(&pool);
+                (!devices.is_empty()).then_some(devices)
+            }
+        },
+    )
+    .await;
+    let id = "mounted-ahead";
+    let started = fixture.start(id, &fixture.template);
+    let image = fixture.dir(id).join("disk.img");
+    let device = cove_runtime::disk::attached_device(&image)
+        .unwrap()
+        .expect("the sandbox's disk is attached");
+    let name = device.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        waiting.contains(&name),
+        "{name} was not one of the pool's devices {waiting:?}"
+    );
+    // The sandbox writes on its own disk, of the quota's size (less ext4's own metadata).
+    let agent = client(&started);
+    let size: u64 = sh(
+        &agent,
+        "echo kept > ~/note; df -B1M --output=size / | tail -1",
+    )
+    .await
+    .trim()
+    .parse()
+    .unwrap();
+    assert!((200..=256).contains(&size), "a root of {size} MiB");
+    assert_eq!(sh(&agent, "cat ~/note").await, "kept\n");
+    fixture.end(id, &started.handle);
+    assert!(loop_devices_under(&fixture.sandboxes()).is_empty());
+    // The images still waiting are unmounted with the runtime, their devices detached by
+    // the time it has shut down.
+    fixture.runtime.shutdown();
+    let left = loop_device_names_under(&pool);
+    assert!(left.is_empty(), "the disk pool left {left:?} attached");
 }

@@ -314,7 +314,10 @@ async fn a_build_cut_short_by_a_killed_server_is_failed_by_the_next_and_leaves_n
         .unwrap();
     let dir = server.state_dir().join("sandboxes").join(&builder.id);
     assert!(dir.is_dir() && std::path::Path::new(&format!("/proc/{pid}")).exists());
-    assert_eq!(loop_devices_under(server.state_dir()).len(), 1);
+    assert_eq!(
+        loop_devices_under(&server.state_dir().join("sandboxes")).len(),
+        1
+    );
 
     server.crash_and_restart().await;
     let info = templates::build_status(&config, &template, &build, 0)
@@ -338,7 +341,7 @@ async fn a_build_cut_short_by_a_killed_server_is_failed_by_the_next_and_leaves_n
         },
     )
     .await;
-    assert!(loop_devices_under(server.state_dir()).is_empty());
+    assert!(loop_devices_under(&server.state_dir().join("sandboxes")).is_empty());
     assert!(store.sandboxes().unwrap().is_empty());
     // The template can be built again.
     let (template, build) = start_build(

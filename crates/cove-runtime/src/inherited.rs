@@ -1,6 +1,7 @@
-//! Descriptors the setup stage hands to a sandbox's PID 1 at fixed numbers, so that PID 1
-//! needs no host path for them: the agent's listening socket (created by host root in a
-//! directory the sandbox never sees) and the lease on the sandbox's uid range.
+//! Descriptors handed on at fixed numbers. The setup stage hands a sandbox's PID 1 the
+//! agent's listening socket (created by host root in a directory the sandbox never sees) and
+//! the lease on the sandbox's uid range, so that PID 1 needs no host path for them; the
+//! server hands a setup stage the sandbox's disk when the disk pool mounted it ahead.
 
 use std::{
     io,
@@ -15,6 +16,10 @@ use std::{
 pub const AGENT_LISTENER: RawFd = 3;
 /// The sandbox's uid-range lease ([`crate::uid_ranges::Lease`]); PID 1 only keeps it open.
 pub const UID_LEASE: RawFd = 4;
+
+/// A setup stage's disk, mounted already: a detached mount of its filesystem
+/// ([`crate::disk::Device::mount_detached`]).
+pub const SETUP_DISK: RawFd = 3;
 
 /// Descriptors are first copied to numbers from here on, above every target, so that placing
 /// one never overwrites another still to be placed.
@@ -46,6 +51,23 @@ pub fn pass(command: &mut Command, fds: Vec<(OwnedFd, RawFd)>) -> io::Result<()>
         });
     }
     Ok(())
+}
+
+/// Takes the disk mounted ahead in a setup stage whose spec says it has one. Call it once,
+/// before anything else could have opened a descriptor at [`SETUP_DISK`].
+pub fn setup_disk() -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the flags of whatever descriptor has this number.
+    if unsafe { libc::fcntl(SETUP_DISK, libc::F_GETFD) } == -1 {
+        return Err(io::Error::other(format!(
+            "no descriptor {SETUP_DISK}: the sandbox's mounted disk was not passed"
+        )));
+    }
+    // SAFETY: the server placed the mount at this number for this stage alone, and this
+    // function is called once, so nothing else owns or closes the descriptor.
+    let owned = unsafe { OwnedFd::from_raw_fd(SETUP_DISK) };
+    // Not PID 1's: its own descriptors are placed on purpose.
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
+    Ok(owned)
 }
 
 /// Takes the agent's listening socket in PID 1. Call it once, before anything else could

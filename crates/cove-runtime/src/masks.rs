@@ -89,12 +89,12 @@ pub fn apply(root: &Path) -> Result<(), MaskError> {
     let policy = policy()?;
     rebuild_sys(root, &policy.sys_keep)?;
     for entry in &policy.mask {
-        for target in expand(root, &entry.path) {
-            cover(root, &target)?;
+        for (target, kind) in expand(root, &entry.path) {
+            cover(root, &target, kind)?;
         }
     }
     for entry in &policy.read_only {
-        for target in expand(root, &entry.path) {
+        for (target, _) in expand(root, &entry.path) {
             make_read_only(&target)?;
         }
     }
@@ -162,10 +162,10 @@ fn rebuild_sys(root: &Path, keep: &[Entry]) -> Result<(), MaskError> {
     Ok(())
 }
 
-/// Hides `target`: a directory under an empty read-only tmpfs, anything else under
-/// `/dev/null` (reads find it empty).
-fn cover(root: &Path, target: &Path) -> Result<(), MaskError> {
-    if target.is_dir() {
+/// Hides `target`, of `kind`: a directory under an empty read-only tmpfs, anything else
+/// under `/dev/null` (reads find it empty).
+fn cover(root: &Path, target: &Path, kind: fs::FileType) -> Result<(), MaskError> {
+    if kind.is_dir() {
         crate::mounts::mount_tmpfs_read_only(target).map_err(failed("cover", target))
     } else {
         rustix::mount::mount_bind(root.join("dev/null"), target)
@@ -191,10 +191,11 @@ fn make_read_only(target: &Path) -> Result<(), MaskError> {
     result.map_err(|e| failed("make read-only", target)(e.into()))
 }
 
-/// The existing paths below `root` that `pattern` names; a `*` in one of its components
-/// stands for any text. Symbolic links are left out: covering one would cover where it
-/// points.
-fn expand(root: &Path, pattern: &str) -> Vec<PathBuf> {
+/// The existing paths below `root` that `pattern` names, each with its kind (looked up once:
+/// each lookup in a fresh procfs makes its entry, a tenth of PID 1's mask work); a `*` in
+/// one of its components stands for any text. Symbolic links are left out: covering one
+/// would cover where it points.
+fn expand(root: &Path, pattern: &str) -> Vec<(PathBuf, fs::FileType)> {
     let mut found = vec![root.to_path_buf()];
     for component in pattern.split('/') {
         let mut next = Vec::new();
@@ -219,11 +220,13 @@ fn expand(root: &Path, pattern: &str) -> Vec<PathBuf> {
         }
         found = next;
     }
-    found.retain(|path| {
-        path.symlink_metadata()
-            .is_ok_and(|meta| !meta.file_type().is_symlink())
-    });
     found
+        .into_iter()
+        .filter_map(|path| {
+            let kind = path.symlink_metadata().ok()?.file_type();
+            (!kind.is_symlink()).then_some((path, kind))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -367,14 +370,28 @@ mod tests {
         fs::write(dir.path().join("kcore"), "").unwrap();
         std::os::unix::fs::symlink("kcore", dir.path().join("link")).unwrap();
 
+        let paths = |pattern| -> Vec<PathBuf> {
+            expand(dir.path(), pattern)
+                .into_iter()
+                .map(|(path, _)| path)
+                .collect()
+        };
         assert_eq!(
-            expand(dir.path(), "sys/devices/system/cpu/cpu*/thermal_throttle"),
+            paths("sys/devices/system/cpu/cpu*/thermal_throttle"),
             [
                 cpu.join("cpu0/thermal_throttle"),
                 cpu.join("cpu12/thermal_throttle")
             ]
         );
-        assert_eq!(expand(dir.path(), "kcore"), [dir.path().join("kcore")]);
+        let kcore = expand(dir.path(), "kcore");
+        assert_eq!(kcore.len(), 1);
+        assert_eq!(kcore[0].0, dir.path().join("kcore"));
+        assert!(kcore[0].1.is_file());
+        assert!(
+            expand(dir.path(), "sys/devices/system/cpu/cpu0/thermal_throttle")[0]
+                .1
+                .is_dir()
+        );
         assert!(expand(dir.path(), "missing").is_empty());
         assert!(expand(dir.path(), "link").is_empty());
         assert!(expand(dir.path(), "missing/*/x").is_empty());

@@ -88,7 +88,8 @@ pub fn allocated_bytes(dir: &Path) -> u64 {
     total
 }
 
-/// Loop devices whose backing file lies below `dir` (every running sandbox has one).
+/// Loop devices whose backing file lies below `dir` (every running sandbox has one, and so
+/// does each image the disk pool keeps mounted ahead).
 pub fn loop_devices_under(dir: &Path) -> Vec<String> {
     let out = std::process::Command::new("losetup")
         .args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"])

@@ -48,7 +48,7 @@ use crate::{
     EndReason, Handle, Limits, Liveness, PauseMode, Recovered, Runtime, RuntimeError, SandboxSpec,
     Started,
     cgroup::{Hierarchy, Usage},
-    disk::ImagePool,
+    disk::{ImagePool, Preparation},
     egress::error_chain,
     namespace::{init::DEFAULT_LOG_CAP, read_log, state},
 };
@@ -203,7 +203,14 @@ impl GvisorRuntime {
 
     /// Gives every sandbox a disk of `size` bytes, from images prepared under `pool_dir`.
     pub fn with_disk_quota(mut self, pool_dir: PathBuf, size: u64) -> io::Result<Self> {
-        self.disks = Some(ImagePool::start(pool_dir, size, DISK_POOL_SIZE)?);
+        // Written only: a gVisor sandbox's disk is mounted on the host by its rootfs stage
+        // (`rootfs::mount`), which is not handed one mounted ahead.
+        self.disks = Some(ImagePool::start(
+            pool_dir,
+            size,
+            DISK_POOL_SIZE,
+            Preparation::Written,
+        )?);
         Ok(self)
     }
 

@@ -18,7 +18,10 @@ mod teardown;
 use std::{
     fs,
     io::{self, Read, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    os::{
+        fd::{AsFd, BorrowedFd},
+        unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    },
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -33,7 +36,7 @@ use crate::{
     AgentEndpoint, EndReason, Handle, Limits, Liveness, PauseMode, Recovered, Runtime,
     RuntimeError, SandboxSpec, Started, Template,
     cgroup::{Hierarchy, Usage},
-    disk::ImagePool,
+    disk::{ImagePool, Preparation},
     egress::{EgressConfig, EgressError, EgressFilter, Refusal, SandboxPolicy},
     process,
     uid_ranges::{LEASE_DIR, Slots},
@@ -168,7 +171,12 @@ impl NamespaceRuntime {
 
     /// Gives every sandbox a disk of `size` bytes, from images prepared under `pool_dir`.
     pub fn with_disk_quota(mut self, pool_dir: PathBuf, size: u64) -> io::Result<Self> {
-        self.disks = Some(ImagePool::start(pool_dir, size, DISK_POOL_SIZE)?);
+        self.disks = Some(ImagePool::start(
+            pool_dir,
+            size,
+            DISK_POOL_SIZE,
+            Preparation::Mounted,
+        )?);
         Ok(self)
     }
 
@@ -327,9 +335,15 @@ impl NamespaceRuntime {
         Ok(())
     }
 
-    /// Runs the setup stage in uid range `slot` and, when asked, connects the network.
-    /// `None` when another server's sandbox holds the range (nothing was started).
-    fn start(&self, spec: &SandboxSpec, slot: u32) -> Result<Option<Started>, RuntimeError> {
+    /// Runs the setup stage in uid range `slot` (handing it the disk's filesystem when it is
+    /// `mounted` already) and, when asked, connects the network. `None` when another
+    /// server's sandbox holds the range (nothing was started).
+    fn start(
+        &self,
+        spec: &SandboxSpec,
+        slot: u32,
+        mounted: Option<BorrowedFd<'_>>,
+    ) -> Result<Option<Started>, RuntimeError> {
         let dirs = self.dirs(&spec.id);
         // Read and written by host root only; the agent keeps its part bounded.
         let log = fs::OpenOptions::new()
@@ -353,9 +367,11 @@ impl NamespaceRuntime {
             log_cap: self.log_cap,
             volumes: spec.volumes.clone(),
             init_exe: self.init_exe.clone(),
+            disk_mounted: mounted.is_some(),
         };
-        let mut child = spawner::Setup::start(&self.exe, self.spawner(), &stage_env(), log)
-            .map_err(RuntimeError::io("start the sandbox setup"))?;
+        let mut child =
+            spawner::Setup::start(&self.exe, self.spawner(), &stage_env(), log, mounted)
+                .map_err(RuntimeError::io("start the sandbox setup"))?;
         let mut spec_line = serde_json::to_vec(&init).map_err(|e| RuntimeError::Io {
             what: "encode the sandbox spec",
             source: io::Error::other(e),
@@ -417,10 +433,14 @@ impl NamespaceRuntime {
 
     /// Starts the sandbox in a free uid range, trying another when another server took the
     /// one picked in the meantime.
-    fn start_in_free_range(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+    fn start_in_free_range(
+        &self,
+        spec: &SandboxSpec,
+        mounted: Option<BorrowedFd<'_>>,
+    ) -> Result<Started, RuntimeError> {
         for _ in 0..SLOT_ATTEMPTS {
             let slot = self.slots.reserve().ok_or(RuntimeError::NoUidRange)?;
-            match self.start(spec, slot) {
+            match self.start(spec, slot, mounted) {
                 Ok(Some(started)) => return Ok(started),
                 Ok(None) => self.slots.lost(slot),
                 Err(err) => {
@@ -474,15 +494,16 @@ impl Runtime for NamespaceRuntime {
             let _ = fs::remove_dir_all(&dirs.root);
             return Err(err);
         }
+        let mut mounted = None;
         if let Some(disks) = &self.disks {
             let image = dirs.disk_image();
             if !image.exists() {
-                disks
+                mounted = disks
                     .take(&image)
                     .map_err(RuntimeError::io("prepare the sandbox's disk"))?;
             }
         }
-        self.launch(spec)
+        self.launch(spec, mounted.as_ref().map(AsFd::as_fd))
     }
 
     fn recover(&self, handle: &Handle) -> Result<Option<Recovered>, RuntimeError> {
@@ -727,8 +748,13 @@ impl NamespaceRuntime {
     }
 
     /// Starts the sandbox `spec` describes in its directory (made already, its disk with
-    /// it), in a cgroup of its own.
-    fn launch(&self, spec: &SandboxSpec) -> Result<Started, RuntimeError> {
+    /// it, and that disk's filesystem `mounted` detached when the pool had it so), in a
+    /// cgroup of its own.
+    fn launch(
+        &self,
+        spec: &SandboxSpec,
+        mounted: Option<BorrowedFd<'_>>,
+    ) -> Result<Started, RuntimeError> {
         if let Some(cgroups) = &self.cgroups {
             cgroups
                 .create(&spec.id, spec.limits)
@@ -737,7 +763,7 @@ impl NamespaceRuntime {
                     source: io::Error::other(e),
                 })?;
         }
-        let started = self.start_in_free_range(spec);
+        let started = self.start_in_free_range(spec, mounted);
         if started.is_err() {
             // Whatever got started is in the cgroup; take it all down.
             let _ = self.destroy_cgroup(&spec.id);

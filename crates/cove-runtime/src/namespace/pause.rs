@@ -121,7 +121,8 @@ impl NamespaceRuntime {
         // Leftovers of a resume cut short.
         self.destroy_cgroup(&spec.id)?;
         self.check_egress(spec)?;
-        let started = self.launch(spec);
+        // A resumed disk is the stopped sandbox's own: the setup attaches it.
+        let started = self.launch(spec, None);
         if started.is_err() {
             // `start` recorded nothing: the directory still says paused.
             let _ = self.save(&spec.id, &paused);

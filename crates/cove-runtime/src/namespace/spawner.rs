@@ -4,12 +4,13 @@
 //! of every create past the warm pool, and a tenth of a burst's CPU.
 //!
 //! The spawner is single-threaded and holds nothing of any sandbox: a request is the stage's
-//! arguments (those of `cove __sandbox-init`) and three descriptors (its stdin, stdout and
-//! stderr), and a setup stage reads its spec on its stdin after the fork, as an exec'd one
-//! does. The stage is forked with `CLONE_PARENT`, so that it is the server's own child, as
-//! an exec'd stage is: its pid stays the server's to wait for until the server has reaped
-//! it. The spawner ends when the server's end of its socket closes (the server ended, or
-//! dropped it).
+//! arguments (those of `cove __sandbox-init`) and three or four descriptors (its stdin,
+//! stdout and stderr, and a setup stage's disk when it is mounted already, at
+//! [`inherited::SETUP_DISK`]), and a setup stage reads its spec on its stdin after the fork,
+//! as an exec'd one does. The stage is forked with `CLONE_PARENT`, so that it is the
+//! server's own child, as an exec'd stage is: its pid stays the server's to wait for until
+//! the server has reaped it. The spawner ends when the server's end of its socket closes
+//! (the server ended, or dropped it).
 
 use std::{
     ffi::{OsStr, OsString},
@@ -28,6 +29,7 @@ use std::{
     sync::Mutex,
 };
 
+use crate::inherited;
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
@@ -73,17 +75,23 @@ impl Spawner {
     }
 
     /// Forks a stage with the arguments `args` (after `cove __sandbox-init`; none for the
-    /// setup stage) and `stdio` as its stdin, stdout and stderr; returns its pid, a child of
-    /// this process.
-    pub fn spawn(&self, args: &[&OsStr], stdio: [BorrowedFd<'_>; 3]) -> io::Result<u32> {
+    /// setup stage), `stdio` as its stdin, stdout and stderr and `disk` at
+    /// [`inherited::SETUP_DISK`]; returns its pid, a child of this process.
+    pub fn spawn(
+        &self,
+        args: &[&OsStr],
+        stdio: [BorrowedFd<'_>; 3],
+        disk: Option<BorrowedFd<'_>>,
+    ) -> io::Result<u32> {
         let request = encode(args);
         if request.len() > MAX_REQUEST {
             return Err(io::Error::from_raw_os_error(libc::E2BIG));
         }
+        let fds: Vec<BorrowedFd<'_>> = stdio.into_iter().chain(disk).collect();
         let socket = self.socket.lock().unwrap_or_else(|e| e.into_inner());
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
         let mut control = SendAncillaryBuffer::new(&mut space);
-        if !control.push(SendAncillaryMessage::ScmRights(&stdio)) {
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
             return Err(io::Error::other("the descriptors do not fit the message"));
         }
         rustix::net::sendmsg(
@@ -111,7 +119,7 @@ impl Spawner {
             .write(true)
             .open("/dev/null")?;
         let (from_stderr, stderr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        let pid = match self.spawn(args, [null.as_fd(), null.as_fd(), stderr.as_fd()]) {
+        let pid = match self.spawn(args, [null.as_fd(), null.as_fd(), stderr.as_fd()], None) {
             Ok(pid) => pid,
             Err(err) => {
                 tracing::warn!(%err, "the stage spawner failed: the stage is exec'd");
@@ -192,18 +200,20 @@ pub(super) struct Setup {
 }
 
 impl Setup {
-    /// Starts a setup stage whose stderr is `log`: through `spawner` when there is one
+    /// Starts a setup stage whose stderr is `log`, with the sandbox's `disk` mounted already
+    /// at [`inherited::SETUP_DISK`] when there is one: through `spawner` when there is one
     /// (and it answers), else by exec'ing `exe` with the environment `env`.
     pub fn start(
         exe: &Path,
         spawner: Option<&Spawner>,
         env: &[(OsString, OsString)],
         log: fs::File,
+        disk: Option<BorrowedFd<'_>>,
     ) -> io::Result<Self> {
         if let Some(spawner) = spawner {
             let (stdin, to_stdin) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
             let (from_stdout, stdout) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-            match spawner.spawn(&[], [stdin.as_fd(), stdout.as_fd(), log.as_fd()]) {
+            match spawner.spawn(&[], [stdin.as_fd(), stdout.as_fd(), log.as_fd()], disk) {
                 // Our copies of its ends close here, so that its stdout ends with it.
                 Ok(pid) => {
                     return Ok(Self {
@@ -218,14 +228,21 @@ impl Setup {
                 }
             }
         }
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .arg(super::init::SUBCOMMAND)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)
             .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .spawn()?;
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        if let Some(disk) = disk {
+            inherited::pass(
+                &mut command,
+                vec![(disk.try_clone_to_owned()?, inherited::SETUP_DISK)],
+            )?;
+        }
+        let mut child = command.spawn()?;
         Ok(Self {
             pid: child.id(),
             stdin: child.stdin.take().map(|s| fs::File::from(OwnedFd::from(s))),
@@ -278,19 +295,23 @@ pub fn serve(stage: impl Fn(Vec<OsString>) -> i32) -> io::Result<()> {
         } else {
             decode(&request[..received.bytes])
         };
-        let answer = match (args, <[OwnedFd; 3]>::try_from(fds)) {
-            (Some(args), Ok(stdio)) => match fork_stage(&socket, &stdio, &|| stage(args.clone())) {
-                Ok(pid) => pid,
-                Err(err) => -err.raw_os_error().unwrap_or(libc::EIO),
-            },
+        let answer = match args {
+            // Stdin, stdout, stderr, and perhaps a setup stage's disk.
+            Some(args) if matches!(fds.len(), 3 | 4) => {
+                match fork_stage(&socket, &fds, &|| stage(args.clone())) {
+                    Ok(pid) => pid,
+                    Err(err) => -err.raw_os_error().unwrap_or(libc::EIO),
+                }
+            }
             _ => -libc::EINVAL,
         };
         rustix::io::write(&socket, &answer.to_le_bytes())?;
     }
 }
 
-/// Forks a stage as a sibling of this process (a child of the server), its stdio `stdio`.
-fn fork_stage(socket: &OwnedFd, stdio: &[OwnedFd; 3], stage: &impl Fn() -> i32) -> io::Result<i32> {
+/// Forks a stage as a sibling of this process (a child of the server), with `fds` as its
+/// descriptors 0, 1, 2 (and 3).
+fn fork_stage(socket: &OwnedFd, fds: &[OwnedFd], stage: &impl Fn() -> i32) -> io::Result<i32> {
     // SAFETY: a plain fork (no new stack, no shared memory) with CLONE_PARENT; this process
     // is single-threaded, so the child's copy of it is whole. The child only rearranges its
     // descriptors and runs `stage`, then exits without returning here.
@@ -307,7 +328,7 @@ fn fork_stage(socket: &OwnedFd, stdio: &[OwnedFd; 3], stage: &impl Fn() -> i32) 
     match pid {
         -1 => Err(io::Error::last_os_error()),
         0 => {
-            let code = match become_stage(socket, stdio) {
+            let code = match become_stage(socket, fds) {
                 // A panic must not unwind into the spawner's loop in this copy of it.
                 Ok(()) => {
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(stage)).unwrap_or(101)
@@ -323,19 +344,33 @@ fn fork_stage(socket: &OwnedFd, stdio: &[OwnedFd; 3], stage: &impl Fn() -> i32) 
     }
 }
 
-/// In the forked stage: `stdio` as fds 0, 1 and 2, and the spawner's socket closed.
-fn become_stage(socket: &OwnedFd, stdio: &[OwnedFd; 3]) -> io::Result<()> {
+/// In the forked stage: `fds` as descriptors 0, 1, 2 (and 3: [`inherited::SETUP_DISK`]),
+/// and the spawner's socket closed.
+fn become_stage(socket: &OwnedFd, fds: &[OwnedFd]) -> io::Result<()> {
+    debug_assert_eq!(inherited::SETUP_DISK, 3);
     // SAFETY: the socket's descriptor is closed here and never used again in this process
     // (the borrow ends with this call: the stage never returns to the spawner's loop).
     unsafe { libc::close(socket.as_raw_fd()) };
-    let [stdin, stdout, stderr] = stdio;
-    rustix::stdio::dup2_stdin(stdin.as_fd())?;
-    rustix::stdio::dup2_stdout(stdout.as_fd())?;
-    rustix::stdio::dup2_stderr(stderr.as_fd())?;
-    for fd in stdio {
-        // SAFETY: received above 2 (0, 1 and 2 were taken), and only their copies at 0, 1
-        // and 2 are used from here on.
+    // Copied above every target first, so that placing one never overwrites another still
+    // to be placed (a received descriptor may well be number 3).
+    let copies = fds
+        .iter()
+        .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, inherited::ABOVE_TARGETS))
+        .collect::<Result<Vec<_>, _>>()?;
+    for fd in fds {
+        // SAFETY: only the copies are used from here on; the originals' owners live in the
+        // spawner's loop, which this copy of the process never returns to.
         unsafe { libc::close(fd.as_raw_fd()) };
+    }
+    for (target, copy) in copies.iter().enumerate() {
+        let target =
+            i32::try_from(target).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: dup2 onto a number below every copy; what sat there (nothing, or a
+        // received original closed above) is replaced. The new descriptor is not
+        // close-on-exec, as a stage's stdio and disk are handed on that way.
+        if unsafe { libc::dup2(copy.as_raw_fd(), target) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
     }
     Ok(())
 }
