@@ -444,8 +444,9 @@ const DETACH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The image all others are copied from.
 const GOLDEN: &str = "golden.img";
-/// A waiting image's name in its own directory.
-const IMAGE: &str = "disk.img";
+/// A waiting image's name in its own directory, and a sandbox's disk image's name in its
+/// directory ([`ImagePool::take_dir`] hands the one over as the other).
+pub const IMAGE: &str = "disk.img";
 
 /// How far [`ImagePool`] prepares the images it keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -479,6 +480,13 @@ struct PoolState {
     ready: Vec<Waiting>,
     stopped: bool,
     next: u64,
+}
+
+/// An image handed out in its own directory ([`ImagePool::take_dir`]).
+#[derive(Debug)]
+pub struct TakenDir {
+    /// Its filesystem, mounted detached ([`Preparation::Mounted`]), when that worked.
+    pub mounted: Option<OwnedFd>,
 }
 
 /// An image ready in the pool.
@@ -584,6 +592,39 @@ impl ImagePool {
                 moved.map(|()| mounted)
             }
             None => copy_sparse(&self.inner.dir.join(GOLDEN), destination).map(|()| None),
+        }
+    }
+
+    /// Moves a ready image's own directory to `dir` (which must not exist yet; its parent
+    /// must), with `mode`: the image is then `dir/disk.img`, its filesystem mounted detached
+    /// when the pool had it so. `None`, with nothing made, when no image is ready.
+    pub fn take_dir(&self, dir: &Path, mode: u32) -> io::Result<Option<TakenDir>> {
+        use std::os::unix::fs::PermissionsExt;
+        let ready = {
+            let mut state = self.state();
+            let image = state.ready.pop();
+            if image.is_some() {
+                self.inner.wake.notify_one();
+            }
+            image
+        };
+        let Some(Waiting {
+            dir: holder,
+            mounted,
+        }) = ready
+        else {
+            return Ok(None);
+        };
+        // The loop device holds the image's inode, not its name: it moves along.
+        let moved = fs::rename(&holder, dir)
+            .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(mode)));
+        match moved {
+            Ok(()) => Ok(Some(TakenDir { mounted })),
+            Err(err) => {
+                drop(mounted);
+                let _ = fs::remove_dir_all(&holder);
+                Err(err)
+            }
         }
     }
 
@@ -715,6 +756,14 @@ mod tests {
         });
         assert!(!backs(&device, &fs::metadata(&first).unwrap()));
         drop(second_mount);
+        // Taken with its directory: the image comes as `disk.img` in a new directory.
+        wait_for("the pool to refill", || pool.state().ready.len() == 2);
+        let taken = dir.path().join("sandbox");
+        let mounted = pool.take_dir(&taken, 0o711).unwrap().unwrap().mounted;
+        check_mounted(&taken.join(IMAGE), &mounted.expect("mounted ahead")).unwrap();
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&taken).unwrap().permissions());
+        assert_eq!(mode & 0o7777, 0o711);
         // Stopping unmounts the images still waiting (refilled meanwhile) and detaches them.
         wait_for("the pool to refill", || pool.state().ready.len() == 2);
         let waiting: Vec<PathBuf> = pool

@@ -1,15 +1,17 @@
 //! The processes that build a sandbox. They run from the `cove` binary itself (hidden
 //! subcommands), each a fresh single-threaded process, which namespace changes require:
 //!
-//! 1. **setup** (host root): private mount namespace; idmapped template layers, overlays,
-//!    `/dev`; then it becomes root of the sandbox's user namespace, unshares the other
-//!    namespaces and starts…
+//! 1. **setup** (host root): private mount namespace; the sandbox's disk (mounted ahead by
+//!    the disk pool and handed over, or attached and mounted here), idmapped template layers,
+//!    overlays, `/dev`; then it becomes root of the sandbox's user namespace, enters its
+//!    network namespace, unshares the other namespaces and starts…
 //! 2. **pid1**: PID 1 of the new PID namespace. It mounts `/proc`, `/sys` and devpts,
-//!    brings loopback up, pivots into the new root, and then runs the agent.
+//!    pivots into the new root, and then runs the agent.
 //!
 //! Setup forks a holder of the user namespace (not a stage of its own: no exec), which
 //! creates it so that setup can map its ids and use it for idmapped mounts before anything
-//! runs inside it.
+//! runs inside it, and then, while setup builds the root, creates the network namespace in
+//! it and brings its loopback interface up.
 //!
 //! Setup takes the lease on the sandbox's uid range and makes the agent's listening socket;
 //! PID 1 gets both as descriptors ([`crate::inherited`]) and holds them for the sandbox's
@@ -144,7 +146,7 @@ impl SandboxDirs {
     }
     /// The sandbox's disk image (its quota), when it has one.
     pub fn disk_image(&self) -> PathBuf {
-        self.root.join("disk.img")
+        self.root.join(disk::IMAGE)
     }
     /// Where the writable layers live: the disk image's filesystem when mounted there (in
     /// the sandbox's mount namespace only), owners stored as the sandbox sees them.
@@ -304,7 +306,7 @@ pub fn setup() -> Result<Report, InitError> {
     mounts::make_private().map_err(step(|| "cannot make mounts private".into()))?;
 
     let uid_base = userns::base_for_slot(spec.slot);
-    let (holder, Namespaces { userns, netns }) = create_namespaces(uid_base)?;
+    let (mut holder, userns) = create_userns(uid_base)?;
     // From the sandbox's user namespace on, host paths are not searchable (the state
     // directory is host root's alone). The working directory, the sandbox's own directory
     // entered by enter_dir, survives the switch, so the later steps reach it relative to it.
@@ -315,6 +317,14 @@ pub fn setup() -> Result<Report, InitError> {
         volumes: &spec.volumes,
     };
     build_rootfs(&root, &dirs, userns.as_fd())?;
+    // Made by the holder meanwhile.
+    let netns = match holder.network_namespace() {
+        Ok(netns) => netns,
+        Err(err) => {
+            holder.release();
+            return Err(err);
+        }
+    };
 
     userns::enter_as_root(userns.as_fd()).map_err(step(|| {
         "cannot become root of the sandbox's user namespace".into()
@@ -370,32 +380,18 @@ pub(crate) fn unshare(flags: UnshareFlags) -> io::Result<()> {
     Ok(())
 }
 
-/// The sandbox's user namespace and its network namespace, made by the [`Holder`].
-struct Namespaces {
-    userns: OwnedFd,
-    netns: OwnedFd,
-}
-
-fn create_namespaces(uid_base: u32) -> Result<(Holder, Namespaces), InitError> {
+fn create_userns(uid_base: u32) -> Result<(Holder, OwnedFd), InitError> {
     let holder = Holder::start(uid_base)?;
     let pid = holder.pid.as_raw_nonzero();
     let maps = userns::write_id_maps(pid.get().unsigned_abs(), uid_base)
         .map_err(step(|| format!("cannot map ids from {uid_base}")));
-    let open = |kind: &str| {
-        fs::File::open(format!("/proc/{pid}/ns/{kind}"))
+    let ns = maps.and_then(|()| {
+        fs::File::open(format!("/proc/{pid}/ns/user"))
             .map(OwnedFd::from)
-            .map_err(step(|| {
-                format!("cannot open the sandbox's {kind} namespace")
-            }))
-    };
-    let namespaces = maps.and_then(|()| {
-        Ok(Namespaces {
-            userns: open("user")?,
-            netns: open("net")?,
-        })
+            .map_err(step(|| "cannot open the user namespace".into()))
     });
-    match namespaces {
-        Ok(namespaces) => Ok((holder, namespaces)),
+    match ns {
+        Ok(ns) => Ok((holder, ns)),
         Err(err) => {
             holder.release();
             Err(err)
@@ -406,10 +402,10 @@ fn create_namespaces(uid_base: u32) -> Result<(Holder, Namespaces), InitError> {
 /// The process that makes the sandbox's user namespace and keeps it until the setup has its
 /// ids mapped and a descriptor of it. It makes it as the sandbox's host uid, so that uid
 /// owns the namespace, and helpers running as it (the user-mode network stack) can join it
-/// without host privileges. Inside it, it also makes the sandbox's network namespace (owned
-/// by the user namespace, as one PID 1 made would be) with its loopback interface up: about
-/// 0.4 ms that now pass beside the setup's work on the root filesystem, on the other CPU,
-/// rather than after it.
+/// without host privileges. Then, inside it, it makes the sandbox's network namespace (owned
+/// by the user namespace, as one PID 1 made would be) with its loopback interface up, and
+/// says so again: about 0.4 ms that pass beside the setup's work on the root filesystem, on
+/// the other CPU, rather than after it.
 ///
 /// A fork of this stage, not a new `cove`: an exec of the whole binary (its loader, its
 /// relocations, its CPU feature probes, its argument parser) cost about 2 ms of every
@@ -420,6 +416,9 @@ struct Holder {
     pid: rustix::process::Pid,
     /// Closed to let the holder go.
     release: OwnedFd,
+    /// What it says: a line when the user namespace is made, one when the network namespace
+    /// is, or what failed.
+    reports: BufReader<fs::File>,
 }
 
 impl Holder {
@@ -447,16 +446,35 @@ impl Holder {
         }
         drop(ready_write);
         drop(release_read);
-        let holder = Self {
+        let mut holder = Self {
             pid: rustix::process::Pid::from_raw(forked).expect("fork returned a positive pid"),
             release: release_write,
+            reports: BufReader::new(fs::File::from(ready_read)),
         };
-        let mut line = String::new();
-        let heard = BufReader::new(fs::File::from(ready_read)).read_line(&mut line);
-        match heard {
-            Ok(_) if line == "ready\n" => Ok(holder),
-            Ok(_) => {
+        match holder.hear(USERNS_MADE) {
+            Ok(()) => Ok(holder),
+            Err(err) => {
                 holder.release();
+                Err(err)
+            }
+        }
+    }
+
+    /// Waits until the holder has made the network namespace, and opens it.
+    fn network_namespace(&mut self) -> Result<OwnedFd, InitError> {
+        self.hear(NETNS_MADE)?;
+        let pid = self.pid.as_raw_nonzero();
+        fs::File::open(format!("/proc/{pid}/ns/net"))
+            .map(OwnedFd::from)
+            .map_err(step(|| "cannot open the network namespace".into()))
+    }
+
+    /// Reads the holder's next line, which must be `expected`.
+    fn hear(&mut self, expected: &str) -> Result<(), InitError> {
+        let mut line = String::new();
+        match self.reports.read_line(&mut line) {
+            Ok(_) if line == expected => Ok(()),
+            Ok(_) => {
                 let said = match line.trim_end() {
                     "" => "it ended without a word",
                     said => said,
@@ -466,10 +484,7 @@ impl Holder {
                     source: io::Error::other(said.to_owned()),
                 })
             }
-            Err(err) => {
-                holder.release();
-                Err(step(|| "cannot hear from the user namespace holder".into())(err))
-            }
+            Err(err) => Err(step(|| "cannot hear from the user namespace holder".into())(err)),
         }
     }
 
@@ -484,11 +499,17 @@ impl Holder {
     }
 }
 
+/// What the holder says when it has made the user namespace.
+const USERNS_MADE: &str = "ready\n";
+/// What the holder says when it has made the network namespace as well.
+const NETNS_MADE: &str = "net\n";
+
 /// The holder's side of [`Holder::start`], in the forked child: drops to `uid` (no
-/// supplementary groups), creates the user namespace and the network namespace in it, says
-/// `ready` on `ready` (or what failed), and waits until `release` is closed.
+/// supplementary groups), creates the user namespace and says [`USERNS_MADE`] on `ready`,
+/// creates the network namespace in it and says [`NETNS_MADE`] (or, instead of either, what
+/// failed), and waits until `release` is closed.
 fn hold(uid: u32, ready: OwnedFd, release: OwnedFd) -> ! {
-    let made = (|| -> io::Result<()> {
+    let user = (|| -> io::Result<()> {
         // SAFETY: plain system calls on values of our own; no pointer is passed but null
         // with a count of zero.
         let dropped = unsafe {
@@ -506,14 +527,17 @@ fn hold(uid: u32, ready: OwnedFd, release: OwnedFd) -> ! {
         // trace the memory it shares with the setup stage.
         rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
             .map_err(|e| in_step("make the holder undumpable", e.into()))?;
-        unshare(UnshareFlags::NEWUSER).map_err(|e| in_step("create a user namespace", e))?;
-        // All capabilities within the new user namespace: enough for a network namespace
-        // owned by it, and for its interfaces.
+        unshare(UnshareFlags::NEWUSER).map_err(|e| in_step("create a user namespace", e))
+    })();
+    // All capabilities within the new user namespace (its ids need not be mapped yet):
+    // enough for a network namespace owned by it, and for its interfaces.
+    let made = user.and_then(|()| {
+        let _ = rustix::io::write(&ready, USERNS_MADE.as_bytes());
         unshare(UnshareFlags::NEWNET).map_err(|e| in_step("create a network namespace", e))?;
         net::loopback_up().map_err(|e| in_step("bring the loopback interface up", e))
-    })();
+    });
     let message = match &made {
-        Ok(()) => "ready\n".to_owned(),
+        Ok(()) => NETNS_MADE.to_owned(),
         Err(err) => format!("{err}\n"),
     };
     let _ = rustix::io::write(&ready, message.as_bytes());
