@@ -716,7 +716,7 @@ async fn a_sandbox_whose_processes_trace_each_other_pauses_every_time() {
 /// Loop devices (their names) with a backing file below `dir` (a path without links; it may
 /// be gone).
 fn loop_device_names_under(dir: &Path) -> Vec<String> {
-    std::fs::read_dir("/sys/block")
+    let mut names: Vec<String> = std::fs::read_dir("/sys/block")
         .unwrap()
         .flatten()
         .filter(|e| {
@@ -724,22 +724,27 @@ fn loop_device_names_under(dir: &Path) -> Vec<String> {
                 .is_ok_and(|backing| backing.trim().starts_with(dir.to_str().unwrap()))
         })
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect()
+        .collect();
+    names.sort();
+    names
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_disk_mounted_ahead_is_the_sandboxs_own_and_the_pools_go_with_the_runtime() {
     let fixture = Fixture::new();
     let pool = fixture.state.path().join("disk-pool");
-    // The pool attaches and mounts its images ahead, so that a create does neither.
+    // The pool attaches and mounts its images ahead, so that a create does neither. Taken
+    // once it is full (no change for a while): a create takes the image made last.
     let waiting = wait_until(
         "the disk pool to mount its images ahead",
         Duration::from_secs(60),
         || {
             let pool = pool.clone();
             async move {
-                let devices = loop_device_names_under(&pool);
-                (!devices.is_empty()).then_some(devices)
+                let before = loop_device_names_under(&pool);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let after = loop_device_names_under(&pool);
+                (!after.is_empty() && before == after).then_some(after)
             }
         },
     )

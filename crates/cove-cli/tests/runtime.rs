@@ -130,6 +130,16 @@ async fn a_sandbox_runs_commands_as_its_own_users() {
             .stdout,
         "root\nroot\n"
     );
+    // Its network namespace's /proc/net is its root's (the owner is fixed as the namespace
+    // is made: before the ids were mapped, it would be nobody's).
+    assert_eq!(
+        root.commands()
+            .run("stat -c '%u %g' /proc/self/net/dev /proc/self/net")
+            .await
+            .unwrap()
+            .stdout,
+        "0 0\n0 0\n"
+    );
     // The usual modes for what the sandbox makes, whatever the server's umask.
     assert_eq!(
         client

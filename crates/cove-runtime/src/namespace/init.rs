@@ -384,7 +384,8 @@ fn create_userns(uid_base: u32) -> Result<(Holder, OwnedFd), InitError> {
     let holder = Holder::start(uid_base)?;
     let pid = holder.pid.as_raw_nonzero();
     let maps = userns::write_id_maps(pid.get().unsigned_abs(), uid_base)
-        .map_err(step(|| format!("cannot map ids from {uid_base}")));
+        .map_err(step(|| format!("cannot map ids from {uid_base}")))
+        .and_then(|()| holder.ids_mapped());
     let ns = maps.and_then(|()| {
         fs::File::open(format!("/proc/{pid}/ns/user"))
             .map(OwnedFd::from)
@@ -460,6 +461,15 @@ impl Holder {
         }
     }
 
+    /// Tells the holder that the user namespace's ids are mapped: it makes the network
+    /// namespace only then, since a network namespace takes the owner of its `/proc/net`
+    /// from its user namespace's root as it is made (unmapped, it would be nobody's).
+    fn ids_mapped(&self) -> Result<(), InitError> {
+        rustix::io::write(&self.release, IDS_MAPPED)
+            .map(drop)
+            .map_err(|e| step(|| "cannot tell the user namespace holder".into())(e.into()))
+    }
+
     /// Waits until the holder has made the network namespace, and opens it.
     fn network_namespace(&mut self) -> Result<OwnedFd, InitError> {
         self.hear(NETNS_MADE)?;
@@ -503,11 +513,14 @@ impl Holder {
 const USERNS_MADE: &str = "ready\n";
 /// What the holder says when it has made the network namespace as well.
 const NETNS_MADE: &str = "net\n";
+/// What the setup tells the holder when it has mapped the user namespace's ids.
+const IDS_MAPPED: &[u8] = b"m";
 
 /// The holder's side of [`Holder::start`], in the forked child: drops to `uid` (no
 /// supplementary groups), creates the user namespace and says [`USERNS_MADE`] on `ready`,
-/// creates the network namespace in it and says [`NETNS_MADE`] (or, instead of either, what
-/// failed), and waits until `release` is closed.
+/// waits for [`IDS_MAPPED`] on `release`, creates the network namespace in it and says
+/// [`NETNS_MADE`] (or, instead of either, what failed), and waits until `release` is
+/// closed.
 fn hold(uid: u32, ready: OwnedFd, release: OwnedFd) -> ! {
     let user = (|| -> io::Result<()> {
         // SAFETY: plain system calls on values of our own; no pointer is passed but null
@@ -533,6 +546,12 @@ fn hold(uid: u32, ready: OwnedFd, release: OwnedFd) -> ! {
     // enough for a network namespace owned by it, and for its interfaces.
     let made = user.and_then(|()| {
         let _ = rustix::io::write(&ready, USERNS_MADE.as_bytes());
+        let mut word = [0u8; 1];
+        match rustix::io::read(&release, &mut word) {
+            Ok(1) if word == IDS_MAPPED => {}
+            // The setup gave up (closed its end) before it mapped them.
+            _ => return Err(io::Error::other("the setup mapped no ids")),
+        }
         unshare(UnshareFlags::NEWNET).map_err(|e| in_step("create a network namespace", e))?;
         net::loopback_up().map_err(|e| in_step("bring the loopback interface up", e))
     });
@@ -543,7 +562,7 @@ fn hold(uid: u32, ready: OwnedFd, release: OwnedFd) -> ! {
     let _ = rustix::io::write(&ready, message.as_bytes());
     if made.is_ok() {
         let mut byte = [0u8; 1];
-        // Nothing is ever written: the read ends when the setup closes its end, or dies.
+        // Nothing more is written: the read ends when the setup closes its end, or dies.
         while let Ok(n) = rustix::io::read(&release, &mut byte) {
             if n == 0 {
                 break;
