@@ -575,16 +575,18 @@ impl ImagePool {
         }
     }
 
+    /// The image made last, if one is ready; the filler makes another.
+    fn pop(&self) -> Option<Waiting> {
+        let mut state = self.state();
+        let image = state.ready.pop();
+        self.inner.wake.notify_one();
+        image
+    }
+
     /// Moves a formatted image to `destination` (copying one now if none is ready), with
     /// its filesystem mounted detached when the pool had it so ([`Preparation::Mounted`]).
     pub fn take(&self, destination: &Path) -> io::Result<Option<OwnedFd>> {
-        let ready = {
-            let mut state = self.state();
-            let image = state.ready.pop();
-            self.inner.wake.notify_one();
-            image
-        };
-        match ready {
+        match self.pop() {
             Some(Waiting { dir, mounted }) => {
                 // The loop device holds the image's inode, not its name: it moves along.
                 let moved = fs::rename(dir.join(IMAGE), destination);
@@ -600,18 +602,10 @@ impl ImagePool {
     /// when the pool had it so. `None`, with nothing made, when no image is ready.
     pub fn take_dir(&self, dir: &Path, mode: u32) -> io::Result<Option<TakenDir>> {
         use std::os::unix::fs::PermissionsExt;
-        let ready = {
-            let mut state = self.state();
-            let image = state.ready.pop();
-            if image.is_some() {
-                self.inner.wake.notify_one();
-            }
-            image
-        };
         let Some(Waiting {
             dir: holder,
             mounted,
-        }) = ready
+        }) = self.pop()
         else {
             return Ok(None);
         };

@@ -501,14 +501,13 @@ impl Runtime for NamespaceRuntime {
         let dirs = self.dirs(&spec.id);
         self.make_parent()?;
         self.check_space()?;
-        let prepare = RuntimeError::io("prepare the sandbox's disk");
         // A pool image comes in a directory of its own, which becomes the sandbox's: neither
         // a directory made nor one removed on the create's path (on a host filesystem
         // without a journal each took up to 1–2 ms).
         let taken = match &self.disks {
             Some(disks) if !dirs.root.exists() => disks
                 .take_dir(&dirs.root, SANDBOX_DIR_MODE)
-                .map_err(prepare)?,
+                .map_err(RuntimeError::io("prepare the sandbox's disk"))?,
             _ => None,
         };
         let mounted = match taken {
