@@ -318,16 +318,16 @@ impl NamespaceRuntime {
         crate::network::connect(&self.exe, self.spawner(), &connection)
     }
 
-    /// The sandbox's directory, for host root alone: `root` itself is closed to everyone
-    /// else, and the sandbox's own directory only searchable, since PID 1 (root of the
-    /// sandbox's user namespace, no one on the host) reaches its root filesystem through it.
+    /// The sandbox's directory, in `root` ([`Self::make_parent`], made first): only
+    /// searchable, since PID 1 (root of the sandbox's user namespace, no one on the host)
+    /// reaches its root filesystem through it.
     fn make_dir(&self, dirs: &SandboxDirs) -> Result<(), RuntimeError> {
-        self.make_parent()?;
         make_dir_with_mode(&dirs.root, SANDBOX_DIR_MODE)
             .map_err(RuntimeError::io("create the sandbox directory"))
     }
 
-    /// The directory of all sandboxes' directories, host root's alone.
+    /// The directory of all sandboxes' directories, host root's alone (closed to everyone
+    /// else).
     fn make_parent(&self) -> Result<(), RuntimeError> {
         make_dir_with_mode(&self.root, 0o700)
             .map(|()| crate::spread::spread_subdirectories(&self.root))
