@@ -20,6 +20,7 @@ pub mod receive_file;
 pub mod rest;
 pub mod rpc;
 pub mod send_file;
+pub mod signals;
 pub mod tunnel;
 pub mod users;
 
@@ -104,7 +105,9 @@ impl std::fmt::Debug for AgentState {
 impl AgentState {
     /// Builds the state; starts the child reaper, so call it inside a tokio runtime.
     pub fn new(config: &AgentConfig) -> std::io::Result<Self> {
-        let reaper = Reaper::start()?;
+        // A gVisor sandbox's agent (the quiescible one) can lose a notification on restore.
+        let backstop = config.quiescible.as_ref().map(|_| crate::signals::BACKSTOP);
+        let reaper = Reaper::start(backstop)?;
         Ok(Self(Arc::new(Inner {
             accounts: config.accounts.clone(),
             defaults: {

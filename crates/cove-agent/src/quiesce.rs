@@ -22,11 +22,13 @@ use std::{
 
 use axum::Router;
 use futures::task::AtomicWaker;
+use rustix::process::Signal;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{UnixListener, UnixStream},
-    signal::unix::{SignalKind, signal},
 };
+
+use crate::signals::Heard;
 
 /// Where a quiescible listener listens and acknowledges.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,9 +63,11 @@ pub const MARKER_CONTENT: &str = "quiesced\n";
 /// Serves `app` on `quiescible.socket`, letting go of it on SIGUSR1 and listening again on
 /// SIGUSR2 (renewed first when told so), until the task is dropped.
 pub async fn serve(quiescible: Quiescible, app: Router, renewer: Renewer) -> io::Result<()> {
-    // Handlers first: the default action of SIGUSR1 would end the agent.
-    let mut quiesce = signal(SignalKind::user_defined1())?;
-    let mut listen = signal(SignalKind::user_defined2())?;
+    // Handlers first: the default action of SIGUSR1 would end the agent. Heard on a timer
+    // too: after a restore, the notification of a signal can be lost.
+    let backstop = Some(crate::signals::BACKSTOP);
+    let mut quiesce = Heard::new(Signal::USR1.as_raw(), "SIGUSR1", backstop)?;
+    let mut listen = Heard::new(Signal::USR2.as_raw(), "SIGUSR2", backstop)?;
     let mut first = true;
     loop {
         let _ = std::fs::remove_file(&quiescible.marker);
@@ -76,7 +80,7 @@ pub async fn serve(quiescible: Quiescible, app: Router, renewer: Renewer) -> io:
             Err(err) if first => return Err(err),
             Err(err) => {
                 tracing::error!(%err, socket = %quiescible.socket.display(), "cannot listen again; waiting for the next SIGUSR2");
-                let _ = listen.recv().await;
+                listen.recv().await;
                 continue;
             }
         };

@@ -44,22 +44,25 @@ impl std::fmt::Debug for Reaper {
 }
 
 impl Reaper {
-    /// Starts the reaping task. Must run inside a tokio runtime.
-    pub fn start() -> std::io::Result<Self> {
+    /// Starts the reaping task; with a `backstop`, it also reaps when the notification of a
+    /// child's exit was lost (see [`crate::signals`]). Must run inside a tokio runtime.
+    pub fn start(backstop: Option<std::time::Duration>) -> std::io::Result<Self> {
         // Outside a PID namespace, adopt our grandchildren so no orphan escapes to the
         // host's init and every one of them is reaped here.
         if rustix::process::getpid().as_raw_nonzero().get() != 1 {
             let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
         }
         let reaper = Self::default();
-        let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        let mut sigchld = crate::signals::Heard::new(
+            rustix::process::Signal::CHILD.as_raw(),
+            "SIGCHLD",
+            backstop,
+        )?;
         let task = reaper.clone();
         tokio::spawn(async move {
             loop {
                 task.reap_all();
-                if sigchld.recv().await.is_none() {
-                    break;
-                }
+                sigchld.recv().await;
             }
         });
         Ok(reaper)
