@@ -427,10 +427,46 @@ fn prepare(golden: &Path, path: &Path) -> io::Result<()> {
     fs::File::open(path)?.sync_data()
 }
 
-/// `image` attached and its filesystem mounted detached; `None` (the setup attaches and
-/// mounts it then) when that fails.
+/// The writable layer of the `i`-th mount point on the sandbox's disk mounted at `disk`.
+pub fn upper_in(disk: &Path, i: usize) -> PathBuf {
+    disk.join("upper").join(i.to_string())
+}
+
+/// The overlay work directory of the `i`-th mount point on the sandbox's disk at `disk`.
+pub fn work_in(disk: &Path, i: usize) -> PathBuf {
+    disk.join("work").join(i.to_string())
+}
+
+/// Makes the first mount point's writable layer and work directory on the filesystem
+/// `mount` (the root of a fresh image's), as a setup stage would: host root's (the
+/// sandbox's root, seen through its idmapping), mode 0755. A setup looked for them and made
+/// them on every create, and each step read the new filesystem's metadata from the device,
+/// past the host's page cache: 0.7 ms, and up to 5 ms. Made here, that metadata is in the
+/// filesystem's cache when the setup looks.
+fn make_first_layer(mount: &OwnedFd) -> io::Result<()> {
+    use rustix::fs::{AtFlags, Mode};
+    let mode = Mode::from_raw_mode(0o755);
+    let none = Path::new("");
+    for dir in [upper_in(none, 0), work_in(none, 0)] {
+        let mut at = PathBuf::new();
+        for part in dir.components() {
+            at.push(part);
+            match rustix::fs::mkdirat(mount, &at, mode) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(err) => return Err(err.into()),
+            }
+            // Whatever the server's umask.
+            rustix::fs::chmodat(mount, &at, mode, AtFlags::empty())?;
+        }
+    }
+    Ok(())
+}
+
+/// `image` attached, its filesystem mounted detached and its first layer made
+/// ([`make_first_layer`]); `None` (the setup attaches and mounts it then) when that fails.
 fn mount_ahead(image: &Path) -> Option<OwnedFd> {
-    match attach_image(image).and_then(Device::mount_detached) {
+    let mounted = attach_image(image).and_then(Device::mount_detached);
+    match mounted.and_then(|mount| make_first_layer(&mount).map(|()| mount)) {
         Ok(mount) => Some(mount),
         Err(err) => {
             tracing::warn!(%err, image = %image.display(), "cannot mount a pool image ahead: its sandbox's setup will");
@@ -742,6 +778,22 @@ mod tests {
         let flags = rustix::fs::fstatvfs(&first_mount).unwrap().f_flag;
         assert!(flags.contains(rustix::fs::StatVfsMountFlags::NOSUID));
         assert!(flags.contains(rustix::fs::StatVfsMountFlags::NODEV));
+        // The first mount point's layer and work directories are made, as a setup would:
+        // root's, mode 0755, empty.
+        for dir in [upper_in(Path::new(""), 0), work_in(Path::new(""), 0)] {
+            let stat =
+                rustix::fs::statat(&first_mount, &dir, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                    .unwrap();
+            assert_eq!(
+                rustix::fs::FileType::from_raw_mode(stat.st_mode),
+                rustix::fs::FileType::Directory
+            );
+            assert_eq!(
+                (stat.st_uid, stat.st_gid, stat.st_mode & 0o7777),
+                (0, 0, 0o755)
+            );
+            assert_eq!(stat.st_nlink, 2, "{} is not empty", dir.display());
+        }
         // Dropped unmoved, a mount goes, and its device detaches.
         let device = attached_device(&first).unwrap().expect("attached");
         drop(first_mount);
