@@ -44,7 +44,12 @@ impl Fixture {
 
     /// Starts sandbox `id`, with internet access when `network`.
     fn start_with(&self, id: &str, network: bool) -> (Started, AgentClient) {
-        let spec = SandboxSpec {
+        self.start_spec(&self.spec(id, network))
+    }
+
+    /// The spec of sandbox `id`, with internet access when `network`.
+    fn spec(&self, id: &str, network: bool) -> SandboxSpec {
+        SandboxSpec {
             id: id.to_owned(),
             template: self.template.clone(),
             hostname: id.to_owned(),
@@ -64,9 +69,13 @@ impl Fixture {
             },
             volumes: Vec::new(),
             runtime: None,
-        };
+        }
+    }
+
+    fn start_spec(&self, spec: &SandboxSpec) -> (Started, AgentClient) {
+        let id = &spec.id;
         let started = std::time::Instant::now();
-        let sandbox = self.runtime.create(&spec).unwrap();
+        let sandbox = self.runtime.create(spec).unwrap();
         eprintln!("sandbox {id} up in {:?}", started.elapsed());
         let AgentEndpoint::Unix(socket) = &sandbox.agent else {
             panic!("the namespace backend's agent listens on a host-only socket");
@@ -83,6 +92,27 @@ impl Fixture {
         ));
         self.runtime.remove(id).unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spec_larger_than_a_pipe_reaches_pid1_whole() {
+    // PID 1's spec is written into its stdin before it starts, as much as the pipe holds
+    // (64 KiB); the rest follows once it runs. Three values of 100 KiB each (an exec takes
+    // none longer than 128 KiB) make a spec of more than 300 KiB.
+    let fixture = Fixture::new();
+    let mut spec = fixture.spec("large", false);
+    for n in 0..3 {
+        let value: String = std::iter::repeat_n(char::from(b'a' + n), 100 << 10).collect();
+        spec.agent.env.insert(format!("LARGE_{n}"), value);
+    }
+    let (sandbox, client) = fixture.start_spec(&spec);
+    let out = client
+        .commands()
+        .run("for n in 0 1 2; do printenv LARGE_$n | tr -d '\\n' | wc -c; done; printenv LARGE_2 | cut -c1-3")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "102400\n102400\n102400\nccc\n");
+    fixture.stop("large", &sandbox);
 }
 
 #[tokio::test(flavor = "multi_thread")]

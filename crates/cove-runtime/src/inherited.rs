@@ -53,6 +53,42 @@ pub fn pass(command: &mut Command, fds: Vec<(OwnedFd, RawFd)>) -> io::Result<()>
     Ok(())
 }
 
+/// The rest of a stage's spec, written ahead into its stdin as much as the pipe takes
+/// without waiting (all of a spec under 64 KiB): the stage reads it as soon as it runs,
+/// instead of waiting until whoever started it is scheduled again to write it.
+pub struct SpecPipe {
+    pipe: OwnedFd,
+    written: usize,
+}
+
+impl SpecPipe {
+    /// The stage's stdin, holding what of `spec` fits, and the rest to write.
+    pub fn new(spec: &[u8]) -> io::Result<(OwnedFd, Self)> {
+        let (stdin, pipe) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        rustix::fs::fcntl_setfl(&pipe, rustix::fs::OFlags::NONBLOCK)?;
+        let mut written = 0;
+        while written < spec.len() {
+            match rustix::io::write(&pipe, &spec[written..]) {
+                Ok(n) => written += n,
+                Err(rustix::io::Errno::AGAIN) => break,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok((stdin, Self { pipe, written }))
+    }
+
+    /// Writes the rest of `spec` (the one given to [`SpecPipe::new`]) and closes the pipe.
+    /// Only once the stage runs, and with every other copy of its stdin closed: a stage that
+    /// ended early must make this fail, not wait.
+    pub fn finish(self, spec: &[u8]) -> io::Result<()> {
+        if self.written < spec.len() {
+            rustix::fs::fcntl_setfl(&self.pipe, rustix::fs::OFlags::empty())?;
+            std::io::Write::write_all(&mut std::fs::File::from(self.pipe), &spec[self.written..])?;
+        }
+        Ok(())
+    }
+}
+
 /// Takes the disk mounted ahead in a setup stage whose spec says it has one. Call it once,
 /// before anything else could have opened a descriptor at [`SETUP_DISK`].
 pub fn setup_disk() -> io::Result<OwnedFd> {
@@ -93,4 +129,45 @@ pub fn agent_listener() -> io::Result<UnixListener> {
     let listener = UnixListener::from(owned);
     listener.set_nonblocking(true)?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn read_all(stdin: OwnedFd) -> Vec<u8> {
+        let mut got = Vec::new();
+        std::fs::File::from(stdin).read_to_end(&mut got).unwrap();
+        got
+    }
+
+    #[test]
+    fn a_small_spec_is_in_the_pipe_before_the_stage_runs() {
+        let spec = b"{\"id\":\"a\"}\n".to_vec();
+        let (stdin, rest) = SpecPipe::new(&spec).unwrap();
+        // All of it is there already: the stage reads its line without anyone writing more.
+        let mut line = vec![0u8; spec.len()];
+        rustix::io::read(&stdin, &mut line).unwrap();
+        assert_eq!(line, spec);
+        rest.finish(&spec).unwrap();
+    }
+
+    #[test]
+    fn a_spec_larger_than_the_pipe_arrives_whole_once_the_rest_is_written() {
+        let spec: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let (stdin, rest) = SpecPipe::new(&spec).unwrap();
+        assert!(rest.written > 0 && rest.written < spec.len());
+        let reader = std::thread::spawn(move || read_all(stdin));
+        rest.finish(&spec).unwrap();
+        assert_eq!(reader.join().unwrap(), spec);
+    }
+
+    #[test]
+    fn the_rest_for_a_stage_that_ended_fails_instead_of_waiting() {
+        let spec = vec![b'x'; 1 << 20];
+        let (stdin, rest) = SpecPipe::new(&spec).unwrap();
+        drop(stdin);
+        assert!(rest.finish(&spec).is_err());
+    }
 }

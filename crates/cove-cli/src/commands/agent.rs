@@ -43,6 +43,6 @@ pub fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         code_interpreter: args.code_interpreter,
         ..AgentConfig::default()
     };
-    cove_init::serve_agent(config, Vec::new(), || {})?;
+    cove_init::serve_agent(config, Vec::new())?;
     Ok(std::process::ExitCode::SUCCESS)
 }

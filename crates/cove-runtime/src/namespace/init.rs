@@ -19,7 +19,7 @@
 
 use std::{
     fs,
-    io::{self, BufRead, BufReader, Read, Write},
+    io::{self, BufRead, BufReader, Write},
     os::{
         fd::{AsFd, OwnedFd},
         unix::{
@@ -207,12 +207,11 @@ fn step(what: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> InitError {
     }
 }
 
-/// Reads the spec a stage gets on stdin.
+/// Reads the spec PID 1 gets on stdin: one line, there before the setup stage that wrote it
+/// has closed the pipe (see [`start_pid1`]).
 pub fn read_spec() -> Result<InitSpec, InitError> {
     let mut raw = String::new();
-    io::stdin()
-        .read_to_string(&mut raw)
-        .map_err(InitError::Spec)?;
+    io::stdin().read_line(&mut raw).map_err(InitError::Spec)?;
     parse_spec(&raw)
 }
 
@@ -757,9 +756,9 @@ pub(super) fn build_rootfs(
     Ok(())
 }
 
-/// Starts PID 1, hands it the spec, and waits until its agent is listening. The binary,
-/// `init_exe` or else this one, is reached through `/proc/self`, which needs no search
-/// permission on its directories.
+/// Starts PID 1, hands it the spec, and waits until it is ready (its sandbox entered, its
+/// agent's socket listening, see `cove_init`). The binary, `init_exe` or else this one, is
+/// reached through `/proc/self`, which needs no search permission on its directories.
 fn start_pid1(
     spec: &InitSpec,
     init_exe: Option<&OwnedFd>,
@@ -770,10 +769,19 @@ fn start_pid1(
         || PathBuf::from("/proc/self/exe"),
         super::init_binary::exec_path,
     ));
+    // The spec goes into PID 1's stdin before it is started, as much as the pipe holds (all
+    // of it, as a rule): PID 1 reads it as soon as it runs, instead of waiting until this
+    // stage, back from the spawn, is scheduled to write it (up to 0.4 ms of each create).
+    let mut spec_line =
+        serde_json::to_vec(spec).map_err(|e| InitError::Spec(io::Error::other(e)))?;
+    spec_line.push(b'\n');
+    let (stdin, spec_pipe) = inherited::SpecPipe::new(&spec_line).map_err(step(|| {
+        "cannot hand the spec to the sandbox's PID 1".into()
+    }))?;
     command
         .arg0("cove-agent")
         .args([SUBCOMMAND, PID1_FLAG])
-        .stdin(Stdio::piped())
+        .stdin(Stdio::from(stdin))
         .stdout(Stdio::piped())
         .env_clear()
         .env("PATH", SANDBOX_PATH);
@@ -790,11 +798,10 @@ fn start_pid1(
         .spawn()
         .map_err(step(|| "cannot start the sandbox's PID 1".into()))?;
     let pid = child.id();
-    let spec_json = serde_json::to_vec(spec).map_err(|e| InitError::Spec(io::Error::other(e)))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A PID 1 that died early closes the pipe; its stdout tells why.
-        let _ = stdin.write_all(&spec_json);
-    }
+    // The parent's copy of PID 1's stdin goes with the command.
+    drop(command);
+    // A PID 1 that died early closes the pipe; its stdout tells why.
+    let _ = spec_pipe.finish(&spec_line);
     let mut line = String::new();
     if let Some(stdout) = child.stdout.take() {
         let _ = BufReader::new(stdout).read_line(&mut line);

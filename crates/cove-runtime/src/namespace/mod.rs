@@ -17,7 +17,7 @@ mod teardown;
 
 use std::{
     fs,
-    io::{self, Read, Write},
+    io::{self, Read},
     os::{
         fd::{AsFd, BorrowedFd},
         unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
@@ -379,22 +379,23 @@ impl NamespaceRuntime {
             init_exe: self.init_exe.clone(),
             disk_mounted: mounted.is_some(),
         };
-        let mut child =
-            spawner::Setup::start(&self.exe, self.spawner(), &stage_env(), log, mounted)
-                .map_err(RuntimeError::io("start the sandbox setup"))?;
         let mut spec_line = serde_json::to_vec(&init).map_err(|e| RuntimeError::Io {
             what: "encode the sandbox spec",
             source: io::Error::other(e),
         })?;
         spec_line.push(b'\n');
         // The setup joins the sandbox's cgroups itself before anything else (see
-        // `init::setup`); the spec is all it needs. A setup that has already ended (another
-        // server holds the uid range) cannot read it; its report says why.
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(&spec_line)
-                .map_err(RuntimeError::io("hand the spec to the sandbox setup"))?;
-        }
+        // `init::setup`); the spec is all it needs, and it is in the stage's stdin before
+        // the stage starts.
+        let mut child = spawner::Setup::start(
+            &self.exe,
+            self.spawner(),
+            &stage_env(),
+            log,
+            mounted,
+            &spec_line,
+        )
+        .map_err(RuntimeError::io("start the sandbox setup"))?;
         let mut out = String::new();
         if let Some(mut stdout) = child.stdout.take() {
             let _ = stdout.read_to_string(&mut out);

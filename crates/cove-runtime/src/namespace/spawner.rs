@@ -191,8 +191,6 @@ impl Drop for Spawner {
 #[derive(Debug)]
 pub(super) struct Setup {
     pub pid: u32,
-    /// Where its spec (and later the word that it is in its cgroups) goes.
-    pub stdin: Option<fs::File>,
     /// Its report.
     pub stdout: Option<fs::File>,
     /// The exec'd stage.
@@ -200,25 +198,32 @@ pub(super) struct Setup {
 }
 
 impl Setup {
-    /// Starts a setup stage whose stderr is `log`, with the sandbox's `disk` mounted already
-    /// at [`inherited::SETUP_DISK`] when there is one: through `spawner` when there is one
-    /// (and it answers), else by exec'ing `exe` with the environment `env`.
+    /// Starts a setup stage on `spec` (its stdin) whose stderr is `log`, with the sandbox's
+    /// `disk` mounted already at [`inherited::SETUP_DISK`] when there is one: through
+    /// `spawner` when there is one (and it answers), else by exec'ing `exe` with the
+    /// environment `env`. The spec is in the stage's stdin before it starts
+    /// ([`inherited::SpecPipe`]).
     pub fn start(
         exe: &Path,
         spawner: Option<&Spawner>,
         env: &[(OsString, OsString)],
         log: fs::File,
         disk: Option<BorrowedFd<'_>>,
+        spec: &[u8],
     ) -> io::Result<Self> {
+        let (stdin, rest) = inherited::SpecPipe::new(spec)?;
         if let Some(spawner) = spawner {
-            let (stdin, to_stdin) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
             let (from_stdout, stdout) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
             match spawner.spawn(&[], [stdin.as_fd(), stdout.as_fd(), log.as_fd()], disk) {
-                // Our copies of its ends close here, so that its stdout ends with it.
+                // Our copies of its ends close here, so that its stdout ends with it and
+                // the rest of the spec cannot wait for a reader that is gone.
                 Ok(pid) => {
+                    drop(stdin);
+                    // A stage that ended already (another server holds the uid range)
+                    // cannot read the rest; its report says why.
+                    let _ = rest.finish(spec);
                     return Ok(Self {
                         pid,
-                        stdin: Some(fs::File::from(to_stdin)),
                         stdout: Some(fs::File::from(from_stdout)),
                         exec: None,
                     });
@@ -231,7 +236,7 @@ impl Setup {
         let mut command = Command::new(exe);
         command
             .arg(super::init::SUBCOMMAND)
-            .stdin(Stdio::piped())
+            .stdin(Stdio::from(stdin))
             .stdout(Stdio::piped())
             .stderr(log)
             .env_clear()
@@ -243,9 +248,10 @@ impl Setup {
             )?;
         }
         let mut child = command.spawn()?;
+        drop(command);
+        let _ = rest.finish(spec);
         Ok(Self {
             pid: child.id(),
-            stdin: child.stdin.take().map(|s| fs::File::from(OwnedFd::from(s))),
             stdout: child
                 .stdout
                 .take()
