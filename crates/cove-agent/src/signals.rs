@@ -67,7 +67,12 @@ impl Heard {
                 }
                 Some(backstop) => {
                     tokio::select! {
-                        _ = self.stream.recv() => {}
+                        heard = self.stream.recv() => {
+                            // An ended stream is ready at once: look on the timer alone.
+                            if heard.is_none() {
+                                tokio::time::sleep(backstop).await;
+                            }
+                        }
                         _ = tokio::time::sleep(backstop) => {
                             if self.flag.load(Ordering::SeqCst) {
                                 tracing::warn!(

@@ -36,7 +36,7 @@ fn enter_and_serve() -> anyhow::Result<()> {
     init::enter_sandbox(&spec)?;
     // Ready once the sandbox is what it will be (its root, masks, filter and capabilities
     // final): the agent's socket is listening since the setup made it, so a connection made
-    // now waits in its queue while the agent's runtime starts (0.5-0.9 ms that now pass
+    // now waits in its queue while the agent's runtime starts (0.5-0.6 ms that now pass
     // beside the server's answer). What fails after this ends PID 1, and with it the
     // sandbox, and says why in its log.
     init::report_ready().context("cannot report readiness")?;
