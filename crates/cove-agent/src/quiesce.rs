@@ -66,8 +66,8 @@ pub async fn serve(quiescible: Quiescible, app: Router, renewer: Renewer) -> io:
     // Handlers first: the default action of SIGUSR1 would end the agent. Heard on a timer
     // too: after a restore, the notification of a signal can be lost.
     let backstop = Some(crate::signals::BACKSTOP);
-    let mut quiesce = Heard::new(Signal::USR1.as_raw(), "SIGUSR1", backstop)?;
-    let mut listen = Heard::new(Signal::USR2.as_raw(), "SIGUSR2", backstop)?;
+    let mut quiesce = Heard::new(Signal::USR1, "SIGUSR1", backstop)?;
+    let mut listen = Heard::new(Signal::USR2, "SIGUSR2", backstop)?;
     let mut first = true;
     loop {
         let _ = std::fs::remove_file(&quiescible.marker);

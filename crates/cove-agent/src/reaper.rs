@@ -53,11 +53,8 @@ impl Reaper {
             let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
         }
         let reaper = Self::default();
-        let mut sigchld = crate::signals::Heard::new(
-            rustix::process::Signal::CHILD.as_raw(),
-            "SIGCHLD",
-            backstop,
-        )?;
+        let mut sigchld =
+            crate::signals::Heard::new(rustix::process::Signal::CHILD, "SIGCHLD", backstop)?;
         let task = reaper.clone();
         tokio::spawn(async move {
             loop {

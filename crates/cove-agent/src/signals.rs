@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::signal::unix::{SignalKind, signal};
 
 /// How often a wait with a backstop looks at the flag (a gVisor sandbox's agent).
 pub const BACKSTOP: Duration = Duration::from_millis(100);
@@ -27,23 +27,23 @@ pub const BACKSTOP: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub struct Heard {
     flag: Arc<AtomicBool>,
-    stream: Signal,
+    stream: tokio::signal::unix::Signal,
     backstop: Option<Duration>,
     name: &'static str,
 }
 
 impl Heard {
-    /// Hears `signal` (its number) from now on; with a `backstop`, also when its
-    /// notification is lost. Must run inside a tokio runtime.
+    /// Hears `which` from now on; with a `backstop`, also when its notification is lost.
+    /// Must run inside a tokio runtime.
     pub fn new(
-        signal_number: i32,
+        which: rustix::process::Signal,
         name: &'static str,
         backstop: Option<Duration>,
     ) -> std::io::Result<Self> {
         let flag = Arc::new(AtomicBool::new(false));
         // The flag first: its action runs before tokio's, so a notification finds it set.
-        signal_hook::flag::register(signal_number, flag.clone())?;
-        let stream = signal(SignalKind::from_raw(signal_number))?;
+        signal_hook::flag::register(which.as_raw(), flag.clone())?;
+        let stream = signal(SignalKind::from_raw(which.as_raw()))?;
         Ok(Self {
             flag,
             stream,
@@ -92,21 +92,21 @@ impl Heard {
 mod tests {
     use super::*;
 
-    fn raise(signal: i32) {
-        rustix::process::kill_process(
-            rustix::process::getpid(),
-            rustix::process::Signal::from_named_raw(signal).unwrap(),
-        )
-        .unwrap();
+    use rustix::process::Signal;
+
+    // Signals no other test of this crate waits for, whose default action is to be ignored
+    // (a stray one cannot end the test process): SIGWINCH and SIGURG.
+    fn raise(signal: Signal) {
+        rustix::process::kill_process(rustix::process::getpid(), signal).unwrap();
     }
 
     #[tokio::test]
     async fn a_signal_is_heard_once_per_delivery_and_never_before_it() {
-        let mut heard = Heard::new(libc_sigwinch(), "SIGWINCH", Some(BACKSTOP)).unwrap();
+        let mut heard = Heard::new(Signal::WINCH, "SIGWINCH", Some(BACKSTOP)).unwrap();
         // Nothing came: the wait does not end, not even on the backstop's timer.
         let early = tokio::time::timeout(BACKSTOP * 3, heard.recv()).await;
         assert!(early.is_err());
-        raise(libc_sigwinch());
+        raise(Signal::WINCH);
         tokio::time::timeout(Duration::from_secs(5), heard.recv())
             .await
             .expect("a delivered signal is heard");
@@ -128,28 +128,18 @@ mod tests {
                 flag.store(true, Ordering::SeqCst);
             })
         };
-        let mut heard = Heard::new(libc_sigurg(), "SIGURG", Some(BACKSTOP)).unwrap();
+        let mut heard = Heard::new(Signal::URG, "SIGURG", Some(BACKSTOP)).unwrap();
         set_later(heard.flag.clone());
         tokio::time::timeout(BACKSTOP * 5, heard.recv())
             .await
             .expect("the backstop's timer hears the flag");
         // Without a backstop the same wait waits on the stream alone.
-        let mut plain = Heard::new(libc_sigurg(), "SIGURG", None).unwrap();
+        let mut plain = Heard::new(Signal::URG, "SIGURG", None).unwrap();
         set_later(plain.flag.clone());
         assert!(
             tokio::time::timeout(BACKSTOP * 5, plain.recv())
                 .await
                 .is_err()
         );
-    }
-
-    // Signals no other test of this crate waits for, whose default action is to be ignored
-    // (a stray one cannot end the test process).
-    fn libc_sigwinch() -> i32 {
-        rustix::process::Signal::WINCH.as_raw()
-    }
-
-    fn libc_sigurg() -> i32 {
-        rustix::process::Signal::URG.as_raw()
     }
 }

@@ -77,6 +77,16 @@ impl SpecPipe {
         Ok((stdin, Self { pipe, written }))
     }
 
+    /// Spawns `command`, whose stdin is this pipe's, and writes the rest of `spec` once it
+    /// runs, the command (with its copy of the stdin) gone first ([`SpecPipe::finish`]). A
+    /// stage that ended already cannot read the rest; what it reported says why.
+    pub fn spawn(self, mut command: Command, spec: &[u8]) -> io::Result<std::process::Child> {
+        let child = command.spawn()?;
+        drop(command);
+        let _ = self.finish(spec);
+        Ok(child)
+    }
+
     /// Writes the rest of `spec` (the one given to [`SpecPipe::new`]) and closes the pipe.
     /// Only once the stage runs, and with every other copy of its stdin closed: a stage that
     /// ended early must make this fail, not wait.

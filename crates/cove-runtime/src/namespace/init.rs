@@ -794,14 +794,11 @@ fn start_pid1(
     inherited::pass(&mut command, fds).map_err(step(|| {
         "cannot hand descriptors to the sandbox's PID 1".into()
     }))?;
-    let mut child = command
-        .spawn()
+    // A PID 1 that died early cannot take the rest of its spec; its stdout tells why.
+    let mut child = spec_pipe
+        .spawn(command, &spec_line)
         .map_err(step(|| "cannot start the sandbox's PID 1".into()))?;
     let pid = child.id();
-    // The parent's copy of PID 1's stdin goes with the command.
-    drop(command);
-    // A PID 1 that died early closes the pipe; its stdout tells why.
-    let _ = spec_pipe.finish(&spec_line);
     let mut line = String::new();
     if let Some(stdout) = child.stdout.take() {
         let _ = BufReader::new(stdout).read_line(&mut line);

@@ -247,9 +247,7 @@ impl Setup {
                 vec![(disk.try_clone_to_owned()?, inherited::SETUP_DISK)],
             )?;
         }
-        let mut child = command.spawn()?;
-        drop(command);
-        let _ = rest.finish(spec);
+        let mut child = rest.spawn(command, spec)?;
         Ok(Self {
             pid: child.id(),
             stdout: child
